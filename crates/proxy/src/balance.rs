@@ -1,0 +1,229 @@
+//! Per-request load balancing: power of two choices over peak-EWMA latency.
+//!
+//! Each endpoint keeps an exponentially weighted moving average of its response latency
+//! that jumps up at once on a slow response (the "peak") and decays slowly back, and a
+//! count of requests in flight. Its load is `latency × (in_flight + 1)`. For each request
+//! two distinct endpoints are drawn at random and the less loaded wins: this avoids the
+//! herd behaviour of always picking the global minimum and costs O(1) per request.
+//! An idle endpoint's estimate decays toward zero, so a once-slow endpoint is probed again.
+//!
+//! This is the algorithm of Finagle and Linkerd. tower's `p2c::Balance` implements it too,
+//! but sharing it between concurrent connections needs a `Buffer` task and a channel hop
+//! per request; endpoints here are shared directly, with one short critical section each.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Latency assumed for an endpoint that has not answered yet (Linkerd uses the same).
+pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// How fast the estimate forgets: the weight of old samples falls by 1/e every 10 s.
+pub const DECAY: Duration = Duration::from_secs(10);
+/// After a failed connection, the endpoint is avoided for this long when others exist.
+pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
+
+/// The load statistics of one endpoint.
+#[derive(Debug)]
+pub struct PeakEwma {
+    estimate: Mutex<Estimate>,
+    in_flight: AtomicUsize,
+    /// Nanoseconds since `epoch` before which the endpoint is considered failing.
+    failing_until: AtomicU64,
+    epoch: Instant,
+}
+
+#[derive(Debug)]
+struct Estimate {
+    rtt_ns: f64,
+    updated: Instant,
+}
+
+impl Estimate {
+    /// Peak-sensitive EWMA update; `rtt_ns = 0` decays the estimate with time alone.
+    fn update(&mut self, now: Instant, rtt_ns: f64) -> f64 {
+        if rtt_ns > self.rtt_ns {
+            self.rtt_ns = rtt_ns;
+        } else {
+            let elapsed = now.saturating_duration_since(self.updated).as_nanos() as f64;
+            let decay = (-elapsed / DECAY.as_nanos() as f64).exp();
+            self.rtt_ns = self.rtt_ns * decay + rtt_ns * (1.0 - decay);
+        }
+        self.updated = now;
+        self.rtt_ns
+    }
+}
+
+impl Default for PeakEwma {
+    fn default() -> Self {
+        let now = Instant::now();
+        Self {
+            estimate: Mutex::new(Estimate { rtt_ns: DEFAULT_RTT.as_nanos() as f64, updated: now }),
+            in_flight: AtomicUsize::new(0),
+            failing_until: AtomicU64::new(0),
+            epoch: now,
+        }
+    }
+}
+
+impl PeakEwma {
+    /// The current load: decayed latency estimate times (requests in flight + 1).
+    pub fn load(&self, now: Instant) -> f64 {
+        let rtt = lock(&self.estimate).update(now, 0.0);
+        rtt * (self.in_flight.load(Ordering::Relaxed) + 1) as f64
+    }
+
+    /// Marks a request as started; the returned guard ends it.
+    pub fn start(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { ewma: self, started: Instant::now(), done: false }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn mark_failed(&self) {
+        let until = (Instant::now() + FAILURE_PENALTY).duration_since(self.epoch).as_nanos() as u64;
+        self.failing_until.store(until, Ordering::Relaxed);
+    }
+
+    pub fn is_failing(&self, now: Instant) -> bool {
+        let now = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        self.failing_until.load(Ordering::Relaxed) > now
+    }
+
+    fn observe(&self, rtt: Duration) {
+        lock(&self.estimate).update(Instant::now(), rtt.as_nanos() as f64);
+    }
+
+    /// The current estimate, for tests and debugging.
+    pub fn estimate(&self) -> Duration {
+        Duration::from_nanos(lock(&self.estimate).rtt_ns as u64)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The critical sections cannot panic halfway; a poisoned lock still holds valid data.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A request in flight on an endpoint. `complete` records its latency; dropping it without
+/// completing (an error) only ends it.
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    ewma: &'a PeakEwma,
+    started: Instant,
+    done: bool,
+}
+
+impl InFlight<'_> {
+    pub fn complete(mut self) {
+        self.ewma.observe(self.started.elapsed());
+        self.done = true;
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // A failure: count it as slow so the endpoint is not favoured right after.
+            self.ewma.observe(self.started.elapsed().max(DEFAULT_RTT));
+        }
+        self.ewma.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Picks the index of an endpoint by power of two choices. `None` when empty.
+pub fn p2c<T>(items: &[T], ewma: impl Fn(&T) -> &PeakEwma) -> Option<usize> {
+    match items.len() {
+        0 => None,
+        1 => Some(0),
+        n => {
+            let a = fastrand::usize(..n);
+            let mut b = fastrand::usize(..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let now = Instant::now();
+            let (ea, eb) = (ewma(&items[a]), ewma(&items[b]));
+            match (ea.is_failing(now), eb.is_failing(now)) {
+                (false, true) => return Some(a),
+                (true, false) => return Some(b),
+                _ => {}
+            }
+            Some(if ea.load(now) <= eb.load(now) { a } else { b })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_sample_raises_the_estimate_at_once() {
+        let e = PeakEwma::default();
+        e.observe(Duration::from_millis(200));
+        assert_eq!(e.estimate(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn fast_samples_pull_the_estimate_down_gradually() {
+        let mut est = Estimate { rtt_ns: 100e6, updated: Instant::now() };
+        let later = est.updated + DECAY; // one time constant later
+        let v = est.update(later, 0.0);
+        assert!((v - 100e6 / std::f64::consts::E).abs() < 1e3, "{v}");
+    }
+
+    #[test]
+    fn load_grows_with_requests_in_flight() {
+        let e = PeakEwma::default();
+        let now = Instant::now();
+        let idle = e.load(now);
+        let _a = e.start();
+        let _b = e.start();
+        let busy = e.load(now);
+        assert!(busy > 2.5 * idle, "idle {idle} busy {busy}");
+        drop(_a);
+        assert_eq!(e.in_flight(), 1);
+    }
+
+    #[test]
+    fn p2c_prefers_the_less_loaded_of_two() {
+        let eps = [PeakEwma::default(), PeakEwma::default()];
+        eps[0].observe(Duration::from_millis(500));
+        eps[1].observe(Duration::from_millis(1));
+        for _ in 0..100 {
+            assert_eq!(p2c(&eps, |e| e), Some(1));
+        }
+    }
+
+    #[test]
+    fn p2c_avoids_failing_endpoints() {
+        let eps = [PeakEwma::default(), PeakEwma::default()];
+        eps[1].observe(Duration::from_millis(500));
+        eps[0].mark_failed();
+        for _ in 0..100 {
+            assert_eq!(p2c(&eps, |e| e), Some(1));
+        }
+    }
+
+    #[test]
+    fn p2c_spreads_concurrent_requests_over_equal_endpoints() {
+        // Requests in flight raise an endpoint's load, so a window of concurrent requests
+        // spreads over all endpoints rather than piling onto one.
+        let eps: Vec<PeakEwma> = (0..4).map(|_| PeakEwma::default()).collect();
+        let mut hits = [0usize; 4];
+        let mut window = std::collections::VecDeque::new();
+        for _ in 0..4000 {
+            let i = p2c(&eps, |e| e).unwrap();
+            hits[i] += 1;
+            window.push_back(eps[i].start());
+            if window.len() > 8 {
+                window.pop_front().unwrap().complete();
+            }
+        }
+        assert!(hits.iter().all(|&h| h > 400), "{hits:?}");
+        assert_eq!(p2c::<PeakEwma>(&[], |e| e), None);
+    }
+}

@@ -1,0 +1,416 @@
+//! The proxy's configuration: a typed structure parsed once, from YAML.
+//!
+//! Every field is documented here and in `docs/proxy-config.md`; unknown fields are refused
+//! so that a typo never silently turns a feature off. Durations are written `500ms`, `10s`,
+//! `5m` or `1h`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Ports whose protocols let the server speak first or are never HTTP, so protocol
+/// detection is skipped: SMTP, submission, MySQL, PostgreSQL, Redis, memcached, and others
+/// that would otherwise stall for the detection timeout.
+pub const DEFAULT_OPAQUE_PORTS: &[u16] = &[
+    25, 587, 3306, 4444, 4567, 4568, 5432, 6379, 9300, 11211,
+];
+
+/// The whole configuration of one proxy.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Admin listener: `/metrics`, `/ready`, `/live`, `/config`. Loopback by default.
+    #[serde(default = "default_admin")]
+    pub admin: SocketAddr,
+    /// Tokio worker threads. One is the sidecar default: a proxy beside each workload
+    /// should cost a fraction of a core, not a core per CPU.
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    /// Traffic to the local workload. Absent: the proxy handles no inbound traffic.
+    #[serde(default)]
+    pub inbound: Option<InboundConfig>,
+    /// Traffic from the local workload to other services. Absent: none.
+    #[serde(default)]
+    pub outbound: Option<OutboundConfig>,
+    /// Ports whose connections skip protocol detection and are forwarded as opaque TCP:
+    /// the destination port for transparent connections, the listener port for explicit
+    /// ones, the app port inbound.
+    #[serde(default = "default_opaque_ports")]
+    pub opaque_ports: Vec<u16>,
+    /// Protection against bad or abusive input.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboundConfig {
+    /// Where other proxies and non-mesh clients connect.
+    pub listen: SocketAddr,
+    /// The application's address. Required unless `transparent`; in transparent mode,
+    /// when absent, a connection goes to 127.0.0.1 at the port it was originally sent to.
+    #[serde(default)]
+    pub app: Option<SocketAddr>,
+    /// Connections arrive redirected by iptables; their original destination is read with
+    /// `SO_ORIGINAL_DST`.
+    #[serde(default)]
+    pub transparent: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Listener for connections redirected by iptables (transparent mode). Absent: only
+    /// the explicit per-service listeners exist.
+    #[serde(default)]
+    pub transparent_listen: Option<SocketAddr>,
+    /// Services this workload calls.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// The service's name, used in metrics (`target` label).
+    pub name: String,
+    /// Explicit mode: a local port the app connects to in order to reach this service.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Transparent mode: destination addresses (a virtual IP and port) that mean this
+    /// service when the app connects to them.
+    #[serde(default)]
+    pub addrs: Vec<SocketAddr>,
+    /// `detect` (default) sniffs each connection; `http1`, `http2` and `opaque` skip it.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// The service's endpoints; each request goes to one of them.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Detect,
+    Http1,
+    Http2,
+    Opaque,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Address to connect to.
+    pub addr: SocketAddr,
+    /// The endpoint is another Tarmac proxy's inbound listener: HTTP to it is carried
+    /// over one multiplexed HTTP/2 connection whatever the app spoke.
+    #[serde(default)]
+    pub meshed: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// How long protocol detection waits for a client's first bytes before forwarding
+    /// the connection as opaque TCP.
+    #[serde(with = "duration")]
+    pub detect_timeout: Duration,
+    /// Connections open at once, inbound and outbound together; more are refused.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) accepted; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Opaque TCP connections idle this long in both directions are closed.
+    #[serde(with = "duration")]
+    pub tcp_idle_timeout: Duration,
+    /// Connecting to an endpoint or the app fails after this long.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// On SIGTERM, in-flight work gets this long to finish before the proxy exits.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            detect_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_header_bytes: 64 * 1024,
+            tcp_idle_timeout: Duration::from_secs(3600),
+            connect_timeout: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn default_admin() -> SocketAddr {
+    ([127, 0, 0, 1], 4191).into()
+}
+fn default_workers() -> usize {
+    1
+}
+fn default_opaque_ports() -> Vec<u16> {
+    DEFAULT_OPAQUE_PORTS.to_vec()
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: field `{field}`: {message}")]
+    Invalid {
+        origin: String,
+        field: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a YAML file.
+    pub fn from_file(path: &str) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_string(),
+            source,
+        })?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Parses and validates YAML; `origin` names the source in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// The effective configuration as YAML, for `/config` and startup logs.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// Checks what types cannot: consistency between fields.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            field,
+            message,
+        };
+        if self.inbound.is_none() && self.outbound.is_none() {
+            return Err(invalid(
+                "inbound".into(),
+                "neither `inbound` nor `outbound` is set: the proxy would do nothing".into(),
+            ));
+        }
+        if self.workers == 0 {
+            return Err(invalid("workers".into(), "must be at least 1".into()));
+        }
+        if self.limits.max_header_bytes < 8192 {
+            return Err(invalid("limits.max_header_bytes".into(), "must be at least 8192".into()));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(invalid("limits.max_connections".into(), "must be at least 1".into()));
+        }
+        let own = self.listen_addrs();
+        let mut seen = HashSet::new();
+        for (field, addr) in &own {
+            if !seen.insert(*addr) {
+                return Err(invalid(field.clone(), format!("{addr} is used by two listeners")));
+            }
+        }
+        if let Some(inbound) = &self.inbound {
+            if inbound.app.is_none() && !inbound.transparent {
+                return Err(invalid(
+                    "inbound.app".into(),
+                    "required unless `inbound.transparent: true`".into(),
+                ));
+            }
+            if let Some(app) = inbound.app {
+                if own.iter().any(|(_, a)| *a == app) {
+                    return Err(invalid(
+                        "inbound.app".into(),
+                        format!("{app} is one of this proxy's own listeners; it would loop"),
+                    ));
+                }
+            }
+        }
+        if let Some(outbound) = &self.outbound {
+            let mut names = HashSet::new();
+            let mut addrs = HashSet::new();
+            for (i, svc) in outbound.services.iter().enumerate() {
+                let at = format!("outbound.services[{i}]");
+                if svc.name.is_empty() {
+                    return Err(invalid(format!("{at}.name"), "must not be empty".into()));
+                }
+                if !names.insert(svc.name.as_str()) {
+                    return Err(invalid(format!("{at}.name"), format!("`{}` is listed twice", svc.name)));
+                }
+                if svc.listen.is_none() && svc.addrs.is_empty() {
+                    return Err(invalid(
+                        format!("{at}"),
+                        format!("service `{}` has neither `listen` nor `addrs`: nothing can reach it", svc.name),
+                    ));
+                }
+                if !svc.addrs.is_empty() && outbound.transparent_listen.is_none() {
+                    return Err(invalid(
+                        format!("{at}.addrs"),
+                        "needs `outbound.transparent_listen`".into(),
+                    ));
+                }
+                for addr in &svc.addrs {
+                    if !addrs.insert(*addr) {
+                        return Err(invalid(format!("{at}.addrs"), format!("{addr} belongs to two services")));
+                    }
+                }
+                for (j, ep) in svc.endpoints.iter().enumerate() {
+                    if own.iter().any(|(_, a)| *a == ep.addr) {
+                        return Err(invalid(
+                            format!("{at}.endpoints[{j}].addr"),
+                            format!("{} is one of this proxy's own listeners; it would loop", ep.addr),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every address this proxy listens on, with the field that names it.
+    pub fn listen_addrs(&self) -> Vec<(String, SocketAddr)> {
+        let mut out = vec![("admin".to_string(), self.admin)];
+        if let Some(inbound) = &self.inbound {
+            out.push(("inbound.listen".into(), inbound.listen));
+        }
+        if let Some(outbound) = &self.outbound {
+            if let Some(addr) = outbound.transparent_listen {
+                out.push(("outbound.transparent_listen".into(), addr));
+            }
+            for (i, svc) in outbound.services.iter().enumerate() {
+                if let Some(addr) = svc.listen {
+                    out.push((format!("outbound.services[{i}].listen"), addr));
+                }
+            }
+        }
+        // Port 0 asks the OS for a free port: such addresses cannot collide.
+        out.retain(|(_, a)| a.port() != 0);
+        out
+    }
+}
+
+/// Durations as human strings: `250ms`, `10s`, `5m`, `1h`.
+pub mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn parse(s: &str) -> Result<Duration, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration; write e.g. `500ms`, `10s`, `5m`"))?;
+        let secs = match unit {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => return Err(format!("`{s}` has no unit; write e.g. `500ms`, `10s`, `5m`, `1h`")),
+        };
+        Ok(Duration::from_secs_f64(secs))
+    }
+
+    pub fn format(d: &Duration) -> String {
+        let ms = d.as_millis();
+        if ms % 1000 != 0 {
+            format!("{ms}ms")
+        } else {
+            format!("{}s", ms / 1000)
+        }
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVER: &str = "admin: 127.0.0.1:4191\ninbound:\n  listen: 127.0.0.1:4143\n  app: 127.0.0.1:8080\n";
+    const CLIENT: &str = r#"
+admin: 127.0.0.1:4192
+outbound:
+  services:
+    - name: books
+      listen: 127.0.0.1:7001
+      endpoints: [{addr: "127.0.0.1:4143", meshed: true}]   # another proxy
+"#;
+
+    #[test]
+    fn the_documented_minimal_pair_parses() {
+        let server = Config::from_yaml(SERVER, "server.yaml").unwrap();
+        assert_eq!(server.inbound.unwrap().app, Some("127.0.0.1:8080".parse().unwrap()));
+        let client = Config::from_yaml(CLIENT, "client.yaml").unwrap();
+        let out = client.outbound.unwrap();
+        assert_eq!(out.services[0].name, "books");
+        assert!(out.services[0].endpoints[0].meshed);
+        assert_eq!(client.opaque_ports, DEFAULT_OPAQUE_PORTS);
+        assert_eq!(client.limits.detect_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let err = Config::from_yaml("admin: 127.0.0.1:1\ninbound:\n  listen: 127.0.0.1:2\n  app: 127.0.0.1:3\n  aplication: x\n", "x.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("x.yaml") && err.contains("aplication"), "{err}");
+    }
+
+    #[test]
+    fn endpoint_on_own_listener_is_refused() {
+        let yaml = "outbound:\n  services:\n  - name: a\n    listen: 127.0.0.1:7001\n    endpoints: [{addr: 127.0.0.1:7001}]\n";
+        let err = Config::from_yaml(yaml, "loop.yaml").unwrap_err().to_string();
+        assert!(err.contains("outbound.services[0].endpoints[0].addr") && err.contains("loop"), "{err}");
+    }
+
+    #[test]
+    fn inbound_needs_an_app_unless_transparent() {
+        let err = Config::from_yaml("inbound: {listen: 127.0.0.1:4143}\n", "in.yaml").unwrap_err();
+        assert!(err.to_string().contains("inbound.app"), "{err}");
+        Config::from_yaml("inbound: {listen: 127.0.0.1:4143, transparent: true}\n", "in.yaml").unwrap();
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for (text, d) in [("250ms", 250), ("10s", 10_000), ("2m", 120_000), ("1h", 3_600_000)] {
+            let parsed = duration::parse(text).unwrap();
+            assert_eq!(parsed, Duration::from_millis(d));
+            assert_eq!(duration::parse(&duration::format(&parsed)).unwrap(), parsed);
+        }
+        assert!(duration::parse("10").unwrap_err().contains("no unit"));
+        assert!(duration::parse("fast").is_err());
+    }
+
+    #[test]
+    fn effective_config_renders_as_yaml_that_parses_back() {
+        let client = Config::from_yaml(CLIENT, "client.yaml").unwrap();
+        let again = Config::from_yaml(&client.to_yaml(), "rendered").unwrap();
+        assert_eq!(again.outbound.unwrap().services[0].listen, client.outbound.unwrap().services[0].listen);
+    }
+}

@@ -1,0 +1,177 @@
+//! What every accepted connection goes through, inbound or outbound: the connection cap,
+//! protocol detection, then HTTP serving or opaque TCP forwarding.
+
+use crate::config::{Config, Limits, Protocol};
+use crate::detect::{self, Detected};
+use crate::endpoint::{ConnectSettings, Endpoint};
+use crate::http::forward::{Destination, Forward};
+use crate::metrics::{Direction, Metrics, TargetMetrics};
+use crate::{http, tcp};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tarmac_transport::PrefixedIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// State shared by all listeners of one proxy.
+#[derive(Debug)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub opaque_ports: Vec<u16>,
+    pub connect: ConnectSettings,
+    /// Caps connections open at once, all listeners together.
+    pub connections: Arc<Semaphore>,
+    /// Cancelled on SIGTERM: listeners stop accepting, connections finish and close.
+    pub drain: CancellationToken,
+    pub tasks: TaskTracker,
+    /// Every address the proxy listens on, for the loop guard.
+    pub own_addrs: Vec<SocketAddr>,
+}
+
+impl Shared {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            limits: config.limits.clone(),
+            opaque_ports: config.opaque_ports.clone(),
+            connect: ConnectSettings {
+                connect_timeout: config.limits.connect_timeout,
+                max_header_bytes: config.limits.max_header_bytes,
+            },
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            drain: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            own_addrs: Vec::new(),
+        }
+    }
+
+    /// True when `dst` is one of our own listeners: connecting there would loop.
+    /// `local` is the accepted connection's local address; a connection that was not
+    /// redirected reports it as its original destination.
+    pub fn is_own(&self, dst: SocketAddr, local: SocketAddr) -> bool {
+        dst == local
+            || self.own_addrs.iter().any(|own| {
+                own.port() == dst.port() && (own.ip() == dst.ip() || (own.ip().is_unspecified() && dst.ip() == local.ip()))
+            })
+    }
+
+    pub fn is_opaque_port(&self, port: u16) -> bool {
+        self.opaque_ports.contains(&port)
+    }
+
+    pub fn target_metrics(&self, direction: Direction, name: Arc<String>) -> Arc<TargetMetrics> {
+        Arc::new(self.metrics.target(direction, name))
+    }
+
+    /// A forwarder to one fixed address (the app, or a destination outside the mesh).
+    pub fn fixed_forward(&self, direction: Direction, addr: SocketAddr) -> Arc<Forward> {
+        let name = Arc::new(addr.to_string());
+        let metrics = self.target_metrics(direction, name.clone());
+        let endpoint = Endpoint::new(addr, false, self.connect.clone(), (*metrics).clone());
+        Arc::new(Forward {
+            direction,
+            name,
+            metrics,
+            destination: Destination::Fixed(Arc::new(endpoint)),
+        })
+    }
+}
+
+/// Accepts connections until drain, spawning `handle` for each within the connection cap.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, direction: Direction, shared: Arc<Shared>, handle: F)
+where
+    F: Fn(TcpStream, OwnedSemaphorePermit) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.drain.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            shared.metrics.refused(direction, "limit");
+            tracing::warn!(
+                limit = shared.limits.max_connections,
+                "connection refused: too many open connections (limits.max_connections)"
+            );
+            continue;
+        };
+        tarmac_transport::set_stream_options(&stream);
+        shared.tasks.spawn(handle(stream, permit));
+    }
+}
+
+/// Detects the protocol (unless `hint` says it) and proxies the connection to `fwd`.
+pub async fn proxy_connection(shared: &Shared, mut stream: TcpStream, fwd: Arc<Forward>, hint: Protocol) {
+    let direction = fwd.direction;
+    let (protocol, prefix) = match hint {
+        Protocol::Opaque => (Detected::Opaque, Vec::new()),
+        Protocol::Http1 => (Detected::Http1, Vec::new()),
+        Protocol::Http2 => (Detected::Http2, Vec::new()),
+        Protocol::Detect => match detect::detect(&mut stream, shared.limits.detect_timeout).await {
+            Err(e) => {
+                tracing::debug!(error = %e, "connection failed during protocol detection");
+                return;
+            }
+            Ok(d) => {
+                if d.timed_out {
+                    shared.metrics.detected(direction, "timeout");
+                    tracing::warn!(
+                        target = %fwd.name,
+                        timeout = ?shared.limits.detect_timeout,
+                        "protocol detection timed out: the client sent nothing, forwarding as opaque TCP; \
+                         if this is a server-speaks-first protocol, add its port to `opaque_ports`"
+                    );
+                } else {
+                    shared.metrics.detected(direction, d.protocol.as_str());
+                }
+                (d.protocol, d.buffered.to_vec())
+            }
+        },
+    };
+    if hint != Protocol::Detect {
+        shared.metrics.detected(direction, "skipped");
+    }
+    let io = PrefixedIo::new(prefix, stream);
+    match protocol {
+        Detected::Http1 | Detected::Http2 => {
+            http::server::serve(io, protocol, fwd, &shared.limits, shared.drain.clone()).await
+        }
+        Detected::Tls | Detected::Opaque => forward_tcp(shared, io, &fwd).await,
+    }
+}
+
+async fn forward_tcp(shared: &Shared, client: PrefixedIo<TcpStream>, fwd: &Forward) {
+    let endpoint = match fwd.pick() {
+        Ok(e) => e,
+        Err(e) => {
+            fwd.metrics.error(e.kind());
+            tracing::info!(target = %fwd.name, error = %e, "TCP connection refused");
+            return;
+        }
+    };
+    let upstream = match endpoint.connect_tcp().await {
+        Ok(s) => s,
+        Err(e) => {
+            let e = http::forward::ProxyError::from(e);
+            fwd.metrics.error(e.kind());
+            tracing::info!(target = %fwd.name, error = %e, "TCP connection failed");
+            return;
+        }
+    };
+    let metrics = fwd.metrics.tcp_connection();
+    tcp::proxy(client, upstream, metrics, shared.limits.tcp_idle_timeout).await;
+}

@@ -1,0 +1,244 @@
+//! An endpoint: one address the proxy sends requests to, with its load statistics and its
+//! connections.
+//!
+//! HTTP/2 endpoints (other Tarmac proxies, and apps that speak h2c) get one multiplexed
+//! connection, shared by every request and re-established when it closes. HTTP/1 endpoints
+//! get a pool of keep-alive connections: a connection returns to the pool when its
+//! response body has been read to the end, and is taken again only once hyper reports it
+//! ready for the next request.
+
+use crate::balance::PeakEwma;
+use crate::http::Body;
+use crate::metrics::TargetMetrics;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pin_project_lite::pin_project;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Idle HTTP/1 connections kept per endpoint; more are closed when they finish.
+const MAX_IDLE_H1: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {addr} timed out after {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("connect to {addr}: {source}")]
+    Io { addr: SocketAddr, source: std::io::Error },
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake { addr: SocketAddr, source: hyper::Error },
+}
+
+/// Settings shared by all endpoints of a proxy.
+#[derive(Clone, Debug)]
+pub struct ConnectSettings {
+    pub connect_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// Another Tarmac proxy's inbound port: HTTP goes over HTTP/2 whatever the app spoke.
+    pub meshed: bool,
+    pub ewma: PeakEwma,
+    settings: ConnectSettings,
+    metrics: TargetMetrics,
+    h2: Mutex<Option<http2::SendRequest<Body>>>,
+    h2_connecting: tokio::sync::Mutex<()>,
+    h1_idle: Arc<Mutex<Vec<http1::SendRequest<Body>>>>,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr, meshed: bool, settings: ConnectSettings, metrics: TargetMetrics) -> Self {
+        Self {
+            addr,
+            meshed,
+            ewma: PeakEwma::default(),
+            settings,
+            metrics,
+            h2: Mutex::new(None),
+            h2_connecting: tokio::sync::Mutex::new(()),
+            h1_idle: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Opens a TCP connection with the proxy's socket options and connect timeout.
+    pub async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
+        let addr = self.addr;
+        let timeout = self.settings.connect_timeout;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Err(_) => Err(ConnectError::Timeout { addr, timeout }),
+            Ok(Err(source)) => Err(ConnectError::Io { addr, source }),
+            Ok(Ok(s)) => Ok(s),
+        };
+        match stream {
+            Ok(s) => {
+                tarmac_transport::set_stream_options(&s);
+                Ok(s)
+            }
+            Err(e) => {
+                self.ewma.mark_failed();
+                Err(e)
+            }
+        }
+    }
+
+    /// A sender on the endpoint's shared HTTP/2 connection, connecting if there is none.
+    pub async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, ConnectError> {
+        if let Some(sender) = self.current_h2() {
+            return Ok(sender);
+        }
+        // One task connects; the others wait for it and reuse its connection.
+        let _connecting = self.h2_connecting.lock().await;
+        if let Some(sender) = self.current_h2() {
+            return Ok(sender);
+        }
+        let io = TokioIo::new(self.connect_tcp().await?);
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .max_header_list_size(self.settings.max_header_bytes as u32)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(io)
+            .await
+            .map_err(|source| ConnectError::Handshake { addr: self.addr, source })?;
+        self.metrics.http_connections.inc();
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "HTTP/2 connection closed");
+            }
+        });
+        *lock(&self.h2) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    fn current_h2(&self) -> Option<http2::SendRequest<Body>> {
+        let mut slot = lock(&self.h2);
+        match &*slot {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                *slot = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// An HTTP/1 connection ready for one request: a pooled one, or a new one.
+    pub async fn h1_sender(&self) -> Result<http1::SendRequest<Body>, ConnectError> {
+        loop {
+            let pooled = lock(&self.h1_idle).pop();
+            let Some(mut sender) = pooled else { break };
+            if sender.is_closed() {
+                continue;
+            }
+            // Returned at end of body; the connection task flips to ready right after.
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+        self.h1_connect(false).await
+    }
+
+    /// A new HTTP/1 connection; `upgrades` keeps the socket usable after a 101 or CONNECT.
+    pub async fn h1_connect(&self, upgrades: bool) -> Result<http1::SendRequest<Body>, ConnectError> {
+        let io = TokioIo::new(self.connect_tcp().await?);
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(self.settings.max_header_bytes.max(8192))
+            .handshake(io)
+            .await
+            .map_err(|source| ConnectError::Handshake { addr: self.addr, source })?;
+        self.metrics.http_connections.inc();
+        let addr = self.addr;
+        if upgrades {
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(%addr, error = %e, "HTTP/1 connection closed");
+                }
+            });
+        } else {
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%addr, error = %e, "HTTP/1 connection closed");
+                }
+            });
+        }
+        Ok(sender)
+    }
+
+    /// Wraps a response body so that its connection returns to the pool at end of stream.
+    pub fn pooled_body(&self, body: Incoming, sender: http1::SendRequest<Body>) -> PooledBody {
+        let mut ret = Some((sender, Arc::downgrade(&self.h1_idle)));
+        // An empty body may never be polled: the connection is free already.
+        if body.is_end_stream() {
+            PooledBody::release(&mut ret);
+        }
+        PooledBody { body, ret }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+type IdleReturn = (http1::SendRequest<Body>, Weak<Mutex<Vec<http1::SendRequest<Body>>>>);
+
+pin_project! {
+    /// An HTTP/1 response body that hands its connection back to the pool once the peer has
+    /// sent all of it. Dropped early, the connection is dropped too: hyper cannot reuse a
+    /// connection whose response was not read to the end.
+    pub struct PooledBody {
+        #[pin]
+        body: Incoming,
+        ret: Option<IdleReturn>,
+    }
+}
+
+impl PooledBody {
+    fn release(ret: &mut Option<IdleReturn>) {
+        if let Some((sender, pool)) = ret.take() {
+            if let Some(pool) = pool.upgrade() {
+                let mut idle = lock(&pool);
+                if idle.len() < MAX_IDLE_H1 {
+                    idle.push(sender);
+                }
+            }
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => Self::release(this.ret),
+            Poll::Ready(Some(Err(_))) => {
+                this.ret.take();
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,104 @@
+//! A response body that records the response's outcome when it ends.
+//!
+//! The status code is known at the response head, but a gRPC call's outcome arrives in its
+//! trailers, so classification waits for the end of the body (or its drop, for a client
+//! that went away).
+
+use super::Body;
+use crate::metrics::{Classification, TargetMetrics};
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+pin_project! {
+    pub struct Metered {
+        #[pin]
+        inner: Body,
+        recorder: Recorder,
+    }
+}
+
+struct Recorder {
+    metrics: Option<Arc<TargetMetrics>>,
+    status: u16,
+    grpc: bool,
+    grpc_status: Option<u32>,
+    failed: bool,
+}
+
+impl Metered {
+    pub fn new(inner: Body, metrics: Arc<TargetMetrics>, status: http::StatusCode, headers: &HeaderMap, grpc: bool) -> Self {
+        let mut recorder = Recorder {
+            metrics: Some(metrics),
+            status: status.as_u16(),
+            grpc,
+            grpc_status: None,
+            failed: false,
+        };
+        // A trailers-only gRPC response carries its status in the headers.
+        recorder.grpc_status = grpc_status(headers);
+        if inner.is_end_stream() {
+            recorder.record();
+        }
+        Self { inner, recorder }
+    }
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+}
+
+impl Recorder {
+    fn record(&mut self) {
+        let Some(metrics) = self.metrics.take() else { return };
+        let failed = self.failed
+            || self.status >= 500
+            || (self.grpc && self.grpc_status != Some(0));
+        let class = if failed { Classification::Failure } else { Classification::Success };
+        metrics.response(self.status, if self.grpc { self.grpc_status } else { None }, class);
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
+
+impl HttpBody for Metered {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    if let Some(s) = grpc_status(trailers) {
+                        this.recorder.grpc_status = Some(s);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.recorder.failed = true;
+                this.recorder.record();
+            }
+            Poll::Ready(None) => this.recorder.record(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,229 @@
+//! HTTP proxying: one body type, header hygiene, and the error responses the proxy itself
+//! produces.
+//!
+//! - [`server`]: serves a detected HTTP/1 or HTTP/2 connection with hyper.
+//! - [`forward`]: the per-request path: pick an endpoint, adapt the request to the
+//!   upstream's protocol, record metrics.
+//! - [`upgrade`]: `Upgrade` (WebSocket) and `CONNECT` tunnels.
+//! - [`metered`]: a response body that records status and gRPC status when it ends.
+
+pub mod forward;
+pub mod metered;
+pub mod server;
+pub mod upgrade;
+
+use crate::endpoint::PooledBody;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Marks a request that an outbound proxy upgraded from HTTP/1 to HTTP/2 for the hop to
+/// another proxy; the inbound proxy removes it and speaks HTTP/1 to the app again.
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("tarmac-orig-proto");
+/// Set on responses the proxy generated itself, saying why.
+pub const PROXY_ERROR: HeaderName = HeaderName::from_static("tarmac-proxy-error");
+
+pin_project! {
+    /// Every body the proxy sends: a peer's streamed body, or a small one it made itself.
+    #[project = BodyProj]
+    pub enum Body {
+        Stream { #[pin] body: Incoming },
+        Pooled { #[pin] body: PooledBody },
+        Full { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl Body {
+    pub fn empty() -> Self {
+        Body::Full { body: Full::new(Bytes::new()) }
+    }
+
+    pub fn text(s: impl Into<Bytes>) -> Self {
+        Body::Full { body: Full::new(s.into()) }
+    }
+}
+
+impl From<Incoming> for Body {
+    fn from(body: Incoming) -> Self {
+        Body::Stream { body }
+    }
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            BodyProj::Stream { body } => body.poll_frame(cx),
+            BodyProj::Pooled { body } => body.poll_frame(cx),
+            BodyProj::Full { body } => match body.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Stream { body } => body.is_end_stream(),
+            Body::Pooled { body } => body.is_end_stream(),
+            Body::Full { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Stream { body } => body.size_hint(),
+            Body::Pooled { body } => body.size_hint(),
+            Body::Full { body } => body.size_hint(),
+        }
+    }
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus any the
+/// `Connection` header names. `te: trailers` survives: gRPC needs it end to end.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if let Some(connection) = headers.get(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !(keep_upgrade && name == header::UPGRADE))
+            .collect();
+        for name in named {
+            if name != header::TE {
+                headers.remove(&name);
+            }
+        }
+        if !keep_upgrade {
+            headers.remove(header::CONNECTION);
+        }
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    headers.remove(header::TRANSFER_ENCODING);
+    if !keep_upgrade {
+        headers.remove(header::UPGRADE);
+    }
+    if let Some(te) = headers.get(header::TE) {
+        let wants_trailers = te
+            .to_str()
+            .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
+            .unwrap_or(false);
+        if wants_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
+    }
+}
+
+/// True for gRPC requests, which want errors as `grpc-status` rather than HTTP codes.
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// A response made by the proxy for a failure: an HTTP status with a reason header, or
+/// for gRPC callers a trailers-only response with the matching `grpc-status`.
+pub fn error_response(status: http::StatusCode, grpc: bool, reason: &str) -> http::Response<Body> {
+    let reason_value = HeaderValue::from_str(reason).unwrap_or(HeaderValue::from_static("proxy error"));
+    let mut rsp = if grpc {
+        let code = match status {
+            http::StatusCode::GATEWAY_TIMEOUT => "4",   // DEADLINE_EXCEEDED
+            http::StatusCode::BAD_REQUEST => "13",      // INTERNAL
+            http::StatusCode::TOO_MANY_REQUESTS => "8", // RESOURCE_EXHAUSTED
+            _ => "14",                                  // UNAVAILABLE
+        };
+        let mut rsp = http::Response::new(Body::empty());
+        let h = rsp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from_static(code));
+        h.insert("grpc-message", reason_value.clone());
+        rsp
+    } else {
+        let mut rsp = http::Response::new(Body::text(format!("{reason}\n")));
+        *rsp.status_mut() = status;
+        rsp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        rsp
+    };
+    rsp.headers_mut().insert(PROXY_ERROR, reason_value);
+    rsp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "secret"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "h2c"),
+            ("x-kept", "yes"),
+            ("trailer", "grpc-status"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept", "trailer"]);
+    }
+
+    #[test]
+    fn te_trailers_survives_and_other_te_goes() {
+        let mut h = headers(&[("te", "gzip, trailers")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["te"], "trailers");
+        let mut h = headers(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("te").is_none());
+    }
+
+    #[test]
+    fn upgrade_headers_are_kept_for_tunnels() {
+        let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("keep-alive", "1")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "Upgrade");
+        assert!(h.get("keep-alive").is_none());
+    }
+
+    #[test]
+    fn grpc_errors_are_trailers_only() {
+        let mut req = HeaderMap::new();
+        req.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc+proto"));
+        assert!(is_grpc(&req));
+        let rsp = error_response(http::StatusCode::BAD_GATEWAY, true, "connect failed");
+        assert_eq!(rsp.status(), 200);
+        assert_eq!(rsp.headers()["grpc-status"], "14");
+        assert_eq!(rsp.headers()[PROXY_ERROR], "connect failed");
+    }
+}

@@ -1,0 +1,88 @@
+//! The inbound side: connections from other proxies and from non-mesh clients, forwarded
+//! to the local app.
+//!
+//! In explicit mode the app's address is configured. In transparent mode connections
+//! arrive redirected by iptables and go to their original destination (the app's port in
+//! this network namespace); one sent straight to the inbound port, which was not
+//! redirected, goes to the configured app or is refused.
+
+use crate::config::{InboundConfig, Protocol};
+use crate::conn::{self, Shared};
+use crate::http::forward::Forward;
+use crate::metrics::Direction;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Forwarders per app address, so connections share connection pools and metrics.
+#[derive(Debug)]
+pub struct Inbound {
+    config: InboundConfig,
+    forwards: Mutex<HashMap<SocketAddr, Arc<Forward>>>,
+}
+
+/// Distinct original destinations remembered in transparent mode; a workload listens on
+/// few ports, so this bounds memory against port scans without affecting real traffic.
+const MAX_TARGETS: usize = 256;
+
+impl Inbound {
+    pub fn new(config: InboundConfig) -> Self {
+        Self { config, forwards: Mutex::new(HashMap::new()) }
+    }
+
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shared: Arc<Shared>) {
+        let s = shared.clone();
+        conn::accept_loop(listener, Direction::Inbound, shared, move |stream, permit| {
+            let inbound = self.clone();
+            let shared = s.clone();
+            async move {
+                inbound.handle(stream, &shared).await;
+                drop(permit);
+            }
+        })
+        .await
+    }
+
+    async fn handle(&self, stream: TcpStream, shared: &Shared) {
+        let Some(app) = self.app_addr(&stream, shared) else {
+            return;
+        };
+        let fwd = self.forward_for(app, shared);
+        let hint = if shared.is_opaque_port(app.port()) { Protocol::Opaque } else { Protocol::Detect };
+        conn::proxy_connection(shared, stream, fwd, hint).await
+    }
+
+    fn app_addr(&self, stream: &TcpStream, shared: &Shared) -> Option<SocketAddr> {
+        if !self.config.transparent {
+            return self.config.app;
+        }
+        let local = stream.local_addr().ok()?;
+        match tarmac_transport::original_dst(stream) {
+            Ok(dst) if !shared.is_own(dst, local) => Some(dst),
+            _ => match self.config.app {
+                Some(app) => Some(app),
+                None => {
+                    shared.metrics.refused(Direction::Inbound, "no_target");
+                    tracing::warn!(
+                        %local,
+                        "inbound connection was not redirected by iptables and no `inbound.app` is configured; refusing it"
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    fn forward_for(&self, app: SocketAddr, shared: &Shared) -> Arc<Forward> {
+        let mut forwards = self.forwards.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = forwards.get(&app) {
+            return f.clone();
+        }
+        let fwd = shared.fixed_forward(Direction::Inbound, app);
+        if forwards.len() < MAX_TARGETS {
+            forwards.insert(app, fwd.clone());
+        }
+        fwd
+    }
+}

@@ -1,0 +1,37 @@
+//! `tarmac-proxy`: the Tarmac data plane, a small proxy that runs beside each workload.
+//!
+//! It intercepts the workload's traffic in both directions (transparently through
+//! iptables, or explicitly on per-service local ports), detects the protocol of each
+//! connection, balances every HTTP request over the destination's endpoints with
+//! peak-EWMA power of two choices, carries HTTP/1 between proxies over multiplexed HTTP/2,
+//! forwards everything else as opaque TCP, and exports golden metrics.
+//!
+//! # Layout
+//! - [`config`]: the typed configuration, parsed once from YAML.
+//! - [`app`]: binds the listeners, runs them, drains on shutdown.
+//! - [`inbound`] and [`outbound`]: the two directions, from accept to a destination.
+//! - [`conn`]: what every connection goes through: the cap, detection, dispatch.
+//! - [`detect`]: protocol detection from the first bytes.
+//! - [`http`]: serving, forwarding, tunnels (WebSocket, CONNECT), body metering.
+//! - [`endpoint`] and [`balance`]: connections to endpoints, and choosing one.
+//! - [`tcp`]: opaque forwarding.
+//! - [`metrics`] and [`admin`]: Prometheus metrics and the admin listener.
+
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod config;
+pub mod conn;
+pub mod detect;
+pub mod endpoint;
+pub mod http;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod tcp;
+
+pub use app::{BoundAddrs, Running, start};
+pub use config::Config;

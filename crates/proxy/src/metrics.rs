@@ -1,0 +1,412 @@
+//! Golden metrics in Prometheus text format.
+//!
+//! Labels are bounded by configuration, never by traffic: `target` is a configured service
+//! name or an address, `status_code` is one of the few hundred HTTP codes. Paths never
+//! become labels. Per-target handles are resolved once per connection or service so the
+//! request path touches only atomics for counting and timing.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// Latency buckets in seconds, from 100 µs (a local hop) to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// Whether a response counts as a success for the success rate. HTTP 5xx fail; for gRPC
+/// the `grpc-status` decides, since gRPC failures travel in HTTP 200 responses.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Classification {
+    Success,
+    Failure,
+}
+
+impl EncodeLabelValue for Classification {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Classification::Success => "success",
+            Classification::Failure => "failure",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub direction: Direction,
+    pub target: Arc<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub direction: Direction,
+    pub target: Arc<String>,
+    pub status_code: u16,
+    /// gRPC status code when the response was gRPC, otherwise empty.
+    pub grpc_status: Option<u32>,
+    pub classification: Classification,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DetectLabels {
+    pub direction: Direction,
+    /// `http1`, `http2`, `tls`, `opaque`, `timeout` or `skipped` (an opaque port).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub direction: Direction,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub direction: Direction,
+    pub target: Arc<String>,
+    pub kind: &'static str,
+}
+
+/// All of the proxy's metrics, registered in one registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<TargetLabels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
+    latency: Family<TargetLabels, Histogram, fn() -> Histogram>,
+    tcp_opened: Family<TargetLabels, Counter>,
+    tcp_closed: Family<TargetLabels, Counter>,
+    tcp_open: Family<TargetLabels, Gauge>,
+    tcp_read_bytes: Family<TargetLabels, Counter>,
+    tcp_write_bytes: Family<TargetLabels, Counter>,
+    detect: Family<DetectLabels, Counter>,
+    refused: Family<ReasonLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    http_connections: Family<TargetLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::default();
+        registry.register("tarmac_requests", "HTTP requests received", requests.clone());
+        let responses = Family::default();
+        registry.register(
+            "tarmac_responses",
+            "HTTP responses completed, by status and success classification",
+            responses.clone(),
+        );
+        let latency = Family::<TargetLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "tarmac_response_latency",
+            "Time from receiving a request to receiving its response headers",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        let tcp_opened = Family::default();
+        registry.register("tarmac_tcp_open", "TCP connections opened", tcp_opened.clone());
+        let tcp_closed = Family::default();
+        registry.register("tarmac_tcp_close", "TCP connections closed", tcp_closed.clone());
+        let tcp_open = Family::default();
+        registry.register("tarmac_tcp_connections_open", "TCP connections open now", tcp_open.clone());
+        let tcp_read_bytes = Family::default();
+        registry.register_with_unit(
+            "tarmac_tcp_read",
+            "Bytes received from clients on opaque TCP connections",
+            Unit::Bytes,
+            tcp_read_bytes.clone(),
+        );
+        let tcp_write_bytes = Family::default();
+        registry.register_with_unit(
+            "tarmac_tcp_write",
+            "Bytes sent to clients on opaque TCP connections",
+            Unit::Bytes,
+            tcp_write_bytes.clone(),
+        );
+        let detect = Family::default();
+        registry.register("tarmac_protocol_detect", "Protocol detection outcomes", detect.clone());
+        let refused = Family::default();
+        registry.register(
+            "tarmac_connections_refused",
+            "Connections refused before proxying (limit, loop, no target)",
+            refused.clone(),
+        );
+        let errors = Family::default();
+        registry.register("tarmac_proxy_errors", "Requests or connections the proxy failed, by kind", errors.clone());
+        let http_connections = Family::default();
+        registry.register(
+            "tarmac_http_connections",
+            "HTTP connections the proxy opened to endpoints or the app",
+            http_connections.clone(),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
+        Self {
+            registry,
+            requests,
+            responses,
+            latency,
+            tcp_opened,
+            tcp_closed,
+            tcp_open,
+            tcp_read_bytes,
+            tcp_write_bytes,
+            detect,
+            refused,
+            errors,
+            http_connections,
+        }
+    }
+
+    /// Renders the Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Handles for one target; resolve once, use for many requests.
+    pub fn target(self: &Arc<Self>, direction: Direction, target: Arc<String>) -> TargetMetrics {
+        let labels = TargetLabels { direction, target };
+        TargetMetrics {
+            requests: self.requests.get_or_create_owned(&labels),
+            latency: self.latency.get_or_create_owned(&labels),
+            http_connections: self.http_connections.get_or_create_owned(&labels),
+            labels,
+            metrics: self.clone(),
+        }
+    }
+
+    pub fn detected(&self, direction: Direction, result: &'static str) {
+        self.detect.get_or_create(&DetectLabels { direction, result }).inc();
+    }
+
+    pub fn refused(&self, direction: Direction, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabels { direction, reason }).inc();
+    }
+}
+
+/// Metric handles for one (direction, target).
+#[derive(Clone, Debug)]
+pub struct TargetMetrics {
+    requests: Counter,
+    latency: Histogram,
+    pub http_connections: Counter,
+    labels: TargetLabels,
+    metrics: Arc<Metrics>,
+}
+
+impl TargetMetrics {
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    pub fn latency(&self, seconds: f64) {
+        self.latency.observe(seconds);
+    }
+
+    pub fn response(&self, status_code: u16, grpc_status: Option<u32>, classification: Classification) {
+        self.metrics
+            .responses
+            .get_or_create(&ResponseLabels {
+                direction: self.labels.direction,
+                target: self.labels.target.clone(),
+                status_code,
+                grpc_status,
+                classification,
+            })
+            .inc();
+    }
+
+    pub fn error(&self, kind: &'static str) {
+        self.metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                direction: self.labels.direction,
+                target: self.labels.target.clone(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// Counts an opaque TCP connection for as long as the returned guard lives.
+    pub fn tcp_connection(&self) -> TcpConnectionMetrics {
+        let m = &self.metrics;
+        m.tcp_opened.get_or_create(&self.labels).inc();
+        let open = m.tcp_open.get_or_create_owned(&self.labels);
+        open.inc();
+        TcpConnectionMetrics {
+            read: m.tcp_read_bytes.get_or_create_owned(&self.labels),
+            write: m.tcp_write_bytes.get_or_create_owned(&self.labels),
+            closed: m.tcp_closed.get_or_create_owned(&self.labels),
+            open,
+        }
+    }
+}
+
+/// Byte counters of one opaque connection; closing is counted on drop.
+#[derive(Debug)]
+pub struct TcpConnectionMetrics {
+    pub read: Counter,
+    pub write: Counter,
+    closed: Counter,
+    open: Gauge,
+}
+
+impl Drop for TcpConnectionMetrics {
+    fn drop(&mut self) {
+        self.closed.inc();
+        self.open.dec();
+    }
+}
+
+/// The standard `process_*` metrics, read from /proc at scrape time.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(stats) = ProcessStats::read_self() else { return Ok(()) };
+        let cpu = ConstCounter::new(stats.cpu_seconds);
+        cpu.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            cpu.metric_type(),
+        )?)?;
+        for (name, help, value) in [
+            ("process_resident_memory_bytes", "Resident memory size in bytes", stats.rss_bytes as f64),
+            ("process_virtual_memory_bytes", "Virtual memory size in bytes", stats.vsize_bytes as f64),
+            ("process_start_time_seconds", "Start time of the process since the Unix epoch in seconds", stats.start_time_seconds),
+            ("process_open_fds", "Number of open file descriptors", stats.open_fds as f64),
+            ("process_threads", "Number of OS threads", stats.threads as f64),
+        ] {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// CPU and memory of a process, from /proc. Also used by the CLI and benchmarks to
+/// measure proxies from outside.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessStats {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub vsize_bytes: u64,
+    pub start_time_seconds: f64,
+    pub open_fds: u64,
+    pub threads: u64,
+}
+
+impl ProcessStats {
+    pub fn read_self() -> Option<Self> {
+        Self::read("self")
+    }
+
+    /// `pid` is a number or `self`.
+    pub fn read(pid: &str) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which is parenthesised and may contain spaces.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = clock_ticks_per_second();
+        let utime: f64 = f.get(11)?.parse().ok()?;
+        let stime: f64 = f.get(12)?.parse().ok()?;
+        let threads: u64 = f.get(17)?.parse().ok()?;
+        let starttime: f64 = f.get(19)?.parse().ok()?;
+        let vsize: u64 = f.get(20)?.parse().ok()?;
+        let rss_pages: u64 = f.get(21)?.parse().ok()?;
+        let boot_time = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))
+        })?;
+        let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
+        Some(Self {
+            cpu_seconds: (utime + stime) / ticks,
+            rss_bytes: rss_pages * 4096,
+            vsize_bytes: vsize,
+            start_time_seconds: boot_time + starttime / ticks,
+            open_fds,
+            threads,
+        })
+    }
+}
+
+/// USER_HZ is 100 on every Linux architecture Tarmac builds for.
+fn clock_ticks_per_second() -> f64 {
+    100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_conventional_names() {
+        let metrics = Arc::new(Metrics::new());
+        let t = metrics.target(Direction::Outbound, Arc::new("books".into()));
+        t.request();
+        t.latency(0.002);
+        t.response(200, None, Classification::Success);
+        t.response(200, Some(7), Classification::Failure);
+        drop(t.tcp_connection());
+        let text = metrics.encode();
+        for needle in [
+            "tarmac_requests_total{direction=\"outbound\",target=\"books\"} 1",
+            "tarmac_response_latency_seconds_bucket{le=\"0.0025\",direction=\"outbound\",target=\"books\"} 1",
+            "status_code=\"200\",grpc_status=\"7\",classification=\"failure\"",
+            "tarmac_tcp_close_total{direction=\"outbound\",target=\"books\"} 1",
+            "tarmac_tcp_connections_open{direction=\"outbound\",target=\"books\"} 0",
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn process_stats_are_plausible() {
+        let s = ProcessStats::read_self().unwrap();
+        assert!(s.rss_bytes > 1024 * 1024);
+        assert!(s.threads >= 1);
+        assert!(s.start_time_seconds > 1.0e9);
+    }
+}

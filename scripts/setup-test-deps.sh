@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Idempotent installer for everything the Tarmac test suite needs.
+#
+# - Debian packages: iptables, curl, redis-server, redis-tools, prometheus
+#   (for promtool), iproute2, util-linux (setpriv), procps.
+# - Python packages for python3: grpcio, websockets (test peers).
+# - Makes sure the iptables backend works inside a fresh network namespace,
+#   switching between iptables-legacy and iptables-nft if needed.
+#
+# When everything is already present it does no network access and finishes
+# in well under a second. Must run as root.
+set -euo pipefail
+
+log() { echo "setup-test-deps: $*"; }
+
+if [[ $(id -u) -ne 0 ]]; then
+    log "must run as root" >&2
+    exit 1
+fi
+
+APT_PACKAGES=(iptables curl redis-server redis-tools prometheus iproute2 util-linux procps)
+# Commands each package must provide; used together with dpkg status.
+declare -A PKG_CMD=(
+    [iptables]=iptables
+    [curl]=curl
+    [redis-server]=redis-server
+    [redis-tools]=redis-cli
+    [prometheus]=promtool
+    [iproute2]=ip
+    [util-linux]=setpriv
+    [procps]=ps
+)
+
+pkg_installed() {
+    local status
+    status=$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)
+    [[ $status == "install ok installed" ]] && command -v "${PKG_CMD[$1]}" >/dev/null 2>&1
+}
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    pkg_installed "$p" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    # Keep package maintainer scripts from starting daemons (redis, prometheus):
+    # tests start their own instances. Only add a policy-rc.d if none exists.
+    added_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        added_policy=1
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    for p in "${missing[@]}"; do
+        if pkg_installed "$p"; then
+            log "installed apt package $p"
+        else
+            log "FAILED to install apt package $p" >&2
+            exit 1
+        fi
+    done
+    if ((added_policy)); then
+        rm -f /usr/sbin/policy-rc.d
+        trap - EXIT
+    fi
+    # Whatever happened above, leave no system daemons running.
+    for svc in redis-server prometheus; do
+        if [[ " ${missing[*]} " == *" $svc "* ]]; then
+            service "$svc" stop >/dev/null 2>&1 || true
+            if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+                systemctl disable --now "$svc" >/dev/null 2>&1 || true
+            fi
+            # pkill -x matches the exact process name only (these daemons).
+            pkill -x "$svc" >/dev/null 2>&1 || true
+        fi
+    done
+fi
+
+# --- Python packages -------------------------------------------------------
+if ! python3 -c 'import grpc, websockets' >/dev/null 2>&1; then
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet grpcio websockets
+    python3 -c 'import grpc, websockets' || { log "FAILED to import grpc/websockets after pip install" >&2; exit 1; }
+    log "installed python packages: $(python3 -c 'import grpc, websockets; print(f"grpcio {grpc.__version__}, websockets {websockets.__version__}")')"
+fi
+
+# --- iptables backend --------------------------------------------------------
+PROBE_NS=tarmac-setup-probe
+
+iptables_probe() {
+    ip netns del "$PROBE_NS" >/dev/null 2>&1 || true
+    ip netns add "$PROBE_NS" || return 1
+    local rc=0
+    ip netns exec "$PROBE_NS" iptables -t nat -L -n >/dev/null 2>&1 || rc=$?
+    ip netns del "$PROBE_NS" >/dev/null 2>&1 || true
+    return "$rc"
+}
+
+current_iptables_alt() {
+    update-alternatives --query iptables 2>/dev/null | sed -n 's/^Value: //p'
+}
+
+if ! iptables_probe; then
+    before=$(current_iptables_alt)
+    switched=""
+    for alt in /usr/sbin/iptables-legacy /usr/sbin/iptables-nft; do
+        [[ $alt == "$before" ]] && continue
+        [[ -x $alt ]] || continue
+        update-alternatives --set iptables "$alt" >/dev/null 2>&1 || continue
+        # Keep ip6tables on the same backend when it exists.
+        update-alternatives --set ip6tables "${alt/iptables/ip6tables}" >/dev/null 2>&1 || true
+        if iptables_probe; then
+            switched=$alt
+            break
+        fi
+    done
+    if [[ -n $switched ]]; then
+        log "iptables backend switched from ${before:-unknown} to $switched"
+    else
+        # Restore the original choice so we don't leave things worse.
+        [[ -n $before ]] && update-alternatives --set iptables "$before" >/dev/null 2>&1 || true
+        log "iptables does not work inside a network namespace with any backend" >&2
+        exit 1
+    fi
+fi
