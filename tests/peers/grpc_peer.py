@@ -50,7 +50,12 @@ def _bidi(request_iterator, context):
 
 
 def serve(port):
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    # grpcio enables SO_REUSEPORT by default, which would let a second server
+    # silently share a busy port; turn it off so a port clash is an error.
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8),
+        options=[("grpc.so_reuseport", 0)],
+    )
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
         {
@@ -60,7 +65,10 @@ def serve(port):
         },
     )
     server.add_generic_rpc_handlers((handler,))
-    bound = server.add_insecure_port("127.0.0.1:%d" % port)
+    try:
+        bound = server.add_insecure_port("127.0.0.1:%d" % port)
+    except RuntimeError:  # newer grpcio raises instead of returning 0
+        bound = 0
     if bound == 0:
         print("failed to bind 127.0.0.1:%d" % port, file=sys.stderr, flush=True)
         return 1
