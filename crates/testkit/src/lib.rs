@@ -1,0 +1,13 @@
+//! Test helpers for Tarmac: real servers and real clients on loopback, never mocks of the
+//! proxy's peers.
+//!
+//! - [`echo`]: an HTTP/1.1 + h2c server that reports what it received, with knobs for
+//!   latency and status, and counts its connections.
+//! - [`proxy`]: a `tarmac-proxy` in-process on port 0, or as a child process.
+//! - [`metrics`]: reading a proxy's `/metrics`.
+//! - [`tools`]: running external clients (curl, Python peers) and finding binaries.
+
+pub mod echo;
+pub mod metrics;
+pub mod proxy;
+pub mod tools;

@@ -1,0 +1,96 @@
+//! Proxies for tests: in-process on port 0 (fast tier), or the real binary as a child
+//! process (for signals and for tools that need a separate process).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tarmac_proxy::{Config, Running};
+
+/// Starts a proxy in this process from YAML. Listen addresses may use port 0.
+pub async fn start(yaml: &str) -> Running {
+    let config = Config::from_yaml(yaml, "test config").expect("valid test config");
+    tarmac_proxy::start(config).await.expect("proxy starts")
+}
+
+/// A client-side proxy with one explicit service, and a server-side proxy in front of
+/// `app`, wired together as in a mesh. Returns (client proxy, server proxy).
+pub async fn mesh_pair(service: &str, app: SocketAddr) -> (Running, Running) {
+    let server = start(&format!(
+        "admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {app}\n"
+    ))
+    .await;
+    let inbound = server.addrs.inbound.unwrap();
+    let client = start(&format!(
+        "admin: 127.0.0.1:0\noutbound:\n  services:\n  - name: {service}\n    listen: 127.0.0.1:0\n    endpoints: [{{addr: \"{inbound}\", meshed: true}}]\n"
+    ))
+    .await;
+    (client, server)
+}
+
+/// A `tarmac-proxy` child process; killed on drop.
+pub struct ProxyProcess {
+    pub child: Child,
+    pub config_path: PathBuf,
+}
+
+impl ProxyProcess {
+    /// Writes `yaml` to a temporary file and starts the binary with it.
+    pub fn spawn(yaml: &str) -> Self {
+        let dir = crate::tools::temp_dir("proxy");
+        let config_path = dir.join("proxy.yaml");
+        std::fs::write(&config_path, yaml).unwrap();
+        let child = Command::new(crate::tools::binary("tarmac-proxy"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("TARMAC_PROXY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tarmac-proxy");
+        Self { child, config_path }
+    }
+
+    /// Sends a signal with `kill`.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit up to `timeout`; None if still running.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `GET /ready` on `admin` answers 200.
+pub async fn wait_ready(admin: SocketAddr, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(admin)).await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut buf)).await;
+            if buf.starts_with(b"HTTP/1.1 200") {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "proxy at {admin} not ready in {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
