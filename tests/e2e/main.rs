@@ -1,8 +1,11 @@
 //! End-to-end tests of Tarmac with real sockets and real clients.
 //!
 //! Tiers (see tests/README.md): in-process proxies on loopback (`http`, `tcp`, `balance`,
-//! `limits`), real external peers (`curl`, `grpc`, `websocket`, `redis`, `prometheus`),
-//! processes and signals (`lifecycle`, `demo`), and root-only network namespaces with
-//! iptables (`netns`), which fail rather than skip in CI when not root.
+//! `limits`), real external peers (`peers`: grpcio, WebSocket, curl; redis in `tcp`;
+//! Prometheus' promtool in `limits`), processes and signals (`lifecycle`, `demo`), and
+//! root-only network namespaces with iptables (`netns`), which fail rather than skip in
+//! CI when not root.
 
 mod http;
+mod peers;
+mod tcp;

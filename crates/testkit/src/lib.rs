@@ -5,9 +5,11 @@
 //!   latency and status, and counts its connections.
 //! - [`proxy`]: a `tarmac-proxy` in-process on port 0, or as a child process.
 //! - [`metrics`]: reading a proxy's `/metrics`.
+//! - [`servers`]: TCP servers with awkward behaviours (speaks first, half-close, CONNECT).
 //! - [`tools`]: running external clients (curl, Python peers) and finding binaries.
 
 pub mod echo;
 pub mod metrics;
 pub mod proxy;
+pub mod servers;
 pub mod tools;

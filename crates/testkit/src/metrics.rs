@@ -25,3 +25,19 @@ pub fn sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .sum()
 }
+
+/// Scrapes until `sum(name, labels)` equals `want` (connections close asynchronously), up
+/// to 10 s; returns the last scrape for further checks, or panics with it.
+pub async fn wait_for(admin: SocketAddr, name: &str, labels: &[(&str, &str)], want: f64) -> String {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = scrape(admin).await;
+        if sum(&text, name, labels) == want {
+            return text;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("{name}{labels:?} never reached {want}:\n{text}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -52,7 +52,6 @@ pub async fn run(program: &str, args: &[&str]) -> Output {
             .env_remove("HTTP_PROXY")
             .env_remove("HTTPS_PROXY")
             .env_remove("ALL_PROXY")
-            .env("NO_PROXY", "*")
             .output()
             .unwrap_or_else(|e| panic!("cannot run {program}: {e}; run scripts/setup-test-deps.sh"))
     })
@@ -97,4 +96,43 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let status = rsp.status().as_u16();
     let body = rsp.into_body().collect().await.expect("body").to_bytes();
     (status, String::from_utf8_lossy(&body).to_string())
+}
+
+/// A server process started for a test; killed on drop.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl ServerProcess {
+    /// Starts a program that prints `LISTENING <port>` once bound (the Python peers do).
+    pub fn spawn_listening(program: &str, args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(program)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}; run scripts/setup-test-deps.sh"));
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{program} {args:?} did not report its port: {line:?}"));
+        Self { child, port }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
