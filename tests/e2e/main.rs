@@ -6,6 +6,8 @@
 //! root-only network namespaces with iptables (`netns`), which fail rather than skip in
 //! CI when not root.
 
+mod balance;
 mod http;
+mod limits;
 mod peers;
 mod tcp;

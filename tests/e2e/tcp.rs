@@ -56,7 +56,7 @@ async fn redis_benchmark_through_the_mesh_as_opaque_tcp() {
     assert!(sum(&m, "tarmac_tcp_read_bytes_total", &[("target", "cache")]) > 80_000.0, "{m}");
     assert!(sum(&m, "tarmac_tcp_write_bytes_total", &[("target", "cache")]) > 20_000.0, "{m}");
     wait_for(client.addrs.admin, "tarmac_tcp_connections_open", &[("target", "cache")], 0.0).await;
-    let m = scrape(server.addrs.admin).await;
+    let m = wait_for(server.addrs.admin, "tarmac_tcp_connections_open", &[("direction", "inbound")], 0.0).await;
     assert!(sum(&m, "tarmac_tcp_close_total", &[("direction", "inbound")]) >= 10.0, "{m}");
 }
 

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// How fast the estimate forgets: the weight of old samples falls by 1/e every 10 s.
 pub const DECAY: Duration = Duration::from_secs(10);
+/// Loads within this fraction of each other count as equal.
+const TIE: f64 = 1e-3;
 /// After a failed connection, the endpoint is avoided for this long when others exist.
 pub const FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
@@ -151,7 +153,9 @@ pub fn p2c<T>(items: &[T], ewma: impl Fn(&T) -> &PeakEwma) -> Option<usize> {
                 (true, false) => return Some(b),
                 _ => {}
             }
-            Some(if ea.load(now) <= eb.load(now) { a } else { b })
+            // `a` is the random draw: near-ties (estimates that differ only by how long ago
+            // they decayed) go to it, so they do not favour the oldest endpoint.
+            Some(if ea.load(now) <= eb.load(now) * (1.0 + TIE) { a } else { b })
         }
     }
 }

@@ -198,7 +198,7 @@ impl Metrics {
     /// Renders the Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
         out
     }
 
@@ -391,7 +391,7 @@ mod tests {
         let text = metrics.encode();
         for needle in [
             "tarmac_requests_total{direction=\"outbound\",target=\"books\"} 1",
-            "tarmac_response_latency_seconds_bucket{le=\"0.0025\",direction=\"outbound\",target=\"books\"} 1",
+            "tarmac_response_latency_seconds_bucket{direction=\"outbound\",target=\"books\",le=\"0.0025\"} 1",
             "status_code=\"200\",grpc_status=\"7\",classification=\"failure\"",
             "tarmac_tcp_close_total{direction=\"outbound\",target=\"books\"} 1",
             "tarmac_tcp_connections_open{direction=\"outbound\",target=\"books\"} 0",

@@ -9,6 +9,7 @@ use tarmac_proxy::{Config, Running};
 
 /// Starts a proxy in this process from YAML. Listen addresses may use port 0.
 pub async fn start(yaml: &str) -> Running {
+    init_logging();
     let config = Config::from_yaml(yaml, "test config").expect("valid test config");
     tarmac_proxy::start(config).await.expect("proxy starts")
 }
@@ -92,5 +93,15 @@ pub async fn wait_ready(admin: SocketAddr, timeout: Duration) {
         }
         assert!(tokio::time::Instant::now() < deadline, "proxy at {admin} not ready in {timeout:?}");
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Logs from in-process proxies, when `TARMAC_TEST_LOG` is set (e.g. `debug`).
+pub fn init_logging() {
+    if let Ok(filter) = std::env::var("TARMAC_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
     }
 }

@@ -150,6 +150,9 @@ impl Forward {
         // Only a proxy may set the marker: on the way out an app's copy is dropped.
         let was_h1 = req.headers_mut().remove(ORIG_PROTO).is_some() && self.direction == Direction::Inbound;
         let endpoint = self.pick()?;
+        // Counted from the pick, so that concurrent picks see each other even while the
+        // first of them is still connecting.
+        let in_flight = endpoint.ewma.start();
         strip_hop_by_hop(req.headers_mut(), false);
         let authority = authority(&req)?;
         let to_h2 = endpoint.meshed || (req.version() == Version::HTTP_2 && !was_h1);
@@ -161,13 +164,15 @@ impl Forward {
             set_absolute_uri(&mut req, authority)?;
             req.headers_mut().remove(header::HOST);
             let mut req = Some(req.map(Body::from));
+            let mut in_flight = Some(in_flight);
             // A connection that closed under us is replaced once; the request was not sent.
             for attempt in 0..2 {
                 let mut sender = endpoint.h2_sender().await?;
-                let in_flight = endpoint.ewma.start();
                 match sender.try_send_request(req.take().expect("request")).await {
                     Ok(mut rsp) => {
-                        in_flight.complete();
+                        if let Some(f) = in_flight.take() {
+                            f.complete();
+                        }
                         strip_hop_by_hop(rsp.headers_mut(), false);
                         return Ok(rsp.map(Body::from));
                     }
@@ -189,12 +194,14 @@ impl Forward {
             }
             set_origin_form(&mut req);
             let mut req = Some(req.map(Body::from));
+            let mut in_flight = Some(in_flight);
             for attempt in 0..2 {
                 let mut sender = endpoint.h1_sender().await?;
-                let in_flight = endpoint.ewma.start();
                 match sender.try_send_request(req.take().expect("request")).await {
                     Ok(rsp) => {
-                        in_flight.complete();
+                        if let Some(f) = in_flight.take() {
+                            f.complete();
+                        }
                         let (mut parts, body) = rsp.into_parts();
                         strip_hop_by_hop(&mut parts.headers, false);
                         let body = Body::Pooled { body: endpoint.pooled_body(body, sender) };

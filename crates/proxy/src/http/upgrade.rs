@@ -43,8 +43,8 @@ pub async fn forward(fwd: &Forward, mut req: Request<Incoming>) -> Result<Respon
     }
     *req.version_mut() = Version::HTTP_11;
 
-    let mut sender = endpoint.h1_connect(true).await?;
     let in_flight = endpoint.ewma.start();
+    let mut sender = endpoint.h1_connect(true).await?;
     let mut rsp = sender
         .send_request(req.map(Body::from))
         .await
