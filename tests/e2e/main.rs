@@ -8,6 +8,7 @@
 
 mod balance;
 mod http;
+mod lifecycle;
 mod limits;
 mod peers;
 mod tcp;
