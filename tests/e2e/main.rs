@@ -10,5 +10,6 @@ mod balance;
 mod http;
 mod lifecycle;
 mod limits;
+mod netns;
 mod peers;
 mod tcp;
