@@ -20,13 +20,20 @@ async fn curl_http1_crosses_both_proxies_and_reaches_the_app_as_http1() {
     assert_eq!(field(&body, "version"), Some("HTTP/1.1"));
     assert_eq!(field(&body, "header x-custom"), Some("kept"));
     assert!(field(&body, "header tarmac-orig-proto").is_none(), "{body}");
-    assert_eq!(field(&body, "header host"), Some(client.addrs.service("books").unwrap().to_string().as_str()));
+    assert_eq!(
+        field(&body, "header host"),
+        Some(client.addrs.service("books").unwrap().to_string().as_str())
+    );
 
     let out = scrape(client.addrs.admin).await;
     assert_eq!(sum(&out, "tarmac_requests_total", &[("direction", "outbound"), ("target", "books")]), 1.0);
     let inb = scrape(server.addrs.admin).await;
     assert_eq!(
-        sum(&inb, "tarmac_responses_total", &[("direction", "inbound"), ("status_code", "200"), ("classification", "success")]),
+        sum(
+            &inb,
+            "tarmac_responses_total",
+            &[("direction", "inbound"), ("status_code", "200"), ("classification", "success")]
+        ),
         1.0
     );
 }
@@ -63,7 +70,10 @@ async fn concurrent_http1_requests_share_one_connection_between_proxies() {
     // The client proxy opened exactly one connection to the server proxy...
     assert_eq!(sum(&outbound, "tarmac_http_connections_total", &[("target", "books")]), 1.0, "{outbound}");
     // ...and the server proxy accepted one HTTP/2 connection.
-    assert_eq!(sum(&inbound, "tarmac_protocol_detect_total", &[("direction", "inbound"), ("result", "http2")]), 1.0);
+    assert_eq!(
+        sum(&inbound, "tarmac_protocol_detect_total", &[("direction", "inbound"), ("result", "http2")]),
+        1.0
+    );
     // The app, served over HTTP/1.1, needed one connection per concurrent request.
     assert!(app.connections() >= 2);
 }
@@ -74,7 +84,8 @@ async fn chunked_bodies_and_trailers_pass_through() {
     let (client, _server) = mesh_pair("books", app.addr).await;
     let addr = client.addrs.service("books").unwrap();
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let mut trailers = http::HeaderMap::new();
     trailers.insert("x-checksum", "abc123".parse().unwrap());
@@ -125,12 +136,19 @@ async fn status_codes_and_failure_classification() {
     let (client, _server) = mesh_pair("books", app.addr).await;
     let base = format!("http://{}", client.addrs.service("books").unwrap());
     for status in ["404", "503"] {
-        let (code, _) = curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("{base}/?status={status}")]).await;
+        let (code, _) =
+            curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("{base}/?status={status}")]).await;
         assert_eq!(code, status);
     }
     let m = scrape(client.addrs.admin).await;
-    assert_eq!(sum(&m, "tarmac_responses_total", &[("status_code", "404"), ("classification", "success")]), 1.0);
-    assert_eq!(sum(&m, "tarmac_responses_total", &[("status_code", "503"), ("classification", "failure")]), 1.0);
+    assert_eq!(
+        sum(&m, "tarmac_responses_total", &[("status_code", "404"), ("classification", "success")]),
+        1.0
+    );
+    assert_eq!(
+        sum(&m, "tarmac_responses_total", &[("status_code", "503"), ("classification", "failure")]),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -164,7 +182,8 @@ async fn service_with_no_endpoints_gives_503() {
 async fn spoofed_orig_proto_header_from_an_app_is_dropped() {
     let app = EchoServer::start("books").await;
     let server = tarmac_testkit::proxy::start(&format!(
-        "admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {}\n", app.addr
+        "admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {}\n",
+        app.addr
     ))
     .await;
     // A non-mesh HTTP/2 client claims the request was HTTP/1 in origin: the inbound proxy

@@ -48,7 +48,11 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
 async fn invalid_config_is_refused_with_file_and_field() {
     let dir = tarmac_testkit::tools::temp_dir("badconfig");
     let path = dir.join("bad.yaml");
-    std::fs::write(&path, "admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:8080\n  port: 9\n").unwrap();
+    std::fs::write(
+        &path,
+        "admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: 127.0.0.1:8080\n  port: 9\n",
+    )
+    .unwrap();
     let proxy = binary("tarmac-proxy");
     let out = run(proxy.to_str().unwrap(), &["--config", path.to_str().unwrap()]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -59,7 +63,10 @@ async fn invalid_config_is_refused_with_file_and_field() {
     let out = run(proxy.to_str().unwrap(), &["check", "--config", path.to_str().unwrap()]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr.contains("outbound.services[0]") && stderr.contains("neither `listen` nor `addrs`"), "{stderr}");
+    assert!(
+        stderr.contains("outbound.services[0]") && stderr.contains("neither `listen` nor `addrs`"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -68,7 +75,11 @@ async fn a_taken_port_fails_startup_naming_the_listener() {
     let port = taken.local_addr().unwrap().port();
     let dir = tarmac_testkit::tools::temp_dir("taken");
     let path = dir.join("p.yaml");
-    std::fs::write(&path, format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:{port}\n  app: 127.0.0.1:1\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:{port}\n  app: 127.0.0.1:1\n"),
+    )
+    .unwrap();
     let out = run(binary("tarmac-proxy").to_str().unwrap(), &["--config", path.to_str().unwrap()]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());

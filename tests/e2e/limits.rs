@@ -24,7 +24,11 @@ async fn inbound_proxy(app: &EchoServer, extra: &str) -> tarmac_proxy::Running {
 async fn malformed_request_gets_400_and_never_reaches_the_app() {
     let app = EchoServer::start("app").await;
     let proxy = inbound_proxy(&app, "").await;
-    let rsp = raw_exchange(proxy.addrs.inbound.unwrap(), b"GET / HTTP/1.1\r\nHost: a\r\nthis is not a header\r\n\r\n").await;
+    let rsp = raw_exchange(
+        proxy.addrs.inbound.unwrap(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nthis is not a header\r\n\r\n",
+    )
+    .await;
     assert!(rsp.starts_with("HTTP/1.1 400"), "{rsp:?}");
     assert_eq!(app.requests(), 0);
 }
@@ -70,7 +74,8 @@ async fn connections_over_the_cap_are_refused_and_counted() {
 async fn a_connection_straight_to_the_transparent_listener_is_refused_not_looped() {
     // Without an iptables redirect, the original destination is the listener itself.
     let proxy = start("admin: 127.0.0.1:0\noutbound:\n  transparent_listen: 127.0.0.1:0\n").await;
-    let rsp = raw_exchange(proxy.addrs.outbound_transparent.unwrap(), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let rsp =
+        raw_exchange(proxy.addrs.outbound_transparent.unwrap(), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert_eq!(rsp, "");
     let m = scrape(proxy.addrs.admin).await;
     let refused = sum(&m, "tarmac_connections_refused_total", &[("reason", "loop")])
@@ -100,7 +105,11 @@ async fn exposition_passes_promtool() {
         let text = scrape(admin).await;
         let path = tarmac_testkit::tools::temp_dir("promtool").join("metrics.txt");
         std::fs::write(&path, &text).unwrap();
-        let out = tarmac_testkit::tools::run("sh", &["-c", &format!("promtool check metrics < {}", path.display())]).await;
+        let out = tarmac_testkit::tools::run(
+            "sh",
+            &["-c", &format!("promtool check metrics < {}", path.display())],
+        )
+        .await;
         assert!(
             out.status.success(),
             "promtool: {}{}\n{text}",

@@ -13,7 +13,8 @@ const PROXY_UID: &str = "2102";
 
 /// False (and a note) when not root outside CI; panics when not root in CI.
 fn can_run_privileged() -> bool {
-    let uid = Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let uid =
+        Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     if uid.is_ok_and(|u| u == "0") {
         return true;
     }
@@ -74,7 +75,18 @@ impl Netns {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let out = Command::new("ip")
-                .args(["netns", "exec", &self.0, "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:4191/ready"])
+                .args([
+                    "netns",
+                    "exec",
+                    &self.0,
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "http://127.0.0.1:4191/ready",
+                ])
                 .output()
                 .unwrap();
             if out.stdout == b"200" {
@@ -138,9 +150,22 @@ fn curl_in_one_namespace_reaches_a_server_in_another_through_both_sidecars() {
 
     // Server side: an ordinary HTTP server on :8080, and a sidecar that gets every inbound
     // connection through iptables.
-    let _app = server.spawn(&["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory", dir.to_str().unwrap()]);
+    let _app = server.spawn(&[
+        "python3",
+        "-m",
+        "http.server",
+        "8080",
+        "--bind",
+        "0.0.0.0",
+        "--directory",
+        dir.to_str().unwrap(),
+    ]);
     let server_cfg = dir.join("server.yaml");
-    std::fs::write(&server_cfg, "admin: 127.0.0.1:4191\ninbound:\n  listen: 0.0.0.0:4143\n  transparent: true\n").unwrap();
+    std::fs::write(
+        &server_cfg,
+        "admin: 127.0.0.1:4191\ninbound:\n  listen: 0.0.0.0:4143\n  transparent: true\n",
+    )
+    .unwrap();
     let proxy = binary("tarmac-proxy");
     server.exec(&format!("{} init --proxy-uid {PROXY_UID}", proxy.display()));
     let _server_proxy = server.spawn_proxy(&server_cfg);
@@ -163,7 +188,16 @@ fn curl_in_one_namespace_reaches_a_server_in_another_through_both_sidecars() {
     let mut body = String::new();
     for _ in 0..50 {
         let out = Command::new("ip")
-            .args(["netns", "exec", &client.0, "curl", "-sSf", "--max-time", "5", "http://10.233.0.2:8080/hello.txt"])
+            .args([
+                "netns",
+                "exec",
+                &client.0,
+                "curl",
+                "-sSf",
+                "--max-time",
+                "5",
+                "http://10.233.0.2:8080/hello.txt",
+            ])
             .output()
             .unwrap();
         body = String::from_utf8_lossy(&out.stdout).to_string();
@@ -177,11 +211,25 @@ fn curl_in_one_namespace_reaches_a_server_in_another_through_both_sidecars() {
     // Both sidecars carried it: the client's outbound side as service `web`, over the
     // meshed HTTP/2 hop, and the server's inbound side to the app's port.
     let out = client.metrics();
-    assert!(sum(&out, "tarmac_responses_total", &[("direction", "outbound"), ("target", "web"), ("status_code", "200")]) >= 1.0, "{out}");
+    assert!(
+        sum(
+            &out,
+            "tarmac_responses_total",
+            &[("direction", "outbound"), ("target", "web"), ("status_code", "200")]
+        ) >= 1.0,
+        "{out}"
+    );
     assert_eq!(sum(&out, "tarmac_http_connections_total", &[("target", "web")]), 1.0, "{out}");
     let inb = server.metrics();
-    assert!(sum(&inb, "tarmac_responses_total", &[("direction", "inbound"), ("status_code", "200")]) >= 1.0, "{inb}");
-    assert_eq!(sum(&inb, "tarmac_protocol_detect_total", &[("direction", "inbound"), ("result", "http2")]), 1.0, "{inb}");
+    assert!(
+        sum(&inb, "tarmac_responses_total", &[("direction", "inbound"), ("status_code", "200")]) >= 1.0,
+        "{inb}"
+    );
+    assert_eq!(
+        sum(&inb, "tarmac_protocol_detect_total", &[("direction", "inbound"), ("result", "http2")]),
+        1.0,
+        "{inb}"
+    );
 }
 
 #[test]
@@ -195,7 +243,8 @@ fn opaque_tcp_to_an_unknown_destination_is_intercepted_and_passed_through() {
     // A raw TCP echo server; no proxy on the server side this time.
     let _app = server.spawn(&["python3", "-c", "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',9000));s.listen()\nwhile True:\n c,_=s.accept();d=c.recv(100);c.sendall(b'echo:'+d);c.close()"]);
     let client_cfg = dir.join("client.yaml");
-    std::fs::write(&client_cfg, "admin: 127.0.0.1:4191\noutbound:\n  transparent_listen: 127.0.0.1:4140\n").unwrap();
+    std::fs::write(&client_cfg, "admin: 127.0.0.1:4191\noutbound:\n  transparent_listen: 127.0.0.1:4140\n")
+        .unwrap();
     let proxy = binary("tarmac-proxy");
     client.exec(&format!("{} init --proxy-uid {PROXY_UID}", proxy.display()));
     let _client_proxy = client.spawn_proxy(&client_cfg);
@@ -214,6 +263,10 @@ fn opaque_tcp_to_an_unknown_destination_is_intercepted_and_passed_through() {
     }
     assert_eq!(reply, "echo:ping");
     let m = client.metrics();
-    assert_eq!(sum(&m, "tarmac_tcp_open_total", &[("direction", "outbound"), ("target", "10.233.0.2:9000")]), 1.0, "{m}");
+    assert_eq!(
+        sum(&m, "tarmac_tcp_open_total", &[("direction", "outbound"), ("target", "10.233.0.2:9000")]),
+        1.0,
+        "{m}"
+    );
     assert_eq!(sum(&m, "tarmac_tcp_read_bytes_total", &[("target", "10.233.0.2:9000")]), 4.0, "{m}");
 }

@@ -27,8 +27,22 @@ async fn grpcio_unary_streaming_bidi_and_error_statuses() {
     }
     // gRPC outcomes are classified by grpc-status, not the HTTP 200 that carries them.
     let m = scrape(client.addrs.admin).await;
-    assert_eq!(sum(&m, "tarmac_responses_total", &[("target", "echo-grpc"), ("grpc_status", "7"), ("classification", "failure")]), 1.0, "{m}");
-    assert!(sum(&m, "tarmac_responses_total", &[("target", "echo-grpc"), ("grpc_status", "0"), ("classification", "success")]) >= 3.0);
+    assert_eq!(
+        sum(
+            &m,
+            "tarmac_responses_total",
+            &[("target", "echo-grpc"), ("grpc_status", "7"), ("classification", "failure")]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        sum(
+            &m,
+            "tarmac_responses_total",
+            &[("target", "echo-grpc"), ("grpc_status", "0"), ("classification", "success")]
+        ) >= 3.0
+    );
     let m = scrape(server_proxy.addrs.admin).await;
     assert_eq!(sum(&m, "tarmac_responses_total", &[("direction", "inbound"), ("grpc_status", "7")]), 1.0);
 }
@@ -57,7 +71,8 @@ async fn curl_tunnels_through_connect_across_the_mesh() {
     let target = EchoServer::start("behind-tunnel").await;
     let (client, _server_proxy) = mesh_pair("egress", forward_proxy).await;
     let proxy_url = format!("http://{}", client.addrs.service("egress").unwrap());
-    let (body, verbose) = curl(&["-v", "-p", "-x", &proxy_url, &format!("http://{}/through", target.addr)]).await;
+    let (body, verbose) =
+        curl(&["-v", "-p", "-x", &proxy_url, &format!("http://{}/through", target.addr)]).await;
     assert!(verbose.contains("200 Connection Established"), "{verbose}");
     assert_eq!(field(&body, "server"), Some("behind-tunnel"), "{body}");
     assert_eq!(field(&body, "path"), Some("/through"));

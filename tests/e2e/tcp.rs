@@ -45,24 +45,35 @@ async fn redis_benchmark_through_the_mesh_as_opaque_tcp() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
     let out = run("redis-cli", &["-h", "127.0.0.1", "-p", &p, "GET", "tarmac"]).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "mesh");
-    let out = run("redis-benchmark", &["-h", "127.0.0.1", "-p", &p, "-n", "2000", "-c", "10", "-t", "set,get", "-q"]).await;
+    let out = run(
+        "redis-benchmark",
+        &["-h", "127.0.0.1", "-p", &p, "-n", "2000", "-c", "10", "-t", "set,get", "-q"],
+    )
+    .await;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{text}");
     assert!(text.contains("SET:") && text.contains("GET:") && text.contains("requests per second"), "{text}");
 
     let m = scrape(client.addrs.admin).await;
-    assert!(sum(&m, "tarmac_protocol_detect_total", &[("direction", "outbound"), ("result", "opaque")]) >= 10.0, "{m}");
+    assert!(
+        sum(&m, "tarmac_protocol_detect_total", &[("direction", "outbound"), ("result", "opaque")]) >= 10.0,
+        "{m}"
+    );
     // SET/GET of 2000 requests each carry well over 2000 * 20 bytes each way.
     assert!(sum(&m, "tarmac_tcp_read_bytes_total", &[("target", "cache")]) > 80_000.0, "{m}");
     assert!(sum(&m, "tarmac_tcp_write_bytes_total", &[("target", "cache")]) > 20_000.0, "{m}");
     wait_for(client.addrs.admin, "tarmac_tcp_connections_open", &[("target", "cache")], 0.0).await;
-    let m = wait_for(server.addrs.admin, "tarmac_tcp_connections_open", &[("direction", "inbound")], 0.0).await;
+    let m =
+        wait_for(server.addrs.admin, "tarmac_tcp_connections_open", &[("direction", "inbound")], 0.0).await;
     assert!(sum(&m, "tarmac_tcp_close_total", &[("direction", "inbound")]) >= 10.0, "{m}");
 }
 
 async fn read_line(s: &mut TcpStream) -> String {
     let mut buf = vec![0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("banner in time").unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("banner in time")
+        .unwrap();
     String::from_utf8_lossy(&buf[..n]).to_string()
 }
 
@@ -103,7 +114,10 @@ async fn half_close_is_forwarded_both_ways() {
     s.write_all(&[0u8; 5000]).await.unwrap();
     s.shutdown().await.unwrap();
     let mut reply = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut reply)).await.expect("reply").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut reply))
+        .await
+        .expect("reply")
+        .unwrap();
     assert_eq!(reply, "got 5000 bytes");
 }
 
@@ -118,7 +132,10 @@ async fn idle_tcp_connections_are_closed() {
     assert_eq!(read_line(&mut s).await, "220 ready\r\n");
     // Then silence: the proxy closes the connection (read returns EOF) on its own.
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("closed by the proxy").unwrap_or(0);
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("closed by the proxy")
+        .unwrap_or(0);
     assert_eq!(n, 0);
     wait_for(proxy.addrs.admin, "tarmac_tcp_connections_open", &[("target", "idle")], 0.0).await;
 }

@@ -49,7 +49,11 @@ pub struct Running {
 }
 
 fn bind(field: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-    tarmac_transport::bind_listener(addr).map_err(|source| BindError { field: field.to_string(), addr, source })
+    tarmac_transport::bind_listener(addr).map_err(|source| BindError {
+        field: field.to_string(),
+        addr,
+        source,
+    })
 }
 
 /// Binds all listeners and starts serving. Readiness is reported only once every listener
@@ -111,11 +115,8 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
         }
     }
 
-    let admin = Arc::new(Admin {
-        metrics: metrics.clone(),
-        ready: false.into(),
-        config_yaml: config.to_yaml(),
-    });
+    let admin =
+        Arc::new(Admin { metrics: metrics.clone(), ready: false.into(), config_yaml: config.to_yaml() });
     let admin_stop = CancellationToken::new();
     tokio::spawn(admin.clone().serve(admin_listener, admin_stop.clone()));
     admin.ready.store(true, Ordering::Release);

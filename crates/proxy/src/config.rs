@@ -12,9 +12,7 @@ use std::time::Duration;
 /// Ports whose protocols let the server speak first or are never HTTP, so protocol
 /// detection is skipped: SMTP, submission, MySQL, PostgreSQL, Redis, memcached, and others
 /// that would otherwise stall for the detection timeout.
-pub const DEFAULT_OPAQUE_PORTS: &[u16] = &[
-    25, 587, 3306, 4444, 4567, 4568, 5432, 6379, 9300, 11211,
-];
+pub const DEFAULT_OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 4567, 4568, 5432, 6379, 9300, 11211];
 
 /// The whole configuration of one proxy.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -160,36 +158,25 @@ fn default_opaque_ports() -> Vec<u16> {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
     #[error("{origin}: field `{field}`: {message}")]
-    Invalid {
-        origin: String,
-        field: String,
-        message: String,
-    },
+    Invalid { origin: String, field: String, message: String },
 }
 
 impl Config {
     /// Reads and validates a YAML file.
     pub fn from_file(path: &str) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_string(), source })?;
         Self::from_yaml(&text, path)
     }
 
     /// Parses and validates YAML; `origin` names the source in errors.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-            origin: origin.to_string(),
-            message: e.to_string(),
-        })?;
+        let config: Config = serde_saphyr::from_str(text)
+            .map_err(|e| ConfigError::Parse { origin: origin.to_string(), message: e.to_string() })?;
         config.validate(origin)?;
         Ok(config)
     }
@@ -235,13 +222,13 @@ impl Config {
                     "required unless `inbound.transparent: true`".into(),
                 ));
             }
-            if let Some(app) = inbound.app {
-                if own.iter().any(|(_, a)| *a == app) {
-                    return Err(invalid(
-                        "inbound.app".into(),
-                        format!("{app} is one of this proxy's own listeners; it would loop"),
-                    ));
-                }
+            if let Some(app) = inbound.app
+                && own.iter().any(|(_, a)| *a == app)
+            {
+                return Err(invalid(
+                    "inbound.app".into(),
+                    format!("{app} is one of this proxy's own listeners; it would loop"),
+                ));
             }
         }
         if let Some(outbound) = &self.outbound {
@@ -257,19 +244,22 @@ impl Config {
                 }
                 if svc.listen.is_none() && svc.addrs.is_empty() {
                     return Err(invalid(
-                        format!("{at}"),
-                        format!("service `{}` has neither `listen` nor `addrs`: nothing can reach it", svc.name),
+                        at.to_string(),
+                        format!(
+                            "service `{}` has neither `listen` nor `addrs`: nothing can reach it",
+                            svc.name
+                        ),
                     ));
                 }
                 if !svc.addrs.is_empty() && outbound.transparent_listen.is_none() {
-                    return Err(invalid(
-                        format!("{at}.addrs"),
-                        "needs `outbound.transparent_listen`".into(),
-                    ));
+                    return Err(invalid(format!("{at}.addrs"), "needs `outbound.transparent_listen`".into()));
                 }
                 for addr in &svc.addrs {
                     if !addrs.insert(*addr) {
-                        return Err(invalid(format!("{at}.addrs"), format!("{addr} belongs to two services")));
+                        return Err(invalid(
+                            format!("{at}.addrs"),
+                            format!("{addr} belongs to two services"),
+                        ));
                     }
                 }
                 for (j, ep) in svc.endpoints.iter().enumerate() {
@@ -316,9 +306,8 @@ pub mod duration {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration; write e.g. `500ms`, `10s`, `5m`"))?;
+        let value: f64 =
+            num.parse().map_err(|_| format!("`{s}` is not a duration; write e.g. `500ms`, `10s`, `5m`"))?;
         let secs = match unit {
             "ms" => value / 1000.0,
             "s" => value,
@@ -331,11 +320,7 @@ pub mod duration {
 
     pub fn format(d: &Duration) -> String {
         let ms = d.as_millis();
-        if ms % 1000 != 0 {
-            format!("{ms}ms")
-        } else {
-            format!("{}s", ms / 1000)
-        }
+        if !ms.is_multiple_of(1000) { format!("{ms}ms") } else { format!("{}s", ms / 1000) }
     }
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -376,9 +361,12 @@ outbound:
 
     #[test]
     fn unknown_fields_are_refused_by_name() {
-        let err = Config::from_yaml("admin: 127.0.0.1:1\ninbound:\n  listen: 127.0.0.1:2\n  app: 127.0.0.1:3\n  aplication: x\n", "x.yaml")
-            .unwrap_err()
-            .to_string();
+        let err = Config::from_yaml(
+            "admin: 127.0.0.1:1\ninbound:\n  listen: 127.0.0.1:2\n  app: 127.0.0.1:3\n  aplication: x\n",
+            "x.yaml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("x.yaml") && err.contains("aplication"), "{err}");
     }
 

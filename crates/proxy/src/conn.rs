@@ -55,7 +55,8 @@ impl Shared {
     pub fn is_own(&self, dst: SocketAddr, local: SocketAddr) -> bool {
         dst == local
             || self.own_addrs.iter().any(|own| {
-                own.port() == dst.port() && (own.ip() == dst.ip() || (own.ip().is_unspecified() && dst.ip() == local.ip()))
+                own.port() == dst.port()
+                    && (own.ip() == dst.ip() || (own.ip().is_unspecified() && dst.ip() == local.ip()))
             })
     }
 
@@ -72,12 +73,7 @@ impl Shared {
         let name = Arc::new(addr.to_string());
         let metrics = self.target_metrics(direction, name.clone());
         let endpoint = Endpoint::new(addr, false, self.connect.clone(), (*metrics).clone());
-        Arc::new(Forward {
-            direction,
-            name,
-            metrics,
-            destination: Destination::Fixed(Arc::new(endpoint)),
-        })
+        Arc::new(Forward { direction, name, metrics, destination: Destination::Fixed(Arc::new(endpoint)) })
     }
 }
 

@@ -97,10 +97,7 @@ fn classify_http1(buf: &[u8]) -> Option<Detected> {
 
 /// Reads from `io` until the protocol is known, the buffer is full, the peer closes, or
 /// `timeout` passes.
-pub async fn detect<I: AsyncRead + Unpin>(
-    io: &mut I,
-    timeout: Duration,
-) -> std::io::Result<Detection> {
+pub async fn detect<I: AsyncRead + Unpin>(io: &mut I, timeout: Duration) -> std::io::Result<Detection> {
     let mut buffered = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {

@@ -206,12 +206,12 @@ pin_project! {
 
 impl PooledBody {
     fn release(ret: &mut Option<IdleReturn>) {
-        if let Some((sender, pool)) = ret.take() {
-            if let Some(pool) = pool.upgrade() {
-                let mut idle = lock(&pool);
-                if idle.len() < MAX_IDLE_H1 {
-                    idle.push(sender);
-                }
+        if let Some((sender, pool)) = ret.take()
+            && let Some(pool) = pool.upgrade()
+        {
+            let mut idle = lock(&pool);
+            if idle.len() < MAX_IDLE_H1 {
+                idle.push(sender);
             }
         }
     }
@@ -221,7 +221,10 @@ impl HttpBody for PooledBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
         let polled = this.body.poll_frame(cx);
         match &polled {

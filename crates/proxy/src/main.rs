@@ -65,8 +65,23 @@ fn main() -> ExitCode {
         .init();
 
     match args.command {
-        Some(Command::Init { inbound_port, outbound_port, proxy_uid, skip_inbound_ports, skip_outbound_ports, iptables, dry_run, remove }) => {
-            let rules = InterceptRules { inbound_port, outbound_port, proxy_uid, skip_inbound_ports, skip_outbound_ports };
+        Some(Command::Init {
+            inbound_port,
+            outbound_port,
+            proxy_uid,
+            skip_inbound_ports,
+            skip_outbound_ports,
+            iptables,
+            dry_run,
+            remove,
+        }) => {
+            let rules = InterceptRules {
+                inbound_port,
+                outbound_port,
+                proxy_uid,
+                skip_inbound_ports,
+                skip_outbound_ports,
+            };
             if dry_run {
                 print!("{}", rules.script(&iptables));
                 return ExitCode::SUCCESS;

@@ -6,7 +6,9 @@
 //! request path touches only atomics for counting and timing.
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -17,8 +19,8 @@ use std::sync::Arc;
 
 /// Latency buckets in seconds, from 100 µs (a local hop) to 30 s.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0,
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0,
 ];
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -134,7 +136,8 @@ impl Metrics {
             "HTTP responses completed, by status and success classification",
             responses.clone(),
         );
-        let latency = Family::<TargetLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let latency =
+            Family::<TargetLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         registry.register_with_unit(
             "tarmac_response_latency",
             "Time from receiving a request to receiving its response headers",
@@ -170,7 +173,11 @@ impl Metrics {
             refused.clone(),
         );
         let errors = Family::default();
-        registry.register("tarmac_proxy_errors", "Requests or connections the proxy failed, by kind", errors.clone());
+        registry.register(
+            "tarmac_proxy_errors",
+            "Requests or connections the proxy failed, by kind",
+            errors.clone(),
+        );
         let http_connections = Family::default();
         registry.register(
             "tarmac_http_connections",
@@ -314,7 +321,11 @@ impl Collector for ProcessCollector {
         for (name, help, value) in [
             ("process_resident_memory_bytes", "Resident memory size in bytes", stats.rss_bytes as f64),
             ("process_virtual_memory_bytes", "Virtual memory size in bytes", stats.vsize_bytes as f64),
-            ("process_start_time_seconds", "Start time of the process since the Unix epoch in seconds", stats.start_time_seconds),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                stats.start_time_seconds,
+            ),
             ("process_open_fds", "Number of open file descriptors", stats.open_fds as f64),
             ("process_threads", "Number of OS threads", stats.threads as f64),
         ] {

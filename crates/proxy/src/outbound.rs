@@ -41,6 +41,9 @@ impl Service {
     }
 }
 
+/// A service and the explicit listener it has, if any.
+pub type ExplicitService = (Arc<Service>, Option<SocketAddr>);
+
 /// Destinations outside the mesh remembered at once (their pools and metrics); beyond
 /// this, connections still work but do not share pools.
 const MAX_PASSTHROUGH: usize = 1024;
@@ -53,7 +56,7 @@ pub struct Outbound {
 
 impl Outbound {
     /// Builds the services; returns them with their explicit listen addresses.
-    pub fn new(config: &OutboundConfig, shared: &Shared) -> (Self, Vec<(Arc<Service>, Option<SocketAddr>)>) {
+    pub fn new(config: &OutboundConfig, shared: &Shared) -> (Self, Vec<ExplicitService>) {
         let mut by_addr = HashMap::new();
         let mut services = Vec::new();
         for svc_config in &config.services {

@@ -77,10 +77,13 @@ impl EchoServer {
         self.requests.fetch_add(1, Ordering::SeqCst);
         let query = req.uri().query().unwrap_or("").to_string();
         let knob = |key: &str| {
-            query.split('&').find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')).and_then(|v| v.parse::<u64>().ok()))
+            query.split('&').find_map(|kv| {
+                kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')).and_then(|v| v.parse::<u64>().ok())
+            })
         };
         let delay = knob("delay_ms").map(Duration::from_millis).unwrap_or(delay);
-        let status = knob("status").and_then(|s| StatusCode::from_u16(s as u16).ok()).unwrap_or(StatusCode::OK);
+        let status =
+            knob("status").and_then(|s| StatusCode::from_u16(s as u16).ok()).unwrap_or(StatusCode::OK);
         let mut text = format!(
             "server: {}\nmethod: {}\npath: {}\nversion: {:?}\n",
             self.name,

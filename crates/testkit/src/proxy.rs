@@ -17,10 +17,7 @@ pub async fn start(yaml: &str) -> Running {
 /// A client-side proxy with one explicit service, and a server-side proxy in front of
 /// `app`, wired together as in a mesh. Returns (client proxy, server proxy).
 pub async fn mesh_pair(service: &str, app: SocketAddr) -> (Running, Running) {
-    let server = start(&format!(
-        "admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {app}\n"
-    ))
-    .await;
+    let server = start(&format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {app}\n")).await;
     let inbound = server.addrs.inbound.unwrap();
     let client = start(&format!(
         "admin: 127.0.0.1:0\noutbound:\n  services:\n  - name: {service}\n    listen: 127.0.0.1:0\n    endpoints: [{{addr: \"{inbound}\", meshed: true}}]\n"
@@ -54,7 +51,8 @@ impl ProxyProcess {
 
     /// Sends a signal with `kill`.
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        let status =
+            Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
         assert!(status.success());
     }
 
@@ -82,7 +80,9 @@ impl Drop for ProxyProcess {
 pub async fn wait_ready(admin: SocketAddr, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(admin)).await {
+        if let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(admin)).await
+        {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
             let mut buf = Vec::new();

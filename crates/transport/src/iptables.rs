@@ -31,10 +31,7 @@ pub struct InterceptRules {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("could not run `{command}`: {source}; is iptables installed?")]
-    Spawn {
-        command: String,
-        source: std::io::Error,
-    },
+    Spawn { command: String, source: std::io::Error },
     #[error("`{command}` failed: {stderr}")]
     Failed { command: String, stderr: String },
 }
@@ -47,30 +44,82 @@ impl InterceptRules {
 
         push(&["-t", "nat", "-N", INBOUND_CHAIN]);
         for port in &self.skip_inbound_ports {
-            push(&["-t", "nat", "-A", INBOUND_CHAIN, "-p", "tcp", "--dport", &port.to_string(), "-j", "RETURN"]);
+            push(&[
+                "-t",
+                "nat",
+                "-A",
+                INBOUND_CHAIN,
+                "-p",
+                "tcp",
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "RETURN",
+            ]);
         }
-        push(&["-t", "nat", "-A", INBOUND_CHAIN, "-p", "tcp", "-j", "REDIRECT", "--to-ports", &self.inbound_port.to_string()]);
+        push(&[
+            "-t",
+            "nat",
+            "-A",
+            INBOUND_CHAIN,
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &self.inbound_port.to_string(),
+        ]);
         push(&["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-j", INBOUND_CHAIN]);
 
         push(&["-t", "nat", "-N", OUTBOUND_CHAIN]);
         // The proxy's own connections leave as they are: otherwise it would talk to itself.
-        push(&["-t", "nat", "-A", OUTBOUND_CHAIN, "-m", "owner", "--uid-owner", &self.proxy_uid.to_string(), "-j", "RETURN"]);
+        push(&[
+            "-t",
+            "nat",
+            "-A",
+            OUTBOUND_CHAIN,
+            "-m",
+            "owner",
+            "--uid-owner",
+            &self.proxy_uid.to_string(),
+            "-j",
+            "RETURN",
+        ]);
         // Traffic inside the namespace (proxy to app, app to its own sidecar) stays put.
         push(&["-t", "nat", "-A", OUTBOUND_CHAIN, "-o", "lo", "-j", "RETURN"]);
         for port in &self.skip_outbound_ports {
-            push(&["-t", "nat", "-A", OUTBOUND_CHAIN, "-p", "tcp", "--dport", &port.to_string(), "-j", "RETURN"]);
+            push(&[
+                "-t",
+                "nat",
+                "-A",
+                OUTBOUND_CHAIN,
+                "-p",
+                "tcp",
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "RETURN",
+            ]);
         }
-        push(&["-t", "nat", "-A", OUTBOUND_CHAIN, "-p", "tcp", "-j", "REDIRECT", "--to-ports", &self.outbound_port.to_string()]);
+        push(&[
+            "-t",
+            "nat",
+            "-A",
+            OUTBOUND_CHAIN,
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &self.outbound_port.to_string(),
+        ]);
         push(&["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", OUTBOUND_CHAIN]);
         cmds
     }
 
     /// The commands as a shell script, for review (`tarmac-proxy init --dry-run`).
     pub fn script(&self, binary: &str) -> String {
-        self.commands()
-            .iter()
-            .map(|args| format!("{binary} {}\n", args.join(" ")))
-            .collect()
+        self.commands().iter().map(|args| format!("{binary} {}\n", args.join(" "))).collect()
     }
 
     /// Installs the rules in the current network namespace with `binary` (`iptables`,

@@ -9,15 +9,8 @@ use std::net::SocketAddr;
 pub fn original_dst(stream: &tokio::net::TcpStream) -> std::io::Result<SocketAddr> {
     let sock = socket2::SockRef::from(stream);
     let local = stream.local_addr()?;
-    let addr = if local.is_ipv4() {
-        sock.original_dst_v4()?
-    } else {
-        sock.original_dst_v6()?
-    };
+    let addr = if local.is_ipv4() { sock.original_dst_v4()? } else { sock.original_dst_v6()? };
     addr.as_socket().ok_or_else(|| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "SO_ORIGINAL_DST returned a non-IP address",
-        )
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "SO_ORIGINAL_DST returned a non-IP address")
     })
 }

@@ -189,7 +189,8 @@ impl Forward {
                 *req.version_mut() = Version::HTTP_11;
             }
             if !req.headers().contains_key(header::HOST) {
-                let host = HeaderValue::from_str(authority.as_str()).map_err(|e| ProxyError::BadUri(e.to_string()))?;
+                let host = HeaderValue::from_str(authority.as_str())
+                    .map_err(|e| ProxyError::BadUri(e.to_string()))?;
                 req.headers_mut().insert(header::HOST, host);
             }
             set_origin_form(&mut req);

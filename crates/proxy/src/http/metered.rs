@@ -31,7 +31,13 @@ struct Recorder {
 }
 
 impl Metered {
-    pub fn new(inner: Body, metrics: Arc<TargetMetrics>, status: http::StatusCode, headers: &HeaderMap, grpc: bool) -> Self {
+    pub fn new(
+        inner: Body,
+        metrics: Arc<TargetMetrics>,
+        status: http::StatusCode,
+        headers: &HeaderMap,
+        grpc: bool,
+    ) -> Self {
         let mut recorder = Recorder {
             metrics: Some(metrics),
             status: status.as_u16(),
@@ -55,9 +61,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 impl Recorder {
     fn record(&mut self) {
         let Some(metrics) = self.metrics.take() else { return };
-        let failed = self.failed
-            || self.status >= 500
-            || (self.grpc && self.grpc_status != Some(0));
+        let failed = self.failed || self.status >= 500 || (self.grpc && self.grpc_status != Some(0));
         let class = if failed { Classification::Failure } else { Classification::Success };
         metrics.response(self.status, if self.grpc { self.grpc_status } else { None }, class);
     }
@@ -73,15 +77,18 @@ impl HttpBody for Metered {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    if let Some(s) = grpc_status(trailers) {
-                        this.recorder.grpc_status = Some(s);
-                    }
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(s) = grpc_status(trailers)
+                {
+                    this.recorder.grpc_status = Some(s);
                 }
             }
             Poll::Ready(Some(Err(_))) => {

@@ -160,8 +160,7 @@ pub fn error_response(status: http::StatusCode, grpc: bool, reason: &str) -> htt
     } else {
         let mut rsp = http::Response::new(Body::text(format!("{reason}\n")));
         *rsp.status_mut() = status;
-        rsp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        rsp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         rsp
     };
     rsp.headers_mut().insert(PROXY_ERROR, reason_value);
