@@ -263,7 +263,7 @@ impl Config {
                     }
                 }
                 for (j, ep) in svc.endpoints.iter().enumerate() {
-                    if own.iter().any(|(_, a)| *a == ep.addr) {
+                    if own.iter().any(|(_, a)| reaches(*a, ep.addr)) {
                         return Err(invalid(
                             format!("{at}.endpoints[{j}].addr"),
                             format!("{} is one of this proxy's own listeners; it would loop", ep.addr),
@@ -295,6 +295,15 @@ impl Config {
         out.retain(|(_, a)| a.port() != 0);
         out
     }
+}
+
+/// Whether connecting to `dst` would land on `listener` (a wildcard listener also takes
+/// loopback connections to its port).
+fn reaches(listener: SocketAddr, dst: SocketAddr) -> bool {
+    listener == dst
+        || (listener.ip().is_unspecified()
+            && listener.port() == dst.port()
+            && (dst.ip().is_loopback() || dst.ip().is_unspecified()))
 }
 
 /// Durations as human strings: `250ms`, `10s`, `5m`, `1h`.
@@ -378,10 +387,29 @@ outbound:
     }
 
     #[test]
+    fn endpoint_on_own_wildcard_listener_is_refused() {
+        let yaml = "inbound: {listen: 0.0.0.0:4143, app: 127.0.0.1:8080}\noutbound:\n  services:\n  - name: a\n    listen: 127.0.0.1:7001\n    endpoints: [{addr: 127.0.0.1:4143, meshed: true}]\n";
+        let err = Config::from_yaml(yaml, "loop.yaml").unwrap_err().to_string();
+        assert!(err.contains("endpoints[0].addr") && err.contains("loop"), "{err}");
+    }
+
+    #[test]
     fn inbound_needs_an_app_unless_transparent() {
         let err = Config::from_yaml("inbound: {listen: 127.0.0.1:4143}\n", "in.yaml").unwrap_err();
         assert!(err.to_string().contains("inbound.app"), "{err}");
         Config::from_yaml("inbound: {listen: 127.0.0.1:4143, transparent: true}\n", "in.yaml").unwrap();
+    }
+
+    /// The reference in docs/proxy-config.md sets every field; it must stay parseable.
+    #[test]
+    fn the_documented_reference_parses() {
+        let doc = include_str!("../../../docs/proxy-config.md");
+        let start = doc.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+        let end = start + doc[start..].find("```").expect("end of block");
+        let config = Config::from_yaml(&doc[start..end], "docs/proxy-config.md").unwrap();
+        let out = config.outbound.unwrap();
+        assert_eq!(out.services[0].endpoints.len(), 2);
+        assert_eq!(config.limits.tcp_idle_timeout, Duration::from_secs(3600));
     }
 
     #[test]
