@@ -122,7 +122,8 @@ impl Drop for Background {
     }
 }
 
-/// Two namespaces, `client` at 10.233.0.1 and `server` at 10.233.0.2, on one veth pair.
+/// Two namespaces on one veth pair: `client` at 10.233.0.1 and fd00:233::1, `server` at
+/// 10.233.0.2 and fd00:233::2 (addresses that exist only inside these namespaces).
 fn two_hosts(tag: &str) -> (Netns, Netns) {
     let id = std::process::id() % 100_000;
     let client = Netns::new(format!("tm-{tag}-c{id}"));
@@ -131,6 +132,7 @@ fn two_hosts(tag: &str) -> (Netns, Netns) {
     sh(&format!(
         "ip link add {vc} type veth peer name {vs} && ip link set {vc} netns {c} && ip link set {vs} netns {s} \
          && ip -n {c} addr add 10.233.0.1/24 dev {vc} && ip -n {s} addr add 10.233.0.2/24 dev {vs} \
+         && ip -n {c} -6 addr add fd00:233::1/64 dev {vc} nodad && ip -n {s} -6 addr add fd00:233::2/64 dev {vs} nodad \
          && ip -n {c} link set {vc} up && ip -n {s} link set {vs} up",
         c = client.0,
         s = server.0
@@ -138,66 +140,111 @@ fn two_hosts(tag: &str) -> (Netns, Netns) {
     (client, server)
 }
 
+/// The address family of a namespace test.
+#[derive(Clone, Copy)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn server_ip(self) -> &'static str {
+        match self {
+            Family::V4 => "10.233.0.2",
+            Family::V6 => "[fd00:233::2]",
+        }
+    }
+    fn any(self) -> &'static str {
+        match self {
+            Family::V4 => "0.0.0.0",
+            Family::V6 => "[::]",
+        }
+    }
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.1",
+            Family::V6 => "[::1]",
+        }
+    }
+    fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+}
+
 #[test]
 fn curl_in_one_namespace_reaches_a_server_in_another_through_both_sidecars() {
-    if !can_run_privileged() {
-        return;
+    if can_run_privileged() {
+        http_through_both_sidecars(Family::V4, "h4");
     }
-    let (client, server) = two_hosts("ht");
+}
+
+#[test]
+fn curl_through_both_sidecars_over_ipv6() {
+    if can_run_privileged() {
+        http_through_both_sidecars(Family::V6, "h6");
+    }
+}
+
+fn http_through_both_sidecars(family: Family, tag: &str) {
+    let (client, server) = two_hosts(tag);
+    let server_ip = family.server_ip();
     let dir = temp_dir("netns");
     std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::write(dir.join("hello.txt"), "hello from the server namespace\n").unwrap();
 
     // Server side: an ordinary HTTP server on :8080, and a sidecar that gets every inbound
     // connection through iptables.
+    let bind = family.any().trim_matches(|c| c == '[' || c == ']');
     let _app = server.spawn(&[
         "python3",
         "-m",
         "http.server",
         "8080",
         "--bind",
-        "0.0.0.0",
+        bind,
         "--directory",
         dir.to_str().unwrap(),
     ]);
     let server_cfg = dir.join("server.yaml");
     std::fs::write(
         &server_cfg,
-        "admin: 127.0.0.1:4191\ninbound:\n  listen: 0.0.0.0:4143\n  transparent: true\n",
+        format!(
+            "admin: 127.0.0.1:4191\ninbound:\n  listen: \"{}:4143\"\n  transparent: true\n",
+            family.any()
+        ),
     )
     .unwrap();
     let proxy = binary("tarmac-proxy");
-    server.exec(&format!("{} init --proxy-uid {PROXY_UID}", proxy.display()));
+    let iptables = family.iptables();
+    server.exec(&format!("{} init --proxy-uid {PROXY_UID} --iptables {iptables}", proxy.display()));
     let _server_proxy = server.spawn_proxy(&server_cfg);
 
-    // Client side: the service `web` lives at 10.233.0.2:8080 and its endpoint is meshed.
+    // Client side: the service `web` lives at server_ip:8080 and its endpoint is meshed.
     let client_cfg = dir.join("client.yaml");
     std::fs::write(
         &client_cfg,
-        "admin: 127.0.0.1:4191\noutbound:\n  transparent_listen: 127.0.0.1:4140\n  services:\n  - name: web\n    addrs: [\"10.233.0.2:8080\"]\n    endpoints: [{addr: \"10.233.0.2:8080\", meshed: true}]\n",
+        format!(
+            "admin: 127.0.0.1:4191\noutbound:\n  transparent_listen: \"{}:4140\"\n  services:\n  - name: web\n    addrs: [\"{server_ip}:8080\"]\n    endpoints: [{{addr: \"{server_ip}:8080\", meshed: true}}]\n",
+            family.loopback()
+        ),
     )
     .unwrap();
-    client.exec(&format!("{} init --proxy-uid {PROXY_UID}", proxy.display()));
+    client.exec(&format!("{} init --proxy-uid {PROXY_UID} --iptables {iptables}", proxy.display()));
     let _client_proxy = client.spawn_proxy(&client_cfg);
     client.wait_ready();
     server.wait_ready();
-    let rules = client.exec("iptables -t nat -S TARMAC_OUTBOUND");
+    let rules = client.exec(&format!("{iptables} -t nat -S TARMAC_OUTBOUND"));
     assert!(rules.contains("--uid-owner 2102") && rules.contains("--to-ports 4140"), "{rules}");
 
     // An unmodified client, unaware of any proxy.
+    let url = format!("http://{server_ip}:8080/hello.txt");
     let mut body = String::new();
     for _ in 0..50 {
         let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &client.0,
-                "curl",
-                "-sSf",
-                "--max-time",
-                "5",
-                "http://10.233.0.2:8080/hello.txt",
-            ])
+            .args(["netns", "exec", &client.0, "curl", "-gsSf", "--max-time", "5", &url])
             .output()
             .unwrap();
         body = String::from_utf8_lossy(&out.stdout).to_string();
