@@ -120,14 +120,19 @@ async fn expect_100_continue_is_answered_and_the_body_arrives() {
 }
 
 #[tokio::test]
-async fn large_streamed_body_is_not_buffered_whole() {
+async fn large_bodies_stream_over_http1_and_http2_flow_control() {
     let app = EchoServer::start("books").await;
     let (client, _server) = mesh_pair("books", app.addr).await;
     let url = format!("http://{}/big", client.addrs.service("books").unwrap());
     let path = tarmac_testkit::tools::temp_dir("big").join("body");
+    // Far more than HTTP/2's initial windows (64 KiB): only flow control moves it.
     std::fs::write(&path, vec![7u8; 8 * 1024 * 1024]).unwrap();
-    let (out, _) = curl(&["--data-binary", &format!("@{}", path.display()), &url]).await;
+    let upload = format!("@{}", path.display());
+    let (out, _) = curl(&["--data-binary", &upload, &url]).await;
     assert_eq!(field(&out, "body-bytes"), Some("8388608"));
+    let (out, _) = curl(&["--http2-prior-knowledge", "--data-binary", &upload, &url]).await;
+    assert_eq!(field(&out, "body-bytes"), Some("8388608"));
+    assert_eq!(field(&out, "version"), Some("HTTP/2.0"));
 }
 
 #[tokio::test]

@@ -7,9 +7,10 @@ use crate::endpoint::{ConnectSettings, Endpoint};
 use crate::http::forward::{Destination, Forward};
 use crate::metrics::{Direction, Metrics, TargetMetrics};
 use crate::{http, tcp};
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tarmac_transport::PrefixedIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -68,12 +69,42 @@ impl Shared {
         Arc::new(self.metrics.target(direction, name))
     }
 
-    /// A forwarder to one fixed address (the app, or a destination outside the mesh).
-    pub fn fixed_forward(&self, direction: Direction, addr: SocketAddr) -> Arc<Forward> {
-        let name = Arc::new(addr.to_string());
+    /// A forwarder to one fixed address (the app, or a destination outside the mesh),
+    /// labelled `name` in metrics.
+    pub fn fixed_forward(&self, direction: Direction, addr: SocketAddr, name: Arc<String>) -> Arc<Forward> {
         let metrics = self.target_metrics(direction, name.clone());
         let endpoint = Endpoint::new(addr, false, self.connect.clone(), (*metrics).clone());
         Arc::new(Forward { direction, name, metrics, destination: Destination::Fixed(Arc::new(endpoint)) })
+    }
+}
+
+/// Forwarders to fixed addresses, remembered so that connections to one address share its
+/// connection pool and metrics. Past `capacity` addresses (a port scan, an app calling
+/// thousands of hosts), new ones get a forwarder of their own labelled
+/// `target="overflow"`: traffic still flows, and metrics cardinality stays bounded.
+#[derive(Debug)]
+pub struct FixedForwards {
+    direction: Direction,
+    capacity: usize,
+    map: Mutex<HashMap<SocketAddr, Arc<Forward>>>,
+}
+
+impl FixedForwards {
+    pub fn new(direction: Direction, capacity: usize) -> Self {
+        Self { direction, capacity, map: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn get(&self, addr: SocketAddr, shared: &Shared) -> Arc<Forward> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = map.get(&addr) {
+            return f.clone();
+        }
+        if map.len() >= self.capacity {
+            return shared.fixed_forward(self.direction, addr, Arc::new("overflow".to_string()));
+        }
+        let fwd = shared.fixed_forward(self.direction, addr, Arc::new(addr.to_string()));
+        map.insert(addr, fwd.clone());
+        fwd
     }
 }
 
@@ -170,4 +201,23 @@ async fn forward_tcp(shared: &Shared, client: PrefixedIo<TcpStream>, fwd: &Forwa
     };
     let metrics = fwd.metrics.tcp_connection();
     tcp::proxy(client, upstream, metrics, shared.limits.tcp_idle_timeout).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_forwards_are_shared_and_bounded() {
+        let config = Config::from_yaml("inbound: {listen: 127.0.0.1:0, app: 127.0.0.1:1}\n", "t").unwrap();
+        let shared = Shared::new(&config, Arc::new(Metrics::new()));
+        let forwards = FixedForwards::new(Direction::Outbound, 2);
+        let a: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let first = forwards.get(a, &shared);
+        assert!(Arc::ptr_eq(&first, &forwards.get(a, &shared)));
+        forwards.get("127.0.0.1:1002".parse().unwrap(), &shared);
+        let third = forwards.get("127.0.0.1:1003".parse().unwrap(), &shared);
+        assert_eq!(first.name.as_str(), "127.0.0.1:1001");
+        assert_eq!(third.name.as_str(), "overflow");
+    }
 }

@@ -7,19 +7,18 @@
 //! redirected, goes to the configured app or is refused.
 
 use crate::config::{InboundConfig, Protocol};
-use crate::conn::{self, Shared};
-use crate::http::forward::Forward;
+use crate::conn::{self, FixedForwards, Shared};
 use crate::metrics::Direction;
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 
-/// Forwarders per app address, so connections share connection pools and metrics.
 #[derive(Debug)]
 pub struct Inbound {
     config: InboundConfig,
-    forwards: Mutex<HashMap<SocketAddr, Arc<Forward>>>,
+    /// Per app address (one in explicit mode, one per original destination port in
+    /// transparent mode).
+    forwards: FixedForwards,
 }
 
 /// Distinct original destinations remembered in transparent mode; a workload listens on
@@ -28,7 +27,7 @@ const MAX_TARGETS: usize = 256;
 
 impl Inbound {
     pub fn new(config: InboundConfig) -> Self {
-        Self { config, forwards: Mutex::new(HashMap::new()) }
+        Self { config, forwards: FixedForwards::new(Direction::Inbound, MAX_TARGETS) }
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shared: Arc<Shared>) {
@@ -48,7 +47,7 @@ impl Inbound {
         let Some(app) = self.app_addr(&stream, shared) else {
             return;
         };
-        let fwd = self.forward_for(app, shared);
+        let fwd = self.forwards.get(app, shared);
         let hint = if shared.is_opaque_port(app.port()) { Protocol::Opaque } else { Protocol::Detect };
         conn::proxy_connection(shared, stream, fwd, hint).await
     }
@@ -72,17 +71,5 @@ impl Inbound {
                 }
             },
         }
-    }
-
-    fn forward_for(&self, app: SocketAddr, shared: &Shared) -> Arc<Forward> {
-        let mut forwards = self.forwards.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = forwards.get(&app) {
-            return f.clone();
-        }
-        let fwd = shared.fixed_forward(Direction::Inbound, app);
-        if forwards.len() < MAX_TARGETS {
-            forwards.insert(app, fwd.clone());
-        }
-        fwd
     }
 }

@@ -6,13 +6,13 @@
 //! service are proxied to where they were going (still measured, not meshed).
 
 use crate::config::{OutboundConfig, Protocol, ServiceConfig};
-use crate::conn::{self, Shared};
+use crate::conn::{self, FixedForwards, Shared};
 use crate::endpoint::Endpoint;
 use crate::http::forward::{Balancer, Destination, Forward};
 use crate::metrics::Direction;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 
 /// One service the app calls.
@@ -44,14 +44,13 @@ impl Service {
 /// A service and the explicit listener it has, if any.
 pub type ExplicitService = (Arc<Service>, Option<SocketAddr>);
 
-/// Destinations outside the mesh remembered at once (their pools and metrics); beyond
-/// this, connections still work but do not share pools.
+/// Destinations outside the mesh with their own pools and metrics (see [`FixedForwards`]).
 const MAX_PASSTHROUGH: usize = 1024;
 
 #[derive(Debug)]
 pub struct Outbound {
     by_addr: HashMap<SocketAddr, Arc<Service>>,
-    passthrough: Mutex<HashMap<SocketAddr, Arc<Forward>>>,
+    passthrough: FixedForwards,
 }
 
 impl Outbound {
@@ -66,7 +65,7 @@ impl Outbound {
             }
             services.push((svc, svc_config.listen));
         }
-        (Self { by_addr, passthrough: Mutex::new(HashMap::new()) }, services)
+        (Self { by_addr, passthrough: FixedForwards::new(Direction::Outbound, MAX_PASSTHROUGH) }, services)
     }
 
     /// Serves an explicit listener for one service.
@@ -116,21 +115,9 @@ impl Outbound {
         }
         let (fwd, protocol) = match self.by_addr.get(&dst) {
             Some(svc) => (svc.forward.clone(), svc.protocol),
-            None => (self.passthrough_for(dst, shared), Protocol::Detect),
+            None => (self.passthrough.get(dst, shared), Protocol::Detect),
         };
         let hint = if shared.is_opaque_port(dst.port()) { Protocol::Opaque } else { protocol };
         conn::proxy_connection(shared, stream, fwd, hint).await
-    }
-
-    fn passthrough_for(&self, dst: SocketAddr, shared: &Shared) -> Arc<Forward> {
-        let mut map = self.passthrough.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = map.get(&dst) {
-            return f.clone();
-        }
-        let fwd = shared.fixed_forward(Direction::Outbound, dst);
-        if map.len() < MAX_PASSTHROUGH {
-            map.insert(dst, fwd.clone());
-        }
-        fwd
     }
 }
