@@ -11,6 +11,8 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -33,14 +35,7 @@ where
                 .adaptive_window(true)
                 .keep_alive_interval(Duration::from_secs(30))
                 .serve_connection(io, svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = drain.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            until_drained(conn, &drain, |c| c.graceful_shutdown()).await
         }
         _ => {
             let conn = http1::Builder::new()
@@ -49,17 +44,25 @@ where
                 .auto_date_header(false)
                 .serve_connection(io, svc)
                 .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = drain.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            until_drained(conn, &drain, |c| c.graceful_shutdown()).await
         }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// Runs a connection; on drain, asks it to shut down gracefully and lets it finish.
+async fn until_drained<C, E>(conn: C, drain: &CancellationToken, shutdown: impl FnOnce(Pin<&mut C>)) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        _ = drain.cancelled() => {
+            shutdown(conn.as_mut());
+            conn.await
+        }
     }
 }
