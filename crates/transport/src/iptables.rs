@@ -39,82 +39,20 @@ pub enum Error {
 impl InterceptRules {
     /// The `iptables` argument lists, in order, that install the rules in the `nat` table.
     pub fn commands(&self) -> Vec<Vec<String>> {
-        let mut cmds: Vec<Vec<String>> = Vec::new();
-        let mut push = |args: &[&str]| cmds.push(args.iter().map(|s| s.to_string()).collect());
+        let mut rules = Vec::new();
+        rules.push(format!("-N {INBOUND_CHAIN}"));
+        redirect_except(&mut rules, INBOUND_CHAIN, &self.skip_inbound_ports, self.inbound_port);
+        rules.push(format!("-A PREROUTING -p tcp -j {INBOUND_CHAIN}"));
 
-        push(&["-t", "nat", "-N", INBOUND_CHAIN]);
-        for port in &self.skip_inbound_ports {
-            push(&[
-                "-t",
-                "nat",
-                "-A",
-                INBOUND_CHAIN,
-                "-p",
-                "tcp",
-                "--dport",
-                &port.to_string(),
-                "-j",
-                "RETURN",
-            ]);
-        }
-        push(&[
-            "-t",
-            "nat",
-            "-A",
-            INBOUND_CHAIN,
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &self.inbound_port.to_string(),
-        ]);
-        push(&["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-j", INBOUND_CHAIN]);
-
-        push(&["-t", "nat", "-N", OUTBOUND_CHAIN]);
+        rules.push(format!("-N {OUTBOUND_CHAIN}"));
         // The proxy's own connections leave as they are: otherwise it would talk to itself.
-        push(&[
-            "-t",
-            "nat",
-            "-A",
-            OUTBOUND_CHAIN,
-            "-m",
-            "owner",
-            "--uid-owner",
-            &self.proxy_uid.to_string(),
-            "-j",
-            "RETURN",
-        ]);
+        rules.push(format!("-A {OUTBOUND_CHAIN} -m owner --uid-owner {} -j RETURN", self.proxy_uid));
         // Traffic inside the namespace (proxy to app, app to its own sidecar) stays put.
-        push(&["-t", "nat", "-A", OUTBOUND_CHAIN, "-o", "lo", "-j", "RETURN"]);
-        for port in &self.skip_outbound_ports {
-            push(&[
-                "-t",
-                "nat",
-                "-A",
-                OUTBOUND_CHAIN,
-                "-p",
-                "tcp",
-                "--dport",
-                &port.to_string(),
-                "-j",
-                "RETURN",
-            ]);
-        }
-        push(&[
-            "-t",
-            "nat",
-            "-A",
-            OUTBOUND_CHAIN,
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            &self.outbound_port.to_string(),
-        ]);
-        push(&["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", OUTBOUND_CHAIN]);
-        cmds
+        rules.push(format!("-A {OUTBOUND_CHAIN} -o lo -j RETURN"));
+        redirect_except(&mut rules, OUTBOUND_CHAIN, &self.skip_outbound_ports, self.outbound_port);
+        rules.push(format!("-A OUTPUT -p tcp -j {OUTBOUND_CHAIN}"));
+
+        rules.iter().map(|rule| nat_args(rule)).collect()
     }
 
     /// The commands as a shell script, for review (`tarmac-proxy init --dry-run`).
@@ -133,20 +71,32 @@ impl InterceptRules {
     }
 }
 
+/// Appends to `chain`: skipped ports return, all other TCP goes to `port`.
+fn redirect_except(rules: &mut Vec<String>, chain: &str, skip: &[u16], port: u16) {
+    for skipped in skip {
+        rules.push(format!("-A {chain} -p tcp --dport {skipped} -j RETURN"));
+    }
+    rules.push(format!("-A {chain} -p tcp -j REDIRECT --to-ports {port}"));
+}
+
 /// Removes Tarmac's chains and the jumps to them; missing rules are not an error.
 pub fn remove(binary: &str) {
-    let attempts: [&[&str]; 6] = [
-        &["-t", "nat", "-D", "PREROUTING", "-p", "tcp", "-j", INBOUND_CHAIN],
-        &["-t", "nat", "-D", "OUTPUT", "-p", "tcp", "-j", OUTBOUND_CHAIN],
-        &["-t", "nat", "-F", INBOUND_CHAIN],
-        &["-t", "nat", "-X", INBOUND_CHAIN],
-        &["-t", "nat", "-F", OUTBOUND_CHAIN],
-        &["-t", "nat", "-X", OUTBOUND_CHAIN],
+    let rules = [
+        format!("-D PREROUTING -p tcp -j {INBOUND_CHAIN}"),
+        format!("-D OUTPUT -p tcp -j {OUTBOUND_CHAIN}"),
+        format!("-F {INBOUND_CHAIN}"),
+        format!("-X {INBOUND_CHAIN}"),
+        format!("-F {OUTBOUND_CHAIN}"),
+        format!("-X {OUTBOUND_CHAIN}"),
     ];
-    for args in attempts {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let _ = run(binary, &args);
+    for rule in rules {
+        let _ = run(binary, &nat_args(&rule));
     }
+}
+
+/// `-t nat` and the words of `rule`.
+fn nat_args(rule: &str) -> Vec<String> {
+    ["-t", "nat"].into_iter().chain(rule.split_whitespace()).map(String::from).collect()
 }
 
 fn run(binary: &str, args: &[String]) -> Result<(), Error> {
