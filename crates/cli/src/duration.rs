@@ -36,7 +36,14 @@ mod tests {
 
     #[test]
     fn units_and_fractions() {
-        for (text, millis) in [("500ms", 500), ("10s", 10_000), ("2m", 120_000), ("1h", 3_600_000), ("1.5s", 1_500), (" 3s ", 3_000)] {
+        for (text, millis) in [
+            ("500ms", 500),
+            ("10s", 10_000),
+            ("2m", 120_000),
+            ("1h", 3_600_000),
+            ("1.5s", 1_500),
+            (" 3s ", 3_000),
+        ] {
             assert_eq!(parse(text), Ok(Duration::from_millis(millis)), "{text}");
         }
     }

@@ -70,7 +70,9 @@ impl HttpClient {
                 Ok(response) => return Ok(response),
                 // The server may close a kept-alive connection just as it is reused; a GET
                 // is safe to send again on a fresh one.
-                Err(e) => tracing::debug!(error = %e, "request on a reused connection failed; retrying on a new one"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "request on a reused connection failed; retrying on a new one")
+                }
             }
         }
         let sender = self.connect().await?;

@@ -1,1 +1,57 @@
-fn main(){}
+//! `tarmac`, the Tarmac command line: how people first meet the mesh and then operate it.
+//! Today it has `tarmac demo`, which runs a complete local mesh (sample services, real
+//! `tarmac-proxy` sidecars and traffic) in one command and shows the golden metrics the
+//! sidecars measure; the other commands of the design (`up`, `check`, `stat`, `tap`, ...)
+//! will join it here. This file only parses arguments and dispatches.
+
+mod demo;
+mod duration;
+mod http_client;
+mod prometheus;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Log filter for the CLI's own diagnostics, in `tracing` env-filter syntax.
+const ENV_LOG: &str = "TARMAC_LOG";
+
+/// The Tarmac service mesh command line.
+#[derive(Parser)]
+#[command(name = "tarmac", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Diagnostics go to stderr and are quiet by default: stdout is the user's tables.
+    let filter = std::env::var(ENV_LOG).unwrap_or_else(|_| "warn".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tarmac: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Demo(args) => runtime.block_on(demo::run(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("tarmac: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

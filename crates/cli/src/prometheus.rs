@@ -8,11 +8,14 @@
 
 use std::fmt;
 
+/// Label names and values, in the order the exposition gives them.
+pub type Labels = Vec<(String, String)>;
+
 /// One sample line: `name{label="value",...} value [timestamp]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
     pub name: String,
-    pub labels: Vec<(String, String)>,
+    pub labels: Labels,
     pub value: f64,
 }
 
@@ -62,6 +65,7 @@ impl Scrape {
         Ok(Self { samples })
     }
 
+    #[cfg(test)]
     pub fn samples(&self) -> &[Sample] {
         &self.samples
     }
@@ -70,11 +74,7 @@ impl Scrape {
     /// `sum(name{matchers})`; 0 when there is none (a counter never incremented is absent
     /// until first used).
     pub fn sum(&self, name: &str, matchers: &[(&str, &str)]) -> f64 {
-        self.samples
-            .iter()
-            .filter(|s| s.name == name && s.has_labels(matchers))
-            .map(|s| s.value)
-            .sum()
+        self.samples.iter().filter(|s| s.name == name && s.has_labels(matchers)).map(|s| s.value).sum()
     }
 
     /// The cumulative buckets of histogram `name` (the name without `_bucket`) over every
@@ -119,10 +119,6 @@ impl Histogram {
         Self { buckets }
     }
 
-    pub fn buckets(&self) -> &[Bucket] {
-        &self.buckets
-    }
-
     /// Observations in total: the `+Inf` bucket's count.
     pub fn count(&self) -> f64 {
         self.buckets.last().filter(|b| b.upper_bound == f64::INFINITY).map_or(0.0, |b| b.cumulative_count)
@@ -140,7 +136,10 @@ impl Histogram {
                     .iter()
                     .find(|e| e.upper_bound == b.upper_bound)
                     .map_or(0.0, |e| e.cumulative_count);
-                Bucket { upper_bound: b.upper_bound, cumulative_count: counter_increase(b.cumulative_count, before) }
+                Bucket {
+                    upper_bound: b.upper_bound,
+                    cumulative_count: counter_increase(b.cumulative_count, before),
+                }
             })
             .collect();
         Histogram::new(buckets)
@@ -172,7 +171,8 @@ impl Histogram {
         if b == 0 && upper <= 0.0 {
             return Some(upper);
         }
-        let (lower, below) = if b == 0 { (0.0, 0.0) } else { (self.buckets[b - 1].upper_bound, counts[b - 1]) };
+        let (lower, below) =
+            if b == 0 { (0.0, 0.0) } else { (self.buckets[b - 1].upper_bound, counts[b - 1]) };
         let in_bucket = counts[b] - below;
         Some(lower + (upper - lower) * ((rank - below) / in_bucket))
     }
@@ -217,7 +217,7 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
 
 /// Parses `key="value",...}` (the opening brace already consumed); returns the labels and
 /// the text after the closing brace. Values may contain `\\`, `\"` and `\n` escapes.
-fn parse_labels(text: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn parse_labels(text: &str) -> Result<(Labels, &str), String> {
     let mut labels = Vec::new();
     let mut rest = text;
     loop {
@@ -262,7 +262,12 @@ mod tests {
     use super::*;
 
     fn histogram(buckets: &[(f64, f64)]) -> Histogram {
-        Histogram::new(buckets.iter().map(|&(upper_bound, cumulative_count)| Bucket { upper_bound, cumulative_count }).collect())
+        Histogram::new(
+            buckets
+                .iter()
+                .map(|&(upper_bound, cumulative_count)| Bucket { upper_bound, cumulative_count })
+                .collect(),
+        )
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -292,7 +297,9 @@ mod tests {
 
     #[test]
     fn label_values_may_hold_escapes_commas_braces_and_spaces() {
-        let scrape = Scrape::parse(r#"m{a="x \"quoted\", {braced}",b="back\\slash\nline", c = "spaced" ,} 3"#).unwrap();
+        let scrape =
+            Scrape::parse(r#"m{a="x \"quoted\", {braced}",b="back\\slash\nline", c = "spaced" ,} 3"#)
+                .unwrap();
         let s = &scrape.samples()[0];
         assert_eq!(s.label("a"), Some("x \"quoted\", {braced}"));
         assert_eq!(s.label("b"), Some("back\\slash\nline"));
@@ -312,7 +319,9 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_refused_with_their_line_number() {
-        for bad in ["m{a=\"1\" 2", "m{a=1} 2", "m{a=\"1\"}", "m{a=\"1\"} x", "9m 1", "m{a=\"\\t\"} 1", "m 1 2 3"] {
+        for bad in
+            ["m{a=\"1\" 2", "m{a=1} 2", "m{a=\"1\"}", "m{a=\"1\"} x", "9m 1", "m{a=\"\\t\"} 1", "m 1 2 3"]
+        {
             let err = Scrape::parse(&format!("# ok\n{bad}\n")).unwrap_err();
             assert_eq!(err.line, 2, "{bad}: {err}");
         }
@@ -325,7 +334,10 @@ mod tests {
                     tarmac_responses_total{direction=\"outbound\",target=\"a\",status_code=\"200\",classification=\"success\"} 7\n";
         let scrape = Scrape::parse(text).unwrap();
         assert_eq!(scrape.sum("tarmac_responses_total", &[("direction", "inbound")]), 100.0);
-        assert_eq!(scrape.sum("tarmac_responses_total", &[("direction", "inbound"), ("classification", "success")]), 98.0);
+        assert_eq!(
+            scrape.sum("tarmac_responses_total", &[("direction", "inbound"), ("classification", "success")]),
+            98.0
+        );
         assert_eq!(scrape.sum("tarmac_responses_total", &[]), 107.0);
         assert_eq!(scrape.sum("absent_total", &[]), 0.0);
     }
@@ -336,7 +348,10 @@ mod tests {
                     lat_bucket{le=\"0.1\",t=\"b\"} 5\nlat_bucket{le=\"0.5\",t=\"b\"} 5\nlat_bucket{le=\"+Inf\",t=\"b\"} 5\n\
                     lat_sum{t=\"a\"} 9\nlat_count{t=\"a\"} 4\n";
         let scrape = Scrape::parse(text).unwrap();
-        assert_eq!(scrape.histogram("lat", &[("t", "a")]), histogram(&[(0.1, 0.0), (0.5, 1.0), (f64::INFINITY, 4.0)]));
+        assert_eq!(
+            scrape.histogram("lat", &[("t", "a")]),
+            histogram(&[(0.1, 0.0), (0.5, 1.0), (f64::INFINITY, 4.0)])
+        );
         assert_eq!(scrape.histogram("lat", &[]), histogram(&[(0.1, 5.0), (0.5, 6.0), (f64::INFINITY, 9.0)]));
         assert_eq!(scrape.histogram("lat", &[]).count(), 9.0);
     }

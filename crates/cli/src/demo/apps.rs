@@ -56,7 +56,6 @@ trait Service: Send + Sync + 'static {
 
 /// A sample service serving on its listener until [`RunningService::stop`].
 pub struct RunningService {
-    pub addr: SocketAddr,
     accept_loop: JoinHandle<()>,
 }
 
@@ -87,9 +86,7 @@ pub fn start_web(listener: TcpListener, books: SocketAddr, authors: SocketAddr) 
 }
 
 fn start(listener: TcpListener, service: impl Service) -> RunningService {
-    let addr = listener.local_addr().expect("a bound listener has an address");
-    let accept_loop = tokio::spawn(serve(listener, Arc::new(service)));
-    RunningService { addr, accept_loop }
+    RunningService { accept_loop: tokio::spawn(serve(listener, Arc::new(service))) }
 }
 
 async fn serve(listener: TcpListener, service: Arc<impl Service>) {
@@ -169,8 +166,8 @@ struct Web {
 impl Service for Web {
     async fn handle(&self, path: &str) -> Response<Full<Bytes>> {
         let id = catalogue_id(path);
-        let (title, author) =
-            tokio::join!(self.books.get(&format!("/books/{id}")), self.authors.get(&format!("/authors/{id}")));
+        let (book_path, author_path) = (format!("/books/{id}"), format!("/authors/{id}"));
+        let (title, author) = tokio::join!(self.books.get(&book_path), self.authors.get(&author_path));
         let answer = |name: &str, result: Result<crate::http_client::Response, _>| match result {
             Ok(r) if r.status.is_success() => Ok(String::from_utf8_lossy(&r.body).into_owned()),
             Ok(r) => Err(format!("{name} answered {}", r.status)),
@@ -201,7 +198,12 @@ pub struct TrafficTotals {
 /// until `stop` turns true, then waits up to `drain` for the requests in flight. Each
 /// request starts on its own tick, whether or not earlier ones have finished, as
 /// independent users would: a slow `web` shows as latency, not as fewer requests.
-pub async fn generate_traffic(client: Arc<HttpClient>, rps: u32, mut stop: watch::Receiver<bool>, drain: Duration) -> TrafficTotals {
+pub async fn generate_traffic(
+    client: Arc<HttpClient>,
+    rps: u32,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) -> TrafficTotals {
     let succeeded = Arc::new(AtomicU64::new(0));
     let mut totals = TrafficTotals::default();
     let mut in_flight = JoinSet::new();
