@@ -79,6 +79,21 @@ async fn concurrent_http1_requests_share_one_connection_between_proxies() {
 }
 
 #[tokio::test]
+async fn connections_to_the_app_are_kept_alive_and_reused() {
+    let app = EchoServer::start("books").await;
+    let (client, server) = mesh_pair("books", app.addr).await;
+    let addr = client.addrs.service("books").unwrap();
+    // One request at a time, bodies with and without a known length, and an empty one.
+    for path in ["/a", "/b?status=204", "/c", "/d?status=404", "/e"] {
+        tarmac_testkit::tools::http_get(addr, path).await;
+    }
+    assert_eq!(app.requests(), 5);
+    assert_eq!(app.connections(), 1, "the inbound proxy should reuse its connection to the app");
+    let m = scrape(server.addrs.admin).await;
+    assert_eq!(sum(&m, "tarmac_http_connections_total", &[("direction", "inbound")]), 1.0, "{m}");
+}
+
+#[tokio::test]
 async fn chunked_bodies_and_trailers_pass_through() {
     let app = EchoServer::start("books").await;
     let (client, _server) = mesh_pair("books", app.addr).await;

@@ -225,10 +225,13 @@ impl HttpBody for PooledBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let polled = this.body.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.body.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(None) => Self::release(this.ret),
+            // Servers stop polling once `is_end_stream` is true (a body with a known
+            // length ends with its last frame, not with a `None`): release right there.
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => Self::release(this.ret),
             Poll::Ready(Some(Err(_))) => {
                 this.ret.take();
             }

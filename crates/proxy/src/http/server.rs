@@ -53,7 +53,11 @@ where
 }
 
 /// Runs a connection; on drain, asks it to shut down gracefully and lets it finish.
-async fn until_drained<C, E>(conn: C, drain: &CancellationToken, shutdown: impl FnOnce(Pin<&mut C>)) -> Result<(), E>
+async fn until_drained<C, E>(
+    conn: C,
+    drain: &CancellationToken,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
