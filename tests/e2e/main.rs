@@ -7,6 +7,7 @@
 //! CI when not root.
 
 mod balance;
+mod demo;
 mod http;
 mod lifecycle;
 mod limits;
