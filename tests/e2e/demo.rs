@@ -9,7 +9,8 @@ async fn demo_runs_a_mesh_with_traffic_and_reports_golden_metrics() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
-    let summary = stdout.split("Summary of the whole run").nth(1).unwrap_or_else(|| panic!("no summary:\n{stdout}"));
+    let summary =
+        stdout.split("Summary of the whole run").nth(1).unwrap_or_else(|| panic!("no summary:\n{stdout}"));
     for service in ["web", "books", "authors"] {
         let row = summary
             .lines()
