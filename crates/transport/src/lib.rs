@@ -9,13 +9,17 @@
 //! - [`prefixed`]: an I/O wrapper that first yields bytes already read from the socket.
 //! - [`iptables`]: the interception rules (the sidecar's init step) as data, and their
 //!   application inside the current network namespace.
+//! - [`process`]: signals for child processes (SIGTERM, dying with the parent).
+//!
+//! This is the only crate of the workspace with `unsafe` code: two libc calls in
+//! [`process`], each with its safety argument. Every other module forbids it.
 
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms, unsafe_code)]
 
 pub mod iptables;
 pub mod orig_dst;
 pub mod prefixed;
+pub mod process;
 
 pub use orig_dst::original_dst;
 pub use prefixed::PrefixedIo;

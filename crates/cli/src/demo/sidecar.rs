@@ -140,8 +140,7 @@ pub type Exit = Result<ExitStatus, String>;
 /// draining, or killed by the SIGTERM itself when it had not yet installed its handler
 /// (stopped while starting).
 pub fn is_clean_stop(exit: &Exit) -> bool {
-    use std::os::unix::process::ExitStatusExt;
-    matches!(exit, Ok(status) if status.success() || status.signal() == Some(libc::SIGTERM))
+    matches!(exit, Ok(status) if status.success() || tarmac_transport::process::was_terminated(status))
 }
 
 pub fn describe(exit: &Exit) -> String {
@@ -208,18 +207,10 @@ impl Sidecar {
             .process_group(0)
             // If this process ends without stopping them, they must not live on.
             .kill_on_drop(true);
-        #[cfg(target_os = "linux")]
-        // SAFETY: prctl is async-signal-safe and touches only the child's own state.
-        // PR_SET_PDEATHSIG also covers this process dying hard (SIGKILL, abort), which
-        // `kill_on_drop` cannot. It fires when the *thread* that spawned the child exits;
-        // sidecars are spawned from the runtime's long-lived threads, never from a
-        // short-lived blocking-pool thread.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        // If this process dies hard (SIGKILL, abort), `kill_on_drop` cannot act: the kernel
+        // stops the sidecar instead. It fires when the *thread* that spawned the child
+        // exits; sidecars are spawned from the runtime's long-lived threads.
+        tarmac_transport::process::terminate_with_parent(command.as_std_mut());
         let child = command
             .spawn()
             .map_err(|e| format!("cannot start {} for the {workload} sidecar: {e}", binary.display()))?;
@@ -328,9 +319,8 @@ async fn supervise(
             Some(signal) = signals.recv() => match signal {
                 Signal::Terminate => {
                     if let Some(pid) = child.id() {
-                        // SAFETY: kill(2) has no memory-safety preconditions; `pid` is our
-                        // child, not yet reaped (see above).
-                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                        // `pid` is our child, not yet reaped (see above).
+                        let _ = tarmac_transport::process::terminate(pid);
                     }
                 }
                 Signal::Kill => {
