@@ -1,0 +1,449 @@
+//! Checks that types cannot express. Each problem names the field by its path.
+
+use crate::Resource;
+use crate::duration;
+use crate::meta::ObjectMeta;
+use crate::route::{
+    GrpcRoute, HeaderMatch, HeaderModifier, HttpBackendRef, HttpRoute, HttpRouteFilter, ParentRef, PathModifier,
+};
+use crate::service::Service;
+use crate::workload::Workload;
+use std::collections::HashSet;
+
+/// One problem: the field's path and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem { field: field.into(), message: message.into() });
+    }
+}
+
+pub fn validate(resource: &Resource) -> Vec<Problem> {
+    let mut p = Problems::default();
+    validate_meta(resource.meta(), &mut p);
+    match resource {
+        Resource::Namespace(_) => {}
+        Resource::Service(s) => validate_service(s, &mut p),
+        Resource::Workload(w) => validate_workload(w, &mut p),
+        Resource::HttpRoute(r) => validate_http_route(r, &mut p),
+        Resource::GrpcRoute(r) => validate_grpc_route(r, &mut p),
+    }
+    p.0
+}
+
+/// DNS-1123 label: lowercase letters, digits and `-`, starting and ending alphanumeric.
+fn is_dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn validate_meta(meta: &ObjectMeta, p: &mut Problems) {
+    if !is_dns_label(&meta.name, 63) && !meta.name.split('.').all(|part| is_dns_label(part, 63)) {
+        p.add("metadata.name", "must be lowercase letters, digits, `-` or `.` (a DNS name), at most 253 characters");
+    }
+    if !is_dns_label(&meta.namespace, 63) {
+        p.add("metadata.namespace", "must be lowercase letters, digits and `-` (a DNS label), at most 63 characters");
+    }
+}
+
+fn validate_service(s: &Service, p: &mut Problems) {
+    if s.spec.ports.is_empty() {
+        p.add("spec.ports", "a Service needs at least one port");
+    }
+    let mut numbers = HashSet::new();
+    let mut names = HashSet::new();
+    for (i, port) in s.spec.ports.iter().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        if port.port == 0 {
+            p.add(format!("{at}.port"), "must be 1-65535");
+        }
+        if !numbers.insert(port.port) {
+            p.add(format!("{at}.port"), format!("port {} is listed twice", port.port));
+        }
+        if let Some(name) = &port.name {
+            if !names.insert(name.clone()) {
+                p.add(format!("{at}.name"), format!("`{name}` is used by two ports"));
+            }
+        } else if s.spec.ports.len() > 1 {
+            p.add(format!("{at}.name"), "ports must be named when a Service has more than one");
+        }
+        if port.target_number() == Some(0) {
+            p.add(format!("{at}.targetPort"), "must be 1-65535 or a port name");
+        }
+        if let Some(proto) = &port.protocol {
+            if proto != "TCP" {
+                p.add(format!("{at}.protocol"), format!("`{proto}` is not supported: Tarmac proxies TCP"));
+            }
+        }
+    }
+}
+
+fn validate_workload(w: &Workload, p: &mut Problems) {
+    if w.spec.command.is_empty() || w.spec.command[0].is_empty() {
+        p.add("spec.command", "needs the program to run, e.g. `[python3, app.py]`");
+    }
+    if w.spec.port == 0 {
+        p.add("spec.port", "must be 1-65535");
+    }
+    if w.spec.replicas == 0 || w.spec.replicas > 64 {
+        p.add("spec.replicas", "must be 1-64 in local mode");
+    }
+    for key in w.spec.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            p.add(format!("spec.env.{key}"), "is not a valid environment variable name");
+        }
+    }
+    if w.metadata.labels.is_empty() {
+        p.add("metadata.labels", "a Workload needs labels for Services to select it, e.g. `app: books`");
+    }
+}
+
+fn validate_parent_refs(refs: &[ParentRef], p: &mut Problems) {
+    if refs.is_empty() {
+        p.add("spec.parentRefs", "a mesh route attaches to a Service: add `parentRefs: [{group: \"\", kind: Service, name: ...}]`");
+    }
+    for (i, r) in refs.iter().enumerate() {
+        if !r.is_service() {
+            p.add(
+                format!("spec.parentRefs[{i}]"),
+                format!(
+                    "Tarmac implements the Gateway API mesh profile: parents are Services (`group: \"\"`, `kind: Service`), not `{}` `{}`",
+                    if r.group.is_empty() { "core" } else { &r.group },
+                    r.kind
+                ),
+            );
+        }
+        if r.port == Some(0) {
+            p.add(format!("spec.parentRefs[{i}].port"), "must be 1-65535");
+        }
+    }
+}
+
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn validate_header_matches(at: &str, matches: &[HeaderMatch], p: &mut Problems, header: bool) {
+    let mut seen = HashSet::new();
+    for (i, m) in matches.iter().enumerate() {
+        let f = format!("{at}[{i}]");
+        if m.match_type != "Exact" && m.match_type != "RegularExpression" {
+            p.add(format!("{f}.type"), format!("`{}` is not a match type: use Exact or RegularExpression", m.match_type));
+        }
+        if header && !is_token(&m.name) {
+            p.add(format!("{f}.name"), "is not a valid header name");
+        }
+        if m.name.is_empty() {
+            p.add(format!("{f}.name"), "must not be empty");
+        }
+        let key = if header { m.name.to_ascii_lowercase() } else { m.name.clone() };
+        if !seen.insert(key) {
+            p.add(format!("{f}.name"), format!("`{}` is matched twice in one match", m.name));
+        }
+    }
+}
+
+fn validate_modifier(at: &str, m: &HeaderModifier, p: &mut Problems) {
+    let mut names = HashSet::new();
+    for (kind, list) in [("set", &m.set), ("add", &m.add)] {
+        for (i, h) in list.iter().enumerate() {
+            if !is_token(&h.name) {
+                p.add(format!("{at}.{kind}[{i}].name"), "is not a valid header name");
+            }
+            if !names.insert(h.name.to_ascii_lowercase()) {
+                p.add(format!("{at}.{kind}[{i}].name"), format!("`{}` appears twice in this filter", h.name));
+            }
+        }
+    }
+    for (i, name) in m.remove.iter().enumerate() {
+        if !names.insert(name.to_ascii_lowercase()) {
+            p.add(format!("{at}.remove[{i}]"), format!("`{name}` appears twice in this filter"));
+        }
+    }
+}
+
+fn validate_path_modifier(at: &str, m: &PathModifier, prefix_match: bool, p: &mut Problems) {
+    match m.modifier_type.as_str() {
+        "ReplaceFullPath" => match &m.replace_full_path {
+            Some(path) if path.starts_with('/') => {}
+            _ => p.add(format!("{at}.replaceFullPath"), "ReplaceFullPath needs `replaceFullPath` starting with `/`"),
+        },
+        "ReplacePrefixMatch" => {
+            match &m.replace_prefix_match {
+                Some(path) if path.starts_with('/') => {}
+                _ => p.add(
+                    format!("{at}.replacePrefixMatch"),
+                    "ReplacePrefixMatch needs `replacePrefixMatch` starting with `/`",
+                ),
+            }
+            if !prefix_match {
+                p.add(format!("{at}.type"), "ReplacePrefixMatch is only valid in a rule whose matches are all PathPrefix");
+            }
+        }
+        other => p.add(format!("{at}.type"), format!("`{other}` is not a path modifier: use ReplaceFullPath or ReplacePrefixMatch")),
+    }
+}
+
+const HTTP_FILTERS: &[&str] =
+    &["RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "RequestRedirect", "URLRewrite", "CORS", "ExtensionRef"];
+const GRPC_FILTERS: &[&str] = &["RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "ExtensionRef"];
+
+fn validate_filters(at: &str, filters: &[HttpRouteFilter], allowed: &[&str], prefix_match: bool, p: &mut Problems) {
+    let mut kinds = HashSet::new();
+    for (i, f) in filters.iter().enumerate() {
+        let fat = format!("{at}[{i}]");
+        if !allowed.contains(&f.filter_type.as_str()) {
+            p.add(format!("{fat}.type"), format!("`{}` is not a filter here; use one of {}", f.filter_type, allowed.join(", ")));
+            continue;
+        }
+        // Each filter type's settings sit in the field named after it, and only there.
+        let present: Vec<&str> = [
+            ("RequestHeaderModifier", f.request_header_modifier.is_some()),
+            ("ResponseHeaderModifier", f.response_header_modifier.is_some()),
+            ("RequestMirror", f.request_mirror.is_some()),
+            ("RequestRedirect", f.request_redirect.is_some()),
+            ("URLRewrite", f.url_rewrite.is_some()),
+            ("CORS", f.cors.is_some()),
+            ("ExtensionRef", f.extension_ref.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        if present != [f.filter_type.as_str()] {
+            p.add(fat.clone(), format!("a `{}` filter needs its settings in the field of that name, and no other", f.filter_type));
+        }
+        if f.filter_type != "RequestMirror" && f.filter_type != "ExtensionRef" && !kinds.insert(f.filter_type.clone()) {
+            p.add(format!("{fat}.type"), format!("`{}` may appear once per rule", f.filter_type));
+        }
+        if let Some(m) = &f.request_header_modifier {
+            validate_modifier(&format!("{fat}.requestHeaderModifier"), m, p);
+        }
+        if let Some(m) = &f.response_header_modifier {
+            validate_modifier(&format!("{fat}.responseHeaderModifier"), m, p);
+        }
+        if let Some(r) = &f.request_redirect {
+            let rat = format!("{fat}.requestRedirect");
+            if let Some(code) = r.status_code {
+                if ![301, 302, 303, 307, 308].contains(&code) {
+                    p.add(format!("{rat}.statusCode"), "must be 301, 302, 303, 307 or 308");
+                }
+            }
+            if let Some(scheme) = &r.scheme {
+                if scheme != "http" && scheme != "https" {
+                    p.add(format!("{rat}.scheme"), "must be `http` or `https`");
+                }
+            }
+            if let Some(path) = &r.path {
+                validate_path_modifier(&format!("{rat}.path"), path, prefix_match, p);
+            }
+        }
+        if let Some(r) = &f.url_rewrite {
+            if let Some(path) = &r.path {
+                validate_path_modifier(&format!("{fat}.urlRewrite.path"), path, prefix_match, p);
+            }
+        }
+        if let Some(m) = &f.request_mirror {
+            if m.percent.is_some_and(|v| v > 100) {
+                p.add(format!("{fat}.requestMirror.percent"), "must be 0-100");
+            }
+            if let Some(fr) = &m.fraction {
+                if fr.denominator == 0 || fr.numerator > fr.denominator {
+                    p.add(format!("{fat}.requestMirror.fraction"), "needs 0 <= numerator <= denominator and denominator > 0");
+                }
+            }
+            if m.percent.is_some() && m.fraction.is_some() {
+                p.add(format!("{fat}.requestMirror"), "set `percent` or `fraction`, not both");
+            }
+        }
+    }
+    if kinds.contains("RequestRedirect") && kinds.contains("URLRewrite") {
+        p.add(at.to_string(), "RequestRedirect and URLRewrite cannot be used in the same rule");
+    }
+}
+
+fn validate_backend_refs(at: &str, refs: &[HttpBackendRef], p: &mut Problems, prefix_match: bool, grpc: bool) {
+    for (i, b) in refs.iter().enumerate() {
+        let bat = format!("{at}[{i}]");
+        let kind = b.kind.as_deref().unwrap_or("Service");
+        let group = b.group.as_deref().unwrap_or("");
+        if kind == "Service" && group.is_empty() && b.port.is_none() {
+            p.add(format!("{bat}.port"), "a Service backend needs a `port`");
+        }
+        if b.weight > 1_000_000 {
+            p.add(format!("{bat}.weight"), "must be 0-1000000");
+        }
+        let allowed = if grpc { GRPC_FILTERS } else { HTTP_FILTERS };
+        validate_filters(&format!("{bat}.filters"), &b.filters, allowed, prefix_match, p);
+    }
+}
+
+fn validate_http_route(r: &HttpRoute, p: &mut Problems) {
+    validate_parent_refs(&r.spec.parent_refs, p);
+    let mut names = HashSet::new();
+    for (i, rule) in r.spec.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        if let Some(name) = &rule.name {
+            if !names.insert(name.clone()) {
+                p.add(format!("{at}.name"), format!("rule name `{name}` is used twice"));
+            }
+        }
+        let mut all_prefix = true;
+        for (j, m) in rule.matches.iter().enumerate() {
+            let mat = format!("{at}.matches[{j}]");
+            if let Some(path) = &m.path {
+                match path.match_type.as_str() {
+                    "PathPrefix" | "Exact" => {
+                        if !path.value.starts_with('/') {
+                            p.add(format!("{mat}.path.value"), "must start with `/`");
+                        }
+                        if path.value.contains("//") || path.value.contains("/./") || path.value.contains("/../") {
+                            p.add(format!("{mat}.path.value"), "must not contain `//`, `/./` or `/../`");
+                        }
+                    }
+                    "RegularExpression" => {}
+                    other => p.add(
+                        format!("{mat}.path.type"),
+                        format!("`{other}` is not a path match type: use PathPrefix, Exact or RegularExpression"),
+                    ),
+                }
+                all_prefix &= path.match_type == "PathPrefix";
+            }
+            validate_header_matches(&format!("{mat}.headers"), &m.headers, p, true);
+            validate_header_matches(&format!("{mat}.queryParams"), &m.query_params, p, false);
+            if let Some(method) = &m.method {
+                if !METHODS.contains(&method.as_str()) {
+                    p.add(format!("{mat}.method"), format!("`{method}` is not one of {}", METHODS.join(", ")));
+                }
+            }
+        }
+        validate_filters(&format!("{at}.filters"), &rule.filters, HTTP_FILTERS, all_prefix, p);
+        validate_backend_refs(&format!("{at}.backendRefs"), &rule.backend_refs, p, all_prefix, false);
+        if let Some(t) = &rule.timeouts {
+            let request = t.request.as_deref().map(|d| (d, duration::parse(d)));
+            let backend = t.backend_request.as_deref().map(|d| (d, duration::parse(d)));
+            for (field, parsed) in [("request", &request), ("backendRequest", &backend)] {
+                if let Some((_, Err(e))) = parsed {
+                    p.add(format!("{at}.timeouts.{field}"), e.clone());
+                }
+            }
+            if let (Some((_, Ok(req))), Some((_, Ok(back)))) = (&request, &backend) {
+                if !req.is_zero() && back > req {
+                    p.add(format!("{at}.timeouts.backendRequest"), "must not be longer than `request`");
+                }
+            }
+        }
+        if let Some(retry) = &rule.retry {
+            if let Some(backoff) = &retry.backoff {
+                if let Err(e) = duration::parse(backoff) {
+                    p.add(format!("{at}.retry.backoff"), e);
+                }
+            }
+            for (k, code) in retry.codes.iter().enumerate() {
+                if !(400..=599).contains(code) {
+                    p.add(format!("{at}.retry.codes[{k}]"), "must be an HTTP status 400-599");
+                }
+            }
+        }
+    }
+}
+
+fn validate_grpc_route(r: &GrpcRoute, p: &mut Problems) {
+    validate_parent_refs(&r.spec.parent_refs, p);
+    for (i, rule) in r.spec.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        for (j, m) in rule.matches.iter().enumerate() {
+            let mat = format!("{at}.matches[{j}]");
+            if let Some(method) = &m.method {
+                if method.match_type != "Exact" && method.match_type != "RegularExpression" {
+                    p.add(format!("{mat}.method.type"), "use Exact or RegularExpression");
+                }
+                if method.service.is_none() && method.method.is_none() {
+                    p.add(format!("{mat}.method"), "set `service`, `method` or both");
+                }
+            }
+            validate_header_matches(&format!("{mat}.headers"), &m.headers, p, true);
+        }
+        validate_filters(&format!("{at}.filters"), &rule.filters, GRPC_FILTERS, false, p);
+        validate_backend_refs(&format!("{at}.backendRefs"), &rule.backend_refs, p, false, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::parse::parse_documents;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        match parse_documents("t.yaml", yaml) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: canary}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: recommendations, port: 80}]\n";
+
+    #[test]
+    fn the_seed_canary_is_valid() {
+        let yaml = format!(
+            "{ROUTE}  rules:\n  - matches:\n    - headers: [{{name: x-user-country, value: DE}}, {{name: x-device, value: mobile}}]\n    backendRefs:\n    - {{name: recommendations-v1, port: 80, weight: 95}}\n    - {{name: recommendations-v2, port: 80, weight: 5}}\n  - backendRefs: [{{name: recommendations-v1, port: 80}}]\n"
+        );
+        assert_eq!(errors(&yaml), Vec::<String>::new());
+    }
+
+    #[test]
+    fn route_problems_name_their_field() {
+        let yaml = format!(
+            "{ROUTE}  rules:\n  - matches: [{{path: {{type: PathPrefix, value: v2}}}}, {{method: FETCH}}]\n    filters:\n    - type: RequestRedirect\n      requestRedirect: {{statusCode: 305}}\n    backendRefs: [{{name: b}}]\n    timeouts: {{request: 1s, backendRequest: 2s}}\n"
+        );
+        let e = errors(&yaml).join("\n");
+        for needle in [
+            "t.yaml:1: HTTPRoute default/canary: field `spec.rules[0].matches[0].path.value`: must start with `/`",
+            "field `spec.rules[0].matches[1].method`",
+            "field `spec.rules[0].filters[0].requestRedirect.statusCode`: must be 301, 302, 303, 307 or 308",
+            "field `spec.rules[0].backendRefs[0].port`",
+            "field `spec.rules[0].timeouts.backendRequest`: must not be longer",
+        ] {
+            assert!(e.contains(needle), "missing {needle} in\n{e}");
+        }
+    }
+
+    #[test]
+    fn filter_settings_must_match_the_type() {
+        let yaml = format!("{ROUTE}  rules:\n  - filters:\n    - type: RequestHeaderModifier\n      responseHeaderModifier: {{set: [{{name: a, value: b}}]}}\n");
+        assert!(errors(&yaml).join("\n").contains("spec.rules[0].filters[0]"));
+    }
+
+    #[test]
+    fn gateway_parents_are_refused_in_the_mesh_profile() {
+        let yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{name: my-gateway}]\n";
+        assert!(errors(yaml).join("\n").contains("mesh profile"));
+    }
+
+    #[test]
+    fn service_and_workload_checks() {
+        let e = errors("apiVersion: v1\nkind: Service\nmetadata: {name: Books}\nspec:\n  ports: [{port: 80}, {port: 80, protocol: UDP}]\n").join("\n");
+        assert!(e.contains("metadata.name") && e.contains("listed twice") && e.contains("UDP") && e.contains("must be named"), "{e}");
+        let e = errors("apiVersion: tarmac.io/v1alpha1\nkind: Workload\nmetadata: {name: w}\nspec: {command: [], port: 0, replicas: 0}\n").join("\n");
+        assert!(e.contains("spec.command") && e.contains("spec.port") && e.contains("spec.replicas") && e.contains("metadata.labels"), "{e}");
+    }
+
+    #[test]
+    fn replace_prefix_match_needs_prefix_matches() {
+        let yaml = format!(
+            "{ROUTE}  rules:\n  - matches: [{{path: {{type: Exact, value: /a}}}}]\n    filters:\n    - type: URLRewrite\n      urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /b}}}}\n"
+        );
+        assert!(errors(&yaml).join("\n").contains("only valid in a rule whose matches are all PathPrefix"));
+    }
+}

@@ -1,0 +1,45 @@
+//! `tarmac.io/v1alpha1` Workload: a process to run with its sidecar (local mode only; on
+//! Kubernetes, Deployments and Pods play this part).
+
+use crate::meta::ObjectMeta;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Workload {
+    pub api_version: String,
+    pub kind: String,
+    /// `metadata.labels` are what Services select, as with a Pod's labels.
+    pub metadata: ObjectMeta,
+    pub spec: WorkloadSpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadSpec {
+    /// The program and its leading arguments, e.g. `[python3, app.py]`.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The port the app listens on (told to it as `PORT`).
+    pub port: u16,
+    /// The identity the workload's certificate will carry.
+    #[serde(default = "default_service_account")]
+    pub service_account_name: String,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Working directory, relative to the configuration directory.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+}
+
+fn default_service_account() -> String {
+    "default".to_string()
+}
+
+fn one() -> u32 {
+    1
+}
