@@ -107,7 +107,7 @@ fn yaml_error(e: &serde_saphyr::Error) -> (Option<usize>, String) {
     if let Some(rest) = first.strip_prefix("line ") {
         let (num, tail) = rest.split_once(' ').unwrap_or((rest, ""));
         if let Ok(line) = num.parse::<usize>() {
-            let tail = tail.trim_start_matches(|c: char| c == ':' || c == ' ');
+            let tail = tail.trim_start_matches([':', ' ']);
             return (Some(line), tail.to_string());
         }
     }
@@ -175,7 +175,9 @@ fn parse_document(file: &str, doc: &Document) -> Result<Resource, ModelError> {
     let resource = match (api_version, kind) {
         ("v1", "Namespace") => Resource::Namespace(serde_saphyr::from_str(text).map_err(strict)?),
         ("v1", "Service") => Resource::Service(serde_saphyr::from_str(text).map_err(strict)?),
-        ("tarmac.io/v1alpha1", "Workload") => Resource::Workload(serde_saphyr::from_str(text).map_err(strict)?),
+        ("tarmac.io/v1alpha1", "Workload") => {
+            Resource::Workload(serde_saphyr::from_str(text).map_err(strict)?)
+        }
         ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
             Resource::HttpRoute(serde_saphyr::from_str(text).map_err(strict)?)
         }
@@ -246,7 +248,10 @@ spec:
     fn an_unknown_field_is_refused_with_the_valid_ones() {
         let text = TWO.replace("  selector:", "  selecter:");
         let e = parse_documents("mesh.yaml", &text).unwrap_err()[0].to_string();
-        assert!(e.contains("mesh.yaml:6") && e.contains("Service default/books") && e.contains("selecter"), "{e}");
+        assert!(
+            e.contains("mesh.yaml:6") && e.contains("Service default/books") && e.contains("selecter"),
+            "{e}"
+        );
         assert!(e.contains("selector"), "the valid field names are listed: {e}");
     }
 
@@ -256,8 +261,11 @@ spec:
             .unwrap_err()[0]
             .to_string();
         assert!(e.contains("Deployment default/web") && e.contains("v1 Service"), "{e}");
-        let e = parse_documents("x.yaml", "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: HTTPRoute\nmetadata: {name: r}\n")
-            .unwrap_err()[0]
+        let e = parse_documents(
+            "x.yaml",
+            "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: HTTPRoute\nmetadata: {name: r}\n",
+        )
+        .unwrap_err()[0]
             .to_string();
         assert!(e.contains("did you mean apiVersion `gateway.networking.k8s.io/v1`"), "{e}");
     }

@@ -4,7 +4,8 @@ use crate::Resource;
 use crate::duration;
 use crate::meta::ObjectMeta;
 use crate::route::{
-    GrpcRoute, HeaderMatch, HeaderModifier, HttpBackendRef, HttpRoute, HttpRouteFilter, ParentRef, PathModifier,
+    GrpcRoute, HeaderMatch, HeaderModifier, HttpBackendRef, HttpRoute, HttpRouteFilter, ParentRef,
+    PathModifier,
 };
 use crate::service::Service;
 use crate::workload::Workload;
@@ -50,10 +51,16 @@ fn is_dns_label(s: &str, max: usize) -> bool {
 
 fn validate_meta(meta: &ObjectMeta, p: &mut Problems) {
     if !is_dns_label(&meta.name, 63) && !meta.name.split('.').all(|part| is_dns_label(part, 63)) {
-        p.add("metadata.name", "must be lowercase letters, digits, `-` or `.` (a DNS name), at most 253 characters");
+        p.add(
+            "metadata.name",
+            "must be lowercase letters, digits, `-` or `.` (a DNS name), at most 253 characters",
+        );
     }
     if !is_dns_label(&meta.namespace, 63) {
-        p.add("metadata.namespace", "must be lowercase letters, digits and `-` (a DNS label), at most 63 characters");
+        p.add(
+            "metadata.namespace",
+            "must be lowercase letters, digits and `-` (a DNS label), at most 63 characters",
+        );
     }
 }
 
@@ -81,10 +88,10 @@ fn validate_service(s: &Service, p: &mut Problems) {
         if port.target_number() == Some(0) {
             p.add(format!("{at}.targetPort"), "must be 1-65535 or a port name");
         }
-        if let Some(proto) = &port.protocol {
-            if proto != "TCP" {
-                p.add(format!("{at}.protocol"), format!("`{proto}` is not supported: Tarmac proxies TCP"));
-            }
+        if let Some(proto) = &port.protocol
+            && proto != "TCP"
+        {
+            p.add(format!("{at}.protocol"), format!("`{proto}` is not supported: Tarmac proxies TCP"));
         }
     }
 }
@@ -111,7 +118,10 @@ fn validate_workload(w: &Workload, p: &mut Problems) {
 
 fn validate_parent_refs(refs: &[ParentRef], p: &mut Problems) {
     if refs.is_empty() {
-        p.add("spec.parentRefs", "a mesh route attaches to a Service: add `parentRefs: [{group: \"\", kind: Service, name: ...}]`");
+        p.add(
+            "spec.parentRefs",
+            "a mesh route attaches to a Service: add `parentRefs: [{group: \"\", kind: Service, name: ...}]`",
+        );
     }
     for (i, r) in refs.iter().enumerate() {
         if !r.is_service() {
@@ -141,7 +151,10 @@ fn validate_header_matches(at: &str, matches: &[HeaderMatch], p: &mut Problems, 
     for (i, m) in matches.iter().enumerate() {
         let f = format!("{at}[{i}]");
         if m.match_type != "Exact" && m.match_type != "RegularExpression" {
-            p.add(format!("{f}.type"), format!("`{}` is not a match type: use Exact or RegularExpression", m.match_type));
+            p.add(
+                format!("{f}.type"),
+                format!("`{}` is not a match type: use Exact or RegularExpression", m.match_type),
+            );
         }
         if header && !is_token(&m.name) {
             p.add(format!("{f}.name"), "is not a valid header name");
@@ -179,7 +192,10 @@ fn validate_path_modifier(at: &str, m: &PathModifier, prefix_match: bool, p: &mu
     match m.modifier_type.as_str() {
         "ReplaceFullPath" => match &m.replace_full_path {
             Some(path) if path.starts_with('/') => {}
-            _ => p.add(format!("{at}.replaceFullPath"), "ReplaceFullPath needs `replaceFullPath` starting with `/`"),
+            _ => p.add(
+                format!("{at}.replaceFullPath"),
+                "ReplaceFullPath needs `replaceFullPath` starting with `/`",
+            ),
         },
         "ReplacePrefixMatch" => {
             match &m.replace_prefix_match {
@@ -190,23 +206,46 @@ fn validate_path_modifier(at: &str, m: &PathModifier, prefix_match: bool, p: &mu
                 ),
             }
             if !prefix_match {
-                p.add(format!("{at}.type"), "ReplacePrefixMatch is only valid in a rule whose matches are all PathPrefix");
+                p.add(
+                    format!("{at}.type"),
+                    "ReplacePrefixMatch is only valid in a rule whose matches are all PathPrefix",
+                );
             }
         }
-        other => p.add(format!("{at}.type"), format!("`{other}` is not a path modifier: use ReplaceFullPath or ReplacePrefixMatch")),
+        other => p.add(
+            format!("{at}.type"),
+            format!("`{other}` is not a path modifier: use ReplaceFullPath or ReplacePrefixMatch"),
+        ),
     }
 }
 
-const HTTP_FILTERS: &[&str] =
-    &["RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "RequestRedirect", "URLRewrite", "CORS", "ExtensionRef"];
-const GRPC_FILTERS: &[&str] = &["RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "ExtensionRef"];
+const HTTP_FILTERS: &[&str] = &[
+    "RequestHeaderModifier",
+    "ResponseHeaderModifier",
+    "RequestMirror",
+    "RequestRedirect",
+    "URLRewrite",
+    "CORS",
+    "ExtensionRef",
+];
+const GRPC_FILTERS: &[&str] =
+    &["RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "ExtensionRef"];
 
-fn validate_filters(at: &str, filters: &[HttpRouteFilter], allowed: &[&str], prefix_match: bool, p: &mut Problems) {
+fn validate_filters(
+    at: &str,
+    filters: &[HttpRouteFilter],
+    allowed: &[&str],
+    prefix_match: bool,
+    p: &mut Problems,
+) {
     let mut kinds = HashSet::new();
     for (i, f) in filters.iter().enumerate() {
         let fat = format!("{at}[{i}]");
         if !allowed.contains(&f.filter_type.as_str()) {
-            p.add(format!("{fat}.type"), format!("`{}` is not a filter here; use one of {}", f.filter_type, allowed.join(", ")));
+            p.add(
+                format!("{fat}.type"),
+                format!("`{}` is not a filter here; use one of {}", f.filter_type, allowed.join(", ")),
+            );
             continue;
         }
         // Each filter type's settings sit in the field named after it, and only there.
@@ -223,9 +262,18 @@ fn validate_filters(at: &str, filters: &[HttpRouteFilter], allowed: &[&str], pre
         .filter_map(|(k, set)| set.then_some(k))
         .collect();
         if present != [f.filter_type.as_str()] {
-            p.add(fat.clone(), format!("a `{}` filter needs its settings in the field of that name, and no other", f.filter_type));
+            p.add(
+                fat.clone(),
+                format!(
+                    "a `{}` filter needs its settings in the field of that name, and no other",
+                    f.filter_type
+                ),
+            );
         }
-        if f.filter_type != "RequestMirror" && f.filter_type != "ExtensionRef" && !kinds.insert(f.filter_type.clone()) {
+        if f.filter_type != "RequestMirror"
+            && f.filter_type != "ExtensionRef"
+            && !kinds.insert(f.filter_type.clone())
+        {
             p.add(format!("{fat}.type"), format!("`{}` may appear once per rule", f.filter_type));
         }
         if let Some(m) = &f.request_header_modifier {
@@ -236,33 +284,37 @@ fn validate_filters(at: &str, filters: &[HttpRouteFilter], allowed: &[&str], pre
         }
         if let Some(r) = &f.request_redirect {
             let rat = format!("{fat}.requestRedirect");
-            if let Some(code) = r.status_code {
-                if ![301, 302, 303, 307, 308].contains(&code) {
-                    p.add(format!("{rat}.statusCode"), "must be 301, 302, 303, 307 or 308");
-                }
+            if let Some(code) = r.status_code
+                && ![301, 302, 303, 307, 308].contains(&code)
+            {
+                p.add(format!("{rat}.statusCode"), "must be 301, 302, 303, 307 or 308");
             }
-            if let Some(scheme) = &r.scheme {
-                if scheme != "http" && scheme != "https" {
-                    p.add(format!("{rat}.scheme"), "must be `http` or `https`");
-                }
+            if let Some(scheme) = &r.scheme
+                && scheme != "http"
+                && scheme != "https"
+            {
+                p.add(format!("{rat}.scheme"), "must be `http` or `https`");
             }
             if let Some(path) = &r.path {
                 validate_path_modifier(&format!("{rat}.path"), path, prefix_match, p);
             }
         }
-        if let Some(r) = &f.url_rewrite {
-            if let Some(path) = &r.path {
-                validate_path_modifier(&format!("{fat}.urlRewrite.path"), path, prefix_match, p);
-            }
+        if let Some(r) = &f.url_rewrite
+            && let Some(path) = &r.path
+        {
+            validate_path_modifier(&format!("{fat}.urlRewrite.path"), path, prefix_match, p);
         }
         if let Some(m) = &f.request_mirror {
             if m.percent.is_some_and(|v| v > 100) {
                 p.add(format!("{fat}.requestMirror.percent"), "must be 0-100");
             }
-            if let Some(fr) = &m.fraction {
-                if fr.denominator == 0 || fr.numerator > fr.denominator {
-                    p.add(format!("{fat}.requestMirror.fraction"), "needs 0 <= numerator <= denominator and denominator > 0");
-                }
+            if let Some(fr) = &m.fraction
+                && (fr.denominator == 0 || fr.numerator > fr.denominator)
+            {
+                p.add(
+                    format!("{fat}.requestMirror.fraction"),
+                    "needs 0 <= numerator <= denominator and denominator > 0",
+                );
             }
             if m.percent.is_some() && m.fraction.is_some() {
                 p.add(format!("{fat}.requestMirror"), "set `percent` or `fraction`, not both");
@@ -274,7 +326,13 @@ fn validate_filters(at: &str, filters: &[HttpRouteFilter], allowed: &[&str], pre
     }
 }
 
-fn validate_backend_refs(at: &str, refs: &[HttpBackendRef], p: &mut Problems, prefix_match: bool, grpc: bool) {
+fn validate_backend_refs(
+    at: &str,
+    refs: &[HttpBackendRef],
+    p: &mut Problems,
+    prefix_match: bool,
+    grpc: bool,
+) {
     for (i, b) in refs.iter().enumerate() {
         let bat = format!("{at}[{i}]");
         let kind = b.kind.as_deref().unwrap_or("Service");
@@ -295,10 +353,10 @@ fn validate_http_route(r: &HttpRoute, p: &mut Problems) {
     let mut names = HashSet::new();
     for (i, rule) in r.spec.rules.iter().enumerate() {
         let at = format!("spec.rules[{i}]");
-        if let Some(name) = &rule.name {
-            if !names.insert(name.clone()) {
-                p.add(format!("{at}.name"), format!("rule name `{name}` is used twice"));
-            }
+        if let Some(name) = &rule.name
+            && !names.insert(name.clone())
+        {
+            p.add(format!("{at}.name"), format!("rule name `{name}` is used twice"));
         }
         let mut all_prefix = true;
         for (j, m) in rule.matches.iter().enumerate() {
@@ -309,24 +367,29 @@ fn validate_http_route(r: &HttpRoute, p: &mut Problems) {
                         if !path.value.starts_with('/') {
                             p.add(format!("{mat}.path.value"), "must start with `/`");
                         }
-                        if path.value.contains("//") || path.value.contains("/./") || path.value.contains("/../") {
+                        if path.value.contains("//")
+                            || path.value.contains("/./")
+                            || path.value.contains("/../")
+                        {
                             p.add(format!("{mat}.path.value"), "must not contain `//`, `/./` or `/../`");
                         }
                     }
                     "RegularExpression" => {}
                     other => p.add(
                         format!("{mat}.path.type"),
-                        format!("`{other}` is not a path match type: use PathPrefix, Exact or RegularExpression"),
+                        format!(
+                            "`{other}` is not a path match type: use PathPrefix, Exact or RegularExpression"
+                        ),
                     ),
                 }
                 all_prefix &= path.match_type == "PathPrefix";
             }
             validate_header_matches(&format!("{mat}.headers"), &m.headers, p, true);
             validate_header_matches(&format!("{mat}.queryParams"), &m.query_params, p, false);
-            if let Some(method) = &m.method {
-                if !METHODS.contains(&method.as_str()) {
-                    p.add(format!("{mat}.method"), format!("`{method}` is not one of {}", METHODS.join(", ")));
-                }
+            if let Some(method) = &m.method
+                && !METHODS.contains(&method.as_str())
+            {
+                p.add(format!("{mat}.method"), format!("`{method}` is not one of {}", METHODS.join(", ")));
             }
         }
         validate_filters(&format!("{at}.filters"), &rule.filters, HTTP_FILTERS, all_prefix, p);
@@ -339,17 +402,18 @@ fn validate_http_route(r: &HttpRoute, p: &mut Problems) {
                     p.add(format!("{at}.timeouts.{field}"), e.clone());
                 }
             }
-            if let (Some((_, Ok(req))), Some((_, Ok(back)))) = (&request, &backend) {
-                if !req.is_zero() && back > req {
-                    p.add(format!("{at}.timeouts.backendRequest"), "must not be longer than `request`");
-                }
+            if let (Some((_, Ok(req))), Some((_, Ok(back)))) = (&request, &backend)
+                && !req.is_zero()
+                && back > req
+            {
+                p.add(format!("{at}.timeouts.backendRequest"), "must not be longer than `request`");
             }
         }
         if let Some(retry) = &rule.retry {
-            if let Some(backoff) = &retry.backoff {
-                if let Err(e) = duration::parse(backoff) {
-                    p.add(format!("{at}.retry.backoff"), e);
-                }
+            if let Some(backoff) = &retry.backoff
+                && let Err(e) = duration::parse(backoff)
+            {
+                p.add(format!("{at}.retry.backoff"), e);
             }
             for (k, code) in retry.codes.iter().enumerate() {
                 if !(400..=599).contains(code) {
@@ -421,7 +485,9 @@ mod tests {
 
     #[test]
     fn filter_settings_must_match_the_type() {
-        let yaml = format!("{ROUTE}  rules:\n  - filters:\n    - type: RequestHeaderModifier\n      responseHeaderModifier: {{set: [{{name: a, value: b}}]}}\n");
+        let yaml = format!(
+            "{ROUTE}  rules:\n  - filters:\n    - type: RequestHeaderModifier\n      responseHeaderModifier: {{set: [{{name: a, value: b}}]}}\n"
+        );
         assert!(errors(&yaml).join("\n").contains("spec.rules[0].filters[0]"));
     }
 
@@ -434,9 +500,21 @@ mod tests {
     #[test]
     fn service_and_workload_checks() {
         let e = errors("apiVersion: v1\nkind: Service\nmetadata: {name: Books}\nspec:\n  ports: [{port: 80}, {port: 80, protocol: UDP}]\n").join("\n");
-        assert!(e.contains("metadata.name") && e.contains("listed twice") && e.contains("UDP") && e.contains("must be named"), "{e}");
+        assert!(
+            e.contains("metadata.name")
+                && e.contains("listed twice")
+                && e.contains("UDP")
+                && e.contains("must be named"),
+            "{e}"
+        );
         let e = errors("apiVersion: tarmac.io/v1alpha1\nkind: Workload\nmetadata: {name: w}\nspec: {command: [], port: 0, replicas: 0}\n").join("\n");
-        assert!(e.contains("spec.command") && e.contains("spec.port") && e.contains("spec.replicas") && e.contains("metadata.labels"), "{e}");
+        assert!(
+            e.contains("spec.command")
+                && e.contains("spec.port")
+                && e.contains("spec.replicas")
+                && e.contains("metadata.labels"),
+            "{e}"
+        );
     }
 
     #[test]

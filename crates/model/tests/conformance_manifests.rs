@@ -8,7 +8,11 @@ fn conformance_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         return Some(dir);
     }
-    assert!(std::env::var_os("CI").is_none(), "{} is missing; CI provides shared/ beside the checkout", dir.display());
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing; CI provides shared/ beside the checkout",
+        dir.display()
+    );
     eprintln!("skipping: {} not found", dir.display());
     None
 }
