@@ -1,0 +1,14 @@
+//! `tarmac-proto`: the gRPC contract between `tarmac-control` and `tarmac-proxy`.
+//!
+//! The protocol lives in `proto/`; the Rust code generated from it is checked in under
+//! `src/gen` so that building needs no `protoc`. `tests/bootstrap.rs` regenerates it and
+//! fails when it is stale.
+
+#![deny(rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+/// `tarmac.discovery.v1`: service discovery and inbound settings.
+pub mod discovery {
+    #![allow(clippy::all, missing_docs, rust_2018_idioms)]
+    include!("gen/tarmac.discovery.v1.rs");
+}
