@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 /// Path of a binary built by this workspace (`tarmac-proxy`, `tarmac`), next to the test
-/// executable's target directory. Builds it first if missing.
+/// executable's target directory. `scripts/test` builds them before the tests run.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/e2e-xxxx -> target/<profile>/<name>
