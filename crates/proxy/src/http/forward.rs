@@ -176,11 +176,7 @@ impl Forward {
                         strip_hop_by_hop(rsp.headers_mut(), false);
                         return Ok(rsp.map(Body::from));
                     }
-                    Err(e) => {
-                        if let Some(back) = retryable(attempt, &mut req, e, endpoint.addr)? {
-                            req = Some(back);
-                        }
-                    }
+                    Err(e) => req = Some(unsent(attempt, e, endpoint.addr)?),
                 }
             }
             unreachable!("the second attempt returns")
@@ -208,11 +204,7 @@ impl Forward {
                         let body = Body::Pooled { body: endpoint.pooled_body(body, sender) };
                         return Ok(Response::from_parts(parts, body));
                     }
-                    Err(e) => {
-                        if let Some(back) = retryable(attempt, &mut req, e, endpoint.addr)? {
-                            req = Some(back);
-                        }
-                    }
+                    Err(e) => req = Some(unsent(attempt, e, endpoint.addr)?),
                 }
             }
             unreachable!("the second attempt returns")
@@ -220,22 +212,19 @@ impl Forward {
     }
 }
 
-/// After a failed send: the request back if it never left and may be sent again.
-fn retryable(
+/// After a failed send on the first attempt: the request, if it never left and may be
+/// sent again on a new connection. Otherwise the failure.
+fn unsent(
     attempt: usize,
-    slot: &mut Option<Request<Body>>,
     mut e: TrySendError<Request<Body>>,
     addr: SocketAddr,
-) -> Result<Option<Request<Body>>, ProxyError> {
+) -> Result<Request<Body>, ProxyError> {
     match e.take_message() {
         Some(req) if attempt == 0 => {
             tracing::debug!(%addr, error = %e.error(), "connection closed before the request was sent; reconnecting");
-            Ok(Some(req))
+            Ok(req)
         }
-        _ => {
-            slot.take();
-            Err(ProxyError::Upstream { addr, source: e.into_error() })
-        }
+        _ => Err(ProxyError::Upstream { addr, source: e.into_error() }),
     }
 }
 
