@@ -1,9 +1,11 @@
 //! `tarmac`, the Tarmac command line: how people first meet the mesh and then operate it.
 //! Today it has `tarmac demo`, which runs a complete local mesh (sample services, real
 //! `tarmac-proxy` sidecars and traffic) in one command and shows the golden metrics the
-//! sidecars measure; the other commands of the design (`up`, `check`, `stat`, `tap`, ...)
-//! will join it here. This file only parses arguments and dispatches.
+//! sidecars measure, and `tarmac bench`, which measures the latency and cost the mesh
+//! adds; the other commands of the design (`up`, `check`, `stat`, `tap`, ...) will join it
+//! here. This file only parses arguments and dispatches.
 
+mod bench;
 mod demo;
 mod duration;
 mod http_client;
@@ -26,6 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Demo(demo::DemoArgs),
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Demo(args) => runtime.block_on(demo::run(args)),
+        Command::Bench(args) => bench::main(args, &runtime),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -100,6 +100,9 @@ pub struct Report {
     pub window: Duration,
     /// Answers received (any status).
     pub responses: u64,
+    /// Answers received during the warm-up: with [`Report::responses`], every request the
+    /// target served, for dividing a cost measured over the whole run.
+    pub warmup_responses: u64,
     /// Answers outside 2xx, or gRPC calls that did not end OK.
     pub bad_status: u64,
     /// Requests that failed without an answer (connection refused or reset).

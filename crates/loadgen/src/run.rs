@@ -30,6 +30,7 @@ struct Recorder {
     service_time: LatencyHistogram,
     send_delay: LatencyHistogram,
     responses: u64,
+    warmup_responses: u64,
     bad_status: u64,
     transport_errors: u64,
     timeouts: u64,
@@ -201,7 +202,11 @@ async fn send_one(sender: &mut Sender, ticket: Ticket, plan: &Plan) -> Connectio
     // HTTP/2 streams fail alone; the connection's own failure shows in `is_closed`.
     let after_failure = if sender.is_multiplexed() { Connection::Reusable } else { Connection::Discard };
     if !ticket.counted {
-        return if matches!(result, Ok(Ok(_))) { Connection::Reusable } else { after_failure };
+        if matches!(result, Ok(Ok(_))) {
+            lock(&plan.recorder).warmup_responses += 1;
+            return Connection::Reusable;
+        }
+        return after_failure;
     }
     let mut recorder = lock(&plan.recorder);
     recorder.send_delay.record(sent.saturating_duration_since(ticket.intended));
@@ -298,6 +303,7 @@ impl Report {
             connections: config.connections,
             window,
             responses: recorder.responses,
+            warmup_responses: recorder.warmup_responses,
             bad_status: recorder.bad_status,
             transport_errors: recorder.transport_errors,
             timeouts: recorder.timeouts,

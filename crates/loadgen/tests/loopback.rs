@@ -84,6 +84,7 @@ async fn open_loop_sends_exactly_the_schedule_in_every_protocol() {
         assert_eq!(report.responses, 300, "{protocol}: {:?}", report.first_error);
         assert_eq!(report.failures(), 0, "{protocol}: {:?}", report.first_error);
         assert_eq!(served.load(Ordering::Relaxed), 400, "{protocol}");
+        assert_eq!(report.warmup_responses, 100, "{protocol}");
         assert_eq!(report.latency.count(), 300);
         assert_eq!(report.pacing_lag.as_ref().map(|h| h.count()), Some(300));
         assert!(report.latency.percentile(50.0) >= report.service_time.percentile(0.0));

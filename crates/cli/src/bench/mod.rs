@@ -1,0 +1,567 @@
+//! `tarmac bench`: the three numbers to measure before adopting a mesh (the baseline
+//! latency, the latency through the mesh, and what the sidecars cost), against the user's
+//! own service or, with `--suite`, as the standard comparison with Envoy.
+//!
+//! # Layout
+//!
+//! * [`topology`]: the routes (direct, Tarmac and Envoy, one and two hops) and starting
+//!   their proxies; [`envoy`] finds Envoy and writes its configuration.
+//! * [`experiment`]: phases interleaved over routes and rounds, each with its costs and a
+//!   check on what else ran on the machine; [`procfs`] reads those costs.
+//! * [`report`]: medians, added latency, ratios, tables and the issue's bar; [`plot`]
+//!   the SVG of percentile curves.
+//! * [`upstream`]: the suite's fast upstream; [`processes`]: the child processes and the
+//!   scheduling tools.
+//!
+//! The load itself comes from `tarmac-loadgen`, on a thread of its own.
+
+mod envoy;
+mod experiment;
+mod plot;
+mod processes;
+mod procfs;
+mod report;
+mod topology;
+pub mod upstream;
+
+use crate::duration;
+use experiment::{LoadSpec, Measured, PhaseRecord, Scheduling, Settings};
+use processes::{Managed, Readiness};
+use report::{BarCheck, RouteSummary};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tarmac_loadgen::{Load, Protocol, Target};
+use topology::{Binaries, Route, Running};
+
+/// Environment variable naming the `tarmac-proxy` binary to measure.
+const ENV_PROXY_BIN: &str = "TARMAC_PROXY_BIN";
+/// Warm-up before each phase: pools fill and allocators settle; not recorded.
+const WARMUP: Duration = Duration::from_millis(500);
+/// A phase in which other processes used more than a tenth of a core is contaminated.
+const CONTAMINATION_CORES: f64 = 0.1;
+/// The suite's core for proxies, and for the upstream and the generator.
+const PROXY_CORE: usize = 0;
+const CLIENT_CORE: usize = 1;
+/// The suite's loads: connections for the open-loop rates and for max throughput.
+const SUITE_RATES: [u32; 2] = [1000, 5000];
+const SUITE_LATENCY_CONNECTIONS: usize = 10;
+const SUITE_MAX_CONNECTIONS: usize = 32;
+const MAX_LOAD: &str = "max";
+/// The suite's routes, in the order each round runs them. The mTLS routes are listed as
+/// pending until the proxies have identities.
+const SUITE_ROUTES: [Route; 7] = [
+    Route::Direct,
+    Route::TarmacOneHop,
+    Route::TarmacTwoHops,
+    Route::TarmacTwoHopsMtls,
+    Route::EnvoyOneHop,
+    Route::EnvoyTwoHops,
+    Route::EnvoyTwoHopsMtls,
+];
+
+/// Measure latency and proxy cost: a service directly and through the mesh, or the
+/// standard comparison with Envoy.
+///
+/// With --target URL: sends --rate requests per second to the URL directly, then through
+/// a client-side and a server-side tarmac-proxy (as in a mesh), alternating for --rounds
+/// rounds (--duration is each path's total measured time), and prints p50/p99/p99.9 of
+/// both, the difference, and each proxy's CPU seconds per 10k requests and peak memory.
+///
+/// With --suite: a built-in upstream and the routes direct, Tarmac 1 and 2 hops, Envoy 1
+/// and 2 hops (when Envoy is installed: scripts/setup-bench-deps.sh), at 1000 and 5000
+/// req/s and at maximum throughput, interleaved over rounds, proxies pinned to core 0 and
+/// upstream and generator to core 1 (--duration is each phase's length).
+///
+/// Latency is measured from each request's intended send time (no coordinated omission).
+/// Needs tarmac-proxy next to this binary (`cargo build --release`) or in
+/// $TARMAC_PROXY_BIN.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["target", "suite", "serve_upstream"])))]
+pub struct BenchArgs {
+    /// The service to measure, http://HOST:PORT/PATH (for gRPC the path is the method).
+    #[arg(long, value_name = "URL")]
+    pub target: Option<String>,
+    /// Run the standard comparison with Envoy on this machine.
+    #[arg(long)]
+    pub suite: bool,
+    /// Requests per second (--target).
+    #[arg(long, value_name = "N", default_value_t = 1000.0)]
+    pub rate: f64,
+    /// --target: measured time of each path over all rounds (default 30s);
+    /// --suite: length of each phase (default 5s).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
+    pub duration: Option<Duration>,
+    /// Connections the generator opens (--target; the suite uses 10 for latency and 32 for
+    /// max throughput).
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub connections: u32,
+    /// Rounds: each route is measured once per round, routes taking turns.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+    /// http1, h2c or grpc.
+    #[arg(long, value_name = "PROTOCOL", default_value = "http1")]
+    pub protocol: Protocol,
+    /// Write every figure to this file as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Draw the latency percentile curves of every route to this SVG file.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// Internal: serve as the suite's upstream on this address.
+    #[arg(long, value_name = "ADDR", hide = true)]
+    pub serve_upstream: Option<SocketAddr>,
+}
+
+/// The JSON report: settings, every phase, the summaries and the bar.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    tool: &'static str,
+    mode: &'static str,
+    commit: Option<String>,
+    unix_time: u64,
+    cores: usize,
+    target: Option<String>,
+    protocol: Protocol,
+    rounds: usize,
+    phase_seconds: f64,
+    warmup_seconds: f64,
+    pinned: bool,
+    realtime: Option<bool>,
+    envoy_version: Option<String>,
+    envoy_missing: Option<String>,
+    idle_rss: Vec<IdleRss>,
+    summaries: &'a [RouteSummary],
+    bar: &'a [BarCheck],
+    phases: Vec<&'a PhaseRecord>,
+}
+
+#[derive(Serialize)]
+struct IdleRss {
+    proxy: String,
+    bytes: u64,
+}
+
+/// Runs `tarmac bench`. The upstream mode runs its own runtime, so it is dispatched
+/// before `runtime` is entered.
+pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
+    if let Some(addr) = args.serve_upstream {
+        return upstream::serve(addr);
+    }
+    runtime.block_on(async { if args.suite { suite(args).await } else { target(args).await } })
+}
+
+async fn target(args: BenchArgs) -> Result<(), String> {
+    let url = args.target.as_deref().expect("clap requires a mode");
+    let target = Target::parse(url).map_err(|e| e.to_string())?;
+    if !(args.rate.is_finite() && args.rate > 0.0) {
+        return Err(format!("--rate {} is not a positive number of requests per second", args.rate));
+    }
+    let rounds = args.rounds as usize;
+    let total = args.duration.unwrap_or(Duration::from_secs(30));
+    let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy: None };
+    let workdir = WorkDir::create()?;
+    let mut routes = vec![
+        topology::start(Route::Direct, target.addr, &binaries, None, workdir.path()).await?,
+        topology::start(Route::TarmacTwoHops, target.addr, &binaries, None, workdir.path()).await?,
+    ];
+    let idle_rss = idle_rss(&routes);
+    let load_name = format!("{} req/s", args.rate);
+    let loads = [LoadSpec {
+        name: load_name.clone(),
+        load: Load::OpenLoop { rate_per_second: args.rate },
+        connections: args.connections as usize,
+        realtime: false,
+    }];
+    let settings = Settings {
+        protocol: args.protocol,
+        phase_duration: total / rounds as u32,
+        warmup: WARMUP,
+        rounds,
+        // The target is someone else's process: its CPU cannot be told apart from other
+        // load on the machine, so phases are not flagged.
+        contamination_cores: f64::INFINITY,
+        repeat_contaminated: false,
+    };
+    eprintln!(
+        "tarmac bench: {} at {} req/s, {rounds} rounds of {:?} per path (direct, then through two tarmac-proxy sidecars)",
+        target.url(),
+        args.rate,
+        settings.phase_duration
+    );
+    let mut scheduling = Scheduling { realtime_pids: Vec::new(), realtime_works: None };
+    let mut ours = vec![std::process::id()];
+    ours.extend(routes.iter().flat_map(|r| r.proxies.iter().map(|p| p.pid())));
+    let measured = experiment::run(&target, &mut routes, &loads, &settings, &mut scheduling, &ours).await?;
+    let summaries = report::summarise(&measured);
+
+    println!(
+        "{}",
+        report::latency_table(
+            &summaries,
+            &load_name,
+            &format!("{} at {load_name}, {}", target.url(), args.protocol)
+        )
+    );
+    if let (Some(direct), Some(meshed)) = (
+        summaries.iter().find(|s| s.route == Route::Direct),
+        summaries.iter().find(|s| s.route == Route::TarmacTwoHops),
+    ) {
+        println!(
+            "  baseline   p50 {:>7.0} µs  p99 {:>7.0} µs  p99.9 {:>7.0} µs",
+            direct.p50_us, direct.p99_us, direct.p999_us
+        );
+        println!(
+            "  meshed     p50 {:>7.0} µs  p99 {:>7.0} µs  p99.9 {:>7.0} µs",
+            meshed.p50_us, meshed.p99_us, meshed.p999_us
+        );
+        println!(
+            "  difference p50 {:>+7.0} µs  p99 {:>+7.0} µs  p99.9 {:>+7.0} µs  (added p50/p99 round by round: {}/{} µs)",
+            meshed.p50_us - direct.p50_us,
+            meshed.p99_us - direct.p99_us,
+            meshed.p999_us - direct.p999_us,
+            meshed.added_p50_us.map_or("-".into(), |v| format!("{v:+.0}")),
+            meshed.added_p99_us.map_or("-".into(), |v| format!("{v:+.0}")),
+        );
+    }
+    print_proxy_costs(&measured, &idle_rss);
+    print_warnings(&summaries);
+    let json = JsonReport {
+        tool: "tarmac bench",
+        mode: "target",
+        commit: None,
+        unix_time: unix_time(),
+        cores: cores(),
+        target: Some(target.url()),
+        protocol: args.protocol,
+        rounds,
+        phase_seconds: settings.phase_duration.as_secs_f64(),
+        warmup_seconds: WARMUP.as_secs_f64(),
+        pinned: false,
+        realtime: None,
+        envoy_version: None,
+        envoy_missing: None,
+        idle_rss,
+        summaries: &summaries,
+        bar: &[],
+        phases: measured.iter().map(|m| &m.record).collect(),
+    };
+    write_outputs(&args, &json, &summaries, &[load_name], &format!("tarmac bench: {}", target.url()))
+}
+
+async fn suite(args: BenchArgs) -> Result<(), String> {
+    let rounds = args.rounds as usize;
+    let phase_duration = args.duration.unwrap_or(Duration::from_secs(5));
+    let workdir = WorkDir::create()?;
+    let (envoy, envoy_missing) = match envoy::locate() {
+        Ok(path) => (Some(path), None),
+        Err(message) => {
+            eprintln!("warning: {message}");
+            (None, Some(message))
+        }
+    };
+    let envoy_version = envoy.as_deref().and_then(envoy::version);
+    let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy };
+
+    // Proxies on one core, everything that makes or answers the load on the other.
+    let pinned = cores() >= 2 && processes::tool_available("taskset");
+    let (proxy_core, client_core) = if pinned { (Some(PROXY_CORE), Some(CLIENT_CORE)) } else { (None, None) };
+    if pinned {
+        processes::pin(std::process::id(), CLIENT_CORE)?;
+    } else {
+        eprintln!(
+            "warning: not pinning to cores (needs 2 cores and taskset from util-linux): figures will be noisier"
+        );
+    }
+    let upstream_addr = processes::free_port()?;
+    let own_binary =
+        std::env::current_exe().map_err(|e| format!("cannot tell where this executable is: {e}"))?;
+    let mut upstream = Managed::spawn(
+        "upstream",
+        &own_binary,
+        &["bench".to_string(), "--serve-upstream".to_string(), upstream_addr.to_string()],
+        client_core,
+        workdir.path(),
+    )?;
+    upstream.wait_ready(&Readiness::Accepts(upstream_addr), Duration::from_secs(10)).await?;
+
+    let mut routes: Vec<Running> = Vec::new();
+    let mut pending = Vec::new();
+    for route in SUITE_ROUTES {
+        if let Some(reason) = route.pending() {
+            pending.push(format!("{}: pending, {reason}", route.label()));
+            continue;
+        }
+        if route.proxy() == Some(topology::ProxyKind::Envoy) && binaries.envoy.is_none() {
+            continue;
+        }
+        routes.push(topology::start(route, upstream_addr, &binaries, proxy_core, workdir.path()).await?);
+    }
+    // Let the proxies finish starting before their idle memory is read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = idle_rss(&routes);
+
+    let mut loads: Vec<LoadSpec> = SUITE_RATES
+        .iter()
+        .map(|&rate| LoadSpec {
+            name: format!("{rate} req/s"),
+            load: Load::OpenLoop { rate_per_second: f64::from(rate) },
+            connections: SUITE_LATENCY_CONNECTIONS,
+            realtime: true,
+        })
+        .collect();
+    loads.push(LoadSpec {
+        name: MAX_LOAD.to_string(),
+        load: Load::ClosedLoop { in_flight_per_connection: 1 },
+        connections: SUITE_MAX_CONNECTIONS,
+        realtime: false,
+    });
+    let settings = Settings {
+        protocol: args.protocol,
+        phase_duration,
+        warmup: WARMUP,
+        rounds,
+        contamination_cores: CONTAMINATION_CORES,
+        repeat_contaminated: true,
+    };
+    let mut scheduling = Scheduling {
+        realtime_pids: if processes::tool_available("chrt") {
+            let mut pids = vec![std::process::id(), upstream.pid()];
+            pids.extend(routes.iter().flat_map(|r| r.proxies.iter().map(|p| p.pid())));
+            pids
+        } else {
+            eprintln!("note: chrt (util-linux) is missing: latency phases run at normal priority");
+            Vec::new()
+        },
+        realtime_works: None,
+    };
+    let phases = loads.len() * rounds * routes.len();
+    eprintln!(
+        "tarmac bench --suite: {} routes × {} loads × {rounds} rounds = {phases} phases of {:?} (+{:?} warm-up){}",
+        routes.len(),
+        loads.len(),
+        phase_duration,
+        WARMUP,
+        if pinned { "; proxies on core 0, upstream and generator on core 1" } else { "" }
+    );
+    let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(|e| e.to_string())?;
+    // Everything of the benchmark's own: what the machine used beyond it is someone else's.
+    let mut ours = vec![std::process::id(), upstream.pid()];
+    ours.extend(routes.iter().flat_map(|r| r.proxies.iter().map(|p| p.pid())));
+    let measured = experiment::run(&target, &mut routes, &loads, &settings, &mut scheduling, &ours).await?;
+    drop(upstream);
+
+    let summaries = report::summarise(&measured);
+    let idle_tarmac_mib = idle_rss
+        .iter()
+        .filter(|r| r.proxy.starts_with("tarmac"))
+        .map(|r| r.bytes as f64 / (1024.0 * 1024.0))
+        .reduce(f64::max);
+    let bar = report::bar(&summaries, idle_tarmac_mib, MAX_LOAD);
+    let conditions = format!(
+        "{}, {} rounds of {:?}, medians; added = route − direct in the same round",
+        args.protocol, rounds, phase_duration
+    );
+    for rate in SUITE_RATES {
+        let load = format!("{rate} req/s");
+        println!(
+            "{}",
+            report::latency_table(
+                &summaries,
+                &load,
+                &format!("{load}, {SUITE_LATENCY_CONNECTIONS} connections, {conditions}")
+            )
+        );
+    }
+    println!(
+        "{}",
+        report::throughput_table(
+            &summaries,
+            MAX_LOAD,
+            &format!("max throughput, closed loop over {SUITE_MAX_CONNECTIONS} connections, {conditions}")
+        )
+    );
+    if let Some(message) = &envoy_missing {
+        println!("Envoy rows are missing: {message}\n");
+    }
+    for line in &pending {
+        println!("{line}");
+    }
+    println!("{}", report::bar_text(&bar));
+    print_warnings(&summaries);
+
+    let json = JsonReport {
+        tool: "tarmac bench",
+        mode: "suite",
+        commit: commit(),
+        unix_time: unix_time(),
+        cores: cores(),
+        target: None,
+        protocol: args.protocol,
+        rounds,
+        phase_seconds: phase_duration.as_secs_f64(),
+        warmup_seconds: WARMUP.as_secs_f64(),
+        pinned,
+        realtime: scheduling.realtime_works,
+        envoy_version,
+        envoy_missing,
+        idle_rss,
+        summaries: &summaries,
+        bar: &bar,
+        phases: measured.iter().map(|m| &m.record).collect(),
+    };
+    let loads: Vec<String> = loads.iter().map(|l| l.name.clone()).collect();
+    write_outputs(&args, &json, &summaries, &loads, "tarmac bench --suite: latency percentiles")
+}
+
+fn idle_rss(routes: &[Running]) -> Vec<IdleRss> {
+    routes
+        .iter()
+        .flat_map(|r| r.proxies.iter())
+        .map(|p| IdleRss {
+            proxy: p.name.clone(),
+            bytes: procfs::read_process(p.pid()).map_or(0, |s| s.rss_bytes),
+        })
+        .collect()
+}
+
+fn print_proxy_costs(measured: &[Measured], idle: &[IdleRss]) {
+    let mut names: Vec<&str> = Vec::new();
+    for m in measured {
+        for p in &m.record.proxies {
+            if !names.contains(&p.name.as_str()) {
+                names.push(&p.name);
+            }
+        }
+    }
+    for name in names {
+        let (mut cpu, mut requests, mut peak) = (0.0, 0u64, 0u64);
+        for m in measured {
+            if let Some(p) = m.record.proxies.iter().find(|p| p.name == name) {
+                cpu += p.cpu_seconds;
+                requests += m.record.responses + m.record.warmup_responses;
+                peak = peak.max(p.peak_rss_bytes);
+            }
+        }
+        let idle = idle.iter().find(|i| i.proxy == name).map_or(0, |i| i.bytes);
+        println!(
+            "  {name:<24} {:.3} CPU-s per 10k requests, peak RSS {:.1} MiB (idle {:.1} MiB)",
+            if requests > 0 { cpu / requests as f64 * 10_000.0 } else { 0.0 },
+            peak as f64 / (1024.0 * 1024.0),
+            idle as f64 / (1024.0 * 1024.0)
+        );
+    }
+    println!();
+}
+
+fn print_warnings(summaries: &[RouteSummary]) {
+    for s in summaries {
+        for warning in s.generator_warnings.iter().take(1) {
+            println!("note: {} at {}: {warning}", s.label, s.load);
+        }
+        if s.contaminated_rounds > 0 {
+            println!(
+                "note: {} at {}: {} of {} rounds ran while other processes used over {CONTAMINATION_CORES} cores",
+                s.label, s.load, s.contaminated_rounds, s.rounds
+            );
+        }
+    }
+}
+
+fn write_outputs(
+    args: &BenchArgs,
+    json: &JsonReport<'_>,
+    summaries: &[RouteSummary],
+    loads: &[String],
+    title: &str,
+) -> Result<(), String> {
+    if let Some(path) = &args.json {
+        let text =
+            serde_json::to_string_pretty(json).map_err(|e| format!("cannot encode the JSON report: {e}"))?;
+        std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot::svg(summaries, loads, title))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Finds `tarmac-proxy`: `$TARMAC_PROXY_BIN`, else next to this executable, where Cargo
+/// puts both binaries of the workspace.
+fn locate_proxy_binary() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os(ENV_PROXY_BIN) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("{ENV_PROXY_BIN} is set to {}, which is not a file", path.display()))
+        };
+    }
+    let here = std::env::current_exe().map_err(|e| format!("cannot tell where this executable is: {e}"))?;
+    let path = here.with_file_name("tarmac-proxy");
+    if !path.is_file() {
+        return Err(format!(
+            "the proxy binary is missing: no {}. Build it next to `tarmac` with `cargo build --release`, \
+             or point {ENV_PROXY_BIN} at a tarmac-proxy binary.",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// The commit being measured, `-dirty` when the work tree has changes; `None` outside a
+/// git checkout.
+fn commit() -> Option<String> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let head = git(&["rev-parse", "--short=12", "HEAD"])?;
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty { format!("{head}-dirty") } else { head })
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn unix_time() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A fresh directory for generated configurations and logs, removed at the end.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn create() -> Result<Self, String> {
+        let base = std::env::temp_dir();
+        for _ in 0..10 {
+            let path =
+                base.join(format!("tarmac-bench-{}-{:06x}", std::process::id(), fastrand::u32(..0xff_ffff)));
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(Self(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(format!("cannot create a directory in {}: {e}", base.display())),
+            }
+        }
+        Err(format!("cannot create a fresh directory in {}", base.display()))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,405 @@
+//! From phases to what people read: per route and load, the medians over rounds, the
+//! latency each route adds over the direct path in the same round, cost per request, and
+//! ratios against Envoy; printed as tables and checked against the issue's bar.
+
+use super::experiment::Measured;
+use super::topology::{ProxyKind, Route};
+use serde::Serialize;
+use std::fmt::Write as _;
+use tarmac_loadgen::{CurvePoint, LatencyHistogram, LatencySummary};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// One route under one load, over all rounds.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteSummary {
+    pub route: Route,
+    pub label: &'static str,
+    pub load: String,
+    pub rounds: usize,
+    /// Medians over the rounds of each round's percentile.
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    /// The spread of the rounds' p99: lowest and highest.
+    pub p99_min_us: f64,
+    pub p99_max_us: f64,
+    /// Median over rounds of (this route − direct) in the same round; absent for direct.
+    pub added_p50_us: Option<f64>,
+    pub added_p99_us: Option<f64>,
+    /// Proxy CPU seconds per 10,000 requests (all the route's proxies), median.
+    pub cpu_per_10k: Option<f64>,
+    /// Highest resident memory of any of the route's proxies during these phases.
+    pub peak_rss_mib: Option<f64>,
+    pub throughput_rps: f64,
+    /// Requests per second per core the proxies used, median.
+    pub rps_per_proxy_core: Option<f64>,
+    pub failures: u64,
+    pub contaminated_rounds: usize,
+    pub generator_warnings: Vec<String>,
+    /// All rounds' latencies together.
+    pub merged: LatencySummary,
+    pub curve: Vec<CurvePoint>,
+}
+
+/// One line of the issue's bar, checked against this run.
+#[derive(Clone, Debug, Serialize)]
+pub struct BarCheck {
+    pub rule: String,
+    /// None when it cannot be checked in this run (Envoy missing, mTLS pending).
+    pub passed: Option<bool>,
+    pub detail: String,
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 })
+}
+
+/// Summaries for every (load, route) in `measured`, loads and routes in the order run.
+pub fn summarise(measured: &[Measured]) -> Vec<RouteSummary> {
+    let mut keys: Vec<(String, Route)> = Vec::new();
+    for m in measured {
+        let key = (m.record.load.clone(), m.record.route);
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys.into_iter().map(|(load, route)| summarise_one(measured, &load, route)).collect()
+}
+
+fn summarise_one(measured: &[Measured], load: &str, route: Route) -> RouteSummary {
+    let phases: Vec<&Measured> =
+        measured.iter().filter(|m| m.record.load == load && m.record.route == route).collect();
+    let direct_in_round = |round: usize| {
+        measured
+            .iter()
+            .find(|m| m.record.load == load && m.record.route == Route::Direct && m.record.round == round)
+            .map(|m| m.record.latency)
+    };
+    let collect =
+        |f: &dyn Fn(&Measured) -> Option<f64>| -> Vec<f64> { phases.iter().filter_map(|m| f(m)).collect() };
+    let mut merged = LatencyHistogram::new();
+    for m in &phases {
+        merged.merge(&m.latency);
+    }
+    let p99s = collect(&|m| Some(m.record.latency.p99_us));
+    let added = |pick: fn(&LatencySummary) -> f64| {
+        (route != Route::Direct)
+            .then(|| {
+                median(&mut collect(&|m| {
+                    direct_in_round(m.record.round).map(|d| pick(&m.record.latency) - pick(&d))
+                }))
+            })
+            .flatten()
+    };
+    RouteSummary {
+        route,
+        label: route.label(),
+        load: load.to_string(),
+        rounds: phases.len(),
+        p50_us: median(&mut collect(&|m| Some(m.record.latency.p50_us))).unwrap_or(0.0),
+        p99_us: median(&mut p99s.clone()).unwrap_or(0.0),
+        p999_us: median(&mut collect(&|m| Some(m.record.latency.p999_us))).unwrap_or(0.0),
+        p99_min_us: p99s.iter().copied().fold(f64::INFINITY, f64::min),
+        p99_max_us: p99s.iter().copied().fold(0.0, f64::max),
+        added_p50_us: added(|l| l.p50_us),
+        added_p99_us: added(|l| l.p99_us),
+        cpu_per_10k: median(&mut collect(&|m| m.record.cpu_per_10k())),
+        peak_rss_mib: phases.iter().filter_map(|m| m.record.peak_rss_bytes()).max().map(|b| b as f64 / MIB),
+        throughput_rps: median(&mut collect(&|m| Some(m.record.throughput_rps))).unwrap_or(0.0),
+        rps_per_proxy_core: median(&mut collect(&|m| m.record.rps_per_proxy_core())),
+        failures: phases.iter().map(|m| m.record.failures).sum(),
+        contaminated_rounds: phases.iter().filter(|m| m.record.contaminated).count(),
+        generator_warnings: phases.iter().filter_map(|m| m.record.generator_warning.clone()).collect(),
+        merged: merged.summary(),
+        curve: merged.curve(),
+    }
+}
+
+fn find<'a>(summaries: &'a [RouteSummary], load: &str, route: Route) -> Option<&'a RouteSummary> {
+    summaries.iter().find(|s| s.load == load && s.route == route)
+}
+
+fn cell(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"))
+}
+
+/// `ours / theirs`, when both are positive: a ratio of a negative added latency (noise
+/// that made a proxy look faster than direct) would mean nothing.
+fn ratio(ours: Option<f64>, theirs: Option<f64>) -> Option<f64> {
+    match (ours, theirs) {
+        (Some(a), Some(b)) if a > 0.0 && b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// The latency table of one open-loop load.
+pub fn latency_table(summaries: &[RouteSummary], load: &str, heading: &str) -> String {
+    let with_envoy = summaries.iter().any(|s| s.route.proxy() == Some(ProxyKind::Envoy));
+    let mut out = format!("{heading}\n");
+    let _ = writeln!(
+        out,
+        "  {:<19} {:>8} {:>8} {:>9} {:>15} {:>8} {:>8} {:>9} {:>8} {:>17}",
+        "route",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "p99 spread",
+        "+p50 µs",
+        "+p99 µs",
+        "CPU-s/10k",
+        "RSS MiB",
+        if with_envoy { "÷ envoy +p50/+p99" } else { "" }
+    );
+    for s in summaries.iter().filter(|s| s.load == load) {
+        let versus = s.route.envoy_counterpart().and_then(|e| find(summaries, load, e)).map_or_else(
+            || if with_envoy { "-".to_string() } else { String::new() },
+            |e| {
+                format!(
+                    "{}/{}",
+                    cell(ratio(s.added_p50_us, e.added_p50_us), 2),
+                    cell(ratio(s.added_p99_us, e.added_p99_us), 2)
+                )
+            },
+        );
+        let _ = writeln!(
+            out,
+            "  {:<19} {:>8.0} {:>8.0} {:>9.0} {:>15} {:>8} {:>8} {:>9} {:>8} {:>17}{}",
+            s.label,
+            s.p50_us,
+            s.p99_us,
+            s.p999_us,
+            format!("{:.0}–{:.0}", s.p99_min_us, s.p99_max_us),
+            cell(s.added_p50_us, 0),
+            cell(s.added_p99_us, 0),
+            cell(s.cpu_per_10k, 3),
+            cell(s.peak_rss_mib, 1),
+            versus,
+            flags(s),
+        );
+    }
+    out
+}
+
+/// The table of the closed-loop load.
+pub fn throughput_table(summaries: &[RouteSummary], load: &str, heading: &str) -> String {
+    let mut out = format!("{heading}\n");
+    let _ = writeln!(
+        out,
+        "  {:<19} {:>9} {:>15} {:>9} {:>8} {:>8} {:>17}",
+        "route", "req/s", "req/s per core", "CPU-s/10k", "RSS MiB", "p50 µs", "÷ envoy per core"
+    );
+    for s in summaries.iter().filter(|s| s.load == load) {
+        let versus = s
+            .route
+            .envoy_counterpart()
+            .and_then(|e| find(summaries, load, e))
+            .and_then(|e| ratio(s.rps_per_proxy_core, e.rps_per_proxy_core));
+        let _ = writeln!(
+            out,
+            "  {:<19} {:>9.0} {:>15} {:>9} {:>8} {:>8.0} {:>17}{}",
+            s.label,
+            s.throughput_rps,
+            cell(s.rps_per_proxy_core, 0),
+            cell(s.cpu_per_10k, 3),
+            cell(s.peak_rss_mib, 1),
+            s.p50_us,
+            cell(versus, 2),
+            flags(s),
+        );
+    }
+    out
+}
+
+fn flags(s: &RouteSummary) -> String {
+    let mut flags = Vec::new();
+    if s.failures > 0 {
+        flags.push(format!("{} failed", s.failures));
+    }
+    if s.contaminated_rounds > 0 {
+        flags.push(format!("{}/{} rounds contaminated", s.contaminated_rounds, s.rounds));
+    }
+    if !s.generator_warnings.is_empty() {
+        flags.push("generator-bound".to_string());
+    }
+    if flags.is_empty() { String::new() } else { format!("  [{}]", flags.join(", ")) }
+}
+
+/// The issue's bar, line by line, as far as this run can check it.
+pub fn bar(summaries: &[RouteSummary], idle_rss_mib: Option<f64>, max_load: &str) -> Vec<BarCheck> {
+    let mut checks = Vec::new();
+    let mut check = |rule: &str, ours: Option<f64>, limit: Option<f64>, unit: &str, missing: &str| {
+        let (passed, detail) = match (ours, limit) {
+            (Some(o), Some(l)) => (Some(o <= l), format!("{o:.2}{unit} against at most {l:.2}{unit}")),
+            _ => (None, missing.to_string()),
+        };
+        checks.push(BarCheck { rule: rule.to_string(), passed, detail });
+    };
+    let envoy_missing = "not measured: Envoy missing";
+    let get = |load: &str, route: Route| find(summaries, load, route);
+    let t1 = get("5000 req/s", Route::TarmacOneHop);
+    let e1 = get("5000 req/s", Route::EnvoyOneHop);
+    for (name, pick) in [
+        ("p50", (|s: &RouteSummary| s.added_p50_us) as fn(&RouteSummary) -> Option<f64>),
+        ("p99", |s| s.added_p99_us),
+    ] {
+        check(
+            &format!("one Tarmac hop at 5000 req/s: added {name} at most half of one Envoy hop's"),
+            t1.and_then(pick),
+            e1.and_then(pick).map(|e| e / 2.0),
+            " µs",
+            envoy_missing,
+        );
+    }
+    check(
+        "proxy CPU-s per 10k requests at 5000 req/s (one hop): at most 0.4× Envoy's",
+        t1.and_then(|s| s.cpu_per_10k),
+        e1.and_then(|s| s.cpu_per_10k).map(|e| e * 0.4),
+        " s",
+        envoy_missing,
+    );
+    check("proxy RSS idle: at most 10 MiB", idle_rss_mib, Some(10.0), " MiB", "not measured");
+    check(
+        "proxy RSS at 5000 req/s: at most 20 MiB",
+        t1.into_iter()
+            .chain(get("5000 req/s", Route::TarmacTwoHops))
+            .filter_map(|s| s.peak_rss_mib)
+            .reduce(f64::max),
+        Some(20.0),
+        " MiB",
+        "not measured",
+    );
+    // "At least 2×": compared as Envoy's per-core rate at most half of ours.
+    let t_max = get(max_load, Route::TarmacOneHop).and_then(|s| s.rps_per_proxy_core);
+    let e_max = get(max_load, Route::EnvoyOneHop).and_then(|s| s.rps_per_proxy_core);
+    checks.push(match (t_max, e_max) {
+        (Some(t), Some(e)) => BarCheck {
+            rule: "max throughput per proxy core: at least 2× Envoy's".to_string(),
+            passed: Some(t >= 2.0 * e),
+            detail: format!("{t:.0} req/s per core against Envoy's {e:.0} ({:.2}×)", t / e),
+        },
+        _ => BarCheck {
+            rule: "max throughput per proxy core: at least 2× Envoy's".to_string(),
+            passed: None,
+            detail: envoy_missing.to_string(),
+        },
+    });
+    for rule in [
+        "two-hop mTLS at 1000 req/s: added p50 and p99 at most half of Envoy's two-hop mTLS",
+        "two-hop mTLS at 1000 req/s: added p50 and p99 no more than one plaintext Envoy hop",
+    ] {
+        checks.push(BarCheck {
+            rule: rule.to_string(),
+            passed: None,
+            detail: "pending: mTLS needs the identity issue; the plaintext two-hop rows stand in meanwhile"
+                .to_string(),
+        });
+    }
+    checks
+}
+
+pub fn bar_text(checks: &[BarCheck]) -> String {
+    let mut out = "The bar (issue 3), in this run:\n".to_string();
+    for c in checks {
+        let verdict = match c.passed {
+            Some(true) => "pass",
+            Some(false) => "FAIL",
+            None => "  - ",
+        };
+        let _ = writeln!(out, "  [{verdict}] {}: {}", c.rule, c.detail);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::experiment::{PhaseRecord, ProxyCost};
+    use std::time::Duration;
+
+    fn phase(route: Route, round: usize, base_us: u64, proxy_cpu: f64) -> Measured {
+        let mut latency = LatencyHistogram::new();
+        for i in 0..100 {
+            latency.record(Duration::from_micros(base_us + i));
+        }
+        let proxies = if route == Route::Direct {
+            Vec::new()
+        } else {
+            vec![ProxyCost { name: "p".into(), cpu_seconds: proxy_cpu, peak_rss_bytes: 8 << 20 }]
+        };
+        Measured {
+            record: PhaseRecord {
+                route,
+                load: "1000 req/s".into(),
+                round,
+                latency: latency.summary(),
+                service_time: latency.summary(),
+                pacing_lag_p99_us: Some(3.0),
+                throughput_rps: 1000.0,
+                responses: 10_000,
+                warmup_responses: 0,
+                failures: 0,
+                first_error: None,
+                generator_warning: None,
+                proxies,
+                other_cores: Some(0.01),
+                contaminated: false,
+                realtime: true,
+            },
+            latency,
+        }
+    }
+
+    #[test]
+    fn added_latency_is_taken_round_by_round_and_medians_resist_one_bad_round() {
+        let measured = vec![
+            phase(Route::Direct, 1, 100, 0.0),
+            phase(Route::TarmacOneHop, 1, 150, 0.2),
+            phase(Route::EnvoyOneHop, 1, 300, 1.0),
+            // Round 2: the whole machine was slower; differences stay the same.
+            phase(Route::Direct, 2, 1100, 0.0),
+            phase(Route::TarmacOneHop, 2, 1150, 0.2),
+            phase(Route::EnvoyOneHop, 2, 1300, 1.0),
+            phase(Route::Direct, 3, 100, 0.0),
+            phase(Route::TarmacOneHop, 3, 150, 0.4),
+            phase(Route::EnvoyOneHop, 3, 300, 1.0),
+        ];
+        let summaries = summarise(&measured);
+        assert_eq!(summaries.len(), 3);
+        let tarmac = find(&summaries, "1000 req/s", Route::TarmacOneHop).unwrap();
+        assert_eq!(tarmac.rounds, 3);
+        // Within the histograms' resolution.
+        assert!(
+            tarmac.added_p50_us.is_some_and(|added| (added - 50.0).abs() < 0.5),
+            "{:?}",
+            tarmac.added_p50_us
+        );
+        assert!((tarmac.p50_us - 199.0).abs() < 1.0, "median round, not the slow one: {}", tarmac.p50_us);
+        assert_eq!(tarmac.cpu_per_10k, Some(0.2));
+        assert_eq!(tarmac.peak_rss_mib, Some(8.0));
+        assert_eq!(find(&summaries, "1000 req/s", Route::Direct).unwrap().added_p50_us, None);
+        let table = latency_table(&summaries, "1000 req/s", "heading");
+        assert!(table.contains("0.25/0.25"), "tarmac adds a quarter of Envoy's latency:\n{table}");
+    }
+
+    #[test]
+    fn medians_of_even_and_odd_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&mut []), None);
+    }
+
+    #[test]
+    fn the_bar_says_what_it_could_not_check() {
+        let checks = bar(&[], Some(6.0), "max");
+        let idle = checks.iter().find(|c| c.rule.contains("idle")).unwrap();
+        assert_eq!(idle.passed, Some(true));
+        assert!(checks.iter().any(|c| c.passed.is_none() && c.detail.contains("Envoy missing")));
+        assert!(checks.iter().any(|c| c.detail.contains("pending: mTLS")));
+    }
+}

@@ -1,0 +1,238 @@
+//! The paths a request can take to the upstream, and starting the proxies of each.
+
+use super::envoy;
+use super::processes::{Managed, Readiness, free_port};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::{Path as FsPath, PathBuf};
+use std::time::Duration;
+
+/// How long a proxy has to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One way from the load generator to the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    /// Straight to the upstream: the baseline.
+    Direct,
+    /// Through one Tarmac proxy (a client-side sidecar, endpoint not meshed).
+    TarmacOneHop,
+    /// Through a client-side and a server-side Tarmac proxy: the mesh path. Plaintext
+    /// until identity lands; between the proxies, one multiplexed HTTP/2 connection.
+    TarmacTwoHops,
+    /// Through one Envoy.
+    EnvoyOneHop,
+    /// Through two Envoys, HTTP/2 between them as between Tarmac's.
+    EnvoyTwoHops,
+    /// Slots for the mTLS mesh paths, measured once the identity issue gives the proxies
+    /// certificates; until then they are listed as pending, never faked.
+    TarmacTwoHopsMtls,
+    EnvoyTwoHopsMtls,
+}
+
+/// Which proxy a route goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyKind {
+    Tarmac,
+    Envoy,
+}
+
+/// A route whose proxies run.
+pub struct Running {
+    pub route: Route,
+    /// Where the generator sends its requests.
+    pub entry: SocketAddr,
+    /// Client side first.
+    pub proxies: Vec<Managed>,
+}
+
+/// The binaries the routes need.
+pub struct Binaries {
+    pub tarmac_proxy: PathBuf,
+    pub envoy: Option<PathBuf>,
+}
+
+// === impl Route ===
+
+impl Route {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::TarmacOneHop => "tarmac 1 hop",
+            Self::TarmacTwoHops => "tarmac 2 hops",
+            Self::EnvoyOneHop => "envoy 1 hop",
+            Self::EnvoyTwoHops => "envoy 2 hops",
+            Self::TarmacTwoHopsMtls => "tarmac 2 hops mTLS",
+            Self::EnvoyTwoHopsMtls => "envoy 2 hops mTLS",
+        }
+    }
+
+    pub fn proxy(self) -> Option<ProxyKind> {
+        match self {
+            Self::Direct => None,
+            Self::TarmacOneHop | Self::TarmacTwoHops | Self::TarmacTwoHopsMtls => Some(ProxyKind::Tarmac),
+            Self::EnvoyOneHop | Self::EnvoyTwoHops | Self::EnvoyTwoHopsMtls => Some(ProxyKind::Envoy),
+        }
+    }
+
+    /// Why the route cannot be measured yet, if it cannot.
+    pub fn pending(self) -> Option<&'static str> {
+        match self {
+            Self::TarmacTwoHopsMtls | Self::EnvoyTwoHopsMtls => {
+                Some("needs the identity issue: proxies do not have certificates yet")
+            }
+            _ => None,
+        }
+    }
+
+    /// The Envoy route with the same hops, to compare a Tarmac route with.
+    pub fn envoy_counterpart(self) -> Option<Route> {
+        match self {
+            Self::TarmacOneHop => Some(Self::EnvoyOneHop),
+            Self::TarmacTwoHops => Some(Self::EnvoyTwoHops),
+            Self::TarmacTwoHopsMtls => Some(Self::EnvoyTwoHopsMtls),
+            _ => None,
+        }
+    }
+}
+
+/// Starts the proxies of `route` in front of `upstream`, pinned to `core` if given, and
+/// waits until they are ready.
+pub async fn start(
+    route: Route,
+    upstream: SocketAddr,
+    binaries: &Binaries,
+    core: Option<usize>,
+    dir: &FsPath,
+) -> Result<Running, String> {
+    if let Some(reason) = route.pending() {
+        return Err(format!("{} cannot run yet: {reason}", route.label()));
+    }
+    let name = route.label().replace(' ', "-");
+    let mut proxies = Vec::new();
+    let entry = match route {
+        Route::Direct => upstream,
+        Route::TarmacOneHop => {
+            let (admin, listen) = (free_port()?, free_port()?);
+            let yaml = tarmac_client_config(admin, listen, upstream, false);
+            proxies.push(start_tarmac(&format!("{name}-client"), &yaml, admin, binaries, core, dir).await?);
+            listen
+        }
+        Route::TarmacTwoHops => {
+            let (server_admin, inbound) = (free_port()?, free_port()?);
+            let yaml = tarmac_server_config(server_admin, inbound, upstream);
+            let server =
+                start_tarmac(&format!("{name}-server"), &yaml, server_admin, binaries, core, dir).await?;
+            let (client_admin, listen) = (free_port()?, free_port()?);
+            let yaml = tarmac_client_config(client_admin, listen, inbound, true);
+            proxies.push(
+                start_tarmac(&format!("{name}-client"), &yaml, client_admin, binaries, core, dir).await?,
+            );
+            proxies.push(server);
+            listen
+        }
+        Route::EnvoyOneHop | Route::EnvoyTwoHops => {
+            let binary = binaries.envoy.as_deref().ok_or("Envoy is not installed")?;
+            let mut next = upstream;
+            if route == Route::EnvoyTwoHops {
+                let (admin, listen) = (free_port()?, free_port()?);
+                let config = envoy::config(admin, listen, upstream, false);
+                proxies
+                    .push(start_envoy(&format!("{name}-server"), &config, admin, binary, core, dir).await?);
+                next = listen;
+            }
+            let (admin, listen) = (free_port()?, free_port()?);
+            let config = envoy::config(admin, listen, next, route == Route::EnvoyTwoHops);
+            proxies
+                .insert(0, start_envoy(&format!("{name}-client"), &config, admin, binary, core, dir).await?);
+            listen
+        }
+        Route::TarmacTwoHopsMtls | Route::EnvoyTwoHopsMtls => unreachable!("refused above as pending"),
+    };
+    Ok(Running { route, entry, proxies })
+}
+
+/// A client-side sidecar: one service on an explicit listener, one endpoint.
+pub fn tarmac_client_config(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    endpoint: SocketAddr,
+    meshed: bool,
+) -> String {
+    format!(
+        "# Generated by `tarmac bench`: the client side.\nadmin: \"{admin}\"\nworkers: 1\noutbound:\n  services:\n    \
+         - name: upstream\n      listen: \"{listen}\"\n      endpoints: [{{addr: \"{endpoint}\", meshed: {meshed}}}]\n\
+         limits:\n  drain_timeout: 1s\n"
+    )
+}
+
+/// A server-side sidecar in front of the app.
+pub fn tarmac_server_config(admin: SocketAddr, listen: SocketAddr, app: SocketAddr) -> String {
+    format!(
+        "# Generated by `tarmac bench`: the server side.\nadmin: \"{admin}\"\nworkers: 1\ninbound:\n  \
+         listen: \"{listen}\"\n  app: \"{app}\"\nlimits:\n  drain_timeout: 1s\n"
+    )
+}
+
+async fn start_tarmac(
+    name: &str,
+    yaml: &str,
+    admin: SocketAddr,
+    binaries: &Binaries,
+    core: Option<usize>,
+    dir: &FsPath,
+) -> Result<Managed, String> {
+    let config_path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&config_path, yaml).map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    let args = vec!["--config".to_string(), config_path.display().to_string()];
+    let mut proxy = Managed::spawn(name, &binaries.tarmac_proxy, &args, core, dir)?;
+    proxy.wait_ready(&Readiness::AdminReady(admin), READY_TIMEOUT).await?;
+    Ok(proxy)
+}
+
+async fn start_envoy(
+    name: &str,
+    yaml: &str,
+    admin: SocketAddr,
+    binary: &FsPath,
+    core: Option<usize>,
+    dir: &FsPath,
+) -> Result<Managed, String> {
+    let config_path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&config_path, yaml).map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    let mut proxy = Managed::spawn(name, binary, &envoy::args(&config_path), core, dir)?;
+    proxy.wait_ready(&Readiness::AdminReady(admin), READY_TIMEOUT).await?;
+    Ok(proxy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tarmac_configurations_are_accepted_by_the_proxy() {
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        for (yaml, meshed) in [
+            (tarmac_client_config(addr(4191), addr(7001), addr(4143), true), true),
+            (tarmac_client_config(addr(4191), addr(7001), addr(8080), false), false),
+        ] {
+            let config = tarmac_proxy::Config::from_yaml(&yaml, "generated").expect("the proxy accepts it");
+            let services = config.outbound.expect("outbound").services;
+            assert_eq!(services[0].endpoints[0].meshed, meshed);
+        }
+        let server = tarmac_server_config(addr(4192), addr(4143), addr(8080));
+        let config = tarmac_proxy::Config::from_yaml(&server, "generated").expect("the proxy accepts it");
+        assert_eq!(config.inbound.expect("inbound").app, Some(addr(8080)));
+    }
+
+    #[test]
+    fn every_tarmac_route_has_an_envoy_counterpart_with_as_many_hops() {
+        for route in [Route::TarmacOneHop, Route::TarmacTwoHops, Route::TarmacTwoHopsMtls] {
+            let envoy = route.envoy_counterpart().expect("counterpart");
+            assert_eq!(envoy.label().replace("envoy", "tarmac"), route.label());
+            assert_eq!(envoy.proxy(), Some(ProxyKind::Envoy));
+        }
+        assert!(Route::TarmacTwoHopsMtls.pending().is_some() && Route::TarmacTwoHops.pending().is_none());
+    }
+}
