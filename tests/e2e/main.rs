@@ -8,6 +8,7 @@
 
 mod balance;
 mod demo;
+mod discovery;
 mod http;
 mod lifecycle;
 mod limits;

@@ -5,8 +5,12 @@
 //! # Layout
 //! - [`store`]: where desired state comes from, behind one trait: [`store::files`] reads
 //!   and watches a directory (the local mode); a Kubernetes backend comes later.
+//! - [`registry`]: the running workload instances and where their proxies listen.
+//! - [`discovery`]: what each proxy needs, computed from both, streamed over gRPC.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod discovery;
+pub mod registry;
 pub mod store;

@@ -3,6 +3,7 @@
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::conn::Shared;
+use crate::discovery::ControlClient;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
@@ -103,6 +104,19 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
     }
     if let Some(outbound_config) = &config.outbound {
         let (outbound, services) = Outbound::new(outbound_config, &shared);
+        if let Some(control) = &config.control {
+            let client = ControlClient::new(control);
+            for (svc_config, (svc, _)) in outbound_config.services.iter().zip(&services) {
+                if let Some(discover) = &svc_config.discover {
+                    tokio::spawn(client.clone().watch_service(
+                        discover.clone(),
+                        svc.forward.clone(),
+                        shared.connect.clone(),
+                        shared.drain.clone(),
+                    ));
+                }
+            }
+        }
         let mut listeners = service_listeners.into_iter();
         for (svc, listen) in services {
             if listen.is_some() {

@@ -39,6 +39,41 @@ pub struct Config {
     /// Protection against bad or abusive input.
     #[serde(default)]
     pub limits: Limits,
+    /// The control plane, for services whose endpoints are discovered. Absent: everything
+    /// comes from this file (static mode).
+    #[serde(default)]
+    pub control: Option<ControlConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// The control plane's discovery address.
+    pub addr: SocketAddr,
+    /// This proxy's workload, as the control plane knows it.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default)]
+    pub workload: String,
+    #[serde(default = "default_namespace")]
+    pub service_account: String,
+}
+
+fn default_namespace() -> String {
+    "default".to_string()
+}
+
+/// Where a service's endpoints come from when discovered.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverConfig {
+    /// The Service's name; defaults to the service's `name`.
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The Service port.
+    pub port: u16,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -86,6 +121,10 @@ pub struct ServiceConfig {
     /// The service's endpoints; each request goes to one of them.
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
+    /// Instead of `endpoints`: follow this Service through the control plane (`control`).
+    /// The last endpoints received stay in use while the control plane is unreachable.
+    #[serde(default)]
+    pub discover: Option<DiscoverConfig>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -262,6 +301,23 @@ impl Config {
                         ));
                     }
                 }
+                if let Some(discover) = &svc.discover {
+                    if self.control.is_none() {
+                        return Err(invalid(
+                            format!("{at}.discover"),
+                            "needs `control` (the control plane's address)".into(),
+                        ));
+                    }
+                    if !svc.endpoints.is_empty() {
+                        return Err(invalid(
+                            format!("{at}.discover"),
+                            "set `endpoints` or `discover`, not both".into(),
+                        ));
+                    }
+                    if discover.port == 0 {
+                        return Err(invalid(format!("{at}.discover.port"), "must be 1-65535".into()));
+                    }
+                }
                 for (j, ep) in svc.endpoints.iter().enumerate() {
                     if own.iter().any(|(_, a)| reaches(*a, ep.addr)) {
                         return Err(invalid(
@@ -410,6 +466,17 @@ outbound:
         let out = config.outbound.unwrap();
         assert_eq!(out.services[0].endpoints.len(), 2);
         assert_eq!(config.limits.tcp_idle_timeout, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn discovered_services_need_a_control_plane() {
+        let yaml =
+            "outbound:\n  services:\n  - name: books\n    listen: 127.0.0.1:7001\n    discover: {port: 80}\n";
+        let err = Config::from_yaml(yaml, "d.yaml").unwrap_err().to_string();
+        assert!(err.contains("outbound.services[0].discover") && err.contains("control"), "{err}");
+        let ok = format!("control: {{addr: 127.0.0.1:8086, workload: web}}\n{yaml}");
+        let config = Config::from_yaml(&ok, "d.yaml").unwrap();
+        assert_eq!(config.outbound.unwrap().services[0].discover.as_ref().unwrap().namespace, "default");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`detect`]: protocol detection from the first bytes.
 //! - [`http`]: serving, forwarding, tunnels (WebSocket, CONNECT), body metering.
 //! - [`endpoint`] and [`balance`]: connections to endpoints, and choosing one.
+//! - [`discovery`]: endpoints followed through the control plane, kept when it is away.
 //! - [`tcp`]: opaque forwarding.
 //! - [`metrics`] and [`admin`]: Prometheus metrics and the admin listener.
 
@@ -26,6 +27,7 @@ pub mod balance;
 pub mod config;
 pub mod conn;
 pub mod detect;
+pub mod discovery;
 pub mod endpoint;
 pub mod http;
 pub mod inbound;

@@ -1,0 +1,111 @@
+//! Discovery: what a proxy needs to know about the services its workload calls.
+//!
+//! [`compute`] is a pure function of the desired state and the running instances, so
+//! that it is tested without any network; [`server`] streams its result over gRPC and
+//! pushes a new message whenever the result changes.
+
+pub mod server;
+
+use crate::registry::Instance;
+use crate::store::Snapshot;
+use tarmac_model::meta::selector_matches;
+use tarmac_model::{ObjectKey, Resource};
+use tarmac_proto::discovery::{Endpoint, Protocol, ServiceUpdate};
+
+/// The trust domain of SPIFFE identities until identity is configurable.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+pub fn spiffe_id(namespace: &str, service_account: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}")
+}
+
+/// The state of `namespace/name:port` as a proxy should see it.
+pub fn compute(
+    snapshot: &Snapshot,
+    instances: &[Instance],
+    namespace: &str,
+    name: &str,
+    port: u16,
+) -> ServiceUpdate {
+    let key = ObjectKey { kind: "Service", namespace: namespace.to_string(), name: name.to_string() };
+    let Some(Resource::Service(service)) = snapshot.objects.get(&key) else {
+        return ServiceUpdate { generation: snapshot.generation, exists: false, ..Default::default() };
+    };
+    let Some(service_port) = service.spec.ports.iter().find(|p| p.port == port) else {
+        return ServiceUpdate { generation: snapshot.generation, exists: false, ..Default::default() };
+    };
+    let protocol = match service_port.app_protocol.as_deref() {
+        Some("http") => Protocol::Http1,
+        Some("kubernetes.io/h2c") | Some("http2") | Some("grpc") => Protocol::Http2,
+        Some("tcp") | Some("opaque") => Protocol::Opaque,
+        _ => Protocol::Detect,
+    };
+    let mut endpoints: Vec<Endpoint> = instances
+        .iter()
+        .filter(|i| i.namespace == namespace && selector_matches(&service.spec.selector, &i.labels))
+        .map(|i| Endpoint {
+            address: i.addr.to_string(),
+            meshed: i.meshed,
+            identity: if i.meshed { spiffe_id(&i.namespace, &i.service_account) } else { String::new() },
+            weight: 1,
+            zone: String::new(),
+            labels: i.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        })
+        .collect();
+    // A stable order, so that equal states compare equal and are not re-sent.
+    endpoints.sort_by(|a, b| a.address.cmp(&b.address));
+    ServiceUpdate { generation: snapshot.generation, exists: true, endpoints, protocol: protocol as i32 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn snapshot() -> Snapshot {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: books, namespace: shop}\nspec:\n  selector: {app: books}\n  ports: [{name: http, port: 80, targetPort: 8080, appProtocol: http}, {name: grpc, port: 90, appProtocol: kubernetes.io/h2c}]\n";
+        let objects = tarmac_model::parse_documents("t.yaml", yaml)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.key(), r))
+            .collect();
+        Snapshot { generation: 7, objects }
+    }
+
+    fn instance(workload: &str, app: &str, ns: &str, addr: &str) -> Instance {
+        Instance {
+            namespace: ns.into(),
+            workload: workload.into(),
+            replica: 0,
+            labels: BTreeMap::from([("app".to_string(), app.to_string())]),
+            service_account: workload.into(),
+            addr: addr.parse().unwrap(),
+            meshed: true,
+        }
+    }
+
+    #[test]
+    fn endpoints_are_the_selected_instances_of_the_namespace() {
+        let instances = [
+            instance("books-v2", "books", "shop", "127.0.0.1:4002"),
+            instance("books-v1", "books", "shop", "127.0.0.1:4001"),
+            instance("authors", "authors", "shop", "127.0.0.1:4003"),
+            instance("books-other", "books", "elsewhere", "127.0.0.1:4004"),
+        ];
+        let update = compute(&snapshot(), &instances, "shop", "books", 80);
+        assert!(update.exists);
+        assert_eq!(update.generation, 7);
+        let addrs: Vec<&str> = update.endpoints.iter().map(|e| e.address.as_str()).collect();
+        assert_eq!(addrs, ["127.0.0.1:4001", "127.0.0.1:4002"]);
+        assert_eq!(update.endpoints[0].identity, "spiffe://cluster.local/ns/shop/sa/books-v1");
+        assert_eq!(update.protocol, Protocol::Http1 as i32);
+        assert_eq!(compute(&snapshot(), &instances, "shop", "books", 90).protocol, Protocol::Http2 as i32);
+    }
+
+    #[test]
+    fn unknown_services_and_ports_do_not_exist() {
+        assert!(!compute(&snapshot(), &[], "shop", "nope", 80).exists);
+        assert!(!compute(&snapshot(), &[], "shop", "books", 81).exists);
+        assert!(!compute(&snapshot(), &[], "default", "books", 80).exists);
+    }
+}

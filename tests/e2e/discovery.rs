@@ -1,0 +1,108 @@
+//! Proxies following services through the real control plane: the files store, the
+//! registry of running instances and the discovery stream, in-process on loopback.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tarmac_control::discovery::server::DiscoveryService;
+use tarmac_control::registry::{Instance, Registry};
+use tarmac_control::store::Store;
+use tarmac_control::store::files::FilesStore;
+use tarmac_testkit::echo::{EchoServer, field};
+use tarmac_testkit::proxy::start;
+use tarmac_testkit::tools::{http_get, temp_dir};
+
+const BOOKS: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: books}\nspec:\n  selector: {app: books}\n  ports: [{port: 80}]\n";
+
+fn instance(replica: u32, addr: SocketAddr) -> Instance {
+    Instance {
+        namespace: "default".into(),
+        workload: "books".into(),
+        replica,
+        labels: BTreeMap::from([("app".to_string(), "books".to_string())]),
+        service_account: "books".into(),
+        addr,
+        meshed: true,
+    }
+}
+
+/// A control plane serving discovery on `addr` (port 0: any) until the task is aborted.
+async fn control_plane(
+    store: &FilesStore,
+    registry: &Registry,
+    addr: SocketAddr,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = DiscoveryService::new(store.snapshots(), registry.clone());
+    let task = tokio::spawn(async move {
+        service.serve(listener, std::future::pending()).await.unwrap();
+    });
+    (addr, task)
+}
+
+/// Sends requests until `ok` holds for one answer's server name, up to 10 s.
+async fn eventually_served_by(addr: SocketAddr, want: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http_get(addr, "/").await;
+        if status == 200 && field(&body, "server") == Some(want) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never served by {want}: last {status} {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_follow_the_registry_and_survive_the_control_plane_going_away() {
+    let dir = temp_dir("discovery");
+    std::fs::write(dir.join("books.yaml"), BOOKS).unwrap();
+    let store = FilesStore::open(&dir).unwrap();
+    let registry = Registry::default();
+
+    // Two replicas, each an app behind its own inbound proxy.
+    let (app_a, app_b) = (EchoServer::start("books-a").await, EchoServer::start("books-b").await);
+    let inbound =
+        |app: SocketAddr| format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {app}\n");
+    let proxy_a = start(&inbound(app_a.addr)).await;
+    let proxy_b = start(&inbound(app_b.addr)).await;
+    registry.set(vec![instance(0, proxy_a.addrs.inbound.unwrap())]);
+
+    let (control_addr, control) = control_plane(&store, &registry, "127.0.0.1:0".parse().unwrap()).await;
+    let client = start(&format!(
+        "admin: 127.0.0.1:0\ncontrol: {{addr: \"{control_addr}\", workload: web}}\noutbound:\n  services:\n  - name: books\n    listen: 127.0.0.1:0\n    discover: {{port: 80}}\n"
+    ))
+    .await;
+    let books = client.addrs.service("books").unwrap();
+    eventually_served_by(books, "books-a").await;
+
+    // A new replica appears and the old one goes: traffic moves, pushed, not polled.
+    registry.set(vec![instance(1, proxy_b.addrs.inbound.unwrap())]);
+    eventually_served_by(books, "books-b").await;
+    for _ in 0..20 {
+        let (status, body) = http_get(books, "/").await;
+        assert_eq!((status, field(&body, "server")), (200, Some("books-b")));
+    }
+
+    // The control plane dies: the proxy keeps the endpoints it has.
+    control.abort();
+    let _ = control.await;
+    for _ in 0..50 {
+        let (status, body) = http_get(books, "/").await;
+        assert_eq!((status, field(&body, "server")), (200, Some("books-b")), "fail static");
+    }
+
+    // It returns, knowing different instances: the proxy resubscribes and follows.
+    registry.set(vec![instance(0, proxy_a.addrs.inbound.unwrap())]);
+    let (_, _control) = control_plane(&store, &registry, control_addr).await;
+    eventually_served_by(books, "books-a").await;
+
+    // A configuration change that selects nothing leaves the service without endpoints.
+    std::fs::write(dir.join("books.yaml"), BOOKS.replace("app: books", "app: nobody")).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while http_get(books, "/").await.0 != 503 {
+        assert!(tokio::time::Instant::now() < deadline, "the change was never pushed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
