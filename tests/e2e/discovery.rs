@@ -106,3 +106,69 @@ async fn endpoints_follow_the_registry_and_survive_the_control_plane_going_away(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_endpoint_changes_under_load_fail_no_request() {
+    let dir = temp_dir("discovery-churn");
+    std::fs::write(dir.join("books.yaml"), BOOKS).unwrap();
+    let store = FilesStore::open(&dir).unwrap();
+    let registry = Registry::default();
+    let (app_a, app_b) = (EchoServer::start("books-a").await, EchoServer::start("books-b").await);
+    let inbound =
+        |app: SocketAddr| format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {app}\n");
+    let (proxy_a, proxy_b) = (start(&inbound(app_a.addr)).await, start(&inbound(app_b.addr)).await);
+    let (a, b) = (instance(0, proxy_a.addrs.inbound.unwrap()), instance(1, proxy_b.addrs.inbound.unwrap()));
+    registry.set(vec![a.clone(), b.clone()]);
+    let (control_addr, _control) = control_plane(&store, &registry, "127.0.0.1:0".parse().unwrap()).await;
+    let client = start(&format!(
+        "admin: 127.0.0.1:0\ncontrol: {{addr: \"{control_addr}\", workload: web}}\noutbound:\n  services:\n  - name: books\n    listen: 127.0.0.1:0\n    discover: {{port: 80}}\n"
+    ))
+    .await;
+    let books = client.addrs.service("books").unwrap();
+    eventually_served_by(books, "books-a").await;
+
+    // About 500 requests per second from 4 callers (each paced at 8 ms), for as long as
+    // the changes take, bounded at 10 s.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        callers.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut tick = tokio::time::interval(Duration::from_millis(8));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+                tick.tick().await;
+                let (status, body) = http_get(books, "/").await;
+                if status == 200 { ok += 1 } else { failed.push(format!("{status} {body}")) }
+            }
+            (ok, failed)
+        }));
+    }
+    // 100 changes of the endpoint set, 20 ms apart: {A}, {B}, {A, B}, ...
+    for i in 0..100 {
+        let set = match i % 3 {
+            0 => vec![a.clone()],
+            1 => vec![b.clone()],
+            _ => vec![a.clone(), b.clone()],
+        };
+        registry.set(set);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in callers {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok >= 400, "only {ok} requests were sent");
+    assert!(app_a.requests() > 0 && app_b.requests() > 0);
+}
