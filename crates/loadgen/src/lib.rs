@@ -177,16 +177,17 @@ impl Report {
         self.bad_status + self.transport_errors + self.timeouts + self.unsent
     }
 
-    /// Says when the figures measure the generator rather than the target: the pacer was
-    /// late by more than a tenth of the median latency (and more than 50 µs), or the rate
-    /// achieved fell short of the rate asked by more than 1 %.
+    /// Says when the figures measure the generator rather than the target: the pacer's
+    /// p99 lateness exceeded a quarter of the median latency and 100 µs (lateness adds to
+    /// every latency measured from the intended time), or the rate achieved fell short of
+    /// the rate asked by more than 1 %.
     pub fn generator_warning(&self) -> Option<String> {
         let Load::OpenLoop { rate_per_second } = self.load else { return None };
         let lag = self.pacing_lag.as_ref()?;
         let lag_p99 = lag.percentile(99.0);
         let latency_p50 = self.latency.percentile(50.0);
         let mut problems = Vec::new();
-        if lag_p99 > Duration::from_micros(50) && lag_p99 > latency_p50 / 10 {
+        if lag_p99 > Duration::from_micros(100) && lag_p99 > latency_p50 / 4 {
             problems.push(format!(
                 "its pacing lag p99 was {:.0} µs against a median latency of {:.0} µs",
                 lag_p99.as_secs_f64() * 1e6,

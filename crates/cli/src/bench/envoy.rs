@@ -47,9 +47,13 @@ pub fn locate() -> Result<PathBuf, String> {
 /// `envoy --version`, e.g. `1.40.0`.
 pub fn version(binary: &std::path::Path) -> Option<String> {
     let output = Command::new(binary).arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    // "envoy  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL"
-    text.split('/').nth(1).map(|v| v.trim().to_string())
+    parse_version(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// From "PATH version: <sha>/1.40.0/Clean/RELEASE/BoringSSL" (the path may hold slashes).
+fn parse_version(text: &str) -> Option<String> {
+    let after = text.split("version:").nth(1)?;
+    after.trim().split('/').nth(1).map(str::to_string)
 }
 
 /// The arguments that run Envoy as the comparison needs it: one worker thread, no hot
@@ -143,5 +147,12 @@ mod tests {
         assert!(yaml.contains("http2_protocol_options"));
         assert!(!config(addr(9901), addr(10000), addr(8080), false).contains("http2_protocol_options"));
         assert!(args(std::path::Path::new("/tmp/e.yaml")).windows(2).any(|w| w == ["--concurrency", "1"]));
+    }
+
+    #[test]
+    fn version_from_the_banner() {
+        let banner = "\n/opt/envoy/_bin/envoy  version: 9e55809/1.40.0/Clean/RELEASE/BoringSSL\n";
+        assert_eq!(parse_version(banner).as_deref(), Some("1.40.0"));
+        assert_eq!(parse_version("nonsense"), None);
     }
 }

@@ -10,11 +10,13 @@
 //!   check on what else ran on the machine; [`procfs`] reads those costs.
 //! * [`report`]: medians, added latency, ratios, tables and the bar; [`plot`]
 //!   the SVG of percentile curves.
+//! * [`costs`]: memory and idle CPU against connections and configured services.
 //! * [`upstream`]: the suite's fast upstream; [`processes`]: the child processes and the
 //!   scheduling tools.
 //!
 //! The load itself comes from `tarmac-loadgen`, on a thread of its own.
 
+mod costs;
 mod envoy;
 mod experiment;
 mod plot;
@@ -109,6 +111,10 @@ pub struct BenchArgs {
     /// Draw the latency percentile curves of every route to this SVG file.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// --suite: leave out the cost curves (memory and idle CPU at 1 to 10,000 idle
+    /// connections and 10 to 1000 configured services).
+    #[arg(long)]
+    pub skip_costs: bool,
     /// Internal: serve as the suite's upstream on this address.
     #[arg(long, value_name = "ADDR", hide = true)]
     pub serve_upstream: Option<SocketAddr>,
@@ -132,6 +138,7 @@ struct JsonReport<'a> {
     envoy_version: Option<String>,
     envoy_missing: Option<String>,
     idle_rss: Vec<IdleRss>,
+    costs: Vec<costs::CostPoint>,
     summaries: &'a [RouteSummary],
     bar: &'a [BarCheck],
     phases: Vec<&'a PhaseRecord>,
@@ -243,6 +250,7 @@ async fn target(args: BenchArgs) -> Result<(), String> {
         envoy_version: None,
         envoy_missing: None,
         idle_rss,
+        costs: Vec::new(),
         summaries: &summaries,
         bar: &[],
         phases: measured.iter().map(|m| &m.record).collect(),
@@ -350,6 +358,17 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     let mut ours = vec![std::process::id(), upstream.pid()];
     ours.extend(routes.iter().flat_map(|r| r.proxies.iter().map(|p| p.pid())));
     let measured = experiment::run(&target, &mut routes, &loads, &settings, &mut scheduling, &ours).await?;
+    drop(routes);
+    let cost_points = if args.skip_costs {
+        Vec::new()
+    } else {
+        eprintln!("cost curves: a fresh proxy per point, idle");
+        let mut proxies = vec![(topology::ProxyKind::Tarmac, binaries.tarmac_proxy.as_path())];
+        if let Some(envoy) = binaries.envoy.as_deref() {
+            proxies.push((topology::ProxyKind::Envoy, envoy));
+        }
+        costs::measure(&proxies, upstream_addr, proxy_core, workdir.path()).await?
+    };
     drop(upstream);
 
     let summaries = report::summarise(&measured);
@@ -385,6 +404,9 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     if let Some(message) = &envoy_missing {
         println!("Envoy rows are missing: {message}\n");
     }
+    if !cost_points.is_empty() {
+        println!("{}", costs::table(&cost_points));
+    }
     for line in &pending {
         println!("{line}");
     }
@@ -407,6 +429,7 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
         envoy_version,
         envoy_missing,
         idle_rss,
+        costs: cost_points,
         summaries: &summaries,
         bar: &bar,
         phases: measured.iter().map(|m| &m.record).collect(),

@@ -225,7 +225,7 @@ fn flags(s: &RouteSummary) -> String {
         flags.push(format!("{}/{} rounds contaminated", s.contaminated_rounds, s.rounds));
     }
     if !s.generator_warnings.is_empty() {
-        flags.push("generator-bound".to_string());
+        flags.push("generator lagged".to_string());
     }
     if flags.is_empty() { String::new() } else { format!("  [{}]", flags.join(", ")) }
 }

@@ -1,0 +1,328 @@
+//! Cost curves: how a proxy's memory and idle CPU grow with its mesh, for the users who
+//! will run thousands of connections or services through it.
+//!
+//! * Idle connections: a fresh one-hop proxy, N client connections that each carried one
+//!   request and then stay open, idle (keep-alive), as an app's pool would leave them.
+//! * Configured services: a fresh proxy with N services configured and no traffic. The
+//!   services' virtual addresses are on loopback (127.1.x.y), and nothing is sent to them.
+
+use super::envoy;
+use super::processes::{Managed, Readiness, free_port};
+use super::procfs;
+use super::topology::ProxyKind;
+use bytes::Bytes;
+use http::header::HOST;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+pub const IDLE_CONNECTIONS: [usize; 4] = [1, 100, 1_000, 10_000];
+pub const CONFIGURED_SERVICES: [usize; 3] = [10, 100, 1_000];
+/// Connections opened at once while setting up the idle ones.
+const OPEN_CONCURRENCY: usize = 64;
+/// How long the proxy is left alone before its memory is read, and how long its idle CPU
+/// is measured for.
+const SETTLE: Duration = Duration::from_millis(500);
+const IDLE_WINDOW: Duration = Duration::from_secs(2);
+/// Tarmac's default connection cap is 10,000: the largest point needs a little more.
+const MAX_CONNECTIONS: usize = 30_000;
+
+/// One point of a cost curve.
+#[derive(Clone, Debug, Serialize)]
+pub struct CostPoint {
+    pub proxy: &'static str,
+    /// `idle_connections` or `configured_services`.
+    pub dimension: &'static str,
+    pub count: usize,
+    pub rss_bytes: u64,
+    /// CPU used while idle, in cores (timers, housekeeping).
+    pub idle_cores: f64,
+}
+
+/// Measures every point for each proxy in `proxies`. Progress goes to stderr.
+pub async fn measure(
+    proxies: &[(ProxyKind, &Path)],
+    upstream: SocketAddr,
+    core: Option<usize>,
+    dir: &Path,
+) -> Result<Vec<CostPoint>, String> {
+    let mut points = Vec::new();
+    for &(kind, binary) in proxies {
+        for count in IDLE_CONNECTIONS {
+            let (admin, listen) = (free_port()?, free_port()?);
+            let (config_file, args) = match kind {
+                ProxyKind::Tarmac => {
+                    let yaml = format!(
+                        "admin: \"{admin}\"\nworkers: 1\noutbound:\n  services:\n    - name: upstream\n      \
+                         listen: \"{listen}\"\n      endpoints: [{{addr: \"{upstream}\"}}]\n\
+                         limits:\n  max_connections: {MAX_CONNECTIONS}\n  drain_timeout: 1s\n"
+                    );
+                    tarmac_args(dir, "cost-connections", &yaml)?
+                }
+                ProxyKind::Envoy => {
+                    envoy_args(dir, "cost-connections", &envoy::config(admin, listen, upstream, false))?
+                }
+            };
+            let mut proxy = start(kind, binary, &args, admin, core, dir).await?;
+            let connections = open_idle(listen, count).await?;
+            let point = settle_and_read(&mut proxy, kind, "idle_connections", count).await;
+            drop(connections);
+            drop(proxy);
+            let _ = std::fs::remove_file(config_file);
+            points.push(point?);
+        }
+        for count in CONFIGURED_SERVICES {
+            let admin = free_port()?;
+            let (config_file, args) = match kind {
+                ProxyKind::Tarmac => {
+                    tarmac_args(dir, "cost-services", &tarmac_services(admin, free_port()?, upstream, count))?
+                }
+                ProxyKind::Envoy => {
+                    envoy_args(dir, "cost-services", &envoy_services(admin, free_port()?, upstream, count))?
+                }
+            };
+            let mut proxy = start(kind, binary, &args, admin, core, dir).await?;
+            let point = settle_and_read(&mut proxy, kind, "configured_services", count).await;
+            drop(proxy);
+            let _ = std::fs::remove_file(config_file);
+            points.push(point?);
+        }
+    }
+    Ok(points)
+}
+
+fn label(kind: ProxyKind) -> &'static str {
+    match kind {
+        ProxyKind::Tarmac => "tarmac",
+        ProxyKind::Envoy => "envoy",
+    }
+}
+
+fn tarmac_args(dir: &Path, name: &str, yaml: &str) -> Result<(std::path::PathBuf, Vec<String>), String> {
+    let path = dir.join(format!("{name}-tarmac.yaml"));
+    std::fs::write(&path, yaml).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let args = vec!["--config".to_string(), path.display().to_string()];
+    Ok((path, args))
+}
+
+fn envoy_args(dir: &Path, name: &str, yaml: &str) -> Result<(std::path::PathBuf, Vec<String>), String> {
+    let path = dir.join(format!("{name}-envoy.yaml"));
+    std::fs::write(&path, yaml).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let args = envoy::args(&path);
+    Ok((path, args))
+}
+
+async fn start(
+    kind: ProxyKind,
+    binary: &Path,
+    args: &[String],
+    admin: SocketAddr,
+    core: Option<usize>,
+    dir: &Path,
+) -> Result<Managed, String> {
+    let mut proxy = Managed::spawn(&format!("{}-cost", label(kind)), binary, args, core, dir)?;
+    proxy.wait_ready(&Readiness::AdminReady(admin), Duration::from_secs(30)).await?;
+    Ok(proxy)
+}
+
+async fn settle_and_read(
+    proxy: &mut Managed,
+    kind: ProxyKind,
+    dimension: &'static str,
+    count: usize,
+) -> Result<CostPoint, String> {
+    tokio::time::sleep(SETTLE).await;
+    let pid = proxy.pid();
+    let before = procfs::read_process(pid).ok_or_else(|| format!("{} exited", proxy.name))?;
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let after = procfs::read_process(pid).ok_or_else(|| format!("{} exited", proxy.name))?;
+    if let Some(exit) = proxy.exited() {
+        return Err(exit);
+    }
+    let point = CostPoint {
+        proxy: label(kind),
+        dimension,
+        count,
+        rss_bytes: after.rss_bytes,
+        idle_cores: (after.cpu_seconds - before.cpu_seconds) / IDLE_WINDOW.as_secs_f64(),
+    };
+    eprintln!(
+        "  cost     {:<7} {:>6} {:<20} RSS {:>6.1} MiB  idle CPU {:.3} cores",
+        point.proxy,
+        count,
+        dimension.replace('_', " "),
+        point.rss_bytes as f64 / (1024.0 * 1024.0),
+        point.idle_cores
+    );
+    Ok(point)
+}
+
+/// An open client connection and the task driving it; dropping it closes the connection.
+struct IdleConnection {
+    _sender: http1::SendRequest<Empty<Bytes>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for IdleConnection {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Opens `count` keep-alive connections to `addr`, sends one GET on each so that the proxy
+/// has set up whatever a connection in use needs, and leaves them open.
+async fn open_idle(addr: SocketAddr, count: usize) -> Result<Vec<IdleConnection>, String> {
+    let permits = Arc::new(Semaphore::new(OPEN_CONCURRENCY));
+    let mut opening = JoinSet::new();
+    for _ in 0..count {
+        let permits = permits.clone();
+        opening.spawn(async move {
+            let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
+            let stream =
+                TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
+            let driver = tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let request = http::Request::get("/")
+                .header(HOST, addr.to_string())
+                .body(Empty::new())
+                .expect("a constant request is valid");
+            let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+                .await
+                .map_err(|_| format!("no answer from {addr} within 10 s"))?
+                .map_err(|e| format!("request to {addr}: {e}"))?;
+            response.into_body().collect().await.map_err(|e| format!("response from {addr}: {e}"))?;
+            Ok::<_, String>(IdleConnection { _sender: sender, driver })
+        });
+    }
+    let mut connections = Vec::with_capacity(count);
+    while let Some(opened) = opening.join_next().await {
+        connections.push(opened.map_err(|e| format!("opening a connection panicked: {e}"))??);
+    }
+    Ok(connections)
+}
+
+/// A Tarmac proxy with `count` services reached through the transparent listener (no
+/// port each), every one with the upstream as its endpoint.
+fn tarmac_services(admin: SocketAddr, transparent: SocketAddr, upstream: SocketAddr, count: usize) -> String {
+    let mut yaml = format!(
+        "admin: \"{admin}\"\nworkers: 1\noutbound:\n  transparent_listen: \"{transparent}\"\n  services:\n"
+    );
+    for i in 0..count {
+        let _ = write!(
+            yaml,
+            "    - name: svc-{i}\n      addrs: [\"{}:80\"]\n      endpoints: [{{addr: \"{upstream}\"}}]\n",
+            virtual_ip(i)
+        );
+    }
+    yaml.push_str("limits:\n  drain_timeout: 1s\n");
+    yaml
+}
+
+/// Envoy with `count` clusters, each routed to by a virtual host of its own.
+fn envoy_services(admin: SocketAddr, listen: SocketAddr, upstream: SocketAddr, count: usize) -> String {
+    let mut yaml = format!(
+        "admin:\n  address: {{socket_address: {{address: \"{}\", port_value: {}}}}}\nstatic_resources:\n  listeners:\n  \
+         - name: bench\n    address: {{socket_address: {{address: \"{}\", port_value: {}}}}}\n    filter_chains:\n    \
+         - filters:\n      - name: envoy.filters.network.http_connection_manager\n        typed_config:\n          \
+         \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager\n          \
+         stat_prefix: bench\n          route_config:\n            virtual_hosts:\n",
+        admin.ip(),
+        admin.port(),
+        listen.ip(),
+        listen.port()
+    );
+    for i in 0..count {
+        let _ = writeln!(
+            yaml,
+            "            - {{name: svc-{i}, domains: [\"svc-{i}\"], routes: [{{match: {{prefix: \"/\"}}, route: {{cluster: svc-{i}}}}}]}}"
+        );
+    }
+    yaml.push_str(
+        "          http_filters:\n          - name: envoy.filters.http.router\n            typed_config:\n              \
+         \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router\n  clusters:\n",
+    );
+    for i in 0..count {
+        let _ = writeln!(
+            yaml,
+            "  - {{name: svc-{i}, type: STATIC, connect_timeout: 1s, load_assignment: {{cluster_name: svc-{i}, endpoints: \
+             [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: \"{}\", port_value: {}}}}}}}}}]}}]}}}}",
+            upstream.ip(),
+            upstream.port()
+        );
+    }
+    yaml
+}
+
+/// The virtual address of service `i`: on loopback, so that no address outside this
+/// machine appears anywhere.
+fn virtual_ip(i: usize) -> String {
+    format!("127.1.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// The cost curves as a table: one row per point, Tarmac and Envoy side by side.
+pub fn table(points: &[CostPoint]) -> String {
+    let mut out = "cost curves: resident memory and idle CPU of one proxy\n".to_string();
+    let _ = writeln!(
+        out,
+        "  {:<22} {:>14} {:>13} {:>16} {:>15}",
+        "", "tarmac RSS MiB", "envoy RSS MiB", "tarmac idle CPU", "envoy idle CPU"
+    );
+    let find = |proxy: &str, dimension: &str, count: usize| {
+        points.iter().find(|p| p.proxy == proxy && p.dimension == dimension && p.count == count)
+    };
+    let rows = IDLE_CONNECTIONS
+        .iter()
+        .map(|&c| ("idle_connections", c))
+        .chain(CONFIGURED_SERVICES.iter().map(|&c| ("configured_services", c)));
+    for (dimension, count) in rows {
+        let (tarmac, envoy) = (find("tarmac", dimension, count), find("envoy", dimension, count));
+        let rss = |p: Option<&CostPoint>| {
+            p.map_or("-".to_string(), |p| format!("{:.1}", p.rss_bytes as f64 / 1048576.0))
+        };
+        let cpu =
+            |p: Option<&CostPoint>| p.map_or("-".to_string(), |p| format!("{:.1} %", p.idle_cores * 100.0));
+        let _ = writeln!(
+            out,
+            "  {:<22} {:>14} {:>13} {:>16} {:>15}",
+            format!("{count} {}", dimension.replace('_', " ")),
+            rss(tarmac),
+            rss(envoy),
+            cpu(tarmac),
+            cpu(envoy)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_configurations_hold_every_service_on_loopback() {
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let yaml = tarmac_services(addr(4191), addr(4140), addr(8080), 1000);
+        let config = tarmac_proxy::Config::from_yaml(&yaml, "generated").expect("the proxy accepts it");
+        let services = config.outbound.expect("outbound").services;
+        assert_eq!(services.len(), 1000);
+        assert!(services.iter().all(|s| s.addrs.iter().all(|a| a.ip().is_loopback())));
+        assert_eq!(virtual_ip(999), "127.1.3.250");
+
+        let envoy = envoy_services(addr(9901), addr(10000), addr(8080), 3);
+        assert_eq!(envoy.matches("domains: [\"svc-").count(), 3);
+        assert_eq!(envoy.matches("cluster_name: svc-").count(), 3);
+    }
+}
