@@ -50,7 +50,7 @@ const CLIENT_CORE: usize = 1;
 const SUITE_RATES: [u32; 2] = [1000, 5000];
 const SUITE_LATENCY_CONNECTIONS: usize = 10;
 const SUITE_MAX_CONNECTIONS: usize = 32;
-const MAX_LOAD: &str = "max";
+const MAX_LOAD: &str = "max throughput";
 /// The suite's routes, in the order each round runs them. The mTLS routes are listed as
 /// pending until the proxies have identities.
 const SUITE_ROUTES: [Route; 7] = [

@@ -119,8 +119,18 @@ fn chart(svg: &mut String, curves: &[&RouteSummary], load: &str, top: f64) {
     );
     for (index, summary) in curves.iter().enumerate() {
         let colour = COLOURS[index % COLOURS.len()];
-        let points: Vec<String> =
-            summary.curve.iter().map(|p| format!("{:.1},{:.1}", x(p.percentile), y(p.latency_us))).collect();
+        // The maximum goes where the sample's resolution ends (the 99.9th percentile for a
+        // thousand requests), not at the chart's edge: a line out to 99.999 % would claim
+        // percentiles that were never measured.
+        let resolved = (summary.merged.count.max(1) as f64).log10().min(MAX_NINES);
+        let points: Vec<String> = summary
+            .curve
+            .iter()
+            .map(|p| {
+                let px = if p.percentile >= 100.0 { MARGIN_LEFT + resolved / MAX_NINES * plot_width } else { x(p.percentile) };
+                format!("{px:.1},{:.1}", y(p.latency_us))
+            })
+            .collect();
         let _ = writeln!(
             svg,
             "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
