@@ -172,3 +172,99 @@ async fn a_hundred_endpoint_changes_under_load_fail_no_request() {
     assert!(ok >= 400, "only {ok} requests were sent");
     assert!(app_a.requests() > 0 && app_b.requests() > 0);
 }
+
+/// Sends GETs on one keep-alive connection every `period` until `stop`; returns the
+/// number of 200s and a description of every other outcome.
+async fn keep_alive_caller(
+    addr: SocketAddr,
+    period: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    limit: Duration,
+) -> (u64, Vec<String>) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let (mut ok, mut failed) = (0, Vec::new());
+    let mut tick = tokio::time::interval(period);
+    let deadline = tokio::time::Instant::now() + limit;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+        tick.tick().await;
+        let req = http::Request::get("/")
+            .header("host", "books")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        match sender.send_request(req).await {
+            Ok(rsp) if rsp.status() == 200 => {
+                let _ = rsp.into_body().collect().await;
+                ok += 1;
+            }
+            Ok(rsp) => failed.push(format!("status {}", rsp.status())),
+            Err(e) => {
+                failed.push(format!("error {e}"));
+                break;
+            }
+        }
+    }
+    (ok, failed)
+}
+
+/// The fail-static check: 500 requests per second through a two-service mesh,
+/// the control plane gone for a minute, then back: not one request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minute_without_the_control_plane_at_500_rps_fails_no_request() {
+    let dir = temp_dir("discovery-static");
+    std::fs::write(dir.join("books.yaml"), BOOKS).unwrap();
+    let store = FilesStore::open(&dir).unwrap();
+    let registry = Registry::default();
+    let app = EchoServer::start("books-a").await;
+    let server =
+        start(&format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {}\n", app.addr)).await;
+    registry.set(vec![instance(0, server.addrs.inbound.unwrap())]);
+    let (control_addr, control) = control_plane(&store, &registry, "127.0.0.1:0".parse().unwrap()).await;
+    let client = start(&format!(
+        "admin: 127.0.0.1:0\ncontrol: {{addr: \"{control_addr}\", workload: web}}\noutbound:\n  services:\n  - name: books\n    listen: 127.0.0.1:0\n    discover: {{port: 80}}\n"
+    ))
+    .await;
+    let books = client.addrs.service("books").unwrap();
+    eventually_served_by(books, "books-a").await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let callers: Vec<_> = (0..5)
+        .map(|_| {
+            tokio::spawn(keep_alive_caller(
+                books,
+                Duration::from_millis(10),
+                stop.clone(),
+                Duration::from_secs(90),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    control.abort();
+    let _ = control.await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let (_, _control) = control_plane(&store, &registry, control_addr).await;
+    // Back: a change made now reaches the proxy, so it has resubscribed.
+    let app_b = EchoServer::start("books-b").await;
+    let server_b =
+        start(&format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {}\n", app_b.addr)).await;
+    registry.set(vec![instance(1, server_b.addrs.inbound.unwrap())]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while app_b.requests() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the proxy did not resubscribe");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in callers {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(failed.is_empty(), "{} requests failed: {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    // 5 callers at 100/s for over a minute.
+    assert!(ok >= 25_000, "only {ok} requests");
+    eprintln!("fail static: {ok} requests, 0 failed, control plane away for 60 s");
+}
