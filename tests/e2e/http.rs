@@ -213,3 +213,44 @@ async fn spoofed_orig_proto_header_from_an_app_is_dropped() {
     assert!(field(&body, "header tarmac-orig-proto").is_none(), "{body}");
     let _ = Full::new(Bytes::new());
 }
+
+#[tokio::test]
+async fn tap_streams_live_request_events() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = EchoServer::start("books").await;
+    let (client, _server) = mesh_pair("books", app.addr).await;
+    let books = client.addrs.service("books").unwrap();
+    let mut tap = tokio::net::TcpStream::connect(client.addrs.admin).await.unwrap();
+    tap.write_all(b"GET /tap?target=books&limit=2 HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tap.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).to_string()
+    });
+    // The watcher may not be subscribed yet: keep calling until the stream has its 2 events.
+    for i in 0..100 {
+        if reader.is_finished() {
+            break;
+        }
+        tarmac_testkit::tools::http_get(books, &format!("/tapped/{i}?x=1")).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let stream = reader.await.unwrap();
+    assert!(stream.starts_with("HTTP/1.1 200") && stream.contains("application/x-ndjson"), "{stream}");
+    let events: Vec<&str> = stream.lines().filter(|l| l.starts_with("{\"ts_ms\"")).collect();
+    assert_eq!(events.len(), 2, "{stream}");
+    for e in events {
+        for needle in [
+            "\"direction\":\"outbound\"",
+            "\"target\":\"books\"",
+            "\"method\":\"GET\"",
+            "\"status\":200",
+            "\"source\":\"127.0.0.1:",
+        ] {
+            assert!(e.contains(needle), "{needle} missing in {e}");
+        }
+        assert!(e.contains("\"path\":\"/tapped/"), "{e}");
+    }
+}

@@ -1,13 +1,20 @@
-//! The admin listener: `/metrics`, `/ready`, `/live`, `/config`.
+//! The admin listener: `/metrics`, `/ready`, `/live`, `/config`, `/tap`.
+//!
+//! `/tap` streams one JSON line per completed request (`?target=NAME` and
+//! `?direction=inbound|outbound` filter, `?limit=N` ends the stream after N events, default
+//! 100, at most 100000); a line `{"dropped":N}` says the watcher fell behind and lost N.
 //!
 //! Kept apart from the data path: it has its own accept loop, stays up while the proxy
 //! drains (so `/ready` can report 503 to whoever is routing to this workload), and is
 //! never subject to the connection cap.
 
 use crate::metrics::Metrics;
+use crate::tap::Tap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body::Frame;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -16,6 +23,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
+use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug)]
@@ -24,7 +32,10 @@ pub struct Admin {
     /// Set once every listener is bound; cleared when draining starts.
     pub ready: AtomicBool,
     pub config_yaml: String,
+    pub tap: Arc<Tap>,
 }
+
+type AdminBody = BoxBody<Bytes, Infallible>;
 
 impl Admin {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, stop: CancellationToken) {
@@ -50,7 +61,7 @@ impl Admin {
         }
     }
 
-    fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    fn route(&self, req: Request<Incoming>) -> Response<AdminBody> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
         }
@@ -72,13 +83,64 @@ impl Admin {
                     .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/yaml"));
                 rsp
             }
-            _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /ready, /live or /config\n".into()),
+            "/tap" => self.tap_stream(req.uri().query().unwrap_or("")),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics, /ready, /live, /config or /tap\n".into(),
+            ),
         }
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut rsp = Response::new(Full::new(Bytes::from(body)));
+impl Admin {
+    fn tap_stream(&self, query: &str) -> Response<AdminBody> {
+        let param = |key: &str| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')).map(str::to_string))
+        };
+        let limit = match param("limit").map(|l| l.parse::<usize>()) {
+            None => 100,
+            Some(Ok(n)) if (1..=100_000).contains(&n) => n,
+            Some(_) => return text(StatusCode::BAD_REQUEST, "limit must be 1-100000\n".into()),
+        };
+        let target = param("target");
+        let direction = param("direction");
+        let watch = self.tap.watch();
+        let events = futures_util::stream::unfold((watch, limit), move |(mut watch, left)| {
+            let (target, direction) = (target.clone(), direction.clone());
+            async move {
+                if left == 0 {
+                    return None;
+                }
+                loop {
+                    match watch.rx.recv().await {
+                        Ok(e) => {
+                            if target.as_deref().is_some_and(|t| t != e.target.as_str())
+                                || direction.as_deref().is_some_and(|d| d != e.direction)
+                            {
+                                continue;
+                            }
+                            return Some((Ok(Frame::data(Bytes::from(e.to_json()))), (watch, left - 1)));
+                        }
+                        Err(RecvError::Lagged(n)) => {
+                            let line = format!("{{\"dropped\":{n}}}\n");
+                            return Some((Ok(Frame::data(Bytes::from(line))), (watch, left)));
+                        }
+                        Err(RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        let mut rsp = Response::new(BoxBody::new(StreamBody::new(events)));
+        rsp.headers_mut()
+            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/x-ndjson"));
+        rsp
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<AdminBody> {
+    let mut rsp = Response::new(BoxBody::new(Full::new(Bytes::from(body))));
     *rsp.status_mut() = status;
     rsp.headers_mut()
         .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));

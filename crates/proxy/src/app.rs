@@ -129,8 +129,12 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
         }
     }
 
-    let admin =
-        Arc::new(Admin { metrics: metrics.clone(), ready: false.into(), config_yaml: config.to_yaml() });
+    let admin = Arc::new(Admin {
+        metrics: metrics.clone(),
+        ready: false.into(),
+        config_yaml: config.to_yaml(),
+        tap: shared.tap.clone(),
+    });
     let admin_stop = CancellationToken::new();
     tokio::spawn(admin.clone().serve(admin_listener, admin_stop.clone()));
     admin.ready.store(true, Ordering::Release);

@@ -6,6 +6,7 @@ use crate::detect::{self, Detected};
 use crate::endpoint::{ConnectSettings, Endpoint};
 use crate::http::forward::{Destination, Forward};
 use crate::metrics::{Direction, Metrics, TargetMetrics};
+use crate::tap::Tap;
 use crate::{http, tcp};
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,6 +32,7 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Every address the proxy listens on, for the loop guard.
     pub own_addrs: Vec<SocketAddr>,
+    pub tap: Arc<Tap>,
 }
 
 impl Shared {
@@ -47,6 +49,7 @@ impl Shared {
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
             own_addrs: Vec::new(),
+            tap: Arc::default(),
         }
     }
 
@@ -74,7 +77,13 @@ impl Shared {
     pub fn fixed_forward(&self, direction: Direction, addr: SocketAddr, name: Arc<String>) -> Arc<Forward> {
         let metrics = self.target_metrics(direction, name.clone());
         let endpoint = Endpoint::new(addr, false, self.connect.clone(), (*metrics).clone());
-        Arc::new(Forward { direction, name, metrics, destination: Destination::Fixed(Arc::new(endpoint)) })
+        Arc::new(Forward {
+            direction,
+            name,
+            metrics,
+            destination: Destination::Fixed(Arc::new(endpoint)),
+            tap: self.tap.clone(),
+        })
     }
 }
 
@@ -144,6 +153,7 @@ where
 /// Detects the protocol (unless `hint` says it) and proxies the connection to `fwd`.
 pub async fn proxy_connection(shared: &Shared, mut stream: TcpStream, fwd: Arc<Forward>, hint: Protocol) {
     let direction = fwd.direction;
+    let source = stream.peer_addr().ok();
     let (protocol, prefix) = match hint {
         Protocol::Opaque => (Detected::Opaque, Vec::new()),
         Protocol::Http1 => (Detected::Http1, Vec::new()),
@@ -175,7 +185,7 @@ pub async fn proxy_connection(shared: &Shared, mut stream: TcpStream, fwd: Arc<F
     let io = PrefixedIo::new(prefix, stream);
     match protocol {
         Detected::Http1 | Detected::Http2 => {
-            http::server::serve(io, protocol, fwd, &shared.limits, shared.drain.clone()).await
+            http::server::serve(io, protocol, fwd, source, &shared.limits, shared.drain.clone()).await
         }
         Detected::Tls | Detected::Opaque => forward_tcp(shared, io, &fwd).await,
     }

@@ -16,7 +16,8 @@
 //! - [`endpoint`] and [`balance`]: connections to endpoints, and choosing one.
 //! - [`discovery`]: endpoints followed through the control plane, kept when it is away.
 //! - [`tcp`]: opaque forwarding.
-//! - [`metrics`] and [`admin`]: Prometheus metrics and the admin listener.
+//! - [`metrics`], [`tap`] and [`admin`]: Prometheus metrics, live request events, and the
+//!   admin listener that serves both.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@ pub mod http;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod tap;
 pub mod tcp;
 
 pub use app::{BoundAddrs, Running, start};

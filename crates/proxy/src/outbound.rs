@@ -36,6 +36,7 @@ impl Service {
             name,
             metrics,
             destination: Destination::Balanced(Balancer::new(endpoints)),
+            tap: shared.tap.clone(),
         });
         Self { forward, protocol: config.protocol }
     }

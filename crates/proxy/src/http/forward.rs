@@ -5,11 +5,12 @@
 //! shared HTTP/2 connection; one that arrived as HTTP/1 is marked with `tarmac-orig-proto`
 //! so the proxy on the other side restores HTTP/1 for its app.
 
-use super::metered::Metered;
+use super::metered::{Metered, TapRecord};
 use super::{Body, ORIG_PROTO, error_response, is_grpc, strip_hop_by_hop, upgrade};
 use crate::balance;
 use crate::endpoint::{ConnectError, Endpoint};
 use crate::metrics::{Direction, TargetMetrics};
+use crate::tap::{Tap, TapStart};
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, StatusCode, Version};
@@ -110,15 +111,34 @@ pub struct Forward {
     pub name: Arc<String>,
     pub metrics: Arc<TargetMetrics>,
     pub destination: Destination,
+    pub tap: Arc<Tap>,
 }
 
 impl Forward {
     /// Handles one request; failures become responses, never dropped connections.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Metered> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        source: Option<SocketAddr>,
+    ) -> Response<Metered> {
         let started = Instant::now();
         self.metrics.request();
         let grpc = is_grpc(req.headers());
         let client_version = req.version();
+        let tap = self.tap.is_watched().then(|| {
+            Box::new(TapRecord {
+                tap: self.tap.clone(),
+                start: TapStart {
+                    method: req.method().to_string(),
+                    authority: authority(&req).map(|a| a.to_string()).unwrap_or_default(),
+                    path: req.uri().path().to_string(),
+                    source,
+                    started,
+                },
+                direction: self.direction.as_str(),
+                target: self.name.clone(),
+            })
+        });
         let rsp = match self.proxy(req).await {
             Ok(rsp) => rsp,
             Err(e) => {
@@ -130,7 +150,7 @@ impl Forward {
         self.metrics.latency(started.elapsed().as_secs_f64());
         let (mut parts, body) = rsp.into_parts();
         parts.version = client_version;
-        let body = Metered::new(body, self.metrics.clone(), parts.status, &parts.headers, grpc);
+        let body = Metered::new(body, self.metrics.clone(), parts.status, &parts.headers, grpc, tap);
         Response::from_parts(parts, body)
     }
 

@@ -6,6 +6,7 @@
 
 use super::Body;
 use crate::metrics::{Classification, TargetMetrics};
+use crate::tap::{Tap, TapStart};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -28,6 +29,15 @@ struct Recorder {
     grpc: bool,
     grpc_status: Option<u32>,
     failed: bool,
+    tap: Option<Box<TapRecord>>,
+}
+
+/// What a tapped request needs at its end to publish its event.
+pub struct TapRecord {
+    pub tap: Arc<Tap>,
+    pub start: TapStart,
+    pub direction: &'static str,
+    pub target: Arc<String>,
 }
 
 impl Metered {
@@ -37,6 +47,7 @@ impl Metered {
         status: http::StatusCode,
         headers: &HeaderMap,
         grpc: bool,
+        tap: Option<Box<TapRecord>>,
     ) -> Self {
         let mut recorder = Recorder {
             metrics: Some(metrics),
@@ -44,6 +55,7 @@ impl Metered {
             grpc,
             grpc_status: None,
             failed: false,
+            tap,
         };
         // A trailers-only gRPC response carries its status in the headers.
         recorder.grpc_status = grpc_status(headers);
@@ -63,7 +75,12 @@ impl Recorder {
         let Some(metrics) = self.metrics.take() else { return };
         let failed = self.failed || self.status >= 500 || (self.grpc && self.grpc_status != Some(0));
         let class = if failed { Classification::Failure } else { Classification::Success };
-        metrics.response(self.status, if self.grpc { self.grpc_status } else { None }, class);
+        let grpc_status = if self.grpc { self.grpc_status } else { None };
+        metrics.response(self.status, grpc_status, class);
+        if let Some(record) = self.tap.take() {
+            let event = record.start.finish(record.direction, record.target, self.status, grpc_status);
+            record.tap.publish(event);
+        }
     }
 }
 

@@ -18,13 +18,19 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-pub async fn serve<I>(io: I, protocol: Detected, fwd: Arc<Forward>, limits: &Limits, drain: CancellationToken)
-where
+pub async fn serve<I>(
+    io: I,
+    protocol: Detected,
+    fwd: Arc<Forward>,
+    source: Option<std::net::SocketAddr>,
+    limits: &Limits,
+    drain: CancellationToken,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| {
         let fwd = fwd.clone();
-        async move { Ok::<_, Infallible>(fwd.handle(req).await) }
+        async move { Ok::<_, Infallible>(fwd.handle(req, source).await) }
     });
     let io = TokioIo::new(io);
     let result = match protocol {
