@@ -15,3 +15,4 @@ mod limits;
 mod netns;
 mod peers;
 mod tcp;
+mod up;

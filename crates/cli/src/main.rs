@@ -10,6 +10,7 @@ mod demo;
 mod duration;
 mod http_client;
 mod prometheus;
+mod up;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -29,6 +30,7 @@ struct Cli {
 enum Command {
     Demo(demo::DemoArgs),
     Bench(bench::BenchArgs),
+    Up(up::UpArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        // `up` has its own exit codes (2: invalid configuration).
+        Command::Up(args) => return runtime.block_on(up::run(args)),
         Command::Demo(args) => runtime.block_on(demo::run(args)),
         Command::Bench(args) => bench::main(args, &runtime),
     };

@@ -11,7 +11,7 @@
 mod apps;
 mod metrics;
 mod report;
-mod sidecar;
+pub(crate) mod sidecar;
 
 use crate::duration;
 use crate::http_client::HttpClient;

@@ -1,0 +1,531 @@
+//! `tarmac up DIR`: a local mesh from a directory of YAML (docs/local-mode.md).
+//!
+//! It runs the control plane in-process (the files store watching DIR, the registry of
+//! running replicas, discovery over gRPC on 127.0.0.1) and, for every replica of every
+//! Workload, a `tarmac-proxy` sidecar and then the app. Explicit mode: the app reaches
+//! each Service port through a listener of its own sidecar, whose address it is told in
+//! `<NAME>_URL` variables; the sidecar follows the Service's endpoints through discovery.
+//! All output is multiplexed on stdout, prefixed with who wrote it. A replica whose app
+//! (or sidecar) exits is reported, taken out of discovery and restarted with backoff.
+//! Ctrl-C or SIGTERM stops the apps, then the sidecars, then the control plane.
+
+mod plan;
+mod process;
+
+use crate::demo::sidecar::{PortAllocator, locate_proxy_binary};
+use crate::http_client::HttpClient;
+use plan::{ReplicaPlan, Upstream};
+use process::{Proc, describe, note};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tarmac_control::discovery::server::DiscoveryService;
+use tarmac_control::registry::{Instance, Registry};
+use tarmac_control::store::files::{FilesStore, OpenError};
+use tarmac_control::store::{Snapshot, Status, Store};
+use tokio::process::Command;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Exit status for a configuration that cannot be run.
+const EXIT_INVALID_CONFIG: u8 = 2;
+/// First wait before restarting a replica; doubles with each exit, up to the maximum.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A replica that ran this long before exiting restarts after the minimum backoff again.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// How long a sidecar may take to answer `/ready`.
+const SIDECAR_READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an app may take to listen on `PORT` before it is registered anyway.
+const APP_LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Grace between SIGTERM and SIGKILL when stopping apps and sidecars (sidecars drain
+/// for at most 3 s, see `plan::sidecar_yaml`).
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Run a local mesh from a directory of YAML: the control plane, and every Workload's
+/// processes, each with a tarmac-proxy sidecar (explicit mode, no root needed).
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// The configuration directory: Services, Workloads, HTTPRoutes, ... (`*.yaml`, `*.yml`).
+    pub dir: PathBuf,
+    /// Port of the control plane's discovery API on 127.0.0.1 (0: a free port).
+    #[arg(long, default_value_t = 0)]
+    pub control_port: u16,
+}
+
+enum Failure {
+    /// Exit 2: the configuration cannot be run; every problem is listed.
+    Config(Vec<String>),
+    Other(String),
+}
+
+pub async fn run(args: UpArgs) -> ExitCode {
+    match up(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(errors)) => {
+            eprintln!("tarmac up: the configuration is invalid; nothing was started:");
+            for e in errors {
+                eprintln!("  {e}");
+            }
+            ExitCode::from(EXIT_INVALID_CONFIG)
+        }
+        Err(Failure::Other(message)) => {
+            eprintln!("tarmac up: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything about one replica that stays the same across its restarts.
+struct Replica {
+    plan: ReplicaPlan,
+    app: SocketAddr,
+    inbound: SocketAddr,
+    admin: SocketAddr,
+    upstreams: Vec<(Upstream, SocketAddr)>,
+    sidecar_config: PathBuf,
+}
+
+impl Replica {
+    fn instance(&self) -> Instance {
+        Instance {
+            namespace: self.plan.namespace.clone(),
+            workload: self.plan.workload.clone(),
+            replica: self.plan.replica,
+            labels: self.plan.labels.clone(),
+            service_account: self.plan.service_account.clone(),
+            addr: self.inbound,
+            meshed: true,
+        }
+    }
+
+    fn app_command(&self) -> Command {
+        let plan = &self.plan;
+        let mut program = PathBuf::from(&plan.argv[0]);
+        // `./app.py` means the one in the working directory, whatever ours is.
+        if program.is_relative() && program.components().count() > 1 {
+            program = plan.working_dir.join(program);
+        }
+        let mut command = Command::new(program);
+        command.args(&plan.argv[1..]).current_dir(&plan.working_dir).envs(plan::app_env(
+            plan,
+            self.app,
+            self.admin,
+            &self.upstreams,
+        ));
+        command
+    }
+}
+
+async fn up(args: UpArgs) -> Result<(), Failure> {
+    let dir = std::fs::canonicalize(&args.dir)
+        .map_err(|e| Failure::Config(vec![format!("{}: {e}", args.dir.display())]))?;
+    let store = FilesStore::open(&dir).map_err(|e| match e {
+        OpenError::Invalid(errors) => Failure::Config(errors.iter().map(ToString::to_string).collect()),
+        OpenError::NotADirectory(_) => Failure::Config(vec![e.to_string()]),
+        OpenError::Watch { .. } => Failure::Other(e.to_string()),
+    })?;
+    let snapshot: Arc<Snapshot> = store.snapshots().borrow().clone();
+    let plans = plan::replicas(&snapshot, &dir);
+    let mut problems = Vec::new();
+    for p in &plans {
+        if p.argv.is_empty() {
+            problems.push(format!("Workload {}/{}: spec.command is empty", p.namespace, p.workload));
+        }
+        if !p.working_dir.is_dir() {
+            problems.push(format!(
+                "Workload {}/{}: spec.workingDir {} is not a directory",
+                p.namespace,
+                p.workload,
+                p.working_dir.display()
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        problems.dedup();
+        return Err(Failure::Config(problems));
+    }
+    let proxy_binary = locate_proxy_binary().map_err(Failure::Other)?;
+    // Handled from now on: a Ctrl-C while starting stops what has started, in order.
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| Failure::Other(format!("cannot handle SIGINT: {e}")))?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|e| Failure::Other(format!("cannot handle SIGTERM: {e}")))?;
+
+    // The control plane.
+    let registry = Registry::default();
+    let listener =
+        tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, args.control_port)).await.map_err(|e| {
+            Failure::Other(format!(
+                "cannot listen on 127.0.0.1:{} for the control plane: {e}",
+                args.control_port
+            ))
+        })?;
+    let control_addr = listener.local_addr().map_err(|e| Failure::Other(e.to_string()))?;
+    let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
+    let discovery = DiscoveryService::new(store.snapshots(), registry.clone());
+    let control = tokio::spawn(discovery.serve(listener, async move {
+        let _ = control_stopped.await;
+    }));
+
+    let width = plans.iter().map(|p| p.name().len() + " proxy".len()).max().unwrap_or(0).max("tarmac".len());
+    process::set_prefix_width(width);
+    note(&format!("control plane: discovery on {control_addr}, configuration from {}", dir.display()));
+
+    // Ports for every replica, held until the sidecars are about to bind them.
+    let work_dir = std::env::temp_dir().join(format!("tarmac-up-{}", std::process::id()));
+    std::fs::create_dir_all(&work_dir)
+        .map_err(|e| Failure::Other(format!("cannot create {}: {e}", work_dir.display())))?;
+    let mut ports = PortAllocator::new(0);
+    let mut replicas = Vec::new();
+    for plan in plans {
+        let app = ports.next().map_err(Failure::Other)?;
+        let inbound = ports.next().map_err(Failure::Other)?;
+        let admin = ports.next().map_err(Failure::Other)?;
+        let mut upstreams = Vec::new();
+        for upstream in plan::upstreams(&snapshot, &plan.namespace) {
+            upstreams.push((upstream, ports.next().map_err(Failure::Other)?));
+        }
+        let file_name = plan.name().replace('/', "_");
+        let sidecar_config = work_dir.join(format!("{file_name}-proxy.yaml"));
+        let yaml = plan::sidecar_yaml(&plan, control_addr, admin, inbound, app, &upstreams);
+        std::fs::write(&sidecar_config, yaml)
+            .map_err(|e| Failure::Other(format!("cannot write {}: {e}", sidecar_config.display())))?;
+        let urls: Vec<String> = upstreams
+            .iter()
+            .flat_map(|(u, listen)| u.env.iter().map(move |var| format!("{var}=http://{listen}")))
+            .collect();
+        note(&format!(
+            "{}: PORT={}, sidecar inbound {inbound}, admin {admin}{}{}",
+            plan.name(),
+            app.port(),
+            if urls.is_empty() { "" } else { ", " },
+            urls.join(", ")
+        ));
+        replicas.push(Arc::new(Replica { plan, app, inbound, admin, upstreams, sidecar_config }));
+    }
+    ports.release();
+    if replicas.is_empty() {
+        note("no Workloads in the configuration: only the control plane runs");
+    }
+
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    for replica in &replicas {
+        tasks.spawn(run_replica(replica.clone(), proxy_binary.clone(), registry.clone(), shutdown.clone()));
+    }
+    let watcher = tokio::spawn(watch_config(store.snapshots(), store.status(), snapshot.clone()));
+
+    tokio::select! {
+        _ = interrupt.recv() => note("interrupted: stopping the apps, then the sidecars, then the control plane"),
+        _ = terminate.recv() => note("terminated: stopping the apps, then the sidecars, then the control plane"),
+    }
+    watcher.abort();
+    let _ = shutdown_tx.send(true);
+    let mut sidecars = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        match result {
+            Ok(Some(sidecar)) => sidecars.push(sidecar),
+            Ok(None) => {}
+            Err(e) => note(&format!("a replica's supervisor failed: {e}")),
+        }
+    }
+    let mut stopping = JoinSet::new();
+    for (name, sidecar) in sidecars {
+        stopping.spawn(async move {
+            let pid = sidecar.pid;
+            match sidecar.stop(STOP_GRACE).await {
+                Some(exit) if is_clean(&exit) => {}
+                Some(exit) => note(&format!("{name} proxy (pid {pid}) ended badly: {}", describe(&exit))),
+                None => note(&format!(
+                    "{name} proxy (pid {pid}) did not stop within {STOP_GRACE:?} and was killed"
+                )),
+            }
+        });
+    }
+    while stopping.join_next().await.is_some() {}
+    let _ = stop_control.send(());
+    match tokio::time::timeout(STOP_GRACE, control).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => note(&format!("the control plane ended with an error: {e}")),
+        Ok(Err(e)) => note(&format!("the control plane failed: {e}")),
+        Err(_) => note("the control plane did not stop in time"),
+    }
+    drop(store);
+    let _ = std::fs::remove_dir_all(&work_dir);
+    note("stopped");
+    Ok(())
+}
+
+fn is_clean(exit: &process::Exit) -> bool {
+    matches!(exit, Ok(status) if status.success() || tarmac_transport::process::was_terminated(status))
+}
+
+/// Sleeps for `duration` unless shutdown comes first; true if it did.
+async fn sleep_or_shutdown(duration: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => {}
+        _ = shutdown.wait_for(|stop| *stop) => return true,
+    }
+    *shutdown.borrow()
+}
+
+/// Why a replica's run ended.
+enum Ended {
+    App(process::Exit),
+    Sidecar(process::Exit),
+    Shutdown,
+}
+
+/// Runs one replica until shutdown: its sidecar, then its app, restarting what exits with
+/// backoff. On shutdown it stops the app and hands back the sidecar (with the replica's
+/// name), which is stopped once every app is.
+async fn run_replica(
+    replica: Arc<Replica>,
+    proxy_binary: PathBuf,
+    registry: Registry,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<(String, Proc)> {
+    let name = replica.plan.name();
+    let plan = &replica.plan;
+    let mut backoff = BACKOFF_MIN;
+    let mut sidecar: Option<Proc> = None;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        // The sidecar first: the app may call its upstreams as soon as it starts.
+        let proxy = match sidecar.take() {
+            Some(proxy) if proxy.exit().is_none() => proxy,
+            _ => {
+                let mut command = Command::new(&proxy_binary);
+                command.arg("--config").arg(&replica.sidecar_config);
+                match Proc::spawn(command, format!("{name} proxy")) {
+                    Ok(proxy) => {
+                        note(&format!("{name} proxy started: pid {}", proxy.pid));
+                        match wait_ready(&proxy, replica.admin, &mut shutdown).await {
+                            Ok(true) => proxy,
+                            Ok(false) => {
+                                sidecar = Some(proxy);
+                                break;
+                            }
+                            Err(e) => {
+                                note(&format!("{name} proxy: {e}; retrying in {backoff:?}"));
+                                proxy.stop(STOP_GRACE).await;
+                                if sleep_or_shutdown(backoff, &mut shutdown).await {
+                                    break;
+                                }
+                                backoff = (backoff * 2).min(BACKOFF_MAX);
+                                continue;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        note(&format!("{name} proxy: {e}; retrying in {backoff:?}"));
+                        if sleep_or_shutdown(backoff, &mut shutdown).await {
+                            break;
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                }
+            }
+        };
+
+        let app = match Proc::spawn(replica.app_command(), name.clone()) {
+            Ok(app) => app,
+            Err(e) => {
+                note(&format!(
+                    "{name}: cannot start `{}` in {}: {e}; retrying in {backoff:?}",
+                    plan.argv.join(" "),
+                    plan.working_dir.display()
+                ));
+                sidecar = Some(proxy);
+                if sleep_or_shutdown(backoff, &mut shutdown).await {
+                    break;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let started = Instant::now();
+        note(&format!("{name} started: pid {}, PORT={}", app.pid, replica.app.port()));
+        let ended = match wait_listening(&app, replica.app, &mut shutdown).await {
+            Listening::Yes | Listening::NotInTime => {
+                registry.upsert(replica.instance());
+                note(&format!("{name} ready: http://{} (through its sidecar)", replica.inbound));
+                tokio::select! {
+                    exit = app.exited() => Ended::App(exit),
+                    exit = proxy.exited() => Ended::Sidecar(exit),
+                    _ = shutdown.wait_for(|stop| *stop) => Ended::Shutdown,
+                }
+            }
+            Listening::Exited(exit) => Ended::App(exit),
+            Listening::Shutdown => Ended::Shutdown,
+        };
+        registry.remove(&plan.namespace, &plan.workload, plan.replica);
+        match ended {
+            Ended::Shutdown => {
+                let pid = app.pid;
+                match app.stop(STOP_GRACE).await {
+                    Some(exit) if is_clean(&exit) => {}
+                    Some(exit) => note(&format!("{name} (pid {pid}) ended badly: {}", describe(&exit))),
+                    None => {
+                        note(&format!("{name} (pid {pid}) did not stop within {STOP_GRACE:?} and was killed"))
+                    }
+                }
+                sidecar = Some(proxy);
+                break;
+            }
+            Ended::App(exit) => {
+                if started.elapsed() >= STABLE_AFTER {
+                    backoff = BACKOFF_MIN;
+                }
+                note(&format!(
+                    "{name} (pid {}) exited: {}; restarting in {backoff:?}",
+                    app.pid,
+                    describe(&exit)
+                ));
+                sidecar = Some(proxy);
+            }
+            Ended::Sidecar(exit) => {
+                if started.elapsed() >= STABLE_AFTER {
+                    backoff = BACKOFF_MIN;
+                }
+                note(&format!(
+                    "{name} proxy (pid {}) exited unexpectedly: {}; stopping {name} and restarting both in {backoff:?}",
+                    proxy.pid,
+                    describe(&exit)
+                ));
+                app.stop(STOP_GRACE).await;
+            }
+        }
+        if sleep_or_shutdown(backoff, &mut shutdown).await {
+            break;
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+    sidecar.map(|proxy| (name, proxy))
+}
+
+/// Waits for the sidecar's `/ready`: `Ok(true)` when ready, `Ok(false)` on shutdown.
+async fn wait_ready(
+    proxy: &Proc,
+    admin: SocketAddr,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool, String> {
+    let client = HttpClient::new(admin, Duration::from_secs(1));
+    let deadline = Instant::now() + SIDECAR_READY_TIMEOUT;
+    loop {
+        if let Some(exit) = proxy.exit() {
+            return Err(format!("exited while starting: {}", describe(&exit)));
+        }
+        if let Ok(response) = client.get("/ready").await
+            && response.status.is_success()
+        {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("not ready within {SIDECAR_READY_TIMEOUT:?} (GET http://{admin}/ready)"));
+        }
+        if sleep_or_shutdown(Duration::from_millis(50), shutdown).await {
+            return Ok(false);
+        }
+    }
+}
+
+enum Listening {
+    Yes,
+    NotInTime,
+    Exited(process::Exit),
+    Shutdown,
+}
+
+/// Waits until the app accepts connections on its port, so that it is not sent traffic
+/// before it can take it.
+async fn wait_listening(app: &Proc, addr: SocketAddr, shutdown: &mut watch::Receiver<bool>) -> Listening {
+    let deadline = Instant::now() + APP_LISTEN_TIMEOUT;
+    loop {
+        if let Some(exit) = app.exit() {
+            return Listening::Exited(exit);
+        }
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Listening::Yes;
+        }
+        if Instant::now() >= deadline {
+            note(&format!(
+                "pid {} does not listen on PORT={} after {APP_LISTEN_TIMEOUT:?}; registering it anyway",
+                app.pid,
+                addr.port()
+            ));
+            return Listening::NotInTime;
+        }
+        if sleep_or_shutdown(Duration::from_millis(50), shutdown).await {
+            return Listening::Shutdown;
+        }
+    }
+}
+
+/// Reports configuration changes: refused ones with their errors; accepted ones, which
+/// discovery already pushes to the sidecars, with what needs a restart of `tarmac up`.
+async fn watch_config(
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    mut status: watch::Receiver<Arc<Status>>,
+    initial: Arc<Snapshot>,
+) {
+    let running_workloads = plan::workloads(&initial);
+    let running_services = plan::services(&initial);
+    let mut last_rejected = Vec::new();
+    loop {
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                note(&format!(
+                    "configuration generation {} accepted; the sidecars follow it through discovery",
+                    snapshot.generation
+                ));
+                let workloads = plan::workloads(&snapshot);
+                let changed: Vec<String> = workloads
+                    .keys()
+                    .chain(running_workloads.keys())
+                    .filter(|key| workloads.get(*key) != running_workloads.get(*key))
+                    .cloned()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                if !changed.is_empty() {
+                    note(&format!(
+                        "Workloads added, removed or changed ({}): restart `tarmac up` to run them as configured",
+                        changed.join(", ")
+                    ));
+                }
+                if plan::services(&snapshot) != running_services {
+                    note(
+                        "Services were added or removed or their ports changed: the apps' *_URL variables and their \
+                         sidecars' listeners were set at start; restart `tarmac up` to update them",
+                    );
+                }
+            }
+            changed = status.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let rejected: Vec<String> = status.borrow_and_update().rejected.iter().map(ToString::to_string).collect();
+                if !rejected.is_empty() && rejected != last_rejected {
+                    note("configuration change refused; the last good one stays in force:");
+                    for e in &rejected {
+                        note(&format!("  {e}"));
+                    }
+                }
+                last_rejected = rejected;
+            }
+        }
+    }
+}

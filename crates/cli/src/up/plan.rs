@@ -1,0 +1,296 @@
+//! What `tarmac up` runs, derived from a snapshot of the configuration: the replicas of
+//! every Workload, the services each sidecar offers its app, and the environment that
+//! tells the app where they are. Pure functions, so that the naming rules are tested here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use tarmac_control::store::Snapshot;
+use tarmac_model::Resource;
+use tarmac_model::meta::DEFAULT_NAMESPACE;
+
+/// One process to run, with its sidecar.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaPlan {
+    pub namespace: String,
+    pub workload: String,
+    pub replica: u32,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    /// The program and all its arguments (`spec.command` then `spec.args`).
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// Absolute: `spec.workingDir` resolved against the configuration directory.
+    pub working_dir: PathBuf,
+}
+
+impl ReplicaPlan {
+    /// How logs and messages name it: `books-0`, or `shop/books-0` outside `default`.
+    pub fn name(&self) -> String {
+        if self.namespace == DEFAULT_NAMESPACE {
+            format!("{}-{}", self.workload, self.replica)
+        } else {
+            format!("{}/{}-{}", self.namespace, self.workload, self.replica)
+        }
+    }
+}
+
+/// Every replica of every Workload in `snapshot`, in a stable order. `dir` is the
+/// configuration directory (absolute).
+pub fn replicas(snapshot: &Snapshot, dir: &Path) -> Vec<ReplicaPlan> {
+    let mut out = Vec::new();
+    for resource in snapshot.iter_kind("Workload") {
+        let Resource::Workload(workload) = resource else { continue };
+        let spec = &workload.spec;
+        let working_dir = match &spec.working_dir {
+            Some(sub) => dir.join(sub),
+            None => dir.to_path_buf(),
+        };
+        let argv: Vec<String> = spec.command.iter().chain(&spec.args).cloned().collect();
+        for replica in 0..spec.replicas {
+            out.push(ReplicaPlan {
+                namespace: workload.metadata.namespace.clone(),
+                workload: workload.metadata.name.clone(),
+                replica,
+                labels: workload.metadata.labels.clone(),
+                service_account: spec.service_account_name.clone(),
+                argv: argv.clone(),
+                env: spec.env.clone(),
+                working_dir: working_dir.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// The Workloads of a snapshot, for noticing that they changed.
+pub fn workloads(snapshot: &Snapshot) -> BTreeMap<String, Resource> {
+    snapshot.iter_kind("Workload").map(|r| (r.key().to_string(), r.clone())).collect()
+}
+
+/// The Services of a snapshot with their ports, for noticing that they changed.
+pub fn services(snapshot: &Snapshot) -> BTreeMap<String, Vec<u16>> {
+    snapshot
+        .iter_kind("Service")
+        .filter_map(|r| match r {
+            Resource::Service(s) => {
+                Some((r.key().to_string(), s.spec.ports.iter().map(|p| p.port).collect()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A Service port that a sidecar offers its app on a local listener (explicit mode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    /// The outbound service's name in the sidecar's configuration (unique there; the
+    /// `target` label of its metrics): `books`, `books.shop` in another namespace,
+    /// `books:8080` for a port of a multi-port Service.
+    pub proxy_name: String,
+    pub service: String,
+    pub namespace: String,
+    pub port: u16,
+    /// The environment variables whose value is `http://<listener>`.
+    pub env: Vec<String>,
+}
+
+/// Upper case, and every character that cannot be in a shell variable name becomes `_`.
+pub fn env_name(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+}
+
+/// Every port of every Service, as seen by an app in `from_namespace`.
+///
+/// Variables: `<NAME>_URL` for a Service in the same namespace, `<NAME>_<NAMESPACE>_URL`
+/// for one in another; for a Service with several ports, that variable is its first port
+/// and each port also has `<NAME>[_<NAMESPACE>]_<PORT>_URL`.
+pub fn upstreams(snapshot: &Snapshot, from_namespace: &str) -> Vec<Upstream> {
+    let mut out = Vec::new();
+    for resource in snapshot.iter_kind("Service") {
+        let Resource::Service(service) = resource else { continue };
+        let name = &service.metadata.name;
+        let namespace = &service.metadata.namespace;
+        let (mut proxy_base, mut env_base) = (name.clone(), env_name(name));
+        if namespace != from_namespace {
+            proxy_base = format!("{name}.{namespace}");
+            env_base = format!("{env_base}_{}", env_name(namespace));
+        }
+        let multi = service.spec.ports.len() > 1;
+        for (i, port) in service.spec.ports.iter().enumerate() {
+            let mut env = Vec::new();
+            if i == 0 {
+                env.push(format!("{env_base}_URL"));
+            }
+            if multi {
+                env.push(format!("{env_base}_{}_URL", port.port));
+            }
+            out.push(Upstream {
+                proxy_name: if multi { format!("{proxy_base}:{}", port.port) } else { proxy_base.clone() },
+                service: name.clone(),
+                namespace: namespace.clone(),
+                port: port.port,
+                env,
+            });
+        }
+    }
+    out
+}
+
+/// The environment `tarmac up` gives an app, over the one it inherits: `spec.env`, then
+/// `PORT`, `TARMAC_ADMIN`, `TARMAC_NAMESPACE`, `TARMAC_WORKLOAD`, `TARMAC_REPLICA` and one
+/// URL variable per upstream (these win over `spec.env`).
+pub fn app_env(
+    replica: &ReplicaPlan,
+    app: SocketAddr,
+    admin: SocketAddr,
+    upstreams: &[(Upstream, SocketAddr)],
+) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = replica.env.clone();
+    env.insert("PORT".into(), app.port().to_string());
+    env.insert("TARMAC_ADMIN".into(), format!("http://{admin}"));
+    env.insert("TARMAC_NAMESPACE".into(), replica.namespace.clone());
+    env.insert("TARMAC_WORKLOAD".into(), replica.workload.clone());
+    env.insert("TARMAC_REPLICA".into(), replica.replica.to_string());
+    for (upstream, listen) in upstreams {
+        for var in &upstream.env {
+            env.insert(var.clone(), format!("http://{listen}"));
+        }
+    }
+    env.into_iter().collect()
+}
+
+/// The sidecar's `tarmac-proxy` configuration (docs/proxy-config.md).
+pub fn sidecar_yaml(
+    replica: &ReplicaPlan,
+    control: SocketAddr,
+    admin: SocketAddr,
+    inbound: SocketAddr,
+    app: SocketAddr,
+    upstreams: &[(Upstream, SocketAddr)],
+) -> String {
+    use std::fmt::Write as _;
+    let mut yaml = format!(
+        "# The sidecar of {} in `tarmac up`.\nadmin: \"{admin}\"\ncontrol:\n  addr: \"{control}\"\n  namespace: {}\n  workload: {}\n  service_account: {}\ninbound:\n  listen: \"{inbound}\"\n  app: \"{app}\"\n",
+        replica.name(),
+        quote(&replica.namespace),
+        quote(&replica.workload),
+        quote(&replica.service_account),
+    );
+    if !upstreams.is_empty() {
+        yaml.push_str("outbound:\n  services:\n");
+        for (upstream, listen) in upstreams {
+            let _ = write!(
+                yaml,
+                "    - name: {}\n      listen: \"{listen}\"\n      discover: {{service: {}, namespace: {}, port: {}}}\n",
+                quote(&upstream.proxy_name),
+                quote(&upstream.service),
+                quote(&upstream.namespace),
+                upstream.port
+            );
+        }
+    }
+    yaml.push_str("limits:\n  drain_timeout: 3s\n");
+    yaml
+}
+
+/// A YAML double-quoted string (names are validated DNS labels, but be safe).
+fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: names}
+spec: {selector: {app: names}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: book-store, namespace: shop}
+spec: {selector: {app: books}, ports: [{name: http, port: 80}, {name: grpc, port: 9090}]}
+---
+apiVersion: tarmac.io/v1alpha1
+kind: Workload
+metadata: {name: greeter, labels: {app: greeter}}
+spec: {command: [python3, greeter.py], args: [-v], port: 8080, replicas: 2, workingDir: apps, env: {GREETING: hi, PORT: '1'}}
+";
+
+    fn snapshot() -> Snapshot {
+        let objects = tarmac_model::parse_documents("t.yaml", CONFIG)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.key(), r))
+            .collect();
+        Snapshot { generation: 1, objects }
+    }
+
+    #[test]
+    fn every_replica_of_every_workload_runs_from_its_working_dir() {
+        let plans = replicas(&snapshot(), Path::new("/conf"));
+        assert_eq!(plans.len(), 2);
+        assert_eq!(plans[1].name(), "greeter-1");
+        assert_eq!(plans[0].argv, ["python3", "greeter.py", "-v"]);
+        assert_eq!(plans[0].working_dir, Path::new("/conf/apps"));
+        assert_eq!(plans[0].service_account, "default");
+    }
+
+    #[test]
+    fn urls_are_named_after_services_their_namespace_and_port() {
+        let ups = upstreams(&snapshot(), "default");
+        let summary: Vec<(&str, Vec<&str>)> =
+            ups.iter().map(|u| (u.proxy_name.as_str(), u.env.iter().map(String::as_str).collect())).collect();
+        assert_eq!(
+            summary,
+            [
+                ("names", vec!["NAMES_URL"]),
+                ("book-store.shop:80", vec!["BOOK_STORE_SHOP_URL", "BOOK_STORE_SHOP_80_URL"]),
+                ("book-store.shop:9090", vec!["BOOK_STORE_SHOP_9090_URL"]),
+            ]
+        );
+        let from_shop = upstreams(&snapshot(), "shop");
+        assert_eq!(from_shop[0].env, ["NAMES_DEFAULT_URL"]);
+        assert_eq!(from_shop[1].env, ["BOOK_STORE_URL", "BOOK_STORE_80_URL"]);
+    }
+
+    #[test]
+    fn the_app_learns_its_port_admin_and_upstreams() {
+        let plan = &replicas(&snapshot(), Path::new("/conf"))[0];
+        let ups: Vec<(Upstream, SocketAddr)> = upstreams(&snapshot(), "default")
+            .into_iter()
+            .zip([7001, 7002, 7003])
+            .map(|(u, p)| (u, SocketAddr::from(([127, 0, 0, 1], p))))
+            .collect();
+        let env: BTreeMap<String, String> =
+            app_env(plan, "127.0.0.1:8080".parse().unwrap(), "127.0.0.1:4191".parse().unwrap(), &ups)
+                .into_iter()
+                .collect();
+        assert_eq!(env["PORT"], "8080", "tarmac's PORT wins over spec.env");
+        assert_eq!(env["GREETING"], "hi");
+        assert_eq!(env["TARMAC_ADMIN"], "http://127.0.0.1:4191");
+        assert_eq!(env["NAMES_URL"], "http://127.0.0.1:7001");
+        assert_eq!(env["BOOK_STORE_SHOP_9090_URL"], "http://127.0.0.1:7003");
+        assert_eq!(env["TARMAC_REPLICA"], "0");
+    }
+
+    #[test]
+    fn the_proxy_accepts_the_sidecar_configuration() {
+        let plan = &replicas(&snapshot(), Path::new("/conf"))[0];
+        let ups: Vec<(Upstream, SocketAddr)> = upstreams(&snapshot(), "default")
+            .into_iter()
+            .zip([7001, 7002, 7003])
+            .map(|(u, p)| (u, SocketAddr::from(([127, 0, 0, 1], p))))
+            .collect();
+        let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let yaml = sidecar_yaml(plan, a(8086), a(4191), a(4143), a(8080), &ups);
+        let config =
+            tarmac_proxy::Config::from_yaml(&yaml, "generated").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        assert_eq!(config.outbound.as_ref().map(|o| o.services.len()), Some(3), "{yaml}");
+        let control = config.control.expect("control");
+        assert_eq!(control.workload, "greeter");
+    }
+}

@@ -1,0 +1,185 @@
+//! `tarmac up examples/hello`, run as a user runs it: a request to the greeter crosses
+//! both sidecars to `names`; a killed app is reported and restarted; SIGTERM stops
+//! everything, exit 0, and leaves no process behind.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tarmac_testkit::tools::binary;
+
+/// `tarmac up` as a child process, its output collected line by line.
+struct Up {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Up {
+    fn start(dir: &str) -> Self {
+        let mut child = Command::new(binary("tarmac"))
+            .args(["up", dir])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tarmac starts");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        collect(child.stdout.take().unwrap(), stdout.clone());
+        collect(child.stderr.take().unwrap(), stderr.clone());
+        Self { child, stdout, stderr }
+    }
+
+    fn output(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout.lock().unwrap().join("\n"),
+            self.stderr.lock().unwrap().join("\n")
+        )
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for a line of stdout that `find` extracts something from.
+    fn wait_for<T>(&self, what: &str, timeout: Duration, find: impl Fn(&[String]) -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = find(&self.lines()) {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "no {what} within {timeout:?}\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        // Its children follow it (they die with their parent).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(stream: impl Read + Send + 'static, into: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            into.lock().unwrap().push(line);
+        }
+    });
+}
+
+/// The pids in `<who> started: pid N` lines, in order.
+fn started_pids(lines: &[String], who: &str) -> Vec<u32> {
+    let marker = format!("| {who} started: pid ");
+    lines.iter().filter_map(|l| l.split_once(&marker)).filter_map(|(_, rest)| number(rest)).collect()
+}
+
+/// Every pid `tarmac up` started (apps and sidecars).
+fn all_pids(lines: &[String]) -> Vec<u32> {
+    lines.iter().filter_map(|l| l.split_once(" started: pid ")).filter_map(|(_, rest)| number(rest)).collect()
+}
+
+fn number(text: &str) -> Option<u32> {
+    text.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+/// `GET /` over HTTP/1.1 with a bounded wait; the status code and the body.
+fn get(addr: SocketAddr) -> Result<(u16, String), String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: greeter\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or(response.clone())?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Waits (bounded) until the greeter answers with names from `names`: the request went
+/// test -> greeter's sidecar -> greeter -> its sidecar -> a names sidecar -> names.
+fn greeting(up: &Up, greeter: SocketAddr) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = match get(greeter) {
+            Ok((200, body)) if body.contains("Ada") && body.contains("names from names-") => return body,
+            Ok((status, body)) => format!("{status}: {body}"),
+            Err(e) => e,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "the greeter did not greet within 30 s; last: {last}\n{}",
+            up.output()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A live process (not a zombie) running `tarmac-proxy` or python.
+fn is_ours_and_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    state != Some("Z") && (cmdline.contains("tarmac-proxy") || cmdline.contains("python"))
+}
+
+#[test]
+fn up_runs_the_hello_mesh_restarts_a_crashed_app_and_stops_cleanly() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/hello");
+    let mut up = Up::start(dir.to_str().unwrap());
+
+    let greeter: SocketAddr = up.wait_for("greeter ready line", Duration::from_secs(60), |lines| {
+        lines
+            .iter()
+            .find_map(|l| l.split_once("| greeter-0 ready: http://"))
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+    });
+    let body = greeting(&up, greeter);
+    assert!(body.contains("greeted by greeter-0"), "{body}");
+
+    // Kill one app: it is reported and restarted, and the mesh answers again.
+    let names0 = *started_pids(&up.lines(), "names-0").last().expect("names-0 started");
+    let killed = Command::new("kill").args(["-KILL", &names0.to_string()]).status().unwrap();
+    assert!(killed.success());
+    let exited = format!("| names-0 (pid {names0}) exited");
+    up.wait_for("report of names-0's exit", Duration::from_secs(30), |lines| {
+        lines.iter().any(|l| l.contains(&exited)).then_some(())
+    });
+    let restarted = up.wait_for("names-0 restarted", Duration::from_secs(30), |lines| {
+        started_pids(lines, "names-0").into_iter().find(|pid| *pid != names0)
+    });
+    assert!(is_ours_and_alive(restarted), "names-0 restarted as pid {restarted}\n{}", up.output());
+    up.wait_for("names-0 ready again", Duration::from_secs(30), |lines| {
+        (lines.iter().filter(|l| l.contains("| names-0 ready: ")).count() >= 2).then_some(())
+    });
+    greeting(&up, greeter);
+
+    // SIGTERM stops everything; nothing is left behind.
+    let pids = all_pids(&up.lines());
+    assert!(pids.len() >= 7, "3 apps and 3 sidecars, plus the restart: {pids:?}\n{}", up.output());
+    let sent = Command::new("kill").args(["-TERM", &up.child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = up.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "tarmac up did not stop within 30 s of SIGTERM\n{}", up.output());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Let the output threads read the last lines.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(status.success(), "tarmac up exited with {status}\n{}", up.output());
+    assert!(up.lines().iter().any(|l| l.ends_with("| stopped")), "{}", up.output());
+    let left: Vec<u32> = pids.into_iter().filter(|pid| is_ours_and_alive(*pid)).collect();
+    assert!(left.is_empty(), "still running after tarmac up stopped: {left:?}\n{}", up.output());
+}
