@@ -132,17 +132,83 @@ fn is_ours_and_alive(pid: u32) -> bool {
     state != Some("Z") && (cmdline.contains("tarmac-proxy") || cmdline.contains("python"))
 }
 
+/// Sends SIGTERM and waits (bounded) for `tarmac up` to exit 0 having said `stopped`.
+fn stop(up: &mut Up) {
+    let sent = Command::new("kill").args(["-TERM", &up.child.id().to_string()]).status().unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = up.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "tarmac up did not stop within 30 s of SIGTERM\n{}", up.output());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Let the output threads read the last lines.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(status.success(), "tarmac up exited with {status}\n{}", up.output());
+    assert!(up.lines().iter().any(|l| l.ends_with("| stopped")), "{}", up.output());
+}
+
+fn greeter_addr(up: &Up) -> SocketAddr {
+    up.wait_for("greeter ready line", Duration::from_secs(60), |lines| {
+        lines
+            .iter()
+            .rev()
+            .find_map(|l| l.split_once("| greeter-0 ready: http://"))
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+    })
+}
+
+#[test]
+fn up_starts_and_stops_replicas_as_the_directory_changes() {
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/hello");
+    let dir = tarmac_testkit::tools::temp_dir("up-changes");
+    for file in ["mesh.yaml", "names.py", "greeter.py"] {
+        std::fs::copy(source.join(file), dir.join(file)).unwrap();
+    }
+    let mesh = std::fs::read_to_string(dir.join("mesh.yaml")).unwrap();
+    assert!(mesh.contains("replicas: 2"), "the example changed: {mesh}");
+    let mut up = Up::start(dir.to_str().unwrap());
+    let greeter = greeter_addr(&up);
+    greeting(&up, greeter);
+
+    // A third replica of names is started and serves.
+    std::fs::write(dir.join("mesh.yaml"), mesh.replace("replicas: 2", "replicas: 3")).unwrap();
+    up.wait_for("names-2 ready", Duration::from_secs(30), |lines| {
+        lines.iter().any(|l| l.contains("| names-2 ready: ")).then_some(())
+    });
+    let names2 = *started_pids(&up.lines(), "names-2").last().unwrap();
+
+    // Back to one: names-1 and names-2 stop; the mesh still answers.
+    std::fs::write(dir.join("mesh.yaml"), mesh.replace("replicas: 2", "replicas: 1")).unwrap();
+    let stopped = format!("| names-2 (pid {names2}) stopped");
+    up.wait_for("names-2 stopped", Duration::from_secs(30), |lines| {
+        lines.iter().any(|l| l.contains(&stopped)).then_some(())
+    });
+    assert!(!is_ours_and_alive(names2));
+    let body = greeting(&up, greeter);
+    assert!(body.contains("names from names-0"), "only names-0 is left: {body}");
+
+    // A broken file is refused and named; nothing stops.
+    std::fs::write(
+        dir.join("broken.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: []}\n",
+    )
+    .unwrap();
+    up.wait_for("the refusal", Duration::from_secs(30), |lines| {
+        lines.iter().any(|l| l.contains("|   broken.yaml:")).then_some(())
+    });
+    greeting(&up, greeter);
+    stop(&mut up);
+}
+
 #[test]
 fn up_runs_the_hello_mesh_restarts_a_crashed_app_and_stops_cleanly() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/hello");
     let mut up = Up::start(dir.to_str().unwrap());
 
-    let greeter: SocketAddr = up.wait_for("greeter ready line", Duration::from_secs(60), |lines| {
-        lines
-            .iter()
-            .find_map(|l| l.split_once("| greeter-0 ready: http://"))
-            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-    });
+    let greeter = greeter_addr(&up);
     let body = greeting(&up, greeter);
     assert!(body.contains("greeted by greeter-0"), "{body}");
 
@@ -166,20 +232,7 @@ fn up_runs_the_hello_mesh_restarts_a_crashed_app_and_stops_cleanly() {
     // SIGTERM stops everything; nothing is left behind.
     let pids = all_pids(&up.lines());
     assert!(pids.len() >= 7, "3 apps and 3 sidecars, plus the restart: {pids:?}\n{}", up.output());
-    let sent = Command::new("kill").args(["-TERM", &up.child.id().to_string()]).status().unwrap();
-    assert!(sent.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = up.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "tarmac up did not stop within 30 s of SIGTERM\n{}", up.output());
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    // Let the output threads read the last lines.
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(status.success(), "tarmac up exited with {status}\n{}", up.output());
-    assert!(up.lines().iter().any(|l| l.ends_with("| stopped")), "{}", up.output());
+    stop(&mut up);
     let left: Vec<u32> = pids.into_iter().filter(|pid| is_ours_and_alive(*pid)).collect();
     assert!(left.is_empty(), "still running after tarmac up stopped: {left:?}\n{}", up.output());
 }

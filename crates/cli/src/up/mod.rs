@@ -16,6 +16,7 @@ use crate::demo::sidecar::{PortAllocator, locate_proxy_binary};
 use crate::http_client::HttpClient;
 use plan::{ReplicaPlan, Upstream};
 use process::{Proc, describe, note};
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -131,22 +132,8 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
     })?;
     let snapshot: Arc<Snapshot> = store.snapshots().borrow().clone();
     let plans = plan::replicas(&snapshot, &dir);
-    let mut problems = Vec::new();
-    for p in &plans {
-        if p.argv.is_empty() {
-            problems.push(format!("Workload {}/{}: spec.command is empty", p.namespace, p.workload));
-        }
-        if !p.working_dir.is_dir() {
-            problems.push(format!(
-                "Workload {}/{}: spec.workingDir {} is not a directory",
-                p.namespace,
-                p.workload,
-                p.working_dir.display()
-            ));
-        }
-    }
+    let problems = problems(&plans);
     if !problems.is_empty() {
-        problems.dedup();
         return Err(Failure::Config(problems));
     }
     let proxy_binary = locate_proxy_binary().map_err(Failure::Other)?;
@@ -171,83 +158,49 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
     let control = tokio::spawn(discovery.serve(listener, async move {
         let _ = control_stopped.await;
     }));
-
-    let width = plans.iter().map(|p| p.name().len() + " proxy".len()).max().unwrap_or(0).max("tarmac".len());
-    process::set_prefix_width(width);
+    for plan in &plans {
+        process::widen_prefix(plan.name().len() + " proxy".len());
+    }
     note(&format!("control plane: discovery on {control_addr}, configuration from {}", dir.display()));
 
-    // Ports for every replica, held until the sidecars are about to bind them.
     let work_dir = std::env::temp_dir().join(format!("tarmac-up-{}", std::process::id()));
     std::fs::create_dir_all(&work_dir)
         .map_err(|e| Failure::Other(format!("cannot create {}: {e}", work_dir.display())))?;
-    let mut ports = PortAllocator::new(0);
-    let mut replicas = Vec::new();
-    for plan in plans {
-        let app = ports.next().map_err(Failure::Other)?;
-        let inbound = ports.next().map_err(Failure::Other)?;
-        let admin = ports.next().map_err(Failure::Other)?;
-        let mut upstreams = Vec::new();
-        for upstream in plan::upstreams(&snapshot, &plan.namespace) {
-            upstreams.push((upstream, ports.next().map_err(Failure::Other)?));
-        }
-        let file_name = plan.name().replace('/', "_");
-        let sidecar_config = work_dir.join(format!("{file_name}-proxy.yaml"));
-        let yaml = plan::sidecar_yaml(&plan, control_addr, admin, inbound, app, &upstreams);
-        std::fs::write(&sidecar_config, yaml)
-            .map_err(|e| Failure::Other(format!("cannot write {}: {e}", sidecar_config.display())))?;
-        let urls: Vec<String> = upstreams
-            .iter()
-            .flat_map(|(u, listen)| u.env.iter().map(move |var| format!("{var}=http://{listen}")))
-            .collect();
-        note(&format!(
-            "{}: PORT={}, sidecar inbound {inbound}, admin {admin}{}{}",
-            plan.name(),
-            app.port(),
-            if urls.is_empty() { "" } else { ", " },
-            urls.join(", ")
-        ));
-        replicas.push(Arc::new(Replica { plan, app, inbound, admin, upstreams, sidecar_config }));
-    }
-    ports.release();
-    if replicas.is_empty() {
+    let mut mesh = Mesh {
+        proxy_binary,
+        control: control_addr,
+        registry,
+        work_dir: work_dir.clone(),
+        running: BTreeMap::new(),
+        services: plan::services(&snapshot),
+    };
+    if plans.is_empty() {
         note("no Workloads in the configuration: only the control plane runs");
     }
+    mesh.start(plans, &snapshot).map_err(Failure::Other)?;
+    let watcher = tokio::spawn(report_refusals(store.status()));
 
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    let mut tasks = JoinSet::new();
-    for replica in &replicas {
-        tasks.spawn(run_replica(replica.clone(), proxy_binary.clone(), registry.clone(), shutdown.clone()));
-    }
-    let watcher = tokio::spawn(watch_config(store.snapshots(), store.status(), snapshot.clone()));
-
-    tokio::select! {
-        _ = interrupt.recv() => note("interrupted: stopping the apps, then the sidecars, then the control plane"),
-        _ = terminate.recv() => note("terminated: stopping the apps, then the sidecars, then the control plane"),
-    }
-    watcher.abort();
-    let _ = shutdown_tx.send(true);
-    let mut sidecars = Vec::new();
-    while let Some(result) = tasks.join_next().await {
-        match result {
-            Ok(Some(sidecar)) => sidecars.push(sidecar),
-            Ok(None) => {}
-            Err(e) => note(&format!("a replica's supervisor failed: {e}")),
+    let mut snapshots = store.snapshots();
+    snapshots.borrow_and_update();
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => {
+                note("interrupted: stopping the apps, then the sidecars, then the control plane");
+                break;
+            }
+            _ = terminate.recv() => {
+                note("terminated: stopping the apps, then the sidecars, then the control plane");
+                break;
+            }
+            Ok(()) = snapshots.changed() => {
+                let snapshot = snapshots.borrow_and_update().clone();
+                mesh.apply(&snapshot, &dir).await;
+            }
         }
     }
-    let mut stopping = JoinSet::new();
-    for (name, sidecar) in sidecars {
-        stopping.spawn(async move {
-            let pid = sidecar.pid;
-            match sidecar.stop(STOP_GRACE).await {
-                Some(exit) if is_clean(&exit) => {}
-                Some(exit) => note(&format!("{name} proxy (pid {pid}) ended badly: {}", describe(&exit))),
-                None => note(&format!(
-                    "{name} proxy (pid {pid}) did not stop within {STOP_GRACE:?} and was killed"
-                )),
-            }
-        });
-    }
-    while stopping.join_next().await.is_some() {}
+    watcher.abort();
+    let everything = std::mem::take(&mut mesh.running).into_values().collect();
+    stop_replicas(everything).await;
     let _ = stop_control.send(());
     match tokio::time::timeout(STOP_GRACE, control).await {
         Ok(Ok(Ok(()))) => {}
@@ -259,6 +212,167 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
     let _ = std::fs::remove_dir_all(&work_dir);
     note("stopped");
     Ok(())
+}
+
+/// What makes replicas impossible to start, beyond what the model validates.
+fn problems(plans: &[ReplicaPlan]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for p in plans {
+        if p.argv.is_empty() {
+            problems.push(format!("Workload {}/{}: spec.command is empty", p.namespace, p.workload));
+        }
+        if !p.working_dir.is_dir() {
+            problems.push(format!(
+                "Workload {}/{}: spec.workingDir {} is not a directory",
+                p.namespace,
+                p.workload,
+                p.working_dir.display()
+            ));
+        }
+    }
+    problems.dedup();
+    problems
+}
+
+/// A replica being run by its task.
+struct Running {
+    replica: Arc<Replica>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Option<(String, Proc)>>,
+}
+
+/// The replicas `tarmac up` runs, kept in line with the Workloads of the configuration.
+struct Mesh {
+    proxy_binary: PathBuf,
+    control: SocketAddr,
+    registry: Registry,
+    work_dir: PathBuf,
+    running: BTreeMap<String, Running>,
+    /// The Services (and ports) of the last configuration, to notice changes.
+    services: BTreeMap<String, Vec<u16>>,
+}
+
+impl Mesh {
+    /// Chooses ports for `plans`, writes their sidecars' configurations and starts them.
+    fn start(&mut self, plans: Vec<ReplicaPlan>, snapshot: &Snapshot) -> Result<(), String> {
+        // Ports are held until the sidecars are about to bind them.
+        let mut ports = PortAllocator::new(0);
+        let mut replicas = Vec::new();
+        for plan in plans {
+            process::widen_prefix(plan.name().len() + " proxy".len());
+            let app = ports.next()?;
+            let inbound = ports.next()?;
+            let admin = ports.next()?;
+            let mut upstreams = Vec::new();
+            for upstream in plan::upstreams(snapshot, &plan.namespace) {
+                upstreams.push((upstream, ports.next()?));
+            }
+            let file_name = plan.name().replace('/', "_");
+            let sidecar_config = self.work_dir.join(format!("{file_name}-proxy.yaml"));
+            let yaml = plan::sidecar_yaml(&plan, self.control, admin, inbound, app, &upstreams);
+            std::fs::write(&sidecar_config, yaml)
+                .map_err(|e| format!("cannot write {}: {e}", sidecar_config.display()))?;
+            let urls: Vec<String> = upstreams
+                .iter()
+                .flat_map(|(u, listen)| u.env.iter().map(move |var| format!("{var}=http://{listen}")))
+                .collect();
+            note(&format!(
+                "{}: PORT={}, sidecar inbound {inbound}, admin {admin}{}{}",
+                plan.name(),
+                app.port(),
+                if urls.is_empty() { "" } else { ", " },
+                urls.join(", ")
+            ));
+            replicas.push(Arc::new(Replica { plan, app, inbound, admin, upstreams, sidecar_config }));
+        }
+        ports.release();
+        for replica in replicas {
+            let (stop, stopped) = watch::channel(false);
+            let task = tokio::spawn(run_replica(
+                replica.clone(),
+                self.proxy_binary.clone(),
+                self.registry.clone(),
+                stopped,
+            ));
+            self.running.insert(replica.plan.name(), Running { replica, stop, task });
+        }
+        Ok(())
+    }
+
+    /// Follows an accepted configuration: stops the replicas of removed or changed
+    /// Workloads and starts those of added or changed ones.
+    async fn apply(&mut self, snapshot: &Snapshot, dir: &std::path::Path) {
+        note(&format!(
+            "configuration generation {} accepted; the sidecars follow it through discovery",
+            snapshot.generation
+        ));
+        let mut wanted: BTreeMap<String, ReplicaPlan> =
+            plan::replicas(snapshot, dir).into_iter().map(|p| (p.name(), p)).collect();
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(name, running)| wanted.get(*name) != Some(&running.replica.plan))
+            .map(|(name, _)| name.clone())
+            .collect();
+        wanted.retain(|name, plan| self.running.get(name).is_none_or(|r| r.replica.plan != *plan));
+        if !stale.is_empty() {
+            note(&format!("stopping {} (removed or changed in the configuration)", stale.join(", ")));
+            let entries = stale.iter().filter_map(|name| self.running.remove(name)).collect();
+            stop_replicas(entries).await;
+        }
+        let services = plan::services(snapshot);
+        if services != self.services && !self.running.is_empty() {
+            note(
+                "Services were added or removed or their ports changed: replicas already running keep the \
+                 *_URL variables and sidecar listeners they started with; restart `tarmac up` to update them",
+            );
+        }
+        self.services = services;
+        let plans: Vec<ReplicaPlan> = wanted.into_values().collect();
+        let problems = problems(&plans);
+        if !problems.is_empty() {
+            for p in problems {
+                note(&format!("cannot start: {p}"));
+            }
+            return;
+        }
+        if !plans.is_empty() {
+            let names: Vec<String> = plans.iter().map(ReplicaPlan::name).collect();
+            note(&format!("starting {}", names.join(", ")));
+            if let Err(e) = self.start(plans, snapshot) {
+                note(&format!("cannot start them: {e}"));
+            }
+        }
+    }
+}
+
+/// Stops replicas: all their apps first, then all their sidecars.
+async fn stop_replicas(entries: Vec<Running>) {
+    for entry in &entries {
+        let _ = entry.stop.send(true);
+    }
+    let mut sidecars = Vec::new();
+    for entry in entries {
+        match entry.task.await {
+            Ok(Some(sidecar)) => sidecars.push(sidecar),
+            Ok(None) => {}
+            Err(e) => note(&format!("the supervisor of {} failed: {e}", entry.replica.plan.name())),
+        }
+    }
+    let mut stopping = JoinSet::new();
+    for (name, sidecar) in sidecars {
+        stopping.spawn(async move {
+            let pid = sidecar.pid;
+            match sidecar.stop(STOP_GRACE).await {
+                Some(exit) if is_clean(&exit) => note(&format!("{name} proxy (pid {pid}) stopped")),
+                Some(exit) => note(&format!("{name} proxy (pid {pid}) ended badly: {}", describe(&exit))),
+                None => note(&format!(
+                    "{name} proxy (pid {pid}) did not stop within {STOP_GRACE:?} and was killed"
+                )),
+            }
+        });
+    }
+    while stopping.join_next().await.is_some() {}
 }
 
 fn is_clean(exit: &process::Exit) -> bool {
@@ -372,7 +486,7 @@ async fn run_replica(
             Ended::Shutdown => {
                 let pid = app.pid;
                 match app.stop(STOP_GRACE).await {
-                    Some(exit) if is_clean(&exit) => {}
+                    Some(exit) if is_clean(&exit) => note(&format!("{name} (pid {pid}) stopped")),
                     Some(exit) => note(&format!("{name} (pid {pid}) ended badly: {}", describe(&exit))),
                     None => {
                         note(&format!("{name} (pid {pid}) did not stop within {STOP_GRACE:?} and was killed"))
@@ -470,62 +584,18 @@ async fn wait_listening(app: &Proc, addr: SocketAddr, shutdown: &mut watch::Rece
     }
 }
 
-/// Reports configuration changes: refused ones with their errors; accepted ones, which
-/// discovery already pushes to the sidecars, with what needs a restart of `tarmac up`.
-async fn watch_config(
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    mut status: watch::Receiver<Arc<Status>>,
-    initial: Arc<Snapshot>,
-) {
-    let running_workloads = plan::workloads(&initial);
-    let running_services = plan::services(&initial);
+/// Reports refused configuration changes (the last good configuration stays in force).
+async fn report_refusals(mut status: watch::Receiver<Arc<Status>>) {
     let mut last_rejected = Vec::new();
-    loop {
-        tokio::select! {
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let snapshot = snapshots.borrow_and_update().clone();
-                note(&format!(
-                    "configuration generation {} accepted; the sidecars follow it through discovery",
-                    snapshot.generation
-                ));
-                let workloads = plan::workloads(&snapshot);
-                let changed: Vec<String> = workloads
-                    .keys()
-                    .chain(running_workloads.keys())
-                    .filter(|key| workloads.get(*key) != running_workloads.get(*key))
-                    .cloned()
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
-                if !changed.is_empty() {
-                    note(&format!(
-                        "Workloads added, removed or changed ({}): restart `tarmac up` to run them as configured",
-                        changed.join(", ")
-                    ));
-                }
-                if plan::services(&snapshot) != running_services {
-                    note(
-                        "Services were added or removed or their ports changed: the apps' *_URL variables and their \
-                         sidecars' listeners were set at start; restart `tarmac up` to update them",
-                    );
-                }
-            }
-            changed = status.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let rejected: Vec<String> = status.borrow_and_update().rejected.iter().map(ToString::to_string).collect();
-                if !rejected.is_empty() && rejected != last_rejected {
-                    note("configuration change refused; the last good one stays in force:");
-                    for e in &rejected {
-                        note(&format!("  {e}"));
-                    }
-                }
-                last_rejected = rejected;
+    while status.changed().await.is_ok() {
+        let rejected: Vec<String> =
+            status.borrow_and_update().rejected.iter().map(ToString::to_string).collect();
+        if !rejected.is_empty() && rejected != last_rejected {
+            note("configuration change refused; the last good one stays in force:");
+            for e in &rejected {
+                note(&format!("  {e}"));
             }
         }
+        last_rejected = rejected;
     }
 }

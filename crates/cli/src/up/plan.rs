@@ -63,11 +63,6 @@ pub fn replicas(snapshot: &Snapshot, dir: &Path) -> Vec<ReplicaPlan> {
     out
 }
 
-/// The Workloads of a snapshot, for noticing that they changed.
-pub fn workloads(snapshot: &Snapshot) -> BTreeMap<String, Resource> {
-    snapshot.iter_kind("Workload").map(|r| (r.key().to_string(), r.clone())).collect()
-}
-
 /// The Services of a snapshot with their ports, for noticing that they changed.
 pub fn services(snapshot: &Snapshot) -> BTreeMap<String, Vec<u16>> {
     snapshot

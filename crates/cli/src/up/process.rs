@@ -15,8 +15,9 @@ use tokio::sync::{mpsc, watch};
 /// Width the prefixes are padded to, so that the `|` line up.
 static PREFIX_WIDTH: AtomicUsize = AtomicUsize::new(6);
 
-pub fn set_prefix_width(width: usize) {
-    PREFIX_WIDTH.store(width, Ordering::Relaxed);
+/// Makes room for a prefix of `width` characters (never narrows).
+pub fn widen_prefix(width: usize) {
+    PREFIX_WIDTH.fetch_max(width, Ordering::Relaxed);
 }
 
 /// Prints one line of output on stdout as `prefix | line`. Each line is written whole.
