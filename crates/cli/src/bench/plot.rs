@@ -127,7 +127,11 @@ fn chart(svg: &mut String, curves: &[&RouteSummary], load: &str, top: f64) {
             .curve
             .iter()
             .map(|p| {
-                let px = if p.percentile >= 100.0 { MARGIN_LEFT + resolved / MAX_NINES * plot_width } else { x(p.percentile) };
+                let px = if p.percentile >= 100.0 {
+                    MARGIN_LEFT + resolved / MAX_NINES * plot_width
+                } else {
+                    x(p.percentile)
+                };
                 format!("{px:.1},{:.1}", y(p.latency_us))
             })
             .collect();
