@@ -186,6 +186,12 @@ fn up_starts_and_stops_replicas_as_the_directory_changes() {
     up.wait_for("names-2 stopped", Duration::from_secs(30), |lines| {
         lines.iter().any(|l| l.contains(&stopped)).then_some(())
     });
+    // Once their sidecars are gone, only names-0 can answer.
+    for sidecar in ["| names-1 proxy (pid ", "| names-2 proxy (pid "] {
+        up.wait_for("the sidecars of names-1 and names-2 stopped", Duration::from_secs(30), |lines| {
+            lines.iter().any(|l| l.contains(sidecar) && l.ends_with(") stopped")).then_some(())
+        });
+    }
     assert!(!is_ours_and_alive(names2));
     let body = greeting(&up, greeter);
     assert!(body.contains("names from names-0"), "only names-0 is left: {body}");
@@ -212,7 +218,11 @@ fn up_runs_the_hello_mesh_restarts_a_crashed_app_and_stops_cleanly() {
     let body = greeting(&up, greeter);
     assert!(body.contains("greeted by greeter-0"), "{body}");
 
-    // Kill one app: it is reported and restarted, and the mesh answers again.
+    // Kill one app (once it is ready: the greeting may have come from names-1): it is
+    // reported and restarted, and the mesh answers again.
+    up.wait_for("names-0 ready", Duration::from_secs(30), |lines| {
+        lines.iter().any(|l| l.contains("| names-0 ready: ")).then_some(())
+    });
     let names0 = *started_pids(&up.lines(), "names-0").last().expect("names-0 started");
     let killed = Command::new("kill").args(["-KILL", &names0.to_string()]).status().unwrap();
     assert!(killed.success());
@@ -224,8 +234,10 @@ fn up_runs_the_hello_mesh_restarts_a_crashed_app_and_stops_cleanly() {
         started_pids(lines, "names-0").into_iter().find(|pid| *pid != names0)
     });
     assert!(is_ours_and_alive(restarted), "names-0 restarted as pid {restarted}\n{}", up.output());
+    let started_again = format!("| names-0 started: pid {restarted}");
     up.wait_for("names-0 ready again", Duration::from_secs(30), |lines| {
-        (lines.iter().filter(|l| l.contains("| names-0 ready: ")).count() >= 2).then_some(())
+        let since = lines.iter().position(|l| l.contains(&started_again))?;
+        lines[since..].iter().any(|l| l.contains("| names-0 ready: ")).then_some(())
     });
     greeting(&up, greeter);
 
