@@ -36,7 +36,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Diagnostics go to stderr and are quiet by default: stdout is the user's tables.
-    let filter = std::env::var(ENV_LOG).unwrap_or_else(|_| "warn".to_string());
+    // `up` reports refused configuration changes itself, once, on stdout; the store logs
+    // each refused read.
+    let default_filter = match cli.command {
+        Command::Up(_) => "warn,tarmac_control::store=error",
+        _ => "warn",
+    };
+    let filter = std::env::var(ENV_LOG).unwrap_or_else(|_| default_filter.to_string());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
