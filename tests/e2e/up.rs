@@ -241,9 +241,23 @@ fn up_runs_the_hello_mesh_restarts_a_crashed_app_and_stops_cleanly() {
     });
     greeting(&up, greeter);
 
+    // Kill a sidecar: its replica is restarted whole, on the same ports.
+    let proxy = *started_pids(&up.lines(), "greeter-0 proxy").last().expect("greeter-0's sidecar started");
+    let killed = Command::new("kill").args(["-KILL", &proxy.to_string()]).status().unwrap();
+    assert!(killed.success());
+    let exited = format!("| greeter-0 proxy (pid {proxy}) exited unexpectedly");
+    up.wait_for("report of the sidecar's exit", Duration::from_secs(30), |lines| {
+        lines.iter().any(|l| l.contains(&exited)).then_some(())
+    });
+    let restarted = up.wait_for("greeter-0's sidecar restarted", Duration::from_secs(30), |lines| {
+        started_pids(lines, "greeter-0 proxy").into_iter().find(|pid| *pid != proxy)
+    });
+    assert!(is_ours_and_alive(restarted));
+    greeting(&up, greeter);
+
     // SIGTERM stops everything; nothing is left behind.
     let pids = all_pids(&up.lines());
-    assert!(pids.len() >= 7, "3 apps and 3 sidecars, plus the restart: {pids:?}\n{}", up.output());
+    assert!(pids.len() >= 9, "3 apps and 3 sidecars, plus the restarts: {pids:?}\n{}", up.output());
     stop(&mut up);
     let left: Vec<u32> = pids.into_iter().filter(|pid| is_ours_and_alive(*pid)).collect();
     assert!(left.is_empty(), "still running after tarmac up stopped: {left:?}\n{}", up.output());
