@@ -24,7 +24,9 @@ pub struct WorkloadSpec {
     pub args: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-    /// The port the app listens on (told to it as `PORT`).
+    /// The port the app serves on, as a container port. In local mode `tarmac up` gives
+    /// every replica a free port of its own in `PORT` instead, so that replicas on one
+    /// machine do not collide.
     pub port: u16,
     /// The identity the workload's certificate will carry.
     #[serde(default = "default_service_account")]

@@ -69,7 +69,9 @@ impl FilesStore {
 
         let (events_tx, events) = mpsc::unbounded_channel();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            // Reading the files (ours included) raises access events; only changes count,
+            // or every reload would trigger the next one.
+            if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
                 let _ = events_tx.send(());
             }
         })
@@ -273,6 +275,12 @@ mod tests {
         std::fs::remove_file(dir.join("broken.yaml")).unwrap();
         let st = wait(&mut status, |s| s.rejected.is_empty()).await;
         assert_eq!(st.generation, 2, "removing the broken file restores the same objects: no new generation");
+
+        // And then the store is quiet: its own reads of the directory are not changes.
+        tokio::time::sleep(DEBOUNCE * 2).await;
+        status.borrow_and_update();
+        tokio::time::sleep(DEBOUNCE * 5).await;
+        assert!(!status.has_changed().unwrap(), "the store keeps reloading with nothing changed");
     }
 
     async fn wait<T: Clone>(rx: &mut watch::Receiver<Arc<T>>, ok: impl Fn(&T) -> bool) -> Arc<T> {
