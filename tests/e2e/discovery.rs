@@ -41,6 +41,34 @@ async fn control_plane(
     (addr, task)
 }
 
+/// The control plane's inputs: a watched directory holding the Service `books`, and an
+/// empty registry of instances.
+fn books_config(tag: &str) -> (std::path::PathBuf, FilesStore, Registry) {
+    let dir = temp_dir(tag);
+    std::fs::write(dir.join("books.yaml"), BOOKS).unwrap();
+    let store = FilesStore::open(&dir).unwrap();
+    (dir, store, Registry::default())
+}
+
+/// An echo app called `name` behind its own inbound proxy: one replica of `books`.
+async fn replica(name: &str) -> (EchoServer, tarmac_proxy::Running) {
+    let app = EchoServer::start(name).await;
+    let proxy =
+        start(&format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {}\n", app.addr)).await;
+    (app, proxy)
+}
+
+/// A client proxy following `books` through the control plane at `control`; returns it and
+/// its listener for `books`.
+async fn follower(control: SocketAddr) -> (tarmac_proxy::Running, SocketAddr) {
+    let client = start(&format!(
+        "admin: 127.0.0.1:0\ncontrol: {{addr: \"{control}\", workload: web}}\noutbound:\n  services:\n  - name: books\n    listen: 127.0.0.1:0\n    discover: {{port: 80}}\n"
+    ))
+    .await;
+    let books = client.addrs.service("books").unwrap();
+    (client, books)
+}
+
 /// Sends requests until `ok` holds for one answer's server name, up to 10 s.
 async fn eventually_served_by(addr: SocketAddr, want: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -56,25 +84,11 @@ async fn eventually_served_by(addr: SocketAddr, want: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_follow_the_registry_and_survive_the_control_plane_going_away() {
-    let dir = temp_dir("discovery");
-    std::fs::write(dir.join("books.yaml"), BOOKS).unwrap();
-    let store = FilesStore::open(&dir).unwrap();
-    let registry = Registry::default();
-
-    // Two replicas, each an app behind its own inbound proxy.
-    let (app_a, app_b) = (EchoServer::start("books-a").await, EchoServer::start("books-b").await);
-    let inbound =
-        |app: SocketAddr| format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {app}\n");
-    let proxy_a = start(&inbound(app_a.addr)).await;
-    let proxy_b = start(&inbound(app_b.addr)).await;
+    let (dir, store, registry) = books_config("discovery");
+    let ((_app_a, proxy_a), (_app_b, proxy_b)) = (replica("books-a").await, replica("books-b").await);
     registry.set(vec![instance(0, proxy_a.addrs.inbound.unwrap())]);
-
     let (control_addr, control) = control_plane(&store, &registry, "127.0.0.1:0".parse().unwrap()).await;
-    let client = start(&format!(
-        "admin: 127.0.0.1:0\ncontrol: {{addr: \"{control_addr}\", workload: web}}\noutbound:\n  services:\n  - name: books\n    listen: 127.0.0.1:0\n    discover: {{port: 80}}\n"
-    ))
-    .await;
-    let books = client.addrs.service("books").unwrap();
+    let (_client, books) = follower(control_addr).await;
     eventually_served_by(books, "books-a").await;
 
     // A new replica appears and the old one goes: traffic moves, pushed, not polled.
@@ -109,22 +123,12 @@ async fn endpoints_follow_the_registry_and_survive_the_control_plane_going_away(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_endpoint_changes_under_load_fail_no_request() {
-    let dir = temp_dir("discovery-churn");
-    std::fs::write(dir.join("books.yaml"), BOOKS).unwrap();
-    let store = FilesStore::open(&dir).unwrap();
-    let registry = Registry::default();
-    let (app_a, app_b) = (EchoServer::start("books-a").await, EchoServer::start("books-b").await);
-    let inbound =
-        |app: SocketAddr| format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {app}\n");
-    let (proxy_a, proxy_b) = (start(&inbound(app_a.addr)).await, start(&inbound(app_b.addr)).await);
+    let (_dir, store, registry) = books_config("discovery-churn");
+    let ((app_a, proxy_a), (app_b, proxy_b)) = (replica("books-a").await, replica("books-b").await);
     let (a, b) = (instance(0, proxy_a.addrs.inbound.unwrap()), instance(1, proxy_b.addrs.inbound.unwrap()));
     registry.set(vec![a.clone(), b.clone()]);
     let (control_addr, _control) = control_plane(&store, &registry, "127.0.0.1:0".parse().unwrap()).await;
-    let client = start(&format!(
-        "admin: 127.0.0.1:0\ncontrol: {{addr: \"{control_addr}\", workload: web}}\noutbound:\n  services:\n  - name: books\n    listen: 127.0.0.1:0\n    discover: {{port: 80}}\n"
-    ))
-    .await;
-    let books = client.addrs.service("books").unwrap();
+    let (_client, books) = follower(control_addr).await;
     eventually_served_by(books, "books-a").await;
 
     // About 500 requests per second from 4 callers (each paced at 8 ms), for as long as
@@ -214,20 +218,11 @@ async fn keep_alive_caller(
 /// the control plane gone for a minute, then back: not one request fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_without_the_control_plane_at_500_rps_fails_no_request() {
-    let dir = temp_dir("discovery-static");
-    std::fs::write(dir.join("books.yaml"), BOOKS).unwrap();
-    let store = FilesStore::open(&dir).unwrap();
-    let registry = Registry::default();
-    let app = EchoServer::start("books-a").await;
-    let server =
-        start(&format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {}\n", app.addr)).await;
+    let (_dir, store, registry) = books_config("discovery-static");
+    let (_app, server) = replica("books-a").await;
     registry.set(vec![instance(0, server.addrs.inbound.unwrap())]);
     let (control_addr, control) = control_plane(&store, &registry, "127.0.0.1:0".parse().unwrap()).await;
-    let client = start(&format!(
-        "admin: 127.0.0.1:0\ncontrol: {{addr: \"{control_addr}\", workload: web}}\noutbound:\n  services:\n  - name: books\n    listen: 127.0.0.1:0\n    discover: {{port: 80}}\n"
-    ))
-    .await;
-    let books = client.addrs.service("books").unwrap();
+    let (_client, books) = follower(control_addr).await;
     eventually_served_by(books, "books-a").await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -247,9 +242,7 @@ async fn a_minute_without_the_control_plane_at_500_rps_fails_no_request() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     let (_, _control) = control_plane(&store, &registry, control_addr).await;
     // Back: a change made now reaches the proxy, so it has resubscribed.
-    let app_b = EchoServer::start("books-b").await;
-    let server_b =
-        start(&format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {}\n", app_b.addr)).await;
+    let (app_b, server_b) = replica("books-b").await;
     registry.set(vec![instance(1, server_b.addrs.inbound.unwrap())]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while app_b.requests() == 0 {
