@@ -11,6 +11,7 @@ mod duration;
 mod http_client;
 mod prometheus;
 mod up;
+mod workdir;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

@@ -27,12 +27,13 @@ mod topology;
 pub mod upstream;
 
 use crate::duration;
+use crate::workdir::WorkDir;
 use experiment::{LoadSpec, Measured, PhaseRecord, Scheduling, Settings};
 use processes::{Managed, Readiness};
 use report::{BarCheck, RouteSummary};
 use serde::Serialize;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use tarmac_loadgen::{Load, Protocol, Target};
 use topology::{Binaries, Route, Running};
@@ -168,7 +169,7 @@ async fn target(args: BenchArgs) -> Result<(), String> {
     let rounds = args.rounds as usize;
     let total = args.duration.unwrap_or(Duration::from_secs(30));
     let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy: None };
-    let workdir = WorkDir::create()?;
+    let workdir = WorkDir::create("bench")?;
     let mut routes = vec![
         topology::start(Route::Direct, target.addr, &binaries, None, workdir.path()).await?,
         topology::start(Route::TarmacTwoHops, target.addr, &binaries, None, workdir.path()).await?,
@@ -261,7 +262,7 @@ async fn target(args: BenchArgs) -> Result<(), String> {
 async fn suite(args: BenchArgs) -> Result<(), String> {
     let rounds = args.rounds as usize;
     let phase_duration = args.duration.unwrap_or(Duration::from_secs(5));
-    let workdir = WorkDir::create()?;
+    let workdir = WorkDir::create("bench")?;
     let (envoy, envoy_missing) = match envoy::locate() {
         Ok(path) => (Some(path), None),
         Err(message) => {
@@ -558,33 +559,4 @@ fn cores() -> usize {
 
 fn unix_time() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// A fresh directory for generated configurations and logs, removed at the end.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn create() -> Result<Self, String> {
-        let base = std::env::temp_dir();
-        for _ in 0..10 {
-            let path =
-                base.join(format!("tarmac-bench-{}-{:06x}", std::process::id(), fastrand::u32(..0xff_ffff)));
-            match std::fs::create_dir(&path) {
-                Ok(()) => return Ok(Self(path)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(format!("cannot create a directory in {}: {e}", base.display())),
-            }
-        }
-        Err(format!("cannot create a fresh directory in {}", base.display()))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

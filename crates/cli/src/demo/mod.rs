@@ -16,12 +16,13 @@ pub(crate) mod sidecar;
 use crate::duration;
 use crate::http_client::HttpClient;
 use crate::prometheus::Scrape;
+use crate::workdir::WorkDir;
 use apps::{RunningService, TrafficTotals};
 use metrics::Reading;
 use report::Row;
 use sidecar::{Inbound, Outbound, PortAllocator, Sidecar, SidecarConfig, Stopped};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -71,7 +72,7 @@ pub async fn run(args: DemoArgs) -> Result<(), String> {
     // Installed first, so that Ctrl-C at any moment stops the demo cleanly instead of
     // killing it with sidecars left running.
     let mut stop_signals = StopSignals::install()?;
-    let workdir = WorkDir::create()?;
+    let workdir = WorkDir::create("demo")?;
     let mut mesh = Mesh::default();
     let (exits_tx, mut exits) = mpsc::unbounded_channel();
 
@@ -432,39 +433,6 @@ impl StopSignals {
         tokio::select! {
             _ = self.interrupt.recv() => "Ctrl-C",
             _ = self.terminate.recv() => "SIGTERM",
-        }
-    }
-}
-
-/// A private directory for the sidecars' configs and logs, removed when dropped.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn create() -> Result<Self, String> {
-        let base = std::env::temp_dir();
-        // A random suffix, since another demo, or a stale directory from one that was
-        // killed, may hold the obvious name.
-        for _ in 0..10 {
-            let path =
-                base.join(format!("tarmac-demo-{}-{:06x}", std::process::id(), fastrand::u32(..0xff_ffff)));
-            match std::fs::create_dir(&path) {
-                Ok(()) => return Ok(Self(path)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(format!("cannot create a directory in {}: {e}", base.display())),
-            }
-        }
-        Err(format!("cannot create a fresh directory in {}", base.display()))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            eprintln!("tarmac demo: cannot remove {}: {e}", self.0.display());
         }
     }
 }

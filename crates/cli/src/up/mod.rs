@@ -14,6 +14,7 @@ mod process;
 
 use crate::demo::sidecar::{PortAllocator, locate_proxy_binary};
 use crate::http_client::HttpClient;
+use crate::workdir::WorkDir;
 use plan::{ReplicaPlan, Upstream};
 use process::{Proc, describe, note};
 use std::collections::BTreeMap;
@@ -163,14 +164,12 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
     }
     note(&format!("control plane: discovery on {control_addr}, configuration from {}", dir.display()));
 
-    let work_dir = std::env::temp_dir().join(format!("tarmac-up-{}", std::process::id()));
-    std::fs::create_dir_all(&work_dir)
-        .map_err(|e| Failure::Other(format!("cannot create {}: {e}", work_dir.display())))?;
+    let work_dir = WorkDir::create("up").map_err(Failure::Other)?;
     let mut mesh = Mesh {
         proxy_binary,
         control: control_addr,
         registry,
-        work_dir: work_dir.clone(),
+        work_dir: work_dir.path().to_path_buf(),
         running: BTreeMap::new(),
         services: plan::services(&snapshot),
     };
@@ -209,7 +208,7 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
         Err(_) => note("the control plane did not stop in time"),
     }
     drop(store);
-    let _ = std::fs::remove_dir_all(&work_dir);
+    drop(work_dir);
     note("stopped");
     Ok(())
 }

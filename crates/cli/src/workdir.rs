@@ -1,0 +1,37 @@
+//! A private temporary directory for generated sidecar configurations and logs.
+
+use std::path::{Path, PathBuf};
+
+/// Created fresh under the system temp dir, removed (with everything in it) when dropped.
+pub struct WorkDir(PathBuf);
+
+impl WorkDir {
+    /// `tag` names the command (`demo`, `bench`, `up`) in the directory's name.
+    pub fn create(tag: &str) -> Result<Self, String> {
+        let base = std::env::temp_dir();
+        // A random suffix, since another run, or a stale directory from one that was
+        // killed, may hold the obvious name.
+        for _ in 0..10 {
+            let path =
+                base.join(format!("tarmac-{tag}-{}-{:06x}", std::process::id(), fastrand::u32(..0xff_ffff)));
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(Self(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(format!("cannot create a directory in {}: {e}", base.display())),
+            }
+        }
+        Err(format!("cannot create a fresh directory in {}", base.display()))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("tarmac: cannot remove {}: {e}", self.0.display());
+        }
+    }
+}
