@@ -12,3 +12,9 @@ pub mod discovery {
     #![allow(clippy::all, missing_docs, rust_2018_idioms)]
     include!("gen/tarmac.discovery.v1.rs");
 }
+
+/// `tarmac.identity.v1`: workload certificates from the control plane's CA.
+pub mod identity {
+    #![allow(clippy::all, missing_docs, rust_2018_idioms)]
+    include!("gen/tarmac.identity.v1.rs");
+}

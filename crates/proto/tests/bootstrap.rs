@@ -10,7 +10,10 @@ fn generated_code_is_up_to_date() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let out = std::env::temp_dir().join(format!("tarmac-proto-gen-{}", std::process::id()));
     std::fs::create_dir_all(&out).unwrap();
-    let protos = [root.join("proto/tarmac/discovery/v1/discovery.proto")];
+    let protos = [
+        root.join("proto/tarmac/discovery/v1/discovery.proto"),
+        root.join("proto/tarmac/identity/v1/identity.proto"),
+    ];
     let descriptors = protox::compile(&protos, [root.join("proto")]).expect("the .proto files compile");
     tonic_prost_build::configure()
         .build_client(true)
