@@ -36,7 +36,7 @@ async fn control_plane(
     let addr = listener.local_addr().unwrap();
     let service = DiscoveryService::new(store.snapshots(), registry.clone());
     let task = tokio::spawn(async move {
-        service.serve(listener, std::future::pending()).await.unwrap();
+        tarmac_control::grpc::serve(listener, service, None, std::future::pending()).await.unwrap();
     });
     (addr, task)
 }

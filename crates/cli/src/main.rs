@@ -9,6 +9,7 @@ mod bench;
 mod demo;
 mod duration;
 mod http_client;
+mod identity;
 mod prometheus;
 mod up;
 mod workdir;
@@ -32,6 +33,7 @@ enum Command {
     Demo(demo::DemoArgs),
     Bench(bench::BenchArgs),
     Up(up::UpArgs),
+    Identity(identity::IdentityArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
         Command::Up(args) => return runtime.block_on(up::run(args)),
         Command::Demo(args) => runtime.block_on(demo::run(args)),
         Command::Bench(args) => bench::main(args, &runtime),
+        Command::Identity(args) => identity::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,10 +7,15 @@
 //!   and watches a directory (the local mode); a Kubernetes backend comes later.
 //! - [`registry`]: the running workload instances and where their proxies listen.
 //! - [`discovery`]: what each proxy needs, computed from both, streamed over gRPC.
+//! - [`identity`]: the CA's gRPC face: workload certificates by CSR, proven by a
+//!   bootstrap token or the certificate being renewed.
+//! - [`grpc`]: the one gRPC server that carries both to the proxies.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod discovery;
+pub mod grpc;
+pub mod identity;
 pub mod registry;
 pub mod store;

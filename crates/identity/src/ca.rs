@@ -94,8 +94,18 @@ impl Ca {
             (false, false, false) => {
                 let (root_pem, root_key) = generate_root(trust_domain)?;
                 let ca = Self::from_root(&root_pem, &root_key.serialize_pem(), trust_domain)?;
-                ca.save(dir, Some(&root_key.serialize_pem()))?;
-                Ok((ca, true))
+                // Written aside and renamed into place whole: two `tarmac up` starting at
+                // once must not mix one's anchors with the other's issuer.
+                let staging = dir.with_extension(format!("new-{}", std::process::id()));
+                ca.save(&staging, Some(&root_key.serialize_pem()))?;
+                match fs::rename(&staging, dir) {
+                    Ok(()) => Ok((ca, true)),
+                    Err(_) if dir.join(ISSUER_KEY_FILE).exists() => {
+                        let _ = fs::remove_dir_all(&staging);
+                        Self::load_or_generate(dir, trust_domain)
+                    }
+                    Err(source) => Err(CaError::Io { path: dir.to_path_buf(), source }),
+                }
             }
             (a, c, k) => {
                 let name = |p: bool, n: &'static str| if p { Some(n) } else { None };
@@ -170,6 +180,15 @@ impl Ca {
 
     pub fn anchors_pem(&self) -> &str {
         &self.anchors_pem
+    }
+
+    pub fn issuer_pem(&self) -> &str {
+        &self.issuer_pem
+    }
+
+    /// The issuer's certificate, then any intermediates up to the anchors.
+    pub fn issuer_chain_der(&self) -> &[Vec<u8>] {
+        &self.issuer_chain_der
     }
 
     pub fn issuer_info(&self) -> &CertInfo {

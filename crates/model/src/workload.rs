@@ -36,6 +36,28 @@ pub struct WorkloadSpec {
     /// Working directory, relative to the configuration directory.
     #[serde(default)]
     pub working_dir: Option<String>,
+    /// Overrides the mesh-wide handling of plaintext to this workload.
+    #[serde(default)]
+    pub mtls: Option<MtlsMode>,
+}
+
+/// Whether a workload accepts plaintext from clients outside the mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Mesh traffic is mTLS; plaintext from non-mesh clients is accepted and labelled.
+    Permissive,
+    /// Only mTLS from proxies of the mesh.
+    Strict,
+}
+
+impl MtlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Permissive => "permissive",
+            MtlsMode::Strict => "strict",
+        }
+    }
 }
 
 fn default_service_account() -> String {

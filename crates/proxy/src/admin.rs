@@ -1,4 +1,7 @@
-//! The admin listener: `/metrics`, `/ready`, `/live`, `/config`, `/tap`.
+//! The admin listener: `/metrics`, `/ready`, `/live`, `/config`, `/identity`, `/tap`.
+//!
+//! `/identity` shows the workload certificate in use as JSON (identity, serial, validity),
+//! or 404 when the proxy has no identity.
 //!
 //! `/tap` streams one JSON line per completed request (`?target=NAME` and
 //! `?direction=inbound|outbound` filter, `?limit=N` ends the stream after N events, default
@@ -8,8 +11,9 @@
 //! drains (so `/ready` can report 503 to whoever is routing to this workload), and is
 //! never subject to the connection cap.
 
+use crate::identity::store::CertStore;
 use crate::metrics::Metrics;
-use crate::tap::Tap;
+use crate::tap::{Tap, json_string};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body::Frame;
@@ -33,6 +37,7 @@ pub struct Admin {
     pub ready: AtomicBool,
     pub config_yaml: String,
     pub tap: Arc<Tap>,
+    pub certs: Option<Arc<CertStore>>,
 }
 
 type AdminBody = BoxBody<Bytes, Infallible>;
@@ -84,9 +89,32 @@ impl Admin {
                 rsp
             }
             "/tap" => self.tap_stream(req.uri().query().unwrap_or("")),
+            "/identity" => match self.certs.as_ref().and_then(|c| c.current()) {
+                Some(current) => {
+                    let secs = |t: std::time::SystemTime| {
+                        t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+                    };
+                    let json = format!(
+                        "{{\"identity\":{},\"serial\":{},\"issuer\":{},\"not_before\":{},\"not_after\":{}}}\n",
+                        json_string(&current.identity),
+                        json_string(&current.info.serial),
+                        json_string(&current.info.issuer),
+                        secs(current.info.not_before),
+                        secs(current.info.not_after),
+                    );
+                    let mut rsp = text(StatusCode::OK, json);
+                    rsp.headers_mut()
+                        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+                    rsp
+                }
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "this proxy has no identity (no `identity` in its configuration)\n".into(),
+                ),
+            },
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /ready, /live, /config or /tap\n".into(),
+                "not found: try /metrics, /ready, /live, /config, /identity or /tap\n".into(),
             ),
         }
     }

@@ -1,12 +1,16 @@
 //! Wiring: binds every listener, starts the accept loops, and drains on shutdown.
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, IdentityConfig};
 use crate::conn::Shared;
 use crate::discovery::ControlClient;
+use crate::identity::MeshTls;
+use crate::identity::certify::Certifier;
+use crate::identity::store::CertStore;
 use crate::inbound::Inbound;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
+use rustls::pki_types::pem::PemObject;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,6 +24,15 @@ pub struct BindError {
     pub field: String,
     pub addr: SocketAddr,
     pub source: std::io::Error,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("identity: {0}")]
+    Identity(String),
 }
 
 /// The addresses the proxy actually bound (port 0 in the config becomes a real port).
@@ -59,8 +72,18 @@ fn bind(field: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
 
 /// Binds all listeners and starts serving. Readiness is reported only once every listener
 /// is bound; a listener that cannot bind fails the whole start.
-pub async fn start(config: Config) -> Result<Running, BindError> {
+pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
+    let control = config.control.as_ref().map(ControlClient::new);
+    let drain = CancellationToken::new();
+    let tls = match &config.identity {
+        Some(identity) => Some(Arc::new(
+            setup_identity(identity, &config, control.as_ref(), &metrics, &drain)
+                .await
+                .map_err(StartError::Identity)?,
+        )),
+        None => None,
+    };
     let admin_listener = bind("admin", config.admin)?;
     let mut bound = BoundAddrs {
         admin: admin_listener.local_addr().expect("bound"),
@@ -91,6 +114,8 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
     }
 
     let mut shared = Shared::new(&config, metrics.clone());
+    shared.connect.tls = tls.clone();
+    shared.drain = drain;
     shared.own_addrs = std::iter::once(bound.admin)
         .chain(bound.inbound)
         .chain(bound.outbound_transparent)
@@ -104,8 +129,7 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
     }
     if let Some(outbound_config) = &config.outbound {
         let (outbound, services) = Outbound::new(outbound_config, &shared);
-        if let Some(control) = &config.control {
-            let client = ControlClient::new(control);
+        if let Some(client) = &control {
             for (svc_config, (svc, _)) in outbound_config.services.iter().zip(&services) {
                 if let Some(discover) = &svc_config.discover {
                     tokio::spawn(client.clone().watch_service(
@@ -134,6 +158,7 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
         ready: false.into(),
         config_yaml: config.to_yaml(),
         tap: shared.tap.clone(),
+        certs: tls.as_ref().map(|t| t.certs.clone()),
     });
     let admin_stop = CancellationToken::new();
     tokio::spawn(admin.clone().serve(admin_listener, admin_stop.clone()));
@@ -147,6 +172,56 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
         drain_timeout: config.limits.drain_timeout,
     })
 }
+
+/// The workload certificate (from files, or from the control plane with renewal started)
+/// and the TLS state built on it.
+async fn setup_identity(
+    identity: &IdentityConfig,
+    config: &Config,
+    control: Option<&ControlClient>,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) -> Result<MeshTls, String> {
+    let read = |path: &str, what: &str| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} {path}: {e}"))
+    };
+    let anchors = read(&identity.trust_anchors, "trust anchors (`identity.trust_anchors`)")?;
+    let certs = Arc::new(CertStore::default());
+    let mode = config.inbound.as_ref().map(|i| i.mtls).unwrap_or_default();
+    let tls =
+        MeshTls::new(&anchors, &identity.trust_anchors, certs.clone(), mode).map_err(|e| e.to_string())?;
+    if let Some(files) = &identity.certificate {
+        let chain = tarmac_identity::ca::pem_certs(&read(&files.cert, "certificate")?)
+            .map_err(|e| format!("{}: {e}", files.cert))?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(read(&files.key, "key")?.as_bytes())
+            .map_err(|e| format!("{}: not a PEM private key: {e}", files.key))?;
+        let current = certs.install(chain, key).map_err(|e| format!("{}: {e}", files.cert))?;
+        let expiry = current.info.not_after.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        metrics.cert_expiry.set(expiry.as_secs() as i64);
+        return Ok(tls);
+    }
+    let (Some(control), Some(control_config)) = (control, &config.control) else {
+        return Err("`identity` without `certificate` needs `control`".into());
+    };
+    let token = match &identity.token_file {
+        Some(path) => read(path, "bootstrap token (`identity.token_file`)")?.trim().to_string(),
+        None => std::env::var(ENV_IDENTITY_TOKEN)
+            .map_err(|_| format!("no bootstrap token: set `identity.token_file` or {ENV_IDENTITY_TOKEN}"))?,
+    };
+    let requested = tarmac_identity::SpiffeId::new(
+        tarmac_identity::DEFAULT_TRUST_DOMAIN,
+        &control_config.namespace,
+        &control_config.service_account,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut certifier = Certifier::new(control.channel(), requested, certs, metrics.clone())?;
+    certifier.bootstrap(token).await?;
+    tokio::spawn(certifier.renew_forever(stop.clone()));
+    Ok(tls)
+}
+
+/// The environment variable that carries the bootstrap token when no file is configured.
+pub const ENV_IDENTITY_TOKEN: &str = "TARMAC_PROXY_IDENTITY_TOKEN";
 
 impl Running {
     /// Stops accepting, lets in-flight work finish for up to `limits.drain_timeout`, then

@@ -43,6 +43,46 @@ pub struct Config {
     /// comes from this file (static mode).
     #[serde(default)]
     pub control: Option<ControlConfig>,
+    /// The workload's identity for mTLS between proxies. Absent: no mTLS (connections to
+    /// meshed endpoints are plaintext HTTP/2).
+    #[serde(default)]
+    pub identity: Option<IdentityConfig>,
+}
+
+/// Where the proxy's certificate comes from, and what it trusts.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// PEM file of the mesh's trust anchors: peers must chain to one of them.
+    pub trust_anchors: String,
+    /// A certificate (PEM, leaf first, then intermediates) and its PKCS#8 key, both files;
+    /// for meshes without a control plane. Absent: the proxy generates a key and gets its
+    /// certificate from the control plane (`control`), proving itself with a bootstrap
+    /// token, and renews it at about 70 % of its life.
+    #[serde(default)]
+    pub certificate: Option<CertificateFiles>,
+    /// File holding the one-time bootstrap token; the `TARMAC_PROXY_IDENTITY_TOKEN`
+    /// environment variable is used when absent.
+    #[serde(default)]
+    pub token_file: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    pub cert: String,
+    pub key: String,
+}
+
+/// What the inbound side does with connections that are not mesh mTLS.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Accept them, labelled `tls="false"` (clients outside the mesh keep working).
+    #[default]
+    Permissive,
+    /// Refuse them: only other proxies of the mesh, authenticated, get through.
+    Strict,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -89,6 +129,10 @@ pub struct InboundConfig {
     /// `SO_ORIGINAL_DST`.
     #[serde(default)]
     pub transparent: bool,
+    /// `permissive` (default) also accepts plaintext from clients outside the mesh;
+    /// `strict` accepts only mTLS from other proxies. Needs `identity`.
+    #[serde(default)]
+    pub mtls: MtlsMode,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -146,6 +190,10 @@ pub struct EndpointConfig {
     /// over one multiplexed HTTP/2 connection whatever the app spoke.
     #[serde(default)]
     pub meshed: bool,
+    /// The SPIFFE ID a meshed endpoint must present. With `identity` configured, the
+    /// connection is mTLS and refused if the endpoint proves another identity.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -254,7 +302,23 @@ impl Config {
                 return Err(invalid(field.clone(), format!("{addr} is used by two listeners")));
             }
         }
+        if let Some(identity) = &self.identity
+            && identity.certificate.is_none()
+            && self.control.is_none()
+        {
+            return Err(invalid(
+                "identity".into(),
+                "without `identity.certificate`, the certificate comes from the control plane: set `control`"
+                    .into(),
+            ));
+        }
         if let Some(inbound) = &self.inbound {
+            if inbound.mtls == MtlsMode::Strict && self.identity.is_none() {
+                return Err(invalid(
+                    "inbound.mtls".into(),
+                    "`strict` refuses everything but mTLS, which needs `identity`".into(),
+                ));
+            }
             if inbound.app.is_none() && !inbound.transparent {
                 return Err(invalid(
                     "inbound.app".into(),
@@ -319,6 +383,11 @@ impl Config {
                     }
                 }
                 for (j, ep) in svc.endpoints.iter().enumerate() {
+                    if let Some(id) = &ep.identity
+                        && let Err(e) = id.parse::<tarmac_identity::SpiffeId>()
+                    {
+                        return Err(invalid(format!("{at}.endpoints[{j}].identity"), e.to_string()));
+                    }
                     if own.iter().any(|(_, a)| reaches(*a, ep.addr)) {
                         return Err(invalid(
                             format!("{at}.endpoints[{j}].addr"),

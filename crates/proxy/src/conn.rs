@@ -3,9 +3,10 @@
 
 use crate::config::{Config, Limits, Protocol};
 use crate::detect::{self, Detected};
-use crate::endpoint::{ConnectSettings, Endpoint};
+use crate::endpoint::{ConnectSettings, Endpoint, EndpointSpec};
 use crate::http::forward::{Destination, Forward};
-use crate::metrics::{Direction, Metrics, TargetMetrics};
+use crate::identity;
+use crate::metrics::{Direction, Metrics, Peer, TargetMetrics};
 use crate::tap::Tap;
 use crate::{http, tcp};
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tarmac_transport::PrefixedIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +46,7 @@ impl Shared {
             connect: ConnectSettings {
                 connect_timeout: config.limits.connect_timeout,
                 max_header_bytes: config.limits.max_header_bytes,
+                tls: None,
             },
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             drain: CancellationToken::new(),
@@ -68,34 +71,43 @@ impl Shared {
         self.opaque_ports.contains(&port)
     }
 
-    pub fn target_metrics(&self, direction: Direction, name: Arc<String>) -> Arc<TargetMetrics> {
-        Arc::new(self.metrics.target(direction, name))
+    pub fn target_metrics(&self, direction: Direction, name: Arc<String>, peer: Peer) -> Arc<TargetMetrics> {
+        Arc::new(self.metrics.target(direction, name, peer))
     }
 
     /// A forwarder to one fixed address (the app, or a destination outside the mesh),
-    /// labelled `name` in metrics.
-    pub fn fixed_forward(&self, direction: Direction, addr: SocketAddr, name: Arc<String>) -> Arc<Forward> {
-        let metrics = self.target_metrics(direction, name.clone());
-        let endpoint = Endpoint::new(addr, false, self.connect.clone(), (*metrics).clone());
+    /// labelled `name` in metrics; `peer` is who the connections come from (inbound).
+    pub fn fixed_forward(
+        &self,
+        direction: Direction,
+        addr: SocketAddr,
+        name: Arc<String>,
+        peer: Peer,
+    ) -> Arc<Forward> {
+        let metrics = self.target_metrics(direction, name.clone(), peer.clone());
+        let spec = EndpointSpec { addr, meshed: false, identity: None };
+        let endpoint = Endpoint::new(spec, self.connect.clone(), (*metrics).clone());
         Arc::new(Forward {
             direction,
             name,
             metrics,
             destination: Destination::Fixed(Arc::new(endpoint)),
             tap: self.tap.clone(),
+            peer,
         })
     }
 }
 
-/// Forwarders to fixed addresses, remembered so that connections to one address share its
-/// connection pool and metrics. Past `capacity` addresses (a port scan, an app calling
-/// thousands of hosts), new ones get a forwarder of their own labelled
-/// `target="overflow"`: traffic still flows, and metrics cardinality stays bounded.
+/// Forwarders to fixed addresses, remembered so that connections to one address (from one
+/// kind of peer) share its connection pool and metrics. Past `capacity` entries (a port
+/// scan, an app calling thousands of hosts, many client identities), new ones get a
+/// forwarder of their own labelled `target="overflow"`: traffic still flows, and metrics
+/// cardinality stays bounded.
 #[derive(Debug)]
 pub struct FixedForwards {
     direction: Direction,
     capacity: usize,
-    map: Mutex<HashMap<SocketAddr, Arc<Forward>>>,
+    map: Mutex<HashMap<(SocketAddr, Peer), Arc<Forward>>>,
 }
 
 impl FixedForwards {
@@ -103,16 +115,17 @@ impl FixedForwards {
         Self { direction, capacity, map: Mutex::new(HashMap::new()) }
     }
 
-    pub fn get(&self, addr: SocketAddr, shared: &Shared) -> Arc<Forward> {
+    pub fn get(&self, addr: SocketAddr, peer: Peer, shared: &Shared) -> Arc<Forward> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = map.get(&addr) {
+        let key = (addr, peer);
+        if let Some(f) = map.get(&key) {
             return f.clone();
         }
         if map.len() >= self.capacity {
-            return shared.fixed_forward(self.direction, addr, Arc::new("overflow".to_string()));
+            return shared.fixed_forward(self.direction, addr, Arc::new("overflow".to_string()), key.1);
         }
-        let fwd = shared.fixed_forward(self.direction, addr, Arc::new(addr.to_string()));
-        map.insert(addr, fwd.clone());
+        let fwd = shared.fixed_forward(self.direction, addr, Arc::new(addr.to_string()), key.1.clone());
+        map.insert(key, fwd.clone());
         fwd
     }
 }
@@ -152,22 +165,37 @@ where
 
 /// Detects the protocol (unless `hint` says it) and proxies the connection to `fwd`.
 pub async fn proxy_connection(shared: &Shared, mut stream: TcpStream, fwd: Arc<Forward>, hint: Protocol) {
-    let direction = fwd.direction;
     let source = stream.peer_addr().ok();
-    let (protocol, prefix) = match hint {
+    let Some((protocol, prefix)) = detect_protocol(shared, &mut stream, fwd.direction, &fwd.name, hint).await
+    else {
+        return;
+    };
+    serve_detected(shared, PrefixedIo::new(prefix, stream), protocol, fwd, source).await
+}
+
+/// The connection's protocol (from `hint`, or read from its first bytes) and the bytes
+/// read to learn it; `None` if the connection failed meanwhile.
+pub async fn detect_protocol(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    direction: Direction,
+    target: &str,
+    hint: Protocol,
+) -> Option<(Detected, Vec<u8>)> {
+    let detected = match hint {
         Protocol::Opaque => (Detected::Opaque, Vec::new()),
         Protocol::Http1 => (Detected::Http1, Vec::new()),
         Protocol::Http2 => (Detected::Http2, Vec::new()),
-        Protocol::Detect => match detect::detect(&mut stream, shared.limits.detect_timeout).await {
+        Protocol::Detect => match detect::detect(stream, shared.limits.detect_timeout).await {
             Err(e) => {
                 tracing::debug!(error = %e, "connection failed during protocol detection");
-                return;
+                return None;
             }
             Ok(d) => {
                 if d.timed_out {
                     shared.metrics.detected(direction, "timeout");
                     tracing::warn!(
-                        target = %fwd.name,
+                        target,
                         timeout = ?shared.limits.detect_timeout,
                         "protocol detection timed out: the client sent nothing, forwarding as opaque TCP; \
                          if this is a server-speaks-first protocol, add its port to `opaque_ports`"
@@ -175,14 +203,24 @@ pub async fn proxy_connection(shared: &Shared, mut stream: TcpStream, fwd: Arc<F
                 } else {
                     shared.metrics.detected(direction, d.protocol.as_str());
                 }
-                (d.protocol, d.buffered.to_vec())
+                return Some((d.protocol, d.buffered.to_vec()));
             }
         },
     };
-    if hint != Protocol::Detect {
-        shared.metrics.detected(direction, "skipped");
-    }
-    let io = PrefixedIo::new(prefix, stream);
+    shared.metrics.detected(direction, "skipped");
+    Some(detected)
+}
+
+/// Serves a connection whose protocol is known: HTTP, or opaque TCP to `fwd`.
+pub async fn serve_detected<I>(
+    shared: &Shared,
+    io: I,
+    protocol: Detected,
+    fwd: Arc<Forward>,
+    source: Option<SocketAddr>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     match protocol {
         Detected::Http1 | Detected::Http2 => {
             http::server::serve(io, protocol, fwd, source, &shared.limits, shared.drain.clone()).await
@@ -191,7 +229,10 @@ pub async fn proxy_connection(shared: &Shared, mut stream: TcpStream, fwd: Arc<F
     }
 }
 
-async fn forward_tcp(shared: &Shared, client: PrefixedIo<TcpStream>, fwd: &Forward) {
+async fn forward_tcp<I>(shared: &Shared, client: I, fwd: &Forward)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let endpoint = match fwd.pick() {
         Ok(e) => e,
         Err(e) => {
@@ -200,7 +241,7 @@ async fn forward_tcp(shared: &Shared, client: PrefixedIo<TcpStream>, fwd: &Forwa
             return;
         }
     };
-    let upstream = match endpoint.connect_tcp().await {
+    let upstream = match endpoint.connect(identity::ALPN_TCP).await {
         Ok(s) => s,
         Err(e) => {
             let e = http::forward::ProxyError::from(e);
@@ -223,10 +264,10 @@ mod tests {
         let shared = Shared::new(&config, Arc::new(Metrics::new()));
         let forwards = FixedForwards::new(Direction::Outbound, 2);
         let a: SocketAddr = "127.0.0.1:1001".parse().unwrap();
-        let first = forwards.get(a, &shared);
-        assert!(Arc::ptr_eq(&first, &forwards.get(a, &shared)));
-        forwards.get("127.0.0.1:1002".parse().unwrap(), &shared);
-        let third = forwards.get("127.0.0.1:1003".parse().unwrap(), &shared);
+        let first = forwards.get(a, Peer::Plaintext, &shared);
+        assert!(Arc::ptr_eq(&first, &forwards.get(a, Peer::Plaintext, &shared)));
+        forwards.get("127.0.0.1:1002".parse().unwrap(), Peer::Plaintext, &shared);
+        let third = forwards.get("127.0.0.1:1003".parse().unwrap(), Peer::Plaintext, &shared);
         assert_eq!(first.name.as_str(), "127.0.0.1:1001");
         assert_eq!(third.name.as_str(), "overflow");
     }

@@ -7,9 +7,8 @@
 //! jittered backoff; the control plane resends the full state on the new stream.
 
 use crate::config::{ControlConfig, DiscoverConfig};
-use crate::endpoint::{ConnectSettings, Endpoint};
+use crate::endpoint::{ConnectSettings, Endpoint, EndpointSpec};
 use crate::http::forward::{Destination, Forward};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tarmac_proto::discovery::discovery_client::DiscoveryClient;
@@ -41,6 +40,11 @@ impl ControlClient {
             service_account: config.service_account.clone(),
         };
         Self { channel, identity }
+    }
+
+    /// The channel, for the other control-plane APIs (identity).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// Follows `discover` for the service behind `forward` until `stop` is cancelled.
@@ -99,10 +103,14 @@ async fn follow(
 
 fn apply(update: ServiceUpdate, forward: &Forward, connect: &ConnectSettings) {
     let Destination::Balanced(balancer) = &forward.destination else { return };
-    let mut endpoints: Vec<(SocketAddr, bool)> = Vec::with_capacity(update.endpoints.len());
+    let mut endpoints = Vec::with_capacity(update.endpoints.len());
     for ep in &update.endpoints {
         match ep.address.parse() {
-            Ok(addr) => endpoints.push((addr, ep.meshed)),
+            Ok(addr) => endpoints.push(EndpointSpec {
+                addr,
+                meshed: ep.meshed,
+                identity: (!ep.identity.is_empty()).then(|| ep.identity.as_str().into()),
+            }),
             Err(_) => {
                 tracing::warn!(target = %forward.name, address = %ep.address, "ignoring an endpoint with an invalid address")
             }
@@ -115,7 +123,5 @@ fn apply(update: ServiceUpdate, forward: &Forward, connect: &ConnectSettings) {
         endpoints = endpoints.len(),
         "endpoints updated"
     );
-    balancer.update(&endpoints, |addr, meshed| {
-        Endpoint::new(addr, meshed, connect.clone(), (*forward.metrics).clone())
-    });
+    balancer.update(endpoints, |spec| Endpoint::new(spec, connect.clone(), (*forward.metrics).clone()));
 }

@@ -9,7 +9,8 @@
 
 use crate::balance::PeakEwma;
 use crate::http::Body;
-use crate::metrics::TargetMetrics;
+use crate::identity::{self, MeshTls};
+use crate::metrics::{Direction, TargetMetrics};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -34,6 +35,8 @@ pub enum ConnectError {
     Io { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP handshake with {addr}: {source}")]
     Handshake { addr: SocketAddr, source: hyper::Error },
+    #[error("mTLS with {addr} failed: {source}; {advice}")]
+    Tls { addr: SocketAddr, source: std::io::Error, advice: &'static str },
 }
 
 /// Settings shared by all endpoints of a proxy.
@@ -41,6 +44,18 @@ pub enum ConnectError {
 pub struct ConnectSettings {
     pub connect_timeout: Duration,
     pub max_header_bytes: usize,
+    /// The proxy's mesh identity: meshed endpoints with a known identity get mTLS.
+    pub tls: Option<Arc<MeshTls>>,
+}
+
+/// Where an endpoint is and what it is, as discovery or the config file says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub addr: SocketAddr,
+    /// Another Tarmac proxy's inbound port: HTTP goes over HTTP/2 whatever the app spoke.
+    pub meshed: bool,
+    /// The SPIFFE ID a meshed endpoint must prove.
+    pub identity: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -48,6 +63,9 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Another Tarmac proxy's inbound port: HTTP goes over HTTP/2 whatever the app spoke.
     pub meshed: bool,
+    pub identity: Option<Arc<str>>,
+    /// mTLS to the endpoint, verifying this identity.
+    tls: Option<(Arc<MeshTls>, Arc<str>)>,
     pub ewma: PeakEwma,
     settings: ConnectSettings,
     metrics: TargetMetrics,
@@ -57,10 +75,21 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(addr: SocketAddr, meshed: bool, settings: ConnectSettings, metrics: TargetMetrics) -> Self {
+    /// Whether this endpoint is what `spec` describes (and so keeps its connections).
+    pub fn is(&self, spec: &EndpointSpec) -> bool {
+        self.addr == spec.addr && self.meshed == spec.meshed && self.identity == spec.identity
+    }
+
+    pub fn new(spec: EndpointSpec, settings: ConnectSettings, metrics: TargetMetrics) -> Self {
+        let tls = match (&settings.tls, &spec.identity) {
+            (Some(tls), Some(id)) if spec.meshed => Some((tls.clone(), id.clone())),
+            _ => None,
+        };
         Self {
-            addr,
-            meshed,
+            addr: spec.addr,
+            meshed: spec.meshed,
+            identity: spec.identity,
+            tls,
             ewma: PeakEwma::default(),
             settings,
             metrics,
@@ -91,6 +120,36 @@ impl Endpoint {
         }
     }
 
+    /// A connection that carries `alpn` to a meshed endpoint: mTLS when the endpoint has
+    /// an identity and this proxy has one, plain TCP otherwise.
+    pub async fn connect(&self, alpn: &'static [u8]) -> Result<EndpointIo, ConnectError> {
+        let tcp = self.connect_tcp().await?;
+        let Some((tls, identity)) = &self.tls else { return Ok(EndpointIo::Plain(tcp)) };
+        let connector = tokio_rustls::TlsConnector::from(tls.client_config(identity, alpn));
+        // Peers are verified by SPIFFE ID; the name is not sent (no SNI) nor checked.
+        let name = rustls::pki_types::ServerName::try_from("tarmac.mesh").expect("a valid DNS name");
+        let addr = self.addr;
+        let handshake =
+            tokio::time::timeout(self.settings.connect_timeout, connector.connect(name, tcp)).await;
+        let result = match handshake {
+            Ok(Ok(stream)) => Ok(EndpointIo::Tls(Box::new(stream))),
+            Ok(Err(source)) => Err(source),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")),
+        };
+        result
+            .map_err(|source| {
+                let result = identity::handshake_failure(&source);
+                self.metrics.tls_handshake(result);
+                self.ewma.mark_failed();
+                ConnectError::Tls {
+                    addr,
+                    source,
+                    advice: identity::handshake_advice(result, Direction::Outbound),
+                }
+            })
+            .inspect(|_| self.metrics.tls_handshake("ok"))
+    }
+
     /// A sender on the endpoint's shared HTTP/2 connection, connecting if there is none.
     pub async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, ConnectError> {
         if let Some(sender) = self.current_h2() {
@@ -101,7 +160,7 @@ impl Endpoint {
         if let Some(sender) = self.current_h2() {
             return Ok(sender);
         }
-        let io = TokioIo::new(self.connect_tcp().await?);
+        let io = TokioIo::new(self.connect(identity::ALPN_H2).await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -152,7 +211,7 @@ impl Endpoint {
 
     /// A new HTTP/1 connection; `upgrades` keeps the socket usable after a 101 or CONNECT.
     pub async fn h1_connect(&self, upgrades: bool) -> Result<http1::SendRequest<Body>, ConnectError> {
-        let io = TokioIo::new(self.connect_tcp().await?);
+        let io = TokioIo::new(self.connect(identity::ALPN_HTTP1).await?);
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(self.settings.max_header_bytes.max(8192))
             .handshake(io)
@@ -184,6 +243,67 @@ impl Endpoint {
             PooledBody::release(&mut ret);
         }
         PooledBody { body, ret }
+    }
+}
+
+/// A connection to an endpoint: plain TCP, or mTLS to another proxy.
+#[derive(Debug)]
+pub enum EndpointIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for EndpointIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            EndpointIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            EndpointIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for EndpointIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            EndpointIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            EndpointIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            EndpointIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            EndpointIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            EndpointIo::Plain(s) => s.is_write_vectored(),
+            EndpointIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            EndpointIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            EndpointIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            EndpointIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            EndpointIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

@@ -5,13 +5,20 @@
 //! arrive redirected by iptables and go to their original destination (the app's port in
 //! this network namespace); one sent straight to the inbound port, which was not
 //! redirected, goes to the configured app or is refused.
+//!
+//! With an identity, mesh mTLS is terminated here and the client's SPIFFE ID labels its
+//! requests; plaintext (and the app's own TLS) is accepted or refused by `inbound.mtls`.
 
-use crate::config::{InboundConfig, Protocol};
+use crate::config::{InboundConfig, MtlsMode, Protocol};
 use crate::conn::{self, FixedForwards, Shared};
-use crate::metrics::Direction;
+use crate::detect::Detected;
+use crate::identity::accept::{self, Accepted};
+use crate::metrics::{Direction, Peer};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tarmac_transport::PrefixedIo;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 #[derive(Debug)]
 pub struct Inbound {
@@ -43,13 +50,47 @@ impl Inbound {
         .await
     }
 
-    async fn handle(&self, stream: TcpStream, shared: &Shared) {
+    async fn handle(&self, mut stream: TcpStream, shared: &Shared) {
         let Some(app) = self.app_addr(&stream, shared) else {
             return;
         };
-        let fwd = self.forwards.get(app, shared);
-        let hint = if shared.is_opaque_port(app.port()) { Protocol::Opaque } else { Protocol::Detect };
-        conn::proxy_connection(shared, stream, fwd, hint).await
+        let source = stream.peer_addr().ok();
+        let opaque = shared.is_opaque_port(app.port());
+        let tls = shared.connect.tls.as_ref();
+        // With an identity, even opaque ports are sniffed: mesh clients speak TLS first.
+        let hint = if opaque && tls.is_none() { Protocol::Opaque } else { Protocol::Detect };
+        let target = app.to_string();
+        let Some((mut protocol, mut prefix)) =
+            conn::detect_protocol(shared, &mut stream, Direction::Inbound, &target, hint).await
+        else {
+            return;
+        };
+        if let (Detected::Tls, Some(tls)) = (protocol, tls) {
+            let deadline = Instant::now() + shared.limits.detect_timeout;
+            match accept::accept(tls, prefix, stream, deadline, &shared.metrics).await {
+                Accepted::Mesh { stream, protocol, client_id } => {
+                    let fwd = self.forwards.get(app, Peer::Authenticated(client_id), shared);
+                    return conn::serve_detected(shared, stream, protocol, fwd, source).await;
+                }
+                Accepted::Other { prefix: bytes, stream: plain } => (prefix, stream) = (bytes, plain),
+                Accepted::Refused => return,
+            }
+        }
+        if tls.is_some_and(|tls| tls.mode == MtlsMode::Strict) {
+            shared.metrics.refused(Direction::Inbound, "not_mtls");
+            tracing::warn!(
+                ?source,
+                app = %app,
+                "connection refused: `inbound.mtls: strict` accepts only mTLS from proxies of this mesh; \
+                 send this client through its own sidecar, or make the workload permissive"
+            );
+            return;
+        }
+        if opaque {
+            protocol = Detected::Opaque;
+        }
+        let fwd = self.forwards.get(app, Peer::Plaintext, shared);
+        conn::serve_detected(shared, PrefixedIo::new(prefix, stream), protocol, fwd, source).await
     }
 
     fn app_addr(&self, stream: &TcpStream, shared: &Shared) -> Option<SocketAddr> {

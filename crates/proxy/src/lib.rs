@@ -15,6 +15,7 @@
 //! - [`http`]: serving, forwarding, tunnels (WebSocket, CONNECT), body metering.
 //! - [`endpoint`] and [`balance`]: connections to endpoints, and choosing one.
 //! - [`discovery`]: endpoints followed through the control plane, kept when it is away.
+//! - [`identity`]: the workload certificate and mTLS between proxies.
 //! - [`tcp`]: opaque forwarding.
 //! - [`metrics`], [`tap`] and [`admin`]: Prometheus metrics, live request events, and the
 //!   admin listener that serves both.
@@ -31,6 +32,7 @@ pub mod detect;
 pub mod discovery;
 pub mod endpoint;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;

@@ -7,7 +7,8 @@
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    DescriptorEncoder, EncodeLabel, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelSetEncoder,
+    LabelValueEncoder,
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -62,16 +63,50 @@ impl EncodeLabelValue for Classification {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// The other side of a target's connections, for the `tls` and `client_id` (inbound) or
+/// `server_id` (outbound) labels.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub enum Peer {
+    /// Not known at this level: no `tls` label.
+    #[default]
+    Unlabelled,
+    /// A plaintext connection: `tls="false"`.
+    Plaintext,
+    /// An mTLS peer with its verified SPIFFE ID.
+    Authenticated(Arc<str>),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct TargetLabels {
     pub direction: Direction,
     pub target: Arc<String>,
+    pub peer: Peer,
+}
+
+impl EncodeLabelSet for TargetLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        ("direction", self.direction).encode(encoder.encode_label())?;
+        ("target", self.target.as_str()).encode(encoder.encode_label())?;
+        match &self.peer {
+            Peer::Unlabelled => {}
+            Peer::Plaintext => ("tls", "false").encode(encoder.encode_label())?,
+            Peer::Authenticated(id) => {
+                ("tls", "true").encode(encoder.encode_label())?;
+                let key = match self.direction {
+                    Direction::Inbound => "client_id",
+                    Direction::Outbound => "server_id",
+                };
+                (key, id.as_ref()).encode(encoder.encode_label())?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResponseLabels {
-    pub direction: Direction,
-    pub target: Arc<String>,
+    #[prometheus(flatten)]
+    pub target: TargetLabels,
     pub status_code: u16,
     /// gRPC status code when the response was gRPC, otherwise empty.
     pub grpc_status: Option<u32>,
@@ -89,6 +124,19 @@ pub struct DetectLabels {
 pub struct ReasonLabels {
     pub direction: Direction,
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub direction: Direction,
+    /// `ok`, or why the handshake failed: `untrusted`, `expired`, `wrong_identity`,
+    /// `no_identity`, `no_client_certificate`, `timeout`, `other`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,6 +162,10 @@ pub struct Metrics {
     refused: Family<ReasonLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     http_connections: Family<TargetLabels, Counter>,
+    tls_handshakes: Family<HandshakeLabels, Counter>,
+    /// Expiry of the certificate in use, seconds since the epoch (0: none yet).
+    pub cert_expiry: Gauge,
+    certificate_requests: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -185,6 +237,24 @@ impl Metrics {
             "HTTP connections the proxy opened to endpoints or the app",
             http_connections.clone(),
         );
+        let tls_handshakes = Family::default();
+        registry.register(
+            "tarmac_tls_handshakes",
+            "mTLS handshakes between proxies, by outcome",
+            tls_handshakes.clone(),
+        );
+        let cert_expiry = Gauge::default();
+        registry.register(
+            "tarmac_identity_cert_expiration_timestamp_seconds",
+            "When the proxy's workload certificate expires (0 while it has none)",
+            cert_expiry.clone(),
+        );
+        let certificate_requests = Family::default();
+        registry.register(
+            "tarmac_identity_certificate_requests",
+            "Certificate requests to the control plane (first and renewals), by result",
+            certificate_requests.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
@@ -200,6 +270,9 @@ impl Metrics {
             refused,
             errors,
             http_connections,
+            tls_handshakes,
+            cert_expiry,
+            certificate_requests,
         }
     }
 
@@ -211,8 +284,8 @@ impl Metrics {
     }
 
     /// Handles for one target; resolve once, use for many requests.
-    pub fn target(self: &Arc<Self>, direction: Direction, target: Arc<String>) -> TargetMetrics {
-        let labels = TargetLabels { direction, target };
+    pub fn target(self: &Arc<Self>, direction: Direction, target: Arc<String>, peer: Peer) -> TargetMetrics {
+        let labels = TargetLabels { direction, target, peer };
         TargetMetrics {
             requests: self.requests.get_or_create_owned(&labels),
             latency: self.latency.get_or_create_owned(&labels),
@@ -224,6 +297,14 @@ impl Metrics {
 
     pub fn detected(&self, direction: Direction, result: &'static str) {
         self.detect.get_or_create(&DetectLabels { direction, result }).inc();
+    }
+
+    pub fn tls_handshake(&self, direction: Direction, result: &'static str) {
+        self.tls_handshakes.get_or_create(&HandshakeLabels { direction, result }).inc();
+    }
+
+    pub fn certificate_request(&self, result: &'static str) {
+        self.certificate_requests.get_or_create(&OutcomeLabels { result }).inc();
     }
 
     pub fn refused(&self, direction: Direction, reason: &'static str) {
@@ -254,13 +335,16 @@ impl TargetMetrics {
         self.metrics
             .responses
             .get_or_create(&ResponseLabels {
-                direction: self.labels.direction,
-                target: self.labels.target.clone(),
+                target: self.labels.clone(),
                 status_code,
                 grpc_status,
                 classification,
             })
             .inc();
+    }
+
+    pub fn tls_handshake(&self, result: &'static str) {
+        self.metrics.tls_handshake(self.labels.direction, result);
     }
 
     pub fn error(&self, kind: &'static str) {
@@ -399,7 +483,7 @@ mod tests {
     #[test]
     fn exposition_has_conventional_names() {
         let metrics = Arc::new(Metrics::new());
-        let t = metrics.target(Direction::Outbound, Arc::new("books".into()));
+        let t = metrics.target(Direction::Outbound, Arc::new("books".into()), Peer::Unlabelled);
         t.request();
         t.latency(0.002);
         t.response(200, None, Classification::Success);

@@ -7,9 +7,9 @@
 
 use crate::config::{OutboundConfig, Protocol, ServiceConfig};
 use crate::conn::{self, FixedForwards, Shared};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, EndpointSpec};
 use crate::http::forward::{Balancer, Destination, Forward};
-use crate::metrics::Direction;
+use crate::metrics::{Direction, Peer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,11 +25,18 @@ pub struct Service {
 impl Service {
     pub fn new(config: &ServiceConfig, shared: &Shared) -> Self {
         let name = Arc::new(config.name.clone());
-        let metrics = shared.target_metrics(Direction::Outbound, name.clone());
+        let metrics = shared.target_metrics(Direction::Outbound, name.clone(), Peer::Unlabelled);
         let endpoints = config
             .endpoints
             .iter()
-            .map(|ep| Arc::new(Endpoint::new(ep.addr, ep.meshed, shared.connect.clone(), (*metrics).clone())))
+            .map(|ep| {
+                let spec = EndpointSpec {
+                    addr: ep.addr,
+                    meshed: ep.meshed,
+                    identity: ep.identity.as_deref().map(Into::into),
+                };
+                Arc::new(Endpoint::new(spec, shared.connect.clone(), (*metrics).clone()))
+            })
             .collect();
         let forward = Arc::new(Forward {
             direction: Direction::Outbound,
@@ -37,6 +44,7 @@ impl Service {
             metrics,
             destination: Destination::Balanced(Balancer::new(endpoints)),
             tap: shared.tap.clone(),
+            peer: Peer::Unlabelled,
         });
         Self { forward, protocol: config.protocol }
     }
@@ -116,7 +124,7 @@ impl Outbound {
         }
         let (fwd, protocol) = match self.by_addr.get(&dst) {
             Some(svc) => (svc.forward.clone(), svc.protocol),
-            None => (self.passthrough.get(dst, shared), Protocol::Detect),
+            None => (self.passthrough.get(dst, Peer::Unlabelled, shared), Protocol::Detect),
         };
         let hint = if shared.is_opaque_port(dst.port()) { Protocol::Opaque } else { protocol };
         conn::proxy_connection(shared, stream, fwd, hint).await

@@ -32,6 +32,8 @@ pub struct TapStart {
     pub authority: String,
     pub path: String,
     pub source: Option<SocketAddr>,
+    /// The client's verified SPIFFE ID (inbound mTLS).
+    pub client_id: Option<Arc<str>>,
     pub started: Instant,
 }
 
@@ -41,6 +43,7 @@ pub struct TapEvent {
     pub direction: &'static str,
     pub target: Arc<String>,
     pub source: Option<SocketAddr>,
+    pub client_id: Option<Arc<str>>,
     pub method: String,
     pub authority: String,
     pub path: String,
@@ -94,6 +97,7 @@ impl TapStart {
             direction,
             target,
             source: self.source,
+            client_id: self.client_id,
             method: self.method,
             authority: self.authority,
             path: self.path,
@@ -109,8 +113,9 @@ impl TapEvent {
     pub fn to_json(&self) -> String {
         let source = self.source.map(|s| format!("\"{s}\"")).unwrap_or_else(|| "null".into());
         let grpc = self.grpc_status.map(|s| s.to_string()).unwrap_or_else(|| "null".into());
+        let client_id = self.client_id.as_deref().map(json_string).unwrap_or_else(|| "null".into());
         format!(
-            "{{\"ts_ms\":{},\"direction\":\"{}\",\"target\":{},\"source\":{source},\"method\":{},\"authority\":{},\"path\":{},\"status\":{},\"grpc_status\":{grpc},\"duration_ms\":{:.3}}}\n",
+            "{{\"ts_ms\":{},\"direction\":\"{}\",\"target\":{},\"source\":{source},\"client_id\":{client_id},\"method\":{},\"authority\":{},\"path\":{},\"status\":{},\"grpc_status\":{grpc},\"duration_ms\":{:.3}}}\n",
             self.timestamp_ms,
             self.direction,
             json_string(&self.target),
@@ -162,6 +167,7 @@ mod tests {
             authority: "books".into(),
             path: "/x".into(),
             source: None,
+            client_id: None,
             started: Instant::now(),
         };
         tap.publish(start.finish("outbound", Arc::new("books".into()), 200, None));
@@ -181,6 +187,7 @@ mod tests {
                 authority: String::new(),
                 path: "/".into(),
                 source: None,
+                client_id: None,
                 started: Instant::now(),
             };
             tap.publish(start.finish("inbound", Arc::new("app".into()), 200, None));

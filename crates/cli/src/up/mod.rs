@@ -24,9 +24,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tarmac_control::discovery::server::DiscoveryService;
+use tarmac_control::identity::{BootstrapTokens, IdentityService, WorkloadIdentity};
 use tarmac_control::registry::{Instance, Registry};
 use tarmac_control::store::files::{FilesStore, OpenError};
 use tarmac_control::store::{Snapshot, Status, Store};
+use tarmac_identity::DEFAULT_TRUST_DOMAIN;
+use tarmac_identity::ca::Ca;
 use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -57,6 +60,20 @@ pub struct UpArgs {
     /// Port of the control plane's discovery API on 127.0.0.1 (0: a free port).
     #[arg(long, default_value_t = 0)]
     pub control_port: u16,
+    /// Where the mesh's CA is kept (generated there on first use; see `tarmac identity`).
+    /// Default: `$XDG_STATE_HOME/tarmac/identity` or `~/.local/state/tarmac/identity`.
+    #[arg(long)]
+    pub identity_dir: Option<PathBuf>,
+    /// Lifetime of workload certificates; proxies renew at about 70 % of it.
+    #[arg(long, default_value = "24h", value_parser = crate::duration::parse)]
+    pub cert_lifetime: Duration,
+    /// Mesh-wide handling of plaintext to workloads: `permissive` accepts it from clients
+    /// outside the mesh, `strict` refuses it. A Workload's `spec.mtls` overrides it.
+    #[arg(long, default_value = "permissive", value_parser = ["permissive", "strict"])]
+    pub mtls: String,
+    /// Run without mTLS between sidecars (plaintext HTTP/2, no CA).
+    #[arg(long)]
+    pub no_identity: bool,
 }
 
 enum Failure {
@@ -90,6 +107,44 @@ struct Replica {
     admin: SocketAddr,
     upstreams: Vec<(Upstream, SocketAddr)>,
     sidecar_config: PathBuf,
+    identity: Option<Arc<SidecarIdentity>>,
+}
+
+/// What sidecars need for mTLS: the anchors to trust, and a bootstrap token per start.
+struct SidecarIdentity {
+    anchors: PathBuf,
+    tokens: Arc<BootstrapTokens>,
+    default_mtls: String,
+}
+
+/// The control plane's CA and the identity service built on it.
+struct ControlIdentity {
+    service: IdentityService,
+    tokens: Arc<BootstrapTokens>,
+    anchors_pem: String,
+}
+
+fn start_identity(args: &UpArgs) -> Result<ControlIdentity, Failure> {
+    let dir = match &args.identity_dir {
+        Some(dir) => dir.clone(),
+        None => crate::identity::default_dir().map_err(Failure::Other)?,
+    };
+    let (ca, created) = Ca::load_or_generate(&dir, DEFAULT_TRUST_DOMAIN)
+        .map_err(|e| Failure::Other(format!("the mesh's CA: {e}")))?;
+    if created {
+        note(&format!("identity: generated a new trust anchor and issuer in {}", dir.display()));
+    } else {
+        note(&format!(
+            "identity: CA from {} (issuer valid until {})",
+            dir.display(),
+            crate::identity::format_time(ca.issuer_info().not_after)
+        ));
+    }
+    let tokens = Arc::new(BootstrapTokens::default());
+    let anchors_pem = ca.anchors_pem().to_string();
+    let service =
+        IdentityService::new(Arc::new(ca), DEFAULT_TRUST_DOMAIN, tokens.clone(), args.cert_lifetime);
+    Ok(ControlIdentity { service, tokens, anchors_pem })
 }
 
 impl Replica {
@@ -146,6 +201,10 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
 
     // The control plane.
     let registry = Registry::default();
+    let identity = match args.no_identity {
+        true => None,
+        false => Some(start_identity(&args)?),
+    };
     let listener =
         tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, args.control_port)).await.map_err(|e| {
             Failure::Other(format!(
@@ -156,16 +215,35 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
     let control_addr = listener.local_addr().map_err(|e| Failure::Other(e.to_string()))?;
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
     let discovery = DiscoveryService::new(store.snapshots(), registry.clone());
-    let control = tokio::spawn(discovery.serve(listener, async move {
-        let _ = control_stopped.await;
-    }));
+    let control = tokio::spawn(tarmac_control::grpc::serve(
+        listener,
+        discovery,
+        identity.as_ref().map(|i| i.service.clone()),
+        async move {
+            let _ = control_stopped.await;
+        },
+    ));
     for plan in &plans {
         process::widen_prefix(plan.name().len() + " proxy".len());
     }
     note(&format!("control plane: discovery on {control_addr}, configuration from {}", dir.display()));
 
     let work_dir = WorkDir::create("up").map_err(Failure::Other)?;
+    let sidecar_identity = match &identity {
+        Some(identity) => {
+            let anchors = work_dir.path().join("trust-anchors.pem");
+            std::fs::write(&anchors, &identity.anchors_pem)
+                .map_err(|e| Failure::Other(format!("cannot write {}: {e}", anchors.display())))?;
+            Some(SidecarIdentity {
+                anchors,
+                tokens: identity.tokens.clone(),
+                default_mtls: args.mtls.clone(),
+            })
+        }
+        None => None,
+    };
     let mut mesh = Mesh {
+        identity: sidecar_identity.map(Arc::new),
         proxy_binary,
         control: control_addr,
         registry,
@@ -242,6 +320,7 @@ struct Running {
 
 /// The replicas `tarmac up` runs, kept in line with the Workloads of the configuration.
 struct Mesh {
+    identity: Option<Arc<SidecarIdentity>>,
     proxy_binary: PathBuf,
     control: SocketAddr,
     registry: Registry,
@@ -268,7 +347,12 @@ impl Mesh {
             }
             let file_name = plan.name().replace('/', "_");
             let sidecar_config = self.work_dir.join(format!("{file_name}-proxy.yaml"));
-            let yaml = plan::sidecar_yaml(&plan, self.control, admin, inbound, app, &upstreams);
+            let identity = self.identity.as_ref().map(|i| plan::SidecarTls {
+                anchors: i.anchors.clone(),
+                mtls: plan.mtls.clone().unwrap_or_else(|| i.default_mtls.clone()),
+            });
+            let yaml =
+                plan::sidecar_yaml(&plan, self.control, admin, inbound, app, &upstreams, identity.as_ref());
             std::fs::write(&sidecar_config, yaml)
                 .map_err(|e| format!("cannot write {}: {e}", sidecar_config.display()))?;
             let urls: Vec<String> = upstreams
@@ -282,7 +366,15 @@ impl Mesh {
                 if urls.is_empty() { "" } else { ", " },
                 urls.join(", ")
             ));
-            replicas.push(Arc::new(Replica { plan, app, inbound, admin, upstreams, sidecar_config }));
+            replicas.push(Arc::new(Replica {
+                plan,
+                app,
+                inbound,
+                admin,
+                upstreams,
+                sidecar_config,
+                identity: self.identity.clone(),
+            }));
         }
         ports.release();
         for replica in replicas {
@@ -417,6 +509,14 @@ async fn run_replica(
             _ => {
                 let mut command = Command::new(&proxy_binary);
                 command.arg("--config").arg(&replica.sidecar_config);
+                if let Some(identity) = &replica.identity {
+                    // A fresh one-time token for every start: a restarted sidecar bootstraps again.
+                    let token = identity.tokens.issue(WorkloadIdentity {
+                        namespace: plan.namespace.clone(),
+                        service_account: plan.service_account.clone(),
+                    });
+                    command.env(plan::ENV_IDENTITY_TOKEN, token);
+                }
                 match Proc::spawn(command, format!("{name} proxy")) {
                     Ok(proxy) => {
                         note(&format!("{name} proxy started: pid {}", proxy.pid));

@@ -22,6 +22,19 @@ pub struct ReplicaPlan {
     pub env: BTreeMap<String, String>,
     /// Absolute: `spec.workingDir` resolved against the configuration directory.
     pub working_dir: PathBuf,
+    /// `spec.mtls`: `permissive` or `strict`, when the Workload overrides the mesh's.
+    pub mtls: Option<String>,
+}
+
+/// The environment variable that hands a sidecar its one-time bootstrap token.
+pub const ENV_IDENTITY_TOKEN: &str = "TARMAC_PROXY_IDENTITY_TOKEN";
+
+/// mTLS settings of a sidecar.
+pub struct SidecarTls {
+    /// The trust anchors file.
+    pub anchors: PathBuf,
+    /// `permissive` or `strict`.
+    pub mtls: String,
 }
 
 impl ReplicaPlan {
@@ -54,6 +67,7 @@ pub fn replicas(snapshot: &Snapshot, dir: &Path) -> Vec<ReplicaPlan> {
                 replica,
                 labels: workload.metadata.labels.clone(),
                 service_account: spec.service_account_name.clone(),
+                mtls: spec.mtls.map(|m| m.as_str().to_string()),
                 argv: argv.clone(),
                 env: spec.env.clone(),
                 working_dir: working_dir.clone(),
@@ -163,6 +177,7 @@ pub fn sidecar_yaml(
     inbound: SocketAddr,
     app: SocketAddr,
     upstreams: &[(Upstream, SocketAddr)],
+    tls: Option<&SidecarTls>,
 ) -> String {
     use std::fmt::Write as _;
     let mut yaml = format!(
@@ -172,6 +187,14 @@ pub fn sidecar_yaml(
         quote(&replica.workload),
         quote(&replica.service_account),
     );
+    if let Some(tls) = tls {
+        let _ = write!(
+            yaml,
+            "  mtls: {}\nidentity:\n  trust_anchors: {}\n",
+            tls.mtls,
+            quote(&tls.anchors.display().to_string())
+        );
+    }
     if !upstreams.is_empty() {
         yaml.push_str("outbound:\n  services:\n");
         for (upstream, listen) in upstreams {
@@ -281,10 +304,16 @@ spec: {command: [python3, greeter.py], args: [-v], port: 8080, replicas: 2, work
             .map(|(u, p)| (u, SocketAddr::from(([127, 0, 0, 1], p))))
             .collect();
         let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-        let yaml = sidecar_yaml(plan, a(8086), a(4191), a(4143), a(8080), &ups);
+        let tls = SidecarTls { anchors: "/tmp/x/trust-anchors.pem".into(), mtls: "strict".into() };
+        let yaml = sidecar_yaml(plan, a(8086), a(4191), a(4143), a(8080), &ups, Some(&tls));
         let config =
             tarmac_proxy::Config::from_yaml(&yaml, "generated").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         assert_eq!(config.outbound.as_ref().map(|o| o.services.len()), Some(3), "{yaml}");
+        assert_eq!(
+            config.identity.as_ref().map(|i| i.trust_anchors.as_str()),
+            Some("/tmp/x/trust-anchors.pem")
+        );
+        assert_eq!(config.inbound.as_ref().map(|i| i.mtls), Some(tarmac_proxy::config::MtlsMode::Strict));
         let control = config.control.expect("control");
         assert_eq!(control.workload, "greeter");
     }

@@ -29,17 +29,8 @@ impl DiscoveryService {
         Self { snapshots, registry }
     }
 
-    /// Serves discovery on `listener` until `shutdown` completes.
-    pub async fn serve(
-        self,
-        listener: tokio::net::TcpListener,
-        shutdown: impl std::future::Future<Output = ()> + Send,
-    ) -> Result<(), tonic::transport::Error> {
-        let incoming = tonic::transport::server::TcpIncoming::from(listener);
-        tonic::transport::Server::builder()
-            .add_service(DiscoveryServer::new(self))
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
+    pub fn into_server(self) -> DiscoveryServer<Self> {
+        DiscoveryServer::new(self)
     }
 }
 

@@ -6,10 +6,10 @@
 //! so the proxy on the other side restores HTTP/1 for its app.
 
 use super::metered::{Metered, TapRecord};
-use super::{Body, ORIG_PROTO, error_response, is_grpc, strip_hop_by_hop, upgrade};
+use super::{Body, CLIENT_ID, ORIG_PROTO, error_response, is_grpc, strip_hop_by_hop, upgrade};
 use crate::balance;
-use crate::endpoint::{ConnectError, Endpoint};
-use crate::metrics::{Direction, TargetMetrics};
+use crate::endpoint::{ConnectError, Endpoint, EndpointSpec};
+use crate::metrics::{Direction, Peer, TargetMetrics};
 use crate::tap::{Tap, TapStart};
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -45,18 +45,12 @@ impl Balancer {
         self.endpoints.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Replaces the endpoint set; `make` builds endpoints for addresses not seen before.
-    pub fn update(&self, addrs: &[(SocketAddr, bool)], make: impl Fn(SocketAddr, bool) -> Endpoint) {
+    /// Replaces the endpoint set; `make` builds endpoints not seen before.
+    pub fn update(&self, specs: Vec<EndpointSpec>, make: impl Fn(EndpointSpec) -> Endpoint) {
         let current = self.endpoints();
-        let next: Vec<Arc<Endpoint>> = addrs
-            .iter()
-            .map(|&(addr, meshed)| {
-                current
-                    .iter()
-                    .find(|e| e.addr == addr && e.meshed == meshed)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(make(addr, meshed)))
-            })
+        let next: Vec<Arc<Endpoint>> = specs
+            .into_iter()
+            .map(|spec| current.iter().find(|e| e.is(&spec)).cloned().unwrap_or_else(|| Arc::new(make(spec))))
             .collect();
         *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = next.into();
     }
@@ -97,6 +91,7 @@ impl ProxyError {
         match self {
             ProxyError::NoEndpoints(_) => "no_endpoints",
             ProxyError::Connect(ConnectError::Timeout { .. }) => "connect_timeout",
+            ProxyError::Connect(ConnectError::Tls { .. }) => "tls",
             ProxyError::Connect(_) => "connect",
             ProxyError::Upstream { .. } => "upstream",
             ProxyError::NoAuthority | ProxyError::BadUri(_) => "bad_request",
@@ -112,17 +107,22 @@ pub struct Forward {
     pub metrics: Arc<TargetMetrics>,
     pub destination: Destination,
     pub tap: Arc<Tap>,
+    /// Who the requests come from (inbound) as far as the connection proves it.
+    pub peer: Peer,
 }
 
 impl Forward {
     /// Handles one request; failures become responses, never dropped connections.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         source: Option<SocketAddr>,
     ) -> Response<Metered> {
         let started = Instant::now();
         self.metrics.request();
+        if self.direction == Direction::Inbound {
+            set_client_id(req.headers_mut(), &self.peer);
+        }
         let grpc = is_grpc(req.headers());
         let client_version = req.version();
         let tap = self.tap.is_watched().then(|| {
@@ -133,6 +133,10 @@ impl Forward {
                     authority: authority(&req).map(|a| a.to_string()).unwrap_or_default(),
                     path: req.uri().path().to_string(),
                     source,
+                    client_id: match &self.peer {
+                        Peer::Authenticated(id) => Some(id.clone()),
+                        _ => None,
+                    },
                     started,
                 },
                 direction: self.direction.as_str(),
@@ -229,6 +233,16 @@ impl Forward {
             }
             unreachable!("the second attempt returns")
         }
+    }
+}
+
+/// Replaces any client-sent identity header with the one the connection proved.
+fn set_client_id(headers: &mut http::HeaderMap, peer: &Peer) {
+    headers.remove(CLIENT_ID);
+    if let Peer::Authenticated(id) = peer
+        && let Ok(value) = HeaderValue::from_str(id)
+    {
+        headers.insert(CLIENT_ID, value);
     }
 }
 

@@ -27,6 +27,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Marks a request that an outbound proxy upgraded from HTTP/1 to HTTP/2 for the hop to
 /// another proxy; the inbound proxy removes it and speaks HTTP/1 to the app again.
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("tarmac-orig-proto");
+/// The verified SPIFFE ID of the client, set by the inbound proxy for the app. Whatever a
+/// client sent under this name is dropped first, so the app can trust it.
+pub const CLIENT_ID: HeaderName = HeaderName::from_static("tarmac-client-id");
 /// Set on responses the proxy generated itself, saying why.
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("tarmac-proxy-error");
 

@@ -1,0 +1,101 @@
+//! Who a proxy is, from the credential it presents on its first certificate request.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The namespace and service account a credential speaks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadIdentity {
+    pub namespace: String,
+    pub service_account: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error(
+        "unknown bootstrap token: it was never handed out by this control plane (a forged token, or one from an earlier run)"
+    )]
+    UnknownToken,
+    #[error(
+        "bootstrap token already used: each token certifies one proxy once; restart the workload to get a new one"
+    )]
+    TokenReused,
+}
+
+impl AuthError {
+    /// The `reason` label of refusals.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::UnknownToken => "unknown_token",
+            AuthError::TokenReused => "token_reused",
+        }
+    }
+}
+
+/// Checks a credential. Local mode has [`BootstrapTokens`]; the Kubernetes backend will
+/// check ServiceAccount tokens with a TokenReview.
+pub trait Authenticator: Send + Sync + 'static {
+    fn authenticate(&self, credential: &str) -> Result<WorkloadIdentity, AuthError>;
+}
+
+/// One-time tokens that `tarmac up` hands to each proxy it starts. A token is good for
+/// one certificate; renewals are proven with the certificate itself.
+#[derive(Debug, Default)]
+pub struct BootstrapTokens {
+    tokens: Mutex<HashMap<String, Token>>,
+}
+
+#[derive(Debug)]
+struct Token {
+    identity: WorkloadIdentity,
+    used: bool,
+}
+
+impl BootstrapTokens {
+    /// A new token for a proxy of `identity`.
+    pub fn issue(&self, identity: WorkloadIdentity) -> String {
+        let mut bytes = [0u8; 24];
+        rustls::crypto::aws_lc_rs::default_provider()
+            .secure_random
+            .fill(&mut bytes)
+            .expect("the system random source works");
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.lock().insert(token.clone(), Token { identity, used: false });
+        token
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Token>> {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Authenticator for BootstrapTokens {
+    fn authenticate(&self, credential: &str) -> Result<WorkloadIdentity, AuthError> {
+        let mut tokens = self.lock();
+        let token = tokens.get_mut(credential).ok_or(AuthError::UnknownToken)?;
+        if token.used {
+            return Err(AuthError::TokenReused);
+        }
+        token.used = true;
+        Ok(token.identity.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_good_once() {
+        let tokens = BootstrapTokens::default();
+        let id = WorkloadIdentity { namespace: "shop".into(), service_account: "books".into() };
+        let token = tokens.issue(id.clone());
+        assert_eq!(tokens.authenticate(&token), Ok(id));
+        assert_eq!(tokens.authenticate(&token), Err(AuthError::TokenReused));
+        assert_eq!(tokens.authenticate("forged"), Err(AuthError::UnknownToken));
+        assert_ne!(
+            token,
+            tokens.issue(WorkloadIdentity { namespace: "a".into(), service_account: "b".into() })
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! The `Identity` gRPC service: CSR in, workload certificate out.
+
+use super::authenticate::Authenticator;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+use tarmac_identity::SpiffeId;
+use tarmac_identity::ca::Ca;
+use tarmac_proto::identity::certify_request::Proof;
+use tarmac_proto::identity::identity_server::{Identity, IdentityServer};
+use tarmac_proto::identity::{CertifyRequest, CertifyResponse};
+use tonic::{Request, Response, Status};
+
+/// Certificates issued and requests refused, by reason; shown by `tarmac check`.
+#[derive(Debug, Default)]
+pub struct IdentityStats {
+    counts: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl IdentityStats {
+    fn count(&self, outcome: &'static str) {
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner()).entry(outcome).or_default() += 1;
+    }
+
+    /// `issued`, or the reason of a refusal, with how often each happened.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[derive(Clone)]
+pub struct IdentityService {
+    ca: Arc<Ca>,
+    trust_domain: String,
+    authenticator: Arc<dyn Authenticator>,
+    lifetime: Duration,
+    anchors: Arc<rustls::RootCertStore>,
+    pub stats: Arc<IdentityStats>,
+}
+
+impl IdentityService {
+    pub fn new(
+        ca: Arc<Ca>,
+        trust_domain: &str,
+        authenticator: Arc<dyn Authenticator>,
+        lifetime: Duration,
+    ) -> Self {
+        let mut anchors = rustls::RootCertStore::empty();
+        for der in tarmac_identity::ca::pem_certs(ca.anchors_pem()).unwrap_or_default() {
+            // The CA checked its anchors when it loaded them.
+            let _ = anchors.add(der.into());
+        }
+        Self {
+            ca,
+            trust_domain: trust_domain.to_string(),
+            authenticator,
+            lifetime,
+            anchors: Arc::new(anchors),
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn into_server(self) -> IdentityServer<Self> {
+        IdentityServer::new(self)
+    }
+
+    /// Who the request proves to be, or why it proves nothing.
+    fn identify(&self, csr: &[u8], proof: Option<Proof>) -> Result<SpiffeId, (&'static str, Status)> {
+        match proof {
+            None => Err((
+                "no_proof",
+                Status::unauthenticated(
+                    "no proof of identity: send a bootstrap token or the current certificate",
+                ),
+            )),
+            Some(Proof::Token(token)) => {
+                let who = self
+                    .authenticator
+                    .authenticate(&token)
+                    .map_err(|e| (e.reason(), Status::permission_denied(e.to_string())))?;
+                SpiffeId::new(&self.trust_domain, &who.namespace, &who.service_account)
+                    .map_err(|e| ("invalid_identity", Status::invalid_argument(e.to_string())))
+            }
+            Some(Proof::CurrentCertificate(cert)) => self.renewal_identity(csr, &cert),
+        }
+    }
+
+    /// A renewal: the current certificate must be ours, still valid, and for the CSR's key.
+    fn renewal_identity(&self, csr: &[u8], cert: &[u8]) -> Result<SpiffeId, (&'static str, Status)> {
+        use rustls::pki_types::{CertificateDer, UnixTime};
+        let refuse = |reason, msg: String| Err((reason, Status::permission_denied(msg)));
+        let end_entity = CertificateDer::from(cert);
+        let parsed = match rustls::server::ParsedCertificate::try_from(&end_entity) {
+            Ok(p) => p,
+            Err(e) => {
+                return refuse("bad_certificate", format!("the current certificate does not parse: {e}"));
+            }
+        };
+        let intermediates: Vec<CertificateDer<'_>> = self.issuer_chain();
+        let algs = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
+        if let Err(e) = rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.anchors,
+            &intermediates,
+            UnixTime::now(),
+            algs.all,
+        ) {
+            return refuse(
+                "untrusted_certificate",
+                format!(
+                    "the current certificate is not valid under this mesh's trust anchors ({e}); an expired proxy must be restarted to bootstrap again"
+                ),
+            );
+        }
+        if spki(cert) != csr_spki(csr) {
+            return refuse("key_mismatch", "the CSR's key is not the key of the current certificate".into());
+        }
+        match tarmac_identity::x509::spiffe_id(cert) {
+            Ok(id) if id.trust_domain == self.trust_domain => Ok(id),
+            Ok(id) => {
+                refuse("foreign_trust_domain", format!("{id} is not in trust domain {}", self.trust_domain))
+            }
+            Err(e) => refuse("no_identity", e.to_string()),
+        }
+    }
+
+    fn issuer_chain(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        self.ca.issuer_chain_der().iter().map(|d| d.clone().into()).collect()
+    }
+}
+
+fn spki(cert: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    X509Certificate::from_der(cert).ok().map(|(_, c)| c.tbs_certificate.subject_pki.raw.to_vec())
+}
+
+fn csr_spki(csr: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::prelude::FromDer;
+    X509CertificationRequest::from_der(csr)
+        .ok()
+        .map(|(_, c)| c.certification_request_info.subject_pki.raw.to_vec())
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    async fn certify(&self, request: Request<CertifyRequest>) -> Result<Response<CertifyResponse>, Status> {
+        let peer = request.remote_addr();
+        let CertifyRequest { csr, proof } = request.into_inner();
+        let id = match self.identify(&csr, proof) {
+            Ok(id) => id,
+            Err((reason, status)) => {
+                self.stats.count(reason);
+                tracing::warn!(?peer, reason, error = status.message(), "certificate request refused");
+                return Err(status);
+            }
+        };
+        match self.ca.issue(&csr, &id, self.lifetime) {
+            Ok(issued) => {
+                self.stats.count("issued");
+                tracing::info!(%id, not_after = ?issued.not_after, "certificate issued");
+                Ok(Response::new(CertifyResponse {
+                    identity: id.to_string(),
+                    leaf: issued.leaf_der,
+                    intermediates: issued.chain_der,
+                    not_after_unix: issued.not_after.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+                        as i64,
+                }))
+            }
+            Err(e) => {
+                self.stats.count("bad_csr");
+                tracing::warn!(?peer, %id, error = %e, "certificate request refused");
+                Err(Status::invalid_argument(e.to_string()))
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Getting the workload certificate from the control plane, and keeping it fresh.
+//!
+//! The key is generated here, in memory, once per process. The first request proves the
+//! proxy's identity with its bootstrap token; renewals prove it with the current
+//! certificate. Renewal starts at about 70 % of the certificate's life (with jitter, so
+//! that proxies started together do not renew together) and is retried with backoff. A
+//! proxy that cannot renew keeps serving with its certificate until it expires, and says
+//! so in its logs and in `tarmac_identity_certificate_requests_total{result="failed"}`.
+
+use super::store::{CertStore, Current};
+use crate::metrics::Metrics;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tarmac_identity::SpiffeId;
+use tarmac_identity::workload::WorkloadKey;
+use tarmac_proto::identity::certify_request::Proof;
+use tarmac_proto::identity::identity_client::IdentityClient;
+use tarmac_proto::identity::{CertifyRequest, CertifyResponse};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// How long start-up waits for the first certificate before giving up.
+pub const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Talks to the control plane's CA on behalf of one proxy.
+pub struct Certifier {
+    client: IdentityClient<Channel>,
+    key: WorkloadKey,
+    /// The identity asked for; the CA decides the one certified.
+    requested: SpiffeId,
+    certs: Arc<CertStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Certifier {
+    pub fn new(
+        channel: Channel,
+        requested: SpiffeId,
+        certs: Arc<CertStore>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let key = WorkloadKey::generate().map_err(|e| format!("cannot generate a key: {e}"))?;
+        Ok(Self { client: IdentityClient::new(channel), key, requested, certs, metrics })
+    }
+
+    /// Gets the first certificate with the bootstrap token, retrying while the control
+    /// plane is unreachable; a refusal is final.
+    pub async fn bootstrap(&mut self, token: String) -> Result<Arc<Current>, String> {
+        let deadline = tokio::time::Instant::now() + BOOTSTRAP_TIMEOUT;
+        let mut backoff = RETRY_MIN;
+        loop {
+            match self.request(Proof::Token(token.clone())).await {
+                Ok(current) => return Ok(current),
+                Err(e) if is_refusal(&e) => {
+                    return Err(format!("the control plane refused the bootstrap token: {}", e.message()));
+                }
+                Err(e) if tokio::time::Instant::now() + backoff > deadline => {
+                    return Err(format!(
+                        "no certificate after {BOOTSTRAP_TIMEOUT:?}: the control plane is unreachable ({})",
+                        e.message()
+                    ));
+                }
+                Err(e) => {
+                    tracing::info!(error = e.message(), retry_in = ?backoff, "waiting for the control plane to issue a certificate");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    /// Renews before expiry, for as long as the proxy runs.
+    pub async fn renew_forever(mut self, stop: CancellationToken) {
+        loop {
+            let Some(current) = self.certs.current() else { return };
+            let wait = renewal_delay(current.info.not_before, current.info.not_after, SystemTime::now());
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let mut backoff = RETRY_MIN;
+            loop {
+                match self.request(Proof::CurrentCertificate(current.leaf_der.clone())).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        let left =
+                            current.info.not_after.duration_since(SystemTime::now()).unwrap_or_default();
+                        if left.is_zero() {
+                            tracing::error!(
+                                error = e.message(),
+                                "the workload certificate has EXPIRED and cannot be renewed: mesh connections will fail; check that the control plane is running, then restart this proxy"
+                            );
+                        } else {
+                            tracing::warn!(
+                                error = e.message(),
+                                expires_in = ?left,
+                                retry_in = ?backoff,
+                                "certificate renewal failed; still serving with the current certificate until it expires"
+                            );
+                        }
+                        // Retry sooner than the expiry, however long the backoff has grown.
+                        let wait = backoff.min(left / 2).max(RETRY_MIN);
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn request(&mut self, proof: Proof) -> Result<Arc<Current>, tonic::Status> {
+        let csr = self
+            .key
+            .csr_der(&self.requested)
+            .map_err(|e| tonic::Status::internal(format!("cannot build the CSR: {e}")))?;
+        let result = self.client.certify(CertifyRequest { csr, proof: Some(proof) }).await;
+        let response = match result {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                self.metrics.certificate_request(if is_refusal(&e) { "refused" } else { "failed" });
+                return Err(e);
+            }
+        };
+        match self.install(response) {
+            Ok(current) => {
+                self.metrics.certificate_request("issued");
+                let expiry = current.info.not_after.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+                self.metrics.cert_expiry.set(expiry as i64);
+                tracing::info!(identity = %current.identity, serial = %current.info.serial, not_after = ?current.info.not_after, "workload certificate installed");
+                Ok(current)
+            }
+            Err(e) => {
+                self.metrics.certificate_request("invalid");
+                Err(tonic::Status::internal(format!("the issued certificate is unusable: {e}")))
+            }
+        }
+    }
+
+    fn install(&self, response: CertifyResponse) -> Result<Arc<Current>, super::store::CertLoadError> {
+        let chain = std::iter::once(response.leaf).chain(response.intermediates).collect();
+        self.certs.install(chain, self.key.private_key_der())
+    }
+}
+
+/// A refusal is an answer: retrying the same request cannot succeed.
+fn is_refusal(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated | tonic::Code::InvalidArgument
+    )
+}
+
+/// How long to wait before renewing: until 65-75 % of the certificate's life.
+fn renewal_delay(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> Duration {
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    let at = not_before + life.mul_f64(0.65 + 0.10 * fastrand::f64());
+    at.duration_since(now).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_falls_at_about_seventy_percent() {
+        let start = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let end = start + Duration::from_secs(100);
+        for _ in 0..100 {
+            let d = renewal_delay(start, end, start);
+            assert!(d >= Duration::from_secs(65) && d <= Duration::from_secs(75), "{d:?}");
+        }
+        assert_eq!(renewal_delay(start, end, end), Duration::ZERO);
+    }
+}

@@ -1,0 +1,96 @@
+//! The certificate in use. Handshakes read it; renewal replaces it whole, so a handshake
+//! sees either the old certificate or the new one, never a mix.
+
+use rustls::SignatureScheme;
+use rustls::client::ResolvesClientCert;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+use tarmac_identity::x509::CertInfo;
+
+/// The current certificate with what is shown of it (`/identity`, metrics, logs).
+#[derive(Debug)]
+pub struct Current {
+    pub key: Arc<CertifiedKey>,
+    pub leaf_der: Vec<u8>,
+    pub info: CertInfo,
+    pub identity: String,
+}
+
+#[derive(Debug, Default)]
+pub struct CertStore {
+    current: RwLock<Option<Arc<Current>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertLoadError {
+    #[error("the certificate chain is empty")]
+    Empty,
+    #[error("the certificate: {0}")]
+    Cert(#[from] tarmac_identity::x509::CertError),
+    #[error("the private key: {0}")]
+    Key(String),
+    #[error("the private key does not belong to the certificate")]
+    KeyMismatch,
+}
+
+impl CertStore {
+    pub fn current(&self) -> Option<Arc<Current>> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts a certificate chain (leaf first) and its key in use; returns what was installed.
+    pub fn install(
+        &self,
+        chain: Vec<Vec<u8>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<Current>, CertLoadError> {
+        let leaf_der = chain.first().ok_or(CertLoadError::Empty)?.clone();
+        let info = CertInfo::parse(&leaf_der)?;
+        let identity = info.spiffe_id()?.to_string();
+        let signing = super::provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| CertLoadError::Key(e.to_string()))?;
+        let certified = CertifiedKey::new(chain.into_iter().map(CertificateDer::from).collect(), signing);
+        match certified.keys_match() {
+            Ok(()) => {}
+            Err(rustls::Error::InconsistentKeys(_)) => return Err(CertLoadError::KeyMismatch),
+            // Unknown: the provider cannot tell; the handshake will.
+            Err(_) => {}
+        }
+        let current = Arc::new(Current { key: Arc::new(certified), leaf_der, info, identity });
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(current.clone());
+        Ok(current)
+    }
+
+    pub fn not_after(&self) -> Option<SystemTime> {
+        self.current().map(|c| c.info.not_after)
+    }
+
+    fn key(&self) -> Option<Arc<CertifiedKey>> {
+        self.current().map(|c| c.key.clone())
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.key()
+    }
+}
+
+impl ResolvesClientCert for CertStore {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.key()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
