@@ -10,6 +10,7 @@ mod balance;
 mod demo;
 mod discovery;
 mod http;
+mod identity;
 mod lifecycle;
 mod limits;
 mod netns;

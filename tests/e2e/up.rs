@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tarmac_testkit::tools::binary;
+use tarmac_testkit::tools::{binary, temp_dir};
 
 /// `tarmac up` as a child process, its output collected line by line.
 struct Up {
@@ -19,8 +19,10 @@ struct Up {
 
 impl Up {
     fn start(dir: &str) -> Self {
+        let ca = temp_dir("up-ca");
         let mut child = Command::new(binary("tarmac"))
-            .args(["up", dir])
+            .args(["up", dir, "--identity-dir"])
+            .arg(&ca)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

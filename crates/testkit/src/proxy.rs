@@ -35,6 +35,16 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Writes `yaml` to a temporary file and starts the binary with it.
     pub fn spawn(yaml: &str) -> Self {
+        Self::spawn_with_stderr(yaml, Stdio::inherit())
+    }
+
+    /// Like [`spawn`](Self::spawn), with the proxy's log written to `log`.
+    pub fn spawn_logged(yaml: &str, log: &std::path::Path) -> Self {
+        let file = std::fs::File::create(log).expect("create the log file");
+        Self::spawn_with_stderr(yaml, Stdio::from(file))
+    }
+
+    fn spawn_with_stderr(yaml: &str, stderr: Stdio) -> Self {
         let dir = crate::tools::temp_dir("proxy");
         let config_path = dir.join("proxy.yaml");
         std::fs::write(&config_path, yaml).unwrap();
@@ -43,7 +53,7 @@ impl ProxyProcess {
             .arg(&config_path)
             .env("TARMAC_PROXY_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn tarmac-proxy");
         Self { child, config_path }
