@@ -105,18 +105,14 @@ impl ControlPlane {
     /// A certificate and key (PEM files) for `sa`, issued by `ca` (this mesh's or another),
     /// the certificate file holding the chain too.
     fn issue_files(&self, ca: &Ca, sa: &str, lifetime: Duration) -> (String, String) {
-        let key = WorkloadKey::generate().unwrap();
         let id = SpiffeId::new("cluster.local", "default", sa).unwrap();
-        let issued = ca.issue(&key.csr_der(&id).unwrap(), &id, lifetime).unwrap();
-        let chain =
-            std::iter::once(issued.leaf_der.as_slice()).chain(issued.chain_der.iter().map(Vec::as_slice));
+        let (chain, key) = ca.issue_with_new_key(&id, lifetime).unwrap();
         let suffix = fastrand_suffix();
-        let cert = self.dir.join(format!("{sa}-{suffix}.pem"));
+        let cert_path = self.dir.join(format!("{sa}-{suffix}.pem"));
         let key_path = self.dir.join(format!("{sa}-{suffix}.key"));
-        std::fs::write(&cert, ca::certs_pem(chain)).unwrap();
-        let key_der = key.private_key_der();
-        std::fs::write(&key_path, pem_key(key_der.secret_der())).unwrap();
-        (cert.display().to_string(), key_path.display().to_string())
+        std::fs::write(&cert_path, chain).unwrap();
+        std::fs::write(&key_path, key).unwrap();
+        (cert_path.display().to_string(), key_path.display().to_string())
     }
 }
 
@@ -124,11 +120,6 @@ fn fastrand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("{}", NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-fn pem_key(der: &[u8]) -> String {
-    // The same encoding as certificates, under the PKCS#8 label.
-    ca::certs_pem([der]).replace("CERTIFICATE", "PRIVATE KEY")
 }
 
 /// An echo app behind an inbound proxy of identity `server`, and a client proxy of

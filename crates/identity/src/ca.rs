@@ -223,6 +223,19 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// A key generated here and a certificate for it, both PEM (the chain after the
+    /// leaf): for proxies configured with files instead of the control plane, such as
+    /// `tarmac bench`'s and tests'.
+    pub fn issue_with_new_key(&self, id: &SpiffeId, lifetime: Duration) -> Result<(String, String), CaError> {
+        let key = crate::workload::WorkloadKey::generate()?;
+        let issued = self.issue(&key.csr_der(id)?, id, lifetime)?;
+        let chain =
+            std::iter::once(issued.leaf_der.as_slice()).chain(issued.chain_der.iter().map(Vec::as_slice));
+        Ok((certs_pem(chain), key.private_key_pem()))
+    }
+}
+
 /// A self-signed root for `trust_domain`, and its key.
 pub fn generate_root(trust_domain: &str) -> Result<(String, KeyPair), CaError> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;

@@ -39,6 +39,11 @@ impl WorkloadKey {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()))
     }
 
+    /// PKCS#8 PEM, for files (`identity.certificate.key`).
+    pub fn private_key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     pub fn public_key_der(&self) -> Vec<u8> {
         use rcgen::PublicKeyData;
         self.key.subject_public_key_info()

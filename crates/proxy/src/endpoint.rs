@@ -139,7 +139,7 @@ impl Endpoint {
         result
             .map_err(|source| {
                 let result = identity::handshake_failure(&source);
-                self.metrics.tls_handshake(result);
+                self.metrics.tls_handshake(result, "");
                 self.ewma.mark_failed();
                 ConnectError::Tls {
                     addr,
@@ -147,7 +147,11 @@ impl Endpoint {
                     advice: identity::handshake_advice(result, Direction::Outbound),
                 }
             })
-            .inspect(|_| self.metrics.tls_handshake("ok"))
+            .inspect(|io| {
+                if let EndpointIo::Tls(tls) = io {
+                    self.metrics.tls_handshake("ok", identity::group_name(tls.get_ref().1));
+                }
+            })
     }
 
     /// A sender on the endpoint's shared HTTP/2 connection, connecting if there is none.

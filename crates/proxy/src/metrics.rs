@@ -132,6 +132,8 @@ pub struct HandshakeLabels {
     /// `ok`, or why the handshake failed: `untrusted`, `expired`, `wrong_identity`,
     /// `no_identity`, `no_client_certificate`, `timeout`, `other`.
     pub result: &'static str,
+    /// The key exchange negotiated (`X25519MLKEM768` between proxies); empty on failure.
+    pub group: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -299,8 +301,8 @@ impl Metrics {
         self.detect.get_or_create(&DetectLabels { direction, result }).inc();
     }
 
-    pub fn tls_handshake(&self, direction: Direction, result: &'static str) {
-        self.tls_handshakes.get_or_create(&HandshakeLabels { direction, result }).inc();
+    pub fn tls_handshake(&self, direction: Direction, result: &'static str, group: &'static str) {
+        self.tls_handshakes.get_or_create(&HandshakeLabels { direction, result, group }).inc();
     }
 
     pub fn certificate_request(&self, result: &'static str) {
@@ -343,8 +345,8 @@ impl TargetMetrics {
             .inc();
     }
 
-    pub fn tls_handshake(&self, result: &'static str) {
-        self.metrics.tls_handshake(self.labels.direction, result);
+    pub fn tls_handshake(&self, result: &'static str, group: &'static str) {
+        self.metrics.tls_handshake(self.labels.direction, result, group);
     }
 
     pub fn error(&self, kind: &'static str) {

@@ -68,9 +68,11 @@ pub async fn measure(
                     );
                     tarmac_args(dir, "cost-connections", &yaml)?
                 }
-                ProxyKind::Envoy => {
-                    envoy_args(dir, "cost-connections", &envoy::config(admin, listen, upstream, false))?
-                }
+                ProxyKind::Envoy => envoy_args(
+                    dir,
+                    "cost-connections",
+                    &envoy::config(admin, listen, upstream, false, None, None),
+                )?,
             };
             let mut proxy = start(kind, binary, &args, admin, core, dir).await?;
             let connections = open_idle(listen, count).await?;

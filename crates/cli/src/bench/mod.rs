@@ -52,8 +52,7 @@ const SUITE_RATES: [u32; 2] = [1000, 5000];
 const SUITE_LATENCY_CONNECTIONS: usize = 10;
 const SUITE_MAX_CONNECTIONS: usize = 32;
 const MAX_LOAD: &str = "max throughput";
-/// The suite's routes, in the order each round runs them. The mTLS routes are listed as
-/// pending until the proxies have identities.
+/// The suite's routes, in the order each round runs them.
 const SUITE_ROUTES: [Route; 7] = [
     Route::Direct,
     Route::TarmacOneHop,
@@ -172,7 +171,8 @@ async fn target(args: BenchArgs) -> Result<(), String> {
     let workdir = WorkDir::create("bench")?;
     let mut routes = vec![
         topology::start(Route::Direct, target.addr, &binaries, None, workdir.path()).await?,
-        topology::start(Route::TarmacTwoHops, target.addr, &binaries, None, workdir.path()).await?,
+        // The mesh path as users get it: two sidecars with mTLS between them.
+        topology::start(Route::TarmacTwoHopsMtls, target.addr, &binaries, None, workdir.path()).await?,
     ];
     let idle_rss = idle_rss(&routes);
     let load_name = format!("{} req/s", args.rate);
@@ -214,7 +214,7 @@ async fn target(args: BenchArgs) -> Result<(), String> {
     );
     if let (Some(direct), Some(meshed)) = (
         summaries.iter().find(|s| s.route == Route::Direct),
-        summaries.iter().find(|s| s.route == Route::TarmacTwoHops),
+        summaries.iter().find(|s| s.route == Route::TarmacTwoHopsMtls),
     ) {
         println!(
             "  baseline   p50 {:>7.0} µs  p99 {:>7.0} µs  p99.9 {:>7.0} µs",
@@ -296,12 +296,7 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     upstream.wait_ready(&Readiness::Accepts(upstream_addr), Duration::from_secs(10)).await?;
 
     let mut routes: Vec<Running> = Vec::new();
-    let mut pending = Vec::new();
     for route in SUITE_ROUTES {
-        if let Some(reason) = route.pending() {
-            pending.push(format!("{}: pending, {reason}", route.label()));
-            continue;
-        }
         if route.proxy() == Some(topology::ProxyKind::Envoy) && binaries.envoy.is_none() {
             continue;
         }
@@ -407,9 +402,6 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     }
     if !cost_points.is_empty() {
         println!("{}", costs::table(&cost_points));
-    }
-    for line in &pending {
-        println!("{line}");
     }
     println!("{}", report::bar_text(&bar));
     print_warnings(&summaries);

@@ -2,6 +2,7 @@
 
 use super::envoy;
 use super::processes::{Managed, Readiness, free_port};
+use crate::identity::{Certified, EphemeralCa};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
@@ -18,16 +19,17 @@ pub enum Route {
     Direct,
     /// Through one Tarmac proxy (a client-side sidecar, endpoint not meshed).
     TarmacOneHop,
-    /// Through a client-side and a server-side Tarmac proxy: the mesh path. Plaintext
-    /// until identity lands; between the proxies, one multiplexed HTTP/2 connection.
+    /// Through a client-side and a server-side Tarmac proxy, plaintext between them (one
+    /// multiplexed HTTP/2 connection).
     TarmacTwoHops,
     /// Through one Envoy.
     EnvoyOneHop,
     /// Through two Envoys, HTTP/2 between them as between Tarmac's.
     EnvoyTwoHops,
-    /// Slots for the mTLS mesh paths, measured once the identity issue gives the proxies
-    /// certificates; until then they are listed as pending, never faked.
+    /// The mesh path as it runs by default: two Tarmac proxies with mTLS between them
+    /// (TLS 1.3, X25519MLKEM768, identities verified).
     TarmacTwoHopsMtls,
+    /// Two Envoys with mTLS between them, as two Istio sidecars.
     EnvoyTwoHopsMtls,
 }
 
@@ -76,16 +78,6 @@ impl Route {
         }
     }
 
-    /// Why the route cannot be measured yet, if it cannot.
-    pub fn pending(self) -> Option<&'static str> {
-        match self {
-            Self::TarmacTwoHopsMtls | Self::EnvoyTwoHopsMtls => {
-                Some("needs the identity issue: proxies do not have certificates yet")
-            }
-            _ => None,
-        }
-    }
-
     /// The Envoy route with the same hops, to compare a Tarmac route with.
     pub fn envoy_counterpart(self) -> Option<Route> {
         match self {
@@ -106,9 +98,6 @@ pub async fn start(
     core: Option<usize>,
     dir: &FsPath,
 ) -> Result<Running, String> {
-    if let Some(reason) = route.pending() {
-        return Err(format!("{} cannot run yet: {reason}", route.label()));
-    }
     let name = route.label().replace(' ', "-");
     let mut proxies = Vec::new();
     let entry = match route {
@@ -119,38 +108,81 @@ pub async fn start(
             proxies.push(start_tarmac(&format!("{name}-client"), &yaml, admin, binaries, core, dir).await?);
             listen
         }
-        Route::TarmacTwoHops => {
+        Route::TarmacTwoHops | Route::TarmacTwoHopsMtls => {
+            let certs = match route {
+                Route::TarmacTwoHopsMtls => Some(MeshCerts::create(dir)?),
+                _ => None,
+            };
             let (server_admin, inbound) = (free_port()?, free_port()?);
-            let yaml = tarmac_server_config(server_admin, inbound, upstream);
+            let mut yaml = tarmac_server_config(server_admin, inbound, upstream);
+            if let Some(certs) = &certs {
+                yaml.push_str(&certs.tarmac_identity(&certs.server));
+                yaml = yaml.replace("  app:", "  mtls: strict\n  app:");
+            }
             let server =
                 start_tarmac(&format!("{name}-server"), &yaml, server_admin, binaries, core, dir).await?;
             let (client_admin, listen) = (free_port()?, free_port()?);
-            let yaml = tarmac_client_config(client_admin, listen, inbound, true);
+            let mut yaml = tarmac_client_config(client_admin, listen, inbound, true);
+            if let Some(certs) = &certs {
+                yaml = yaml
+                    .replace("meshed: true}", &format!("meshed: true, identity: \"{}\"}}", certs.server.id));
+                yaml.push_str(&certs.tarmac_identity(&certs.client));
+            }
             proxies.push(
                 start_tarmac(&format!("{name}-client"), &yaml, client_admin, binaries, core, dir).await?,
             );
             proxies.push(server);
             listen
         }
-        Route::EnvoyOneHop | Route::EnvoyTwoHops => {
+        Route::EnvoyOneHop | Route::EnvoyTwoHops | Route::EnvoyTwoHopsMtls => {
             let binary = binaries.envoy.as_deref().ok_or("Envoy is not installed")?;
+            let certs = match route {
+                Route::EnvoyTwoHopsMtls => Some(MeshCerts::create(dir)?),
+                _ => None,
+            };
+            let server_tls = certs.as_ref().map(|c| c.envoy_tls(&c.server, &c.client));
+            let client_tls = certs.as_ref().map(|c| c.envoy_tls(&c.client, &c.server));
+            let two_hops = route != Route::EnvoyOneHop;
             let mut next = upstream;
-            if route == Route::EnvoyTwoHops {
+            if two_hops {
                 let (admin, listen) = (free_port()?, free_port()?);
-                let config = envoy::config(admin, listen, upstream, false);
+                let config = envoy::config(admin, listen, upstream, false, server_tls.as_ref(), None);
                 proxies
                     .push(start_envoy(&format!("{name}-server"), &config, admin, binary, core, dir).await?);
                 next = listen;
             }
             let (admin, listen) = (free_port()?, free_port()?);
-            let config = envoy::config(admin, listen, next, route == Route::EnvoyTwoHops);
+            let config = envoy::config(admin, listen, next, two_hops, None, client_tls.as_ref());
             proxies
                 .insert(0, start_envoy(&format!("{name}-client"), &config, admin, binary, core, dir).await?);
             listen
         }
-        Route::TarmacTwoHopsMtls | Route::EnvoyTwoHopsMtls => unreachable!("refused above as pending"),
     };
     Ok(Running { route, entry, proxies })
+}
+
+/// A CA made for one measurement, and certificates for the two sides of a hop.
+struct MeshCerts {
+    ca: EphemeralCa,
+    client: Certified,
+    server: Certified,
+}
+
+impl MeshCerts {
+    fn create(dir: &FsPath) -> Result<Self, String> {
+        let ca = EphemeralCa::create(dir)?;
+        Ok(Self { client: ca.certify("bench-client")?, server: ca.certify("bench-server")?, ca })
+    }
+
+    /// Envoy's TLS settings for the side presenting `own` and expecting `peer`.
+    fn envoy_tls<'a>(&'a self, own: &'a Certified, peer: &'a Certified) -> envoy::Tls<'a> {
+        envoy::Tls { cert: &own.cert, key: &own.key, anchors: &self.ca.anchors, peer_id: &peer.id }
+    }
+
+    /// The `identity` section of a Tarmac proxy presenting `own`.
+    fn tarmac_identity(&self, own: &Certified) -> String {
+        self.ca.proxy_yaml(own)
+    }
 }
 
 /// A client-side sidecar: one service on an explicit listener, one endpoint.
@@ -233,6 +265,24 @@ mod tests {
             assert_eq!(envoy.label().replace("envoy", "tarmac"), route.label());
             assert_eq!(envoy.proxy(), Some(ProxyKind::Envoy));
         }
-        assert!(Route::TarmacTwoHopsMtls.pending().is_some() && Route::TarmacTwoHops.pending().is_none());
+    }
+
+    #[test]
+    fn mtls_configurations_are_accepted_by_the_proxy() {
+        let dir = std::env::temp_dir().join(format!("tarmac-bench-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let certs = MeshCerts::create(&dir).unwrap();
+        let yaml = format!(
+            "{}{}",
+            tarmac_server_config(
+                SocketAddr::from(([127, 0, 0, 1], 1)),
+                SocketAddr::from(([127, 0, 0, 1], 2)),
+                SocketAddr::from(([127, 0, 0, 1], 3))
+            ),
+            certs.tarmac_identity(&certs.server)
+        );
+        let config = tarmac_proxy::Config::from_yaml(&yaml, "generated").expect("the proxy accepts it");
+        assert_eq!(config.identity.unwrap().certificate.unwrap().cert, certs.server.cert);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

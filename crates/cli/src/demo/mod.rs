@@ -15,6 +15,7 @@ pub(crate) mod sidecar;
 
 use crate::duration;
 use crate::http_client::HttpClient;
+use crate::identity::EphemeralCa;
 use crate::prometheus::Scrape;
 use crate::workdir::WorkDir;
 use apps::{RunningService, TrafficTotals};
@@ -151,32 +152,57 @@ impl Mesh {
         let (authors_admin, authors_inbound) = (ports.next()?, ports.next()?);
         let (traffic_admin, to_web) = (ports.next()?, ports.next()?);
 
+        // Every hop between sidecars is mTLS, with a CA made for this run: each workload
+        // proves its own SPIFFE ID and checks the one it calls.
+        let ca = EphemeralCa::create(dir)?;
+        let [web_id, books_id, authors_id, traffic_id] =
+            ["web", "books", "authors", "traffic"].map(|sa| ca.certify(sa));
+        let (web_id, books_id, authors_id, traffic_id) = (web_id?, books_id?, authors_id?, traffic_id?);
         let web = SidecarConfig {
             workload: "web",
             admin: web_admin,
             inbound: Some(Inbound { listen: web_inbound, app: app_addr(&web_listener)? }),
             outbound: vec![
-                Outbound { service: "books", listen: to_books, endpoint: books_inbound },
-                Outbound { service: "authors", listen: to_authors, endpoint: authors_inbound },
+                Outbound {
+                    service: "books",
+                    listen: to_books,
+                    endpoint: books_inbound,
+                    identity: books_id.id.clone(),
+                },
+                Outbound {
+                    service: "authors",
+                    listen: to_authors,
+                    endpoint: authors_inbound,
+                    identity: authors_id.id.clone(),
+                },
             ],
+            identity_yaml: ca.proxy_yaml(&web_id),
         };
         let books = SidecarConfig {
             workload: "books",
             admin: books_admin,
             inbound: Some(Inbound { listen: books_inbound, app: app_addr(&books_listener)? }),
             outbound: Vec::new(),
+            identity_yaml: ca.proxy_yaml(&books_id),
         };
         let authors = SidecarConfig {
             workload: "authors",
             admin: authors_admin,
             inbound: Some(Inbound { listen: authors_inbound, app: app_addr(&authors_listener)? }),
             outbound: Vec::new(),
+            identity_yaml: ca.proxy_yaml(&authors_id),
         };
         let traffic = SidecarConfig {
             workload: "traffic",
             admin: traffic_admin,
             inbound: None,
-            outbound: vec![Outbound { service: "web", listen: to_web, endpoint: web_inbound }],
+            outbound: vec![Outbound {
+                service: "web",
+                listen: to_web,
+                endpoint: web_inbound,
+                identity: web_id.id.clone(),
+            }],
+            identity_yaml: ca.proxy_yaml(&traffic_id),
         };
 
         self.services.push(apps::start_books(books_listener));

@@ -91,6 +91,8 @@ pub struct Outbound {
     pub service: &'static str,
     pub listen: SocketAddr,
     pub endpoint: SocketAddr,
+    /// The SPIFFE ID the endpoint's sidecar proves.
+    pub identity: String,
 }
 
 /// What the demo configures in one sidecar.
@@ -100,6 +102,8 @@ pub struct SidecarConfig {
     pub admin: SocketAddr,
     pub inbound: Option<Inbound>,
     pub outbound: Vec<Outbound>,
+    /// The sidecar's `identity` section (its certificate files and the anchors).
+    pub identity_yaml: String,
 }
 
 /// Sidecars drain for at most this long on SIGTERM, so that they exit by themselves
@@ -119,11 +123,12 @@ impl SidecarConfig {
             for out in &self.outbound {
                 let _ = write!(
                     yaml,
-                    "    - name: {}\n      listen: \"{}\"\n      endpoints: [{{addr: \"{}\", meshed: true}}]\n",
-                    out.service, out.listen, out.endpoint
+                    "    - name: {}\n      listen: \"{}\"\n      endpoints: [{{addr: \"{}\", meshed: true, identity: \"{}\"}}]\n",
+                    out.service, out.listen, out.endpoint, out.identity
                 );
             }
         }
+        yaml.push_str(&self.identity_yaml);
         let _ = write!(yaml, "limits:\n  drain_timeout: {DRAIN_TIMEOUT}\n");
         yaml
     }
@@ -338,6 +343,9 @@ async fn supervise(
 mod tests {
     use super::*;
 
+    const BOOKS_ID: &str = "spiffe://cluster.local/ns/default/sa/books";
+    const AUTHORS_ID: &str = "spiffe://cluster.local/ns/default/sa/authors";
+
     #[test]
     fn generated_configuration_names_every_listener_and_meshed_endpoints() {
         let addr = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -346,15 +354,17 @@ mod tests {
             admin: addr(4191),
             inbound: Some(Inbound { listen: addr(4143), app: addr(8080) }),
             outbound: vec![
-                Outbound { service: "books", listen: addr(7001), endpoint: addr(5143) },
-                Outbound { service: "authors", listen: addr(7002), endpoint: addr(6143) },
+                Outbound { service: "books", listen: addr(7001), endpoint: addr(5143), identity: BOOKS_ID.into() },
+                Outbound { service: "authors", listen: addr(7002), endpoint: addr(6143), identity: AUTHORS_ID.into() },
             ],
+            identity_yaml: "identity:\n  trust_anchors: /tmp/anchors.pem\n  certificate: {cert: /tmp/web.pem, key: /tmp/web.key}\n"
+                .into(),
         };
         let yaml = config.to_yaml();
         for needle in [
             "admin: \"127.0.0.1:4191\"",
             "inbound:\n  listen: \"127.0.0.1:4143\"\n  app: \"127.0.0.1:8080\"",
-            "- name: books\n      listen: \"127.0.0.1:7001\"\n      endpoints: [{addr: \"127.0.0.1:5143\", meshed: true}]",
+            "- name: books\n      listen: \"127.0.0.1:7001\"\n      endpoints: [{addr: \"127.0.0.1:5143\", meshed: true, identity: \"spiffe://cluster.local/ns/default/sa/books\"}]",
             "- name: authors",
             "drain_timeout: 3s",
         ] {
@@ -366,6 +376,8 @@ mod tests {
         let services = parsed.outbound.expect("outbound").services;
         assert_eq!(services[1].name, "authors");
         assert!(services[1].endpoints[0].meshed);
+        assert_eq!(services[1].endpoints[0].identity.as_deref(), Some(AUTHORS_ID));
+        assert!(parsed.identity.is_some());
         assert_eq!(parsed.inbound.expect("inbound").app, Some(addr(8080)));
         assert_eq!(parsed.limits.drain_timeout, Duration::from_secs(3));
 
@@ -374,6 +386,7 @@ mod tests {
             admin: addr(4192),
             inbound: None,
             outbound: config.outbound[..1].to_vec(),
+            identity_yaml: String::new(),
         };
         let parsed =
             tarmac_proxy::Config::from_yaml(&client.to_yaml(), "generated").expect("the proxy accepts it");

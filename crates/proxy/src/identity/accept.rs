@@ -76,7 +76,7 @@ pub async fn accept(
         Some(ALPN_HTTP1) => Detected::Http1,
         _ => Detected::Opaque,
     };
-    metrics.tls_handshake(Direction::Inbound, "ok");
+    metrics.tls_handshake(Direction::Inbound, "ok", super::group_name(conn));
     Accepted::Mesh { stream: Box::new(stream), protocol, client_id }
 }
 
@@ -86,7 +86,7 @@ fn refuse(
     result: &'static str,
     error: &str,
 ) -> Accepted {
-    metrics.tls_handshake(Direction::Inbound, result);
+    metrics.tls_handshake(Direction::Inbound, result, "");
     tracing::warn!(
         ?peer,
         result,

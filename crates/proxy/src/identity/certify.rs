@@ -75,7 +75,7 @@ impl Certifier {
     pub async fn renew_forever(mut self, stop: CancellationToken) {
         loop {
             let Some(current) = self.certs.current() else { return };
-            let wait = renewal_delay(current.info.not_before, current.info.not_after, SystemTime::now());
+            let wait = renewal_delay(current.installed, current.info.not_after, SystemTime::now());
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -155,10 +155,11 @@ fn is_refusal(status: &tonic::Status) -> bool {
     )
 }
 
-/// How long to wait before renewing: until 65-75 % of the certificate's life.
-fn renewal_delay(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> Duration {
-    let life = not_after.duration_since(not_before).unwrap_or_default();
-    let at = not_before + life.mul_f64(0.65 + 0.10 * fastrand::f64());
+/// How long to wait before renewing: until 65-75 % of the certificate's remaining life
+/// when it was installed.
+fn renewal_delay(installed: SystemTime, not_after: SystemTime, now: SystemTime) -> Duration {
+    let life = not_after.duration_since(installed).unwrap_or_default();
+    let at = installed + life.mul_f64(0.65 + 0.10 * fastrand::f64());
     at.duration_since(now).unwrap_or_default()
 }
 

@@ -114,6 +114,19 @@ impl MeshTls {
     }
 }
 
+/// The `group` label: the key exchange a handshake negotiated.
+pub fn group_name(conn: &rustls::CommonState) -> &'static str {
+    use rustls::NamedGroup;
+    match conn.negotiated_key_exchange_group().map(|g| g.name()) {
+        Some(NamedGroup::X25519MLKEM768) => "X25519MLKEM768",
+        Some(NamedGroup::X25519) => "X25519",
+        Some(NamedGroup::secp256r1) => "secp256r1",
+        Some(NamedGroup::secp384r1) => "secp384r1",
+        Some(_) => "other",
+        None => "",
+    }
+}
+
 /// The `result` label of a failed handshake, from the error rustls reported.
 pub fn handshake_failure(error: &std::io::Error) -> &'static str {
     use rustls::{CertificateError, Error};

@@ -17,6 +17,9 @@ pub struct Current {
     pub leaf_der: Vec<u8>,
     pub info: CertInfo,
     pub identity: String,
+    /// When it was put in use. CAs backdate `not_before` for clock skew, so renewal is
+    /// timed from here.
+    pub installed: SystemTime,
 }
 
 #[derive(Debug, Default)]
@@ -61,7 +64,13 @@ impl CertStore {
             // Unknown: the provider cannot tell; the handshake will.
             Err(_) => {}
         }
-        let current = Arc::new(Current { key: Arc::new(certified), leaf_der, info, identity });
+        let current = Arc::new(Current {
+            key: Arc::new(certified),
+            leaf_der,
+            info,
+            identity,
+            installed: SystemTime::now(),
+        });
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(current.clone());
         Ok(current)
     }
