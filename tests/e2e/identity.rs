@@ -39,7 +39,7 @@ impl ControlPlane {
     async fn start(tag: &str, lifetime: Duration) -> Self {
         let dir = temp_dir(tag);
         std::fs::create_dir_all(dir.join("config")).unwrap();
-        let store = FilesStore::open(&dir.join("config")).unwrap();
+        let store = FilesStore::open(dir.join("config")).unwrap();
         let discovery = DiscoveryService::new(store.snapshots(), Registry::default());
         let (ca, created) = Ca::load_or_generate(&dir.join("ca"), "cluster.local").unwrap();
         assert!(created);
