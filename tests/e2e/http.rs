@@ -69,9 +69,13 @@ async fn concurrent_http1_requests_share_one_connection_between_proxies() {
     assert_eq!(sum(&inbound, "tarmac_requests_total", &[("direction", "inbound")]), 20.0);
     // The client proxy opened exactly one connection to the server proxy...
     assert_eq!(sum(&outbound, "tarmac_http_connections_total", &[("target", "books")]), 1.0, "{outbound}");
-    // ...and the server proxy accepted one HTTP/2 connection.
+    // ...and the server proxy accepted one mTLS connection carrying HTTP/2.
     assert_eq!(
-        sum(&inbound, "tarmac_protocol_detect_total", &[("direction", "inbound"), ("result", "http2")]),
+        sum(&inbound, "tarmac_protocol_detect_total", &[("direction", "inbound"), ("result", "tls")]),
+        1.0
+    );
+    assert_eq!(
+        sum(&inbound, "tarmac_tls_handshakes_total", &[("direction", "inbound"), ("result", "ok")]),
         1.0
     );
     // The app, served over HTTP/1.1, needed one connection per concurrent request.

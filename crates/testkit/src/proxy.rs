@@ -15,15 +15,65 @@ pub async fn start(yaml: &str) -> Running {
 }
 
 /// A client-side proxy with one explicit service, and a server-side proxy in front of
-/// `app`, wired together as in a mesh. Returns (client proxy, server proxy).
+/// `app`, wired together as in a mesh: mTLS between them, each with a certificate from
+/// [`TestPki`]. Returns (client proxy, server proxy).
 pub async fn mesh_pair(service: &str, app: SocketAddr) -> (Running, Running) {
-    let server = start(&format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {app}\n")).await;
+    let pki = TestPki::get();
+    let server = start(&format!(
+        "admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {app}\n{}",
+        pki.identity_yaml(&pki.server)
+    ))
+    .await;
     let inbound = server.addrs.inbound.unwrap();
     let client = start(&format!(
-        "admin: 127.0.0.1:0\noutbound:\n  services:\n  - name: {service}\n    listen: 127.0.0.1:0\n    endpoints: [{{addr: \"{inbound}\", meshed: true}}]\n"
+        "admin: 127.0.0.1:0\noutbound:\n  services:\n  - name: {service}\n    listen: 127.0.0.1:0\n    endpoints: [{{addr: \"{inbound}\", meshed: true, identity: \"{}\"}}]\n{}",
+        pki.server.0,
+        pki.identity_yaml(&pki.client)
     ))
     .await;
     (client, server)
+}
+
+/// A CA for the tests of this process, and certificates for a client and a server proxy
+/// (SPIFFE IDs `.../sa/test-client` and `.../sa/test-server`).
+pub struct TestPki {
+    pub anchors: PathBuf,
+    /// (SPIFFE ID, certificate file, key file)
+    pub client: (String, PathBuf, PathBuf),
+    pub server: (String, PathBuf, PathBuf),
+}
+
+impl TestPki {
+    pub fn get() -> &'static TestPki {
+        static PKI: std::sync::OnceLock<TestPki> = std::sync::OnceLock::new();
+        PKI.get_or_init(|| {
+            use tarmac_identity::ca::{Ca, generate_root};
+            let dir = crate::tools::temp_dir("pki");
+            let (root, key) = generate_root("cluster.local").unwrap();
+            let ca = Ca::from_root(&root, &key.serialize_pem(), "cluster.local").unwrap();
+            let anchors = dir.join("anchors.pem");
+            std::fs::write(&anchors, ca.anchors_pem()).unwrap();
+            let certify = |sa: &str| {
+                let id = tarmac_identity::SpiffeId::new("cluster.local", "default", sa).unwrap();
+                let (chain, key) = ca.issue_with_new_key(&id, Duration::from_secs(24 * 3600)).unwrap();
+                let (cert_path, key_path) = (dir.join(format!("{sa}.pem")), dir.join(format!("{sa}.key")));
+                std::fs::write(&cert_path, chain).unwrap();
+                std::fs::write(&key_path, key).unwrap();
+                (id.to_string(), cert_path, key_path)
+            };
+            TestPki { client: certify("test-client"), server: certify("test-server"), anchors }
+        })
+    }
+
+    /// The `identity` section of a proxy presenting `own`.
+    pub fn identity_yaml(&self, own: &(String, PathBuf, PathBuf)) -> String {
+        format!(
+            "identity:\n  trust_anchors: \"{}\"\n  certificate: {{cert: \"{}\", key: \"{}\"}}\n",
+            self.anchors.display(),
+            own.1.display(),
+            own.2.display()
+        )
+    }
 }
 
 /// A `tarmac-proxy` child process; killed on drop.
