@@ -23,6 +23,7 @@ fn instance(replica: u32, addr: SocketAddr) -> Instance {
         service_account: "books".into(),
         addr,
         meshed: true,
+        admin: None,
     }
 }
 

@@ -1,16 +1,15 @@
 //! `tarmac`, the Tarmac command line: how people first meet the mesh and then operate it.
-//! Today it has `tarmac demo`, which runs a complete local mesh (sample services, real
-//! `tarmac-proxy` sidecars and traffic) in one command and shows the golden metrics the
-//! sidecars measure, and `tarmac bench`, which measures the latency and cost the mesh
-//! adds; the other commands of the design (`up`, `check`, `stat`, `tap`, ...) will join it
-//! here. This file only parses arguments and dispatches.
+//! `tarmac demo` runs a complete local mesh (sample services, real `tarmac-proxy`
+//! sidecars and traffic) in one command; `tarmac up DIR` runs a mesh from a directory of
+//! YAML; `check`, `stat`, `edges`, `top`, `tap`, `routes` and `prometheus-config` look at
+//! a running mesh through the control plane's API; `tarmac bench` measures the latency
+//! and cost the mesh adds. This file only parses arguments and dispatches.
 
 mod bench;
 mod demo;
 mod duration;
-mod http_client;
 mod identity;
-mod prometheus;
+mod observe;
 mod up;
 mod workdir;
 
@@ -34,6 +33,13 @@ enum Command {
     Bench(bench::BenchArgs),
     Up(up::UpArgs),
     Identity(identity::IdentityArgs),
+    Check(observe::check::CheckArgs),
+    Stat(observe::stat::StatArgs),
+    Edges(observe::stat::EdgesArgs),
+    Top(observe::tap::TopArgs),
+    Tap(observe::tap::TapArgs),
+    Routes(observe::routes::RoutesArgs),
+    PrometheusConfig(observe::PrometheusConfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +70,18 @@ fn main() -> ExitCode {
         Command::Demo(args) => runtime.block_on(demo::run(args)),
         Command::Bench(args) => bench::main(args, &runtime),
         Command::Identity(args) => identity::run(args),
+        // `check` fails (exit 1) when a check fails, without a second message.
+        Command::Check(args) => match runtime.block_on(observe::check::check(args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
+        Command::Stat(args) => runtime.block_on(observe::stat::stat(args)),
+        Command::Edges(args) => runtime.block_on(observe::stat::edges(args)),
+        Command::Top(args) => runtime.block_on(observe::tap::top(args)),
+        Command::Tap(args) => runtime.block_on(observe::tap::tap(args)),
+        Command::Routes(args) => runtime.block_on(observe::routes::routes(args)),
+        Command::PrometheusConfig(args) => observe::prometheus_config(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

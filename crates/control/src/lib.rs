@@ -10,12 +10,21 @@
 //! - [`identity`]: the CA's gRPC face: workload certificates by CSR, proven by a
 //!   bootstrap token or the certificate being renewed.
 //! - [`grpc`]: the one gRPC server that carries both to the proxies.
+//! - [`telemetry`]: every proxy's metrics, scraped and turned into golden metrics per
+//!   workload, service, route and edge; the live tap relay.
+//! - [`api`]: the HTTP JSON API the CLI, the dashboard and Prometheus use.
+//! - [`prometheus`] and [`http_client`]: the Prometheus text format and a small loopback
+//!   HTTP client, shared with the CLI.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod discovery;
 pub mod grpc;
+pub mod http_client;
 pub mod identity;
+pub mod prometheus;
 pub mod registry;
 pub mod store;
+pub mod telemetry;

@@ -20,6 +20,9 @@ pub struct Instance {
     /// app itself.
     pub addr: SocketAddr,
     pub meshed: bool,
+    /// Its proxy's admin listener (`/metrics`, `/tap`, `/ready`), where telemetry scrapes
+    /// and taps it; None for an instance without a proxy.
+    pub admin: Option<SocketAddr>,
 }
 
 /// The current set of instances, published to discovery streams.

@@ -2,13 +2,13 @@
 //! core when `taskset` is there, logged to files, stopped with SIGTERM and, failing that,
 //! killed; and the scheduling knobs (`taskset`, `chrt`) applied to running processes.
 
-use crate::http_client::HttpClient;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tarmac_control::http_client::HttpClient;
 
 /// How long a stopped process may drain before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);

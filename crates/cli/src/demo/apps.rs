@@ -6,7 +6,6 @@
 //! behaviour is chosen so that the golden metrics have something to show: `books` fails
 //! now and then, `authors` is slower, and `web` inherits both.
 
-use crate::http_client::HttpClient;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -20,6 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tarmac_control::http_client::HttpClient;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -168,7 +168,7 @@ impl Service for Web {
         let id = catalogue_id(path);
         let (book_path, author_path) = (format!("/books/{id}"), format!("/authors/{id}"));
         let (title, author) = tokio::join!(self.books.get(&book_path), self.authors.get(&author_path));
-        let answer = |name: &str, result: Result<crate::http_client::Response, _>| match result {
+        let answer = |name: &str, result: Result<tarmac_control::http_client::Response, _>| match result {
             Ok(r) if r.status.is_success() => Ok(String::from_utf8_lossy(&r.body).into_owned()),
             Ok(r) => Err(format!("{name} answered {}", r.status)),
             Err(e) => Err(format!("{name}: {e}")),

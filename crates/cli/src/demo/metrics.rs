@@ -6,9 +6,9 @@
 //! are computed from the difference between two scrapes, so they describe that period
 //! only, as PromQL's `rate` and `histogram_quantile` over `increase` would.
 
-use crate::http_client::HttpClient;
-use crate::prometheus::{Histogram, Scrape, counter_increase};
 use std::time::Instant;
+use tarmac_control::http_client::HttpClient;
+use tarmac_control::prometheus::{Histogram, Scrape, counter_increase};
 
 const RESPONSES: &str = "tarmac_responses_total";
 const LATENCY: &str = "tarmac_response_latency_seconds";

@@ -14,9 +14,7 @@ mod report;
 pub(crate) mod sidecar;
 
 use crate::duration;
-use crate::http_client::HttpClient;
 use crate::identity::EphemeralCa;
-use crate::prometheus::Scrape;
 use crate::workdir::WorkDir;
 use apps::{RunningService, TrafficTotals};
 use metrics::Reading;
@@ -26,6 +24,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tarmac_control::http_client::HttpClient;
+use tarmac_control::prometheus::Scrape;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, watch};

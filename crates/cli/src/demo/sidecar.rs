@@ -1,13 +1,13 @@
 //! The demo's sidecars: real `tarmac-proxy` processes, one beside each workload, each
 //! started from a configuration file generated here, as an orchestrator would.
 
-use crate::http_client::HttpClient;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tarmac_control::http_client::HttpClient;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;

@@ -13,7 +13,6 @@ mod plan;
 mod process;
 
 use crate::demo::sidecar::{PortAllocator, locate_proxy_binary};
-use crate::http_client::HttpClient;
 use crate::workdir::WorkDir;
 use plan::{ReplicaPlan, Upstream};
 use process::{Proc, describe, note};
@@ -23,11 +22,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tarmac_control::api::Api;
 use tarmac_control::discovery::server::DiscoveryService;
+use tarmac_control::http_client::HttpClient;
 use tarmac_control::identity::{BootstrapTokens, IdentityService, WorkloadIdentity};
 use tarmac_control::registry::{Instance, Registry};
 use tarmac_control::store::files::{FilesStore, OpenError};
 use tarmac_control::store::{Snapshot, Status, Store};
+use tarmac_control::telemetry::Telemetry;
 use tarmac_identity::DEFAULT_TRUST_DOMAIN;
 use tarmac_identity::ca::Ca;
 use tokio::process::Command;
@@ -74,6 +76,11 @@ pub struct UpArgs {
     /// Run without mTLS between sidecars (plaintext HTTP/2, no CA).
     #[arg(long)]
     pub no_identity: bool,
+    /// Port of the control plane's HTTP API (`tarmac stat`, `check`, `tap`, ..., Prometheus
+    /// service discovery) on 127.0.0.1. When the default is taken (another `tarmac up`),
+    /// a free port is used and printed; 0: always a free port.
+    #[arg(long, default_value_t = tarmac_control::api::DEFAULT_PORT)]
+    pub api_port: u16,
 }
 
 enum Failure {
@@ -157,6 +164,7 @@ impl Replica {
             service_account: self.plan.service_account.clone(),
             addr: self.inbound,
             meshed: true,
+            admin: Some(self.admin),
         }
     }
 
@@ -215,6 +223,7 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
     let control_addr = listener.local_addr().map_err(|e| Failure::Other(e.to_string()))?;
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
     let discovery = DiscoveryService::new(store.snapshots(), registry.clone());
+    let subscriptions = discovery.subscriptions();
     let control = tokio::spawn(tarmac_control::grpc::serve(
         listener,
         discovery,
@@ -223,10 +232,25 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
             let _ = control_stopped.await;
         },
     ));
+    let api_listener = bind_api(args.api_port).await.map_err(Failure::Other)?;
+    let api_addr = api_listener.local_addr().map_err(|e| Failure::Other(e.to_string()))?;
+    let telemetry = Telemetry::new(registry.clone(), store.snapshots());
+    let scraper = tokio::spawn(telemetry.clone().run());
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api =
+        tokio::spawn(Api::new(telemetry, store.status(), subscriptions).serve(api_listener, async move {
+            let _ = api_stopped.await;
+        }));
     for plan in &plans {
         process::widen_prefix(plan.name().len() + " proxy".len());
     }
     note(&format!("control plane: discovery on {control_addr}, configuration from {}", dir.display()));
+    let flag = if api_addr.port() == tarmac_control::api::DEFAULT_PORT {
+        String::new()
+    } else {
+        format!(" (give the CLI `--control {api_addr}` or set TARMAC_CONTROL={api_addr})")
+    };
+    note(&format!("control plane: API on http://{api_addr}{flag}"));
 
     let work_dir = WorkDir::create("up").map_err(Failure::Other)?;
     let sidecar_identity = match &identity {
@@ -276,6 +300,8 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
         }
     }
     watcher.abort();
+    scraper.abort();
+    let _ = stop_api.send(());
     let everything = std::mem::take(&mut mesh.running).into_values().collect();
     stop_replicas(everything).await;
     let _ = stop_control.send(());
@@ -285,10 +311,28 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
         Ok(Err(e)) => note(&format!("the control plane failed: {e}")),
         Err(_) => note("the control plane did not stop in time"),
     }
+    // Open tap streams would hold a graceful shutdown forever.
+    if tokio::time::timeout(Duration::from_secs(1), api).await.is_err() {
+        note("the API did not stop in time");
+    }
     drop(store);
     drop(work_dir);
     note("stopped");
     Ok(())
+}
+
+/// Binds the API listener; a taken default port falls back to a free one.
+async fn bind_api(port: u16) -> Result<tokio::net::TcpListener, String> {
+    match tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if port == tarmac_control::api::DEFAULT_PORT && e.kind() == std::io::ErrorKind::AddrInUse => {
+            note(&format!("port {port} is taken (another `tarmac up`?): the API uses a free port instead"));
+            tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .map_err(|e| format!("cannot listen on 127.0.0.1 for the API: {e}"))
+        }
+        Err(e) => Err(format!("cannot listen on 127.0.0.1:{port} for the API: {e}")),
+    }
 }
 
 /// What makes replicas impossible to start, beyond what the model validates.

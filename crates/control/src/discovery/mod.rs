@@ -81,6 +81,7 @@ mod tests {
             service_account: workload.into(),
             addr: addr.parse().unwrap(),
             meshed: true,
+            admin: None,
         }
     }
 

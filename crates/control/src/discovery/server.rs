@@ -3,14 +3,20 @@
 //! Each `WatchService` stream follows the desired state and the running instances and
 //! sends the recomputed [`ServiceUpdate`] whenever either changes and the result differs
 //! from what this stream last sent. A stream lives until its proxy goes away.
+//!
+//! Live streams are listed in [`Subscriptions`] with the newest configuration generation
+//! each has taken into account, so that `tarmac check` can say which proxies are
+//! connected and whether they follow the configuration in force.
 
 use super::compute;
 use crate::registry::{Instance, Registry};
 use crate::store::Snapshot;
 use futures_util::Stream;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 use tarmac_proto::discovery::discovery_server::{Discovery, DiscoveryServer};
 use tarmac_proto::discovery::{InboundUpdate, ServiceUpdate, WatchInboundRequest, WatchServiceRequest};
 use tokio::sync::watch;
@@ -22,11 +28,88 @@ type UpdateStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub struct DiscoveryService {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     registry: Registry,
+    subscriptions: Subscriptions,
+}
+
+/// One live `WatchService` stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// The proxy's end of the connection: one proxy's streams share one connection.
+    pub peer: Option<SocketAddr>,
+    /// Who the proxy says it is.
+    pub proxy_namespace: String,
+    pub proxy_workload: String,
+    /// What it watches.
+    pub service_namespace: String,
+    pub service: String,
+    pub port: u16,
+    pub since: SystemTime,
+    /// The newest configuration generation the stream has computed its state from (it
+    /// sends only when that state changed, so this can be newer than `sent_generation`).
+    pub seen_generation: u64,
+    /// Generation of the last update sent; None before the first.
+    pub sent_generation: Option<u64>,
+}
+
+/// The live discovery streams, shared between the server and whoever reports on it.
+#[derive(Clone, Debug, Default)]
+pub struct Subscriptions {
+    inner: Arc<Mutex<SubscriptionTable>>,
+}
+
+#[derive(Debug, Default)]
+struct SubscriptionTable {
+    next_id: u64,
+    live: BTreeMap<u64, Subscription>,
+}
+
+impl Subscriptions {
+    /// Every live stream, oldest first.
+    pub fn list(&self) -> Vec<Subscription> {
+        self.lock().live.values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SubscriptionTable> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, subscription: Subscription) -> SubscriptionGuard {
+        let mut table = self.lock();
+        let id = table.next_id;
+        table.next_id += 1;
+        table.live.insert(id, subscription);
+        SubscriptionGuard { subscriptions: self.clone(), id }
+    }
+}
+
+/// Keeps one stream listed; removes it when the stream is dropped (the proxy went away).
+struct SubscriptionGuard {
+    subscriptions: Subscriptions,
+    id: u64,
+}
+
+impl SubscriptionGuard {
+    fn update(&self, change: impl FnOnce(&mut Subscription)) {
+        if let Some(s) = self.subscriptions.lock().live.get_mut(&self.id) {
+            change(s);
+        }
+    }
+}
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        self.subscriptions.lock().live.remove(&self.id);
+    }
 }
 
 impl DiscoveryService {
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, registry: Registry) -> Self {
-        Self { snapshots, registry }
+        Self { snapshots, registry, subscriptions: Subscriptions::default() }
+    }
+
+    /// The live streams of this service (and of its clones).
+    pub fn subscriptions(&self) -> Subscriptions {
+        self.subscriptions.clone()
     }
 
     pub fn into_server(self) -> DiscoveryServer<Self> {
@@ -42,6 +125,7 @@ struct Watch {
     namespace: String,
     name: String,
     port: u16,
+    listed: SubscriptionGuard,
 }
 
 impl Watch {
@@ -52,6 +136,8 @@ impl Watch {
                 let instances = self.instances.borrow_and_update().clone();
                 compute(&snapshot, &instances, &self.namespace, &self.name, self.port)
             };
+            let generation = update.generation;
+            self.listed.update(|s| s.seen_generation = generation);
             // The generation alone changing is no news for this service.
             let same = self.last.as_ref().is_some_and(|last| {
                 last.exists == update.exists
@@ -60,6 +146,7 @@ impl Watch {
             });
             if !same {
                 self.last = Some(update.clone());
+                self.listed.update(|s| s.sent_generation = Some(generation));
                 return Some(update);
             }
             tokio::select! {
@@ -87,6 +174,18 @@ impl Discovery for DiscoveryService {
         }
         let namespace = if req.namespace.is_empty() { "default".to_string() } else { req.namespace };
         tracing::debug!(?peer, service = %req.service, %namespace, port, "watch service");
+        let proxy = req.proxy.unwrap_or_default();
+        let listed = self.subscriptions.add(Subscription {
+            peer,
+            proxy_namespace: if proxy.namespace.is_empty() { "default".to_string() } else { proxy.namespace },
+            proxy_workload: proxy.workload,
+            service_namespace: namespace.clone(),
+            service: req.service.clone(),
+            port,
+            since: SystemTime::now(),
+            seen_generation: 0,
+            sent_generation: None,
+        });
         let watch = Watch {
             snapshots: self.snapshots.clone(),
             instances: self.registry.subscribe(),
@@ -94,6 +193,7 @@ impl Discovery for DiscoveryService {
             namespace,
             name: req.service,
             port,
+            listed,
         };
         let stream = futures_util::stream::unfold(watch, |mut w| async move {
             let update = w.next().await?;

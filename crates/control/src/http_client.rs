@@ -1,5 +1,6 @@
-//! A small HTTP/1.1 client for local processes: the demo's services calling each other
-//! through their sidecars, and scraping proxies' admin endpoints.
+//! A small HTTP/1.1 client for local processes: the control plane scraping proxies' admin
+//! endpoints and relaying their tap streams, the CLI calling the control plane's API, the
+//! demo's services calling each other through their sidecars.
 //!
 //! Built on hyper's connection-level API with a minimal pool of keep-alive connections to
 //! one address. A general-purpose client (DNS, TLS, proxies, many hosts) would be more
@@ -9,6 +10,7 @@ use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -60,6 +62,26 @@ impl HttpClient {
     /// Sends `GET path` and reads the whole response.
     pub async fn get(&self, path: &str) -> Result<Response, ClientError> {
         tokio::time::timeout(self.timeout, self.get_without_timeout(path))
+            .await
+            .map_err(|_| ClientError::Timeout { addr: self.addr, timeout: self.timeout })?
+    }
+
+    /// Sends `GET path` on a connection of its own and returns as soon as the response
+    /// headers arrive (within the timeout); the body is read as it streams (tap, NDJSON).
+    /// Dropping the body closes the connection.
+    pub async fn get_streaming(&self, path: &str) -> Result<(StatusCode, Incoming), ClientError> {
+        let start = async {
+            let mut sender = self.connect().await?;
+            let failed = |source| ClientError::Request { addr: self.addr, source };
+            sender.ready().await.map_err(failed)?;
+            let request = Request::get(path)
+                .header(HOST, self.host.clone())
+                .body(Empty::new())
+                .expect("paths are written by this program and valid");
+            let response = sender.send_request(request).await.map_err(failed)?;
+            Ok((response.status(), response.into_body()))
+        };
+        tokio::time::timeout(self.timeout, start)
             .await
             .map_err(|_| ClientError::Timeout { addr: self.addr, timeout: self.timeout })?
     }

@@ -2,7 +2,8 @@
 //! how much a counter grew between two scrapes, and quantiles estimated from histogram
 //! buckets the way PromQL's `histogram_quantile` estimates them.
 //!
-//! Only samples matter to the CLI: comment lines (`# HELP`, `# TYPE`, `# UNIT`, `# EOF`)
+//! Shared by the control plane (which scrapes every proxy for golden metrics) and the CLI
+//! (`tarmac demo`'s summary). Only samples matter: comment lines (`# HELP`, `# TYPE`, `# UNIT`, `# EOF`)
 //! and sample timestamps are skipped, so both the classic Prometheus format and
 //! OpenMetrics text (which `tarmac-proxy` serves) are read.
 
@@ -65,7 +66,6 @@ impl Scrape {
         Ok(Self { samples })
     }
 
-    #[cfg(test)]
     pub fn samples(&self) -> &[Sample] {
         &self.samples
     }
@@ -114,6 +114,9 @@ pub struct Histogram {
 }
 
 impl Histogram {
+    /// No buckets, no observations.
+    pub const EMPTY: Histogram = Histogram { buckets: Vec::new() };
+
     pub fn new(mut buckets: Vec<Bucket>) -> Self {
         buckets.sort_by(|a, b| a.upper_bound.total_cmp(&b.upper_bound));
         Self { buckets }
@@ -122,6 +125,18 @@ impl Histogram {
     /// Observations in total: the `+Inf` bucket's count.
     pub fn count(&self) -> f64 {
         self.buckets.last().filter(|b| b.upper_bound == f64::INFINITY).map_or(0.0, |b| b.cumulative_count)
+    }
+
+    /// The observations of both, bucket by bucket (`sum by (le)` of two series).
+    pub fn merge(&self, other: &Histogram) -> Histogram {
+        let mut buckets = self.buckets.clone();
+        for b in &other.buckets {
+            match buckets.iter_mut().find(|m| m.upper_bound == b.upper_bound) {
+                Some(m) => m.cumulative_count += b.cumulative_count,
+                None => buckets.push(*b),
+            }
+        }
+        Histogram::new(buckets)
     }
 
     /// The observations made since `earlier`, bucket by bucket: the histogram of one

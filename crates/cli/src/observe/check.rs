@@ -1,0 +1,58 @@
+//! `tarmac check`: is the control plane up, is the configuration valid, are the proxies
+//! ready, connected and following the configuration in force; advice for what is not.
+//! Exits non-zero when anything is wrong, so that scripts can wait on it.
+
+use super::{ControlArgs, Output, print_json};
+use serde_json::json;
+
+/// Check the mesh: control plane, configuration, replicas, proxies and discovery.
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// Ok(true) when every check passed.
+pub async fn check(args: CheckArgs) -> Result<bool, String> {
+    let report = match args.control.get_json("/api/v1/check").await {
+        Ok(report) => report,
+        Err(e) => {
+            let (detail, hint) = e.split_once('\n').unwrap_or((e.as_str(), ""));
+            json!({
+                "ok": false,
+                "checks": [{
+                    "name": "control plane",
+                    "ok": false,
+                    "detail": detail,
+                    "hint": hint.trim(),
+                }],
+                "proxies": [],
+            })
+        }
+    };
+    let ok = report["ok"].as_bool().unwrap_or(false);
+    if args.output == Output::Json {
+        print_json(&report);
+        return Ok(ok);
+    }
+    for check in report["checks"].as_array().into_iter().flatten() {
+        let passed = check["ok"].as_bool().unwrap_or(false);
+        println!(
+            "{} {}: {}",
+            if passed { "√" } else { "×" },
+            check["name"].as_str().unwrap_or("?"),
+            check["detail"].as_str().unwrap_or("")
+        );
+        for error in check["errors"].as_array().into_iter().flatten() {
+            println!("    {}", error["text"].as_str().unwrap_or(""));
+        }
+        if let Some(hint) = check["hint"].as_str().filter(|h| !h.is_empty() && !passed) {
+            println!("    hint: {hint}");
+        }
+    }
+    println!();
+    println!("{}", if ok { "Status check results are √" } else { "Some checks failed: see × above" });
+    Ok(ok)
+}

@@ -1,0 +1,150 @@
+//! `tarmac stat [KIND[/NAME]]` and `tarmac edges`: golden metrics over a recent window,
+//! in the columns `linkerd viz stat` users know.
+
+use super::{ControlArgs, Output, millis, percent, print_json, print_table, qualified, query, rps};
+use serde_json::Value;
+
+/// Golden metrics (success rate, requests per second, latency percentiles) per workload,
+/// service, route or edge, over a recent window.
+#[derive(clap::Args, Debug)]
+pub struct StatArgs {
+    /// `workload`, `service`, `route` or `edge` (plural and short forms work: `wl`, `svc`),
+    /// optionally with `/NAME`.
+    #[arg(default_value = "workload")]
+    pub resource: String,
+    /// Only this namespace (default: every namespace).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// How far back to look, e.g. `30s`, `1m`, `10m` (at most 10m).
+    #[arg(short = 't', long, default_value = "1m")]
+    pub window: String,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// Who calls whom, with golden metrics (the same as `tarmac stat edge`).
+#[derive(clap::Args, Debug)]
+pub struct EdgesArgs {
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    #[arg(short = 't', long, default_value = "1m")]
+    pub window: String,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+pub async fn edges(args: EdgesArgs) -> Result<(), String> {
+    stat(StatArgs {
+        resource: "edge".into(),
+        namespace: args.namespace,
+        window: args.window,
+        output: args.output,
+        control: args.control,
+    })
+    .await
+}
+
+pub async fn stat(args: StatArgs) -> Result<(), String> {
+    let (kind, name) = match args.resource.split_once('/') {
+        Some((kind, name)) => (kind.to_string(), Some(name.to_string())),
+        None => (args.resource.clone(), None),
+    };
+    let path = format!(
+        "/api/v1/stat/{kind}?{}",
+        query(&[
+            ("window", Some(args.window.clone())),
+            ("namespace", args.namespace.clone()),
+            ("name", name)
+        ])
+    );
+    let answer = args.control.get_json(&path).await?;
+    if args.output == Output::Json {
+        print_json(&answer);
+        return Ok(());
+    }
+    let rows = answer["rows"].as_array().cloned().unwrap_or_default();
+    let golden = |r: &Value| {
+        vec![
+            percent(&r["success_rate"]),
+            rps(&r["rps"]),
+            millis(&r["latency_ms_p50"]),
+            millis(&r["latency_ms_p95"]),
+            millis(&r["latency_ms_p99"]),
+            r["requests"].as_u64().unwrap_or(0).to_string(),
+        ]
+    };
+    const GOLDEN: [&str; 6] = ["SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "REQUESTS"];
+    let kind = answer["kind"].as_str().unwrap_or("");
+    if rows.is_empty() {
+        println!("No {kind}s found{}.", if kind == "edge" { " with traffic in the window" } else { "" });
+        return Ok(());
+    }
+    let (header, table): (Vec<&str>, Vec<Vec<String>>) = match kind {
+        "workload" => (
+            [["NAME", "MESHED"].as_slice(), &GOLDEN].concat(),
+            rows.iter()
+                .map(|r| {
+                    let mut row = vec![
+                        qualified(&r["namespace"], &r["name"]),
+                        r["meshed"].as_str().unwrap_or("-").into(),
+                    ];
+                    row.extend(golden(r));
+                    row
+                })
+                .collect(),
+        ),
+        "route" => (
+            [["SERVICE", "ROUTE"].as_slice(), &GOLDEN].concat(),
+            rows.iter()
+                .map(|r| {
+                    let mut row = vec![
+                        qualified(&r["namespace"], &r["service"]),
+                        r["name"].as_str().unwrap_or("").into(),
+                    ];
+                    row.extend(golden(r));
+                    row
+                })
+                .collect(),
+        ),
+        "edge" => (
+            [["SRC", "DST", "DST_WORKLOADS"].as_slice(), &GOLDEN].concat(),
+            rows.iter()
+                .map(|r| {
+                    let dst = match r["dst_service"].as_str() {
+                        Some(_) => qualified(&r["dst_namespace"], &r["dst_service"]),
+                        None => r["dst_target"].as_str().unwrap_or("").into(),
+                    };
+                    let workloads: Vec<&str> = r["dst_workloads"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    let mut row = vec![
+                        qualified(&r["src_namespace"], &r["src_workload"]),
+                        dst,
+                        if workloads.is_empty() { "-".into() } else { workloads.join(",") },
+                    ];
+                    row.extend(golden(r));
+                    row
+                })
+                .collect(),
+        ),
+        _ => (
+            [["NAME"].as_slice(), &GOLDEN].concat(),
+            rows.iter()
+                .map(|r| {
+                    let mut row = vec![qualified(&r["namespace"], &r["name"])];
+                    row.extend(golden(r));
+                    row
+                })
+                .collect(),
+        ),
+    };
+    print_table(&header, &table);
+    Ok(())
+}

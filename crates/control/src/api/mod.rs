@@ -1,0 +1,400 @@
+//! The control plane's HTTP API, for the CLI (`tarmac stat`, `check`, `tap`, ...), the
+//! dashboard and Prometheus. JSON everywhere, NDJSON for the live tap; loopback only.
+//! docs/observability.md documents every endpoint.
+//!
+//! | endpoint | answers |
+//! |---|---|
+//! | `GET /api/v1/stat/{kind}` | golden metrics per workload, service, route or edge |
+//! | `GET /api/v1/edges` | who calls whom, with golden metrics |
+//! | `GET /api/v1/top` | most requested paths over a short tap |
+//! | `GET /api/v1/tap` | live request events (NDJSON) |
+//! | `GET /api/v1/check` | configuration, replicas, proxies, discovery |
+//! | `GET /api/v1/routes` | the HTTPRoutes and GRPCRoutes attached to a Service |
+//! | `GET /api/v1/prometheus/sd` | every proxy's admin address, for Prometheus' `http_sd_configs` |
+
+pub mod check;
+
+use crate::discovery::server::Subscriptions;
+use crate::http_client::HttpClient;
+use crate::store::{Snapshot, Status};
+use crate::telemetry::stats::{self, Kind};
+use crate::telemetry::tap::{self, StatusFilter, TapFilter, Target};
+use crate::telemetry::top::TopTable;
+use crate::telemetry::{DEFAULT_WINDOW, RETENTION, Telemetry};
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use axum::routing::get;
+use futures_util::StreamExt;
+use http::{StatusCode, header};
+use serde::Serialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tarmac_model::Resource;
+use tokio::sync::watch;
+
+/// The port `tarmac up` serves the API on, and where the CLI looks for it, by default.
+pub const DEFAULT_PORT: u16 = 4190;
+/// `top` taps for this long unless asked otherwise, and at most for `TOP_MAX`.
+const TOP_DEFAULT: Duration = Duration::from_secs(2);
+const TOP_MAX: Duration = Duration::from_secs(60);
+
+/// What the API reads from.
+#[derive(Clone)]
+pub struct Api {
+    telemetry: Telemetry,
+    status: watch::Receiver<Arc<Status>>,
+    subscriptions: Subscriptions,
+}
+
+impl Api {
+    pub fn new(
+        telemetry: Telemetry,
+        status: watch::Receiver<Arc<Status>>,
+        subscriptions: Subscriptions,
+    ) -> Self {
+        Self { telemetry, status, subscriptions }
+    }
+
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/", get(index))
+            .route("/api/v1/stat/{kind}", get(stat))
+            .route("/api/v1/edges", get(edges))
+            .route("/api/v1/top", get(top))
+            .route("/api/v1/tap", get(tap_stream))
+            .route("/api/v1/check", get(check))
+            .route("/api/v1/routes", get(routes))
+            .route("/api/v1/prometheus/sd", get(prometheus_sd))
+            .with_state(self)
+    }
+
+    /// Serves the API on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+    }
+}
+
+fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .expect("a static header is valid")
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    json_response(StatusCode::BAD_REQUEST, &json!({ "error": message.into() }))
+}
+
+/// `a=1&b=x%20y` as a map (`+` is a space; the last of repeated keys wins).
+pub fn query_params(raw: Option<&str>) -> BTreeMap<String, String> {
+    raw.unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(high), Some(low)) => {
+                    out.push(high * 16 + low);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `window=30s` (default one minute, at most the retention).
+fn window(params: &BTreeMap<String, String>) -> Result<Duration, String> {
+    match params.get("window") {
+        None => Ok(DEFAULT_WINDOW),
+        Some(text) => match tarmac_model::duration::parse(text) {
+            Ok(d) if !d.is_zero() && d <= RETENTION => Ok(d),
+            Ok(_) => Err(format!("window must be more than 0s and at most {}s", RETENTION.as_secs())),
+            Err(e) => Err(format!("window: {e}")),
+        },
+    }
+}
+
+async fn index() -> Response {
+    let text = "tarmac control plane API\n\n\
+        GET /api/v1/stat/{workload|service|route|edge}?window=1m&namespace=NS&name=NAME\n\
+        GET /api/v1/edges?window=1m\n\
+        GET /api/v1/top?target=TARGET&duration=2s\n\
+        GET /api/v1/tap?target=TARGET&namespace=NS&method=M&path=PREFIX&status=5xx&direction=inbound&limit=N\n\
+        GET /api/v1/check\n\
+        GET /api/v1/routes?service=NAME&namespace=NS\n\
+        GET /api/v1/prometheus/sd\n";
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from(text))
+        .expect("a static header is valid")
+}
+
+async fn stat(State(api): State<Api>, Path(kind): Path<String>, RawQuery(raw): RawQuery) -> Response {
+    let params = query_params(raw.as_deref());
+    let Some(kind) = Kind::parse(&kind) else {
+        return bad_request(format!("unknown kind `{kind}`: use workload, service, route or edge"));
+    };
+    let window = match window(&params) {
+        Ok(w) => w,
+        Err(message) => return bad_request(message),
+    };
+    api.telemetry.refresh().await;
+    let windows = api.telemetry.windows(window);
+    let snapshot = api.telemetry.snapshot();
+    let namespace = params.get("namespace").filter(|n| !n.is_empty());
+    let name = params.get("name").filter(|n| !n.is_empty());
+    let rows = match kind {
+        Kind::Edge => {
+            let rows: Vec<_> = stats::edge_rows(&windows, &snapshot)
+                .into_iter()
+                .filter(|r| namespace.is_none_or(|ns| *ns == r.src_namespace))
+                .filter(|r| name.is_none_or(|n| *n == r.src_workload || r.dst_service.as_ref() == Some(n)))
+                .collect();
+            serde_json::to_value(rows)
+        }
+        _ => {
+            let rows = match kind {
+                Kind::Workload => stats::workload_rows(&windows, &snapshot),
+                Kind::Service => stats::service_rows(&windows, &snapshot),
+                _ => stats::route_rows(&windows, &snapshot),
+            };
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter(|r| namespace.is_none_or(|ns| *ns == r.namespace))
+                .filter(|r| name.is_none_or(|n| *n == r.name || r.service.as_ref() == Some(n)))
+                .collect();
+            serde_json::to_value(rows)
+        }
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": kind.as_str(),
+            "window_seconds": window.as_secs_f64(),
+            "generation": snapshot.generation,
+            "rows": rows.unwrap_or_default(),
+        }),
+    )
+}
+
+async fn edges(state: State<Api>, raw: RawQuery) -> Response {
+    stat(state, Path("edge".to_string()), raw).await
+}
+
+/// Reads tap filters from the query.
+fn tap_filter(params: &BTreeMap<String, String>) -> Result<TapFilter, String> {
+    let get = |key: &str| params.get(key).filter(|v| !v.is_empty()).cloned();
+    let target = match get("target") {
+        Some(t) => Some(Target::parse(&t)?),
+        None => None,
+    };
+    let status = match get("status") {
+        Some(s) => Some(StatusFilter::parse(&s)?),
+        None => None,
+    };
+    let direction = get("direction");
+    if direction.as_deref().is_some_and(|d| d != "inbound" && d != "outbound") {
+        return Err("direction must be inbound or outbound".into());
+    }
+    Ok(TapFilter {
+        target,
+        namespace: get("namespace"),
+        method: get("method"),
+        path: get("path"),
+        status,
+        direction,
+        authority: get("authority"),
+    })
+}
+
+async fn tap_stream(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
+    let params = query_params(raw.as_deref());
+    let filter = match tap_filter(&params) {
+        Ok(f) => f,
+        Err(message) => return bad_request(message),
+    };
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => None,
+        Some(Ok(n)) if n > 0 => Some(n),
+        Some(_) => return bad_request("limit must be a positive number"),
+    };
+    let events = tap::watch(api.telemetry.registry(), api.telemetry.snapshots(), filter, limit);
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(events.map(Ok::<_, Infallible>)))
+        .expect("a static header is valid")
+}
+
+async fn top(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
+    let params = query_params(raw.as_deref());
+    let filter = match tap_filter(&params) {
+        Ok(f) => f,
+        Err(message) => return bad_request(message),
+    };
+    let duration = match params.get("duration").map(|d| tarmac_model::duration::parse(d)) {
+        None => TOP_DEFAULT,
+        Some(Ok(d)) if !d.is_zero() && d <= TOP_MAX => d,
+        Some(_) => {
+            return bad_request(format!("duration must be more than 0s and at most {}s", TOP_MAX.as_secs()));
+        }
+    };
+    let mut events = Box::pin(tap::watch(api.telemetry.registry(), api.telemetry.snapshots(), filter, None));
+    let mut table = TopTable::default();
+    let deadline = tokio::time::Instant::now() + duration;
+    while let Ok(Some(line)) = tokio::time::timeout_at(deadline, events.next()).await {
+        table.add_line(&String::from_utf8_lossy(&line));
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({ "duration_seconds": duration.as_secs_f64(), "dropped": table.dropped, "rows": table.top(100) }),
+    )
+}
+
+async fn check(State(api): State<Api>) -> Response {
+    let snapshot = api.telemetry.snapshot();
+    let status = api.status.borrow().clone();
+    let instances: Vec<_> = api.telemetry.registry().subscribe().borrow().as_ref().clone();
+    let mut probes = tokio::task::JoinSet::new();
+    for (n, instance) in instances.iter().enumerate() {
+        let admin = instance.admin;
+        probes.spawn(async move {
+            let Some(admin) = admin else { return (n, false) };
+            let client = HttpClient::new(admin, Duration::from_secs(1));
+            (n, client.get("/ready").await.is_ok_and(|r| r.status.is_success()))
+        });
+    }
+    let mut ready = vec![false; instances.len()];
+    while let Some(Ok((n, ok))) = probes.join_next().await {
+        ready[n] = ok;
+    }
+    let report = check::report(&status, &snapshot, &instances, &ready, &api.subscriptions.list());
+    json_response(StatusCode::OK, &report)
+}
+
+/// The routes attached to `service=NAME` (in `namespace=NS`, default `default`).
+async fn routes(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
+    let params = query_params(raw.as_deref());
+    let Some(service) = params.get("service").filter(|s| !s.is_empty()) else {
+        return bad_request("service=NAME is required");
+    };
+    let namespace = params
+        .get("namespace")
+        .filter(|n| !n.is_empty())
+        .cloned()
+        .unwrap_or_else(|| tarmac_model::meta::DEFAULT_NAMESPACE.to_string());
+    let snapshot = api.telemetry.snapshot();
+    json_response(StatusCode::OK, &routes_of(&snapshot, &namespace, service))
+}
+
+pub fn routes_of(snapshot: &Snapshot, namespace: &str, service: &str) -> serde_json::Value {
+    let exists = snapshot.iter_kind("Service").any(|r| match r {
+        Resource::Service(s) => s.metadata.name == service && s.metadata.namespace == namespace,
+        _ => false,
+    });
+    let mut routes = Vec::new();
+    for resource in snapshot.objects.values() {
+        let (kind, meta, parents, value) = match resource {
+            Resource::HttpRoute(r) => {
+                ("HTTPRoute", &r.metadata, &r.spec.parent_refs, serde_json::to_value(r))
+            }
+            Resource::GrpcRoute(r) => {
+                ("GRPCRoute", &r.metadata, &r.spec.parent_refs, serde_json::to_value(r))
+            }
+            _ => continue,
+        };
+        let attached: Vec<_> = parents
+            .iter()
+            .filter(|p| {
+                p.is_service()
+                    && p.name == service
+                    && p.namespace.as_deref().unwrap_or(&meta.namespace) == namespace
+            })
+            .map(|p| json!({ "port": p.port }))
+            .collect();
+        if attached.is_empty() {
+            continue;
+        }
+        let Ok(value) = value else { continue };
+        routes.push(json!({
+            "kind": kind,
+            "namespace": meta.namespace,
+            "name": meta.name,
+            "ports": attached.iter().map(|a| a["port"].clone()).collect::<Vec<_>>(),
+            "hostnames": value["spec"]["hostnames"].clone(),
+            "rules": value["spec"]["rules"].clone(),
+        }));
+    }
+    json!({
+        "service": service,
+        "namespace": namespace,
+        "service_exists": exists,
+        "generation": snapshot.generation,
+        "routes": routes,
+    })
+}
+
+/// Prometheus HTTP service discovery: one target group per proxy.
+async fn prometheus_sd(State(api): State<Api>) -> Response {
+    let instances: Vec<_> = api.telemetry.registry().subscribe().borrow().as_ref().clone();
+    let groups: Vec<_> = instances
+        .iter()
+        .filter_map(|i| {
+            let admin: SocketAddr = i.admin?;
+            Some(json!({
+                "targets": [admin.to_string()],
+                "labels": {
+                    "namespace": i.namespace,
+                    "workload": i.workload,
+                    "replica": i.replica.to_string(),
+                    "service_account": i.service_account,
+                },
+            }))
+        })
+        .collect();
+    json_response(StatusCode::OK, &groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_are_decoded() {
+        let q = query_params(Some("path=%2Fbooks%2F1&method=GET&x=a+b&bad=%zz&end=%4"));
+        assert_eq!(q["path"], "/books/1");
+        assert_eq!(q["method"], "GET");
+        assert_eq!(q["x"], "a b");
+        assert_eq!(q["bad"], "%zz");
+        assert_eq!(q["end"], "%4");
+    }
+}

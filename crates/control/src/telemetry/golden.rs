@@ -1,0 +1,233 @@
+//! Golden metrics from proxy scrapes: pure functions, tested without any network.
+//!
+//! A [`Reading`] is what one scrape of one proxy says, reduced to the series golden
+//! metrics need (responses by classification, latency buckets) keyed by direction,
+//! target and route. The numbers of a window are the increase between two readings of
+//! the same proxy, summed over proxies as `sum(increase(...))` would, and the latency
+//! quantiles are read from the summed bucket increases as `histogram_quantile` does.
+
+use crate::prometheus::{Bucket, Histogram, Scrape, counter_increase};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// The proxy's response counter: one series per status code and classification.
+pub const RESPONSES: &str = "tarmac_responses_total";
+/// The proxy's latency histogram (without `_bucket`).
+pub const LATENCY: &str = "tarmac_response_latency_seconds";
+/// How a rule without a `route` label (or a proxy without routing) is reported.
+pub const DEFAULT_ROUTE: &str = "[default]";
+
+/// Which series of a proxy: traffic it received (`inbound`, target = the app) or sent
+/// (`outbound`, target = the service as named in its configuration), and the route
+/// label when the proxy gives one.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesKey {
+    pub direction: String,
+    pub target: String,
+    pub route: Option<String>,
+}
+
+/// Responses and their latencies: cumulative in a reading, an increase in a window.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counts {
+    pub successes: f64,
+    pub failures: f64,
+    pub latency: Histogram,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: &Counts) {
+        self.successes += other.successes;
+        self.failures += other.failures;
+        self.latency = self.latency.merge(&other.latency);
+    }
+
+    /// What happened since `earlier` (None: since the proxy started, when it counted 0).
+    pub fn increase_since(&self, earlier: Option<&Counts>) -> Counts {
+        match earlier {
+            None => self.clone(),
+            Some(e) => Counts {
+                successes: counter_increase(self.successes, e.successes),
+                failures: counter_increase(self.failures, e.failures),
+                latency: self.latency.increase_since(&e.latency),
+            },
+        }
+    }
+
+    /// The golden metrics of these counts observed over `seconds`.
+    pub fn golden(&self, seconds: f64) -> Golden {
+        let responses = self.successes + self.failures;
+        let ms = |q: f64| self.latency.quantile(q).map(|s| round(s * 1000.0, 3));
+        Golden {
+            requests: responses.round() as u64,
+            successes: self.successes.round() as u64,
+            success_rate: (responses > 0.0).then(|| round(self.successes / responses, 4)),
+            rps: if seconds > 0.0 { round(responses / seconds, 3) } else { 0.0 },
+            latency_ms_p50: ms(0.5),
+            latency_ms_p95: ms(0.95),
+            latency_ms_p99: ms(0.99),
+        }
+    }
+}
+
+fn round(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+/// Success rate, request rate and latency of one thing over a window. `requests` counts
+/// completed responses (a request still in flight is not counted yet).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Golden {
+    pub requests: u64,
+    pub successes: u64,
+    /// None when there was no traffic (not 100 %, not 0 %).
+    pub success_rate: Option<f64>,
+    pub rps: f64,
+    pub latency_ms_p50: Option<f64>,
+    pub latency_ms_p95: Option<f64>,
+    pub latency_ms_p99: Option<f64>,
+}
+
+/// What one scrape of one proxy says about its traffic.
+#[derive(Clone, Debug)]
+pub struct Reading {
+    pub at: Instant,
+    pub series: BTreeMap<SeriesKey, Counts>,
+}
+
+impl Reading {
+    pub fn from_scrape(scrape: &Scrape, at: Instant) -> Self {
+        let mut series: BTreeMap<SeriesKey, Counts> = BTreeMap::new();
+        let key = |s: &crate::prometheus::Sample| SeriesKey {
+            direction: s.label("direction").unwrap_or_default().to_string(),
+            target: s.label("target").unwrap_or_default().to_string(),
+            route: s.label("route").filter(|r| !r.is_empty()).map(str::to_string),
+        };
+        let bucket_name = format!("{LATENCY}_bucket");
+        let mut buckets: BTreeMap<SeriesKey, Vec<Bucket>> = BTreeMap::new();
+        for sample in scrape.samples() {
+            if sample.name == RESPONSES {
+                let counts = series.entry(key(sample)).or_default();
+                match sample.label("classification") {
+                    Some("success") => counts.successes += sample.value,
+                    _ => counts.failures += sample.value,
+                }
+            } else if sample.name == bucket_name {
+                let Some(upper_bound) = sample.label("le").and_then(|le| match le {
+                    "+Inf" | "Inf" => Some(f64::INFINITY),
+                    _ => le.parse().ok(),
+                }) else {
+                    continue;
+                };
+                let list = buckets.entry(key(sample)).or_default();
+                match list.iter_mut().find(|b| b.upper_bound == upper_bound) {
+                    Some(b) => b.cumulative_count += sample.value,
+                    None => list.push(Bucket { upper_bound, cumulative_count: sample.value }),
+                }
+            }
+        }
+        for (key, list) in buckets {
+            series.entry(key).or_default().latency = Histogram::new(list);
+        }
+        Self { at, series }
+    }
+
+    /// Every series' increase since `earlier` (None: since the proxy started).
+    pub fn increase_since(&self, earlier: Option<&Reading>) -> BTreeMap<SeriesKey, Counts> {
+        self.series
+            .iter()
+            .map(|(key, counts)| {
+                let before = earlier.and_then(|e| e.series.get(key));
+                // A series absent earlier was created since, from zero.
+                let before = match (earlier, before) {
+                    (Some(_), None) => Some(&EMPTY),
+                    (_, b) => b,
+                };
+                (key.clone(), counts.increase_since(before))
+            })
+            .collect()
+    }
+}
+
+static EMPTY: Counts = Counts { successes: 0.0, failures: 0.0, latency: Histogram::EMPTY };
+
+/// The service an outbound `target` names, as `tarmac up` names them in sidecar
+/// configurations: `books`, `books.shop` (another namespace), `books:8080` or
+/// `books.shop:8080` (a port of a multi-port Service). Returns (namespace, name); the
+/// namespace defaults to the calling proxy's. None for what cannot be a service name
+/// (an address, say).
+pub fn parse_service_target<'a>(target: &'a str, caller_namespace: &'a str) -> Option<(&'a str, &'a str)> {
+    let host = match target.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host,
+        Some(_) => return None,
+        None => target,
+    };
+    let (name, namespace) = host.split_once('.').unwrap_or((host, caller_namespace));
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+    };
+    (label(name) && label(namespace)).then_some((namespace, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const SCRAPE_1: &str = "\
+tarmac_responses_total{direction=\"inbound\",target=\"127.0.0.1:8080\",status_code=\"200\",classification=\"success\"} 90
+tarmac_responses_total{direction=\"inbound\",target=\"127.0.0.1:8080\",status_code=\"500\",classification=\"failure\"} 10
+tarmac_responses_total{direction=\"outbound\",target=\"names\",status_code=\"200\",classification=\"success\"} 5
+tarmac_response_latency_seconds_bucket{direction=\"inbound\",target=\"127.0.0.1:8080\",le=\"0.001\"} 50
+tarmac_response_latency_seconds_bucket{direction=\"inbound\",target=\"127.0.0.1:8080\",le=\"0.01\"} 100
+tarmac_response_latency_seconds_bucket{direction=\"inbound\",target=\"127.0.0.1:8080\",le=\"+Inf\"} 100
+";
+
+    #[test]
+    fn readings_sum_responses_by_classification_and_keep_buckets() {
+        let reading = Reading::from_scrape(&Scrape::parse(SCRAPE_1).unwrap(), Instant::now());
+        let inbound = SeriesKey { direction: "inbound".into(), target: "127.0.0.1:8080".into(), route: None };
+        let counts = &reading.series[&inbound];
+        assert_eq!((counts.successes, counts.failures), (90.0, 10.0));
+        assert_eq!(counts.latency.count(), 100.0);
+        let golden = counts.golden(10.0);
+        assert_eq!(golden.requests, 100);
+        assert_eq!(golden.success_rate, Some(0.9));
+        assert_eq!(golden.rps, 10.0);
+        assert_eq!(golden.latency_ms_p50, Some(1.0));
+    }
+
+    #[test]
+    fn a_window_is_the_increase_between_two_readings() {
+        let start = Instant::now();
+        let before = Reading::from_scrape(&Scrape::parse(SCRAPE_1).unwrap(), start);
+        let later = SCRAPE_1
+            .replace("} 90", "} 150")
+            .replace("} 5\n", "} 5\ntarmac_responses_total{direction=\"outbound\",target=\"names\",route=\"canary\",status_code=\"503\",classification=\"failure\"} 4\n");
+        let after = Reading::from_scrape(&Scrape::parse(&later).unwrap(), start + Duration::from_secs(6));
+        let window = after.increase_since(Some(&before));
+        let inbound = SeriesKey { direction: "inbound".into(), target: "127.0.0.1:8080".into(), route: None };
+        let golden = window[&inbound].golden(6.0);
+        assert_eq!((golden.requests, golden.successes, golden.rps), (60, 60, 10.0));
+        assert_eq!(golden.latency_ms_p50, None, "no latency observed in the window");
+        let canary =
+            SeriesKey { direction: "outbound".into(), target: "names".into(), route: Some("canary".into()) };
+        assert_eq!(window[&canary].failures, 4.0, "a series born in the window counts from zero");
+        let since_start = after.increase_since(None);
+        assert_eq!(since_start[&inbound].successes, 150.0);
+    }
+
+    #[test]
+    fn outbound_targets_name_services() {
+        assert_eq!(parse_service_target("books", "default"), Some(("default", "books")));
+        assert_eq!(parse_service_target("books.shop", "default"), Some(("shop", "books")));
+        assert_eq!(parse_service_target("books.shop:8080", "default"), Some(("shop", "books")));
+        assert_eq!(parse_service_target("books:80", "shop"), Some(("shop", "books")));
+        assert_eq!(parse_service_target("127.0.0.1:8080", "default"), None);
+        assert_eq!(parse_service_target("[::1]:80", "default"), None);
+    }
+}

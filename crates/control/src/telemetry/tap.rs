@@ -1,0 +1,341 @@
+//! Live tap, relayed: one watcher's stream gathers the `/tap` streams of the proxies it
+//! targets, adds who each event came from, filters, and hands the events on as NDJSON.
+//!
+//! Buffers are bounded at every step: a proxy drops events for a watcher that falls
+//! behind (its `{"dropped":N}` lines are added up here), and the relay drops events when
+//! its own buffer to the watcher is full, reporting both as `{"dropped":N}` lines. So a
+//! slow watcher loses events; it never slows a proxy down or grows memory. Proxies that
+//! start or stop while the watcher watches are followed.
+
+use crate::http_client::HttpClient;
+use crate::registry::{Instance, Registry};
+use crate::store::Snapshot;
+use bytes::Bytes;
+use futures_util::Stream;
+use http_body_util::BodyExt;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tarmac_model::Resource;
+use tarmac_model::meta::selector_matches;
+use tokio::sync::{mpsc, watch};
+
+/// Events buffered for one watcher before the relay starts dropping them.
+pub const BUFFER: usize = 1024;
+/// Events a proxy's `/tap` sends before ending its stream (the relay reconnects).
+const PROXY_STREAM_LIMIT: usize = 100_000;
+/// Wait before reconnecting to a proxy whose tap stream ended or failed.
+const RECONNECT: Duration = Duration::from_millis(500);
+
+/// What to tap: whose proxies, and which of their events.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TapFilter {
+    /// `workload/NAME`, `service/NAME`, a bare `NAME` (a workload or service of that
+    /// name), or None for every proxy.
+    pub target: Option<Target>,
+    /// Namespace of the target; every namespace when None.
+    pub namespace: Option<String>,
+    pub method: Option<String>,
+    /// A path prefix.
+    pub path: Option<String>,
+    pub status: Option<StatusFilter>,
+    /// `inbound` or `outbound`.
+    pub direction: Option<String>,
+    pub authority: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    Workload(String),
+    Service(String),
+    Either(String),
+}
+
+impl Target {
+    pub fn parse(text: &str) -> Result<Target, String> {
+        let name_ok = |n: &str| !n.is_empty() && !n.contains('/');
+        match text.split_once('/') {
+            Some((kind, name)) if name_ok(name) => match kind {
+                "workload" | "workloads" | "wl" | "deploy" | "deployment" => {
+                    Ok(Target::Workload(name.into()))
+                }
+                "service" | "services" | "svc" => Ok(Target::Service(name.into())),
+                _ => Err(format!("`{text}`: the kind must be `workload` or `service`")),
+            },
+            None if name_ok(text) => Ok(Target::Either(text.into())),
+            _ => Err(format!("`{text}` is not a target: write `workload/NAME`, `service/NAME` or `NAME`")),
+        }
+    }
+}
+
+/// An exact status code or a class (`2xx`, `4xx`, `5xx`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StatusFilter {
+    Code(u16),
+    Class(u16),
+}
+
+impl StatusFilter {
+    pub fn parse(text: &str) -> Result<StatusFilter, String> {
+        let bad = || format!("`{text}` is not a status: write e.g. `503` or `5xx`");
+        if let Some(class) = text.strip_suffix("xx").or_else(|| text.strip_suffix("XX")) {
+            let class: u16 = class.parse().map_err(|_| bad())?;
+            return if (1..=5).contains(&class) { Ok(StatusFilter::Class(class)) } else { Err(bad()) };
+        }
+        let code: u16 = text.parse().map_err(|_| bad())?;
+        if (100..=599).contains(&code) { Ok(StatusFilter::Code(code)) } else { Err(bad()) }
+    }
+
+    fn matches(self, status: u64) -> bool {
+        match self {
+            StatusFilter::Code(code) => status == u64::from(code),
+            StatusFilter::Class(class) => status / 100 == u64::from(class),
+        }
+    }
+}
+
+/// Which events of an instance's proxy the filter wants: None for no proxy of it; for a
+/// service target only what its proxies received (`inbound`).
+fn wants(filter: &TapFilter, snapshot: &Snapshot, instance: &Instance) -> Option<Option<&'static str>> {
+    instance.admin?;
+    if filter.namespace.as_ref().is_some_and(|ns| ns != &instance.namespace) {
+        return None;
+    }
+    let selected_by = |name: &str| {
+        snapshot.iter_kind("Service").any(|r| match r {
+            Resource::Service(s) => {
+                s.metadata.name == name
+                    && s.metadata.namespace == instance.namespace
+                    && selector_matches(&s.spec.selector, &instance.labels)
+            }
+            _ => false,
+        })
+    };
+    match &filter.target {
+        None => Some(None),
+        Some(Target::Workload(name)) => (instance.workload == *name).then_some(None),
+        Some(Target::Service(name)) => selected_by(name).then_some(Some("inbound")),
+        Some(Target::Either(name)) if instance.workload == *name => Some(None),
+        Some(Target::Either(name)) => selected_by(name).then_some(Some("inbound")),
+    }
+}
+
+impl TapFilter {
+    /// Whether an event (already carrying its proxy's `direction`) passes the filter.
+    fn matches(&self, event: &Map<String, Value>, only: Option<&str>) -> bool {
+        let text = |key: &str| event.get(key).and_then(Value::as_str).unwrap_or("");
+        if only.is_some_and(|d| d != text("direction")) {
+            return false;
+        }
+        if self.direction.as_deref().is_some_and(|d| d != text("direction")) {
+            return false;
+        }
+        if self.method.as_deref().is_some_and(|m| !m.eq_ignore_ascii_case(text("method"))) {
+            return false;
+        }
+        if self.path.as_deref().is_some_and(|p| !text("path").starts_with(p)) {
+            return false;
+        }
+        if self.authority.as_deref().is_some_and(|a| a != text("authority")) {
+            return false;
+        }
+        if let Some(status) = self.status {
+            let code = event.get("status").and_then(Value::as_u64).unwrap_or(0);
+            if !status.matches(code) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// One proxy being relayed, identified by its replica and admin address.
+type ProxyKey = (String, String, u32, SocketAddr);
+
+/// Starts relaying; the stream yields NDJSON lines and ends after `limit` events (None:
+/// until the watcher goes away). Dropping it stops every relay task.
+pub fn watch(
+    registry: &Registry,
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    filter: TapFilter,
+    limit: Option<usize>,
+) -> impl Stream<Item = Bytes> + Send + 'static {
+    let (tx, rx) = mpsc::channel::<Bytes>(BUFFER);
+    let dropped = Arc::new(AtomicU64::new(0));
+    tokio::spawn(follow(registry.subscribe(), snapshots, Arc::new(filter), tx, dropped.clone()));
+    futures_util::stream::unfold((rx, dropped, limit), |(mut rx, dropped, left)| async move {
+        if left == Some(0) {
+            return None;
+        }
+        let lost = dropped.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            return Some((Bytes::from(format!("{{\"dropped\":{lost}}}\n")), (rx, dropped, left)));
+        }
+        let line = rx.recv().await?;
+        Some((line, (rx, dropped, left.map(|n| n - 1))))
+    })
+}
+
+/// Keeps one relay task per targeted proxy while the watcher is there.
+async fn follow(
+    mut instances: watch::Receiver<Arc<Vec<Instance>>>,
+    mut snapshots: watch::Receiver<Arc<Snapshot>>,
+    filter: Arc<TapFilter>,
+    tx: mpsc::Sender<Bytes>,
+    dropped: Arc<AtomicU64>,
+) {
+    let mut relays = tokio::task::JoinSet::new();
+    let mut running: BTreeMap<ProxyKey, tokio::task::AbortHandle> = BTreeMap::new();
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        let current = instances.borrow_and_update().clone();
+        let mut wanted = BTreeMap::new();
+        for instance in current.iter() {
+            if let (Some(only), Some(admin)) = (wants(&filter, &snapshot, instance), instance.admin) {
+                let key = (instance.namespace.clone(), instance.workload.clone(), instance.replica, admin);
+                wanted.insert(key, (instance.clone(), only));
+            }
+        }
+        running.retain(|key, handle| {
+            let keep = wanted.contains_key(key);
+            if !keep {
+                handle.abort();
+            }
+            keep
+        });
+        for (key, (instance, only)) in wanted {
+            running.entry(key).or_insert_with(|| {
+                relays.spawn(relay(instance, only, filter.clone(), tx.clone(), dropped.clone()))
+            });
+        }
+        tokio::select! {
+            _ = tx.closed() => return,
+            changed = instances.changed() => if changed.is_err() { return },
+            changed = snapshots.changed() => if changed.is_err() { return },
+            Some(_) = relays.join_next(), if !relays.is_empty() => {}
+        }
+    }
+}
+
+/// Relays one proxy's tap until the watcher goes away, reconnecting as needed.
+async fn relay(
+    instance: Instance,
+    only: Option<&'static str>,
+    filter: Arc<TapFilter>,
+    tx: mpsc::Sender<Bytes>,
+    dropped: Arc<AtomicU64>,
+) {
+    let Some(admin) = instance.admin else { return };
+    let client = HttpClient::new(admin, Duration::from_secs(2));
+    let mut path = format!("/tap?limit={PROXY_STREAM_LIMIT}");
+    if let Some(direction) = only.or(filter.direction.as_deref()) {
+        path.push_str("&direction=");
+        path.push_str(direction);
+    }
+    loop {
+        if tx.is_closed() {
+            return;
+        }
+        match client.get_streaming(&path).await {
+            Ok((status, mut body)) if status.is_success() => {
+                let mut pending = Vec::new();
+                loop {
+                    let frame = tokio::select! {
+                        _ = tx.closed() => return,
+                        frame = body.frame() => frame,
+                    };
+                    let Some(Ok(frame)) = frame else { break };
+                    let Ok(data) = frame.into_data() else { continue };
+                    pending.extend_from_slice(&data);
+                    while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=end).collect();
+                        if !forward(&line, &instance, only, &filter, &tx, &dropped) {
+                            return;
+                        }
+                    }
+                }
+            }
+            Ok((status, _)) => {
+                tracing::debug!(%admin, %status, "tap refused by the proxy");
+            }
+            Err(e) => tracing::debug!(%admin, error = %e, "cannot tap the proxy"),
+        }
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::sleep(RECONNECT) => {}
+        }
+    }
+}
+
+/// Annotates, filters and hands on one line; false once the watcher is gone.
+fn forward(
+    line: &[u8],
+    instance: &Instance,
+    only: Option<&str>,
+    filter: &TapFilter,
+    tx: &mpsc::Sender<Bytes>,
+    dropped: &AtomicU64,
+) -> bool {
+    let Ok(Value::Object(mut event)) = serde_json::from_slice::<Value>(line) else { return true };
+    if let Some(n) = event.get("dropped").and_then(Value::as_u64) {
+        dropped.fetch_add(n, Ordering::Relaxed);
+        return true;
+    }
+    if !filter.matches(&event, only) {
+        return true;
+    }
+    event.insert("namespace".into(), instance.namespace.clone().into());
+    event.insert("workload".into(), instance.workload.clone().into());
+    event.insert("replica".into(), instance.replica.into());
+    let mut out = serde_json::to_vec(&event).unwrap_or_default();
+    out.push(b'\n');
+    match tx.try_send(Bytes::from(out)) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            dropped.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(json: &str) -> Map<String, Value> {
+        match serde_json::from_str(json).unwrap() {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn filters_match_method_path_prefix_status_and_direction() {
+        let e =
+            event(r#"{"direction":"inbound","method":"GET","path":"/books/1","status":503,"authority":"x"}"#);
+        let f = |f: TapFilter| f.matches(&e, None);
+        assert!(f(TapFilter::default()));
+        assert!(f(TapFilter { method: Some("get".into()), ..Default::default() }));
+        assert!(!f(TapFilter { method: Some("POST".into()), ..Default::default() }));
+        assert!(f(TapFilter { path: Some("/books".into()), ..Default::default() }));
+        assert!(!f(TapFilter { path: Some("/authors".into()), ..Default::default() }));
+        assert!(f(TapFilter { status: Some(StatusFilter::parse("5xx").unwrap()), ..Default::default() }));
+        assert!(!f(TapFilter { status: Some(StatusFilter::parse("200").unwrap()), ..Default::default() }));
+        assert!(!f(TapFilter { direction: Some("outbound".into()), ..Default::default() }));
+        assert!(!TapFilter::default().matches(&e, Some("outbound")));
+    }
+
+    #[test]
+    fn targets_and_statuses_parse_or_say_what_is_valid() {
+        assert_eq!(Target::parse("svc/names"), Ok(Target::Service("names".into())));
+        assert_eq!(Target::parse("workload/greeter"), Ok(Target::Workload("greeter".into())));
+        assert_eq!(Target::parse("greeter"), Ok(Target::Either("greeter".into())));
+        assert!(Target::parse("pod/x").unwrap_err().contains("workload"));
+        assert!(StatusFilter::parse("6xx").is_err());
+        assert!(StatusFilter::parse("abc").unwrap_err().contains("5xx"));
+    }
+}
