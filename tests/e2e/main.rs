@@ -14,6 +14,7 @@ mod identity;
 mod lifecycle;
 mod limits;
 mod netns;
+mod observe;
 mod peers;
 mod tcp;
 mod up;

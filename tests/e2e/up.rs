@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tarmac_testkit::tools::{binary, temp_dir};
 
-/// `tarmac up` as a child process, its output collected line by line.
-struct Up {
+/// `tarmac up` as a child process, its output collected line by line (also used by the
+/// telemetry tests in `observe.rs`).
+pub(crate) struct Up {
     child: Child,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -19,9 +20,16 @@ struct Up {
 
 impl Up {
     fn start(dir: &str) -> Self {
+        Self::start_with(&[dir])
+    }
+
+    /// `tarmac up ARGS...`, with a CA of its own (not the user's).
+    pub(crate) fn start_with(args: &[&str]) -> Self {
         let ca = temp_dir("up-ca");
         let mut child = Command::new(binary("tarmac"))
-            .args(["up", dir, "--identity-dir"])
+            .arg("up")
+            .args(args)
+            .arg("--identity-dir")
             .arg(&ca)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -35,7 +43,7 @@ impl Up {
         Self { child, stdout, stderr }
     }
 
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         format!(
             "stdout:\n{}\nstderr:\n{}",
             self.stdout.lock().unwrap().join("\n"),
@@ -43,12 +51,17 @@ impl Up {
         )
     }
 
-    fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         self.stdout.lock().unwrap().clone()
     }
 
     /// Waits (bounded) for a line of stdout that `find` extracts something from.
-    fn wait_for<T>(&self, what: &str, timeout: Duration, find: impl Fn(&[String]) -> Option<T>) -> T {
+    pub(crate) fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        find: impl Fn(&[String]) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(found) = find(&self.lines()) {

@@ -1,0 +1,460 @@
+//! Telemetry, as a user meets it: `tarmac up` on a small mesh (`tests/fixtures/observe`:
+//! `front` calls `backend`, which answers the status asked for), a known mix of
+//! successes and failures sent through it, and then `tarmac stat`, `edges`, `tap`,
+//! `top`, `routes` and `check` run as separate processes against the control plane's
+//! API; and a real Prometheus, configured by `tarmac prometheus-config`, computing the
+//! same rates.
+
+use super::up::Up;
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tarmac_testkit::tools::{binary, temp_dir};
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/observe")
+}
+
+/// A copy of the fixture that a test may change.
+fn fixture_copy(tag: &str) -> PathBuf {
+    let dir = temp_dir(tag);
+    for file in ["mesh.yaml", "app.py"] {
+        std::fs::copy(fixture().join(file), dir.join(file)).unwrap();
+    }
+    dir
+}
+
+/// Starts `tarmac up DIR --api-port 0` and waits (bounded) for every replica to be ready;
+/// returns it with the API's address and the front's (through its sidecar).
+fn start_mesh(dir: &Path) -> (Up, String, SocketAddr) {
+    let up = Up::start_with(&[dir.to_str().unwrap(), "--api-port", "0"]);
+    let api = up.wait_for("the API address", Duration::from_secs(30), |lines| {
+        lines
+            .iter()
+            .find_map(|l| l.split_once("control plane: API on http://"))
+            .map(|(_, rest)| rest.split_whitespace().next().unwrap_or_default().to_string())
+    });
+    for replica in ["backend-0", "backend-1"] {
+        let ready = format!("| {replica} ready: ");
+        up.wait_for(&format!("{replica} ready"), Duration::from_secs(60), |lines| {
+            lines.iter().any(|l| l.contains(&ready)).then_some(())
+        });
+    }
+    let front = up.wait_for("front-0 ready", Duration::from_secs(60), |lines| {
+        lines
+            .iter()
+            .find_map(|l| l.split_once("| front-0 ready: http://"))
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+    });
+    (up, api, front)
+}
+
+/// `GET path` over HTTP/1.1 with bounded waits; the status code.
+fn get(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: front\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or(response)
+}
+
+/// Runs `tarmac ARGS --control API` to completion, killed if it outlives `timeout`.
+fn tarmac(api: &str, args: &[&str], timeout: Duration) -> Output {
+    let mut child = Command::new(binary("tarmac"))
+        .args(args)
+        .args(["--control", api])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tarmac starts");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn json_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}):\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// `tarmac stat RESOURCE -o json` rows.
+fn stat(api: &str, resource: &str, window: &str) -> Vec<Value> {
+    let out = tarmac(api, &["stat", resource, "-o", "json", "--window", window], Duration::from_secs(30));
+    assert!(out.status.success(), "tarmac stat failed: {}", String::from_utf8_lossy(&out.stderr));
+    json_of(&out)["rows"].as_array().cloned().unwrap_or_default()
+}
+
+/// (requests, successes) of the row whose `key` field is `name`.
+fn counts(rows: &[Value], key: &str, name: &str) -> (u64, u64) {
+    rows.iter()
+        .find(|r| r[key] == name)
+        .map(|r| (r["requests"].as_u64().unwrap(), r["successes"].as_u64().unwrap()))
+        .unwrap_or((0, 0))
+}
+
+/// Everything `stat` says about front and backend, to compare before and after.
+fn snapshot_counts(api: &str) -> Vec<(u64, u64)> {
+    let (workloads, services, edges) =
+        (stat(api, "workload", "10m"), stat(api, "service", "10m"), stat(api, "edge", "10m"));
+    let routes = stat(api, "route", "10m");
+    let backend_routes = routes
+        .iter()
+        .filter(|r| r["service"] == "backend")
+        .map(|r| (r["requests"].as_u64().unwrap(), r["successes"].as_u64().unwrap()))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    vec![
+        counts(&workloads, "name", "front"),
+        counts(&workloads, "name", "backend"),
+        counts(&services, "name", "front"),
+        counts(&services, "name", "backend"),
+        counts(&edges, "src_workload", "front"),
+        backend_routes,
+    ]
+}
+
+/// Waits (bounded) until `tarmac check` succeeds, or fails if `want_ok` is false;
+/// returns its last output.
+fn wait_for_check(api: &str, want_ok: bool, up: &Up) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = tarmac(api, &["check"], Duration::from_secs(30));
+        if out.status.success() == want_ok {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tarmac check did not {} within 30 s:\n{}\n{}",
+            if want_ok { "pass" } else { "fail" },
+            String::from_utf8_lossy(&out.stdout),
+            up.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sends `/call?status=...` through the front in the background until stopped (bounded
+/// to `limit` in time), cycling through `statuses`; counts what was answered.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(front: SocketAddr, statuses: &'static [u16], every: Duration, limit: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (s, n) = (stop.clone(), sent.clone());
+        let thread = std::thread::spawn(move || {
+            let end = Instant::now() + limit;
+            let mut next = Instant::now();
+            for status in statuses.iter().cycle() {
+                if s.load(Ordering::Relaxed) || Instant::now() > end {
+                    return;
+                }
+                let _ = get(front, &format!("/call?status={status}"));
+                n.fetch_add(1, Ordering::Relaxed);
+                next += every;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        });
+        Self { stop, sent, thread: Some(thread) }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A child whose stdout lines are collected as they come.
+fn spawn_collecting(mut command: Command) -> (Child, Arc<Mutex<Vec<String>>>) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starts");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let into = lines.clone();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            into.lock().unwrap().push(line);
+        }
+    });
+    (child, lines)
+}
+
+#[test]
+fn stat_tap_top_routes_and_check_follow_a_running_mesh() {
+    let dir = fixture_copy("observe");
+    let (up, api, front) = start_mesh(&dir);
+
+    // A healthy mesh passes `check` once every proxy has connected.
+    let out = wait_for_check(&api, true, &up);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("√ workload backend: 2/2 replicas running"), "{text}");
+
+    // The front reaches the backend (discovery has delivered its endpoints).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(front, "/call?status=200") != Ok(200) {
+        assert!(Instant::now() < deadline, "front cannot reach backend\n{}", up.output());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // 30 successes and 10 failures, each answered as asked.
+    let before = snapshot_counts(&api);
+    for i in 0..40 {
+        let status = if i % 4 == 3 { 500 } else { 200 };
+        assert_eq!(get(front, &format!("/call?status={status}")), Ok(status));
+    }
+    let after = snapshot_counts(&api);
+    let delta: Vec<(u64, u64)> = before.iter().zip(&after).map(|(b, a)| (a.0 - b.0, a.1 - b.1)).collect();
+    assert_eq!(
+        delta,
+        vec![(40, 30); 6],
+        "workload front, workload backend, service front, service backend, edge front->backend, \
+         routes of backend: (requests, successes) counted while 40 requests (10 failing) were sent"
+    );
+    let workloads = stat(&api, "workload", "10m");
+    let backend = workloads.iter().find(|r| r["name"] == "backend").unwrap();
+    assert_eq!(backend["meshed"], "2/2");
+    assert!(backend["latency_ms_p50"].as_f64().is_some_and(|ms| ms > 0.0), "{backend}");
+    let edges = stat(&api, "edge", "10m");
+    let edge = edges.iter().find(|r| r["src_workload"] == "front").unwrap();
+    assert_eq!(
+        (edge["dst_service"].as_str(), edge["dst_workloads"].clone()),
+        (Some("backend"), serde_json::json!(["backend"]))
+    );
+    let table = tarmac(&api, &["edges"], Duration::from_secs(30));
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("SRC ") && table.contains("front   backend"), "{table}");
+
+    // Tap: only the backend's 5xx, while successes and failures flow.
+    let mut command = Command::new(binary("tarmac"));
+    command.args([
+        "tap",
+        "workload/backend",
+        "--status",
+        "5xx",
+        "-o",
+        "json",
+        "--limit",
+        "3",
+        "--for",
+        "60s",
+    ]);
+    command.args(["--control", &api]);
+    let (mut tap, lines) = spawn_collecting(command);
+    let traffic = Traffic::start(front, &[200, 503], Duration::from_millis(50), Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tap.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "tap saw no 3 events in 60 s: {:?}", lines.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(traffic);
+    let events: Vec<Value> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &Value| e.get("dropped").is_none())
+        .collect();
+    assert_eq!(events.len(), 3, "{events:?}");
+    for e in &events {
+        assert_eq!(
+            (e["workload"].as_str(), e["direction"].as_str()),
+            (Some("backend"), Some("inbound")),
+            "{e}"
+        );
+        assert_eq!((e["status"].as_u64(), e["method"].as_str()), (Some(503), Some("GET")), "{e}");
+        assert!(e["path"].as_str().unwrap().starts_with("/work"), "{e}");
+    }
+
+    // Top: the paths requested while it counts.
+    let traffic = Traffic::start(front, &[200], Duration::from_millis(50), Duration::from_secs(10));
+    let out = tarmac(&api, &["top", "-o", "json", "--for", "3s"], Duration::from_secs(30));
+    drop(traffic);
+    let top = json_of(&out);
+    let rows = top["rows"].as_array().unwrap();
+    let row = |dst: &str, path: &str| {
+        rows.iter()
+            .find(|r| r["destination"] == dst && r["path"] == path)
+            .unwrap_or_else(|| panic!("no {dst} {path}: {top}"))
+    };
+    assert!(row("workload/front", "/call")["count"].as_u64().unwrap() > 0);
+    assert!(row("workload/backend", "/work")["count"].as_u64().unwrap() > 0);
+    assert!(row("service/backend", "/work")["successes"].as_u64().unwrap() > 0);
+
+    // Routes: the HTTPRoute attached to backend, with its rule.
+    let out = tarmac(&api, &["routes", "backend", "-o", "json"], Duration::from_secs(30));
+    let routes = json_of(&out);
+    assert_eq!(routes["routes"][0]["name"], "backend-work", "{routes}");
+    assert_eq!(routes["routes"][0]["rules"][0]["name"], "work", "{routes}");
+    let out = tarmac(&api, &["routes", "backend"], Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("HTTPRoute default/backend-work (port 80)") && text.contains("PathPrefix /work"),
+        "{text}"
+    );
+
+    // An invalid file: check fails naming file and field; the mesh keeps serving.
+    std::fs::write(
+        dir.join("broken.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: broken}\nspec: {ports: []}\n",
+    )
+    .unwrap();
+    let out = wait_for_check(&api, false, &up);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("× configuration") && text.contains("broken.yaml") && text.contains("spec.ports"),
+        "{text}"
+    );
+    let report = json_of(&tarmac(&api, &["check", "-o", "json"], Duration::from_secs(30)));
+    let error = &report["checks"][1]["errors"][0];
+    assert!(error["file"].as_str().unwrap().ends_with("broken.yaml"), "{report}");
+    assert_eq!(error["field"], "spec.ports", "{report}");
+    assert_eq!(get(front, "/call?status=200"), Ok(200), "the last good configuration serves");
+
+    // Fixed: check passes again.
+    std::fs::remove_file(dir.join("broken.yaml")).unwrap();
+    wait_for_check(&api, true, &up);
+}
+
+#[test]
+fn check_fails_with_advice_when_no_control_plane_answers() {
+    // A port nothing listens on: bound, then released.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = tarmac(&format!("127.0.0.1:{port}"), &["check"], Duration::from_secs(30));
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("× control plane") && text.contains("tarmac up"), "{text}");
+}
+
+/// Prometheus, started by the test, with its HTTP API on loopback.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    _storage: PathBuf,
+}
+
+impl Prometheus {
+    fn start(config: &Path, storage: PathBuf) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", storage.display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus starts (scripts/setup-test-deps.sh installs it)");
+        Self { child, addr, _storage: storage }
+    }
+
+    /// An instant PromQL query; the value of the only series, None when empty.
+    fn query(&self, promql: &str) -> Option<f64> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect();
+        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            stream,
+            "GET /api/v1/query?query={encoded} HTTP/1.1\r\nHost: prometheus\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let body = response.split_once("\r\n\r\n")?.1;
+        // Chunked or not, the JSON is one object from the first `{` to the last `}`.
+        let json: Value = serde_json::from_str(&body[body.find('{')?..=body.rfind('}')?]).ok()?;
+        json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._storage);
+    }
+}
+
+#[test]
+fn prometheus_computes_the_rates_tarmac_stat_reports() {
+    let (up, api, front) = start_mesh(&fixture());
+    let out = tarmac(&api, &["prometheus-config", "--scrape-interval", "1s"], Duration::from_secs(30));
+    assert!(out.status.success());
+    let dir = temp_dir("prometheus");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(&config, &out.stdout).unwrap();
+    let prometheus = Prometheus::start(&config, dir.join("data"));
+
+    // Prometheus finds the three proxies through the control plane.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while prometheus.query("count(up{job=\"tarmac-proxies\"} == 1)") != Some(3.0) {
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not scrape 3 proxies within 60 s\n{}",
+            up.output()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Steady traffic, one request in four failing; both compare the last 20 s of it.
+    let traffic =
+        Traffic::start(front, &[200, 200, 200, 500], Duration::from_millis(50), Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(25));
+    let selector = "direction=\"inbound\",workload=\"front\"";
+    let prom_rps = prometheus.query(&format!("sum(rate(tarmac_responses_total{{{selector}}}[20s]))"));
+    let prom_success = prometheus.query(&format!(
+        "sum(rate(tarmac_responses_total{{{selector},classification=\"success\"}}[20s])) / sum(rate(tarmac_responses_total{{{selector}}}[20s]))"
+    ));
+    let rows = stat(&api, "workload/front", "20s");
+    let sent = traffic.sent.load(Ordering::Relaxed);
+    drop(traffic);
+    let (prom_rps, prom_success) = (prom_rps.expect("a request rate"), prom_success.expect("a success rate"));
+    let tarmac_rps = rows[0]["rps"].as_f64().unwrap();
+    let tarmac_success = rows[0]["success_rate"].as_f64().unwrap();
+    println!(
+        "sent {sent} requests; Prometheus: {prom_rps:.2} rps, {prom_success:.3} success; tarmac stat: {tarmac_rps:.2} rps, {tarmac_success:.3} success"
+    );
+    // Tolerances: the two look at windows that end up to one scrape apart and
+    // Prometheus extrapolates to the window's edges.
+    assert!(prom_rps > 1.0, "traffic flowed: {prom_rps}");
+    assert!(
+        (prom_rps - tarmac_rps).abs() <= 0.2 * prom_rps.max(tarmac_rps),
+        "request rates differ by more than 20 %: Prometheus {prom_rps}, tarmac {tarmac_rps}"
+    );
+    assert!(
+        (prom_success - tarmac_success).abs() <= 0.05,
+        "success rates differ by more than 5 points: Prometheus {prom_success}, tarmac {tarmac_success}"
+    );
+    assert!((tarmac_success - 0.75).abs() <= 0.05, "one request in four failed: {tarmac_success}");
+}
