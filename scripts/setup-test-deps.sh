@@ -2,7 +2,8 @@
 # Idempotent installer for everything the Tarmac test suite needs.
 #
 # - Debian packages: iptables, curl, redis-server, redis-tools, prometheus
-#   (for promtool), iproute2, util-linux (setpriv), procps.
+#   (promtool, and the server the telemetry tests start), iproute2, util-linux
+#   (setpriv), procps.
 # - Python packages for python3: grpcio, websockets (test peers).
 # - Makes sure the iptables backend works inside a fresh network namespace,
 #   switching between iptables-legacy and iptables-nft if needed.
