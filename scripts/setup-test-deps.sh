@@ -3,7 +3,7 @@
 #
 # - Debian packages: iptables, curl, redis-server, redis-tools, prometheus
 #   (promtool, and the server the telemetry tests start), iproute2, util-linux
-#   (setpriv), procps.
+#   (setpriv), procps, chromium (headless, for the dashboard test).
 # - Python packages for python3: grpcio, websockets (test peers).
 # - Makes sure the iptables backend works inside a fresh network namespace,
 #   switching between iptables-legacy and iptables-nft if needed.
@@ -19,7 +19,7 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-APT_PACKAGES=(iptables curl redis-server redis-tools prometheus iproute2 util-linux procps)
+APT_PACKAGES=(iptables curl redis-server redis-tools prometheus iproute2 util-linux procps chromium)
 # Commands each package must provide; used together with dpkg status.
 declare -A PKG_CMD=(
     [iptables]=iptables
@@ -30,6 +30,7 @@ declare -A PKG_CMD=(
     [iproute2]=ip
     [util-linux]=setpriv
     [procps]=ps
+    [chromium]=chromium
 )
 
 pkg_installed() {

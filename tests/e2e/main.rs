@@ -2,7 +2,8 @@
 //!
 //! Tiers (see tests/README.md): in-process proxies on loopback (`http`, `tcp`, `balance`,
 //! `limits`), real external peers (`peers`: grpcio, WebSocket, curl; redis in `tcp`;
-//! Prometheus' promtool in `limits`), processes and signals (`lifecycle`, `demo`), and
+//! Prometheus' promtool in `limits`), processes and signals (`lifecycle`, `demo`, `up`),
+//! telemetry with a real Prometheus and headless Chromium (`observe`), and
 //! root-only network namespaces with iptables (`netns`), which fail rather than skip in
 //! CI when not root.
 

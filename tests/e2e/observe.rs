@@ -2,8 +2,8 @@
 //! `front` calls `backend`, which answers the status asked for), a known mix of
 //! successes and failures sent through it, and then `tarmac stat`, `edges`, `tap`,
 //! `top`, `routes` and `check` run as separate processes against the control plane's
-//! API; and a real Prometheus, configured by `tarmac prometheus-config`, computing the
-//! same rates.
+//! API; a real Prometheus, configured by `tarmac prometheus-config`, computing the same
+//! rates; and the dashboard loaded in headless Chromium.
 
 use super::up::Up;
 use serde_json::Value;
@@ -34,10 +34,9 @@ fn fixture_copy(tag: &str) -> PathBuf {
 fn start_mesh(dir: &Path) -> (Up, String, SocketAddr) {
     let up = Up::start_with(&[dir.to_str().unwrap(), "--api-port", "0"]);
     let api = up.wait_for("the API address", Duration::from_secs(30), |lines| {
-        lines
-            .iter()
-            .find_map(|l| l.split_once("control plane: API on http://"))
-            .map(|(_, rest)| rest.split_whitespace().next().unwrap_or_default().to_string())
+        lines.iter().find_map(|l| l.split_once("control plane: API and dashboard on http://")).map(
+            |(_, rest)| rest.split_whitespace().next().unwrap_or_default().trim_end_matches('/').to_string(),
+        )
     });
     for replica in ["backend-0", "backend-1"] {
         let ready = format!("| {replica} ready: ");
@@ -457,4 +456,108 @@ fn prometheus_computes_the_rates_tarmac_stat_reports() {
         "success rates differ by more than 5 points: Prometheus {prom_success}, tarmac {tarmac_success}"
     );
     assert!((tarmac_success - 0.75).abs() <= 0.05, "one request in four failed: {tarmac_success}");
+}
+
+/// Headless Chromium, kept from reaching anything but loopback, with a profile of its own.
+fn chromium(args: &[&str], profile: &Path) -> Command {
+    let mut command = Command::new("chromium");
+    command
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .args(["--disable-default-apps", "--disable-domain-reliability", "--no-default-browser-check"])
+        // No name resolves (so nothing beyond loopback is reached); 127.0.0.1 stays itself.
+        .arg("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdin(Stdio::null());
+    command
+}
+
+/// Runs a command to completion, killed if it outlives `timeout`.
+fn output_within(mut command: Command, timeout: Duration) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts (scripts/setup-test-deps.sh installs chromium)");
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        let _ = BufReader::new(stdout).read_to_end(&mut text);
+        text
+    });
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut output = child.wait_with_output().unwrap();
+    output.stdout = reader.join().unwrap();
+    output
+}
+
+/// The numbers in `data-rps="..."` of the elements whose opening tag contains `marker`.
+fn rps_of(dom: &str, marker: &str) -> Vec<f64> {
+    dom.match_indices(marker)
+        .filter_map(|(at, _)| {
+            let tag_end = at + dom[at..].find('>')?;
+            let tag = &dom[dom[..at].rfind('<')?..tag_end];
+            let value = tag.split_once("data-rps=\"")?.1.split('"').next()?;
+            value.parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn the_dashboard_shows_services_edges_and_live_tap_in_chromium() {
+    let (up, api, front) = start_mesh(&fixture());
+    let _traffic =
+        Traffic::start(front, &[200, 200, 200, 500], Duration::from_millis(40), Duration::from_secs(120));
+    // Wait (bounded) until the edge carries traffic, so that the page has something to show.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counts(&stat(&api, "edge", "1m"), "src_workload", "front").0 == 0 {
+        assert!(Instant::now() < deadline, "no traffic front -> backend within 60 s\n{}", up.output());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let profile = temp_dir("chromium");
+    let url = format!("http://{api}/");
+    // Chromium waits this much virtual time for the page's polls and tap to run.
+    let dom = output_within(
+        chromium(&["--virtual-time-budget=8000", "--dump-dom", &url], &profile),
+        Duration::from_secs(120),
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout).to_string();
+    for service in ["front", "backend"] {
+        let rps = rps_of(&dom, &format!("data-service=\"{service}\""));
+        assert!(
+            rps.first().is_some_and(|r| *r > 0.0),
+            "service {service} with RPS > 0 in the page: {rps:?}\n{dom}"
+        );
+    }
+    let edge = rps_of(&dom, "data-src=\"front\" data-dst=\"backend\"");
+    assert!(
+        edge.first().is_some_and(|r| *r > 0.0),
+        "the edge front -> backend in the graph: {edge:?}\n{dom}"
+    );
+    assert!(dom.contains("class=\"pill ok\""), "all checks pass in the header\n{dom}");
+    let events = dom.matches("class=\"tap-event\"").count();
+    assert!(events > 0, "the live tap received events\n{dom}");
+
+    let screenshot = tarmac_testkit::tools::artifacts_dir().join("dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let shot = format!("--screenshot={}", screenshot.display());
+    output_within(
+        chromium(&["--virtual-time-budget=8000", "--window-size=1400,1900", &shot, &url], &profile),
+        Duration::from_secs(120),
+    );
+    assert!(
+        std::fs::metadata(&screenshot).is_ok_and(|m| m.len() > 10_000),
+        "a screenshot at {}",
+        screenshot.display()
+    );
+    let _ = std::fs::remove_dir_all(&profile);
 }

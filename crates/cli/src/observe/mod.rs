@@ -22,7 +22,7 @@ const API_TIMEOUT: Duration = Duration::from_secs(10);
 /// Where the control plane's API is.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControlArgs {
-    /// The control plane's API address (what `tarmac up` prints as `API on ...`).
+    /// The control plane's API address (what `tarmac up` prints as `API and dashboard on ...`).
     #[arg(long, env = ENV_CONTROL, default_value_t = default_control(), value_parser = parse_control)]
     pub control: SocketAddr,
 }
@@ -67,7 +67,7 @@ impl ControlArgs {
     pub fn unreachable(&self, error: &dyn std::fmt::Display) -> String {
         format!(
             "cannot reach the control plane's API at {}: {error}\n  is `tarmac up DIR` running? It prints the API's address \
-             (`control plane: API on ...`); pass it with --control or {ENV_CONTROL}",
+             (`control plane: API and dashboard on ...`); pass it with --control or {ENV_CONTROL}",
             self.control
         )
     }

@@ -250,7 +250,7 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
     } else {
         format!(" (give the CLI `--control {api_addr}` or set TARMAC_CONTROL={api_addr})")
     };
-    note(&format!("control plane: API on http://{api_addr}{flag}"));
+    note(&format!("control plane: API and dashboard on http://{api_addr}/{flag}"));
 
     let work_dir = WorkDir::create("up").map_err(Failure::Other)?;
     let sidecar_identity = match &identity {

@@ -11,8 +11,10 @@
 //! | `GET /api/v1/check` | configuration, replicas, proxies, discovery |
 //! | `GET /api/v1/routes` | the HTTPRoutes and GRPCRoutes attached to a Service |
 //! | `GET /api/v1/prometheus/sd` | every proxy's admin address, for Prometheus' `http_sd_configs` |
+//! | `GET /` | the dashboard: static files compiled into the binary, nothing fetched from elsewhere |
 
 pub mod check;
+mod dashboard;
 
 use crate::discovery::server::Subscriptions;
 use crate::http_client::HttpClient;
@@ -63,7 +65,10 @@ impl Api {
 
     pub fn router(self) -> Router {
         Router::new()
-            .route("/", get(index))
+            .route("/", get(dashboard::index))
+            .route("/dashboard.js", get(dashboard::script))
+            .route("/dashboard.css", get(dashboard::style))
+            .route("/api/v1", get(index))
             .route("/api/v1/stat/{kind}", get(stat))
             .route("/api/v1/edges", get(edges))
             .route("/api/v1/top", get(top))
@@ -149,7 +154,7 @@ async fn index() -> Response {
         GET /api/v1/stat/{workload|service|route|edge}?window=1m&namespace=NS&name=NAME\n\
         GET /api/v1/edges?window=1m\n\
         GET /api/v1/top?target=TARGET&duration=2s\n\
-        GET /api/v1/tap?target=TARGET&namespace=NS&method=M&path=PREFIX&status=5xx&direction=inbound&limit=N\n\
+        GET /api/v1/tap?target=TARGET&namespace=NS&method=M&path=PREFIX&status=5xx&direction=inbound&limit=N&duration=10s\n\
         GET /api/v1/check\n\
         GET /api/v1/routes?service=NAME&namespace=NS\n\
         GET /api/v1/prometheus/sd\n";
@@ -248,7 +253,12 @@ async fn tap_stream(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response
         Some(Ok(n)) if n > 0 => Some(n),
         Some(_) => return bad_request("limit must be a positive number"),
     };
-    let events = tap::watch(api.telemetry.registry(), api.telemetry.snapshots(), filter, limit);
+    let duration = match params.get("duration").map(|d| tarmac_model::duration::parse(d)) {
+        None => None,
+        Some(Ok(d)) if !d.is_zero() => Some(d),
+        Some(_) => return bad_request("duration must be a duration such as 10s"),
+    };
+    let events = tap::watch(api.telemetry.registry(), api.telemetry.snapshots(), filter, limit, duration);
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(events.map(Ok::<_, Infallible>)))
@@ -268,7 +278,13 @@ async fn top(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
             return bad_request(format!("duration must be more than 0s and at most {}s", TOP_MAX.as_secs()));
         }
     };
-    let mut events = Box::pin(tap::watch(api.telemetry.registry(), api.telemetry.snapshots(), filter, None));
+    let mut events = Box::pin(tap::watch(
+        api.telemetry.registry(),
+        api.telemetry.snapshots(),
+        filter,
+        None,
+        Some(duration),
+    ));
     let mut table = TopTable::default();
     let deadline = tokio::time::Instant::now() + duration;
     while let Ok(Some(line)) = tokio::time::timeout_at(deadline, events.next()).await {

@@ -155,18 +155,21 @@ impl TapFilter {
 /// One proxy being relayed, identified by its replica and admin address.
 type ProxyKey = (String, String, u32, SocketAddr);
 
-/// Starts relaying; the stream yields NDJSON lines and ends after `limit` events (None:
-/// until the watcher goes away). Dropping it stops every relay task.
+/// Starts relaying; the stream yields NDJSON lines and ends after `limit` events or
+/// after `duration` (None: until the watcher goes away). Dropping it stops every relay
+/// task.
 pub fn watch(
     registry: &Registry,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     filter: TapFilter,
     limit: Option<usize>,
+    duration: Option<Duration>,
 ) -> impl Stream<Item = Bytes> + Send + 'static {
     let (tx, rx) = mpsc::channel::<Bytes>(BUFFER);
     let dropped = Arc::new(AtomicU64::new(0));
     tokio::spawn(follow(registry.subscribe(), snapshots, Arc::new(filter), tx, dropped.clone()));
-    futures_util::stream::unfold((rx, dropped, limit), |(mut rx, dropped, left)| async move {
+    let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+    futures_util::stream::unfold((rx, dropped, limit), move |(mut rx, dropped, left)| async move {
         if left == Some(0) {
             return None;
         }
@@ -174,7 +177,10 @@ pub fn watch(
         if lost > 0 {
             return Some((Bytes::from(format!("{{\"dropped\":{lost}}}\n")), (rx, dropped, left)));
         }
-        let line = rx.recv().await?;
+        let line = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, rx.recv()).await.ok()??,
+            None => rx.recv().await?,
+        };
         Some((line, (rx, dropped, left.map(|n| n - 1))))
     })
 }
