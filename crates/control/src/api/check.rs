@@ -195,3 +195,120 @@ pub fn report(
         .collect();
     CheckReport { ok: checks.iter().all(|c| c.ok), generation: snapshot.generation, checks, proxies }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+    use tarmac_model::ModelError;
+
+    const CONFIG: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: names}
+spec: {selector: {app: names}, ports: [{port: 80}]}
+---
+apiVersion: tarmac.io/v1alpha1
+kind: Workload
+metadata: {name: names, labels: {app: names}}
+spec: {command: [x], port: 8080, replicas: 2}
+";
+
+    fn snapshot() -> Snapshot {
+        let objects = tarmac_model::parse_documents("t.yaml", CONFIG)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.key(), r))
+            .collect();
+        Snapshot { generation: 4, objects }
+    }
+
+    fn instance(replica: u32) -> Instance {
+        Instance {
+            namespace: "default".into(),
+            workload: "names".into(),
+            replica,
+            labels: [("app".to_string(), "names".to_string())].into(),
+            service_account: "names".into(),
+            addr: format!("127.0.0.1:{}", 1000 + replica).parse().unwrap(),
+            meshed: true,
+            admin: Some(format!("127.0.0.1:{}", 2000 + replica).parse().unwrap()),
+        }
+    }
+
+    fn stream(peer: u16, seen: u64) -> Subscription {
+        Subscription {
+            peer: Some(format!("127.0.0.1:{peer}").parse().unwrap()),
+            proxy_namespace: "default".into(),
+            proxy_workload: "names".into(),
+            service_namespace: "default".into(),
+            service: "names".into(),
+            port: 80,
+            since: SystemTime::now(),
+            seen_generation: seen,
+            sent_generation: Some(seen),
+        }
+    }
+
+    #[test]
+    fn a_healthy_mesh_passes() {
+        let report = report(
+            &Status::default(),
+            &snapshot(),
+            &[instance(0), instance(1)],
+            &[true, true],
+            &[stream(1, 4), stream(2, 4)],
+        );
+        assert!(report.ok, "{report:#?}");
+    }
+
+    #[test]
+    fn refused_configuration_names_file_and_field() {
+        let status = Status {
+            generation: 4,
+            rejected: vec![ModelError {
+                file: "broken.yaml".into(),
+                line: Some(3),
+                object: Some("Service default/x".into()),
+                field: Some("spec.ports".into()),
+                message: "a Service needs at least one port".into(),
+            }],
+            checked_at: None,
+        };
+        let report = report(
+            &status,
+            &snapshot(),
+            &[instance(0), instance(1)],
+            &[true, true],
+            &[stream(1, 4), stream(2, 4)],
+        );
+        assert!(!report.ok);
+        let config = &report.checks[1];
+        assert!(!config.ok && config.detail.contains("generation 4"), "{config:?}");
+        assert_eq!(config.errors[0].field.as_deref(), Some("spec.ports"));
+        assert!(config.errors[0].text.contains("broken.yaml"));
+    }
+
+    #[test]
+    fn missing_replicas_unready_disconnected_or_lagging_proxies_fail_with_advice() {
+        // (running instances, their /ready, discovery streams, what the check must say)
+        type Case<'a> = (&'a [Instance], &'a [bool], &'a [Subscription], &'a str);
+        let cases: [Case<'_>; 4] = [
+            (&[instance(0)], &[true], &[stream(1, 4)], "1/2 replicas running"),
+            (&[instance(0), instance(1)], &[true, false], &[stream(1, 4), stream(2, 4)], "1/2 proxies ready"),
+            (&[instance(0), instance(1)], &[true, true], &[stream(1, 4)], "1/2 proxies connected"),
+            (
+                &[instance(0), instance(1)],
+                &[true, true],
+                &[stream(1, 4), stream(2, 3)],
+                "1 of 2 discovery streams",
+            ),
+        ];
+        for (instances, ready, streams, expected) in cases {
+            let report = report(&Status::default(), &snapshot(), instances, ready, streams);
+            let workload = report.checks.iter().find(|c| c.name == "workload names").unwrap();
+            assert!(!workload.ok && workload.detail.contains(expected), "{expected}: {workload:?}");
+            assert!(workload.hint.is_some());
+        }
+    }
+}
