@@ -240,6 +240,7 @@ fn stat_tap_top_routes_and_check_follow_a_running_mesh() {
     let workloads = stat(&api, "workload", "10m");
     let backend = workloads.iter().find(|r| r["name"] == "backend").unwrap();
     assert_eq!(backend["meshed"], "2/2");
+    assert_eq!(backend["secured_rate"], 1.0, "only the front calls the backend, over mTLS: {backend}");
     assert!(backend["latency_ms_p50"].as_f64().is_some_and(|ms| ms > 0.0), "{backend}");
     let edges = stat(&api, "edge", "10m");
     let edge = edges.iter().find(|r| r["src_workload"] == "front").unwrap();
@@ -247,6 +248,7 @@ fn stat_tap_top_routes_and_check_follow_a_running_mesh() {
         (edge["dst_service"].as_str(), edge["dst_workloads"].clone()),
         (Some("backend"), serde_json::json!(["backend"]))
     );
+    assert_eq!(edge["secured_rate"], 1.0, "sidecars talk mTLS: {edge}");
     let table = tarmac(&api, &["edges"], Duration::from_secs(30));
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.starts_with("SRC ") && table.contains("front   backend"), "{table}");

@@ -111,7 +111,7 @@ pub async fn stat(args: StatArgs) -> Result<(), String> {
                 .collect(),
         ),
         "edge" => (
-            [["SRC", "DST", "DST_WORKLOADS"].as_slice(), &GOLDEN].concat(),
+            [["SRC", "DST", "DST_WORKLOADS", "SECURED"].as_slice(), &GOLDEN].concat(),
             rows.iter()
                 .map(|r| {
                     let dst = match r["dst_service"].as_str() {
@@ -128,6 +128,7 @@ pub async fn stat(args: StatArgs) -> Result<(), String> {
                         qualified(&r["src_namespace"], &r["src_workload"]),
                         dst,
                         if workloads.is_empty() { "-".into() } else { workloads.join(",") },
+                        percent(&r["secured_rate"]),
                     ];
                     row.extend(golden(r));
                     row

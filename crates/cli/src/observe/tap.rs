@@ -154,7 +154,8 @@ fn describe(event: &Value) -> String {
     let workload = format!("{}-{}", s("workload"), event["replica"].as_u64().unwrap_or(0));
     let peer = match s("direction").as_str() {
         "outbound" => format!("-> service/{}", s("target")),
-        _ => format!("<- {}", s("source")),
+        // The caller's proven identity when it came over mTLS, else its address.
+        _ => format!("<- {}", event["client_id"].as_str().map_or_else(|| s("source"), str::to_string)),
     };
     let grpc = event["grpc_status"].as_u64().map(|g| format!(" grpc-status={g}")).unwrap_or_default();
     format!(
@@ -277,5 +278,8 @@ mod tests {
             "01:02:03.004 inbound  names-1 <- 127.0.0.1:5555 GET names /x -> 200 1.5ms"
         );
         assert_eq!(describe(&json!({"dropped": 3})), "(fell behind: 3 events dropped)");
+        let mut secured = event.clone();
+        secured["client_id"] = json!("spiffe://cluster.local/ns/default/sa/front");
+        assert!(describe(&secured).contains("<- spiffe://cluster.local/ns/default/sa/front GET"));
     }
 }

@@ -26,6 +26,8 @@ pub struct SeriesKey {
     pub direction: String,
     pub target: String,
     pub route: Option<String>,
+    /// Inbound over mTLS: the caller's SPIFFE identity.
+    pub client_id: Option<String>,
 }
 
 /// Responses and their latencies: cumulative in a reading, an increase in a window.
@@ -33,6 +35,10 @@ pub struct SeriesKey {
 pub struct Counts {
     pub successes: f64,
     pub failures: f64,
+    /// Responses on connections secured by mTLS (series labelled `tls="true"`), of
+    /// `tls_known` whose series say either way (outbound series do not).
+    pub secured: f64,
+    pub tls_known: f64,
     pub latency: Histogram,
 }
 
@@ -40,6 +46,8 @@ impl Counts {
     pub fn add(&mut self, other: &Counts) {
         self.successes += other.successes;
         self.failures += other.failures;
+        self.secured += other.secured;
+        self.tls_known += other.tls_known;
         self.latency = self.latency.merge(&other.latency);
     }
 
@@ -50,6 +58,8 @@ impl Counts {
             Some(e) => Counts {
                 successes: counter_increase(self.successes, e.successes),
                 failures: counter_increase(self.failures, e.failures),
+                secured: counter_increase(self.secured, e.secured),
+                tls_known: counter_increase(self.tls_known, e.tls_known),
                 latency: self.latency.increase_since(&e.latency),
             },
         }
@@ -63,6 +73,7 @@ impl Counts {
             requests: responses.round() as u64,
             successes: self.successes.round() as u64,
             success_rate: (responses > 0.0).then(|| round(self.successes / responses, 4)),
+            secured_rate: (self.tls_known > 0.0).then(|| round(self.secured / self.tls_known, 4)),
             rps: if seconds > 0.0 { round(responses / seconds, 3) } else { 0.0 },
             latency_ms_p50: ms(0.5),
             latency_ms_p95: ms(0.95),
@@ -84,6 +95,9 @@ pub struct Golden {
     pub successes: u64,
     /// None when there was no traffic (not 100 %, not 0 %).
     pub success_rate: Option<f64>,
+    /// The share of responses that travelled over mTLS; None when unknown (no traffic,
+    /// or only series without a `tls` label).
+    pub secured_rate: Option<f64>,
     pub rps: f64,
     pub latency_ms_p50: Option<f64>,
     pub latency_ms_p95: Option<f64>,
@@ -104,6 +118,7 @@ impl Reading {
             direction: s.label("direction").unwrap_or_default().to_string(),
             target: s.label("target").unwrap_or_default().to_string(),
             route: s.label("route").filter(|r| !r.is_empty()).map(str::to_string),
+            client_id: s.label("client_id").filter(|c| !c.is_empty()).map(str::to_string),
         };
         let bucket_name = format!("{LATENCY}_bucket");
         let mut buckets: BTreeMap<SeriesKey, Vec<Bucket>> = BTreeMap::new();
@@ -113,6 +128,14 @@ impl Reading {
                 match sample.label("classification") {
                     Some("success") => counts.successes += sample.value,
                     _ => counts.failures += sample.value,
+                }
+                match sample.label("tls") {
+                    Some("true") => {
+                        counts.secured += sample.value;
+                        counts.tls_known += sample.value;
+                    }
+                    Some(_) => counts.tls_known += sample.value,
+                    None => {}
                 }
             } else if sample.name == bucket_name {
                 let Some(upper_bound) = sample.label("le").and_then(|le| match le {
@@ -151,7 +174,8 @@ impl Reading {
     }
 }
 
-static EMPTY: Counts = Counts { successes: 0.0, failures: 0.0, latency: Histogram::EMPTY };
+static EMPTY: Counts =
+    Counts { successes: 0.0, failures: 0.0, secured: 0.0, tls_known: 0.0, latency: Histogram::EMPTY };
 
 /// The service an outbound `target` names, as `tarmac up` names them in sidecar
 /// configurations: `books`, `books.shop` (another namespace), `books:8080` or
@@ -179,24 +203,34 @@ mod tests {
     use std::time::Duration;
 
     const SCRAPE_1: &str = "\
-tarmac_responses_total{direction=\"inbound\",target=\"127.0.0.1:8080\",status_code=\"200\",classification=\"success\"} 90
-tarmac_responses_total{direction=\"inbound\",target=\"127.0.0.1:8080\",status_code=\"500\",classification=\"failure\"} 10
+tarmac_responses_total{direction=\"inbound\",target=\"127.0.0.1:8080\",tls=\"true\",client_id=\"spiffe://cluster.local/ns/default/sa/front\",status_code=\"200\",classification=\"success\"} 90
+tarmac_responses_total{direction=\"inbound\",target=\"127.0.0.1:8080\",tls=\"true\",client_id=\"spiffe://cluster.local/ns/default/sa/front\",status_code=\"500\",classification=\"failure\"} 10
 tarmac_responses_total{direction=\"outbound\",target=\"names\",status_code=\"200\",classification=\"success\"} 5
-tarmac_response_latency_seconds_bucket{direction=\"inbound\",target=\"127.0.0.1:8080\",le=\"0.001\"} 50
-tarmac_response_latency_seconds_bucket{direction=\"inbound\",target=\"127.0.0.1:8080\",le=\"0.01\"} 100
-tarmac_response_latency_seconds_bucket{direction=\"inbound\",target=\"127.0.0.1:8080\",le=\"+Inf\"} 100
+tarmac_response_latency_seconds_bucket{direction=\"inbound\",target=\"127.0.0.1:8080\",tls=\"true\",client_id=\"spiffe://cluster.local/ns/default/sa/front\",le=\"0.001\"} 50
+tarmac_response_latency_seconds_bucket{direction=\"inbound\",target=\"127.0.0.1:8080\",tls=\"true\",client_id=\"spiffe://cluster.local/ns/default/sa/front\",le=\"0.01\"} 100
+tarmac_response_latency_seconds_bucket{direction=\"inbound\",target=\"127.0.0.1:8080\",tls=\"true\",client_id=\"spiffe://cluster.local/ns/default/sa/front\",le=\"+Inf\"} 100
 ";
+
+    fn inbound_key() -> SeriesKey {
+        SeriesKey {
+            direction: "inbound".into(),
+            target: "127.0.0.1:8080".into(),
+            route: None,
+            client_id: Some("spiffe://cluster.local/ns/default/sa/front".into()),
+        }
+    }
 
     #[test]
     fn readings_sum_responses_by_classification_and_keep_buckets() {
         let reading = Reading::from_scrape(&Scrape::parse(SCRAPE_1).unwrap(), Instant::now());
-        let inbound = SeriesKey { direction: "inbound".into(), target: "127.0.0.1:8080".into(), route: None };
+        let inbound = inbound_key();
         let counts = &reading.series[&inbound];
         assert_eq!((counts.successes, counts.failures), (90.0, 10.0));
         assert_eq!(counts.latency.count(), 100.0);
         let golden = counts.golden(10.0);
         assert_eq!(golden.requests, 100);
         assert_eq!(golden.success_rate, Some(0.9));
+        assert_eq!(golden.secured_rate, Some(1.0), "every response was over mTLS");
         assert_eq!(golden.rps, 10.0);
         assert_eq!(golden.latency_ms_p50, Some(1.0));
     }
@@ -210,12 +244,16 @@ tarmac_response_latency_seconds_bucket{direction=\"inbound\",target=\"127.0.0.1:
             .replace("} 5\n", "} 5\ntarmac_responses_total{direction=\"outbound\",target=\"names\",route=\"canary\",status_code=\"503\",classification=\"failure\"} 4\n");
         let after = Reading::from_scrape(&Scrape::parse(&later).unwrap(), start + Duration::from_secs(6));
         let window = after.increase_since(Some(&before));
-        let inbound = SeriesKey { direction: "inbound".into(), target: "127.0.0.1:8080".into(), route: None };
+        let inbound = inbound_key();
         let golden = window[&inbound].golden(6.0);
         assert_eq!((golden.requests, golden.successes, golden.rps), (60, 60, 10.0));
         assert_eq!(golden.latency_ms_p50, None, "no latency observed in the window");
-        let canary =
-            SeriesKey { direction: "outbound".into(), target: "names".into(), route: Some("canary".into()) };
+        let canary = SeriesKey {
+            direction: "outbound".into(),
+            target: "names".into(),
+            route: Some("canary".into()),
+            client_id: None,
+        };
         assert_eq!(window[&canary].failures, 4.0, "a series born in the window counts from zero");
         let since_start = after.increase_since(None);
         assert_eq!(since_start[&inbound].successes, 150.0);

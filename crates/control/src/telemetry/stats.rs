@@ -238,8 +238,9 @@ fn configured_route_names(snapshot: &Snapshot) -> Vec<(String, String, String)> 
 
 /// One row per (calling workload, target) with traffic in the window.
 pub fn edge_rows(windows: &[ProxyWindow], snapshot: &Snapshot) -> Vec<EdgeRow> {
-    // (caller namespace, caller workload, destination) -> counts and the service called.
-    type Edge = (Sum, Option<(String, String)>);
+    // (caller namespace, caller workload, destination) -> counts, the service called and
+    // the caller's service account.
+    type Edge = (Sum, Option<(String, String)>, String);
     let mut rows: BTreeMap<(String, String, String), Edge> = BTreeMap::new();
     for window in windows {
         for (key, counts) in window.series.iter().filter(|(k, _)| k.direction == "outbound") {
@@ -254,11 +255,12 @@ pub fn edge_rows(windows: &[ProxyWindow], snapshot: &Snapshot) -> Vec<EdgeRow> {
                 .or_default();
             entry.0.add(counts, window.seconds);
             entry.1 = service;
+            entry.2 = window.instance.service_account.clone();
         }
     }
     rows.into_iter()
-        .filter(|(_, (sum, _))| sum.counts.successes + sum.counts.failures > 0.0)
-        .map(|((src_namespace, src_workload, dst), (sum, service))| {
+        .filter(|(_, (sum, _, _))| sum.counts.successes + sum.counts.failures > 0.0)
+        .map(|((src_namespace, src_workload, dst), (sum, service, service_account))| {
             let dst_workloads = service
                 .as_ref()
                 .and_then(|(ns, name)| {
@@ -274,6 +276,29 @@ pub fn edge_rows(windows: &[ProxyWindow], snapshot: &Snapshot) -> Vec<EdgeRow> {
                         .collect()
                 })
                 .unwrap_or_default();
+            let mut golden = sum.golden();
+            // Callers' proxies do not label outbound series with mTLS; the callee's inbound
+            // series carry the caller's proven identity.
+            golden.secured_rate = service.as_ref().and_then(|(ns, name)| {
+                let identity = format!("/ns/{src_namespace}/sa/{service_account}");
+                let service =
+                    services(snapshot).find(|s| &s.metadata.namespace == ns && &s.metadata.name == name)?;
+                let secured: f64 = windows
+                    .iter()
+                    .filter(|w| {
+                        w.instance.namespace == *ns
+                            && selector_matches(&service.spec.selector, &w.instance.labels)
+                    })
+                    .flat_map(|w| &w.series)
+                    .filter(|(k, _)| {
+                        k.direction == "inbound"
+                            && k.client_id.as_ref().is_some_and(|c| c.ends_with(&identity))
+                    })
+                    .map(|(_, c)| c.secured)
+                    .sum();
+                let requests = sum.counts.successes + sum.counts.failures;
+                Some((secured / requests).min(1.0)).map(|r| (r * 10_000.0).round() / 10_000.0)
+            });
             EdgeRow {
                 src_namespace,
                 src_workload,
@@ -281,7 +306,7 @@ pub fn edge_rows(windows: &[ProxyWindow], snapshot: &Snapshot) -> Vec<EdgeRow> {
                 dst_service: service.map(|(_, name)| name),
                 dst_target: dst,
                 dst_workloads,
-                golden: sum.golden(),
+                golden,
             }
         })
         .collect()
@@ -352,6 +377,7 @@ spec:
                             direction: direction.into(),
                             target: target.into(),
                             route: route.map(Into::into),
+                            client_id: None,
                         },
                         Counts { successes, failures, ..Default::default() },
                     )
@@ -394,6 +420,21 @@ spec:
         assert_eq!((e.src_workload.as_str(), e.dst_service.as_deref()), ("greeter", Some("names")));
         assert_eq!(e.dst_workloads, ["names"]);
         assert_eq!((e.golden.requests, e.golden.success_rate), (20, Some(1.0)));
+        assert_eq!(e.golden.secured_rate, Some(0.0), "no request reached names over mTLS as greeter");
+
+        // names-0 received 15 requests over mTLS from greeter's identity.
+        let mut w = windows();
+        w[1].series.insert(
+            SeriesKey {
+                direction: "inbound".into(),
+                target: "127.0.0.1:11".into(),
+                route: None,
+                client_id: Some("spiffe://cluster.local/ns/default/sa/greeter".into()),
+            },
+            Counts { successes: 15.0, secured: 15.0, tls_known: 15.0, ..Default::default() },
+        );
+        let edges = edge_rows(&w, &snapshot());
+        assert_eq!(edges[0].golden.secured_rate, Some(0.75));
     }
 
     #[test]

@@ -88,10 +88,11 @@ function renderTables(services, workloads, routes, edges) {
     el("tr", { "data-workload": r.name, "data-rps": r.rps }, el("td", {}, name(r.namespace, r.name)), el("td", {}, r.meshed || "-"), ...goldenCells(r, m)));
   table("routes", ["SERVICE", "ROUTE", ...GOLDEN_HEAD], routes, (r, m) =>
     el("tr", { "data-route": r.name, "data-rps": r.rps }, el("td", {}, name(r.namespace, r.service)), el("td", {}, r.name), ...goldenCells(r, m)));
-  table("edges", ["FROM", "TO", ...GOLDEN_HEAD], edges, (r, m) =>
+  table("edges", ["FROM", "TO", "mTLS", ...GOLDEN_HEAD], edges, (r, m) =>
     el("tr", { "data-edge": `${r.src_workload}>${r.dst_service || r.dst_target}`, "data-rps": r.rps },
       el("td", {}, name(r.src_namespace, r.src_workload)),
       el("td", {}, r.dst_service ? name(r.dst_namespace, r.dst_service) : r.dst_target),
+      el("td", { class: r.secured_rate === 1 ? "good" : r.secured_rate ? "warn" : "" }, r.secured_rate === 1 ? "🔒 all" : pct(r.secured_rate)),
       ...goldenCells(r, m)));
 }
 
@@ -312,7 +313,7 @@ function addTapEvent(e) {
   body.prepend(el("tr", { class: "tap-event", "data-workload": e.workload, "data-status": e.status },
     el("td", {}, time),
     el("td", {}, `${e.workload}-${e.replica}`),
-    el("td", {}, e.direction === "outbound" ? `→ ${e.target}` : "← in"),
+    el("td", { title: e.client_id || e.source || "" }, e.direction === "outbound" ? `→ ${e.target}` : e.client_id ? `← ${e.client_id.replace(/^spiffe:\/\/[^/]+\//, "")}` : "← in (plaintext)"),
     el("td", {}, e.method),
     el("td", {}, e.authority),
     el("td", { class: "path", title: e.path }, e.path),
