@@ -92,7 +92,7 @@ function renderTables(services, workloads, routes, edges) {
     el("tr", { "data-edge": `${r.src_workload}>${r.dst_service || r.dst_target}`, "data-rps": r.rps },
       el("td", {}, name(r.src_namespace, r.src_workload)),
       el("td", {}, r.dst_service ? name(r.dst_namespace, r.dst_service) : r.dst_target),
-      el("td", { class: r.secured_rate === 1 ? "good" : r.secured_rate ? "warn" : "" }, r.secured_rate === 1 ? "🔒 all" : pct(r.secured_rate)),
+      el("td", { class: r.secured_rate === 1 ? "good" : r.secured_rate ? "warn" : "" }, pct(r.secured_rate)),
       ...goldenCells(r, m)));
 }
 
