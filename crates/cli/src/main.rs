@@ -2,8 +2,9 @@
 //! `tarmac demo` runs a complete local mesh (sample services, real `tarmac-proxy`
 //! sidecars and traffic) in one command; `tarmac up DIR` runs a mesh from a directory of
 //! YAML; `check`, `stat`, `edges`, `top`, `tap`, `routes` and `prometheus-config` look at
-//! a running mesh through the control plane's API; `tarmac bench` measures the latency
-//! and cost the mesh adds. This file only parses arguments and dispatches.
+//! a running mesh through the control plane's API; `tarmac identity` shows or imports the
+//! mesh's CA; `tarmac bench` measures the latency and cost the mesh adds. This file only
+//! parses arguments and dispatches.
 
 mod bench;
 mod demo;
