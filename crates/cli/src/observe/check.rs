@@ -8,6 +8,7 @@ use serde_json::json;
 /// Check the mesh: control plane, configuration, replicas, proxies and discovery.
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
+    /// `table` for people, `json` for scripts.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
     #[command(flatten)]

@@ -9,8 +9,10 @@ use serde_json::Value;
 pub struct RoutesArgs {
     /// The Service (`NAME` or `NAMESPACE/NAME`).
     pub service: String,
+    /// The Service's namespace (default: `default`).
     #[arg(short, long)]
     pub namespace: Option<String>,
+    /// `table` for people, `json` for scripts.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
     #[command(flatten)]

@@ -18,6 +18,7 @@ pub struct StatArgs {
     /// How far back to look, e.g. `30s`, `1m`, `10m` (at most 10m).
     #[arg(short = 't', long, default_value = "1m")]
     pub window: String,
+    /// `table` for people, `json` for scripts.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
     #[command(flatten)]
@@ -27,10 +28,13 @@ pub struct StatArgs {
 /// Who calls whom, with golden metrics (the same as `tarmac stat edge`).
 #[derive(clap::Args, Debug)]
 pub struct EdgesArgs {
+    /// Only this namespace (default: every namespace).
     #[arg(short, long)]
     pub namespace: Option<String>,
+    /// How far back to look, e.g. `30s`, `1m`, `10m` (at most 10m).
     #[arg(short = 't', long, default_value = "1m")]
     pub window: String,
+    /// `table` for people, `json` for scripts.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
     #[command(flatten)]

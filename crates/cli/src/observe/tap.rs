@@ -16,6 +16,7 @@ use tokio::time::Instant;
 pub struct TapFilterArgs {
     /// `workload/NAME`, `service/NAME` or `NAME`; every proxy when absent.
     pub target: Option<String>,
+    /// Only this namespace (default: every namespace).
     #[arg(short, long)]
     pub namespace: Option<String>,
     /// Only this method (GET, POST, ...).
@@ -78,6 +79,7 @@ pub struct TopArgs {
     /// Rows shown.
     #[arg(long, default_value_t = 20)]
     pub rows: usize,
+    /// `table` for people, `json` for scripts.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
     #[command(flatten)]
