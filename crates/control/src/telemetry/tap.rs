@@ -336,6 +336,33 @@ mod tests {
     }
 
     #[test]
+    fn a_full_buffer_drops_and_counts_instead_of_waiting() {
+        let instance = Instance {
+            namespace: "default".into(),
+            workload: "names".into(),
+            replica: 1,
+            labels: Default::default(),
+            service_account: "names".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            meshed: true,
+            admin: Some("127.0.0.1:2".parse().unwrap()),
+        };
+        let (tx, mut rx) = mpsc::channel(1);
+        let dropped = AtomicU64::new(0);
+        let line = br#"{"direction":"inbound","method":"GET","path":"/x","status":200}"#;
+        let filter = TapFilter::default();
+        assert!(forward(line, &instance, None, &filter, &tx, &dropped));
+        assert!(forward(line, &instance, None, &filter, &tx, &dropped), "a full buffer is no reason to stop");
+        // What the proxy itself dropped for this watcher adds up too.
+        assert!(forward(br#"{"dropped":5}"#, &instance, None, &filter, &tx, &dropped));
+        assert_eq!(dropped.load(Ordering::Relaxed), 6);
+        let relayed: Value = serde_json::from_slice(&rx.try_recv().unwrap()).unwrap();
+        assert_eq!((relayed["workload"].as_str(), relayed["replica"].as_u64()), (Some("names"), Some(1)));
+        drop(rx);
+        assert!(!forward(line, &instance, None, &filter, &tx, &dropped), "the watcher left: stop relaying");
+    }
+
+    #[test]
     fn targets_and_statuses_parse_or_say_what_is_valid() {
         assert_eq!(Target::parse("svc/names"), Ok(Target::Service("names".into())));
         assert_eq!(Target::parse("workload/greeter"), Ok(Target::Workload("greeter".into())));
