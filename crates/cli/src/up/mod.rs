@@ -742,3 +742,20 @@ async fn report_refusals(mut status: watch::Receiver<Arc<Status>>) {
         last_rejected = rejected;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_taken_default_api_port_falls_back_to_a_free_one() {
+        // Taken by this test, or already by someone else: taken either way.
+        let _holder =
+            tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, tarmac_control::api::DEFAULT_PORT)).await;
+        let listener = bind_api(tarmac_control::api::DEFAULT_PORT).await.expect("a free port instead");
+        assert_ne!(listener.local_addr().unwrap().port(), tarmac_control::api::DEFAULT_PORT);
+        // An explicit port is never silently replaced.
+        let taken = listener.local_addr().unwrap().port();
+        assert!(bind_api(taken).await.unwrap_err().contains(&taken.to_string()));
+    }
+}
