@@ -3,8 +3,8 @@
 //!
 //! The same documents work in local mode (`tarmac up DIR`) and on Kubernetes
 //! (`kubectl apply`): `v1` Service and Namespace, Tarmac's own `tarmac.io/v1alpha1`
-//! Workload (local mode only), and `gateway.networking.k8s.io/v1` HTTPRoute and GRPCRoute
-//! attached to Services (the Gateway API mesh profile).
+//! Workload (local mode only) and FaultInjection, and `gateway.networking.k8s.io/v1`
+//! HTTPRoute and GRPCRoute attached to Services (the Gateway API mesh profile).
 //!
 //! Every error names the file, the line where the parser knows it, the object
 //! (`Kind namespace/name`) and the field, and says what would be valid. Unknown fields are
@@ -12,7 +12,7 @@
 //!
 //! # Layout
 //! - [`meta`]: object metadata and references.
-//! - [`service`], [`workload`], [`route`]: the kinds.
+//! - [`service`], [`workload`], [`route`], [`fault`]: the kinds.
 //! - [`parse`]: YAML documents to [`Resource`]s, with located errors.
 //! - [`validate`]: checks types cannot express (ports in range, weights, path syntax).
 //! - [`duration`]: Gateway API durations (`1h30m`, `500ms`).
@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod duration;
+pub mod fault;
 pub mod meta;
 pub mod parse;
 pub mod route;
@@ -28,6 +29,7 @@ pub mod service;
 pub mod validate;
 pub mod workload;
 
+pub use fault::FaultInjection;
 pub use meta::{ObjectKey, ObjectMeta};
 pub use parse::{ModelError, parse_documents};
 pub use route::{GrpcRoute, HttpRoute};
@@ -42,6 +44,7 @@ pub enum Resource {
     Workload(Workload),
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
+    FaultInjection(FaultInjection),
 }
 
 /// The kinds Tarmac reads, as `(apiVersion, kind)`.
@@ -51,6 +54,7 @@ pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
     ("tarmac.io/v1alpha1", "Workload"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
     ("gateway.networking.k8s.io/v1", "GRPCRoute"),
+    ("tarmac.io/v1alpha1", "FaultInjection"),
 ];
 
 impl Resource {
@@ -61,6 +65,7 @@ impl Resource {
             Resource::Workload(_) => "Workload",
             Resource::HttpRoute(_) => "HTTPRoute",
             Resource::GrpcRoute(_) => "GRPCRoute",
+            Resource::FaultInjection(_) => "FaultInjection",
         }
     }
 
@@ -71,6 +76,7 @@ impl Resource {
             Resource::Workload(r) => &r.metadata,
             Resource::HttpRoute(r) => &r.metadata,
             Resource::GrpcRoute(r) => &r.metadata,
+            Resource::FaultInjection(r) => &r.metadata,
         }
     }
 

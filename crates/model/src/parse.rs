@@ -184,6 +184,9 @@ fn parse_document(file: &str, doc: &Document) -> Result<Resource, ModelError> {
         ("gateway.networking.k8s.io/v1", "GRPCRoute") => {
             Resource::GrpcRoute(serde_saphyr::from_str(text).map_err(strict)?)
         }
+        ("tarmac.io/v1alpha1", "FaultInjection") => {
+            Resource::FaultInjection(serde_saphyr::from_str(text).map_err(strict)?)
+        }
         _ => {
             let hint = SUPPORTED_KINDS
                 .iter()

@@ -2,6 +2,7 @@
 
 use crate::Resource;
 use crate::duration;
+use crate::fault::FaultInjection;
 use crate::meta::ObjectMeta;
 use crate::route::{
     GrpcRoute, HeaderMatch, HeaderModifier, HttpBackendRef, HttpRoute, HttpRouteFilter, ParentRef,
@@ -36,6 +37,7 @@ pub fn validate(resource: &Resource) -> Vec<Problem> {
         Resource::Workload(w) => validate_workload(w, &mut p),
         Resource::HttpRoute(r) => validate_http_route(r, &mut p),
         Resource::GrpcRoute(r) => validate_grpc_route(r, &mut p),
+        Resource::FaultInjection(f) => validate_fault(f, &mut p),
     }
     p.0
 }
@@ -146,10 +148,22 @@ fn is_token(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// A RegularExpression match must compile (the proxy anchors it to the whole value).
+fn validate_regex(field: String, pattern: &str, p: &mut Problems) {
+    if let Err(e) = regex::Regex::new(pattern) {
+        let reason = e.to_string();
+        let last = reason.lines().last().unwrap_or("invalid").trim().to_string();
+        p.add(field, format!("`{pattern}` is not a valid regular expression: {last}"));
+    }
+}
+
 fn validate_header_matches(at: &str, matches: &[HeaderMatch], p: &mut Problems, header: bool) {
     let mut seen = HashSet::new();
     for (i, m) in matches.iter().enumerate() {
         let f = format!("{at}[{i}]");
+        if m.match_type == "RegularExpression" {
+            validate_regex(format!("{f}.value"), &m.value, p);
+        }
         if m.match_type != "Exact" && m.match_type != "RegularExpression" {
             p.add(
                 format!("{f}.type"),
@@ -304,6 +318,17 @@ fn validate_filters(
         {
             validate_path_modifier(&format!("{fat}.urlRewrite.path"), path, prefix_match, p);
         }
+        if let Some(r) = &f.extension_ref
+            && (r.group != "tarmac.io" || r.kind != "FaultInjection")
+        {
+            p.add(
+                format!("{fat}.extensionRef"),
+                format!(
+                    "`{}` `{}` is not an extension Tarmac knows; use `{{group: tarmac.io, kind: FaultInjection, name: ...}}`",
+                    r.group, r.kind
+                ),
+            );
+        }
         if let Some(m) = &f.request_mirror {
             if m.percent.is_some_and(|v| v > 100) {
                 p.add(format!("{fat}.requestMirror.percent"), "must be 0-100");
@@ -374,7 +399,7 @@ fn validate_http_route(r: &HttpRoute, p: &mut Problems) {
                             p.add(format!("{mat}.path.value"), "must not contain `//`, `/./` or `/../`");
                         }
                     }
-                    "RegularExpression" => {}
+                    "RegularExpression" => validate_regex(format!("{mat}.path.value"), &path.value, p),
                     other => p.add(
                         format!("{mat}.path.type"),
                         format!(
@@ -437,12 +462,43 @@ fn validate_grpc_route(r: &GrpcRoute, p: &mut Problems) {
                 if method.service.is_none() && method.method.is_none() {
                     p.add(format!("{mat}.method"), "set `service`, `method` or both");
                 }
+                if method.match_type == "RegularExpression" {
+                    for (field, value) in [("service", &method.service), ("method", &method.method)] {
+                        if let Some(v) = value {
+                            validate_regex(format!("{mat}.method.{field}"), v, p);
+                        }
+                    }
+                }
             }
             validate_header_matches(&format!("{mat}.headers"), &m.headers, p, true);
         }
         validate_filters(&format!("{at}.filters"), &rule.filters, GRPC_FILTERS, false, p);
         validate_backend_refs(&format!("{at}.backendRefs"), &rule.backend_refs, p, false, true);
     }
+}
+
+fn validate_fault(f: &FaultInjection, p: &mut Problems) {
+    let spec = &f.spec;
+    if spec.delay.is_none() && spec.abort.is_none() {
+        p.add("spec", "a FaultInjection needs `delay`, `abort` or both");
+    }
+    if let Some(d) = &spec.delay {
+        if let Err(e) = duration::parse(&d.fixed_delay) {
+            p.add("spec.delay.fixedDelay", e);
+        }
+        if !(0.0..=100.0).contains(&d.percentage) {
+            p.add("spec.delay.percentage", "must be 0-100");
+        }
+    }
+    if let Some(a) = &spec.abort {
+        if !(200..=599).contains(&a.http_status) {
+            p.add("spec.abort.httpStatus", "must be an HTTP status 200-599");
+        }
+        if !(0.0..=100.0).contains(&a.percentage) {
+            p.add("spec.abort.percentage", "must be 0-100");
+        }
+    }
+    validate_header_matches("spec.headers", &spec.headers, p, true);
 }
 
 #[cfg(test)]
@@ -513,6 +569,42 @@ mod tests {
                 && e.contains("spec.port")
                 && e.contains("spec.replicas")
                 && e.contains("metadata.labels"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn fault_injections_are_checked_and_referenced_by_extension_ref() {
+        let e = errors("apiVersion: tarmac.io/v1alpha1\nkind: FaultInjection\nmetadata: {name: f}\nspec:\n  delay: {fixedDelay: soon, percentage: 120}\n  abort: {httpStatus: 99}\n").join("\n");
+        assert!(
+            e.contains("spec.delay.fixedDelay")
+                && e.contains("field `spec.delay.percentage`: must be 0-100")
+                && e.contains("spec.abort.httpStatus"),
+            "{e}"
+        );
+        assert!(
+            errors("apiVersion: tarmac.io/v1alpha1\nkind: FaultInjection\nmetadata: {name: f}\nspec: {}\n")
+                .join("")
+                .contains("needs `delay`, `abort`")
+        );
+        let ok = "apiVersion: tarmac.io/v1alpha1\nkind: FaultInjection\nmetadata: {name: f}\nspec:\n  abort: {httpStatus: 503, percentage: 5}\n  delay: {fixedDelay: 200ms, percentage: 10}\n  headers: [{name: x-chaos, value: 'on'}]\n";
+        assert_eq!(errors(ok), Vec::<String>::new());
+        let yaml = format!(
+            "{ROUTE}  rules:\n  - filters:\n    - type: ExtensionRef\n      extensionRef: {{group: example.com, kind: Thing, name: x}}\n"
+        );
+        assert!(errors(&yaml).join("").contains("spec.rules[0].filters[0].extensionRef"));
+    }
+
+    #[test]
+    fn regular_expressions_must_compile() {
+        let yaml = format!(
+            "{ROUTE}  rules:\n  - matches:\n    - path: {{type: RegularExpression, value: '/v[0-9'}}\n      headers: [{{type: RegularExpression, name: x, value: 'a(b'}}]\n"
+        );
+        let e = errors(&yaml).join("\n");
+        assert!(
+            e.contains(
+                "field `spec.rules[0].matches[0].path.value`: `/v[0-9` is not a valid regular expression"
+            ) && e.contains("field `spec.rules[0].matches[0].headers[0].value`"),
             "{e}"
         );
     }
