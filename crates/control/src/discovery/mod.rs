@@ -4,12 +4,13 @@
 //! that it is tested without any network; [`server`] streams its result over gRPC and
 //! pushes a new message whenever the result changes.
 
+pub mod routes;
 pub mod server;
 
 use crate::registry::Instance;
 use crate::store::Snapshot;
 use tarmac_model::meta::selector_matches;
-use tarmac_model::{ObjectKey, Resource};
+use tarmac_model::{ObjectKey, Resource, Service};
 use tarmac_proto::discovery::{Endpoint, Protocol, ServiceUpdate};
 
 /// The trust domain of SPIFFE identities until identity is configurable.
@@ -19,10 +20,12 @@ pub fn spiffe_id(namespace: &str, service_account: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}")
 }
 
-/// The state of `namespace/name:port` as a proxy should see it.
+/// The state of `namespace/name:port` as a proxy in `caller_namespace` should see it:
+/// its endpoints, and the routes that apply to that caller.
 pub fn compute(
     snapshot: &Snapshot,
     instances: &[Instance],
+    caller_namespace: &str,
     namespace: &str,
     name: &str,
     port: u16,
@@ -40,9 +43,23 @@ pub fn compute(
         Some("tcp") | Some("opaque") => Protocol::Opaque,
         _ => Protocol::Detect,
     };
+    let parent = routes::Parent { service, port: service_port };
+    ServiceUpdate {
+        generation: snapshot.generation,
+        exists: true,
+        endpoints: endpoints_of(service, instances),
+        protocol: protocol as i32,
+        routes: routes::routes_for(snapshot, instances, caller_namespace, &parent),
+    }
+}
+
+/// The running instances a Service selects, in a stable order (so that equal states
+/// compare equal and are not re-sent).
+pub fn endpoints_of(service: &Service, instances: &[Instance]) -> Vec<Endpoint> {
+    let namespace = &service.metadata.namespace;
     let mut endpoints: Vec<Endpoint> = instances
         .iter()
-        .filter(|i| i.namespace == namespace && selector_matches(&service.spec.selector, &i.labels))
+        .filter(|i| &i.namespace == namespace && selector_matches(&service.spec.selector, &i.labels))
         .map(|i| Endpoint {
             address: i.addr.to_string(),
             meshed: i.meshed,
@@ -52,9 +69,8 @@ pub fn compute(
             labels: i.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         })
         .collect();
-    // A stable order, so that equal states compare equal and are not re-sent.
     endpoints.sort_by(|a, b| a.address.cmp(&b.address));
-    ServiceUpdate { generation: snapshot.generation, exists: true, endpoints, protocol: protocol as i32 }
+    endpoints
 }
 
 #[cfg(test)]
@@ -93,20 +109,23 @@ mod tests {
             instance("authors", "authors", "shop", "127.0.0.1:4003"),
             instance("books-other", "books", "elsewhere", "127.0.0.1:4004"),
         ];
-        let update = compute(&snapshot(), &instances, "shop", "books", 80);
+        let update = compute(&snapshot(), &instances, "shop", "shop", "books", 80);
         assert!(update.exists);
         assert_eq!(update.generation, 7);
         let addrs: Vec<&str> = update.endpoints.iter().map(|e| e.address.as_str()).collect();
         assert_eq!(addrs, ["127.0.0.1:4001", "127.0.0.1:4002"]);
         assert_eq!(update.endpoints[0].identity, "spiffe://cluster.local/ns/shop/sa/books-v1");
         assert_eq!(update.protocol, Protocol::Http1 as i32);
-        assert_eq!(compute(&snapshot(), &instances, "shop", "books", 90).protocol, Protocol::Http2 as i32);
+        assert_eq!(
+            compute(&snapshot(), &instances, "shop", "shop", "books", 90).protocol,
+            Protocol::Http2 as i32
+        );
     }
 
     #[test]
     fn unknown_services_and_ports_do_not_exist() {
-        assert!(!compute(&snapshot(), &[], "shop", "nope", 80).exists);
-        assert!(!compute(&snapshot(), &[], "shop", "books", 81).exists);
-        assert!(!compute(&snapshot(), &[], "default", "books", 80).exists);
+        assert!(!compute(&snapshot(), &[], "shop", "shop", "nope", 80).exists);
+        assert!(!compute(&snapshot(), &[], "shop", "shop", "books", 81).exists);
+        assert!(!compute(&snapshot(), &[], "shop", "default", "books", 80).exists);
     }
 }

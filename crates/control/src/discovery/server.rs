@@ -122,6 +122,8 @@ struct Watch {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     instances: watch::Receiver<Arc<Vec<Instance>>>,
     last: Option<ServiceUpdate>,
+    /// The calling proxy's namespace: consumer routes there apply to it.
+    caller_namespace: String,
     namespace: String,
     name: String,
     port: u16,
@@ -134,7 +136,7 @@ impl Watch {
             let update = {
                 let snapshot = self.snapshots.borrow_and_update().clone();
                 let instances = self.instances.borrow_and_update().clone();
-                compute(&snapshot, &instances, &self.namespace, &self.name, self.port)
+                compute(&snapshot, &instances, &self.caller_namespace, &self.namespace, &self.name, self.port)
             };
             let generation = update.generation;
             self.listed.update(|s| s.seen_generation = generation);
@@ -143,6 +145,7 @@ impl Watch {
                 last.exists == update.exists
                     && last.endpoints == update.endpoints
                     && last.protocol == update.protocol
+                    && last.routes == update.routes
             });
             if !same {
                 self.last = Some(update.clone());
@@ -173,6 +176,10 @@ impl Discovery for DiscoveryService {
             return Err(Status::invalid_argument("service and port are required"));
         }
         let namespace = if req.namespace.is_empty() { "default".to_string() } else { req.namespace };
+        let caller_namespace = match req.proxy.as_ref().map(|p| p.namespace.as_str()) {
+            Some(ns) if !ns.is_empty() => ns.to_string(),
+            _ => "default".to_string(),
+        };
         tracing::debug!(?peer, service = %req.service, %namespace, port, "watch service");
         let proxy = req.proxy.unwrap_or_default();
         let listed = self.subscriptions.add(Subscription {
@@ -190,6 +197,7 @@ impl Discovery for DiscoveryService {
             snapshots: self.snapshots.clone(),
             instances: self.registry.subscribe(),
             last: None,
+            caller_namespace,
             namespace,
             name: req.service,
             port,

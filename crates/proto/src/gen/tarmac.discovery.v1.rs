@@ -33,6 +33,224 @@ pub struct ServiceUpdate {
     /// How connections to the service are handled: detect, http1, http2 or opaque.
     #[prost(enumeration = "Protocol", tag = "4")]
     pub protocol: i32,
+    /// The HTTPRoutes and GRPCRoutes that apply to this port for the calling proxy, in
+    /// precedence order (consumer routes of the caller's namespace replace the producer
+    /// routes). Empty: requests go straight to `endpoints`.
+    #[prost(message, repeated, tag = "5")]
+    pub routes: ::prost::alloc::vec::Vec<Route>,
+}
+/// One route, its rules in their declared order. A GRPCRoute arrives in the same shape:
+/// its method matches become path matches on `/service/method`.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Route {
+    /// `HTTPRoute` or `GRPCRoute`.
+    #[prost(string, tag = "1")]
+    pub kind: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub namespace: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "4")]
+    pub rules: ::prost::alloc::vec::Vec<RouteRule>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RouteRule {
+    /// The rule's `name`, or empty; with the route's name it labels metrics.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// ORed; empty matches every request.
+    #[prost(message, repeated, tag = "2")]
+    pub matches: ::prost::alloc::vec::Vec<RouteMatch>,
+    #[prost(message, repeated, tag = "3")]
+    pub filters: ::prost::alloc::vec::Vec<RouteFilter>,
+    /// Empty with no redirect filter: the route's parent Service port itself.
+    #[prost(message, repeated, tag = "4")]
+    pub backends: ::prost::alloc::vec::Vec<RouteBackend>,
+    /// `timeouts.request` and `timeouts.backendRequest` in milliseconds; 0: none.
+    #[prost(uint64, tag = "5")]
+    pub request_timeout_ms: u64,
+    #[prost(uint64, tag = "6")]
+    pub backend_request_timeout_ms: u64,
+}
+/// Every condition present must hold (ANDed).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RouteMatch {
+    /// Absent: any path.
+    #[prost(message, optional, tag = "1")]
+    pub path: ::core::option::Option<PathMatch>,
+    #[prost(message, repeated, tag = "2")]
+    pub headers: ::prost::alloc::vec::Vec<ValueMatch>,
+    #[prost(message, repeated, tag = "3")]
+    pub query_params: ::prost::alloc::vec::Vec<ValueMatch>,
+    /// Empty: any method.
+    #[prost(string, tag = "4")]
+    pub method: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PathMatch {
+    #[prost(enumeration = "PathMatchType", tag = "1")]
+    pub r#type: i32,
+    #[prost(string, tag = "2")]
+    pub value: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ValueMatch {
+    /// Header names compare case-insensitively, query parameter names exactly.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub value: ::prost::alloc::string::String,
+    /// Exact when false.
+    #[prost(bool, tag = "3")]
+    pub regex: bool,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RouteFilter {
+    #[prost(oneof = "route_filter::Filter", tags = "1, 2, 3, 4, 5, 6, 7")]
+    pub filter: ::core::option::Option<route_filter::Filter>,
+}
+/// Nested message and enum types in `RouteFilter`.
+pub mod route_filter {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Filter {
+        #[prost(message, tag = "1")]
+        RequestHeaderModifier(super::HeaderModifier),
+        #[prost(message, tag = "2")]
+        ResponseHeaderModifier(super::HeaderModifier),
+        #[prost(message, tag = "3")]
+        RequestRedirect(super::RequestRedirect),
+        #[prost(message, tag = "4")]
+        UrlRewrite(super::UrlRewrite),
+        #[prost(message, tag = "5")]
+        RequestMirror(super::RequestMirror),
+        #[prost(message, tag = "6")]
+        Cors(super::Cors),
+        #[prost(message, tag = "7")]
+        Fault(super::Fault),
+    }
+}
+/// A FaultInjection referenced by an ExtensionRef filter.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Fault {
+    /// The reference names no FaultInjection: the rule's requests get 500.
+    #[prost(bool, tag = "1")]
+    pub unresolved: bool,
+    /// 0: no delay.
+    #[prost(uint64, tag = "2")]
+    pub delay_ms: u64,
+    /// Shares of requests in millionths (100 % = 1000000).
+    #[prost(uint32, tag = "3")]
+    pub delay_per_million: u32,
+    /// 0: no abort.
+    #[prost(uint32, tag = "4")]
+    pub abort_status: u32,
+    #[prost(uint32, tag = "5")]
+    pub abort_per_million: u32,
+    /// Only requests with all of these headers are affected.
+    #[prost(message, repeated, tag = "6")]
+    pub headers: ::prost::alloc::vec::Vec<ValueMatch>,
+}
+/// A copy of each request (a `numerator/denominator` share of them) goes to `backend`
+/// too; its responses are discarded.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RequestMirror {
+    #[prost(message, optional, tag = "1")]
+    pub backend: ::core::option::Option<RouteBackend>,
+    #[prost(uint32, tag = "2")]
+    pub numerator: u32,
+    #[prost(uint32, tag = "3")]
+    pub denominator: u32,
+}
+/// The Gateway API CORS filter: answers preflight requests from allowed origins and adds
+/// the CORS response headers to their other requests.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Cors {
+    #[prost(string, repeated, tag = "1")]
+    pub allow_origins: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(bool, tag = "2")]
+    pub allow_credentials: bool,
+    #[prost(string, repeated, tag = "3")]
+    pub allow_methods: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "4")]
+    pub allow_headers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "5")]
+    pub expose_headers: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Seconds; 0: the specification's default of 5.
+    #[prost(uint32, tag = "6")]
+    pub max_age: u32,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct HeaderModifier {
+    #[prost(message, repeated, tag = "1")]
+    pub set: ::prost::alloc::vec::Vec<HeaderValue>,
+    #[prost(message, repeated, tag = "2")]
+    pub add: ::prost::alloc::vec::Vec<HeaderValue>,
+    #[prost(string, repeated, tag = "3")]
+    pub remove: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HeaderValue {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub value: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RequestRedirect {
+    /// Empty: unchanged.
+    #[prost(string, tag = "1")]
+    pub scheme: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub hostname: ::prost::alloc::string::String,
+    /// 0: derived from the scheme as the Gateway API specifies.
+    #[prost(uint32, tag = "3")]
+    pub port: u32,
+    #[prost(message, optional, tag = "4")]
+    pub path: ::core::option::Option<PathModifier>,
+    /// 0: 302.
+    #[prost(uint32, tag = "5")]
+    pub status_code: u32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UrlRewrite {
+    #[prost(string, tag = "1")]
+    pub hostname: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub path: ::core::option::Option<PathModifier>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PathModifier {
+    #[prost(oneof = "path_modifier::Modifier", tags = "1, 2")]
+    pub modifier: ::core::option::Option<path_modifier::Modifier>,
+}
+/// Nested message and enum types in `PathModifier`.
+pub mod path_modifier {
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Modifier {
+        #[prost(string, tag = "1")]
+        ReplaceFullPath(::prost::alloc::string::String),
+        #[prost(string, tag = "2")]
+        ReplacePrefixMatch(::prost::alloc::string::String),
+    }
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RouteBackend {
+    #[prost(string, tag = "1")]
+    pub service: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub namespace: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "3")]
+    pub port: u32,
+    #[prost(uint32, tag = "4")]
+    pub weight: u32,
+    /// False when no such Service port exists: its share of requests gets 500.
+    #[prost(bool, tag = "5")]
+    pub exists: bool,
+    #[prost(message, repeated, tag = "6")]
+    pub endpoints: ::prost::alloc::vec::Vec<Endpoint>,
+    /// Filters of this backendRef, applied after the rule's.
+    #[prost(message, repeated, tag = "7")]
+    pub filters: ::prost::alloc::vec::Vec<RouteFilter>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Endpoint {
@@ -73,6 +291,35 @@ pub struct InboundPort {
     pub port: u32,
     #[prost(enumeration = "Protocol", tag = "2")]
     pub protocol: i32,
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum PathMatchType {
+    Prefix = 0,
+    Exact = 1,
+    RegularExpression = 2,
+}
+impl PathMatchType {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Prefix => "PATH_MATCH_TYPE_PREFIX",
+            Self::Exact => "PATH_MATCH_TYPE_EXACT",
+            Self::RegularExpression => "PATH_MATCH_TYPE_REGULAR_EXPRESSION",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "PATH_MATCH_TYPE_PREFIX" => Some(Self::Prefix),
+            "PATH_MATCH_TYPE_EXACT" => Some(Self::Exact),
+            "PATH_MATCH_TYPE_REGULAR_EXPRESSION" => Some(Self::RegularExpression),
+            _ => None,
+        }
+    }
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -186,7 +433,7 @@ pub mod discovery_client {
             self.inner = self.inner.max_encoding_message_size(limit);
             self
         }
-        /// The endpoints (and, later, routes and policies) of one service port, as seen from the
+        /// The endpoints and routes (and, later, policies) of one service port, as seen from the
         /// calling proxy's workload.
         pub async fn watch_service(
             &mut self,
@@ -262,7 +509,7 @@ pub mod discovery_server {
             >
             + std::marker::Send
             + 'static;
-        /// The endpoints (and, later, routes and policies) of one service port, as seen from the
+        /// The endpoints and routes (and, later, policies) of one service port, as seen from the
         /// calling proxy's workload.
         async fn watch_service(
             &self,

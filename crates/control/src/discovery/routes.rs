@@ -1,0 +1,467 @@
+//! The routes of one Service port as one caller sees them (the Gateway API mesh profile,
+//! GAMMA), translated to the discovery contract with every backend resolved.
+//!
+//! Which routes apply: those whose `parentRefs` name the Service (with no `port`, or
+//! this port; with no `sectionName`, or this port's name). Consumer routes, in the
+//! caller's namespace, apply only to that caller and replace the producer routes (in the
+//! Service's namespace) for it. Routes are ordered by `namespace/name`, the Gateway API's
+//! tie-break after creation time, which the files store does not have.
+
+use super::endpoints_of;
+use crate::registry::Instance;
+use crate::store::Snapshot;
+use tarmac_model::route::{
+    GrpcRouteMatch, HeaderMatch, HttpBackendRef, HttpRouteFilter, HttpRouteMatch, ParentRef, PathModifier,
+};
+use tarmac_model::service::ServicePort;
+use tarmac_model::{ObjectKey, Resource, Service};
+use tarmac_proto::discovery::{
+    self as pb, PathMatchType, Route, RouteBackend, RouteFilter, RouteMatch, RouteRule, ValueMatch,
+    path_modifier, route_filter,
+};
+
+/// The Service port a route is asked about.
+pub struct Parent<'a> {
+    pub service: &'a Service,
+    pub port: &'a ServicePort,
+}
+
+fn attaches(refs: &[ParentRef], route_namespace: &str, parent: &Parent<'_>) -> bool {
+    refs.iter().any(|r| {
+        r.is_service()
+            && r.name == parent.service.metadata.name
+            && r.namespace.as_deref().unwrap_or(route_namespace) == parent.service.metadata.namespace
+            && r.port.is_none_or(|p| p == parent.port.port)
+            && r.section_name.as_deref().is_none_or(|s| parent.port.name.as_deref() == Some(s))
+    })
+}
+
+/// The routes of `parent` for a caller in `caller_namespace`, in precedence order.
+pub fn routes_for(
+    snapshot: &Snapshot,
+    instances: &[Instance],
+    caller_namespace: &str,
+    parent: &Parent<'_>,
+) -> Vec<Route> {
+    let producer_namespace = parent.service.metadata.namespace.as_str();
+    let in_namespace = |ns: &str| -> Vec<&Resource> {
+        snapshot
+            .objects
+            .iter()
+            .filter(|(k, _)| k.namespace == ns)
+            .map(|(_, r)| r)
+            .filter(|r| match r {
+                Resource::HttpRoute(h) => attaches(&h.spec.parent_refs, ns, parent),
+                Resource::GrpcRoute(g) => attaches(&g.spec.parent_refs, ns, parent),
+                _ => false,
+            })
+            .collect()
+    };
+    let mut chosen = Vec::new();
+    if caller_namespace != producer_namespace {
+        chosen = in_namespace(caller_namespace);
+    }
+    if chosen.is_empty() {
+        chosen = in_namespace(producer_namespace);
+    }
+    chosen.sort_by(|a, b| {
+        (&a.meta().namespace, &a.meta().name, a.kind()).cmp(&(&b.meta().namespace, &b.meta().name, b.kind()))
+    });
+    chosen.into_iter().filter_map(|r| translate(snapshot, instances, r)).collect()
+}
+
+fn translate(snapshot: &Snapshot, instances: &[Instance], resource: &Resource) -> Option<Route> {
+    let meta = resource.meta();
+    let ns = meta.namespace.as_str();
+    let scope = Scope { snapshot, instances, namespace: ns };
+    let rules = match resource {
+        Resource::HttpRoute(route) => route
+            .spec
+            .rules
+            .iter()
+            .map(|rule| {
+                let timeout = |d: &Option<String>| {
+                    d.as_deref()
+                        .and_then(|d| tarmac_model::duration::parse(d).ok())
+                        .map_or(0, |d| d.as_millis() as u64)
+                };
+                let (request_timeout_ms, backend_request_timeout_ms) = match &rule.timeouts {
+                    Some(t) => (timeout(&t.request), timeout(&t.backend_request)),
+                    None => (0, 0),
+                };
+                RouteRule {
+                    name: rule.name.clone().unwrap_or_default(),
+                    matches: rule.matches.iter().map(http_match).collect(),
+                    filters: filters(&scope, &rule.filters),
+                    backends: backends(&scope, &rule.backend_refs),
+                    request_timeout_ms,
+                    backend_request_timeout_ms,
+                }
+            })
+            .collect(),
+        Resource::GrpcRoute(route) => route
+            .spec
+            .rules
+            .iter()
+            .map(|rule| RouteRule {
+                name: rule.name.clone().unwrap_or_default(),
+                matches: rule.matches.iter().map(grpc_match).collect(),
+                filters: filters(&scope, &rule.filters),
+                backends: backends(&scope, &rule.backend_refs),
+                request_timeout_ms: 0,
+                backend_request_timeout_ms: 0,
+            })
+            .collect(),
+        _ => return None,
+    };
+    Some(Route {
+        kind: resource.kind().to_string(),
+        namespace: ns.to_string(),
+        name: meta.name.clone(),
+        rules,
+    })
+}
+
+fn value_matches(matches: &[HeaderMatch]) -> Vec<ValueMatch> {
+    matches
+        .iter()
+        .map(|m| ValueMatch {
+            name: m.name.clone(),
+            value: m.value.clone(),
+            regex: m.match_type == "RegularExpression",
+        })
+        .collect()
+}
+
+fn http_match(m: &HttpRouteMatch) -> RouteMatch {
+    RouteMatch {
+        path: m.path.as_ref().map(|p| pb::PathMatch {
+            r#type: match p.match_type.as_str() {
+                "Exact" => PathMatchType::Exact,
+                "RegularExpression" => PathMatchType::RegularExpression,
+                _ => PathMatchType::Prefix,
+            } as i32,
+            value: p.value.clone(),
+        }),
+        headers: value_matches(&m.headers),
+        query_params: value_matches(&m.query_params),
+        method: m.method.clone().unwrap_or_default(),
+    }
+}
+
+/// Characters with a meaning in a regular expression, escaped for a literal match.
+fn escape_regex(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A gRPC method match is a match on the request path, `/<service>/<method>`.
+fn grpc_match(m: &GrpcRouteMatch) -> RouteMatch {
+    let path = m.method.as_ref().map(|method| {
+        let regex = method.match_type == "RegularExpression";
+        match (method.service.as_deref(), method.method.as_deref(), regex) {
+            (Some(s), Some(m), false) => {
+                pb::PathMatch { r#type: PathMatchType::Exact as i32, value: format!("/{s}/{m}") }
+            }
+            (Some(s), None, false) => {
+                pb::PathMatch { r#type: PathMatchType::Prefix as i32, value: format!("/{s}/") }
+            }
+            (service, method, regex) => {
+                let part = |p: Option<&str>| match p {
+                    Some(p) if regex => format!("(?:{p})"),
+                    Some(p) => escape_regex(p),
+                    None => "[^/]+".to_string(),
+                };
+                pb::PathMatch {
+                    r#type: PathMatchType::RegularExpression as i32,
+                    value: format!("/{}/{}", part(service), part(method)),
+                }
+            }
+        }
+    });
+    RouteMatch { path, headers: value_matches(&m.headers), query_params: Vec::new(), method: String::new() }
+}
+
+fn path_modifier(m: &PathModifier) -> pb::PathModifier {
+    let modifier = if m.modifier_type == "ReplaceFullPath" {
+        path_modifier::Modifier::ReplaceFullPath(m.replace_full_path.clone().unwrap_or_default())
+    } else {
+        path_modifier::Modifier::ReplacePrefixMatch(m.replace_prefix_match.clone().unwrap_or_default())
+    };
+    pb::PathModifier { modifier: Some(modifier) }
+}
+
+fn header_modifier(m: &tarmac_model::route::HeaderModifier) -> pb::HeaderModifier {
+    let values = |list: &[tarmac_model::route::HeaderValue]| {
+        list.iter().map(|h| pb::HeaderValue { name: h.name.clone(), value: h.value.clone() }).collect()
+    };
+    pb::HeaderModifier { set: values(&m.set), add: values(&m.add), remove: m.remove.clone() }
+}
+
+/// Where filters are resolved: mirrors name backends like backendRefs do.
+struct Scope<'a> {
+    snapshot: &'a Snapshot,
+    instances: &'a [Instance],
+    namespace: &'a str,
+}
+
+/// A FaultInjection of the route's namespace, or a marker that it does not exist.
+fn fault(scope: &Scope<'_>, name: &str) -> pb::Fault {
+    let key =
+        ObjectKey { kind: "FaultInjection", namespace: scope.namespace.to_string(), name: name.to_string() };
+    let Some(Resource::FaultInjection(f)) = scope.snapshot.objects.get(&key) else {
+        return pb::Fault { unresolved: true, ..Default::default() };
+    };
+    let per_million = |percentage: f64| (percentage.clamp(0.0, 100.0) * 10_000.0).round() as u32;
+    let mut out = pb::Fault { headers: value_matches(&f.spec.headers), ..Default::default() };
+    if let Some(d) = &f.spec.delay {
+        out.delay_ms = tarmac_model::duration::parse(&d.fixed_delay).map_or(0, |d| d.as_millis() as u64);
+        out.delay_per_million = per_million(d.percentage);
+    }
+    if let Some(a) = &f.spec.abort {
+        out.abort_status = u32::from(a.http_status);
+        out.abort_per_million = per_million(a.percentage);
+    }
+    out
+}
+
+/// The filters, as the proxy applies them.
+fn filters(scope: &Scope<'_>, list: &[HttpRouteFilter]) -> Vec<RouteFilter> {
+    list.iter()
+        .filter_map(|f| {
+            let filter = if let Some(m) = &f.request_header_modifier {
+                route_filter::Filter::RequestHeaderModifier(header_modifier(m))
+            } else if let Some(m) = &f.response_header_modifier {
+                route_filter::Filter::ResponseHeaderModifier(header_modifier(m))
+            } else if let Some(r) = &f.request_redirect {
+                route_filter::Filter::RequestRedirect(pb::RequestRedirect {
+                    scheme: r.scheme.clone().unwrap_or_default(),
+                    hostname: r.hostname.clone().unwrap_or_default(),
+                    port: r.port.map_or(0, u32::from),
+                    path: r.path.as_ref().map(path_modifier),
+                    status_code: r.status_code.map_or(0, u32::from),
+                })
+            } else if let Some(r) = &f.url_rewrite {
+                route_filter::Filter::UrlRewrite(pb::UrlRewrite {
+                    hostname: r.hostname.clone().unwrap_or_default(),
+                    path: r.path.as_ref().map(path_modifier),
+                })
+            } else if let Some(m) = &f.request_mirror {
+                let b = &m.backend_ref;
+                let as_backend = HttpBackendRef {
+                    group: b.group.clone(),
+                    kind: b.kind.clone(),
+                    name: b.name.clone(),
+                    namespace: b.namespace.clone(),
+                    port: b.port,
+                    weight: 1,
+                    filters: Vec::new(),
+                };
+                let (numerator, denominator) = match (&m.percent, &m.fraction) {
+                    (Some(p), _) => (*p, 100),
+                    (None, Some(f)) => (f.numerator, f.denominator),
+                    (None, None) => (100, 100),
+                };
+                route_filter::Filter::RequestMirror(pb::RequestMirror {
+                    backend: backends(scope, std::slice::from_ref(&as_backend)).pop(),
+                    numerator,
+                    denominator,
+                })
+            } else if let Some(r) = &f.extension_ref {
+                // Validation admits only FaultInjection here.
+                route_filter::Filter::Fault(fault(scope, &r.name))
+            } else if let Some(c) = &f.cors {
+                route_filter::Filter::Cors(pb::Cors {
+                    allow_origins: c.allow_origins.clone(),
+                    allow_credentials: c.allow_credentials.unwrap_or(false),
+                    allow_methods: c.allow_methods.clone(),
+                    allow_headers: c.allow_headers.clone(),
+                    expose_headers: c.expose_headers.clone(),
+                    max_age: c.max_age.unwrap_or(0),
+                })
+            } else {
+                return None;
+            };
+            Some(RouteFilter { filter: Some(filter) })
+        })
+        .collect()
+}
+
+fn backends(scope: &Scope<'_>, refs: &[HttpBackendRef]) -> Vec<RouteBackend> {
+    let Scope { snapshot, instances, namespace: route_namespace } = *scope;
+    refs.iter()
+        .map(|b| {
+            let namespace = b.namespace.clone().unwrap_or_else(|| route_namespace.to_string());
+            let port = b.port.unwrap_or(0);
+            let is_service = b.kind.as_deref().unwrap_or("Service") == "Service"
+                && matches!(b.group.as_deref(), None | Some("") | Some("core"));
+            let key = ObjectKey { kind: "Service", namespace: namespace.clone(), name: b.name.clone() };
+            let service = match snapshot.objects.get(&key) {
+                Some(Resource::Service(s)) if is_service && s.spec.ports.iter().any(|p| p.port == port) => {
+                    Some(s)
+                }
+                _ => None,
+            };
+            RouteBackend {
+                service: b.name.clone(),
+                namespace: namespace.clone(),
+                port: u32::from(port),
+                weight: b.weight,
+                exists: service.is_some(),
+                endpoints: service.map(|s| endpoints_of(s, instances)).unwrap_or_default(),
+                filters: filters(scope, &b.filters),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::compute;
+    use super::*;
+    use std::collections::BTreeMap;
+
+    const BASE: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: mesh}
+spec: {selector: {app: echo}, ports: [{name: http, port: 80}, {name: alt, port: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-v1, namespace: mesh}
+spec: {selector: {version: v1}, ports: [{name: http, port: 80}]}
+";
+
+    fn snapshot(routes: &str) -> Snapshot {
+        let objects = tarmac_model::parse_documents("t.yaml", &format!("{BASE}---\n{routes}"))
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.key(), r))
+            .collect();
+        Snapshot { generation: 1, objects }
+    }
+
+    fn route(ns: &str, name: &str, parent_port: &str, backend: &str) -> String {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: echo, namespace: mesh{parent_port}}}]\n  rules:\n  - backendRefs: [{{name: {backend}, namespace: mesh, port: 80}}]\n"
+        )
+    }
+
+    fn names(update: &pb::ServiceUpdate) -> Vec<String> {
+        update.routes.iter().map(|r| format!("{}/{}", r.namespace, r.name)).collect()
+    }
+
+    fn v1_instance() -> Instance {
+        Instance {
+            namespace: "mesh".into(),
+            workload: "echo-v1".into(),
+            replica: 0,
+            labels: BTreeMap::from([("app".into(), "echo".into()), ("version".into(), "v1".into())]),
+            service_account: "default".into(),
+            addr: "127.0.0.1:4001".parse().unwrap(),
+            meshed: true,
+        }
+    }
+
+    #[test]
+    fn a_parent_port_limits_the_route_to_that_port() {
+        let s = snapshot(&format!(
+            "{}---\n{}",
+            route("mesh", "only-80", ", port: 80", "echo-v1"),
+            route("mesh", "all-ports", "", "echo-v1")
+        ));
+        assert_eq!(names(&compute(&s, &[], "mesh", "mesh", "echo", 80)), ["mesh/all-ports", "mesh/only-80"]);
+        assert_eq!(names(&compute(&s, &[], "mesh", "mesh", "echo", 8080)), ["mesh/all-ports"]);
+        assert!(compute(&s, &[], "mesh", "mesh", "echo-v1", 80).routes.is_empty());
+    }
+
+    #[test]
+    fn consumer_routes_replace_producer_routes_for_their_namespace_only() {
+        let s = snapshot(&format!(
+            "{}---\n{}",
+            route("mesh", "producer", "", "echo-v1"),
+            route("consumer", "consumer", "", "echo-v1")
+        ));
+        assert_eq!(names(&compute(&s, &[], "consumer", "mesh", "echo", 80)), ["consumer/consumer"]);
+        assert_eq!(names(&compute(&s, &[], "mesh", "mesh", "echo", 80)), ["mesh/producer"]);
+        assert_eq!(names(&compute(&s, &[], "elsewhere", "mesh", "echo", 80)), ["mesh/producer"]);
+    }
+
+    #[test]
+    fn backends_carry_their_endpoints_or_say_they_do_not_exist() {
+        let s = snapshot(&format!(
+            "{}---\n{}",
+            route("mesh", "a", "", "echo-v1"),
+            route("mesh", "b", "", "echo-v3")
+        ));
+        let update = compute(&s, &[v1_instance()], "mesh", "mesh", "echo", 80);
+        let a = &update.routes[0].rules[0].backends[0];
+        assert!(a.exists);
+        assert_eq!(a.endpoints.len(), 1);
+        assert_eq!(a.endpoints[0].address, "127.0.0.1:4001");
+        let b = &update.routes[1].rules[0].backends[0];
+        assert!(!b.exists && b.endpoints.is_empty());
+    }
+
+    #[test]
+    fn grpc_method_matches_become_path_matches() {
+        let s = snapshot(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, namespace: mesh}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo}]\n  rules:\n  - matches:\n    - method: {service: pkg.Echo, method: Call}\n    - method: {service: pkg.Echo}\n    - method: {method: Call}\n    - method: {type: RegularExpression, service: 'pkg\\..*'}\n",
+        );
+        let update = compute(&s, &[], "mesh", "mesh", "echo", 80);
+        let paths: Vec<(i32, String)> = update.routes[0].rules[0]
+            .matches
+            .iter()
+            .map(|m| m.path.as_ref().map(|p| (p.r#type, p.value.clone())).unwrap())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                (PathMatchType::Exact as i32, "/pkg.Echo/Call".to_string()),
+                (PathMatchType::Prefix as i32, "/pkg.Echo/".to_string()),
+                (PathMatchType::RegularExpression as i32, "/[^/]+/Call".to_string()),
+                (PathMatchType::RegularExpression as i32, "/(?:pkg\\..*)/[^/]+".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn mirrors_resolve_their_backend_and_share() {
+        let s = snapshot(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: m, namespace: mesh}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo}]\n  rules:\n  - filters:\n    - type: RequestMirror\n      requestMirror: {backendRef: {name: echo-v1, port: 80}, percent: 25}\n    - type: CORS\n      cors: {allowOrigins: ['https://*.example.com'], maxAge: 60}\n",
+        );
+        let update = compute(&s, &[v1_instance()], "mesh", "mesh", "echo", 80);
+        let filters = &update.routes[0].rules[0].filters;
+        let Some(route_filter::Filter::RequestMirror(m)) = &filters[0].filter else { panic!("{filters:?}") };
+        assert_eq!((m.numerator, m.denominator), (25, 100));
+        let backend = m.backend.as_ref().unwrap();
+        assert!(backend.exists && backend.endpoints.len() == 1);
+        let Some(route_filter::Filter::Cors(c)) = &filters[1].filter else { panic!("{filters:?}") };
+        assert_eq!((c.allow_origins.as_slice(), c.max_age), (&["https://*.example.com".to_string()][..], 60));
+    }
+
+    #[test]
+    fn extension_refs_carry_their_fault_injection_or_say_it_is_missing() {
+        let s = snapshot(
+            "apiVersion: tarmac.io/v1alpha1\nkind: FaultInjection\nmetadata: {name: flaky, namespace: mesh}\nspec:\n  delay: {fixedDelay: 200ms, percentage: 10}\n  abort: {httpStatus: 503, percentage: 5}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: f, namespace: mesh}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo}]\n  rules:\n  - filters: [{type: ExtensionRef, extensionRef: {group: tarmac.io, kind: FaultInjection, name: flaky}}]\n  - filters: [{type: ExtensionRef, extensionRef: {group: tarmac.io, kind: FaultInjection, name: nope}}]\n",
+        );
+        let update = compute(&s, &[], "mesh", "mesh", "echo", 80);
+        let fault = |rule: usize| match &update.routes[0].rules[rule].filters[0].filter {
+            Some(route_filter::Filter::Fault(f)) => f.clone(),
+            other => panic!("{other:?}"),
+        };
+        let f = fault(0);
+        assert_eq!(
+            (f.delay_ms, f.delay_per_million, f.abort_status, f.abort_per_million),
+            (200, 100_000, 503, 50_000)
+        );
+        assert!(!f.unresolved && fault(1).unresolved);
+    }
+}
