@@ -2,13 +2,14 @@
 //!
 //! One lazily connected gRPC channel per proxy; one `WatchService` stream per discovered
 //! service. Each update replaces the service's endpoint set (endpoints that stay keep their
-//! connections and load statistics). When the stream fails the proxy keeps the last
+//! connections and load statistics) and its route table (see [`crate::route`]). When the stream fails the proxy keeps the last
 //! endpoints it received, indefinitely (fail static), and reconnects with capped,
 //! jittered backoff; the control plane resends the full state on the new stream.
 
 use crate::config::{ControlConfig, DiscoverConfig};
 use crate::endpoint::{ConnectSettings, Endpoint, EndpointSpec};
 use crate::http::forward::{Destination, Forward};
+use crate::route::RouteTable;
 use std::sync::Arc;
 use std::time::Duration;
 use tarmac_proto::discovery::discovery_client::DiscoveryClient;
@@ -66,7 +67,7 @@ impl ControlClient {
             let mut client = DiscoveryClient::new(self.channel.clone());
             let result = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = follow(&mut client, request.clone(), &forward, &connect, &mut backoff) => r,
+                r = follow(&mut client, request.clone(), &forward, &connect, discover.port, &mut backoff) => r,
             };
             if let Err(status) = result {
                 tracing::warn!(
@@ -91,17 +92,18 @@ async fn follow(
     request: WatchServiceRequest,
     forward: &Forward,
     connect: &ConnectSettings,
+    service_port: u16,
     backoff: &mut Duration,
 ) -> Result<(), tonic::Status> {
     let mut stream = client.watch_service(request).await?.into_inner();
     while let Some(update) = stream.message().await? {
         *backoff = BACKOFF_MIN;
-        apply(update, forward, connect);
+        apply(update, forward, connect, service_port);
     }
     Err(tonic::Status::unavailable("the control plane closed the stream"))
 }
 
-fn apply(update: ServiceUpdate, forward: &Forward, connect: &ConnectSettings) {
+fn apply(update: ServiceUpdate, forward: &Forward, connect: &ConnectSettings, service_port: u16) {
     let Destination::Balanced(balancer) = &forward.destination else { return };
     let mut endpoints = Vec::with_capacity(update.endpoints.len());
     for ep in &update.endpoints {
@@ -123,5 +125,25 @@ fn apply(update: ServiceUpdate, forward: &Forward, connect: &ConnectSettings) {
         endpoints = endpoints.len(),
         "endpoints updated"
     );
-    balancer.update(endpoints, |spec| Endpoint::new(spec, connect.clone(), (*forward.metrics).clone()));
+    let make = |spec: EndpointSpec| Endpoint::new(spec, connect.clone(), (*forward.metrics).clone());
+    balancer.update(endpoints, &make);
+    if update.routes.is_empty() {
+        if balancer.routes.get().is_some() {
+            tracing::info!(target = %forward.name, "routes removed");
+        }
+        balancer.routes.set(None);
+        return;
+    }
+    let previous = balancer.routes.get();
+    match RouteTable::build(&update.routes, service_port, previous.as_deref(), &make) {
+        Ok(table) => {
+            tracing::info!(target = %forward.name, routes = update.routes.len(), rules = table.rules.len(), "routes updated");
+            balancer.routes.set(Some(table));
+        }
+        // The control plane validates routes; a proxy that still cannot use them keeps the
+        // previous table whole rather than apply part of the new one.
+        Err(e) => {
+            tracing::warn!(target = %forward.name, error = %e, "refusing a route update; keeping the previous routes")
+        }
+    }
 }

@@ -14,8 +14,10 @@
 //! - [`detect`]: protocol detection from the first bytes.
 //! - [`http`]: serving, forwarding, tunnels (WebSocket, CONNECT), body metering.
 //! - [`endpoint`] and [`balance`]: connections to endpoints, and choosing one.
-//! - [`discovery`]: endpoints followed through the control plane, kept when it is away.
+//! - [`discovery`]: endpoints and routes followed through the control plane, kept when it
+//!   is away.
 //! - [`identity`]: the workload certificate and mTLS between proxies.
+//! - [`route`]: HTTPRoute and GRPCRoute matching, filters and weighted backends.
 //! - [`tcp`]: opaque forwarding.
 //! - [`metrics`], [`tap`] and [`admin`]: Prometheus metrics, live request events, and the
 //!   admin listener that serves both.
@@ -36,6 +38,7 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod route;
 pub mod tap;
 pub mod tcp;
 

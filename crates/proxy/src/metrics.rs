@@ -148,6 +148,17 @@ pub struct ErrorLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub direction: Direction,
+    pub target: Arc<String>,
+    /// `namespace/name` of the route; empty when no rule matched.
+    pub route: String,
+    /// The rule's `name`; empty when unnamed.
+    pub rule: String,
+    pub status_code: u16,
+}
+
 /// All of the proxy's metrics, registered in one registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -168,6 +179,7 @@ pub struct Metrics {
     /// Expiry of the certificate in use, seconds since the epoch (0: none yet).
     pub cert_expiry: Gauge,
     certificate_requests: Family<OutcomeLabels, Counter>,
+    route_responses: Family<RouteLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -257,6 +269,12 @@ impl Metrics {
             "Certificate requests to the control plane (first and renewals), by result",
             certificate_requests.clone(),
         );
+        let route_responses = Family::default();
+        registry.register(
+            "tarmac_route_responses",
+            "HTTP responses of routed services, by route, rule and status (at the response head)",
+            route_responses.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
@@ -275,6 +293,7 @@ impl Metrics {
             tls_handshakes,
             cert_expiry,
             certificate_requests,
+            route_responses,
         }
     }
 
@@ -347,6 +366,20 @@ impl TargetMetrics {
 
     pub fn tls_handshake(&self, result: &'static str, group: &'static str) {
         self.metrics.tls_handshake(self.labels.direction, result, group);
+    }
+
+    /// Counts a response of a routed service; labels come from the route configuration.
+    pub fn route_response(&self, route: &str, rule: &str, status_code: u16) {
+        self.metrics
+            .route_responses
+            .get_or_create(&RouteLabels {
+                direction: self.labels.direction,
+                target: self.labels.target.clone(),
+                route: route.to_string(),
+                rule: rule.to_string(),
+                status_code,
+            })
+            .inc();
     }
 
     pub fn error(&self, kind: &'static str) {

@@ -10,6 +10,7 @@ use super::{Body, CLIENT_ID, ORIG_PROTO, error_response, is_grpc, strip_hop_by_h
 use crate::balance;
 use crate::endpoint::{ConnectError, Endpoint, EndpointSpec};
 use crate::metrics::{Direction, Peer, TargetMetrics};
+use crate::route::RouteSlot;
 use crate::tap::{Tap, TapStart};
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -18,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Where the requests of one target go.
 #[derive(Debug)]
@@ -29,16 +30,19 @@ pub enum Destination {
     Fixed(Arc<Endpoint>),
 }
 
-/// A service's endpoints. The set is replaced as a whole when discovery changes it;
-/// endpoints that stay keep their connections and load statistics.
+/// A service's endpoints, and its routes when it has any. The endpoint set is replaced
+/// as a whole when discovery changes it; endpoints that stay keep their connections and
+/// load statistics.
 #[derive(Debug, Default)]
 pub struct Balancer {
     endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
+    /// The HTTPRoutes and GRPCRoutes of the service; empty for most services.
+    pub routes: RouteSlot,
 }
 
 impl Balancer {
     pub fn new(endpoints: Vec<Arc<Endpoint>>) -> Self {
-        Self { endpoints: RwLock::new(endpoints.into()) }
+        Self { endpoints: RwLock::new(endpoints.into()), routes: RouteSlot::default() }
     }
 
     pub fn endpoints(&self) -> Arc<[Arc<Endpoint>]> {
@@ -74,6 +78,18 @@ pub enum ProxyError {
     NoAuthority,
     #[error("invalid request target: {0}")]
     BadUri(String),
+    #[error("no route rule matches the request")]
+    NoRoute,
+    #[error("every backend of route {0} has weight 0")]
+    NoBackend(Arc<String>),
+    #[error("backend {0} does not exist")]
+    BackendNotFound(Arc<String>),
+    #[error("{what} timeout of {limit:?} exceeded")]
+    Timeout { what: &'static str, limit: Duration },
+    #[error("fault injected")]
+    FaultAbort(StatusCode),
+    #[error("route {0} refers to a FaultInjection that does not exist")]
+    FaultUnresolved(Arc<String>),
 }
 
 impl ProxyError {
@@ -83,6 +99,11 @@ impl ProxyError {
             ProxyError::Connect(ConnectError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Connect(_) | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::NoAuthority | ProxyError::BadUri(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoBackend(_) | ProxyError::BackendNotFound(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::FaultAbort(status) => *status,
+            ProxyError::FaultUnresolved(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -95,6 +116,11 @@ impl ProxyError {
             ProxyError::Connect(_) => "connect",
             ProxyError::Upstream { .. } => "upstream",
             ProxyError::NoAuthority | ProxyError::BadUri(_) => "bad_request",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::NoBackend(_) | ProxyError::BackendNotFound(_) => "no_backend",
+            ProxyError::Timeout { .. } => "timeout",
+            ProxyError::FaultAbort(_) => "fault",
+            ProxyError::FaultUnresolved(_) => "bad_filter",
         }
     }
 }
@@ -167,13 +193,27 @@ impl Forward {
         }
     }
 
-    async fn proxy(&self, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    async fn proxy(self: &Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
         if upgrade::is_tunnel(&req) {
             return upgrade::forward(self, req).await;
         }
+        if let Destination::Balanced(balancer) = &self.destination
+            && let Some(table) = balancer.routes.get()
+        {
+            return self.routed(table, req).await;
+        }
+        let endpoint = self.pick()?;
+        self.send(req.map(Body::from), endpoint).await
+    }
+
+    /// Sends a request to `endpoint`, adapting it to the protocol the hop speaks.
+    pub async fn send(
+        &self,
+        mut req: Request<Body>,
+        endpoint: Arc<Endpoint>,
+    ) -> Result<Response<Body>, ProxyError> {
         // Only a proxy may set the marker: on the way out an app's copy is dropped.
         let was_h1 = req.headers_mut().remove(ORIG_PROTO).is_some() && self.direction == Direction::Inbound;
-        let endpoint = self.pick()?;
         // Counted from the pick, so that concurrent picks see each other even while the
         // first of them is still connecting.
         let in_flight = endpoint.ewma.start();
@@ -187,7 +227,7 @@ impl Forward {
             *req.version_mut() = Version::HTTP_2;
             set_absolute_uri(&mut req, authority)?;
             req.headers_mut().remove(header::HOST);
-            let mut req = Some(req.map(Body::from));
+            let mut req = Some(req);
             let mut in_flight = Some(in_flight);
             // A connection that closed under us is replaced once; the request was not sent.
             for attempt in 0..2 {
@@ -214,7 +254,7 @@ impl Forward {
                 req.headers_mut().insert(header::HOST, host);
             }
             set_origin_form(&mut req);
-            let mut req = Some(req.map(Body::from));
+            let mut req = Some(req);
             let mut in_flight = Some(in_flight);
             for attempt in 0..2 {
                 let mut sender = endpoint.h1_sender().await?;

@@ -149,10 +149,12 @@ pub fn error_response(status: http::StatusCode, grpc: bool, reason: &str) -> htt
     let reason_value = HeaderValue::from_str(reason).unwrap_or(HeaderValue::from_static("proxy error"));
     let mut rsp = if grpc {
         let code = match status {
-            http::StatusCode::GATEWAY_TIMEOUT => "4",   // DEADLINE_EXCEEDED
-            http::StatusCode::BAD_REQUEST => "13",      // INTERNAL
-            http::StatusCode::TOO_MANY_REQUESTS => "8", // RESOURCE_EXHAUSTED
-            _ => "14",                                  // UNAVAILABLE
+            http::StatusCode::GATEWAY_TIMEOUT => "4",        // DEADLINE_EXCEEDED
+            http::StatusCode::BAD_REQUEST => "13",           // INTERNAL
+            http::StatusCode::INTERNAL_SERVER_ERROR => "13", // INTERNAL
+            http::StatusCode::NOT_FOUND => "12",             // UNIMPLEMENTED
+            http::StatusCode::TOO_MANY_REQUESTS => "8",      // RESOURCE_EXHAUSTED
+            _ => "14",                                       // UNAVAILABLE
         };
         let mut rsp = http::Response::new(Body::empty());
         let h = rsp.headers_mut();

@@ -1,0 +1,257 @@
+//! Request matching (Gateway API `HTTPRouteMatch`), compiled once per route update.
+//!
+//! A match is path AND method AND every header AND every query parameter. Among all the
+//! matches of all the routes of a Service, the first in precedence order that holds wins:
+//! an Exact path, then the longest PathPrefix, then a RegularExpression path; then a
+//! method; then more header matches; then more query parameter matches; then the route's
+//! order (`namespace/name`) and the rule's and match's position in it.
+
+use http::{HeaderMap, HeaderName, Method};
+use regex::Regex;
+use std::cmp::Reverse;
+use tarmac_proto::discovery::{self as pb, PathMatchType};
+
+#[derive(Debug)]
+pub enum PathMatch {
+    Exact(String),
+    /// Segment-aware: stored without its trailing `/`; `""` matches every path.
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+enum ValueMatch {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl ValueMatch {
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            ValueMatch::Exact(v) => v == value,
+            ValueMatch::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct RequestMatch {
+    pub path: PathMatch,
+    method: Option<Method>,
+    headers: Vec<(HeaderName, ValueMatch)>,
+    query: Vec<(String, ValueMatch)>,
+}
+
+/// Anchors a Gateway API regular expression so that it must match the whole value.
+fn full_regex(pattern: &str) -> Result<Regex, String> {
+    Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| format!("invalid regular expression `{pattern}`: {e}"))
+}
+
+fn value_match(m: &pb::ValueMatch) -> Result<ValueMatch, String> {
+    Ok(if m.regex { ValueMatch::Regex(full_regex(&m.value)?) } else { ValueMatch::Exact(m.value.clone()) })
+}
+
+impl RequestMatch {
+    /// Every request: what a rule without matches has.
+    pub fn any() -> Self {
+        Self { path: PathMatch::Prefix(String::new()), method: None, headers: Vec::new(), query: Vec::new() }
+    }
+
+    pub fn compile(m: &pb::RouteMatch) -> Result<Self, String> {
+        let path = match &m.path {
+            None => PathMatch::Prefix(String::new()),
+            Some(p) => match PathMatchType::try_from(p.r#type).unwrap_or(PathMatchType::Prefix) {
+                PathMatchType::Exact => PathMatch::Exact(p.value.clone()),
+                PathMatchType::Prefix => PathMatch::Prefix(p.value.trim_end_matches('/').to_string()),
+                PathMatchType::RegularExpression => PathMatch::Regex(full_regex(&p.value)?),
+            },
+        };
+        let method = if m.method.is_empty() {
+            None
+        } else {
+            Some(
+                Method::from_bytes(m.method.as_bytes())
+                    .map_err(|_| format!("invalid method `{}`", m.method))?,
+            )
+        };
+        let headers = m
+            .headers
+            .iter()
+            .map(|h| {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| format!("invalid header name `{}`", h.name))?;
+                Ok((name, value_match(h)?))
+            })
+            .collect::<Result<_, String>>()?;
+        let query = m
+            .query_params
+            .iter()
+            .map(|q| Ok((q.name.clone(), value_match(q)?)))
+            .collect::<Result<_, String>>()?;
+        Ok(Self { path, method, headers, query })
+    }
+
+    /// Sorts before less specific matches (smaller is more specific).
+    pub fn precedence(&self) -> impl Ord + use<> {
+        let (kind, length) = match &self.path {
+            PathMatch::Exact(v) => (0u8, v.len()),
+            // `/` (stored as "") still counts one character.
+            PathMatch::Prefix(v) => (1, v.len().max(1)),
+            PathMatch::Regex(_) => (2, 0),
+        };
+        (kind, Reverse(length), self.method.is_none(), Reverse(self.headers.len()), Reverse(self.query.len()))
+    }
+
+    pub fn matches(&self, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Exact(v) => path == v,
+            PathMatch::Prefix(v) => {
+                path.starts_with(v.as_str()) && matches!(path.as_bytes().get(v.len()), None | Some(b'/'))
+            }
+            PathMatch::Regex(r) => r.is_match(path),
+        };
+        path_ok
+            && self.method.as_ref().is_none_or(|m| m == method)
+            && self.headers.iter().all(|(name, m)| {
+                // Several values of one header are one comma-separated value (RFC 9110).
+                let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+                match (values.next(), values.next()) {
+                    (None, _) => false,
+                    (Some(one), None) => m.matches(one),
+                    (Some(first), Some(second)) => {
+                        let mut joined = format!("{first},{second}");
+                        for v in values {
+                            joined.push(',');
+                            joined.push_str(v);
+                        }
+                        m.matches(&joined)
+                    }
+                }
+            })
+            && self.query.iter().all(|(name, m)| query_value(query, name).is_some_and(|v| m.matches(&v)))
+    }
+
+    /// The prefix a `ReplacePrefixMatch` replaces: the matched PathPrefix (without its
+    /// trailing `/`), or nothing for other path matches.
+    pub fn matched_prefix(&self) -> &str {
+        match &self.path {
+            PathMatch::Prefix(v) => v,
+            _ => "",
+        }
+    }
+}
+
+/// The first value of query parameter `name`, percent-decoded.
+fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(v: &str) -> RequestMatch {
+        RequestMatch::compile(&pb::RouteMatch {
+            path: Some(pb::PathMatch { r#type: PathMatchType::Prefix as i32, value: v.into() }),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn get(m: &RequestMatch, path_and_query: &str) -> bool {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        m.matches(&Method::GET, path, query, &HeaderMap::new())
+    }
+
+    #[test]
+    fn path_prefixes_match_whole_segments() {
+        let v2 = prefix("/v2");
+        assert!(get(&v2, "/v2") && get(&v2, "/v2/") && get(&v2, "/v2/example"));
+        assert!(!get(&v2, "/v2example") && !get(&v2, "/foo/v2/example"));
+        let slash = prefix("/v2/");
+        assert!(get(&slash, "/v2") && get(&slash, "/v2/x") && !get(&slash, "/v2x"));
+        let root = prefix("/");
+        assert!(get(&root, "/") && get(&root, "/anything/at/all"));
+    }
+
+    #[test]
+    fn headers_match_case_insensitively_by_name_and_exactly_by_value() {
+        let m = RequestMatch::compile(&pb::RouteMatch {
+            headers: vec![
+                pb::ValueMatch { name: "Version".into(), value: "two".into(), regex: false },
+                pb::ValueMatch { name: "x-build".into(), value: "[0-9]+".into(), regex: true },
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("version", "two".parse().unwrap());
+        h.insert("x-build", "123".parse().unwrap());
+        assert!(m.matches(&Method::GET, "/", None, &h));
+        h.insert("x-build", "12a".parse().unwrap());
+        assert!(!m.matches(&Method::GET, "/", None, &h), "regexes match whole values");
+        h.insert("x-build", "1".parse().unwrap());
+        h.insert("version", "Two".parse().unwrap());
+        assert!(!m.matches(&Method::GET, "/", None, &h), "values are case-sensitive");
+    }
+
+    #[test]
+    fn query_parameters_match_exactly_and_ignore_others() {
+        let m = RequestMatch::compile(&pb::RouteMatch {
+            query_params: vec![pb::ValueMatch { name: "animal".into(), value: "whale".into(), regex: false }],
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(get(&m, "/?animal=whale") && get(&m, "/?other=1&animal=whale"));
+        assert!(get(&m, "/?animal=wh%61le"));
+        assert!(!get(&m, "/?animal=whaledolphin") && !get(&m, "/?Animal=whale") && !get(&m, "/"));
+    }
+
+    #[test]
+    fn methods_must_be_equal() {
+        let m =
+            RequestMatch::compile(&pb::RouteMatch { method: "POST".into(), ..Default::default() }).unwrap();
+        assert!(m.matches(&Method::POST, "/x", None, &HeaderMap::new()));
+        assert!(!m.matches(&Method::GET, "/x", None, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn invalid_regexes_are_refused_with_the_pattern() {
+        let err = RequestMatch::compile(&pb::RouteMatch {
+            path: Some(pb::PathMatch { r#type: PathMatchType::RegularExpression as i32, value: "/(".into() }),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.contains("`/(`"), "{err}");
+    }
+}

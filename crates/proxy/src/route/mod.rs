@@ -1,0 +1,355 @@
+//! Routing: the Gateway API HTTPRoutes and GRPCRoutes of a Service, applied per request
+//! by the outbound proxy.
+//!
+//! Routes bind to the Service a connection was addressed to (its explicit listener, or
+//! its virtual address in transparent mode), never to the `Host` header. Discovery sends
+//! them with every backend's endpoints; [`RouteTable::build`] compiles them once per
+//! update and the request path only matches, filters and picks. A Service without routes
+//! has no table and its requests go straight to its balancer: routing costs it one
+//! relaxed atomic load.
+//!
+//! - [`matching`]: matches and their precedence.
+//! - [`filters`]: header modifiers, redirects, rewrites.
+//! - [`serve`]: the routed request path.
+
+pub mod filters;
+pub mod matching;
+pub mod serve;
+
+use crate::endpoint::{Endpoint, EndpointSpec};
+use crate::http::forward::Balancer;
+use filters::Filters;
+use matching::RequestMatch;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tarmac_proto::discovery as pb;
+
+/// Where a backendRef sends requests.
+#[derive(Debug)]
+pub enum Target {
+    /// A rule without backendRefs: the Service the route is attached to.
+    Parent,
+    /// A Service port with its own endpoints.
+    Service(Arc<Balancer>),
+    /// The backendRef names no existing Service port: its share of requests gets 500.
+    Missing,
+}
+
+#[derive(Debug)]
+pub struct Backend {
+    /// `namespace/name:port`, for errors and logs.
+    pub name: Arc<String>,
+    pub weight: u32,
+    pub target: Target,
+    pub filters: Filters,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    /// The route (`namespace/name`) and the rule's name (empty when unnamed): the `route`
+    /// and `rule` labels of the route metrics, bounded by configuration.
+    pub route: Arc<String>,
+    pub rule: Arc<String>,
+    pub filters: Filters,
+    pub backends: Vec<Backend>,
+    total_weight: u64,
+    pub request_timeout: Option<Duration>,
+    pub backend_timeout: Option<Duration>,
+}
+
+impl Rule {
+    /// Picks a backend by weight with a fresh draw for every request; `None` when every
+    /// weight is 0. A rule without backendRefs goes to the parent Service.
+    pub fn pick(&self) -> Option<&Backend> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        let mut draw = fastrand::u64(..self.total_weight);
+        for backend in &self.backends {
+            let w = u64::from(backend.weight);
+            if draw < w {
+                return Some(backend);
+            }
+            draw -= w;
+        }
+        None
+    }
+}
+
+/// The compiled routes of one Service port.
+#[derive(Debug)]
+pub struct RouteTable {
+    /// Every match of every rule, most specific first; the first that holds wins.
+    entries: Vec<(RequestMatch, usize)>,
+    pub rules: Vec<Rule>,
+    /// The Service port requests were addressed to (redirects keep it).
+    pub service_port: u16,
+    /// The backends' balancers by `namespace/name:port`, reused by the next update so that
+    /// endpoints keep their connections and statistics.
+    balancers: HashMap<String, Arc<Balancer>>,
+}
+
+const PARENT_WEIGHT: u32 = 1;
+
+impl RouteTable {
+    /// Compiles `routes` (in the order discovery sent them). `make` builds endpoints not
+    /// seen before. A route that does not compile refuses the whole update.
+    pub fn build(
+        routes: &[pb::Route],
+        service_port: u16,
+        previous: Option<&RouteTable>,
+        make: &dyn Fn(EndpointSpec) -> Endpoint,
+    ) -> Result<Self, String> {
+        let mut entries = Vec::new();
+        let mut rules = Vec::new();
+        let mut balancers = HashMap::new();
+        for route in routes {
+            let route_name = Arc::new(format!("{}/{}", route.namespace, route.name));
+            for (rule_index, rule) in route.rules.iter().enumerate() {
+                let at = |e: String| format!("{} {route_name} rule {rule_index}: {e}", route.kind);
+                let index = rules.len();
+                if rule.matches.is_empty() {
+                    entries.push((RequestMatch::any(), index));
+                }
+                for m in &rule.matches {
+                    entries.push((RequestMatch::compile(m).map_err(at)?, index));
+                }
+                let mut resolve = |b: &pb::RouteBackend| {
+                    if !b.exists {
+                        return Target::Missing;
+                    }
+                    let key = format!("{}/{}:{}", b.namespace, b.service, b.port);
+                    let balancer = balancers
+                        .get(&key)
+                        .or_else(|| previous.and_then(|p| p.balancers.get(&key)))
+                        .cloned()
+                        .unwrap_or_default();
+                    // Backends are meshed like the Service itself: their proxies must
+                    // prove the identity discovery names.
+                    let specs: Vec<EndpointSpec> = b
+                        .endpoints
+                        .iter()
+                        .filter_map(|ep| {
+                            let addr = ep.address.parse().ok()?;
+                            let identity = (!ep.identity.is_empty()).then(|| ep.identity.as_str().into());
+                            Some(EndpointSpec { addr, meshed: ep.meshed, identity })
+                        })
+                        .collect();
+                    balancer.update(specs, make);
+                    balancers.insert(key, balancer.clone());
+                    Target::Service(balancer)
+                };
+                let mut backends = Vec::new();
+                for b in &rule.backends {
+                    backends.push(Backend {
+                        name: Arc::new(format!("{}/{}:{}", b.namespace, b.service, b.port)),
+                        weight: b.weight,
+                        target: resolve(b),
+                        filters: Filters::compile(&b.filters, &mut resolve).map_err(at)?,
+                    });
+                }
+                let filters = Filters::compile(&rule.filters, &mut resolve).map_err(at)?;
+                if backends.is_empty() && filters.redirect.is_none() {
+                    backends.push(Backend {
+                        name: Arc::new("parent".to_string()),
+                        weight: PARENT_WEIGHT,
+                        target: Target::Parent,
+                        filters: Filters::default(),
+                    });
+                }
+                let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+                rules.push(Rule {
+                    route: route_name.clone(),
+                    rule: Arc::new(rule.name.clone()),
+                    filters,
+                    total_weight: backends.iter().map(|b| u64::from(b.weight)).sum(),
+                    backends,
+                    request_timeout: millis(rule.request_timeout_ms),
+                    backend_timeout: millis(rule.backend_request_timeout_ms),
+                });
+            }
+        }
+        // Stable: equal precedence keeps route order, then rule and match order.
+        entries.sort_by_cached_key(|(m, _)| m.precedence());
+        Ok(Self { entries, rules, service_port, balancers })
+    }
+
+    /// The rule a request takes, with the match that selected it.
+    pub fn select(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &http::HeaderMap,
+    ) -> Option<(&Rule, &RequestMatch)> {
+        self.entries
+            .iter()
+            .find(|(m, _)| m.matches(method, path, query, headers))
+            .map(|(m, rule)| (&self.rules[*rule], m))
+    }
+}
+
+/// A Service's current route table, replaced as a whole by discovery.
+#[derive(Debug, Default)]
+pub struct RouteSlot {
+    active: AtomicBool,
+    table: RwLock<Option<Arc<RouteTable>>>,
+}
+
+impl RouteSlot {
+    /// The table, when the Service has routes. Without routes this is one atomic load.
+    pub fn get(&self) -> Option<Arc<RouteTable>> {
+        if !self.active.load(Ordering::Acquire) {
+            return None;
+        }
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set(&self, table: Option<RouteTable>) {
+        let table = table.map(Arc::new);
+        let active = table.is_some();
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
+        self.active.store(active, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, Method};
+    use pb::PathMatchType;
+
+    fn path(kind: PathMatchType, value: &str) -> Option<pb::PathMatch> {
+        Some(pb::PathMatch { r#type: kind as i32, value: value.into() })
+    }
+
+    fn header(name: &str, value: &str) -> pb::ValueMatch {
+        pb::ValueMatch { name: name.into(), value: value.into(), regex: false }
+    }
+
+    fn rule(name: &str, matches: Vec<pb::RouteMatch>) -> pb::RouteRule {
+        pb::RouteRule {
+            name: name.into(),
+            matches,
+            backends: vec![pb::RouteBackend {
+                service: name.into(),
+                namespace: "ns".into(),
+                port: 80,
+                weight: 1,
+                exists: false,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn table(routes: Vec<pb::Route>) -> RouteTable {
+        // No backend has endpoints here, so none is ever made.
+        RouteTable::build(&routes, 80, None, &|_| unreachable!("no endpoints")).unwrap()
+    }
+
+    fn route(name: &str, rules: Vec<pb::RouteRule>) -> pb::Route {
+        pb::Route { kind: "HTTPRoute".into(), namespace: "ns".into(), name: name.into(), rules }
+    }
+
+    fn taken(t: &RouteTable, target: &str, headers: &[(&str, &str)]) -> Option<String> {
+        let (p, q) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        t.select(&Method::GET, p, q, &h).map(|(r, _)| r.rule.to_string())
+    }
+
+    #[test]
+    fn precedence_follows_the_specification() {
+        let m = |p: Option<pb::PathMatch>, headers: Vec<pb::ValueMatch>, query: Vec<pb::ValueMatch>| {
+            pb::RouteMatch { path: p, headers, query_params: query, method: String::new() }
+        };
+        let t = table(vec![route(
+            "r",
+            vec![
+                rule("root", vec![m(path(PathMatchType::Prefix, "/"), vec![], vec![])]),
+                rule("header", vec![m(None, vec![header("version", "two")], vec![])]),
+                rule("two-headers", vec![m(None, vec![header("version", "two"), header("x", "y")], vec![])]),
+                rule("query", vec![m(None, vec![], vec![header("animal", "whale")])]),
+                rule("v2", vec![m(path(PathMatchType::Prefix, "/v2"), vec![], vec![])]),
+                rule("exact", vec![m(path(PathMatchType::Exact, "/v2/exact"), vec![], vec![])]),
+                rule("regex", vec![m(path(PathMatchType::RegularExpression, "/re.*"), vec![], vec![])]),
+            ],
+        )]);
+        assert_eq!(taken(&t, "/v2/exact", &[]).as_deref(), Some("exact"));
+        assert_eq!(
+            taken(&t, "/v2/other", &[("version", "two")]).as_deref(),
+            Some("v2"),
+            "longer prefix first"
+        );
+        assert_eq!(taken(&t, "/", &[("version", "two")]).as_deref(), Some("header"), "a header beats bare /");
+        assert_eq!(taken(&t, "/", &[("version", "two"), ("x", "y")]).as_deref(), Some("two-headers"));
+        assert_eq!(taken(&t, "/?animal=whale", &[("version", "two")]).as_deref(), Some("header"));
+        assert_eq!(taken(&t, "/?animal=whale", &[]).as_deref(), Some("query"));
+        assert_eq!(taken(&t, "/v2example", &[]).as_deref(), Some("root"));
+        assert_eq!(taken(&t, "/regex", &[]).as_deref(), Some("root"), "any prefix beats a regex");
+    }
+
+    #[test]
+    fn ties_go_to_the_earlier_route_then_the_earlier_rule_and_no_match_is_none() {
+        let m = |v: &str| pb::RouteMatch { path: path(PathMatchType::Prefix, v), ..Default::default() };
+        let t = table(vec![
+            route("a", vec![rule("a1", vec![m("/x")]), rule("a2", vec![m("/x")])]),
+            route("b", vec![rule("b1", vec![m("/x")]), rule("b2", vec![m("/y")])]),
+        ]);
+        assert_eq!(taken(&t, "/x", &[]).as_deref(), Some("a1"));
+        assert_eq!(taken(&t, "/y/z", &[]).as_deref(), Some("b2"));
+        assert_eq!(taken(&t, "/z", &[]), None);
+    }
+
+    #[test]
+    fn weights_choose_per_request_and_zero_gets_nothing() {
+        let backend = |name: &str, weight| pb::RouteBackend {
+            service: name.into(),
+            namespace: "ns".into(),
+            port: 80,
+            weight,
+            exists: name != "missing",
+            ..Default::default()
+        };
+        let t = table(vec![route(
+            "w",
+            vec![pb::RouteRule {
+                backends: vec![backend("a", 70), backend("b", 30), backend("missing", 0)],
+                ..Default::default()
+            }],
+        )]);
+        let rule = &t.rules[0];
+        let mut counts = HashMap::new();
+        for _ in 0..10_000 {
+            *counts.entry(rule.pick().unwrap().name.to_string()).or_insert(0) += 1;
+        }
+        assert!(!counts.contains_key("ns/missing:80"));
+        let a = counts["ns/a:80"] as f64 / 10_000.0;
+        assert!((a - 0.7).abs() < 0.03, "{counts:?}");
+    }
+
+    #[test]
+    fn a_rule_without_backends_goes_to_the_parent_and_all_zero_weights_to_none() {
+        let t = table(vec![route(
+            "p",
+            vec![
+                pb::RouteRule { name: "parent".into(), ..Default::default() },
+                pb::RouteRule {
+                    name: "zero".into(),
+                    backends: vec![pb::RouteBackend { weight: 0, exists: true, ..Default::default() }],
+                    ..Default::default()
+                },
+            ],
+        )]);
+        assert!(matches!(t.rules[0].pick().unwrap().target, Target::Parent));
+        assert!(t.rules[1].pick().is_none());
+    }
+}
