@@ -1,0 +1,144 @@
+//! A case directory: `manifests.yaml` (optional) and `expect.json`, in the format of the
+//! shared conformance set (its INDEX.md). Unknown fields are ignored: the format carries
+//! notes for people that the runner does not need.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Deserialize)]
+pub struct Expect {
+    pub name: String,
+    pub requests: Vec<Request>,
+    #[serde(default)]
+    pub weights: Option<Weights>,
+    #[serde(default)]
+    pub convergence: Option<Convergence>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct From {
+    pub workload: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Request {
+    #[serde(default)]
+    pub case: Option<String>,
+    pub from: From,
+    pub protocol: String,
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub method: Option<String>,
+    pub path: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub expect: Expectation,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Expectation {
+    pub status: u16,
+    #[serde(default)]
+    pub backend: Option<Backend>,
+    #[serde(default)]
+    pub request_seen_by_backend: Option<SeenByBackend>,
+    #[serde(default)]
+    pub response_headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub response_headers_absent: Vec<String>,
+    #[serde(default)]
+    pub redirect_location: Option<RedirectLocation>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Backend {
+    pub service: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SeenByBackend {
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub headers_present: BTreeMap<String, String>,
+    #[serde(default)]
+    pub headers_absent: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RedirectLocation {
+    pub scheme: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub port: Option<String>,
+    pub path: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Weights {
+    pub backends: BTreeMap<String, f64>,
+    pub tolerance: f64,
+    pub requests_per_attempt: usize,
+    pub max_attempts: usize,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Convergence {
+    pub required_consecutive_successes: usize,
+    pub max_time_to_consistency_s: u64,
+    pub retry_delay_after_failure_ms: u64,
+}
+
+impl Default for Convergence {
+    fn default() -> Self {
+        Self {
+            required_consecutive_successes: 3,
+            max_time_to_consistency_s: 30,
+            retry_delay_after_failure_ms: 100,
+        }
+    }
+}
+
+/// A case ready to run: its expectations and the manifests of its mesh.
+pub struct Case {
+    pub expect: Expect,
+    /// `(file name, text)`: the base manifests first, then the case's own.
+    pub manifests: Vec<(String, String)>,
+}
+
+/// `base/mesh-base.yaml` in the case directory or one of its ancestors (the shared set
+/// keeps it beside `cases/`).
+fn find_base(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors().map(|d| d.join("base").join("mesh-base.yaml")).find(|p| p.is_file())
+}
+
+impl Case {
+    pub fn load(dir: &Path) -> Result<Self, String> {
+        let dir = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let expect_path = dir.join("expect.json");
+        let text =
+            std::fs::read_to_string(&expect_path).map_err(|e| format!("{}: {e}", expect_path.display()))?;
+        let expect: Expect =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", expect_path.display()))?;
+        let base = find_base(&dir).ok_or_else(|| {
+            format!("{}: no base/mesh-base.yaml here or in a parent directory", dir.display())
+        })?;
+        let mut manifests = Vec::new();
+        for path in [base, dir.join("manifests.yaml")] {
+            if path.is_file() {
+                let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                manifests.push((path.display().to_string(), text));
+            }
+        }
+        Ok(Self { expect, manifests })
+    }
+}

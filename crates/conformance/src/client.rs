@@ -1,0 +1,182 @@
+//! The in-mesh client: sends a case's request to a sidecar listener (or straight to a
+//! pod) over HTTP/1.1, or as a unary gRPC call over h2c, and reads back what the client
+//! and the backend saw.
+
+use crate::echo::{grpc_frame, grpc_unframe, proto_message, proto_string};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one request produced.
+#[derive(Debug)]
+pub struct Reply {
+    /// As the client saw it; an OK gRPC call counts as 200.
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// The backend's description of the request, when a backend answered.
+    pub seen: Option<Seen>,
+}
+
+/// The backend's `Key=Value` lines.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub hostname: String,
+    pub namespace: String,
+    pub url: String,
+    pub host: String,
+    /// In the order the backend listed them.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn parse(text: &str) -> Option<Self> {
+        let mut seen = Seen::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else { continue };
+            match key {
+                "Hostname" => seen.hostname = value.to_string(),
+                "Namespace" => seen.namespace = value.to_string(),
+                "URL" => seen.url = value.to_string(),
+                "Host" => seen.host = value.to_string(),
+                "RequestHeader" => {
+                    if let Some((name, v)) = value.split_once(':') {
+                        seen.headers.push((name.to_string(), v.to_string()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        (!seen.hostname.is_empty()).then_some(seen)
+    }
+
+    /// Every value of header `name` (case-insensitive), joined with `,`.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    }
+}
+
+/// What to send.
+pub struct Outgoing<'a> {
+    pub grpc: bool,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The `Host` header (HTTP) or `:authority` (gRPC).
+    pub authority: &'a str,
+    /// Extra headers (gRPC: metadata), `Host` excluded.
+    pub headers: Vec<(&'a str, &'a str)>,
+}
+
+/// A connection to one listener, reused for batches (weights are per request).
+pub enum Connection {
+    Http1(http1::SendRequest<Full<Bytes>>),
+    Http2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl Connection {
+    pub async fn open(addr: SocketAddr, grpc: bool) -> Result<Self, String> {
+        let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| format!("connecting to {addr} timed out"))?
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(stream);
+        if grpc {
+            let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| format!("h2 handshake with {addr}: {e}"))?;
+            tokio::spawn(conn);
+            Ok(Connection::Http2(sender))
+        } else {
+            let (sender, conn) =
+                http1::handshake(io).await.map_err(|e| format!("HTTP/1.1 handshake with {addr}: {e}"))?;
+            tokio::spawn(conn);
+            Ok(Connection::Http1(sender))
+        }
+    }
+
+    pub async fn send(&mut self, out: &Outgoing<'_>) -> Result<Reply, String> {
+        tokio::time::timeout(TIMEOUT, self.exchange(out))
+            .await
+            .map_err(|_| "no answer within 10s".to_string())?
+    }
+
+    async fn exchange(&mut self, out: &Outgoing<'_>) -> Result<Reply, String> {
+        let method = Method::from_bytes(out.method.as_bytes()).map_err(|e| e.to_string())?;
+        let mut builder = Request::builder().method(method);
+        let body = if out.grpc {
+            builder = builder
+                .uri(format!("http://{}{}", out.authority, out.path))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("x-request-id", format!("{:016x}", fastrand::u64(..)));
+            grpc_frame(&proto_message("conformance"))
+        } else {
+            builder = builder.uri(out.path).header(http::header::HOST, out.authority);
+            Bytes::new()
+        };
+        let mut req = builder.body(Full::new(body)).map_err(|e| format!("invalid request: {e}"))?;
+        for (name, value) in &out.headers {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header {name}: {e}"))?;
+            let value = HeaderValue::from_str(value).map_err(|e| format!("header {name}: {e}"))?;
+            req.headers_mut().append(name, value);
+        }
+        let rsp = match self {
+            Connection::Http1(s) => {
+                s.ready().await.map_err(|e| format!("connection closed: {e}"))?;
+                s.send_request(req).await
+            }
+            Connection::Http2(s) => {
+                s.ready().await.map_err(|e| format!("connection closed: {e}"))?;
+                s.send_request(req).await
+            }
+        }
+        .map_err(|e| format!("request failed: {e}"))?;
+        let (parts, body) = rsp.into_parts();
+        let collected = body.collect().await.map_err(|e| format!("reading the response: {e}"))?;
+        let trailers = collected.trailers().cloned();
+        let bytes = collected.to_bytes();
+        if !out.grpc {
+            let seen = Seen::parse(&String::from_utf8_lossy(&bytes));
+            return Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, seen });
+        }
+        let grpc_status = trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .or_else(|| parts.headers.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u32>().ok());
+        let status = match (parts.status.as_u16(), grpc_status) {
+            (200, Some(0)) => 200,
+            (200, Some(code)) => grpc_to_http(code),
+            (other, _) => other,
+        };
+        let seen = grpc_unframe(&bytes).and_then(|m| proto_string(&m)).and_then(|text| Seen::parse(&text));
+        Ok(Reply { status, headers: parts.headers, seen })
+    }
+}
+
+/// How a failed gRPC call is reported as a status, as the suite's echo client does.
+fn grpc_to_http(code: u32) -> u16 {
+    match code {
+        4 => 504,
+        5 | 12 => 404,
+        7 | 16 => 403,
+        8 => 429,
+        14 => 503,
+        _ => 500,
+    }
+}

@@ -1,0 +1,154 @@
+//! A local mesh for one case: the control plane's discovery in-process, and for every
+//! replica of every Workload a pod made of an echo server and a real `tarmac-proxy`
+//! sidecar (in-process, explicit mode) with an outbound listener per Service port.
+
+use crate::echo::{self, Pod};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tarmac_control::discovery::server::DiscoveryService;
+use tarmac_control::registry::{Instance, Registry};
+use tarmac_control::store::Snapshot;
+use tarmac_model::Resource;
+use tokio::sync::{oneshot, watch};
+
+/// A Service port as a sidecar's outbound listener knows it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServicePort {
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+}
+
+pub struct RunningPod {
+    pub pod: Pod,
+    /// The sidecar's inbound listener: the pod's address for traffic straight to it.
+    pub inbound: SocketAddr,
+    /// The sidecar's outbound listener for each Service port.
+    pub listeners: BTreeMap<ServicePort, SocketAddr>,
+    proxy: tarmac_proxy::Running,
+    echo: tokio::task::JoinHandle<()>,
+}
+
+pub struct Mesh {
+    pub pods: Vec<RunningPod>,
+    stop_control: oneshot::Sender<()>,
+}
+
+/// A stable pod-template-hash-like string for a workload, and a random pod suffix.
+fn pod_hostname(workload: &str) -> String {
+    let hash = workload
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let pick = |n: u64, len: usize| -> String {
+        let mut n = n;
+        (0..len)
+            .map(|_| {
+                let c = ALPHABET[(n % ALPHABET.len() as u64) as usize] as char;
+                n /= ALPHABET.len() as u64;
+                c
+            })
+            .collect()
+    };
+    format!("{workload}-{}-{}", pick(hash, 10), pick(fastrand::u64(..), 5))
+}
+
+impl Mesh {
+    pub async fn start(snapshot: Snapshot) -> Result<Self, String> {
+        let snapshot = Arc::new(snapshot);
+        let service_ports: Vec<ServicePort> = snapshot
+            .iter_kind("Service")
+            .filter_map(|r| match r {
+                Resource::Service(s) => Some(s),
+                _ => None,
+            })
+            .flat_map(|s| {
+                s.spec.ports.iter().map(|p| ServicePort {
+                    namespace: s.metadata.namespace.clone(),
+                    name: s.metadata.name.clone(),
+                    port: p.port,
+                })
+            })
+            .collect();
+        let registry = Registry::default();
+        let (_keep, snapshots) = watch::channel(snapshot.clone());
+        let listener =
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("control plane: {e}"))?;
+        let control = listener.local_addr().map_err(|e| e.to_string())?;
+        let (stop_control, stopped) = oneshot::channel::<()>();
+        let discovery = DiscoveryService::new(snapshots, registry.clone());
+        tokio::spawn(async move {
+            let _keep = _keep;
+            let _ = tarmac_control::grpc::serve(listener, discovery, None, async move {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+
+        let mut pods = Vec::new();
+        for resource in snapshot.iter_kind("Workload") {
+            let Resource::Workload(w) = resource else { continue };
+            for replica in 0..w.spec.replicas {
+                let pod = Pod {
+                    namespace: w.metadata.namespace.clone(),
+                    workload: w.metadata.name.clone(),
+                    hostname: pod_hostname(&w.metadata.name),
+                };
+                let (app, echo) = echo::start(pod.clone()).await.map_err(|e| format!("echo server: {e}"))?;
+                let mut yaml = format!(
+                    "admin: 127.0.0.1:0\ncontrol:\n  addr: \"{control}\"\n  namespace: \"{}\"\n  workload: \"{}\"\n  service_account: \"{}\"\ninbound:\n  listen: 127.0.0.1:0\n  app: \"{app}\"\nlimits:\n  drain_timeout: 1s\noutbound:\n  services:\n",
+                    pod.namespace, pod.workload, w.spec.service_account_name
+                );
+                for sp in &service_ports {
+                    let _ = write!(
+                        yaml,
+                        "  - name: \"{}.{}:{}\"\n    listen: 127.0.0.1:0\n    discover: {{service: \"{}\", namespace: \"{}\", port: {}}}\n",
+                        sp.name, sp.namespace, sp.port, sp.name, sp.namespace, sp.port
+                    );
+                }
+                let config = tarmac_proxy::Config::from_yaml(&yaml, "conformance sidecar")
+                    .map_err(|e| format!("sidecar configuration: {e}"))?;
+                let proxy = tarmac_proxy::start(config).await.map_err(|e| format!("sidecar: {e}"))?;
+                let inbound = proxy.addrs.inbound.ok_or("the sidecar has no inbound listener")?;
+                let listeners = service_ports
+                    .iter()
+                    .filter_map(|sp| {
+                        let name = format!("{}.{}:{}", sp.name, sp.namespace, sp.port);
+                        proxy.addrs.service(&name).map(|addr| (sp.clone(), addr))
+                    })
+                    .collect();
+                registry.upsert(Instance {
+                    namespace: pod.namespace.clone(),
+                    workload: pod.workload.clone(),
+                    replica,
+                    labels: w.metadata.labels.clone(),
+                    service_account: w.spec.service_account_name.clone(),
+                    addr: inbound,
+                    meshed: true,
+                });
+                pods.push(RunningPod { pod, inbound, listeners, proxy, echo });
+            }
+        }
+        Ok(Self { pods, stop_control })
+    }
+
+    /// The first pod of `namespace/workload`.
+    pub fn pod(&self, namespace: &str, workload: &str) -> Option<&RunningPod> {
+        self.pods.iter().find(|p| p.pod.namespace == namespace && p.pod.workload == workload)
+    }
+
+    /// Stops the sidecars (draining briefly), the echo servers and the control plane.
+    pub async fn stop(self) {
+        let mut stopping = Vec::new();
+        for pod in self.pods {
+            pod.echo.abort();
+            stopping.push(tokio::spawn(pod.proxy.shutdown()));
+        }
+        for s in stopping {
+            let _ = s.await;
+        }
+        let _ = self.stop_control.send(());
+    }
+}
