@@ -1,13 +1,15 @@
 //! End-to-end tests of Tarmac with real sockets and real clients.
 //!
 //! Tiers (see tests/README.md): in-process proxies on loopback (`http`, `tcp`, `balance`,
-//! `limits`), real external peers (`peers`: grpcio, WebSocket, curl; redis in `tcp`;
+//! `limits`, `routes`), the Gateway API mesh conformance runner over the shared cases
+//! (`conformance`), real external peers (`peers`: grpcio, WebSocket, curl; redis in `tcp`;
 //! Prometheus' promtool in `limits`), processes and signals (`lifecycle`, `demo`, `up`),
 //! telemetry with a real Prometheus and headless Chromium (`observe`), and
 //! root-only network namespaces with iptables (`netns`), which fail rather than skip in
 //! CI when not root.
 
 mod balance;
+mod conformance;
 mod demo;
 mod discovery;
 mod http;
@@ -17,5 +19,6 @@ mod limits;
 mod netns;
 mod observe;
 mod peers;
+mod routes;
 mod tcp;
 mod up;

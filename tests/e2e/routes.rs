@@ -1,0 +1,398 @@
+//! Routes applied by real proxies, as discovery sends them: the control plane's discovery
+//! in-process on loopback, fed a snapshot of Services and HTTPRoutes, and replicas that are
+//! echo servers behind their own inbound proxies.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tarmac_control::discovery::server::DiscoveryService;
+use tarmac_control::registry::{Instance, Registry};
+use tarmac_control::store::Snapshot;
+use tarmac_testkit::echo::{EchoServer, field};
+use tarmac_testkit::proxy::start;
+use tokio::sync::watch;
+
+const SERVICES: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: books}
+spec: {selector: {app: books}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: books-v1}
+spec: {selector: {app: books, version: v1}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: books-v2}
+spec: {selector: {app: books, version: v2}, ports: [{port: 80}]}
+";
+
+fn snapshot(generation: u64, routes: &str) -> Arc<Snapshot> {
+    let text = if routes.is_empty() { SERVICES.to_string() } else { format!("{SERVICES}---\n{routes}") };
+    let objects = tarmac_model::parse_documents("routes.yaml", &text)
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_iter()
+        .map(|r| (r.key(), r))
+        .collect();
+    Arc::new(Snapshot { generation, objects })
+}
+
+fn route(rules: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: books}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: books, port: 80}}]\n  rules:\n{rules}"
+    )
+}
+
+/// A mesh of two versions of `books` and a client proxy following `books`.
+struct Mesh {
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    v1: EchoServer,
+    v2: EchoServer,
+    books: SocketAddr,
+    client: tarmac_proxy::Running,
+    _servers: Vec<tarmac_proxy::Running>,
+}
+
+async fn mesh(routes: &str) -> Mesh {
+    let (snapshots, receiver) = watch::channel(snapshot(1, routes));
+    let registry = Registry::default();
+    let mut instances = Vec::new();
+    let mut servers = Vec::new();
+    let mut apps = Vec::new();
+    for (replica, version) in ["v1", "v2"].into_iter().enumerate() {
+        let app = EchoServer::start(&format!("books-{version}")).await;
+        let proxy =
+            start(&format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {}\n", app.addr))
+                .await;
+        instances.push(Instance {
+            namespace: "default".into(),
+            workload: format!("books-{version}"),
+            replica: replica as u32,
+            labels: BTreeMap::from([("app".into(), "books".into()), ("version".into(), version.into())]),
+            service_account: "books".into(),
+            addr: proxy.addrs.inbound.unwrap(),
+            meshed: true,
+        });
+        servers.push(proxy);
+        apps.push(app);
+    }
+    registry.set(instances);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let control = listener.local_addr().unwrap();
+    let service = DiscoveryService::new(receiver, registry);
+    tokio::spawn(async move {
+        tarmac_control::grpc::serve(listener, service, None, std::future::pending()).await.unwrap()
+    });
+    let client = start(&format!(
+        "admin: 127.0.0.1:0\ncontrol: {{addr: \"{control}\", workload: web}}\noutbound:\n  services:\n  - name: books\n    listen: 127.0.0.1:0\n    discover: {{port: 80}}\n"
+    ))
+    .await;
+    let books = client.addrs.service("books").unwrap();
+    let v2 = apps.pop().unwrap();
+    let v1 = apps.pop().unwrap();
+    Mesh { snapshots, v1, v2, books, client, _servers: servers }
+}
+
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn server(&self) -> Option<&str> {
+        field(&self.body, "server")
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection to a proxy listener.
+struct Conn(hyper::client::conn::http1::SendRequest<Empty<Bytes>>);
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        Conn(sender)
+    }
+
+    async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        self.send(http::Method::GET, path, headers).await
+    }
+
+    async fn send(&mut self, method: http::Method, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut req = http::Request::builder().method(method).uri(path).header("host", "books");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.0.ready().await.unwrap();
+        let rsp = self.0.send_request(req.body(Empty::new()).unwrap()).await.unwrap();
+        let (parts, body) = rsp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Answer {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into(),
+        }
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
+    Conn::open(addr).await.get(path, headers).await
+}
+
+/// Waits until the route table is in force: `probe` answers as `ok` says.
+async fn until(addr: SocketAddr, path: &str, ok: impl Fn(&Answer) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = get(addr, path, &[]).await;
+        if ok(&a) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "routes never applied: {path} gave {} {}",
+            a.status,
+            a.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const RULES: &str = "  - name: canary
+    matches:
+    - headers: [{name: x-user-country, value: DE}, {name: x-device, value: mobile}]
+    backendRefs: [{name: books-v2, port: 80}]
+  - name: old-api
+    matches: [{path: {type: PathPrefix, value: /old}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {hostname: books.example, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}, statusCode: 301}
+  - name: rewrite
+    matches: [{path: {type: PathPrefix, value: /api/v1}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v1}}
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {add: [{name: x-routed, value: 'yes'}], remove: [x-secret]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-rule, value: rewrite}]}
+    backendRefs: [{name: books-v1, port: 80}]
+  - name: gone
+    matches: [{path: {type: Exact, value: /gone}}]
+    backendRefs: [{name: books-v3, port: 80}]
+  - name: slow
+    matches: [{path: {type: PathPrefix, value: /slow}}]
+    timeouts: {request: 300ms}
+    backendRefs: [{name: books-v1, port: 80}]
+  - name: default
+    matches: [{path: {type: PathPrefix, value: /books}}]
+    backendRefs: [{name: books-v1, port: 80}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_choose_backends_filter_redirect_and_fail_as_the_specification_says() {
+    let m = mesh(&route(RULES)).await;
+    until(m.books, "/elsewhere", |a| a.status == 404).await;
+
+    let a = get(m.books, "/", &[("x-user-country", "DE"), ("X-Device", "mobile")]).await;
+    assert_eq!((a.status, a.server()), (200, Some("books-v2")), "the canary's header match: {}", a.body);
+    assert_eq!(get(m.books, "/", &[("x-user-country", "DE")]).await.status, 404, "both headers must match");
+    let a = get(m.books, "/books", &[("x-user-country", "DE"), ("x-device", "mobile")]).await;
+    assert_eq!(a.server(), Some("books-v1"), "a longer path prefix takes precedence over header matches");
+
+    let a = get(m.books, "/old/list?page=2", &[]).await;
+    assert_eq!(a.status, 301);
+    assert_eq!(a.headers["location"], "http://books.example/new/list?page=2");
+
+    let a = get(m.books, "/api/v1/shelves?x=1", &[("x-secret", "s"), ("x-routed", "orig")]).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(field(&a.body, "path"), Some("/v1/shelves?x=1"), "{}", a.body);
+    assert!(a.body.contains("header x-routed: orig\nheader x-routed: yes\n"), "{}", a.body);
+    assert!(!a.body.contains("x-secret"), "{}", a.body);
+    assert_eq!(a.headers["x-rule"], "rewrite");
+
+    assert_eq!(get(m.books, "/gone", &[]).await.status, 500, "a backendRef to a missing Service");
+    assert_eq!(get(m.books, "/elsewhere", &[]).await.status, 404, "no rule matches");
+    assert_eq!(get(m.books, "/booksx", &[]).await.status, 404, "prefixes match whole segments");
+    assert_eq!(get(m.books, "/slow?delay_ms=2000", &[]).await.status, 504, "timeouts.request");
+    assert_eq!(get(m.books, "/slow?delay_ms=1", &[]).await.status, 200);
+
+    // The route and rule label the metrics.
+    let metrics = m.client.metrics.encode();
+    assert!(
+        metrics.contains("route=\"default/books\",rule=\"canary\",status_code=\"200\""),
+        "{}",
+        metrics.lines().filter(|l| l.contains("route")).collect::<Vec<_>>().join("\n")
+    );
+    assert!(metrics.contains("rule=\"gone\",status_code=\"500\""));
+    assert!(metrics.contains("rule=\"slow\",status_code=\"504\""));
+
+    // Routes removed: the Service goes straight to its own endpoints again.
+    m.snapshots.send_replace(snapshot(2, ""));
+    until(m.books, "/elsewhere", |a| a.status == 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_apply_to_each_request_on_one_connection() {
+    let m = mesh(&route(
+        "  - backendRefs:\n    - {name: books-v1, port: 80, weight: 80}\n    - {name: books-v2, port: 80, weight: 20}\n    - {name: books-v3, port: 80, weight: 0}\n",
+    ))
+    .await;
+    until(m.books, "/", |a| a.status == 200 && a.server() == Some("books-v1")).await;
+    let mut conn = Conn::open(m.books).await;
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..1000 {
+        let a = conn.get("/", &[]).await;
+        assert_eq!(a.status, 200, "weight 0 on a missing Service gets no request: {}", a.body);
+        *counts.entry(a.server().unwrap_or("?").to_string()).or_default() += 1;
+    }
+    let v2 = counts.get("books-v2").copied().unwrap_or(0);
+    // 20 % of 1000: a binomial with standard deviation 12.6; ±60 is beyond 4.5 sigma.
+    assert!((140..=260).contains(&v2), "{counts:?}");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_route_changes_under_load_fail_no_request() {
+    let to = |backend: &str| route(&format!("  - backendRefs: [{{name: {backend}, port: 80}}]\n"));
+    let m = mesh(&to("books-v1")).await;
+    until(m.books, "/", |a| a.status == 200 && a.server() == Some("books-v1")).await;
+
+    // About 400 requests per second from 4 keep-alive callers, bounded at 15 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        let (stop, books) = (stop.clone(), m.books);
+        callers.push(tokio::spawn(async move {
+            let mut conn = Conn::open(books).await;
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < deadline {
+                tick.tick().await;
+                let a = conn.get("/", &[]).await;
+                if a.status == 200 { ok += 1 } else { failed.push(format!("{} {}", a.status, a.body)) }
+            }
+            (ok, failed)
+        }));
+    }
+    // 100 changes, 20 ms apart: to v1, to v2, split, no routes, ...
+    for i in 0..100u64 {
+        let routes = match i % 4 {
+            0 => to("books-v2"),
+            1 => route("  - backendRefs: [{name: books-v1, port: 80}, {name: books-v2, port: 80}]\n"),
+            2 => String::new(),
+            _ => to("books-v1"),
+        };
+        m.snapshots.send_replace(snapshot(i + 2, &routes));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The last change (to v1) is in force.
+    m.snapshots.send_replace(snapshot(200, &to("books-v2")));
+    until(m.books, "/", |a| a.server() == Some("books-v2")).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in callers {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok >= 300, "only {ok} requests were sent");
+    assert!(m.v1.requests() > 0 && m.v2.requests() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_get_a_copy_and_cors_preflights_are_answered_by_the_sidecar() {
+    let m = mesh(&route(
+        "  - filters:\n    - type: RequestMirror\n      requestMirror: {backendRef: {name: books-v2, port: 80}}\n    - type: CORS\n      cors: {allowOrigins: ['https://*.example.com'], allowMethods: [GET, PUT], maxAge: 600}\n    backendRefs: [{name: books-v1, port: 80}]\n",
+    ))
+    .await;
+    let origin = [("origin", "https://shop.example.com")];
+    // In force once an allowed origin gets its CORS header.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !get(m.books, "/", &origin).await.headers.contains_key("access-control-allow-origin") {
+        assert!(tokio::time::Instant::now() < deadline, "routes never applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mirrored_before = m.v2.requests();
+    for _ in 0..20 {
+        let a = get(m.books, "/books", &origin).await;
+        assert_eq!((a.status, a.server()), (200, Some("books-v1")), "the mirror's answer is discarded");
+        assert_eq!(a.headers["access-control-allow-origin"], "https://shop.example.com");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while m.v2.requests() < mirrored_before + 20 {
+        assert!(tokio::time::Instant::now() < deadline, "only {} copies", m.v2.requests() - mirrored_before);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let served_before = m.v1.requests();
+    let preflight = [("origin", "https://shop.example.com"), ("access-control-request-method", "PUT")];
+    let a = Conn::open(m.books).await.send(http::Method::OPTIONS, "/books", &preflight).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.headers["access-control-allow-origin"], "https://shop.example.com");
+    assert_eq!(a.headers["access-control-allow-methods"], "GET, PUT");
+    assert_eq!(a.headers["access-control-max-age"], "600");
+    let stranger = [("origin", "https://example.org"), ("access-control-request-method", "PUT")];
+    let a = Conn::open(m.books).await.send(http::Method::OPTIONS, "/books", &stranger).await;
+    assert!(!a.headers.contains_key("access-control-allow-origin"));
+    assert_eq!(m.v1.requests(), served_before, "preflights are answered by the sidecar");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injections_abort_and_delay_their_share_of_matching_requests() {
+    let faults = "\
+apiVersion: tarmac.io/v1alpha1
+kind: FaultInjection
+metadata: {name: chaos}
+spec:
+  abort: {httpStatus: 503}
+  headers: [{name: x-chaos, value: 'on'}]
+---
+apiVersion: tarmac.io/v1alpha1
+kind: FaultInjection
+metadata: {name: flaky}
+spec:
+  abort: {httpStatus: 503, percentage: 30}
+  delay: {fixedDelay: 1ms, percentage: 50}
+---
+";
+    let rules = "  - matches: [{path: {value: /chaos}}]\n    filters: [{type: ExtensionRef, extensionRef: {group: tarmac.io, kind: FaultInjection, name: chaos}}]\n    backendRefs: [{name: books-v1, port: 80}]\n  - matches: [{path: {value: /flaky}}]\n    filters: [{type: ExtensionRef, extensionRef: {group: tarmac.io, kind: FaultInjection, name: flaky}}]\n    backendRefs: [{name: books-v1, port: 80}]\n  - matches: [{path: {value: /missing}}]\n    filters: [{type: ExtensionRef, extensionRef: {group: tarmac.io, kind: FaultInjection, name: missing}}]\n    backendRefs: [{name: books-v1, port: 80}]\n";
+    let m = mesh(&format!("{faults}{}", route(rules))).await;
+    until(m.books, "/missing", |a| a.status == 500).await;
+
+    let before = m.v1.requests();
+    for _ in 0..20 {
+        assert_eq!(get(m.books, "/chaos", &[("x-chaos", "on")]).await.status, 503);
+    }
+    assert_eq!(m.v1.requests(), before, "an aborted request never reaches the backend");
+    assert_eq!(get(m.books, "/chaos", &[]).await.status, 200, "only requests with the headers");
+
+    let mut conn = Conn::open(m.books).await;
+    let mut aborted = 0;
+    for _ in 0..1000 {
+        match conn.get("/flaky", &[]).await.status {
+            503 => aborted += 1,
+            200 => {}
+            other => panic!("status {other}"),
+        }
+    }
+    // 30 % of 1000: a binomial with standard deviation 14.5; ±75 is beyond 5 sigma.
+    assert!((225..=375).contains(&aborted), "{aborted} of 1000 aborted");
+}
