@@ -126,7 +126,7 @@ fn apply(update: ServiceUpdate, forward: &Forward, connect: &ConnectSettings, se
         "endpoints updated"
     );
     let make = |spec: EndpointSpec| Endpoint::new(spec, connect.clone(), (*forward.metrics).clone());
-    balancer.update(endpoints, &make);
+    balancer.update(endpoints, make);
     if update.routes.is_empty() {
         if balancer.routes.get().is_some() {
             tracing::info!(target = %forward.name, "routes removed");
