@@ -78,6 +78,7 @@ async fn mesh(routes: &str) -> Mesh {
             service_account: "books".into(),
             addr: proxy.addrs.inbound.unwrap(),
             meshed: true,
+            admin: Some(proxy.addrs.admin),
         });
         servers.push(proxy);
         apps.push(app);
@@ -233,6 +234,15 @@ async fn routes_choose_backends_filter_redirect_and_fail_as_the_specification_sa
         metrics.lines().filter(|l| l.contains("route")).collect::<Vec<_>>().join("\n")
     );
     assert!(metrics.contains("rule=\"gone\",status_code=\"500\""));
+    // The golden metrics carry the rule's name as `route`, for `tarmac stat route`.
+    let routed = |rule: &str, status: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("tarmac_responses_total{")
+                && l.contains(&format!("route=\"{rule}\""))
+                && l.contains(&format!("status_code=\"{status}\""))
+        })
+    };
+    assert!(routed("canary", "200") && routed("gone", "500") && routed("slow", "504"), "{metrics}");
     assert!(metrics.contains("rule=\"slow\",status_code=\"504\""));
 
     // Routes removed: the Service goes straight to its own endpoints again.

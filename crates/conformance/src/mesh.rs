@@ -127,6 +127,7 @@ impl Mesh {
                     service_account: w.spec.service_account_name.clone(),
                     addr: inbound,
                     meshed: true,
+                    admin: Some(proxy.addrs.admin),
                 });
                 pods.push(RunningPod { pod, inbound, listeners, proxy, echo });
             }

@@ -107,6 +107,8 @@ impl EncodeLabelSet for TargetLabels {
 pub struct ResponseLabels {
     #[prometheus(flatten)]
     pub target: TargetLabels,
+    #[prometheus(flatten)]
+    pub route: RouteLabel,
     pub status_code: u16,
     /// gRPC status code when the response was gRPC, otherwise empty.
     pub grpc_status: Option<u32>,
@@ -146,6 +148,25 @@ pub struct ErrorLabels {
     pub direction: Direction,
     pub target: Arc<String>,
     pub kind: &'static str,
+}
+
+/// The `route` label of a response: the name of the route rule that took the request.
+/// Absent (not empty) for services without routes and for unnamed rules, so that series
+/// of unrouted traffic look as they always did.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct RouteLabel(pub Option<Arc<str>>);
+
+impl EncodeLabelSet for RouteLabel {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        match &self.0 {
+            Some(rule) => ("route", rule.as_ref()).encode(encoder.encode_label()),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -352,11 +373,18 @@ impl TargetMetrics {
         self.latency.observe(seconds);
     }
 
-    pub fn response(&self, status_code: u16, grpc_status: Option<u32>, classification: Classification) {
+    pub fn response(
+        &self,
+        route: RouteLabel,
+        status_code: u16,
+        grpc_status: Option<u32>,
+        classification: Classification,
+    ) {
         self.metrics
             .responses
             .get_or_create(&ResponseLabels {
                 target: self.labels.clone(),
+                route,
                 status_code,
                 grpc_status,
                 classification,
@@ -521,8 +549,8 @@ mod tests {
         let t = metrics.target(Direction::Outbound, Arc::new("books".into()), Peer::Unlabelled);
         t.request();
         t.latency(0.002);
-        t.response(200, None, Classification::Success);
-        t.response(200, Some(7), Classification::Failure);
+        t.response(RouteLabel::default(), 200, None, Classification::Success);
+        t.response(RouteLabel::default(), 200, Some(7), Classification::Failure);
         drop(t.tcp_connection());
         let text = metrics.encode();
         for needle in [

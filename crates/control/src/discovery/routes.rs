@@ -367,6 +367,7 @@ spec: {selector: {version: v1}, ports: [{name: http, port: 80}]}
             service_account: "default".into(),
             addr: "127.0.0.1:4001".parse().unwrap(),
             meshed: true,
+            admin: None,
         }
     }
 

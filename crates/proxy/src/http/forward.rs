@@ -9,7 +9,7 @@ use super::metered::{Metered, TapRecord};
 use super::{Body, CLIENT_ID, ORIG_PROTO, error_response, is_grpc, strip_hop_by_hop, upgrade};
 use crate::balance;
 use crate::endpoint::{ConnectError, Endpoint, EndpointSpec};
-use crate::metrics::{Direction, Peer, TargetMetrics};
+use crate::metrics::{Direction, Peer, RouteLabel, TargetMetrics};
 use crate::route::RouteSlot;
 use crate::tap::{Tap, TapStart};
 use http::header::{self, HeaderValue};
@@ -180,7 +180,9 @@ impl Forward {
         self.metrics.latency(started.elapsed().as_secs_f64());
         let (mut parts, body) = rsp.into_parts();
         parts.version = client_version;
-        let body = Metered::new(body, self.metrics.clone(), parts.status, &parts.headers, grpc, tap);
+        // A routed request's response says which named rule took it (see `route::serve`).
+        let route = parts.extensions.remove::<RouteLabel>().unwrap_or_default();
+        let body = Metered::new(body, self.metrics.clone(), route, parts.status, &parts.headers, grpc, tap);
         Response::from_parts(parts, body)
     }
 

@@ -5,7 +5,7 @@
 //! that went away).
 
 use super::Body;
-use crate::metrics::{Classification, TargetMetrics};
+use crate::metrics::{Classification, RouteLabel, TargetMetrics};
 use crate::tap::{Tap, TapStart};
 use bytes::Bytes;
 use http::HeaderMap;
@@ -25,6 +25,7 @@ pin_project! {
 
 struct Recorder {
     metrics: Option<Arc<TargetMetrics>>,
+    route: RouteLabel,
     status: u16,
     grpc: bool,
     grpc_status: Option<u32>,
@@ -44,6 +45,7 @@ impl Metered {
     pub fn new(
         inner: Body,
         metrics: Arc<TargetMetrics>,
+        route: RouteLabel,
         status: http::StatusCode,
         headers: &HeaderMap,
         grpc: bool,
@@ -51,6 +53,7 @@ impl Metered {
     ) -> Self {
         let mut recorder = Recorder {
             metrics: Some(metrics),
+            route,
             status: status.as_u16(),
             grpc,
             grpc_status: None,
@@ -76,7 +79,7 @@ impl Recorder {
         let failed = self.failed || self.status >= 500 || (self.grpc && self.grpc_status != Some(0));
         let class = if failed { Classification::Failure } else { Classification::Success };
         let grpc_status = if self.grpc { self.grpc_status } else { None };
-        metrics.response(self.status, grpc_status, class);
+        metrics.response(std::mem::take(&mut self.route), self.status, grpc_status, class);
         if let Some(record) = self.tap.take() {
             let event = record.start.finish(record.direction, record.target, self.status, grpc_status);
             record.tap.publish(event);

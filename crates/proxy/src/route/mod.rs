@@ -52,6 +52,8 @@ pub struct Rule {
     /// and `rule` labels of the route metrics, bounded by configuration.
     pub route: Arc<String>,
     pub rule: Arc<String>,
+    /// The `route` label of the response metrics: the rule's name, absent when unnamed.
+    pub label: crate::metrics::RouteLabel,
     pub filters: Filters,
     pub backends: Vec<Backend>,
     total_weight: u64,
@@ -163,6 +165,9 @@ impl RouteTable {
                 rules.push(Rule {
                     route: route_name.clone(),
                     rule: Arc::new(rule.name.clone()),
+                    label: crate::metrics::RouteLabel(
+                        (!rule.name.is_empty()).then(|| Arc::from(rule.name.as_str())),
+                    ),
                     filters,
                     total_weight: backends.iter().map(|b| u64::from(b.weight)).sum(),
                     backends,

@@ -4,8 +4,8 @@
 
 use super::filters::{Fault, Mirror, path_and_query, split_host_port};
 use super::{RouteTable, Rule, Target};
-use crate::http::Body;
 use crate::http::forward::{Forward, ProxyError, authority};
+use crate::http::{Body, error_response, is_grpc};
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Uri};
 use http::{Request, Response};
@@ -32,6 +32,7 @@ impl Forward {
             return Err(ProxyError::NoRoute);
         };
         let prefix = matched.matched_prefix().to_string();
+        let grpc = is_grpc(req.headers());
         let result = match rule.request_timeout {
             Some(limit) => {
                 match tokio::time::timeout(limit, self.through_rule(&table, rule, &prefix, req)).await {
@@ -41,12 +42,21 @@ impl Forward {
             }
             None => self.through_rule(&table, rule, &prefix, req).await,
         };
-        let status = match &result {
-            Ok(rsp) => rsp.status().as_u16(),
-            Err(e) => e.status().as_u16(),
+        // Failures of a rule become responses here, so that they too carry the rule's
+        // name to the response metrics (`route` label).
+        let mut rsp = match result {
+            Ok(rsp) => rsp,
+            Err(e) => {
+                self.metrics.error(e.kind());
+                tracing::info!(direction = self.direction.as_str(), target = %self.name, route = %rule.route, error = %e, "request failed");
+                error_response(e.status(), grpc, &e.to_string())
+            }
         };
-        self.metrics.route_response(&rule.route, &rule.rule, status);
-        result
+        self.metrics.route_response(&rule.route, &rule.rule, rsp.status().as_u16());
+        if rule.label.0.is_some() {
+            rsp.extensions_mut().insert(rule.label.clone());
+        }
+        Ok(rsp)
     }
 
     async fn through_rule(
