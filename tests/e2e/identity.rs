@@ -175,6 +175,9 @@ async fn proxies_speak_mtls_with_spiffe_identities_and_hybrid_key_exchange() {
     assert_eq!(sum(&text, "tarmac_tls_handshakes_total", &hybrid), 1.0, "{text}");
     let text = scrape(client.addrs.admin).await;
     assert_eq!(sum(&text, "tarmac_tls_handshakes_total", &hybrid), 1.0, "{text}");
+    // The client side counts the response under the identity the server proved.
+    let outbound = [("direction", "outbound"), ("tls", "true"), ("server_id", SERVER_ID)];
+    assert_eq!(sum(&text, "tarmac_responses_total", &outbound), 1.0, "{text}");
     let (_, identity) = http_get(server.addrs.admin, "/identity").await;
     assert!(identity.contains(SERVER_ID), "{identity}");
 

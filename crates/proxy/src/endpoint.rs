@@ -10,7 +10,7 @@
 use crate::balance::PeakEwma;
 use crate::http::Body;
 use crate::identity::{self, MeshTls};
-use crate::metrics::{Direction, TargetMetrics};
+use crate::metrics::{Direction, Peer, TargetMetrics};
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -69,6 +69,9 @@ pub struct Endpoint {
     pub ewma: PeakEwma,
     settings: ConnectSettings,
     metrics: TargetMetrics,
+    /// For mTLS endpoints: response metrics labelled with the identity the endpoint proved
+    /// (`tls="true", server_id=...`).
+    pub peer_metrics: Option<Arc<TargetMetrics>>,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
     h2_connecting: tokio::sync::Mutex<()>,
     h1_idle: Arc<Mutex<Vec<http1::SendRequest<Body>>>>,
@@ -85,7 +88,10 @@ impl Endpoint {
             (Some(tls), Some(id)) if spec.meshed => Some((tls.clone(), id.clone())),
             _ => None,
         };
+        let peer_metrics =
+            tls.as_ref().map(|(_, id)| Arc::new(metrics.for_peer(Peer::Authenticated(id.clone()))));
         Self {
+            peer_metrics,
             addr: spec.addr,
             meshed: spec.meshed,
             identity: spec.identity,

@@ -396,6 +396,11 @@ impl TargetMetrics {
         self.metrics.tls_handshake(self.labels.direction, result, group);
     }
 
+    /// Handles for the same target, labelled with `peer`.
+    pub fn for_peer(&self, peer: Peer) -> TargetMetrics {
+        self.metrics.target(self.labels.direction, self.labels.target.clone(), peer)
+    }
+
     /// Counts a response of a routed service; labels come from the route configuration.
     pub fn route_response(&self, route: &str, rule: &str, status_code: u16) {
         self.metrics

@@ -177,12 +177,14 @@ impl Forward {
                 error_response(e.status(), grpc, &e.to_string())
             }
         };
-        self.metrics.latency(started.elapsed().as_secs_f64());
         let (mut parts, body) = rsp.into_parts();
         parts.version = client_version;
+        // A response from an mTLS endpoint is counted under the identity it proved.
+        let metrics = parts.extensions.remove::<PeerMetrics>().map_or_else(|| self.metrics.clone(), |m| m.0);
+        metrics.latency(started.elapsed().as_secs_f64());
         // A routed request's response says which named rule took it (see `route::serve`).
         let route = parts.extensions.remove::<RouteLabel>().unwrap_or_default();
-        let body = Metered::new(body, self.metrics.clone(), route, parts.status, &parts.headers, grpc, tap);
+        let body = Metered::new(body, metrics, route, parts.status, &parts.headers, grpc, tap);
         Response::from_parts(parts, body)
     }
 
@@ -240,6 +242,9 @@ impl Forward {
                             f.complete();
                         }
                         strip_hop_by_hop(rsp.headers_mut(), false);
+                        if let Some(metrics) = &endpoint.peer_metrics {
+                            rsp.extensions_mut().insert(PeerMetrics(metrics.clone()));
+                        }
                         return Ok(rsp.map(Body::from));
                     }
                     Err(e) => req = Some(unsent(attempt, e, endpoint.addr)?),
@@ -277,6 +282,10 @@ impl Forward {
         }
     }
 }
+
+/// Response metrics of the endpoint that answered, when they carry its identity.
+#[derive(Clone, Debug)]
+struct PeerMetrics(Arc<TargetMetrics>);
 
 /// Replaces any client-sent identity header with the one the connection proved.
 fn set_client_id(headers: &mut http::HeaderMap, peer: &Peer) {
