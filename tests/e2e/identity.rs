@@ -434,6 +434,9 @@ async fn certificates_outlive_a_control_plane_outage_and_renew_when_it_returns()
         assert!(tokio::time::Instant::now() < deadline, "renewal was never attempted");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The proxy says so where `tarmac check` reads it.
+    let (_, identity) = http_get(server.addrs.admin, "/identity").await;
+    assert!(!identity.contains("\"renewal_failing_since\":null"), "{identity}");
     control.serve().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -449,6 +452,8 @@ async fn certificates_outlive_a_control_plane_outage_and_renew_when_it_returns()
     }
     let (status, _) = http_get(listen, "/after").await;
     assert_eq!(status, 200);
+    let (_, identity) = http_get(server.addrs.admin, "/identity").await;
+    assert!(identity.contains("\"renewal_failing_since\":null"), "{identity}");
 }
 
 /// 300 requests per second for 5 minutes across two proxies whose certificates live 60 s:

@@ -1,7 +1,8 @@
 //! The admin listener: `/metrics`, `/ready`, `/live`, `/config`, `/identity`, `/tap`.
 //!
-//! `/identity` shows the workload certificate in use as JSON (identity, serial, validity),
-//! or 404 when the proxy has no identity.
+//! `/identity` shows the workload certificate in use as JSON (identity, serial, validity,
+//! and since when renewal has been failing, if it is), or 404 when the proxy has no
+//! identity.
 //!
 //! `/tap` streams one JSON line per completed request (`?target=NAME` and
 //! `?direction=inbound|outbound` filter, `?limit=N` ends the stream after N events, default
@@ -94,8 +95,13 @@ impl Admin {
                     let secs = |t: std::time::SystemTime| {
                         t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
                     };
+                    let failure = self.certs.as_ref().and_then(|c| c.renewal_failure());
+                    let (failing_since, error) = match &failure {
+                        Some((since, error)) => (secs(*since).to_string(), json_string(error)),
+                        None => ("null".to_string(), "null".to_string()),
+                    };
                     let json = format!(
-                        "{{\"identity\":{},\"serial\":{},\"issuer\":{},\"not_before\":{},\"not_after\":{}}}\n",
+                        "{{\"identity\":{},\"serial\":{},\"issuer\":{},\"not_before\":{},\"not_after\":{},\"renewal_failing_since\":{failing_since},\"renewal_error\":{error}}}\n",
                         json_string(&current.identity),
                         json_string(&current.info.serial),
                         json_string(&current.info.issuer),

@@ -52,6 +52,23 @@ pub struct ProxyState {
     pub admin: Option<SocketAddr>,
     /// Its `/ready` answered 200.
     pub ready: bool,
+    /// Its workload certificate, as its `/identity` shows it (absent without mTLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityState>,
+}
+
+/// A proxy's certificate, from its admin `/identity`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct IdentityState {
+    pub identity: String,
+    pub serial: String,
+    /// Seconds since the epoch.
+    pub not_after: u64,
+    /// Since when renewal has been failing (seconds since the epoch), if it is.
+    #[serde(default)]
+    pub renewal_failing_since: Option<u64>,
+    #[serde(default)]
+    pub renewal_error: Option<String>,
 }
 
 /// Discovery streams of one workload's proxies.
@@ -69,8 +86,11 @@ pub fn report(
     snapshot: &Snapshot,
     instances: &[Instance],
     ready: &[bool],
+    identities: &[Option<IdentityState>],
     subscriptions: &[Subscription],
 ) -> CheckReport {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let mut checks = vec![Check {
         name: "control plane".into(),
         ok: true,
@@ -154,6 +174,27 @@ pub fn report(
             problems.push(format!("{connected}/{running} proxies connected to discovery"));
             hints.push("proxies reconnect by themselves with backoff; if this lasts, check the `control.addr` of their configuration");
         }
+        for (n, instance) in &mine {
+            let Some(Some(id)) = identities.get(*n) else { continue };
+            if id.not_after <= now {
+                problems.push(format!(
+                    "replica {}: its certificate EXPIRED; mesh connections to and from it fail",
+                    instance.replica
+                ));
+                hints.push(
+                    "an expired proxy cannot renew: restart the replica once the control plane is reachable",
+                );
+            } else if let Some(since) = id.renewal_failing_since {
+                problems.push(format!(
+                    "replica {}: certificate renewal failing for {} s ({}); it still serves, and expires in {} s",
+                    instance.replica,
+                    now.saturating_sub(since),
+                    id.renewal_error.as_deref().unwrap_or("no detail"),
+                    id.not_after - now
+                ));
+                hints.push("the proxy cannot reach the control plane's identity service: check `control.addr` and that the control plane runs");
+            }
+        }
         if s.behind > 0 {
             problems.push(format!(
                 "{} of {} discovery streams not yet at generation {}",
@@ -184,13 +225,14 @@ pub fn report(
 
     let proxies = instances
         .iter()
-        .zip(ready.iter().copied().chain(std::iter::repeat(false)))
-        .map(|(i, ready)| ProxyState {
+        .enumerate()
+        .map(|(n, i)| ProxyState {
             namespace: i.namespace.clone(),
             workload: i.workload.clone(),
             replica: i.replica,
             admin: i.admin,
-            ready,
+            ready: ready.get(n).copied().unwrap_or(false),
+            identity: identities.get(n).cloned().flatten(),
         })
         .collect();
     CheckReport { ok: checks.iter().all(|c| c.ok), generation: snapshot.generation, checks, proxies }
@@ -257,9 +299,47 @@ spec: {command: [x], port: 8080, replicas: 2}
             &snapshot(),
             &[instance(0), instance(1)],
             &[true, true],
+            &[None, None],
             &[stream(1, 4), stream(2, 4)],
         );
         assert!(report.ok, "{report:#?}");
+    }
+
+    #[test]
+    fn certificates_that_cannot_be_renewed_or_expired_fail_with_advice() {
+        let now = SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let id = |not_after: u64, failing: Option<u64>| {
+            Some(IdentityState {
+                identity: "spiffe://cluster.local/ns/default/sa/names".into(),
+                serial: "01".into(),
+                not_after,
+                renewal_failing_since: failing,
+                renewal_error: failing.map(|_| "transport error".into()),
+            })
+        };
+        let instances = [instance(0), instance(1)];
+        let streams = [stream(1, 4), stream(2, 4)];
+        let healthy = report(
+            &Status::default(),
+            &snapshot(),
+            &instances,
+            &[true, true],
+            &[id(now + 600, None), id(now + 600, None)],
+            &streams,
+        );
+        assert!(healthy.ok, "{healthy:#?}");
+        for (identities, expected) in [
+            (
+                [id(now + 600, None), id(now + 300, Some(now - 30))],
+                "replica 1: certificate renewal failing for 30 s (transport error)",
+            ),
+            ([id(now - 1, None), id(now + 600, None)], "replica 0: its certificate EXPIRED"),
+        ] {
+            let r = report(&Status::default(), &snapshot(), &instances, &[true, true], &identities, &streams);
+            let workload = r.checks.iter().find(|c| c.name == "workload names").unwrap();
+            assert!(!workload.ok && workload.detail.contains(expected), "{expected}: {workload:?}");
+            assert!(workload.hint.as_deref().unwrap_or("").contains("control plane"), "{workload:?}");
+        }
     }
 
     #[test]
@@ -280,6 +360,7 @@ spec: {command: [x], port: 8080, replicas: 2}
             &snapshot(),
             &[instance(0), instance(1)],
             &[true, true],
+            &[None, None],
             &[stream(1, 4), stream(2, 4)],
         );
         assert!(!report.ok);
@@ -305,7 +386,7 @@ spec: {command: [x], port: 8080, replicas: 2}
             ),
         ];
         for (instances, ready, streams, expected) in cases {
-            let report = report(&Status::default(), &snapshot(), instances, ready, streams);
+            let report = report(&Status::default(), &snapshot(), instances, ready, &[None, None], streams);
             let workload = report.checks.iter().find(|c| c.name == "workload names").unwrap();
             assert!(!workload.ok && workload.detail.contains(expected), "{expected}: {workload:?}");
             assert!(workload.hint.is_some());

@@ -304,16 +304,26 @@ async fn check(State(api): State<Api>) -> Response {
     for (n, instance) in instances.iter().enumerate() {
         let admin = instance.admin;
         probes.spawn(async move {
-            let Some(admin) = admin else { return (n, false) };
+            let Some(admin) = admin else { return (n, false, None) };
             let client = HttpClient::new(admin, Duration::from_secs(1));
-            (n, client.get("/ready").await.is_ok_and(|r| r.status.is_success()))
+            let ready = client.get("/ready").await.is_ok_and(|r| r.status.is_success());
+            let identity = match client.get("/identity").await {
+                Ok(r) if r.status.is_success() => {
+                    serde_json::from_slice::<check::IdentityState>(&r.body).ok()
+                }
+                _ => None,
+            };
+            (n, ready, identity)
         });
     }
     let mut ready = vec![false; instances.len()];
-    while let Some(Ok((n, ok))) = probes.join_next().await {
+    let mut identities = vec![None; instances.len()];
+    while let Some(Ok((n, ok, identity))) = probes.join_next().await {
         ready[n] = ok;
+        identities[n] = identity;
     }
-    let report = check::report(&status, &snapshot, &instances, &ready, &api.subscriptions.list());
+    let report =
+        check::report(&status, &snapshot, &instances, &ready, &identities, &api.subscriptions.list());
     json_response(StatusCode::OK, &report)
 }
 

@@ -83,8 +83,12 @@ impl Certifier {
             let mut backoff = RETRY_MIN;
             loop {
                 match self.request(Proof::CurrentCertificate(current.leaf_der.clone())).await {
-                    Ok(_) => break,
+                    Ok(_) => {
+                        self.certs.renewal_succeeded();
+                        break;
+                    }
                     Err(e) => {
+                        self.certs.renewal_failed(e.message().to_string());
                         let left =
                             current.info.not_after.duration_since(SystemTime::now()).unwrap_or_default();
                         if left.is_zero() {

@@ -25,6 +25,8 @@ pub struct Current {
 #[derive(Debug, Default)]
 pub struct CertStore {
     current: RwLock<Option<Arc<Current>>>,
+    /// Since when renewal has been failing, and the last error; `None` while it works.
+    renewal_failure: std::sync::Mutex<Option<(SystemTime, String)>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +75,21 @@ impl CertStore {
         });
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(current.clone());
         Ok(current)
+    }
+
+    /// Records a failed renewal attempt (keeping when the failures began).
+    pub fn renewal_failed(&self, error: String) {
+        let mut failure = self.renewal_failure.lock().unwrap_or_else(|e| e.into_inner());
+        let since = failure.as_ref().map_or_else(SystemTime::now, |(since, _)| *since);
+        *failure = Some((since, error));
+    }
+
+    pub fn renewal_succeeded(&self) {
+        *self.renewal_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    pub fn renewal_failure(&self) -> Option<(SystemTime, String)> {
+        self.renewal_failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn not_after(&self) -> Option<SystemTime> {
