@@ -8,6 +8,8 @@
 //! All output is multiplexed on stdout, prefixed with who wrote it. A replica whose app
 //! (or sidecar) exits is reported, taken out of discovery and restarted with backoff.
 //! Ctrl-C or SIGTERM stops the apps, then the sidecars, then the control plane.
+//! With `--transparent` (root) each replica runs in a network namespace of its own instead
+//! and calls Services by name (see `netns`).
 
 mod netns;
 mod plan;
@@ -55,7 +57,7 @@ const APP_LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Run a local mesh from a directory of YAML: the control plane, and every Workload's
-/// processes, each with a tarmac-proxy sidecar (explicit mode, no root needed).
+/// processes, each with a tarmac-proxy sidecar (explicit mode unless `--transparent`).
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
     /// The configuration directory: Services, Workloads, HTTPRoutes, ... (`*.yaml`, `*.yml`).
