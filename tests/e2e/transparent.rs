@@ -158,6 +158,12 @@ fn up_transparent_gives_services_names_and_virtual_ips_and_cleans_up() {
     );
     assert!(caller.contains(&format!("target=\"{}:8080\"", names[0])), "{caller}");
 
+    // greeter calls names by name too (NAMES_URL=http://names), and a call to greeter from
+    // its own namespace may be balanced to itself: its sidecar hands that to its own
+    // inbound side.
+    let (ok, body) = curl_in(GREETER_NS, "http://greeter/");
+    assert!(ok && body.contains("greeted by greeter-0") && body.contains("names from names-"), "{body}");
+
     stop(&mut up);
     assert_eq!(leftovers(), Vec::<String>::new(), "after SIGTERM\n{}", up.output());
     drop(up);

@@ -524,7 +524,7 @@ impl Mesh {
         transparent.next_index += 1;
         let hosts = plan::hosts_file(&transparent.vips, &plan.namespace);
         let name = netns::namespace_name(&plan.namespace, &plan.workload, plan.replica);
-        let namespace = netns::Namespace::create(name, index, &hosts, &self.proxy_binary)?;
+        let namespace = netns::Namespace::create(name, index, plan.port, &hosts, &self.proxy_binary)?;
         let ip = namespace.addr;
         let app = SocketAddr::from((Ipv4Addr::LOCALHOST, plan.port));
         let admin = SocketAddr::from((ip, netns::ADMIN_PORT));

@@ -179,7 +179,13 @@ pub struct Namespace {
 impl Namespace {
     /// Creates namespace `name` with the `index`th address, its hosts file and its
     /// interception rules (written by `proxy_binary init`).
-    pub fn create(name: String, index: u32, hosts: &str, proxy_binary: &Path) -> Result<Self, String> {
+    pub fn create(
+        name: String,
+        index: u32,
+        app_port: u16,
+        hosts: &str,
+        proxy_binary: &Path,
+    ) -> Result<Self, String> {
         let addr = index
             .checked_add(1)
             .and_then(|i| nth_address(Ipv4Addr::new(10, 211, 0, 0), i))
@@ -189,11 +195,11 @@ impl Namespace {
         let _ = ip(&["link", "del", &host_link]);
         ip(&["netns", "add", &name])?;
         let namespace = Self { name, addr, host_link };
-        namespace.setup(&inner_link, hosts, proxy_binary)?;
+        namespace.setup(&inner_link, app_port, hosts, proxy_binary)?;
         Ok(namespace)
     }
 
-    fn setup(&self, inner_link: &str, hosts: &str, proxy_binary: &Path) -> Result<(), String> {
+    fn setup(&self, inner_link: &str, app_port: u16, hosts: &str, proxy_binary: &Path) -> Result<(), String> {
         let name = self.name.as_str();
         ip(&["link", "add", &self.host_link, "type", "veth", "peer", "name", inner_link])?;
         ip(&["link", "set", &self.host_link, "master", BRIDGE, "up"])?;
@@ -229,6 +235,18 @@ impl Namespace {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
+        // A replica of a Service calling that Service may be sent to itself: its sidecar
+        // then connects to its own address, which leaves over loopback, unredirected, and
+        // would miss an app bound to 127.0.0.1. Hand it to its own inbound side instead.
+        let hairpin = format!(
+            "iptables -t nat -I OUTPUT 1 -p tcp -d {} --dport {app_port} -m owner --uid-owner {PROXY_UID} \
+             -j REDIRECT --to-ports {INBOUND_PORT}",
+            self.addr
+        );
+        let args: Vec<&str> = hairpin.split_whitespace().collect();
+        let mut all = vec!["netns", "exec", name];
+        all.extend(args);
+        ip(&all)?;
         Ok(())
     }
 
