@@ -1,6 +1,7 @@
 //! `tarmac up --transparent examples/hello`: every replica in a network namespace of its
 //! own. An unmodified curl inside greeter's namespace calls `names` by name and crosses
-//! both sidecars over mTLS; a call to a replica's own address is not the Service; and
+//! both sidecars over mTLS, its route applied; a call to a replica's own address is not
+//! the Service (no route); and
 //! nothing `up` created outlives it, even when it was SIGKILLed. Needs root (fails in CI
 //! without it, like `netns`). Everything is in one test: only one transparent `up` runs
 //! at a time.
@@ -46,10 +47,10 @@ fn leftovers() -> Vec<String> {
     found
 }
 
-/// curl inside namespace `ns` (bounded); (exit success, body).
+/// curl inside namespace `ns` (bounded); (exit success, response head and body).
 fn curl_in(ns: &str, url: &str) -> (bool, String) {
     let out = Command::new("ip")
-        .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "5", url])
+        .args(["netns", "exec", ns, "curl", "-isS", "--max-time", "5", url])
         .output()
         .unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
@@ -73,9 +74,12 @@ fn wait_ready(up: &Up) {
     }
 }
 
+/// examples/hello with an HTTPRoute on `names` that adds `x-routed-by: names-marked`.
 fn hello() -> String {
-    format!("{}/../examples/hello", env!("CARGO_MANIFEST_DIR"))
+    format!("{}/fixtures/transparent", env!("CARGO_MANIFEST_DIR"))
 }
+
+const ROUTED: &str = "x-routed-by: names-marked";
 
 fn start() -> Up {
     Up::start_with(&["--transparent", &hello(), "--api-port", "0"])
@@ -109,6 +113,8 @@ fn up_transparent_gives_services_names_and_virtual_ips_and_cleans_up() {
         loop {
             let (ok, body) = curl_in(GREETER_NS, url);
             if ok && body.contains("\"names\"") {
+                // The route bound to the Service the connection was addressed to.
+                assert!(body.contains(ROUTED), "{url}: {body}");
                 break;
             }
             assert!(Instant::now() < deadline, "{url} from {GREETER_NS}: {body}\n{}", up.output());
@@ -149,6 +155,7 @@ fn up_transparent_gives_services_names_and_virtual_ips_and_cleans_up() {
     let direct = format!("http://{}:8080/", names[0]);
     let (ok, body) = curl_in(GREETER_NS, &direct);
     assert!(ok && body.contains("names-0"), "{direct}: {body}");
+    assert!(!body.contains(ROUTED), "the Service's route applied to {direct}: {body}");
     let caller =
         run("ip", &["netns", "exec", GREETER_NS, "curl", "-s", &format!("http://{greeter}:4191/metrics")]);
     assert_eq!(
