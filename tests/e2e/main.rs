@@ -5,7 +5,7 @@
 //! (`conformance`), real external peers (`peers`: grpcio, WebSocket, curl; redis in `tcp`;
 //! Prometheus' promtool in `limits`), processes and signals (`lifecycle`, `demo`, `up`),
 //! telemetry with a real Prometheus and headless Chromium (`observe`), and
-//! root-only network namespaces with iptables (`netns`), which fail rather than skip in
+//! root-only network namespaces with iptables (`netns`, `transparent`), which fail rather than skip in
 //! CI when not root.
 
 mod balance;
@@ -21,4 +21,5 @@ mod observe;
 mod peers;
 mod routes;
 mod tcp;
+mod transparent;
 mod up;

@@ -12,7 +12,7 @@ use tarmac_testkit::tools::{binary, temp_dir};
 const PROXY_UID: &str = "2102";
 
 /// False (and a note) when not root outside CI; panics when not root in CI.
-fn can_run_privileged() -> bool {
+pub(crate) fn can_run_privileged() -> bool {
     let uid =
         Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     if uid.is_ok_and(|u| u == "0") {

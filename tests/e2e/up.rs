@@ -43,6 +43,12 @@ impl Up {
         Self { child, stdout, stderr }
     }
 
+    /// SIGKILL, as a crash: `tarmac up` gets no chance to clean up.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub(crate) fn output(&self) -> String {
         format!(
             "stdout:\n{}\nstderr:\n{}",
@@ -148,7 +154,7 @@ fn is_ours_and_alive(pid: u32) -> bool {
 }
 
 /// Sends SIGTERM and waits (bounded) for `tarmac up` to exit 0 having said `stopped`.
-fn stop(up: &mut Up) {
+pub(crate) fn stop(up: &mut Up) {
     let sent = Command::new("kill").args(["-TERM", &up.child.id().to_string()]).status().unwrap();
     assert!(sent.success());
     let deadline = Instant::now() + Duration::from_secs(30);

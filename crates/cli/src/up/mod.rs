@@ -8,7 +8,10 @@
 //! All output is multiplexed on stdout, prefixed with who wrote it. A replica whose app
 //! (or sidecar) exits is reported, taken out of discovery and restarted with backoff.
 //! Ctrl-C or SIGTERM stops the apps, then the sidecars, then the control plane.
+//! With `--transparent` (root) each replica runs in a network namespace of its own instead
+//! and calls Services by name (see `netns`).
 
+mod netns;
 mod plan;
 mod process;
 
@@ -54,7 +57,7 @@ const APP_LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Run a local mesh from a directory of YAML: the control plane, and every Workload's
-/// processes, each with a tarmac-proxy sidecar (explicit mode, no root needed).
+/// processes, each with a tarmac-proxy sidecar (explicit mode unless `--transparent`).
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
     /// The configuration directory: Services, Workloads, HTTPRoutes, ... (`*.yaml`, `*.yml`).
@@ -81,6 +84,11 @@ pub struct UpArgs {
     /// a free port is used and printed; 0: always a free port.
     #[arg(long, default_value_t = tarmac_control::api::DEFAULT_PORT)]
     pub api_port: u16,
+    /// Transparent mode (root): every replica in a network namespace of its own with
+    /// interception rules, every Service a virtual IP and names in the namespaces' hosts
+    /// files; apps call `http://SERVICE/` (docs/local-mode.md).
+    #[arg(long)]
+    pub transparent: bool,
 }
 
 enum Failure {
@@ -112,9 +120,12 @@ struct Replica {
     app: SocketAddr,
     inbound: SocketAddr,
     admin: SocketAddr,
-    upstreams: Vec<(Upstream, SocketAddr)>,
+    /// Each upstream and the URL the app is told for it.
+    upstreams: Vec<(Upstream, String)>,
     sidecar_config: PathBuf,
     identity: Option<Arc<SidecarIdentity>>,
+    /// Its network namespace in transparent mode (removed when the replica is dropped).
+    netns: Option<netns::Namespace>,
 }
 
 /// What sidecars need for mTLS: the anchors to trust, and a bootstrap token per start.
@@ -175,7 +186,10 @@ impl Replica {
         if program.is_relative() && program.components().count() > 1 {
             program = plan.working_dir.join(program);
         }
-        let mut command = Command::new(program);
+        let mut command = match &self.netns {
+            Some(netns) => netns.command(&program, false),
+            None => Command::new(program),
+        };
         command.args(&plan.argv[1..]).current_dir(&plan.working_dir).envs(plan::app_env(
             plan,
             self.app,
@@ -201,6 +215,13 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
         return Err(Failure::Config(problems));
     }
     let proxy_binary = locate_proxy_binary().map_err(Failure::Other)?;
+    // Held to the end: dropping it removes every namespace, link and hosts file.
+    let transparent_host = match args.transparent {
+        true => Some(netns::Host::prepare().map_err(Failure::Other)?),
+        false => None,
+    };
+    // Transparent mode: the namespaces reach the control plane on the bridge.
+    let control_ip = if args.transparent { netns::HOST_IP } else { Ipv4Addr::LOCALHOST };
     // Handled from now on: a Ctrl-C while starting stops what has started, in order.
     let mut interrupt =
         signal(SignalKind::interrupt()).map_err(|e| Failure::Other(format!("cannot handle SIGINT: {e}")))?;
@@ -213,13 +234,12 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
         true => None,
         false => Some(start_identity(&args)?),
     };
-    let listener =
-        tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, args.control_port)).await.map_err(|e| {
-            Failure::Other(format!(
-                "cannot listen on 127.0.0.1:{} for the control plane: {e}",
-                args.control_port
-            ))
-        })?;
+    let listener = tokio::net::TcpListener::bind((control_ip, args.control_port)).await.map_err(|e| {
+        Failure::Other(format!(
+            "cannot listen on {control_ip}:{} for the control plane: {e}",
+            args.control_port
+        ))
+    })?;
     let control_addr = listener.local_addr().map_err(|e| Failure::Other(e.to_string()))?;
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
     let discovery = DiscoveryService::new(store.snapshots(), registry.clone());
@@ -236,11 +256,27 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
     let api_addr = api_listener.local_addr().map_err(|e| Failure::Other(e.to_string()))?;
     let telemetry = Telemetry::new(registry.clone(), store.snapshots());
     let scraper = tokio::spawn(telemetry.clone().run());
-    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let api =
-        tokio::spawn(Api::new(telemetry, store.status(), subscriptions).serve(api_listener, async move {
-            let _ = api_stopped.await;
-        }));
+    let (stop_api, api_stopped) = watch::channel(false);
+    let api_service = Api::new(telemetry, store.status(), subscriptions);
+    let mut stopped = api_stopped.clone();
+    let api = tokio::spawn(api_service.clone().serve(api_listener, async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    // Transparent mode: the API is also on the bridge, for apps and tools in the namespaces.
+    let namespace_api = match args.transparent {
+        true => {
+            let addr = SocketAddr::from((netns::HOST_IP, api_addr.port()));
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Failure::Other(format!("cannot listen on {addr} for the API: {e}")))?;
+            let mut stopped = api_stopped.clone();
+            note(&format!("control plane: API for the namespaces on http://{addr}/"));
+            Some(tokio::spawn(api_service.serve(listener, async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })))
+        }
+        false => None,
+    };
     for plan in &plans {
         process::widen_prefix(plan.name().len() + " proxy".len());
     }
@@ -274,7 +310,15 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
         work_dir: work_dir.path().to_path_buf(),
         running: BTreeMap::new(),
         services: plan::services(&snapshot),
+        transparent: args
+            .transparent
+            .then(|| Transparent { vips: plan::virtual_ips(&snapshot), next_index: 0 }),
     };
+    if let Some(transparent) = &mesh.transparent {
+        for ((namespace, name), vip) in &transparent.vips {
+            note(&format!("Service {namespace}/{name}: virtual IP {vip}"));
+        }
+    }
     if plans.is_empty() {
         note("no Workloads in the configuration: only the control plane runs");
     }
@@ -301,7 +345,7 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
     }
     watcher.abort();
     scraper.abort();
-    let _ = stop_api.send(());
+    let _ = stop_api.send(true);
     let everything = std::mem::take(&mut mesh.running).into_values().collect();
     stop_replicas(everything).await;
     let _ = stop_control.send(());
@@ -315,8 +359,17 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
     if tokio::time::timeout(Duration::from_secs(1), api).await.is_err() {
         note("the API did not stop in time");
     }
+    if let Some(api) = namespace_api
+        && tokio::time::timeout(Duration::from_secs(1), api).await.is_err()
+    {
+        note("the API on the bridge did not stop in time");
+    }
     drop(store);
     drop(work_dir);
+    if let Some(host) = transparent_host {
+        drop(host);
+        note("removed the network namespaces, veth pairs and hosts files");
+    }
     note("stopped");
     Ok(())
 }
@@ -372,6 +425,15 @@ struct Mesh {
     running: BTreeMap<String, Running>,
     /// The Services (and ports) of the last configuration, to notice changes.
     services: BTreeMap<String, Vec<u16>>,
+    transparent: Option<Transparent>,
+}
+
+/// Transparent mode's allocations.
+struct Transparent {
+    /// Fixed at start, like the sidecars' listeners in explicit mode.
+    vips: BTreeMap<(String, String), Ipv4Addr>,
+    /// Of the next namespace (its address and veth names); never reused while `up` runs.
+    next_index: u32,
 }
 
 impl Mesh {
@@ -382,6 +444,12 @@ impl Mesh {
         let mut replicas = Vec::new();
         for plan in plans {
             process::widen_prefix(plan.name().len() + " proxy".len());
+            if let Some(mut transparent) = self.transparent.take() {
+                let replica = self.transparent_replica(plan, snapshot, &mut transparent);
+                self.transparent = Some(transparent);
+                replicas.push(Arc::new(replica?));
+                continue;
+            }
             let app = ports.next()?;
             let inbound = ports.next()?;
             let admin = ports.next()?;
@@ -395,8 +463,16 @@ impl Mesh {
                 anchors: i.anchors.clone(),
                 mtls: plan.mtls.clone().unwrap_or_else(|| i.default_mtls.clone()),
             });
-            let yaml =
-                plan::sidecar_yaml(&plan, self.control, admin, inbound, app, &upstreams, identity.as_ref());
+            let yaml = plan::sidecar_yaml(
+                &plan,
+                self.control,
+                admin,
+                inbound,
+                app,
+                &upstreams,
+                identity.as_ref(),
+                false,
+            );
             std::fs::write(&sidecar_config, yaml)
                 .map_err(|e| format!("cannot write {}: {e}", sidecar_config.display()))?;
             let urls: Vec<String> = upstreams
@@ -415,9 +491,10 @@ impl Mesh {
                 app,
                 inbound,
                 admin,
-                upstreams,
+                upstreams: upstreams.into_iter().map(|(u, listen)| (u, format!("http://{listen}"))).collect(),
                 sidecar_config,
                 identity: self.identity.clone(),
+                netns: None,
             }));
         }
         ports.release();
@@ -432,6 +509,66 @@ impl Mesh {
             self.running.insert(replica.plan.name(), Running { replica, stop, task });
         }
         Ok(())
+    }
+
+    /// A replica in a network namespace of its own: the app on `spec.port`, the sidecar's
+    /// inbound listener taking every connection to it, its outbound side every Service's
+    /// virtual IP.
+    fn transparent_replica(
+        &self,
+        plan: ReplicaPlan,
+        snapshot: &Snapshot,
+        transparent: &mut Transparent,
+    ) -> Result<Replica, String> {
+        let index = transparent.next_index;
+        transparent.next_index += 1;
+        let hosts = plan::hosts_file(&transparent.vips, &plan.namespace);
+        let name = netns::namespace_name(&plan.namespace, &plan.workload, plan.replica);
+        let namespace = netns::Namespace::create(name, index, plan.port, &hosts, &self.proxy_binary)?;
+        let ip = namespace.addr;
+        let app = SocketAddr::from((Ipv4Addr::LOCALHOST, plan.port));
+        let admin = SocketAddr::from((ip, netns::ADMIN_PORT));
+        let listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, netns::INBOUND_PORT));
+        let mut upstreams = Vec::new();
+        for upstream in plan::upstreams(snapshot, &plan.namespace) {
+            // A Service added after the start has no virtual IP until `up` restarts.
+            if let Some(vip) = transparent.vips.get(&(upstream.namespace.clone(), upstream.service.clone())) {
+                let port = upstream.port;
+                upstreams.push((upstream, SocketAddr::from((*vip, port))));
+            }
+        }
+        let file_name = plan.name().replace('/', "_");
+        let sidecar_config = self.work_dir.join(format!("{file_name}-proxy.yaml"));
+        let identity = self.identity.as_ref().map(|i| plan::SidecarTls {
+            anchors: i.anchors.clone(),
+            mtls: plan.mtls.clone().unwrap_or_else(|| i.default_mtls.clone()),
+        });
+        let yaml =
+            plan::sidecar_yaml(&plan, self.control, admin, listen, app, &upstreams, identity.as_ref(), true);
+        std::fs::write(&sidecar_config, yaml)
+            .map_err(|e| format!("cannot write {}: {e}", sidecar_config.display()))?;
+        note(&format!(
+            "{}: network namespace {} at {ip}, PORT={}, sidecar as uid {}, admin {admin}",
+            plan.name(),
+            namespace.name,
+            plan.port,
+            netns::PROXY_UID
+        ));
+        let urls = upstreams.into_iter().map(|(u, _)| {
+            let url = plan::url_by_name(&u, &plan.namespace);
+            (u, url)
+        });
+        Ok(Replica {
+            app,
+            // Peers connect to the app's own address; the rules hand it to the sidecar.
+            inbound: SocketAddr::from((ip, plan.port)),
+            admin,
+            upstreams: urls.collect(),
+            sidecar_config,
+            identity: self.identity.clone(),
+            netns: Some(namespace),
+            plan,
+        })
     }
 
     /// Follows an accepted configuration: stops the replicas of removed or changed
@@ -489,14 +626,16 @@ async fn stop_replicas(entries: Vec<Running>) {
     let mut sidecars = Vec::new();
     for entry in entries {
         match entry.task.await {
-            Ok(Some(sidecar)) => sidecars.push(sidecar),
+            Ok(Some((name, sidecar))) => sidecars.push((name, sidecar, entry.replica)),
             Ok(None) => {}
             Err(e) => note(&format!("the supervisor of {} failed: {e}", entry.replica.plan.name())),
         }
     }
     let mut stopping = JoinSet::new();
-    for (name, sidecar) in sidecars {
+    for (name, sidecar, replica) in sidecars {
         stopping.spawn(async move {
+            // Dropped (with its namespace) only once its sidecar has stopped.
+            let _replica = replica;
             let pid = sidecar.pid;
             match sidecar.stop(STOP_GRACE).await {
                 Some(exit) if is_clean(&exit) => note(&format!("{name} proxy (pid {pid}) stopped")),
@@ -551,7 +690,10 @@ async fn run_replica(
         let proxy = match sidecar.take() {
             Some(proxy) if proxy.exit().is_none() => proxy,
             _ => {
-                let mut command = Command::new(&proxy_binary);
+                let mut command = match &replica.netns {
+                    Some(netns) => netns.command(&proxy_binary, true),
+                    None => Command::new(&proxy_binary),
+                };
                 command.arg("--config").arg(&replica.sidecar_config);
                 if let Some(identity) = &replica.identity {
                     // A fresh one-time token for every start: a restarted sidecar bootstraps again.
@@ -611,7 +753,7 @@ async fn run_replica(
         };
         let started = Instant::now();
         note(&format!("{name} started: pid {}, PORT={}", app.pid, replica.app.port()));
-        let ended = match wait_listening(&app, replica.app, &mut shutdown).await {
+        let ended = match wait_listening(&app, replica.app, replica.netns.is_some(), &mut shutdown).await {
             Listening::Yes | Listening::NotInTime => {
                 registry.upsert(replica.instance());
                 note(&format!("{name} ready: http://{} (through its sidecar)", replica.inbound));
@@ -704,13 +846,24 @@ enum Listening {
 
 /// Waits until the app accepts connections on its port, so that it is not sent traffic
 /// before it can take it.
-async fn wait_listening(app: &Proc, addr: SocketAddr, shutdown: &mut watch::Receiver<bool>) -> Listening {
+async fn wait_listening(
+    app: &Proc,
+    addr: SocketAddr,
+    in_namespace: bool,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Listening {
     let deadline = Instant::now() + APP_LISTEN_TIMEOUT;
     loop {
         if let Some(exit) = app.exit() {
             return Listening::Exited(exit);
         }
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+        // In a namespace, a connection from here would be taken by the sidecar whether
+        // the app listens or not: look at the namespace's own socket table instead.
+        let listening = match in_namespace {
+            true => netns::listens(app.pid, addr.port()),
+            false => tokio::net::TcpStream::connect(addr).await.is_ok(),
+        };
+        if listening {
             return Listening::Yes;
         }
         if Instant::now() >= deadline {

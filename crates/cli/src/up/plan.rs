@@ -3,7 +3,7 @@
 //! tells the app where they are. Pure functions, so that the naming rules are tested here.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use tarmac_control::store::Snapshot;
 use tarmac_model::Resource;
@@ -19,6 +19,8 @@ pub struct ReplicaPlan {
     pub service_account: String,
     /// The program and all its arguments (`spec.command` then `spec.args`).
     pub argv: Vec<String>,
+    /// `spec.port`: where the app listens in transparent mode (explicit mode picks a free one).
+    pub port: u16,
     pub env: BTreeMap<String, String>,
     /// Absolute: `spec.workingDir` resolved against the configuration directory.
     pub working_dir: PathBuf,
@@ -69,6 +71,7 @@ pub fn replicas(snapshot: &Snapshot, dir: &Path) -> Vec<ReplicaPlan> {
                 service_account: spec.service_account_name.clone(),
                 mtls: spec.mtls.map(|m| m.as_str().to_string()),
                 argv: argv.clone(),
+                port: spec.port,
                 env: spec.env.clone(),
                 working_dir: working_dir.clone(),
             });
@@ -148,12 +151,12 @@ pub fn upstreams(snapshot: &Snapshot, from_namespace: &str) -> Vec<Upstream> {
 
 /// The environment `tarmac up` gives an app, over the one it inherits: `spec.env`, then
 /// `PORT`, `TARMAC_ADMIN`, `TARMAC_NAMESPACE`, `TARMAC_WORKLOAD`, `TARMAC_REPLICA` and one
-/// URL variable per upstream (these win over `spec.env`).
+/// URL variable per upstream, `upstreams` giving each one's URL (these win over `spec.env`).
 pub fn app_env(
     replica: &ReplicaPlan,
     app: SocketAddr,
     admin: SocketAddr,
-    upstreams: &[(Upstream, SocketAddr)],
+    upstreams: &[(Upstream, String)],
 ) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = replica.env.clone();
     env.insert("PORT".into(), app.port().to_string());
@@ -161,15 +164,18 @@ pub fn app_env(
     env.insert("TARMAC_NAMESPACE".into(), replica.namespace.clone());
     env.insert("TARMAC_WORKLOAD".into(), replica.workload.clone());
     env.insert("TARMAC_REPLICA".into(), replica.replica.to_string());
-    for (upstream, listen) in upstreams {
+    for (upstream, url) in upstreams {
         for var in &upstream.env {
-            env.insert(var.clone(), format!("http://{listen}"));
+            env.insert(var.clone(), url.clone());
         }
     }
     env.into_iter().collect()
 }
 
-/// The sidecar's `tarmac-proxy` configuration (docs/proxy-config.md).
+/// The sidecar's `tarmac-proxy` configuration (docs/proxy-config.md). In explicit mode
+/// each upstream's address is the sidecar's listener for it; with `transparent` it is the
+/// Service's virtual IP and port, which the app's redirected connections are addressed to.
+#[allow(clippy::too_many_arguments)]
 pub fn sidecar_yaml(
     replica: &ReplicaPlan,
     control: SocketAddr,
@@ -178,6 +184,7 @@ pub fn sidecar_yaml(
     app: SocketAddr,
     upstreams: &[(Upstream, SocketAddr)],
     tls: Option<&SidecarTls>,
+    transparent: bool,
 ) -> String {
     use std::fmt::Write as _;
     let mut yaml = format!(
@@ -195,12 +202,24 @@ pub fn sidecar_yaml(
             quote(&tls.anchors.display().to_string())
         );
     }
-    if !upstreams.is_empty() {
+    if transparent {
+        let _ =
+            writeln!(yaml, "outbound:\n  transparent_listen: \"127.0.0.1:{}\"", super::netns::OUTBOUND_PORT);
+        if !upstreams.is_empty() {
+            yaml.push_str("  services:\n");
+        }
+    } else if !upstreams.is_empty() {
         yaml.push_str("outbound:\n  services:\n");
-        for (upstream, listen) in upstreams {
+    }
+    if !upstreams.is_empty() {
+        for (upstream, addr) in upstreams {
+            let reached = match transparent {
+                true => format!("addrs: [\"{addr}\"]"),
+                false => format!("listen: \"{addr}\""),
+            };
             let _ = write!(
                 yaml,
-                "    - name: {}\n      listen: \"{listen}\"\n      discover: {{service: {}, namespace: {}, port: {}}}\n",
+                "    - name: {}\n      {reached}\n      discover: {{service: {}, namespace: {}, port: {}}}\n",
                 quote(&upstream.proxy_name),
                 quote(&upstream.service),
                 quote(&upstream.namespace),
@@ -210,6 +229,55 @@ pub fn sidecar_yaml(
     }
     yaml.push_str("limits:\n  drain_timeout: 3s\n");
     yaml
+}
+
+/// A virtual IP for every Service (transparent mode), in the order of their keys.
+pub fn virtual_ips(snapshot: &Snapshot) -> BTreeMap<(String, String), Ipv4Addr> {
+    let mut keys: Vec<(String, String)> = snapshot
+        .iter_kind("Service")
+        .filter_map(|r| match r {
+            Resource::Service(s) => Some((s.metadata.namespace.clone(), s.metadata.name.clone())),
+            _ => None,
+        })
+        .collect();
+    keys.sort();
+    keys.into_iter()
+        .enumerate()
+        .filter_map(|(i, key)| {
+            let vip = super::netns::nth_address(super::netns::VIP_BASE, u32::try_from(i).ok()?)?;
+            Some((key, vip))
+        })
+        .collect()
+}
+
+/// The hosts file of a workload namespace in `from_namespace`: every Service as
+/// `svc.ns` and `svc.ns.svc.cluster.local`, and as `svc` alone in its own namespace.
+pub fn hosts_file(vips: &BTreeMap<(String, String), Ipv4Addr>, from_namespace: &str) -> String {
+    use std::fmt::Write as _;
+    let mut hosts = String::from(
+        "# Written by `tarmac up --transparent`: the mesh's Services.\n127.0.0.1 localhost\n::1 localhost\n",
+    );
+    for ((namespace, name), vip) in vips {
+        let _ = write!(hosts, "{vip} {name}.{namespace} {name}.{namespace}.svc.cluster.local");
+        if namespace == from_namespace {
+            let _ = write!(hosts, " {name}");
+        }
+        hosts.push('\n');
+    }
+    hosts
+}
+
+/// The URL an app in transparent mode reaches an upstream at: by name (`names`, or
+/// `books.shop` in another namespace), with the port unless it is 80.
+pub fn url_by_name(upstream: &Upstream, from_namespace: &str) -> String {
+    let host = match upstream.namespace == from_namespace {
+        true => upstream.service.clone(),
+        false => format!("{}.{}", upstream.service, upstream.namespace),
+    };
+    match upstream.port {
+        80 => format!("http://{host}"),
+        port => format!("http://{host}:{port}"),
+    }
 }
 
 /// A YAML double-quoted string (names are validated DNS labels, but be safe).
@@ -283,8 +351,10 @@ spec: {command: [python3, greeter.py], args: [-v], port: 8080, replicas: 2, work
             .zip([7001, 7002, 7003])
             .map(|(u, p)| (u, SocketAddr::from(([127, 0, 0, 1], p))))
             .collect();
+        let urls: Vec<(Upstream, String)> =
+            ups.into_iter().map(|(u, a)| (u, format!("http://{a}"))).collect();
         let env: BTreeMap<String, String> =
-            app_env(plan, "127.0.0.1:8080".parse().unwrap(), "127.0.0.1:4191".parse().unwrap(), &ups)
+            app_env(plan, "127.0.0.1:8080".parse().unwrap(), "127.0.0.1:4191".parse().unwrap(), &urls)
                 .into_iter()
                 .collect();
         assert_eq!(env["PORT"], "8080", "tarmac's PORT wins over spec.env");
@@ -305,7 +375,7 @@ spec: {command: [python3, greeter.py], args: [-v], port: 8080, replicas: 2, work
             .collect();
         let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         let tls = SidecarTls { anchors: "/tmp/x/trust-anchors.pem".into(), mtls: "strict".into() };
-        let yaml = sidecar_yaml(plan, a(8086), a(4191), a(4143), a(8080), &ups, Some(&tls));
+        let yaml = sidecar_yaml(plan, a(8086), a(4191), a(4143), a(8080), &ups, Some(&tls), false);
         let config =
             tarmac_proxy::Config::from_yaml(&yaml, "generated").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         assert_eq!(config.outbound.as_ref().map(|o| o.services.len()), Some(3), "{yaml}");
@@ -316,5 +386,51 @@ spec: {command: [python3, greeter.py], args: [-v], port: 8080, replicas: 2, work
         assert_eq!(config.inbound.as_ref().map(|i| i.mtls), Some(tarmac_proxy::config::MtlsMode::Strict));
         let control = config.control.expect("control");
         assert_eq!(control.workload, "greeter");
+    }
+
+    #[test]
+    fn transparent_sidecars_map_virtual_ips_to_services_and_namespaces_resolve_them() {
+        let snapshot = snapshot();
+        let vips = virtual_ips(&snapshot);
+        let names = vips[&("default".to_string(), "names".to_string())];
+        let store = vips[&("shop".to_string(), "book-store".to_string())];
+        assert_ne!(names, store);
+        let hosts = hosts_file(&vips, "default");
+        assert!(
+            hosts.contains(&format!("{names} names.default names.default.svc.cluster.local names\n")),
+            "{hosts}"
+        );
+        assert!(
+            hosts.contains(&format!("{store} book-store.shop book-store.shop.svc.cluster.local\n")),
+            "only the caller's own namespace resolves bare names: {hosts}"
+        );
+        let plan = &replicas(&snapshot, Path::new("/conf"))[0];
+        let ups: Vec<(Upstream, SocketAddr)> = upstreams(&snapshot, "default")
+            .into_iter()
+            .map(|u| {
+                let vip = vips[&(u.namespace.clone(), u.service.clone())];
+                let port = u.port;
+                (u, SocketAddr::from((vip, port)))
+            })
+            .collect();
+        assert_eq!(url_by_name(&ups[0].0, "default"), "http://names");
+        assert_eq!(url_by_name(&ups[2].0, "default"), "http://book-store.shop:9090");
+        let a = |ip: [u8; 4], p: u16| SocketAddr::from((ip, p));
+        let yaml = sidecar_yaml(
+            plan,
+            a([10, 211, 0, 1], 8086),
+            a([10, 211, 0, 2], 4191),
+            a([0, 0, 0, 0], 4143),
+            a([127, 0, 0, 1], 8080),
+            &ups,
+            None,
+            true,
+        );
+        let config =
+            tarmac_proxy::Config::from_yaml(&yaml, "generated").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let outbound = config.outbound.expect("outbound");
+        assert!(outbound.transparent_listen.is_some());
+        assert_eq!(outbound.services[0].addrs, [SocketAddr::from((names, 80))], "{yaml}");
+        assert!(outbound.services[0].listen.is_none() && outbound.services[0].discover.is_some());
     }
 }

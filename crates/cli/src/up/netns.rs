@@ -1,0 +1,313 @@
+//! `tarmac up --transparent`: a network namespace per replica, like a pod.
+//!
+//! The host side is one bridge, `tarmac-br0`, at 10.211.0.1/16; every replica's namespace
+//! hangs off it by a veth pair and gets an address of 10.211.0.0/16 (a block used only
+//! inside namespaces `up` creates), a route to the Services' virtual IPs (10.212.0.0/16)
+//! and nothing else, a hosts file naming the Services, and the interception rules of
+//! `tarmac-proxy init`. Everything `up` creates is named `tarmac-...`; only one
+//! transparent `up` runs at a time (a lock), so whatever such object exists when it
+//! starts was left by one that crashed and is removed first.
+
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// What every object `up` creates is named after.
+pub const PREFIX: &str = "tarmac-";
+const BRIDGE: &str = "tarmac-br0";
+/// The host's address on the bridge: the control plane and the API listen here.
+pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 211, 0, 1);
+const HOST_PREFIX_LEN: u8 = 16;
+/// Services' virtual IPs are allocated from here.
+pub const VIP_BASE: Ipv4Addr = Ipv4Addr::new(10, 212, 0, 0);
+const VIP_PREFIX_LEN: u8 = 16;
+/// The uid sidecars run as; `tarmac-proxy init` leaves its connections alone.
+pub const PROXY_UID: u32 = 2102;
+/// Ports of the sidecar inside every namespace (`tarmac-proxy init`'s defaults).
+pub const INBOUND_PORT: u16 = 4143;
+pub const OUTBOUND_PORT: u16 = 4140;
+pub const ADMIN_PORT: u16 = 4191;
+const LOCK_FILE: &str = "/run/tarmac-up-transparent.lock";
+
+/// The `index`th address of a /16 starting at `base` (index 0 is `base` + 1).
+pub fn nth_address(base: Ipv4Addr, index: u32) -> Option<Ipv4Addr> {
+    let offset = index.checked_add(1)?;
+    if offset >= (1 << 16) - 1 {
+        return None;
+    }
+    Some(Ipv4Addr::from(u32::from(base) + offset))
+}
+
+/// The host side of transparent mode: held for as long as `up` runs. Dropping it removes
+/// every namespace, link and hosts file named `tarmac-...`.
+pub struct Host {
+    _lock: File,
+}
+
+impl Host {
+    /// Checks for root, takes the lock, removes what a crashed `up` left and creates the bridge.
+    pub fn prepare() -> Result<Self, String> {
+        // SAFETY: geteuid(2) has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("--transparent needs root: it creates network namespaces, veth pairs and iptables \
+                        rules (run it with sudo, or drop --transparent for explicit mode)"
+                .into());
+        }
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(LOCK_FILE)
+            .map_err(|e| format!("cannot open {LOCK_FILE}: {e}"))?;
+        // SAFETY: flock(2) on a descriptor we own; the lock goes with the file (and with
+        // the process, however it ends).
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(format!(
+                "another `tarmac up --transparent` is running (it holds {LOCK_FILE}); stop it first"
+            ));
+        }
+        let stale = sweep();
+        if !stale.is_empty() {
+            super::process::note(&format!(
+                "removed what an earlier `tarmac up --transparent` left behind: {}",
+                stale.join(", ")
+            ));
+        }
+        let host = Self { _lock: lock };
+        ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+        ip(&["addr", "add", &format!("{HOST_IP}/{HOST_PREFIX_LEN}"), "dev", BRIDGE])?;
+        ip(&["link", "set", BRIDGE, "up"])?;
+        Ok(host)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        sweep();
+    }
+}
+
+/// Removes every `tarmac-` namespace (killing what runs in it), link and hosts file.
+/// Returns what it removed.
+pub fn sweep() -> Vec<String> {
+    let mut removed = Vec::new();
+    for name in namespaces() {
+        remove_namespace(&name);
+        removed.push(format!("namespace {name}"));
+    }
+    for link in links() {
+        let _ = ip(&["link", "del", &link]);
+        removed.push(format!("link {link}"));
+    }
+    if let Ok(entries) = std::fs::read_dir("/etc/netns") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.starts_with(PREFIX) {
+                let _ = std::fs::remove_dir_all(entry.path());
+                removed.push(format!("/etc/netns/{name}"));
+            }
+        }
+    }
+    removed.dedup();
+    removed
+}
+
+/// Names of the `tarmac-` network namespaces.
+pub fn namespaces() -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with(PREFIX))
+        .map(String::from)
+        .collect()
+}
+
+/// Names of the host's `tarmac-` links (the bridge and the host ends of veth pairs).
+pub fn links() -> Vec<String> {
+    let out = Command::new("ip").args(["-o", "link", "show"]).output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split(':').nth(1))
+        .map(|name| name.trim().split('@').next().unwrap_or_default().to_string())
+        .filter(|name| name.starts_with(PREFIX))
+        .collect()
+}
+
+fn remove_namespace(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<libc::pid_t>() {
+                // SAFETY: kill(2) has no memory-safety preconditions; these are processes
+                // inside a namespace this program created.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+    }
+    let _ = ip(&["netns", "del", name]);
+    let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(name));
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run `ip`: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// One replica's network namespace; removed (with what still runs in it) when dropped.
+#[derive(Debug)]
+pub struct Namespace {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    host_link: String,
+}
+
+impl Namespace {
+    /// Creates namespace `name` with the `index`th address, its hosts file and its
+    /// interception rules (written by `proxy_binary init`).
+    pub fn create(
+        name: String,
+        index: u32,
+        app_port: u16,
+        hosts: &str,
+        proxy_binary: &Path,
+    ) -> Result<Self, String> {
+        let addr = index
+            .checked_add(1)
+            .and_then(|i| nth_address(Ipv4Addr::new(10, 211, 0, 0), i))
+            .ok_or_else(|| format!("no address left in 10.211.0.0/16 for replica number {index}"))?;
+        let (host_link, inner_link) = (format!("{PREFIX}h{index}"), format!("{PREFIX}n{index}"));
+        remove_namespace(&name);
+        let _ = ip(&["link", "del", &host_link]);
+        ip(&["netns", "add", &name])?;
+        let namespace = Self { name, addr, host_link };
+        namespace.setup(&inner_link, app_port, hosts, proxy_binary)?;
+        Ok(namespace)
+    }
+
+    fn setup(&self, inner_link: &str, app_port: u16, hosts: &str, proxy_binary: &Path) -> Result<(), String> {
+        let name = self.name.as_str();
+        ip(&["link", "add", &self.host_link, "type", "veth", "peer", "name", inner_link])?;
+        ip(&["link", "set", &self.host_link, "master", BRIDGE, "up"])?;
+        ip(&["link", "set", inner_link, "netns", name])?;
+        ip(&["-n", name, "link", "set", inner_link, "name", "eth0"])?;
+        ip(&["-n", name, "addr", "add", &format!("{}/{HOST_PREFIX_LEN}", self.addr), "dev", "eth0"])?;
+        ip(&["-n", name, "link", "set", "eth0", "up"])?;
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
+        // Virtual IPs are on no wire: the route only lets the app's connect() get as far
+        // as the interception rules. No default route: nothing else is reachable.
+        ip(&["-n", name, "route", "add", &format!("{VIP_BASE}/{VIP_PREFIX_LEN}"), "dev", "eth0"])?;
+        let etc = Path::new("/etc/netns").join(name);
+        std::fs::create_dir_all(&etc).map_err(|e| format!("cannot create {}: {e}", etc.display()))?;
+        let hosts_file = etc.join("hosts");
+        std::fs::write(&hosts_file, hosts)
+            .map_err(|e| format!("cannot write {}: {e}", hosts_file.display()))?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", name])
+            .arg(proxy_binary)
+            .args(["init", "--proxy-uid", &PROXY_UID.to_string()])
+            .args([
+                "--inbound-port",
+                &INBOUND_PORT.to_string(),
+                "--outbound-port",
+                &OUTBOUND_PORT.to_string(),
+            ])
+            .args(["--skip-inbound-ports", &ADMIN_PORT.to_string()])
+            .output()
+            .map_err(|e| format!("cannot run `tarmac-proxy init` in {name}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "`tarmac-proxy init` in {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        // A replica of a Service calling that Service may be sent to itself: its sidecar
+        // then connects to its own address, which leaves over loopback, unredirected, and
+        // would miss an app bound to 127.0.0.1. Hand it to its own inbound side instead.
+        let hairpin = format!(
+            "iptables -t nat -I OUTPUT 1 -p tcp -d {} --dport {app_port} -m owner --uid-owner {PROXY_UID} \
+             -j REDIRECT --to-ports {INBOUND_PORT}",
+            self.addr
+        );
+        let args: Vec<&str> = hairpin.split_whitespace().collect();
+        let mut all = vec!["netns", "exec", name];
+        all.extend(args);
+        ip(&all)?;
+        Ok(())
+    }
+
+    /// `program` run inside the namespace; as the sidecar uid when `as_proxy`.
+    pub fn command(&self, program: &Path, as_proxy: bool) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new("ip");
+        command.args(["netns", "exec", &self.name]);
+        if as_proxy {
+            command.args([
+                "setpriv".to_string(),
+                format!("--reuid={PROXY_UID}"),
+                format!("--regid={PROXY_UID}"),
+                "--clear-groups".to_string(),
+            ]);
+        }
+        command.arg(program);
+        command
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        remove_namespace(&self.name);
+        let _ = ip(&["link", "del", &self.host_link]);
+    }
+}
+
+/// The namespace name of a replica: `tarmac-NAMESPACE-WORKLOAD-REPLICA`.
+pub fn namespace_name(namespace: &str, workload: &str, replica: u32) -> String {
+    format!("{PREFIX}{namespace}-{workload}-{replica}")
+}
+
+/// True when the process `pid` (or anything in its network namespace) listens on TCP
+/// `port`: read from its own view of the network, since the host cannot connect there
+/// without going through the sidecar.
+pub fn listens(pid: u32, port: u16) -> bool {
+    ["tcp", "tcp6"].iter().any(|file| {
+        let path: PathBuf = format!("/proc/{pid}/net/{file}").into();
+        std::fs::read_to_string(path).is_ok_and(|table| {
+            table.lines().skip(1).any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+                fields.len() > 3
+                    && fields[3] == "0A"
+                    && fields[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok())
+                        == Some(port)
+            })
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_stay_inside_their_block() {
+        assert_eq!(nth_address(Ipv4Addr::new(10, 211, 0, 0), 1), Some(Ipv4Addr::new(10, 211, 0, 2)));
+        assert_eq!(nth_address(VIP_BASE, 0), Some(Ipv4Addr::new(10, 212, 0, 1)));
+        assert_eq!(nth_address(VIP_BASE, 300), Some(Ipv4Addr::new(10, 212, 1, 45)));
+        assert_eq!(nth_address(VIP_BASE, 65_533), Some(Ipv4Addr::new(10, 212, 255, 254)));
+        assert_eq!(nth_address(VIP_BASE, 65_534), None, "the broadcast address is never used");
+    }
+}
