@@ -276,10 +276,10 @@ async fn a_hundred_route_changes_under_load_fail_no_request() {
     let m = mesh(&to("books-v1")).await;
     until(m.books, "/", |a| a.status == 200 && a.server() == Some("books-v1")).await;
 
-    // About 400 requests per second from 4 keep-alive callers, bounded at 15 s.
+    // About 500 requests per second from 5 keep-alive callers, bounded at 15 s.
     let stop = Arc::new(AtomicBool::new(false));
     let mut callers = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..5 {
         let (stop, books) = (stop.clone(), m.books);
         callers.push(tokio::spawn(async move {
             let mut conn = Conn::open(books).await;
