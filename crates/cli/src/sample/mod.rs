@@ -6,7 +6,9 @@
 //! `tarmac up` gives it, its sidecar's listeners (docs/local-mode.md). Their behaviour is
 //! chosen so that the golden metrics have something to show: `books` fails now and then,
 //! `authors` is slower, `ratings` v2 is slower still, and `web` inherits all of it.
-//! `traffic` is the demo's traffic generator: it calls `web` at `RPS` requests per second.
+//! `traffic` is the demo's traffic generator: it calls `web` (or the Service named in
+//! `TARGET`) at `RPS` requests per second. `client` only listens: a caller to send requests
+//! through by hand, at its sidecar's `*_URL` listeners (examples/canary).
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -59,8 +61,9 @@ const CATALOGUE: &[(&str, &str)] = &[
 #[derive(clap::Args, Debug)]
 pub struct SampleArgs {
     /// Which app: `web`, `books`, `authors`, `ratings` (version from `VERSION`, default
-    /// v1) or `traffic` (calls `WEB_URL` at `RPS` requests per second).
-    #[arg(value_parser = ["web", "books", "authors", "ratings", "traffic"])]
+    /// v1), `traffic` (calls the Service `TARGET`, default web, at `RPS` requests per
+    /// second) or `client` (only listens).
+    #[arg(value_parser = ["web", "books", "authors", "ratings", "traffic", "client"])]
     pub app: String,
 }
 
@@ -83,18 +86,22 @@ pub async fn run(args: SampleArgs) -> Result<(), String> {
             })?,
             Err(_) => DEFAULT_RPS,
         };
-        let web = Arc::new(upstream("WEB_URL")?);
+        let target = std::env::var("TARGET").unwrap_or_else(|_| "web".into());
+        let variable =
+            format!("{}_URL", target.to_uppercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+        let client = Arc::new(upstream(&variable)?);
         // It listens too, like any Workload, and says what it does.
         let listener = listen(&args.app, &env("PORT")?).await?;
-        println!("traffic: {rps} requests per second to web at {}", web.addr());
-        tokio::spawn(serve(listener, Arc::new(Traffic { rps })));
-        generate_traffic(web, rps).await;
+        println!("traffic: {rps} requests per second to {target} at {}", client.addr());
+        tokio::spawn(serve(listener, Arc::new(Traffic { rps, target: target.clone() })));
+        generate_traffic(client, rps).await;
         return Ok(());
     }
     let listener = listen(&args.app, &env("PORT")?).await?;
     match args.app.as_str() {
         "books" => serve(listener, Arc::new(Books)).await,
         "authors" => serve(listener, Arc::new(Authors)).await,
+        "client" => serve(listener, Arc::new(Traffic { rps: 0, target: "nothing by itself".into() })).await,
         "ratings" => {
             let version = std::env::var("VERSION").unwrap_or_else(|_| "v1".into());
             serve(listener, Arc::new(Ratings { version })).await
@@ -214,13 +221,15 @@ impl Service for Ratings {
     }
 }
 
+/// What `traffic` (and `client`) answer: what they send.
 struct Traffic {
     rps: u32,
+    target: String,
 }
 
 impl Service for Traffic {
     async fn handle(&self, _path: &str) -> Response<Full<Bytes>> {
-        text(StatusCode::OK, format!("traffic: {} requests per second to web\n", self.rps))
+        text(StatusCode::OK, format!("{} requests per second to {}\n", self.rps, self.target))
     }
 }
 
@@ -255,10 +264,10 @@ impl Service for Web {
     }
 }
 
-/// Sends `rps` requests per second to `web` through `client` (its sidecar's listener for
-/// `web`), forever. Each request starts on its own tick, whether or not earlier ones have
-/// finished, as independent users would: a slow `web` shows as latency, not as fewer
-/// requests.
+/// Sends `rps` requests per second through `client` (the sidecar's listener for the
+/// target Service), forever. Each request starts on its own tick, whether or not earlier
+/// ones have finished, as independent users would: a slow target shows as latency, not
+/// as fewer requests.
 async fn generate_traffic(client: Arc<HttpClient>, rps: u32) {
     let mut in_flight = JoinSet::new();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rps)));
