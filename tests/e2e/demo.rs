@@ -57,9 +57,11 @@ async fn demo_runs_the_bookstore_with_mtls_and_a_canary_and_summarises_golden_me
         assert!(percent(row[3]) >= 95.0, "{src} -> {dst} not secured:\n{summary}");
     }
 
-    // The canary: ratings v2 takes a share of the ratings requests, a small one.
+    // The canary route: ratings v2 takes about 10 % of the ratings requests, per request.
+    // With ~160 of them the share is within 1 % to 30 % but in one run in a million; the
+    // balancer alone (no route) would give the slower v2 almost nothing.
     let (v1, v2) = (requests("ratings-v1"), requests("ratings-v2"));
     let share = v2 as f64 / (v1 + v2) as f64;
-    assert!(share < 0.3, "ratings-v2 took {v2} of {} requests:\n{summary}", v1 + v2);
+    assert!((0.01..0.3).contains(&share), "ratings-v2 took {v2} of {} requests:\n{summary}", v1 + v2);
     assert!(stdout.contains("Canary: ratings-v2 answered"), "{summary}");
 }
