@@ -1,7 +1,10 @@
 //! `tarmac demo`, the README's main job, run as a user runs it: the bookstore of
 //! examples/bookstore on the `tarmac up` machinery, for a few seconds, with its summary.
 
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tarmac_testkit::tools::{binary, run};
 
 /// The columns of `tarmac stat service` and `tarmac edges` (the demo prints those tables).
@@ -64,4 +67,70 @@ async fn demo_runs_the_bookstore_with_mtls_and_a_canary_and_summarises_golden_me
     let share = v2 as f64 / (v1 + v2) as f64;
     assert!((0.01..0.3).contains(&share), "ratings-v2 took {v2} of {} requests:\n{summary}", v1 + v2);
     assert!(stdout.contains("Canary: ratings-v2 answered"), "{summary}");
+}
+
+/// Still running, and one of the demo's (an app or a sidecar, not a recycled pid).
+fn is_ours_and_alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.split_whitespace().next());
+    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+        .into_owned();
+    state.is_some_and(|s| s != "Z") && cmdline.contains("tarmac")
+}
+
+#[test]
+fn ctrl_c_stops_the_demo_and_everything_it_started_after_a_summary() {
+    let mut child = Command::new(binary("tarmac"))
+        .args(["demo", "--api-port", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tarmac starts");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stdout = child.stdout.take().unwrap();
+    let collected = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            collected.lock().unwrap().push(line);
+        }
+    });
+    let output = || lines.lock().unwrap().join("\n");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !lines.lock().unwrap().iter().any(|l| l.starts_with("Traffic flows")) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no traffic within 90 s:\n{}", output());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pids: Vec<u32> = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.split_once(" started: pid "))
+        .filter_map(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    assert!(pids.len() >= 14, "7 apps and 7 sidecars: {pids:?}\n{}", output());
+
+    // What Ctrl-C in a terminal sends.
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo did not stop within 40 s of SIGINT:\n{}", output());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(status.success(), "exit {status}:\n{}", output());
+    let text = output();
+    assert!(text.contains("Summary of the whole run"), "{text}");
+    assert!(text.lines().any(|l| l.ends_with("| stopped")), "{text}");
+    let left: Vec<u32> = pids.into_iter().filter(|pid| is_ours_and_alive(*pid)).collect();
+    assert!(left.is_empty(), "still running after the demo stopped: {left:?}\n{text}");
 }
