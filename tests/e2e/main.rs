@@ -12,6 +12,7 @@ mod balance;
 mod conformance;
 mod demo;
 mod discovery;
+mod examples;
 mod http;
 mod identity;
 mod lifecycle;

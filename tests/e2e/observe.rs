@@ -96,7 +96,7 @@ fn json_of(output: &Output) -> Value {
 }
 
 /// `tarmac stat RESOURCE -o json` rows.
-fn stat(api: &str, resource: &str, window: &str) -> Vec<Value> {
+pub(crate) fn stat(api: &str, resource: &str, window: &str) -> Vec<Value> {
     let out = tarmac(api, &["stat", resource, "-o", "json", "--window", window], Duration::from_secs(30));
     assert!(out.status.success(), "tarmac stat failed: {}", String::from_utf8_lossy(&out.stderr));
     json_of(&out)["rows"].as_array().cloned().unwrap_or_default()

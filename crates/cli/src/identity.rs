@@ -39,7 +39,7 @@ pub enum Action {
     },
 }
 
-/// A CA made for one run (`tarmac demo`, `tarmac bench`), its files in a work directory:
+/// A CA made for one run (`tarmac bench`), its files in a work directory:
 /// proxies configured with certificate files get mTLS without a control plane.
 pub struct EphemeralCa {
     ca: Ca,

@@ -1,6 +1,6 @@
 //! `tarmac`, the Tarmac command line: how people first meet the mesh and then operate it.
-//! `tarmac demo` runs a complete local mesh (sample services, real `tarmac-proxy`
-//! sidecars and traffic) in one command; `tarmac up DIR` runs a mesh from a directory of
+//! `tarmac demo` runs the sample bookstore of examples/bookstore on a local mesh (real
+//! `tarmac-proxy` sidecars, mTLS, a canary route and traffic) in one command; `tarmac up DIR` runs a mesh from a directory of
 //! YAML; `check`, `stat`, `edges`, `top`, `tap`, `routes` and `prometheus-config` look at
 //! a running mesh through the control plane's API; `tarmac identity` shows or imports the
 //! mesh's CA; `tarmac bench` measures the latency and cost the mesh adds. This file only
@@ -11,6 +11,7 @@ mod demo;
 mod duration;
 mod identity;
 mod observe;
+mod sample;
 mod up;
 mod workdir;
 
@@ -41,6 +42,9 @@ enum Command {
     Tap(observe::tap::TapArgs),
     Routes(observe::routes::RoutesArgs),
     PrometheusConfig(observe::PrometheusConfigArgs),
+    /// One app of the sample bookstore (`tarmac demo`, examples/): started by `tarmac up`.
+    #[command(hide = true)]
+    SampleApp(sample::SampleArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,9 +70,10 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        // `up` has its own exit codes (2: invalid configuration).
+        // `up` and `demo` have their own exit codes (2: invalid configuration).
         Command::Up(args) => return runtime.block_on(up::run(args)),
-        Command::Demo(args) => runtime.block_on(demo::run(args)),
+        Command::Demo(args) => return runtime.block_on(demo::run(args)),
+        Command::SampleApp(args) => runtime.block_on(sample::run(args)),
         Command::Bench(args) => bench::main(args, &runtime),
         Command::Identity(args) => identity::run(args),
         // `check` fails (exit 1) when a check fails, without a second message.

@@ -1,6 +1,6 @@
 //! A small HTTP/1.1 client for local processes: the control plane scraping proxies' admin
 //! endpoints and relaying their tap streams, the CLI calling the control plane's API, the
-//! demo's services calling each other through their sidecars.
+//! sample apps (`tarmac sample-app`) calling each other through their sidecars.
 //!
 //! Built on hyper's connection-level API with a minimal pool of keep-alive connections to
 //! one address. A general-purpose client (DNS, TLS, proxies, many hosts) would be more

@@ -2,8 +2,7 @@
 //! how much a counter grew between two scrapes, and quantiles estimated from histogram
 //! buckets the way PromQL's `histogram_quantile` estimates them.
 //!
-//! Shared by the control plane (which scrapes every proxy for golden metrics) and the CLI
-//! (`tarmac demo`'s summary). Only samples matter: comment lines (`# HELP`, `# TYPE`, `# UNIT`, `# EOF`)
+//! Used by the control plane, which scrapes every proxy for golden metrics. Only samples matter: comment lines (`# HELP`, `# TYPE`, `# UNIT`, `# EOF`)
 //! and sample timestamps are skipped, so both the classic Prometheus format and
 //! OpenMetrics text (which `tarmac-proxy` serves) are read.
 

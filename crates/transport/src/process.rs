@@ -1,5 +1,5 @@
-//! Child processes: the two signal operations std does not offer. `tarmac demo` (and
-//! later `tarmac up`) run sidecars as children and must stop them gracefully, and must not
+//! Child processes: the two signal operations std does not offer. `tarmac up` (and so
+//! `tarmac demo`) runs sidecars as children and must stop them gracefully, and must not
 //! leave them behind if the parent dies hard.
 
 #![allow(unsafe_code)]

@@ -13,11 +13,12 @@
 
 mod netns;
 mod plan;
-mod process;
+pub(crate) mod ports;
+pub(crate) mod process;
 
-use crate::demo::sidecar::{PortAllocator, locate_proxy_binary};
 use crate::workdir::WorkDir;
 use plan::{ReplicaPlan, Upstream};
+use ports::{PortAllocator, locate_proxy_binary};
 use process::{Proc, describe, note};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -97,19 +98,52 @@ enum Failure {
     Other(String),
 }
 
+/// Something run alongside the mesh once every replica has been started (`tarmac demo`'s
+/// traffic and live table): the mesh stops when [`Driver::run`] returns, or on Ctrl-C;
+/// either way [`Driver::finish`] runs next, while the control plane's API still answers.
+pub(crate) trait Driver {
+    /// Runs until done; `api` is the control plane's HTTP API.
+    fn run(&mut self, api: SocketAddr) -> impl Future<Output = ()>;
+    /// The last word before everything stops, e.g. a summary read from the API.
+    fn finish(&mut self, api: SocketAddr) -> impl Future<Output = ()>;
+}
+
+/// `tarmac up` alone: runs until Ctrl-C.
+struct UntilInterrupted;
+
+impl Driver for UntilInterrupted {
+    async fn run(&mut self, _api: SocketAddr) {
+        std::future::pending::<()>().await;
+    }
+    async fn finish(&mut self, _api: SocketAddr) {}
+}
+
 pub async fn run(args: UpArgs) -> ExitCode {
-    match up(args).await {
-        Ok(()) => ExitCode::SUCCESS,
+    exit_code(run_with(args, UntilInterrupted).await)
+}
+
+/// Runs a mesh as `tarmac up` does, with `driver` alongside; Err is what to print and
+/// exit with.
+pub(crate) async fn run_with(args: UpArgs, driver: impl Driver) -> Result<(), (String, ExitCode)> {
+    match up(args, driver).await {
+        Ok(()) => Ok(()),
         Err(Failure::Config(errors)) => {
-            eprintln!("tarmac up: the configuration is invalid; nothing was started:");
+            let mut message = "the configuration is invalid; nothing was started:".to_string();
             for e in errors {
-                eprintln!("  {e}");
+                message.push_str(&format!("\n  {e}"));
             }
-            ExitCode::from(EXIT_INVALID_CONFIG)
+            Err((message, ExitCode::from(EXIT_INVALID_CONFIG)))
         }
-        Err(Failure::Other(message)) => {
+        Err(Failure::Other(message)) => Err((message, ExitCode::FAILURE)),
+    }
+}
+
+fn exit_code(result: Result<(), (String, ExitCode)>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((message, code)) => {
             eprintln!("tarmac up: {message}");
-            ExitCode::FAILURE
+            code
         }
     }
 }
@@ -190,6 +224,11 @@ impl Replica {
             Some(netns) => netns.command(&program, false),
             None => Command::new(program),
         };
+        // Apps find this `tarmac` first on their PATH (`tarmac sample-app`), unless
+        // `spec.env` sets PATH itself.
+        if let Some(path) = path_with_our_directory() {
+            command.env("PATH", path);
+        }
         command.args(&plan.argv[1..]).current_dir(&plan.working_dir).envs(plan::app_env(
             plan,
             self.app,
@@ -200,7 +239,7 @@ impl Replica {
     }
 }
 
-async fn up(args: UpArgs) -> Result<(), Failure> {
+async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
     let dir = std::fs::canonicalize(&args.dir)
         .map_err(|e| Failure::Config(vec![format!("{}: {e}", args.dir.display())]))?;
     let store = FilesStore::open(&dir).map_err(|e| match e {
@@ -327,22 +366,32 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
 
     let mut snapshots = store.snapshots();
     snapshots.borrow_and_update();
-    loop {
-        tokio::select! {
-            _ = interrupt.recv() => {
-                note("interrupted: stopping the apps, then the sidecars, then the control plane");
-                break;
-            }
-            _ = terminate.recv() => {
-                note("terminated: stopping the apps, then the sidecars, then the control plane");
-                break;
-            }
-            Ok(()) = snapshots.changed() => {
-                let snapshot = snapshots.borrow_and_update().clone();
-                mesh.apply(&snapshot, &dir).await;
+    {
+        // Dropped before `finish`, which needs the driver again.
+        let driving = driver.run(api_addr);
+        tokio::pin!(driving);
+        loop {
+            tokio::select! {
+                () = &mut driving => {
+                    note("done: stopping the apps, then the sidecars, then the control plane");
+                    break;
+                }
+                _ = interrupt.recv() => {
+                    note("interrupted: stopping the apps, then the sidecars, then the control plane");
+                    break;
+                }
+                _ = terminate.recv() => {
+                    note("terminated: stopping the apps, then the sidecars, then the control plane");
+                    break;
+                }
+                Ok(()) = snapshots.changed() => {
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    mesh.apply(&snapshot, &dir).await;
+                }
             }
         }
     }
+    driver.finish(api_addr).await;
     watcher.abort();
     scraper.abort();
     let _ = stop_api.send(true);
@@ -372,6 +421,14 @@ async fn up(args: UpArgs) -> Result<(), Failure> {
     }
     note("stopped");
     Ok(())
+}
+
+/// `PATH` with the directory of this executable first.
+fn path_with_our_directory() -> Option<std::ffi::OsString> {
+    let here = std::env::current_exe().ok()?;
+    let ours = here.parent()?.to_path_buf();
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(ours).chain(std::env::split_paths(&rest))).ok()
 }
 
 /// Binds the API listener; a taken default port falls back to a free one.
@@ -440,7 +497,7 @@ impl Mesh {
     /// Chooses ports for `plans`, writes their sidecars' configurations and starts them.
     fn start(&mut self, plans: Vec<ReplicaPlan>, snapshot: &Snapshot) -> Result<(), String> {
         // Ports are held until the sidecars are about to bind them.
-        let mut ports = PortAllocator::new(0);
+        let mut ports = PortAllocator::default();
         let mut replicas = Vec::new();
         for plan in plans {
             process::widen_prefix(plan.name().len() + " proxy".len());

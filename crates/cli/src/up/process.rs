@@ -6,7 +6,7 @@
 
 use std::io::Write as _;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
@@ -14,6 +14,15 @@ use tokio::sync::{mpsc, watch};
 
 /// Width the prefixes are padded to, so that the `|` line up.
 static PREFIX_WIDTH: AtomicUsize = AtomicUsize::new(6);
+
+/// When set, the children's own output is read and dropped (`tarmac demo` shows its
+/// table instead; `--verbose` shows everything).
+static CHILDREN_QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Drops the children's output from now on.
+pub fn quiet_children() {
+    CHILDREN_QUIET.store(true, Ordering::Relaxed);
+}
 
 /// Makes room for a prefix of `width` characters (never narrows).
 pub fn widen_prefix(width: usize) {
@@ -119,6 +128,7 @@ async fn forward_lines(stream: impl AsyncRead + Unpin, prefix: String) {
         line.clear();
         match reader.read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => return,
+            Ok(_) if CHILDREN_QUIET.load(Ordering::Relaxed) => {}
             Ok(_) => {
                 let text = String::from_utf8_lossy(&line);
                 say(&prefix, text.trim_end_matches(['\n', '\r']));
