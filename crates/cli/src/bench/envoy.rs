@@ -87,7 +87,8 @@ impl Tls<'_> {
     fn context(&self, indent: &str) -> String {
         [
             "common_tls_context:".to_string(),
-            "  tls_params: {tls_minimum_protocol_version: TLSv1_3}".to_string(),
+            // Both bounds: an upstream context's maximum defaults to TLS 1.2.
+            "  tls_params: {tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}".to_string(),
             "  alpn_protocols: [h2]".to_string(),
             format!("  tls_certificates: [{{certificate_chain: {{filename: \"{}\"}}, private_key: {{filename: \"{}\"}}}}]", self.cert, self.key),
             "  validation_context:".to_string(),
@@ -205,6 +206,7 @@ mod tests {
         let yaml = config(addr(9901), addr(10000), addr(8080), true, Some(&tls), Some(&tls));
         assert!(yaml.contains("DownstreamTlsContext") && yaml.contains("UpstreamTlsContext"), "{yaml}");
         assert!(yaml.contains("exact: \"spiffe://cluster.local/ns/default/sa/s\""), "{yaml}");
+        assert_eq!(yaml.matches("tls_maximum_protocol_version: TLSv1_3").count(), 2, "{yaml}");
         assert!(args(std::path::Path::new("/tmp/e.yaml")).windows(2).any(|w| w == ["--concurrency", "1"]));
     }
 
