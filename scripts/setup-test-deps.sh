@@ -3,7 +3,8 @@
 #
 # - Debian packages: iptables, curl, redis-server, redis-tools, prometheus
 #   (promtool, and the server the telemetry tests start), iproute2, util-linux
-#   (setpriv), procps, chromium (headless, for the dashboard test).
+#   (setpriv), procps, chromium (headless, for the dashboard test), openssl
+#   (the independent TLS peer of the identity tests: verify, s_client).
 # - Python packages for python3: grpcio, websockets (test peers).
 # - Makes sure the iptables backend works inside a fresh network namespace,
 #   switching between iptables-legacy and iptables-nft if needed.
@@ -19,7 +20,7 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-APT_PACKAGES=(iptables curl redis-server redis-tools prometheus iproute2 util-linux procps chromium)
+APT_PACKAGES=(iptables curl redis-server redis-tools prometheus iproute2 util-linux procps chromium openssl)
 # Commands each package must provide; used together with dpkg status.
 declare -A PKG_CMD=(
     [iptables]=iptables
@@ -31,6 +32,7 @@ declare -A PKG_CMD=(
     [util-linux]=setpriv
     [procps]=ps
     [chromium]=chromium
+    [openssl]=openssl
 )
 
 pkg_installed() {
