@@ -115,9 +115,34 @@ pub struct BenchArgs {
     /// connections and 10 to 1000 configured services).
     #[arg(long)]
     pub skip_costs: bool,
+    /// --suite: only these routes (comma-separated, as named in the JSON: tarmac_one_hop,
+    /// envoy_two_hops_mtls, ...); `direct`, the baseline, always runs.
+    #[arg(long, value_name = "ROUTES", value_delimiter = ',')]
+    pub routes: Vec<Route>,
+    /// --suite: only these loads (comma-separated request rates, and `max` for maximum
+    /// throughput); the default is 1000,5000,max.
+    #[arg(long, value_name = "LOADS", value_delimiter = ',', value_parser = parse_suite_load)]
+    pub loads: Vec<SuiteLoad>,
     /// Internal: serve as the suite's upstream on this address.
     #[arg(long, value_name = "ADDR", hide = true)]
     pub serve_upstream: Option<SocketAddr>,
+}
+
+/// One load of the suite: an open-loop request rate, or maximum throughput.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuiteLoad {
+    Rate(u32),
+    Max,
+}
+
+fn parse_suite_load(text: &str) -> Result<SuiteLoad, String> {
+    match text.trim() {
+        "max" => Ok(SuiteLoad::Max),
+        rate => match rate.parse::<u32>() {
+            Ok(rate) if rate > 0 => Ok(SuiteLoad::Rate(rate)),
+            _ => Err(format!("`{rate}` is neither a request rate (a positive whole number) nor `max`")),
+        },
+    }
 }
 
 /// The JSON report: settings, every phase, the summaries and the bar.
@@ -296,7 +321,8 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     upstream.wait_ready(&Readiness::Accepts(upstream_addr), Duration::from_secs(10)).await?;
 
     let mut routes: Vec<Running> = Vec::new();
-    for route in SUITE_ROUTES {
+    let chosen = |route: &Route| args.routes.is_empty() || *route == Route::Direct || args.routes.contains(route);
+    for route in SUITE_ROUTES.into_iter().filter(chosen) {
         if route.proxy() == Some(topology::ProxyKind::Envoy) && binaries.envoy.is_none() {
             continue;
         }
@@ -306,21 +332,35 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = idle_rss(&routes);
 
-    let mut loads: Vec<LoadSpec> = SUITE_RATES
+    let suite_loads = if args.loads.is_empty() {
+        SUITE_RATES.iter().map(|&rate| SuiteLoad::Rate(rate)).chain([SuiteLoad::Max]).collect()
+    } else {
+        args.loads.clone()
+    };
+    let rates: Vec<u32> = suite_loads
         .iter()
-        .map(|&rate| LoadSpec {
-            name: format!("{rate} req/s"),
-            load: Load::OpenLoop { rate_per_second: f64::from(rate) },
-            connections: SUITE_LATENCY_CONNECTIONS,
-            realtime: true,
+        .filter_map(|load| match load {
+            SuiteLoad::Rate(rate) => Some(*rate),
+            SuiteLoad::Max => None,
         })
         .collect();
-    loads.push(LoadSpec {
-        name: MAX_LOAD.to_string(),
-        load: Load::ClosedLoop { in_flight_per_connection: 1 },
-        connections: SUITE_MAX_CONNECTIONS,
-        realtime: false,
-    });
+    let loads: Vec<LoadSpec> = suite_loads
+        .iter()
+        .map(|load| match load {
+            SuiteLoad::Rate(rate) => LoadSpec {
+                name: format!("{rate} req/s"),
+                load: Load::OpenLoop { rate_per_second: f64::from(*rate) },
+                connections: SUITE_LATENCY_CONNECTIONS,
+                realtime: true,
+            },
+            SuiteLoad::Max => LoadSpec {
+                name: MAX_LOAD.to_string(),
+                load: Load::ClosedLoop { in_flight_per_connection: 1 },
+                connections: SUITE_MAX_CONNECTIONS,
+                realtime: false,
+            },
+        })
+        .collect();
     let settings = Settings {
         protocol: args.protocol,
         phase_duration,
@@ -378,7 +418,7 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
         "{}, {} rounds of {:?}, medians; added = route − direct in the same round",
         args.protocol, rounds, phase_duration
     );
-    for rate in SUITE_RATES {
+    for rate in &rates {
         let load = format!("{rate} req/s");
         println!(
             "{}",
@@ -389,14 +429,16 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
             )
         );
     }
-    println!(
-        "{}",
-        report::throughput_table(
-            &summaries,
-            MAX_LOAD,
-            &format!("max throughput, closed loop over {SUITE_MAX_CONNECTIONS} connections, {conditions}")
-        )
-    );
+    if suite_loads.contains(&SuiteLoad::Max) {
+        println!(
+            "{}",
+            report::throughput_table(
+                &summaries,
+                MAX_LOAD,
+                &format!("max throughput, closed loop over {SUITE_MAX_CONNECTIONS} connections, {conditions}")
+            )
+        );
+    }
     if let Some(message) = &envoy_missing {
         println!("Envoy rows are missing: {message}\n");
     }

@@ -12,8 +12,9 @@ use std::time::Duration;
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One way from the load generator to the upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum Route {
     /// Straight to the upstream: the baseline.
     Direct,

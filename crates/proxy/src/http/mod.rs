@@ -99,6 +99,11 @@ impl HttpBody for Body {
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus any the
 /// `Connection` header names. `te: trailers` survives: gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the names (compared as known
+    // headers, without hashing) is cheaper than a hashed lookup per name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(connection) = headers.get(header::CONNECTION) {
         let named: Vec<HeaderName> = connection
             .to_str()
@@ -116,8 +121,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(header::CONNECTION);
         }
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
     headers.remove(header::TRANSFER_ENCODING);
     if !keep_upgrade {
         headers.remove(header::UPGRADE);
@@ -133,6 +138,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(header::TE);
         }
     }
+}
+
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The names [`strip_hop_by_hop`] may act on (`Connection` may name others).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [header::CONNECTION, header::TE, header::TRANSFER_ENCODING, header::UPGRADE, KEEP_ALIVE, PROXY_CONNECTION]
+        .contains(name)
 }
 
 /// True for gRPC requests, which want errors as `grpc-status` rather than HTTP codes.
