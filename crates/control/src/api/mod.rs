@@ -15,6 +15,7 @@
 
 pub mod check;
 mod dashboard;
+pub mod route_status;
 
 use crate::discovery::server::Subscriptions;
 use crate::http_client::HttpClient;
