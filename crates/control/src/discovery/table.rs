@@ -210,7 +210,7 @@ pub fn describe(s: &MatchSummary, grpc: bool) -> String {
             "PathPrefix" => parts.push(format!("gRPC {}/*", s.path.trim_matches('/'))),
             _ => parts.push(format!("gRPC path ~ {}", s.path)),
         }
-    } else if !every_path || (s.headers.is_empty() && s.query_params.is_empty() && s.method.is_none()) {
+    } else if !every_path {
         parts.push(format!("{} {}", s.path_type, s.path));
     }
     let value = |kind: &str, v: &ValueSummary| {
