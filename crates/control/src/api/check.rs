@@ -296,7 +296,9 @@ fn routes_check(routes: &[RouteStatus]) -> Check {
         conditions.iter().filter(|c| c.severity == "error").map(|c| c.route.as_str()).collect();
     let warnings = conditions.iter().filter(|c| c.severity == "warning").count();
     let plural = |n: usize| if n == 1 { "" } else { "s" };
-    let mut detail = if failing.is_empty() {
+    let mut detail = if routes.is_empty() {
+        "no HTTPRoute or GRPCRoute in force".to_string()
+    } else if failing.is_empty() {
         format!(
             "{} route{} accepted by their parents, every reference resolved",
             routes.len(),
@@ -427,6 +429,47 @@ spec: {command: [x], port: 8080, replicas: 2}
             assert!(!workload.ok && workload.detail.contains(expected), "{expected}: {workload:?}");
             assert!(workload.hint.as_deref().unwrap_or("").contains("control plane"), "{workload:?}");
         }
+    }
+
+    #[test]
+    fn unresolved_routes_fail_and_shadowed_rules_only_warn() {
+        let route = |name: &str, backend: &str| {
+            format!(
+                "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: names, port: 80}}]\n  rules:\n  - matches: [{{path: {{value: /a}}}}]\n    backendRefs: [{{name: {backend}, port: 80}}]\n"
+            )
+        };
+        let with = |routes: &str| {
+            let objects = tarmac_model::parse_documents("t.yaml", &format!("{CONFIG}{routes}"))
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.key(), r))
+                .collect();
+            let snapshot = Snapshot { generation: 4, objects };
+            report(
+                &Status::default(),
+                &snapshot,
+                &[instance(0), instance(1)],
+                &[true, true],
+                &[None, None],
+                &[stream(1, 4), stream(2, 4)],
+            )
+        };
+        let shadowed = with(&format!("{}{}", route("a", "names"), route("b", "names")));
+        assert!(shadowed.ok, "a shadowed rule is a warning: {shadowed:#?}");
+        let routes = shadowed.checks.iter().find(|c| c.name == "routes").unwrap();
+        assert_eq!(routes.conditions.len(), 1);
+        assert_eq!((routes.conditions[0].reason, routes.conditions[0].severity), ("Shadowed", "warning"));
+        assert!(routes.detail.ends_with("1 warning"), "{routes:?}");
+
+        let missing = with(&route("a", "nobody"));
+        assert!(!missing.ok);
+        let routes = missing.checks.iter().find(|c| c.name == "routes").unwrap();
+        let c = &routes.conditions[0];
+        assert_eq!(
+            (c.route.as_str(), c.parent.as_str(), c.reason),
+            ("HTTPRoute default/a", "Service default/names port 80", "BackendNotFound")
+        );
+        assert!(routes.hint.is_some() && missing.routes.len() == 1);
     }
 
     #[test]
