@@ -187,6 +187,13 @@ fn routes_shows_the_rule_each_request_takes_and_check_reports_route_conditions()
     let out = tarmac(&api, &["routes", "shop-v1", "--path", "/anything"], CLI_TIMEOUT);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("→ the Service's endpoints: no route applies"), "{text}");
+    let out = tarmac(&api, &["routes", "shop-v1"], CLI_TIMEOUT);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Service default/shop-v1 port 80 for callers in namespace default: no HTTPRoute or GRPCRoute applies")
+            && text.contains("*. every request → the Service's endpoints: no route applies"),
+        "{text}"
+    );
 
     // A route to a missing backend and a route to a missing parent: check fails naming
     // route, parent and reason; the valid routes still serve.

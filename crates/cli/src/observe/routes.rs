@@ -110,15 +110,17 @@ pub async fn routes(args: RoutesArgs) -> Result<(), String> {
         return Ok(());
     }
     for port in &ports {
-        println!(
-            "Service {ns}/{service} port {} for {whose}: {}, in the order proxies try them",
-            port["port"],
-            if port["table"].as_array().is_some_and(|t| !t.is_empty()) {
-                which.as_str()
-            } else {
-                "no routes"
-            }
-        );
+        if port["table"].as_array().is_some_and(|t| !t.is_empty()) {
+            println!(
+                "Service {ns}/{service} port {} for {whose}: {which}, in the order proxies try them",
+                port["port"]
+            );
+        } else {
+            println!(
+                "Service {ns}/{service} port {} for {whose}: no HTTPRoute or GRPCRoute applies",
+                port["port"]
+            );
+        }
         let table = port["table"].as_array().cloned().unwrap_or_default();
         let width =
             table.iter().map(|e| e["request"].as_str().unwrap_or("").chars().count()).max().unwrap_or(0);
@@ -133,7 +135,8 @@ pub async fn routes(args: RoutesArgs) -> Result<(), String> {
                 entry["destination"].as_str().unwrap_or("")
             );
         }
-        println!("   *. {:<width$} → {}", "every other request", port["otherwise"].as_str().unwrap_or(""));
+        let every = if table.is_empty() { "every request" } else { "every other request" };
+        println!("   *. {every:<width$} → {}", port["otherwise"].as_str().unwrap_or(""));
         if let Some(e) = port["error"].as_str() {
             println!("  the routes do not compile: {e}");
         }
