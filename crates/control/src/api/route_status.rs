@@ -453,6 +453,28 @@ spec: {selector: {app: shop}, ports: [{port: 80}]}
     }
 
     #[test]
+    fn the_examples_routes_are_accepted_with_every_reference_resolved_and_nothing_shadowed() {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        for dir in std::fs::read_dir(&examples).unwrap() {
+            let dir = dir.unwrap().path();
+            let mut objects = BTreeMap::new();
+            for file in std::fs::read_dir(&dir).unwrap() {
+                let file = file.unwrap().path();
+                if file.extension().is_some_and(|e| e == "yaml") {
+                    let text = std::fs::read_to_string(&file).unwrap();
+                    for r in tarmac_model::parse_documents(&file.display().to_string(), &text).unwrap() {
+                        objects.insert(r.key(), r);
+                    }
+                }
+            }
+            let statuses = statuses(&Snapshot { generation: 1, objects });
+            let attention: Vec<_> =
+                statuses.iter().flat_map(|r| r.conditions()).filter(|(_, c)| c.severity != "ok").collect();
+            assert!(attention.is_empty(), "{}: {attention:#?}", dir.display());
+        }
+    }
+
+    #[test]
     fn identical_matches_shadow_the_later_rule_and_name_the_winner() {
         let a = "  - name: api\n    matches: [{path: {value: /api}, headers: [{name: X-A, value: '1'}]}]\n  - name: again\n    matches: [{path: {value: /api/}, headers: [{name: x-a, value: '1'}]}, {path: {value: /other}}]\n";
         let b = "  - name: late\n    matches: [{path: {value: /api}, headers: [{name: x-a, value: '1'}]}]\n  - name: fine\n    matches: [{path: {value: /api}, headers: [{name: x-a, value: '2'}]}]\n";
