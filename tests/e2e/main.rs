@@ -4,7 +4,8 @@
 //! `limits`, `routes`), the Gateway API mesh conformance runner over the shared cases
 //! (`conformance`), real external peers (`peers`: grpcio, WebSocket, curl; redis in `tcp`;
 //! Prometheus' promtool in `limits`), processes and signals (`lifecycle`, `demo`, `up`),
-//! telemetry with a real Prometheus and headless Chromium (`observe`), and
+//! telemetry with a real Prometheus and headless Chromium (`observe`), `tarmac routes`
+//! and the route checks of `tarmac check` against traffic through a mesh (`routes_cli`), and
 //! root-only network namespaces with iptables (`netns`, `transparent`), which fail rather than skip in
 //! CI when not root.
 
@@ -21,6 +22,7 @@ mod netns;
 mod observe;
 mod peers;
 mod routes;
+mod routes_cli;
 mod tcp;
 mod transparent;
 mod up;

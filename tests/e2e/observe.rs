@@ -65,7 +65,7 @@ fn get(addr: SocketAddr, path: &str) -> Result<u16, String> {
 }
 
 /// Runs `tarmac ARGS --control API` to completion, killed if it outlives `timeout`.
-fn tarmac(api: &str, args: &[&str], timeout: Duration) -> Output {
+pub(crate) fn tarmac(api: &str, args: &[&str], timeout: Duration) -> Output {
     let mut child = Command::new(binary("tarmac"))
         .args(args)
         .args(["--control", api])
@@ -85,7 +85,7 @@ fn tarmac(api: &str, args: &[&str], timeout: Duration) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn json_of(output: &Output) -> Value {
+pub(crate) fn json_of(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
         panic!(
             "not JSON ({e}):\n{}\n{}",
@@ -132,7 +132,7 @@ fn snapshot_counts(api: &str) -> Vec<(u64, u64)> {
 
 /// Waits (bounded) until `tarmac check` passes (`want_ok`) or fails with `mentions` in
 /// its output; returns that output.
-fn wait_for_check(api: &str, want_ok: bool, mentions: &str, up: &Up) -> Output {
+pub(crate) fn wait_for_check(api: &str, want_ok: bool, mentions: &str, up: &Up) -> Output {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = tarmac(api, &["check"], Duration::from_secs(30));

@@ -1,6 +1,8 @@
 //! `tarmac check`: is the control plane up, is the configuration valid, are the proxies
-//! ready, connected and following the configuration in force; advice for what is not.
-//! Exits non-zero when anything is wrong, so that scripts can wait on it.
+//! ready, connected and following the configuration in force, and whether every route is
+//! accepted by its parent with its references resolved; advice for what is not. Exits
+//! non-zero when anything is wrong, so that scripts can wait on it; shadowed route rules
+//! are printed as warnings and do not fail it.
 
 use super::{ControlArgs, Output, print_json};
 use serde_json::json;
@@ -48,6 +50,18 @@ pub async fn check(args: CheckArgs) -> Result<bool, String> {
         );
         for error in check["errors"].as_array().into_iter().flatten() {
             println!("    {}", error["text"].as_str().unwrap_or(""));
+        }
+        for c in check["conditions"].as_array().into_iter().flatten() {
+            println!(
+                "    {} {} ({}): {} {} {}: {}",
+                if c["severity"] == "error" { "×" } else { "! warning:" },
+                c["route"].as_str().unwrap_or(""),
+                c["parent"].as_str().unwrap_or(""),
+                c["type"].as_str().unwrap_or(""),
+                c["status"].as_str().unwrap_or(""),
+                c["reason"].as_str().unwrap_or(""),
+                c["message"].as_str().unwrap_or("")
+            );
         }
         if let Some(hint) = check["hint"].as_str().filter(|h| !h.is_empty() && !passed) {
             println!("    hint: {hint}");

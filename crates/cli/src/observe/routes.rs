@@ -1,5 +1,8 @@
-//! `tarmac routes SERVICE`: the HTTPRoutes and GRPCRoutes attached to a Service, rule by
-//! rule, as the configuration in force holds them.
+//! `tarmac routes SERVICE`: which route and rule each kind of request to a Service takes,
+//! in the order proxies try them, for callers in a given namespace; with `--path` (and
+//! `--method`, `-H`, `--query`), the rule one request takes. The control plane compiles
+//! the table with the proxy's own matching code; then the routes attached to the
+//! Service as configured, and any condition of theirs that needs attention.
 
 use super::{ControlArgs, Output, print_json, query};
 use serde_json::Value;
@@ -12,6 +15,25 @@ pub struct RoutesArgs {
     /// The Service's namespace (default: `default`).
     #[arg(short, long)]
     pub namespace: Option<String>,
+    /// The caller: `NAMESPACE` or `NAMESPACE/WORKLOAD` (consumer routes apply only to
+    /// callers in their namespace; default: the Service's namespace).
+    #[arg(long, value_name = "NAMESPACE[/WORKLOAD]")]
+    pub from: Option<String>,
+    /// Only this port of the Service.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Test one request: its path (and query), e.g. `/api/books?page=2`.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// The test request's method (default GET).
+    #[arg(long, requires = "path")]
+    pub method: Option<String>,
+    /// A header of the test request, `NAME:VALUE` (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "NAME:VALUE", requires = "path")]
+    pub headers: Vec<String>,
+    /// A query parameter of the test request, `KEY=VALUE` (repeatable).
+    #[arg(long = "query", value_name = "KEY=VALUE", requires = "path")]
+    pub query: Vec<String>,
     /// `table` for people, `json` for scripts.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: Output,
@@ -24,13 +46,24 @@ pub async fn routes(args: RoutesArgs) -> Result<(), String> {
         Some((ns, name)) => (Some(ns.to_string()), name.to_string()),
         None => (args.namespace.clone(), args.service.clone()),
     };
-    let answer = args
-        .control
-        .get_json(&format!(
-            "/api/v1/routes?{}",
-            query(&[("service", Some(service.clone())), ("namespace", namespace)])
-        ))
-        .await?;
+    let mut pairs = vec![
+        ("service", Some(service.clone())),
+        ("namespace", namespace),
+        ("from", args.from.clone()),
+        ("path", args.path.clone()),
+        ("method", args.method.clone()),
+    ];
+    pairs.extend(args.headers.iter().map(|h| ("header", Some(h.clone()))));
+    pairs.extend(args.query.iter().map(|q| ("query", Some(q.clone()))));
+    let mut answer = args.control.get_json(&format!("/api/v1/routes?{}", query(&pairs))).await?;
+    if let Some(port) = args.port
+        && let Some(ports) = answer["ports"].as_array_mut()
+    {
+        ports.retain(|p| p["port"].as_u64() == Some(u64::from(port)));
+        if ports.is_empty() {
+            return Err(format!("Service {service} has no port {port}"));
+        }
+    }
     if args.output == Output::Json {
         print_json(&answer);
         return Ok(());
@@ -38,15 +71,103 @@ pub async fn routes(args: RoutesArgs) -> Result<(), String> {
     let ns = answer["namespace"].as_str().unwrap_or("default");
     if !answer["service_exists"].as_bool().unwrap_or(false) {
         println!("There is no Service {ns}/{service} in the configuration in force.");
+        return Ok(());
+    }
+    let caller = answer["caller_namespace"].as_str().unwrap_or(ns);
+    let whose = match answer["caller_workload"].as_str() {
+        Some(w) => format!("workload {caller}/{w} (and every caller in namespace {caller})"),
+        None => format!("callers in namespace {caller}"),
+    };
+    let which = if answer["consumer_routes"].as_bool().unwrap_or(false) {
+        format!("the consumer routes of namespace {caller}")
+    } else {
+        format!("the producer routes of namespace {ns}")
+    };
+    let ports = answer["ports"].as_array().cloned().unwrap_or_default();
+    if args.path.is_some() {
+        for port in &ports {
+            let request = &port["request"];
+            println!(
+                "{} to Service {ns}/{service} port {} from {whose}:",
+                request["request"].as_str().unwrap_or(""),
+                port["port"]
+            );
+            match request["entry"].as_u64() {
+                Some(i) => {
+                    let entry = &port["table"][i as usize];
+                    println!("  takes match {} ({})", i + 1, entry["request"].as_str().unwrap_or(""));
+                    println!(
+                        "  → {} {} {}",
+                        entry["kind"].as_str().unwrap_or(""),
+                        entry["route"].as_str().unwrap_or(""),
+                        rule_of(entry)
+                    );
+                    println!("  → {}", entry["destination"].as_str().unwrap_or(""));
+                }
+                None => println!("  → {}", port["otherwise"].as_str().unwrap_or("")),
+            }
+        }
+        return Ok(());
+    }
+    for port in &ports {
+        if port["table"].as_array().is_some_and(|t| !t.is_empty()) {
+            println!(
+                "Service {ns}/{service} port {} for {whose}: {which}, in the order proxies try them",
+                port["port"]
+            );
+        } else {
+            println!(
+                "Service {ns}/{service} port {} for {whose}: no HTTPRoute or GRPCRoute applies",
+                port["port"]
+            );
+        }
+        let table = port["table"].as_array().cloned().unwrap_or_default();
+        let width =
+            table.iter().map(|e| e["request"].as_str().unwrap_or("").chars().count()).max().unwrap_or(0);
+        for (i, entry) in table.iter().enumerate() {
+            println!(
+                "  {:>2}. {:<width$} → {} {} {} → {}",
+                i + 1,
+                entry["request"].as_str().unwrap_or(""),
+                entry["kind"].as_str().unwrap_or(""),
+                entry["route"].as_str().unwrap_or(""),
+                rule_of(entry),
+                entry["destination"].as_str().unwrap_or("")
+            );
+        }
+        let every = if table.is_empty() { "every request" } else { "every other request" };
+        println!("   *. {every:<width$} → {}", port["otherwise"].as_str().unwrap_or(""));
+        if let Some(e) = port["error"].as_str() {
+            println!("  the routes do not compile: {e}");
+        }
+    }
+    for status in answer["conditions"].as_array().into_iter().flatten() {
+        for parent in status["parents"].as_array().into_iter().flatten() {
+            for c in parent["conditions"].as_array().into_iter().flatten() {
+                if c["severity"] == "ok" {
+                    continue;
+                }
+                println!(
+                    "{} {} {}/{} ({}): {} {} {}: {}",
+                    if c["severity"] == "error" { "×" } else { "!" },
+                    status["kind"].as_str().unwrap_or(""),
+                    status["namespace"].as_str().unwrap_or(""),
+                    status["name"].as_str().unwrap_or(""),
+                    parent["parent"].as_str().unwrap_or(""),
+                    c["type"].as_str().unwrap_or(""),
+                    c["status"].as_str().unwrap_or(""),
+                    c["reason"].as_str().unwrap_or(""),
+                    c["message"].as_str().unwrap_or("")
+                );
+            }
+        }
     }
     let routes = answer["routes"].as_array().cloned().unwrap_or_default();
     if routes.is_empty() {
-        println!(
-            "No HTTPRoute or GRPCRoute is attached to Service {ns}/{service}: every request goes to its endpoints \
-             (the default route)."
-        );
         return Ok(());
     }
+    println!();
+    println!("Routes attached to Service {ns}/{service}, as configured:");
     for route in &routes {
         print!(
             "{} {}/{}",
@@ -82,6 +203,14 @@ pub async fn routes(args: RoutesArgs) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `rule canary` or `rule #2` (unnamed rules by their index).
+fn rule_of(entry: &Value) -> String {
+    match entry["rule"].as_str() {
+        Some(name) => format!("rule {name}"),
+        None => format!("rule #{}", entry["rule_index"].as_u64().unwrap_or(0)),
+    }
 }
 
 /// Each match in a few words: `PathPrefix /api, header x-canary=1, GET`.

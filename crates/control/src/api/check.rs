@@ -2,6 +2,7 @@
 //! are their proxies ready, connected to discovery and following the configuration in
 //! force. Each check says what is wrong and what to do about it.
 
+use super::route_status::{self, RouteStatus};
 use crate::discovery::server::Subscription;
 use crate::registry::Instance;
 use crate::store::{Snapshot, Status};
@@ -17,6 +18,8 @@ pub struct CheckReport {
     pub generation: u64,
     pub checks: Vec<Check>,
     pub proxies: Vec<ProxyState>,
+    /// Every HTTPRoute and GRPCRoute in force with its conditions per parentRef.
+    pub routes: Vec<RouteStatus>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -30,6 +33,26 @@ pub struct Check {
     /// Configuration errors, each naming file, line, object and field.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<ConfigError>,
+    /// Route conditions that are not as they should be: errors fail the check, warnings
+    /// do not.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<RouteCondition>,
+}
+
+/// A route condition that needs attention, for `tarmac check`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteCondition {
+    /// `HTTPRoute NAMESPACE/NAME`.
+    pub route: String,
+    /// `Service NAMESPACE/NAME port N`.
+    pub parent: String,
+    #[serde(rename = "type")]
+    pub condition_type: &'static str,
+    pub status: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+    /// `error` or `warning`.
+    pub severity: &'static str,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -97,6 +120,7 @@ pub fn report(
         detail: format!("running; configuration generation {} in force", snapshot.generation),
         hint: None,
         errors: Vec::new(),
+        conditions: Vec::new(),
     }];
 
     let errors: Vec<ConfigError> = status
@@ -118,6 +142,7 @@ pub fn report(
             detail: format!("valid ({} objects)", snapshot.objects.len()),
             hint: None,
             errors,
+            conditions: Vec::new(),
         }
     } else {
         Check {
@@ -131,6 +156,7 @@ pub fn report(
             ),
             hint: Some("fix the files named below (or remove them); the change applies as soon as it validates".into()),
             errors,
+            conditions: Vec::new(),
         }
     });
 
@@ -217,11 +243,22 @@ pub fn report(
                 ),
                 hint: None,
                 errors: Vec::new(),
+        conditions: Vec::new(),
             }
         } else {
-            Check { name, ok: false, detail: problems.join("; "), hint: Some(hints.join("; ")), errors: Vec::new() }
+            Check {
+                name,
+                ok: false,
+                detail: problems.join("; "),
+                hint: Some(hints.join("; ")),
+                errors: Vec::new(),
+                conditions: Vec::new(),
+            }
         });
     }
+
+    let routes = route_status::statuses(snapshot);
+    checks.push(routes_check(&routes));
 
     let proxies = instances
         .iter()
@@ -235,7 +272,59 @@ pub fn report(
             identity: identities.get(n).cloned().flatten(),
         })
         .collect();
-    CheckReport { ok: checks.iter().all(|c| c.ok), generation: snapshot.generation, checks, proxies }
+    CheckReport { ok: checks.iter().all(|c| c.ok), generation: snapshot.generation, checks, proxies, routes }
+}
+
+/// Fails when a route is not Accepted or has unresolved references; shadowed rules are
+/// warnings: the route works, deterministically, but part of it is never used.
+fn routes_check(routes: &[RouteStatus]) -> Check {
+    let conditions: Vec<RouteCondition> = routes
+        .iter()
+        .flat_map(|r| {
+            r.conditions().filter(|(_, c)| c.severity != "ok").map(|(p, c)| RouteCondition {
+                route: format!("{} {}/{}", r.kind, r.namespace, r.name),
+                parent: p.parent.clone(),
+                condition_type: c.condition_type,
+                status: c.status,
+                reason: c.reason,
+                message: c.message.clone(),
+                severity: c.severity,
+            })
+        })
+        .collect();
+    let failing: BTreeSet<&str> =
+        conditions.iter().filter(|c| c.severity == "error").map(|c| c.route.as_str()).collect();
+    let warnings = conditions.iter().filter(|c| c.severity == "warning").count();
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let mut detail = if routes.is_empty() {
+        "no HTTPRoute or GRPCRoute in force".to_string()
+    } else if failing.is_empty() {
+        format!(
+            "{} route{} accepted by their parents, every reference resolved",
+            routes.len(),
+            plural(routes.len())
+        )
+    } else {
+        format!(
+            "{} of {} route{} not accepted or with unresolved references; the rest of the mesh serves",
+            failing.len(),
+            routes.len(),
+            plural(routes.len())
+        )
+    };
+    if warnings > 0 {
+        detail.push_str(&format!("; {warnings} warning{}", plural(warnings)));
+    }
+    Check {
+        name: "routes".into(),
+        ok: failing.is_empty(),
+        detail,
+        hint: (!failing.is_empty()).then(|| {
+            "fix the parentRefs or backendRefs named below; requests to a missing backend get 500 meanwhile".into()
+        }),
+        errors: Vec::new(),
+        conditions,
+    }
 }
 
 #[cfg(test)]
@@ -340,6 +429,47 @@ spec: {command: [x], port: 8080, replicas: 2}
             assert!(!workload.ok && workload.detail.contains(expected), "{expected}: {workload:?}");
             assert!(workload.hint.as_deref().unwrap_or("").contains("control plane"), "{workload:?}");
         }
+    }
+
+    #[test]
+    fn unresolved_routes_fail_and_shadowed_rules_only_warn() {
+        let route = |name: &str, backend: &str| {
+            format!(
+                "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: names, port: 80}}]\n  rules:\n  - matches: [{{path: {{value: /a}}}}]\n    backendRefs: [{{name: {backend}, port: 80}}]\n"
+            )
+        };
+        let with = |routes: &str| {
+            let objects = tarmac_model::parse_documents("t.yaml", &format!("{CONFIG}{routes}"))
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.key(), r))
+                .collect();
+            let snapshot = Snapshot { generation: 4, objects };
+            report(
+                &Status::default(),
+                &snapshot,
+                &[instance(0), instance(1)],
+                &[true, true],
+                &[None, None],
+                &[stream(1, 4), stream(2, 4)],
+            )
+        };
+        let shadowed = with(&format!("{}{}", route("a", "names"), route("b", "names")));
+        assert!(shadowed.ok, "a shadowed rule is a warning: {shadowed:#?}");
+        let routes = shadowed.checks.iter().find(|c| c.name == "routes").unwrap();
+        assert_eq!(routes.conditions.len(), 1);
+        assert_eq!((routes.conditions[0].reason, routes.conditions[0].severity), ("Shadowed", "warning"));
+        assert!(routes.detail.ends_with("1 warning"), "{routes:?}");
+
+        let missing = with(&route("a", "nobody"));
+        assert!(!missing.ok);
+        let routes = missing.checks.iter().find(|c| c.name == "routes").unwrap();
+        let c = &routes.conditions[0];
+        assert_eq!(
+            (c.route.as_str(), c.parent.as_str(), c.reason),
+            ("HTTPRoute default/a", "Service default/names port 80", "BackendNotFound")
+        );
+        assert!(routes.hint.is_some() && missing.routes.len() == 1);
     }
 
     #[test]

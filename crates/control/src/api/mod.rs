@@ -8,13 +8,14 @@
 //! | `GET /api/v1/edges` | who calls whom, with golden metrics |
 //! | `GET /api/v1/top` | most requested paths over a short tap |
 //! | `GET /api/v1/tap` | live request events (NDJSON) |
-//! | `GET /api/v1/check` | configuration, replicas, proxies, discovery |
-//! | `GET /api/v1/routes` | the HTTPRoutes and GRPCRoutes attached to a Service |
+//! | `GET /api/v1/check` | configuration, route status, replicas, proxies, discovery |
+//! | `GET /api/v1/routes` | a Service's routes, their status, and the rule each kind of request takes |
 //! | `GET /api/v1/prometheus/sd` | every proxy's admin address, for Prometheus' `http_sd_configs` |
 //! | `GET /` | the dashboard: static files compiled into the binary, nothing fetched from elsewhere |
 
 pub mod check;
 mod dashboard;
+pub mod route_status;
 
 use crate::discovery::server::Subscriptions;
 use crate::http_client::HttpClient;
@@ -105,6 +106,11 @@ fn bad_request(message: impl Into<String>) -> Response {
 
 /// `a=1&b=x%20y` as a map (`+` is a space; the last of repeated keys wins).
 pub fn query_params(raw: Option<&str>) -> BTreeMap<String, String> {
+    query_pairs(raw).into_iter().collect()
+}
+
+/// `a=1&a=2` as pairs in order, repeated keys kept.
+pub fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
     raw.unwrap_or("")
         .split('&')
         .filter(|kv| !kv.is_empty())
@@ -156,7 +162,7 @@ async fn index() -> Response {
         GET /api/v1/top?target=TARGET&duration=2s\n\
         GET /api/v1/tap?target=TARGET&namespace=NS&method=M&path=PREFIX&status=5xx&direction=inbound&limit=N&duration=10s\n\
         GET /api/v1/check\n\
-        GET /api/v1/routes?service=NAME&namespace=NS\n\
+        GET /api/v1/routes?service=NAME&namespace=NS&from=NS[/WORKLOAD]&path=P&method=M&header=NAME:VALUE&query=K=V\n\
         GET /api/v1/prometheus/sd\n";
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -327,9 +333,14 @@ async fn check(State(api): State<Api>) -> Response {
     json_response(StatusCode::OK, &report)
 }
 
-/// The routes attached to `service=NAME` (in `namespace=NS`, default `default`).
+/// The routes attached to `service=NAME` (in `namespace=NS`, default `default`): as
+/// configured, with their status, and compiled as a proxy of a caller in `from=NS` (or
+/// `from=NS/WORKLOAD`; default: the Service's namespace) holds them, in precedence order.
+/// With `path=P` (and `method=M`, `header=NAME:VALUE`..., `query=K=V`...), also the rule
+/// that request takes on each port.
 async fn routes(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
-    let params = query_params(raw.as_deref());
+    let pairs = query_pairs(raw.as_deref());
+    let params: BTreeMap<String, String> = pairs.iter().cloned().collect();
     let Some(service) = params.get("service").filter(|s| !s.is_empty()) else {
         return bad_request("service=NAME is required");
     };
@@ -339,13 +350,112 @@ async fn routes(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
         .cloned()
         .unwrap_or_else(|| tarmac_model::meta::DEFAULT_NAMESPACE.to_string());
     let snapshot = api.telemetry.snapshot();
-    json_response(StatusCode::OK, &routes_of(&snapshot, &namespace, service))
+    let caller = match params.get("from").filter(|f| !f.is_empty()) {
+        None => Caller { namespace: namespace.clone(), workload: None },
+        Some(from) => match Caller::parse(&snapshot, from) {
+            Ok(c) => c,
+            Err(message) => return bad_request(message),
+        },
+    };
+    let request = match params.get("path") {
+        None => None,
+        Some(path) => match RequestSpec::parse(path, params.get("method"), &pairs) {
+            Ok(r) => Some(r),
+            Err(message) => return bad_request(message),
+        },
+    };
+    json_response(StatusCode::OK, &routes_of(&snapshot, &namespace, service, &caller, request.as_ref()))
 }
 
-pub fn routes_of(snapshot: &Snapshot, namespace: &str, service: &str) -> serde_json::Value {
-    let exists = snapshot.iter_kind("Service").any(|r| match r {
-        Resource::Service(s) => s.metadata.name == service && s.metadata.namespace == namespace,
-        _ => false,
+/// Whose view of the routes: consumer routes apply only to callers in their namespace.
+pub struct Caller {
+    pub namespace: String,
+    pub workload: Option<String>,
+}
+
+impl Caller {
+    /// `NAMESPACE` or `NAMESPACE/WORKLOAD` (the Workload must exist).
+    pub fn parse(snapshot: &Snapshot, text: &str) -> Result<Self, String> {
+        let Some((namespace, workload)) = text.split_once('/') else {
+            return Ok(Self { namespace: text.to_string(), workload: None });
+        };
+        let key = tarmac_model::ObjectKey {
+            kind: "Workload",
+            namespace: namespace.to_string(),
+            name: workload.to_string(),
+        };
+        if !snapshot.objects.contains_key(&key) {
+            return Err(format!("from: there is no Workload {namespace}/{workload}"));
+        }
+        Ok(Self { namespace: namespace.to_string(), workload: Some(workload.to_string()) })
+    }
+}
+
+/// A request described by `tarmac routes --path ...`.
+pub struct RequestSpec {
+    pub method: http::Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: http::HeaderMap,
+}
+
+impl RequestSpec {
+    fn parse(path: &str, method: Option<&String>, pairs: &[(String, String)]) -> Result<Self, String> {
+        let (path, mut query) = match path.split_once('?') {
+            Some((p, q)) => (p.to_string(), vec![q.to_string()]),
+            None => (path.to_string(), Vec::new()),
+        };
+        if !path.starts_with('/') {
+            return Err(format!("path: `{path}` must start with `/`"));
+        }
+        let method = method.map_or("GET", |m| m.as_str());
+        let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| format!("method: `{method}` is not an HTTP method"))?;
+        let mut headers = http::HeaderMap::new();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "header" => {
+                    let (name, value) = value
+                        .split_once(':')
+                        .ok_or_else(|| format!("header: `{value}` is not NAME:VALUE"))?;
+                    let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+                        .map_err(|_| format!("header: `{name}` is not a header name"))?;
+                    let value = http::HeaderValue::from_str(value.trim())
+                        .map_err(|_| format!("header: the value of `{name}` is not a header value"))?;
+                    headers.append(name, value);
+                }
+                "query" => query.push(value.clone()),
+                _ => {}
+            }
+        }
+        let query = (!query.is_empty()).then(|| query.join("&"));
+        Ok(Self { method, path, query, headers })
+    }
+
+    fn describe(&self) -> String {
+        let mut text = format!("{} {}", self.method, self.path);
+        if let Some(q) = &self.query {
+            text.push('?');
+            text.push_str(q);
+        }
+        for (name, value) in &self.headers {
+            text.push_str(&format!(" {name}: {}", value.to_str().unwrap_or("?")));
+        }
+        text
+    }
+}
+
+/// What `GET /api/v1/routes` answers.
+pub fn routes_of(
+    snapshot: &Snapshot,
+    namespace: &str,
+    service: &str,
+    caller: &Caller,
+    request: Option<&RequestSpec>,
+) -> serde_json::Value {
+    let found = snapshot.iter_kind("Service").find_map(|r| match r {
+        Resource::Service(s) if s.metadata.name == service && s.metadata.namespace == namespace => Some(s),
+        _ => None,
     });
     let mut routes = Vec::new();
     for resource in snapshot.objects.values() {
@@ -380,12 +490,69 @@ pub fn routes_of(snapshot: &Snapshot, namespace: &str, service: &str) -> serde_j
             "rules": value["spec"]["rules"].clone(),
         }));
     }
+    let statuses: Vec<_> = route_status::statuses(snapshot)
+        .into_iter()
+        .filter(|s| {
+            routes.iter().any(|r| r["kind"] == s.kind && r["namespace"] == s.namespace && r["name"] == s.name)
+        })
+        .collect();
+    let mut ports = Vec::new();
+    let mut consumer_routes = false;
+    for port in found.map(|s| s.spec.ports.as_slice()).unwrap_or_default() {
+        let parent =
+            crate::discovery::routes::Parent { service: found.expect("ports of a found Service"), port };
+        let compiled =
+            match crate::discovery::table::CompiledRoutes::compile(snapshot, &caller.namespace, &parent) {
+                Ok(c) => c,
+                Err(e) => {
+                    ports.push(json!({ "port": port.port, "name": port.name, "error": e }));
+                    continue;
+                }
+            };
+        consumer_routes |= compiled.routes.iter().any(|r| r.namespace != namespace);
+        let entries = compiled.entries();
+        let otherwise = if compiled.table.is_some() {
+            "404: no rule matches"
+        } else {
+            "the Service's endpoints: no route applies"
+        };
+        let mut answer = json!({
+            "port": port.port,
+            "name": port.name,
+            "routes": compiled.routes.iter().map(|r| format!("{} {}/{}", r.kind, r.namespace, r.name)).collect::<Vec<_>>(),
+            "table": entries,
+            "otherwise": otherwise,
+        });
+        if let Some(req) = request {
+            let taken = compiled.select(&req.method, &req.path, req.query.as_deref(), &req.headers);
+            answer["request"] = json!({
+                "request": req.describe(),
+                "entry": taken,
+                "taken": taken.map(|i| &entries[i]),
+                "status": match (taken, compiled.table.is_some()) {
+                    (Some(_), _) => None,
+                    (None, true) => Some(404),
+                    (None, false) => None,
+                },
+                "outcome": match taken {
+                    Some(i) => format!("{} {} → {}", entries[i].kind, entries[i].route, entries[i].destination),
+                    None => otherwise.to_string(),
+                },
+            });
+        }
+        ports.push(answer);
+    }
     json!({
         "service": service,
         "namespace": namespace,
-        "service_exists": exists,
+        "service_exists": found.is_some(),
         "generation": snapshot.generation,
+        "caller_namespace": caller.namespace,
+        "caller_workload": caller.workload,
+        "consumer_routes": consumer_routes,
         "routes": routes,
+        "ports": ports,
+        "conditions": statuses,
     })
 }
 

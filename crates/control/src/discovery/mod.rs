@@ -6,6 +6,7 @@
 
 pub mod routes;
 pub mod server;
+pub mod table;
 
 use crate::registry::Instance;
 use crate::store::Snapshot;

@@ -142,6 +142,68 @@ impl RequestMatch {
     }
 }
 
+/// A match as its configuration states it, for tools that show or compare route tables
+/// (`tarmac routes`, the shadowed-rule check of `tarmac check`): header names lowercase,
+/// header and query matches sorted, so that two equal summaries are the same condition.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MatchSummary {
+    /// `Exact`, `PathPrefix` or `RegularExpression`.
+    pub path_type: &'static str,
+    /// The value as configured (a prefix keeps no trailing `/`, except `/` itself).
+    pub path: String,
+    pub method: Option<String>,
+    pub headers: Vec<ValueSummary>,
+    pub query_params: Vec<ValueSummary>,
+}
+
+/// A header or query parameter match.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueSummary {
+    pub name: String,
+    pub value: String,
+    pub regex: bool,
+}
+
+/// The pattern as configured, without the anchors [`full_regex`] added.
+fn configured_pattern(r: &Regex) -> String {
+    let s = r.as_str();
+    s.strip_prefix("^(?:").and_then(|s| s.strip_suffix(")$")).unwrap_or(s).to_string()
+}
+
+impl ValueMatch {
+    fn summary(&self, name: &str) -> ValueSummary {
+        match self {
+            ValueMatch::Exact(v) => ValueSummary { name: name.to_string(), value: v.clone(), regex: false },
+            ValueMatch::Regex(r) => {
+                ValueSummary { name: name.to_string(), value: configured_pattern(r), regex: true }
+            }
+        }
+    }
+}
+
+impl RequestMatch {
+    /// What this match requires, as configured.
+    pub fn summary(&self) -> MatchSummary {
+        let (path_type, path) = match &self.path {
+            PathMatch::Exact(v) => ("Exact", v.clone()),
+            PathMatch::Prefix(v) if v.is_empty() => ("PathPrefix", "/".to_string()),
+            PathMatch::Prefix(v) => ("PathPrefix", v.clone()),
+            PathMatch::Regex(r) => ("RegularExpression", configured_pattern(r)),
+        };
+        let mut headers: Vec<_> = self.headers.iter().map(|(n, m)| m.summary(n.as_str())).collect();
+        headers.sort();
+        let mut query_params: Vec<_> = self.query.iter().map(|(n, m)| m.summary(n)).collect();
+        query_params.sort();
+        MatchSummary {
+            path_type,
+            path,
+            method: self.method.as_ref().map(|m| m.to_string()),
+            headers,
+            query_params,
+        }
+    }
+}
+
 /// The first value of query parameter `name`, percent-decoded.
 fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     query?.split('&').find_map(|pair| {
@@ -243,6 +305,33 @@ mod tests {
             RequestMatch::compile(&pb::RouteMatch { method: "POST".into(), ..Default::default() }).unwrap();
         assert!(m.matches(&Method::POST, "/x", None, &HeaderMap::new()));
         assert!(!m.matches(&Method::GET, "/x", None, &HeaderMap::new()));
+    }
+
+    #[test]
+    fn summaries_state_the_configuration_and_compare_equal_matches() {
+        let compile = |headers: Vec<(&str, &str, bool)>, path: &str| {
+            RequestMatch::compile(&pb::RouteMatch {
+                path: Some(pb::PathMatch { r#type: PathMatchType::Prefix as i32, value: path.into() }),
+                headers: headers
+                    .into_iter()
+                    .map(|(n, v, regex)| pb::ValueMatch { name: n.into(), value: v.into(), regex })
+                    .collect(),
+                method: "POST".into(),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let a = compile(vec![("X-B", "1", false), ("x-a", "[0-9]+", true)], "/api/");
+        let b = compile(vec![("x-a", "[0-9]+", true), ("x-b", "1", false)], "/api");
+        assert_eq!(a.summary(), b.summary(), "header order, name case and a trailing / do not matter");
+        let s = a.summary();
+        assert_eq!((s.path_type, s.path.as_str(), s.method.as_deref()), ("PathPrefix", "/api", Some("POST")));
+        assert_eq!(s.headers[0], ValueSummary { name: "x-a".into(), value: "[0-9]+".into(), regex: true });
+        assert_eq!(RequestMatch::any().summary().path, "/");
+        assert_ne!(
+            a.summary(),
+            compile(vec![("x-a", "[0-9]+", false), ("x-b", "1", false)], "/api").summary()
+        );
     }
 
     #[test]

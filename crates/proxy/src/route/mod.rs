@@ -196,6 +196,28 @@ impl RouteTable {
     }
 }
 
+/// For tools (`tarmac routes`, `tarmac check`): the table as the proxy evaluates it.
+impl RouteTable {
+    /// Every match with the index of its rule in [`RouteTable::rules`], in the order
+    /// [`RouteTable::select`] tries them.
+    pub fn entries(&self) -> impl Iterator<Item = (&RequestMatch, usize)> {
+        self.entries.iter().map(|(m, rule)| (m, *rule))
+    }
+
+    /// The position in [`RouteTable::entries`] of the match a request takes, found by
+    /// [`RouteTable::select`] itself.
+    pub fn select_entry(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &http::HeaderMap,
+    ) -> Option<usize> {
+        let (_, taken) = self.select(method, path, query, headers)?;
+        self.entries.iter().position(|(m, _)| std::ptr::eq(m, taken))
+    }
+}
+
 /// A Service's current route table, replaced as a whole by discovery.
 #[derive(Debug, Default)]
 pub struct RouteSlot {
