@@ -309,8 +309,9 @@ impl Metrics {
             "HTTP responses of routed services, by route, rule and status (at the response head)",
             route_responses.clone(),
         );
-        let route_latency =
-            Family::<RouteLatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let route_latency = Family::<RouteLatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
         registry.register_with_unit(
             "tarmac_route_response_latency",
             "Time from receiving a request of a routed service to its response headers, by route and rule",

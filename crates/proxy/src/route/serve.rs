@@ -45,14 +45,13 @@ impl Forward {
         let prefix = matched.matched_prefix().to_string();
         let grpc = is_grpc(req.headers());
         let tunnel = upgrade::is_tunnel(&req);
+        let through = self.through_rule(&table, rule, &prefix, tunnel, req);
         let result = match rule.request_timeout {
-            Some(limit) => {
-                match tokio::time::timeout(limit, self.through_rule(&table, rule, &prefix, tunnel, req)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(ProxyError::Timeout { what: "request", limit }),
-                }
-            }
-            None => self.through_rule(&table, rule, &prefix, tunnel, req).await,
+            Some(limit) => match tokio::time::timeout(limit, through).await {
+                Ok(result) => result,
+                Err(_) => Err(ProxyError::Timeout { what: "request", limit }),
+            },
+            None => through.await,
         };
         // Failures of a rule become responses here, so that they too carry the rule's
         // name to the response metrics (`route` label).
