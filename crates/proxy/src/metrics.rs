@@ -174,9 +174,9 @@ pub struct RouteLabels {
     pub direction: Direction,
     pub target: Arc<String>,
     /// `namespace/name` of the route; empty when no rule matched.
-    pub route: String,
+    pub route: Arc<String>,
     /// The rule's `name`; empty when unnamed.
-    pub rule: String,
+    pub rule: Arc<String>,
     pub status_code: u16,
 }
 
@@ -424,15 +424,16 @@ impl TargetMetrics {
         self.metrics.target(self.labels.direction, self.labels.target.clone(), peer)
     }
 
-    /// Counts a response of a routed service; labels come from the route configuration.
-    pub fn route_response(&self, route: &str, rule: &str, status_code: u16) {
+    /// Counts a response of a routed service; labels are the route table's own strings,
+    /// so counting allocates nothing.
+    pub fn route_response(&self, route: &Arc<String>, rule: &Arc<String>, status_code: u16) {
         self.metrics
             .route_responses
             .get_or_create(&RouteLabels {
                 direction: self.labels.direction,
                 target: self.labels.target.clone(),
-                route: route.to_string(),
-                rule: rule.to_string(),
+                route: route.clone(),
+                rule: rule.clone(),
                 status_code,
             })
             .inc();

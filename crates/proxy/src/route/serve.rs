@@ -38,7 +38,7 @@ impl Forward {
         let path = req.uri().path();
         let query = req.uri().query();
         let Some((rule, matched)) = table.select(req.method(), path, query, req.headers()) else {
-            self.metrics.route_response("", "", 404);
+            self.metrics.route_response(&NO_RULE, &NO_RULE, 404);
             self.metrics.route_latency(&NO_RULE, &NO_RULE, started.elapsed().as_secs_f64());
             return Err(ProxyError::NoRoute);
         };
