@@ -458,6 +458,9 @@ async fn websocket_upgrades_are_routed_filtered_and_spliced() {
   - name: gone
     matches: [{path: {type: PathPrefix, value: /gone}}]
     backendRefs: [{name: books-v3, port: 80}]
+  - name: split
+    matches: [{path: {type: PathPrefix, value: /split}}]
+    backendRefs: [{name: books-v1, port: 80, weight: 1}, {name: books-v2, port: 80, weight: 1}]
 ";
     let v1 =
         ServerProcess::spawn_listening("python3", &[&peer_script("ws_peer.py"), "serve", "0", "books-v1"]);
@@ -482,6 +485,13 @@ async fn websocket_upgrades_are_routed_filtered_and_spliced() {
     assert_eq!(app["who"]["server"], "books-v1", "{app}");
     assert_eq!(websocket_who(m.books, "/nowhere", &[]).await["status"], 404, "no rule matches");
     assert_eq!(websocket_who(m.books, "/gone", &[]).await["status"], 500, "the backend does not exist");
+    // Weights are drawn per upgrade: 16 sockets all on one side would happen 1 in 32768.
+    let mut servers = std::collections::BTreeSet::new();
+    for _ in 0..16 {
+        let split = websocket_who(m.books, "/split", &[]).await;
+        servers.insert(split["who"]["server"].as_str().unwrap_or_else(|| panic!("{split}")).to_string());
+    }
+    assert_eq!(servers.len(), 2, "both weighted backends get sockets: {servers:?}");
 
     // The routed tunnel carries a conversation both ways, large frames included.
     let url = format!("ws://{}/chat/big", m.books);
