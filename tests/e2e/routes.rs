@@ -14,7 +14,7 @@ use tarmac_control::registry::{Instance, Registry};
 use tarmac_control::store::Snapshot;
 use tarmac_testkit::echo::{EchoServer, field};
 use tarmac_testkit::proxy::start;
-use tarmac_testkit::tools::{ServerProcess, peer_script, run};
+use tarmac_testkit::tools::{ServerProcess, curl, peer_script, run};
 use tokio::sync::watch;
 
 const SERVICES: &str = "\
@@ -519,5 +519,35 @@ async fn websocket_upgrades_are_routed_filtered_and_spliced() {
         count("route=\"pinned\",status_code=\"101\""),
         1.0,
         "the route label of the response metrics: {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_tunnels_are_routed_by_method() {
+    // books-v1 is a forward proxy, books-v2 an echo server: only a route sends every
+    // CONNECT to the one that can open tunnels.
+    let forward_proxy = tarmac_testkit::servers::connect_proxy().await;
+    let echo = EchoServer::start("books-v2").await;
+    let behind = EchoServer::start("behind-tunnel").await;
+    let rules = "  - name: tunnels
+    matches: [{method: CONNECT}]
+    backendRefs: [{name: books-v1, port: 80}]
+  - name: plain
+    matches: [{path: {type: PathPrefix, value: /}}]
+    backendRefs: [{name: books-v2, port: 80}]
+";
+    let m = proxies(&route(rules), [forward_proxy, echo.addr]).await;
+    until(m.books, "/probe", |a| a.status == 200 && a.server() == Some("books-v2")).await;
+    let proxy_url = format!("http://{}", m.books);
+    for _ in 0..8 {
+        let (body, verbose) =
+            curl(&["-v", "-p", "-x", &proxy_url, &format!("http://{}/through", behind.addr)]).await;
+        assert!(verbose.contains("200 Connection Established"), "{verbose}");
+        assert_eq!(field(&body, "server"), Some("behind-tunnel"), "{body}");
+    }
+    let metrics = m.client.metrics.encode();
+    assert!(
+        metrics.contains("rule=\"tunnels\",status_code=\"200\"} 8"),
+        "every CONNECT took the tunnels rule: {metrics}"
     );
 }
