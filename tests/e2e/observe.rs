@@ -344,6 +344,67 @@ fn stat_tap_top_routes_and_check_follow_a_running_mesh() {
     wait_for_check(&api, true, "", &up);
 }
 
+/// The HTTPRoute of the fixture gets a second rule, `slow`, delayed 200 ms by a
+/// FaultInjection.
+const SLOW_RULE: &str = "  - name: slow
+    matches: [{path: {type: PathPrefix, value: /slow}}]
+    filters: [{type: ExtensionRef, extensionRef: {group: tarmac.io, kind: FaultInjection, name: slow-down}}]
+    backendRefs: [{name: backend, port: 80}]
+---
+apiVersion: tarmac.io/v1alpha1
+kind: FaultInjection
+metadata: {name: slow-down}
+spec:
+  delay: {fixedDelay: 200ms, percentage: 100}
+---
+";
+
+#[test]
+fn stat_route_reports_latency_percentiles_per_rule() {
+    let dir = fixture_copy("observe-route-latency");
+    let mesh = std::fs::read_to_string(dir.join("mesh.yaml")).unwrap();
+    let last_line = "    backendRefs: [{name: backend, port: 80}]\n";
+    let rule_end = format!("{last_line}---\n");
+    assert!(mesh.contains(&rule_end), "the fixture's HTTPRoute changed");
+    std::fs::write(dir.join("mesh.yaml"), mesh.replacen(&rule_end, &format!("{last_line}{SLOW_RULE}"), 1))
+        .unwrap();
+    let (up, api, front) = start_mesh(&dir);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(front, "/call/slow") != Ok(200) {
+        assert!(Instant::now() < deadline, "front cannot reach backend's slow rule\n{}", up.output());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for _ in 0..20 {
+        assert_eq!(get(front, "/call/work"), Ok(200));
+    }
+    for _ in 0..10 {
+        assert_eq!(get(front, "/call/slow"), Ok(200));
+    }
+    // The control plane scrapes every 2 s: wait (bounded) until it has seen them all.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows = stat(&api, "route/backend", "10m");
+        if counts(&rows, "name", "work").0 >= 20 && counts(&rows, "name", "slow").0 >= 11 {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "stat route never counted the requests: {rows:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let row = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap().clone();
+    let (slow, work) = (row("slow"), row("work"));
+    for q in ["latency_ms_p50", "latency_ms_p95", "latency_ms_p99"] {
+        assert!(slow[q].as_f64().is_some_and(|ms| ms >= 200.0), "the delayed rule's {q}: {slow}");
+    }
+    assert!(work["latency_ms_p50"].as_f64().is_some_and(|ms| ms < 100.0), "the other rule: {work}");
+
+    let table = tarmac(&api, &["stat", "route/backend", "--window", "10m"], Duration::from_secs(30));
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("SERVICE ") && table.contains("LATENCY_P99"), "{table}");
+    let slow_line = table.lines().find(|l| l.contains(" slow ")).unwrap_or_else(|| panic!("{table}"));
+    assert!(!slow_line.contains(" - "), "every column of the slow rule is known: {table}");
+    println!("{table}");
+}
+
 #[test]
 fn check_fails_with_advice_when_no_control_plane_answers() {
     // A port nothing listens on: bound, then released.

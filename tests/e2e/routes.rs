@@ -14,6 +14,7 @@ use tarmac_control::registry::{Instance, Registry};
 use tarmac_control::store::Snapshot;
 use tarmac_testkit::echo::{EchoServer, field};
 use tarmac_testkit::proxy::start;
+use tarmac_testkit::tools::{ServerProcess, curl, peer_script, run};
 use tokio::sync::watch;
 
 const SERVICES: &str = "\
@@ -60,16 +61,29 @@ struct Mesh {
 }
 
 async fn mesh(routes: &str) -> Mesh {
+    let v1 = EchoServer::start("books-v1").await;
+    let v2 = EchoServer::start("books-v2").await;
+    let p = proxies(routes, [v1.addr, v2.addr]).await;
+    Mesh { snapshots: p.snapshots, v1, v2, books: p.books, client: p.client, _servers: p.servers }
+}
+
+/// Discovery, the inbound proxies of `books-v1` and `books-v2` (whose apps listen at
+/// `apps`) and a client proxy following `books`.
+struct Proxies {
+    snapshots: watch::Sender<Arc<Snapshot>>,
+    books: SocketAddr,
+    client: tarmac_proxy::Running,
+    servers: Vec<tarmac_proxy::Running>,
+}
+
+async fn proxies(routes: &str, apps: [SocketAddr; 2]) -> Proxies {
     let (snapshots, receiver) = watch::channel(snapshot(1, routes));
     let registry = Registry::default();
     let mut instances = Vec::new();
     let mut servers = Vec::new();
-    let mut apps = Vec::new();
-    for (replica, version) in ["v1", "v2"].into_iter().enumerate() {
-        let app = EchoServer::start(&format!("books-{version}")).await;
+    for (replica, (version, app)) in ["v1", "v2"].into_iter().zip(apps).enumerate() {
         let proxy =
-            start(&format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {}\n", app.addr))
-                .await;
+            start(&format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {app}\n")).await;
         instances.push(Instance {
             namespace: "default".into(),
             workload: format!("books-{version}"),
@@ -81,7 +95,6 @@ async fn mesh(routes: &str) -> Mesh {
             admin: Some(proxy.addrs.admin),
         });
         servers.push(proxy);
-        apps.push(app);
     }
     registry.set(instances);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -95,9 +108,7 @@ async fn mesh(routes: &str) -> Mesh {
     ))
     .await;
     let books = client.addrs.service("books").unwrap();
-    let v2 = apps.pop().unwrap();
-    let v1 = apps.pop().unwrap();
-    Mesh { snapshots, v1, v2, books, client, _servers: servers }
+    Proxies { snapshots, books, client, servers }
 }
 
 struct Answer {
@@ -405,4 +416,138 @@ spec:
     }
     // 30 % of 1000: a binomial with standard deviation 14.5; ±75 is beyond 5 sigma.
     assert!((225..=375).contains(&aborted), "{aborted} of 1000 aborted");
+}
+
+/// What `ws_peer.py who` reports: the upgrade's status and, when it switched, which
+/// WebSocket server answered, the path and `x-routed` header it saw, and the `x-rule`
+/// header of the 101.
+async fn websocket_who(books: SocketAddr, path: &str, headers: &[&str]) -> serde_json::Value {
+    let url = format!("ws://{books}{path}");
+    let script = peer_script("ws_peer.py");
+    let args: Vec<&str> =
+        [script.as_str(), "who", url.as_str()].into_iter().chain(headers.iter().copied()).collect();
+    let out = run("python3", &args).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ws_peer who {path} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_are_routed_filtered_and_spliced() {
+    let rules = "  - name: pinned
+    matches: [{path: {type: PathPrefix, value: /chat}, headers: [{name: x-pin, value: v1}]}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /pinned}}
+    backendRefs: [{name: books-v1, port: 80}]
+  - name: chat
+    matches: [{path: {type: PathPrefix, value: /chat}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {add: [{name: x-routed, value: chat}]}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-rule, value: chat}]}
+    backendRefs: [{name: books-v2, port: 80}]
+  - name: app
+    matches: [{path: {type: PathPrefix, value: /app}}]
+    backendRefs: [{name: books-v1, port: 80}]
+  - name: gone
+    matches: [{path: {type: PathPrefix, value: /gone}}]
+    backendRefs: [{name: books-v3, port: 80}]
+  - name: split
+    matches: [{path: {type: PathPrefix, value: /split}}]
+    backendRefs: [{name: books-v1, port: 80, weight: 1}, {name: books-v2, port: 80, weight: 1}]
+";
+    let v1 =
+        ServerProcess::spawn_listening("python3", &[&peer_script("ws_peer.py"), "serve", "0", "books-v1"]);
+    let v2 =
+        ServerProcess::spawn_listening("python3", &[&peer_script("ws_peer.py"), "serve", "0", "books-v2"]);
+    let m = proxies(&route(rules), [v1.addr(), v2.addr()]).await;
+    until(m.books, "/nowhere", |a| a.status == 404 && a.headers.contains_key("tarmac-proxy-error")).await;
+
+    let chat = websocket_who(m.books, "/chat/room", &[]).await;
+    assert_eq!(chat["status"], 101, "{chat}");
+    assert_eq!(chat["who"]["server"], "books-v2", "/chat goes to books-v2: {chat}");
+    assert_eq!(chat["who"]["path"], "/chat/room");
+    assert_eq!(chat["who"]["x_routed"], "chat", "request headers are filtered: {chat}");
+    assert_eq!(chat["x_rule"], "chat", "the 101 gets the response headers: {chat}");
+
+    let pinned = websocket_who(m.books, "/chat/room", &["x-pin:v1"]).await;
+    assert_eq!(pinned["who"]["server"], "books-v1", "the header match wins: {pinned}");
+    assert_eq!(pinned["who"]["path"], "/pinned/room", "the path is rewritten: {pinned}");
+    assert_eq!(pinned["x_rule"], serde_json::Value::Null);
+
+    let app = websocket_who(m.books, "/app", &[]).await;
+    assert_eq!(app["who"]["server"], "books-v1", "{app}");
+    assert_eq!(websocket_who(m.books, "/nowhere", &[]).await["status"], 404, "no rule matches");
+    assert_eq!(websocket_who(m.books, "/gone", &[]).await["status"], 500, "the backend does not exist");
+    // Weights are drawn per upgrade: 16 sockets all on one side would happen 1 in 32768.
+    let mut servers = std::collections::BTreeSet::new();
+    for _ in 0..16 {
+        let split = websocket_who(m.books, "/split", &[]).await;
+        servers.insert(split["who"]["server"].as_str().unwrap_or_else(|| panic!("{split}")).to_string());
+    }
+    assert_eq!(servers.len(), 2, "both weighted backends get sockets: {servers:?}");
+
+    // The routed tunnel carries a conversation both ways, large frames included.
+    let url = format!("ws://{}/chat/big", m.books);
+    let out = run("python3", &[&peer_script("ws_peer.py"), "client", &url]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ws client failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(r#""binary_ok": true"#) && stdout.contains(r#""last": "bye""#), "{stdout}");
+
+    let metrics = m.client.metrics.encode();
+    let count = |needle: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.contains(needle))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert_eq!(
+        count(
+            "tarmac_route_responses_total{direction=\"outbound\",target=\"books\",route=\"default/books\",rule=\"chat\",status_code=\"101\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        count("route=\"pinned\",status_code=\"101\""),
+        1.0,
+        "the route label of the response metrics: {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_tunnels_are_routed_by_method() {
+    // books-v1 is a forward proxy, books-v2 an echo server: only a route sends every
+    // CONNECT to the one that can open tunnels.
+    let forward_proxy = tarmac_testkit::servers::connect_proxy().await;
+    let echo = EchoServer::start("books-v2").await;
+    let behind = EchoServer::start("behind-tunnel").await;
+    let rules = "  - name: tunnels
+    matches: [{method: CONNECT}]
+    backendRefs: [{name: books-v1, port: 80}]
+  - name: plain
+    matches: [{path: {type: PathPrefix, value: /}}]
+    backendRefs: [{name: books-v2, port: 80}]
+";
+    let m = proxies(&route(rules), [forward_proxy, echo.addr]).await;
+    until(m.books, "/probe", |a| a.status == 200 && a.server() == Some("books-v2")).await;
+    let proxy_url = format!("http://{}", m.books);
+    for _ in 0..8 {
+        let (body, verbose) =
+            curl(&["-v", "-p", "-x", &proxy_url, &format!("http://{}/through", behind.addr)]).await;
+        assert!(verbose.contains("200 Connection Established"), "{verbose}");
+        assert_eq!(field(&body, "server"), Some("behind-tunnel"), "{body}");
+    }
+    let metrics = m.client.metrics.encode();
+    assert!(
+        metrics.contains("rule=\"tunnels\",status_code=\"200\"} 8"),
+        "every CONNECT took the tunnels rule: {metrics}"
+    );
 }

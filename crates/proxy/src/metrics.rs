@@ -174,10 +174,22 @@ pub struct RouteLabels {
     pub direction: Direction,
     pub target: Arc<String>,
     /// `namespace/name` of the route; empty when no rule matched.
-    pub route: String,
+    pub route: Arc<String>,
     /// The rule's `name`; empty when unnamed.
-    pub rule: String,
+    pub rule: Arc<String>,
     pub status_code: u16,
+}
+
+/// The labels of the route latency histogram: [`RouteLabels`] without the status, as
+/// shared strings of the route table so that observing allocates nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLatencyLabels {
+    pub direction: Direction,
+    pub target: Arc<String>,
+    /// `namespace/name` of the route; empty when no rule matched.
+    pub route: Arc<String>,
+    /// The rule's `name`; empty when unnamed.
+    pub rule: Arc<String>,
 }
 
 /// All of the proxy's metrics, registered in one registry.
@@ -201,6 +213,7 @@ pub struct Metrics {
     pub cert_expiry: Gauge,
     certificate_requests: Family<OutcomeLabels, Counter>,
     route_responses: Family<RouteLabels, Counter>,
+    route_latency: Family<RouteLatencyLabels, Histogram, fn() -> Histogram>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -296,6 +309,15 @@ impl Metrics {
             "HTTP responses of routed services, by route, rule and status (at the response head)",
             route_responses.clone(),
         );
+        let route_latency = Family::<RouteLatencyLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        registry.register_with_unit(
+            "tarmac_route_response_latency",
+            "Time from receiving a request of a routed service to its response headers, by route and rule",
+            Unit::Seconds,
+            route_latency.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
@@ -315,6 +337,7 @@ impl Metrics {
             cert_expiry,
             certificate_requests,
             route_responses,
+            route_latency,
         }
     }
 
@@ -401,18 +424,33 @@ impl TargetMetrics {
         self.metrics.target(self.labels.direction, self.labels.target.clone(), peer)
     }
 
-    /// Counts a response of a routed service; labels come from the route configuration.
-    pub fn route_response(&self, route: &str, rule: &str, status_code: u16) {
+    /// Counts a response of a routed service; labels are the route table's own strings,
+    /// so counting allocates nothing.
+    pub fn route_response(&self, route: &Arc<String>, rule: &Arc<String>, status_code: u16) {
         self.metrics
             .route_responses
             .get_or_create(&RouteLabels {
                 direction: self.labels.direction,
                 target: self.labels.target.clone(),
-                route: route.to_string(),
-                rule: rule.to_string(),
+                route: route.clone(),
+                rule: rule.clone(),
                 status_code,
             })
             .inc();
+    }
+
+    /// Times a response of a routed service, at its head like [`Self::route_response`].
+    /// The labels are the route table's own strings: nothing is allocated.
+    pub fn route_latency(&self, route: &Arc<String>, rule: &Arc<String>, seconds: f64) {
+        self.metrics
+            .route_latency
+            .get_or_create(&RouteLatencyLabels {
+                direction: self.labels.direction,
+                target: self.labels.target.clone(),
+                route: route.clone(),
+                rule: rule.clone(),
+            })
+            .observe(seconds);
     }
 
     pub fn error(&self, kind: &'static str) {
@@ -557,6 +595,7 @@ mod tests {
         t.response(RouteLabel::default(), 200, None, Classification::Success);
         t.response(RouteLabel::default(), 200, Some(7), Classification::Failure);
         drop(t.tcp_connection());
+        t.route_latency(&Arc::new("default/books".into()), &Arc::new("canary".into()), 0.25);
         let text = metrics.encode();
         for needle in [
             "tarmac_requests_total{direction=\"outbound\",target=\"books\"} 1",
@@ -564,6 +603,8 @@ mod tests {
             "status_code=\"200\",grpc_status=\"7\",classification=\"failure\"",
             "tarmac_tcp_close_total{direction=\"outbound\",target=\"books\"} 1",
             "tarmac_tcp_connections_open{direction=\"outbound\",target=\"books\"} 0",
+            "tarmac_route_response_latency_seconds_bucket{direction=\"outbound\",target=\"books\",route=\"default/books\",rule=\"canary\",le=\"0.3\"} 1",
+            "tarmac_route_response_latency_seconds_bucket{direction=\"outbound\",target=\"books\",route=\"default/books\",rule=\"canary\",le=\"0.2\"} 0",
             "process_cpu_seconds_total ",
             "process_resident_memory_bytes ",
         ] {

@@ -11,6 +11,8 @@
 //! * [`report`]: medians, added latency, ratios, tables and the issue's bar; [`plot`]
 //!   the SVG of percentile curves.
 //! * [`costs`]: memory and idle CPU against connections and configured services.
+//! * [`routing`]: `--routing`, a route table of 100 rules against one, its routes served
+//!   by the control plane's discovery in this process.
 //! * [`upstream`]: the suite's fast upstream; [`processes`]: the child processes and the
 //!   scheduling tools.
 //!
@@ -23,6 +25,7 @@ mod plot;
 mod processes;
 mod procfs;
 mod report;
+mod routing;
 mod topology;
 pub mod upstream;
 
@@ -62,6 +65,9 @@ const SUITE_ROUTES: [Route; 7] = [
     Route::EnvoyTwoHops,
     Route::EnvoyTwoHopsMtls,
 ];
+/// `--routing`: the baseline, one hop without routes, then the two route tables.
+const ROUTING_ROUTES: [Route; 4] =
+    [Route::Direct, Route::TarmacOneHop, Route::TarmacOneRule, Route::TarmacManyRules];
 
 /// Measure latency and proxy cost: a service directly and through the mesh, or the
 /// standard comparison with Envoy.
@@ -76,11 +82,15 @@ const SUITE_ROUTES: [Route; 7] = [
 /// req/s and at maximum throughput, interleaved over rounds, proxies pinned to core 0 and
 /// upstream and generator to core 1 (--duration is each phase's length).
 ///
+/// With --routing: as the suite (same loads, rounds, pinning), one Tarmac hop whose
+/// Service has an HTTPRoute of 1 rule against one of 100 rules where requests take the
+/// last, plus direct and an unrouted hop; prints the 100-rule / 1-rule ratios.
+///
 /// Latency is measured from each request's intended send time (no coordinated omission).
 /// Needs tarmac-proxy next to this binary (`cargo build --release`) or in
 /// $TARMAC_PROXY_BIN.
 #[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("mode").required(true).args(["target", "suite", "serve_upstream"])))]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["target", "suite", "routing", "serve_upstream"])))]
 pub struct BenchArgs {
     /// The service to measure, http://HOST:PORT/PATH (for gRPC the path is the method).
     #[arg(long, value_name = "URL")]
@@ -88,11 +98,14 @@ pub struct BenchArgs {
     /// Run the standard comparison with Envoy on this machine.
     #[arg(long)]
     pub suite: bool,
+    /// Measure what routing costs: a route table of 100 rules against one.
+    #[arg(long)]
+    pub routing: bool,
     /// Requests per second (--target).
     #[arg(long, value_name = "N", default_value_t = 1000.0)]
     pub rate: f64,
     /// --target: measured time of each path over all rounds (default 30s);
-    /// --suite: length of each phase (default 5s).
+    /// --suite and --routing: length of each phase (default 5s).
     #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive)]
     pub duration: Option<Duration>,
     /// Connections the generator opens (--target; the suite uses 10 for latency and 32 for
@@ -135,6 +148,17 @@ pub enum SuiteLoad {
     Max,
 }
 
+impl SuiteLoad {
+    /// The loads asked for, or the suite's own: each rate, then maximum throughput.
+    fn chosen(asked: &[SuiteLoad]) -> Vec<SuiteLoad> {
+        if asked.is_empty() {
+            SUITE_RATES.iter().map(|&rate| SuiteLoad::Rate(rate)).chain([SuiteLoad::Max]).collect()
+        } else {
+            asked.to_vec()
+        }
+    }
+}
+
 fn parse_suite_load(text: &str) -> Result<SuiteLoad, String> {
     match text.trim() {
         "max" => Ok(SuiteLoad::Max),
@@ -166,6 +190,9 @@ struct JsonReport<'a> {
     costs: Vec<costs::CostPoint>,
     summaries: &'a [RouteSummary],
     bar: &'a [BarCheck],
+    /// `--routing`: the 100-rule table against the 1-rule table, per load.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    routing: Vec<routing::RoutingComparison>,
     phases: Vec<&'a PhaseRecord>,
 }
 
@@ -181,7 +208,15 @@ pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> Result<(), St
     if let Some(addr) = args.serve_upstream {
         return upstream::serve(addr);
     }
-    runtime.block_on(async { if args.suite { suite(args).await } else { target(args).await } })
+    runtime.block_on(async {
+        if args.suite {
+            suite(args).await
+        } else if args.routing {
+            routing(args).await
+        } else {
+            target(args).await
+        }
+    })
 }
 
 async fn target(args: BenchArgs) -> Result<(), String> {
@@ -279,6 +314,7 @@ async fn target(args: BenchArgs) -> Result<(), String> {
         costs: Vec::new(),
         summaries: &summaries,
         bar: &[],
+        routing: Vec::new(),
         phases: measured.iter().map(|m| &m.record).collect(),
     };
     write_outputs(&args, &json, &summaries, &[load_name], &format!("tarmac bench: {}", target.url()))
@@ -298,27 +334,9 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     let envoy_version = envoy.as_deref().and_then(envoy::version);
     let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy };
 
-    // Proxies on one core, everything that makes or answers the load on the other.
-    let pinned = cores() >= 2 && processes::tool_available("taskset");
-    let (proxy_core, client_core) = if pinned { (Some(PROXY_CORE), Some(CLIENT_CORE)) } else { (None, None) };
-    if pinned {
-        processes::pin(std::process::id(), CLIENT_CORE)?;
-    } else {
-        eprintln!(
-            "warning: not pinning to cores (needs 2 cores and taskset from util-linux): figures will be noisier"
-        );
-    }
-    let upstream_addr = processes::free_port()?;
-    let own_binary =
-        std::env::current_exe().map_err(|e| format!("cannot tell where this executable is: {e}"))?;
-    let mut upstream = Managed::spawn(
-        "upstream",
-        &own_binary,
-        &["bench".to_string(), "--serve-upstream".to_string(), upstream_addr.to_string()],
-        client_core,
-        workdir.path(),
-    )?;
-    upstream.wait_ready(&Readiness::Accepts(upstream_addr), Duration::from_secs(10)).await?;
+    let layout = Layout::choose()?;
+    let (upstream, upstream_addr) = start_upstream(&layout, workdir.path()).await?;
+    let (pinned, proxy_core) = (layout.pinned, layout.proxy_core);
 
     let mut routes: Vec<Running> = Vec::new();
     let chosen = |route: &Route| args.routes.is_empty() || *route == Route::Direct || args.routes.contains(route);
@@ -332,35 +350,8 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let idle_rss = idle_rss(&routes);
 
-    let suite_loads = if args.loads.is_empty() {
-        SUITE_RATES.iter().map(|&rate| SuiteLoad::Rate(rate)).chain([SuiteLoad::Max]).collect()
-    } else {
-        args.loads.clone()
-    };
-    let rates: Vec<u32> = suite_loads
-        .iter()
-        .filter_map(|load| match load {
-            SuiteLoad::Rate(rate) => Some(*rate),
-            SuiteLoad::Max => None,
-        })
-        .collect();
-    let loads: Vec<LoadSpec> = suite_loads
-        .iter()
-        .map(|load| match load {
-            SuiteLoad::Rate(rate) => LoadSpec {
-                name: format!("{rate} req/s"),
-                load: Load::OpenLoop { rate_per_second: f64::from(*rate) },
-                connections: SUITE_LATENCY_CONNECTIONS,
-                realtime: true,
-            },
-            SuiteLoad::Max => LoadSpec {
-                name: MAX_LOAD.to_string(),
-                load: Load::ClosedLoop { in_flight_per_connection: 1 },
-                connections: SUITE_MAX_CONNECTIONS,
-                realtime: false,
-            },
-        })
-        .collect();
+    let chosen_loads = SuiteLoad::chosen(&args.loads);
+    let loads = suite_loads(&chosen_loads);
     let settings = Settings {
         protocol: args.protocol,
         phase_duration,
@@ -369,17 +360,7 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
         contamination_cores: CONTAMINATION_CORES,
         repeat_contaminated: true,
     };
-    let mut scheduling = Scheduling {
-        realtime_pids: if processes::tool_available("chrt") {
-            let mut pids = vec![std::process::id(), upstream.pid()];
-            pids.extend(routes.iter().flat_map(|r| r.proxies.iter().map(|p| p.pid())));
-            pids
-        } else {
-            eprintln!("note: chrt (util-linux) is missing: latency phases run at normal priority");
-            Vec::new()
-        },
-        realtime_works: None,
-    };
+    let mut scheduling = realtime_scheduling(&upstream, &routes);
     let phases = loads.len() * rounds * routes.len();
     eprintln!(
         "tarmac bench --suite: {} routes × {} loads × {rounds} rounds = {phases} phases of {:?} (+{:?} warm-up){}",
@@ -390,9 +371,7 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
         if pinned { "; proxies on core 0, upstream and generator on core 1" } else { "" }
     );
     let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(|e| e.to_string())?;
-    // Everything of the benchmark's own: what the machine used beyond it is someone else's.
-    let mut ours = vec![std::process::id(), upstream.pid()];
-    ours.extend(routes.iter().flat_map(|r| r.proxies.iter().map(|p| p.pid())));
+    let ours = our_pids(&upstream, &routes);
     let measured = experiment::run(&target, &mut routes, &loads, &settings, &mut scheduling, &ours).await?;
     drop(routes);
     let cost_points = if args.skip_costs {
@@ -418,27 +397,7 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
         "{}, {} rounds of {:?}, medians; added = route − direct in the same round",
         args.protocol, rounds, phase_duration
     );
-    for rate in &rates {
-        let load = format!("{rate} req/s");
-        println!(
-            "{}",
-            report::latency_table(
-                &summaries,
-                &load,
-                &format!("{load}, {SUITE_LATENCY_CONNECTIONS} connections, {conditions}")
-            )
-        );
-    }
-    if suite_loads.contains(&SuiteLoad::Max) {
-        println!(
-            "{}",
-            report::throughput_table(
-                &summaries,
-                MAX_LOAD,
-                &format!("max throughput, closed loop over {SUITE_MAX_CONNECTIONS} connections, {conditions}")
-            )
-        );
-    }
+    print_suite_tables(&summaries, &conditions, &chosen_loads);
     if let Some(message) = &envoy_missing {
         println!("Envoy rows are missing: {message}\n");
     }
@@ -467,10 +426,195 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
         costs: cost_points,
         summaries: &summaries,
         bar: &bar,
+        routing: Vec::new(),
         phases: measured.iter().map(|m| &m.record).collect(),
     };
     let loads: Vec<String> = loads.iter().map(|l| l.name.clone()).collect();
     write_outputs(&args, &json, &summaries, &loads, "tarmac bench --suite: latency percentiles")
+}
+
+async fn routing(args: BenchArgs) -> Result<(), String> {
+    let rounds = args.rounds as usize;
+    let phase_duration = args.duration.unwrap_or(Duration::from_secs(5));
+    let workdir = WorkDir::create("bench")?;
+    let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy: None };
+    let layout = Layout::choose()?;
+    let (upstream, upstream_addr) = start_upstream(&layout, workdir.path()).await?;
+    let discovery = routing::Discovery::start(upstream_addr).await?;
+    let mut routes: Vec<Running> = Vec::new();
+    for route in ROUTING_ROUTES {
+        let (core, dir) = (layout.proxy_core, workdir.path());
+        routes.push(match routing::service_of(route) {
+            Some(_) => topology::start_routed(route, discovery.addr, &binaries, core, dir).await?,
+            None => topology::start(route, upstream_addr, &binaries, core, dir).await?,
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = idle_rss(&routes);
+    let chosen_loads = SuiteLoad::chosen(&args.loads);
+    let loads = suite_loads(&chosen_loads);
+    let settings = Settings {
+        protocol: args.protocol,
+        phase_duration,
+        warmup: WARMUP,
+        rounds,
+        contamination_cores: CONTAMINATION_CORES,
+        repeat_contaminated: true,
+    };
+    let mut scheduling = realtime_scheduling(&upstream, &routes);
+    eprintln!(
+        "tarmac bench --routing: {} routes × {} loads × {rounds} rounds = {} phases of {:?} (+{:?} warm-up); \
+         HTTPRoutes of 1 and {} rules, requests taking the last",
+        routes.len(),
+        loads.len(),
+        loads.len() * rounds * routes.len(),
+        phase_duration,
+        WARMUP,
+        routing::MANY_RULES,
+    );
+    let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(|e| e.to_string())?;
+    let ours = our_pids(&upstream, &routes);
+    let measured = experiment::run(&target, &mut routes, &loads, &settings, &mut scheduling, &ours).await?;
+    drop(routes);
+    drop(discovery);
+    drop(upstream);
+
+    let summaries = report::summarise(&measured);
+    let comparisons = routing::compare(&summaries);
+    let conditions = format!(
+        "{}, {} rounds of {:?}, medians; added = route − direct in the same round",
+        args.protocol, rounds, phase_duration
+    );
+    print_suite_tables(&summaries, &conditions, &chosen_loads);
+    println!("{}", routing::table(&comparisons));
+    print_warnings(&summaries);
+    let json = JsonReport {
+        tool: "tarmac bench",
+        mode: "routing",
+        commit: commit(),
+        unix_time: unix_time(),
+        cores: cores(),
+        target: None,
+        protocol: args.protocol,
+        rounds,
+        phase_seconds: phase_duration.as_secs_f64(),
+        warmup_seconds: WARMUP.as_secs_f64(),
+        pinned: layout.pinned,
+        realtime: scheduling.realtime_works,
+        envoy_version: None,
+        envoy_missing: None,
+        idle_rss,
+        costs: Vec::new(),
+        summaries: &summaries,
+        bar: &[],
+        routing: comparisons,
+        phases: measured.iter().map(|m| &m.record).collect(),
+    };
+    let loads: Vec<String> = loads.iter().map(|l| l.name.clone()).collect();
+    write_outputs(&args, &json, &summaries, &loads, "tarmac bench --routing: latency percentiles")
+}
+
+/// Where the suite's processes run: proxies on one core, everything that makes or
+/// answers the load on the other (when the machine has two cores and `taskset`).
+struct Layout {
+    pinned: bool,
+    proxy_core: Option<usize>,
+    client_core: Option<usize>,
+}
+
+impl Layout {
+    /// Chooses, and pins this process (the generator) to the client core.
+    fn choose() -> Result<Self, String> {
+        let pinned = cores() >= 2 && processes::tool_available("taskset");
+        if pinned {
+            processes::pin(std::process::id(), CLIENT_CORE)?;
+            Ok(Self { pinned, proxy_core: Some(PROXY_CORE), client_core: Some(CLIENT_CORE) })
+        } else {
+            eprintln!(
+                "warning: not pinning to cores (needs 2 cores and taskset from util-linux): figures will be noisier"
+            );
+            Ok(Self { pinned, proxy_core: None, client_core: None })
+        }
+    }
+}
+
+/// The built-in upstream (this executable with `--serve-upstream`) on the client core.
+async fn start_upstream(layout: &Layout, dir: &std::path::Path) -> Result<(Managed, SocketAddr), String> {
+    let addr = processes::free_port()?;
+    let own_binary =
+        std::env::current_exe().map_err(|e| format!("cannot tell where this executable is: {e}"))?;
+    let mut upstream = Managed::spawn(
+        "upstream",
+        &own_binary,
+        &["bench".to_string(), "--serve-upstream".to_string(), addr.to_string()],
+        layout.client_core,
+        dir,
+    )?;
+    upstream.wait_ready(&Readiness::Accepts(addr), Duration::from_secs(10)).await?;
+    Ok((upstream, addr))
+}
+
+/// The suite's loads: the open-loop rates, then max throughput.
+fn suite_loads(chosen: &[SuiteLoad]) -> Vec<LoadSpec> {
+    chosen
+        .iter()
+        .map(|load| match load {
+            SuiteLoad::Rate(rate) => LoadSpec {
+                name: format!("{rate} req/s"),
+                load: Load::OpenLoop { rate_per_second: f64::from(*rate) },
+                connections: SUITE_LATENCY_CONNECTIONS,
+                realtime: true,
+            },
+            SuiteLoad::Max => LoadSpec {
+                name: MAX_LOAD.to_string(),
+                load: Load::ClosedLoop { in_flight_per_connection: 1 },
+                connections: SUITE_MAX_CONNECTIONS,
+                realtime: false,
+            },
+        })
+        .collect()
+}
+
+/// Every process of the benchmark's own: what the machine used beyond them is someone
+/// else's.
+fn our_pids(upstream: &Managed, routes: &[Running]) -> Vec<u32> {
+    let mut ours = vec![std::process::id(), upstream.pid()];
+    ours.extend(routes.iter().flat_map(|r| r.proxies.iter().map(|p| p.pid())));
+    ours
+}
+
+/// Real-time priority for the latency phases, for every process of the benchmark, when
+/// `chrt` is there.
+fn realtime_scheduling(upstream: &Managed, routes: &[Running]) -> Scheduling {
+    let realtime_pids = if processes::tool_available("chrt") {
+        our_pids(upstream, routes)
+    } else {
+        eprintln!("note: chrt (util-linux) is missing: latency phases run at normal priority");
+        Vec::new()
+    };
+    Scheduling { realtime_pids, realtime_works: None }
+}
+
+/// The latency table of each open-loop rate and the max-throughput table.
+fn print_suite_tables(summaries: &[RouteSummary], conditions: &str, chosen: &[SuiteLoad]) {
+    for load in chosen {
+        let text = match load {
+            SuiteLoad::Rate(rate) => {
+                let load = format!("{rate} req/s");
+                report::latency_table(
+                    summaries,
+                    &load,
+                    &format!("{load}, {SUITE_LATENCY_CONNECTIONS} connections, {conditions}"),
+                )
+            }
+            SuiteLoad::Max => report::throughput_table(
+                summaries,
+                MAX_LOAD,
+                &format!("max throughput, closed loop over {SUITE_MAX_CONNECTIONS} connections, {conditions}"),
+            ),
+        };
+        println!("{text}");
+    }
 }
 
 fn idle_rss(routes: &[Running]) -> Vec<IdleRss> {

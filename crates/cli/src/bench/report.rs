@@ -131,7 +131,7 @@ fn cell(value: Option<f64>, decimals: usize) -> String {
 
 /// `ours / theirs`, when both are positive: a ratio of a negative added latency (noise
 /// that made a proxy look faster than direct) would mean nothing.
-fn ratio(ours: Option<f64>, theirs: Option<f64>) -> Option<f64> {
+pub fn ratio(ours: Option<f64>, theirs: Option<f64>) -> Option<f64> {
     match (ours, theirs) {
         (Some(a), Some(b)) if a > 0.0 && b > 0.0 => Some(a / b),
         _ => None,

@@ -2,6 +2,7 @@
 
 use super::envoy;
 use super::processes::{Managed, Readiness, free_port};
+use super::routing;
 use crate::identity::{Certified, EphemeralCa};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -32,6 +33,11 @@ pub enum Route {
     TarmacTwoHopsMtls,
     /// Two Envoys with mTLS between them, as two Istio sidecars.
     EnvoyTwoHopsMtls,
+    /// One Tarmac proxy following, through discovery, a Service whose HTTPRoute has one
+    /// rule (`--routing`).
+    TarmacOneRule,
+    /// The same with an HTTPRoute of 100 rules, the request taking the last.
+    TarmacManyRules,
 }
 
 /// Which proxy a route goes through.
@@ -68,13 +74,19 @@ impl Route {
             Self::EnvoyTwoHops => "envoy 2 hops",
             Self::TarmacTwoHopsMtls => "tarmac 2 hops mTLS",
             Self::EnvoyTwoHopsMtls => "envoy 2 hops mTLS",
+            Self::TarmacOneRule => "tarmac 1 rule",
+            Self::TarmacManyRules => "tarmac 100 rules",
         }
     }
 
     pub fn proxy(self) -> Option<ProxyKind> {
         match self {
             Self::Direct => None,
-            Self::TarmacOneHop | Self::TarmacTwoHops | Self::TarmacTwoHopsMtls => Some(ProxyKind::Tarmac),
+            Self::TarmacOneHop
+            | Self::TarmacTwoHops
+            | Self::TarmacTwoHopsMtls
+            | Self::TarmacOneRule
+            | Self::TarmacManyRules => Some(ProxyKind::Tarmac),
             Self::EnvoyOneHop | Self::EnvoyTwoHops | Self::EnvoyTwoHopsMtls => Some(ProxyKind::Envoy),
         }
     }
@@ -90,6 +102,26 @@ impl Route {
     }
 }
 
+/// Starts the proxy of a routed route (`--routing`), following its Service through the
+/// discovery server at `control`, pinned to `core` if given; waits until its route table
+/// is in force.
+pub async fn start_routed(
+    route: Route,
+    control: SocketAddr,
+    binaries: &Binaries,
+    core: Option<usize>,
+    dir: &FsPath,
+) -> Result<Running, String> {
+    let (service, _) =
+        routing::service_of(route).ok_or_else(|| format!("{} is not routed", route.label()))?;
+    let (admin, listen) = (free_port()?, free_port()?);
+    let yaml = routing::tarmac_routed_config(admin, listen, control, service);
+    let name = route.label().replace(' ', "-");
+    let proxy = start_tarmac(&name, &yaml, admin, binaries, core, dir).await?;
+    routing::wait_for_routes(listen, admin).await?;
+    Ok(Running { route, entry: listen, proxies: vec![proxy] })
+}
+
 /// Starts the proxies of `route` in front of `upstream`, pinned to `core` if given, and
 /// waits until they are ready.
 pub async fn start(
@@ -103,6 +135,12 @@ pub async fn start(
     let mut proxies = Vec::new();
     let entry = match route {
         Route::Direct => upstream,
+        Route::TarmacOneRule | Route::TarmacManyRules => {
+            return Err(format!(
+                "{} gets its routes from discovery: start it with start_routed",
+                route.label()
+            ));
+        }
         Route::TarmacOneHop => {
             let (admin, listen) = (free_port()?, free_port()?);
             let yaml = tarmac_client_config(admin, listen, upstream, false);

@@ -71,85 +71,63 @@ pub async fn stat(args: StatArgs) -> Result<(), String> {
         return Ok(());
     }
     let rows = answer["rows"].as_array().cloned().unwrap_or_default();
-    let golden = |r: &Value| {
-        vec![
-            percent(&r["success_rate"]),
-            rps(&r["rps"]),
-            millis(&r["latency_ms_p50"]),
-            millis(&r["latency_ms_p95"]),
-            millis(&r["latency_ms_p99"]),
-            r["requests"].as_u64().unwrap_or(0).to_string(),
-        ]
-    };
-    const GOLDEN: [&str; 6] = ["SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "REQUESTS"];
     let kind = answer["kind"].as_str().unwrap_or("");
     if rows.is_empty() {
         println!("No {kind}s found{}.", if kind == "edge" { " with traffic in the window" } else { "" });
         return Ok(());
     }
-    let (header, table): (Vec<&str>, Vec<Vec<String>>) = match kind {
-        "workload" => (
-            [["NAME", "MESHED"].as_slice(), &GOLDEN].concat(),
-            rows.iter()
-                .map(|r| {
-                    let mut row = vec![
-                        qualified(&r["namespace"], &r["name"]),
-                        r["meshed"].as_str().unwrap_or("-").into(),
-                    ];
-                    row.extend(golden(r));
-                    row
-                })
-                .collect(),
-        ),
-        "route" => (
-            [["SERVICE", "ROUTE"].as_slice(), &GOLDEN].concat(),
-            rows.iter()
-                .map(|r| {
-                    let mut row = vec![
-                        qualified(&r["namespace"], &r["service"]),
-                        r["name"].as_str().unwrap_or("").into(),
-                    ];
-                    row.extend(golden(r));
-                    row
-                })
-                .collect(),
-        ),
-        "edge" => (
-            [["SRC", "DST", "DST_WORKLOADS", "SECURED"].as_slice(), &GOLDEN].concat(),
-            rows.iter()
-                .map(|r| {
-                    let dst = match r["dst_service"].as_str() {
-                        Some(_) => qualified(&r["dst_namespace"], &r["dst_service"]),
-                        None => r["dst_target"].as_str().unwrap_or("").into(),
-                    };
-                    let workloads: Vec<&str> = r["dst_workloads"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                        .collect();
-                    let mut row = vec![
-                        qualified(&r["src_namespace"], &r["src_workload"]),
-                        dst,
-                        if workloads.is_empty() { "-".into() } else { workloads.join(",") },
-                        percent(&r["secured_rate"]),
-                    ];
-                    row.extend(golden(r));
-                    row
-                })
-                .collect(),
-        ),
-        _ => (
-            [["NAME"].as_slice(), &GOLDEN].concat(),
-            rows.iter()
-                .map(|r| {
-                    let mut row = vec![qualified(&r["namespace"], &r["name"])];
-                    row.extend(golden(r));
-                    row
-                })
-                .collect(),
-        ),
+    let (header, table) = match kind {
+        "workload" => golden_table(&["NAME", "MESHED"], &rows, |r| {
+            vec![qualified(&r["namespace"], &r["name"]), r["meshed"].as_str().unwrap_or("-").into()]
+        }),
+        "route" => golden_table(&["SERVICE", "ROUTE"], &rows, |r| {
+            vec![qualified(&r["namespace"], &r["service"]), r["name"].as_str().unwrap_or("").into()]
+        }),
+        "edge" => golden_table(&["SRC", "DST", "DST_WORKLOADS", "SECURED"], &rows, |r| {
+            let dst = match r["dst_service"].as_str() {
+                Some(_) => qualified(&r["dst_namespace"], &r["dst_service"]),
+                None => r["dst_target"].as_str().unwrap_or("").into(),
+            };
+            let workloads: Vec<&str> =
+                r["dst_workloads"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            vec![
+                qualified(&r["src_namespace"], &r["src_workload"]),
+                dst,
+                if workloads.is_empty() { "-".into() } else { workloads.join(",") },
+                percent(&r["secured_rate"]),
+            ]
+        }),
+        _ => golden_table(&["NAME"], &rows, |r| vec![qualified(&r["namespace"], &r["name"])]),
     };
     print_table(&header, &table);
     Ok(())
+}
+
+/// The golden metrics columns every kind shows after its own.
+const GOLDEN: [&str; 6] = ["SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "REQUESTS"];
+
+/// A table of `rows`: the columns `leading` names and `cells` fills, then the golden
+/// metrics of each row.
+fn golden_table(
+    leading: &[&'static str],
+    rows: &[Value],
+    cells: impl Fn(&Value) -> Vec<String>,
+) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let header = [leading, &GOLDEN].concat();
+    let table = rows
+        .iter()
+        .map(|r| {
+            let mut row = cells(r);
+            row.extend([
+                percent(&r["success_rate"]),
+                rps(&r["rps"]),
+                millis(&r["latency_ms_p50"]),
+                millis(&r["latency_ms_p95"]),
+                millis(&r["latency_ms_p99"]),
+                r["requests"].as_u64().unwrap_or(0).to_string(),
+            ]);
+            row
+        })
+        .collect();
+    (header, table)
 }

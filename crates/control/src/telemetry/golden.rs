@@ -5,6 +5,10 @@
 //! target and route. The numbers of a window are the increase between two readings of
 //! the same proxy, summed over proxies as `sum(increase(...))` would, and the latency
 //! quantiles are read from the summed bucket increases as `histogram_quantile` does.
+//!
+//! Routed services have a second latency histogram, by route and rule: its series are
+//! keyed by the rule's name like the responses' `route` label, and kept apart
+//! ([`Counts::route_latency`]) so that the target's own histogram is never counted twice.
 
 use crate::prometheus::{Bucket, Histogram, Scrape, counter_increase};
 use serde::Serialize;
@@ -15,6 +19,8 @@ use std::time::Instant;
 pub const RESPONSES: &str = "tarmac_responses_total";
 /// The proxy's latency histogram (without `_bucket`).
 pub const LATENCY: &str = "tarmac_response_latency_seconds";
+/// The proxy's latency histogram of routed services, by route and rule (without `_bucket`).
+pub const ROUTE_LATENCY: &str = "tarmac_route_response_latency_seconds";
 /// How a rule without a `route` label (or a proxy without routing) is reported.
 pub const DEFAULT_ROUTE: &str = "[default]";
 
@@ -40,6 +46,10 @@ pub struct Counts {
     pub secured: f64,
     pub tls_known: f64,
     pub latency: Histogram,
+    /// Routed services only: the latency of the rule named by the key's `route` (of
+    /// unnamed rules and unmatched requests when it is None). No buckets at all when the
+    /// proxy has no such series.
+    pub route_latency: Histogram,
 }
 
 impl Counts {
@@ -49,6 +59,7 @@ impl Counts {
         self.secured += other.secured;
         self.tls_known += other.tls_known;
         self.latency = self.latency.merge(&other.latency);
+        self.route_latency = self.route_latency.merge(&other.route_latency);
     }
 
     /// What happened since `earlier` (None: since the proxy started, when it counted 0).
@@ -61,6 +72,7 @@ impl Counts {
                 secured: counter_increase(self.secured, e.secured),
                 tls_known: counter_increase(self.tls_known, e.tls_known),
                 latency: self.latency.increase_since(&e.latency),
+                route_latency: self.route_latency.increase_since(&e.route_latency),
             },
         }
     }
@@ -120,8 +132,18 @@ impl Reading {
             route: s.label("route").filter(|r| !r.is_empty()).map(str::to_string),
             client_id: s.label("client_id").filter(|c| !c.is_empty()).map(str::to_string),
         };
+        // The route histogram's `route` label is the route object; its `rule` label is what
+        // the responses call `route`.
+        let rule_key = |s: &crate::prometheus::Sample| SeriesKey {
+            direction: s.label("direction").unwrap_or_default().to_string(),
+            target: s.label("target").unwrap_or_default().to_string(),
+            route: s.label("rule").filter(|r| !r.is_empty()).map(str::to_string),
+            client_id: None,
+        };
         let bucket_name = format!("{LATENCY}_bucket");
+        let route_bucket_name = format!("{ROUTE_LATENCY}_bucket");
         let mut buckets: BTreeMap<SeriesKey, Vec<Bucket>> = BTreeMap::new();
+        let mut route_buckets: BTreeMap<SeriesKey, Vec<Bucket>> = BTreeMap::new();
         for sample in scrape.samples() {
             if sample.name == RESPONSES {
                 let counts = series.entry(key(sample)).or_default();
@@ -138,21 +160,16 @@ impl Reading {
                     None => {}
                 }
             } else if sample.name == bucket_name {
-                let Some(upper_bound) = sample.label("le").and_then(|le| match le {
-                    "+Inf" | "Inf" => Some(f64::INFINITY),
-                    _ => le.parse().ok(),
-                }) else {
-                    continue;
-                };
-                let list = buckets.entry(key(sample)).or_default();
-                match list.iter_mut().find(|b| b.upper_bound == upper_bound) {
-                    Some(b) => b.cumulative_count += sample.value,
-                    None => list.push(Bucket { upper_bound, cumulative_count: sample.value }),
-                }
+                add_bucket(&mut buckets, key(sample), sample);
+            } else if sample.name == route_bucket_name {
+                add_bucket(&mut route_buckets, rule_key(sample), sample);
             }
         }
         for (key, list) in buckets {
             series.entry(key).or_default().latency = Histogram::new(list);
+        }
+        for (key, list) in route_buckets {
+            series.entry(key).or_default().route_latency = Histogram::new(list);
         }
         Self { at, series }
     }
@@ -174,8 +191,34 @@ impl Reading {
     }
 }
 
-static EMPTY: Counts =
-    Counts { successes: 0.0, failures: 0.0, secured: 0.0, tls_known: 0.0, latency: Histogram::EMPTY };
+/// Adds a `_bucket` sample to the buckets of `key` (series that differ only in labels
+/// the key leaves out are summed).
+fn add_bucket(
+    buckets: &mut BTreeMap<SeriesKey, Vec<Bucket>>,
+    key: SeriesKey,
+    sample: &crate::prometheus::Sample,
+) {
+    let Some(upper_bound) = sample.label("le").and_then(|le| match le {
+        "+Inf" | "Inf" => Some(f64::INFINITY),
+        _ => le.parse().ok(),
+    }) else {
+        return;
+    };
+    let list = buckets.entry(key).or_default();
+    match list.iter_mut().find(|b| b.upper_bound == upper_bound) {
+        Some(b) => b.cumulative_count += sample.value,
+        None => list.push(Bucket { upper_bound, cumulative_count: sample.value }),
+    }
+}
+
+static EMPTY: Counts = Counts {
+    successes: 0.0,
+    failures: 0.0,
+    secured: 0.0,
+    tls_known: 0.0,
+    latency: Histogram::EMPTY,
+    route_latency: Histogram::EMPTY,
+};
 
 /// The service an outbound `target` names, as `tarmac up` names them in sidecar
 /// configurations: `books`, `books.shop` (another namespace), `books:8080` or
@@ -257,6 +300,31 @@ tarmac_response_latency_seconds_bucket{direction=\"inbound\",target=\"127.0.0.1:
         assert_eq!(window[&canary].failures, 4.0, "a series born in the window counts from zero");
         let since_start = after.increase_since(None);
         assert_eq!(since_start[&inbound].successes, 150.0);
+    }
+
+    #[test]
+    fn route_latency_is_keyed_by_rule_and_kept_apart_from_the_target_histogram() {
+        let text = "\
+tarmac_response_latency_seconds_bucket{direction=\"outbound\",target=\"names\",le=\"0.01\"} 10
+tarmac_response_latency_seconds_bucket{direction=\"outbound\",target=\"names\",le=\"+Inf\"} 12
+tarmac_route_response_latency_seconds_bucket{direction=\"outbound\",target=\"names\",route=\"default/names\",rule=\"slow\",le=\"0.01\"} 0
+tarmac_route_response_latency_seconds_bucket{direction=\"outbound\",target=\"names\",route=\"default/names\",rule=\"slow\",le=\"+Inf\"} 2
+tarmac_route_response_latency_seconds_bucket{direction=\"outbound\",target=\"names\",route=\"default/names\",rule=\"\",le=\"0.01\"} 10
+tarmac_route_response_latency_seconds_bucket{direction=\"outbound\",target=\"names\",route=\"default/names\",rule=\"\",le=\"+Inf\"} 10
+";
+        let reading = Reading::from_scrape(&Scrape::parse(text).unwrap(), Instant::now());
+        let key = |route: Option<&str>| SeriesKey {
+            direction: "outbound".into(),
+            target: "names".into(),
+            route: route.map(Into::into),
+            client_id: None,
+        };
+        let slow = &reading.series[&key(Some("slow"))];
+        assert_eq!((slow.latency.count(), slow.route_latency.count()), (0.0, 2.0));
+        let unnamed = &reading.series[&key(None)];
+        assert_eq!((unnamed.latency.count(), unnamed.route_latency.count()), (12.0, 10.0));
+        let later = reading.increase_since(Some(&reading));
+        assert_eq!(later[&key(Some("slow"))].route_latency.count(), 0.0);
     }
 
     #[test]

@@ -5,12 +5,15 @@
 //!   its replicas received (direction `inbound`), from meshed and non-meshed clients alike.
 //! - A *route*'s numbers are the client side (direction `outbound`): routing happens in
 //!   the caller's proxy, which labels its series with the route; series without that
-//!   label count for the service's default route.
+//!   label count for the service's default route. Their latency comes from the route
+//!   histogram of routed services (the target's own histogram, of services without
+//!   routes, covers every rule at once).
 //! - An *edge* is a calling workload and the service it calls, from the caller's
 //!   outbound series.
 
 use super::ProxyWindow;
 use super::golden::{Counts, DEFAULT_ROUTE, Golden, parse_service_target};
+use crate::prometheus::Histogram;
 use crate::store::Snapshot;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -189,12 +192,24 @@ pub fn route_rows(windows: &[ProxyWindow], snapshot: &Snapshot) -> Vec<StatRow> 
         rows.entry((namespace.clone(), service.clone(), route.clone())).or_default();
     }
     for window in windows {
-        for (key, counts) in window.series.iter().filter(|(k, _)| k.direction == "outbound") {
+        let outbound = || window.series.iter().filter(|(k, _)| k.direction == "outbound");
+        // Targets this proxy routes: their rules are timed by the route histogram.
+        let routed: Vec<&str> = outbound()
+            .filter(|(_, c)| c.route_latency != Histogram::EMPTY)
+            .map(|(k, _)| k.target.as_str())
+            .collect();
+        for (key, counts) in outbound() {
             let Some(service) = resolve(snapshot, &key.target, &window.instance.namespace) else { continue };
             let route = key.route.clone().unwrap_or_else(|| DEFAULT_ROUTE.to_string());
-            rows.entry((service.metadata.namespace.clone(), service.metadata.name.clone(), route))
-                .or_default()
-                .add(counts, window.seconds);
+            let row = rows
+                .entry((service.metadata.namespace.clone(), service.metadata.name.clone(), route))
+                .or_default();
+            if routed.contains(&key.target.as_str()) {
+                let by_rule = Counts { latency: counts.route_latency.clone(), ..counts.clone() };
+                row.add(&by_rule, window.seconds);
+            } else {
+                row.add(counts, window.seconds);
+            }
         }
     }
     rows.into_iter()
@@ -447,5 +462,43 @@ spec:
             .map(|r| (r.service.as_deref().unwrap(), r.name.as_str(), r.golden.requests))
             .collect();
         assert_eq!(summary, [("names", "[default]", 20), ("names", "canary", 4)]);
+    }
+
+    fn latency(fast: f64, slow: f64) -> Histogram {
+        use crate::prometheus::Bucket;
+        Histogram::new(vec![
+            Bucket { upper_bound: 0.01, cumulative_count: fast },
+            Bucket { upper_bound: 0.5, cumulative_count: fast + slow },
+            Bucket { upper_bound: f64::INFINITY, cumulative_count: fast + slow },
+        ])
+    }
+
+    #[test]
+    fn routed_services_take_route_latency_from_the_route_histogram() {
+        let mut w = vec![window("greeter", 0, &[("outbound", "names", None, 10.0, 0.0)])];
+        let series = &mut w[0].series;
+        // The target's histogram times every request (10 fast, 10 slow)...
+        series.values_mut().for_each(|c| c.latency = latency(10.0, 10.0));
+        // ...the route histogram times each rule: the unnamed one fast, canary slow.
+        series.values_mut().for_each(|c| c.route_latency = latency(10.0, 0.0));
+        series.insert(
+            SeriesKey {
+                direction: "outbound".into(),
+                target: "names".into(),
+                route: Some("canary".into()),
+                client_id: None,
+            },
+            Counts { successes: 10.0, route_latency: latency(0.0, 10.0), ..Default::default() },
+        );
+        let rows = route_rows(&w, &snapshot());
+        let p50 = |name: &str| rows.iter().find(|r| r.name == name).unwrap().golden.latency_ms_p50.unwrap();
+        assert!(p50("canary") > 10.0, "{rows:?}");
+        assert!(p50("[default]") <= 10.0, "the slow rule is not counted twice: {rows:?}");
+
+        // Without a route histogram (a proxy that does not route), the target's histogram.
+        w[0].series.values_mut().for_each(|c| c.route_latency = Histogram::EMPTY);
+        let rows = route_rows(&w, &snapshot());
+        let default = rows.iter().find(|r| r.name == "[default]").unwrap();
+        assert!(default.golden.latency_ms_p99.unwrap() > 10.0, "{rows:?}");
     }
 }

@@ -198,13 +198,14 @@ impl Forward {
     }
 
     async fn proxy(self: &Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
-        if upgrade::is_tunnel(&req) {
-            return upgrade::forward(self, req).await;
-        }
+        // Routes come first: they apply to tunnels (WebSocket, CONNECT) too.
         if let Destination::Balanced(balancer) = &self.destination
             && let Some(table) = balancer.routes.get()
         {
             return self.routed(table, req).await;
+        }
+        if upgrade::is_tunnel(&req) {
+            return upgrade::forward(self, req).await;
         }
         let endpoint = self.pick()?;
         self.send(req.map(Body::from), endpoint).await

@@ -1,5 +1,8 @@
 //! Tunnels: `Upgrade` (WebSocket and friends) and `CONNECT`.
 //!
+//! A Service with routes routes its tunnels like any request (`route::serve`), which then
+//! hands the chosen endpoint to [`tunnel`]; without routes [`forward`] picks one itself.
+//!
 //! A tunnel takes a connection of its own: the request goes over a fresh HTTP/1.1
 //! connection to the endpoint (to the next proxy too: an upgrade cannot ride the shared
 //! HTTP/2 connection), and once the endpoint agrees (101, or 2xx to CONNECT) the bytes of
@@ -7,10 +10,12 @@
 
 use super::forward::{Forward, ProxyError, authority, set_origin_form};
 use super::{Body, ORIG_PROTO, strip_hop_by_hop};
+use crate::endpoint::Endpoint;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use std::sync::Arc;
 
 /// A CONNECT, or an HTTP/1 request asking to switch protocols.
 pub fn is_tunnel<B>(req: &Request<B>) -> bool {
@@ -27,8 +32,19 @@ pub fn is_tunnel<B>(req: &Request<B>) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
-pub async fn forward(fwd: &Forward, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+/// A tunnel of a Service without routes (or of the inbound app): to an endpoint of its own.
+pub async fn forward(fwd: &Forward, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
     let endpoint = fwd.pick()?;
+    tunnel(fwd, req.map(Body::from), endpoint).await
+}
+
+/// Opens the tunnel `req` asks for through `endpoint`. The client's side of the upgrade
+/// travels in the request's extensions, which survive the body's conversion.
+pub async fn tunnel(
+    fwd: &Forward,
+    mut req: Request<Body>,
+    endpoint: Arc<Endpoint>,
+) -> Result<Response<Body>, ProxyError> {
     let is_connect = req.method() == Method::CONNECT;
     let client_side = hyper::upgrade::on(&mut req);
     req.headers_mut().remove(ORIG_PROTO);
@@ -46,7 +62,7 @@ pub async fn forward(fwd: &Forward, mut req: Request<Incoming>) -> Result<Respon
     let in_flight = endpoint.ewma.start();
     let mut sender = endpoint.h1_connect(true).await?;
     let mut rsp = sender
-        .send_request(req.map(Body::from))
+        .send_request(req)
         .await
         .map_err(|source| ProxyError::Upstream { addr: endpoint.addr, source })?;
     in_flight.complete();

@@ -1,18 +1,27 @@
 //! The routed request path: match, filter, pick a backend by weight, forward, filter the
 //! response. Failures that the Gateway API assigns a status become [`ProxyError`]s with
 //! that status: no matching rule 404, a missing backend 500, a timeout 504.
+//!
+//! Tunnels (WebSocket and other upgrades, CONNECT) take the same path up to the endpoint
+//! (matching, filters, redirects, rewrites, weights, the errors above; response header
+//! modifiers apply to the `101`) and are then spliced by [`upgrade::tunnel`]. They are
+//! never mirrored: a copy of a tunnel would be a second conversation with side effects.
 
 use super::filters::{Fault, Mirror, path_and_query, split_host_port};
 use super::{RouteTable, Rule, Target};
 use crate::http::forward::{Forward, ProxyError, authority};
-use crate::http::{Body, error_response, is_grpc};
+use crate::http::{Body, error_response, is_grpc, upgrade};
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Uri};
 use http::{Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
+
+/// The `route` and `rule` labels of requests no rule matched.
+static NO_RULE: LazyLock<Arc<String>> = LazyLock::new(Arc::default);
 
 /// Requests whose body is larger (or of unknown length) are not mirrored: a copy would
 /// have to be buffered before the request could go on.
@@ -25,22 +34,24 @@ impl Forward {
         table: Arc<RouteTable>,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
+        let started = Instant::now();
         let path = req.uri().path();
         let query = req.uri().query();
         let Some((rule, matched)) = table.select(req.method(), path, query, req.headers()) else {
-            self.metrics.route_response("", "", 404);
+            self.metrics.route_response(&NO_RULE, &NO_RULE, 404);
+            self.metrics.route_latency(&NO_RULE, &NO_RULE, started.elapsed().as_secs_f64());
             return Err(ProxyError::NoRoute);
         };
         let prefix = matched.matched_prefix().to_string();
         let grpc = is_grpc(req.headers());
+        let tunnel = upgrade::is_tunnel(&req);
+        let through = self.through_rule(&table, rule, &prefix, tunnel, req);
         let result = match rule.request_timeout {
-            Some(limit) => {
-                match tokio::time::timeout(limit, self.through_rule(&table, rule, &prefix, req)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(ProxyError::Timeout { what: "request", limit }),
-                }
-            }
-            None => self.through_rule(&table, rule, &prefix, req).await,
+            Some(limit) => match tokio::time::timeout(limit, through).await {
+                Ok(result) => result,
+                Err(_) => Err(ProxyError::Timeout { what: "request", limit }),
+            },
+            None => through.await,
         };
         // Failures of a rule become responses here, so that they too carry the rule's
         // name to the response metrics (`route` label).
@@ -53,6 +64,7 @@ impl Forward {
             }
         };
         self.metrics.route_response(&rule.route, &rule.rule, rsp.status().as_u16());
+        self.metrics.route_latency(&rule.route, &rule.rule, started.elapsed().as_secs_f64());
         if rule.label.0.is_some() {
             rsp.extensions_mut().insert(rule.label.clone());
         }
@@ -64,6 +76,7 @@ impl Forward {
         table: &RouteTable,
         rule: &Rule,
         prefix: &str,
+        tunnel: bool,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
         let mut req = req.map(Body::from);
@@ -109,7 +122,10 @@ impl Forward {
             m.apply(req.headers_mut());
         }
         if let Some(rewrite) = &rule.filters.rewrite {
-            if let Some(path) = &rewrite.path {
+            // A CONNECT's target is an authority: it has no path to rewrite.
+            if let Some(path) = &rewrite.path
+                && req.method() != http::Method::CONNECT
+            {
                 let new_path = path.apply(req.uri().path(), prefix);
                 let pq = path_and_query(&new_path, req.uri().query()).map_err(ProxyError::BadUri)?;
                 let mut parts = std::mem::take(req.uri_mut()).into_parts();
@@ -144,7 +160,7 @@ impl Forward {
         if let Some(fault) = &backend.filters.fault {
             inject(fault, rule, &req).await?;
         }
-        if !rule.filters.mirrors.is_empty() || !backend.filters.mirrors.is_empty() {
+        if !tunnel && (!rule.filters.mirrors.is_empty() || !backend.filters.mirrors.is_empty()) {
             req = self.mirror(req, rule.filters.mirrors.iter().chain(&backend.filters.mirrors)).await?;
         }
         let endpoint = match &backend.target {
@@ -154,12 +170,16 @@ impl Forward {
             }
             Target::Missing => return Err(ProxyError::BackendNotFound(backend.name.clone())),
         };
+        // A tunnel's timeout ends with its response head: the spliced bytes are not timed.
+        let send = async {
+            if tunnel { upgrade::tunnel(self, req, endpoint).await } else { self.send(req, endpoint).await }
+        };
         let mut rsp = match rule.backend_timeout {
-            Some(limit) => match tokio::time::timeout(limit, self.send(req, endpoint)).await {
+            Some(limit) => match tokio::time::timeout(limit, send).await {
                 Ok(result) => result?,
                 Err(_) => return Err(ProxyError::Timeout { what: "backend request", limit }),
             },
-            None => self.send(req, endpoint).await?,
+            None => send.await?,
         };
         if let Some(m) = &backend.filters.response_headers {
             m.apply(rsp.headers_mut());

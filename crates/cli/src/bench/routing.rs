@@ -1,0 +1,379 @@
+//! `tarmac bench --routing`: what the size of a route table costs the request path. One
+//! Tarmac hop in front of the built-in upstream, following a Service whose HTTPRoute has
+//! one rule, and another whose HTTPRoute has [`MANY_RULES`] rules of which the requests
+//! take the last one in precedence order: every other rule's match is tried first, and
+//! fails. Routes reach the proxies as they do in a mesh, from the control plane's
+//! discovery server, which runs in this process.
+
+use super::report::{RouteSummary, ratio};
+use super::topology::Route;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tarmac_control::discovery::server::DiscoveryService;
+use tarmac_control::http_client::HttpClient;
+use tarmac_control::registry::{Instance, Registry};
+use tarmac_control::store::Snapshot;
+use tokio::sync::{oneshot, watch};
+
+/// Rules of the large table.
+pub const MANY_RULES: usize = 100;
+/// The rule the measured requests take, in both tables.
+pub const MATCHED_RULE: &str = "last";
+/// The port of every Service of the benchmark's configuration.
+const SERVICE_PORT: u16 = 80;
+/// How long a routed proxy has to receive its route table.
+const ROUTES_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The Service a routed route's proxy follows, and how many rules its HTTPRoute has.
+pub fn service_of(route: Route) -> Option<(&'static str, usize)> {
+    match route {
+        Route::TarmacOneRule => Some(("one-rule", 1)),
+        Route::TarmacManyRules => Some(("many-rules", MANY_RULES)),
+        _ => None,
+    }
+}
+
+/// The configuration discovery serves: the Service `upstream` (the built-in upstream,
+/// not meshed), and for each routed route a Service selecting the same upstream with its
+/// HTTPRoute.
+pub fn configuration() -> String {
+    let service = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec: {{selector: {{app: upstream}}, ports: [{{port: {SERVICE_PORT}}}]}}\n"
+        )
+    };
+    let mut yaml = service("upstream");
+    for route in [Route::TarmacOneRule, Route::TarmacManyRules] {
+        let (name, rules) = service_of(route).expect("a routed route");
+        yaml.push_str("---\n");
+        yaml.push_str(&service(name));
+        yaml.push_str("---\n");
+        yaml.push_str(&http_route(name, rules));
+    }
+    yaml
+}
+
+/// An HTTPRoute of `rules` rules attached to `service`; requests without headers take
+/// only the last. The others match every path and one header the requests never carry,
+/// which ranks them before the last rule's bare `PathPrefix /` (more header matches win),
+/// so a request is checked against each of them, path first, before it gets there.
+fn http_route(service: &str, rules: usize) -> String {
+    let backend = format!("    backendRefs: [{{name: upstream, port: {SERVICE_PORT}}}]\n");
+    let mut yaml = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {service}}}\nspec:\n  \
+         parentRefs: [{{group: \"\", kind: Service, name: {service}, port: {SERVICE_PORT}}}]\n  rules:\n"
+    );
+    for i in 1..rules {
+        let _ = write!(
+            yaml,
+            "  - name: miss-{i}\n    matches: [{{path: {{type: PathPrefix, value: /}}, headers: [{{name: x-bench-miss, value: m{i}}}]}}]\n{backend}"
+        );
+    }
+    let _ = write!(
+        yaml,
+        "  - name: {MATCHED_RULE}\n    matches: [{{path: {{type: PathPrefix, value: /}}}}]\n{backend}"
+    );
+    yaml
+}
+
+/// The control plane's discovery server on loopback, serving [`configuration`] with the
+/// upstream as the one instance of `upstream`. Stops when dropped.
+pub struct Discovery {
+    pub addr: SocketAddr,
+    _snapshots: watch::Sender<Arc<Snapshot>>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Discovery {
+    pub async fn start(upstream: SocketAddr) -> Result<Self, String> {
+        let objects = tarmac_model::parse_documents("tarmac-bench-routing.yaml", &configuration())
+            .map_err(|errors| format!("the routing benchmark's configuration is invalid: {errors:?}"))?
+            .into_iter()
+            .map(|r| (r.key(), r))
+            .collect();
+        let (snapshots, receiver) = watch::channel(Arc::new(Snapshot { generation: 1, objects }));
+        let registry = Registry::default();
+        registry.set(vec![Instance {
+            namespace: "default".into(),
+            workload: "upstream".into(),
+            replica: 0,
+            labels: BTreeMap::from([("app".to_string(), "upstream".to_string())]),
+            service_account: "upstream".into(),
+            addr: upstream,
+            meshed: false,
+            admin: None,
+        }]);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("cannot listen for the discovery server: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let (stop, stopped) = oneshot::channel();
+        let service = DiscoveryService::new(receiver, registry);
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            if let Err(e) = tarmac_control::grpc::serve(listener, service, None, shutdown).await {
+                eprintln!("warning: the discovery server stopped: {e}");
+            }
+        });
+        Ok(Self { addr, _snapshots: snapshots, _stop: stop })
+    }
+}
+
+/// A client-side sidecar following `service` through discovery at `control`.
+pub fn tarmac_routed_config(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    control: SocketAddr,
+    service: &str,
+) -> String {
+    format!(
+        "# Generated by `tarmac bench --routing`.\nadmin: \"{admin}\"\nworkers: 1\n\
+         control: {{addr: \"{control}\", workload: bench}}\noutbound:\n  services:\n    \
+         - name: {service}\n      listen: \"{listen}\"\n      discover: {{port: {SERVICE_PORT}}}\n\
+         limits:\n  drain_timeout: 1s\n"
+    )
+}
+
+/// Waits until the proxy at `admin` has routed a request through `listen` by
+/// [`MATCHED_RULE`]: its route table is in force.
+pub async fn wait_for_routes(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + ROUTES_TIMEOUT;
+    let rule = format!("rule=\"{MATCHED_RULE}\"");
+    loop {
+        let _ = HttpClient::new(listen, Duration::from_secs(1)).get("/").await;
+        let metrics = HttpClient::new(admin, Duration::from_secs(1)).get("/metrics").await;
+        if metrics.is_ok_and(|m| String::from_utf8_lossy(&m.body).contains(&rule)) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "the proxy at {listen} did not route by rule {MATCHED_RULE} within {ROUTES_TIMEOUT:?}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The many-rule table against the one-rule table under one load: each side's figures
+/// and `many / one` of each.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RoutingComparison {
+    pub load: String,
+    pub rules: [usize; 2],
+    pub p50_us: [f64; 2],
+    pub p99_us: [f64; 2],
+    pub added_p50_us: [Option<f64>; 2],
+    pub added_p99_us: [Option<f64>; 2],
+    pub throughput_rps: [f64; 2],
+    pub cpu_per_10k: [Option<f64>; 2],
+    /// many / one. Ratios of added latency are absent when either is not positive (noise
+    /// made a hop look faster than direct).
+    pub ratio_p50: Option<f64>,
+    pub ratio_p99: Option<f64>,
+    pub ratio_added_p50: Option<f64>,
+    pub ratio_added_p99: Option<f64>,
+    pub ratio_throughput: Option<f64>,
+    pub ratio_cpu_per_10k: Option<f64>,
+}
+
+/// One comparison per load that measured both tables.
+pub fn compare(summaries: &[RouteSummary]) -> Vec<RoutingComparison> {
+    let mut loads: Vec<&str> = Vec::new();
+    for s in summaries {
+        if !loads.contains(&s.load.as_str()) {
+            loads.push(&s.load);
+        }
+    }
+    loads
+        .into_iter()
+        .filter_map(|load| {
+            let find = |route| summaries.iter().find(|s| s.load == load && s.route == route);
+            let (one, many) = (find(Route::TarmacOneRule)?, find(Route::TarmacManyRules)?);
+            Some(RoutingComparison {
+                load: load.to_string(),
+                rules: [1, MANY_RULES],
+                p50_us: [one.p50_us, many.p50_us],
+                p99_us: [one.p99_us, many.p99_us],
+                added_p50_us: [one.added_p50_us, many.added_p50_us],
+                added_p99_us: [one.added_p99_us, many.added_p99_us],
+                throughput_rps: [one.throughput_rps, many.throughput_rps],
+                cpu_per_10k: [one.cpu_per_10k, many.cpu_per_10k],
+                ratio_p50: ratio(Some(many.p50_us), Some(one.p50_us)),
+                ratio_p99: ratio(Some(many.p99_us), Some(one.p99_us)),
+                ratio_added_p50: ratio(many.added_p50_us, one.added_p50_us),
+                ratio_added_p99: ratio(many.added_p99_us, one.added_p99_us),
+                ratio_throughput: ratio(Some(many.throughput_rps), Some(one.throughput_rps)),
+                ratio_cpu_per_10k: ratio(many.cpu_per_10k, one.cpu_per_10k),
+            })
+        })
+        .collect()
+}
+
+/// The comparison as a table: one line per load.
+pub fn table(comparisons: &[RoutingComparison]) -> String {
+    let cell =
+        |v: Option<f64>, decimals: usize| v.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"));
+    let pair =
+        |v: [Option<f64>; 2], decimals: usize| format!("{}/{}", cell(v[0], decimals), cell(v[1], decimals));
+    let mut out = format!("routing: {MANY_RULES} rules (the last one taken) ÷ 1 rule, one Tarmac hop\n");
+    let _ = writeln!(
+        out,
+        "  {:<14} {:>15} {:>15} {:>13} {:>13} {:>17} {:>13} {:>13} {:>11}",
+        "load",
+        "+p50 µs 1/100",
+        "+p99 µs 1/100",
+        "÷ +p50/+p99",
+        "÷ p50/p99",
+        "req/s 1/100",
+        "÷ req/s",
+        "CPU-s/10k",
+        "÷ CPU"
+    );
+    for c in comparisons {
+        let _ = writeln!(
+            out,
+            "  {:<14} {:>15} {:>15} {:>13} {:>13} {:>17} {:>13} {:>13} {:>11}",
+            c.load,
+            pair(c.added_p50_us, 0),
+            pair(c.added_p99_us, 0),
+            format!("{}/{}", cell(c.ratio_added_p50, 2), cell(c.ratio_added_p99, 2)),
+            format!("{}/{}", cell(c.ratio_p50, 2), cell(c.ratio_p99, 2)),
+            format!("{:.0}/{:.0}", c.throughput_rps[0], c.throughput_rps[1]),
+            cell(c.ratio_throughput, 2),
+            pair(c.cpu_per_10k, 3),
+            cell(c.ratio_cpu_per_10k, 2),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tarmac_control::discovery::routes::{Parent, routes_for};
+    use tarmac_model::Resource;
+
+    fn snapshot() -> Snapshot {
+        let objects = tarmac_model::parse_documents("t.yaml", &configuration())
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .into_iter()
+            .map(|r| (r.key(), r))
+            .collect();
+        Snapshot { generation: 1, objects }
+    }
+
+    /// The compiled route table of `service`, as the proxy builds it from discovery.
+    fn table_of(snapshot: &Snapshot, service: &str) -> tarmac_proxy::route::RouteTable {
+        let service = snapshot
+            .objects
+            .values()
+            .find_map(|r| match r {
+                Resource::Service(s) if s.metadata.name == service => Some(s),
+                _ => None,
+            })
+            .unwrap();
+        let parent = Parent { service, port: &service.spec.ports[0] };
+        let routes = routes_for(snapshot, &[], "default", &parent);
+        tarmac_proxy::route::RouteTable::build(&routes, SERVICE_PORT, None, &|_| unreachable!("no endpoints"))
+            .unwrap()
+    }
+
+    fn taken(table: &tarmac_proxy::route::RouteTable, headers: &[(&'static str, &str)]) -> Option<String> {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, v.parse().unwrap());
+        }
+        table.select(&http::Method::GET, "/", None, &h).map(|(rule, _)| rule.rule.to_string())
+    }
+
+    #[test]
+    fn requests_take_the_last_of_the_many_rules_after_trying_every_other() {
+        let snapshot = snapshot();
+        let one = table_of(&snapshot, "one-rule");
+        assert_eq!(one.rules.len(), 1);
+        assert_eq!(taken(&one, &[]).as_deref(), Some(MATCHED_RULE));
+        let many = table_of(&snapshot, "many-rules");
+        assert_eq!(many.rules.len(), MANY_RULES);
+        assert_eq!(taken(&many, &[]).as_deref(), Some(MATCHED_RULE));
+        // Each other rule outranks the last: a request that satisfies it takes it. So a
+        // request without the header is tried against all of them before the last.
+        for i in 1..MANY_RULES {
+            let value = format!("m{i}");
+            assert_eq!(taken(&many, &[("x-bench-miss", &value)]), Some(format!("miss-{i}")));
+        }
+    }
+
+    #[test]
+    fn the_routed_configuration_is_accepted_by_the_proxy() {
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let yaml = tarmac_routed_config(addr(4191), addr(7001), addr(4100), "many-rules");
+        let config = tarmac_proxy::Config::from_yaml(&yaml, "generated").expect("the proxy accepts it");
+        let services = config.outbound.expect("outbound").services;
+        assert_eq!(services[0].discover.as_ref().map(|d| d.port), Some(SERVICE_PORT));
+    }
+
+    fn summary(
+        route: Route,
+        load: &str,
+        p50: f64,
+        added_p50: Option<f64>,
+        rps: f64,
+        cpu: f64,
+    ) -> RouteSummary {
+        RouteSummary {
+            route,
+            label: route.label(),
+            load: load.into(),
+            rounds: 3,
+            p50_us: p50,
+            p99_us: p50 * 2.0,
+            p999_us: p50 * 3.0,
+            p99_min_us: p50 * 2.0,
+            p99_max_us: p50 * 2.0,
+            added_p50_us: added_p50,
+            added_p99_us: added_p50.map(|a| a * 2.0),
+            cpu_per_10k: Some(cpu),
+            peak_rss_mib: Some(8.0),
+            throughput_rps: rps,
+            rps_per_proxy_core: None,
+            failures: 0,
+            contaminated_rounds: 0,
+            generator_warnings: Vec::new(),
+            merged: tarmac_loadgen::LatencyHistogram::new().summary(),
+            curve: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn comparisons_divide_the_many_rules_by_the_one_rule_per_load() {
+        let summaries = vec![
+            summary(Route::Direct, "1000 req/s", 100.0, None, 1000.0, 0.0),
+            summary(Route::TarmacOneRule, "1000 req/s", 150.0, Some(50.0), 1000.0, 0.2),
+            summary(Route::TarmacManyRules, "1000 req/s", 160.0, Some(60.0), 1000.0, 0.25),
+            summary(Route::TarmacOneRule, "max throughput", 300.0, Some(-5.0), 20_000.0, 0.2),
+            summary(Route::TarmacManyRules, "max throughput", 330.0, Some(10.0), 18_000.0, 0.22),
+            // A load that measured only one of the two has no comparison.
+            summary(Route::TarmacOneRule, "5000 req/s", 150.0, Some(50.0), 5000.0, 0.2),
+        ];
+        let c = compare(&summaries);
+        assert_eq!(c.len(), 2, "{c:?}");
+        let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+        assert_eq!(c[0].load, "1000 req/s");
+        assert!(close(c[0].ratio_added_p50, 1.2) && close(c[0].ratio_added_p99, 1.2), "{:?}", c[0]);
+        assert!(close(c[0].ratio_p50, 160.0 / 150.0) && close(c[0].ratio_cpu_per_10k, 1.25));
+        assert!(close(c[0].ratio_throughput, 1.0));
+        assert_eq!(c[1].ratio_added_p50, None, "a negative added latency has no ratio");
+        assert!(close(c[1].ratio_throughput, 0.9));
+        let text = table(&c);
+        assert!(
+            text.contains("1.20/1.20") && text.contains("20000/18000") && text.contains("0.90"),
+            "{text}"
+        );
+    }
+}
