@@ -165,6 +165,12 @@ impl Endpoint {
         if let Some(sender) = self.current_h2() {
             return Ok(sender);
         }
+        // Connecting is rare and its state (TCP, TLS and HTTP/2 handshakes) large: boxed,
+        // it stays out of every request's future.
+        Box::pin(self.connect_h2()).await
+    }
+
+    async fn connect_h2(&self) -> Result<http2::SendRequest<Body>, ConnectError> {
         // One task connects; the others wait for it and reuse its connection.
         let _connecting = self.h2_connecting.lock().await;
         if let Some(sender) = self.current_h2() {
@@ -216,7 +222,8 @@ impl Endpoint {
                 return Ok(sender);
             }
         }
-        self.h1_connect(false).await
+        // Boxed for the same reason as `connect_h2`.
+        Box::pin(self.h1_connect(false)).await
     }
 
     /// A new HTTP/1 connection; `upgrades` keeps the socket usable after a 101 or CONNECT.

@@ -198,14 +198,16 @@ impl Forward {
     }
 
     async fn proxy(self: &Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
-        // Routes come first: they apply to tunnels (WebSocket, CONNECT) too.
+        // Routes come first: they apply to tunnels (WebSocket, CONNECT) too. Both paths
+        // are boxed: their state is large, and inline it would be moved (copied) with
+        // every request's future, routed or not.
         if let Destination::Balanced(balancer) = &self.destination
             && let Some(table) = balancer.routes.get()
         {
-            return self.routed(table, req).await;
+            return Box::pin(self.routed(table, req)).await;
         }
         if upgrade::is_tunnel(&req) {
-            return upgrade::forward(self, req).await;
+            return Box::pin(upgrade::forward(self, req)).await;
         }
         let endpoint = self.pick()?;
         self.send(req.map(Body::from), endpoint).await
