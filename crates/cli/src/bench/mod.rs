@@ -339,7 +339,8 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     let (pinned, proxy_core) = (layout.pinned, layout.proxy_core);
 
     let mut routes: Vec<Running> = Vec::new();
-    let chosen = |route: &Route| args.routes.is_empty() || *route == Route::Direct || args.routes.contains(route);
+    let chosen =
+        |route: &Route| args.routes.is_empty() || *route == Route::Direct || args.routes.contains(route);
     for route in SUITE_ROUTES.into_iter().filter(chosen) {
         if route.proxy() == Some(topology::ProxyKind::Envoy) && binaries.envoy.is_none() {
             continue;
@@ -610,7 +611,9 @@ fn print_suite_tables(summaries: &[RouteSummary], conditions: &str, chosen: &[Su
             SuiteLoad::Max => report::throughput_table(
                 summaries,
                 MAX_LOAD,
-                &format!("max throughput, closed loop over {SUITE_MAX_CONNECTIONS} connections, {conditions}"),
+                &format!(
+                    "max throughput, closed loop over {SUITE_MAX_CONNECTIONS} connections, {conditions}"
+                ),
             ),
         };
         println!("{text}");
