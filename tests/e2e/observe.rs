@@ -32,13 +32,18 @@ fn fixture_copy(tag: &str) -> PathBuf {
 /// Starts `tarmac up DIR --api-port 0` and waits (bounded) for every replica to be ready;
 /// returns it with the API's address and the front's (through its sidecar).
 fn start_mesh(dir: &Path) -> (Up, String, SocketAddr) {
+    start_mesh_with(dir, &["backend-0", "backend-1"])
+}
+
+/// [`start_mesh`] for a fixture whose replicas other than `front-0` are `replicas`.
+pub(crate) fn start_mesh_with(dir: &Path, replicas: &[&str]) -> (Up, String, SocketAddr) {
     let up = Up::start_with(&[dir.to_str().unwrap(), "--api-port", "0"]);
     let api = up.wait_for("the API address", Duration::from_secs(30), |lines| {
         lines.iter().find_map(|l| l.split_once("control plane: API and dashboard on http://")).map(
             |(_, rest)| rest.split_whitespace().next().unwrap_or_default().trim_end_matches('/').to_string(),
         )
     });
-    for replica in ["backend-0", "backend-1"] {
+    for replica in replicas {
         let ready = format!("| {replica} ready: ");
         up.wait_for(&format!("{replica} ready"), Duration::from_secs(60), |lines| {
             lines.iter().any(|l| l.contains(&ready)).then_some(())

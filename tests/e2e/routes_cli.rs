@@ -27,25 +27,7 @@ fn fixture_copy() -> PathBuf {
 /// `tarmac up DIR --api-port 0`, waited on until every replica is ready; the API's
 /// address and the front's (through its sidecar).
 fn start_mesh(dir: &Path) -> (Up, String, SocketAddr) {
-    let up = Up::start_with(&[dir.to_str().unwrap(), "--api-port", "0"]);
-    let api = up.wait_for("the API address", Duration::from_secs(30), |lines| {
-        lines.iter().find_map(|l| l.split_once("control plane: API and dashboard on http://")).map(
-            |(_, rest)| rest.split_whitespace().next().unwrap_or_default().trim_end_matches('/').to_string(),
-        )
-    });
-    for replica in ["shop-v1-0", "shop-v2-0"] {
-        let ready = format!("| {replica} ready: ");
-        up.wait_for(&format!("{replica} ready"), Duration::from_secs(60), |lines| {
-            lines.iter().any(|l| l.contains(&ready)).then_some(())
-        });
-    }
-    let front = up.wait_for("front-0 ready", Duration::from_secs(60), |lines| {
-        lines
-            .iter()
-            .find_map(|l| l.split_once("| front-0 ready: http://"))
-            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-    });
-    (up, api, front)
+    super::observe::start_mesh_with(dir, &["shop-v1-0", "shop-v2-0"])
 }
 
 /// A request sent through the front, as `(method, path, headers)`.

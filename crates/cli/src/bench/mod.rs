@@ -353,14 +353,7 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
 
     let chosen_loads = SuiteLoad::chosen(&args.loads);
     let loads = suite_loads(&chosen_loads);
-    let settings = Settings {
-        protocol: args.protocol,
-        phase_duration,
-        warmup: WARMUP,
-        rounds,
-        contamination_cores: CONTAMINATION_CORES,
-        repeat_contaminated: true,
-    };
+    let settings = suite_settings(&args, rounds, phase_duration);
     let mut scheduling = realtime_scheduling(&upstream, &routes);
     let phases = loads.len() * rounds * routes.len();
     eprintln!(
@@ -454,14 +447,7 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
     let idle_rss = idle_rss(&routes);
     let chosen_loads = SuiteLoad::chosen(&args.loads);
     let loads = suite_loads(&chosen_loads);
-    let settings = Settings {
-        protocol: args.protocol,
-        phase_duration,
-        warmup: WARMUP,
-        rounds,
-        contamination_cores: CONTAMINATION_CORES,
-        repeat_contaminated: true,
-    };
+    let settings = suite_settings(&args, rounds, phase_duration);
     let mut scheduling = realtime_scheduling(&upstream, &routes);
     eprintln!(
         "tarmac bench --routing: {} routes × {} loads × {rounds} rounds = {} phases of {:?} (+{:?} warm-up); \
@@ -556,6 +542,18 @@ async fn start_upstream(layout: &Layout, dir: &std::path::Path) -> Result<(Manag
 }
 
 /// The suite's loads: the open-loop rates, then max throughput.
+/// How the suite and the routing comparison run their phases.
+fn suite_settings(args: &BenchArgs, rounds: usize, phase_duration: Duration) -> Settings {
+    Settings {
+        protocol: args.protocol,
+        phase_duration,
+        warmup: WARMUP,
+        rounds,
+        contamination_cores: CONTAMINATION_CORES,
+        repeat_contaminated: true,
+    }
+}
+
 fn suite_loads(chosen: &[SuiteLoad]) -> Vec<LoadSpec> {
     chosen
         .iter()
