@@ -57,10 +57,11 @@ pub fn configuration() -> String {
     yaml
 }
 
-/// An HTTPRoute of `rules` rules attached to `service`; requests without headers take
-/// only the last. The others match every path and one header the requests never carry,
-/// which ranks them before the last rule's bare `PathPrefix /` (more header matches win),
-/// so a request is checked against each of them, path first, before it gets there.
+/// An HTTPRoute of `rules` rules attached to `service`; the generator's requests take only
+/// the last. The others match every path and a `Host` no request has, which ranks them
+/// before the last rule's bare `PathPrefix /` (more header matches win). Every request
+/// carries a `Host`, so none of them is passed over by the table's header prefilter: each
+/// request is checked against all of them (path, then the header's value) before the last.
 fn http_route(service: &str, rules: usize) -> String {
     let backend = format!("    backendRefs: [{{name: upstream, port: {SERVICE_PORT}}}]\n");
     let mut yaml = format!(
@@ -70,7 +71,7 @@ fn http_route(service: &str, rules: usize) -> String {
     for i in 1..rules {
         let _ = write!(
             yaml,
-            "  - name: miss-{i}\n    matches: [{{path: {{type: PathPrefix, value: /}}, headers: [{{name: x-bench-miss, value: m{i}}}]}}]\n{backend}"
+            "  - name: miss-{i}\n    matches: [{{path: {{type: PathPrefix, value: /}}, headers: [{{name: host, value: miss-{i}.example}}]}}]\n{backend}"
         );
     }
     let _ = write!(
@@ -304,8 +305,8 @@ mod tests {
         // Each other rule outranks the last: a request that satisfies it takes it. So a
         // request without the header is tried against all of them before the last.
         for i in 1..MANY_RULES {
-            let value = format!("m{i}");
-            assert_eq!(taken(&many, &[("x-bench-miss", &value)]), Some(format!("miss-{i}")));
+            let value = format!("miss-{i}.example");
+            assert_eq!(taken(&many, &[("host", &value)]), Some(format!("miss-{i}")));
         }
     }
 

@@ -92,6 +92,11 @@ impl RequestMatch {
         Ok(Self { path, method, headers, query })
     }
 
+    /// The headers this match needs present.
+    pub fn header_names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.headers.iter().map(|(name, _)| name)
+    }
+
     /// Sorts before less specific matches (smaller is more specific).
     pub fn precedence(&self) -> impl Ord + use<> {
         let (kind, length) = match &self.path {

@@ -19,6 +19,7 @@ pub mod serve;
 use crate::endpoint::{Endpoint, EndpointSpec};
 use crate::http::forward::Balancer;
 use filters::Filters;
+use http::HeaderName;
 use matching::RequestMatch;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,6 +86,11 @@ impl Rule {
 pub struct RouteTable {
     /// Every match of every rule, most specific first; the first that holds wins.
     entries: Vec<(RequestMatch, usize)>,
+    /// The header names the matches test (none when over 64), and per entry the bits of
+    /// those its match needs: one lookup per name and request lets [`RouteTable::select`]
+    /// pass over every match needing a header the request lacks, however many there are.
+    header_names: Vec<HeaderName>,
+    required_headers: Vec<u64>,
     pub rules: Vec<Rule>,
     /// The Service port requests were addressed to (redirects keep it).
     pub service_port: u16,
@@ -178,7 +184,24 @@ impl RouteTable {
         }
         // Stable: equal precedence keeps route order, then rule and match order.
         entries.sort_by_cached_key(|(m, _)| m.precedence());
-        Ok(Self { entries, rules, service_port, balancers })
+        let mut header_names: Vec<HeaderName> = Vec::new();
+        for name in entries.iter().flat_map(|(m, _)| m.header_names()) {
+            if !header_names.contains(name) {
+                header_names.push(name.clone());
+            }
+        }
+        if header_names.len() > 64 {
+            header_names.clear();
+        }
+        let required_headers = entries
+            .iter()
+            .map(|(m, _)| {
+                m.header_names()
+                    .filter_map(|name| header_names.iter().position(|h| h == name))
+                    .fold(0u64, |bits, i| bits | 1 << i)
+            })
+            .collect();
+        Ok(Self { entries, header_names, required_headers, rules, service_port, balancers })
     }
 
     /// The rule a request takes, with the match that selected it.
@@ -189,10 +212,17 @@ impl RouteTable {
         query: Option<&str>,
         headers: &http::HeaderMap,
     ) -> Option<(&Rule, &RequestMatch)> {
+        let present = self
+            .header_names
+            .iter()
+            .enumerate()
+            .filter(|(_, name)| headers.contains_key(*name))
+            .fold(0u64, |bits, (i, _)| bits | 1 << i);
         self.entries
             .iter()
-            .find(|(m, _)| m.matches(method, path, query, headers))
-            .map(|(m, rule)| (&self.rules[*rule], m))
+            .zip(&self.required_headers)
+            .find(|((m, _), required)| *required & !present == 0 && m.matches(method, path, query, headers))
+            .map(|((m, rule), _)| (&self.rules[*rule], m))
     }
 }
 
@@ -322,6 +352,21 @@ mod tests {
         assert_eq!(taken(&t, "/?animal=whale", &[]).as_deref(), Some("query"));
         assert_eq!(taken(&t, "/v2example", &[]).as_deref(), Some("root"));
         assert_eq!(taken(&t, "/regex", &[]).as_deref(), Some("root"), "any prefix beats a regex");
+    }
+
+    #[test]
+    fn header_matches_hold_with_more_header_names_than_the_prefilter_tracks() {
+        let m = |name: &str| pb::RouteMatch { headers: vec![header(name, "yes")], ..Default::default() };
+        for names in [3, 65] {
+            let rules = (0..names).map(|i| rule(&format!("h{i}"), vec![m(&format!("x-h{i}"))])).collect();
+            let t = table(vec![route("r", rules)]);
+            for i in [0, names - 1] {
+                let name = format!("x-h{i}");
+                assert_eq!(taken(&t, "/", &[(&name, "yes")]), Some(format!("h{i}")), "{names} names");
+                assert_eq!(taken(&t, "/", &[(&name, "no")]), None, "{names} names");
+            }
+            assert_eq!(taken(&t, "/", &[]), None);
+        }
     }
 
     #[test]
