@@ -290,6 +290,22 @@ pub struct BackendRef {
     pub port: Option<u16>,
 }
 
+impl BackendRef {
+    /// This reference as a rule's backendRef of weight 1 without filters: how a mirror's
+    /// target is resolved and checked like any backend.
+    pub fn as_backend(&self) -> HttpBackendRef {
+        HttpBackendRef {
+            group: self.group.clone(),
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            port: self.port,
+            weight: 1,
+            filters: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpBackendRef {

@@ -2,7 +2,7 @@
 //! are their proxies ready, connected to discovery and following the configuration in
 //! force. Each check says what is wrong and what to do about it.
 
-use super::route_status::{self, RouteStatus};
+use super::route_status::{self, Condition, RouteStatus};
 use crate::discovery::server::Subscription;
 use crate::registry::Instance;
 use crate::store::{Snapshot, Status};
@@ -46,13 +46,9 @@ pub struct RouteCondition {
     pub route: String,
     /// `Service NAMESPACE/NAME port N`.
     pub parent: String,
-    #[serde(rename = "type")]
-    pub condition_type: &'static str,
-    pub status: &'static str,
-    pub reason: &'static str,
-    pub message: String,
-    /// `error` or `warning`.
-    pub severity: &'static str,
+    /// Its severity is `error` or `warning` here.
+    #[serde(flatten)]
+    pub condition: Condition,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -284,17 +280,13 @@ fn routes_check(routes: &[RouteStatus]) -> Check {
             r.conditions().filter(|(_, c)| c.severity != "ok").map(|(p, c)| RouteCondition {
                 route: format!("{} {}/{}", r.kind, r.namespace, r.name),
                 parent: p.parent.clone(),
-                condition_type: c.condition_type,
-                status: c.status,
-                reason: c.reason,
-                message: c.message.clone(),
-                severity: c.severity,
+                condition: c.clone(),
             })
         })
         .collect();
     let failing: BTreeSet<&str> =
-        conditions.iter().filter(|c| c.severity == "error").map(|c| c.route.as_str()).collect();
-    let warnings = conditions.iter().filter(|c| c.severity == "warning").count();
+        conditions.iter().filter(|c| c.condition.severity == "error").map(|c| c.route.as_str()).collect();
+    let warnings = conditions.iter().filter(|c| c.condition.severity == "warning").count();
     let plural = |n: usize| if n == 1 { "" } else { "s" };
     let mut detail = if routes.is_empty() {
         "no HTTPRoute or GRPCRoute in force".to_string()
@@ -458,7 +450,8 @@ spec: {command: [x], port: 8080, replicas: 2}
         assert!(shadowed.ok, "a shadowed rule is a warning: {shadowed:#?}");
         let routes = shadowed.checks.iter().find(|c| c.name == "routes").unwrap();
         assert_eq!(routes.conditions.len(), 1);
-        assert_eq!((routes.conditions[0].reason, routes.conditions[0].severity), ("Shadowed", "warning"));
+        let c = &routes.conditions[0].condition;
+        assert_eq!((c.reason, c.severity), ("Shadowed", "warning"));
         assert!(routes.detail.ends_with("1 warning"), "{routes:?}");
 
         let missing = with(&route("a", "nobody"));
@@ -466,7 +459,7 @@ spec: {command: [x], port: 8080, replicas: 2}
         let routes = missing.checks.iter().find(|c| c.name == "routes").unwrap();
         let c = &routes.conditions[0];
         assert_eq!(
-            (c.route.as_str(), c.parent.as_str(), c.reason),
+            (c.route.as_str(), c.parent.as_str(), c.condition.reason),
             ("HTTPRoute default/a", "Service default/names port 80", "BackendNotFound")
         );
         assert!(routes.hint.is_some() && missing.routes.len() == 1);

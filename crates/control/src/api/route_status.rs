@@ -145,16 +145,7 @@ fn filter_problems(
 ) {
     for (i, f) in filters.iter().enumerate() {
         if let Some(m) = &f.request_mirror {
-            let b = &m.backend_ref;
-            let as_backend = HttpBackendRef {
-                group: b.group.clone(),
-                kind: b.kind.clone(),
-                name: b.name.clone(),
-                namespace: b.namespace.clone(),
-                port: b.port,
-                weight: 1,
-                filters: Vec::new(),
-            };
+            let as_backend = m.backend_ref.as_backend();
             let at = format!("{at}.filters[{i}].requestMirror.backendRef");
             out.extend(backend_problem(snapshot, route_namespace, &at, &as_backend));
         }

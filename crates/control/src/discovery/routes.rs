@@ -253,16 +253,7 @@ fn filters(scope: &Scope<'_>, list: &[HttpRouteFilter]) -> Vec<RouteFilter> {
                     path: r.path.as_ref().map(path_modifier),
                 })
             } else if let Some(m) = &f.request_mirror {
-                let b = &m.backend_ref;
-                let as_backend = HttpBackendRef {
-                    group: b.group.clone(),
-                    kind: b.kind.clone(),
-                    name: b.name.clone(),
-                    namespace: b.namespace.clone(),
-                    port: b.port,
-                    weight: 1,
-                    filters: Vec::new(),
-                };
+                let as_backend = m.backend_ref.as_backend();
                 let (numerator, denominator) = match (&m.percent, &m.fraction) {
                     (Some(p), _) => (*p, 100),
                     (None, Some(f)) => (f.numerator, f.denominator),
