@@ -248,13 +248,20 @@ fn location_differs(location: &str, want: &crate::case::RedirectLocation) -> Opt
     None
 }
 
+const ATTEMPT_PAUSE: Duration = Duration::from_secs(1);
+
 /// The weight run: batches of requests over one connection (so weights must apply per
 /// request), each judged on which backends answered and in what proportions.
 async fn distribution(mesh: &Mesh, request: &Request, weights: &Weights) -> Result<(), String> {
     let target = target(mesh, request)?;
     let out = outgoing(request, &target.authority);
     let mut last = String::new();
-    for _ in 0..weights.max_attempts.max(1) {
+    for n in 0..weights.max_attempts.max(1) {
+        if n > 0 {
+            // A failed batch often ends within a few requests; without a pause all the
+            // attempts would fit in the moment a change takes to reach the caller.
+            tokio::time::sleep(ATTEMPT_PAUSE).await;
+        }
         match attempt(&target, &out, weights).await {
             Ok(()) => return Ok(()),
             Err(e) => last = e,

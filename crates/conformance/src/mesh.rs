@@ -88,6 +88,7 @@ impl Mesh {
         });
 
         let mut pods = Vec::new();
+        let mut instances = Vec::new();
         for resource in snapshot.iter_kind("Workload") {
             let Resource::Workload(w) = resource else { continue };
             for replica in 0..w.spec.replicas {
@@ -119,7 +120,7 @@ impl Mesh {
                         proxy.addrs.service(&name).map(|addr| (sp.clone(), addr))
                     })
                     .collect();
-                registry.upsert(Instance {
+                instances.push(Instance {
                     namespace: pod.namespace.clone(),
                     workload: pod.workload.clone(),
                     replica,
@@ -132,6 +133,11 @@ impl Mesh {
                 pods.push(RunningPod { pod, inbound, listeners, proxy, echo });
             }
         }
+        // All at once, as a cluster that is already up: any update a sidecar receives
+        // then names every backend's endpoints, so a case that converged once sees the
+        // whole mesh (one pod at a time, a weighted run could start before the last
+        // backend's endpoints reached the caller).
+        registry.set(instances);
         Ok(Self { pods, stop_control })
     }
 
