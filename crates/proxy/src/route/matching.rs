@@ -8,6 +8,7 @@
 
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use tarmac_proto::discovery::{self as pb, PathMatchType};
 
@@ -35,11 +36,34 @@ impl ValueMatch {
 }
 
 #[derive(Debug)]
+struct HeaderTest {
+    name: HeaderName,
+    /// Where a route table keeps this header's value while it tests a request (see
+    /// [`RequestMatch::use_slots`]).
+    slot: usize,
+    value: ValueMatch,
+}
+
+#[derive(Debug)]
 pub struct RequestMatch {
     pub path: PathMatch,
     method: Option<Method>,
-    headers: Vec<(HeaderName, ValueMatch)>,
+    headers: Vec<HeaderTest>,
     query: Vec<(String, ValueMatch)>,
+}
+
+/// The value of header `name`, several values joined into one comma-separated value
+/// (RFC 9110); `None` when absent or not visible ASCII.
+pub fn header_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Cow<'a, str>> {
+    let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = values.next()?;
+    let Some(second) = values.next() else { return Some(Cow::Borrowed(first)) };
+    let mut joined = format!("{first},{second}");
+    for v in values {
+        joined.push(',');
+        joined.push_str(v);
+    }
+    Some(Cow::Owned(joined))
 }
 
 /// Anchors a Gateway API regular expression so that it must match the whole value.
@@ -81,7 +105,7 @@ impl RequestMatch {
             .map(|h| {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| format!("invalid header name `{}`", h.name))?;
-                Ok((name, value_match(h)?))
+                Ok(HeaderTest { name, slot: usize::MAX, value: value_match(h)? })
             })
             .collect::<Result<_, String>>()?;
         let query = m
@@ -92,9 +116,15 @@ impl RequestMatch {
         Ok(Self { path, method, headers, query })
     }
 
-    /// The headers this match needs present.
-    pub fn header_names(&self) -> impl Iterator<Item = &HeaderName> {
-        self.headers.iter().map(|(name, _)| name)
+    /// Gives each header this match tests a place in `names`, adding the names not there
+    /// yet: a table reads each name once per request, however many matches test it.
+    pub fn use_slots(&mut self, names: &mut Vec<HeaderName>) {
+        for test in &mut self.headers {
+            test.slot = names.iter().position(|n| *n == test.name).unwrap_or_else(|| {
+                names.push(test.name.clone());
+                names.len() - 1
+            });
+        }
     }
 
     /// Sorts before less specific matches (smaller is more specific).
@@ -108,7 +138,30 @@ impl RequestMatch {
         (kind, Reverse(length), self.method.is_none(), Reverse(self.headers.len()), Reverse(self.query.len()))
     }
 
+    /// Whether the request matches, reading its headers.
     pub fn matches(&self, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap) -> bool {
+        self.matches_with(method, path, query, |test| header_value(headers, &test.name))
+    }
+
+    /// Whether the request matches, given the values of the table's header names as
+    /// [`RequestMatch::use_slots`] placed them.
+    pub fn matches_read(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        values: &[Option<Cow<'_, str>>],
+    ) -> bool {
+        self.matches_with(method, path, query, |test| values[test.slot].as_deref().map(Cow::Borrowed))
+    }
+
+    fn matches_with<'h>(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        value_of: impl Fn(&HeaderTest) -> Option<Cow<'h, str>>,
+    ) -> bool {
         let path_ok = match &self.path {
             PathMatch::Exact(v) => path == v,
             PathMatch::Prefix(v) => {
@@ -118,22 +171,7 @@ impl RequestMatch {
         };
         path_ok
             && self.method.as_ref().is_none_or(|m| m == method)
-            && self.headers.iter().all(|(name, m)| {
-                // Several values of one header are one comma-separated value (RFC 9110).
-                let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
-                match (values.next(), values.next()) {
-                    (None, _) => false,
-                    (Some(one), None) => m.matches(one),
-                    (Some(first), Some(second)) => {
-                        let mut joined = format!("{first},{second}");
-                        for v in values {
-                            joined.push(',');
-                            joined.push_str(v);
-                        }
-                        m.matches(&joined)
-                    }
-                }
-            })
+            && self.headers.iter().all(|test| value_of(test).is_some_and(|v| test.value.matches(&v)))
             && self.query.iter().all(|(name, m)| query_value(query, name).is_some_and(|v| m.matches(&v)))
     }
 
@@ -195,7 +233,7 @@ impl RequestMatch {
             PathMatch::Prefix(v) => ("PathPrefix", v.clone()),
             PathMatch::Regex(r) => ("RegularExpression", configured_pattern(r)),
         };
-        let mut headers: Vec<_> = self.headers.iter().map(|(n, m)| m.summary(n.as_str())).collect();
+        let mut headers: Vec<_> = self.headers.iter().map(|t| t.value.summary(t.name.as_str())).collect();
         headers.sort();
         let mut query_params: Vec<_> = self.query.iter().map(|(n, m)| m.summary(n)).collect();
         query_params.sort();

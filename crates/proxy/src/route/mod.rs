@@ -86,11 +86,9 @@ impl Rule {
 pub struct RouteTable {
     /// Every match of every rule, most specific first; the first that holds wins.
     entries: Vec<(RequestMatch, usize)>,
-    /// The header names the matches test (none when over 64), and per entry the bits of
-    /// those its match needs: one lookup per name and request lets [`RouteTable::select`]
-    /// pass over every match needing a header the request lacks, however many there are.
+    /// The header names the matches test, each read once per request: a hundred rules
+    /// on one header cost one lookup and a hundred string comparisons.
     header_names: Vec<HeaderName>,
-    required_headers: Vec<u64>,
     pub rules: Vec<Rule>,
     /// The Service port requests were addressed to (redirects keep it).
     pub service_port: u16,
@@ -184,24 +182,11 @@ impl RouteTable {
         }
         // Stable: equal precedence keeps route order, then rule and match order.
         entries.sort_by_cached_key(|(m, _)| m.precedence());
-        let mut header_names: Vec<HeaderName> = Vec::new();
-        for name in entries.iter().flat_map(|(m, _)| m.header_names()) {
-            if !header_names.contains(name) {
-                header_names.push(name.clone());
-            }
+        let mut header_names = Vec::new();
+        for (m, _) in &mut entries {
+            m.use_slots(&mut header_names);
         }
-        if header_names.len() > 64 {
-            header_names.clear();
-        }
-        let required_headers = entries
-            .iter()
-            .map(|(m, _)| {
-                m.header_names()
-                    .filter_map(|name| header_names.iter().position(|h| h == name))
-                    .fold(0u64, |bits, i| bits | 1 << i)
-            })
-            .collect();
-        Ok(Self { entries, header_names, required_headers, rules, service_port, balancers })
+        Ok(Self { entries, header_names, rules, service_port, balancers })
     }
 
     /// The rule a request takes, with the match that selected it.
@@ -212,17 +197,12 @@ impl RouteTable {
         query: Option<&str>,
         headers: &http::HeaderMap,
     ) -> Option<(&Rule, &RequestMatch)> {
-        let present = self
-            .header_names
-            .iter()
-            .enumerate()
-            .filter(|(_, name)| headers.contains_key(*name))
-            .fold(0u64, |bits, (i, _)| bits | 1 << i);
+        let values: Vec<_> =
+            self.header_names.iter().map(|name| matching::header_value(headers, name)).collect();
         self.entries
             .iter()
-            .zip(&self.required_headers)
-            .find(|((m, _), required)| *required & !present == 0 && m.matches(method, path, query, headers))
-            .map(|((m, rule), _)| (&self.rules[*rule], m))
+            .find(|(m, _)| m.matches_read(method, path, query, &values))
+            .map(|(m, rule)| (&self.rules[*rule], m))
     }
 }
 
@@ -355,10 +335,14 @@ mod tests {
     }
 
     #[test]
-    fn header_matches_hold_with_more_header_names_than_the_prefilter_tracks() {
-        let m = |name: &str| pb::RouteMatch { headers: vec![header(name, "yes")], ..Default::default() };
+    fn header_matches_read_their_own_header_among_many() {
+        let m = |name: &str, value: &str| pb::RouteMatch {
+            headers: vec![header(name, value)],
+            ..Default::default()
+        };
         for names in [3, 65] {
-            let rules = (0..names).map(|i| rule(&format!("h{i}"), vec![m(&format!("x-h{i}"))])).collect();
+            let rules =
+                (0..names).map(|i| rule(&format!("h{i}"), vec![m(&format!("x-h{i}"), "yes")])).collect();
             let t = table(vec![route("r", rules)]);
             for i in [0, names - 1] {
                 let name = format!("x-h{i}");
@@ -367,6 +351,17 @@ mod tests {
             }
             assert_eq!(taken(&t, "/", &[]), None);
         }
+        // Rules testing one name share its value; several values are one joined value.
+        let t =
+            table(vec![route("r", vec![rule("a", vec![m("x-v", "a")]), rule("ab", vec![m("x-v", "a,b")])])]);
+        assert_eq!(taken(&t, "/", &[("x-v", "a")]).as_deref(), Some("a"));
+        let mut h = HeaderMap::new();
+        h.append("x-v", "a".parse().unwrap());
+        h.append("x-v", "b".parse().unwrap());
+        assert_eq!(
+            t.select(&Method::GET, "/", None, &h).map(|(r, _)| r.rule.to_string()).as_deref(),
+            Some("ab")
+        );
     }
 
     #[test]

@@ -42,10 +42,10 @@ impl Forward {
             self.metrics.route_latency(&NO_RULE, &NO_RULE, started.elapsed().as_secs_f64());
             return Err(ProxyError::NoRoute);
         };
-        let prefix = matched.matched_prefix().to_string();
+        let prefix = matched.matched_prefix();
         let grpc = is_grpc(req.headers());
         let tunnel = upgrade::is_tunnel(&req);
-        let through = self.through_rule(&table, rule, &prefix, tunnel, req);
+        let through = self.through_rule(&table, rule, prefix, tunnel, req);
         let result = match rule.request_timeout {
             Some(limit) => match tokio::time::timeout(limit, through).await {
                 Ok(result) => result,
