@@ -60,8 +60,8 @@ pub fn configuration() -> String {
 /// An HTTPRoute of `rules` rules attached to `service`; the generator's requests take only
 /// the last. The others match every path and a `Host` no request has, which ranks them
 /// before the last rule's bare `PathPrefix /` (more header matches win). Every request
-/// carries a `Host`, so none of them is passed over by the table's header prefilter: each
-/// request is checked against all of them (path, then the header's value) before the last.
+/// carries a `Host`, so none of them fails for a missing header: each request is checked
+/// against all of them (path, then the header's value) before the last.
 fn http_route(service: &str, rules: usize) -> String {
     let backend = format!("    backendRefs: [{{name: upstream, port: {SERVICE_PORT}}}]\n");
     let mut yaml = format!(
