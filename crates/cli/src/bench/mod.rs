@@ -196,6 +196,42 @@ struct JsonReport<'a> {
     phases: Vec<&'a PhaseRecord>,
 }
 
+impl<'a> JsonReport<'a> {
+    /// What every mode reports the same way; each sets what it adds (commit, pinning,
+    /// Envoy, costs, bar, routing) over this.
+    fn common(
+        mode: &'static str,
+        protocol: Protocol,
+        rounds: usize,
+        phase_duration: Duration,
+        summaries: &'a [RouteSummary],
+        measured: &'a [Measured],
+    ) -> Self {
+        Self {
+            tool: "tarmac bench",
+            mode,
+            commit: None,
+            unix_time: unix_time(),
+            cores: cores(),
+            target: None,
+            protocol,
+            rounds,
+            phase_seconds: phase_duration.as_secs_f64(),
+            warmup_seconds: WARMUP.as_secs_f64(),
+            pinned: false,
+            realtime: None,
+            envoy_version: None,
+            envoy_missing: None,
+            idle_rss: Vec::new(),
+            costs: Vec::new(),
+            summaries,
+            bar: &[],
+            routing: Vec::new(),
+            phases: measured.iter().map(|m| &m.record).collect(),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct IdleRss {
     proxy: String,
@@ -296,26 +332,9 @@ async fn target(args: BenchArgs) -> Result<(), String> {
     print_proxy_costs(&measured, &idle_rss);
     print_warnings(&summaries);
     let json = JsonReport {
-        tool: "tarmac bench",
-        mode: "target",
-        commit: None,
-        unix_time: unix_time(),
-        cores: cores(),
         target: Some(target.url()),
-        protocol: args.protocol,
-        rounds,
-        phase_seconds: settings.phase_duration.as_secs_f64(),
-        warmup_seconds: WARMUP.as_secs_f64(),
-        pinned: false,
-        realtime: None,
-        envoy_version: None,
-        envoy_missing: None,
         idle_rss,
-        costs: Vec::new(),
-        summaries: &summaries,
-        bar: &[],
-        routing: Vec::new(),
-        phases: measured.iter().map(|m| &m.record).collect(),
+        ..JsonReport::common("target", args.protocol, rounds, settings.phase_duration, &summaries, &measured)
     };
     write_outputs(&args, &json, &summaries, &[load_name], &format!("tarmac bench: {}", target.url()))
 }
@@ -402,26 +421,15 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     print_warnings(&summaries);
 
     let json = JsonReport {
-        tool: "tarmac bench",
-        mode: "suite",
         commit: commit(),
-        unix_time: unix_time(),
-        cores: cores(),
-        target: None,
-        protocol: args.protocol,
-        rounds,
-        phase_seconds: phase_duration.as_secs_f64(),
-        warmup_seconds: WARMUP.as_secs_f64(),
         pinned,
         realtime: scheduling.realtime_works,
         envoy_version,
         envoy_missing,
         idle_rss,
         costs: cost_points,
-        summaries: &summaries,
         bar: &bar,
-        routing: Vec::new(),
-        phases: measured.iter().map(|m| &m.record).collect(),
+        ..JsonReport::common("suite", args.protocol, rounds, phase_duration, &summaries, &measured)
     };
     let loads: Vec<String> = loads.iter().map(|l| l.name.clone()).collect();
     write_outputs(&args, &json, &summaries, &loads, "tarmac bench --suite: latency percentiles")
@@ -476,26 +484,12 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
     println!("{}", routing::table(&comparisons));
     print_warnings(&summaries);
     let json = JsonReport {
-        tool: "tarmac bench",
-        mode: "routing",
         commit: commit(),
-        unix_time: unix_time(),
-        cores: cores(),
-        target: None,
-        protocol: args.protocol,
-        rounds,
-        phase_seconds: phase_duration.as_secs_f64(),
-        warmup_seconds: WARMUP.as_secs_f64(),
         pinned: layout.pinned,
         realtime: scheduling.realtime_works,
-        envoy_version: None,
-        envoy_missing: None,
         idle_rss,
-        costs: Vec::new(),
-        summaries: &summaries,
-        bar: &[],
         routing: comparisons,
-        phases: measured.iter().map(|m| &m.record).collect(),
+        ..JsonReport::common("routing", args.protocol, rounds, phase_duration, &summaries, &measured)
     };
     let loads: Vec<String> = loads.iter().map(|l| l.name.clone()).collect();
     write_outputs(&args, &json, &summaries, &loads, "tarmac bench --routing: latency percentiles")
