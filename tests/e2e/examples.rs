@@ -23,18 +23,7 @@ fn example(name: &str) -> String {
 /// Starts `tarmac up DIR --api-port 0`, waits (bounded) for `replicas` to be ready, and
 /// returns it with the API's address and `caller`'s sidecar listener for `ratings`.
 fn start(dir: &str, replicas: &[&str], caller: &str) -> (Up, String, SocketAddr) {
-    let up = Up::start_with(&[dir, "--api-port", "0"]);
-    let api = up.wait_for("the API address", Duration::from_secs(30), |lines| {
-        lines.iter().find_map(|l| l.split_once("control plane: API and dashboard on http://")).map(
-            |(_, rest)| rest.split_whitespace().next().unwrap_or_default().trim_end_matches('/').to_string(),
-        )
-    });
-    for replica in replicas {
-        let ready = format!("| {replica} ready: ");
-        up.wait_for(&format!("{replica} ready"), Duration::from_secs(60), |lines| {
-            lines.iter().any(|l| l.contains(&ready)).then_some(())
-        });
-    }
+    let (up, api) = crate::observe::up_and_ready(dir, replicas);
     let line = format!("| {caller}: PORT=");
     let ratings = up.wait_for("the caller's RATINGS_URL", Duration::from_secs(10), |lines| {
         let line = lines.iter().find(|l| l.contains(&line))?;

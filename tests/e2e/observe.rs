@@ -37,7 +37,20 @@ fn start_mesh(dir: &Path) -> (Up, String, SocketAddr) {
 
 /// [`start_mesh`] for a fixture whose replicas other than `front-0` are `replicas`.
 pub(crate) fn start_mesh_with(dir: &Path, replicas: &[&str]) -> (Up, String, SocketAddr) {
-    let up = Up::start_with(&[dir.to_str().unwrap(), "--api-port", "0"]);
+    let (up, api) = up_and_ready(dir.to_str().unwrap(), replicas);
+    let front = up.wait_for("front-0 ready", Duration::from_secs(60), |lines| {
+        lines
+            .iter()
+            .find_map(|l| l.split_once("| front-0 ready: http://"))
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+    });
+    (up, api, front)
+}
+
+/// Starts `tarmac up DIR --api-port 0` and waits (bounded) for its API and for `replicas`
+/// to be ready; returns it with the API's address.
+pub(crate) fn up_and_ready(dir: &str, replicas: &[&str]) -> (Up, String) {
+    let up = Up::start_with(&[dir, "--api-port", "0"]);
     let api = up.wait_for("the API address", Duration::from_secs(30), |lines| {
         lines.iter().find_map(|l| l.split_once("control plane: API and dashboard on http://")).map(
             |(_, rest)| rest.split_whitespace().next().unwrap_or_default().trim_end_matches('/').to_string(),
@@ -49,13 +62,7 @@ pub(crate) fn start_mesh_with(dir: &Path, replicas: &[&str]) -> (Up, String, Soc
             lines.iter().any(|l| l.contains(&ready)).then_some(())
         });
     }
-    let front = up.wait_for("front-0 ready", Duration::from_secs(60), |lines| {
-        lines
-            .iter()
-            .find_map(|l| l.split_once("| front-0 ready: http://"))
-            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-    });
-    (up, api, front)
+    (up, api)
 }
 
 /// `GET path` over HTTP/1.1 with bounded waits; the status code.
