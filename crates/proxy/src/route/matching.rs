@@ -54,7 +54,7 @@ pub struct RequestMatch {
 
 /// The value of header `name`, several values joined into one comma-separated value
 /// (RFC 9110); `None` when absent or not visible ASCII.
-pub fn header_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Cow<'a, str>> {
+pub(super) fn header_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Cow<'a, str>> {
     let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
     let first = values.next()?;
     let Some(second) = values.next() else { return Some(Cow::Borrowed(first)) };
@@ -118,7 +118,7 @@ impl RequestMatch {
 
     /// Gives each header this match tests a place in `names`, adding the names not there
     /// yet: a table reads each name once per request, however many matches test it.
-    pub fn use_slots(&mut self, names: &mut Vec<HeaderName>) {
+    pub(super) fn use_slots(&mut self, names: &mut Vec<HeaderName>) {
         for test in &mut self.headers {
             test.slot = names.iter().position(|n| *n == test.name).unwrap_or_else(|| {
                 names.push(test.name.clone());
@@ -145,7 +145,7 @@ impl RequestMatch {
 
     /// Whether the request matches, given the values of the table's header names as
     /// [`RequestMatch::use_slots`] placed them.
-    pub fn matches_read(
+    pub(super) fn matches_read(
         &self,
         method: &Method,
         path: &str,
