@@ -42,6 +42,15 @@ struct HeaderTest {
     /// [`RequestMatch::use_slots`]).
     slot: usize,
     value: ValueMatch,
+    /// The [`fingerprint`] of an Exact value: in a table, a value that differs is told
+    /// apart by one integer comparison (a hundred rules on one header, each wanting its
+    /// own value, are a hundred of those, not a hundred string comparisons).
+    exact_fingerprint: Option<u64>,
+}
+
+/// FNV-1a: a header value's fingerprint, computed once per request and name.
+pub(super) fn fingerprint(value: &str) -> u64 {
+    value.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 #[derive(Debug)]
@@ -105,7 +114,8 @@ impl RequestMatch {
             .map(|h| {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| format!("invalid header name `{}`", h.name))?;
-                Ok(HeaderTest { name, slot: usize::MAX, value: value_match(h)? })
+                let exact_fingerprint = (!h.regex).then(|| fingerprint(&h.value));
+                Ok(HeaderTest { name, slot: usize::MAX, value: value_match(h)?, exact_fingerprint })
             })
             .collect::<Result<_, String>>()?;
         let query = m
@@ -140,27 +150,33 @@ impl RequestMatch {
 
     /// Whether the request matches, reading its headers.
     pub fn matches(&self, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap) -> bool {
-        self.matches_with(method, path, query, |test| header_value(headers, &test.name))
+        self.matches_with(method, path, query, |test| {
+            header_value(headers, &test.name).is_some_and(|v| test.value.matches(&v))
+        })
     }
 
-    /// Whether the request matches, given the values of the table's header names as
-    /// [`RequestMatch::use_slots`] placed them.
+    /// Whether the request matches, given the values of the table's header names (with
+    /// their [`fingerprint`]s) as [`RequestMatch::use_slots`] placed them.
     pub(super) fn matches_read(
         &self,
         method: &Method,
         path: &str,
         query: Option<&str>,
-        values: &[Option<Cow<'_, str>>],
+        values: &[Option<(Cow<'_, str>, u64)>],
     ) -> bool {
-        self.matches_with(method, path, query, |test| values[test.slot].as_deref().map(Cow::Borrowed))
+        self.matches_with(method, path, query, |test| {
+            values[test.slot].as_ref().is_some_and(|(value, fingerprint)| {
+                test.exact_fingerprint.is_none_or(|f| f == *fingerprint) && test.value.matches(value)
+            })
+        })
     }
 
-    fn matches_with<'h>(
+    fn matches_with(
         &self,
         method: &Method,
         path: &str,
         query: Option<&str>,
-        value_of: impl Fn(&HeaderTest) -> Option<Cow<'h, str>>,
+        header_holds: impl Fn(&HeaderTest) -> bool,
     ) -> bool {
         let path_ok = match &self.path {
             PathMatch::Exact(v) => path == v,
@@ -171,7 +187,7 @@ impl RequestMatch {
         };
         path_ok
             && self.method.as_ref().is_none_or(|m| m == method)
-            && self.headers.iter().all(|test| value_of(test).is_some_and(|v| test.value.matches(&v)))
+            && self.headers.iter().all(header_holds)
             && self.query.iter().all(|(name, m)| query_value(query, name).is_some_and(|v| m.matches(&v)))
     }
 

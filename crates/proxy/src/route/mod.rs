@@ -197,8 +197,15 @@ impl RouteTable {
         query: Option<&str>,
         headers: &http::HeaderMap,
     ) -> Option<(&Rule, &RequestMatch)> {
-        let values: Vec<_> =
-            self.header_names.iter().map(|name| matching::header_value(headers, name)).collect();
+        let values: Vec<_> = self
+            .header_names
+            .iter()
+            .map(|name| {
+                let value = matching::header_value(headers, name)?;
+                let fingerprint = matching::fingerprint(&value);
+                Some((value, fingerprint))
+            })
+            .collect();
         self.entries
             .iter()
             .find(|(m, _)| m.matches_read(method, path, query, &values))
