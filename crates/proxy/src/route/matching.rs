@@ -137,6 +137,13 @@ impl RequestMatch {
         }
     }
 
+    /// One Exact header test as (slot, fingerprint), for a table to try before the whole
+    /// match: most requests fail most header matches, and this way they fail them in a
+    /// tight loop over a few bytes per match.
+    pub(super) fn first_exact_header(&self) -> Option<(usize, u64)> {
+        self.headers.iter().find_map(|t| Some((t.slot, t.exact_fingerprint?)))
+    }
+
     /// Sorts before less specific matches (smaller is more specific).
     pub fn precedence(&self) -> impl Ord + use<> {
         let (kind, length) = match &self.path {

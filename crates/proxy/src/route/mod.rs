@@ -89,6 +89,8 @@ pub struct RouteTable {
     /// The header names the matches test, each read once per request: a hundred rules
     /// on one header cost one lookup and a hundred string comparisons.
     header_names: Vec<HeaderName>,
+    /// Per entry, an Exact header test tried first ([`RequestMatch::first_exact_header`]).
+    prechecks: Vec<Option<(usize, u64)>>,
     pub rules: Vec<Rule>,
     /// The Service port requests were addressed to (redirects keep it).
     pub service_port: u16,
@@ -186,7 +188,8 @@ impl RouteTable {
         for (m, _) in &mut entries {
             m.use_slots(&mut header_names);
         }
-        Ok(Self { entries, header_names, rules, service_port, balancers })
+        let prechecks = entries.iter().map(|(m, _)| m.first_exact_header()).collect();
+        Ok(Self { entries, header_names, prechecks, rules, service_port, balancers })
     }
 
     /// The rule a request takes, with the match that selected it.
@@ -208,8 +211,12 @@ impl RouteTable {
             .collect();
         self.entries
             .iter()
-            .find(|(m, _)| m.matches_read(method, path, query, &values))
-            .map(|(m, rule)| (&self.rules[*rule], m))
+            .zip(&self.prechecks)
+            .find(|((m, _), precheck)| {
+                precheck.is_none_or(|(slot, want)| values[slot].as_ref().is_some_and(|(_, got)| *got == want))
+                    && m.matches_read(method, path, query, &values)
+            })
+            .map(|((m, rule), _)| (&self.rules[*rule], m))
     }
 }
 
