@@ -114,8 +114,12 @@ impl RequestMatch {
             .map(|h| {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| format!("invalid header name `{}`", h.name))?;
-                let exact_fingerprint = (!h.regex).then(|| fingerprint(&h.value));
-                Ok(HeaderTest { name, slot: usize::MAX, value: value_match(h)?, exact_fingerprint })
+                let value = value_match(h)?;
+                let exact_fingerprint = match &value {
+                    ValueMatch::Exact(v) => Some(fingerprint(v)),
+                    ValueMatch::Regex(_) => None,
+                };
+                Ok(HeaderTest { name, slot: usize::MAX, value, exact_fingerprint })
             })
             .collect::<Result<_, String>>()?;
         let query = m

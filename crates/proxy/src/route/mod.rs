@@ -377,6 +377,20 @@ mod tests {
             t.select(&Method::GET, "/", None, &h).map(|(r, _)| r.rule.to_string()).as_deref(),
             Some("ab")
         );
+        // A regular expression before an Exact value in one match: the table tries the
+        // Exact one first, and both must hold.
+        let both = pb::RouteMatch {
+            headers: vec![
+                pb::ValueMatch { name: "x-build".into(), value: "[0-9]+".into(), regex: true },
+                header("x-env", "prod"),
+            ],
+            ..Default::default()
+        };
+        let t = table(vec![route("r", vec![rule("both", vec![both])])]);
+        assert_eq!(taken(&t, "/", &[("x-build", "12"), ("x-env", "prod")]).as_deref(), Some("both"));
+        assert_eq!(taken(&t, "/", &[("x-build", "1a"), ("x-env", "prod")]), None, "the regex still applies");
+        assert_eq!(taken(&t, "/", &[("x-build", "12"), ("x-env", "prodx")]), None);
+        assert_eq!(taken(&t, "/", &[("x-env", "prod")]), None);
     }
 
     #[test]
