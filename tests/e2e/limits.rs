@@ -118,3 +118,76 @@ async fn exposition_passes_promtool() {
         );
     }
 }
+
+/// Reads one HTTP/1 response with a `content-length` body from `s`.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before a whole response: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                })
+                .map_or(0, |v| v.parse::<usize>().unwrap());
+            if buf.len() >= end + 4 + length {
+                return text;
+            }
+        }
+    }
+}
+
+/// Waits for the proxy to close `s`, and says how long that took.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    let mut chunk = [0u8; 1024];
+    match tokio::time::timeout(limit, s.read(&mut chunk)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => started.elapsed(),
+        Ok(Ok(n)) => panic!("unexpected bytes: {:?}", String::from_utf8_lossy(&chunk[..n])),
+        Err(_) => panic!("the connection is still open after {limit:?}"),
+    }
+}
+
+#[tokio::test]
+async fn http1_connections_with_no_request_open_are_closed_after_the_idle_timeout() {
+    let app = EchoServer::start("app").await;
+    let proxy = inbound_proxy(&app, "limits: {http_idle_timeout: 1s}\n").await;
+    let addr = proxy.addrs.inbound.unwrap();
+
+    // A response slower than the timeout is waited for: its request is open.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /?delay_ms=2500 HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    // The connection is still good for the next request...
+    s.write_all(b"GET /second HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    // ...and closed once it has been idle for the timeout (not before).
+    let idle = closed_within(&mut s, Duration::from_secs(10)).await;
+    assert!(idle >= Duration::from_millis(900), "closed after {idle:?} idle");
+
+    // A client that sends its request head a line at a time is cut off.
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    slow.write_all(b"GET /never HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    let mut chunk = [0u8; 1024];
+    loop {
+        assert!(started.elapsed() < Duration::from_secs(10), "a request head still open after 10 s");
+        if slow.write_all(b"x-slow: 1\r\n").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), slow.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                panic!("an answer to an unfinished head: {:?}", String::from_utf8_lossy(&chunk[..n]))
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(started.elapsed() >= Duration::from_millis(900), "cut off after {:?}", started.elapsed());
+    assert_eq!(app.requests(), 2, "the unfinished head never reached the app");
+}

@@ -122,6 +122,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .chain(bound.services.iter().map(|(_, a)| *a))
         .collect();
     let shared = Arc::new(shared);
+    tokio::spawn(shared.http_connections.clone().run(shared.drain.clone()));
 
     if let (Some(config), Some(listener)) = (config.inbound.clone(), inbound_listener) {
         let inbound = Arc::new(Inbound::new(config));

@@ -210,6 +210,10 @@ pub struct Limits {
     /// Opaque TCP connections idle this long in both directions are closed.
     #[serde(with = "duration")]
     pub tcp_idle_timeout: Duration,
+    /// HTTP/1 client connections with no request open for this long are closed: idle
+    /// keep-alive connections, and clients that take this long to send a request head.
+    #[serde(with = "duration")]
+    pub http_idle_timeout: Duration,
     /// Connecting to an endpoint or the app fails after this long.
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
@@ -225,6 +229,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_header_bytes: 64 * 1024,
             tcp_idle_timeout: Duration::from_secs(3600),
+            http_idle_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(30),
         }
@@ -291,6 +296,9 @@ impl Config {
         }
         if self.limits.max_header_bytes < 8192 {
             return Err(invalid("limits.max_header_bytes".into(), "must be at least 8192".into()));
+        }
+        if self.limits.http_idle_timeout.is_zero() {
+            return Err(invalid("limits.http_idle_timeout".into(), "must be more than 0".into()));
         }
         if self.limits.max_connections == 0 {
             return Err(invalid("limits.max_connections".into(), "must be at least 1".into()));

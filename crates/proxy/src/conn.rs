@@ -4,6 +4,7 @@
 use crate::config::{Config, Limits, Protocol};
 use crate::detect::{self, Detected};
 use crate::endpoint::{ConnectSettings, Endpoint, EndpointSpec};
+use crate::http::connections::HttpConnections;
 use crate::http::forward::{Destination, Forward};
 use crate::identity;
 use crate::metrics::{Direction, Metrics, Peer, TargetMetrics};
@@ -32,6 +33,8 @@ pub struct Shared {
     /// Cancelled on SIGTERM: listeners stop accepting, connections finish and close.
     pub drain: CancellationToken,
     pub tasks: TaskTracker,
+    /// The HTTP connections being served, for closing idle ones and draining.
+    pub http_connections: Arc<HttpConnections>,
     /// Every address the proxy listens on, for the loop guard.
     pub own_addrs: Vec<SocketAddr>,
     pub tap: Arc<Tap>,
@@ -51,6 +54,7 @@ impl Shared {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            http_connections: Arc::new(HttpConnections::new(config.limits.http_idle_timeout)),
             own_addrs: Vec::new(),
             tap: Arc::default(),
         }
@@ -223,7 +227,7 @@ pub async fn serve_detected<I>(
 {
     match protocol {
         Detected::Http1 | Detected::Http2 => {
-            http::server::serve(io, protocol, fwd, source, &shared.limits, shared.drain.clone()).await
+            http::server::serve(io, protocol, fwd, source, &shared.limits, &shared.http_connections).await
         }
         Detected::Tls | Detected::Opaque => forward_tcp(shared, io, &fwd).await,
     }

@@ -355,6 +355,7 @@ impl Metrics {
             requests: self.requests.get_or_create_owned(&labels),
             latency: self.latency.get_or_create_owned(&labels),
             http_connections: self.http_connections.get_or_create_owned(&labels),
+            outcomes: OutcomeCounters::default(),
             labels,
             metrics: self.clone(),
         }
@@ -383,8 +384,44 @@ pub struct TargetMetrics {
     requests: Counter,
     latency: Histogram,
     pub http_connections: Counter,
+    outcomes: OutcomeCounters,
     labels: TargetLabels,
     metrics: Arc<Metrics>,
+}
+
+/// The response counters of a target's unrouted responses, by outcome. Finding one in the
+/// family hashes the whole label set, target name included; here it is a short scan of
+/// the few outcomes a target sees (a status or two, a gRPC status or two).
+#[derive(Debug, Default)]
+struct OutcomeCounters(std::sync::RwLock<Vec<(u64, Counter)>>);
+
+/// Outcomes beyond this many are looked up in the family each time.
+const MAX_CACHED_OUTCOMES: usize = 32;
+
+impl OutcomeCounters {
+    fn key(status_code: u16, grpc_status: Option<u32>, classification: Classification) -> u64 {
+        let grpc = grpc_status.map_or(0, |s| u64::from(s) + 1);
+        u64::from(status_code) | grpc << 16 | (classification as u64) << 56
+    }
+
+    /// Counts one response of outcome `key`, if its counter is here.
+    fn inc(&self, key: u64) -> bool {
+        let cached = self.0.read().unwrap_or_else(|e| e.into_inner());
+        cached.iter().find(|(k, _)| *k == key).map(|(_, c)| c.inc()).is_some()
+    }
+
+    fn insert(&self, key: u64, counter: Counter) {
+        let mut cached = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if cached.len() < MAX_CACHED_OUTCOMES && !cached.iter().any(|(k, _)| *k == key) {
+            cached.push((key, counter));
+        }
+    }
+}
+
+impl Clone for OutcomeCounters {
+    fn clone(&self) -> Self {
+        Self(std::sync::RwLock::new(self.0.read().unwrap_or_else(|e| e.into_inner()).clone()))
+    }
 }
 
 impl TargetMetrics {
@@ -403,16 +440,17 @@ impl TargetMetrics {
         grpc_status: Option<u32>,
         classification: Classification,
     ) {
-        self.metrics
-            .responses
-            .get_or_create(&ResponseLabels {
-                target: self.labels.clone(),
-                route,
-                status_code,
-                grpc_status,
-                classification,
-            })
-            .inc();
+        let key = route.0.is_none().then(|| OutcomeCounters::key(status_code, grpc_status, classification));
+        if key.is_some_and(|k| self.outcomes.inc(k)) {
+            return;
+        }
+        let labels =
+            ResponseLabels { target: self.labels.clone(), route, status_code, grpc_status, classification };
+        let counter = self.metrics.responses.get_or_create_owned(&labels);
+        counter.inc();
+        if let Some(key) = key {
+            self.outcomes.insert(key, counter);
+        }
     }
 
     pub fn tls_handshake(&self, result: &'static str, group: &'static str) {
@@ -610,6 +648,49 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+    }
+
+    #[test]
+    fn each_outcome_is_counted_under_its_own_labels() {
+        let metrics = Arc::new(Metrics::new());
+        let t = metrics.target(Direction::Inbound, Arc::new("books".into()), Peer::Plaintext);
+        let canary = RouteLabel(Some("canary".into()));
+        // Twice over, so that the second round counts through the cached counters; more
+        // outcomes than are cached, so that the rest go through the family.
+        for _ in 0..2 {
+            for status in 200..250 {
+                t.response(RouteLabel::default(), status, None, Classification::Success);
+            }
+            t.response(RouteLabel::default(), 200, None, Classification::Failure);
+            t.response(RouteLabel::default(), 200, Some(0), Classification::Success);
+            t.response(RouteLabel::default(), 200, Some(14), Classification::Failure);
+            t.response(canary.clone(), 200, None, Classification::Success);
+        }
+        let text = metrics.encode();
+        let count = |labels: &str| {
+            let needle = format!(
+                "tarmac_responses_total{{direction=\"inbound\",target=\"books\",tls=\"false\",{labels}}} "
+            );
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&needle))
+                .unwrap_or_else(|| panic!("no {needle} in\n{text}"));
+            line[needle.len()..].to_string()
+        };
+        for status in [200, 231, 249] {
+            assert_eq!(
+                count(&format!("status_code=\"{status}\",grpc_status=\"\",classification=\"success\"")),
+                "2"
+            );
+        }
+        assert_eq!(count("status_code=\"200\",grpc_status=\"\",classification=\"failure\""), "2");
+        assert_eq!(count("status_code=\"200\",grpc_status=\"0\",classification=\"success\""), "2");
+        assert_eq!(count("status_code=\"200\",grpc_status=\"14\",classification=\"failure\""), "2");
+        assert_eq!(
+            count("route=\"canary\",status_code=\"200\",grpc_status=\"\",classification=\"success\""),
+            "2"
+        );
+        assert_eq!(text.matches("tarmac_responses_total{").count(), 54, "{text}");
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! produces.
 //!
 //! - [`server`]: serves a detected HTTP/1 or HTTP/2 connection with hyper.
+//! - [`connections`]: the connections being served, closed when idle or on drain.
 //! - [`forward`]: the per-request path: pick an endpoint, adapt the request to the
 //!   upstream's protocol, record metrics.
 //! - [`upgrade`]: `Upgrade` (WebSocket) and `CONNECT` tunnels.
 //! - [`metered`]: a response body that records status and gRPC status when it ends.
 
+pub mod connections;
 pub mod forward;
 pub mod metered;
 pub mod server;

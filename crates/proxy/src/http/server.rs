@@ -1,22 +1,29 @@
 //! Serving a detected HTTP connection with hyper.
 //!
 //! The request head is capped (`limits.max_header_bytes`, over it: 431); hyper answers
-//! malformed requests with 400 itself. On drain, HTTP/1 connections finish the request in
-//! flight and close; HTTP/2 connections send GOAWAY and finish their open streams.
+//! malformed requests with 400 itself. An HTTP/1 connection with no request open for
+//! `limits.http_idle_timeout` is closed, whether it sits idle between requests or sends
+//! its request head too slowly (see [`super::connections`]). On drain, HTTP/1 connections
+//! finish the request in flight and close; HTTP/2 connections send GOAWAY and finish their
+//! open streams.
 
+use super::connections::{Close, ConnState, HttpConnections, OpenRequest};
 use super::forward::Forward;
 use crate::config::Limits;
 use crate::detect::Detected;
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use pin_project_lite::pin_project;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 
 pub async fn serve<I>(
     io: I,
@@ -24,33 +31,41 @@ pub async fn serve<I>(
     fwd: Arc<Forward>,
     source: Option<std::net::SocketAddr>,
     limits: &Limits,
-    drain: CancellationToken,
+    connections: &Arc<HttpConnections>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| {
-        let fwd = fwd.clone();
-        async move { Ok::<_, Infallible>(fwd.handle(req, source).await) }
-    });
     let io = TokioIo::new(io);
+    let registered = connections.register(protocol != Detected::Http2);
     let result = match protocol {
         Detected::Http2 => {
+            let svc = service_fn(move |req| {
+                let fwd = fwd.clone();
+                async move { Ok::<_, Infallible>(fwd.handle(req, source).await) }
+            });
             let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(limits.max_header_bytes as u32)
                 .adaptive_window(true)
                 .keep_alive_interval(Duration::from_secs(30))
                 .serve_connection(io, svc);
-            until_drained(conn, &drain, |c| c.graceful_shutdown()).await
+            until_closed(conn, &registered.state, |c| c.graceful_shutdown()).await
         }
         _ => {
+            let state = registered.state.clone();
+            let svc = service_fn(move |req| {
+                let fwd = fwd.clone();
+                let open = state.begin();
+                async move { Ok::<_, Infallible>(fwd.handle(req, source).await.map(|body| Open { body, open })) }
+            });
+            // No timer: hyper's header read timeout would arm, and allocate, one for every
+            // request; idle and slow clients are closed by the sweep instead.
             let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
                 .max_header_size(limits.max_header_bytes)
                 .auto_date_header(false)
                 .serve_connection(io, svc)
                 .with_upgrades();
-            until_drained(conn, &drain, |c| c.graceful_shutdown()).await
+            until_closed(conn, &registered.state, |c| c.graceful_shutdown()).await
         }
     };
     if let Err(e) = result {
@@ -58,21 +73,51 @@ pub async fn serve<I>(
     }
 }
 
-/// Runs a connection; on drain, asks it to shut down gracefully and lets it finish.
-async fn until_drained<C, E>(
-    conn: C,
-    drain: &CancellationToken,
-    shutdown: impl FnOnce(Pin<&mut C>),
-) -> Result<(), E>
+/// Runs a connection until it ends or must close: when idle it is dropped, which closes
+/// it; on drain it is asked to shut down gracefully and left to finish.
+async fn until_closed<C, E>(conn: C, state: &ConnState, shutdown: impl FnOnce(Pin<&mut C>)) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
     tokio::pin!(conn);
     tokio::select! {
+        biased;
         r = conn.as_mut() => r,
-        _ = drain.cancelled() => {
-            shutdown(conn.as_mut());
-            conn.await
-        }
+        close = state.closing() => match close {
+            Close::Idle => Ok(()),
+            Close::Drain => {
+                shutdown(conn.as_mut());
+                conn.await
+            }
+        },
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request open until hyper has written it and drops it.
+    struct Open<B> {
+        #[pin]
+        body: B,
+        open: OpenRequest,
+    }
+}
+
+impl<B: HttpBody<Data = Bytes>> HttpBody for Open<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
