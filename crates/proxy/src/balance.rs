@@ -94,8 +94,8 @@ impl PeakEwma {
         self.failing_until.load(Ordering::Relaxed) > now
     }
 
-    fn observe(&self, rtt: Duration) {
-        lock(&self.estimate).update(Instant::now(), rtt.as_nanos() as f64);
+    fn observe(&self, now: Instant, rtt: Duration) {
+        lock(&self.estimate).update(now, rtt.as_nanos() as f64);
     }
 
     /// The current estimate, for tests and debugging.
@@ -120,7 +120,8 @@ pub struct InFlight<'a> {
 
 impl InFlight<'_> {
     pub fn complete(mut self) {
-        self.ewma.observe(self.started.elapsed());
+        let now = Instant::now();
+        self.ewma.observe(now, now.saturating_duration_since(self.started));
         self.done = true;
     }
 }
@@ -129,7 +130,8 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.done {
             // A failure: count it as slow so the endpoint is not favoured right after.
-            self.ewma.observe(self.started.elapsed().max(DEFAULT_RTT));
+            let now = Instant::now();
+            self.ewma.observe(now, now.saturating_duration_since(self.started).max(DEFAULT_RTT));
         }
         self.ewma.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -167,7 +169,7 @@ mod tests {
     #[test]
     fn a_slow_sample_raises_the_estimate_at_once() {
         let e = PeakEwma::default();
-        e.observe(Duration::from_millis(200));
+        e.observe(Instant::now(), Duration::from_millis(200));
         assert_eq!(e.estimate(), Duration::from_millis(200));
     }
 
@@ -195,8 +197,8 @@ mod tests {
     #[test]
     fn p2c_prefers_the_less_loaded_of_two() {
         let eps = [PeakEwma::default(), PeakEwma::default()];
-        eps[0].observe(Duration::from_millis(500));
-        eps[1].observe(Duration::from_millis(1));
+        eps[0].observe(Instant::now(), Duration::from_millis(500));
+        eps[1].observe(Instant::now(), Duration::from_millis(1));
         for _ in 0..100 {
             assert_eq!(p2c(&eps, |e| e), Some(1));
         }
@@ -205,7 +207,7 @@ mod tests {
     #[test]
     fn p2c_avoids_failing_endpoints() {
         let eps = [PeakEwma::default(), PeakEwma::default()];
-        eps[1].observe(Duration::from_millis(500));
+        eps[1].observe(Instant::now(), Duration::from_millis(500));
         eps[0].mark_failed();
         for _ in 0..100 {
             assert_eq!(p2c(&eps, |e| e), Some(1));

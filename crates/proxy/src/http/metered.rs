@@ -60,8 +60,11 @@ impl Metered {
             failed: false,
             tap,
         };
-        // A trailers-only gRPC response carries its status in the headers.
-        recorder.grpc_status = grpc_status(headers);
+        // A trailers-only gRPC response carries its status in the headers. Other responses
+        // are classified by status code alone, so their headers are not searched.
+        if grpc {
+            recorder.grpc_status = grpc_status(headers);
+        }
         if inner.is_end_stream() {
             recorder.record();
         }
