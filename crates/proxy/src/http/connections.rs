@@ -30,6 +30,8 @@ pub enum Close {
     Drain,
 }
 
+const NEVER_SWEPT: u64 = u64::MAX;
+
 const OPEN: u8 = 0;
 const CLOSE_IDLE: u8 = 1;
 const CLOSE_DRAIN: u8 = 2;
@@ -82,7 +84,9 @@ impl HttpConnections {
         }
         let id = registry.next_id;
         registry.next_id += 1;
-        registry.live.insert(id, Swept { state: state.clone(), seen: 0, quiet: 0 });
+        // No `begun` count equals `NEVER_SWEPT`: the first sweep only takes note, so a new
+        // connection too gets a whole period before it counts as idle.
+        registry.live.insert(id, Swept { state: state.clone(), seen: NEVER_SWEPT, quiet: 0 });
         Registered { id, state, connections: self.clone() }
     }
 
@@ -214,7 +218,8 @@ mod tests {
         let chatty = connections.register(true);
         let h2 = connections.register(false);
         let open = busy.state.begin();
-        for sweep in 1..=SWEEPS_PER_PERIOD {
+        // The first sweep takes note of each connection; the next ones count quiet periods.
+        for sweep in 0..=SWEEPS_PER_PERIOD {
             drop(chatty.state.begin());
             connections.sweep();
             let expected = (sweep == SWEEPS_PER_PERIOD).then_some(Close::Idle);
