@@ -543,6 +543,20 @@ outbound:
         let out = config.outbound.unwrap();
         assert_eq!(out.services[0].endpoints.len(), 2);
         assert_eq!(config.limits.tcp_idle_timeout, Duration::from_secs(3600));
+        assert_eq!(config.limits.http_idle_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_zero_http_idle_timeout_is_refused_by_name() {
+        let yaml =
+            "inbound: {listen: 127.0.0.1:4143, app: 127.0.0.1:8080}\nlimits: {http_idle_timeout: 0s}\n";
+        let err = Config::from_yaml(yaml, "idle.yaml").unwrap_err().to_string();
+        assert!(err.contains("idle.yaml") && err.contains("limits.http_idle_timeout"), "{err}");
+        let ok = yaml.replace("0s", "2s");
+        assert_eq!(
+            Config::from_yaml(&ok, "idle.yaml").unwrap().limits.http_idle_timeout,
+            Duration::from_secs(2)
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - [`inbound`] and [`outbound`]: the two directions, from accept to a destination.
 //! - [`conn`]: what every connection goes through: the cap, detection, dispatch.
 //! - [`detect`]: protocol detection from the first bytes.
-//! - [`http`]: serving, forwarding, tunnels (WebSocket, CONNECT), body metering.
+//! - [`http`]: serving, forwarding, tunnels (WebSocket, CONNECT), body metering, and
+//!   closing idle HTTP/1 connections (and every connection on drain).
 //! - [`endpoint`] and [`balance`]: connections to endpoints, and choosing one.
 //! - [`discovery`]: endpoints and routes followed through the control plane, kept when it
 //!   is away.

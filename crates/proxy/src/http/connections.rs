@@ -198,6 +198,7 @@ impl Drop for Registered {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
 
     fn poll_closing(state: &ConnState) -> Option<Close> {
         let fut = std::pin::pin!(state.closing());
@@ -207,8 +208,6 @@ mod tests {
             Poll::Pending => None,
         }
     }
-
-    use std::future::Future;
 
     #[test]
     fn only_connections_quiet_for_a_whole_period_close_and_drain_reaches_all() {
