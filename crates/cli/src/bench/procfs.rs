@@ -45,19 +45,31 @@ fn parse_process(stat: &str, status: &str) -> Option<ProcessSample> {
     })
 }
 
-/// CPU time the whole machine spent busy (everything but idle and iowait), all cores.
-pub fn machine_busy_seconds() -> Option<f64> {
-    parse_machine_busy(&std::fs::read_to_string("/proc/stat").ok()?)
+/// CPU time of the whole machine so far, all cores.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MachineTimes {
+    /// Busy: everything but idle, iowait and steal.
+    pub busy_seconds: f64,
+    /// Stolen: time this VM's cores were ready to run but the hypervisor ran someone
+    /// else's. Zero on bare metal.
+    pub steal_seconds: f64,
 }
 
-fn parse_machine_busy(stat: &str) -> Option<f64> {
+pub fn machine_times() -> Option<MachineTimes> {
+    parse_machine_times(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_machine_times(stat: &str) -> Option<MachineTimes> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let ticks: Vec<u64> = line.split_whitespace().skip(1).map(|v| v.parse().ok()).collect::<Option<_>>()?;
     // user nice system idle iowait irq softirq steal guest guest_nice; guest time is
-    // already counted in user, and steal is time this VM did not get at all.
+    // already counted in user.
     let busy =
         ticks.iter().take(8).enumerate().filter(|(i, _)| ![3, 4, 7].contains(i)).map(|(_, t)| t).sum::<u64>();
-    Some(busy as f64 / TICKS_PER_SECOND)
+    Some(MachineTimes {
+        busy_seconds: busy as f64 / TICKS_PER_SECOND,
+        steal_seconds: ticks.get(7).copied().unwrap_or(0) as f64 / TICKS_PER_SECOND,
+    })
 }
 
 /// Watches the processes under test, and the machine, over one phase of a benchmark.
@@ -66,7 +78,7 @@ pub struct PhaseMeter {
     ours: Vec<u32>,
     watched_start: Vec<ProcessSample>,
     ours_start: f64,
-    machine_start: Option<f64>,
+    machine_start: Option<MachineTimes>,
     started: std::time::Instant,
 }
 
@@ -79,6 +91,9 @@ pub struct PhaseCost {
     pub peak_rss_bytes: Vec<u64>,
     /// CPU the rest of the machine used, in cores, on average over the phase.
     pub other_cores: Option<f64>,
+    /// CPU the hypervisor gave to other machines while this one was ready to run, in
+    /// cores, on average over the phase.
+    pub stolen_cores: Option<f64>,
 }
 
 impl PhaseMeter {
@@ -92,7 +107,7 @@ impl PhaseMeter {
             ours,
             watched_start,
             ours_start,
-            machine_start: machine_busy_seconds(),
+            machine_start: machine_times(),
             started: std::time::Instant::now(),
         }
     }
@@ -113,16 +128,18 @@ impl PhaseMeter {
             .map(|(e, s)| (e.cpu_seconds - s.cpu_seconds).max(0.0))
             .collect();
         let ours = total_cpu_seconds(&self.ours) - self.ours_start;
-        let other_cores = match (self.machine_start, machine_busy_seconds()) {
-            (Some(before), Some(after)) => Some(((after - before - ours) / elapsed.as_secs_f64()).max(0.0)),
-            _ => None,
-        };
+        let seconds = elapsed.as_secs_f64();
+        let machine = self.machine_start.zip(machine_times());
+        let other_cores = machine
+            .map(|(before, after)| ((after.busy_seconds - before.busy_seconds - ours) / seconds).max(0.0));
+        let stolen_cores =
+            machine.map(|(before, after)| ((after.steal_seconds - before.steal_seconds) / seconds).max(0.0));
         let peak_rss_bytes = end
             .iter()
             .enumerate()
             .map(|(i, e)| e.rss_bytes.max(sampled_peaks.get(i).copied().unwrap_or(0)))
             .collect();
-        PhaseCost { cpu_seconds, peak_rss_bytes, other_cores }
+        PhaseCost { cpu_seconds, peak_rss_bytes, other_cores, stolen_cores }
     }
 }
 
@@ -148,15 +165,16 @@ mod tests {
     }
 
     #[test]
-    fn machine_busy_time_leaves_out_idle_iowait_and_steal() {
+    fn machine_busy_time_leaves_out_idle_iowait_and_steal_which_is_kept_apart() {
         let stat = "cpu  100 10 50 9000 40 5 5 300 0 0\ncpu0 50 5 25 4500 20 2 3 150 0 0\n";
-        assert_eq!(parse_machine_busy(stat), Some(1.7));
+        assert_eq!(parse_machine_times(stat), Some(MachineTimes { busy_seconds: 1.7, steal_seconds: 3.0 }));
+        assert_eq!(parse_machine_times("cpu  100 10 50 9000 40 5 5\n").map(|t| t.steal_seconds), Some(0.0));
     }
 
     #[test]
     fn this_process_is_readable() {
         let sample = read_process(std::process::id()).expect("our own /proc entry");
         assert!(sample.rss_bytes > 0 && sample.peak_rss_bytes >= sample.rss_bytes);
-        assert!(machine_busy_seconds().expect("/proc/stat") > 0.0);
+        assert!(machine_times().expect("/proc/stat").busy_seconds > 0.0);
     }
 }

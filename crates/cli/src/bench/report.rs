@@ -360,6 +360,7 @@ mod tests {
                 generator_warning: None,
                 proxies,
                 other_cores: Some(0.01),
+                stolen_cores: Some(0.0),
                 contaminated: false,
                 realtime: true,
             },
