@@ -147,7 +147,7 @@ pub async fn run(
             for running in routes.iter_mut() {
                 let mut phase = run_phase(target, running, spec, settings, ours, round, realtime).await?;
                 if phase.record.contaminated && settings.repeat_contaminated {
-                    eprintln!("    contaminated by other processes; repeating it once");
+                    eprintln!("    contaminated; repeating it once");
                     let again = run_phase(target, running, spec, settings, ours, round, realtime).await?;
                     if again.record.disturbance() < phase.record.disturbance() {
                         phase = again;

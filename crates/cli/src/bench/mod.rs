@@ -48,8 +48,8 @@ const WARMUP: Duration = Duration::from_millis(500);
 /// A phase in which other processes used more than a tenth of a core is contaminated.
 const CONTAMINATION_CORES: f64 = 0.1;
 /// So is one in which the hypervisor stole more than a hundredth of a core: on this kind
-/// of VM, phases at 1000 req/s with 0.02-0.1 cores stolen had p99 two to ten times that of
-/// the same route's phases with none.
+/// of VM, phases at 1000 req/s with 0.02-0.13 cores stolen had p99 two to twelve times that
+/// of the same route's phases with none.
 const CONTAMINATION_STOLEN_CORES: f64 = 0.01;
 /// The suite's core for proxies, and for the upstream and the generator.
 const PROXY_CORE: usize = 0;
@@ -666,7 +666,7 @@ fn print_warnings(summaries: &[RouteSummary]) {
         if s.contaminated_rounds > 0 {
             println!(
                 "note: {} at {}: {} of {} rounds ran while other processes used over {CONTAMINATION_CORES} cores \
-                 or the hypervisor took over {CONTAMINATION_STOLEN_CORES} (steal time)",
+                 or the hypervisor took over {CONTAMINATION_STOLEN_CORES} cores (steal time)",
                 s.label, s.load, s.contaminated_rounds, s.rounds
             );
         }

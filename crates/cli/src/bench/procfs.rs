@@ -1,6 +1,6 @@
 //! What processes cost, read from /proc: CPU time and memory of the proxies under test, and
-//! the CPU the rest of the machine used meanwhile (to tell a clean phase from one that
-//! shared the machine with someone else's build).
+//! the CPU the rest of the machine used and the hypervisor took meanwhile (to tell a clean
+//! phase from one that shared the machine with someone else's build or VM).
 
 /// USER_HZ, the unit of /proc's CPU times: 100 on every Linux architecture Tarmac
 /// builds for.
