@@ -10,6 +10,7 @@
 //! CI when not root.
 
 mod balance;
+mod bench;
 mod conformance;
 mod demo;
 mod discovery;

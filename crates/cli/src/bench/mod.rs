@@ -284,13 +284,14 @@ async fn target(args: BenchArgs) -> Result<(), String> {
     }];
     let settings = Settings {
         protocol: args.protocol,
-        phase_duration: total / rounds as u32,
+        // Whole milliseconds, so that it reads as `333ms`.
+        phase_duration: Duration::from_millis(((total / rounds as u32).as_millis() as u64).max(1)),
         warmup: WARMUP,
         rounds,
         // The target is someone else's process: its CPU cannot be told apart from other
-        // load on the machine, so phases are not flagged.
+        // load on the machine, so only the hypervisor's steal flags a phase.
         contamination_cores: f64::INFINITY,
-        contamination_stolen_cores: f64::INFINITY,
+        contamination_stolen_cores: CONTAMINATION_STOLEN_CORES,
         repeat_contaminated: false,
     };
     eprintln!(
@@ -335,7 +336,7 @@ async fn target(args: BenchArgs) -> Result<(), String> {
         );
     }
     print_proxy_costs(&measured, &idle_rss);
-    print_warnings(&summaries);
+    print_warnings(&summaries, &settings);
     let json = JsonReport {
         target: Some(target.url()),
         idle_rss,
@@ -423,7 +424,7 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
         println!("{}", costs::table(&cost_points));
     }
     println!("{}", report::bar_text(&bar));
-    print_warnings(&summaries);
+    print_warnings(&summaries, &settings);
 
     let json = JsonReport {
         commit: commit(),
@@ -487,7 +488,7 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
     );
     print_suite_tables(&summaries, &conditions, &chosen_loads);
     println!("{}", routing::table(&comparisons));
-    print_warnings(&summaries);
+    print_warnings(&summaries, &settings);
     let json = JsonReport {
         commit: commit(),
         pinned: layout.pinned,
@@ -658,16 +659,29 @@ fn print_proxy_costs(measured: &[Measured], idle: &[IdleRss]) {
     println!();
 }
 
-fn print_warnings(summaries: &[RouteSummary]) {
+fn print_warnings(summaries: &[RouteSummary], settings: &Settings) {
+    let mut causes = Vec::new();
+    if settings.contamination_cores.is_finite() {
+        causes.push(format!("other processes used over {} cores", settings.contamination_cores));
+    }
+    if settings.contamination_stolen_cores.is_finite() {
+        causes.push(format!(
+            "the hypervisor took over {} cores (steal time)",
+            settings.contamination_stolen_cores
+        ));
+    }
     for s in summaries {
         for warning in s.generator_warnings.iter().take(1) {
             println!("note: {} at {}: {warning}", s.label, s.load);
         }
         if s.contaminated_rounds > 0 {
             println!(
-                "note: {} at {}: {} of {} rounds ran while other processes used over {CONTAMINATION_CORES} cores \
-                 or the hypervisor took over {CONTAMINATION_STOLEN_CORES} cores (steal time)",
-                s.label, s.load, s.contaminated_rounds, s.rounds
+                "note: {} at {}: {} of {} rounds ran while {}",
+                s.label,
+                s.load,
+                s.contaminated_rounds,
+                s.rounds,
+                causes.join(" or ")
             );
         }
     }

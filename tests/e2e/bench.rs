@@ -1,0 +1,155 @@
+//! `tarmac bench` run as a user runs it: `--target` against a real service (measured
+//! directly and through two meshed proxies), and a short `--suite`. The figures themselves
+//! are the benchmarks' business (timing goals do not belong in tests); these check that
+//! every phase really carried its requests, the target saw them, and the reports say what
+//! they measured.
+
+use serde_json::Value;
+use std::time::Duration;
+use tarmac_testkit::echo::EchoServer;
+use tarmac_testkit::tools::{binary, temp_dir};
+
+/// Runs `tarmac` with `args` and `envs` to completion; panics with its output if it fails.
+async fn tarmac(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let mut command = std::process::Command::new(binary("tarmac"));
+    command.args(args).envs(envs.iter().copied());
+    // Its phases are bounded; this bounds a hang.
+    let out =
+        tokio::time::timeout(Duration::from_secs(180), tokio::task::spawn_blocking(move || command.output()))
+            .await
+            .expect("tarmac bench ends by itself")
+            .unwrap()
+            .expect("tarmac runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tarmac {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+fn read_json(path: &std::path::Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("the report is JSON")
+}
+
+/// The phases of `route`, checked to have carried requests without failures; returns how
+/// many responses they had.
+fn responses_of(report: &Value, route: &str, proxies: usize) -> u64 {
+    let phases: Vec<&Value> =
+        report["phases"].as_array().expect("phases").iter().filter(|p| p["route"] == route).collect();
+    assert!(!phases.is_empty(), "no phase of {route}: {report:#}");
+    let mut total = 0;
+    for phase in phases {
+        let responses = phase["responses"].as_u64().unwrap();
+        assert!(responses > 0, "{route} carried nothing: {phase:#}");
+        assert_eq!(phase["failures"], 0, "{route} had failures: {phase:#}");
+        assert!(phase["latency"]["p50_us"].as_f64().unwrap() > 0.0, "{phase:#}");
+        assert!(phase["stolen_cores"].is_number(), "steal is recorded: {phase:#}");
+        let costs = phase["proxies"].as_array().unwrap();
+        assert_eq!(costs.len(), proxies, "{route}: {phase:#}");
+        for cost in costs {
+            assert!(cost["cpu_seconds"].as_f64().unwrap() > 0.0, "{route}: a proxy that did no work: {cost}");
+            assert!(cost["peak_rss_bytes"].as_u64().unwrap() > 1 << 20, "{route}: {cost}");
+        }
+        total += responses + phase["warmup_responses"].as_u64().unwrap();
+    }
+    total
+}
+
+#[tokio::test]
+async fn bench_target_measures_a_service_directly_and_through_two_meshed_proxies() {
+    let service = EchoServer::start("bench-target").await;
+    let url = format!("http://{}/", service.addr);
+    let dir = temp_dir("bench-target");
+    for protocol in ["http1", "h2c"] {
+        let before = service.requests();
+        let json = dir.join(format!("{protocol}.json"));
+        let stdout = tarmac(
+            &[
+                "bench",
+                "--target",
+                &url,
+                "--protocol",
+                protocol,
+                "--rate",
+                "200",
+                "--duration",
+                "1s",
+                "--rounds",
+                "2",
+                "--json",
+                json.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+        for line in ["baseline   p50", "meshed     p50", "difference p50", "tarmac-2-hops-mTLS-client"] {
+            assert!(stdout.contains(line), "{protocol}: no `{line}` in:\n{stdout}");
+        }
+        let report = read_json(&json);
+        assert_eq!(report["target"], url.as_str());
+        let carried = responses_of(&report, "direct", 0) + responses_of(&report, "tarmac_two_hops_mtls", 2);
+        // Every response came from the service; the bench sends nothing else to it but
+        // the readiness of its own proxies, which go to their admin ports.
+        let seen = (service.requests() - before) as u64;
+        assert!(seen >= carried, "{protocol}: the service answered {seen}, the report counts {carried}");
+        // 200 req/s for 1 s per path plus warm-ups: about 400 requests and no more than
+        // a few seconds' worth.
+        assert!((300..=1200).contains(&carried), "{protocol}: {carried} requests carried");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn bench_suite_measures_the_tarmac_routes_and_says_which_bar_lines_need_envoy() {
+    let dir = temp_dir("bench-suite");
+    let (json, plot) = (dir.join("suite.json"), dir.join("suite.svg"));
+    let missing = dir.join("no-envoy-here");
+    let stdout = tarmac(
+        &[
+            "bench",
+            "--suite",
+            "--skip-costs",
+            "--routes",
+            "tarmac_one_hop,tarmac_two_hops_mtls",
+            "--loads",
+            "1000,max",
+            "--rounds",
+            "1",
+            "--duration",
+            "500ms",
+            "--json",
+            json.to_str().unwrap(),
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+        &[("TARMAC_ENVOY_BIN", missing.to_str().unwrap())],
+    )
+    .await;
+    assert!(stdout.contains("Envoy rows are missing"), "{stdout}");
+    assert!(stdout.contains("The bar (issue 3), in this run"), "{stdout}");
+
+    let report = read_json(&json);
+    assert_eq!(report["mode"], "suite");
+    assert!(report["envoy_missing"].as_str().is_some_and(|m| m.contains("TARMAC_ENVOY_BIN")), "{report:#}");
+    responses_of(&report, "direct", 0);
+    responses_of(&report, "tarmac_one_hop", 1);
+    responses_of(&report, "tarmac_two_hops_mtls", 2);
+    for load in ["1000 req/s", "max throughput"] {
+        assert!(report["phases"].as_array().unwrap().iter().any(|p| p["load"] == load), "no phase at {load}");
+    }
+    // Lines that compare with Envoy say so instead of passing; idle RSS needs no Envoy.
+    let bar = report["bar"].as_array().expect("bar");
+    let envoy_lines: Vec<&Value> =
+        bar.iter().filter(|l| l["rule"].as_str().unwrap().contains("Envoy")).collect();
+    assert!(!envoy_lines.is_empty(), "{bar:#?}");
+    for line in envoy_lines {
+        assert_ne!(line["passed"], true, "passed without Envoy: {line}");
+    }
+    let idle = bar.iter().find(|l| l["rule"].as_str().unwrap().contains("RSS idle")).expect("idle RSS line");
+    assert!(idle["passed"].is_boolean(), "{idle}");
+
+    let svg = std::fs::read_to_string(&plot).expect("the plot is written");
+    assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"), "{}", &svg[..svg.len().min(200)]);
+    assert!(svg.contains("tarmac 2 hops mTLS"), "every route has a curve");
+    let _ = std::fs::remove_dir_all(&dir);
+}
