@@ -7,7 +7,7 @@
 use serde_json::Value;
 use std::time::Duration;
 use tarmac_testkit::echo::EchoServer;
-use tarmac_testkit::tools::{binary, temp_dir};
+use tarmac_testkit::tools::{ServerProcess, binary, peer_script, temp_dir};
 
 /// Runs `tarmac` with `args` and `envs` to completion; panics with its output if it fails.
 async fn tarmac(args: &[&str], envs: &[(&str, &str)]) -> String {
@@ -95,6 +95,60 @@ async fn bench_target_measures_a_service_directly_and_through_two_meshed_proxies
         // 200 req/s for 1 s per path plus warm-ups: about 400 requests and no more than
         // a few seconds' worth.
         assert!((300..=1200).contains(&carried), "{protocol}: {carried} requests carried");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn bench_target_measures_a_grpc_service_and_says_why_calls_fail() {
+    let server = ServerProcess::spawn_listening("python3", &[&peer_script("grpc_peer.py"), "serve", "0"]);
+    let dir = temp_dir("bench-grpc");
+    let bench = |method: &str, json: &std::path::Path| {
+        let url = format!("http://{}/tarmac.test.Echo/{method}", server.addr());
+        let json = json.to_str().unwrap().to_string();
+        async move {
+            let args = [
+                "bench",
+                "--target",
+                &url,
+                "--protocol",
+                "grpc",
+                "--rate",
+                "100",
+                "--duration",
+                "1s",
+                "--rounds",
+                "1",
+            ];
+            let mut args = args.to_vec();
+            args.extend(["--json", &json]);
+            tarmac(&args, &[]).await
+        }
+    };
+
+    // grpcio's unary echo answers every call with grpc-status 0, directly and meshed.
+    let json = dir.join("unary.json");
+    bench("Unary", &json).await;
+    let report = read_json(&json);
+    responses_of(&report, "direct", 0);
+    responses_of(&report, "tarmac_two_hops_mtls", 2);
+
+    // A method the service lacks: HTTP 200 carrying grpc-status 12 (UNIMPLEMENTED) is a
+    // failed call, and the report says so, on both paths alike.
+    let json = dir.join("missing.json");
+    let stdout = bench("NoSuchMethod", &json).await;
+    for route in ["direct", "tarmac 2 hops mTLS"] {
+        let note = format!("note: {route} at 100 req/s: ");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&note) && l.contains("the first: the target answered grpc-status 12")),
+            "no failure note for {route}:\n{stdout}"
+        );
+    }
+    for phase in read_json(&json)["phases"].as_array().unwrap() {
+        assert!(phase["failures"].as_u64().unwrap() > 0, "{phase:#}");
+        assert_eq!(phase["failures"], phase["responses"], "every call failed: {phase:#}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -671,6 +671,15 @@ fn print_warnings(summaries: &[RouteSummary], settings: &Settings) {
         ));
     }
     for s in summaries {
+        if s.failures > 0 {
+            println!(
+                "note: {} at {}: {} requests failed; the first: {}",
+                s.label,
+                s.load,
+                s.failures,
+                s.first_error.as_deref().unwrap_or("no error recorded")
+            );
+        }
         for warning in s.generator_warnings.iter().take(1) {
             println!("note: {} at {}: {warning}", s.label, s.load);
         }

@@ -206,6 +206,7 @@ mod tests {
             throughput_rps: 0.0,
             rps_per_proxy_core: None,
             failures: 0,
+            first_error: None,
             contaminated_rounds: 0,
             generator_warnings: Vec::new(),
             merged: histogram.summary(),

@@ -35,6 +35,8 @@ pub struct RouteSummary {
     /// Requests per second per core the proxies used, median.
     pub rps_per_proxy_core: Option<f64>,
     pub failures: u64,
+    /// What the first failed request met, e.g. `the target answered grpc-status 12`.
+    pub first_error: Option<String>,
     pub contaminated_rounds: usize,
     pub generator_warnings: Vec<String>,
     /// All rounds' latencies together.
@@ -114,6 +116,7 @@ fn summarise_one(measured: &[Measured], load: &str, route: Route) -> RouteSummar
         throughput_rps: median(&mut collect(&|m| Some(m.record.throughput_rps))).unwrap_or(0.0),
         rps_per_proxy_core: median(&mut collect(&|m| m.record.rps_per_proxy_core())),
         failures: phases.iter().map(|m| m.record.failures).sum(),
+        first_error: phases.iter().find_map(|m| m.record.first_error.clone()),
         contaminated_rounds: phases.iter().filter(|m| m.record.contaminated).count(),
         generator_warnings: phases.iter().filter_map(|m| m.record.generator_warning.clone()).collect(),
         merged: merged.summary(),

@@ -344,6 +344,7 @@ mod tests {
             throughput_rps: rps,
             rps_per_proxy_core: None,
             failures: 0,
+            first_error: None,
             contaminated_rounds: 0,
             generator_warnings: Vec::new(),
             merged: tarmac_loadgen::LatencyHistogram::new().summary(),
