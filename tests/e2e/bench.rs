@@ -107,22 +107,8 @@ async fn bench_target_measures_a_grpc_service_and_says_why_calls_fail() {
         let url = format!("http://{}/tarmac.test.Echo/{method}", server.addr());
         let json = json.to_str().unwrap().to_string();
         async move {
-            let args = [
-                "bench",
-                "--target",
-                &url,
-                "--protocol",
-                "grpc",
-                "--rate",
-                "100",
-                "--duration",
-                "1s",
-                "--rounds",
-                "1",
-            ];
-            let mut args = args.to_vec();
-            args.extend(["--json", &json]);
-            tarmac(&args, &[]).await
+            let args = ["bench", "--target", &url, "--protocol", "grpc", "--rate", "100", "--duration", "1s"];
+            tarmac(&[&args[..], &["--rounds", "1", "--json", &json]].concat(), &[]).await
         }
     };
 

@@ -30,6 +30,9 @@ pub enum Close {
     Drain,
 }
 
+/// The `seen` of a connection no sweep has looked at yet: no count of begun requests
+/// equals it, so the first sweep only takes note, and a new connection too gets a whole
+/// period before it counts as idle.
 const NEVER_SWEPT: u64 = u64::MAX;
 
 const OPEN: u8 = 0;
@@ -84,8 +87,6 @@ impl HttpConnections {
         }
         let id = registry.next_id;
         registry.next_id += 1;
-        // No `begun` count equals `NEVER_SWEPT`: the first sweep only takes note, so a new
-        // connection too gets a whole period before it counts as idle.
         registry.live.insert(id, Swept { state: state.clone(), seen: NEVER_SWEPT, quiet: 0 });
         Registered { id, state, connections: self.clone() }
     }
