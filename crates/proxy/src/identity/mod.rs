@@ -85,6 +85,13 @@ impl MeshTls {
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(certs.clone());
         server.alpn_protocols = [ALPN_H2, ALPN_HTTP1, ALPN_TCP].map(<[u8]>::to_vec).to_vec();
+        // aws-lc seeds its random generator on first use from CPU timing jitter, which
+        // takes tens of milliseconds (about 420 million instructions). Drawn here, at
+        // start-up, that is not added to the first peer's handshake.
+        provider()
+            .secure_random
+            .fill(&mut [0; 16])
+            .map_err(|_| TlsSetupError::Rustls("the random generator failed".into()))?;
         Ok(Self { certs, mode, roots, server: Arc::new(server), clients: Mutex::default() })
     }
 
