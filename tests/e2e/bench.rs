@@ -140,10 +140,13 @@ async fn bench_target_measures_a_grpc_service_and_says_why_calls_fail() {
 }
 
 #[tokio::test]
-async fn bench_suite_measures_the_tarmac_routes_and_says_which_bar_lines_need_envoy() {
+async fn bench_suite_measures_the_tarmac_routes_says_which_bar_lines_need_envoy_and_compares_with_a_landing()
+{
     let dir = temp_dir("bench-suite");
     let (json, plot) = (dir.join("suite.json"), dir.join("suite.svg"));
     let missing = dir.join("no-envoy-here");
+    let landing =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/results/62f62b6fb79a.json");
     let stdout = tarmac(
         &[
             "bench",
@@ -161,6 +164,8 @@ async fn bench_suite_measures_the_tarmac_routes_and_says_which_bar_lines_need_en
             json.to_str().unwrap(),
             "--plot",
             plot.to_str().unwrap(),
+            "--baseline",
+            landing.to_str().unwrap(),
         ],
         &[("TARMAC_ENVOY_BIN", missing.to_str().unwrap())],
     )
@@ -187,6 +192,23 @@ async fn bench_suite_measures_the_tarmac_routes_and_says_which_bar_lines_need_en
     }
     let idle = bar.iter().find(|l| l["rule"].as_str().unwrap().contains("RSS idle")).expect("idle RSS line");
     assert!(idle["passed"].is_boolean(), "{idle}");
+    // Every Tarmac figure of this short run that the recorded landing has too is compared
+    // with it; whether they got worse depends on the machine, but they are checked.
+    let compared = report["baseline"]["figures"].as_array().expect("figures against the landing");
+    for (route, load) in [("tarmac_one_hop", "1000 req/s"), ("tarmac_two_hops_mtls", "1000 req/s")] {
+        assert!(
+            compared
+                .iter()
+                .any(|f| f["route"] == route && f["load"] == load && f["figure"] == "added p99 µs"),
+            "{route} at {load} not compared: {compared:#?}"
+        );
+    }
+    assert!(compared.iter().any(|f| f["figure"] == "req/s per core"), "{compared:#?}");
+    assert_eq!(report["baseline"]["commit"], "62f62b6fb79a");
+    let regression =
+        bar.iter().find(|l| l["rule"].as_str().unwrap().contains("last landing")).expect("the line");
+    assert!(regression["passed"].is_boolean(), "{regression}");
+    assert!(stdout.contains("Against ") && stdout.contains("62f62b6fb79a.json"), "{stdout}");
 
     let svg = std::fs::read_to_string(&plot).expect("the plot is written");
     assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"), "{}", &svg[..svg.len().min(200)]);

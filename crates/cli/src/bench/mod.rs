@@ -24,6 +24,7 @@ mod experiment;
 mod plot;
 mod processes;
 mod procfs;
+mod regression;
 mod report;
 mod routing;
 mod topology;
@@ -140,6 +141,11 @@ pub struct BenchArgs {
     /// throughput); the default is 1000,5000,max.
     #[arg(long, value_name = "LOADS", value_delimiter = ',', value_parser = parse_suite_load)]
     pub loads: Vec<SuiteLoad>,
+    /// --suite: a suite run recorded with --json (the last landing's, under
+    /// bench/results/) to compare this run's Tarmac figures with; those more than 5 % worse
+    /// are listed, and the bar's last line is checked.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
     /// Internal: serve as the suite's upstream on this address.
     #[arg(long, value_name = "ADDR", hide = true)]
     pub serve_upstream: Option<SocketAddr>,
@@ -194,6 +200,9 @@ struct JsonReport<'a> {
     costs: Vec<costs::CostPoint>,
     summaries: &'a [RouteSummary],
     bar: &'a [BarCheck],
+    /// `--suite --baseline`: this run's Tarmac figures against the recorded run's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline: Option<regression::Comparison>,
     /// `--routing`: the 100-rule table against the 1-rule table, per load.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     routing: Vec<routing::RoutingComparison>,
@@ -230,6 +239,7 @@ impl<'a> JsonReport<'a> {
             costs: Vec::new(),
             summaries,
             bar: &[],
+            baseline: None,
             routing: Vec::new(),
             phases: measured.iter().map(|m| &m.record).collect(),
         }
@@ -348,6 +358,9 @@ async fn target(args: BenchArgs) -> Result<(), String> {
 async fn suite(args: BenchArgs) -> Result<(), String> {
     let rounds = args.rounds as usize;
     let phase_duration = args.duration.unwrap_or(Duration::from_secs(5));
+    // Read first: a bad file is refused before minutes of measuring.
+    let baseline =
+        args.baseline.as_deref().map(|path| Ok::<_, String>((path, regression::load(path)?))).transpose()?;
     let workdir = WorkDir::create("bench")?;
     let (envoy, envoy_missing) = match envoy::locate() {
         Ok(path) => (Some(path), None),
@@ -411,7 +424,10 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
         .filter(|r| r.proxy.starts_with("tarmac"))
         .map(|r| r.bytes as f64 / (1024.0 * 1024.0))
         .reduce(f64::max);
-    let bar = report::bar(&summaries, idle_tarmac_mib, MAX_LOAD);
+    let comparison =
+        baseline.map(|(path, recorded)| regression::compare(path, &recorded, &summaries, idle_tarmac_mib));
+    let mut bar = report::bar(&summaries, idle_tarmac_mib, MAX_LOAD);
+    bar.push(regression::bar_check(comparison.as_ref()));
     let conditions = format!(
         "{}, {} rounds of {:?}, medians; added = route − direct in the same round",
         args.protocol, rounds, phase_duration
@@ -422,6 +438,9 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     }
     if !cost_points.is_empty() {
         println!("{}", costs::table(&cost_points));
+    }
+    if let Some(comparison) = &comparison {
+        println!("{}", regression::text(comparison));
     }
     println!("{}", report::bar_text(&bar));
     print_warnings(&summaries, &settings);
@@ -435,6 +454,7 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
         idle_rss,
         costs: cost_points,
         bar: &bar,
+        baseline: comparison,
         ..JsonReport::common("suite", args.protocol, rounds, phase_duration, &summaries, &measured)
     };
     let loads: Vec<String> = loads.iter().map(|l| l.name.clone()).collect();

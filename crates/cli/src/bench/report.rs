@@ -332,12 +332,13 @@ pub fn bar_text(checks: &[BarCheck]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::bench::experiment::{PhaseRecord, ProxyCost};
     use std::time::Duration;
 
-    fn phase(route: Route, round: usize, base_us: u64, proxy_cpu: f64) -> Measured {
+    /// A phase of 100 requests at `base_us` to `base_us + 99` µs, at 1000 req/s.
+    pub(crate) fn phase(route: Route, round: usize, base_us: u64, proxy_cpu: f64) -> Measured {
         let mut latency = LatencyHistogram::new();
         for i in 0..100 {
             latency.record(Duration::from_micros(base_us + i));

@@ -79,6 +79,11 @@ impl Route {
         }
     }
 
+    /// The route's name in the JSON and on the command line, e.g. `tarmac_one_hop`.
+    pub fn name(self) -> String {
+        clap::ValueEnum::to_possible_value(&self).map(|v| v.get_name().to_string()).unwrap_or_default()
+    }
+
     pub fn proxy(self) -> Option<ProxyKind> {
         match self {
             Self::Direct => None,

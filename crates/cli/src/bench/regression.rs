@@ -1,0 +1,343 @@
+//! The bar's last line: no figure may get more than 5 % worse from one landing to the
+//! next. `--baseline FILE` compares this run's Tarmac figures with a suite run recorded
+//! under `bench/results/`, figure by figure, and says which got worse by more than that.
+
+use super::report::{BarCheck, RouteSummary};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// How much worse a figure may get before it counts as a regression.
+pub const TOLERANCE: f64 = 0.05;
+
+/// A recorded suite run, as far as the comparison reads it.
+#[derive(Debug, Deserialize)]
+pub struct Recorded {
+    pub commit: Option<String>,
+    summaries: Vec<RecordedSummary>,
+    #[serde(default)]
+    idle_rss: Vec<RecordedIdleRss>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordedSummary {
+    route: String,
+    load: String,
+    added_p50_us: Option<f64>,
+    added_p99_us: Option<f64>,
+    cpu_per_10k: Option<f64>,
+    peak_rss_mib: Option<f64>,
+    rps_per_proxy_core: Option<f64>,
+    #[serde(default)]
+    contaminated_rounds: usize,
+    #[serde(default)]
+    failures: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct RecordedIdleRss {
+    proxy: String,
+    bytes: u64,
+}
+
+/// One figure in both runs.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Compared {
+    pub route: String,
+    pub load: String,
+    pub figure: &'static str,
+    pub before: f64,
+    pub after: f64,
+    /// Relative change, positive when the figure got worse.
+    pub worse_by: f64,
+    /// Either run measured it in rounds flagged contaminated.
+    pub contaminated: bool,
+}
+
+impl Compared {
+    pub fn regressed(&self) -> bool {
+        self.worse_by > TOLERANCE
+    }
+}
+
+/// The comparison with one recorded run, as printed and as written to the JSON.
+#[derive(Debug, Serialize)]
+pub struct Comparison {
+    pub file: String,
+    pub commit: Option<String>,
+    pub figures: Vec<Compared>,
+}
+
+/// Reads a suite run recorded with `--json`.
+pub fn load(path: &Path) -> Result<Recorded, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--baseline {}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("--baseline {}: not a `tarmac bench --suite` JSON report: {e}", path.display()))
+}
+
+/// A figure, whether lower is better, and how to read it from either run.
+struct Figure {
+    name: &'static str,
+    lower_is_better: bool,
+    /// Changes are measured against at least this much: added latency can be near zero or
+    /// negative (a hop faster than the noise), and 0.1 → 0.3 µs is not "200 % worse".
+    floor: f64,
+    now: fn(&RouteSummary) -> Option<f64>,
+    then: fn(&RecordedSummary) -> Option<f64>,
+}
+
+const FIGURES: [Figure; 5] = [
+    Figure {
+        name: "added p50 µs",
+        lower_is_better: true,
+        floor: 1.0,
+        now: |s| s.added_p50_us,
+        then: |s| s.added_p50_us,
+    },
+    Figure {
+        name: "added p99 µs",
+        lower_is_better: true,
+        floor: 1.0,
+        now: |s| s.added_p99_us,
+        then: |s| s.added_p99_us,
+    },
+    Figure {
+        name: "CPU-s per 10k",
+        lower_is_better: true,
+        floor: 1e-9,
+        now: |s| s.cpu_per_10k,
+        then: |s| s.cpu_per_10k,
+    },
+    Figure {
+        name: "peak RSS MiB",
+        lower_is_better: true,
+        floor: 1e-9,
+        now: |s| s.peak_rss_mib,
+        then: |s| s.peak_rss_mib,
+    },
+    Figure {
+        name: "req/s per core",
+        lower_is_better: false,
+        floor: 1e-9,
+        now: |s| s.rps_per_proxy_core,
+        then: |s| s.rps_per_proxy_core,
+    },
+];
+
+const IDLE_RSS: Figure =
+    Figure { name: "idle RSS MiB", lower_is_better: true, floor: 1e-9, now: |_| None, then: |_| None };
+
+/// Every Tarmac figure measured in both runs (same route and load, no failures in either),
+/// and the idle RSS of Tarmac's proxies.
+pub fn compare(
+    file: &Path,
+    before: &Recorded,
+    now: &[RouteSummary],
+    idle_rss_mib: Option<f64>,
+) -> Comparison {
+    let mut figures = Vec::new();
+    for s in now.iter().filter(|s| s.route.proxy() == Some(super::topology::ProxyKind::Tarmac)) {
+        let route = s.route.name();
+        let Some(then) = before.summaries.iter().find(|b| b.route == route && b.load == s.load) else {
+            continue;
+        };
+        if s.failures > 0 || then.failures > 0 {
+            continue;
+        }
+        for f in &FIGURES {
+            if let (Some(before), Some(after)) = ((f.then)(then), (f.now)(s)) {
+                let contaminated = s.contaminated_rounds > 0 || then.contaminated_rounds > 0;
+                figures.push(compared(&route, &s.load, f, before, after, contaminated));
+            }
+        }
+    }
+    let idle_before = before
+        .idle_rss
+        .iter()
+        .filter(|r| r.proxy.starts_with("tarmac"))
+        .map(|r| r.bytes as f64 / (1024.0 * 1024.0))
+        .reduce(f64::max);
+    if let (Some(before), Some(after)) = (idle_before, idle_rss_mib) {
+        figures.push(compared("tarmac (any proxy)", "idle", &IDLE_RSS, before, after, false));
+    }
+    Comparison { file: file.display().to_string(), commit: before.commit.clone(), figures }
+}
+
+fn compared(
+    route: &str,
+    load: &str,
+    figure: &Figure,
+    before: f64,
+    after: f64,
+    contaminated: bool,
+) -> Compared {
+    let change = (after - before) / before.abs().max(figure.floor);
+    let worse_by = if figure.lower_is_better { change } else { -change };
+    Compared {
+        route: route.to_string(),
+        load: load.to_string(),
+        figure: figure.name,
+        before,
+        after,
+        worse_by,
+        contaminated,
+    }
+}
+
+/// The bar line for this comparison, or why it could not be checked.
+pub fn bar_check(comparison: Option<&Comparison>) -> BarCheck {
+    let rule = format!("no figure more than {:.0} % worse than at the last landing", TOLERANCE * 100.0);
+    let Some(c) = comparison else {
+        return BarCheck {
+            rule,
+            passed: None,
+            detail: "not checked: name the last landing's JSON with --baseline bench/results/COMMIT.json"
+                .to_string(),
+        };
+    };
+    if c.figures.is_empty() {
+        return BarCheck {
+            rule,
+            passed: None,
+            detail: format!("no figure of {} was measured in this run", c.file),
+        };
+    }
+    let worse = c.figures.iter().filter(|f| f.regressed()).count();
+    BarCheck {
+        rule,
+        passed: Some(worse == 0),
+        detail: format!("{worse} of {} figures against {}", c.figures.len(), c.file),
+    }
+}
+
+/// The figures that got worse by more than the tolerance, one line each.
+pub fn text(c: &Comparison) -> String {
+    let commit = c.commit.as_deref().unwrap_or("commit not recorded");
+    let mut out = format!("Against {} ({commit}):\n", c.file);
+    let worse: Vec<&Compared> = c.figures.iter().filter(|f| f.regressed()).collect();
+    if worse.is_empty() {
+        let _ = writeln!(
+            out,
+            "  none of {} figures is more than {:.0} % worse",
+            c.figures.len(),
+            TOLERANCE * 100.0
+        );
+    }
+    for f in worse {
+        let _ = writeln!(
+            out,
+            "  {:<20} {:<14} {:<15} {:>10.2} → {:<10.2} {:+.1} % worse{}",
+            f.route,
+            f.load,
+            f.figure,
+            f.before,
+            f.after,
+            f.worse_by * 100.0,
+            if f.contaminated { " (contaminated rounds)" } else { "" }
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(json: &str) -> Recorded {
+        serde_json::from_str(json).expect("valid JSON")
+    }
+
+    fn figure(name: &str) -> &'static Figure {
+        FIGURES.iter().find(|f| f.name == name).expect("a figure of that name")
+    }
+
+    #[test]
+    fn worse_means_higher_latency_cpu_and_memory_but_lower_throughput() {
+        let throughput = figure("req/s per core");
+        let down = compared("r", "l", throughput, 30_000.0, 27_000.0, false);
+        assert!(down.regressed(), "10 % less throughput is worse: {down:?}");
+        let up = compared("r", "l", throughput, 30_000.0, 33_000.0, false);
+        assert!(!up.regressed() && up.worse_by < 0.0);
+        let p50 = figure("added p50 µs");
+        assert!(compared("r", "l", p50, 100.0, 106.0, false).regressed());
+        assert!(!compared("r", "l", p50, 100.0, 104.0, false).regressed());
+        // Near-zero added latency is measured against 1 µs; CPU seconds are not.
+        let tiny = compared("r", "l", p50, 0.1, 0.3, false);
+        assert!((tiny.worse_by - 0.2).abs() < 1e-9, "{tiny:?}");
+        let cpu = compared("r", "l", figure("CPU-s per 10k"), 0.5, 0.6, false);
+        assert!((cpu.worse_by - 0.2).abs() < 1e-9, "{cpu:?}");
+    }
+
+    #[test]
+    fn a_recorded_landing_still_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results/62f62b6fb79a.json");
+        let before = load(&path).expect("the recorded landing parses");
+        assert_eq!(before.commit.as_deref(), Some("62f62b6fb79a"));
+        let tarmac = before.summaries.iter().filter(|s| s.route.starts_with("tarmac")).count();
+        assert!(tarmac >= 7, "{tarmac} Tarmac summaries");
+        assert!(!before.idle_rss.is_empty());
+    }
+
+    #[test]
+    fn this_run_is_compared_with_the_recorded_one_figure_by_figure() {
+        use crate::bench::report::{summarise, tests::phase};
+        use crate::bench::topology::Route;
+        let run = |tarmac_cpu: f64, envoy_us: u64| {
+            summarise(&[
+                phase(Route::Direct, 1, 100, 0.0),
+                phase(Route::TarmacOneHop, 1, 150, tarmac_cpu),
+                phase(Route::EnvoyOneHop, 1, envoy_us, 1.0),
+            ])
+        };
+        // Recorded as `--json` writes summaries, read back as a baseline.
+        let json = serde_json::json!({ "commit": "before", "summaries": run(0.2, 300) }).to_string();
+        let before = recorded(&json);
+        // Twice the CPU; Envoy slower, which is not Tarmac's figure.
+        let c = compare(Path::new("before.json"), &before, &run(0.4, 900), None);
+        assert!(c.figures.iter().all(|f| f.route == "tarmac_one_hop"), "{:?}", c.figures);
+        let of = |name: &str| c.figures.iter().find(|f| f.figure == name).unwrap();
+        let cpu = of("CPU-s per 10k");
+        assert!(cpu.regressed() && (cpu.worse_by - 1.0).abs() < 1e-9, "{cpu:?}");
+        assert!(!of("added p50 µs").regressed());
+        assert!(!of("peak RSS MiB").regressed());
+        assert_eq!(bar_check(Some(&c)).passed, Some(false));
+        // The same run against itself: every figure present, none worse.
+        let same = compare(Path::new("before.json"), &before, &run(0.2, 300), Some(8.0));
+        assert_eq!(same.figures.len(), c.figures.len(), "no idle RSS in the recorded run: not compared");
+        assert_eq!(bar_check(Some(&same)).passed, Some(true));
+    }
+
+    #[test]
+    fn the_bar_line_counts_regressions_and_says_when_there_is_no_baseline() {
+        let none = bar_check(None);
+        assert_eq!(none.passed, None);
+        assert!(none.detail.contains("--baseline"));
+        let c = Comparison {
+            file: "before.json".into(),
+            commit: Some("abc".into()),
+            figures: vec![
+                compared("tarmac_one_hop", "5000 req/s", figure("CPU-s per 10k"), 0.50, 0.60, false),
+                compared("tarmac_one_hop", "5000 req/s", figure("peak RSS MiB"), 8.0, 8.1, false),
+            ],
+        };
+        let check = bar_check(Some(&c));
+        assert_eq!(check.passed, Some(false));
+        assert_eq!(check.detail, "1 of 2 figures against before.json");
+        let printed = text(&c);
+        assert!(printed.contains("CPU-s per 10k") && printed.contains("+20.0 % worse"), "{printed}");
+        assert!(!printed.contains("peak RSS"), "only regressions are listed: {printed}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_suite_report_is_refused_with_its_name() {
+        let dir = std::env::temp_dir().join(format!("tarmac-baseline-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("x.json");
+        std::fs::write(&file, "{\"tool\": \"something else\"}").unwrap();
+        let err = load(&file).unwrap_err();
+        assert!(err.contains("x.json") && err.contains("not a `tarmac bench --suite` JSON report"), "{err}");
+        let missing = load(&dir.join("missing.json")).unwrap_err();
+        assert!(missing.contains("missing.json"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
