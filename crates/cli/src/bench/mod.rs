@@ -424,8 +424,8 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
         .filter(|r| r.proxy.starts_with("tarmac"))
         .map(|r| r.bytes as f64 / (1024.0 * 1024.0))
         .reduce(f64::max);
-    let comparison =
-        baseline.map(|(path, recorded)| regression::compare(path, &recorded, &summaries, idle_tarmac_mib));
+    let comparison = baseline
+        .map(|(path, recorded)| regression::compare(path, &recorded, &summaries, idle_tarmac_mib, MAX_LOAD));
     let mut bar = report::bar(&summaries, idle_tarmac_mib, MAX_LOAD);
     bar.push(regression::bar_check(comparison.as_ref()));
     let conditions = format!(
