@@ -9,7 +9,8 @@
 //! * [`experiment`]: phases interleaved over routes and rounds, each with its costs and a
 //!   check on what else ran on the machine; [`procfs`] reads those costs.
 //! * [`report`]: medians, added latency, ratios, tables and the bar; [`plot`]
-//!   the SVG of percentile curves.
+//!   the SVG of percentile curves; [`regression`]: `--baseline`, the figures against a
+//!   recorded landing's.
 //! * [`costs`]: memory and idle CPU against connections and configured services.
 //! * [`routing`]: `--routing`, a route table of 100 rules against one, its routes served
 //!   by the control plane's discovery in this process.
@@ -144,7 +145,7 @@ pub struct BenchArgs {
     /// --suite: a suite run recorded with --json (the last landing's, under
     /// bench/results/) to compare this run's Tarmac figures with; those more than 5 % worse
     /// are listed, and the bar's last line is checked.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["target", "routing"])]
     pub baseline: Option<PathBuf>,
     /// Internal: serve as the suite's upstream on this address.
     #[arg(long, value_name = "ADDR", hide = true)]
@@ -419,11 +420,7 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     drop(upstream);
 
     let summaries = report::summarise(&measured);
-    let idle_tarmac_mib = idle_rss
-        .iter()
-        .filter(|r| r.proxy.starts_with("tarmac"))
-        .map(|r| r.bytes as f64 / (1024.0 * 1024.0))
-        .reduce(f64::max);
+    let idle_tarmac_mib = regression::idle_tarmac_mib(idle_rss.iter().map(|r| (r.proxy.as_str(), r.bytes)));
     let comparison = baseline
         .map(|(path, recorded)| regression::compare(path, &recorded, &summaries, idle_tarmac_mib, MAX_LOAD));
     let mut bar = report::bar(&summaries, idle_tarmac_mib, MAX_LOAD);
@@ -782,4 +779,29 @@ fn cores() -> usize {
 
 fn unix_time() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[test]
+    fn a_baseline_is_taken_only_by_the_suite() {
+        let cli = Cli::try_parse_from(["bench", "--suite", "--baseline", "before.json"]).unwrap();
+        assert_eq!(cli.bench.baseline.as_deref(), Some(std::path::Path::new("before.json")));
+        let err =
+            Cli::try_parse_from(["bench", "--target", "http://127.0.0.1:1/", "--baseline", "before.json"])
+                .err()
+                .expect("refused without --suite")
+                .to_string();
+        assert!(err.contains("--baseline") && err.contains("--target"), "{err}");
+        assert!(Cli::try_parse_from(["bench", "--routing", "--baseline", "before.json"]).is_err());
+    }
 }

@@ -2,7 +2,7 @@
 //! next. `--baseline FILE` compares this run's Tarmac figures with a suite run recorded
 //! under `bench/results/`, figure by figure, and says which got worse by more than that.
 
-use super::report::{BarCheck, RouteSummary};
+use super::report::{BarCheck, MIB, RouteSummary};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -23,15 +23,35 @@ pub struct Recorded {
 struct RecordedSummary {
     route: String,
     load: String,
+    #[serde(flatten)]
+    figures: Figures,
+    #[serde(default)]
+    contaminated_rounds: usize,
+    #[serde(default)]
+    failures: u64,
+}
+
+/// The figures of one route under one load that a landing must not make worse, named as
+/// in [`RouteSummary`] and in the JSON.
+#[derive(Debug, Deserialize)]
+struct Figures {
     added_p50_us: Option<f64>,
     added_p99_us: Option<f64>,
     cpu_per_10k: Option<f64>,
     peak_rss_mib: Option<f64>,
     rps_per_proxy_core: Option<f64>,
-    #[serde(default)]
-    contaminated_rounds: usize,
-    #[serde(default)]
-    failures: u64,
+}
+
+impl From<&RouteSummary> for Figures {
+    fn from(s: &RouteSummary) -> Self {
+        Self {
+            added_p50_us: s.added_p50_us,
+            added_p99_us: s.added_p99_us,
+            cpu_per_10k: s.cpu_per_10k,
+            peak_rss_mib: s.peak_rss_mib,
+            rps_per_proxy_core: s.rps_per_proxy_core,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,8 +60,17 @@ struct RecordedIdleRss {
     bytes: u64,
 }
 
+/// The highest idle RSS of Tarmac's proxies, in MiB, from (proxy name, bytes) pairs.
+pub fn idle_tarmac_mib<'a>(idle_rss: impl IntoIterator<Item = (&'a str, u64)>) -> Option<f64> {
+    idle_rss
+        .into_iter()
+        .filter(|(proxy, _)| proxy.starts_with("tarmac"))
+        .map(|(_, bytes)| bytes as f64 / MIB)
+        .reduce(f64::max)
+}
+
 /// One figure in both runs.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize)]
 pub struct Compared {
     pub route: String,
     pub load: String,
@@ -85,69 +114,32 @@ enum Loads {
     Max,
 }
 
-/// A figure, whether lower is better, and how to read it from either run.
+/// How a figure is judged.
 struct Figure {
     name: &'static str,
     lower_is_better: bool,
     /// Changes are measured against at least this much: added latency can be near zero or
     /// negative (a hop faster than the noise), and 0.1 → 0.3 µs is not "200 % worse".
     floor: f64,
-    under: Loads,
-    now: fn(&RouteSummary) -> Option<f64>,
-    then: fn(&RecordedSummary) -> Option<f64>,
 }
 
-const FIGURES: [Figure; 5] = [
-    Figure {
-        name: "added p50 µs",
-        lower_is_better: true,
-        floor: 1.0,
-        under: Loads::All,
-        now: |s| s.added_p50_us,
-        then: |s| s.added_p50_us,
-    },
-    Figure {
-        name: "added p99 µs",
-        lower_is_better: true,
-        floor: 1.0,
-        under: Loads::All,
-        now: |s| s.added_p99_us,
-        then: |s| s.added_p99_us,
-    },
-    Figure {
-        name: "CPU-s per 10k",
-        lower_is_better: true,
-        floor: 1e-9,
-        under: Loads::Rates,
-        now: |s| s.cpu_per_10k,
-        then: |s| s.cpu_per_10k,
-    },
-    Figure {
-        name: "peak RSS MiB",
-        lower_is_better: true,
-        floor: 1e-9,
-        under: Loads::All,
-        now: |s| s.peak_rss_mib,
-        then: |s| s.peak_rss_mib,
-    },
-    Figure {
-        name: "req/s per core",
-        lower_is_better: false,
-        floor: 1e-9,
-        under: Loads::Max,
-        now: |s| s.rps_per_proxy_core,
-        then: |s| s.rps_per_proxy_core,
-    },
+const fn figure(name: &'static str, lower_is_better: bool, floor: f64) -> Figure {
+    Figure { name, lower_is_better, floor }
+}
+
+/// Where a figure is read from a route's [`Figures`].
+type Read = fn(&Figures) -> Option<f64>;
+
+/// The figures of a route and load, the loads each is compared under, and where it is read.
+const ROUTE_FIGURES: [(Figure, Loads, Read); 5] = [
+    (figure("added p50 µs", true, 1.0), Loads::All, |f| f.added_p50_us),
+    (figure("added p99 µs", true, 1.0), Loads::All, |f| f.added_p99_us),
+    (figure("CPU-s per 10k", true, 0.0), Loads::Rates, |f| f.cpu_per_10k),
+    (figure("peak RSS MiB", true, 0.0), Loads::All, |f| f.peak_rss_mib),
+    (figure("req/s per core", false, 0.0), Loads::Max, |f| f.rps_per_proxy_core),
 ];
 
-const IDLE_RSS: Figure = Figure {
-    name: "idle RSS MiB",
-    lower_is_better: true,
-    floor: 1e-9,
-    under: Loads::All,
-    now: |_| None,
-    then: |_| None,
-};
+const IDLE_RSS: Figure = figure("idle RSS MiB", true, 0.0);
 
 /// Every Tarmac figure measured in both runs (same route and load, no failures in either),
 /// and the idle RSS of Tarmac's proxies. `max_load` names the maximum-throughput load.
@@ -168,19 +160,18 @@ pub fn compare(
             continue;
         }
         let loads = if s.load == max_load { Loads::Max } else { Loads::Rates };
-        for f in FIGURES.iter().filter(|f| f.under == Loads::All || f.under == loads) {
-            if let (Some(before), Some(after)) = ((f.then)(then), (f.now)(s)) {
-                let contaminated = s.contaminated_rounds > 0 || then.contaminated_rounds > 0;
-                figures.push(compared(&route, &s.load, f, before, after, contaminated));
+        let (now, then_figures) = (Figures::from(s), &then.figures);
+        let contaminated = s.contaminated_rounds > 0 || then.contaminated_rounds > 0;
+        for (judged, under, read) in &ROUTE_FIGURES {
+            if *under != Loads::All && *under != loads {
+                continue;
+            }
+            if let (Some(before), Some(after)) = (read(then_figures), read(&now)) {
+                figures.push(compared(&route, &s.load, judged, before, after, contaminated));
             }
         }
     }
-    let idle_before = before
-        .idle_rss
-        .iter()
-        .filter(|r| r.proxy.starts_with("tarmac"))
-        .map(|r| r.bytes as f64 / (1024.0 * 1024.0))
-        .reduce(f64::max);
+    let idle_before = idle_tarmac_mib(before.idle_rss.iter().map(|r| (r.proxy.as_str(), r.bytes)));
     if let (Some(before), Some(after)) = (idle_before, idle_rss_mib) {
         figures.push(compared("tarmac (any proxy)", "idle", &IDLE_RSS, before, after, false));
     }
@@ -195,6 +186,7 @@ fn compared(
     after: f64,
     contaminated: bool,
 ) -> Compared {
+    // From a recorded 0 any rise is an infinite change: counted as worse.
     let change = (after - before) / before.abs().max(figure.floor);
     let worse_by = if figure.lower_is_better { change } else { -change };
     Compared {
@@ -271,24 +263,24 @@ mod tests {
         serde_json::from_str(json).expect("valid JSON")
     }
 
-    fn figure(name: &str) -> &'static Figure {
-        FIGURES.iter().find(|f| f.name == name).expect("a figure of that name")
+    fn judged(name: &str) -> &'static Figure {
+        &ROUTE_FIGURES.iter().find(|(f, _, _)| f.name == name).expect("a figure of that name").0
     }
 
     #[test]
     fn worse_means_higher_latency_cpu_and_memory_but_lower_throughput() {
-        let throughput = figure("req/s per core");
+        let throughput = judged("req/s per core");
         let down = compared("r", "l", throughput, 30_000.0, 27_000.0, false);
         assert!(down.regressed(), "10 % less throughput is worse: {down:?}");
         let up = compared("r", "l", throughput, 30_000.0, 33_000.0, false);
         assert!(!up.regressed() && up.worse_by < 0.0);
-        let p50 = figure("added p50 µs");
+        let p50 = judged("added p50 µs");
         assert!(compared("r", "l", p50, 100.0, 106.0, false).regressed());
         assert!(!compared("r", "l", p50, 100.0, 104.0, false).regressed());
         // Near-zero added latency is measured against 1 µs; CPU seconds are not.
         let tiny = compared("r", "l", p50, 0.1, 0.3, false);
         assert!((tiny.worse_by - 0.2).abs() < 1e-9, "{tiny:?}");
-        let cpu = compared("r", "l", figure("CPU-s per 10k"), 0.5, 0.6, false);
+        let cpu = compared("r", "l", judged("CPU-s per 10k"), 0.5, 0.6, false);
         assert!((cpu.worse_by - 0.2).abs() < 1e-9, "{cpu:?}");
     }
 
@@ -342,8 +334,8 @@ mod tests {
             file: "before.json".into(),
             commit: Some("abc".into()),
             figures: vec![
-                compared("tarmac_one_hop", "5000 req/s", figure("CPU-s per 10k"), 0.50, 0.60, false),
-                compared("tarmac_one_hop", "5000 req/s", figure("peak RSS MiB"), 8.0, 8.1, false),
+                compared("tarmac_one_hop", "5000 req/s", judged("CPU-s per 10k"), 0.50, 0.60, false),
+                compared("tarmac_one_hop", "5000 req/s", judged("peak RSS MiB"), 8.0, 8.1, false),
             ],
         };
         let check = bar_check(Some(&c));

@@ -8,7 +8,7 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use tarmac_loadgen::{CurvePoint, LatencyHistogram, LatencySummary};
 
-const MIB: f64 = 1024.0 * 1024.0;
+pub const MIB: f64 = 1024.0 * 1024.0;
 
 /// One route under one load, over all rounds.
 #[derive(Clone, Debug, Serialize)]
