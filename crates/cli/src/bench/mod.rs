@@ -108,7 +108,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub routing: bool,
     /// Requests per second (--target).
-    #[arg(long, value_name = "N", default_value_t = 1000.0)]
+    #[arg(long, value_name = "N", default_value_t = 1000.0, conflicts_with_all = ["suite", "routing"])]
     pub rate: f64,
     /// --target: measured time of each path over all rounds (default 30s);
     /// --suite and --routing: length of each phase (default 5s).
@@ -116,7 +116,8 @@ pub struct BenchArgs {
     pub duration: Option<Duration>,
     /// Connections the generator opens (--target; the suite uses 10 for latency and 32 for
     /// max throughput).
-    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000),
+          conflicts_with_all = ["suite", "routing"])]
     pub connections: u32,
     /// Rounds: each route is measured once per round, routes taking turns.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -132,15 +133,15 @@ pub struct BenchArgs {
     pub plot: Option<PathBuf>,
     /// --suite: leave out the cost curves (memory and idle CPU at 1 to 10,000 idle
     /// connections and 10 to 1000 configured services).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["target", "routing"])]
     pub skip_costs: bool,
     /// --suite: only these routes (comma-separated, as named in the JSON: tarmac_one_hop,
     /// envoy_two_hops_mtls, ...); `direct`, the baseline, always runs.
-    #[arg(long, value_name = "ROUTES", value_delimiter = ',')]
+    #[arg(long, value_name = "ROUTES", value_delimiter = ',', conflicts_with_all = ["target", "routing"])]
     pub routes: Vec<Route>,
     /// --suite: only these loads (comma-separated request rates, and `max` for maximum
     /// throughput); the default is 1000,5000,max.
-    #[arg(long, value_name = "LOADS", value_delimiter = ',', value_parser = parse_suite_load)]
+    #[arg(long, value_name = "LOADS", value_delimiter = ',', value_parser = parse_suite_load, conflicts_with = "target")]
     pub loads: Vec<SuiteLoad>,
     /// --suite: a suite run recorded with --json (the last landing's, under
     /// bench/results/) to compare this run's Tarmac figures with; those more than 5 % worse
@@ -792,16 +793,32 @@ mod tests {
         bench: BenchArgs,
     }
 
+    /// An option that only one mode reads is refused by the others, not silently ignored.
     #[test]
-    fn a_baseline_is_taken_only_by_the_suite() {
-        let cli = Cli::try_parse_from(["bench", "--suite", "--baseline", "before.json"]).unwrap();
-        assert_eq!(cli.bench.baseline.as_deref(), Some(std::path::Path::new("before.json")));
-        let err =
-            Cli::try_parse_from(["bench", "--target", "http://127.0.0.1:1/", "--baseline", "before.json"])
-                .err()
-                .expect("refused without --suite")
-                .to_string();
-        assert!(err.contains("--baseline") && err.contains("--target"), "{err}");
-        assert!(Cli::try_parse_from(["bench", "--routing", "--baseline", "before.json"]).is_err());
+    fn options_of_one_mode_are_refused_by_the_others() {
+        let target = ["--target", "http://127.0.0.1:1/"];
+        let parse = |mode: &[&str], option: &[&str]| {
+            Cli::try_parse_from(["bench"].iter().chain(mode).chain(option)).map(|cli| cli.bench)
+        };
+        let suite_only: [&[&str]; 3] =
+            [&["--baseline", "before.json"], &["--skip-costs"], &["--routes", "tarmac_one_hop"]];
+        for option in suite_only {
+            let bench = parse(&["--suite"], option).unwrap_or_else(|e| panic!("{option:?}: {e}"));
+            assert!(bench.baseline.is_some() || bench.skip_costs || !bench.routes.is_empty());
+            for other in [&target[..], &["--routing"]] {
+                let err = parse(other, option).err().unwrap_or_else(|| panic!("{other:?} took {option:?}"));
+                assert!(err.to_string().contains(option[0]), "{err}");
+            }
+        }
+        let target_only: [&[&str]; 2] = [&["--rate", "500"], &["--connections", "4"]];
+        for option in target_only {
+            let bench = parse(&target, option).unwrap_or_else(|e| panic!("{option:?}: {e}"));
+            assert!(bench.rate == 500.0 || bench.connections == 4);
+            for other in [&["--suite"][..], &["--routing"]] {
+                assert!(parse(other, option).is_err(), "{other:?} took {option:?}");
+            }
+        }
+        assert_eq!(parse(&["--routing"], &["--loads", "max"]).unwrap().loads, [SuiteLoad::Max]);
+        assert!(parse(&target, &["--loads", "max"]).is_err(), "--target took --loads");
     }
 }
