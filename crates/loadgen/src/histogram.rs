@@ -2,7 +2,7 @@
 //! and the percentile curve a plot draws.
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Smallest distinguishable latency. A coarser unit would cost precision at the low end:
@@ -20,7 +20,7 @@ pub struct LatencyHistogram {
 }
 
 /// The usual percentiles of a distribution, in microseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     pub count: u64,
     pub min_us: f64,

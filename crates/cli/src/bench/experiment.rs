@@ -6,7 +6,7 @@
 use super::processes;
 use super::procfs::{PhaseCost, PhaseMeter};
 use super::topology::{Route, Running};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tarmac_loadgen::{Config, LatencyHistogram, LatencySummary, Load, Protocol, Report, Target};
 
@@ -44,7 +44,7 @@ pub struct Settings {
 }
 
 /// Every figure of one phase, as written to the JSON report.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PhaseRecord {
     pub route: Route,
     pub load: String,
@@ -71,7 +71,7 @@ pub struct PhaseRecord {
     pub realtime: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProxyCost {
     pub name: String,
     pub cpu_seconds: f64,

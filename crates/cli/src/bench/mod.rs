@@ -422,8 +422,10 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
 
     let summaries = report::summarise(&measured);
     let idle_tarmac_mib = regression::idle_tarmac_mib(idle_rss.iter().map(|r| (r.proxy.as_str(), r.bytes)));
-    let comparison = baseline
-        .map(|(path, recorded)| regression::compare(path, &recorded, &summaries, idle_tarmac_mib, MAX_LOAD));
+    let comparison = baseline.map(|(path, recorded)| {
+        let phases = measured.iter().map(|m| &m.record);
+        regression::compare(path, &recorded, phases, idle_tarmac_mib, MAX_LOAD)
+    });
     let mut bar = report::bar(&summaries, idle_tarmac_mib, MAX_LOAD);
     bar.push(regression::bar_check(comparison.as_ref()));
     let conditions = format!(

@@ -1,8 +1,15 @@
 //! The bar's last line: no figure may get more than 5 % worse from one landing to the
 //! next. `--baseline FILE` compares this run's Tarmac figures with a suite run recorded
 //! under `bench/results/`, figure by figure, and says which got worse by more than that.
+//! Both runs' figures are taken from their phases, round by round, in the same way. On a
+//! shared machine a median moves between runs by far more than 5 % with the host alone,
+//! so a figure counts as a regression only when every round of this run is worse than
+//! every round of the recorded one; worse medians with overlapping rounds are listed
+//! apart, as what the noise could have made.
 
-use super::report::{BarCheck, MIB, RouteSummary};
+use super::experiment::PhaseRecord;
+use super::report::{BarCheck, MIB, Rounds, median};
+use super::topology::{ProxyKind, Route};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -10,48 +17,14 @@ use std::path::Path;
 /// How much worse a figure may get before it counts as a regression.
 pub const TOLERANCE: f64 = 0.05;
 
-/// A recorded suite run, as far as the comparison reads it.
+/// A recorded suite run, as far as the comparison reads it: its phases, from which the
+/// figures are taken exactly as for this run.
 #[derive(Debug, Deserialize)]
 pub struct Recorded {
     pub commit: Option<String>,
-    summaries: Vec<RecordedSummary>,
+    phases: Vec<PhaseRecord>,
     #[serde(default)]
     idle_rss: Vec<RecordedIdleRss>,
-}
-
-#[derive(Debug, Deserialize)]
-struct RecordedSummary {
-    route: String,
-    load: String,
-    #[serde(flatten)]
-    figures: Figures,
-    #[serde(default)]
-    contaminated_rounds: usize,
-    #[serde(default)]
-    failures: u64,
-}
-
-/// The figures of one route under one load that a landing must not make worse, named as
-/// in [`RouteSummary`] and in the JSON.
-#[derive(Debug, Deserialize)]
-struct Figures {
-    added_p50_us: Option<f64>,
-    added_p99_us: Option<f64>,
-    cpu_per_10k: Option<f64>,
-    peak_rss_mib: Option<f64>,
-    rps_per_proxy_core: Option<f64>,
-}
-
-impl From<&RouteSummary> for Figures {
-    fn from(s: &RouteSummary) -> Self {
-        Self {
-            added_p50_us: s.added_p50_us,
-            added_p99_us: s.added_p99_us,
-            cpu_per_10k: s.cpu_per_10k,
-            peak_rss_mib: s.peak_rss_mib,
-            rps_per_proxy_core: s.rps_per_proxy_core,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,13 +52,29 @@ pub struct Compared {
     pub after: f64,
     /// Relative change, positive when the figure got worse.
     pub worse_by: f64,
+    /// The lowest and highest round of each run (one value for a figure taken once).
+    pub before_rounds: (f64, f64),
+    pub after_rounds: (f64, f64),
     /// Either run measured it in rounds flagged contaminated.
     pub contaminated: bool,
 }
 
 impl Compared {
+    /// More than the tolerance worse, and every round of this run worse than every round
+    /// of the recorded one: a change that the spread between rounds does not explain.
     pub fn regressed(&self) -> bool {
-        self.worse_by > TOLERANCE
+        self.worse_by > TOLERANCE && self.beyond_spread()
+    }
+
+    /// More than the tolerance worse in the medians, but with rounds of the two runs
+    /// overlapping: a change this machine's noise could have made.
+    pub fn worse_within_spread(&self) -> bool {
+        self.worse_by > TOLERANCE && !self.beyond_spread()
+    }
+
+    fn beyond_spread(&self) -> bool {
+        let ((before_low, before_high), (after_low, after_high)) = (self.before_rounds, self.after_rounds);
+        if self.after >= self.before { after_low > before_high } else { after_high < before_low }
     }
 }
 
@@ -127,77 +116,114 @@ const fn figure(name: &'static str, lower_is_better: bool, floor: f64) -> Figure
     Figure { name, lower_is_better, floor }
 }
 
-/// Where a figure is read from a route's [`Figures`].
-type Read = fn(&Figures) -> Option<f64>;
+/// Where a figure's rounds are read from a route's [`Rounds`].
+type Read = fn(&Rounds) -> &[f64];
 
 /// The figures of a route and load, the loads each is compared under, and where it is read.
 const ROUTE_FIGURES: [(Figure, Loads, Read); 5] = [
-    (figure("added p50 µs", true, 1.0), Loads::All, |f| f.added_p50_us),
-    (figure("added p99 µs", true, 1.0), Loads::All, |f| f.added_p99_us),
-    (figure("CPU-s per 10k", true, 0.0), Loads::Rates, |f| f.cpu_per_10k),
-    (figure("peak RSS MiB", true, 0.0), Loads::All, |f| f.peak_rss_mib),
-    (figure("req/s per core", false, 0.0), Loads::Max, |f| f.rps_per_proxy_core),
+    (figure("added p50 µs", true, 1.0), Loads::All, |r| &r.added_p50_us),
+    (figure("added p99 µs", true, 1.0), Loads::All, |r| &r.added_p99_us),
+    (figure("CPU-s per 10k", true, 0.0), Loads::Rates, |r| &r.cpu_per_10k),
+    (figure("peak RSS MiB", true, 0.0), Loads::All, |r| &r.peak_rss_mib),
+    (figure("req/s per core", false, 0.0), Loads::Max, |r| &r.rps_per_proxy_core),
 ];
 
 const IDLE_RSS: Figure = figure("idle RSS MiB", true, 0.0);
 
+/// A route under a load in one run: its figures by round, and whether any round failed
+/// requests or was contaminated.
+struct Run {
+    rounds: Rounds,
+    failed: bool,
+    contaminated: bool,
+}
+
+impl Run {
+    fn of<'a>(
+        phases: impl Iterator<Item = &'a PhaseRecord> + Clone,
+        load: &str,
+        route: Route,
+    ) -> Option<Self> {
+        let mine = || phases.clone().filter(|p| p.load == load && p.route == route);
+        mine().next()?;
+        Some(Run {
+            rounds: Rounds::of(phases.clone(), load, route),
+            failed: mine().any(|p| p.failures > 0),
+            contaminated: mine().any(|p| p.contaminated),
+        })
+    }
+}
+
 /// Every Tarmac figure measured in both runs (same route and load, no failures in either),
 /// and the idle RSS of Tarmac's proxies. `max_load` names the maximum-throughput load.
-pub fn compare(
+pub fn compare<'a>(
     file: &Path,
     before: &Recorded,
-    now: &[RouteSummary],
+    now: impl Iterator<Item = &'a PhaseRecord> + Clone,
     idle_rss_mib: Option<f64>,
     max_load: &str,
 ) -> Comparison {
+    let mut keys: Vec<(&str, Route)> = Vec::new();
+    for p in now.clone().filter(|p| p.route.proxy() == Some(ProxyKind::Tarmac)) {
+        if !keys.contains(&(p.load.as_str(), p.route)) {
+            keys.push((p.load.as_str(), p.route));
+        }
+    }
     let mut figures = Vec::new();
-    for s in now.iter().filter(|s| s.route.proxy() == Some(super::topology::ProxyKind::Tarmac)) {
-        let route = s.route.name();
-        let Some(then) = before.summaries.iter().find(|b| b.route == route && b.load == s.load) else {
+    for (load, route) in keys {
+        let (Some(then), Some(now)) =
+            (Run::of(before.phases.iter(), load, route), Run::of(now.clone(), load, route))
+        else {
             continue;
         };
-        if s.failures > 0 || then.failures > 0 {
+        if then.failed || now.failed {
             continue;
         }
-        let loads = if s.load == max_load { Loads::Max } else { Loads::Rates };
-        let (now, then_figures) = (Figures::from(s), &then.figures);
-        let contaminated = s.contaminated_rounds > 0 || then.contaminated_rounds > 0;
+        let loads = if load == max_load { Loads::Max } else { Loads::Rates };
+        let contaminated = then.contaminated || now.contaminated;
         for (judged, under, read) in &ROUTE_FIGURES {
             if *under != Loads::All && *under != loads {
                 continue;
             }
-            if let (Some(before), Some(after)) = (read(then_figures), read(&now)) {
-                figures.push(compared(&route, &s.load, judged, before, after, contaminated));
-            }
+            let (before, after) = (read(&then.rounds), read(&now.rounds));
+            figures.extend(compared(&route.name(), load, judged, before, after, contaminated));
         }
     }
     let idle_before = idle_tarmac_mib(before.idle_rss.iter().map(|r| (r.proxy.as_str(), r.bytes)));
     if let (Some(before), Some(after)) = (idle_before, idle_rss_mib) {
-        figures.push(compared("tarmac (any proxy)", "idle", &IDLE_RSS, before, after, false));
+        figures.extend(compared("tarmac (any proxy)", "idle", &IDLE_RSS, &[before], &[after], false));
     }
     Comparison { file: file.display().to_string(), commit: before.commit.clone(), figures }
 }
 
+/// A figure's medians and spreads from its rounds in each run; none if either run lacks it.
 fn compared(
     route: &str,
     load: &str,
     figure: &Figure,
-    before: f64,
-    after: f64,
+    before_rounds: &[f64],
+    after_rounds: &[f64],
     contaminated: bool,
-) -> Compared {
+) -> Option<Compared> {
+    let spread = |rounds: &[f64]| {
+        let low = rounds.iter().copied().reduce(f64::min)?;
+        Some((low, rounds.iter().copied().fold(low, f64::max)))
+    };
+    let (before, after) = (median(&mut before_rounds.to_vec())?, median(&mut after_rounds.to_vec())?);
     // From a recorded 0 any rise is an infinite change: counted as worse.
     let change = (after - before) / before.abs().max(figure.floor);
     let worse_by = if figure.lower_is_better { change } else { -change };
-    Compared {
+    Some(Compared {
         route: route.to_string(),
         load: load.to_string(),
         figure: figure.name,
         before,
         after,
         worse_by,
+        before_rounds: spread(before_rounds)?,
+        after_rounds: spread(after_rounds)?,
         contaminated,
-    }
+    })
 }
 
 /// The bar line for this comparison, or why it could not be checked.
@@ -219,19 +245,26 @@ pub fn bar_check(comparison: Option<&Comparison>) -> BarCheck {
         };
     }
     let worse = c.figures.iter().filter(|f| f.regressed()).count();
+    let within = c.figures.iter().filter(|f| f.worse_within_spread()).count();
     BarCheck {
         rule,
         passed: Some(worse == 0),
-        detail: format!("{worse} of {} figures against {}", c.figures.len(), c.file),
+        detail: format!(
+            "{worse} of {} figures against {}, beyond the spread of rounds ({within} more only within it)",
+            c.figures.len(),
+            c.file
+        ),
     }
 }
 
-/// The figures that got worse by more than the tolerance, one line each.
+/// The figures that got worse by more than the tolerance, one line each: first those
+/// beyond the spread of rounds, then those within it.
 pub fn text(c: &Comparison) -> String {
     let commit = c.commit.as_deref().unwrap_or("commit not recorded");
     let mut out = format!("Against {} ({commit}):\n", c.file);
     let worse: Vec<&Compared> = c.figures.iter().filter(|f| f.regressed()).collect();
-    if worse.is_empty() {
+    let within: Vec<&Compared> = c.figures.iter().filter(|f| f.worse_within_spread()).collect();
+    if worse.is_empty() && within.is_empty() {
         let _ = writeln!(
             out,
             "  none of {} figures is more than {:.0} % worse",
@@ -239,18 +272,32 @@ pub fn text(c: &Comparison) -> String {
             TOLERANCE * 100.0
         );
     }
-    for f in worse {
-        let _ = writeln!(
-            out,
-            "  {:<20} {:<14} {:<15} {:>10.2} → {:<10.2} {:+.1} % worse{}",
-            f.route,
-            f.load,
-            f.figure,
-            f.before,
-            f.after,
-            f.worse_by * 100.0,
-            if f.contaminated { " (contaminated rounds)" } else { "" }
-        );
+    let rounds = |f: &Compared| match (f.before_rounds, f.after_rounds) {
+        ((a, b), (c, d)) if a == b && c == d => String::new(),
+        ((a, b), (c, d)) => format!("  rounds {a:.2}–{b:.2} → {c:.2}–{d:.2}"),
+    };
+    for (heading, list) in [
+        ("worse, beyond the spread of rounds (a regression):", worse),
+        ("worse in the medians, with rounds of the two runs overlapping (not counted):", within),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "  {heading}");
+        for f in list {
+            let _ = writeln!(
+                out,
+                "    {:<20} {:<14} {:<15} {:>10.2} → {:<10.2} {:+.1} % worse{}{}",
+                f.route,
+                f.load,
+                f.figure,
+                f.before,
+                f.after,
+                f.worse_by * 100.0,
+                rounds(f),
+                if f.contaminated { " (contaminated rounds)" } else { "" }
+            );
+        }
     }
     out
 }
@@ -258,58 +305,114 @@ pub fn text(c: &Comparison) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn recorded(json: &str) -> Recorded {
-        serde_json::from_str(json).expect("valid JSON")
-    }
+    use crate::bench::report::tests::phase;
 
     fn judged(name: &str) -> &'static Figure {
         &ROUTE_FIGURES.iter().find(|(f, _, _)| f.name == name).expect("a figure of that name").0
     }
 
-    #[test]
-    fn worse_means_higher_latency_cpu_and_memory_but_lower_throughput() {
-        let throughput = judged("req/s per core");
-        let down = compared("r", "l", throughput, 30_000.0, 27_000.0, false);
-        assert!(down.regressed(), "10 % less throughput is worse: {down:?}");
-        let up = compared("r", "l", throughput, 30_000.0, 33_000.0, false);
-        assert!(!up.regressed() && up.worse_by < 0.0);
-        let p50 = judged("added p50 µs");
-        assert!(compared("r", "l", p50, 100.0, 106.0, false).regressed());
-        assert!(!compared("r", "l", p50, 100.0, 104.0, false).regressed());
-        // Near-zero added latency is measured against 1 µs; CPU seconds are not.
-        let tiny = compared("r", "l", p50, 0.1, 0.3, false);
-        assert!((tiny.worse_by - 0.2).abs() < 1e-9, "{tiny:?}");
-        let cpu = compared("r", "l", judged("CPU-s per 10k"), 0.5, 0.6, false);
-        assert!((cpu.worse_by - 0.2).abs() < 1e-9, "{cpu:?}");
+    /// A figure measured in one round of each run.
+    fn once(figure: &Figure, before: f64, after: f64) -> Compared {
+        compared("r", "l", figure, &[before], &[after], false).expect("both runs have it")
     }
 
     #[test]
-    fn a_recorded_landing_still_parses() {
+    fn worse_means_higher_latency_cpu_and_memory_but_lower_throughput() {
+        let throughput = judged("req/s per core");
+        let down = once(throughput, 30_000.0, 27_000.0);
+        assert!(down.regressed(), "10 % less throughput is worse: {down:?}");
+        let up = once(throughput, 30_000.0, 33_000.0);
+        assert!(!up.regressed() && up.worse_by < 0.0);
+        let p50 = judged("added p50 µs");
+        assert!(once(p50, 100.0, 106.0).regressed());
+        assert!(!once(p50, 100.0, 104.0).regressed());
+        // Near-zero added latency is measured against 1 µs; CPU seconds are not.
+        let tiny = once(p50, 0.1, 0.3);
+        assert!((tiny.worse_by - 0.2).abs() < 1e-9, "{tiny:?}");
+        let cpu = once(judged("CPU-s per 10k"), 0.5, 0.6);
+        assert!((cpu.worse_by - 0.2).abs() < 1e-9, "{cpu:?}");
+        assert!(compared("r", "l", p50, &[], &[1.0], false).is_none(), "not measured before");
+    }
+
+    #[test]
+    fn a_change_the_rounds_spread_could_have_made_is_listed_but_not_counted() {
+        let p99 = judged("added p99 µs");
+        // Medians 140 → 160 µs, 14 % worse, but the runs' rounds overlap.
+        let noisy = compared("r", "l", p99, &[100.0, 140.0, 300.0], &[120.0, 160.0, 400.0], true).unwrap();
+        assert!(noisy.worse_within_spread() && !noisy.regressed(), "{noisy:?}");
+        assert_eq!((noisy.before_rounds, noisy.after_rounds), ((100.0, 300.0), (120.0, 400.0)));
+        // Every round worse than every recorded round.
+        let real = compared("r", "l", p99, &[100.0, 105.0, 110.0], &[120.0, 125.0, 130.0], false).unwrap();
+        assert!(real.regressed() && !real.worse_within_spread(), "{real:?}");
+        // The same for a figure where lower is worse.
+        let rps = judged("req/s per core");
+        let fell =
+            compared("r", "l", rps, &[30_000.0, 30_500.0, 31_000.0], &[27_000.0, 27_500.0, 28_000.0], false);
+        assert!(fell.unwrap().regressed());
+        let overlapping =
+            compared("r", "l", rps, &[29_000.0, 30_000.0, 31_000.0], &[27_000.0, 28_000.0, 29_500.0], false);
+        assert!(overlapping.unwrap().worse_within_spread());
+        // Better is never listed, however far apart the rounds.
+        let better = compared("r", "l", p99, &[120.0, 125.0, 130.0], &[100.0, 105.0, 110.0], false).unwrap();
+        assert!(!better.regressed() && !better.worse_within_spread());
+    }
+
+    #[test]
+    fn a_recorded_landing_parses_and_its_figures_are_its_summaries() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results/62f62b6fb79a.json");
         let before = load(&path).expect("the recorded landing parses");
         assert_eq!(before.commit.as_deref(), Some("62f62b6fb79a"));
-        let tarmac = before.summaries.iter().filter(|s| s.route.starts_with("tarmac")).count();
-        assert!(tarmac >= 7, "{tarmac} Tarmac summaries");
         assert!(!before.idle_rss.is_empty());
+        // The figures are taken from the recorded phases as they are for this run: they
+        // must be the medians the recorded run printed and wrote as its summaries.
+        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let mut checked = 0;
+        for summary in json["summaries"].as_array().unwrap() {
+            let route: Route = serde_json::from_value(summary["route"].clone()).unwrap();
+            if route.proxy() != Some(ProxyKind::Tarmac) {
+                continue;
+            }
+            let load = summary["load"].as_str().unwrap();
+            let rounds = Run::of(before.phases.iter(), load, route).expect("phases of every summary").rounds;
+            for (figure, _, read) in &ROUTE_FIGURES {
+                let key = match figure.name {
+                    "added p50 µs" => "added_p50_us",
+                    "added p99 µs" => "added_p99_us",
+                    "CPU-s per 10k" => "cpu_per_10k",
+                    "peak RSS MiB" => "peak_rss_mib",
+                    _ => "rps_per_proxy_core",
+                };
+                let from_phases = if figure.name == "peak RSS MiB" {
+                    read(&rounds).iter().copied().reduce(f64::max)
+                } else {
+                    median(&mut read(&rounds).to_vec())
+                };
+                let recorded = summary[key].as_f64();
+                assert!(
+                    matches!((from_phases, recorded), (Some(a), Some(b)) if (a - b).abs() < 1e-6),
+                    "{route:?} {load} {key}: {from_phases:?} from phases, {recorded:?} recorded"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 30, "{checked} figures checked");
     }
 
     #[test]
     fn this_run_is_compared_with_the_recorded_one_figure_by_figure() {
-        use crate::bench::report::{summarise, tests::phase};
-        use crate::bench::topology::Route;
         let run = |tarmac_cpu: f64, envoy_us: u64| {
-            summarise(&[
+            [
                 phase(Route::Direct, 1, 100, 0.0),
                 phase(Route::TarmacOneHop, 1, 150, tarmac_cpu),
                 phase(Route::EnvoyOneHop, 1, envoy_us, 1.0),
-            ])
+            ]
+            .map(|m| m.record)
         };
-        // Recorded as `--json` writes summaries, read back as a baseline.
-        let json = serde_json::json!({ "commit": "before", "summaries": run(0.2, 300) }).to_string();
-        let before = recorded(&json);
+        // Recorded as `--json` writes phases, read back as a baseline.
+        let json = serde_json::json!({ "commit": "before", "phases": run(0.2, 300) }).to_string();
+        let before: Recorded = serde_json::from_str(&json).expect("valid JSON");
         // Twice the CPU; Envoy slower, which is not Tarmac's figure.
-        let c = compare(Path::new("before.json"), &before, &run(0.4, 900), None, "max throughput");
+        let c = compare(Path::new("before.json"), &before, run(0.4, 900).iter(), None, "max throughput");
         assert!(c.figures.iter().all(|f| f.route == "tarmac_one_hop"), "{:?}", c.figures);
         let of = |name: &str| c.figures.iter().find(|f| f.figure == name).unwrap();
         let cpu = of("CPU-s per 10k");
@@ -320,7 +423,8 @@ mod tests {
         assert!(c.figures.iter().all(|f| f.figure != "req/s per core"), "{:?}", c.figures);
         assert_eq!(bar_check(Some(&c)).passed, Some(false));
         // The same run against itself: every figure present, none worse.
-        let same = compare(Path::new("before.json"), &before, &run(0.2, 300), Some(8.0), "max throughput");
+        let same =
+            compare(Path::new("before.json"), &before, run(0.2, 300).iter(), Some(8.0), "max throughput");
         assert_eq!(same.figures.len(), c.figures.len(), "no idle RSS in the recorded run: not compared");
         assert_eq!(bar_check(Some(&same)).passed, Some(true));
     }
@@ -330,20 +434,33 @@ mod tests {
         let none = bar_check(None);
         assert_eq!(none.passed, None);
         assert!(none.detail.contains("--baseline"));
+        let cpu = judged("CPU-s per 10k");
         let c = Comparison {
             file: "before.json".into(),
             commit: Some("abc".into()),
-            figures: vec![
-                compared("tarmac_one_hop", "5000 req/s", judged("CPU-s per 10k"), 0.50, 0.60, false),
-                compared("tarmac_one_hop", "5000 req/s", judged("peak RSS MiB"), 8.0, 8.1, false),
-            ],
+            figures: [
+                compared("tarmac_one_hop", "5000 req/s", cpu, &[0.50, 0.51], &[0.60, 0.61], false),
+                compared("tarmac_one_hop", "5000 req/s", judged("peak RSS MiB"), &[8.0], &[8.1], false),
+                compared("tarmac_two_hops", "5000 req/s", cpu, &[1.0, 2.0], &[1.5, 2.5], true),
+            ]
+            .into_iter()
+            .map(Option::unwrap)
+            .collect(),
         };
         let check = bar_check(Some(&c));
         assert_eq!(check.passed, Some(false));
-        assert_eq!(check.detail, "1 of 2 figures against before.json");
+        assert_eq!(
+            check.detail,
+            "1 of 3 figures against before.json, beyond the spread of rounds (1 more only within it)"
+        );
         let printed = text(&c);
-        assert!(printed.contains("CPU-s per 10k") && printed.contains("+20.0 % worse"), "{printed}");
-        assert!(!printed.contains("peak RSS"), "only regressions are listed: {printed}");
+        assert!(printed.contains("CPU-s per 10k") && printed.contains("+19.8 % worse"), "{printed}");
+        assert!(printed.contains("rounds 0.50–0.51 → 0.60–0.61"), "{printed}");
+        assert!(printed.contains("+33.3 % worse") && printed.contains("(contaminated rounds)"), "{printed}");
+        assert!(!printed.contains("peak RSS"), "only figures worse by over 5 % are listed: {printed}");
+        let (beyond, within) =
+            (printed.find("beyond the spread").unwrap(), printed.find("overlapping").unwrap());
+        assert!(beyond < within, "regressions come first: {printed}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! latency each route adds over the direct path in the same round, cost per request, and
 //! ratios against Envoy; printed as tables and checked against the bar.
 
-use super::experiment::Measured;
+use super::experiment::{Measured, PhaseRecord};
 use super::topology::{ProxyKind, Route};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -53,7 +53,7 @@ pub struct BarCheck {
     pub detail: String,
 }
 
-fn median(values: &mut [f64]) -> Option<f64> {
+pub fn median(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
@@ -74,15 +74,46 @@ pub fn summarise(measured: &[Measured]) -> Vec<RouteSummary> {
     keys.into_iter().map(|(load, route)| summarise_one(measured, &load, route)).collect()
 }
 
+/// One route's figures under one load, round by round; added latency is taken against
+/// direct in the same round. Their medians are the route's summary, and their range is
+/// the spread that a comparison between two runs has to see past.
+#[derive(Debug, Default)]
+pub struct Rounds {
+    pub added_p50_us: Vec<f64>,
+    pub added_p99_us: Vec<f64>,
+    pub cpu_per_10k: Vec<f64>,
+    pub peak_rss_mib: Vec<f64>,
+    pub rps_per_proxy_core: Vec<f64>,
+}
+
+impl Rounds {
+    /// `route` under `load`, from the phases of a run (every route's, for direct).
+    pub fn of<'a>(phases: impl Iterator<Item = &'a PhaseRecord> + Clone, load: &str, route: Route) -> Self {
+        let direct_in_round = |round: usize| {
+            phases
+                .clone()
+                .find(|p| p.load == load && p.route == Route::Direct && p.round == round)
+                .map(|p| p.latency)
+        };
+        let mut rounds = Rounds::default();
+        for p in phases.clone().filter(|p| p.load == load && p.route == route) {
+            if route != Route::Direct
+                && let Some(direct) = direct_in_round(p.round)
+            {
+                rounds.added_p50_us.push(p.latency.p50_us - direct.p50_us);
+                rounds.added_p99_us.push(p.latency.p99_us - direct.p99_us);
+            }
+            rounds.cpu_per_10k.extend(p.cpu_per_10k());
+            rounds.peak_rss_mib.extend(p.peak_rss_bytes().map(|b| b as f64 / MIB));
+            rounds.rps_per_proxy_core.extend(p.rps_per_proxy_core());
+        }
+        rounds
+    }
+}
+
 fn summarise_one(measured: &[Measured], load: &str, route: Route) -> RouteSummary {
     let phases: Vec<&Measured> =
         measured.iter().filter(|m| m.record.load == load && m.record.route == route).collect();
-    let direct_in_round = |round: usize| {
-        measured
-            .iter()
-            .find(|m| m.record.load == load && m.record.route == Route::Direct && m.record.round == round)
-            .map(|m| m.record.latency)
-    };
     let collect =
         |f: &dyn Fn(&Measured) -> Option<f64>| -> Vec<f64> { phases.iter().filter_map(|m| f(m)).collect() };
     let mut merged = LatencyHistogram::new();
@@ -90,15 +121,7 @@ fn summarise_one(measured: &[Measured], load: &str, route: Route) -> RouteSummar
         merged.merge(&m.latency);
     }
     let p99s = collect(&|m| Some(m.record.latency.p99_us));
-    let added = |pick: fn(&LatencySummary) -> f64| {
-        (route != Route::Direct)
-            .then(|| {
-                median(&mut collect(&|m| {
-                    direct_in_round(m.record.round).map(|d| pick(&m.record.latency) - pick(&d))
-                }))
-            })
-            .flatten()
-    };
+    let mut rounds = Rounds::of(measured.iter().map(|m| &m.record), load, route);
     RouteSummary {
         route,
         label: route.label(),
@@ -109,12 +132,12 @@ fn summarise_one(measured: &[Measured], load: &str, route: Route) -> RouteSummar
         p999_us: median(&mut collect(&|m| Some(m.record.latency.p999_us))).unwrap_or(0.0),
         p99_min_us: p99s.iter().copied().fold(f64::INFINITY, f64::min),
         p99_max_us: p99s.iter().copied().fold(0.0, f64::max),
-        added_p50_us: added(|l| l.p50_us),
-        added_p99_us: added(|l| l.p99_us),
-        cpu_per_10k: median(&mut collect(&|m| m.record.cpu_per_10k())),
-        peak_rss_mib: phases.iter().filter_map(|m| m.record.peak_rss_bytes()).max().map(|b| b as f64 / MIB),
+        added_p50_us: median(&mut rounds.added_p50_us),
+        added_p99_us: median(&mut rounds.added_p99_us),
+        cpu_per_10k: median(&mut rounds.cpu_per_10k),
+        peak_rss_mib: rounds.peak_rss_mib.iter().copied().reduce(f64::max),
         throughput_rps: median(&mut collect(&|m| Some(m.record.throughput_rps))).unwrap_or(0.0),
-        rps_per_proxy_core: median(&mut collect(&|m| m.record.rps_per_proxy_core())),
+        rps_per_proxy_core: median(&mut rounds.rps_per_proxy_core),
         failures: phases.iter().map(|m| m.record.failures).sum(),
         first_error: phases.iter().find_map(|m| m.record.first_error.clone()),
         contaminated_rounds: phases.iter().filter(|m| m.record.contaminated).count(),

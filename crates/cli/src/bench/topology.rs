@@ -4,7 +4,7 @@ use super::envoy;
 use super::processes::{Managed, Readiness, free_port};
 use super::routing;
 use crate::identity::{Certified, EphemeralCa};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
@@ -13,7 +13,7 @@ use std::time::Duration;
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One way from the load generator to the upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 #[value(rename_all = "snake_case")]
 pub enum Route {
