@@ -9,9 +9,10 @@
 //! - [`prefixed`]: an I/O wrapper that first yields bytes already read from the socket.
 //! - [`iptables`]: the interception rules (the sidecar's init step) as data, and their
 //!   application inside the current network namespace.
-//! - [`process`]: signals for child processes (SIGTERM, dying with the parent).
+//! - [`process`]: signals for child processes (SIGTERM, dying with the parent), and
+//!   children without address-space randomisation, for `tarmac bench`.
 //!
-//! This is the only crate of the workspace with `unsafe` code: two libc calls in
+//! This is the only crate of the workspace with `unsafe` code: three unsafe blocks in
 //! [`process`], each with its safety argument. Every other module forbids it.
 
 #![deny(rust_2018_idioms, unsafe_code)]

@@ -1,5 +1,6 @@
 //! The benchmark's child processes (proxies, Envoy, the upstream): started pinned to a
-//! core when `taskset` is there, logged to files, stopped with SIGTERM and, failing that,
+//! core when `taskset` is there and without address-space randomisation (so that their
+//! RSS is repeatable), logged to files, stopped with SIGTERM and, failing that,
 //! killed; and the scheduling knobs (`taskset`, `chrt`) applied to running processes.
 
 use std::collections::BTreeSet;
@@ -56,6 +57,8 @@ impl Managed {
         command.args(args).stdin(Stdio::null()).stdout(log).stderr(log_for_stderr).process_group(0);
         // If this process dies hard, the kernel stops the child rather than leaving it.
         tarmac_transport::process::terminate_with_parent(&mut command);
+        // Memory figures that do not move with a random load address.
+        tarmac_transport::process::without_address_randomisation(&mut command);
         let child =
             command.spawn().map_err(|e| format!("cannot start {name} ({}): {e}", program.display()))?;
         Ok(Self { name: name.to_string(), child, log_path })
