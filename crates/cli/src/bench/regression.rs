@@ -66,7 +66,7 @@ impl Compared {
         self.worse_by > TOLERANCE && self.beyond_spread()
     }
 
-    /// More than the tolerance worse in the medians, but with rounds of the two runs
+    /// More than the tolerance worse, but with rounds of the two runs
     /// overlapping: a change this machine's noise could have made.
     pub fn worse_within_spread(&self) -> bool {
         self.worse_by > TOLERANCE && !self.beyond_spread()
@@ -110,10 +110,28 @@ struct Figure {
     /// Changes are measured against at least this much: added latency can be near zero or
     /// negative (a hop faster than the noise), and 0.1 → 0.3 µs is not "200 % worse".
     floor: f64,
+    /// How the rounds make the run's figure, as in the summaries.
+    over: Over,
 }
 
-const fn figure(name: &'static str, lower_is_better: bool, floor: f64) -> Figure {
-    Figure { name, lower_is_better, floor }
+const fn figure(name: &'static str, lower_is_better: bool, floor: f64, over: Over) -> Figure {
+    Figure { name, lower_is_better, floor, over }
+}
+
+#[derive(Clone, Copy)]
+enum Over {
+    Median,
+    /// Peak memory: the highest round.
+    Highest,
+}
+
+impl Over {
+    fn of(self, rounds: &[f64]) -> Option<f64> {
+        match self {
+            Over::Median => median(&mut rounds.to_vec()),
+            Over::Highest => rounds.iter().copied().reduce(f64::max),
+        }
+    }
 }
 
 /// Where a figure's rounds are read from a route's [`Rounds`].
@@ -121,14 +139,14 @@ type Read = fn(&Rounds) -> &[f64];
 
 /// The figures of a route and load, the loads each is compared under, and where it is read.
 const ROUTE_FIGURES: [(Figure, Loads, Read); 5] = [
-    (figure("added p50 µs", true, 1.0), Loads::All, |r| &r.added_p50_us),
-    (figure("added p99 µs", true, 1.0), Loads::All, |r| &r.added_p99_us),
-    (figure("CPU-s per 10k", true, 0.0), Loads::Rates, |r| &r.cpu_per_10k),
-    (figure("peak RSS MiB", true, 0.0), Loads::All, |r| &r.peak_rss_mib),
-    (figure("req/s per core", false, 0.0), Loads::Max, |r| &r.rps_per_proxy_core),
+    (figure("added p50 µs", true, 1.0, Over::Median), Loads::All, |r| &r.added_p50_us),
+    (figure("added p99 µs", true, 1.0, Over::Median), Loads::All, |r| &r.added_p99_us),
+    (figure("CPU-s per 10k", true, 0.0, Over::Median), Loads::Rates, |r| &r.cpu_per_10k),
+    (figure("peak RSS MiB", true, 0.0, Over::Highest), Loads::All, |r| &r.peak_rss_mib),
+    (figure("req/s per core", false, 0.0, Over::Median), Loads::Max, |r| &r.rps_per_proxy_core),
 ];
 
-const IDLE_RSS: Figure = figure("idle RSS MiB", true, 0.0);
+const IDLE_RSS: Figure = figure("idle RSS MiB", true, 0.0, Over::Median);
 
 /// A route under a load in one run: its figures by round, and whether any round failed
 /// requests or was contaminated.
@@ -196,7 +214,7 @@ pub fn compare<'a>(
     Comparison { file: file.display().to_string(), commit: before.commit.clone(), figures }
 }
 
-/// A figure's medians and spreads from its rounds in each run; none if either run lacks it.
+/// A figure and its spread from its rounds in each run; none if either run lacks it.
 fn compared(
     route: &str,
     load: &str,
@@ -209,7 +227,7 @@ fn compared(
         let low = rounds.iter().copied().reduce(f64::min)?;
         Some((low, rounds.iter().copied().fold(low, f64::max)))
     };
-    let (before, after) = (median(&mut before_rounds.to_vec())?, median(&mut after_rounds.to_vec())?);
+    let (before, after) = (figure.over.of(before_rounds)?, figure.over.of(after_rounds)?);
     // From a recorded 0 any rise is an infinite change: counted as worse.
     let change = (after - before) / before.abs().max(figure.floor);
     let worse_by = if figure.lower_is_better { change } else { -change };
@@ -278,7 +296,7 @@ pub fn text(c: &Comparison) -> String {
     };
     for (heading, list) in [
         ("worse, beyond the spread of rounds (a regression):", worse),
-        ("worse in the medians, with rounds of the two runs overlapping (not counted):", within),
+        ("worse, with rounds of the two runs overlapping (not counted):", within),
     ] {
         if list.is_empty() {
             continue;
@@ -364,7 +382,7 @@ mod tests {
         assert_eq!(before.commit.as_deref(), Some("62f62b6fb79a"));
         assert!(!before.idle_rss.is_empty());
         // The figures are taken from the recorded phases as they are for this run: they
-        // must be the medians the recorded run printed and wrote as its summaries.
+        // must be the figures the recorded run printed and wrote as its summaries.
         let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let mut checked = 0;
         for summary in json["summaries"].as_array().unwrap() {
@@ -382,11 +400,7 @@ mod tests {
                     "peak RSS MiB" => "peak_rss_mib",
                     _ => "rps_per_proxy_core",
                 };
-                let from_phases = if figure.name == "peak RSS MiB" {
-                    read(&rounds).iter().copied().reduce(f64::max)
-                } else {
-                    median(&mut read(&rounds).to_vec())
-                };
+                let from_phases = figure.over.of(read(&rounds));
                 let recorded = summary[key].as_f64();
                 assert!(
                     matches!((from_phases, recorded), (Some(a), Some(b)) if (a - b).abs() < 1e-6),
