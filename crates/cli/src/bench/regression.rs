@@ -21,6 +21,8 @@ pub const TOLERANCE: f64 = 0.05;
 /// figures are taken exactly as for this run.
 #[derive(Debug, Deserialize)]
 pub struct Recorded {
+    /// `suite`; `target` and `routing` runs measure other things under the same names.
+    mode: String,
     pub commit: Option<String>,
     phases: Vec<PhaseRecord>,
     #[serde(default)]
@@ -89,8 +91,17 @@ pub struct Comparison {
 /// Reads a suite run recorded with `--json`.
 pub fn load(path: &Path) -> Result<Recorded, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("--baseline {}: {e}", path.display()))?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("--baseline {}: not a `tarmac bench --suite` JSON report: {e}", path.display()))
+    let recorded: Recorded = serde_json::from_str(&text).map_err(|e| {
+        format!("--baseline {}: not a `tarmac bench --suite` JSON report: {e}", path.display())
+    })?;
+    if recorded.mode != "suite" {
+        return Err(format!(
+            "--baseline {}: a `tarmac bench` report of mode `{}`, not of `--suite`",
+            path.display(),
+            recorded.mode
+        ));
+    }
+    Ok(recorded)
 }
 
 /// The loads a figure is compared under. CPU-s per 10k and req/s per core are one figure
@@ -413,6 +424,22 @@ mod tests {
     }
 
     #[test]
+    fn every_recorded_suite_run_can_be_a_baseline() {
+        let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results");
+        let mut suites = 0;
+        for entry in std::fs::read_dir(&results).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with(".json") && !name.starts_with("routing-") {
+                let recorded = load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!recorded.phases.is_empty(), "{name}");
+                suites += 1;
+            }
+        }
+        assert!(suites >= 9, "{suites} recorded suite runs");
+    }
+
+    #[test]
     fn this_run_is_compared_with_the_recorded_one_figure_by_figure() {
         let run = |tarmac_cpu: f64, envoy_us: u64| {
             [
@@ -423,7 +450,8 @@ mod tests {
             .map(|m| m.record)
         };
         // Recorded as `--json` writes phases, read back as a baseline.
-        let json = serde_json::json!({ "commit": "before", "phases": run(0.2, 300) }).to_string();
+        let json =
+            serde_json::json!({ "mode": "suite", "commit": "before", "phases": run(0.2, 300) }).to_string();
         let before: Recorded = serde_json::from_str(&json).expect("valid JSON");
         // Twice the CPU; Envoy slower, which is not Tarmac's figure.
         let c = compare(Path::new("before.json"), &before, run(0.4, 900).iter(), None, "max throughput");
@@ -485,6 +513,10 @@ mod tests {
         std::fs::write(&file, "{\"tool\": \"something else\"}").unwrap();
         let err = load(&file).unwrap_err();
         assert!(err.contains("x.json") && err.contains("not a `tarmac bench --suite` JSON report"), "{err}");
+        let routing =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results/routing-e6d9987698af.json");
+        let err = load(&routing).unwrap_err();
+        assert!(err.contains("routing-e6d9987698af.json") && err.contains("mode `routing`"), "{err}");
         let missing = load(&dir.join("missing.json")).unwrap_err();
         assert!(missing.contains("missing.json"), "{missing}");
         std::fs::remove_dir_all(&dir).unwrap();
