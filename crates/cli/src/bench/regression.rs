@@ -68,8 +68,8 @@ impl Compared {
         self.worse_by > TOLERANCE && self.beyond_spread()
     }
 
-    /// More than the tolerance worse, but with rounds of the two runs
-    /// overlapping: a change this machine's noise could have made.
+    /// More than the tolerance worse, but with rounds of the two runs overlapping: a
+    /// change this machine's noise could have made.
     pub fn worse_within_spread(&self) -> bool {
         self.worse_by > TOLERANCE && !self.beyond_spread()
     }
