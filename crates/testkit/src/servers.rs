@@ -84,17 +84,8 @@ pub async fn connect_proxy() -> SocketAddr {
     addr
 }
 
-/// A free loopback port (bound, then released) for servers that need a fixed one, never
-/// handed out before in this test process: the kernel may offer a port it just got back
-/// again, and two servers of one test would then race for it.
+/// A free loopback port for servers that need a fixed one, never one this test process
+/// handed out before ([`tarmac_transport::unused_loopback_port`]).
 pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    for _ in 0..1000 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
-            return port;
-        }
-    }
-    panic!("the kernel offered only loopback ports this test process already uses, 1000 times");
+    tarmac_transport::unused_loopback_port().expect("a free loopback port").port()
 }

@@ -3,13 +3,11 @@
 //! RSS is repeatable), logged to files, stopped with SIGTERM and, failing that,
 //! killed; and the scheduling knobs (`taskset`, `chrt`) applied to running processes.
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tarmac_control::http_client::HttpClient;
 
@@ -137,21 +135,11 @@ impl Drop for Managed {
     }
 }
 
-/// A loopback port free a moment ago, for a child to bind, and never handed out before by
-/// this process: the kernel may offer a port it just got back again, and a configuration
-/// whose admin and proxy ports came out equal would not start. Another process could
-/// still take the port in between; the child then fails to start and says so.
+/// A loopback port for a child to bind, never one this run handed out before
+/// ([`tarmac_transport::unused_loopback_port`]); the child fails to start, and says so, if
+/// another process took it in between.
 pub fn free_port() -> Result<SocketAddr, String> {
-    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    for _ in 0..100 {
-        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|e| format!("cannot find a free port on 127.0.0.1: {e}"))?;
-        let addr = listener.local_addr().map_err(|e| format!("cannot read a bound port: {e}"))?;
-        if HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.port()) {
-            return Ok(addr);
-        }
-    }
-    Err("the kernel offered only loopback ports this run already uses, 100 times".to_string())
+    tarmac_transport::unused_loopback_port().map_err(|e| format!("cannot find a free port on 127.0.0.1: {e}"))
 }
 
 /// Whether a scheduling tool (`taskset`, `chrt`) can be run.
@@ -177,18 +165,5 @@ fn run_quietly(command: &mut Command) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn free_ports_are_never_handed_out_twice() {
-        let ports: Vec<SocketAddr> = (0..300).map(|_| free_port().unwrap()).collect();
-        let distinct: BTreeSet<u16> = ports.iter().map(|a| a.port()).collect();
-        assert_eq!(distinct.len(), ports.len());
-        assert!(ports.iter().all(|a| a.ip().is_loopback()));
     }
 }
