@@ -8,7 +8,7 @@
 //! apart, as what the noise could have made.
 
 use super::experiment::PhaseRecord;
-use super::report::{BarCheck, MIB, Rounds, median};
+use super::report::{BarCheck, MIB, Rounds, loads_and_routes, median};
 use super::topology::{ProxyKind, Route};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -192,14 +192,9 @@ pub fn compare<'a>(
     idle_rss_mib: Option<f64>,
     max_load: &str,
 ) -> Comparison {
-    let mut keys: Vec<(&str, Route)> = Vec::new();
-    for p in now.clone().filter(|p| p.route.proxy() == Some(ProxyKind::Tarmac)) {
-        if !keys.contains(&(p.load.as_str(), p.route)) {
-            keys.push((p.load.as_str(), p.route));
-        }
-    }
+    let tarmac = now.clone().filter(|p| p.route.proxy() == Some(ProxyKind::Tarmac));
     let mut figures = Vec::new();
-    for (load, route) in keys {
+    for (load, route) in loads_and_routes(tarmac) {
         let (Some(then), Some(now)) =
             (Run::of(before.phases.iter(), load, route), Run::of(now.clone(), load, route))
         else {

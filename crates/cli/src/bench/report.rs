@@ -64,14 +64,22 @@ pub fn median(values: &mut [f64]) -> Option<f64> {
 
 /// Summaries for every (load, route) in `measured`, loads and routes in the order run.
 pub fn summarise(measured: &[Measured]) -> Vec<RouteSummary> {
-    let mut keys: Vec<(String, Route)> = Vec::new();
-    for m in measured {
-        let key = (m.record.load.clone(), m.record.route);
+    loads_and_routes(measured.iter().map(|m| &m.record))
+        .into_iter()
+        .map(|(load, route)| summarise_one(measured, load, route))
+        .collect()
+}
+
+/// Every (load, route) that `phases` measured, once each, in the order run.
+pub fn loads_and_routes<'a>(phases: impl Iterator<Item = &'a PhaseRecord>) -> Vec<(&'a str, Route)> {
+    let mut keys = Vec::new();
+    for p in phases {
+        let key = (p.load.as_str(), p.route);
         if !keys.contains(&key) {
             keys.push(key);
         }
     }
-    keys.into_iter().map(|(load, route)| summarise_one(measured, &load, route)).collect()
+    keys
 }
 
 /// One route's figures under one load, round by round; added latency is taken against
