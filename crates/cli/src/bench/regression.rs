@@ -10,6 +10,7 @@
 //! the figure divided by one Envoy hop's in the same round. Envoy is the control: when the
 //! whole host is slower, both proxies are, and their ratio holds. Worse medians that fail
 //! either test are listed apart, with the reason.
+
 use super::experiment::PhaseRecord;
 use super::report::{BarCheck, MIB, Rounds, loads_and_routes, median};
 use super::topology::{ProxyKind, Route};
