@@ -197,12 +197,10 @@ const ROUTE_FIGURES: [(Figure, Loads, Read); 5] = [
 
 const IDLE_RSS: Figure = figure("idle RSS MiB", true, 0.0, Over::Median, false);
 
-/// A route under a load in one run: its figures by round, the same divided by one Envoy
-/// hop's, and whether any round failed requests or was contaminated.
+/// A route under a load in one run: its figures by round, and whether any round failed
+/// requests or was contaminated.
 struct Run {
     rounds: Rounds,
-    /// In the order of [`ROUTE_FIGURES`].
-    per_envoy_hop: Vec<Vec<f64>>,
     failed: bool,
     contaminated: bool,
 }
@@ -217,39 +215,36 @@ impl Run {
         mine().next()?;
         Some(Run {
             rounds: Rounds::of(phases.clone(), load, route),
-            per_envoy_hop: per_envoy_hop(phases.clone(), load, route),
             failed: mine().any(|p| p.failures > 0),
             contaminated: mine().any(|p| p.contaminated),
         })
     }
 }
 
-/// A route's figures divided by one Envoy hop's in the same round, in the order of
-/// [`ROUTE_FIGURES`]. A round without that Envoy phase, or where its figure is not
-/// positive, gives no ratio. One Envoy hop rather than each route's Envoy counterpart: the
-/// two-hop Envoy routes cannot keep up with 5000 req/s on one core, and a queue is not a
-/// gauge of the host.
+/// A route's figure divided by one Envoy hop's in the same round, round by round. A round
+/// without that Envoy phase, or where its figure is not positive, gives no ratio. One
+/// Envoy hop rather than each route's Envoy counterpart: the two-hop Envoy routes cannot
+/// keep up with 5000 req/s on one core, and a queue is not a gauge of the host.
 fn per_envoy_hop<'a>(
     phases: impl Iterator<Item = &'a PhaseRecord> + Clone,
     load: &str,
     route: Route,
-) -> Vec<Vec<f64>> {
+    read: Read,
+) -> Vec<f64> {
     let rounds: BTreeSet<usize> =
         phases.clone().filter(|p| p.load == load && p.route == route).map(|p| p.round).collect();
-    let mut ratios = vec![Vec::new(); ROUTE_FIGURES.len()];
-    for round in rounds {
-        let in_round = phases.clone().filter(move |p| p.round == round);
-        let mine = Rounds::of(in_round.clone(), load, route);
-        let envoy = Rounds::of(in_round, load, Route::EnvoyOneHop);
-        for ((_, _, read), ratios) in ROUTE_FIGURES.iter().zip(&mut ratios) {
-            if let ([mine], [envoy]) = (read(&mine), read(&envoy))
-                && *envoy > 0.0
-            {
-                ratios.push(mine / envoy);
+    rounds
+        .into_iter()
+        .filter_map(|round| {
+            let in_round = phases.clone().filter(move |p| p.round == round);
+            let mine = Rounds::of(in_round.clone(), load, route);
+            let envoy = Rounds::of(in_round, load, Route::EnvoyOneHop);
+            match (read(&mine), read(&envoy)) {
+                ([mine], [envoy]) if *envoy > 0.0 => Some(mine / envoy),
+                _ => None,
             }
-        }
-    }
-    ratios
+        })
+        .collect()
 }
 
 /// Every Tarmac figure measured in both runs (same route and load, no failures in either),
@@ -257,15 +252,15 @@ fn per_envoy_hop<'a>(
 pub fn compare<'a>(
     file: &Path,
     before: &Recorded,
-    now: impl Iterator<Item = &'a PhaseRecord> + Clone,
+    phases: impl Iterator<Item = &'a PhaseRecord> + Clone,
     idle_rss_mib: Option<f64>,
     max_load: &str,
 ) -> Comparison {
-    let tarmac = now.clone().filter(|p| p.route.proxy() == Some(ProxyKind::Tarmac));
+    let tarmac = phases.clone().filter(|p| p.route.proxy() == Some(ProxyKind::Tarmac));
     let mut figures = Vec::new();
     for (load, route) in loads_and_routes(tarmac) {
         let (Some(then), Some(now)) =
-            (Run::of(before.phases.iter(), load, route), Run::of(now.clone(), load, route))
+            (Run::of(before.phases.iter(), load, route), Run::of(phases.clone(), load, route))
         else {
             continue;
         };
@@ -274,14 +269,19 @@ pub fn compare<'a>(
         }
         let loads = if load == max_load { Loads::Max } else { Loads::Rates };
         let contaminated = then.contaminated || now.contaminated;
-        for (i, (judged, under, read)) in ROUTE_FIGURES.iter().enumerate() {
+        for (judged, under, read) in &ROUTE_FIGURES {
             if *under != Loads::All && *under != loads {
                 continue;
             }
-            let (before, after) = (read(&then.rounds), read(&now.rounds));
-            let per_envoy_hop =
-                judged.moves_with_host.then(|| (&then.per_envoy_hop[i][..], &now.per_envoy_hop[i][..]));
-            figures.extend(compared(&route.name(), load, judged, before, after, per_envoy_hop, contaminated));
+            let (before_rounds, after_rounds) = (read(&then.rounds), read(&now.rounds));
+            let ratios = judged.moves_with_host.then(|| {
+                let then = per_envoy_hop(before.phases.iter(), load, route, *read);
+                (then, per_envoy_hop(phases.clone(), load, route, *read))
+            });
+            let ratios = ratios.as_ref().map(|(then, now)| (&then[..], &now[..]));
+            let figure =
+                compared(&route.name(), load, judged, before_rounds, after_rounds, ratios, contaminated);
+            figures.extend(figure);
         }
     }
     let idle_before = idle_tarmac_mib(before.idle_rss.iter().map(|r| (r.proxy.as_str(), r.bytes)));
