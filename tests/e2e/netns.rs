@@ -100,6 +100,17 @@ impl Netns {
     fn metrics(&self) -> String {
         self.exec("curl -s http://127.0.0.1:4191/metrics")
     }
+
+    /// Waits until something in this namespace listens on TCP `port`: a client sent in
+    /// before that would be accepted by its sidecar and then closed, which is right for the
+    /// proxy but says nothing about the path under test.
+    fn wait_listening(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.exec(&format!("ss -Hltn 'sport = :{port}'")).trim().is_empty() {
+            assert!(Instant::now() < deadline, "nothing listens on :{port} in {}", self.0);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Netns {
@@ -236,24 +247,18 @@ fn http_through_both_sidecars(family: Family, tag: &str) {
     let _client_proxy = client.spawn_proxy(&client_cfg);
     client.wait_ready();
     server.wait_ready();
+    server.wait_listening(8080);
     let rules = client.exec(&format!("{iptables} -t nat -S TARMAC_OUTBOUND"));
     assert!(rules.contains("--uid-owner 2102") && rules.contains("--to-ports 4140"), "{rules}");
 
     // An unmodified client, unaware of any proxy.
     let url = format!("http://{server_ip}:8080/hello.txt");
-    let mut body = String::new();
-    for _ in 0..50 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &client.0, "curl", "-gsSf", "--max-time", "5", &url])
-            .output()
-            .unwrap();
-        body = String::from_utf8_lossy(&out.stdout).to_string();
-        if out.status.success() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100)); // the app may still be starting
-    }
-    assert_eq!(body, "hello from the server namespace\n");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &client.0, "curl", "-gsSf", "--max-time", "5", &url])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(body, "hello from the server namespace\n", "{}", String::from_utf8_lossy(&out.stderr));
 
     // Both sidecars carried it: the client's outbound side as service `web`, over the
     // meshed HTTP/2 hop, and the server's inbound side to the app's port.
@@ -296,19 +301,13 @@ fn opaque_tcp_to_an_unknown_destination_is_intercepted_and_passed_through() {
     client.exec(&format!("{} init --proxy-uid {PROXY_UID}", proxy.display()));
     let _client_proxy = client.spawn_proxy(&client_cfg);
     client.wait_ready();
-    let mut reply = String::new();
-    for _ in 0..50 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &client.0, "python3", "-c", "import socket;s=socket.create_connection(('10.233.0.2',9000),timeout=5);s.sendall(b'ping');print(s.recv(100).decode(),end='')"])
-            .output()
-            .unwrap();
-        reply = String::from_utf8_lossy(&out.stdout).to_string();
-        if out.status.success() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(reply, "echo:ping");
+    server.wait_listening(9000);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &client.0, "python3", "-c", "import socket;s=socket.create_connection(('10.233.0.2',9000),timeout=5);s.sendall(b'ping');print(s.recv(100).decode(),end='')"])
+        .output()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(reply, "echo:ping", "{}", String::from_utf8_lossy(&out.stderr));
     let m = client.metrics();
     assert_eq!(
         sum(&m, "tarmac_tcp_open_total", &[("direction", "outbound"), ("target", "10.233.0.2:9000")]),
