@@ -45,10 +45,17 @@ impl Netns {
         sh(&format!("ip netns exec {} {cmd}", self.0))
     }
 
+    /// `program` to be run inside this namespace.
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.0, program]);
+        command
+    }
+
     fn spawn(&self, args: &[&str]) -> Background {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.0])
-            .args(args)
+        let child = self
+            .command(args[0])
+            .args(&args[1..])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -71,30 +78,25 @@ impl Netns {
         ])
     }
 
-    fn wait_ready(&self) {
+    /// Polls `done` for up to 10 s; fails the test naming `what` otherwise.
+    fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.0,
-                    "curl",
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "http://127.0.0.1:4191/ready",
-                ])
-                .output()
-                .unwrap();
-            if out.stdout == b"200" {
-                return;
-            }
-            assert!(Instant::now() < deadline, "proxy in {} not ready", self.0);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what} in {}: not within 10 s", self.0);
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    fn wait_ready(&self) {
+        let ready = || {
+            let out = self
+                .command("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:4191/ready"])
+                .output()
+                .unwrap();
+            out.stdout == b"200"
+        };
+        self.wait_until("proxy ready", ready);
     }
 
     fn metrics(&self) -> String {
@@ -105,11 +107,8 @@ impl Netns {
     /// before that would be accepted by its sidecar and then closed, which is right for the
     /// proxy but says nothing about the path under test.
     fn wait_listening(&self, port: u16) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.exec(&format!("ss -Hltn 'sport = :{port}'")).trim().is_empty() {
-            assert!(Instant::now() < deadline, "nothing listens on :{port} in {}", self.0);
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let listening = || !self.exec(&format!("ss -Hltn 'sport = :{port}'")).trim().is_empty();
+        self.wait_until(&format!("a listener on :{port}"), listening);
     }
 }
 
@@ -253,10 +252,7 @@ fn http_through_both_sidecars(family: Family, tag: &str) {
 
     // An unmodified client, unaware of any proxy.
     let url = format!("http://{server_ip}:8080/hello.txt");
-    let out = Command::new("ip")
-        .args(["netns", "exec", &client.0, "curl", "-gsSf", "--max-time", "5", &url])
-        .output()
-        .unwrap();
+    let out = client.command("curl").args(["-gsSf", "--max-time", "5", &url]).output().unwrap();
     let body = String::from_utf8_lossy(&out.stdout);
     assert_eq!(body, "hello from the server namespace\n", "{}", String::from_utf8_lossy(&out.stderr));
 
@@ -302,8 +298,8 @@ fn opaque_tcp_to_an_unknown_destination_is_intercepted_and_passed_through() {
     let _client_proxy = client.spawn_proxy(&client_cfg);
     client.wait_ready();
     server.wait_listening(9000);
-    let out = Command::new("ip")
-        .args(["netns", "exec", &client.0, "python3", "-c", "import socket;s=socket.create_connection(('10.233.0.2',9000),timeout=5);s.sendall(b'ping');print(s.recv(100).decode(),end='')"])
+    let out = client.command("python3")
+        .args(["-c", "import socket;s=socket.create_connection(('10.233.0.2',9000),timeout=5);s.sendall(b'ping');print(s.recv(100).decode(),end='')"])
         .output()
         .unwrap();
     let reply = String::from_utf8_lossy(&out.stdout);
