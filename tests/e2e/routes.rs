@@ -551,3 +551,73 @@ async fn connect_tunnels_are_routed_by_method() {
         "every CONNECT took the tunnels rule: {metrics}"
     );
 }
+
+const RETRY_RULES: &str = "  - name: retried
+    matches: [{path: {type: PathPrefix, value: /retried}}]
+    retry: {codes: [503], attempts: 2, backoff: 1ms}
+    backendRefs: [{name: books-v1, port: 80}]
+  - name: per-try
+    matches: [{path: {type: PathPrefix, value: /per-try}}]
+    timeouts: {backendRequest: 200ms}
+    retry: {attempts: 1, backoff: 1ms}
+    backendRefs: [{name: books-v1, port: 80}]
+  - name: untried
+    matches: [{path: {type: PathPrefix, value: /untried}}]
+    timeouts: {backendRequest: 200ms}
+    backendRefs: [{name: books-v1, port: 80}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_retries_and_per_try_timeouts_are_honoured_within_the_retry_budget() {
+    let m = mesh(&route(RETRY_RULES)).await;
+    until(m.books, "/retried", |a| a.status == 200).await;
+    let admin = m.client.addrs.admin;
+    let retries = |text: &str, reason: &str| {
+        tarmac_testkit::metrics::sum(text, "tarmac_retries_total", &[("rule", "retried"), ("reason", reason)])
+    };
+
+    // Twice 503, then 200: the caller sees 200, and v1 saw all three tries.
+    let before = m.v1.requests();
+    let a = Conn::open(m.books).await.get("/retried?first=2&status=503", &[("x-request-id", "a")]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(m.v1.requests() - before, 3);
+    // Three times 503: two retries are all the rule allows, and the last real answer
+    // comes back.
+    let a = Conn::open(m.books).await.get("/retried?first=3&status=503", &[("x-request-id", "b")]).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(field(&a.body, "server"), Some("books-v1"), "the backend's own answer, not the proxy's");
+    assert_eq!(retries(&tarmac_testkit::metrics::scrape(admin).await, "status"), 4.0);
+
+    // A try past `backendRequest` is abandoned and tried again; without a retry policy the
+    // caller gets 504.
+    let started = std::time::Instant::now();
+    let a = Conn::open(m.books).await.get("/per-try?first=1&delay_ms=3000", &[("x-request-id", "c")]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(started.elapsed() < Duration::from_millis(2000), "{:?}", started.elapsed());
+    let a = Conn::open(m.books).await.get("/untried?delay_ms=3000", &[]).await;
+    assert_eq!(a.status, 504, "{}", a.body);
+    let text = tarmac_testkit::metrics::scrape(admin).await;
+    assert_eq!(
+        tarmac_testkit::metrics::sum(
+            &text,
+            "tarmac_retries_total",
+            &[("rule", "per-try"), ("reason", "timeout")]
+        ),
+        1.0
+    );
+
+    // A backend that always fails: every request wants two retries, and the budget (20 %
+    // of requests plus 10 per second over 10 s) lets only some through.
+    let before = m.v1.requests();
+    let offered = 400;
+    let mut conn = Conn::open(m.books).await;
+    for _ in 0..offered {
+        assert_eq!(conn.get("/retried?status=503", &[]).await.status, 503);
+    }
+    let seen = m.v1.requests() - before;
+    let text = tarmac_testkit::metrics::scrape(admin).await;
+    let denied = tarmac_testkit::metrics::sum(&text, "tarmac_retries_denied_total", &[("reason", "budget")]);
+    assert!(seen <= offered + offered / 5 + 100, "{seen} tries for {offered} requests");
+    assert!(seen > offered, "some retries were made");
+    assert!(denied > 0.0, "{text}");
+}

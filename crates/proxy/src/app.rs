@@ -135,7 +135,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 if let Some(discover) = &svc_config.discover {
                     tokio::spawn(client.clone().watch_service(
                         discover.clone(),
-                        svc.forward.clone(),
+                        svc.logical.clone(),
                         shared.connect.clone(),
                         shared.drain.clone(),
                     ));
