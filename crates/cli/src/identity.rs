@@ -146,7 +146,7 @@ pub fn run(args: IdentityArgs) -> Result<(), String> {
             // Before anything is replaced: an issuer that the anchors do not trust would
             // make every handshake between sidecars fail.
             ca.check_chains_to_anchors().map_err(|e| {
-                format!("{e}; pass as --anchors the root (and intermediates) that issued --issuer, or include the intermediates in the --issuer file after the issuer")
+                format!("{e}; --anchors must hold the root your issuer was signed under, and the --issuer file any intermediates between them, after the issuer")
             })?;
             // Replacing: remove what was there, so no stale root key stays behind.
             for file in [ca::ANCHORS_FILE, ca::ISSUER_CERT_FILE, ca::ISSUER_KEY_FILE, ca::ROOT_KEY_FILE] {
