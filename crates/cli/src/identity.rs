@@ -143,6 +143,11 @@ pub fn run(args: IdentityArgs) -> Result<(), String> {
                 _ => return Err("import needs --root-key, or --issuer and --issuer-key".into()),
             };
             let ca = ca.map_err(|e| e.to_string())?;
+            // Before anything is replaced: an issuer that the anchors do not trust would
+            // make every handshake between sidecars fail.
+            ca.check_chains_to_anchors().map_err(|e| {
+                format!("{e}; --anchors must hold the root your issuer was signed under, and the --issuer file any intermediates between them, after the issuer")
+            })?;
             // Replacing: remove what was there, so no stale root key stays behind.
             for file in [ca::ANCHORS_FILE, ca::ISSUER_CERT_FILE, ca::ISSUER_KEY_FILE, ca::ROOT_KEY_FILE] {
                 let _ = std::fs::remove_file(dir.join(file));

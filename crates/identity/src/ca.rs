@@ -224,6 +224,44 @@ impl Ca {
 }
 
 impl Ca {
+    /// Checks that what this CA issues is trusted by its own anchors: a short-lived
+    /// certificate is issued to a throwaway key and verified, as a proxy verifies its
+    /// peers, against the anchors through the issuer's chain (signatures, CA constraints,
+    /// path length, validity now). An imported issuer that belongs to another root, or
+    /// whose intermediates are missing, is refused here instead of every mTLS handshake
+    /// failing later.
+    pub fn check_chains_to_anchors(&self) -> Result<(), CaError> {
+        use rustls::pki_types::{CertificateDer, UnixTime};
+        let refused = |reason: String| CaError::Invalid {
+            path: PathBuf::from("issuer certificate"),
+            reason: format!("it does not chain to the trust anchors: {reason}"),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for der in pem_certs(&self.anchors_pem).map_err(refused)? {
+            roots
+                .add(CertificateDer::from(der))
+                .map_err(|e| refused(format!("an anchor is unusable: {e}")))?;
+        }
+        let probe = SpiffeId::new(crate::DEFAULT_TRUST_DOMAIN, "tarmac", "chain-check")
+            .map_err(|e| refused(e.to_string()))?;
+        let key = crate::workload::WorkloadKey::generate()?;
+        let issued = self.issue(&key.csr_der(&probe)?, &probe, Duration::from_secs(60))?;
+        let leaf = CertificateDer::from(issued.leaf_der);
+        let intermediates: Vec<CertificateDer<'_>> =
+            issued.chain_der.into_iter().map(CertificateDer::from).collect();
+        let parsed =
+            rustls::server::ParsedCertificate::try_from(&leaf).map_err(|e| refused(e.to_string()))?;
+        let algorithms = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &roots,
+            &intermediates,
+            UnixTime::now(),
+            algorithms.all,
+        )
+        .map_err(|e| refused(e.to_string()))
+    }
+
     /// A key generated here and a certificate for it, both PEM (the chain after the
     /// leaf): for proxies configured with files instead of the control plane, such as
     /// `tarmac bench`'s and tests'.
@@ -399,6 +437,33 @@ mod tests {
         let other = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem();
         let err = Ca::from_issuer(ca.anchors_pem(), &ca.issuer_pem, &other).unwrap_err().to_string();
         assert!(err.contains("not the key of the issuer certificate"), "{err}");
+    }
+
+    #[test]
+    fn a_generated_or_root_made_ca_chains_to_its_anchors() {
+        let (root_pem, root_key) = generate_root("cluster.local").unwrap();
+        let ca = Ca::from_root(&root_pem, &root_key.serialize_pem(), "cluster.local").unwrap();
+        ca.check_chains_to_anchors().unwrap();
+    }
+
+    #[test]
+    fn refuses_an_issuer_that_belongs_to_other_anchors() {
+        let (root_pem, root_key) = generate_root("cluster.local").unwrap();
+        let ours = Ca::from_root(&root_pem, &root_key.serialize_pem(), "cluster.local").unwrap();
+        let (other_root, other_key) = generate_root("cluster.local").unwrap();
+        let theirs = Ca::from_root(&other_root, &other_key.serialize_pem(), "cluster.local").unwrap();
+        // Their issuer and its key, presented with our anchors: every piece is valid alone.
+        let mixed =
+            Ca::from_issuer(ours.anchors_pem(), theirs.issuer_pem(), &theirs.issuer.key().serialize_pem())
+                .unwrap();
+        let err = mixed.check_chains_to_anchors().unwrap_err().to_string();
+        assert!(err.contains("does not chain to the trust anchors"), "{err}");
+        // Both anchors: it chains to one of them.
+        let both = format!("{}{}", ours.anchors_pem(), theirs.anchors_pem());
+        Ca::from_issuer(&both, theirs.issuer_pem(), &theirs.issuer.key().serialize_pem())
+            .unwrap()
+            .check_chains_to_anchors()
+            .unwrap();
     }
 
     #[test]

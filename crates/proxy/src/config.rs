@@ -121,8 +121,10 @@ pub struct DiscoverConfig {
 pub struct InboundConfig {
     /// Where other proxies and non-mesh clients connect.
     pub listen: SocketAddr,
-    /// The application's address. Required unless `transparent`; in transparent mode,
-    /// when absent, a connection goes to 127.0.0.1 at the port it was originally sent to.
+    /// The application's address. Required unless `transparent`. In transparent mode a
+    /// connection goes to its original destination (`SO_ORIGINAL_DST`: the app's address
+    /// in this network namespace), and `app` serves only connections that were not
+    /// redirected (sent straight to the inbound port); without it those are refused.
     #[serde(default)]
     pub app: Option<SocketAddr>,
     /// Connections arrive redirected by iptables; their original destination is read with
