@@ -195,6 +195,14 @@ impl Ca {
         &self.issuer_info
     }
 
+    /// Checks that `csr_der` is a CSR this CA would sign: it parses, and its signature
+    /// proves the requester holds its key. Done before a one-time credential is spent on it.
+    pub fn check_csr(&self, csr_der: &[u8]) -> Result<(), CaError> {
+        CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+            .map(|_| ())
+            .map_err(|e| CaError::BadCsr(e.to_string()))
+    }
+
     /// Signs a workload certificate for `id` with the public key of `csr_der`. Only the
     /// key is taken from the CSR (after checking its signature, which proves the requester
     /// holds the key): names, usages and lifetime are the CA's.

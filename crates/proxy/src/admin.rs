@@ -80,8 +80,14 @@ impl Admin {
                 );
                 rsp
             }
-            "/ready" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n".into()),
-            "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+            "/ready" if !self.ready.load(Ordering::Acquire) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
+            }
+            "/ready" => match self.certs.as_ref().and_then(|c| c.unfit(std::time::SystemTime::now())) {
+                // Peers refuse an expired certificate: whoever routes here should stop.
+                Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+                None => text(StatusCode::OK, "ready\n".into()),
+            },
             "/live" => text(StatusCode::OK, "live\n".into()),
             "/config" => {
                 let mut rsp = text(StatusCode::OK, self.config_yaml.clone());
