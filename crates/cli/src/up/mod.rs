@@ -381,6 +381,14 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
         }
         None => None,
     };
+    if args.transparent {
+        // Sidecars run as uids of their own and must reach their configuration (0600,
+        // theirs) and the anchors inside: search, but not list.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(work_dir.path(), std::fs::Permissions::from_mode(0o711)).map_err(|e| {
+            Failure::Other(format!("cannot open {} to the sidecars: {e}", work_dir.path().display()))
+        })?;
+    }
     let tarmac = std::env::current_exe()
         .map_err(|e| Failure::Other(format!("cannot find this executable (for `tarmac sandbox`): {e}")))?;
     let identity_dir = identity_dir(&args)?;
