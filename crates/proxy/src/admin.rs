@@ -1,5 +1,9 @@
 //! The admin listener: `/metrics`, `/ready`, `/live`, `/config`, `/identity`, `/tap`.
 //!
+//! `/ready` is 503 until the proxy has started and once it drains, and also when its
+//! workload certificate has expired, or is in its last stretch with renewal failing:
+//! peers refuse an expired certificate, so whoever routes here should stop.
+//!
 //! `/identity` shows the workload certificate in use as JSON (identity, serial, validity,
 //! and since when renewal has been failing, if it is), or 404 when the proxy has no
 //! identity.
