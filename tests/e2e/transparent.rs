@@ -262,6 +262,7 @@ iptables -t nat -F >/dev/null 2>&1 && echo "attack: flushed the interception rul
 iptables-legacy -t nat -F >/dev/null 2>&1 && echo "attack: flushed the legacy interception rules"
 nsenter --net=/run/netns/tarmac-default-intruder-1 true >/dev/null 2>&1 && echo "attack: entered another replica's namespace"
 mount -t tmpfs x /mnt >/dev/null 2>&1 && echo "attack: mounted a file system"
+[ -n "$(ip -6 -o addr show 2>/dev/null)" ] && echo "attack: an IPv6 address, which the interception rules do not cover"
 kill -0 1 2>/dev/null && echo "attack: may signal pid 1"
 for e in /proc/[0-9]*/environ; do { tr '\0' '\n' <"$e" | grep -q TOKEN && echo "attack: a token in $e"; } 2>/dev/null; done
 echo "attacks done"

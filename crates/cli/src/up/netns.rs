@@ -238,6 +238,19 @@ impl Namespace {
         ip(&["link", "set", inner_link, "netns", name])?;
         ip(&["-n", name, "link", "set", inner_link, "name", "eth0"])?;
         ip(&["-n", name, "addr", "add", &format!("{}/{HOST_PREFIX_LEN}", self.addr), "dev", "eth0"])?;
+        // The interception rules are IPv4 only, and so is everything the mesh addresses; an
+        // IPv6 link-local address on eth0 would let an app reach a peer's app directly,
+        // past both sidecars (and past a strict workload's mTLS). So no IPv6 at all.
+        if Path::new("/proc/sys/net/ipv6").exists() {
+            let sysctl = |key: &str| ip(&["netns", "exec", name, "sysctl", "-qw", &format!("{key}=1")]);
+            for key in [
+                "net.ipv6.conf.all.disable_ipv6",
+                "net.ipv6.conf.default.disable_ipv6",
+                "net.ipv6.conf.eth0.disable_ipv6",
+            ] {
+                sysctl(key)?;
+            }
+        }
         ip(&["-n", name, "link", "set", "eth0", "up"])?;
         ip(&["-n", name, "link", "set", "lo", "up"])?;
         // Virtual IPs are on no wire: the route only lets the app's connect() get as far
