@@ -392,6 +392,23 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
     let tarmac = std::env::current_exe()
         .map_err(|e| Failure::Other(format!("cannot find this executable (for `tarmac sandbox`): {e}")))?;
     let identity_dir = identity_dir(&args)?;
+    if args.transparent {
+        // Hidden from every process in the namespaces: it must not hold what they need.
+        let identity_dir = std::fs::canonicalize(&identity_dir).unwrap_or_else(|_| identity_dir.clone());
+        let needed = [("the configuration directory", dir.as_path()), ("tarmac", tarmac.as_path())];
+        for (what, path) in needed
+            .into_iter()
+            .chain(plans.iter().map(|p| ("a Workload's workingDir", p.working_dir.as_path())))
+        {
+            if path.starts_with(&identity_dir) {
+                return Err(Failure::Other(format!(
+                    "{what} ({}) is inside the identity directory {}, which apps and sidecars must not see: choose another --identity-dir",
+                    path.display(),
+                    identity_dir.display()
+                )));
+            }
+        }
+    }
     let confinement = netns::Confinement {
         tarmac,
         hidden_from_app: vec![identity_dir.clone(), work_dir.path().to_path_buf()],
