@@ -620,6 +620,7 @@ async fn route_retries_and_per_try_timeouts_are_honoured_within_the_retry_budget
     assert!(seen <= offered + offered / 5 + 100, "{seen} tries for {offered} requests");
     assert!(seen > offered, "some retries were made");
     assert!(denied > 0.0, "{text}");
+}
 
 /// One gRPC call by the grpcio peer (`grpc_peer.py call`) through `books`'s listener.
 async fn grpc_call(books: SocketAddr, method: &str, metadata: &[&str]) -> serde_json::Value {

@@ -28,7 +28,7 @@ impl Up {
         Self::start_with_ca(args, &temp_dir("up-ca"))
     }
 
-    /// `tarmac up ARGS...` with the CA kept in `ca` (`--identity-dir`).
+    /// `tarmac up ARGS... --identity-dir CA`.
     pub(crate) fn start_with_ca(args: &[&str], ca: &std::path::Path) -> Self {
         let mut child = Command::new(binary("tarmac"))
             .arg("up")
@@ -263,6 +263,15 @@ fn up_runs_the_hello_mesh_restarts_a_crashed_app_and_stops_cleanly() {
     let greeter = greeter_addr(&up);
     let body = greeting(&up, greeter);
     assert!(body.contains("greeted by greeter-0"), "{body}");
+
+    // An app of the same uid reading its sidecar's environment and descriptors finds no
+    // bootstrap token: it came through a pipe the sidecar read to its end and closed.
+    let sidecar = *started_pids(&up.lines(), "greeter-0 proxy").last().expect("greeter-0's sidecar started");
+    let environ = std::fs::read(format!("/proc/{sidecar}/environ")).expect("same uid: readable");
+    assert!(!String::from_utf8_lossy(&environ).contains("TOKEN"), "a token in the sidecar's environment");
+    // Descriptor 3 held the token's pipe (`identity.token_fd`).
+    let fd3 = std::fs::read_link(format!("/proc/{sidecar}/fd/3")).map(|t| t.display().to_string());
+    assert!(!fd3.as_deref().unwrap_or("").starts_with("pipe:"), "the token's pipe is still open: {fd3:?}");
 
     // Kill one app (once it is ready: the greeting may have come from names-1): it is
     // reported and restarted, and the mesh answers again.

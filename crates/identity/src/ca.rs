@@ -52,6 +52,10 @@ pub enum CaError {
     BadCsr(String),
     #[error("the issuer expired at {0:?}; renew it (see `tarmac identity`)")]
     IssuerExpired(SystemTime),
+    #[error(
+        "{path}: a CA key other users can read or change (mode {mode:o}) may already be someone else's; make it 0600 (`chmod 600`), or replace the CA if others could have copied it"
+    )]
+    LooseKey { path: PathBuf, mode: u32 },
 }
 
 /// A workload certificate and the chain that links it to the anchors.
@@ -87,6 +91,9 @@ impl Ca {
         let issuer_key = dir.join(ISSUER_KEY_FILE);
         match (anchors.exists(), issuer_cert.exists(), issuer_key.exists()) {
             (true, true, true) => {
+                for key in [issuer_key.clone(), dir.join(ROOT_KEY_FILE)] {
+                    check_private(&key)?;
+                }
                 let ca = Self::from_issuer(&read(&anchors)?, &read(&issuer_cert)?, &read(&issuer_key)?)
                     .map_err(|e| relabel(e, &issuer_cert))?;
                 Ok((ca, false))
@@ -193,6 +200,14 @@ impl Ca {
 
     pub fn issuer_info(&self) -> &CertInfo {
         &self.issuer_info
+    }
+
+    /// Checks that `csr_der` is a CSR this CA would sign: it parses, and its signature
+    /// proves the requester holds its key. Done before a one-time credential is spent on it.
+    pub fn check_csr(&self, csr_der: &[u8]) -> Result<(), CaError> {
+        CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+            .map(|_| ())
+            .map_err(|e| CaError::BadCsr(e.to_string()))
     }
 
     /// Signs a workload certificate for `id` with the public key of `csr_der`. Only the
@@ -338,6 +353,20 @@ fn pem_block(label: &str, der: &[u8]) -> String {
     )
 }
 
+/// Refuses a key file that a group or other users can access (a missing one is fine:
+/// the root's key is optional).
+fn check_private(path: &Path) -> Result<(), CaError> {
+    use std::os::unix::fs::PermissionsExt;
+    match fs::metadata(path) {
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+            Err(CaError::LooseKey { path: path.to_path_buf(), mode: meta.permissions().mode() & 0o777 })
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CaError::Io { path: path.to_path_buf(), source }),
+    }
+}
+
 fn read(path: &Path) -> Result<String, CaError> {
     fs::read_to_string(path).map_err(|source| CaError::Io { path: path.to_path_buf(), source })
 }
@@ -424,6 +453,13 @@ mod tests {
             assert_eq!(mode, 0o600, "{key}");
         }
         assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        // A key others could read is refused on load, with what to do.
+        for key in [ISSUER_KEY_FILE, ROOT_KEY_FILE] {
+            fs::set_permissions(dir.join(key), fs::Permissions::from_mode(0o644)).unwrap();
+            let err = Ca::load_or_generate(&dir, "cluster.local").unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("mode 644") && err.contains("chmod 600"), "{err}");
+            fs::set_permissions(dir.join(key), fs::Permissions::from_mode(0o600)).unwrap();
+        }
         fs::remove_file(dir.join(ISSUER_KEY_FILE)).unwrap();
         let err = Ca::load_or_generate(&dir, "cluster.local").unwrap_err().to_string();
         assert!(err.contains("issuer.key"), "{err}");

@@ -61,8 +61,12 @@ pub struct IdentityConfig {
     /// token, and renews it at about 70 % of its life.
     #[serde(default)]
     pub certificate: Option<CertificateFiles>,
-    /// File holding the one-time bootstrap token; the `TARMAC_PROXY_IDENTITY_TOKEN`
-    /// environment variable is used when absent.
+    /// Descriptor of an inherited pipe holding the one-time bootstrap token (how `tarmac up`
+    /// hands it over: never in the environment, where /proc/PID/environ shows it). Read
+    /// to its end at start and closed.
+    #[serde(default)]
+    pub token_fd: Option<i32>,
+    /// Or a file holding it: readable by its owner only (mode 0600), and removed once read.
     #[serde(default)]
     pub token_file: Option<String>,
 }
