@@ -6,11 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tarmac_control::discovery::server::DiscoveryService;
-use tarmac_control::identity::{BootstrapTokens, IdentityService, WorkloadIdentity};
-use tarmac_control::registry::Registry;
-use tarmac_control::store::Store;
-use tarmac_control::store::files::FilesStore;
+use tarmac_control::IdentityConfig;
+use tarmac_control::identity::{BootstrapTokens, WorkloadIdentity};
 use tarmac_identity::SpiffeId;
 use tarmac_identity::ca::{self, Ca};
 use tarmac_identity::workload::WorkloadKey;
@@ -23,39 +20,31 @@ use tarmac_testkit::tools::{curl, http_get, run, temp_dir};
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/server";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 
-/// A control plane with a CA, serving discovery and identity on loopback.
+/// The real control plane with a CA, serving discovery and identity on loopback; it can
+/// be stopped and started again on the same port, with the same CA and tokens.
 struct ControlPlane {
     dir: PathBuf,
     ca: Arc<Ca>,
     tokens: Arc<BootstrapTokens>,
-    identity: IdentityService,
-    discovery: DiscoveryService,
+    lifetime: Duration,
     addr: SocketAddr,
-    task: Option<tokio::task::JoinHandle<()>>,
-    _store: FilesStore,
+    running: Option<tarmac_control::Running>,
 }
 
 impl ControlPlane {
     async fn start(tag: &str, lifetime: Duration) -> Self {
         let dir = temp_dir(tag);
         std::fs::create_dir_all(dir.join("config")).unwrap();
-        let store = FilesStore::open(dir.join("config")).unwrap();
-        let discovery = DiscoveryService::new(store.snapshots(), Registry::default());
         let (ca, created) = Ca::load_or_generate(&dir.join("ca"), "cluster.local").unwrap();
         assert!(created);
         std::fs::write(dir.join("anchors.pem"), ca.anchors_pem()).unwrap();
-        let ca = Arc::new(ca);
-        let tokens = Arc::new(BootstrapTokens::default());
-        let identity = IdentityService::new(ca.clone(), "cluster.local", tokens.clone(), lifetime);
         let mut control = Self {
             dir,
-            ca,
-            tokens,
-            identity,
-            discovery,
+            ca: Arc::new(ca),
+            tokens: Arc::new(BootstrapTokens::default()),
+            lifetime,
             addr: "127.0.0.1:0".parse().unwrap(),
-            task: None,
-            _store: store,
+            running: None,
         };
         control.serve().await;
         control
@@ -63,21 +52,30 @@ impl ControlPlane {
 
     /// (Re)starts serving, on the same port after the first time.
     async fn serve(&mut self) {
-        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
-        self.addr = listener.local_addr().unwrap();
-        let (discovery, identity) = (self.discovery.clone(), self.identity.clone());
-        self.task = Some(tokio::spawn(async move {
-            tarmac_control::grpc::serve(listener, discovery, Some(identity), std::future::pending())
-                .await
-                .unwrap();
-        }));
+        let config = tarmac_control::Config::files(self.dir.join("config")).with_identity(IdentityConfig {
+            ca: self.ca.clone(),
+            trust_domain: "cluster.local".into(),
+            cert_lifetime: self.lifetime,
+            authenticator: self.tokens.clone(),
+        });
+        let running = tarmac_testkit::control::start_at(config, self.addr).await;
+        self.addr = running.addrs.grpc;
+        self.running = Some(running);
     }
 
     async fn stop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
         }
+    }
+
+    /// Certificates issued and requests refused since the last start.
+    fn stats(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.running
+            .as_ref()
+            .and_then(|r| r.identity_stats.as_ref())
+            .expect("running, with identity")
+            .snapshot()
     }
 
     fn anchors(&self) -> String {
@@ -406,7 +404,7 @@ async fn refusals_are_counted_and_say_what_to_check() {
             tarmac_proxy::start(config).await.expect_err("a bad token must not start a proxy").to_string();
         assert!(err.contains(reason), "{err}");
     }
-    let stats = control.identity.stats.snapshot();
+    let stats = control.stats();
     assert_eq!(stats.get("token_reused"), Some(&1), "{stats:?}");
     assert_eq!(stats.get("unknown_token"), Some(&1), "{stats:?}");
 }

@@ -12,6 +12,7 @@
 mod balance;
 mod bench;
 mod conformance;
+mod control;
 mod demo;
 mod discovery;
 mod examples;

@@ -64,6 +64,35 @@ impl BootstrapTokens {
         token
     }
 
+    /// Tokens handed out by someone else (`tarmac-control --bootstrap-tokens FILE`): one
+    /// a line, `TOKEN NAMESPACE SERVICE_ACCOUNT`; blank lines and `#` comments are skipped.
+    /// `file` names the source in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Self, String> {
+        let tokens = Self::default();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [token, namespace, service_account] = fields[..] else {
+                return Err(format!(
+                    "{file}:{}: expected `TOKEN NAMESPACE SERVICE_ACCOUNT`, found {} field(s)",
+                    n + 1,
+                    fields.len()
+                ));
+            };
+            let identity = WorkloadIdentity {
+                namespace: namespace.to_string(),
+                service_account: service_account.to_string(),
+            };
+            if tokens.lock().insert(token.to_string(), Token { identity, used: false }).is_some() {
+                return Err(format!("{file}:{}: this token is listed twice", n + 1));
+            }
+        }
+        Ok(tokens)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Token>> {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -97,5 +126,18 @@ mod tests {
             token,
             tokens.issue(WorkloadIdentity { namespace: "a".into(), service_account: "b".into() })
         );
+    }
+
+    #[test]
+    fn tokens_from_a_file_are_good_once_and_malformed_lines_are_located() {
+        let tokens =
+            BootstrapTokens::parse("tokens", "# proxies started by hand\n\nabc shop books\n").unwrap();
+        let books = WorkloadIdentity { namespace: "shop".into(), service_account: "books".into() };
+        assert_eq!(tokens.authenticate("abc"), Ok(books));
+        assert_eq!(tokens.authenticate("abc"), Err(AuthError::TokenReused));
+        let e = BootstrapTokens::parse("tokens", "abc shop books\nxyz shop\n").unwrap_err();
+        assert!(e.starts_with("tokens:2: expected `TOKEN NAMESPACE SERVICE_ACCOUNT`"), "{e}");
+        let e = BootstrapTokens::parse("tokens", "abc a b\nabc c d\n").unwrap_err();
+        assert_eq!(e, "tokens:2: this token is listed twice");
     }
 }
