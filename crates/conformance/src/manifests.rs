@@ -104,8 +104,10 @@ fn workload(file: &str, text: &str) -> Result<Resource, String> {
     let resource = Resource::Workload(Workload {
         api_version: "tarmac.io/v1alpha1".into(),
         kind: "Workload".into(),
-        metadata: ObjectMeta { name, namespace, labels, annotations: BTreeMap::new() },
+        metadata: ObjectMeta { name, namespace, labels, ..Default::default() },
         spec,
+        status: Default::default(),
+        cluster_only: Vec::new(),
     });
     let problems = tarmac_model::validate::validate(&resource);
     if let Some(p) = problems.first() {

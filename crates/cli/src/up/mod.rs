@@ -325,6 +325,13 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
         format!(" (give the CLI `--control {api_addr}` or set TARMAC_CONTROL={api_addr})")
     };
     note(&format!("control plane: API and dashboard on http://{api_addr}/{flag}"));
+    for resource in snapshot.iter_kind("Workload") {
+        if let tarmac_model::Resource::Workload(w) = resource
+            && let Some(warning) = tarmac_model::deployment::cluster_only_warning(w)
+        {
+            note(&format!("warning: {warning}"));
+        }
+    }
 
     let work_dir = WorkDir::create("up").map_err(Failure::Other)?;
     let sidecar_identity = match &identity {
