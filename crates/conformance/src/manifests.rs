@@ -1,9 +1,10 @@
 //! From the cases' Kubernetes manifests to Tarmac's model.
 //!
-//! The model takes Namespaces, Services and routes as they are. Deployments are not part
-//! of the model (on Kubernetes they are the cluster's business), so the runner turns each
-//! into a Workload with the Deployment's name, namespace, replicas and pod labels; the
-//! runner itself plays its pods (an echo server and a sidecar each).
+//! The model takes Namespaces, Services and routes as they are. The model reads a
+//! Deployment too, but only one whose first container has a `command` local mode can run;
+//! the cases' Deployments run an image's entrypoint (the conformance echo server), so the
+//! runner turns each into a Workload itself, with the Deployment's name, namespace,
+//! replicas and pod labels, and plays its pods (an echo server and a sidecar each).
 
 use serde::Deserialize;
 use std::collections::BTreeMap;

@@ -97,8 +97,12 @@ fn config(args: &Args) -> Result<Config, String> {
                 std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             BootstrapTokens::parse(&path.display().to_string(), &text)?
         }
-        // No proxy can bootstrap; renewals of certificates this CA issued still work.
-        None => BootstrapTokens::default(),
+        None => {
+            tracing::warn!(
+                "no --bootstrap-tokens: no proxy can get its first certificate (renewals of certificates this CA issued still work)"
+            );
+            BootstrapTokens::default()
+        }
     };
     Ok(config.with_identity(IdentityConfig {
         ca: Arc::new(ca),
