@@ -1,34 +1,25 @@
-//! The `conformance` runner over every case of the shared Gateway API mesh conformance set
-//! (../shared/conformance beside the checkout), three times in a row: every case must pass
-//! every time. CI provides the set; without it the test fails there and skips elsewhere.
+//! The `conformance` runner over every case of the Gateway API mesh conformance set kept in
+//! the repository (tests/conformance, copied from upstream with its attribution), three
+//! times in a row: every case must pass every time.
 
 use std::path::PathBuf;
 use tarmac_testkit::tools::binary;
 
-fn cases() -> Option<Vec<PathBuf>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/cases");
-    if !dir.is_dir() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{} is missing; CI provides shared/ beside the checkout",
-            dir.display()
-        );
-        eprintln!("skipping: {} not found", dir.display());
-        return None;
-    }
+fn cases() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance/cases");
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.join("expect.json").is_file())
         .collect();
     cases.sort();
     assert!(!cases.is_empty(), "no cases in {}", dir.display());
-    Some(cases)
+    cases
 }
 
 #[test]
-fn every_shared_case_passes_three_times_in_a_row() {
-    let Some(cases) = cases() else { return };
+fn every_upstream_case_passes_three_times_in_a_row() {
+    let cases = cases();
     for run in 1..=3 {
         let output = std::process::Command::new(binary("conformance")).args(&cases).output().unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -44,8 +35,8 @@ fn every_shared_case_passes_three_times_in_a_row() {
 
 #[test]
 fn a_case_that_expects_something_else_fails_and_says_what_differed() {
-    let Some(cases) = cases() else { return };
-    let Some(source) = cases.iter().find(|c| c.ends_with("MeshTrafficSplit")) else { return };
+    let cases = cases();
+    let source = cases.iter().find(|c| c.ends_with("MeshTrafficSplit")).expect("the MeshTrafficSplit case");
     // A copy of the case beside a copy of the base, with one expected backend changed.
     let root = tarmac_testkit::tools::temp_dir("conformance-negative");
     let base = source.parent().unwrap().parent().unwrap().join("base");
@@ -67,7 +58,7 @@ fn a_case_that_expects_something_else_fails_and_says_what_differed() {
 }
 
 /// The runner's own cases (crates/conformance/testdata), in the same format, for features
-/// of the suite that the shared set leaves out: consumer routes, redirect ports and 307,
+/// of the suite that the upstream set leaves out: consumer routes, redirect ports and 307,
 /// filters on backendRefs, named rules, the Host header not choosing the route.
 #[test]
 fn the_runners_own_cases_pass() {

@@ -30,7 +30,7 @@ async fn the_control_plane_binary_certifies_and_configures_a_proxy_and_stops_on_
     std::fs::create_dir_all(&config).unwrap();
     std::fs::write(config.join("books.yaml"), books(301)).unwrap();
     std::fs::write(dir.join("tokens"), "# proxies started by hand\nweb-token default web\n").unwrap();
-    std::fs::write(dir.join("token"), "web-token").unwrap();
+    write_token(&dir.join("token"), "web-token");
     let ca = dir.join("ca");
     let mut control = ControlProcess::spawn(
         &config,
@@ -65,7 +65,9 @@ async fn the_control_plane_binary_certifies_and_configures_a_proxy_and_stops_on_
     assert_eq!(status, 200, "{routes}");
     assert!(routes.contains("books.example") || routes.contains("RequestRedirect"), "{routes}");
 
-    // A token is good once: a second proxy with it is refused.
+    // A token is good once: a second proxy with it is refused (the file is written again:
+    // a proxy removes its token file once read).
+    write_token(&dir.join("token"), "web-token");
     let second = tarmac_proxy::Config::from_yaml(
         &format!(
             "admin: 127.0.0.1:0\ncontrol: {{addr: \"{}\", workload: web, service_account: web}}\n\
@@ -110,6 +112,14 @@ fn an_invalid_directory_is_refused_with_exit_2_naming_file_and_field() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("books.yaml:5") && stderr.contains("Service default/books"), "{stderr}");
     assert!(stderr.contains("selecter"), "{stderr}");
+}
+
+/// A token file as the proxy requires it: mode 0600.
+fn write_token(path: &std::path::Path, token: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).unwrap();
+    std::io::Write::write_all(&mut file, token.as_bytes()).unwrap();
 }
 
 async fn eventually_status(addr: std::net::SocketAddr, want: u16, control: &ControlProcess) {

@@ -29,10 +29,16 @@ struct ControlPlane {
     lifetime: Duration,
     addr: SocketAddr,
     running: Option<tarmac_control::Running>,
+    /// Certify only the configured Workloads' identities, as `tarmac up` does.
+    only_configured: bool,
 }
 
 impl ControlPlane {
     async fn start(tag: &str, lifetime: Duration) -> Self {
+        Self::start_with_tokens(tag, lifetime, BootstrapTokens::default()).await
+    }
+
+    async fn start_with_tokens(tag: &str, lifetime: Duration, tokens: BootstrapTokens) -> Self {
         let dir = temp_dir(tag);
         std::fs::create_dir_all(dir.join("config")).unwrap();
         let (ca, created) = Ca::load_or_generate(&dir.join("ca"), "cluster.local").unwrap();
@@ -41,10 +47,11 @@ impl ControlPlane {
         let mut control = Self {
             dir,
             ca: Arc::new(ca),
-            tokens: Arc::new(BootstrapTokens::default()),
+            tokens: Arc::new(tokens),
             lifetime,
             addr: "127.0.0.1:0".parse().unwrap(),
             running: None,
+            only_configured: false,
         };
         control.serve().await;
         control
@@ -57,6 +64,7 @@ impl ControlPlane {
             trust_domain: "cluster.local".into(),
             cert_lifetime: self.lifetime,
             authenticator: self.tokens.clone(),
+            only_configured_workloads: self.only_configured,
         });
         let running = tarmac_testkit::control::start_at(config, self.addr).await;
         self.addr = running.addrs.grpc;
@@ -67,6 +75,11 @@ impl ControlPlane {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
         }
+    }
+
+    /// The configuration in force, as the running control plane reads it.
+    fn snapshots(&self) -> tokio::sync::watch::Receiver<Arc<tarmac_control::store::Snapshot>> {
+        self.running.as_ref().expect("running").snapshots()
     }
 
     /// Certificates issued and requests refused since the last start.
@@ -82,12 +95,25 @@ impl ControlPlane {
         self.dir.join("anchors.pem").display().to_string()
     }
 
+    /// A new bootstrap token for a replica of service account `sa`.
+    fn token(&self, sa: &str) -> String {
+        let holder = format!("default/{sa}-{}", fastrand_suffix());
+        self.tokens
+            .issue(&holder, WorkloadIdentity { namespace: "default".into(), service_account: sa.into() })
+    }
+
     /// A file holding a new bootstrap token for service account `sa`.
     fn token_file(&self, sa: &str) -> String {
-        let token =
-            self.tokens.issue(WorkloadIdentity { namespace: "default".into(), service_account: sa.into() });
+        self.write_token(&self.token(sa))
+    }
+
+    /// A file (mode 0600, as the proxy requires) holding `token`.
+    fn write_token(&self, token: &str) -> String {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = self.dir.join(format!("token-{}", fastrand_suffix()));
-        std::fs::write(&path, token).unwrap();
+        let mut file =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).unwrap();
+        std::io::Write::write_all(&mut file, token.as_bytes()).unwrap();
         path.display().to_string()
     }
 
@@ -205,8 +231,10 @@ async fn openssl_verifies_the_certificate_a_proxy_is_issued() {
     let mut client = tarmac_proto::identity::identity_client::IdentityClient::new(channel);
     let key = WorkloadKey::generate().unwrap();
     let asked = SpiffeId::new("cluster.local", "default", "books").unwrap();
-    let token =
-        control.tokens.issue(WorkloadIdentity { namespace: "shop".into(), service_account: "books".into() });
+    let token = control.tokens.issue(
+        "shop/books-0",
+        WorkloadIdentity { namespace: "shop".into(), service_account: "books".into() },
+    );
     let rsp = client
         .certify(tarmac_proto::identity::CertifyRequest {
             csr: key.csr_der(&asked).unwrap(),
@@ -381,19 +409,24 @@ async fn refusals_are_counted_and_say_what_to_check() {
         "{text}"
     );
 
-    // Bootstrap tokens: a reused one and a forged one are refused, and the proxy says why.
-    let used = control.token_file("server");
+    // Bootstrap tokens: a reused one, a forged one and one in a file other users can read
+    // are refused, and the proxy says why; a token file is removed once read.
+    let used = control.token("server");
+    let used_file = control.write_token(&used);
     start(&format!(
         "admin: 127.0.0.1:0\ninbound: {{listen: 127.0.0.1:0, app: \"{}\"}}\n{}",
         app.addr,
-        control.proxy_yaml("server", &used)
+        control.proxy_yaml("server", &used_file)
     ))
     .await;
+    assert!(!std::path::Path::new(&used_file).exists(), "the proxy left its token file behind");
+    let readable = control.token_file("server");
+    std::fs::set_permissions(&readable, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     for (token_file, reason) in [
-        (used, "already used"),
-        (control.dir.join("forged").display().to_string(), "unknown bootstrap token"),
+        (control.write_token(&used), "already used"),
+        (control.write_token("0123456789abcdef"), "unknown bootstrap token"),
+        (readable, "can be read by other users (mode 644): make it 0600"),
     ] {
-        std::fs::write(control.dir.join("forged"), "0123456789abcdef").unwrap();
         let yaml = format!(
             "admin: 127.0.0.1:0\ninbound: {{listen: 127.0.0.1:0, app: \"{}\"}}\n{}",
             app.addr,
@@ -452,6 +485,161 @@ async fn certificates_outlive_a_control_plane_outage_and_renew_when_it_returns()
     assert_eq!(status, 200);
     let (_, identity) = http_get(server.addrs.admin, "/identity").await;
     assert!(identity.contains("\"renewal_failing_since\":null"), "{identity}");
+}
+
+/// The identity service over gRPC, as a proxy (or an attacker on the host) reaches it.
+async fn identity_client(
+    addr: SocketAddr,
+) -> tarmac_proto::identity::identity_client::IdentityClient<tonic::transport::Channel> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    tarmac_proto::identity::identity_client::IdentityClient::new(channel)
+}
+
+async fn certify(
+    client: &mut tarmac_proto::identity::identity_client::IdentityClient<tonic::transport::Channel>,
+    csr: Vec<u8>,
+    proof: tarmac_proto::identity::certify_request::Proof,
+) -> Result<tarmac_proto::identity::CertifyResponse, tonic::Status> {
+    client
+        .certify(tarmac_proto::identity::CertifyRequest { csr, proof: Some(proof) })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn a_token_survives_garbage_csrs_but_not_its_expiry() {
+    use tarmac_proto::identity::certify_request::Proof;
+    let control = ControlPlane::start_with_tokens(
+        "id-token-attacks",
+        Duration::from_secs(3600),
+        BootstrapTokens::with_lifetime(Duration::from_secs(2)),
+    )
+    .await;
+    let mut client = identity_client(control.addr).await;
+    let key = WorkloadKey::generate().unwrap();
+    let csr = key.csr_der(&SpiffeId::new("cluster.local", "default", "server").unwrap()).unwrap();
+    let token = control.token("server");
+
+    // Someone who saw the token races the proxy with requests the CA cannot sign: garbage,
+    // and a CSR whose signature does not hold. Neither spends the token.
+    let mut tampered = csr.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    for bad in [b"not a CSR".to_vec(), tampered] {
+        let refused = certify(&mut client, bad, Proof::Token(token.clone())).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    }
+    let issued = certify(&mut client, csr.clone(), Proof::Token(token.clone())).await.unwrap();
+    assert_eq!(issued.identity, SERVER_ID);
+
+    // A token nobody used in time is refused, even with a good CSR.
+    let late = control.token("server");
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let refused = certify(&mut client, csr, Proof::Token(late)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert!(refused.message().contains("expired"), "{}", refused.message());
+    let stats = control.stats();
+    assert_eq!(stats.get("bad_csr"), Some(&2), "{stats:?}");
+    assert_eq!(stats.get("token_expired"), Some(&1), "{stats:?}");
+    assert_eq!(stats.get("issued"), Some(&1), "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_workload_removed_from_the_configuration_cannot_renew() {
+    use tarmac_proto::identity::certify_request::Proof;
+    let mut control = ControlPlane::start("id-removed", Duration::from_secs(3600)).await;
+    let workload = control.dir.join("config").join("server.yaml");
+    std::fs::write(
+        &workload,
+        "apiVersion: tarmac.io/v1alpha1\nkind: Workload\nmetadata: {name: server, labels: {app: server}}\nspec: {command: [\"true\"], port: 8080, serviceAccountName: server}\n",
+    )
+    .unwrap();
+    let configured = |snapshots: &tokio::sync::watch::Receiver<Arc<tarmac_control::store::Snapshot>>| {
+        snapshots.borrow().iter_kind("Workload").count()
+    };
+    let snapshots = control.snapshots();
+    wait_until("the Workload is in the configuration", || configured(&snapshots) == 1).await;
+    // The control plane as `tarmac up` runs it: only configured Workloads are served.
+    control.stop().await;
+    control.only_configured = true;
+    control.serve().await;
+    let snapshots = control.snapshots();
+
+    let mut client = identity_client(control.addr).await;
+    let key = WorkloadKey::generate().unwrap();
+    let csr = key.csr_der(&SpiffeId::new("cluster.local", "default", "server").unwrap()).unwrap();
+    let issued = certify(&mut client, csr.clone(), Proof::Token(control.token("server"))).await.unwrap();
+    let renewed =
+        certify(&mut client, csr.clone(), Proof::CurrentCertificate(issued.leaf.clone())).await.unwrap();
+    assert_eq!(renewed.identity, SERVER_ID);
+
+    std::fs::remove_file(&workload).unwrap();
+    wait_until("the Workload is gone from the configuration", || configured(&snapshots) == 0).await;
+    // Its certificate (say, copied out of a replica that was removed) proves nothing now,
+    // and neither does a token issued before the removal.
+    let token = control.token("server");
+    for proof in [Proof::CurrentCertificate(renewed.leaf), Proof::Token(token)] {
+        let refused = certify(&mut client, csr.clone(), proof).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert!(refused.message().contains("not the identity of any Workload"), "{}", refused.message());
+    }
+    let stats = control.stats();
+    assert_eq!(stats.get("not_configured"), Some(&2), "{stats:?}");
+}
+
+async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A certificate that expires while the control plane is away: the proxy reports itself
+/// unready (peers would refuse it), then exits for its supervisor to start it again,
+/// instead of running on as a silent outage.
+#[tokio::test]
+async fn an_expired_certificate_fails_readiness_and_stops_the_proxy() {
+    let mut control = ControlPlane::start("id-expiry", Duration::from_secs(4)).await;
+    let app = EchoServer::start("books").await;
+    let (admin, inbound) = (free_port(), free_port());
+    let log = control.dir.join("proxy.log");
+    let mut proxy = ProxyProcess::spawn_logged(
+        &format!(
+            "admin: 127.0.0.1:{admin}\ninbound: {{listen: \"127.0.0.1:{inbound}\", app: \"{}\"}}\n{}",
+            app.addr,
+            control.proxy_yaml("server", &control.token_file("server"))
+        ),
+        &log,
+    );
+    let admin: SocketAddr = ([127, 0, 0, 1], admin).into();
+    wait_ready(admin, Duration::from_secs(20)).await;
+    control.stop().await;
+
+    let url = format!("http://{admin}/ready");
+    let mut unready = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = proxy.child.try_wait().unwrap() {
+            break status;
+        }
+        let out = run("curl", &["-s", "--max-time", "2", "-w", " %{http_code}", &url]).await;
+        let answer = String::from_utf8_lossy(&out.stdout).to_string();
+        if answer.ends_with(" 503") && unready.is_none() {
+            unready = Some(answer);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the proxy runs on with an expired certificate\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    let unready = unready.unwrap_or_else(|| panic!("/ready never answered 503 before the exit\n{log}"));
+    assert!(unready.contains("not ready: the workload certificate"), "{unready}");
+    assert_eq!(status.code(), Some(3), "{status:?}\n{log}");
+    assert!(log.contains("EXPIRED and could not be renewed"), "{log}");
 }
 
 /// 300 requests per second for 5 minutes across two proxies whose certificates live 60 s:

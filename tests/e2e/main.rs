@@ -1,14 +1,18 @@
 //! End-to-end tests of Tarmac with real sockets and real clients.
 //!
 //! Tiers (see tests/README.md): in-process proxies on loopback (`http`, `tcp`, `balance`,
-//! `limits`, `routes`), the Gateway API mesh conformance runner over the shared cases
-//! (`conformance`), real external peers (`peers`: grpcio, WebSocket, curl; redis in `tcp`;
-//! Prometheus' promtool in `limits`), processes and signals (`lifecycle`, `demo`, `up`),
+//! `limits`, `routes`, `app_tls`), the Gateway API mesh conformance runner over the cases
+//! in tests/conformance (`conformance`), real external peers (`peers`: grpcio, WebSocket,
+//! curl; redis in `tcp`; Prometheus' promtool in `limits`; OpenSSL in `identity`,
+//! `identity_import`, `app_tls`), processes and signals (`lifecycle`, `demo`, `up`,
+//! `app_protocol`),
 //! telemetry with a real Prometheus and headless Chromium (`observe`), `tarmac routes`
 //! and the route checks of `tarmac check` against traffic through a mesh (`routes_cli`), and
 //! root-only network namespaces with iptables (`netns`, `transparent`), which fail rather than skip in
 //! CI when not root.
 
+mod app_protocol;
+mod app_tls;
 mod balance;
 mod bench;
 mod conformance;
@@ -18,6 +22,7 @@ mod discovery;
 mod examples;
 mod http;
 mod identity;
+mod identity_import;
 mod lifecycle;
 mod limits;
 mod netns;

@@ -312,3 +312,88 @@ fn opaque_tcp_to_an_unknown_destination_is_intercepted_and_passed_through() {
     );
     assert_eq!(sum(&m, "tarmac_tcp_read_bytes_total", &[("target", "10.233.0.2:9000")]), 4.0, "{m}");
 }
+
+/// An app's own TLS in transparent mode: an unmodified curl in one namespace calls
+/// `https://books.example:8443/`, served by `openssl s_server` in the other with a
+/// certificate of the app's own CA. Both sidecars intercept it (iptables), carry it over
+/// mTLS between them, and leave it untouched: curl verifies the app's certificate.
+#[test]
+fn an_apps_own_tls_crosses_both_sidecars_in_transparent_mode() {
+    if !can_run_privileged() {
+        return;
+    }
+    let (client, server) = two_hosts("tl");
+    let dir = temp_dir("netns-tls");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    crate::app_tls::app_pki(&dir);
+    let file = |f: &str| dir.join(f).display().to_string();
+    let (cert, key) = (file("app.pem"), file("app.key"));
+    let _app = server
+        .spawn(&["openssl", "s_server", "-accept", "8443", "-www", "-quiet", "-cert", &cert, "-key", &key]);
+
+    let pki = tarmac_testkit::proxy::TestPki::get();
+    let server_cfg = dir.join("server.yaml");
+    std::fs::write(
+        &server_cfg,
+        format!(
+            "admin: 127.0.0.1:4191\ninbound:\n  listen: \"0.0.0.0:4143\"\n  transparent: true\n{}",
+            pki.identity_yaml(&pki.server)
+        ),
+    )
+    .unwrap();
+    let client_cfg = dir.join("client.yaml");
+    std::fs::write(
+        &client_cfg,
+        format!(
+            "admin: 127.0.0.1:4191\noutbound:\n  transparent_listen: \"127.0.0.1:4140\"\n  services:\n  - name: books\n    addrs: [\"10.233.0.2:8443\"]\n    endpoints: [{{addr: \"10.233.0.2:8443\", meshed: true, identity: \"{}\"}}]\n{}",
+            pki.server.0,
+            pki.identity_yaml(&pki.client)
+        ),
+    )
+    .unwrap();
+    let proxy = binary("tarmac-proxy");
+    for ns in [&server, &client] {
+        ns.exec(&format!("{} init --proxy-uid {PROXY_UID}", proxy.display()));
+    }
+    let _server_proxy = server.spawn_proxy(&server_cfg);
+    let _client_proxy = client.spawn_proxy(&client_cfg);
+    client.wait_ready();
+    server.wait_ready();
+    server.wait_listening(8443);
+
+    let out = client
+        .command("curl")
+        .args(["-sS", "--max-time", "10", "--cacert", &file("ca.pem")])
+        .args(["--resolve", "books.example:8443:10.233.0.2", "-w", "\nverify=%{ssl_verify_result}"])
+        .arg("https://books.example:8443/")
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "curl: {}\n{page}", String::from_utf8_lossy(&out.stderr));
+    assert!(page.contains("s_server -accept") && page.ends_with("\nverify=0"), "{page}");
+
+    // The client's sidecar detected the app's TLS and sent it as bytes over mTLS to the
+    // server's sidecar; neither parsed a request.
+    let m = client.metrics();
+    assert_eq!(
+        sum(&m, "tarmac_protocol_detect_total", &[("direction", "outbound"), ("result", "tls")]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sum(&m, "tarmac_tcp_open_total", &[("direction", "outbound"), ("target", "books")]),
+        1.0,
+        "{m}"
+    );
+    assert!(
+        sum(&m, "tarmac_tls_handshakes_total", &[("direction", "outbound"), ("result", "ok")]) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(sum(&m, "tarmac_requests_total", &[]), 0.0, "{m}");
+    let m = server.metrics();
+    assert!(
+        sum(&m, "tarmac_tls_handshakes_total", &[("direction", "inbound"), ("result", "ok")]) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(sum(&m, "tarmac_requests_total", &[]), 0.0, "{m}");
+}

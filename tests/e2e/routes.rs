@@ -558,3 +558,145 @@ async fn connect_tunnels_are_routed_by_method() {
         "every CONNECT took the tunnels rule: {metrics}"
     );
 }
+
+const RETRY_RULES: &str = "  - name: retried
+    matches: [{path: {type: PathPrefix, value: /retried}}]
+    retry: {codes: [503], attempts: 2, backoff: 1ms}
+    backendRefs: [{name: books-v1, port: 80}]
+  - name: per-try
+    matches: [{path: {type: PathPrefix, value: /per-try}}]
+    timeouts: {backendRequest: 200ms}
+    retry: {attempts: 1, backoff: 1ms}
+    backendRefs: [{name: books-v1, port: 80}]
+  - name: untried
+    matches: [{path: {type: PathPrefix, value: /untried}}]
+    timeouts: {backendRequest: 200ms}
+    backendRefs: [{name: books-v1, port: 80}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_retries_and_per_try_timeouts_are_honoured_within_the_retry_budget() {
+    let m = mesh(&route(RETRY_RULES)).await;
+    until(m.books, "/retried", |a| a.status == 200).await;
+    let admin = m.client.addrs.admin;
+    let retries = |text: &str, reason: &str| {
+        tarmac_testkit::metrics::sum(text, "tarmac_retries_total", &[("rule", "retried"), ("reason", reason)])
+    };
+
+    // Twice 503, then 200: the caller sees 200, and v1 saw all three tries.
+    let before = m.v1.requests();
+    let a = Conn::open(m.books).await.get("/retried?first=2&status=503", &[("x-request-id", "a")]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(m.v1.requests() - before, 3);
+    // Three times 503: two retries are all the rule allows, and the last real answer
+    // comes back.
+    let a = Conn::open(m.books).await.get("/retried?first=3&status=503", &[("x-request-id", "b")]).await;
+    assert_eq!(a.status, 503);
+    assert_eq!(field(&a.body, "server"), Some("books-v1"), "the backend's own answer, not the proxy's");
+    assert_eq!(retries(&tarmac_testkit::metrics::scrape(admin).await, "status"), 4.0);
+
+    // A try past `backendRequest` is abandoned and tried again; without a retry policy the
+    // caller gets 504.
+    let started = std::time::Instant::now();
+    let a = Conn::open(m.books).await.get("/per-try?first=1&delay_ms=3000", &[("x-request-id", "c")]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(started.elapsed() < Duration::from_millis(2000), "{:?}", started.elapsed());
+    let a = Conn::open(m.books).await.get("/untried?delay_ms=3000", &[]).await;
+    assert_eq!(a.status, 504, "{}", a.body);
+    let text = tarmac_testkit::metrics::scrape(admin).await;
+    assert_eq!(
+        tarmac_testkit::metrics::sum(
+            &text,
+            "tarmac_retries_total",
+            &[("rule", "per-try"), ("reason", "timeout")]
+        ),
+        1.0
+    );
+
+    // A backend that always fails: every request wants two retries, and the budget (20 %
+    // of requests plus 10 per second over 10 s) lets only some through.
+    let before = m.v1.requests();
+    let offered = 400;
+    let mut conn = Conn::open(m.books).await;
+    for _ in 0..offered {
+        assert_eq!(conn.get("/retried?status=503", &[]).await.status, 503);
+    }
+    let seen = m.v1.requests() - before;
+    let text = tarmac_testkit::metrics::scrape(admin).await;
+    let denied = tarmac_testkit::metrics::sum(&text, "tarmac_retries_denied_total", &[("reason", "budget")]);
+    assert!(seen <= offered + offered / 5 + 100, "{seen} tries for {offered} requests");
+    assert!(seen > offered, "some retries were made");
+    assert!(denied > 0.0, "{text}");
+}
+
+/// One gRPC call by the grpcio peer (`grpc_peer.py call`) through `books`'s listener.
+async fn grpc_call(books: SocketAddr, method: &str, metadata: &[&str]) -> serde_json::Value {
+    let target = books.to_string();
+    let mut args = vec![peer_script("grpc_peer.py"), "call".into(), target, method.into()];
+    args.extend(metadata.iter().map(|m| m.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run("python3", &args).await;
+    assert!(out.status.success(), "grpc_peer call: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// GRPCRoute method and header matches, for a real grpcio client and servers (two
+/// `grpc_peer.py` servers saying who they are in a trailer): a method goes to its rule's
+/// backend, a header narrows a method's match, a regular expression matches methods,
+/// and a call no rule matches is answered UNIMPLEMENTED by the sidecar (both servers
+/// implement it).
+#[tokio::test]
+async fn grpc_routes_match_methods_and_headers_for_a_grpcio_client() {
+    let script = peer_script("grpc_peer.py");
+    let v1 = ServerProcess::spawn_listening("python3", &[&script, "serve", "0", "books-v1"]);
+    let v2 = ServerProcess::spawn_listening("python3", &[&script, "serve", "0", "books-v2"]);
+    let routes = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: books-grpc}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: books, port: 80}]
+  rules:
+  - matches: [{method: {service: tarmac.test.Echo, method: ServerStream}}]
+    backendRefs: [{name: books-v2, port: 80}]
+  - matches:
+    - method: {service: tarmac.test.Echo, method: Unary}
+      headers: [{name: x-canary, value: \"yes\"}]
+    backendRefs: [{name: books-v2, port: 80}]
+  - matches: [{method: {type: RegularExpression, service: 'tarmac\\.test\\.E.*', method: 'Un.*'}}]
+    backendRefs: [{name: books-v1, port: 80}]
+";
+    let p = proxies(routes, [v1.addr(), v2.addr()]).await;
+    // Until discovery has delivered the route: before it, both servers answer Bidi.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let bidi = grpc_call(p.books, "Bidi", &[]).await;
+        if bidi["code"] == "UNIMPLEMENTED" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the GRPCRoute never applied: {bidi}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let peer = |v: &serde_json::Value| (v["code"].as_str().unwrap().to_string(), v["peer"].clone());
+    // Three rounds: weights are not involved, every call must take its rule.
+    for _ in 0..3 {
+        // The method rule.
+        let stream = grpc_call(p.books, "ServerStream", &[]).await;
+        assert_eq!(stream["messages"], serde_json::json!(["msg-0", "msg-1"]), "{stream}");
+        assert_eq!(peer(&stream), ("OK".into(), "books-v2".into()), "{stream}");
+        // Method and header, ANDed; without the header (or with another value) the
+        // regular expression's rule takes it.
+        let canary = grpc_call(p.books, "Unary", &["x-canary=yes"]).await;
+        assert_eq!(peer(&canary), ("OK".into(), "books-v2".into()), "{canary}");
+        let other = grpc_call(p.books, "Unary", &["x-canary=no"]).await;
+        assert_eq!(peer(&other), ("OK".into(), "books-v1".into()), "{other}");
+        let plain = grpc_call(p.books, "Unary", &[]).await;
+        assert_eq!(peer(&plain), ("OK".into(), "books-v1".into()), "{plain}");
+        assert_eq!(plain["messages"], serde_json::json!(["echo:hi"]), "{plain}");
+    }
+    // No rule matches Bidi: the sidecar answers UNIMPLEMENTED, as the specification says.
+    let bidi = grpc_call(p.books, "Bidi", &[]).await;
+    assert_eq!(bidi["code"], "UNIMPLEMENTED", "{bidi}");
+    assert_eq!(bidi["peer"], serde_json::Value::Null, "{bidi}");
+}

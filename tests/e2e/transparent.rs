@@ -2,19 +2,25 @@
 //! own. An unmodified curl inside greeter's namespace calls `names` by name and crosses
 //! both sidecars over mTLS, its route applied; a call to a replica's own address is not
 //! the Service (no route); and
-//! nothing `up` created outlives it, even when it was SIGKILLed. Needs root (fails in CI
-//! without it, like `netns`). Everything is in one test: only one transparent `up` runs
-//! at a time.
+//! nothing `up` created outlives it, even when it was SIGKILLed. And the apps it runs are
+//! attacked from inside: a Workload tries to read the CA's keys, flush its interception
+//! rules, enter another replica's namespace and find a bootstrap token, and cannot.
+//! Needs root (fails in CI without it, like `netns`). Only one transparent `up` runs at a
+//! time, so the tests take turns.
 
 use crate::netns::can_run_privileged;
 use crate::up::{Up, stop};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tarmac_testkit::metrics::sum;
 use tarmac_testkit::tools::binary;
 
 const GREETER_ID: &str = "spiffe://cluster.local/ns/default/sa/greeter";
 const GREETER_NS: &str = "tarmac-default-greeter-0";
+
+/// Held by each test for its whole run: `up --transparent` refuses to run twice at once.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program).args(args).output().unwrap();
@@ -90,6 +96,7 @@ fn up_transparent_gives_services_names_and_virtual_ips_and_cleans_up() {
     if !can_run_privileged() {
         return;
     }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // Without root: a clear refusal, nothing created.
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -179,7 +186,19 @@ fn up_transparent_gives_services_names_and_virtual_ips_and_cleans_up() {
     // own on exit.
     let mut crashed = start();
     wait_ready(&crashed);
+    let children = started_pids(&crashed.lines());
     crashed.kill();
+    // Its apps and sidecars do not outlive it: they asked for a death signal after taking
+    // their own uid (a request made before the uid changes is forgotten by the kernel).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let alive: Vec<u32> = children.iter().copied().filter(|pid| alive(*pid)).collect();
+        if alive.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running after `up` was SIGKILLed: {alive:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(!leftovers().is_empty(), "a killed up cannot clean up; the next one must");
     let mut next = start();
     next.wait_for("the sweep of the crashed run", Duration::from_secs(30), |lines| {
@@ -193,4 +212,158 @@ fn up_transparent_gives_services_names_and_virtual_ips_and_cleans_up() {
     assert!(ok && body.contains("\"names\""), "{body}\n{}", next.output());
     stop(&mut next);
     assert_eq!(leftovers(), Vec::<String>::new(), "after the second SIGTERM\n{}", next.output());
+}
+
+/// Every pid in `... started: pid N` lines (apps and sidecars).
+fn started_pids(lines: &[String]) -> Vec<u32> {
+    lines
+        .iter()
+        .filter_map(|l| l.split_once(" started: pid "))
+        .filter_map(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect()
+}
+
+/// The pid of the last `<who> started: pid N` line.
+fn pid_of(up: &Up, who: &str) -> u32 {
+    let marker = format!("| {who} started: pid ");
+    up.wait_for(&format!("{who} started"), Duration::from_secs(60), |lines| {
+        lines
+            .iter()
+            .rev()
+            .find_map(|l| l.split_once(marker.as_str()))
+            .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+    })
+}
+
+/// Running (a zombie waiting for its reaper has stopped running).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+}
+
+/// The real uid of a process, from /proc.
+fn uid_of(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// What the intruder tries from inside its replica, as the app `up` runs; each line that
+/// starts with `attack:` is an attack that worked.
+const INTRUDER: &str = r#"
+echo "whoami: uid $(id -u) gid $(id -g) groups $(id -G)"
+grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs)' /proc/self/status | tr -s '\t ' ' ' | sed 's/^/status: /'
+cat "$CA_DIR/issuer.key" >/dev/null 2>&1 && echo "attack: read the issuer key"
+cat "$CA_DIR/anchors.pem" >/dev/null 2>&1 && echo "attack: read the CA directory"
+echo "identity dir: $(ls -A "$CA_DIR" 2>/dev/null | wc -l) entries"
+for f in /tmp/tarmac-up-$PPID-*/*; do [ -r "$f" ] && echo "attack: read $f"; done
+echo "work dir: $(ls -A /tmp/tarmac-up-$PPID-* 2>/dev/null | wc -l) entries"
+iptables -t nat -F >/dev/null 2>&1 && echo "attack: flushed the interception rules"
+iptables-legacy -t nat -F >/dev/null 2>&1 && echo "attack: flushed the legacy interception rules"
+nsenter --net=/run/netns/tarmac-default-intruder-1 true >/dev/null 2>&1 && echo "attack: entered another replica's namespace"
+mount -t tmpfs x /mnt >/dev/null 2>&1 && echo "attack: mounted a file system"
+[ -n "$(ip -6 -o addr show 2>/dev/null)" ] && echo "attack: an IPv6 address, which the interception rules do not cover"
+kill -0 1 2>/dev/null && echo "attack: may signal pid 1"
+for e in /proc/[0-9]*/environ; do { tr '\0' '\n' <"$e" | grep -q TOKEN && echo "attack: a token in $e"; } 2>/dev/null; done
+echo "attacks done"
+exec python3 -m http.server "$PORT" --bind 127.0.0.1
+"#;
+
+/// A mesh of one Workload, `intruder` (two replicas), in a fresh directory.
+fn intruder_mesh(ca: &std::path::Path) -> std::path::PathBuf {
+    let dir = tarmac_testkit::tools::temp_dir("intruder");
+    let script: String = INTRUDER.lines().map(|l| format!("    {l}\n")).collect();
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: intruder}}\nspec:\n  selector: {{app: intruder}}\n  ports: [{{port: 80, appProtocol: http}}]\n---\n\
+         apiVersion: tarmac.io/v1alpha1\nkind: Workload\nmetadata: {{name: intruder, labels: {{app: intruder}}}}\nspec:\n  \
+         command: [sh, -c]\n  args:\n  - |\n{script}  port: 8080\n  replicas: 2\n  serviceAccountName: intruder\n  \
+         env: {{CA_DIR: \"{}\"}}\n",
+        ca.display()
+    );
+    std::fs::write(dir.join("mesh.yaml"), yaml).unwrap();
+    dir
+}
+
+#[test]
+fn apps_run_unprivileged_and_cannot_reach_the_ca_the_rules_or_each_other() {
+    if !can_run_privileged() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let ca = tarmac_testkit::tools::temp_dir("intruder-ca");
+    let dir = intruder_mesh(&ca);
+
+    // A directory anyone can write: its Workloads would be anyone's commands, run by root.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        // What a crashed earlier run may have left stays for the next `up` to sweep.
+        let before = leftovers();
+        let out = Command::new(binary("tarmac"))
+            .args(["up", "--transparent", dir.to_str().unwrap(), "--identity-dir", ca.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("is writable by every user") && stderr.contains("refusing to run them as root"),
+            "{stderr}"
+        );
+        assert_eq!(leftovers(), before, "a refused start created or removed something");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    let mut up = Up::start_with_ca(&["--transparent", dir.to_str().unwrap(), "--api-port", "0"], &ca);
+    for who in ["intruder-0", "intruder-1"] {
+        up.wait_for(&format!("{who}'s attacks"), Duration::from_secs(60), |lines| {
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("{who} ")) && l.ends_with("| attacks done"))
+                .then_some(())
+        });
+    }
+    let lines = up.lines();
+    let worked: Vec<&String> = lines.iter().filter(|l| l.contains("| attack:")).collect();
+    assert!(worked.is_empty(), "attacks that worked: {worked:#?}\n{}", up.output());
+    assert!(std::fs::read_dir(&ca).unwrap().count() >= 3, "the CA is there, only hidden from the apps");
+    for who in ["intruder-0", "intruder-1"] {
+        let said = |prefix: &str| -> String {
+            let marker = format!("| {prefix}");
+            lines
+                .iter()
+                .filter(|l| l.starts_with(&format!("{who} ")))
+                .find_map(|l| l.split_once(marker.as_str()).map(|(_, rest)| rest.trim().to_string()))
+                .unwrap_or_else(|| panic!("{who} never said `{prefix}`\n{}", up.output()))
+        };
+        assert_eq!(said("identity dir:"), "0 entries");
+        assert_eq!(said("work dir:"), "0 entries");
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(said(&format!("status: {set}:")), "0000000000000000", "{who}: {set}");
+        }
+        assert_eq!(said("status: NoNewPrivs:"), "1");
+        let whoami = said("whoami:");
+        let uid: u32 = whoami.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_ne!(uid, 0, "{whoami}");
+        assert_eq!(whoami, format!("uid {uid} gid {uid} groups {uid}"), "no other group");
+    }
+
+    // Seen from the host: the rules are intact, and every process has a uid of its own.
+    let rules = run("ip", &["netns", "exec", "tarmac-default-intruder-0", "iptables", "-t", "nat", "-S"]);
+    assert!(rules.contains("TARMAC_OUTBOUND") && rules.contains("TARMAC_INBOUND"), "{rules}");
+    let pids: Vec<u32> = ["intruder-0", "intruder-0 proxy", "intruder-1", "intruder-1 proxy"]
+        .iter()
+        .map(|w| pid_of(&up, w))
+        .collect();
+    let mut uids: Vec<u32> = pids.iter().map(|pid| uid_of(*pid)).collect();
+    assert!(!uids.contains(&0), "{uids:?}");
+    uids.sort_unstable();
+    uids.dedup();
+    assert_eq!(uids.len(), 4, "apps and sidecars share uids: {uids:?}");
+    // No token in any sidecar's environment, even for root to read.
+    for pid in [pids[1], pids[3]] {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(!String::from_utf8_lossy(&environ).contains("TOKEN"), "a token in pid {pid}'s environment");
+    }
+    stop(&mut up);
+    assert_eq!(leftovers(), Vec::<String>::new(), "{}", up.output());
 }

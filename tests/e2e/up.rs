@@ -25,12 +25,16 @@ impl Up {
 
     /// `tarmac up ARGS...`, with a CA of its own (not the user's).
     pub(crate) fn start_with(args: &[&str]) -> Self {
-        let ca = temp_dir("up-ca");
+        Self::start_with_ca(args, &temp_dir("up-ca"))
+    }
+
+    /// `tarmac up ARGS... --identity-dir CA`.
+    pub(crate) fn start_with_ca(args: &[&str], ca: &std::path::Path) -> Self {
         let mut child = Command::new(binary("tarmac"))
             .arg("up")
             .args(args)
             .arg("--identity-dir")
-            .arg(&ca)
+            .arg(ca)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -127,7 +131,7 @@ fn get(addr: SocketAddr) -> Result<(u16, String), String> {
 
 /// Waits (bounded) until the greeter answers with names from `names`: the request went
 /// test -> greeter's sidecar -> greeter -> its sidecar -> a names sidecar -> names.
-fn greeting(up: &Up, greeter: SocketAddr) -> String {
+pub(crate) fn greeting(up: &Up, greeter: SocketAddr) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let last = match get(greeter) {
@@ -171,7 +175,28 @@ pub(crate) fn stop(up: &mut Up) {
     assert!(up.lines().iter().any(|l| l.ends_with("| stopped")), "{}", up.output());
 }
 
-fn greeter_addr(up: &Up) -> SocketAddr {
+/// An address on the line `tarmac up` prints for `replica` as it plans it, after `key`
+/// (`"admin "`, `"sidecar inbound "`, `"NAMES_URL=http://"`).
+pub(crate) fn replica_addr(up: &Up, replica: &str, key: &str) -> SocketAddr {
+    up.wait_for(&format!("{replica}'s {key:?}"), Duration::from_secs(60), |lines| {
+        let line = lines.iter().find_map(|l| l.split_once(&format!("| {replica}: PORT=")))?.1;
+        line.split_once(key)?.1.split(|c: char| c == ',' || c.is_whitespace()).next()?.parse().ok()
+    })
+}
+
+/// `GET path` over HTTP/1.1 with a bounded wait (an admin listener's `/metrics`,
+/// `/identity`); the body of a 200, else panics.
+pub(crate) fn get_ok(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "GET {path}: {response}");
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
+
+pub(crate) fn greeter_addr(up: &Up) -> SocketAddr {
     up.wait_for("greeter ready line", Duration::from_secs(60), |lines| {
         lines
             .iter()
@@ -238,6 +263,15 @@ fn up_runs_the_hello_mesh_restarts_a_crashed_app_and_stops_cleanly() {
     let greeter = greeter_addr(&up);
     let body = greeting(&up, greeter);
     assert!(body.contains("greeted by greeter-0"), "{body}");
+
+    // An app of the same uid reading its sidecar's environment and descriptors finds no
+    // bootstrap token: it came through a pipe the sidecar read to its end and closed.
+    let sidecar = *started_pids(&up.lines(), "greeter-0 proxy").last().expect("greeter-0's sidecar started");
+    let environ = std::fs::read(format!("/proc/{sidecar}/environ")).expect("same uid: readable");
+    assert!(!String::from_utf8_lossy(&environ).contains("TOKEN"), "a token in the sidecar's environment");
+    // Descriptor 3 held the token's pipe (`identity.token_fd`).
+    let fd3 = std::fs::read_link(format!("/proc/{sidecar}/fd/3")).map(|t| t.display().to_string());
+    assert!(!fd3.as_deref().unwrap_or("").starts_with("pipe:"), "the token's pipe is still open: {fd3:?}");
 
     // Kill one app (once it is ready: the greeting may have come from names-1): it is
     // reported and restarted, and the mesh answers again.

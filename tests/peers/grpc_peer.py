@@ -10,11 +10,19 @@ Messages are raw bytes (no serializers on either side). Service
   ServerStream  request is an ASCII integer N -> b"msg-0" .. b"msg-{N-1}".
   Bidi          each incoming message m -> b"bidi:" + m.
 
+With a NAME, the server also adds trailing metadata x-peer-name: NAME to every
+Unary and ServerStream answer, so that a caller can tell which server answered.
+
 Usage:
-  python3 grpc_peer.py serve PORT     plaintext h2c on 127.0.0.1:PORT (0 = any);
+  python3 grpc_peer.py serve PORT [NAME]
+                                      plaintext h2c on 127.0.0.1:PORT (0 = any);
                                       prints "LISTENING <port>" once bound.
   python3 grpc_peer.py client TARGET  e.g. 127.0.0.1:7001; runs every check and
                                       prints one JSON object with the results.
+  python3 grpc_peer.py call TARGET METHOD [KEY=VALUE...]
+                                      one call of METHOD (Unary, ServerStream or
+                                      Bidi) with the metadata given; prints one JSON
+                                      object: code, messages, peer (x-peer-name).
 """
 
 import json
@@ -31,14 +39,22 @@ CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 
 # ---------------------------------------------------------------- server ---
 
+NAME = None
+
+
 def _unary(request, context):
     if request == b"fail":
         context.abort(grpc.StatusCode.PERMISSION_DENIED, "denied by test")
-    context.set_trailing_metadata((("x-peer-trailer", "yes"),))
+    trailers = [("x-peer-trailer", "yes")]
+    if NAME:
+        trailers.append(("x-peer-name", NAME))
+    context.set_trailing_metadata(tuple(trailers))
     return b"echo:" + request
 
 
 def _server_stream(request, context):
+    if NAME:
+        context.set_trailing_metadata((("x-peer-name", NAME),))
     n = int(request.decode("ascii").strip())
     for i in range(n):
         yield b"msg-%d" % i
@@ -131,13 +147,42 @@ def client(target):
     return 0
 
 
+def call(target, method, pairs):
+    """One call of `method` with metadata `pairs` (KEY=VALUE); the outcome as JSON."""
+    metadata = tuple(tuple(p.split("=", 1)) for p in pairs)
+    result = {"method": method, "code": "OK", "details": None, "messages": [], "peer": None}
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        path = "/%s/%s" % (SERVICE, method)
+        try:
+            if method == "Unary":
+                response, rpc = channel.unary_unary(path).with_call(
+                    b"hi", metadata=metadata, timeout=DEADLINE)
+                result["messages"] = [response.decode("utf-8", "replace")]
+            elif method == "ServerStream":
+                rpc = channel.unary_stream(path)(b"2", metadata=metadata, timeout=DEADLINE)
+                result["messages"] = [m.decode("utf-8", "replace") for m in rpc]
+            else:
+                rpc = channel.stream_stream(path)(iter([b"a"]), metadata=metadata, timeout=DEADLINE)
+                result["messages"] = [m.decode("utf-8", "replace") for m in rpc]
+            result["peer"] = dict(rpc.trailing_metadata() or ()).get("x-peer-name")
+        except grpc.RpcError as err:
+            result["code"] = err.code().name
+            result["details"] = err.details()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
 def main(argv):
-    if len(argv) != 3 or argv[1] not in ("serve", "client"):
-        print(__doc__, file=sys.stderr)
-        return 2
-    if argv[1] == "serve":
+    if len(argv) >= 3 and argv[1] == "serve" and len(argv) <= 4:
+        global NAME
+        NAME = argv[3] if len(argv) == 4 else None
         return serve(int(argv[2]))
-    return client(argv[2])
+    if len(argv) == 3 and argv[1] == "client":
+        return client(argv[2])
+    if len(argv) >= 4 and argv[1] == "call":
+        return call(argv[2], argv[3], argv[4:])
+    print(__doc__, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -99,6 +99,7 @@ async fn demo(args: DemoArgs) -> Result<(), (String, ExitCode)> {
         api_port: args.api_port,
         // Explicit mode: no root needed.
         transparent: false,
+        allow_writable_config: false,
     };
     let driver = Demo { run_for: args.run_for, traffic_since: None };
     let result = crate::up::run_with(up, driver).await;

@@ -75,7 +75,7 @@ impl EphemeralCa {
         Ok(Certified {
             id: id.to_string(),
             cert: write(&self.dir.join(format!("{sa}.pem")), &chain)?,
-            key: write(&self.dir.join(format!("{sa}.key")), &key)?,
+            key: write_key(&self.dir.join(format!("{sa}.key")), &key)?,
         })
     }
 
@@ -90,6 +90,20 @@ impl EphemeralCa {
 
 fn write(path: &Path, text: &str) -> Result<String, String> {
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path.display().to_string())
+}
+
+/// A private key: readable by its owner only, from the moment it exists.
+fn write_key(path: &Path, text: &str) -> Result<String, String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    file.write_all(text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(path.display().to_string())
 }
 
@@ -137,6 +151,11 @@ pub fn run(args: IdentityArgs) -> Result<(), String> {
                 _ => return Err("import needs --root-key, or --issuer and --issuer-key".into()),
             };
             let ca = ca.map_err(|e| e.to_string())?;
+            // Before anything is replaced: an issuer that the anchors do not trust would
+            // make every handshake between sidecars fail.
+            ca.check_chains_to_anchors().map_err(|e| {
+                format!("{e}; --anchors must hold the root your issuer was signed under, and the --issuer file any intermediates between them, after the issuer")
+            })?;
             // Replacing: remove what was there, so no stale root key stays behind.
             for file in [ca::ANCHORS_FILE, ca::ISSUER_CERT_FILE, ca::ISSUER_KEY_FILE, ca::ROOT_KEY_FILE] {
                 let _ = std::fs::remove_file(dir.join(file));
@@ -184,6 +203,17 @@ fn describe(what: &str, info: &CertInfo) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_throwaway_ca_writes_keys_only_its_owner_can_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let work = crate::workdir::WorkDir::create("ca-test").unwrap();
+        assert_eq!(std::fs::metadata(work.path()).unwrap().permissions().mode() & 0o777, 0o700);
+        let ca = EphemeralCa::create(work.path()).unwrap();
+        let certified = ca.certify("bench-client").unwrap();
+        let mode = std::fs::metadata(&certified.key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", certified.key);
+    }
 
     #[test]
     fn formats_utc_dates() {

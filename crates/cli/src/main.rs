@@ -45,10 +45,18 @@ enum Command {
     /// One app of the sample bookstore (`tarmac demo`, examples/): started by `tarmac up`.
     #[command(hide = true)]
     SampleApp(sample::SampleArgs),
+    /// Starts a program unprivileged in a replica's namespace (`tarmac up --transparent`).
+    #[command(hide = true)]
+    Sandbox(up::sandbox::SandboxArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread exists: a new mount namespace needs a single-threaded process.
+    let cli = match cli.command {
+        Command::Sandbox(args) => return up::sandbox::run(args),
+        command => Cli { command },
+    };
     // Diagnostics go to stderr and are quiet by default: stdout is the user's tables.
     // `up` reports refused configuration changes itself, once, on stdout; the store logs
     // each refused read.
@@ -88,6 +96,7 @@ fn main() -> ExitCode {
         Command::Tap(args) => runtime.block_on(observe::tap::tap(args)),
         Command::Routes(args) => runtime.block_on(observe::routes::routes(args)),
         Command::PrometheusConfig(args) => observe::prometheus_config(&args),
+        Command::Sandbox(_) => unreachable!("dispatched before the runtime starts"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,6 @@
-//! A private temporary directory for generated sidecar configurations and logs.
+//! A private temporary directory for generated sidecar configurations, logs and (for
+//! `tarmac bench` and `tarmac demo`) throwaway CA keys: mode 0700, so that other users of
+//! the machine can neither read nor list it.
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +16,11 @@ impl WorkDir {
         for _ in 0..10 {
             let path =
                 base.join(format!("tarmac-{tag}-{}-{:06x}", std::process::id(), fastrand::u32(..0xff_ffff)));
-            match std::fs::create_dir(&path) {
+            let created = {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new().mode(0o700).create(&path)
+            };
+            match created {
                 Ok(()) => return Ok(Self(path)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(format!("cannot create a directory in {}: {e}", base.display())),

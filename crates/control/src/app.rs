@@ -58,6 +58,11 @@ pub struct IdentityConfig {
     /// Lifetime of workload certificates; proxies renew at about 70 % of it.
     pub cert_lifetime: Duration,
     pub authenticator: Arc<dyn Authenticator>,
+    /// Certify only the service accounts of the Workloads (and Deployments) in the
+    /// configuration as it is now, so that a removed Workload's token or certificate gets
+    /// no new certificate (`tarmac up`). Off: whoever the proof names (the binary, whose
+    /// token file is the authority).
+    pub only_configured_workloads: bool,
 }
 
 impl Config {
@@ -217,9 +222,13 @@ pub async fn start(
     let registry = config.registry;
     let discovery = DiscoveryService::new(relay_until(store.snapshots(), stop.clone()), registry.clone());
     let subscriptions = discovery.subscriptions();
-    let identity = config
-        .identity
-        .map(|i| IdentityService::new(i.ca, &i.trust_domain, i.authenticator, i.cert_lifetime));
+    let identity = config.identity.map(|i| {
+        let service = IdentityService::new(i.ca, &i.trust_domain, i.authenticator, i.cert_lifetime);
+        match i.only_configured_workloads {
+            true => service.serving_only(crate::identity::configured_workloads(store.snapshots())),
+            false => service,
+        }
+    });
     let identity_stats = identity.as_ref().map(|i| i.stats.clone());
     let grpc =
         tokio::spawn(crate::grpc::serve(listeners.grpc, discovery, identity, stop.clone().cancelled_owned()));

@@ -109,6 +109,7 @@ fn config(args: &Args) -> Result<Config, String> {
         trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
         cert_lifetime: args.cert_lifetime,
         authenticator: Arc::new(tokens),
+        only_configured_workloads: false,
     }))
 }
 

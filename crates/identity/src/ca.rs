@@ -52,6 +52,10 @@ pub enum CaError {
     BadCsr(String),
     #[error("the issuer expired at {0:?}; renew it (see `tarmac identity`)")]
     IssuerExpired(SystemTime),
+    #[error(
+        "{path}: a CA key other users can read or change (mode {mode:o}) may already be someone else's; make it 0600 (`chmod 600`), or replace the CA if others could have copied it"
+    )]
+    LooseKey { path: PathBuf, mode: u32 },
 }
 
 /// A workload certificate and the chain that links it to the anchors.
@@ -87,6 +91,9 @@ impl Ca {
         let issuer_key = dir.join(ISSUER_KEY_FILE);
         match (anchors.exists(), issuer_cert.exists(), issuer_key.exists()) {
             (true, true, true) => {
+                for key in [issuer_key.clone(), dir.join(ROOT_KEY_FILE)] {
+                    check_private(&key)?;
+                }
                 let ca = Self::from_issuer(&read(&anchors)?, &read(&issuer_cert)?, &read(&issuer_key)?)
                     .map_err(|e| relabel(e, &issuer_cert))?;
                 Ok((ca, false))
@@ -195,6 +202,14 @@ impl Ca {
         &self.issuer_info
     }
 
+    /// Checks that `csr_der` is a CSR this CA would sign: it parses, and its signature
+    /// proves the requester holds its key. Done before a one-time credential is spent on it.
+    pub fn check_csr(&self, csr_der: &[u8]) -> Result<(), CaError> {
+        CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+            .map(|_| ())
+            .map_err(|e| CaError::BadCsr(e.to_string()))
+    }
+
     /// Signs a workload certificate for `id` with the public key of `csr_der`. Only the
     /// key is taken from the CSR (after checking its signature, which proves the requester
     /// holds the key): names, usages and lifetime are the CA's.
@@ -224,6 +239,44 @@ impl Ca {
 }
 
 impl Ca {
+    /// Checks that what this CA issues is trusted by its own anchors: a short-lived
+    /// certificate is issued to a throwaway key and verified, as a proxy verifies its
+    /// peers, against the anchors through the issuer's chain (signatures, CA constraints,
+    /// path length, validity now). An imported issuer that belongs to another root, or
+    /// whose intermediates are missing, is refused here instead of every mTLS handshake
+    /// failing later.
+    pub fn check_chains_to_anchors(&self) -> Result<(), CaError> {
+        use rustls::pki_types::{CertificateDer, UnixTime};
+        let refused = |reason: String| CaError::Invalid {
+            path: PathBuf::from("issuer certificate"),
+            reason: format!("it does not chain to the trust anchors: {reason}"),
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for der in pem_certs(&self.anchors_pem).map_err(refused)? {
+            roots
+                .add(CertificateDer::from(der))
+                .map_err(|e| refused(format!("an anchor is unusable: {e}")))?;
+        }
+        let probe = SpiffeId::new(crate::DEFAULT_TRUST_DOMAIN, "tarmac", "chain-check")
+            .map_err(|e| refused(e.to_string()))?;
+        let key = crate::workload::WorkloadKey::generate()?;
+        let issued = self.issue(&key.csr_der(&probe)?, &probe, Duration::from_secs(60))?;
+        let leaf = CertificateDer::from(issued.leaf_der);
+        let intermediates: Vec<CertificateDer<'_>> =
+            issued.chain_der.into_iter().map(CertificateDer::from).collect();
+        let parsed =
+            rustls::server::ParsedCertificate::try_from(&leaf).map_err(|e| refused(e.to_string()))?;
+        let algorithms = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &roots,
+            &intermediates,
+            UnixTime::now(),
+            algorithms.all,
+        )
+        .map_err(|e| refused(e.to_string()))
+    }
+
     /// A key generated here and a certificate for it, both PEM (the chain after the
     /// leaf): for proxies configured with files instead of the control plane, such as
     /// `tarmac bench`'s and tests'.
@@ -298,6 +351,20 @@ fn pem_block(label: &str, der: &[u8]) -> String {
         &pem::Pem::new(label, der),
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
     )
+}
+
+/// Refuses a key file that a group or other users can access (a missing one is fine:
+/// the root's key is optional).
+fn check_private(path: &Path) -> Result<(), CaError> {
+    use std::os::unix::fs::PermissionsExt;
+    match fs::metadata(path) {
+        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+            Err(CaError::LooseKey { path: path.to_path_buf(), mode: meta.permissions().mode() & 0o777 })
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CaError::Io { path: path.to_path_buf(), source }),
+    }
 }
 
 fn read(path: &Path) -> Result<String, CaError> {
@@ -386,6 +453,13 @@ mod tests {
             assert_eq!(mode, 0o600, "{key}");
         }
         assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        // A key others could read is refused on load, with what to do.
+        for key in [ISSUER_KEY_FILE, ROOT_KEY_FILE] {
+            fs::set_permissions(dir.join(key), fs::Permissions::from_mode(0o644)).unwrap();
+            let err = Ca::load_or_generate(&dir, "cluster.local").unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("mode 644") && err.contains("chmod 600"), "{err}");
+            fs::set_permissions(dir.join(key), fs::Permissions::from_mode(0o600)).unwrap();
+        }
         fs::remove_file(dir.join(ISSUER_KEY_FILE)).unwrap();
         let err = Ca::load_or_generate(&dir, "cluster.local").unwrap_err().to_string();
         assert!(err.contains("issuer.key"), "{err}");
@@ -399,6 +473,33 @@ mod tests {
         let other = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem();
         let err = Ca::from_issuer(ca.anchors_pem(), &ca.issuer_pem, &other).unwrap_err().to_string();
         assert!(err.contains("not the key of the issuer certificate"), "{err}");
+    }
+
+    #[test]
+    fn a_generated_or_root_made_ca_chains_to_its_anchors() {
+        let (root_pem, root_key) = generate_root("cluster.local").unwrap();
+        let ca = Ca::from_root(&root_pem, &root_key.serialize_pem(), "cluster.local").unwrap();
+        ca.check_chains_to_anchors().unwrap();
+    }
+
+    #[test]
+    fn refuses_an_issuer_that_belongs_to_other_anchors() {
+        let (root_pem, root_key) = generate_root("cluster.local").unwrap();
+        let ours = Ca::from_root(&root_pem, &root_key.serialize_pem(), "cluster.local").unwrap();
+        let (other_root, other_key) = generate_root("cluster.local").unwrap();
+        let theirs = Ca::from_root(&other_root, &other_key.serialize_pem(), "cluster.local").unwrap();
+        // Their issuer and its key, presented with our anchors: every piece is valid alone.
+        let mixed =
+            Ca::from_issuer(ours.anchors_pem(), theirs.issuer_pem(), &theirs.issuer.key().serialize_pem())
+                .unwrap();
+        let err = mixed.check_chains_to_anchors().unwrap_err().to_string();
+        assert!(err.contains("does not chain to the trust anchors"), "{err}");
+        // Both anchors: it chains to one of them.
+        let both = format!("{}{}", ours.anchors_pem(), theirs.anchors_pem());
+        Ca::from_issuer(&both, theirs.issuer_pem(), &theirs.issuer.key().serialize_pem())
+            .unwrap()
+            .check_chains_to_anchors()
+            .unwrap();
     }
 
     #[test]

@@ -1,25 +1,15 @@
-//! The Gateway API mesh conformance manifests (../shared/conformance) parse and validate:
+//! The Gateway API mesh conformance manifests (tests/conformance) parse and validate:
 //! the model follows the specification, not only our own examples.
 
 use std::path::PathBuf;
 
-fn conformance_dir() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing; CI provides shared/ beside the checkout",
-        dir.display()
-    );
-    eprintln!("skipping: {} not found", dir.display());
-    None
+fn conformance_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/conformance")
 }
 
 #[test]
 fn every_route_service_and_namespace_in_the_conformance_cases_is_accepted() {
-    let Some(dir) = conformance_dir() else { return };
+    let dir = conformance_dir();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("cases"))
         .unwrap()
         .map(|e| e.unwrap().path().join("manifests.yaml"))

@@ -1,5 +1,9 @@
 //! The admin listener: `/metrics`, `/ready`, `/live`, `/config`, `/identity`, `/tap`.
 //!
+//! `/ready` is 503 until the proxy has started and once it drains, and also when its
+//! workload certificate has expired, or is in its last stretch with renewal failing:
+//! peers refuse an expired certificate, so whoever routes here should stop.
+//!
 //! `/identity` shows the workload certificate in use as JSON (identity, serial, validity,
 //! and since when renewal has been failing, if it is), or 404 when the proxy has no
 //! identity.
@@ -80,8 +84,14 @@ impl Admin {
                 );
                 rsp
             }
-            "/ready" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n".into()),
-            "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+            "/ready" if !self.ready.load(Ordering::Acquire) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
+            }
+            "/ready" => match self.certs.as_ref().and_then(|c| c.unfit(std::time::SystemTime::now())) {
+                // Peers refuse an expired certificate: whoever routes here should stop.
+                Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
+                None => text(StatusCode::OK, "ready\n".into()),
+            },
             "/live" => text(StatusCode::OK, "live\n".into()),
             "/config" => {
                 let mut rsp = text(StatusCode::OK, self.config_yaml.clone());

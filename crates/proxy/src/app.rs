@@ -60,6 +60,9 @@ pub struct Running {
     admin: Arc<Admin>,
     admin_stop: CancellationToken,
     drain_timeout: Duration,
+    /// Set when the proxy cannot go on (its certificate expired and could not be
+    /// renewed): the reason, for `main` to exit with so that a supervisor starts it again.
+    fatal: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 fn bind(field: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
@@ -76,9 +79,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let control = config.control.as_ref().map(ControlClient::new);
     let drain = CancellationToken::new();
+    let (fatal_tx, fatal) = tokio::sync::watch::channel(None);
     let tls = match &config.identity {
         Some(identity) => Some(Arc::new(
-            setup_identity(identity, &config, control.as_ref(), &metrics, &drain)
+            setup_identity(identity, &config, control.as_ref(), &metrics, &drain, fatal_tx)
                 .await
                 .map_err(StartError::Identity)?,
         )),
@@ -135,7 +139,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 if let Some(discover) = &svc_config.discover {
                     tokio::spawn(client.clone().watch_service(
                         discover.clone(),
-                        svc.forward.clone(),
+                        svc.logical.clone(),
                         shared.connect.clone(),
                         shared.drain.clone(),
                     ));
@@ -171,6 +175,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin,
         admin_stop,
         drain_timeout: config.limits.drain_timeout,
+        fatal,
     })
 }
 
@@ -182,6 +187,7 @@ async fn setup_identity(
     control: Option<&ControlClient>,
     metrics: &Arc<Metrics>,
     stop: &CancellationToken,
+    fatal: tokio::sync::watch::Sender<Option<String>>,
 ) -> Result<MeshTls, String> {
     let read = |path: &str, what: &str| {
         std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} {path}: {e}"))
@@ -204,11 +210,7 @@ async fn setup_identity(
     let (Some(control), Some(control_config)) = (control, &config.control) else {
         return Err("`identity` without `certificate` needs `control`".into());
     };
-    let token = match &identity.token_file {
-        Some(path) => read(path, "bootstrap token (`identity.token_file`)")?.trim().to_string(),
-        None => std::env::var(ENV_IDENTITY_TOKEN)
-            .map_err(|_| format!("no bootstrap token: set `identity.token_file` or {ENV_IDENTITY_TOKEN}"))?,
-    };
+    let token = bootstrap_token(identity)?;
     let requested = tarmac_identity::SpiffeId::new(
         tarmac_identity::DEFAULT_TRUST_DOMAIN,
         &control_config.namespace,
@@ -217,12 +219,51 @@ async fn setup_identity(
     .map_err(|e| e.to_string())?;
     let mut certifier = Certifier::new(control.channel(), requested, certs, metrics.clone())?;
     certifier.bootstrap(token).await?;
-    tokio::spawn(certifier.renew_forever(stop.clone()));
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        if let Err(reason) = certifier.renew_forever(stop).await {
+            fatal.send_replace(Some(reason));
+        }
+    });
     Ok(tls)
 }
 
-/// The environment variable that carries the bootstrap token when no file is configured.
-pub const ENV_IDENTITY_TOKEN: &str = "TARMAC_PROXY_IDENTITY_TOKEN";
+/// The one-time bootstrap token, from the inherited pipe or the file, neither of which
+/// outlives this read: a token left where the proxy's uid can read it again could be
+/// taken by whatever else runs as that uid.
+fn bootstrap_token(identity: &IdentityConfig) -> Result<String, String> {
+    let raw = match (identity.token_fd, &identity.token_file) {
+        (Some(_), Some(_)) => return Err("set one of `identity.token_fd` and `identity.token_file`".into()),
+        (Some(fd), None) => tarmac_transport::process::read_inherited(fd)
+            .map_err(|e| format!("cannot read the bootstrap token (`identity.token_fd`): {e}"))?,
+        (None, Some(path)) => {
+            use std::os::unix::fs::PermissionsExt;
+            let what = "the bootstrap token (`identity.token_file`)";
+            let mode = std::fs::metadata(path)
+                .map_err(|e| format!("cannot read {what} {path}: {e}"))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "{what} {path} can be read by other users (mode {:o}): make it 0600",
+                    mode & 0o777
+                ));
+            }
+            let raw = std::fs::read(path).map_err(|e| format!("cannot read {what} {path}: {e}"))?;
+            std::fs::remove_file(path)
+                .map_err(|e| format!("cannot remove {what} {path} after reading it: {e}"))?;
+            raw
+        }
+        (None, None) => {
+            return Err(
+                "no bootstrap token: set `identity.token_fd` (an inherited pipe) or `identity.token_file`"
+                    .into(),
+            );
+        }
+    };
+    let token = String::from_utf8(raw).map_err(|_| "the bootstrap token is not text".to_string())?;
+    Ok(token.trim().to_string())
+}
 
 impl Running {
     /// Stops accepting, lets in-flight work finish for up to `limits.drain_timeout`, then
@@ -234,6 +275,18 @@ impl Running {
         let drained = tokio::time::timeout(self.drain_timeout, self.shared.tasks.wait()).await.is_ok();
         self.admin_stop.cancel();
         drained
+    }
+
+    /// Resolves when the proxy cannot go on, with the reason; pending forever otherwise.
+    /// The caller should shut down and exit with a failure status: a supervisor (`tarmac
+    /// up`, Kubernetes) then starts it again, and it bootstraps a new identity.
+    pub async fn failed(&self) -> String {
+        let mut fatal = self.fatal.clone();
+        match fatal.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The renewal task ended without a failure (the proxy is draining).
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Connections being served now.

@@ -137,29 +137,69 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Picks the index of an endpoint by power of two choices. `None` when empty.
-pub fn p2c<T>(items: &[T], ewma: impl Fn(&T) -> &PeakEwma) -> Option<usize> {
-    match items.len() {
-        0 => None,
-        1 => Some(0),
-        n => {
-            let a = fastrand::usize(..n);
-            let mut b = fastrand::usize(..n - 1);
-            if b >= a {
-                b += 1;
-            }
-            let now = Instant::now();
-            let (ea, eb) = (ewma(&items[a]), ewma(&items[b]));
-            match (ea.is_failing(now), eb.is_failing(now)) {
-                (false, true) => return Some(a),
-                (true, false) => return Some(b),
-                _ => {}
-            }
-            // `a` is the random draw: near-ties (estimates that differ only by how long ago
-            // they decayed) go to it, so they do not favour the oldest endpoint.
-            Some(if ea.load(now) <= eb.load(now) * (1.0 + TIE) { a } else { b })
-        }
+/// Whether an item may be picked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eligible {
+    No,
+    Yes,
+    /// Pick this one and no other (an ejected endpoint's probe, already claimed).
+    Now,
+}
+
+/// Random draws for two eligible items before falling back to a scan.
+const DRAWS: usize = 4;
+
+/// Picks the index of an item by power of two choices among the eligible ones; when none
+/// is eligible, any. `None` when empty.
+pub fn p2c<T>(
+    items: &[T],
+    ewma: impl Fn(&T) -> &PeakEwma,
+    eligible: impl Fn(&T) -> Eligible,
+) -> Option<usize> {
+    let n = items.len();
+    if n <= 1 {
+        return (n == 1).then_some(0);
     }
+    // A random eligible item other than `other`: `Ok(i)`, or `Err(i)` to take at once.
+    let draw = |other: Option<usize>| {
+        for _ in 0..DRAWS {
+            let i = match other {
+                None => fastrand::usize(..n),
+                Some(a) => {
+                    let b = fastrand::usize(..n - 1);
+                    if b >= a { b + 1 } else { b }
+                }
+            };
+            match eligible(&items[i]) {
+                Eligible::No => {}
+                Eligible::Yes => return Some(Ok(i)),
+                Eligible::Now => return Some(Err(i)),
+            }
+        }
+        None
+    };
+    match draw(None) {
+        Some(Err(now)) => Some(now),
+        Some(Ok(a)) => match draw(Some(a)) {
+            Some(Err(now)) => Some(now),
+            Some(Ok(b)) => Some(less_loaded(a, b, ewma(&items[a]), ewma(&items[b]))),
+            None => Some(a),
+        },
+        None => (0..n).find(|&i| eligible(&items[i]) != Eligible::No).or_else(|| Some(fastrand::usize(..n))),
+    }
+}
+
+/// Of two endpoints, `a` drawn first: the one not failing, else the less loaded.
+fn less_loaded(a: usize, b: usize, ea: &PeakEwma, eb: &PeakEwma) -> usize {
+    let now = Instant::now();
+    match (ea.is_failing(now), eb.is_failing(now)) {
+        (false, true) => return a,
+        (true, false) => return b,
+        _ => {}
+    }
+    // `a` is the random draw: near-ties (estimates that differ only by how long ago they
+    // decayed) go to it, so they do not favour the oldest endpoint.
+    if ea.load(now) <= eb.load(now) * (1.0 + TIE) { a } else { b }
 }
 
 #[cfg(test)]
@@ -200,7 +240,7 @@ mod tests {
         eps[0].observe(Instant::now(), Duration::from_millis(500));
         eps[1].observe(Instant::now(), Duration::from_millis(1));
         for _ in 0..100 {
-            assert_eq!(p2c(&eps, |e| e), Some(1));
+            assert_eq!(p2c(&eps, |e| e, |_| Eligible::Yes), Some(1));
         }
     }
 
@@ -210,7 +250,7 @@ mod tests {
         eps[1].observe(Instant::now(), Duration::from_millis(500));
         eps[0].mark_failed();
         for _ in 0..100 {
-            assert_eq!(p2c(&eps, |e| e), Some(1));
+            assert_eq!(p2c(&eps, |e| e, |_| Eligible::Yes), Some(1));
         }
     }
 
@@ -222,7 +262,7 @@ mod tests {
         let mut hits = [0usize; 4];
         let mut window = std::collections::VecDeque::new();
         for _ in 0..4000 {
-            let i = p2c(&eps, |e| e).unwrap();
+            let i = p2c(&eps, |e| e, |_| Eligible::Yes).unwrap();
             hits[i] += 1;
             window.push_back(eps[i].start());
             if window.len() > 8 {
@@ -230,6 +270,9 @@ mod tests {
             }
         }
         assert!(hits.iter().all(|&h| h > 400), "{hits:?}");
-        assert_eq!(p2c::<PeakEwma>(&[], |e| e), None);
+        let only = p2c(&eps, |e| e, |e| if std::ptr::eq(e, &eps[2]) { Eligible::Yes } else { Eligible::No });
+        assert_eq!(only, Some(2), "ineligible endpoints are passed over");
+        assert!(p2c(&eps, |e| e, |_| Eligible::No).is_some(), "with none eligible, any");
+        assert_eq!(p2c::<PeakEwma>(&[], |e| e, |_| Eligible::Yes), None);
     }
 }

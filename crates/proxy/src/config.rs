@@ -61,8 +61,12 @@ pub struct IdentityConfig {
     /// token, and renews it at about 70 % of its life.
     #[serde(default)]
     pub certificate: Option<CertificateFiles>,
-    /// File holding the one-time bootstrap token; the `TARMAC_PROXY_IDENTITY_TOKEN`
-    /// environment variable is used when absent.
+    /// Descriptor of an inherited pipe holding the one-time bootstrap token (how `tarmac up`
+    /// hands it over: never in the environment, where /proc/PID/environ shows it). Read
+    /// to its end at start and closed.
+    #[serde(default)]
+    pub token_fd: Option<i32>,
+    /// Or a file holding it: readable by its owner only (mode 0600), and removed once read.
     #[serde(default)]
     pub token_file: Option<String>,
 }
@@ -121,8 +125,10 @@ pub struct DiscoverConfig {
 pub struct InboundConfig {
     /// Where other proxies and non-mesh clients connect.
     pub listen: SocketAddr,
-    /// The application's address. Required unless `transparent`; in transparent mode,
-    /// when absent, a connection goes to 127.0.0.1 at the port it was originally sent to.
+    /// The application's address. Required unless `transparent`. In transparent mode a
+    /// connection goes to its original destination (`SO_ORIGINAL_DST`: the app's address
+    /// in this network namespace), and `app` serves only connections that were not
+    /// redirected (sent straight to the inbound port); without it those are refused.
     #[serde(default)]
     pub app: Option<SocketAddr>,
     /// Connections arrive redirected by iptables; their original destination is read with

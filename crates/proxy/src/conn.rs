@@ -1,17 +1,20 @@
 //! What every accepted connection goes through, inbound or outbound: the connection cap,
 //! protocol detection, then HTTP serving or opaque TCP forwarding.
 
+use crate::backend::Backend;
 use crate::config::{Config, Limits, Protocol};
 use crate::detect::{self, Detected};
 use crate::endpoint::{ConnectSettings, Endpoint, EndpointSpec};
+use crate::error::ProxyError;
 use crate::http::connections::HttpConnections;
-use crate::http::forward::{Destination, Forward};
+use crate::http::handle::{Handle, Meta};
 use crate::identity;
 use crate::metrics::{Direction, Metrics, Peer, TargetMetrics};
 use crate::tap::Tap;
 use crate::{http, tcp};
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tarmac_transport::PrefixedIo;
@@ -46,11 +49,7 @@ impl Shared {
             metrics,
             limits: config.limits.clone(),
             opaque_ports: config.opaque_ports.clone(),
-            connect: ConnectSettings {
-                connect_timeout: config.limits.connect_timeout,
-                max_header_bytes: config.limits.max_header_bytes,
-                tls: None,
-            },
+            connect: ConnectSettings::new(config.limits.connect_timeout, config.limits.max_header_bytes),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             drain: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -79,58 +78,49 @@ impl Shared {
         Arc::new(self.metrics.target(direction, name, peer))
     }
 
-    /// A forwarder to one fixed address (the app, or a destination outside the mesh),
-    /// labelled `name` in metrics; `peer` is who the connections come from (inbound).
-    pub fn fixed_forward(
-        &self,
-        direction: Direction,
-        addr: SocketAddr,
-        name: Arc<String>,
-        peer: Peer,
-    ) -> Arc<Forward> {
+    /// What metrics, logs and tap call the requests of one target.
+    pub fn meta(&self, direction: Direction, name: Arc<String>, peer: Peer) -> Meta {
         let metrics = self.target_metrics(direction, name.clone(), peer.clone());
+        Meta { direction, name, metrics, tap: self.tap.clone(), peer }
+    }
+
+    /// A backend of one fixed address (the local app, or a destination outside the mesh),
+    /// counted under `meta`.
+    pub fn fixed_backend(&self, addr: SocketAddr, meta: &Meta) -> Backend {
         let spec = EndpointSpec { addr, meshed: false, identity: None };
-        let endpoint = Endpoint::new(spec, self.connect.clone(), (*metrics).clone());
-        Arc::new(Forward {
-            direction,
-            name,
-            metrics,
-            destination: Destination::Fixed(Arc::new(endpoint)),
-            tap: self.tap.clone(),
-            peer,
-        })
+        let endpoint = Endpoint::new(spec, self.connect.clone(), (*meta.metrics).clone());
+        Backend::new(meta.name.clone(), vec![Arc::new(endpoint)])
     }
 }
 
-/// Forwarders to fixed addresses, remembered so that connections to one address (from one
-/// kind of peer) share its connection pool and metrics. Past `capacity` entries (a port
+/// Targets remembered by key (a fixed address, and who connects), so that connections to
+/// one address share its connection pool and metrics. Past `capacity` entries (a port
 /// scan, an app calling thousands of hosts, many client identities), new ones get a
-/// forwarder of their own labelled `target="overflow"`: traffic still flows, and metrics
-/// cardinality stays bounded.
+/// target of their own named `overflow`: traffic still flows, and metrics cardinality
+/// stays bounded.
 #[derive(Debug)]
-pub struct FixedForwards {
-    direction: Direction,
+pub struct Targets<K, V> {
     capacity: usize,
-    map: Mutex<HashMap<(SocketAddr, Peer), Arc<Forward>>>,
+    map: Mutex<HashMap<K, Arc<V>>>,
 }
 
-impl FixedForwards {
-    pub fn new(direction: Direction, capacity: usize) -> Self {
-        Self { direction, capacity, map: Mutex::new(HashMap::new()) }
+impl<K: Hash + Eq, V> Targets<K, V> {
+    pub fn new(capacity: usize) -> Self {
+        Self { capacity, map: Mutex::new(HashMap::new()) }
     }
 
-    pub fn get(&self, addr: SocketAddr, peer: Peer, shared: &Shared) -> Arc<Forward> {
+    /// The target of `key`, made by `make` from its name (`name()`, or `overflow`).
+    pub fn get(&self, key: K, name: impl FnOnce() -> String, make: impl FnOnce(Arc<String>) -> V) -> Arc<V> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (addr, peer);
-        if let Some(f) = map.get(&key) {
-            return f.clone();
+        if let Some(v) = map.get(&key) {
+            return v.clone();
         }
         if map.len() >= self.capacity {
-            return shared.fixed_forward(self.direction, addr, Arc::new("overflow".to_string()), key.1);
+            return Arc::new(make(Arc::new("overflow".to_string())));
         }
-        let fwd = shared.fixed_forward(self.direction, addr, Arc::new(addr.to_string()), key.1.clone());
-        map.insert(key, fwd.clone());
-        fwd
+        let v = Arc::new(make(Arc::new(name())));
+        map.insert(key, v.clone());
+        v
     }
 }
 
@@ -167,14 +157,21 @@ where
     }
 }
 
-/// Detects the protocol (unless `hint` says it) and proxies the connection to `fwd`.
-pub async fn proxy_connection(shared: &Shared, mut stream: TcpStream, fwd: Arc<Forward>, hint: Protocol) {
+/// Detects the protocol (unless `hint` says it) and serves the connection with `handler`.
+pub async fn proxy_connection<H: Handle>(
+    shared: &Shared,
+    mut stream: TcpStream,
+    handler: Arc<H>,
+    hint: Protocol,
+) {
     let source = stream.peer_addr().ok();
-    let Some((protocol, prefix)) = detect_protocol(shared, &mut stream, fwd.direction, &fwd.name, hint).await
+    let meta = handler.meta();
+    let Some((protocol, prefix)) =
+        detect_protocol(shared, &mut stream, meta.direction, &meta.name, hint).await
     else {
         return;
     };
-    serve_detected(shared, PrefixedIo::new(prefix, stream), protocol, fwd, source).await
+    serve_detected(shared, PrefixedIo::new(prefix, stream), protocol, handler, source).await
 }
 
 /// The connection's protocol (from `hint`, or read from its first bytes) and the bytes
@@ -215,46 +212,42 @@ pub async fn detect_protocol(
     Some(detected)
 }
 
-/// Serves a connection whose protocol is known: HTTP, or opaque TCP to `fwd`.
-pub async fn serve_detected<I>(
+/// Serves a connection whose protocol is known: HTTP through `handler`, or opaque TCP to
+/// its backend.
+pub async fn serve_detected<I, H: Handle>(
     shared: &Shared,
     io: I,
     protocol: Detected,
-    fwd: Arc<Forward>,
+    handler: Arc<H>,
     source: Option<SocketAddr>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     match protocol {
         Detected::Http1 | Detected::Http2 => {
-            http::server::serve(io, protocol, fwd, source, &shared.limits, &shared.http_connections).await
+            http::server::serve(io, protocol, handler, source, &shared.limits, &shared.http_connections).await
         }
-        Detected::Tls | Detected::Opaque => forward_tcp(shared, io, &fwd).await,
+        Detected::Tls | Detected::Opaque => forward_tcp(shared, io, handler.meta(), handler.backend()).await,
     }
 }
 
-async fn forward_tcp<I>(shared: &Shared, client: I, fwd: &Forward)
+async fn forward_tcp<I>(shared: &Shared, client: I, meta: &Meta, backend: &Backend)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let endpoint = match fwd.pick() {
-        Ok(e) => e,
-        Err(e) => {
-            fwd.metrics.error(e.kind());
-            tracing::info!(target = %fwd.name, error = %e, "TCP connection refused");
-            return;
-        }
+    let connected = match backend.pick() {
+        Ok(endpoint) => endpoint.connect(identity::ALPN_TCP).await.map_err(ProxyError::from),
+        Err(e) => Err(e),
     };
-    let upstream = match endpoint.connect(identity::ALPN_TCP).await {
+    let upstream = match connected {
         Ok(s) => s,
         Err(e) => {
-            let e = http::forward::ProxyError::from(e);
-            fwd.metrics.error(e.kind());
-            tracing::info!(target = %fwd.name, error = %e, "TCP connection failed");
+            meta.metrics.error(e.kind());
+            tracing::info!(target = %meta.name, error = %e, "TCP connection failed");
             return;
         }
     };
-    let metrics = fwd.metrics.tcp_connection();
+    let metrics = meta.metrics.tcp_connection();
     tcp::proxy(client, upstream, metrics, shared.limits.tcp_idle_timeout).await;
 }
 
@@ -263,16 +256,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fixed_forwards_are_shared_and_bounded() {
-        let config = Config::from_yaml("inbound: {listen: 127.0.0.1:0, app: 127.0.0.1:1}\n", "t").unwrap();
-        let shared = Shared::new(&config, Arc::new(Metrics::new()));
-        let forwards = FixedForwards::new(Direction::Outbound, 2);
-        let a: SocketAddr = "127.0.0.1:1001".parse().unwrap();
-        let first = forwards.get(a, Peer::Plaintext, &shared);
-        assert!(Arc::ptr_eq(&first, &forwards.get(a, Peer::Plaintext, &shared)));
-        forwards.get("127.0.0.1:1002".parse().unwrap(), Peer::Plaintext, &shared);
-        let third = forwards.get("127.0.0.1:1003".parse().unwrap(), Peer::Plaintext, &shared);
-        assert_eq!(first.name.as_str(), "127.0.0.1:1001");
-        assert_eq!(third.name.as_str(), "overflow");
+    fn targets_are_shared_and_bounded() {
+        let targets: Targets<SocketAddr, String> = Targets::new(2);
+        let get = |port: u16| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            targets.get(addr, || addr.to_string(), |name| name.to_string())
+        };
+        let first = get(1001);
+        assert!(Arc::ptr_eq(&first, &get(1001)));
+        get(1002);
+        assert_eq!(first.as_str(), "127.0.0.1:1001");
+        assert_eq!(get(1003).as_str(), "overflow");
     }
 }

@@ -7,13 +7,13 @@
 //! jittered backoff; the control plane resends the full state on the new stream.
 
 use crate::config::{ControlConfig, DiscoverConfig};
-use crate::endpoint::{ConnectSettings, Endpoint, EndpointSpec};
-use crate::http::forward::{Destination, Forward};
-use crate::route::RouteTable;
+use crate::endpoint::ConnectSettings;
+use crate::http::handle::Handle;
+use crate::outbound::logical::Logical;
 use std::sync::Arc;
 use std::time::Duration;
 use tarmac_proto::discovery::discovery_client::DiscoveryClient;
-use tarmac_proto::discovery::{ProxyIdentity, ServiceUpdate, WatchServiceRequest};
+use tarmac_proto::discovery::{ProxyIdentity, WatchServiceRequest};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -48,17 +48,17 @@ impl ControlClient {
         self.channel.clone()
     }
 
-    /// Follows `discover` for the service behind `forward` until `stop` is cancelled.
+    /// Follows `discover` for `service` until `stop` is cancelled.
     pub async fn watch_service(
         self,
         discover: DiscoverConfig,
-        forward: Arc<Forward>,
+        service: Arc<Logical>,
         connect: ConnectSettings,
         stop: CancellationToken,
     ) {
         let request = WatchServiceRequest {
             proxy: Some(self.identity.clone()),
-            service: discover.service.clone().unwrap_or_else(|| forward.name.to_string()),
+            service: discover.service.clone().unwrap_or_else(|| service.meta().name.to_string()),
             namespace: discover.namespace.clone(),
             port: u32::from(discover.port),
         };
@@ -67,11 +67,11 @@ impl ControlClient {
             let mut client = DiscoveryClient::new(self.channel.clone());
             let result = tokio::select! {
                 _ = stop.cancelled() => return,
-                r = follow(&mut client, request.clone(), &forward, &connect, discover.port, &mut backoff) => r,
+                r = follow(&mut client, request.clone(), &service, &connect, discover.port, &mut backoff) => r,
             };
             if let Err(status) = result {
                 tracing::warn!(
-                    target = %forward.name,
+                    target = %service.meta().name,
                     error = %status.message(),
                     retry_in = ?backoff,
                     "control plane unreachable; keeping the last endpoints"
@@ -90,7 +90,7 @@ impl ControlClient {
 async fn follow(
     client: &mut DiscoveryClient<Channel>,
     request: WatchServiceRequest,
-    forward: &Forward,
+    service: &Logical,
     connect: &ConnectSettings,
     service_port: u16,
     backoff: &mut Duration,
@@ -98,52 +98,7 @@ async fn follow(
     let mut stream = client.watch_service(request).await?.into_inner();
     while let Some(update) = stream.message().await? {
         *backoff = BACKOFF_MIN;
-        apply(update, forward, connect, service_port);
+        service.update(&update, connect, service_port);
     }
     Err(tonic::Status::unavailable("the control plane closed the stream"))
-}
-
-fn apply(update: ServiceUpdate, forward: &Forward, connect: &ConnectSettings, service_port: u16) {
-    let Destination::Balanced(balancer) = &forward.destination else { return };
-    let mut endpoints = Vec::with_capacity(update.endpoints.len());
-    for ep in &update.endpoints {
-        match ep.address.parse() {
-            Ok(addr) => endpoints.push(EndpointSpec {
-                addr,
-                meshed: ep.meshed,
-                identity: (!ep.identity.is_empty()).then(|| ep.identity.as_str().into()),
-            }),
-            Err(_) => {
-                tracing::warn!(target = %forward.name, address = %ep.address, "ignoring an endpoint with an invalid address")
-            }
-        }
-    }
-    tracing::info!(
-        target = %forward.name,
-        generation = update.generation,
-        exists = update.exists,
-        endpoints = endpoints.len(),
-        "endpoints updated"
-    );
-    let make = |spec: EndpointSpec| Endpoint::new(spec, connect.clone(), (*forward.metrics).clone());
-    balancer.update(endpoints, make);
-    if update.routes.is_empty() {
-        if balancer.routes.get().is_some() {
-            tracing::info!(target = %forward.name, "routes removed");
-        }
-        balancer.routes.set(None);
-        return;
-    }
-    let previous = balancer.routes.get();
-    match RouteTable::build(&update.routes, service_port, previous.as_deref(), &make) {
-        Ok(table) => {
-            tracing::info!(target = %forward.name, routes = update.routes.len(), rules = table.rules.len(), "routes updated");
-            balancer.routes.set(Some(table));
-        }
-        // The control plane validates routes; a proxy that still cannot use them keeps the
-        // previous table whole rather than apply part of the new one.
-        Err(e) => {
-            tracing::warn!(target = %forward.name, error = %e, "refusing a route update; keeping the previous routes")
-        }
-    }
 }

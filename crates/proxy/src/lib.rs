@@ -9,16 +9,20 @@
 //! # Layout
 //! - [`config`]: the typed configuration, parsed once from YAML.
 //! - [`app`]: binds the listeners, runs them, drains on shutdown.
-//! - [`inbound`] and [`outbound`]: the two directions, from accept to a destination.
-//! - [`conn`]: what every connection goes through: the cap, detection, dispatch.
+//! - [`conn`]: what every connection goes through: the cap, detection, then HTTP or TCP.
 //! - [`detect`]: protocol detection from the first bytes.
-//! - [`http`]: serving, forwarding, tunnels (WebSocket, CONNECT), body metering, and
-//!   closing idle HTTP/1 connections (and every connection on drain).
-//! - [`endpoint`] and [`balance`]: connections to endpoints, and choosing one.
+//! - [`http`]: serving, what every request goes through, body metering, and closing idle
+//!   HTTP/1 connections (and every connection on drain).
+//! - [`inbound`] and [`outbound`]: the two directions, each with its own request stages.
+//!   Outbound: a logical service (routes, retry budget) dispatches to backends; inbound:
+//!   the client's identity, then the app.
+//! - [`resilience`]: retries and the retry budget.
+//! - [`backend`], [`balance`] and [`endpoint`]: a set of endpoints and the one `dispatch`
+//!   that picks one and sends; choosing by peak-EWMA; connections to one endpoint.
+//! - [`error`]: why a request failed, and whether it may be tried again.
 //! - [`discovery`]: endpoints and routes followed through the control plane, kept when it
 //!   is away.
 //! - [`identity`]: the workload certificate and mTLS between proxies.
-//! - [`route`]: HTTPRoute and GRPCRoute matching, filters and weighted backends.
 //! - [`tcp`]: opaque forwarding.
 //! - [`metrics`], [`tap`] and [`admin`]: Prometheus metrics, live request events, and the
 //!   admin listener that serves both.
@@ -28,18 +32,20 @@
 
 pub mod admin;
 pub mod app;
+pub mod backend;
 pub mod balance;
 pub mod config;
 pub mod conn;
 pub mod detect;
 pub mod discovery;
 pub mod endpoint;
+pub mod error;
 pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
-pub mod route;
+pub mod resilience;
 pub mod tap;
 pub mod tcp;
 

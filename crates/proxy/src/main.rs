@@ -11,6 +11,9 @@ use tarmac_transport::iptables::InterceptRules;
 const ENV_CONFIG: &str = "TARMAC_PROXY_CONFIG";
 /// Log filter, in `tracing` env-filter syntax (default `info`).
 const ENV_LOG: &str = "TARMAC_PROXY_LOG";
+/// Exit status when the proxy stops itself because it cannot go on (its certificate
+/// expired and could not be renewed): 2 is an invalid configuration, 1 a failed start.
+const EXIT_CANNOT_GO_ON: u8 = 3;
 
 #[derive(Parser)]
 #[command(name = "tarmac-proxy", version, about = "The Tarmac sidecar proxy")]
@@ -149,14 +152,20 @@ fn run(config: Config) -> ExitCode {
         };
         let a = &running.addrs;
         tracing::info!(admin = %a.admin, inbound = ?a.inbound, outbound_transparent = ?a.outbound_transparent, services = ?a.services, "tarmac-proxy ready");
-        wait_for_signal().await;
+        let code = tokio::select! {
+            () = wait_for_signal() => ExitCode::SUCCESS,
+            reason = running.failed() => {
+                tracing::error!("{reason}; exiting so that the supervisor starts this proxy again");
+                ExitCode::from(EXIT_CANNOT_GO_ON)
+            }
+        };
         tracing::info!("draining");
         if running.shutdown().await {
             tracing::info!("drained; exiting");
         } else {
             tracing::warn!("drain deadline passed with work in flight; exiting");
         }
-        ExitCode::SUCCESS
+        code
     })
 }
 

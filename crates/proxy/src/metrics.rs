@@ -192,6 +192,19 @@ pub struct RouteLatencyLabels {
     pub rule: Arc<String>,
 }
 
+/// The labels of retry counters: the route and rule as in [`RouteLatencyLabels`] (empty
+/// for unrouted requests), and why the retry was made or not.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub direction: Direction,
+    pub target: Arc<String>,
+    pub route: Arc<String>,
+    pub rule: Arc<String>,
+    /// Made: `unsent` (never left the proxy), `status`, `error` (a connection failure
+    /// after sending), `timeout` (per try). Denied: `budget`, `body` (not replayable).
+    pub reason: &'static str,
+}
+
 /// All of the proxy's metrics, registered in one registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -214,6 +227,9 @@ pub struct Metrics {
     certificate_requests: Family<OutcomeLabels, Counter>,
     route_responses: Family<RouteLabels, Counter>,
     route_latency: Family<RouteLatencyLabels, Histogram, fn() -> Histogram>,
+    retries: Family<RetryLabels, Counter>,
+    retries_denied: Family<RetryLabels, Counter>,
+    ejections: Family<TargetLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -318,6 +334,25 @@ impl Metrics {
             Unit::Seconds,
             route_latency.clone(),
         );
+        let retries = Family::default();
+        registry.register(
+            "tarmac_retries",
+            "Requests tried again, by route, rule and reason",
+            retries.clone(),
+        );
+        let retries_denied = Family::default();
+        registry.register(
+            "tarmac_retries_denied",
+            "Retries a policy wanted but did not make: `budget` (the service's retry budget was spent) \
+             or `body` (the request body was too large or of unknown length to send again)",
+            retries_denied.clone(),
+        );
+        let ejections = Family::default();
+        registry.register(
+            "tarmac_endpoint_ejections",
+            "Endpoints ejected from a backend's balancer after failing requests in a row",
+            ejections.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
@@ -338,6 +373,9 @@ impl Metrics {
             certificate_requests,
             route_responses,
             route_latency,
+            retries,
+            retries_denied,
+            ejections,
         }
     }
 
@@ -489,6 +527,24 @@ impl TargetMetrics {
                 rule: rule.clone(),
             })
             .observe(seconds);
+    }
+
+    /// Counts a retry made (`made`) or denied, under a route's own strings.
+    pub fn retry(&self, route: &Arc<String>, rule: &Arc<String>, reason: &'static str, made: bool) {
+        let family = if made { &self.metrics.retries } else { &self.metrics.retries_denied };
+        family
+            .get_or_create(&RetryLabels {
+                direction: self.labels.direction,
+                target: self.labels.target.clone(),
+                route: route.clone(),
+                rule: rule.clone(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn ejection(&self) {
+        self.metrics.ejections.get_or_create(&self.labels).inc();
     }
 
     pub fn error(&self, kind: &'static str) {

@@ -3,8 +3,9 @@
 //! Response body (plain text, one `key: value` per line): `server`, `method`, `path`,
 //! `version`, `body-bytes`, then `header <name>: <value>` for every request header and
 //! `trailer <name>: <value>` for every request trailer. Query knobs: `delay_ms=N` waits
-//! before answering, `status=N` answers with that status. Also answers with header
-//! `x-echo-server: <name>`.
+//! before answering, `status=N` answers with that status, and with `first=N` both apply
+//! only to the first N requests of each `x-request-id` (a backend that fails or stalls a
+//! given number of times, then succeeds). Also answers with header `x-echo-server: <name>`.
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -26,6 +27,8 @@ pub struct EchoServer {
     pub name: String,
     connections: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    /// Requests seen per `x-request-id`, for the `first` knob.
+    seen: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 impl EchoServer {
@@ -42,6 +45,7 @@ impl EchoServer {
             name: name.to_string(),
             connections: Arc::default(),
             requests: Arc::default(),
+            seen: Arc::default(),
         };
         let s = server.clone();
         tokio::spawn(async move {
@@ -81,9 +85,25 @@ impl EchoServer {
                 kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')).and_then(|v| v.parse::<u64>().ok())
             })
         };
-        let delay = knob("delay_ms").map(Duration::from_millis).unwrap_or(delay);
-        let status =
-            knob("status").and_then(|s| StatusCode::from_u16(s as u16).ok()).unwrap_or(StatusCode::OK);
+        // `first=N`: `status` and `delay_ms` apply to the first N requests of each
+        // `x-request-id` only, and later ones are answered at once with 200 (a backend that
+        // fails, or stalls, a given number of times before it succeeds: for retries).
+        let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let knobs_apply = match knob("first") {
+            None => true,
+            Some(first) => {
+                let mut seen = self.seen.lock().unwrap();
+                let n = seen.entry(id).or_insert(0);
+                *n += 1;
+                *n <= first
+            }
+        };
+        let delay =
+            if knobs_apply { knob("delay_ms").map(Duration::from_millis).unwrap_or(delay) } else { delay };
+        let status = knobs_apply
+            .then(|| knob("status").and_then(|s| StatusCode::from_u16(s as u16).ok()))
+            .flatten()
+            .unwrap_or(StatusCode::OK);
         let mut text = format!(
             "server: {}\nmethod: {}\npath: {}\nversion: {:?}\n",
             self.name,

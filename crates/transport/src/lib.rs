@@ -13,8 +13,11 @@
 //! - [`process`]: signals for child processes (SIGTERM, dying with the parent), and
 //!   children without address-space randomisation, for `tarmac bench`.
 //!
-//! This is the only crate of the workspace with `unsafe` code: three unsafe blocks in
-//! [`process`], each with its safety argument. Every other module forbids it.
+//! Unsafe code: three unsafe blocks in [`process`], each with its safety argument; the
+//! crate denies `unsafe_code` everywhere else. Two other crates have some, confined to
+//! modules that say why: the CLI (`up/process.rs`, `up/netns.rs`: libc calls such as
+//! kill(2), geteuid(2) and flock(2)) and the load generator (`timer.rs`: registering a
+//! timer's file descriptor with tokio).
 
 #![deny(rust_2018_idioms, unsafe_code)]
 

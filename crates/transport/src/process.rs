@@ -52,6 +52,40 @@ pub fn without_address_randomisation(command: &mut std::process::Command) {
     }
 }
 
+/// The largest secret [`read_inherited`] accepts.
+const INHERITED_MAX: usize = 4096;
+
+/// Reads descriptor `fd`, inherited from the parent (a pipe holding a secret such as a
+/// bootstrap token), to its end, then closes it so that nothing started later inherits it.
+/// `fd` must be one the configuration says was handed over for this: it is taken over.
+pub fn read_inherited(fd: i32) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    if fd < 3 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} is stdin, stdout or stderr, not a handed-over pipe"),
+        ));
+    }
+    // SAFETY: fcntl(F_GETFD) only asks whether `fd` is open; it changes nothing.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        let e = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(e.kind(), format!("descriptor {fd} was not inherited: {e}")));
+    }
+    // SAFETY: `fd` is open (checked above) and, by the caller's contract, was handed to
+    // this process for this read alone: nothing else in the process owns or closes it.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut secret = Vec::new();
+    file.take(INHERITED_MAX as u64 + 1).read_to_end(&mut secret)?;
+    if secret.len() > INHERITED_MAX {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("descriptor {fd} holds more than {INHERITED_MAX} bytes"),
+        ));
+    }
+    Ok(secret)
+}
+
 /// True when the process exited because of SIGTERM.
 pub fn was_terminated(status: &std::process::ExitStatus) -> bool {
     use std::os::unix::process::ExitStatusExt;

@@ -262,7 +262,7 @@ mod tests {
     }
 
     /// The compiled route table of `service`, as the proxy builds it from discovery.
-    fn table_of(snapshot: &Snapshot, service: &str) -> tarmac_proxy::route::RouteTable {
+    fn table_of(snapshot: &Snapshot, service: &str) -> tarmac_route::RouteTable<()> {
         let service = snapshot
             .objects
             .values()
@@ -273,11 +273,10 @@ mod tests {
             .unwrap();
         let parent = Parent { service, port: &service.spec.ports[0] };
         let routes = routes_for(snapshot, &[], "default", &parent);
-        tarmac_proxy::route::RouteTable::build(&routes, SERVICE_PORT, None, &|_| unreachable!("no endpoints"))
-            .unwrap()
+        tarmac_route::RouteTable::build(&routes, SERVICE_PORT, &mut |_| ()).unwrap()
     }
 
-    fn taken(table: &tarmac_proxy::route::RouteTable, headers: &[(&'static str, &str)]) -> Option<String> {
+    fn taken(table: &tarmac_route::RouteTable<()>, headers: &[(&'static str, &str)]) -> Option<String> {
         let mut h = http::HeaderMap::new();
         for (k, v) in headers {
             h.insert(*k, v.parse().unwrap());

@@ -15,6 +15,8 @@ mod netns;
 mod plan;
 pub(crate) mod ports;
 pub(crate) mod process;
+pub(crate) mod sandbox;
+mod trust;
 
 use crate::workdir::WorkDir;
 use plan::{ReplicaPlan, Upstream};
@@ -87,6 +89,12 @@ pub struct UpArgs {
     /// files; apps call `http://SERVICE/` (docs/local-mode.md).
     #[arg(long)]
     pub transparent: bool,
+    /// Start even though users other than the owner (or root) can change the configuration
+    /// directory or its files. Its Workloads are commands `up` runs, as root with
+    /// `--transparent`; without this flag such a directory is refused with `--transparent`
+    /// and warned about otherwise.
+    #[arg(long)]
+    pub allow_writable_config: bool,
 }
 
 enum Failure {
@@ -173,11 +181,16 @@ struct ControlIdentity {
     anchors_pem: String,
 }
 
+/// Where the CA is kept: `--identity-dir`, or the user's default.
+fn identity_dir(args: &UpArgs) -> Result<PathBuf, Failure> {
+    match &args.identity_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => crate::identity::default_dir().map_err(Failure::Other),
+    }
+}
+
 fn load_identity(args: &UpArgs) -> Result<ControlIdentity, Failure> {
-    let dir = match &args.identity_dir {
-        Some(dir) => dir.clone(),
-        None => crate::identity::default_dir().map_err(Failure::Other)?,
-    };
+    let dir = identity_dir(args)?;
     let (ca, created) = Ca::load_or_generate(&dir, DEFAULT_TRUST_DOMAIN)
         .map_err(|e| Failure::Other(format!("the mesh's CA: {e}")))?;
     if created {
@@ -194,6 +207,11 @@ fn load_identity(args: &UpArgs) -> Result<ControlIdentity, Failure> {
 }
 
 impl Replica {
+    /// Whom its bootstrap tokens are issued to: `namespace/workload-N`.
+    fn holder(&self) -> String {
+        format!("{}/{}-{}", self.plan.namespace, self.plan.workload, self.plan.replica)
+    }
+
     fn instance(&self) -> Instance {
         Instance {
             namespace: self.plan.namespace.clone(),
@@ -215,7 +233,7 @@ impl Replica {
             program = plan.working_dir.join(program);
         }
         let mut command = match &self.netns {
-            Some(netns) => netns.command(&program, false),
+            Some(netns) => netns.command(&program, netns::Role::App),
             None => Command::new(program),
         };
         // Apps find this `tarmac` first on their PATH (`tarmac sample-app`), unless
@@ -245,6 +263,25 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
         return Err(Failure::Config(found));
     }
     let proxy_binary = locate_proxy_binary().map_err(Failure::Other)?;
+    // The Workloads in DIR are commands this process will run: whoever can change them
+    // runs commands as us (as root, with --transparent).
+    let loose = trust::loosely_held(&dir);
+    if !loose.is_empty() {
+        let mut message = format!(
+            "users other than the owner can change the configuration in {}, whose Workloads are commands `tarmac up` runs:",
+            dir.display()
+        );
+        for problem in &loose {
+            message.push_str(&format!("\n  {problem}"));
+        }
+        if args.transparent && !args.allow_writable_config {
+            message.push_str(
+                "\nrefusing to run them as root: fix the permissions (chmod go-w, chown), or pass --allow-writable-config",
+            );
+            return Err(Failure::Other(message));
+        }
+        note(&message);
+    }
     // Held to the end: dropping it removes every namespace, link and hosts file.
     let transparent_host = match args.transparent {
         true => Some(netns::Host::prepare().map_err(Failure::Other)?),
@@ -287,6 +324,9 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
             trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
             cert_lifetime: args.cert_lifetime,
             authenticator: identity.tokens.clone(),
+            // A Workload removed from the configuration loses its identity: neither a
+            // token nor a certificate taken from its replicas gets a new certificate.
+            only_configured_workloads: true,
         });
     }
     let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -347,7 +387,41 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
         }
         None => None,
     };
+    if args.transparent {
+        // Sidecars run as uids of their own and must reach their configuration (0600,
+        // theirs) and the anchors inside: search, but not list.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(work_dir.path(), std::fs::Permissions::from_mode(0o711)).map_err(|e| {
+            Failure::Other(format!("cannot open {} to the sidecars: {e}", work_dir.path().display()))
+        })?;
+    }
+    let tarmac = std::env::current_exe()
+        .map_err(|e| Failure::Other(format!("cannot find this executable (for `tarmac sandbox`): {e}")))?;
+    let identity_dir = identity_dir(&args)?;
+    if args.transparent {
+        // Hidden from every process in the namespaces: it must not hold what they need.
+        let identity_dir = std::fs::canonicalize(&identity_dir).unwrap_or_else(|_| identity_dir.clone());
+        let needed = [("the configuration directory", dir.as_path()), ("tarmac", tarmac.as_path())];
+        for (what, path) in needed
+            .into_iter()
+            .chain(plans.iter().map(|p| ("a Workload's workingDir", p.working_dir.as_path())))
+        {
+            if path.starts_with(&identity_dir) {
+                return Err(Failure::Other(format!(
+                    "{what} ({}) is inside the identity directory {}, which apps and sidecars must not see: choose another --identity-dir",
+                    path.display(),
+                    identity_dir.display()
+                )));
+            }
+        }
+    }
+    let confinement = netns::Confinement {
+        tarmac,
+        hidden_from_app: vec![identity_dir.clone(), work_dir.path().to_path_buf()],
+        hidden_from_proxy: vec![identity_dir],
+    };
     let mut mesh = Mesh {
+        confinement: Arc::new(confinement),
         identity: sidecar_identity.map(Arc::new),
         proxy_binary,
         control: control_addr,
@@ -414,6 +488,22 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Writes a file only `uid` (and root) can read.
+fn write_private(path: &std::path::Path, content: &str, uid: u32) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    file.write_all(content.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::os::unix::fs::fchown(&file, Some(uid), Some(uid))
+        .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))
+}
+
 /// `PATH` with the directory of this executable first.
 fn path_with_our_directory() -> Option<std::ffi::OsString> {
     let here = std::env::current_exe().ok()?;
@@ -465,6 +555,8 @@ struct Running {
 
 /// The replicas `tarmac up` runs, kept in line with the Workloads of the configuration.
 struct Mesh {
+    /// How transparent mode starts processes in the namespaces.
+    confinement: Arc<netns::Confinement>,
     identity: Option<Arc<SidecarIdentity>>,
     proxy_binary: PathBuf,
     control: SocketAddr,
@@ -572,7 +664,14 @@ impl Mesh {
         transparent.next_index += 1;
         let hosts = plan::hosts_file(&transparent.vips, &plan.namespace);
         let name = netns::namespace_name(&plan.namespace, &plan.workload, plan.replica);
-        let namespace = netns::Namespace::create(name, index, plan.port, &hosts, &self.proxy_binary)?;
+        let namespace = netns::Namespace::create(
+            name,
+            index,
+            plan.port,
+            &hosts,
+            &self.proxy_binary,
+            self.confinement.clone(),
+        )?;
         let ip = namespace.addr;
         let app = SocketAddr::from((Ipv4Addr::LOCALHOST, plan.port));
         let admin = SocketAddr::from((ip, netns::ADMIN_PORT));
@@ -593,14 +692,14 @@ impl Mesh {
         });
         let yaml =
             plan::sidecar_yaml(&plan, self.control, admin, listen, app, &upstreams, identity.as_ref(), true);
-        std::fs::write(&sidecar_config, yaml)
-            .map_err(|e| format!("cannot write {}: {e}", sidecar_config.display()))?;
+        write_private(&sidecar_config, &yaml, namespace.proxy_uid)?;
         note(&format!(
-            "{}: network namespace {} at {ip}, PORT={}, sidecar as uid {}, admin {admin}",
+            "{}: network namespace {} at {ip}, PORT={}, app as uid {}, sidecar as uid {}, admin {admin}",
             plan.name(),
             namespace.name,
             plan.port,
-            netns::PROXY_UID
+            namespace.app_uid,
+            namespace.proxy_uid,
         ));
         let urls = upstreams.into_iter().map(|(u, _)| {
             let url = plan::url_by_name(&u, &plan.namespace);
@@ -681,6 +780,10 @@ async fn stop_replicas(entries: Vec<Running>) {
     }
     let mut stopping = JoinSet::new();
     for (name, sidecar, replica) in sidecars {
+        // A token its sidecar did not use yet must not outlive the replica.
+        if let Some(identity) = &replica.identity {
+            identity.tokens.revoke(&replica.holder());
+        }
         stopping.spawn(async move {
             // Dropped (with its namespace) only once its sidecar has stopped.
             let _replica = replica;
@@ -739,19 +842,42 @@ async fn run_replica(
             Some(proxy) if proxy.exit().is_none() => proxy,
             _ => {
                 let mut command = match &replica.netns {
-                    Some(netns) => netns.command(&proxy_binary, true),
+                    Some(netns) => netns.command(&proxy_binary, netns::Role::Proxy),
                     None => Command::new(&proxy_binary),
                 };
                 command.arg("--config").arg(&replica.sidecar_config);
-                if let Some(identity) = &replica.identity {
-                    // A fresh one-time token for every start: a restarted sidecar bootstraps again.
-                    let token = identity.tokens.issue(WorkloadIdentity {
-                        namespace: plan.namespace.clone(),
-                        service_account: plan.service_account.clone(),
-                    });
-                    command.env(plan::ENV_IDENTITY_TOKEN, token);
+                // A fresh one-time token for every start (a restarted sidecar bootstraps
+                // again), through a pipe only this sidecar inherits.
+                let token = match &replica.identity {
+                    Some(identity) => {
+                        let token = identity.tokens.issue(
+                            &replica.holder(),
+                            WorkloadIdentity {
+                                namespace: plan.namespace.clone(),
+                                service_account: plan.service_account.clone(),
+                            },
+                        );
+                        match process::secret_pipe(token.as_bytes()) {
+                            Ok(pipe) => Some(pipe),
+                            Err(e) => {
+                                note(&format!("{name} proxy: {e}; retrying in {backoff:?}"));
+                                if sleep_or_shutdown(backoff, &mut shutdown).await {
+                                    break;
+                                }
+                                backoff = (backoff * 2).min(BACKOFF_MAX);
+                                continue;
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                if let Some(pipe) = &token {
+                    process::hand_over(&mut command, pipe, plan::TOKEN_FD);
                 }
-                match Proc::spawn(command, format!("{name} proxy")) {
+                let spawned = Proc::spawn(command, format!("{name} proxy"));
+                // Our end: the sidecar holds the only other one.
+                drop(token);
+                match spawned {
                     Ok(proxy) => {
                         note(&format!("{name} proxy started: pid {}", proxy.pid));
                         match wait_ready(&proxy, replica.admin, &mut shutdown).await {

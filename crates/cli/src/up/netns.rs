@@ -25,8 +25,12 @@ const HOST_PREFIX_LEN: u8 = 16;
 /// Services' virtual IPs are allocated from here.
 pub const VIP_BASE: Ipv4Addr = Ipv4Addr::new(10, 212, 0, 0);
 const VIP_PREFIX_LEN: u8 = 16;
-/// The uid sidecars run as; `tarmac-proxy init` leaves its connections alone.
-pub const PROXY_UID: u32 = 2102;
+/// The first uid of replicas' processes: the replica with namespace index `i` runs its
+/// app as `UID_BASE + 2i` and its sidecar as `UID_BASE + 2i + 1`, so that no two
+/// processes of different replicas, and no app and its sidecar, share a uid (same uid
+/// would let one read the other's memory, environment and descriptors through /proc).
+/// 0x70000000: above the block systemd gives containers, below its dynamic users.
+pub const UID_BASE: u32 = 0x7000_0000;
 /// Ports of the sidecar inside every namespace (`tarmac-proxy init`'s defaults).
 pub const INBOUND_PORT: u16 = 4143;
 pub const OUTBOUND_PORT: u16 = 4140;
@@ -173,7 +177,31 @@ fn ip(args: &[&str]) -> Result<(), String> {
 pub struct Namespace {
     pub name: String,
     pub addr: Ipv4Addr,
+    /// The uid its app runs as.
+    pub app_uid: u32,
+    /// The uid its sidecar runs as; the interception rules leave its connections alone.
+    pub proxy_uid: u32,
     host_link: String,
+    confinement: std::sync::Arc<Confinement>,
+}
+
+/// Who runs in a replica's namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    App,
+    Proxy,
+}
+
+/// How processes are started in the namespaces: through `tarmac sandbox`, with what each
+/// role must not see hidden.
+#[derive(Clone, Debug, Default)]
+pub struct Confinement {
+    /// This executable, which provides `tarmac sandbox`.
+    pub tarmac: PathBuf,
+    /// The CA's directory and the sidecars' configurations.
+    pub hidden_from_app: Vec<PathBuf>,
+    /// The CA's directory.
+    pub hidden_from_proxy: Vec<PathBuf>,
 }
 
 impl Namespace {
@@ -185,16 +213,20 @@ impl Namespace {
         app_port: u16,
         hosts: &str,
         proxy_binary: &Path,
+        confinement: std::sync::Arc<Confinement>,
     ) -> Result<Self, String> {
         let addr = index
             .checked_add(1)
             .and_then(|i| nth_address(Ipv4Addr::new(10, 211, 0, 0), i))
             .ok_or_else(|| format!("no address left in 10.211.0.0/16 for replica number {index}"))?;
+        // nth_address caps the index far below where these could overflow.
+        let app_uid = UID_BASE + 2 * index;
+        let proxy_uid = app_uid + 1;
         let (host_link, inner_link) = (format!("{PREFIX}h{index}"), format!("{PREFIX}n{index}"));
         remove_namespace(&name);
         let _ = ip(&["link", "del", &host_link]);
         ip(&["netns", "add", &name])?;
-        let namespace = Self { name, addr, host_link };
+        let namespace = Self { name, addr, app_uid, proxy_uid, host_link, confinement };
         namespace.setup(&inner_link, app_port, hosts, proxy_binary)?;
         Ok(namespace)
     }
@@ -206,6 +238,19 @@ impl Namespace {
         ip(&["link", "set", inner_link, "netns", name])?;
         ip(&["-n", name, "link", "set", inner_link, "name", "eth0"])?;
         ip(&["-n", name, "addr", "add", &format!("{}/{HOST_PREFIX_LEN}", self.addr), "dev", "eth0"])?;
+        // The interception rules are IPv4 only, and so is everything the mesh addresses; an
+        // IPv6 link-local address on eth0 would let an app reach a peer's app directly,
+        // past both sidecars (and past a strict workload's mTLS). So no IPv6 at all.
+        if Path::new("/proc/sys/net/ipv6").exists() {
+            let sysctl = |key: &str| ip(&["netns", "exec", name, "sysctl", "-qw", &format!("{key}=1")]);
+            for key in [
+                "net.ipv6.conf.all.disable_ipv6",
+                "net.ipv6.conf.default.disable_ipv6",
+                "net.ipv6.conf.eth0.disable_ipv6",
+            ] {
+                sysctl(key)?;
+            }
+        }
         ip(&["-n", name, "link", "set", "eth0", "up"])?;
         ip(&["-n", name, "link", "set", "lo", "up"])?;
         // Virtual IPs are on no wire: the route only lets the app's connect() get as far
@@ -219,7 +264,7 @@ impl Namespace {
         let out = Command::new("ip")
             .args(["netns", "exec", name])
             .arg(proxy_binary)
-            .args(["init", "--proxy-uid", &PROXY_UID.to_string()])
+            .args(["init", "--proxy-uid", &self.proxy_uid.to_string()])
             .args([
                 "--inbound-port",
                 &INBOUND_PORT.to_string(),
@@ -235,13 +280,16 @@ impl Namespace {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
+        // The app runs unprivileged but may be written for a port below 1024 (`spec.port:
+        // 80`): in its own namespace that is no privilege over anyone else.
+        ip(&["netns", "exec", name, "sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"])?;
         // A replica of a Service calling that Service may be sent to itself: its sidecar
         // then connects to its own address, which leaves over loopback, unredirected, and
         // would miss an app bound to 127.0.0.1. Hand it to its own inbound side instead.
         let hairpin = format!(
-            "iptables -t nat -I OUTPUT 1 -p tcp -d {} --dport {app_port} -m owner --uid-owner {PROXY_UID} \
+            "iptables -t nat -I OUTPUT 1 -p tcp -d {} --dport {app_port} -m owner --uid-owner {} \
              -j REDIRECT --to-ports {INBOUND_PORT}",
-            self.addr
+            self.addr, self.proxy_uid
         );
         let args: Vec<&str> = hairpin.split_whitespace().collect();
         let mut all = vec!["netns", "exec", name];
@@ -250,19 +298,25 @@ impl Namespace {
         Ok(())
     }
 
-    /// `program` run inside the namespace; as the sidecar uid when `as_proxy`.
-    pub fn command(&self, program: &Path, as_proxy: bool) -> tokio::process::Command {
+    /// `program` run inside the namespace by `tarmac sandbox`: as the app's or the
+    /// sidecar's uid, without capabilities, with `no_new_privs`, and with what that role
+    /// must not see hidden.
+    pub fn command(&self, program: &Path, role: Role) -> tokio::process::Command {
+        let confinement = &self.confinement;
+        let (uid, hidden) = match role {
+            Role::App => (self.app_uid, &confinement.hidden_from_app),
+            Role::Proxy => (self.proxy_uid, &confinement.hidden_from_proxy),
+        };
         let mut command = tokio::process::Command::new("ip");
-        command.args(["netns", "exec", &self.name]);
-        if as_proxy {
-            command.args([
-                "setpriv".to_string(),
-                format!("--reuid={PROXY_UID}"),
-                format!("--regid={PROXY_UID}"),
-                "--clear-groups".to_string(),
-            ]);
+        command.args(["netns", "exec", &self.name]).arg(&confinement.tarmac).args([
+            "sandbox",
+            "--uid",
+            &uid.to_string(),
+        ]);
+        for dir in hidden {
+            command.arg("--hide").arg(dir);
         }
-        command.arg(program);
+        command.arg("--").arg(program);
         command
     }
 }

@@ -28,8 +28,9 @@ pub struct ReplicaPlan {
     pub mtls: Option<String>,
 }
 
-/// The environment variable that hands a sidecar its one-time bootstrap token.
-pub const ENV_IDENTITY_TOKEN: &str = "TARMAC_PROXY_IDENTITY_TOKEN";
+/// The descriptor on which a sidecar inherits the pipe holding its one-time bootstrap
+/// token (never the environment, which /proc/PID/environ shows to the same uid).
+pub const TOKEN_FD: i32 = 3;
 
 /// mTLS settings of a sidecar.
 pub struct SidecarTls {
@@ -197,7 +198,7 @@ pub fn sidecar_yaml(
     if let Some(tls) = tls {
         let _ = write!(
             yaml,
-            "  mtls: {}\nidentity:\n  trust_anchors: {}\n",
+            "  mtls: {}\nidentity:\n  trust_anchors: {}\n  token_fd: {TOKEN_FD}\n",
             tls.mtls,
             quote(&tls.anchors.display().to_string())
         );

@@ -121,6 +121,43 @@ impl Proc {
     }
 }
 
+/// A pipe already holding `secret`, its writing end closed: the reading end, to hand to
+/// one child with [`hand_over`]. Both ends are close-on-exec here, so no other child
+/// started meanwhile inherits it.
+pub fn secret_pipe(secret: &[u8]) -> Result<std::os::fd::OwnedFd, String> {
+    use std::io::Write as _;
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given, which has room.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("cannot create a pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors were just created by pipe2 and are owned by nobody else.
+    let (read, write) =
+        unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) };
+    // A few bytes, far below the pipe's buffer: the write cannot block.
+    std::fs::File::from(write).write_all(secret).map_err(|e| format!("cannot write to a pipe: {e}"))?;
+    Ok(read)
+}
+
+/// Makes `fd` descriptor `target` of the child `command` starts (and of what that child
+/// execs in turn), and nothing else's.
+pub fn hand_over(command: &mut Command, fd: &std::os::fd::OwnedFd, target: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt as _;
+    let fd = fd.as_raw_fd();
+    // SAFETY: runs between fork and exec, calling only dup2 and fcntl, which are
+    // async-signal-safe and change only the child's descriptor table.
+    unsafe {
+        command.as_std_mut().pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec; clear it instead.
+            let result =
+                if fd == target { libc::fcntl(target, libc::F_SETFD, 0) } else { libc::dup2(fd, target) };
+            if result == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        });
+    }
+}
+
 async fn forward_lines(stream: impl AsyncRead + Unpin, prefix: String) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();

@@ -96,6 +96,16 @@ fn translate(snapshot: &Snapshot, instances: &[Instance], resource: &Resource) -
                     backends: backends(&scope, &rule.backend_refs),
                     request_timeout_ms,
                     backend_request_timeout_ms,
+                    retry: rule.retry.as_ref().map(|r| pb::Retry {
+                        attempts: r.attempts.unwrap_or(tarmac_route::policy::DEFAULT_ATTEMPTS),
+                        codes: r.codes.iter().map(|&c| u32::from(c)).collect(),
+                        grpc_codes: Vec::new(),
+                        backoff_ms: r
+                            .backoff
+                            .as_deref()
+                            .and_then(|d| tarmac_model::duration::parse(d).ok())
+                            .map_or(0, |d| d.as_millis() as u64),
+                    }),
                 }
             })
             .collect(),
@@ -110,6 +120,7 @@ fn translate(snapshot: &Snapshot, instances: &[Instance], resource: &Resource) -
                 backends: backends(&scope, &rule.backend_refs),
                 request_timeout_ms: 0,
                 backend_request_timeout_ms: 0,
+                retry: None,
             })
             .collect(),
         _ => return None,

@@ -11,15 +11,14 @@ use super::routes::{Parent, routes_for};
 use crate::store::Snapshot;
 use serde::Serialize;
 use tarmac_proto::discovery::{self as pb, path_modifier, route_filter};
-use tarmac_proxy::route::RouteTable;
-use tarmac_proxy::route::matching::{MatchSummary, ValueSummary};
+use tarmac_route::{MatchSummary, RouteTable, ValueSummary};
 
 /// The compiled routes of a Service port for callers in one namespace.
 pub struct CompiledRoutes {
     /// In discovery's order (`namespace/name`).
     pub routes: Vec<pb::Route>,
     /// `None` when no route applies: requests go to the Service's endpoints.
-    pub table: Option<RouteTable>,
+    pub table: Option<RouteTable<()>>,
     /// For each rule of the table, its route (index in `routes`) and its index there.
     origins: Vec<(usize, usize)>,
 }
@@ -77,7 +76,7 @@ pub struct BackendJson {
 impl CompiledRoutes {
     /// Compiles the routes `parent` has for callers in `caller_namespace`.
     pub fn compile(snapshot: &Snapshot, caller_namespace: &str, parent: &Parent<'_>) -> Result<Self, String> {
-        // Without instances no backend has endpoints, so `build` never makes one.
+        // Endpoints take no part in choosing a rule: none are asked for.
         let routes = routes_for(snapshot, &[], caller_namespace, parent);
         let origins = routes
             .iter()
@@ -87,9 +86,7 @@ impl CompiledRoutes {
         let table = if routes.is_empty() {
             None
         } else {
-            Some(RouteTable::build(&routes, parent.port.port, None, &|spec| {
-                unreachable!("routes compiled without instances have no endpoints ({spec:?})")
-            })?)
+            Some(RouteTable::build(&routes, parent.port.port, &mut |_| ()).map_err(|e| e.to_string())?)
         };
         Ok(Self { routes, table, origins })
     }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The namespace and service account a credential speaks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,13 +14,17 @@ pub struct WorkloadIdentity {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     #[error(
-        "unknown bootstrap token: it was never handed out by this control plane (a forged token, or one from an earlier run)"
+        "unknown bootstrap token: it was never handed out by this control plane, or was revoked when its replica stopped or restarted (a forged token, or one from an earlier run)"
     )]
     UnknownToken,
     #[error(
         "bootstrap token already used: each token certifies one proxy once; restart the workload to get a new one"
     )]
     TokenReused,
+    #[error(
+        "bootstrap token expired: a token is good for a short while after its proxy is started; restart the workload to get a new one"
+    )]
+    TokenExpired,
 }
 
 impl AuthError {
@@ -28,47 +33,90 @@ impl AuthError {
         match self {
             AuthError::UnknownToken => "unknown_token",
             AuthError::TokenReused => "token_reused",
+            AuthError::TokenExpired => "token_expired",
         }
     }
 }
 
 /// Checks a credential. Local mode has [`BootstrapTokens`]; the Kubernetes backend will
 /// check ServiceAccount tokens with a TokenReview.
+///
+/// Checking and spending are two steps so that a request whose CSR turns out to be
+/// unusable does not burn the credential: the CA checks the credential, then the CSR,
+/// and spends the credential only when it is about to answer with a certificate.
 pub trait Authenticator: Send + Sync + 'static {
+    /// Who the credential speaks for, if it is good now; spends nothing.
     fn authenticate(&self, credential: &str) -> Result<WorkloadIdentity, AuthError>;
+    /// Spends a one-time credential; fails if it was spent (or went bad) since it was
+    /// checked. Credentials good for many requests have nothing to spend.
+    fn redeem(&self, credential: &str) -> Result<(), AuthError> {
+        self.authenticate(credential).map(|_| ())
+    }
 }
 
-/// One-time tokens that `tarmac up` hands to each proxy it starts. A token is good for
-/// one certificate; renewals are proven with the certificate itself.
-#[derive(Debug, Default)]
+/// How long a bootstrap token is good for after it is issued. A sidecar reads its token as
+/// it starts and gives up on bootstrapping after 30 s; a token nobody used by then was
+/// lost or stolen.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+
+/// One-time tokens that `tarmac up` hands to each proxy it starts: good for one
+/// certificate, for a short while, and only the latest one of each replica (its
+/// `holder`). Renewals are proven with the certificate itself.
+#[derive(Debug)]
 pub struct BootstrapTokens {
     tokens: Mutex<HashMap<String, Token>>,
+    lifetime: Duration,
 }
 
 #[derive(Debug)]
 struct Token {
     identity: WorkloadIdentity,
+    /// The replica it was issued to (`namespace/workload-N`).
+    holder: String,
+    expires: Instant,
     used: bool,
 }
 
+impl Default for BootstrapTokens {
+    fn default() -> Self {
+        Self::with_lifetime(DEFAULT_TOKEN_LIFETIME)
+    }
+}
+
 impl BootstrapTokens {
-    /// A new token for a proxy of `identity`.
-    pub fn issue(&self, identity: WorkloadIdentity) -> String {
+    /// Tokens good for `lifetime` after they are issued.
+    pub fn with_lifetime(lifetime: Duration) -> Self {
+        Self { tokens: Mutex::default(), lifetime }
+    }
+
+    /// A new token for the replica `holder`, a proxy of `identity`. Any token issued to
+    /// `holder` before is revoked: a replica has one live token, the one of its latest start.
+    pub fn issue(&self, holder: &str, identity: WorkloadIdentity) -> String {
         let mut bytes = [0u8; 24];
         rustls::crypto::aws_lc_rs::default_provider()
             .secure_random
             .fill(&mut bytes)
             .expect("the system random source works");
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        self.lock().insert(token.clone(), Token { identity, used: false });
+        let now = Instant::now();
+        let mut tokens = self.lock();
+        tokens.retain(|_, t| t.holder != holder && !t.stale(now, self.lifetime));
+        tokens.insert(
+            token.clone(),
+            Token { identity, holder: holder.to_string(), expires: now + self.lifetime, used: false },
+        );
         token
     }
 
     /// Tokens handed out by someone else (`tarmac-control --bootstrap-tokens FILE`): one
     /// a line, `TOKEN NAMESPACE SERVICE_ACCOUNT`; blank lines and `#` comments are skipped.
-    /// `file` names the source in errors.
+    /// `file` names the source in errors. They do not expire (whoever wrote the file
+    /// decides when to remove a line and restart); each is still good once.
     pub fn parse(file: &str, text: &str) -> Result<Self, String> {
         let tokens = Self::default();
+        let now = Instant::now();
+        let never =
+            now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)).unwrap_or(now + tokens.lifetime);
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -86,11 +134,18 @@ impl BootstrapTokens {
                 namespace: namespace.to_string(),
                 service_account: service_account.to_string(),
             };
-            if tokens.lock().insert(token.to_string(), Token { identity, used: false }).is_some() {
+            let token_entry =
+                Token { identity, holder: format!("{file}:{}", n + 1), expires: never, used: false };
+            if tokens.lock().insert(token.to_string(), token_entry).is_some() {
                 return Err(format!("{file}:{}: this token is listed twice", n + 1));
             }
         }
         Ok(tokens)
+    }
+
+    /// Revokes every token of `holder` (its replica stopped or was removed).
+    pub fn revoke(&self, holder: &str) {
+        self.lock().retain(|_, t| t.holder != holder);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Token>> {
@@ -98,15 +153,38 @@ impl BootstrapTokens {
     }
 }
 
-impl Authenticator for BootstrapTokens {
-    fn authenticate(&self, credential: &str) -> Result<WorkloadIdentity, AuthError> {
-        let mut tokens = self.lock();
-        let token = tokens.get_mut(credential).ok_or(AuthError::UnknownToken)?;
-        if token.used {
+impl Token {
+    fn check(&self, now: Instant) -> Result<(), AuthError> {
+        if self.used {
             return Err(AuthError::TokenReused);
         }
-        token.used = true;
+        if now >= self.expires {
+            return Err(AuthError::TokenExpired);
+        }
+        Ok(())
+    }
+
+    /// Kept a while after it expires, so that a late use is told "expired" rather than
+    /// "unknown"; then forgotten, so that the map does not grow with every restart.
+    fn stale(&self, now: Instant, lifetime: Duration) -> bool {
+        now >= self.expires + lifetime.max(Duration::from_secs(600))
+    }
+}
+
+impl Authenticator for BootstrapTokens {
+    fn authenticate(&self, credential: &str) -> Result<WorkloadIdentity, AuthError> {
+        let tokens = self.lock();
+        let token = tokens.get(credential).ok_or(AuthError::UnknownToken)?;
+        token.check(Instant::now())?;
         Ok(token.identity.clone())
+    }
+
+    fn redeem(&self, credential: &str) -> Result<(), AuthError> {
+        let mut tokens = self.lock();
+        let token = tokens.get_mut(credential).ok_or(AuthError::UnknownToken)?;
+        token.check(Instant::now())?;
+        token.used = true;
+        Ok(())
     }
 }
 
@@ -114,18 +192,43 @@ impl Authenticator for BootstrapTokens {
 mod tests {
     use super::*;
 
+    fn books() -> WorkloadIdentity {
+        WorkloadIdentity { namespace: "shop".into(), service_account: "books".into() }
+    }
+
     #[test]
-    fn tokens_are_good_once() {
+    fn tokens_are_checked_without_being_spent_and_spent_once() {
         let tokens = BootstrapTokens::default();
-        let id = WorkloadIdentity { namespace: "shop".into(), service_account: "books".into() };
-        let token = tokens.issue(id.clone());
-        assert_eq!(tokens.authenticate(&token), Ok(id));
+        let token = tokens.issue("shop/books-0", books());
+        assert_eq!(tokens.authenticate(&token), Ok(books()));
+        assert_eq!(tokens.authenticate(&token), Ok(books()), "checking spends nothing");
+        assert_eq!(tokens.redeem(&token), Ok(()));
         assert_eq!(tokens.authenticate(&token), Err(AuthError::TokenReused));
+        assert_eq!(tokens.redeem(&token), Err(AuthError::TokenReused));
         assert_eq!(tokens.authenticate("forged"), Err(AuthError::UnknownToken));
-        assert_ne!(
-            token,
-            tokens.issue(WorkloadIdentity { namespace: "a".into(), service_account: "b".into() })
-        );
+        assert_ne!(token, tokens.issue("a/b-0", books()));
+    }
+
+    #[test]
+    fn an_expired_token_is_refused() {
+        let tokens = BootstrapTokens::with_lifetime(Duration::from_millis(50));
+        let token = tokens.issue("shop/books-0", books());
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(tokens.authenticate(&token), Err(AuthError::TokenExpired));
+        assert_eq!(tokens.redeem(&token), Err(AuthError::TokenExpired));
+    }
+
+    #[test]
+    fn a_replica_has_one_live_token_and_loses_it_when_revoked() {
+        let tokens = BootstrapTokens::default();
+        let first = tokens.issue("shop/books-0", books());
+        let other = tokens.issue("shop/books-1", books());
+        let second = tokens.issue("shop/books-0", books());
+        assert_eq!(tokens.authenticate(&first), Err(AuthError::UnknownToken), "replaced by the restart's");
+        assert_eq!(tokens.authenticate(&second), Ok(books()));
+        tokens.revoke("shop/books-0");
+        assert_eq!(tokens.authenticate(&second), Err(AuthError::UnknownToken));
+        assert_eq!(tokens.authenticate(&other), Ok(books()), "another replica's token stays good");
     }
 
     #[test]
@@ -134,6 +237,7 @@ mod tests {
             BootstrapTokens::parse("tokens", "# proxies started by hand\n\nabc shop books\n").unwrap();
         let books = WorkloadIdentity { namespace: "shop".into(), service_account: "books".into() };
         assert_eq!(tokens.authenticate("abc"), Ok(books));
+        assert_eq!(tokens.redeem("abc"), Ok(()));
         assert_eq!(tokens.authenticate("abc"), Err(AuthError::TokenReused));
         let e = BootstrapTokens::parse("tokens", "abc shop books\nxyz shop\n").unwrap_err();
         assert!(e.starts_with("tokens:2: expected `TOKEN NAMESPACE SERVICE_ACCOUNT`"), "{e}");

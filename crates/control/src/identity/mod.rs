@@ -8,8 +8,25 @@
 mod authenticate;
 mod service;
 
-pub use authenticate::{AuthError, Authenticator, BootstrapTokens, WorkloadIdentity};
-pub use service::{IdentityService, IdentityStats};
+pub use authenticate::{AuthError, Authenticator, BootstrapTokens, DEFAULT_TOKEN_LIFETIME, WorkloadIdentity};
+pub use service::{IdentityService, IdentityStats, Wanted};
+
+use crate::store::Snapshot;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// The identities of the Workloads in the configuration as it is now (local mode: what
+/// `tarmac up` runs), for [`IdentityService::serving_only`].
+pub fn configured_workloads(snapshots: watch::Receiver<Arc<Snapshot>>) -> Wanted {
+    Arc::new(move |who: &WorkloadIdentity| {
+        snapshots.borrow().iter_kind("Workload").any(|resource| match resource {
+            tarmac_model::Resource::Workload(w) => {
+                w.metadata.namespace == who.namespace && w.spec.service_account_name == who.service_account
+            }
+            _ => false,
+        })
+    })
+}
 
 /// Where the mesh's CA is kept unless told otherwise (`tarmac up`, `tarmac identity` and
 /// `tarmac-control` agree on it): `$XDG_STATE_HOME/tarmac/identity`, or

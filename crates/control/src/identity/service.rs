@@ -1,6 +1,6 @@
 //! The `Identity` gRPC service: CSR in, workload certificate out.
 
-use super::authenticate::Authenticator;
+use super::authenticate::{Authenticator, WorkloadIdentity};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -28,6 +28,9 @@ impl IdentityStats {
     }
 }
 
+/// Whether an identity is still one the configuration runs.
+pub type Wanted = Arc<dyn Fn(&WorkloadIdentity) -> bool + Send + Sync>;
+
 #[derive(Clone)]
 pub struct IdentityService {
     ca: Arc<Ca>,
@@ -35,7 +38,15 @@ pub struct IdentityService {
     authenticator: Arc<dyn Authenticator>,
     lifetime: Duration,
     anchors: Arc<rustls::RootCertStore>,
+    /// Absent: every identity the proof gives is served.
+    wanted: Option<Wanted>,
     pub stats: Arc<IdentityStats>,
+}
+
+/// Who a request proves to be, and the one-time credential to spend if it is served.
+struct Identified {
+    id: SpiffeId,
+    token: Option<String>,
 }
 
 impl IdentityService {
@@ -56,33 +67,68 @@ impl IdentityService {
             authenticator,
             lifetime,
             anchors: Arc::new(anchors),
+            wanted: None,
             stats: Arc::default(),
         }
+    }
+
+    /// Serves only identities `wanted` says the configuration still runs: a certificate
+    /// of a Workload removed from the configuration (or a proof taken from it) cannot
+    /// be renewed into a new one.
+    pub fn serving_only(mut self, wanted: Wanted) -> Self {
+        self.wanted = Some(wanted);
+        self
     }
 
     pub fn into_server(self) -> IdentityServer<Self> {
         IdentityServer::new(self)
     }
 
-    /// Who the request proves to be, or why it proves nothing.
-    fn identify(&self, csr: &[u8], proof: Option<Proof>) -> Result<SpiffeId, (&'static str, Status)> {
-        match proof {
-            None => Err((
-                "no_proof",
-                Status::unauthenticated(
-                    "no proof of identity: send a bootstrap token or the current certificate",
-                ),
-            )),
+    /// Who the request proves to be, or why it proves nothing. Spends nothing: a
+    /// one-time token comes back to be spent once the certificate is ready.
+    fn identify(&self, csr: &[u8], proof: Option<Proof>) -> Result<Identified, (&'static str, Status)> {
+        let identified = match proof {
+            None => {
+                return Err((
+                    "no_proof",
+                    Status::unauthenticated(
+                        "no proof of identity: send a bootstrap token or the current certificate",
+                    ),
+                ));
+            }
             Some(Proof::Token(token)) => {
                 let who = self
                     .authenticator
                     .authenticate(&token)
                     .map_err(|e| (e.reason(), Status::permission_denied(e.to_string())))?;
-                SpiffeId::new(&self.trust_domain, &who.namespace, &who.service_account)
-                    .map_err(|e| ("invalid_identity", Status::invalid_argument(e.to_string())))
+                let id = SpiffeId::new(&self.trust_domain, &who.namespace, &who.service_account)
+                    .map_err(|e| ("invalid_identity", Status::invalid_argument(e.to_string())))?;
+                // A CSR that cannot be signed must not burn the token: whoever sent it
+                // (a bug, or someone racing the real proxy with garbage) would otherwise
+                // lock the replica out of its identity.
+                self.ca.check_csr(csr).map_err(|e| ("bad_csr", Status::invalid_argument(e.to_string())))?;
+                Identified { id, token: Some(token) }
             }
-            Some(Proof::CurrentCertificate(cert)) => self.renewal_identity(csr, &cert),
+            Some(Proof::CurrentCertificate(cert)) => {
+                Identified { id: self.renewal_identity(csr, &cert)?, token: None }
+            }
+        };
+        if let Some(wanted) = &self.wanted {
+            let who = WorkloadIdentity {
+                namespace: identified.id.namespace.clone(),
+                service_account: identified.id.service_account.clone(),
+            };
+            if !wanted(&who) {
+                return Err((
+                    "not_configured",
+                    Status::permission_denied(format!(
+                        "{} is not the identity of any Workload in the configuration any more: no certificate for it",
+                        identified.id
+                    )),
+                ));
+            }
         }
+        Ok(identified)
     }
 
     /// A renewal: the current certificate must be ours, still valid, and for the CSR's key.
@@ -147,16 +193,24 @@ impl Identity for IdentityService {
     async fn certify(&self, request: Request<CertifyRequest>) -> Result<Response<CertifyResponse>, Status> {
         let peer = request.remote_addr();
         let CertifyRequest { csr, proof } = request.into_inner();
-        let id = match self.identify(&csr, proof) {
-            Ok(id) => id,
-            Err((reason, status)) => {
-                self.stats.count(reason);
-                tracing::warn!(?peer, reason, error = status.message(), "certificate request refused");
-                return Err(status);
-            }
+        let refuse = |reason: &'static str, status: Status| {
+            self.stats.count(reason);
+            tracing::warn!(?peer, reason, error = status.message(), "certificate request refused");
+            Err(status)
+        };
+        let Identified { id, token } = match self.identify(&csr, proof) {
+            Ok(identified) => identified,
+            Err((reason, status)) => return refuse(reason, status),
         };
         match self.ca.issue(&csr, &id, self.lifetime) {
             Ok(issued) => {
+                // Spent only now, atomically: of two requests racing with one token, one
+                // gets a certificate and the other is refused.
+                if let Some(token) = token
+                    && let Err(e) = self.authenticator.redeem(&token)
+                {
+                    return refuse(e.reason(), Status::permission_denied(e.to_string()));
+                }
                 self.stats.count("issued");
                 tracing::info!(%id, not_after = ?issued.not_after, "certificate issued");
                 Ok(Response::new(CertifyResponse {

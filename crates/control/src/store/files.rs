@@ -5,6 +5,12 @@
 //! one: an error anywhere refuses the change, naming the file, line, object and field.
 //! Changes are picked up by inotify, debounced so that an editor's save (often several
 //! events) is read once.
+//!
+//! What is read is bounded: a file larger than [`MAX_FILE_BYTES`] is refused, a symbolic
+//! link to a file is followed only when it stays inside the directory (as a Kubernetes
+//! ConfigMap volume's links do), and symbolic links to directories are not followed (a
+//! loop would otherwise never end). Each of these is an error naming the file, like any
+//! other, rather than being skipped in silence.
 
 use super::{Snapshot, Status, Store};
 use std::collections::BTreeMap;
@@ -16,6 +22,10 @@ use tokio::sync::{mpsc, watch};
 
 /// Quiet time after the last file event before the directory is read again.
 const DEBOUNCE: Duration = Duration::from_millis(150);
+/// The largest configuration file read: far above any real one, far below what would
+/// hurt the control plane to parse (its objects are held in memory, and error messages
+/// quote it).
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -132,23 +142,18 @@ async fn reload_on_change(
 /// Reads and validates every YAML file below `dir` as one configuration.
 pub fn load_dir(dir: &Path) -> Result<BTreeMap<ObjectKey, Resource>, Vec<ModelError>> {
     let mut files = Vec::new();
-    collect_yaml_files(dir, &mut files);
+    let mut errors = Vec::new();
+    let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    collect_yaml_files(&root, dir, dir, &mut files, &mut errors);
     files.sort();
     let mut objects = BTreeMap::new();
     let mut defined_in: BTreeMap<ObjectKey, String> = BTreeMap::new();
-    let mut errors = Vec::new();
     for path in files {
         let shown = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
-        let text = match std::fs::read_to_string(&path) {
+        let text = match read_bounded(&path) {
             Ok(t) => t,
-            Err(e) => {
-                errors.push(ModelError {
-                    file: shown,
-                    line: None,
-                    object: None,
-                    field: None,
-                    message: format!("cannot read: {e}"),
-                });
+            Err(message) => {
+                errors.push(file_error(shown, message));
                 continue;
             }
         };
@@ -176,7 +181,32 @@ pub fn load_dir(dir: &Path) -> Result<BTreeMap<ObjectKey, Resource>, Vec<ModelEr
     if errors.is_empty() { Ok(objects) } else { Err(errors) }
 }
 
-fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+fn file_error(file: String, message: String) -> ModelError {
+    ModelError { file, line: None, object: None, field: None, message }
+}
+
+/// A file's text, unless it is too large to be configuration.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut text = String::new();
+    // Bounded while reading too: the file may grow between a size check and the read.
+    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("larger than {} MiB: not read", MAX_FILE_BYTES / (1024 * 1024)));
+    }
+    Ok(text)
+}
+
+/// The YAML files below `dir` (`top` is the configuration directory, `root` its
+/// canonical path). Symbolic links: see the module's documentation.
+fn collect_yaml_files(
+    root: &Path,
+    top: &Path,
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    errors: &mut Vec<ModelError>,
+) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
@@ -185,9 +215,30 @@ fn collect_yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
         if name.starts_with('.') {
             continue;
         }
-        if path.is_dir() {
-            collect_yaml_files(&path, out);
-        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+        let Ok(kind) = entry.file_type() else { continue };
+        let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        let shown = || path.strip_prefix(top).unwrap_or(&path).display().to_string();
+        if kind.is_dir() {
+            collect_yaml_files(root, top, &path, out, errors);
+        } else if kind.is_symlink() {
+            match std::fs::canonicalize(&path) {
+                Ok(target) if target.is_dir() => errors.push(file_error(
+                    shown(),
+                    "a symbolic link to a directory: not followed; put the files themselves here".into(),
+                )),
+                Ok(target) if yaml && !target.starts_with(root) => errors.push(file_error(
+                    shown(),
+                    format!(
+                        "a symbolic link to {}, outside the configuration directory: not followed",
+                        target.display()
+                    ),
+                )),
+                Ok(_) if yaml => out.push(path),
+                Ok(_) => {}
+                Err(e) if yaml => errors.push(file_error(shown(), format!("a broken symbolic link: {e}"))),
+                Err(_) => {}
+            }
+        } else if yaml {
             out.push(path);
         }
     }
@@ -220,6 +271,40 @@ mod tests {
         std::fs::write(dir.join("notes.txt"), "not yaml").unwrap();
         let objects = load_dir(&dir).unwrap();
         assert_eq!(objects.len(), 2);
+    }
+
+    #[test]
+    fn links_out_of_the_directory_loops_and_huge_files_are_refused_by_name() {
+        let dir = temp_dir();
+        let outside = temp_dir();
+        std::fs::write(outside.join("secret.yaml"), BOOKS).unwrap();
+        std::fs::write(dir.join("books.yaml"), BOOKS).unwrap();
+        // Inside the directory, as a ConfigMap volume links its files: followed.
+        std::fs::create_dir(dir.join(".data")).unwrap();
+        std::fs::write(dir.join(".data/authors.yaml"), AUTHORS).unwrap();
+        std::os::unix::fs::symlink(".data/authors.yaml", dir.join("authors.yaml")).unwrap();
+        assert_eq!(load_dir(&dir).unwrap().len(), 2);
+
+        std::os::unix::fs::symlink(outside.join("secret.yaml"), dir.join("elsewhere.yaml")).unwrap();
+        std::os::unix::fs::symlink(".", dir.join("loop")).unwrap();
+        std::fs::write(dir.join("huge.yaml"), "#".repeat(MAX_FILE_BYTES as usize + 1)).unwrap();
+        let errors: Vec<String> = load_dir(&dir).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("elsewhere.yaml: ")
+                    && e.contains("outside the configuration directory")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with("loop: ") && e.contains("to a directory: not followed")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.starts_with("huge.yaml: ") && e.contains("larger than 4 MiB")),
+            "{errors:#?}"
+        );
     }
 
     #[test]

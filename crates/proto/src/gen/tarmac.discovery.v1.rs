@@ -71,6 +71,26 @@ pub struct RouteRule {
     pub request_timeout_ms: u64,
     #[prost(uint64, tag = "6")]
     pub backend_request_timeout_ms: u64,
+    /// The rule's retry policy; absent: only requests that never left the proxy are retried.
+    #[prost(message, optional, tag = "7")]
+    pub retry: ::core::option::Option<Retry>,
+}
+/// When a request that left the proxy is tried again (GEP-1731 for HTTPRoute; a
+/// ResiliencePolicy for GRPCRoute). Every retry also needs the service's retry budget.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Retry {
+    /// Retries after the first try.
+    #[prost(uint32, tag = "1")]
+    pub attempts: u32,
+    /// HTTP statuses retried.
+    #[prost(uint32, repeated, tag = "2")]
+    pub codes: ::prost::alloc::vec::Vec<u32>,
+    /// gRPC statuses retried (from trailers-only responses, which is how failures arrive).
+    #[prost(uint32, repeated, tag = "3")]
+    pub grpc_codes: ::prost::alloc::vec::Vec<u32>,
+    /// The least wait before a retry; later retries wait longer. 0: the proxy's default.
+    #[prost(uint64, tag = "4")]
+    pub backoff_ms: u64,
 }
 /// Every condition present must hold (ANDed).
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -3,20 +3,23 @@
 //!
 //! - [`server`]: serves a detected HTTP/1 or HTTP/2 connection with hyper.
 //! - [`connections`]: the connections being served, closed when idle or on drain.
-//! - [`forward`]: the per-request path: pick an endpoint, adapt the request to the
-//!   upstream's protocol, record metrics.
-//! - [`upgrade`]: `Upgrade` (WebSocket) and `CONNECT` tunnels.
+//! - [`handle`]: what every request goes through, inbound or outbound: metrics, tap, and
+//!   failures turned into responses around a direction's [`handle::Handle`].
+//! - [`upgrade`]: recognising `Upgrade` (WebSocket) and `CONNECT` tunnels.
 //! - [`metered`]: a response body that records status and gRPC status when it ends.
 
 pub mod connections;
-pub mod forward;
+pub mod handle;
 pub mod metered;
 pub mod server;
 pub mod upgrade;
 
 use crate::endpoint::PooledBody;
+use crate::error::ProxyError;
 use bytes::Bytes;
+use http::Request;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -186,6 +189,37 @@ pub fn error_response(status: http::StatusCode, grpc: bool, reason: &str) -> htt
     };
     rsp.headers_mut().insert(PROXY_ERROR, reason_value);
     rsp
+}
+
+/// The request's authority: from an absolute URI (HTTP/2, or an absolute-form HTTP/1
+/// request), otherwise from `Host`.
+pub fn authority<B>(req: &Request<B>) -> Result<Authority, ProxyError> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(a.clone());
+    }
+    let host = req.headers().get(header::HOST).ok_or(ProxyError::NoAuthority)?;
+    Authority::try_from(host.as_bytes()).map_err(|e| ProxyError::BadUri(format!("Host header: {e}")))
+}
+
+pub fn set_absolute_uri<B>(req: &mut Request<B>, authority: Authority) -> Result<(), ProxyError> {
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    if parts.scheme.is_none() {
+        parts.scheme = Some(Scheme::HTTP);
+    }
+    parts.authority = Some(authority);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| ProxyError::BadUri(e.to_string()))?;
+    Ok(())
+}
+
+pub fn set_origin_form<B>(req: &mut Request<B>) {
+    if req.uri().authority().is_none() {
+        return;
+    }
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! open streams.
 
 use super::connections::{Close, ConnState, HttpConnections, OpenRequest};
-use super::forward::Forward;
+use super::handle::{self, Handle};
 use crate::config::Limits;
 use crate::detect::Detected;
 use bytes::Bytes;
@@ -25,10 +25,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub async fn serve<I>(
+pub async fn serve<I, H: Handle>(
     io: I,
     protocol: Detected,
-    fwd: Arc<Forward>,
+    handler: Arc<H>,
     source: Option<std::net::SocketAddr>,
     limits: &Limits,
     connections: &Arc<HttpConnections>,
@@ -40,8 +40,8 @@ pub async fn serve<I>(
     let result = match protocol {
         Detected::Http2 => {
             let svc = service_fn(move |req| {
-                let fwd = fwd.clone();
-                async move { Ok::<_, Infallible>(fwd.handle(req, source).await) }
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handle::respond(handler, req, source).await) }
             });
             let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -54,9 +54,13 @@ pub async fn serve<I>(
         _ => {
             let state = registered.state.clone();
             let svc = service_fn(move |req| {
-                let fwd = fwd.clone();
+                let handler = handler.clone();
                 let open = state.begin();
-                async move { Ok::<_, Infallible>(fwd.handle(req, source).await.map(|body| Open { body, open })) }
+                async move {
+                    Ok::<_, Infallible>(
+                        handle::respond(handler, req, source).await.map(|body| Open { body, open }),
+                    )
+                }
             });
             // No timer: hyper's header read timeout would arm, and allocate, one for every
             // request; idle and slow clients are closed by the sweep instead.

@@ -6,6 +6,9 @@
 //! that proxies started together do not renew together) and is retried with backoff. A
 //! proxy that cannot renew keeps serving with its certificate until it expires, and says
 //! so in its logs and in `tarmac_identity_certificate_requests_total{result="failed"}`.
+//! Once it has expired nothing can renew it (the CA refuses an expired certificate as
+//! proof, and the bootstrap token was spent), so renewal gives up and the proxy exits for
+//! its supervisor to start it again with a new token.
 
 use super::store::{CertStore, Current};
 use crate::metrics::Metrics;
@@ -71,13 +74,14 @@ impl Certifier {
         }
     }
 
-    /// Renews before expiry, for as long as the proxy runs.
-    pub async fn renew_forever(mut self, stop: CancellationToken) {
+    /// Renews before expiry, for as long as the proxy runs. Returns `Ok` when stopped, and
+    /// the reason once the certificate has expired without being renewed.
+    pub async fn renew_forever(mut self, stop: CancellationToken) -> Result<(), String> {
         loop {
-            let Some(current) = self.certs.current() else { return };
+            let Some(current) = self.certs.current() else { return Ok(()) };
             let wait = renewal_delay(current.installed, current.info.not_after, SystemTime::now());
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(wait) => {}
             }
             let mut backoff = RETRY_MIN;
@@ -92,10 +96,10 @@ impl Certifier {
                         let left =
                             current.info.not_after.duration_since(SystemTime::now()).unwrap_or_default();
                         if left.is_zero() {
-                            tracing::error!(
-                                error = e.message(),
-                                "the workload certificate has EXPIRED and cannot be renewed: mesh connections will fail; check that the control plane is running, then restart this proxy"
-                            );
+                            return Err(format!(
+                                "the workload certificate EXPIRED and could not be renewed ({}): peers refuse it now; check that the control plane is running",
+                                e.message()
+                            ));
                         } else {
                             tracing::warn!(
                                 error = e.message(),
@@ -107,7 +111,7 @@ impl Certifier {
                         // Retry sooner than the expiry, however long the backoff has grown.
                         let wait = backoff.min(left / 2).max(RETRY_MIN);
                         tokio::select! {
-                            _ = stop.cancelled() => return,
+                            _ = stop.cancelled() => return Ok(()),
                             _ = tokio::time::sleep(wait) => {}
                         }
                         backoff = (backoff * 2).min(RETRY_MAX);

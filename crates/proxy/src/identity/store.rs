@@ -92,6 +92,28 @@ impl CertStore {
         self.renewal_failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Why this certificate should no longer be routed to, if so: it has expired, or it
+    /// is in the last stretch of its life (a tenth of it, at most a minute) while renewal
+    /// keeps failing. Until then a control plane outage changes nothing (fail static).
+    pub fn unfit(&self, now: SystemTime) -> Option<String> {
+        let Some(current) = self.current() else {
+            return Some("no workload certificate yet".into());
+        };
+        let not_after = current.info.not_after;
+        let Ok(left) = not_after.duration_since(now) else {
+            return Some("the workload certificate has expired and could not be renewed".into());
+        };
+        let life = not_after.duration_since(current.installed).unwrap_or_default();
+        let margin = (life / 10).min(std::time::Duration::from_secs(60));
+        match self.renewal_failure() {
+            Some((_, error)) if left <= margin => Some(format!(
+                "the workload certificate expires in {}s and renewal keeps failing: {error}",
+                left.as_secs()
+            )),
+            _ => None,
+        }
+    }
+
     pub fn not_after(&self) -> Option<SystemTime> {
         self.current().map(|c| c.info.not_after)
     }

@@ -49,7 +49,7 @@ struct HeaderTest {
 }
 
 /// FNV-1a: a header value's fingerprint, computed once per request and name.
-pub(super) fn fingerprint(value: &str) -> u64 {
+pub(crate) fn fingerprint(value: &str) -> u64 {
     value.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
@@ -63,7 +63,7 @@ pub struct RequestMatch {
 
 /// The value of header `name`, several values joined into one comma-separated value
 /// (RFC 9110); `None` when absent or not visible ASCII.
-pub(super) fn header_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Cow<'a, str>> {
+pub(crate) fn header_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<Cow<'a, str>> {
     let mut values = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
     let first = values.next()?;
     let Some(second) = values.next() else { return Some(Cow::Borrowed(first)) };
@@ -132,7 +132,7 @@ impl RequestMatch {
 
     /// Gives each header this match tests a place in `names`, adding the names not there
     /// yet: a table reads each name once per request, however many matches test it.
-    pub(super) fn use_slots(&mut self, names: &mut Vec<HeaderName>) {
+    pub(crate) fn use_slots(&mut self, names: &mut Vec<HeaderName>) {
         for test in &mut self.headers {
             test.slot = names.iter().position(|n| *n == test.name).unwrap_or_else(|| {
                 names.push(test.name.clone());
@@ -144,7 +144,7 @@ impl RequestMatch {
     /// One Exact header test as (slot, fingerprint), for a table to try before the whole
     /// match: most requests fail most header matches, and this way they fail them in a
     /// tight loop over a few bytes per match.
-    pub(super) fn first_exact_header(&self) -> Option<(usize, u64)> {
+    pub(crate) fn first_exact_header(&self) -> Option<(usize, u64)> {
         self.headers.iter().find_map(|t| Some((t.slot, t.exact_fingerprint?)))
     }
 
@@ -168,7 +168,7 @@ impl RequestMatch {
 
     /// Whether the request matches, given the values of the table's header names (with
     /// their [`fingerprint`]s) as [`RequestMatch::use_slots`] placed them.
-    pub(super) fn matches_read(
+    pub(crate) fn matches_read(
         &self,
         method: &Method,
         path: &str,

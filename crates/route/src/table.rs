@@ -1,71 +1,56 @@
-//! Routing: the Gateway API HTTPRoutes and GRPCRoutes of a Service, applied per request
-//! by the outbound proxy.
-//!
-//! Routes bind to the Service a connection was addressed to (its explicit listener, or
-//! its virtual address in transparent mode), never to the `Host` header. Discovery sends
-//! them with every backend's endpoints; [`RouteTable::build`] compiles them once per
-//! update and the request path only matches, filters and picks. A Service without routes
-//! has no table and its requests go straight to its balancer: routing costs it one
-//! relaxed atomic load.
-//!
-//! - [`matching`]: matches and their precedence.
-//! - [`filters`]: header modifiers, redirects, rewrites.
-//! - [`serve`]: the routed request path.
-
-pub mod filters;
-pub mod matching;
-pub mod serve;
-
-use crate::endpoint::{Endpoint, EndpointSpec};
-use crate::http::forward::Balancer;
-use filters::Filters;
+use crate::filters::Filters;
+use crate::matching::{self, RequestMatch};
+use crate::policy::Retry;
 use http::HeaderName;
-use matching::RequestMatch;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tarmac_proto::discovery as pb;
 
 /// Where a backendRef sends requests.
+///
+/// `B` is what the user of the table keeps for a Service port: the proxy its backend (a
+/// balancer over endpoints), a tool nothing at all.
 #[derive(Debug)]
-pub enum Target {
+pub enum Target<B> {
     /// A rule without backendRefs: the Service the route is attached to.
     Parent,
-    /// A Service port with its own endpoints.
-    Service(Arc<Balancer>),
+    /// A Service port that exists.
+    Service(B),
     /// The backendRef names no existing Service port: its share of requests gets 500.
     Missing,
 }
 
 #[derive(Debug)]
-pub struct Backend {
+pub struct Backend<B> {
     /// `namespace/name:port`, for errors and logs.
     pub name: Arc<String>,
     pub weight: u32,
-    pub target: Target,
-    pub filters: Filters,
+    pub target: Target<B>,
+    pub filters: Filters<B>,
 }
 
 #[derive(Debug)]
-pub struct Rule {
+pub struct Rule<B> {
     /// The route (`namespace/name`) and the rule's name (empty when unnamed): the `route`
     /// and `rule` labels of the route metrics, bounded by configuration.
     pub route: Arc<String>,
     pub rule: Arc<String>,
-    /// The `route` label of the response metrics: the rule's name, absent when unnamed.
-    pub label: crate::metrics::RouteLabel,
-    pub filters: Filters,
-    pub backends: Vec<Backend>,
+    /// The rule's name, absent when unnamed (the `route` label of response metrics).
+    pub name: Option<Arc<str>>,
+    pub filters: Filters<B>,
+    pub backends: Vec<Backend<B>>,
     total_weight: u64,
     pub request_timeout: Option<Duration>,
+    /// Per try, retries included.
     pub backend_timeout: Option<Duration>,
+    /// Absent: only requests that never left the proxy are retried.
+    pub retry: Option<Retry>,
 }
 
-impl Rule {
+impl<B> Rule<B> {
     /// Picks a backend by weight with a fresh draw for every request; `None` when every
     /// weight is 0. A rule without backendRefs goes to the parent Service.
-    pub fn pick(&self) -> Option<&Backend> {
+    pub fn pick(&self) -> Option<&Backend<B>> {
         if self.total_weight == 0 {
             return None;
         }
@@ -83,7 +68,7 @@ impl Rule {
 
 /// The compiled routes of one Service port.
 #[derive(Debug)]
-pub struct RouteTable {
+pub struct RouteTable<B> {
     /// Every match of every rule, most specific first; the first that holds wins.
     entries: Vec<(RequestMatch, usize)>,
     /// The header names the matches test, each read and fingerprinted once per request:
@@ -92,32 +77,46 @@ pub struct RouteTable {
     header_names: Vec<HeaderName>,
     /// Per entry, an Exact header test tried first ([`RequestMatch::first_exact_header`]).
     prechecks: Vec<Option<(usize, u64)>>,
-    pub rules: Vec<Rule>,
+    pub rules: Vec<Rule<B>>,
     /// The Service port requests were addressed to (redirects keep it).
     pub service_port: u16,
-    /// The backends' balancers by `namespace/name:port`, reused by the next update so that
-    /// endpoints keep their connections and statistics.
-    balancers: HashMap<String, Arc<Balancer>>,
+}
+
+/// A route that does not compile: the whole update is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} {route} rule {rule}: {reason}")]
+pub struct RouteError {
+    pub kind: String,
+    /// `namespace/name`.
+    pub route: String,
+    pub rule: usize,
+    pub reason: String,
 }
 
 const PARENT_WEIGHT: u32 = 1;
 
-impl RouteTable {
-    /// Compiles `routes` (in the order discovery sent them). `make` builds endpoints not
-    /// seen before. A route that does not compile refuses the whole update.
+impl<B> RouteTable<B> {
+    /// Compiles `routes` (in the order discovery sent them). `resolve` gives each
+    /// backendRef (and mirror) that names an existing Service port what its user keeps for
+    /// it. A route that does not compile refuses the whole update.
     pub fn build(
         routes: &[pb::Route],
         service_port: u16,
-        previous: Option<&RouteTable>,
-        make: &dyn Fn(EndpointSpec) -> Endpoint,
-    ) -> Result<Self, String> {
+        resolve: &mut dyn FnMut(&pb::RouteBackend) -> B,
+    ) -> Result<Self, RouteError> {
         let mut entries = Vec::new();
         let mut rules = Vec::new();
-        let mut balancers = HashMap::new();
+        let mut target =
+            |b: &pb::RouteBackend| if b.exists { Target::Service(resolve(b)) } else { Target::Missing };
         for route in routes {
             let route_name = Arc::new(format!("{}/{}", route.namespace, route.name));
             for (rule_index, rule) in route.rules.iter().enumerate() {
-                let at = |e: String| format!("{} {route_name} rule {rule_index}: {e}", route.kind);
+                let at = |reason: String| RouteError {
+                    kind: route.kind.clone(),
+                    route: route_name.to_string(),
+                    rule: rule_index,
+                    reason,
+                };
                 let index = rules.len();
                 if rule.matches.is_empty() {
                     entries.push((RequestMatch::any(), index));
@@ -125,42 +124,17 @@ impl RouteTable {
                 for m in &rule.matches {
                     entries.push((RequestMatch::compile(m).map_err(at)?, index));
                 }
-                let mut resolve = |b: &pb::RouteBackend| {
-                    if !b.exists {
-                        return Target::Missing;
-                    }
-                    let key = format!("{}/{}:{}", b.namespace, b.service, b.port);
-                    let balancer = balancers
-                        .get(&key)
-                        .or_else(|| previous.and_then(|p| p.balancers.get(&key)))
-                        .cloned()
-                        .unwrap_or_default();
-                    // Backends are meshed like the Service itself: their proxies must
-                    // prove the identity discovery names.
-                    let specs: Vec<EndpointSpec> = b
-                        .endpoints
-                        .iter()
-                        .filter_map(|ep| {
-                            let addr = ep.address.parse().ok()?;
-                            let identity = (!ep.identity.is_empty()).then(|| ep.identity.as_str().into());
-                            Some(EndpointSpec { addr, meshed: ep.meshed, identity })
-                        })
-                        .collect();
-                    balancer.update(specs, make);
-                    balancers.insert(key, balancer.clone());
-                    Target::Service(balancer)
-                };
                 let mut backends = Vec::new();
                 for b in &rule.backends {
                     backends.push(Backend {
                         name: Arc::new(format!("{}/{}:{}", b.namespace, b.service, b.port)),
                         weight: b.weight,
-                        target: resolve(b),
-                        filters: Filters::compile(&b.filters, &mut resolve).map_err(at)?,
+                        target: target(b),
+                        filters: Filters::compile(&b.filters, &mut target).map_err(at)?,
                     });
                 }
-                let filters = Filters::compile(&rule.filters, &mut resolve).map_err(at)?;
-                if backends.is_empty() && filters.redirect.is_none() {
+                let filters = Filters::compile(&rule.filters, &mut target).map_err(at)?;
+                if backends.is_empty() && !filters.redirects() {
                     backends.push(Backend {
                         name: Arc::new("parent".to_string()),
                         weight: PARENT_WEIGHT,
@@ -172,14 +146,13 @@ impl RouteTable {
                 rules.push(Rule {
                     route: route_name.clone(),
                     rule: Arc::new(rule.name.clone()),
-                    label: crate::metrics::RouteLabel(
-                        (!rule.name.is_empty()).then(|| Arc::from(rule.name.as_str())),
-                    ),
+                    name: (!rule.name.is_empty()).then(|| Arc::from(rule.name.as_str())),
                     filters,
                     total_weight: backends.iter().map(|b| u64::from(b.weight)).sum(),
                     backends,
                     request_timeout: millis(rule.request_timeout_ms),
                     backend_timeout: millis(rule.backend_request_timeout_ms),
+                    retry: rule.retry.as_ref().map(Retry::compile).transpose().map_err(at)?,
                 });
             }
         }
@@ -190,7 +163,7 @@ impl RouteTable {
             m.use_slots(&mut header_names);
         }
         let prechecks = entries.iter().map(|(m, _)| m.first_exact_header()).collect();
-        Ok(Self { entries, header_names, prechecks, rules, service_port, balancers })
+        Ok(Self { entries, header_names, prechecks, rules, service_port })
     }
 
     /// The rule a request takes, with the match that selected it.
@@ -200,7 +173,7 @@ impl RouteTable {
         path: &str,
         query: Option<&str>,
         headers: &http::HeaderMap,
-    ) -> Option<(&Rule, &RequestMatch)> {
+    ) -> Option<(&Rule<B>, &RequestMatch)> {
         let values: Vec<_> = self
             .header_names
             .iter()
@@ -222,7 +195,7 @@ impl RouteTable {
 }
 
 /// For tools (`tarmac routes`, `tarmac check`): the table as the proxy evaluates it.
-impl RouteTable {
+impl<B> RouteTable<B> {
     /// Every match with the index of its rule in [`RouteTable::rules`], in the order
     /// [`RouteTable::select`] tries them.
     pub fn entries(&self) -> impl Iterator<Item = (&RequestMatch, usize)> {
@@ -243,35 +216,12 @@ impl RouteTable {
     }
 }
 
-/// A Service's current route table, replaced as a whole by discovery.
-#[derive(Debug, Default)]
-pub struct RouteSlot {
-    active: AtomicBool,
-    table: RwLock<Option<Arc<RouteTable>>>,
-}
-
-impl RouteSlot {
-    /// The table, when the Service has routes. Without routes this is one atomic load.
-    pub fn get(&self) -> Option<Arc<RouteTable>> {
-        if !self.active.load(Ordering::Acquire) {
-            return None;
-        }
-        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn set(&self, table: Option<RouteTable>) {
-        let table = table.map(Arc::new);
-        let active = table.is_some();
-        *self.table.write().unwrap_or_else(|e| e.into_inner()) = table;
-        self.active.store(active, Ordering::Release);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::{HeaderMap, Method};
     use pb::PathMatchType;
+    use std::collections::HashMap;
 
     fn path(kind: PathMatchType, value: &str) -> Option<pb::PathMatch> {
         Some(pb::PathMatch { r#type: kind as i32, value: value.into() })
@@ -297,16 +247,15 @@ mod tests {
         }
     }
 
-    fn table(routes: Vec<pb::Route>) -> RouteTable {
-        // No backend has endpoints here, so none is ever made.
-        RouteTable::build(&routes, 80, None, &|_| unreachable!("no endpoints")).unwrap()
+    fn table(routes: Vec<pb::Route>) -> RouteTable<()> {
+        RouteTable::build(&routes, 80, &mut |_| ()).unwrap()
     }
 
     fn route(name: &str, rules: Vec<pb::RouteRule>) -> pb::Route {
         pb::Route { kind: "HTTPRoute".into(), namespace: "ns".into(), name: name.into(), rules }
     }
 
-    fn taken(t: &RouteTable, target: &str, headers: &[(&str, &str)]) -> Option<String> {
+    fn taken(t: &RouteTable<()>, target: &str, headers: &[(&str, &str)]) -> Option<String> {
         let (p, q) = match target.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (target, None),

@@ -8,9 +8,13 @@
 //!
 //! With an identity, mesh mTLS is terminated here and the client's SPIFFE ID labels its
 //! requests; plaintext (and the app's own TLS) is accepted or refused by `inbound.mtls`.
+//!
+//! - [`http`]: the inbound request stages, from the client's identity to the app.
+
+pub mod http;
 
 use crate::config::{InboundConfig, MtlsMode, Protocol};
-use crate::conn::{self, FixedForwards, Shared};
+use crate::conn::{self, Shared, Targets};
 use crate::detect::Detected;
 use crate::identity::accept::{self, Accepted};
 use crate::metrics::{Direction, Peer};
@@ -24,8 +28,8 @@ use tokio::time::Instant;
 pub struct Inbound {
     config: InboundConfig,
     /// Per app address (one in explicit mode, one per original destination port in
-    /// transparent mode).
-    forwards: FixedForwards,
+    /// transparent mode) and kind of client.
+    apps: Targets<(SocketAddr, Peer), http::App>,
 }
 
 /// Distinct original destinations remembered in transparent mode; a workload listens on
@@ -34,7 +38,16 @@ const MAX_TARGETS: usize = 256;
 
 impl Inbound {
     pub fn new(config: InboundConfig) -> Self {
-        Self { config, forwards: FixedForwards::new(Direction::Inbound, MAX_TARGETS) }
+        Self { config, apps: Targets::new(MAX_TARGETS) }
+    }
+
+    fn app(&self, addr: SocketAddr, peer: Peer, shared: &Shared) -> Arc<http::App> {
+        let key = (addr, peer.clone());
+        self.apps.get(
+            key,
+            || addr.to_string(),
+            |name| http::App::new(addr, shared.meta(Direction::Inbound, name, peer), shared),
+        )
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shared: Arc<Shared>) {
@@ -69,8 +82,8 @@ impl Inbound {
             let deadline = Instant::now() + shared.limits.detect_timeout;
             match accept::accept(tls, prefix, stream, deadline, &shared.metrics).await {
                 Accepted::Mesh { stream, protocol, client_id } => {
-                    let fwd = self.forwards.get(app, Peer::Authenticated(client_id), shared);
-                    return conn::serve_detected(shared, stream, protocol, fwd, source).await;
+                    let app = self.app(app, Peer::Authenticated(client_id), shared);
+                    return conn::serve_detected(shared, stream, protocol, app, source).await;
                 }
                 Accepted::Other { prefix: bytes, stream: plain } => (prefix, stream) = (bytes, plain),
                 Accepted::Refused => return,
@@ -89,8 +102,8 @@ impl Inbound {
         if opaque {
             protocol = Detected::Opaque;
         }
-        let fwd = self.forwards.get(app, Peer::Plaintext, shared);
-        conn::serve_detected(shared, PrefixedIo::new(prefix, stream), protocol, fwd, source).await
+        let app = self.app(app, Peer::Plaintext, shared);
+        conn::serve_detected(shared, PrefixedIo::new(prefix, stream), protocol, app, source).await
     }
 
     fn app_addr(&self, stream: &TcpStream, shared: &Shared) -> Option<SocketAddr> {

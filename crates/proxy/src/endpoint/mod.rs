@@ -6,11 +6,22 @@
 //! get a pool of keep-alive connections: a connection returns to the pool when its
 //! response body has been read to the end, and is taken again only once hyper reports it
 //! ready for the next request.
+//!
+//! - [`connect`]: how connections are made ([`Connect`]: TCP here, scripted peers in tests).
+//! - [`send`]: one request (or tunnel) to this endpoint, in the protocol the hop speaks.
+
+pub mod connect;
+#[cfg(test)]
+pub mod scripted;
+pub mod send;
+
+pub use connect::{Connect, TcpConnect, Transport};
 
 use crate::balance::PeakEwma;
 use crate::http::Body;
 use crate::identity::{self, MeshTls};
 use crate::metrics::{Direction, Peer, TargetMetrics};
+use crate::resilience::breaker::Accrual;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -22,7 +33,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// Idle HTTP/1 connections kept per endpoint; more are closed when they finish.
 const MAX_IDLE_H1: usize = 64;
@@ -46,6 +56,14 @@ pub struct ConnectSettings {
     pub max_header_bytes: usize,
     /// The proxy's mesh identity: meshed endpoints with a known identity get mTLS.
     pub tls: Option<Arc<MeshTls>>,
+    /// Opens transport connections: TCP, or scripted peers in tests.
+    pub connector: Arc<dyn Connect>,
+}
+
+impl ConnectSettings {
+    pub fn new(connect_timeout: Duration, max_header_bytes: usize) -> Self {
+        Self { connect_timeout, max_header_bytes, tls: None, connector: Arc::new(TcpConnect) }
+    }
 }
 
 /// Where an endpoint is and what it is, as discovery or the config file says.
@@ -67,6 +85,8 @@ pub struct Endpoint {
     /// mTLS to the endpoint, verifying this identity.
     tls: Option<(Arc<MeshTls>, Arc<str>)>,
     pub ewma: PeakEwma,
+    /// Failures in a row, and the ejection they led to (see [`crate::resilience::breaker`]).
+    pub accrual: Accrual,
     settings: ConnectSettings,
     metrics: TargetMetrics,
     /// For mTLS endpoints: response metrics labelled with the identity the endpoint proved
@@ -97,6 +117,7 @@ impl Endpoint {
             identity: spec.identity,
             tls,
             ewma: PeakEwma::default(),
+            accrual: Accrual::default(),
             settings,
             metrics,
             h2: Mutex::new(None),
@@ -105,31 +126,25 @@ impl Endpoint {
         }
     }
 
-    /// Opens a TCP connection with the proxy's socket options and connect timeout.
-    pub async fn connect_tcp(&self) -> Result<TcpStream, ConnectError> {
+    /// Opens a transport connection within the connect timeout.
+    pub async fn connect_transport(&self) -> Result<Transport, ConnectError> {
         let addr = self.addr;
         let timeout = self.settings.connect_timeout;
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        let stream = match tokio::time::timeout(timeout, self.settings.connector.connect(addr)).await {
             Err(_) => Err(ConnectError::Timeout { addr, timeout }),
             Ok(Err(source)) => Err(ConnectError::Io { addr, source }),
             Ok(Ok(s)) => Ok(s),
         };
-        match stream {
-            Ok(s) => {
-                tarmac_transport::set_stream_options(&s);
-                Ok(s)
-            }
-            Err(e) => {
-                self.ewma.mark_failed();
-                Err(e)
-            }
+        if stream.is_err() {
+            self.ewma.mark_failed();
         }
+        stream
     }
 
     /// A connection that carries `alpn` to a meshed endpoint: mTLS when the endpoint has
     /// an identity and this proxy has one, plain TCP otherwise.
     pub async fn connect(&self, alpn: &'static [u8]) -> Result<EndpointIo, ConnectError> {
-        let tcp = self.connect_tcp().await?;
+        let tcp = self.connect_transport().await?;
         let Some((tls, identity)) = &self.tls else { return Ok(EndpointIo::Plain(tcp)) };
         let connector = tokio_rustls::TlsConnector::from(tls.client_config(identity, alpn));
         // Peers are verified by SPIFFE ID; the name is not sent (no SNI) nor checked.
@@ -263,11 +278,11 @@ impl Endpoint {
     }
 }
 
-/// A connection to an endpoint: plain TCP, or mTLS to another proxy.
+/// A connection to an endpoint: plain, or mTLS to another proxy.
 #[derive(Debug)]
 pub enum EndpointIo {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Plain(Transport),
+    Tls(Box<tokio_rustls::client::TlsStream<Transport>>),
 }
 
 impl tokio::io::AsyncRead for EndpointIo {

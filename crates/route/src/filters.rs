@@ -1,10 +1,11 @@
 //! Route filters: header modifiers, redirects and URL rewrites, compiled once per route
 //! update so that a request only copies prepared header names and values.
 
-use super::Target;
-use super::matching::RequestMatch;
+use crate::matching::RequestMatch;
+use crate::table::Target;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, uri::PathAndQuery};
+use std::sync::Arc;
 use std::time::Duration;
 use tarmac_proto::discovery::{self as pb, path_modifier, route_filter};
 
@@ -160,13 +161,13 @@ pub struct Rewrite {
 
 /// `RequestMirror`: a share of requests is copied to another backend.
 #[derive(Debug)]
-pub struct Mirror {
-    pub target: Target,
+pub struct Mirror<B> {
+    pub target: Target<B>,
     numerator: u32,
     denominator: u32,
 }
 
-impl Mirror {
+impl<B> Mirror<B> {
     /// Draws whether this request is mirrored.
     pub fn wanted(&self) -> bool {
         self.denominator > 0 && fastrand::u32(..self.denominator) < self.numerator
@@ -240,11 +241,13 @@ impl Cors {
         })
     }
 
+    fn allows(&self, origin: &HeaderValue) -> bool {
+        origin.to_str().is_ok_and(|text| self.origins.iter().any(|o| o.allows(text)))
+    }
+
     /// The request's `Origin` when it is allowed.
     fn allowed_origin<'a>(&self, request: &'a HeaderMap) -> Option<&'a HeaderValue> {
-        let origin = request.get(header::ORIGIN)?;
-        let text = origin.to_str().ok()?;
-        self.origins.iter().any(|o| o.allows(text)).then_some(origin)
+        request.get(header::ORIGIN).filter(|origin| self.allows(origin))
     }
 
     fn allow_origin(&self, origin: &HeaderValue, out: &mut HeaderMap) {
@@ -288,9 +291,11 @@ impl Cors {
         Some(out)
     }
 
-    /// Adds the CORS headers to the response of a request from an allowed origin.
-    pub fn decorate(&self, request: &HeaderMap, response: &mut HeaderMap) {
-        let Some(origin) = self.allowed_origin(request) else { return };
+    /// Adds the CORS headers to the response of a request from `origin`, when allowed.
+    pub fn decorate(&self, origin: &HeaderValue, response: &mut HeaderMap) {
+        if !self.allows(origin) {
+            return;
+        }
         self.allow_origin(origin, response);
         if let Some(expose) = &self.expose {
             response.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
@@ -347,32 +352,80 @@ impl Fault {
     }
 }
 
-/// The filters of a rule or of a backendRef.
-#[derive(Debug, Default)]
-pub struct Filters {
-    pub request_headers: Option<HeaderModifier>,
-    pub response_headers: Option<HeaderModifier>,
-    pub redirect: Option<Redirect>,
-    pub rewrite: Option<Rewrite>,
-    pub mirrors: Vec<Mirror>,
-    pub cors: Option<Cors>,
-    pub fault: Option<Fault>,
+/// The filters of a rule or of a backendRef, as ordered steps: the request's, then the
+/// response's. A filter that is not configured is not in the list and costs nothing.
+#[derive(Debug)]
+pub struct Filters<B> {
+    /// In the order they apply (see [`RequestFilter::order`]), whatever the order written.
+    pub request: Vec<RequestFilter<B>>,
+    /// Header modifiers, then CORS headers.
+    pub response: Vec<ResponseFilter>,
 }
 
-impl Filters {
+/// One step of a request's way through a rule (or backendRef).
+#[derive(Debug)]
+pub enum RequestFilter<B> {
+    /// Answers CORS preflights itself; for other requests, keeps their `Origin` for the
+    /// response's CORS headers.
+    Cors(Arc<Cors>),
+    Fault(Fault),
+    /// Answers with a `Location` itself.
+    Redirect(Redirect),
+    Headers(HeaderModifier),
+    Rewrite(Rewrite),
+    Mirror(Mirror<B>),
+}
+
+impl<B> RequestFilter<B> {
+    /// Answers come before changes (a preflight or a fault is not rewritten first), and
+    /// mirrors come last so that the copy is the request the backend gets.
+    fn order(&self) -> u8 {
+        match self {
+            RequestFilter::Cors(_) => 0,
+            RequestFilter::Fault(_) => 1,
+            RequestFilter::Redirect(_) => 2,
+            RequestFilter::Headers(_) => 3,
+            RequestFilter::Rewrite(_) => 4,
+            RequestFilter::Mirror(_) => 5,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ResponseFilter {
+    Headers(HeaderModifier),
+    /// Adds the CORS headers for the request's `Origin`, when allowed.
+    Cors(Arc<Cors>),
+}
+
+impl<B> Default for Filters<B> {
+    fn default() -> Self {
+        Self { request: Vec::new(), response: Vec::new() }
+    }
+}
+
+impl<B> Filters<B> {
+    /// Whether a redirect answers requests here (no backend is needed).
+    pub fn redirects(&self) -> bool {
+        self.request.iter().any(|f| matches!(f, RequestFilter::Redirect(_)))
+    }
+
     /// Compiles `filters`; `resolve` gives mirrors their backend.
     pub fn compile(
         filters: &[pb::RouteFilter],
-        resolve: &mut dyn FnMut(&pb::RouteBackend) -> Target,
+        resolve: &mut dyn FnMut(&pb::RouteBackend) -> Target<B>,
     ) -> Result<Self, String> {
         let mut out = Filters::default();
+        let mut response_headers = None;
+        let mut cors = None;
         for f in filters {
-            match &f.filter {
+            let step = match &f.filter {
                 Some(route_filter::Filter::RequestHeaderModifier(m)) => {
-                    out.request_headers = Some(HeaderModifier::compile(m)?)
+                    RequestFilter::Headers(HeaderModifier::compile(m)?)
                 }
                 Some(route_filter::Filter::ResponseHeaderModifier(m)) => {
-                    out.response_headers = Some(HeaderModifier::compile(m)?)
+                    response_headers = Some(HeaderModifier::compile(m)?);
+                    continue;
                 }
                 Some(route_filter::Filter::RequestRedirect(r)) => {
                     let status = match r.status_code {
@@ -384,13 +437,13 @@ impl Filters {
                             return Err(format!("redirect status {other} is not 301, 302, 303, 307 or 308"));
                         }
                     };
-                    out.redirect = Some(Redirect {
+                    RequestFilter::Redirect(Redirect {
                         scheme: (!r.scheme.is_empty()).then(|| r.scheme.clone()),
                         hostname: (!r.hostname.is_empty()).then(|| r.hostname.clone()),
                         port: u16::try_from(r.port).ok().filter(|p| *p != 0),
                         path: PathModifier::compile(&r.path),
                         status,
-                    });
+                    })
                 }
                 Some(route_filter::Filter::UrlRewrite(r)) => {
                     let hostname = if r.hostname.is_empty() {
@@ -401,17 +454,30 @@ impl Filters {
                                 .map_err(|_| format!("invalid rewrite hostname `{}`", r.hostname))?,
                         )
                     };
-                    out.rewrite = Some(Rewrite { hostname, path: PathModifier::compile(&r.path) });
+                    RequestFilter::Rewrite(Rewrite { hostname, path: PathModifier::compile(&r.path) })
                 }
                 Some(route_filter::Filter::RequestMirror(m)) => {
                     let target = m.backend.as_ref().map_or(Target::Missing, &mut *resolve);
-                    out.mirrors.push(Mirror { target, numerator: m.numerator, denominator: m.denominator });
+                    RequestFilter::Mirror(Mirror {
+                        target,
+                        numerator: m.numerator,
+                        denominator: m.denominator,
+                    })
                 }
-                Some(route_filter::Filter::Cors(c)) => out.cors = Some(Cors::compile(c)?),
-                Some(route_filter::Filter::Fault(f)) => out.fault = Some(Fault::compile(f)?),
-                None => {}
-            }
+                Some(route_filter::Filter::Cors(c)) => {
+                    let c = Arc::new(Cors::compile(c)?);
+                    cors = Some(c.clone());
+                    RequestFilter::Cors(c)
+                }
+                Some(route_filter::Filter::Fault(f)) => RequestFilter::Fault(Fault::compile(f)?),
+                None => continue,
+            };
+            out.request.push(step);
         }
+        // Stable: mirrors keep their written order.
+        out.request.sort_by_key(RequestFilter::order);
+        out.response.extend(response_headers.map(ResponseFilter::Headers));
+        out.response.extend(cors.map(ResponseFilter::Cors));
         Ok(out)
     }
 }
@@ -542,11 +608,11 @@ mod tests {
         assert!(c.preflight(&Method::OPTIONS, &stranger).unwrap().is_empty());
         assert!(c.preflight(&Method::GET, &pre).is_none(), "only OPTIONS is a preflight");
         let mut rsp = HeaderMap::new();
-        c.decorate(&request(&[("origin", "http://app.test")]), &mut rsp);
+        c.decorate(&HeaderValue::from_static("http://app.test"), &mut rsp);
         assert_eq!(rsp[ALLOW_ORIGIN], "http://app.test");
         assert_eq!(rsp[header::ACCESS_CONTROL_EXPOSE_HEADERS], "x-total");
         let mut rsp = HeaderMap::new();
-        cors(&["*"], false).decorate(&request(&[("origin", "http://any.where")]), &mut rsp);
+        cors(&["*"], false).decorate(&HeaderValue::from_static("http://any.where"), &mut rsp);
         assert_eq!(rsp[ALLOW_ORIGIN], "*");
     }
 

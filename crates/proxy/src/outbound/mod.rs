@@ -5,11 +5,19 @@
 //! destination selects the service by its address, and destinations that are no known
 //! service are proxied to where they were going (still measured, not meshed).
 
+//!
+//! - [`logical`]: a service the app calls: its routes, its retry budget, its backend.
+//! - [`route`]: the routed request path, stage by stage.
+
+pub mod logical;
+pub mod route;
+
+use crate::backend::Backend;
 use crate::config::{OutboundConfig, Protocol, ServiceConfig};
-use crate::conn::{self, FixedForwards, Shared};
+use crate::conn::{self, Shared, Targets};
 use crate::endpoint::{Endpoint, EndpointSpec};
-use crate::http::forward::{Balancer, Destination, Forward};
 use crate::metrics::{Direction, Peer};
+use logical::Logical;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,14 +26,13 @@ use tokio::net::{TcpListener, TcpStream};
 /// One service the app calls.
 #[derive(Debug)]
 pub struct Service {
-    pub forward: Arc<Forward>,
-    pub protocol: Protocol,
+    pub logical: Arc<Logical>,
 }
 
 impl Service {
     pub fn new(config: &ServiceConfig, shared: &Shared) -> Self {
         let name = Arc::new(config.name.clone());
-        let metrics = shared.target_metrics(Direction::Outbound, name.clone(), Peer::Unlabelled);
+        let meta = shared.meta(Direction::Outbound, name.clone(), Peer::Unlabelled);
         let endpoints = config
             .endpoints
             .iter()
@@ -35,31 +42,24 @@ impl Service {
                     meshed: ep.meshed,
                     identity: ep.identity.as_deref().map(Into::into),
                 };
-                Arc::new(Endpoint::new(spec, shared.connect.clone(), (*metrics).clone()))
+                Arc::new(Endpoint::new(spec, shared.connect.clone(), (*meta.metrics).clone()))
             })
             .collect();
-        let forward = Arc::new(Forward {
-            direction: Direction::Outbound,
-            name,
-            metrics,
-            destination: Destination::Balanced(Balancer::new(endpoints)),
-            tap: shared.tap.clone(),
-            peer: Peer::Unlabelled,
-        });
-        Self { forward, protocol: config.protocol }
+        let backend = Backend::new(name, endpoints).counted_in(&meta.metrics);
+        Self { logical: Arc::new(Logical::new(meta, backend, config.protocol)) }
     }
 }
 
 /// A service and the explicit listener it has, if any.
 pub type ExplicitService = (Arc<Service>, Option<SocketAddr>);
 
-/// Destinations outside the mesh with their own pools and metrics (see [`FixedForwards`]).
+/// Destinations outside the mesh with their own pools and metrics (see [`Targets`]).
 const MAX_PASSTHROUGH: usize = 1024;
 
 #[derive(Debug)]
 pub struct Outbound {
     by_addr: HashMap<SocketAddr, Arc<Service>>,
-    passthrough: FixedForwards,
+    passthrough: Targets<SocketAddr, Logical>,
 }
 
 impl Outbound {
@@ -74,19 +74,21 @@ impl Outbound {
             }
             services.push((svc, svc_config.listen));
         }
-        (Self { by_addr, passthrough: FixedForwards::new(Direction::Outbound, MAX_PASSTHROUGH) }, services)
+        (Self { by_addr, passthrough: Targets::new(MAX_PASSTHROUGH) }, services)
     }
 
     /// Serves an explicit listener for one service.
     pub async fn serve_explicit(svc: Arc<Service>, listener: TcpListener, shared: Arc<Shared>) {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-        let hint = if shared.is_opaque_port(port) { Protocol::Opaque } else { svc.protocol };
+        let opaque_port = shared.is_opaque_port(port);
         let s = shared.clone();
         conn::accept_loop(listener, Direction::Outbound, shared, move |stream, permit| {
-            let fwd = svc.forward.clone();
+            let logical = svc.logical.clone();
+            // Read per connection: discovery may change it.
+            let hint = if opaque_port { Protocol::Opaque } else { logical.protocol() };
             let shared = s.clone();
             async move {
-                conn::proxy_connection(&shared, stream, fwd, hint).await;
+                conn::proxy_connection(&shared, stream, logical, hint).await;
                 drop(permit);
             }
         })
@@ -122,11 +124,18 @@ impl Outbound {
             tracing::warn!(%dst, "refusing a connection to the proxy's own listener: it would loop");
             return;
         }
-        let (fwd, protocol) = match self.by_addr.get(&dst) {
-            Some(svc) => (svc.forward.clone(), svc.protocol),
-            None => (self.passthrough.get(dst, Peer::Unlabelled, shared), Protocol::Detect),
+        let (logical, protocol) = match self.by_addr.get(&dst) {
+            Some(svc) => (svc.logical.clone(), svc.logical.protocol()),
+            None => {
+                let make = |name| {
+                    let meta = shared.meta(Direction::Outbound, name, Peer::Unlabelled);
+                    let backend = shared.fixed_backend(dst, &meta);
+                    Logical::new(meta, backend, Protocol::Detect)
+                };
+                (self.passthrough.get(dst, || dst.to_string(), make), Protocol::Detect)
+            }
         };
         let hint = if shared.is_opaque_port(dst.port()) { Protocol::Opaque } else { protocol };
-        conn::proxy_connection(shared, stream, fwd, hint).await
+        conn::proxy_connection(shared, stream, logical, hint).await
     }
 }

@@ -1,0 +1,198 @@
+//! One request to one endpoint, in the protocol the hop speaks.
+//!
+//! A request to another Tarmac proxy always travels over the endpoint's shared HTTP/2
+//! connection; one that arrived as HTTP/1 is marked with `tarmac-orig-proto` so that the
+//! proxy on the other side restores HTTP/1 for its app. Tunnels (`Upgrade`, `CONNECT`)
+//! take a fresh HTTP/1.1 connection of their own: an upgrade cannot ride a shared HTTP/2
+//! connection.
+//!
+//! Sending is idempotent on the request: a request handed back unsent can be sent again,
+//! to this endpoint or another, whatever the first try did to it.
+
+use super::Endpoint;
+use crate::error::ProxyError;
+use crate::http::{Body, ORIG_PROTO, authority, set_absolute_uri, set_origin_form, strip_hop_by_hop};
+use crate::metrics::TargetMetrics;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::client::conn::TrySendError;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A failed send, with the request when it never left (so that it may be tried again).
+/// The request is boxed: failures are rare, and every `Result` of a send would otherwise
+/// carry room for it.
+pub struct SendError {
+    pub error: ProxyError,
+    pub request: Option<Box<Request<Body>>>,
+}
+
+impl std::fmt::Debug for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendError")
+            .field("error", &self.error)
+            .field("unsent", &self.request.is_some())
+            .finish()
+    }
+}
+
+impl SendError {
+    pub fn unsent(error: impl Into<ProxyError>, request: Request<Body>) -> Self {
+        Self { error: error.into(), request: Some(Box::new(request)) }
+    }
+}
+
+impl From<ProxyError> for SendError {
+    fn from(error: ProxyError) -> Self {
+        Self { error, request: None }
+    }
+}
+
+/// Response metrics of the endpoint that answered, when they carry its identity.
+#[derive(Clone, Debug)]
+pub struct PeerMetrics(pub Arc<TargetMetrics>);
+
+impl Endpoint {
+    /// Sends `req`, adapting it to the protocol the hop speaks. `restore_h1`: the request
+    /// came from another proxy as HTTP/1 carried over HTTP/2, and goes on as HTTP/1.
+    pub async fn send(&self, mut req: Request<Body>, restore_h1: bool) -> Result<Response<Body>, SendError> {
+        // Our own mark from an earlier try (the outbound handler drops an app's copy).
+        let was_h1 = req.headers_mut().remove(ORIG_PROTO).is_some() || restore_h1;
+        if was_h1 {
+            *req.version_mut() = Version::HTTP_11;
+        }
+        // Counted from here, so that concurrent picks see each other even while the
+        // first of them is still connecting.
+        let in_flight = self.ewma.start();
+        strip_hop_by_hop(req.headers_mut(), false);
+        let authority = authority(&req)?;
+        if self.meshed || req.version() == Version::HTTP_2 {
+            if req.version() != Version::HTTP_2 {
+                req.headers_mut().insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+            }
+            *req.version_mut() = Version::HTTP_2;
+            set_absolute_uri(&mut req, authority)?;
+            req.headers_mut().remove(header::HOST);
+            // A connection that closed under us is replaced once; the request was not sent.
+            for attempt in 0..2 {
+                let mut sender = match self.h2_sender().await {
+                    Ok(sender) => sender,
+                    Err(e) => return Err(SendError::unsent(e, req)),
+                };
+                match sender.try_send_request(req).await {
+                    Ok(mut rsp) => {
+                        in_flight.complete();
+                        strip_hop_by_hop(rsp.headers_mut(), false);
+                        if let Some(metrics) = &self.peer_metrics {
+                            rsp.extensions_mut().insert(PeerMetrics(metrics.clone()));
+                        }
+                        return Ok(rsp.map(Body::from));
+                    }
+                    Err(e) => req = unsent(attempt, e, self.addr)?,
+                }
+            }
+            unreachable!("the second attempt returns")
+        } else {
+            if req.version() != Version::HTTP_10 {
+                *req.version_mut() = Version::HTTP_11;
+            }
+            if !req.headers().contains_key(header::HOST) {
+                let host = HeaderValue::from_str(authority.as_str())
+                    .map_err(|e| ProxyError::BadUri(e.to_string()))?;
+                req.headers_mut().insert(header::HOST, host);
+            }
+            set_origin_form(&mut req);
+            for attempt in 0..2 {
+                let mut sender = match self.h1_sender().await {
+                    Ok(sender) => sender,
+                    Err(e) => return Err(SendError::unsent(e, req)),
+                };
+                match sender.try_send_request(req).await {
+                    Ok(rsp) => {
+                        in_flight.complete();
+                        let (mut parts, body) = rsp.into_parts();
+                        strip_hop_by_hop(&mut parts.headers, false);
+                        let body = Body::Pooled { body: self.pooled_body(body, sender) };
+                        return Ok(Response::from_parts(parts, body));
+                    }
+                    Err(e) => req = unsent(attempt, e, self.addr)?,
+                }
+            }
+            unreachable!("the second attempt returns")
+        }
+    }
+
+    /// Opens the tunnel `req` asks for (see [`crate::http::upgrade`]). The client's side of
+    /// the upgrade travels in the request's extensions, which survive the body's conversion.
+    pub async fn tunnel(&self, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
+        let is_connect = req.method() == Method::CONNECT;
+        req.headers_mut().remove(ORIG_PROTO);
+        strip_hop_by_hop(req.headers_mut(), true);
+        if !is_connect {
+            if !req.headers().contains_key(header::HOST) {
+                let host = authority(&req)?;
+                let host =
+                    HeaderValue::from_str(host.as_str()).map_err(|e| ProxyError::BadUri(e.to_string()))?;
+                req.headers_mut().insert(header::HOST, host);
+            }
+            set_origin_form(&mut req);
+        }
+        *req.version_mut() = Version::HTTP_11;
+
+        let in_flight = self.ewma.start();
+        let mut sender = match self.h1_connect(true).await {
+            Ok(sender) => sender,
+            Err(e) => return Err(SendError::unsent(e, req)),
+        };
+        let client_side = hyper::upgrade::on(&mut req);
+        let mut rsp = sender.send_request(req).await.map_err(|source| ProxyError::Upstream {
+            addr: self.addr,
+            source,
+            sent: true,
+        })?;
+        in_flight.complete();
+
+        let switched = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switched || (is_connect && rsp.status().is_success()) {
+            let upstream_side = hyper::upgrade::on(&mut rsp);
+            let addr = self.addr;
+            tokio::spawn(async move {
+                let (client, upstream) = match tokio::try_join!(client_side, upstream_side) {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "tunnel upgrade failed");
+                        return;
+                    }
+                };
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!(%addr, error = %e, "tunnel closed with an error");
+                }
+            });
+        }
+        strip_hop_by_hop(rsp.headers_mut(), switched);
+        Ok(rsp.map(Body::from))
+    }
+}
+
+/// After a failed send on the first attempt: the request, if it never left and may be
+/// sent again on a new connection. Otherwise the failure, with the request if hyper gave
+/// it back.
+fn unsent(
+    attempt: usize,
+    mut e: TrySendError<Request<Body>>,
+    addr: SocketAddr,
+) -> Result<Request<Body>, SendError> {
+    match e.take_message() {
+        Some(req) if attempt == 0 => {
+            tracing::debug!(%addr, error = %e.error(), "connection closed before the request was sent; reconnecting");
+            Ok(req)
+        }
+        Some(req) => {
+            Err(SendError::unsent(ProxyError::Upstream { addr, source: e.into_error(), sent: false }, req))
+        }
+        None => Err(ProxyError::Upstream { addr, source: e.into_error(), sent: true }.into()),
+    }
+}

@@ -1,0 +1,134 @@
+//! Why a request failed in the proxy, and what follows from it.
+//!
+//! Every failure on the request path is a [`ProxyError`], and each says three things:
+//! which status the caller gets ([`ProxyError::status`]), the `kind` label it is counted
+//! under ([`ProxyError::kind`]), and its [`Class`]: whether the request left the proxy and
+//! whether another try may succeed. Retries read the class, never the message.
+
+use crate::endpoint::ConnectError;
+use http::StatusCode;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a failure means for trying again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// The request never left the proxy, and another try (on another endpoint, or a new
+    /// connection) may succeed: a refused or timed-out connect, a connection that closed
+    /// before the request went out. Always safe to retry.
+    Unsent,
+    /// The request never left the proxy, and trying again would fail the same way or
+    /// defeat the failure's purpose: a bad request, no route, no endpoints, a peer that
+    /// failed the mTLS handshake, an injected fault.
+    Final,
+    /// The request left the proxy, at least in part. It is retried only as a response
+    /// with the same status would be, when its body can be sent again whole.
+    Sent,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no endpoints for {0}")]
+    NoEndpoints(Arc<String>),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The connection failed under a request. `sent` is false when hyper handed the
+    /// request back unsent.
+    #[error("request to {addr} failed: {source}")]
+    Upstream { addr: SocketAddr, source: hyper::Error, sent: bool },
+    #[error("request has no authority: send a Host header")]
+    NoAuthority,
+    #[error("invalid request target: {0}")]
+    BadUri(String),
+    #[error("reading the request body: {0}")]
+    RequestBody(hyper::Error),
+    #[error("no route rule matches the request")]
+    NoRoute,
+    #[error("every backend of route {0} has weight 0")]
+    NoBackend(Arc<String>),
+    #[error("backend {0} does not exist")]
+    BackendNotFound(Arc<String>),
+    #[error("{what} timeout of {limit:?} exceeded")]
+    Timeout { what: &'static str, limit: Duration },
+    #[error("fault injected")]
+    FaultAbort(StatusCode),
+    #[error("route {0} refers to a FaultInjection that does not exist")]
+    FaultUnresolved(Arc<String>),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect(ConnectError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Connect(_) | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::NoAuthority | ProxyError::BadUri(_) | ProxyError::RequestBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NoBackend(_) | ProxyError::BackendNotFound(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::FaultAbort(status) => *status,
+            ProxyError::FaultUnresolved(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `kind` label of `tarmac_proxy_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::NoEndpoints(_) => "no_endpoints",
+            ProxyError::Connect(ConnectError::Timeout { .. }) => "connect_timeout",
+            ProxyError::Connect(ConnectError::Tls { .. }) => "tls",
+            ProxyError::Connect(_) => "connect",
+            ProxyError::Upstream { .. } => "upstream",
+            ProxyError::NoAuthority | ProxyError::BadUri(_) | ProxyError::RequestBody(_) => "bad_request",
+            ProxyError::NoRoute => "no_route",
+            ProxyError::NoBackend(_) | ProxyError::BackendNotFound(_) => "no_backend",
+            ProxyError::Timeout { .. } => "timeout",
+            ProxyError::FaultAbort(_) => "fault",
+            ProxyError::FaultUnresolved(_) => "bad_filter",
+        }
+    }
+
+    pub fn class(&self) -> Class {
+        match self {
+            // A failed handshake is the peer's identity or the mesh's trust, not a moment's
+            // trouble: trying again would only repeat it.
+            ProxyError::Connect(ConnectError::Tls { .. }) => Class::Final,
+            ProxyError::Connect(_) => Class::Unsent,
+            ProxyError::Upstream { sent: false, .. } => Class::Unsent,
+            ProxyError::Upstream { sent: true, .. } | ProxyError::Timeout { .. } => Class::Sent,
+            ProxyError::NoEndpoints(_)
+            | ProxyError::NoAuthority
+            | ProxyError::BadUri(_)
+            | ProxyError::RequestBody(_)
+            | ProxyError::NoRoute
+            | ProxyError::NoBackend(_)
+            | ProxyError::BackendNotFound(_)
+            | ProxyError::FaultAbort(_)
+            | ProxyError::FaultUnresolved(_) => Class::Final,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_connect_is_unsent_and_a_timeout_was_sent() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let refused = ProxyError::Connect(ConnectError::Io {
+            addr,
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        });
+        assert_eq!(refused.class(), Class::Unsent);
+        assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+        let timeout = ProxyError::Timeout { what: "backend request", limit: Duration::from_secs(1) };
+        assert_eq!(timeout.class(), Class::Sent);
+        assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(ProxyError::NoRoute.class(), Class::Final);
+        assert_eq!(ProxyError::FaultAbort(StatusCode::SERVICE_UNAVAILABLE).class(), Class::Final);
+    }
+}

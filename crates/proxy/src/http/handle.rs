@@ -1,0 +1,92 @@
+//! What every request goes through, inbound or outbound, around the direction's own
+//! stages: counted, tapped when someone watches, failures turned into responses (never
+//! dropped connections), the response's version set back to the client's, and its body
+//! metered to its end.
+
+use super::metered::{Metered, TapRecord};
+use super::{Body, authority, error_response, is_grpc};
+use crate::backend::Backend;
+use crate::endpoint::send::PeerMetrics;
+use crate::error::ProxyError;
+use crate::metrics::{Direction, Peer, RouteLabel, TargetMetrics};
+use crate::tap::{Tap, TapStart};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What a handler's requests are called in metrics, logs and tap.
+#[derive(Debug)]
+pub struct Meta {
+    pub direction: Direction,
+    pub name: Arc<String>,
+    pub metrics: Arc<TargetMetrics>,
+    pub tap: Arc<Tap>,
+    /// Who the requests come from (inbound) as far as the connection proves it.
+    pub peer: Peer,
+}
+
+/// A direction's request path: the inbound app's, or an outbound logical service's.
+pub trait Handle: Send + Sync + 'static {
+    fn meta(&self) -> &Meta;
+
+    /// Where opaque TCP connections of this target go.
+    fn backend(&self) -> &Backend;
+
+    /// The direction's stages, from the request as the server read it to a response.
+    fn call(&self, req: Request<Incoming>)
+    -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send;
+}
+
+/// Serves one request through `handler`.
+pub async fn respond<H: Handle>(
+    handler: Arc<H>,
+    req: Request<Incoming>,
+    source: Option<SocketAddr>,
+) -> Response<Metered> {
+    let started = Instant::now();
+    let meta = handler.meta();
+    meta.metrics.request();
+    let grpc = is_grpc(req.headers());
+    let client_version = req.version();
+    let tap = meta.tap.is_watched().then(|| {
+        Box::new(TapRecord {
+            tap: meta.tap.clone(),
+            start: TapStart {
+                method: req.method().to_string(),
+                authority: authority(&req).map(|a| a.to_string()).unwrap_or_default(),
+                path: req.uri().path().to_string(),
+                source,
+                client_id: match &meta.peer {
+                    Peer::Authenticated(id) => Some(id.clone()),
+                    _ => None,
+                },
+                started,
+            },
+            direction: meta.direction.as_str(),
+            target: meta.name.clone(),
+        })
+    });
+    let rsp = match handler.call(req).await {
+        Ok(rsp) => rsp,
+        Err(e) => failure(meta, &e, grpc),
+    };
+    let (mut parts, body) = rsp.into_parts();
+    parts.version = client_version;
+    // A response from an mTLS endpoint is counted under the identity it proved.
+    let metrics = parts.extensions.remove::<PeerMetrics>().map_or_else(|| meta.metrics.clone(), |m| m.0);
+    metrics.latency(started.elapsed().as_secs_f64());
+    // A routed request's response says which named rule took it.
+    let route = parts.extensions.remove::<RouteLabel>().unwrap_or_default();
+    let body = Metered::new(body, metrics, route, parts.status, &parts.headers, grpc, tap);
+    Response::from_parts(parts, body)
+}
+
+/// The response for a failure, counted and logged.
+pub fn failure(meta: &Meta, e: &ProxyError, grpc: bool) -> Response<Body> {
+    meta.metrics.error(e.kind());
+    tracing::info!(direction = meta.direction.as_str(), target = %meta.name, error = %e, "request failed");
+    error_response(e.status(), grpc, &e.to_string())
+}

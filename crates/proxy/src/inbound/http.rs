@@ -1,0 +1,59 @@
+//! The inbound request stages: the client's identity, then the app.
+//!
+//! The identity stage always runs: whatever a client wrote under `tarmac-client-id` is
+//! replaced by the identity its connection proved, so the app can trust the header.
+//! Authorization and rate limits take their places between it and the app.
+
+use crate::backend::{Backend, Hop};
+use crate::conn::Shared;
+use crate::error::ProxyError;
+use crate::http::handle::{Handle, Meta};
+use crate::http::{Body, CLIENT_ID, ORIG_PROTO, upgrade};
+use crate::metrics::Peer;
+use http::header::HeaderValue;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+
+/// The local app at one address, as seen by one kind of client.
+#[derive(Debug)]
+pub struct App {
+    meta: Meta,
+    backend: Backend,
+}
+
+impl App {
+    pub fn new(addr: SocketAddr, meta: Meta, shared: &Shared) -> Self {
+        let backend = shared.fixed_backend(addr, &meta);
+        Self { meta, backend }
+    }
+}
+
+impl Handle for App {
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    async fn call(&self, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+        set_client_id(req.headers_mut(), &self.meta.peer);
+        // Only a proxy sets the marker, and only a proxy can reach this far with it: an
+        // app's own copy was dropped by its outbound proxy.
+        let restore_h1 = req.headers_mut().remove(ORIG_PROTO).is_some();
+        let hop = Hop { tunnel: upgrade::is_tunnel(&req), restore_h1 };
+        self.backend.dispatch(req.map(Body::from), hop).await.map_err(|e| e.error)
+    }
+}
+
+/// Replaces any client-sent identity header with the one the connection proved.
+fn set_client_id(headers: &mut http::HeaderMap, peer: &Peer) {
+    headers.remove(CLIENT_ID);
+    if let Peer::Authenticated(id) = peer
+        && let Ok(value) = HeaderValue::from_str(id)
+    {
+        headers.insert(CLIENT_ID, value);
+    }
+}

@@ -1,0 +1,204 @@
+//! A logical service: what the app called (a Service port, or an address outside the
+//! mesh), with what belongs to it rather than to any one backend: its routes and its retry
+//! budget.
+//!
+//! A request without routes goes to the service's own backend; a routed one takes its
+//! rule's stages to a backend of the rule (see [`super::route`]). Either way its tries go
+//! through [`Tries`], which draws every retry from the service's budget.
+
+use super::route::{self, Routes};
+use crate::backend::{Backend, Hop};
+use crate::config::Protocol;
+use crate::endpoint::{ConnectSettings, Endpoint, EndpointSpec};
+use crate::error::ProxyError;
+use crate::http::handle::{Handle, Meta};
+use crate::http::{Body, ORIG_PROTO, upgrade};
+use crate::resilience::budget::{BudgetConfig, RetryBudget};
+use crate::resilience::deadline::{Deadline, within};
+use crate::resilience::retry::Tries;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
+use tarmac_proto::discovery::{self as pb, ServiceUpdate};
+use tarmac_route::RouteTable;
+
+/// The `route` and `rule` labels of requests no rule took.
+pub static NO_RULE: LazyLock<Arc<String>> = LazyLock::new(Arc::default);
+
+#[derive(Debug)]
+pub struct Logical {
+    meta: Meta,
+    /// The service's own endpoints: its unrouted requests, and rules without backendRefs.
+    pub backend: Arc<Backend>,
+    routes: RouteSlot,
+    pub budget: RetryBudget,
+    /// How its connections are handled ([`Protocol`] as a number): what discovery says
+    /// (the Service port's `appProtocol`), or else the configuration's.
+    protocol: AtomicU8,
+    configured: Protocol,
+}
+
+impl Logical {
+    pub fn new(meta: Meta, backend: Backend, configured: Protocol) -> Self {
+        Self {
+            meta,
+            backend: Arc::new(backend),
+            routes: RouteSlot::default(),
+            budget: RetryBudget::new(BudgetConfig::default()),
+            protocol: AtomicU8::new(configured as u8),
+            configured,
+        }
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        match self.protocol.load(Ordering::Relaxed) {
+            1 => Protocol::Http1,
+            2 => Protocol::Http2,
+            3 => Protocol::Opaque,
+            _ => Protocol::Detect,
+        }
+    }
+
+    fn set_protocol(&self, protocol: Protocol) {
+        self.protocol.store(protocol as u8, Ordering::Relaxed);
+    }
+
+    /// Applies what discovery says of the service now: its endpoints, and its routes
+    /// compiled whole (a route update that does not compile is refused whole, and the
+    /// previous routes stay).
+    pub fn update(&self, update: &ServiceUpdate, connect: &ConnectSettings, service_port: u16) {
+        let name = &self.meta.name;
+        let endpoints = endpoint_specs(&update.endpoints, name);
+        tracing::info!(
+            target = %name,
+            generation = update.generation,
+            exists = update.exists,
+            endpoints = endpoints.len(),
+            "endpoints updated"
+        );
+        self.set_protocol(match pb::Protocol::try_from(update.protocol).unwrap_or_default() {
+            pb::Protocol::Detect => self.configured,
+            pb::Protocol::Http1 => Protocol::Http1,
+            pb::Protocol::Http2 => Protocol::Http2,
+            pb::Protocol::Opaque => Protocol::Opaque,
+        });
+        let make = |spec: EndpointSpec| Endpoint::new(spec, connect.clone(), (*self.meta.metrics).clone());
+        self.backend.update(endpoints, make);
+        if update.routes.is_empty() {
+            if self.routes.get().is_some() {
+                tracing::info!(target = %name, "routes removed");
+            }
+            self.routes.set(None);
+            return;
+        }
+        let previous = self.routes.get();
+        let mut backends = HashMap::new();
+        let mut resolve = |b: &pb::RouteBackend| {
+            let key = format!("{}/{}:{}", b.namespace, b.service, b.port);
+            let backend = backends
+                .get(&key)
+                .or_else(|| previous.as_ref().and_then(|p| p.backends.get(&key)))
+                .cloned()
+                .unwrap_or_else(|| {
+                    Arc::new(Backend::new(Arc::new(key.clone()), Vec::new()).counted_in(&self.meta.metrics))
+                });
+            // Backends are meshed like the Service itself: their proxies must prove the
+            // identity discovery names.
+            backend.update(endpoint_specs(&b.endpoints, name), make);
+            backends.insert(key, backend.clone());
+            backend
+        };
+        match RouteTable::build(&update.routes, service_port, &mut resolve) {
+            Ok(table) => {
+                tracing::info!(target = %name, routes = update.routes.len(), rules = table.rules.len(), "routes updated");
+                self.routes.set(Some(Routes { table, backends }));
+            }
+            // The control plane validates routes; a proxy that still cannot use them keeps
+            // the previous table whole rather than apply part of the new one.
+            Err(e) => {
+                tracing::warn!(target = %name, error = %e, "refusing a route update; keeping the previous routes")
+            }
+        }
+    }
+}
+
+impl Handle for Logical {
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    async fn call(&self, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+        // Only a proxy may set the marker: on the way out an app's copy is dropped.
+        req.headers_mut().remove(ORIG_PROTO);
+        // Routes come first: they apply to tunnels (WebSocket, CONNECT) too. The routed
+        // path is boxed: its state is large, and inline it would be moved (copied) with
+        // every request's future, routed or not.
+        if let Some(routes) = self.routes.get() {
+            return Box::pin(route::serve(self, routes, req)).await;
+        }
+        self.budget.deposit();
+        let hop = Hop { tunnel: upgrade::is_tunnel(&req), restore_h1: false };
+        let deadline = Deadline::of(None, req.headers());
+        let tries = Tries {
+            backend: &self.backend,
+            hop,
+            policy: None,
+            per_try_timeout: None,
+            deadline,
+            budget: &self.budget,
+            grpc: false,
+            metrics: &self.meta.metrics,
+            route: &NO_RULE,
+            rule: &NO_RULE,
+        };
+        within(deadline, tries.run(req.map(Body::from))).await
+    }
+}
+
+/// The endpoints of a discovery message that have a valid address.
+fn endpoint_specs(endpoints: &[pb::Endpoint], target: &str) -> Vec<EndpointSpec> {
+    endpoints
+        .iter()
+        .filter_map(|ep| match ep.address.parse() {
+            Ok(addr) => Some(EndpointSpec {
+                addr,
+                meshed: ep.meshed,
+                identity: (!ep.identity.is_empty()).then(|| ep.identity.as_str().into()),
+            }),
+            Err(_) => {
+                tracing::warn!(target, address = %ep.address, "ignoring an endpoint with an invalid address");
+                None
+            }
+        })
+        .collect()
+}
+
+/// A service's current routes, replaced as a whole by discovery.
+#[derive(Debug, Default)]
+struct RouteSlot {
+    active: AtomicBool,
+    routes: RwLock<Option<Arc<Routes>>>,
+}
+
+impl RouteSlot {
+    /// The routes, when the service has any. Without routes this is one atomic load.
+    fn get(&self) -> Option<Arc<Routes>> {
+        if !self.active.load(Ordering::Acquire) {
+            return None;
+        }
+        self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, routes: Option<Routes>) {
+        let routes = routes.map(Arc::new);
+        let active = routes.is_some();
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
+        self.active.store(active, Ordering::Release);
+    }
+}

@@ -1,0 +1,169 @@
+//! The retry budget: retries may add at most `ratio` to the requests a proxy sends to a
+//! service, plus `min_per_second`, over a sliding window.
+//!
+//! This is what makes a retry storm impossible by construction. However many attempts a
+//! route allows, a failing service sees at most `(1 + ratio)` times its offered load (plus
+//! the small floor that lets a quiet service retry at all), never `attempts` times. The
+//! defaults are Linkerd's and Finagle's: 20 % plus 10 retries per second over 10 s.
+//!
+//! Requests deposit, retries withdraw. The window is ten slots of a tenth each, counted
+//! with atomics: a request costs one clock read, one load and one add; only a retry sums
+//! the window.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const SLOTS: usize = 10;
+
+/// How much retrying a service may add.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BudgetConfig {
+    /// Retries as a share of requests (0.2: retries add at most 20 %).
+    pub ratio: f64,
+    /// Retries allowed per second whatever the traffic, so that a quiet service can retry.
+    pub min_per_second: u32,
+    pub window: Duration,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        Self { ratio: 0.2, min_per_second: 10, window: Duration::from_secs(10) }
+    }
+}
+
+#[derive(Debug)]
+pub struct RetryBudget {
+    config: BudgetConfig,
+    slot_nanos: u64,
+    epoch: Instant,
+    slots: [Slot; SLOTS],
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// The slot's number since `epoch` (its start in slot lengths); the counts are stale
+    /// when it is not the current one.
+    tick: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl RetryBudget {
+    pub fn new(config: BudgetConfig) -> Self {
+        let slot_nanos = (config.window.as_nanos() / SLOTS as u128).max(1) as u64;
+        Self { config, slot_nanos, epoch: Instant::now(), slots: Default::default() }
+    }
+
+    pub fn config(&self) -> &BudgetConfig {
+        &self.config
+    }
+
+    fn tick(&self) -> u64 {
+        Instant::now().saturating_duration_since(self.epoch).as_nanos() as u64 / self.slot_nanos
+    }
+
+    /// The current slot, cleared first if it last counted an older tick. Two threads may
+    /// both clear it at a tick's start; a count or two lost there does not matter.
+    fn current(&self, tick: u64) -> &Slot {
+        let slot = &self.slots[tick as usize % SLOTS];
+        let seen = slot.tick.load(Ordering::Relaxed);
+        if seen != tick
+            && slot.tick.compare_exchange(seen, tick, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            slot.requests.store(0, Ordering::Relaxed);
+            slot.retries.store(0, Ordering::Relaxed);
+        }
+        slot
+    }
+
+    /// Counts a request (not a retry).
+    pub fn deposit(&self) {
+        self.current(self.tick()).requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes one retry from the budget; false when the budget is spent.
+    pub fn withdraw(&self) -> bool {
+        let tick = self.tick();
+        let (mut requests, mut retries) = (0u64, 0u64);
+        for slot in &self.slots {
+            // Slots of the last `SLOTS` ticks make the window.
+            if tick.saturating_sub(slot.tick.load(Ordering::Relaxed)) < SLOTS as u64 {
+                requests += slot.requests.load(Ordering::Relaxed);
+                retries += slot.retries.load(Ordering::Relaxed);
+            }
+        }
+        let floor = f64::from(self.config.min_per_second) * self.config.window.as_secs_f64();
+        if (retries + 1) as f64 > requests as f64 * self.config.ratio + floor {
+            return false;
+        }
+        self.current(tick).retries.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spend(budget: &RetryBudget) -> u32 {
+        let mut n = 0;
+        while budget.withdraw() {
+            n += 1;
+        }
+        n
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_add_at_most_the_ratio_plus_the_floor() {
+        let budget =
+            RetryBudget::new(BudgetConfig { ratio: 0.2, min_per_second: 1, window: Duration::from_secs(10) });
+        for _ in 0..1000 {
+            budget.deposit();
+        }
+        // 20 % of 1000, plus 1 per second over 10 s.
+        assert_eq!(spend(&budget), 210);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_service_still_gets_its_floor_and_no_more() {
+        let budget = RetryBudget::new(BudgetConfig::default());
+        assert_eq!(spend(&budget), 100);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(spend(&budget), 0, "the window still holds the retries spent");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn old_requests_and_retries_leave_the_window() {
+        let budget =
+            RetryBudget::new(BudgetConfig { ratio: 0.5, min_per_second: 0, window: Duration::from_secs(10) });
+        for _ in 0..100 {
+            budget.deposit();
+        }
+        assert_eq!(spend(&budget), 50);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(!budget.withdraw(), "deposits older than the window count no more");
+        for _ in 0..10 {
+            budget.deposit();
+        }
+        assert_eq!(spend(&budget), 5, "and neither do old withdrawals");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_a_steady_load_retries_keep_to_the_ratio() {
+        // 100 requests per second, each wanting a retry, for a minute: the budget lets
+        // through 20 % of them plus 10 per second, however long it lasts.
+        let budget = RetryBudget::new(BudgetConfig::default());
+        let mut granted = 0u32;
+        for _ in 0..600 {
+            for _ in 0..10 {
+                budget.deposit();
+                granted += u32::from(budget.withdraw());
+            }
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        let per_second = f64::from(granted) / 60.0;
+        assert!(per_second <= 30.5, "{per_second} retries per second");
+        assert!(per_second >= 25.0, "{per_second} retries per second");
+    }
+}
