@@ -29,7 +29,7 @@ async fn the_control_plane_binary_certifies_and_configures_a_proxy_and_stops_on_
     let config = dir.join("config");
     std::fs::create_dir_all(&config).unwrap();
     std::fs::write(config.join("books.yaml"), books(301)).unwrap();
-    std::fs::write(dir.join("tokens"), "# proxies started by hand\nweb-token default web\n").unwrap();
+    write_token(&dir.join("tokens"), "# proxies started by hand\nweb-token default web\n");
     write_token(&dir.join("token"), "web-token");
     let ca = dir.join("ca");
     let mut control = ControlProcess::spawn(
@@ -95,6 +95,26 @@ async fn the_control_plane_binary_certifies_and_configures_a_proxy_and_stops_on_
 }
 
 #[test]
+fn a_tokens_file_other_users_can_read_is_refused() {
+    let dir = temp_dir("control-bin-tokens");
+    std::fs::write(dir.join("tokens"), "web-token default web\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("tokens"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = std::process::Command::new(tarmac_testkit::tools::binary("tarmac-control"))
+        .arg("--config-dir")
+        .arg(&dir)
+        .arg("--bootstrap-tokens")
+        .arg(dir.join("tokens"))
+        .args(["--identity-dir", dir.join("ca").to_str().unwrap(), "--grpc-listen", "127.0.0.1:0"])
+        .args(["--api-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("mode 644") && stderr.contains("make it 0600"), "{stderr}");
+}
+
+#[test]
 fn an_invalid_directory_is_refused_with_exit_2_naming_file_and_field() {
     let dir = temp_dir("control-bin-invalid");
     std::fs::write(
@@ -114,7 +134,8 @@ fn an_invalid_directory_is_refused_with_exit_2_naming_file_and_field() {
     assert!(stderr.contains("selecter"), "{stderr}");
 }
 
-/// A token file as the proxy requires it: mode 0600.
+/// A token file as the proxy (and `tarmac-control --bootstrap-tokens`) requires it: mode
+/// 0600.
 fn write_token(path: &std::path::Path, token: &str) {
     use std::os::unix::fs::OpenOptionsExt;
     let _ = std::fs::remove_file(path);

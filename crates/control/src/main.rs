@@ -4,6 +4,7 @@
 
 use clap::Parser;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -93,6 +94,18 @@ fn config(args: &Args) -> Result<Config, String> {
     }
     let tokens = match &args.bootstrap_tokens {
         Some(path) => {
+            // Whoever reads a token can take its identity, as for a proxy's token file.
+            let mode = std::fs::metadata(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "{} can be read or changed by other users (mode {:o}): make it 0600",
+                    path.display(),
+                    mode & 0o777
+                ));
+            }
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             BootstrapTokens::parse(&path.display().to_string(), &text)?
