@@ -1,8 +1,10 @@
 //! `tarmac up DIR`: a local mesh from a directory of YAML (docs/local-mode.md).
 //!
-//! It runs the control plane in-process (the files store watching DIR, the registry of
-//! running replicas, discovery over gRPC on 127.0.0.1) and, for every replica of every
-//! Workload, a `tarmac-proxy` sidecar and then the app. Explicit mode: the app reaches
+//! It runs the control plane in-process, as `tarmac-control --config-dir DIR` does
+//! (`tarmac_control::start`: the files store watching DIR, the registry of running
+//! replicas, which `up` fills, discovery and identity over gRPC on 127.0.0.1, the API)
+//! and, for every replica of every Workload (a Deployment is read as one), a
+//! `tarmac-proxy` sidecar and then the app. Explicit mode: the app reaches
 //! each Service port through a listener of its own sidecar, whose address it is told in
 //! `<NAME>_URL` variables; the sidecar follows the Service's endpoints through discovery.
 //! All output is multiplexed on stdout, prefixed with who wrote it. A replica whose app
