@@ -16,6 +16,7 @@ mod app_tls;
 mod balance;
 mod bench;
 mod conformance;
+mod control;
 mod demo;
 mod discovery;
 mod examples;

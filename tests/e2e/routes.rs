@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tarmac_control::discovery::server::DiscoveryService;
 use tarmac_control::registry::{Instance, Registry};
 use tarmac_control::store::Snapshot;
 use tarmac_testkit::echo::{EchoServer, field};
@@ -58,22 +57,32 @@ struct Mesh {
     books: SocketAddr,
     client: tarmac_proxy::Running,
     _servers: Vec<tarmac_proxy::Running>,
+    _control: tarmac_control::Running,
 }
 
 async fn mesh(routes: &str) -> Mesh {
     let v1 = EchoServer::start("books-v1").await;
     let v2 = EchoServer::start("books-v2").await;
     let p = proxies(routes, [v1.addr, v2.addr]).await;
-    Mesh { snapshots: p.snapshots, v1, v2, books: p.books, client: p.client, _servers: p.servers }
+    Mesh {
+        snapshots: p.snapshots,
+        v1,
+        v2,
+        books: p.books,
+        client: p.client,
+        _servers: p.servers,
+        _control: p._control,
+    }
 }
 
-/// Discovery, the inbound proxies of `books-v1` and `books-v2` (whose apps listen at
+/// The control plane (discovery), the inbound proxies of `books-v1` and `books-v2` (whose apps listen at
 /// `apps`) and a client proxy following `books`.
 struct Proxies {
     snapshots: watch::Sender<Arc<Snapshot>>,
     books: SocketAddr,
     client: tarmac_proxy::Running,
     servers: Vec<tarmac_proxy::Running>,
+    _control: tarmac_control::Running,
 }
 
 async fn proxies(routes: &str, apps: [SocketAddr; 2]) -> Proxies {
@@ -97,18 +106,16 @@ async fn proxies(routes: &str, apps: [SocketAddr; 2]) -> Proxies {
         servers.push(proxy);
     }
     registry.set(instances);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let control = listener.local_addr().unwrap();
-    let service = DiscoveryService::new(receiver, registry);
-    tokio::spawn(async move {
-        tarmac_control::grpc::serve(listener, service, None, std::future::pending()).await.unwrap()
-    });
+    let control_plane =
+        tarmac_testkit::control::start(tarmac_control::Config::snapshots(receiver).with_registry(registry))
+            .await;
+    let control = control_plane.addrs.grpc;
     let client = start(&format!(
         "admin: 127.0.0.1:0\ncontrol: {{addr: \"{control}\", workload: web}}\noutbound:\n  services:\n  - name: books\n    listen: 127.0.0.1:0\n    discover: {{port: 80}}\n"
     ))
     .await;
     let books = client.addrs.service("books").unwrap();
-    Proxies { snapshots, books, client, servers }
+    Proxies { snapshots, books, client, servers, _control: control_plane }
 }
 
 struct Answer {

@@ -3,16 +3,20 @@
 //!
 //! The same documents work in local mode (`tarmac up DIR`) and on Kubernetes
 //! (`kubectl apply`): `v1` Service and Namespace, Tarmac's own `tarmac.io/v1alpha1`
-//! Workload (local mode only) and FaultInjection, and `gateway.networking.k8s.io/v1`
-//! HTTPRoute and GRPCRoute attached to Services (the Gateway API mesh profile).
+//! Workload (local mode only) and FaultInjection, `apps/v1` Deployment (run as a Workload
+//! in local mode), and `gateway.networking.k8s.io/v1` HTTPRoute and GRPCRoute attached to
+//! Services (the Gateway API mesh profile). A `v1` `List` of them reads as its items.
 //!
 //! Every error names the file, the line where the parser knows it, the object
 //! (`Kind namespace/name`) and the field, and says what would be valid. Unknown fields are
-//! errors, not silently ignored: a typo must never turn a feature off.
+//! errors, not silently ignored: a typo must never turn a feature off. Fields the API
+//! server writes (`metadata.uid`, `resourceVersion`, `status`, `spec.clusterIPs`, ...)
+//! are accepted and ignored ([`meta::ServerOwned`]), so `kubectl get -o yaml` output loads.
 //!
 //! # Layout
 //! - [`meta`]: object metadata and references.
 //! - [`service`], [`workload`], [`route`], [`fault`]: the kinds.
+//! - [`deployment`]: `apps/v1` Deployment, read into a [`Workload`].
 //! - [`parse`]: YAML documents to [`Resource`]s, with located errors.
 //! - [`validate`]: checks types cannot express (ports in range, weights, path syntax).
 //! - [`duration`]: Gateway API durations (`1h30m`, `500ms`).
@@ -20,6 +24,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod deployment;
 pub mod duration;
 pub mod fault;
 pub mod meta;
@@ -52,6 +57,7 @@ pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
     ("v1", "Namespace"),
     ("v1", "Service"),
     ("tarmac.io/v1alpha1", "Workload"),
+    ("apps/v1", "Deployment"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
     ("gateway.networking.k8s.io/v1", "GRPCRoute"),
     ("tarmac.io/v1alpha1", "FaultInjection"),

@@ -67,6 +67,22 @@ fn validate_meta(meta: &ObjectMeta, p: &mut Problems) {
 }
 
 fn validate_service(s: &Service, p: &mut Problems) {
+    if let Some(affinity) = s.spec.session_affinity.as_deref().filter(|a| *a != "None") {
+        p.add(
+            "spec.sessionAffinity",
+            format!(
+                "`{affinity}` is not supported: Tarmac balances every request (remove it, or write `None`)"
+            ),
+        );
+    }
+    for (field, policy) in [
+        ("spec.internalTrafficPolicy", &s.spec.internal_traffic_policy),
+        ("spec.externalTrafficPolicy", &s.spec.external_traffic_policy),
+    ] {
+        if let Some(policy) = policy.as_deref().filter(|v| !matches!(*v, "Cluster" | "Local")) {
+            p.add(field, format!("`{policy}` is not a traffic policy: write `Cluster` or `Local`"));
+        }
+    }
     if s.spec.ports.is_empty() {
         p.add("spec.ports", "a Service needs at least one port");
     }

@@ -37,6 +37,9 @@ pub struct Check {
     /// do not.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<RouteCondition>,
+    /// What is accepted but not applied here; never fails the check.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A route condition that needs attention, for `tarmac check`.
@@ -98,6 +101,36 @@ struct Streams {
     behind: usize,
 }
 
+/// Deployments run as local processes: which of their fields only a cluster applies.
+fn deployments_check(snapshot: &Snapshot) -> Option<Check> {
+    let deployments: Vec<&tarmac_model::Workload> = snapshot
+        .iter_kind("Workload")
+        .filter_map(|r| match r {
+            Resource::Workload(w) if w.kind == "Deployment" => Some(w),
+            _ => None,
+        })
+        .collect();
+    if deployments.is_empty() {
+        return None;
+    }
+    Some(Check {
+        name: "deployments".into(),
+        ok: true,
+        detail: format!(
+            "{} Deployment{} run here as processes: the first container's command, env, replicas, labels and service account",
+            deployments.len(),
+            if deployments.len() == 1 { "" } else { "s" }
+        ),
+        hint: None,
+        errors: Vec::new(),
+        conditions: Vec::new(),
+        warnings: deployments
+            .iter()
+            .filter_map(|w| tarmac_model::deployment::cluster_only_warning(w))
+            .collect(),
+    })
+}
+
 /// Builds the report. `ready` holds the `/ready` outcome of each instance's proxy, in
 /// the order of `instances`.
 pub fn report(
@@ -117,6 +150,7 @@ pub fn report(
         hint: None,
         errors: Vec::new(),
         conditions: Vec::new(),
+        warnings: Vec::new(),
     }];
 
     let errors: Vec<ConfigError> = status
@@ -139,6 +173,7 @@ pub fn report(
             hint: None,
             errors,
             conditions: Vec::new(),
+            warnings: Vec::new(),
         }
     } else {
         Check {
@@ -153,8 +188,13 @@ pub fn report(
             hint: Some("fix the files named below (or remove them); the change applies as soon as it validates".into()),
             errors,
             conditions: Vec::new(),
+            warnings: Vec::new(),
         }
     });
+
+    if let Some(check) = deployments_check(snapshot) {
+        checks.push(check);
+    }
 
     let mut wanted: BTreeMap<(String, String), u32> = BTreeMap::new();
     for resource in snapshot.iter_kind("Workload") {
@@ -239,7 +279,8 @@ pub fn report(
                 ),
                 hint: None,
                 errors: Vec::new(),
-        conditions: Vec::new(),
+                conditions: Vec::new(),
+                warnings: Vec::new(),
             }
         } else {
             Check {
@@ -249,6 +290,7 @@ pub fn report(
                 hint: Some(hints.join("; ")),
                 errors: Vec::new(),
                 conditions: Vec::new(),
+            warnings: Vec::new(),
             }
         });
     }
@@ -316,6 +358,7 @@ fn routes_check(routes: &[RouteStatus]) -> Check {
         }),
         errors: Vec::new(),
         conditions,
+        warnings: Vec::new(),
     }
 }
 
