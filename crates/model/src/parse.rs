@@ -187,6 +187,9 @@ fn parse_document(file: &str, doc: &Document) -> Result<Resource, ModelError> {
         ("tarmac.io/v1alpha1", "FaultInjection") => {
             Resource::FaultInjection(serde_saphyr::from_str(text).map_err(strict)?)
         }
+        ("tarmac.io/v1alpha1", "ResiliencePolicy") => {
+            Resource::ResiliencePolicy(serde_saphyr::from_str(text).map_err(strict)?)
+        }
         _ => {
             let hint = SUPPORTED_KINDS
                 .iter()
