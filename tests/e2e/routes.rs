@@ -700,3 +700,51 @@ spec:
     assert_eq!(bidi["code"], "UNIMPLEMENTED", "{bidi}");
     assert_eq!(bidi["peer"], serde_json::Value::Null, "{bidi}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resilience_policy_retries_a_services_unrouted_requests_and_can_turn_its_budget_off() {
+    let policy = |budget: &str| {
+        format!(
+            "apiVersion: tarmac.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {{name: books}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: books}}]\n  retry: {{codes: [503], attempts: 2, backoff: 1ms}}\n{budget}"
+        )
+    };
+    let m = mesh(&policy("  retryBudget: {enabled: false}\n")).await;
+    let seen = || m.v1.requests() + m.v2.requests();
+    // In force once a request failing once comes back 200 (no route: the Service's own
+    // policy retried it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for id in 0.. {
+        let a = Conn::open(m.books)
+            .await
+            .get("/?first=1&status=503", &[("x-request-id", &format!("probe-{id}"))])
+            .await;
+        if a.status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the policy never applied: {}", a.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Budget off: every request to an always-failing Service is tried three times.
+    let offered = 200;
+    let before = seen();
+    let mut conn = Conn::open(m.books).await;
+    for _ in 0..offered {
+        assert_eq!(conn.get("/?status=503", &[]).await.status, 503);
+    }
+    assert_eq!(seen() - before, 3 * offered, "attempts alone bound the retries");
+
+    // The budget back on (the policy without `retryBudget`): retries add at most a fifth
+    // of the requests in the window (these and the 200 before, which still count) and
+    // the floor of 10 per second over it.
+    m.snapshots.send(snapshot(2, &policy(""))).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let offered = 400;
+    let before = seen();
+    for _ in 0..offered {
+        assert_eq!(conn.get("/?status=503", &[]).await.status, 503);
+    }
+    let tries = seen() - before;
+    assert!(tries <= offered + (offered + 200 + 10) / 5 + 100, "{tries} tries for {offered} requests");
+    assert!(tries > offered, "{tries} tries for {offered} requests");
+}

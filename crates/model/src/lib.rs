@@ -3,7 +3,7 @@
 //!
 //! The same documents work in local mode (`tarmac up DIR`) and on Kubernetes
 //! (`kubectl apply`): `v1` Service and Namespace, Tarmac's own `tarmac.io/v1alpha1`
-//! Workload (local mode only) and FaultInjection, `apps/v1` Deployment (run as a Workload
+//! Workload (local mode only), FaultInjection and ResiliencePolicy, `apps/v1` Deployment (run as a Workload
 //! in local mode), and `gateway.networking.k8s.io/v1` HTTPRoute and GRPCRoute attached to
 //! Services (the Gateway API mesh profile). A `v1` `List` of them reads as its items.
 //!
@@ -15,7 +15,7 @@
 //!
 //! # Layout
 //! - [`meta`]: object metadata and references.
-//! - [`service`], [`workload`], [`route`], [`fault`]: the kinds.
+//! - [`service`], [`workload`], [`route`], [`fault`], [`resilience`]: the kinds.
 //! - [`deployment`]: `apps/v1` Deployment, read into a [`Workload`].
 //! - [`parse`]: YAML documents to [`Resource`]s, with located errors.
 //! - [`validate`]: checks types cannot express (ports in range, weights, path syntax).
@@ -29,6 +29,7 @@ pub mod duration;
 pub mod fault;
 pub mod meta;
 pub mod parse;
+pub mod resilience;
 pub mod route;
 pub mod service;
 pub mod validate;
@@ -37,6 +38,7 @@ pub mod workload;
 pub use fault::FaultInjection;
 pub use meta::{ObjectKey, ObjectMeta};
 pub use parse::{ModelError, parse_documents};
+pub use resilience::ResiliencePolicy;
 pub use route::{GrpcRoute, HttpRoute};
 pub use service::{Namespace, Service};
 pub use workload::Workload;
@@ -50,6 +52,7 @@ pub enum Resource {
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
     FaultInjection(FaultInjection),
+    ResiliencePolicy(ResiliencePolicy),
 }
 
 /// The kinds Tarmac reads, as `(apiVersion, kind)`.
@@ -61,6 +64,7 @@ pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
     ("gateway.networking.k8s.io/v1", "GRPCRoute"),
     ("tarmac.io/v1alpha1", "FaultInjection"),
+    ("tarmac.io/v1alpha1", "ResiliencePolicy"),
 ];
 
 impl Resource {
@@ -72,6 +76,7 @@ impl Resource {
             Resource::HttpRoute(_) => "HTTPRoute",
             Resource::GrpcRoute(_) => "GRPCRoute",
             Resource::FaultInjection(_) => "FaultInjection",
+            Resource::ResiliencePolicy(_) => "ResiliencePolicy",
         }
     }
 
@@ -83,6 +88,7 @@ impl Resource {
             Resource::HttpRoute(r) => &r.metadata,
             Resource::GrpcRoute(r) => &r.metadata,
             Resource::FaultInjection(r) => &r.metadata,
+            Resource::ResiliencePolicy(r) => &r.metadata,
         }
     }
 
