@@ -748,3 +748,27 @@ async fn a_resilience_policy_retries_a_services_unrouted_requests_and_can_turn_i
     assert!(tries <= offered + (offered + 200 + 10) / 5 + 100, "{tries} tries for {offered} requests");
     assert!(tries > offered, "{tries} tries for {offered} requests");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_sheds_requests_past_it_at_once() {
+    let policy = "apiVersion: tarmac.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: books}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: books}]\n  limits: {maxInFlight: 2, maxQueued: 0}\n";
+    let m = mesh(policy).await;
+    until(m.books, "/", |a| a.status == 200).await;
+    // Two slow requests hold both places; a third gets 503 at once, saying why.
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let books = m.books;
+            tokio::spawn(async move { get(books, "/?delay_ms=1500", &[]).await.status })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let shed = get(m.books, "/", &[]).await;
+    assert_eq!(shed.status, 503, "{}", shed.body);
+    assert!(shed.body.contains("concurrency limit"), "{}", shed.body);
+    assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    for s in slow {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    assert_eq!(get(m.books, "/", &[]).await.status, 200, "places free again");
+}

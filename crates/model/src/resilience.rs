@@ -31,10 +31,24 @@ pub struct ResiliencePolicySpec {
     /// Service targets only.
     #[serde(default)]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Service targets only.
+    #[serde(default)]
+    pub limits: Option<ConcurrencyLimits>,
     #[serde(default)]
     pub retry: Option<PolicyRetry>,
     #[serde(default)]
     pub timeouts: Option<PolicyTimeouts>,
+}
+
+/// How many requests each caller may have at the Service at once (a bulkhead): past
+/// `maxInFlight` and `maxQueued` more waiting, the caller's sidecar answers 503 at once.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConcurrencyLimits {
+    pub max_in_flight: u32,
+    /// Default 0: nothing waits.
+    #[serde(default)]
+    pub max_queued: u32,
 }
 
 /// A Service, HTTPRoute or GRPCRoute in the policy's namespace.

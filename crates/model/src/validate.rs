@@ -554,10 +554,14 @@ fn validate_resilience(r: &ResiliencePolicy, p: &mut Problems) {
     }
     if spec.retry_budget.is_none()
         && spec.circuit_breaker.is_none()
+        && spec.limits.is_none()
         && spec.retry.is_none()
         && spec.timeouts.is_none()
     {
-        p.add("spec", "a ResiliencePolicy needs `retryBudget`, `circuitBreaker`, `retry` or `timeouts`");
+        p.add(
+            "spec",
+            "a ResiliencePolicy needs `retryBudget`, `circuitBreaker`, `limits`, `retry` or `timeouts`",
+        );
     }
     let duration = |field: String, value: &Option<String>, p: &mut Problems| {
         if let Some(v) = value
@@ -598,6 +602,20 @@ fn validate_resilience(r: &ResiliencePolicy, p: &mut Problems) {
         duration("spec.circuitBreaker.maxEjectionTime".into(), &c.max_ejection_time, p);
         if c.max_ejection_percent.is_some_and(|n| n > 100) {
             p.add("spec.circuitBreaker.maxEjectionPercent", "must be 0-100");
+        }
+    }
+    if let Some(l) = &spec.limits {
+        if route_targets {
+            p.add(
+                "spec.limits",
+                "applies to Service targets only: a limit is kept per Service its callers call",
+            );
+        }
+        if !(1..=1_000_000).contains(&l.max_in_flight) {
+            p.add("spec.limits.maxInFlight", "must be 1 to 1000000");
+        }
+        if l.max_queued > 1_000_000 {
+            p.add("spec.limits.maxQueued", "must be at most 1000000");
         }
     }
     if let Some(retry) = &spec.retry {
@@ -745,7 +763,7 @@ mod tests {
     fn resilience_policies_are_checked_by_target_and_field() {
         let head = "apiVersion: tarmac.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: p}\nspec:\n";
         let ok = format!(
-            "{head}  targetRefs: [{{group: \"\", kind: Service, name: logging}}]\n  retryBudget: {{ratio: 0.1, minRetriesPerSecond: 5, window: 10s}}\n  circuitBreaker: {{consecutiveFailures: 5, baseEjectionTime: 2s, maxEjectionPercent: 30}}\n  retry: {{codes: [503], grpcCodes: [UNAVAILABLE, '8'], attempts: 3, backoff: 50ms}}\n  timeouts: {{request: 10s, backendRequest: 2s}}\n"
+            "{head}  targetRefs: [{{group: \"\", kind: Service, name: logging}}]\n  retryBudget: {{ratio: 0.1, minRetriesPerSecond: 5, window: 10s}}\n  circuitBreaker: {{consecutiveFailures: 5, baseEjectionTime: 2s, maxEjectionPercent: 30}}\n  limits: {{maxInFlight: 10, maxQueued: 5}}\n  retry: {{codes: [503], grpcCodes: [UNAVAILABLE, '8'], attempts: 3, backoff: 50ms}}\n  timeouts: {{request: 10s, backendRequest: 2s}}\n"
         );
         assert_eq!(errors(&ok), Vec::<String>::new());
         let bad = format!(

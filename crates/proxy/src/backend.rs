@@ -18,6 +18,8 @@ use crate::error::{Class, ProxyError};
 use crate::http::Body;
 use crate::metrics::TargetMetrics;
 use crate::resilience::breaker::{Availability, BreakerConfig, Outcome};
+use crate::resilience::limit::{Full, Limit, LimitConfig};
+use crate::swap::Swap;
 use http::{Request, Response, StatusCode};
 use std::sync::{Arc, RwLock};
 
@@ -29,6 +31,8 @@ pub struct Backend {
     endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
     /// Read when a try fails; a ResiliencePolicy may change it at any time.
     breaker: RwLock<BreakerConfig>,
+    /// At most so many requests in flight and queued; most backends have none.
+    limit: Swap<Limit>,
     /// Where ejections are counted; `None` for backends no one watches (tests).
     metrics: Option<TargetMetrics>,
 }
@@ -48,6 +52,7 @@ impl Backend {
             name,
             endpoints: RwLock::new(endpoints.into()),
             breaker: RwLock::new(BreakerConfig::default()),
+            limit: Swap::default(),
             metrics: None,
         }
     }
@@ -56,6 +61,14 @@ impl Backend {
     pub fn counted_in(mut self, metrics: &TargetMetrics) -> Self {
         self.metrics = Some(metrics.clone());
         self
+    }
+
+    /// Sets or removes the concurrency limit. An unchanged limit keeps its places (and the
+    /// requests holding them); a changed one starts afresh.
+    pub fn set_limit(&self, config: Option<LimitConfig>) {
+        if self.limit.get().map(|l| l.config) != config {
+            self.limit.set(config.map(Limit::new));
+        }
     }
 
     pub fn set_breaker(&self, breaker: BreakerConfig) {
@@ -115,6 +128,22 @@ impl Backend {
     /// One try: picks an endpoint and sends `req` to it. A request that never left comes
     /// back in the error.
     pub async fn dispatch(&self, req: Request<Body>, hop: Hop) -> Result<Response<Body>, SendError> {
+        // Held to the response head.
+        let _place = match self.limit.get() {
+            None => None,
+            Some(limit) => match limit.acquire().await {
+                Ok(place) => Some(place),
+                Err(Full) => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.error("overloaded");
+                    }
+                    let (max_in_flight, max_queued) = (limit.config.max_in_flight, limit.config.max_queued);
+                    let error =
+                        ProxyError::Overloaded { backend: self.name.clone(), max_in_flight, max_queued };
+                    return Err(SendError::unsent(error, req));
+                }
+            },
+        };
         let endpoint = match self.pick() {
             Ok(endpoint) => endpoint,
             Err(error) => return Err(SendError::unsent(error, req)),

@@ -55,6 +55,10 @@ pub enum ProxyError {
     FaultAbort(StatusCode),
     #[error("route {0} refers to a FaultInjection that does not exist")]
     FaultUnresolved(Arc<String>),
+    #[error(
+        "{backend} is at its concurrency limit ({max_in_flight} requests in flight, {max_queued} queued)"
+    )]
+    Overloaded { backend: Arc<String>, max_in_flight: u32, max_queued: u32 },
 }
 
 impl ProxyError {
@@ -71,6 +75,22 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::FaultAbort(status) => *status,
             ProxyError::FaultUnresolved(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `grpc-status` a gRPC caller gets instead of [`Self::status`].
+    pub fn grpc_status(&self) -> &'static str {
+        match self {
+            ProxyError::Overloaded { .. } => "8", // RESOURCE_EXHAUSTED
+            _ => match self.status() {
+                StatusCode::GATEWAY_TIMEOUT => "4",        // DEADLINE_EXCEEDED
+                StatusCode::BAD_REQUEST => "13",           // INTERNAL
+                StatusCode::INTERNAL_SERVER_ERROR => "13", // INTERNAL
+                StatusCode::NOT_FOUND => "12",             // UNIMPLEMENTED
+                StatusCode::TOO_MANY_REQUESTS => "8",      // RESOURCE_EXHAUSTED
+                _ => "14",                                 // UNAVAILABLE
+            },
         }
     }
 
@@ -88,6 +108,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => "timeout",
             ProxyError::FaultAbort(_) => "fault",
             ProxyError::FaultUnresolved(_) => "bad_filter",
+            ProxyError::Overloaded { .. } => "overloaded",
         }
     }
 
@@ -107,7 +128,9 @@ impl ProxyError {
             | ProxyError::NoBackend(_)
             | ProxyError::BackendNotFound(_)
             | ProxyError::FaultAbort(_)
-            | ProxyError::FaultUnresolved(_) => Class::Final,
+            | ProxyError::FaultUnresolved(_)
+            // Shed load is not retried: a retry would only queue it again.
+            | ProxyError::Overloaded { .. } => Class::Final,
         }
     }
 }

@@ -46,6 +46,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod outbound;
 pub mod resilience;
+pub mod swap;
 pub mod tap;
 pub mod tcp;
 

@@ -67,6 +67,9 @@ pub fn of_service(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<pb
             max_ejection_ms: millis(&c.max_ejection_time),
             max_ejection_percent: c.max_ejection_percent,
         });
+    let limit = first(|p| p.spec.limits.is_some())
+        .and_then(|p| p.spec.limits.as_ref())
+        .map(|l| pb::ConcurrencyLimit { max_in_flight: l.max_in_flight, max_queued: l.max_queued });
     let timeouts =
         first(|p| p.spec.timeouts.is_some()).and_then(|p| p.spec.timeouts.clone()).unwrap_or_default();
     Some(pb::Resilience {
@@ -75,6 +78,7 @@ pub fn of_service(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<pb
         retry: first(|p| p.spec.retry.is_some()).and_then(|p| p.spec.retry.as_ref()).map(retry),
         request_timeout_ms: millis(&timeouts.request),
         backend_request_timeout_ms: millis(&timeouts.backend_request),
+        limit,
     })
 }
 

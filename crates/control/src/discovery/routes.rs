@@ -353,9 +353,14 @@ fn backends(scope: &Scope<'_>, refs: &[HttpBackendRef]) -> Vec<RouteBackend> {
                 exists: service.is_some(),
                 endpoints: service.map(|s| endpoints_of(s, instances)).unwrap_or_default(),
                 filters: filters(scope, &b.filters),
-                circuit_breaker: service
-                    .and_then(|_| resilience::of_service(snapshot, &namespace, &b.name))
-                    .and_then(|r| r.circuit_breaker),
+                ..match service.and_then(|_| resilience::of_service(snapshot, &namespace, &b.name)) {
+                    Some(r) => RouteBackend {
+                        circuit_breaker: r.circuit_breaker,
+                        limit: r.limit,
+                        ..Default::default()
+                    },
+                    None => RouteBackend::default(),
+                }
             }
         })
         .collect()

@@ -57,6 +57,18 @@ pub struct Resilience {
     pub request_timeout_ms: u64,
     #[prost(uint64, tag = "5")]
     pub backend_request_timeout_ms: u64,
+    /// Absent: no limit.
+    #[prost(message, optional, tag = "6")]
+    pub limit: ::core::option::Option<ConcurrencyLimit>,
+}
+/// At most `max_in_flight` requests to the Service's endpoints at once from one proxy,
+/// `max_queued` more waiting; past both, the proxy answers 503 at once.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ConcurrencyLimit {
+    #[prost(uint32, tag = "1")]
+    pub max_in_flight: u32,
+    #[prost(uint32, tag = "2")]
+    pub max_queued: u32,
 }
 /// Unset fields keep the defaults.
 #[derive(Clone, Copy, PartialEq, ::prost::Message)]
@@ -321,6 +333,9 @@ pub struct RouteBackend {
     /// The backend Service's circuit breaking, when a ResiliencePolicy sets it.
     #[prost(message, optional, tag = "8")]
     pub circuit_breaker: ::core::option::Option<CircuitBreaker>,
+    /// The backend Service's concurrency limit, when a ResiliencePolicy sets one.
+    #[prost(message, optional, tag = "9")]
+    pub limit: ::core::option::Option<ConcurrencyLimit>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Endpoint {

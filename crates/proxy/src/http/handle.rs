@@ -88,5 +88,5 @@ pub async fn respond<H: Handle>(
 pub fn failure(meta: &Meta, e: &ProxyError, grpc: bool) -> Response<Body> {
     meta.metrics.error(e.kind());
     tracing::info!(direction = meta.direction.as_str(), target = %meta.name, error = %e, "request failed");
-    error_response(e.status(), grpc, &e.to_string())
+    error_response(e.status(), grpc.then(|| e.grpc_status()), &e.to_string())
 }

@@ -163,18 +163,14 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// A response made by the proxy for a failure: an HTTP status with a reason header, or
-/// for gRPC callers a trailers-only response with the matching `grpc-status`.
-pub fn error_response(status: http::StatusCode, grpc: bool, reason: &str) -> http::Response<Body> {
+/// for gRPC callers (`grpc` holds the status to give) a trailers-only response.
+pub fn error_response(
+    status: http::StatusCode,
+    grpc: Option<&'static str>,
+    reason: &str,
+) -> http::Response<Body> {
     let reason_value = HeaderValue::from_str(reason).unwrap_or(HeaderValue::from_static("proxy error"));
-    let mut rsp = if grpc {
-        let code = match status {
-            http::StatusCode::GATEWAY_TIMEOUT => "4",        // DEADLINE_EXCEEDED
-            http::StatusCode::BAD_REQUEST => "13",           // INTERNAL
-            http::StatusCode::INTERNAL_SERVER_ERROR => "13", // INTERNAL
-            http::StatusCode::NOT_FOUND => "12",             // UNIMPLEMENTED
-            http::StatusCode::TOO_MANY_REQUESTS => "8",      // RESOURCE_EXHAUSTED
-            _ => "14",                                       // UNAVAILABLE
-        };
+    let mut rsp = if let Some(code) = grpc {
         let mut rsp = http::Response::new(Body::empty());
         let h = rsp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -275,7 +271,7 @@ mod tests {
         let mut req = HeaderMap::new();
         req.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc+proto"));
         assert!(is_grpc(&req));
-        let rsp = error_response(http::StatusCode::BAD_GATEWAY, true, "connect failed");
+        let rsp = error_response(http::StatusCode::BAD_GATEWAY, Some("14"), "connect failed");
         assert_eq!(rsp.status(), 200);
         assert_eq!(rsp.headers()["grpc-status"], "14");
         assert_eq!(rsp.headers()[PROXY_ERROR], "connect failed");

@@ -16,12 +16,13 @@ use crate::http::{Body, ORIG_PROTO, is_grpc, upgrade};
 use crate::resilience::budget::{BudgetConfig, RetryBudget};
 use crate::resilience::deadline::{Deadline, within};
 use crate::resilience::retry::Tries;
-use crate::resilience::{ServicePolicy, Unrouted, breaker_from_pb};
+use crate::resilience::{ServicePolicy, Unrouted, breaker_from_pb, limit_from_pb};
+use crate::swap::Swap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, LazyLock};
 use tarmac_proto::discovery::{self as pb, ServiceUpdate};
 use tarmac_route::RouteTable;
 
@@ -96,6 +97,7 @@ impl Logical {
                 }
                 self.budget.configure(policy.budget);
                 self.backend.set_breaker(policy.breaker);
+                self.backend.set_limit(policy.limit);
                 self.unrouted.set((!policy.unrouted.is_empty()).then_some(policy.unrouted));
             }
             Err(e) => {
@@ -126,6 +128,7 @@ impl Logical {
             // identity discovery names.
             backend.update(endpoint_specs(&b.endpoints, name), make);
             backend.set_breaker(breaker_from_pb(b.circuit_breaker.as_ref()));
+            backend.set_limit(limit_from_pb(b.limit.as_ref()));
             backends.insert(key, backend.clone());
             backend
         };
@@ -199,34 +202,4 @@ fn endpoint_specs(endpoints: &[pb::Endpoint], target: &str) -> Vec<EndpointSpec>
             }
         })
         .collect()
-}
-
-/// A value replaced as a whole by discovery, absent for most services: reading an absent
-/// one is one atomic load.
-#[derive(Debug)]
-struct Swap<T> {
-    active: AtomicBool,
-    value: RwLock<Option<Arc<T>>>,
-}
-
-impl<T> Default for Swap<T> {
-    fn default() -> Self {
-        Self { active: AtomicBool::new(false), value: RwLock::new(None) }
-    }
-}
-
-impl<T> Swap<T> {
-    fn get(&self) -> Option<Arc<T>> {
-        if !self.active.load(Ordering::Acquire) {
-            return None;
-        }
-        self.value.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set(&self, value: Option<T>) {
-        let value = value.map(Arc::new);
-        let active = value.is_some();
-        *self.value.write().unwrap_or_else(|e| e.into_inner()) = value;
-        self.active.store(active, Ordering::Release);
-    }
 }

@@ -5,10 +5,12 @@
 //! - [`retry`]: the tries of one request, retried only when safe and within the budget.
 //! - [`breaker`]: endpoints that fail requests in a row are ejected, then probed.
 //! - [`deadline`]: a request's deadline, from its route and its gRPC caller.
+//! - [`limit`]: at most so many requests in flight and queued per backend.
 
 pub mod breaker;
 pub mod budget;
 pub mod deadline;
+pub mod limit;
 pub mod retry;
 
 #[cfg(test)]
@@ -16,6 +18,7 @@ mod tests;
 
 use breaker::BreakerConfig;
 use budget::BudgetConfig;
+use limit::LimitConfig;
 use std::time::Duration;
 use tarmac_proto::discovery as pb;
 use tarmac_route::Retry;
@@ -26,6 +29,8 @@ pub struct ServicePolicy {
     /// `None`: the budget is off.
     pub budget: Option<BudgetConfig>,
     pub breaker: BreakerConfig,
+    /// `None`: no limit.
+    pub limit: Option<LimitConfig>,
     /// For requests no route rule takes.
     pub unrouted: Unrouted,
 }
@@ -56,6 +61,7 @@ impl ServicePolicy {
             return Ok(Self {
                 budget: Some(BudgetConfig::default()),
                 breaker: BreakerConfig::default(),
+                limit: None,
                 unrouted: Unrouted::default(),
             });
         };
@@ -72,6 +78,7 @@ impl ServicePolicy {
         Ok(Self {
             budget,
             breaker: breaker_from_pb(r.circuit_breaker.as_ref()),
+            limit: limit_from_pb(r.limit.as_ref()),
             unrouted: Unrouted {
                 retry: r.retry.as_ref().map(Retry::compile).transpose()?,
                 request_timeout: millis(r.request_timeout_ms),
@@ -93,4 +100,10 @@ pub fn breaker_from_pb(c: Option<&pb::CircuitBreaker>) -> BreakerConfig {
             .max_ejection_percent
             .map_or(defaults.max_ejected_share, |p| f64::from(p.min(100)) / 100.0),
     }
+}
+
+/// A Service's concurrency limit from discovery; `None` without one.
+pub fn limit_from_pb(l: Option<&pb::ConcurrencyLimit>) -> Option<LimitConfig> {
+    let l = l?;
+    (l.max_in_flight > 0).then_some(LimitConfig { max_in_flight: l.max_in_flight, max_queued: l.max_queued })
 }

@@ -232,3 +232,27 @@ async fn at_most_half_of_a_backends_endpoints_are_ejected() {
     assert_eq!(ejected, 2);
     assert!(peers.iter().all(|p| p.requests() > 0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_at_its_limit_queues_what_fits_and_refuses_the_rest_at_once() {
+    use crate::resilience::limit::LimitConfig;
+    let peer = Peer::new(|_| Answer::Slow(Duration::from_secs(10), 200));
+    let h = Arc::new(Harness::new(std::slice::from_ref(&peer)));
+    h.backend.set_limit(Some(LimitConfig { max_in_flight: 2, max_queued: 1 }));
+    let send =
+        |h: Arc<Harness>| async move { h.backend.dispatch(Harness::request(None), Hop::default()).await };
+    let started = tokio::time::Instant::now();
+    let held: Vec<_> = (0..3).map(|_| tokio::spawn(send(h.clone()))).collect();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let Err(refused) = send(h.clone()).await else { panic!("a fourth request was let in") };
+    assert!(matches!(refused.error, ProxyError::Overloaded { .. }), "{:?}", refused.error);
+    assert_eq!(refused.error.status(), 503);
+    assert_eq!(refused.error.grpc_status(), "8", "RESOURCE_EXHAUSTED for gRPC callers");
+    assert!(started.elapsed() < Duration::from_millis(10), "refused at once, not after a wait");
+    for (i, task) in held.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap().unwrap().status(), 200, "request {i}");
+    }
+    // Two at a time: the queued one started when the first two finished.
+    assert!(started.elapsed() >= Duration::from_secs(20), "{:?}", started.elapsed());
+    assert_eq!(peer.requests(), 3);
+}
