@@ -8,7 +8,9 @@
 //!
 //! Requests deposit, retries withdraw. The window is ten slots of a tenth each, counted
 //! with atomics: a request costs one clock read, one load and one add; only a retry sums
-//! the window.
+//! the window. The allowance is a rate, not a purse: one slot may spend at most a tenth
+//! of the window's allowance, so that a service that starts failing sees its callers'
+//! retries spread over the window rather than the whole window's worth in one burst.
 
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,10 +126,13 @@ impl RetryBudget {
             }
         }
         let floor = f64::from(config.min_per_second) * config.window.as_secs_f64();
-        if (retries + 1) as f64 > requests as f64 * config.ratio + floor {
+        let allowance = requests as f64 * config.ratio + floor;
+        let current = self.current(tick);
+        let in_slot = current.retries.load(Ordering::Relaxed);
+        if (retries + 1) as f64 > allowance || (in_slot + 1) as f64 > allowance / SLOTS as f64 {
             return false;
         }
-        self.current(tick).retries.fetch_add(1, Ordering::Relaxed);
+        current.retries.fetch_add(1, Ordering::Relaxed);
         true
     }
 }
@@ -136,10 +141,21 @@ impl RetryBudget {
 mod tests {
     use super::*;
 
+    /// Retries granted now, as many as asked.
     fn spend(budget: &RetryBudget) -> u32 {
         let mut n = 0;
         while budget.withdraw() {
             n += 1;
+        }
+        n
+    }
+
+    /// Retries granted over a whole window, asking at every slot (without new requests).
+    async fn spend_window(budget: &RetryBudget) -> u32 {
+        let mut n = 0;
+        for _ in 0..SLOTS {
+            n += spend(budget);
+            tokio::time::advance(budget.config().unwrap().window / SLOTS as u32).await;
         }
         n
     }
@@ -151,16 +167,20 @@ mod tests {
         for _ in 0..1000 {
             budget.deposit();
         }
-        // 20 % of 1000, plus 1 per second over 10 s.
-        assert_eq!(spend(&budget), 210);
+        // 20 % of 1000, plus 1 per second over 10 s: a tenth of it at a time. (The last
+        // slot finds the first requests gone from the window.)
+        assert_eq!(spend(&budget), 21, "no more than a tenth of the window's allowance at once");
+        let later = spend_window(&budget).await;
+        assert!(21 + later <= 210, "{later} more over the window");
+        assert!(later >= 150, "the rest of the allowance is spent slot by slot: {later}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_quiet_service_still_gets_its_floor_and_no_more() {
         let budget = RetryBudget::new(BudgetConfig::default());
-        assert_eq!(spend(&budget), 100);
-        tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(spend(&budget), 0, "the window still holds the retries spent");
+        assert_eq!(spend(&budget), 10, "10 per second");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(spend(&budget), 10);
     }
 
     #[tokio::test(start_paused = true)]
@@ -170,10 +190,10 @@ mod tests {
         for _ in 0..100 {
             budget.deposit();
         }
-        assert_eq!(spend(&budget), 50);
+        assert_eq!(spend(&budget), 5, "a tenth of 50");
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(!budget.withdraw(), "deposits older than the window count no more");
-        for _ in 0..10 {
+        for _ in 0..100 {
             budget.deposit();
         }
         assert_eq!(spend(&budget), 5, "and neither do old withdrawals");
@@ -191,10 +211,10 @@ mod tests {
             min_per_second: 0,
             window: Duration::from_secs(2),
         }));
-        for _ in 0..10 {
+        for _ in 0..100 {
             budget.deposit();
         }
-        assert_eq!(spend(&budget), 5, "a new window starts counting afresh");
+        assert_eq!(spend(&budget), 5, "a new window starts counting afresh: a tenth of 50");
     }
 
     #[tokio::test(start_paused = true)]
@@ -213,5 +233,31 @@ mod tests {
         let per_second = f64::from(granted) / 60.0;
         assert!(per_second <= 30.5, "{per_second} retries per second");
         assert!(per_second >= 25.0, "{per_second} retries per second");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_that_starts_failing_gets_its_retries_spread_not_in_one_burst() {
+        // 60 requests per second for 10 s, all fine; then every request wants 5 retries.
+        let budget = RetryBudget::new(BudgetConfig::default());
+        for _ in 0..100 {
+            for _ in 0..6 {
+                budget.deposit();
+            }
+            tokio::time::advance(Duration::from_millis(100)).await;
+        }
+        let mut worst_second = 0;
+        for _ in 0..10 {
+            let mut second = 0;
+            for _ in 0..10 {
+                for _ in 0..6 {
+                    budget.deposit();
+                    second += (0..5).filter(|_| budget.withdraw()).count();
+                }
+                tokio::time::advance(Duration::from_millis(100)).await;
+            }
+            worst_second = worst_second.max(second);
+        }
+        // 20 % of 60 plus 10: 22 per second, give or take a slot's rounding.
+        assert!(worst_second <= 24, "{worst_second} retries in one second");
     }
 }
