@@ -67,7 +67,7 @@ pub struct SampleArgs {
     /// Which app: `web`, `books`, `authors`, `ratings` (version from `VERSION`, default
     /// v1), `traffic` (calls the Service `TARGET`, default web, at `RPS` requests per
     /// second), `client` (only listens), or the retry storm's `checkout`, `payments`
-    /// (`LOGGING_TIMEOUT_MS`, `MAX_CONCURRENT`) and `logging` (`CAPACITY_RPS`, `QUEUE`).
+    /// (`LOGGING_TIMEOUT_MS`, `MAX_CONCURRENT`, `MAX_WAITING`) and `logging` (`CAPACITY_RPS`, `QUEUE`).
     #[arg(value_parser = ["web", "books", "authors", "ratings", "traffic", "client", "checkout", "payments", "logging"])]
     pub app: String,
 }
@@ -115,12 +115,14 @@ pub async fn run(args: SampleArgs) -> Result<(), String> {
                 "LOGGING_TIMEOUT_MS",
                 storm::DEFAULT_LOGGING_TIMEOUT.as_millis() as u64,
             )?;
-            let max_concurrent =
-                storm::env_number("payments", "MAX_CONCURRENT", storm::DEFAULT_MAX_CONCURRENT)?;
+            let workers = storm::env_number("payments", "MAX_CONCURRENT", storm::DEFAULT_MAX_CONCURRENT)?;
+            let waiting = storm::env_number("payments", "MAX_WAITING", storm::DEFAULT_MAX_WAITING)?;
             // Payments' own patience with logging, not the sample apps' common timeout.
             let logging = HttpClient::new(upstream("LOGGING_URL")?.addr(), Duration::from_millis(timeout));
-            println!("payments: waits {timeout} ms for logging, {max_concurrent} payments at once");
-            serve(listener, Arc::new(storm::Payments::new(logging, max_concurrent))).await
+            println!(
+                "payments: waits {timeout} ms for logging, {workers} payments at once, {waiting} waiting"
+            );
+            serve(listener, Arc::new(storm::Payments::new(logging, workers, waiting))).await
         }
         "logging" => {
             let capacity = storm::env_number("logging", "CAPACITY_RPS", storm::DEFAULT_CAPACITY_RPS)?;

@@ -19,9 +19,10 @@
 //!   record written), but only for `LOGGING_TIMEOUT_MS`; a payment succeeds whether
 //!   logging answered, failed or did not answer in time, since losing a log line must not
 //!   lose a sale. What logging's failure does cost payments is time and concurrency: it
-//!   holds a payment open while it waits, and it takes at most `MAX_CONCURRENT` payments
-//!   at once (a worker pool's size), answering 503 to the rest. A logging that fails fast
-//!   costs little; one that makes every call wait the whole timeout fills the pool.
+//!   holds a payment open while it waits, and it works on at most `MAX_CONCURRENT`
+//!   payments at once (a worker pool), with `MAX_WAITING` more waiting for a worker and
+//!   503 for the rest. A logging that fails fast costs little; one that makes every call
+//!   wait the whole timeout for long fills the pool and its backlog.
 //! - `checkout` answers an order as a success when payments does.
 //!
 //! Each app counts what it did at `GET /stats` (`name value` lines), read by the storm
@@ -45,8 +46,10 @@ pub const DEFAULT_CAPACITY_RPS: u32 = 100;
 pub const DEFAULT_QUEUE: usize = 40;
 /// How long `payments` waits for logging when `LOGGING_TIMEOUT_MS` is not set.
 pub const DEFAULT_LOGGING_TIMEOUT: Duration = Duration::from_secs(1);
-/// Payments in progress at once when `MAX_CONCURRENT` is not set.
+/// Payments worked on at once when `MAX_CONCURRENT` is not set.
 pub const DEFAULT_MAX_CONCURRENT: usize = 50;
+/// Payments waiting for a worker when `MAX_WAITING` is not set.
+pub const DEFAULT_MAX_WAITING: usize = 50;
 /// The capacities `POST /capacity` accepts.
 const CAPACITY_RANGE: std::ops::RangeInclusive<u32> = 1..=100_000;
 
@@ -138,16 +141,20 @@ impl Service for Checkout {
 
 pub(super) struct Payments {
     logging: HttpClient,
-    pool: Semaphore,
+    /// Payments accepted, working or waiting for a worker: past this, 503 at once.
+    admitted: Semaphore,
+    workers: Semaphore,
     counts: Counters,
 }
 
 impl Payments {
-    /// `logging` carries payments' own timeout for logging's answer.
-    pub(super) fn new(logging: HttpClient, max_concurrent: usize) -> Self {
+    /// `logging` carries payments' own timeout for logging's answer; `workers` payments
+    /// are worked on at once and `waiting` more may wait for one of them.
+    pub(super) fn new(logging: HttpClient, workers: usize, waiting: usize) -> Self {
         Self {
             logging,
-            pool: Semaphore::new(max_concurrent),
+            admitted: Semaphore::new(workers + waiting),
+            workers: Semaphore::new(workers),
             counts: Counters::new(&[
                 "payments",
                 "succeeded",
@@ -166,11 +173,14 @@ impl Service for Payments {
             return text(StatusCode::OK, self.counts.render());
         }
         self.counts.add("payments", 1);
-        // A full pool answers at once rather than queueing: a payment that waits behind
-        // others for a worker would only time out at checkout instead.
-        let Ok(_worker) = self.pool.try_acquire() else {
+        // As a server with a pool of workers and a bounded backlog: a short burst waits
+        // for a worker, a lasting overload is turned away rather than queued without end.
+        let Ok(_admitted) = self.admitted.try_acquire() else {
             self.counts.add("shed", 1);
             return text(StatusCode::SERVICE_UNAVAILABLE, "payments: every worker is busy\n".into());
+        };
+        let Ok(_worker) = self.workers.acquire().await else {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "payments: the pool is closed\n".into());
         };
         self.counts.add("in_flight", 1);
         let payment = uri.path().rsplit('/').next().unwrap_or_default().to_string();
