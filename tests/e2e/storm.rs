@@ -26,8 +26,9 @@ use tarmac_testkit::tools::temp_dir;
 /// Logging's capacity in the example, and while degraded.
 const NORMAL_RPS: u32 = 100;
 const DEGRADED_RPS: u32 = 50;
-/// Seconds measured before the trigger, during it, and after it.
-const BEFORE: usize = 5;
+/// Seconds measured before the trigger (enough for the budget's window to fill), during
+/// it, and after it.
+const BEFORE: usize = 10;
 const DEGRADED: usize = 20;
 const AFTER: usize = 12;
 /// Payments' objective: the share of payments that succeed.
@@ -37,6 +38,10 @@ const PAYMENTS_OBJECTIVE: f64 = 0.999;
 const BUDGET_RATIO: f64 = 0.2;
 const BUDGET_FLOOR_PER_SECOND: f64 = 10.0;
 const BUDGET_WINDOW: usize = 10;
+/// Requests that may fall in the next second's reading: a retry leaves the sidecar up to
+/// its backoff (25 to 38 ms) before logging counts it, and at the 200 retries a second of
+/// a budget spent at once, a few do.
+const MEASUREMENT_SLACK: f64 = 10.0;
 /// The storm's least amplification, and how long after the trigger it must still rage.
 const STORM_FACTOR: f64 = 3.0;
 const RECOVERY: usize = 5;
@@ -241,7 +246,7 @@ fn sidecar_counter(metrics: &str, name: &str, labels: &str) -> f64 {
             l.starts_with(&format!("{name}{{")) && l.contains("target=\"logging\"") && l.contains(labels)
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |sum, v| sum + v)
 }
 
 /// What a run measured, and payments' sidecar's retry counters for logging.
@@ -322,12 +327,20 @@ fn print_summary(label: &str, seconds: &[Second]) {
     {
         let sum = total(stretch);
         let peak = stretch.iter().map(|s| s.load).fold(0.0, f64::max);
+        let worst_ten = stretch
+            .windows(BUDGET_WINDOW)
+            .map(|w| {
+                let sum = total(w);
+                sum.load / sum.offered.max(1.0)
+            })
+            .fold(0.0, f64::max);
         println!(
-            "storm | {label} {name:<8}: offered {:.1}/s, logging load {:.1}/s ({:.2}x, peak {:.0}/s in one second), \
-             payments success {:.2} %, logging calls ok {:.1} %",
+            "storm | {label} {name:<8}: offered {:.1}/s, logging load {:.1}/s ({:.2}x; worst 10 s {:.2}x; \
+             peak {:.0}/s in one second), payments success {:.2} %, logging calls ok {:.1} %",
             sum.offered / stretch.len() as f64,
             sum.load / stretch.len() as f64,
             sum.load / sum.offered.max(1.0),
+            worst_ten,
             peak,
             100.0 * ratio(sum.paid, sum.paid + sum.shed),
             100.0 * ratio(sum.logged, sum.logged + sum.not_logged),
@@ -345,20 +358,26 @@ fn with_the_default_retry_budget_a_degraded_logging_neither_storms_nor_takes_pay
         seconds.iter().enumerate().map(|(t, s)| format!("t={}s {s:?}", t + 1)).collect::<Vec<_>>().join("\n")
     };
 
-    // The budget's promise, over its own window of 10 s: logging's load at most
-    // 1.2 × offered + 10/s, from the trigger to the end. (Within one second it may spend
-    // a whole window's allowance at once: the per-second figures above show how much.)
-    let from_trigger = &seconds[BEFORE..];
-    for (i, window) in from_trigger.windows(BUDGET_WINDOW).enumerate() {
-        let sum = total(window);
-        let bound = (1.0 + BUDGET_RATIO) * sum.offered + BUDGET_FLOOR_PER_SECOND * BUDGET_WINDOW as f64;
+    // The budget's promise, as its window is kept: ten slots of a second, the current one
+    // partial, so 9 to 10 s. Every retry within any 9 s is counted by the window of the
+    // last of them, which lies within the 11 s ending there: over any 9 s, logging gets at
+    // most the offered requests, plus 20 % of those of the 11 s around them, plus the
+    // floor's 100. (Within one second the budget may spend a whole window's allowance:
+    // the per-second figures above show how much.)
+    for end in BUDGET_WINDOW..seconds.len() {
+        let nine = total(&seconds[end + 2 - BUDGET_WINDOW..=end]);
+        let eleven = total(&seconds[end - BUDGET_WINDOW..=end]);
+        let bound = nine.offered
+            + BUDGET_RATIO * eleven.offered
+            + BUDGET_FLOOR_PER_SECOND * BUDGET_WINDOW as f64
+            + MEASUREMENT_SLACK;
         assert!(
-            sum.load <= bound,
-            "seconds {}..{}: logging received {:.0} requests for {:.0} offered, more than the budget's {bound:.0}\n{}",
-            BEFORE + i + 1,
-            BEFORE + i + BUDGET_WINDOW,
-            sum.load,
-            sum.offered,
+            nine.load <= bound,
+            "seconds {}..={}: logging received {:.0} requests for {:.0} offered, more than the budget's {bound:.0}\n{}",
+            end + 3 - BUDGET_WINDOW,
+            end + 1,
+            nine.load,
+            nine.offered,
             table()
         );
     }
