@@ -307,6 +307,53 @@ async fn work(mut queue: mpsc::Receiver<Job>, capacity: Arc<AtomicU32>, counts: 
 mod tests {
     use super::*;
 
+    async fn body(response: Response<Full<Bytes>>) -> String {
+        let bytes = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn payments_succeed_whatever_logging_does_and_turn_away_what_their_backlog_cannot_hold() {
+        // A logging that accepts connections and never answers: each payment waits out its
+        // 200 ms for logging, then succeeds anyway.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let logging = HttpClient::new(silent.local_addr().unwrap(), Duration::from_millis(200));
+        let _keep = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
+        });
+        // One worker and one payment waiting for it: a third at once is turned away.
+        let payments = Arc::new(Payments::new(logging, 1, 1));
+        let pay = |id: &'static str| {
+            let payments = payments.clone();
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let response = payments.handle(&Method::GET, &Uri::from_static(id)).await;
+                (response.status(), body(response).await, start.elapsed())
+            })
+        };
+        let first = pay("/pay/1");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let second = pay("/pay/2");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (status, text, _) = pay("/pay/3").await.unwrap();
+        assert_eq!(
+            (status, text.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "payments: every worker is busy\n")
+        );
+        for (payment, waited) in [(first.await.unwrap(), 200), (second.await.unwrap(), 380)] {
+            let (status, text, elapsed) = payment;
+            assert_eq!(status, StatusCode::OK);
+            assert!(text.ends_with("accepted (not logged)\n"), "{text}");
+            // The second, sent 10 ms later, waited for the worker, then for logging.
+            assert!(elapsed >= Duration::from_millis(waited), "{elapsed:?}");
+        }
+        let stats = body(payments.handle(&Method::GET, &Uri::from_static("/stats")).await).await;
+        assert_eq!(stats, "payments 3\nsucceeded 2\nshed 1\nlogging_ok 0\nlogging_failed 2\nin_flight 0\n");
+    }
+
     async fn stat(logging: &Logging, name: &str) -> u64 {
         let body = logging.handle(&Method::GET, &Uri::from_static("/stats")).await.into_body();
         let body = http_body_util::BodyExt::collect(body).await.unwrap().to_bytes();
