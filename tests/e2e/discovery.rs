@@ -3,11 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tarmac_control::discovery::server::DiscoveryService;
 use tarmac_control::registry::{Instance, Registry};
-use tarmac_control::store::Store;
-use tarmac_control::store::files::FilesStore;
 use tarmac_testkit::echo::{EchoServer, field};
 use tarmac_testkit::proxy::start;
 use tarmac_testkit::tools::{http_get, temp_dir};
@@ -27,28 +25,22 @@ fn instance(replica: u32, addr: SocketAddr) -> Instance {
     }
 }
 
-/// A control plane serving discovery on `addr` (port 0: any) until the task is aborted.
-async fn control_plane(
-    store: &FilesStore,
-    registry: &Registry,
-    addr: SocketAddr,
-) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let service = DiscoveryService::new(store.snapshots(), registry.clone());
-    let task = tokio::spawn(async move {
-        tarmac_control::grpc::serve(listener, service, None, std::future::pending()).await.unwrap();
-    });
-    (addr, task)
+/// The real control plane on the files store of `dir`, with the instances of `registry`,
+/// serving discovery on `addr` (port 0: any) until it is shut down or dropped.
+async fn control_plane(dir: &Path, registry: &Registry, addr: SocketAddr) -> tarmac_control::Running {
+    tarmac_testkit::control::start_at(
+        tarmac_control::Config::files(dir).with_registry(registry.clone()),
+        addr,
+    )
+    .await
 }
 
-/// The control plane's inputs: a watched directory holding the Service `books`, and an
-/// empty registry of instances.
-fn books_config(tag: &str) -> (std::path::PathBuf, FilesStore, Registry) {
+/// The control plane's inputs: a directory holding the Service `books`, and an empty
+/// registry of instances.
+fn books_config(tag: &str) -> (PathBuf, Registry) {
     let dir = temp_dir(tag);
     std::fs::write(dir.join("books.yaml"), BOOKS).unwrap();
-    let store = FilesStore::open(&dir).unwrap();
-    (dir, store, Registry::default())
+    (dir, Registry::default())
 }
 
 /// An echo app called `name` behind its own inbound proxy: one replica of `books`.
@@ -85,10 +77,11 @@ async fn eventually_served_by(addr: SocketAddr, want: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_follow_the_registry_and_survive_the_control_plane_going_away() {
-    let (dir, store, registry) = books_config("discovery");
+    let (dir, registry) = books_config("discovery");
     let ((_app_a, proxy_a), (_app_b, proxy_b)) = (replica("books-a").await, replica("books-b").await);
     registry.set(vec![instance(0, proxy_a.addrs.inbound.unwrap())]);
-    let (control_addr, control) = control_plane(&store, &registry, "127.0.0.1:0".parse().unwrap()).await;
+    let control = control_plane(&dir, &registry, "127.0.0.1:0".parse().unwrap()).await;
+    let control_addr = control.addrs.grpc;
     let (_client, books) = follower(control_addr).await;
     eventually_served_by(books, "books-a").await;
 
@@ -101,8 +94,7 @@ async fn endpoints_follow_the_registry_and_survive_the_control_plane_going_away(
     }
 
     // The control plane dies: the proxy keeps the endpoints it has.
-    control.abort();
-    let _ = control.await;
+    control.shutdown().await;
     for _ in 0..50 {
         let (status, body) = http_get(books, "/").await;
         assert_eq!((status, field(&body, "server")), (200, Some("books-b")), "fail static");
@@ -110,7 +102,7 @@ async fn endpoints_follow_the_registry_and_survive_the_control_plane_going_away(
 
     // It returns, knowing different instances: the proxy resubscribes and follows.
     registry.set(vec![instance(0, proxy_a.addrs.inbound.unwrap())]);
-    let (_, _control) = control_plane(&store, &registry, control_addr).await;
+    let _control = control_plane(&dir, &registry, control_addr).await;
     eventually_served_by(books, "books-a").await;
 
     // A configuration change that selects nothing leaves the service without endpoints.
@@ -124,11 +116,12 @@ async fn endpoints_follow_the_registry_and_survive_the_control_plane_going_away(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_endpoint_changes_under_load_fail_no_request() {
-    let (_dir, store, registry) = books_config("discovery-churn");
+    let (dir, registry) = books_config("discovery-churn");
     let ((app_a, proxy_a), (app_b, proxy_b)) = (replica("books-a").await, replica("books-b").await);
     let (a, b) = (instance(0, proxy_a.addrs.inbound.unwrap()), instance(1, proxy_b.addrs.inbound.unwrap()));
     registry.set(vec![a.clone(), b.clone()]);
-    let (control_addr, _control) = control_plane(&store, &registry, "127.0.0.1:0".parse().unwrap()).await;
+    let _control = control_plane(&dir, &registry, "127.0.0.1:0".parse().unwrap()).await;
+    let control_addr = _control.addrs.grpc;
     let (_client, books) = follower(control_addr).await;
     eventually_served_by(books, "books-a").await;
 
@@ -219,10 +212,11 @@ async fn keep_alive_caller(
 /// the control plane gone for a minute, then back: not one request fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_without_the_control_plane_at_500_rps_fails_no_request() {
-    let (_dir, store, registry) = books_config("discovery-static");
+    let (dir, registry) = books_config("discovery-static");
     let (_app, server) = replica("books-a").await;
     registry.set(vec![instance(0, server.addrs.inbound.unwrap())]);
-    let (control_addr, control) = control_plane(&store, &registry, "127.0.0.1:0".parse().unwrap()).await;
+    let control = control_plane(&dir, &registry, "127.0.0.1:0".parse().unwrap()).await;
+    let control_addr = control.addrs.grpc;
     let (_client, books) = follower(control_addr).await;
     eventually_served_by(books, "books-a").await;
 
@@ -238,10 +232,9 @@ async fn a_minute_without_the_control_plane_at_500_rps_fails_no_request() {
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    control.abort();
-    let _ = control.await;
+    control.shutdown().await;
     tokio::time::sleep(Duration::from_secs(60)).await;
-    let (_, _control) = control_plane(&store, &registry, control_addr).await;
+    let _control = control_plane(&dir, &registry, control_addr).await;
     // Back: a change made now reaches the proxy, so it has resubscribed.
     let (app_b, server_b) = replica("books-b").await;
     registry.set(vec![instance(1, server_b.addrs.inbound.unwrap())]);

@@ -6,11 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tarmac_control::discovery::server::DiscoveryService;
-use tarmac_control::identity::{BootstrapTokens, IdentityService, WorkloadIdentity};
-use tarmac_control::registry::Registry;
-use tarmac_control::store::Store;
-use tarmac_control::store::files::FilesStore;
+use tarmac_control::IdentityConfig;
+use tarmac_control::identity::{BootstrapTokens, WorkloadIdentity};
 use tarmac_identity::SpiffeId;
 use tarmac_identity::ca::{self, Ca};
 use tarmac_identity::workload::WorkloadKey;
@@ -23,16 +20,17 @@ use tarmac_testkit::tools::{curl, http_get, run, temp_dir};
 const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/server";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 
-/// A control plane with a CA, serving discovery and identity on loopback.
+/// The real control plane with a CA, serving discovery and identity on loopback; it can
+/// be stopped and started again on the same port, with the same CA and tokens.
 struct ControlPlane {
     dir: PathBuf,
     ca: Arc<Ca>,
     tokens: Arc<BootstrapTokens>,
-    identity: IdentityService,
-    discovery: DiscoveryService,
+    lifetime: Duration,
     addr: SocketAddr,
-    task: Option<tokio::task::JoinHandle<()>>,
-    store: FilesStore,
+    running: Option<tarmac_control::Running>,
+    /// Certify only the configured Workloads' identities, as `tarmac up` does.
+    only_configured: bool,
 }
 
 impl ControlPlane {
@@ -43,23 +41,17 @@ impl ControlPlane {
     async fn start_with_tokens(tag: &str, lifetime: Duration, tokens: BootstrapTokens) -> Self {
         let dir = temp_dir(tag);
         std::fs::create_dir_all(dir.join("config")).unwrap();
-        let store = FilesStore::open(dir.join("config")).unwrap();
-        let discovery = DiscoveryService::new(store.snapshots(), Registry::default());
         let (ca, created) = Ca::load_or_generate(&dir.join("ca"), "cluster.local").unwrap();
         assert!(created);
         std::fs::write(dir.join("anchors.pem"), ca.anchors_pem()).unwrap();
-        let ca = Arc::new(ca);
-        let tokens = Arc::new(tokens);
-        let identity = IdentityService::new(ca.clone(), "cluster.local", tokens.clone(), lifetime);
         let mut control = Self {
             dir,
-            ca,
-            tokens,
-            identity,
-            discovery,
+            ca: Arc::new(ca),
+            tokens: Arc::new(tokens),
+            lifetime,
             addr: "127.0.0.1:0".parse().unwrap(),
-            task: None,
-            store,
+            running: None,
+            only_configured: false,
         };
         control.serve().await;
         control
@@ -67,21 +59,36 @@ impl ControlPlane {
 
     /// (Re)starts serving, on the same port after the first time.
     async fn serve(&mut self) {
-        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
-        self.addr = listener.local_addr().unwrap();
-        let (discovery, identity) = (self.discovery.clone(), self.identity.clone());
-        self.task = Some(tokio::spawn(async move {
-            tarmac_control::grpc::serve(listener, discovery, Some(identity), std::future::pending())
-                .await
-                .unwrap();
-        }));
+        let config = tarmac_control::Config::files(self.dir.join("config")).with_identity(IdentityConfig {
+            ca: self.ca.clone(),
+            trust_domain: "cluster.local".into(),
+            cert_lifetime: self.lifetime,
+            authenticator: self.tokens.clone(),
+            only_configured_workloads: self.only_configured,
+        });
+        let running = tarmac_testkit::control::start_at(config, self.addr).await;
+        self.addr = running.addrs.grpc;
+        self.running = Some(running);
     }
 
     async fn stop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
         }
+    }
+
+    /// The configuration in force, as the running control plane reads it.
+    fn snapshots(&self) -> tokio::sync::watch::Receiver<Arc<tarmac_control::store::Snapshot>> {
+        self.running.as_ref().expect("running").snapshots()
+    }
+
+    /// Certificates issued and requests refused since the last start.
+    fn stats(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.running
+            .as_ref()
+            .and_then(|r| r.identity_stats.as_ref())
+            .expect("running, with identity")
+            .snapshot()
     }
 
     fn anchors(&self) -> String {
@@ -430,7 +437,7 @@ async fn refusals_are_counted_and_say_what_to_check() {
             tarmac_proxy::start(config).await.expect_err("a bad token must not start a proxy").to_string();
         assert!(err.contains(reason), "{err}");
     }
-    let stats = control.identity.stats.snapshot();
+    let stats = control.stats();
     assert_eq!(stats.get("token_reused"), Some(&1), "{stats:?}");
     assert_eq!(stats.get("unknown_token"), Some(&1), "{stats:?}");
 }
@@ -531,7 +538,7 @@ async fn a_token_survives_garbage_csrs_but_not_its_expiry() {
     let refused = certify(&mut client, csr, Proof::Token(late)).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     assert!(refused.message().contains("expired"), "{}", refused.message());
-    let stats = control.identity.stats.snapshot();
+    let stats = control.stats();
     assert_eq!(stats.get("bad_csr"), Some(&2), "{stats:?}");
     assert_eq!(stats.get("token_expired"), Some(&1), "{stats:?}");
     assert_eq!(stats.get("issued"), Some(&1), "{stats:?}");
@@ -550,15 +557,13 @@ async fn a_workload_removed_from_the_configuration_cannot_renew() {
     let configured = |snapshots: &tokio::sync::watch::Receiver<Arc<tarmac_control::store::Snapshot>>| {
         snapshots.borrow().iter_kind("Workload").count()
     };
-    let snapshots = control.store.snapshots();
+    let snapshots = control.snapshots();
     wait_until("the Workload is in the configuration", || configured(&snapshots) == 1).await;
     // The control plane as `tarmac up` runs it: only configured Workloads are served.
     control.stop().await;
-    control.identity = control
-        .identity
-        .clone()
-        .serving_only(tarmac_control::identity::configured_workloads(control.store.snapshots()));
+    control.only_configured = true;
     control.serve().await;
+    let snapshots = control.snapshots();
 
     let mut client = identity_client(control.addr).await;
     let key = WorkloadKey::generate().unwrap();
@@ -578,7 +583,7 @@ async fn a_workload_removed_from_the_configuration_cannot_renew() {
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
         assert!(refused.message().contains("not the identity of any Workload"), "{}", refused.message());
     }
-    let stats = control.identity.stats.snapshot();
+    let stats = control.stats();
     assert_eq!(stats.get("not_configured"), Some(&2), "{stats:?}");
 }
 

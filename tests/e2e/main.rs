@@ -17,6 +17,7 @@ mod app_tls;
 mod balance;
 mod bench;
 mod conformance;
+mod control;
 mod demo;
 mod discovery;
 mod examples;

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tarmac_control::discovery::server::DiscoveryService;
 use tarmac_control::registry::{Instance, Registry};
 use tarmac_control::store::Snapshot;
 use tarmac_testkit::echo::{EchoServer, field};
@@ -58,22 +57,32 @@ struct Mesh {
     books: SocketAddr,
     client: tarmac_proxy::Running,
     _servers: Vec<tarmac_proxy::Running>,
+    _control: tarmac_control::Running,
 }
 
 async fn mesh(routes: &str) -> Mesh {
     let v1 = EchoServer::start("books-v1").await;
     let v2 = EchoServer::start("books-v2").await;
     let p = proxies(routes, [v1.addr, v2.addr]).await;
-    Mesh { snapshots: p.snapshots, v1, v2, books: p.books, client: p.client, _servers: p.servers }
+    Mesh {
+        snapshots: p.snapshots,
+        v1,
+        v2,
+        books: p.books,
+        client: p.client,
+        _servers: p.servers,
+        _control: p._control,
+    }
 }
 
-/// Discovery, the inbound proxies of `books-v1` and `books-v2` (whose apps listen at
+/// The control plane (discovery), the inbound proxies of `books-v1` and `books-v2` (whose apps listen at
 /// `apps`) and a client proxy following `books`.
 struct Proxies {
     snapshots: watch::Sender<Arc<Snapshot>>,
     books: SocketAddr,
     client: tarmac_proxy::Running,
     servers: Vec<tarmac_proxy::Running>,
+    _control: tarmac_control::Running,
 }
 
 async fn proxies(routes: &str, apps: [SocketAddr; 2]) -> Proxies {
@@ -97,18 +106,16 @@ async fn proxies(routes: &str, apps: [SocketAddr; 2]) -> Proxies {
         servers.push(proxy);
     }
     registry.set(instances);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let control = listener.local_addr().unwrap();
-    let service = DiscoveryService::new(receiver, registry);
-    tokio::spawn(async move {
-        tarmac_control::grpc::serve(listener, service, None, std::future::pending()).await.unwrap()
-    });
+    let control_plane =
+        tarmac_testkit::control::start(tarmac_control::Config::snapshots(receiver).with_registry(registry))
+            .await;
+    let control = control_plane.addrs.grpc;
     let client = start(&format!(
         "admin: 127.0.0.1:0\ncontrol: {{addr: \"{control}\", workload: web}}\noutbound:\n  services:\n  - name: books\n    listen: 127.0.0.1:0\n    discover: {{port: 80}}\n"
     ))
     .await;
     let books = client.addrs.service("books").unwrap();
-    Proxies { snapshots, books, client, servers }
+    Proxies { snapshots, books, client, servers, _control: control_plane }
 }
 
 struct Answer {
@@ -692,4 +699,52 @@ spec:
     let bidi = grpc_call(p.books, "Bidi", &[]).await;
     assert_eq!(bidi["code"], "UNIMPLEMENTED", "{bidi}");
     assert_eq!(bidi["peer"], serde_json::Value::Null, "{bidi}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resilience_policy_retries_a_services_unrouted_requests_and_can_turn_its_budget_off() {
+    let policy = |budget: &str| {
+        format!(
+            "apiVersion: tarmac.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {{name: books}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: books}}]\n  retry: {{codes: [503], attempts: 2, backoff: 1ms}}\n{budget}"
+        )
+    };
+    let m = mesh(&policy("  retryBudget: {enabled: false}\n")).await;
+    let seen = || m.v1.requests() + m.v2.requests();
+    // In force once a request failing once comes back 200 (no route: the Service's own
+    // policy retried it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for id in 0.. {
+        let a = Conn::open(m.books)
+            .await
+            .get("/?first=1&status=503", &[("x-request-id", &format!("probe-{id}"))])
+            .await;
+        if a.status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the policy never applied: {}", a.body);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Budget off: every request to an always-failing Service is tried three times.
+    let offered = 200;
+    let before = seen();
+    let mut conn = Conn::open(m.books).await;
+    for _ in 0..offered {
+        assert_eq!(conn.get("/?status=503", &[]).await.status, 503);
+    }
+    assert_eq!(seen() - before, 3 * offered, "attempts alone bound the retries");
+
+    // The budget back on (the policy without `retryBudget`): retries add at most a fifth
+    // of the requests in the window (these and the 200 before, which still count) and
+    // the floor of 10 per second over it.
+    m.snapshots.send(snapshot(2, &policy(""))).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let offered = 400;
+    let before = seen();
+    for _ in 0..offered {
+        assert_eq!(conn.get("/?status=503", &[]).await.status, 503);
+    }
+    let tries = seen() - before;
+    assert!(tries <= offered + (offered + 200 + 10) / 5 + 100, "{tries} tries for {offered} requests");
+    assert!(tries > offered, "{tries} tries for {offered} requests");
 }

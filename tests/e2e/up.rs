@@ -317,3 +317,68 @@ fn up_runs_the_hello_mesh_restarts_a_crashed_app_and_stops_cleanly() {
     let left: Vec<u32> = pids.into_iter().filter(|pid| is_ours_and_alive(*pid)).collect();
     assert!(left.is_empty(), "still running after tarmac up stopped: {left:?}\n{}", up.output());
 }
+
+/// examples/hello written as one would for a cluster: the Services as `kubectl get svc -o
+/// yaml` prints them (a `List`, with everything the API server adds) and the apps as
+/// `apps/v1` Deployments. `tarmac up` runs it as it runs the Workloads: the greeter's
+/// request crosses both sidecars to a `names` replica; `tarmac check` says what of the
+/// Deployments only a cluster applies.
+#[test]
+fn up_runs_kubernetes_manifests_services_from_kubectl_and_deployments() {
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/hello");
+    let dir = tarmac_testkit::tools::temp_dir("up-deployments");
+    for file in ["names.py", "greeter.py"] {
+        std::fs::copy(source.join(file), dir.join(file)).unwrap();
+    }
+    let service = |name: &str, ip: &str| {
+        format!(
+            "- apiVersion: v1\n  kind: Service\n  metadata:\n    creationTimestamp: \"2026-11-30T09:12:44Z\"\n    name: {name}\n    namespace: default\n    resourceVersion: \"4821\"\n    uid: 5d0c3f0e-8d0b-4b5e-9a53-0f4b1c2d7e6{}\n  spec:\n    clusterIP: {ip}\n    clusterIPs: [{ip}]\n    internalTrafficPolicy: Cluster\n    ipFamilies: [IPv4]\n    ipFamilyPolicy: SingleStack\n    ports:\n    - appProtocol: http\n      port: 80\n      protocol: TCP\n      targetPort: 8080\n    selector:\n      app: {name}\n    sessionAffinity: None\n    type: ClusterIP\n  status:\n    loadBalancer: {{}}\n",
+            name.len()
+        )
+    };
+    std::fs::write(
+        dir.join("services.yaml"),
+        format!(
+            "apiVersion: v1\nitems:\n{}{}kind: List\nmetadata:\n  resourceVersion: \"\"\n",
+            service("greeter", "10.96.0.21"),
+            service("names", "10.96.0.22")
+        ),
+    )
+    .unwrap();
+    let deployment = |name: &str, replicas: u32, env: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\n  labels: {{app: {name}}}\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: {name}}}\n  strategy: {{type: RollingUpdate}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      serviceAccountName: {name}\n      containers:\n      - name: {name}\n        image: python:3.12-slim\n        command: [python3, -u, {name}.py]\n        env: [{env}]\n        ports: [{{containerPort: 8080}}]\n        resources: {{limits: {{memory: 64Mi}}}}\n"
+        )
+    };
+    std::fs::write(
+        dir.join("apps.yaml"),
+        format!(
+            "{}---\n{}",
+            deployment("greeter", 1, "{name: GREETING, value: Hello}"),
+            deployment("names", 2, "")
+        ),
+    )
+    .unwrap();
+
+    let mut up = Up::start_with(&[dir.to_str().unwrap(), "--api-port", "0"]);
+    let greeter = greeter_addr(&up);
+    let body = greeting(&up, greeter);
+    assert!(body.starts_with("Hello, ") && body.contains("greeted by greeter-0"), "{body}");
+    // Both replicas of the names Deployment run, each behind its sidecar.
+    up.wait_for("names-1 ready", Duration::from_secs(30), |lines| {
+        lines.iter().any(|l| l.contains("| names-1 ready: ")).then_some(())
+    });
+    let warning = "warning: Deployment default/names: applied on a cluster only, not here: spec.strategy, spec.template.spec.containers[0].image, spec.template.spec.containers[0].resources";
+    assert!(up.lines().iter().any(|l| l.ends_with(warning)), "{}", up.output());
+
+    let api = up.wait_for("the API address", Duration::from_secs(5), |lines| {
+        lines.iter().find_map(|l| l.split_once("control plane: API and dashboard on http://")).map(
+            |(_, rest)| rest.split_whitespace().next().unwrap_or_default().trim_end_matches('/').to_string(),
+        )
+    });
+    let check = crate::observe::tarmac(&api, &["check"], Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(text.contains("√ deployments: 2 Deployments run here as processes"), "{text}");
+    assert!(text.contains(&format!("! {warning}")), "{text}");
+    stop(&mut up);
+}

@@ -109,13 +109,7 @@ fn write_key(path: &Path, text: &str) -> Result<String, String> {
 
 /// `$XDG_STATE_HOME/tarmac/identity`, or `~/.local/state/tarmac/identity`.
 pub fn default_dir() -> Result<PathBuf, String> {
-    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
-        return Ok(PathBuf::from(state).join("tarmac/identity"));
-    }
-    let home = std::env::var_os("HOME")
-        .filter(|s| !s.is_empty())
-        .ok_or("cannot place the mesh's CA: neither XDG_STATE_HOME nor HOME is set; pass --identity-dir")?;
-    Ok(PathBuf::from(home).join(".local/state/tarmac/identity"))
+    tarmac_control::identity::default_ca_dir()
 }
 
 /// A time as `2026-11-27 10:00:00 UTC`.

@@ -1,9 +1,10 @@
 //! From the cases' Kubernetes manifests to Tarmac's model.
 //!
-//! The model takes Namespaces, Services and routes as they are. Deployments are not part
-//! of the model (on Kubernetes they are the cluster's business), so the runner turns each
-//! into a Workload with the Deployment's name, namespace, replicas and pod labels; the
-//! runner itself plays its pods (an echo server and a sidecar each).
+//! The model takes Namespaces, Services and routes as they are. The model reads a
+//! Deployment too, but only one whose first container has a `command` local mode can run;
+//! the cases' Deployments run an image's entrypoint (the conformance echo server), so the
+//! runner turns each into a Workload itself, with the Deployment's name, namespace,
+//! replicas and pod labels, and plays its pods (an echo server and a sidecar each).
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -104,8 +105,10 @@ fn workload(file: &str, text: &str) -> Result<Resource, String> {
     let resource = Resource::Workload(Workload {
         api_version: "tarmac.io/v1alpha1".into(),
         kind: "Workload".into(),
-        metadata: ObjectMeta { name, namespace, labels, annotations: BTreeMap::new() },
+        metadata: ObjectMeta { name, namespace, labels, ..Default::default() },
         spec,
+        status: Default::default(),
+        cluster_only: Vec::new(),
     });
     let problems = tarmac_model::validate::validate(&resource);
     if let Some(p) = problems.first() {

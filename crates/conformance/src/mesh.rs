@@ -1,17 +1,17 @@
-//! A local mesh for one case: the control plane's discovery in-process, and for every
-//! replica of every Workload a pod made of an echo server and a real `tarmac-proxy`
-//! sidecar (in-process, explicit mode) with an outbound listener per Service port.
+//! A local mesh for one case: the control plane in-process (`tarmac_control::start`,
+//! discovery only), and for every replica of every Workload a pod made of an echo server
+//! and a real `tarmac-proxy` sidecar (in-process, explicit mode) with an outbound listener
+//! per Service port.
 
 use crate::echo::{self, Pod};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tarmac_control::discovery::server::DiscoveryService;
-use tarmac_control::registry::{Instance, Registry};
+use tarmac_control::registry::Instance;
 use tarmac_control::store::Snapshot;
 use tarmac_model::Resource;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 /// A Service port as a sidecar's outbound listener knows it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,7 +33,9 @@ pub struct RunningPod {
 
 pub struct Mesh {
     pub pods: Vec<RunningPod>,
-    stop_control: oneshot::Sender<()>,
+    control: tarmac_control::Running,
+    /// The snapshot's sender: discovery streams end when it is gone.
+    _snapshots: watch::Sender<Arc<Snapshot>>,
 }
 
 /// A stable pod-template-hash-like string for a workload, and a random pod suffix.
@@ -72,20 +74,19 @@ impl Mesh {
                 })
             })
             .collect();
-        let registry = Registry::default();
-        let (_keep, snapshots) = watch::channel(snapshot.clone());
-        let listener =
-            tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("control plane: {e}"))?;
-        let control = listener.local_addr().map_err(|e| e.to_string())?;
-        let (stop_control, stopped) = oneshot::channel::<()>();
-        let discovery = DiscoveryService::new(snapshots, registry.clone());
-        tokio::spawn(async move {
-            let _keep = _keep;
-            let _ = tarmac_control::grpc::serve(listener, discovery, None, async move {
-                let _ = stopped.await;
-            })
-            .await;
-        });
+        let (keep, snapshots) = watch::channel(snapshot.clone());
+        let listeners = tarmac_control::Listeners::bind(([127, 0, 0, 1], 0).into(), &[])
+            .await
+            .map_err(|e| format!("control plane: {e}"))?;
+        let control_plane = tarmac_control::start(
+            tarmac_control::Config::snapshots(snapshots),
+            listeners,
+            std::future::pending(),
+        )
+        .await
+        .map_err(|e| format!("control plane: {e}"))?;
+        let control = control_plane.addrs.grpc;
+        let registry = control_plane.registry.clone();
 
         let mut pods = Vec::new();
         let mut instances = Vec::new();
@@ -138,7 +139,7 @@ impl Mesh {
         // whole mesh (one pod at a time, a weighted run could start before the last
         // backend's endpoints reached the caller).
         registry.set(instances);
-        Ok(Self { pods, stop_control })
+        Ok(Self { pods, control: control_plane, _snapshots: keep })
     }
 
     /// The first pod of `namespace/workload`.
@@ -156,6 +157,6 @@ impl Mesh {
         for s in stopping {
             let _ = s.await;
         }
-        let _ = self.stop_control.send(());
+        self.control.shutdown().await;
     }
 }

@@ -3,6 +3,8 @@
 //! state when the input is wrong.
 //!
 //! # Layout
+//! - [`start`] (in `app.rs`): everything below wired from one [`Config`] on listeners the
+//!   caller bound; the `tarmac-control` binary (`main.rs`) and `tarmac up` both run it.
 //! - [`store`]: where desired state comes from, behind one trait: [`store::files`] reads
 //!   and watches a directory (the local mode); a Kubernetes backend comes later.
 //! - [`registry`]: the running workload instances and where their proxies listen.
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod app;
 pub mod discovery;
 pub mod grpc;
 pub mod http_client;
@@ -28,3 +31,5 @@ pub mod prometheus;
 pub mod registry;
 pub mod store;
 pub mod telemetry;
+
+pub use app::{Addrs, BindError, Config, IdentityConfig, Listeners, Running, StartError, StoreConfig, start};

@@ -2,7 +2,7 @@
 //! from an HTTPRoute or GRPCRoute rule (or backendRef) as an `ExtensionRef` filter
 //! (`{group: tarmac.io, kind: FaultInjection, name: ...}`) in the route's namespace.
 
-use crate::meta::ObjectMeta;
+use crate::meta::{ObjectMeta, ServerOwned};
 use crate::route::HeaderMatch;
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +13,9 @@ pub struct FaultInjection {
     pub kind: String,
     pub metadata: ObjectMeta,
     pub spec: FaultInjectionSpec,
+    /// Written by controllers (route conditions, ...); Tarmac computes its own.
+    #[serde(default, skip_serializing)]
+    pub status: ServerOwned,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]

@@ -3,16 +3,20 @@
 //!
 //! The same documents work in local mode (`tarmac up DIR`) and on Kubernetes
 //! (`kubectl apply`): `v1` Service and Namespace, Tarmac's own `tarmac.io/v1alpha1`
-//! Workload (local mode only) and FaultInjection, and `gateway.networking.k8s.io/v1`
-//! HTTPRoute and GRPCRoute attached to Services (the Gateway API mesh profile).
+//! Workload (local mode only), FaultInjection and ResiliencePolicy, `apps/v1` Deployment (run as a Workload
+//! in local mode), and `gateway.networking.k8s.io/v1` HTTPRoute and GRPCRoute attached to
+//! Services (the Gateway API mesh profile). A `v1` `List` of them reads as its items.
 //!
 //! Every error names the file, the line where the parser knows it, the object
 //! (`Kind namespace/name`) and the field, and says what would be valid. Unknown fields are
-//! errors, not silently ignored: a typo must never turn a feature off.
+//! errors, not silently ignored: a typo must never turn a feature off. Fields the API
+//! server writes (`metadata.uid`, `resourceVersion`, `status`, `spec.clusterIPs`, ...)
+//! are accepted and ignored ([`meta::ServerOwned`]), so `kubectl get -o yaml` output loads.
 //!
 //! # Layout
 //! - [`meta`]: object metadata and references.
-//! - [`service`], [`workload`], [`route`], [`fault`]: the kinds.
+//! - [`service`], [`workload`], [`route`], [`fault`], [`resilience`]: the kinds.
+//! - [`deployment`]: `apps/v1` Deployment, read into a [`Workload`].
 //! - [`parse`]: YAML documents to [`Resource`]s, with located errors.
 //! - [`validate`]: checks types cannot express (ports in range, weights, path syntax).
 //! - [`duration`]: Gateway API durations (`1h30m`, `500ms`).
@@ -20,10 +24,12 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod deployment;
 pub mod duration;
 pub mod fault;
 pub mod meta;
 pub mod parse;
+pub mod resilience;
 pub mod route;
 pub mod service;
 pub mod validate;
@@ -32,6 +38,7 @@ pub mod workload;
 pub use fault::FaultInjection;
 pub use meta::{ObjectKey, ObjectMeta};
 pub use parse::{ModelError, parse_documents};
+pub use resilience::ResiliencePolicy;
 pub use route::{GrpcRoute, HttpRoute};
 pub use service::{Namespace, Service};
 pub use workload::Workload;
@@ -45,6 +52,7 @@ pub enum Resource {
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
     FaultInjection(FaultInjection),
+    ResiliencePolicy(ResiliencePolicy),
 }
 
 /// The kinds Tarmac reads, as `(apiVersion, kind)`.
@@ -52,9 +60,11 @@ pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
     ("v1", "Namespace"),
     ("v1", "Service"),
     ("tarmac.io/v1alpha1", "Workload"),
+    ("apps/v1", "Deployment"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
     ("gateway.networking.k8s.io/v1", "GRPCRoute"),
     ("tarmac.io/v1alpha1", "FaultInjection"),
+    ("tarmac.io/v1alpha1", "ResiliencePolicy"),
 ];
 
 impl Resource {
@@ -66,6 +76,7 @@ impl Resource {
             Resource::HttpRoute(_) => "HTTPRoute",
             Resource::GrpcRoute(_) => "GRPCRoute",
             Resource::FaultInjection(_) => "FaultInjection",
+            Resource::ResiliencePolicy(_) => "ResiliencePolicy",
         }
     }
 
@@ -77,6 +88,7 @@ impl Resource {
             Resource::HttpRoute(r) => &r.metadata,
             Resource::GrpcRoute(r) => &r.metadata,
             Resource::FaultInjection(r) => &r.metadata,
+            Resource::ResiliencePolicy(r) => &r.metadata,
         }
     }
 

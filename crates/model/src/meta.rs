@@ -11,7 +11,7 @@ fn default_namespace() -> String {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ObjectMeta {
     pub name: String,
     /// `default` when absent, as in Kubernetes.
@@ -22,6 +22,47 @@ pub struct ObjectMeta {
     /// Kept for compatibility with manifests written for Kubernetes; Tarmac reads none yet.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// What the API server writes into every object, so that `kubectl get -o yaml` output
+    /// loads as it is.
+    #[serde(default, skip_serializing)]
+    pub uid: ServerOwned,
+    #[serde(default, skip_serializing)]
+    pub resource_version: ServerOwned,
+    #[serde(default, skip_serializing)]
+    pub generation: ServerOwned,
+    #[serde(default, skip_serializing)]
+    pub creation_timestamp: ServerOwned,
+    #[serde(default, skip_serializing)]
+    pub deletion_timestamp: ServerOwned,
+    #[serde(default, skip_serializing)]
+    pub deletion_grace_period_seconds: ServerOwned,
+    #[serde(default, skip_serializing)]
+    pub managed_fields: ServerOwned,
+    #[serde(default, skip_serializing)]
+    pub self_link: ServerOwned,
+}
+
+/// A field the API server owns (`metadata.uid`, `resourceVersion`, `status`,
+/// `spec.clusterIP`, ...): accepted so that what `kubectl get -o yaml` prints loads as it
+/// is, never read, never written back. Any two are equal, so that a new `resourceVersion`
+/// alone is no change of configuration. Only fields named in the model's types are
+/// accepted this way: a misspelt field is still refused.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServerOwned;
+
+impl PartialEq for ServerOwned {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ServerOwned {}
+
+impl<'de> Deserialize<'de> for ServerOwned {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer)?;
+        Ok(ServerOwned)
+    }
 }
 
 /// Identifies an object in messages: `HTTPRoute shop/canary`.

@@ -2,7 +2,7 @@
 //! of the mesh profile. Field names and defaults follow the specification; matching and
 //! filter semantics live with the proxy.
 
-use crate::meta::ObjectMeta;
+use crate::meta::{ObjectMeta, ServerOwned};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -12,6 +12,9 @@ pub struct HttpRoute {
     pub kind: String,
     pub metadata: ObjectMeta,
     pub spec: HttpRouteSpec,
+    /// Written by controllers (route conditions, ...); Tarmac computes its own.
+    #[serde(default, skip_serializing)]
+    pub status: ServerOwned,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -21,6 +24,9 @@ pub struct GrpcRoute {
     pub kind: String,
     pub metadata: ObjectMeta,
     pub spec: GrpcRouteSpec,
+    /// Written by controllers (route conditions, ...); Tarmac computes its own.
+    #[serde(default, skip_serializing)]
+    pub status: ServerOwned,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -4,6 +4,7 @@ use crate::Resource;
 use crate::duration;
 use crate::fault::FaultInjection;
 use crate::meta::ObjectMeta;
+use crate::resilience::ResiliencePolicy;
 use crate::route::{
     GrpcRoute, HeaderMatch, HeaderModifier, HttpBackendRef, HttpRoute, HttpRouteFilter, ParentRef,
     PathModifier,
@@ -11,6 +12,9 @@ use crate::route::{
 use crate::service::Service;
 use crate::workload::Workload;
 use std::collections::HashSet;
+
+/// The most retries a policy may ask for: retries stay bounded even with the budget off.
+pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 
 /// One problem: the field's path and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +42,7 @@ pub fn validate(resource: &Resource) -> Vec<Problem> {
         Resource::HttpRoute(r) => validate_http_route(r, &mut p),
         Resource::GrpcRoute(r) => validate_grpc_route(r, &mut p),
         Resource::FaultInjection(f) => validate_fault(f, &mut p),
+        Resource::ResiliencePolicy(r) => validate_resilience(r, &mut p),
     }
     p.0
 }
@@ -67,6 +72,22 @@ fn validate_meta(meta: &ObjectMeta, p: &mut Problems) {
 }
 
 fn validate_service(s: &Service, p: &mut Problems) {
+    if let Some(affinity) = s.spec.session_affinity.as_deref().filter(|a| *a != "None") {
+        p.add(
+            "spec.sessionAffinity",
+            format!(
+                "`{affinity}` is not supported: Tarmac balances every request (remove it, or write `None`)"
+            ),
+        );
+    }
+    for (field, policy) in [
+        ("spec.internalTrafficPolicy", &s.spec.internal_traffic_policy),
+        ("spec.externalTrafficPolicy", &s.spec.external_traffic_policy),
+    ] {
+        if let Some(policy) = policy.as_deref().filter(|v| !matches!(*v, "Cluster" | "Local")) {
+            p.add(field, format!("`{policy}` is not a traffic policy: write `Cluster` or `Local`"));
+        }
+    }
     if s.spec.ports.is_empty() {
         p.add("spec.ports", "a Service needs at least one port");
     }
@@ -440,6 +461,9 @@ fn validate_http_route(r: &HttpRoute, p: &mut Problems) {
             {
                 p.add(format!("{at}.retry.backoff"), e);
             }
+            if retry.attempts.is_some_and(|n| n > MAX_RETRY_ATTEMPTS) {
+                p.add(format!("{at}.retry.attempts"), format!("must be at most {MAX_RETRY_ATTEMPTS}"));
+            }
             for (k, code) in retry.codes.iter().enumerate() {
                 if !(400..=599).contains(code) {
                     p.add(format!("{at}.retry.codes[{k}]"), "must be an HTTP status 400-599");
@@ -499,6 +523,106 @@ fn validate_fault(f: &FaultInjection, p: &mut Problems) {
         }
     }
     validate_header_matches("spec.headers", &spec.headers, p, true);
+}
+
+fn validate_resilience(r: &ResiliencePolicy, p: &mut Problems) {
+    let spec = &r.spec;
+    if spec.target_refs.is_empty() {
+        p.add("spec.targetRefs", "needs at least one target: a Service, an HTTPRoute or a GRPCRoute");
+    }
+    let mut route_targets = false;
+    for (i, t) in spec.target_refs.iter().enumerate() {
+        let at = format!("spec.targetRefs[{i}]");
+        if t.is_service() {
+            if t.section_name.is_some() {
+                p.add(
+                    format!("{at}.sectionName"),
+                    "a Service target has no sections; name an HTTPRoute or GRPCRoute rule instead",
+                );
+            }
+        } else if t.route_kind().is_some() {
+            route_targets = true;
+        } else {
+            p.add(
+                at,
+                format!(
+                    "`{}` `{}` cannot be targeted; use a Service (`group: \"\"`) or an HTTPRoute or GRPCRoute (`group: gateway.networking.k8s.io`)",
+                    t.group, t.kind
+                ),
+            );
+        }
+    }
+    if spec.retry_budget.is_none()
+        && spec.circuit_breaker.is_none()
+        && spec.retry.is_none()
+        && spec.timeouts.is_none()
+    {
+        p.add("spec", "a ResiliencePolicy needs `retryBudget`, `circuitBreaker`, `retry` or `timeouts`");
+    }
+    let duration = |field: String, value: &Option<String>, p: &mut Problems| {
+        if let Some(v) = value
+            && let Err(e) = duration::parse(v)
+        {
+            p.add(field, e);
+        }
+    };
+    if let Some(b) = &spec.retry_budget {
+        if route_targets {
+            p.add(
+                "spec.retryBudget",
+                "applies to Service targets only: a budget is kept per Service its callers call",
+            );
+        }
+        if let Some(ratio) = b.ratio
+            && !(0.0..=1.0).contains(&ratio)
+        {
+            p.add("spec.retryBudget.ratio", "must be 0 to 1 (0.2: retries add at most 20 % to the requests)");
+        }
+        if b.min_retries_per_second.is_some_and(|n| n > 10_000) {
+            p.add("spec.retryBudget.minRetriesPerSecond", "must be at most 10000");
+        }
+        duration("spec.retryBudget.window".into(), &b.window, p);
+        if b.window
+            .as_deref()
+            .and_then(|w| duration::parse(w).ok())
+            .is_some_and(|w| w.is_zero() || w.as_secs() > 3600)
+        {
+            p.add("spec.retryBudget.window", "must be more than 0 and at most 1h");
+        }
+    }
+    if let Some(c) = &spec.circuit_breaker {
+        if route_targets {
+            p.add("spec.circuitBreaker", "applies to Service targets only: endpoints belong to a Service");
+        }
+        duration("spec.circuitBreaker.baseEjectionTime".into(), &c.base_ejection_time, p);
+        duration("spec.circuitBreaker.maxEjectionTime".into(), &c.max_ejection_time, p);
+        if c.max_ejection_percent.is_some_and(|n| n > 100) {
+            p.add("spec.circuitBreaker.maxEjectionPercent", "must be 0-100");
+        }
+    }
+    if let Some(retry) = &spec.retry {
+        if retry.attempts.is_some_and(|n| n > MAX_RETRY_ATTEMPTS) {
+            p.add("spec.retry.attempts", format!("must be at most {MAX_RETRY_ATTEMPTS}"));
+        }
+        for (k, code) in retry.codes.iter().enumerate() {
+            if !(400..=599).contains(code) {
+                p.add(format!("spec.retry.codes[{k}]"), "must be an HTTP status 400-599");
+            }
+        }
+        for (k, code) in retry.grpc_codes.iter().enumerate() {
+            if crate::resilience::grpc_code(code).is_none() {
+                p.add(
+                    format!("spec.retry.grpcCodes[{k}]"),
+                    format!("`{code}` is no gRPC status; use a name such as UNAVAILABLE or a number 0-16"),
+                );
+            }
+        }
+        duration("spec.retry.backoff".into(), &retry.backoff, p);
+    }
+    if let Some(t) = &spec.timeouts {
+        duration("spec.timeouts.request".into(), &t.request, p);
+        duration("spec.timeouts.backendRequest".into(), &t.backend_request, p);
+    }
 }
 
 #[cfg(test)]
@@ -615,5 +739,35 @@ mod tests {
             "{ROUTE}  rules:\n  - matches: [{{path: {{type: Exact, value: /a}}}}]\n    filters:\n    - type: URLRewrite\n      urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /b}}}}\n"
         );
         assert!(errors(&yaml).join("\n").contains("only valid in a rule whose matches are all PathPrefix"));
+    }
+
+    #[test]
+    fn resilience_policies_are_checked_by_target_and_field() {
+        let head = "apiVersion: tarmac.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: p}\nspec:\n";
+        let ok = format!(
+            "{head}  targetRefs: [{{group: \"\", kind: Service, name: logging}}]\n  retryBudget: {{ratio: 0.1, minRetriesPerSecond: 5, window: 10s}}\n  circuitBreaker: {{consecutiveFailures: 5, baseEjectionTime: 2s, maxEjectionPercent: 30}}\n  retry: {{codes: [503], grpcCodes: [UNAVAILABLE, '8'], attempts: 3, backoff: 50ms}}\n  timeouts: {{request: 10s, backendRequest: 2s}}\n"
+        );
+        assert_eq!(errors(&ok), Vec::<String>::new());
+        let bad = format!(
+            "{head}  targetRefs: [{{group: gateway.networking.k8s.io, kind: GRPCRoute, name: r, sectionName: reads}}, {{group: apps, kind: Deployment, name: d}}]\n  retryBudget: {{ratio: 1.5, window: forever}}\n  retry: {{codes: [200], grpcCodes: [SOMETIMES], attempts: 11}}\n"
+        );
+        let e = errors(&bad).join("\n");
+        for field in [
+            "spec.targetRefs[1]",
+            "field `spec.retryBudget`: applies to Service targets only",
+            "spec.retryBudget.ratio",
+            "spec.retryBudget.window",
+            "spec.retry.codes[0]",
+            "spec.retry.grpcCodes[0]",
+            "field `spec.retry.attempts`: must be at most 10",
+        ] {
+            assert!(e.contains(field), "{field} missing from:\n{e}");
+        }
+        let typo = format!(
+            "{head}  targetRefs: [{{group: \"\", kind: Service, name: s}}]\n  retryBudjet: {{ratio: 0.1}}\n"
+        );
+        assert!(errors(&typo).join("").contains("retryBudjet"), "a misspelt field is refused");
+        let empty = format!("{head}  targetRefs: [{{group: \"\", kind: Service, name: s}}]\n");
+        assert!(errors(&empty).join("").contains("needs `retryBudget`"));
     }
 }

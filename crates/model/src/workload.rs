@@ -1,7 +1,8 @@
 //! `tarmac.io/v1alpha1` Workload: a process to run with its sidecar (local mode only; on
-//! Kubernetes, Deployments and Pods play this part).
+//! Kubernetes, Deployments and Pods play this part). An `apps/v1` Deployment is read into
+//! a Workload too (see [`crate::deployment`]).
 
-use crate::meta::ObjectMeta;
+use crate::meta::{ObjectMeta, ServerOwned};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -13,6 +14,14 @@ pub struct Workload {
     /// `metadata.labels` are what Services select, as with a Pod's labels.
     pub metadata: ObjectMeta,
     pub spec: WorkloadSpec,
+    /// Written by controllers; Tarmac reads none.
+    #[serde(default, skip_serializing)]
+    pub status: ServerOwned,
+    /// Fields of the Deployment this Workload was read from (`apiVersion: apps/v1`, `kind:
+    /// Deployment`) that only a cluster applies (the image, resources, probes, ...), by
+    /// path: `tarmac check` and `tarmac up` warn about them. Empty for a Workload.
+    #[serde(skip)]
+    pub cluster_only: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

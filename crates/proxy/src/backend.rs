@@ -27,7 +27,8 @@ pub struct Backend {
     /// or an address.
     pub name: Arc<String>,
     endpoints: RwLock<Arc<[Arc<Endpoint>]>>,
-    breaker: BreakerConfig,
+    /// Read when a try fails; a ResiliencePolicy may change it at any time.
+    breaker: RwLock<BreakerConfig>,
     /// Where ejections are counted; `None` for backends no one watches (tests).
     metrics: Option<TargetMetrics>,
 }
@@ -46,7 +47,7 @@ impl Backend {
         Self {
             name,
             endpoints: RwLock::new(endpoints.into()),
-            breaker: BreakerConfig::default(),
+            breaker: RwLock::new(BreakerConfig::default()),
             metrics: None,
         }
     }
@@ -57,9 +58,8 @@ impl Backend {
         self
     }
 
-    pub fn with_breaker(mut self, breaker: BreakerConfig) -> Self {
-        self.breaker = breaker;
-        self
+    pub fn set_breaker(&self, breaker: BreakerConfig) {
+        *self.breaker.write().unwrap_or_else(|e| e.into_inner()) = breaker;
     }
 
     pub fn endpoints(&self) -> Arc<[Arc<Endpoint>]> {
@@ -93,12 +93,18 @@ impl Backend {
 
     /// Records what a try of `endpoint` came to.
     fn record(&self, endpoint: &Endpoint, outcome: Outcome) {
+        if outcome == Outcome::Success && !endpoint.accrual.is_ejected() {
+            // The common case, kept to the accrual's own atomics.
+            endpoint.accrual.record_success();
+            return;
+        }
+        let breaker = *self.breaker.read().unwrap_or_else(|e| e.into_inner());
         let may_eject = || {
             let endpoints = self.endpoints();
             let ejected = endpoints.iter().filter(|e| e.accrual.is_ejected()).count();
-            (ejected + 1) as f64 <= endpoints.len() as f64 * self.breaker.max_ejected_share
+            (ejected + 1) as f64 <= endpoints.len() as f64 * breaker.max_ejected_share
         };
-        if endpoint.accrual.record(outcome, &self.breaker, may_eject) {
+        if endpoint.accrual.record(outcome, &breaker, may_eject) {
             if let Some(metrics) = &self.metrics {
                 metrics.ejection();
             }

@@ -3,11 +3,14 @@
 //!
 //! - [`echo`]: an HTTP/1.1 + h2c server that reports what it received, with knobs for
 //!   latency and status, and counts its connections.
+//! - [`control`]: the real control plane, in-process on port 0, or the `tarmac-control`
+//!   binary as a child process.
 //! - [`proxy`]: a `tarmac-proxy` in-process on port 0, or as a child process.
 //! - [`metrics`]: reading a proxy's `/metrics`.
 //! - [`servers`]: TCP servers with awkward behaviours (speaks first, half-close, CONNECT).
 //! - [`tools`]: running external clients (curl, Python peers) and finding binaries.
 
+pub mod control;
 pub mod echo;
 pub mod metrics;
 pub mod proxy;

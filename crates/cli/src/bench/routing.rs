@@ -13,11 +13,10 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tarmac_control::discovery::server::DiscoveryService;
 use tarmac_control::http_client::HttpClient;
 use tarmac_control::registry::{Instance, Registry};
 use tarmac_control::store::Snapshot;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 /// Rules of the large table.
 pub const MANY_RULES: usize = 100;
@@ -81,12 +80,12 @@ fn http_route(service: &str, rules: usize) -> String {
     yaml
 }
 
-/// The control plane's discovery server on loopback, serving [`configuration`] with the
+/// The control plane on loopback (discovery only), serving [`configuration`] with the
 /// upstream as the one instance of `upstream`. Stops when dropped.
 pub struct Discovery {
     pub addr: SocketAddr,
     _snapshots: watch::Sender<Arc<Snapshot>>,
-    _stop: oneshot::Sender<()>,
+    _control: tarmac_control::Running,
 }
 
 impl Discovery {
@@ -108,21 +107,14 @@ impl Discovery {
             meshed: false,
             admin: None,
         }]);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listeners = tarmac_control::Listeners::bind(([127, 0, 0, 1], 0).into(), &[])
             .await
-            .map_err(|e| format!("cannot listen for the discovery server: {e}"))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let (stop, stopped) = oneshot::channel();
-        let service = DiscoveryService::new(receiver, registry);
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.await;
-            };
-            if let Err(e) = tarmac_control::grpc::serve(listener, service, None, shutdown).await {
-                eprintln!("warning: the discovery server stopped: {e}");
-            }
-        });
-        Ok(Self { addr, _snapshots: snapshots, _stop: stop })
+            .map_err(|e| e.to_string())?;
+        let config = tarmac_control::Config::snapshots(receiver).with_registry(registry);
+        let control = tarmac_control::start(config, listeners, std::future::pending())
+            .await
+            .map_err(|e| format!("the control plane: {e}"))?;
+        Ok(Self { addr: control.addrs.grpc, _snapshots: snapshots, _control: control })
     }
 }
 

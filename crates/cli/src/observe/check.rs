@@ -63,6 +63,9 @@ pub async fn check(args: CheckArgs) -> Result<bool, String> {
                 c["message"].as_str().unwrap_or("")
             );
         }
+        for warning in check["warnings"].as_array().into_iter().flatten() {
+            println!("    ! warning: {}", warning.as_str().unwrap_or(""));
+        }
         if let Some(hint) = check["hint"].as_str().filter(|h| !h.is_empty() && !passed) {
             println!("    hint: {hint}");
         }

@@ -1,8 +1,10 @@
 //! `tarmac up DIR`: a local mesh from a directory of YAML (docs/local-mode.md).
 //!
-//! It runs the control plane in-process (the files store watching DIR, the registry of
-//! running replicas, discovery over gRPC on 127.0.0.1) and, for every replica of every
-//! Workload, a `tarmac-proxy` sidecar and then the app. Explicit mode: the app reaches
+//! It runs the control plane in-process, as `tarmac-control --config-dir DIR` does
+//! (`tarmac_control::start`: the files store watching DIR, the registry of running
+//! replicas, which `up` fills, discovery and identity over gRPC on 127.0.0.1, the API)
+//! and, for every replica of every Workload (a Deployment is read as one), a
+//! `tarmac-proxy` sidecar and then the app. Explicit mode: the app reaches
 //! each Service port through a listener of its own sidecar, whose address it is told in
 //! `<NAME>_URL` variables; the sidecar follows the Service's endpoints through discovery.
 //! All output is multiplexed on stdout, prefixed with who wrote it. A replica whose app
@@ -28,14 +30,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tarmac_control::api::Api;
-use tarmac_control::discovery::server::DiscoveryService;
 use tarmac_control::http_client::HttpClient;
-use tarmac_control::identity::{BootstrapTokens, IdentityService, WorkloadIdentity};
+use tarmac_control::identity::{BootstrapTokens, WorkloadIdentity};
 use tarmac_control::registry::{Instance, Registry};
-use tarmac_control::store::files::{FilesStore, OpenError};
-use tarmac_control::store::{Snapshot, Status, Store};
-use tarmac_control::telemetry::Telemetry;
+use tarmac_control::store::files::{OpenError, load_dir};
+use tarmac_control::store::{Snapshot, Status};
 use tarmac_identity::DEFAULT_TRUST_DOMAIN;
 use tarmac_identity::ca::Ca;
 use tokio::process::Command;
@@ -177,9 +176,9 @@ struct SidecarIdentity {
     default_mtls: String,
 }
 
-/// The control plane's CA and the identity service built on it.
+/// The mesh's CA, and the bootstrap tokens `up` hands to the sidecars it starts.
 struct ControlIdentity {
-    service: IdentityService,
+    ca: Arc<Ca>,
     tokens: Arc<BootstrapTokens>,
     anchors_pem: String,
 }
@@ -192,7 +191,7 @@ fn identity_dir(args: &UpArgs) -> Result<PathBuf, Failure> {
     }
 }
 
-fn start_identity(args: &UpArgs, store: &FilesStore) -> Result<ControlIdentity, Failure> {
+fn load_identity(args: &UpArgs) -> Result<ControlIdentity, Failure> {
     let dir = identity_dir(args)?;
     let (ca, created) = Ca::load_or_generate(&dir, DEFAULT_TRUST_DOMAIN)
         .map_err(|e| Failure::Other(format!("the mesh's CA: {e}")))?;
@@ -205,14 +204,8 @@ fn start_identity(args: &UpArgs, store: &FilesStore) -> Result<ControlIdentity, 
             crate::identity::format_time(ca.issuer_info().not_after)
         ));
     }
-    let tokens = Arc::new(BootstrapTokens::default());
     let anchors_pem = ca.anchors_pem().to_string();
-    // A Workload removed from the configuration loses its identity: neither a token nor a
-    // certificate taken from its replicas gets a new certificate.
-    let service =
-        IdentityService::new(Arc::new(ca), DEFAULT_TRUST_DOMAIN, tokens.clone(), args.cert_lifetime)
-            .serving_only(tarmac_control::identity::configured_workloads(store.snapshots()));
-    Ok(ControlIdentity { service, tokens, anchors_pem })
+    Ok(ControlIdentity { ca: Arc::new(ca), tokens: Arc::new(BootstrapTokens::default()), anchors_pem })
 }
 
 impl Replica {
@@ -263,16 +256,13 @@ impl Replica {
 async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
     let dir = std::fs::canonicalize(&args.dir)
         .map_err(|e| Failure::Config(vec![format!("{}: {e}", args.dir.display())]))?;
-    let store = FilesStore::open(&dir).map_err(|e| match e {
-        OpenError::Invalid(errors) => Failure::Config(errors.iter().map(ToString::to_string).collect()),
-        OpenError::NotADirectory(_) => Failure::Config(vec![e.to_string()]),
-        OpenError::Watch { .. } => Failure::Other(e.to_string()),
-    })?;
-    let snapshot: Arc<Snapshot> = store.snapshots().borrow().clone();
-    let plans = plan::replicas(&snapshot, &dir);
-    let problems = problems(&plans);
-    if !problems.is_empty() {
-        return Err(Failure::Config(problems));
+    // Checked before anything is bound or started; the control plane reads it again
+    // (and from then on follows it).
+    let objects =
+        load_dir(&dir).map_err(|errors| Failure::Config(errors.iter().map(ToString::to_string).collect()))?;
+    let found = problems(&plan::replicas(&Snapshot { generation: 0, objects }, &dir));
+    if !found.is_empty() {
+        return Err(Failure::Config(found));
     }
     let proxy_binary = locate_proxy_binary().map_err(Failure::Other)?;
     // The Workloads in DIR are commands this process will run: whoever can change them
@@ -307,55 +297,66 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
     let mut terminate =
         signal(SignalKind::terminate()).map_err(|e| Failure::Other(format!("cannot handle SIGTERM: {e}")))?;
 
-    // The control plane.
-    let registry = Registry::default();
+    // The control plane, as `tarmac-control --config-dir DIR` runs it.
     let identity = match args.no_identity {
         true => None,
-        false => Some(start_identity(&args, &store)?),
+        false => Some(load_identity(&args)?),
     };
-    let listener = tokio::net::TcpListener::bind((control_ip, args.control_port)).await.map_err(|e| {
+    let grpc = tokio::net::TcpListener::bind((control_ip, args.control_port)).await.map_err(|e| {
         Failure::Other(format!(
             "cannot listen on {control_ip}:{} for the control plane: {e}",
             args.control_port
         ))
     })?;
-    let control_addr = listener.local_addr().map_err(|e| Failure::Other(e.to_string()))?;
-    let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
-    let discovery = DiscoveryService::new(store.snapshots(), registry.clone());
-    let subscriptions = discovery.subscriptions();
-    let control = tokio::spawn(tarmac_control::grpc::serve(
-        listener,
-        discovery,
-        identity.as_ref().map(|i| i.service.clone()),
-        async move {
-            let _ = control_stopped.await;
-        },
-    ));
-    let api_listener = bind_api(args.api_port).await.map_err(Failure::Other)?;
-    let api_addr = api_listener.local_addr().map_err(|e| Failure::Other(e.to_string()))?;
-    let telemetry = Telemetry::new(registry.clone(), store.snapshots());
-    let scraper = tokio::spawn(telemetry.clone().run());
-    let (stop_api, api_stopped) = watch::channel(false);
-    let api_service = Api::new(telemetry, store.status(), subscriptions);
-    let mut stopped = api_stopped.clone();
-    let api = tokio::spawn(api_service.clone().serve(api_listener, async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
-    }));
+    let mut api = vec![bind_api(args.api_port).await.map_err(Failure::Other)?];
     // Transparent mode: the API is also on the bridge, for apps and tools in the namespaces.
-    let namespace_api = match args.transparent {
-        true => {
-            let addr = SocketAddr::from((netns::HOST_IP, api_addr.port()));
-            let listener = tokio::net::TcpListener::bind(addr)
+    if args.transparent {
+        let port = api[0].local_addr().map_err(|e| Failure::Other(e.to_string()))?.port();
+        let addr = SocketAddr::from((netns::HOST_IP, port));
+        api.push(
+            tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(|e| Failure::Other(format!("cannot listen on {addr} for the API: {e}")))?;
-            let mut stopped = api_stopped.clone();
-            note(&format!("control plane: API for the namespaces on http://{addr}/"));
-            Some(tokio::spawn(api_service.serve(listener, async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            })))
+                .map_err(|e| Failure::Other(format!("cannot listen on {addr} for the API: {e}")))?,
+        );
+    }
+    let mut config = tarmac_control::Config::files(&dir);
+    if let Some(identity) = &identity {
+        config = config.with_identity(tarmac_control::IdentityConfig {
+            ca: identity.ca.clone(),
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+            cert_lifetime: args.cert_lifetime,
+            authenticator: identity.tokens.clone(),
+            // A Workload removed from the configuration loses its identity: neither a
+            // token nor a certificate taken from its replicas gets a new certificate.
+            only_configured_workloads: true,
+        });
+    }
+    let (stop_control, control_stopped) = tokio::sync::oneshot::channel::<()>();
+    let control = tarmac_control::start(config, tarmac_control::Listeners { grpc, api }, async move {
+        let _ = control_stopped.await;
+    })
+    .await
+    .map_err(|e| match e {
+        tarmac_control::StartError::Store(OpenError::Invalid(errors)) => {
+            Failure::Config(errors.iter().map(ToString::to_string).collect())
         }
-        false => None,
-    };
+        tarmac_control::StartError::Store(e @ OpenError::NotADirectory(_)) => {
+            Failure::Config(vec![e.to_string()])
+        }
+        e => Failure::Other(e.to_string()),
+    })?;
+    let control_addr = control.addrs.grpc;
+    let api_addr = control.addrs.api[0];
+    if let Some(addr) = control.addrs.api.get(1) {
+        note(&format!("control plane: API for the namespaces on http://{addr}/"));
+    }
+    let registry = control.registry.clone();
+    let snapshot: Arc<Snapshot> = control.snapshots().borrow().clone();
+    let plans = plan::replicas(&snapshot, &dir);
+    let found = problems(&plans);
+    if !found.is_empty() {
+        return Err(Failure::Config(found));
+    }
     for plan in &plans {
         process::widen_prefix(plan.name().len() + " proxy".len());
     }
@@ -366,6 +367,13 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
         format!(" (give the CLI `--control {api_addr}` or set TARMAC_CONTROL={api_addr})")
     };
     note(&format!("control plane: API and dashboard on http://{api_addr}/{flag}"));
+    for resource in snapshot.iter_kind("Workload") {
+        if let tarmac_model::Resource::Workload(w) = resource
+            && let Some(warning) = tarmac_model::deployment::cluster_only_warning(w)
+        {
+            note(&format!("warning: {warning}"));
+        }
+    }
 
     let work_dir = WorkDir::create("up").map_err(Failure::Other)?;
     let sidecar_identity = match &identity {
@@ -436,9 +444,9 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
         note("no Workloads in the configuration: only the control plane runs");
     }
     mesh.start(plans, &snapshot).map_err(Failure::Other)?;
-    let watcher = tokio::spawn(report_refusals(store.status()));
+    let watcher = tokio::spawn(report_refusals(control.status()));
 
-    let mut snapshots = store.snapshots();
+    let mut snapshots = control.snapshots();
     snapshots.borrow_and_update();
     {
         // Dropped before `finish`, which needs the driver again.
@@ -467,27 +475,12 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
     }
     driver.finish(api_addr).await;
     watcher.abort();
-    scraper.abort();
-    let _ = stop_api.send(true);
     let everything = std::mem::take(&mut mesh.running).into_values().collect();
     stop_replicas(everything).await;
     let _ = stop_control.send(());
-    match tokio::time::timeout(STOP_GRACE, control).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => note(&format!("the control plane ended with an error: {e}")),
-        Ok(Err(e)) => note(&format!("the control plane failed: {e}")),
-        Err(_) => note("the control plane did not stop in time"),
+    for problem in control.stopped().await {
+        note(&problem);
     }
-    // Open tap streams would hold a graceful shutdown forever.
-    if tokio::time::timeout(Duration::from_secs(1), api).await.is_err() {
-        note("the API did not stop in time");
-    }
-    if let Some(api) = namespace_api
-        && tokio::time::timeout(Duration::from_secs(1), api).await.is_err()
-    {
-        note("the API on the bridge did not stop in time");
-    }
-    drop(store);
     drop(work_dir);
     if let Some(host) = transparent_host {
         drop(host);

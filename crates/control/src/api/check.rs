@@ -37,6 +37,9 @@ pub struct Check {
     /// do not.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<RouteCondition>,
+    /// What is accepted but not applied here; never fails the check.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A route condition that needs attention, for `tarmac check`.
@@ -98,6 +101,36 @@ struct Streams {
     behind: usize,
 }
 
+/// Deployments run as local processes: which of their fields only a cluster applies.
+fn deployments_check(snapshot: &Snapshot) -> Option<Check> {
+    let deployments: Vec<&tarmac_model::Workload> = snapshot
+        .iter_kind("Workload")
+        .filter_map(|r| match r {
+            Resource::Workload(w) if w.kind == "Deployment" => Some(w),
+            _ => None,
+        })
+        .collect();
+    if deployments.is_empty() {
+        return None;
+    }
+    Some(Check {
+        name: "deployments".into(),
+        ok: true,
+        detail: format!(
+            "{} Deployment{} run here as processes: the first container's command, env, replicas, labels and service account",
+            deployments.len(),
+            if deployments.len() == 1 { "" } else { "s" }
+        ),
+        hint: None,
+        errors: Vec::new(),
+        conditions: Vec::new(),
+        warnings: deployments
+            .iter()
+            .filter_map(|w| tarmac_model::deployment::cluster_only_warning(w))
+            .collect(),
+    })
+}
+
 /// Builds the report. `ready` holds the `/ready` outcome of each instance's proxy, in
 /// the order of `instances`.
 pub fn report(
@@ -117,6 +150,7 @@ pub fn report(
         hint: None,
         errors: Vec::new(),
         conditions: Vec::new(),
+        warnings: Vec::new(),
     }];
 
     let errors: Vec<ConfigError> = status
@@ -139,6 +173,7 @@ pub fn report(
             hint: None,
             errors,
             conditions: Vec::new(),
+            warnings: Vec::new(),
         }
     } else {
         Check {
@@ -153,8 +188,13 @@ pub fn report(
             hint: Some("fix the files named below (or remove them); the change applies as soon as it validates".into()),
             errors,
             conditions: Vec::new(),
+            warnings: Vec::new(),
         }
     });
+
+    if let Some(check) = deployments_check(snapshot) {
+        checks.push(check);
+    }
 
     let mut wanted: BTreeMap<(String, String), u32> = BTreeMap::new();
     for resource in snapshot.iter_kind("Workload") {
@@ -239,7 +279,8 @@ pub fn report(
                 ),
                 hint: None,
                 errors: Vec::new(),
-        conditions: Vec::new(),
+                conditions: Vec::new(),
+                warnings: Vec::new(),
             }
         } else {
             Check {
@@ -249,12 +290,16 @@ pub fn report(
                 hint: Some(hints.join("; ")),
                 errors: Vec::new(),
                 conditions: Vec::new(),
+            warnings: Vec::new(),
             }
         });
     }
 
     let routes = route_status::statuses(snapshot);
     checks.push(routes_check(&routes));
+    if let Some(check) = resilience_check(snapshot) {
+        checks.push(check);
+    }
 
     let proxies = instances
         .iter()
@@ -269,6 +314,79 @@ pub fn report(
         })
         .collect();
     CheckReport { ok: checks.iter().all(|c| c.ok), generation: snapshot.generation, checks, proxies, routes }
+}
+
+/// Warns (never fails) about ResiliencePolicies proxies cannot honour as written: a
+/// target or rule that does not exist, and a retry budget turned off. `None` when there
+/// are no policies.
+fn resilience_check(snapshot: &Snapshot) -> Option<Check> {
+    let policies: Vec<_> = snapshot
+        .objects
+        .values()
+        .filter_map(|r| match r {
+            Resource::ResiliencePolicy(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    if policies.is_empty() {
+        return None;
+    }
+    let mut warnings = Vec::new();
+    for p in &policies {
+        let ns = &p.metadata.namespace;
+        let me = format!("ResiliencePolicy {ns}/{}", p.metadata.name);
+        for t in &p.spec.target_refs {
+            let kind = if t.is_service() { "Service" } else { t.route_kind().unwrap_or("?") };
+            let key = |kind: &'static str| tarmac_model::ObjectKey {
+                kind,
+                namespace: ns.clone(),
+                name: t.name.clone(),
+            };
+            let target = match kind {
+                "Service" => snapshot.objects.get(&key("Service")),
+                "HTTPRoute" => snapshot.objects.get(&key("HTTPRoute")),
+                _ => snapshot.objects.get(&key("GRPCRoute")),
+            };
+            let Some(target) = target else {
+                warnings.push(format!(
+                    "{me}: its target {kind} {ns}/{} does not exist; it applies to nothing",
+                    t.name
+                ));
+                continue;
+            };
+            if let Some(section) = &t.section_name {
+                let rules: Vec<Option<&str>> = match target {
+                    Resource::HttpRoute(r) => r.spec.rules.iter().map(|r| r.name.as_deref()).collect(),
+                    Resource::GrpcRoute(r) => r.spec.rules.iter().map(|r| r.name.as_deref()).collect(),
+                    _ => Vec::new(),
+                };
+                if !rules.contains(&Some(section.as_str())) {
+                    warnings.push(format!(
+                        "{me}: {kind} {ns}/{} has no rule named `{section}`; the policy applies to none of its rules",
+                        t.name
+                    ));
+                }
+            }
+        }
+        if p.spec.retry_budget.as_ref().is_some_and(|b| !b.enabled) {
+            warnings.push(format!(
+                "{me}: the retry budget is OFF: callers' retries are bounded only by their attempts, and a failing \
+                 service can get several times its load (a retry storm)"
+            ));
+        }
+    }
+    let n = policies.len();
+    Some(Check {
+        name: "resilience policies".into(),
+        ok: true,
+        detail: format!("{n} polic{} in force", if n == 1 { "y" } else { "ies" }),
+        hint: (!warnings.is_empty()).then(|| {
+            "fix the targets named; turn the retry budget off only to study a retry storm".to_string()
+        }),
+        errors: Vec::new(),
+        conditions: Vec::new(),
+        warnings,
+    })
 }
 
 /// Fails when a route is not Accepted or has unresolved references; shadowed rules are
@@ -316,6 +434,7 @@ fn routes_check(routes: &[RouteStatus]) -> Check {
         }),
         errors: Vec::new(),
         conditions,
+        warnings: Vec::new(),
     }
 }
 
@@ -371,6 +490,22 @@ spec: {command: [x], port: 8080, replicas: 2}
             seen_generation: seen,
             sent_generation: Some(seen),
         }
+    }
+
+    #[test]
+    fn resilience_policies_that_cannot_be_honoured_are_warned_about() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: logging}\nspec: {selector: {app: logging}, ports: [{port: 80}]}\n---\napiVersion: tarmac.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: storm}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: logging}]\n  retryBudget: {enabled: false}\n---\napiVersion: tarmac.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: lost}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: gone}]\n  retry: {codes: [503]}\n";
+        let objects = tarmac_model::parse_documents("t.yaml", yaml)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.key(), r))
+            .collect();
+        let check = resilience_check(&Snapshot { generation: 1, objects }).unwrap();
+        assert!(check.ok, "warnings never fail the check: {check:?}");
+        let warnings = check.warnings.join("\n");
+        assert!(warnings.contains("retry budget is OFF"), "{warnings}");
+        assert!(warnings.contains("HTTPRoute default/gone does not exist"), "{warnings}");
+        assert!(resilience_check(&snapshot()).is_none(), "no policies, no check");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! that it is tested without any network; [`server`] streams its result over gRPC and
 //! pushes a new message whenever the result changes.
 
+pub mod resilience;
 pub mod routes;
 pub mod server;
 pub mod table;
@@ -51,6 +52,7 @@ pub fn compute(
         endpoints: endpoints_of(service, instances),
         protocol: protocol as i32,
         routes: routes::routes_for(snapshot, instances, caller_namespace, &parent),
+        resilience: resilience::of_service(snapshot, namespace, name),
     }
 }
 

@@ -7,11 +7,12 @@
 //! Service's namespace) for it. Routes are ordered by `namespace/name`, the Gateway API's
 //! tie-break after creation time, which the files store does not have.
 
-use super::endpoints_of;
+use super::{endpoints_of, resilience};
 use crate::registry::Instance;
 use crate::store::Snapshot;
 use tarmac_model::route::{
-    GrpcRouteMatch, HeaderMatch, HttpBackendRef, HttpRouteFilter, HttpRouteMatch, ParentRef, PathModifier,
+    GrpcRouteMatch, HeaderMatch, HttpBackendRef, HttpRouteFilter, HttpRouteMatch, HttpRouteTimeouts,
+    ParentRef, PathModifier,
 };
 use tarmac_model::service::ServicePort;
 use tarmac_model::{ObjectKey, Resource, Service};
@@ -67,10 +68,44 @@ pub fn routes_for(
     chosen.sort_by(|a, b| {
         (&a.meta().namespace, &a.meta().name, a.kind()).cmp(&(&b.meta().namespace, &b.meta().name, b.kind()))
     });
-    chosen.into_iter().filter_map(|r| translate(snapshot, instances, r)).collect()
+    let service = resilience::of_service(snapshot, producer_namespace, &parent.service.metadata.name);
+    chosen.into_iter().filter_map(|r| translate(snapshot, instances, r, service.as_ref())).collect()
 }
 
-fn translate(snapshot: &Snapshot, instances: &[Instance], resource: &Resource) -> Option<Route> {
+/// A rule's retry and timeouts: its own (HTTPRoute), else a ResiliencePolicy's naming the
+/// rule or the route, else the parent Service's policy, field by field.
+fn rule_resilience(
+    snapshot: &Snapshot,
+    resource: &Resource,
+    rule_name: Option<&str>,
+    own_retry: Option<pb::Retry>,
+    own: Option<&HttpRouteTimeouts>,
+    service: Option<&pb::Resilience>,
+) -> (Option<pb::Retry>, u64, u64) {
+    let meta = resource.meta();
+    let (policy_retry, policy) =
+        resilience::of_rule(snapshot, resource.kind(), &meta.namespace, &meta.name, rule_name);
+    let ms = |d: &Option<String>| {
+        d.as_deref().and_then(|d| tarmac_model::duration::parse(d).ok()).map(|d| d.as_millis() as u64)
+    };
+    let request = own
+        .and_then(|t| ms(&t.request))
+        .or_else(|| ms(&policy.request))
+        .unwrap_or_else(|| service.map_or(0, |s| s.request_timeout_ms));
+    let backend_request = own
+        .and_then(|t| ms(&t.backend_request))
+        .or_else(|| ms(&policy.backend_request))
+        .unwrap_or_else(|| service.map_or(0, |s| s.backend_request_timeout_ms));
+    let retry = own_retry.or(policy_retry).or_else(|| service.and_then(|s| s.retry.clone()));
+    (retry, request, backend_request)
+}
+
+fn translate(
+    snapshot: &Snapshot,
+    instances: &[Instance],
+    resource: &Resource,
+    service: Option<&pb::Resilience>,
+) -> Option<Route> {
     let meta = resource.meta();
     let ns = meta.namespace.as_str();
     let scope = Scope { snapshot, instances, namespace: ns };
@@ -80,15 +115,20 @@ fn translate(snapshot: &Snapshot, instances: &[Instance], resource: &Resource) -
             .rules
             .iter()
             .map(|rule| {
-                let timeout = |d: &Option<String>| {
-                    d.as_deref()
-                        .and_then(|d| tarmac_model::duration::parse(d).ok())
-                        .map_or(0, |d| d.as_millis() as u64)
-                };
-                let (request_timeout_ms, backend_request_timeout_ms) = match &rule.timeouts {
-                    Some(t) => (timeout(&t.request), timeout(&t.backend_request)),
-                    None => (0, 0),
-                };
+                let own_retry = rule.retry.as_ref().map(|r| pb::Retry {
+                    attempts: r.attempts.unwrap_or(tarmac_route::policy::DEFAULT_ATTEMPTS),
+                    codes: r.codes.iter().map(|&c| u32::from(c)).collect(),
+                    grpc_codes: Vec::new(),
+                    backoff_ms: resilience::millis(&r.backoff),
+                });
+                let (retry, request_timeout_ms, backend_request_timeout_ms) = rule_resilience(
+                    snapshot,
+                    resource,
+                    rule.name.as_deref(),
+                    own_retry,
+                    rule.timeouts.as_ref(),
+                    service,
+                );
                 RouteRule {
                     name: rule.name.clone().unwrap_or_default(),
                     matches: rule.matches.iter().map(http_match).collect(),
@@ -96,16 +136,7 @@ fn translate(snapshot: &Snapshot, instances: &[Instance], resource: &Resource) -
                     backends: backends(&scope, &rule.backend_refs),
                     request_timeout_ms,
                     backend_request_timeout_ms,
-                    retry: rule.retry.as_ref().map(|r| pb::Retry {
-                        attempts: r.attempts.unwrap_or(tarmac_route::policy::DEFAULT_ATTEMPTS),
-                        codes: r.codes.iter().map(|&c| u32::from(c)).collect(),
-                        grpc_codes: Vec::new(),
-                        backoff_ms: r
-                            .backoff
-                            .as_deref()
-                            .and_then(|d| tarmac_model::duration::parse(d).ok())
-                            .map_or(0, |d| d.as_millis() as u64),
-                    }),
+                    retry,
                 }
             })
             .collect(),
@@ -113,14 +144,18 @@ fn translate(snapshot: &Snapshot, instances: &[Instance], resource: &Resource) -
             .spec
             .rules
             .iter()
-            .map(|rule| RouteRule {
-                name: rule.name.clone().unwrap_or_default(),
-                matches: rule.matches.iter().map(grpc_match).collect(),
-                filters: filters(&scope, &rule.filters),
-                backends: backends(&scope, &rule.backend_refs),
-                request_timeout_ms: 0,
-                backend_request_timeout_ms: 0,
-                retry: None,
+            .map(|rule| {
+                let (retry, request_timeout_ms, backend_request_timeout_ms) =
+                    rule_resilience(snapshot, resource, rule.name.as_deref(), None, None, service);
+                RouteRule {
+                    name: rule.name.clone().unwrap_or_default(),
+                    matches: rule.matches.iter().map(grpc_match).collect(),
+                    filters: filters(&scope, &rule.filters),
+                    backends: backends(&scope, &rule.backend_refs),
+                    request_timeout_ms,
+                    backend_request_timeout_ms,
+                    retry,
+                }
             })
             .collect(),
         _ => return None,
@@ -318,6 +353,9 @@ fn backends(scope: &Scope<'_>, refs: &[HttpBackendRef]) -> Vec<RouteBackend> {
                 exists: service.is_some(),
                 endpoints: service.map(|s| endpoints_of(s, instances)).unwrap_or_default(),
                 filters: filters(scope, &b.filters),
+                circuit_breaker: service
+                    .and_then(|_| resilience::of_service(snapshot, &namespace, &b.name))
+                    .and_then(|r| r.circuit_breaker),
             }
         })
         .collect()
@@ -466,5 +504,45 @@ spec: {selector: {version: v1}, ports: [{name: http, port: 80}]}
             (200, 100_000, 503, 50_000)
         );
         assert!(!f.unresolved && fault(1).unresolved);
+    }
+
+    #[test]
+    fn resilience_policies_reach_the_service_and_its_rules_in_order_of_precedence() {
+        let policy = |name: &str, target: &str, body: &str| {
+            format!(
+                "apiVersion: tarmac.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {{name: {name}, namespace: mesh}}\nspec:\n  targetRefs: [{target}]\n{body}"
+            )
+        };
+        let routes = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: mesh}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 80}]\n  rules:\n  - name: own\n    matches: [{path: {value: /own}}]\n    retry: {codes: [502], attempts: 1}\n    timeouts: {request: 3s}\n  - name: section\n    matches: [{path: {value: /section}}]\n  - name: plain\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: rpc, namespace: mesh}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 8080}]\n  rules:\n  - name: reads\n";
+        let s = snapshot(&[
+            routes.to_string(),
+            policy("a-service", "{group: \"\", kind: Service, name: echo}", "  retryBudget: {enabled: false}\n  circuitBreaker: {consecutiveFailures: 3}\n  retry: {codes: [503]}\n  timeouts: {request: 9s, backendRequest: 1s}\n"),
+            policy("b-section", "{group: gateway.networking.k8s.io, kind: HTTPRoute, name: web, sectionName: section}", "  retry: {codes: [504], attempts: 4}\n"),
+            policy("c-route", "{group: gateway.networking.k8s.io, kind: HTTPRoute, name: web}", "  retry: {codes: [500]}\n  timeouts: {request: 5s}\n"),
+            policy("d-grpc", "{group: gateway.networking.k8s.io, kind: GRPCRoute, name: rpc}", "  retry: {attempts: 3}\n  timeouts: {request: 2s}\n"),
+        ]
+        .join("---\n"));
+        let update = compute(&s, &[], "mesh", "mesh", "echo", 80);
+        let r = update.resilience.as_ref().expect("the Service's policy");
+        assert!(r.retry_budget.as_ref().unwrap().disabled);
+        assert_eq!(r.circuit_breaker.as_ref().unwrap().consecutive_failures, Some(3));
+        assert_eq!((r.request_timeout_ms, r.backend_request_timeout_ms), (9000, 1000));
+        let rules = &update.routes[0].rules;
+        let rule = |name: &str| rules.iter().find(|r| r.name == name).unwrap();
+        // Its own retry and request timeout; the Service's per-try timeout.
+        assert_eq!(rule("own").retry.as_ref().unwrap().codes, [502]);
+        assert_eq!((rule("own").request_timeout_ms, rule("own").backend_request_timeout_ms), (3000, 1000));
+        // A policy naming the rule beats one naming the route.
+        assert_eq!(rule("section").retry.as_ref().unwrap().codes, [504]);
+        assert_eq!(rule("section").retry.as_ref().unwrap().attempts, 4);
+        assert_eq!(rule("section").request_timeout_ms, 5000);
+        assert_eq!(rule("plain").retry.as_ref().unwrap().codes, [500]);
+        // GRPCRoute rules get retries only this way; a retry naming no codes retries UNAVAILABLE.
+        let grpc = compute(&s, &[], "mesh", "mesh", "echo", 8080);
+        let reads = &grpc.routes[0].rules[0];
+        assert_eq!(reads.retry.as_ref().unwrap().grpc_codes, [14]);
+        assert_eq!(reads.request_timeout_ms, 2000);
+        // Without policies: nothing, and the proxies keep their defaults.
+        assert!(compute(&snapshot(""), &[], "mesh", "mesh", "echo", 80).resilience.is_none());
     }
 }

@@ -141,12 +141,10 @@ impl Watch {
             let generation = update.generation;
             self.listed.update(|s| s.seen_generation = generation);
             // The generation alone changing is no news for this service.
-            let same = self.last.as_ref().is_some_and(|last| {
-                last.exists == update.exists
-                    && last.endpoints == update.endpoints
-                    && last.protocol == update.protocol
-                    && last.routes == update.routes
-            });
+            let same = self
+                .last
+                .as_ref()
+                .is_some_and(|last| ServiceUpdate { generation: last.generation, ..update.clone() } == *last);
             if !same {
                 self.last = Some(update.clone());
                 self.listed.update(|s| s.sent_generation = Some(generation));

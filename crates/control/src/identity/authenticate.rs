@@ -108,6 +108,41 @@ impl BootstrapTokens {
         token
     }
 
+    /// Tokens handed out by someone else (`tarmac-control --bootstrap-tokens FILE`): one
+    /// a line, `TOKEN NAMESPACE SERVICE_ACCOUNT`; blank lines and `#` comments are skipped.
+    /// `file` names the source in errors. They do not expire (whoever wrote the file
+    /// decides when to remove a line and restart); each is still good once.
+    pub fn parse(file: &str, text: &str) -> Result<Self, String> {
+        let tokens = Self::default();
+        let now = Instant::now();
+        let never =
+            now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)).unwrap_or(now + tokens.lifetime);
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let [token, namespace, service_account] = fields[..] else {
+                return Err(format!(
+                    "{file}:{}: expected `TOKEN NAMESPACE SERVICE_ACCOUNT`, found {} field(s)",
+                    n + 1,
+                    fields.len()
+                ));
+            };
+            let identity = WorkloadIdentity {
+                namespace: namespace.to_string(),
+                service_account: service_account.to_string(),
+            };
+            let token_entry =
+                Token { identity, holder: format!("{file}:{}", n + 1), expires: never, used: false };
+            if tokens.lock().insert(token.to_string(), token_entry).is_some() {
+                return Err(format!("{file}:{}: this token is listed twice", n + 1));
+            }
+        }
+        Ok(tokens)
+    }
+
     /// Revokes every token of `holder` (its replica stopped or was removed).
     pub fn revoke(&self, holder: &str) {
         self.lock().retain(|_, t| t.holder != holder);
@@ -194,5 +229,19 @@ mod tests {
         tokens.revoke("shop/books-0");
         assert_eq!(tokens.authenticate(&second), Err(AuthError::UnknownToken));
         assert_eq!(tokens.authenticate(&other), Ok(books()), "another replica's token stays good");
+    }
+
+    #[test]
+    fn tokens_from_a_file_are_good_once_and_malformed_lines_are_located() {
+        let tokens =
+            BootstrapTokens::parse("tokens", "# proxies started by hand\n\nabc shop books\n").unwrap();
+        let books = WorkloadIdentity { namespace: "shop".into(), service_account: "books".into() };
+        assert_eq!(tokens.authenticate("abc"), Ok(books));
+        assert_eq!(tokens.redeem("abc"), Ok(()));
+        assert_eq!(tokens.authenticate("abc"), Err(AuthError::TokenReused));
+        let e = BootstrapTokens::parse("tokens", "abc shop books\nxyz shop\n").unwrap_err();
+        assert!(e.starts_with("tokens:2: expected `TOKEN NAMESPACE SERVICE_ACCOUNT`"), "{e}");
+        let e = BootstrapTokens::parse("tokens", "abc a b\nabc c d\n").unwrap_err();
+        assert_eq!(e, "tokens:2: this token is listed twice");
     }
 }

@@ -38,6 +38,53 @@ pub struct ServiceUpdate {
     /// routes). Empty: requests go straight to `endpoints`.
     #[prost(message, repeated, tag = "5")]
     pub routes: ::prost::alloc::vec::Vec<Route>,
+    /// The Service's ResiliencePolicy as its callers apply it; absent: the defaults (a retry
+    /// budget of 20 % plus 10 per second over 10 s, ejection after 7 failures in a row).
+    #[prost(message, optional, tag = "6")]
+    pub resilience: ::core::option::Option<Resilience>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Resilience {
+    #[prost(message, optional, tag = "1")]
+    pub retry_budget: ::core::option::Option<RetryBudget>,
+    #[prost(message, optional, tag = "2")]
+    pub circuit_breaker: ::core::option::Option<CircuitBreaker>,
+    /// For requests no route rule takes (rules carry their own, defaults merged in).
+    #[prost(message, optional, tag = "3")]
+    pub retry: ::core::option::Option<Retry>,
+    /// For requests no route rule takes; 0: none.
+    #[prost(uint64, tag = "4")]
+    pub request_timeout_ms: u64,
+    #[prost(uint64, tag = "5")]
+    pub backend_request_timeout_ms: u64,
+}
+/// Unset fields keep the defaults.
+#[derive(Clone, Copy, PartialEq, ::prost::Message)]
+pub struct RetryBudget {
+    /// Retries bounded by their attempts alone.
+    #[prost(bool, tag = "1")]
+    pub disabled: bool,
+    #[prost(double, optional, tag = "2")]
+    pub ratio: ::core::option::Option<f64>,
+    #[prost(uint32, optional, tag = "3")]
+    pub min_retries_per_second: ::core::option::Option<u32>,
+    /// 0: 10 s.
+    #[prost(uint64, tag = "4")]
+    pub window_ms: u64,
+}
+/// Unset fields keep the defaults.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CircuitBreaker {
+    #[prost(uint32, optional, tag = "1")]
+    pub consecutive_failures: ::core::option::Option<u32>,
+    /// 0: 1 s.
+    #[prost(uint64, tag = "2")]
+    pub base_ejection_ms: u64,
+    /// 0: 60 s.
+    #[prost(uint64, tag = "3")]
+    pub max_ejection_ms: u64,
+    #[prost(uint32, optional, tag = "4")]
+    pub max_ejection_percent: ::core::option::Option<u32>,
 }
 /// One route, its rules in their declared order. A GRPCRoute arrives in the same shape:
 /// its method matches become path matches on `/service/method`.
@@ -271,6 +318,9 @@ pub struct RouteBackend {
     /// Filters of this backendRef, applied after the rule's.
     #[prost(message, repeated, tag = "7")]
     pub filters: ::prost::alloc::vec::Vec<RouteFilter>,
+    /// The backend Service's circuit breaking, when a ResiliencePolicy sets it.
+    #[prost(message, optional, tag = "8")]
+    pub circuit_breaker: ::core::option::Option<CircuitBreaker>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Endpoint {

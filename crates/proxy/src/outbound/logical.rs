@@ -12,10 +12,11 @@ use crate::config::Protocol;
 use crate::endpoint::{ConnectSettings, Endpoint, EndpointSpec};
 use crate::error::ProxyError;
 use crate::http::handle::{Handle, Meta};
-use crate::http::{Body, ORIG_PROTO, upgrade};
+use crate::http::{Body, ORIG_PROTO, is_grpc, upgrade};
 use crate::resilience::budget::{BudgetConfig, RetryBudget};
 use crate::resilience::deadline::{Deadline, within};
 use crate::resilience::retry::Tries;
+use crate::resilience::{ServicePolicy, Unrouted, breaker_from_pb};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::collections::HashMap;
@@ -32,7 +33,9 @@ pub struct Logical {
     meta: Meta,
     /// The service's own endpoints: its unrouted requests, and rules without backendRefs.
     pub backend: Arc<Backend>,
-    routes: RouteSlot,
+    routes: Swap<Routes>,
+    /// What a ResiliencePolicy says of requests no rule takes; most services have none.
+    unrouted: Swap<Unrouted>,
     pub budget: RetryBudget,
     /// How its connections are handled ([`Protocol`] as a number): what discovery says
     /// (the Service port's `appProtocol`), or else the configuration's.
@@ -45,7 +48,8 @@ impl Logical {
         Self {
             meta,
             backend: Arc::new(backend),
-            routes: RouteSlot::default(),
+            routes: Swap::default(),
+            unrouted: Swap::default(),
             budget: RetryBudget::new(BudgetConfig::default()),
             protocol: AtomicU8::new(configured as u8),
             configured,
@@ -84,6 +88,20 @@ impl Logical {
             pb::Protocol::Http2 => Protocol::Http2,
             pb::Protocol::Opaque => Protocol::Opaque,
         });
+        // The Service's ResiliencePolicy: refused whole if it does not compile, as routes are.
+        match ServicePolicy::from_pb(update.resilience.as_ref()) {
+            Ok(policy) => {
+                if self.budget.config() != policy.budget {
+                    tracing::info!(target = %name, budget = ?policy.budget, "retry budget set");
+                }
+                self.budget.configure(policy.budget);
+                self.backend.set_breaker(policy.breaker);
+                self.unrouted.set((!policy.unrouted.is_empty()).then_some(policy.unrouted));
+            }
+            Err(e) => {
+                tracing::warn!(target = %name, error = %e, "refusing a resilience policy; keeping the previous one")
+            }
+        }
         let make = |spec: EndpointSpec| Endpoint::new(spec, connect.clone(), (*self.meta.metrics).clone());
         self.backend.update(endpoints, make);
         if update.routes.is_empty() {
@@ -107,6 +125,7 @@ impl Logical {
             // Backends are meshed like the Service itself: their proxies must prove the
             // identity discovery names.
             backend.update(endpoint_specs(&b.endpoints, name), make);
+            backend.set_breaker(breaker_from_pb(b.circuit_breaker.as_ref()));
             backends.insert(key, backend.clone());
             backend
         };
@@ -144,15 +163,18 @@ impl Handle for Logical {
         }
         self.budget.deposit();
         let hop = Hop { tunnel: upgrade::is_tunnel(&req), restore_h1: false };
-        let deadline = Deadline::of(None, req.headers());
+        let unrouted = self.unrouted.get();
+        let unrouted = unrouted.as_deref();
+        let deadline = Deadline::of(unrouted.and_then(|u| u.request_timeout), req.headers());
+        let policy = unrouted.and_then(|u| u.retry.as_ref());
         let tries = Tries {
             backend: &self.backend,
             hop,
-            policy: None,
-            per_try_timeout: None,
+            policy,
+            per_try_timeout: unrouted.and_then(|u| u.backend_timeout),
             deadline,
             budget: &self.budget,
-            grpc: false,
+            grpc: policy.is_some() && is_grpc(req.headers()),
             metrics: &self.meta.metrics,
             route: &NO_RULE,
             rule: &NO_RULE,
@@ -179,26 +201,32 @@ fn endpoint_specs(endpoints: &[pb::Endpoint], target: &str) -> Vec<EndpointSpec>
         .collect()
 }
 
-/// A service's current routes, replaced as a whole by discovery.
-#[derive(Debug, Default)]
-struct RouteSlot {
+/// A value replaced as a whole by discovery, absent for most services: reading an absent
+/// one is one atomic load.
+#[derive(Debug)]
+struct Swap<T> {
     active: AtomicBool,
-    routes: RwLock<Option<Arc<Routes>>>,
+    value: RwLock<Option<Arc<T>>>,
 }
 
-impl RouteSlot {
-    /// The routes, when the service has any. Without routes this is one atomic load.
-    fn get(&self) -> Option<Arc<Routes>> {
+impl<T> Default for Swap<T> {
+    fn default() -> Self {
+        Self { active: AtomicBool::new(false), value: RwLock::new(None) }
+    }
+}
+
+impl<T> Swap<T> {
+    fn get(&self) -> Option<Arc<T>> {
         if !self.active.load(Ordering::Acquire) {
             return None;
         }
-        self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.value.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn set(&self, routes: Option<Routes>) {
-        let routes = routes.map(Arc::new);
-        let active = routes.is_some();
-        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
+    fn set(&self, value: Option<T>) {
+        let value = value.map(Arc::new);
+        let active = value.is_some();
+        *self.value.write().unwrap_or_else(|e| e.into_inner()) = value;
         self.active.store(active, Ordering::Release);
     }
 }

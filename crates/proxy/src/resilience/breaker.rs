@@ -118,6 +118,13 @@ impl Accrual {
         self.probing.compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
+    /// Records a success of an endpoint that is not ejected: its run of failures ends.
+    pub fn record_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
     /// Records a try's outcome. `may_eject` says whether the backend has room for one more
     /// ejected endpoint. Returns true when this outcome ejected the endpoint.
     pub fn record(&self, outcome: Outcome, config: &BreakerConfig, may_eject: impl FnOnce() -> bool) -> bool {

@@ -10,6 +10,7 @@
 //! with atomics: a request costs one clock read, one load and one add; only a retry sums
 //! the window.
 
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -34,8 +35,9 @@ impl Default for BudgetConfig {
 
 #[derive(Debug)]
 pub struct RetryBudget {
-    config: BudgetConfig,
-    slot_nanos: u64,
+    /// Read only when a retry is wanted; a ResiliencePolicy may change it at any time.
+    config: RwLock<Option<BudgetConfig>>,
+    slot_nanos: AtomicU64,
     epoch: Instant,
     slots: [Slot; SLOTS],
 }
@@ -49,18 +51,45 @@ struct Slot {
     retries: AtomicU64,
 }
 
+fn slot_nanos(window: Duration) -> u64 {
+    (window.as_nanos() / SLOTS as u128).max(1) as u64
+}
+
 impl RetryBudget {
     pub fn new(config: BudgetConfig) -> Self {
-        let slot_nanos = (config.window.as_nanos() / SLOTS as u128).max(1) as u64;
-        Self { config, slot_nanos, epoch: Instant::now(), slots: Default::default() }
+        Self {
+            slot_nanos: AtomicU64::new(slot_nanos(config.window)),
+            config: RwLock::new(Some(config)),
+            epoch: Instant::now(),
+            slots: Default::default(),
+        }
     }
 
-    pub fn config(&self) -> &BudgetConfig {
-        &self.config
+    /// Changes the budget; `None` turns it off (retries are then bounded by their
+    /// attempts alone). Counts are kept unless the window changes.
+    pub fn configure(&self, config: Option<BudgetConfig>) {
+        let mut current = self.config.write().unwrap_or_else(|e| e.into_inner());
+        if *current == config {
+            return;
+        }
+        if let Some(c) = &config
+            && current.as_ref().is_none_or(|old| old.window != c.window)
+        {
+            self.slot_nanos.store(slot_nanos(c.window), Ordering::Relaxed);
+            for slot in &self.slots {
+                slot.tick.store(u64::MAX, Ordering::Relaxed);
+            }
+        }
+        *current = config;
+    }
+
+    pub fn config(&self) -> Option<BudgetConfig> {
+        *self.config.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn tick(&self) -> u64 {
-        Instant::now().saturating_duration_since(self.epoch).as_nanos() as u64 / self.slot_nanos
+        Instant::now().saturating_duration_since(self.epoch).as_nanos() as u64
+            / self.slot_nanos.load(Ordering::Relaxed)
     }
 
     /// The current slot, cleared first if it last counted an older tick. Two threads may
@@ -84,17 +113,18 @@ impl RetryBudget {
 
     /// Takes one retry from the budget; false when the budget is spent.
     pub fn withdraw(&self) -> bool {
+        let Some(config) = self.config() else { return true };
         let tick = self.tick();
         let (mut requests, mut retries) = (0u64, 0u64);
         for slot in &self.slots {
             // Slots of the last `SLOTS` ticks make the window.
-            if tick.saturating_sub(slot.tick.load(Ordering::Relaxed)) < SLOTS as u64 {
+            if tick.wrapping_sub(slot.tick.load(Ordering::Relaxed)) < SLOTS as u64 {
                 requests += slot.requests.load(Ordering::Relaxed);
                 retries += slot.retries.load(Ordering::Relaxed);
             }
         }
-        let floor = f64::from(self.config.min_per_second) * self.config.window.as_secs_f64();
-        if (retries + 1) as f64 > requests as f64 * self.config.ratio + floor {
+        let floor = f64::from(config.min_per_second) * config.window.as_secs_f64();
+        if (retries + 1) as f64 > requests as f64 * config.ratio + floor {
             return false;
         }
         self.current(tick).retries.fetch_add(1, Ordering::Relaxed);
@@ -147,6 +177,24 @@ mod tests {
             budget.deposit();
         }
         assert_eq!(spend(&budget), 5, "and neither do old withdrawals");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_budget_turned_off_grants_every_retry_and_can_be_turned_on_again() {
+        let budget =
+            RetryBudget::new(BudgetConfig { ratio: 0.0, min_per_second: 0, window: Duration::from_secs(10) });
+        assert!(!budget.withdraw());
+        budget.configure(None);
+        assert!((0..1000).all(|_| budget.withdraw()));
+        budget.configure(Some(BudgetConfig {
+            ratio: 0.5,
+            min_per_second: 0,
+            window: Duration::from_secs(2),
+        }));
+        for _ in 0..10 {
+            budget.deposit();
+        }
+        assert_eq!(spend(&budget), 5, "a new window starts counting afresh");
     }
 
     #[tokio::test(start_paused = true)]

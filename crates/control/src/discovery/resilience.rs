@@ -1,0 +1,105 @@
+//! ResiliencePolicies as proxies apply them: a Service's (its callers' retry budget,
+//! circuit breaking, and the retry and timeouts of requests no rule governs), and a route
+//! rule's retry and timeouts where the rule has none of its own.
+//!
+//! Several policies naming one target: the first by name wins, field by field. See
+//! docs/traffic-management.md.
+
+use crate::store::Snapshot;
+use tarmac_model::resilience::{PolicyRetry, PolicyTimeouts, ResiliencePolicy};
+use tarmac_model::{Resource, duration};
+use tarmac_proto::discovery as pb;
+
+/// The policies in `namespace` naming a target `matches` accepts, by name.
+fn policies<'a>(
+    snapshot: &'a Snapshot,
+    namespace: &str,
+    matches: impl Fn(&tarmac_model::resilience::PolicyTargetRef) -> bool,
+) -> Vec<&'a ResiliencePolicy> {
+    // The snapshot's map is ordered by kind, namespace and name.
+    snapshot
+        .objects
+        .iter()
+        .filter(|(k, _)| k.namespace == namespace)
+        .filter_map(|(_, r)| match r {
+            Resource::ResiliencePolicy(p) if p.spec.target_refs.iter().any(&matches) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A duration field in milliseconds; 0 when absent.
+pub fn millis(d: &Option<String>) -> u64 {
+    d.as_deref().and_then(|d| duration::parse(d).ok()).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A policy's retry as proxies apply it.
+pub fn retry(r: &PolicyRetry) -> pb::Retry {
+    pb::Retry {
+        attempts: r.attempts.unwrap_or(tarmac_route::policy::DEFAULT_ATTEMPTS),
+        codes: r.codes.iter().map(|&c| u32::from(c)).collect(),
+        grpc_codes: r.grpc_code_numbers(),
+        backoff_ms: millis(&r.backoff),
+    }
+}
+
+/// A Service's policy for its callers; `None` when no policy names it (the defaults).
+pub fn of_service(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<pb::Resilience> {
+    let found = policies(snapshot, namespace, |t| t.is_service() && t.name == name);
+    if found.is_empty() {
+        return None;
+    }
+    let first = |field: fn(&ResiliencePolicy) -> bool| found.iter().copied().find(|p| field(p));
+    let budget =
+        first(|p| p.spec.retry_budget.is_some()).and_then(|p| p.spec.retry_budget.as_ref()).map(|b| {
+            pb::RetryBudget {
+                disabled: !b.enabled,
+                ratio: b.ratio,
+                min_retries_per_second: b.min_retries_per_second,
+                window_ms: millis(&b.window),
+            }
+        });
+    let breaker = first(|p| p.spec.circuit_breaker.is_some())
+        .and_then(|p| p.spec.circuit_breaker.as_ref())
+        .map(|c| pb::CircuitBreaker {
+            consecutive_failures: c.consecutive_failures,
+            base_ejection_ms: millis(&c.base_ejection_time),
+            max_ejection_ms: millis(&c.max_ejection_time),
+            max_ejection_percent: c.max_ejection_percent,
+        });
+    let timeouts =
+        first(|p| p.spec.timeouts.is_some()).and_then(|p| p.spec.timeouts.clone()).unwrap_or_default();
+    Some(pb::Resilience {
+        retry_budget: budget,
+        circuit_breaker: breaker,
+        retry: first(|p| p.spec.retry.is_some()).and_then(|p| p.spec.retry.as_ref()).map(retry),
+        request_timeout_ms: millis(&timeouts.request),
+        backend_request_timeout_ms: millis(&timeouts.backend_request),
+    })
+}
+
+/// The retry and timeouts policies give one rule of a route: a policy naming the rule
+/// first, then one naming the whole route.
+pub fn of_rule(
+    snapshot: &Snapshot,
+    kind: &str,
+    namespace: &str,
+    route: &str,
+    rule: Option<&str>,
+) -> (Option<pb::Retry>, PolicyTimeouts) {
+    let named = |section: bool| {
+        policies(snapshot, namespace, move |t| {
+            t.route_kind() == Some(kind)
+                && t.name == route
+                && match (&t.section_name, section) {
+                    (Some(s), true) => Some(s.as_str()) == rule,
+                    (None, false) => true,
+                    _ => false,
+                }
+        })
+    };
+    let ordered: Vec<&ResiliencePolicy> = named(true).into_iter().chain(named(false)).collect();
+    let retry = ordered.iter().find_map(|p| p.spec.retry.as_ref()).map(retry);
+    let timeouts = ordered.iter().find_map(|p| p.spec.timeouts.clone()).unwrap_or_default();
+    (retry, timeouts)
+}

@@ -1,0 +1,175 @@
+//! The `tarmac-control` binary: parses its arguments once into a [`tarmac_control::Config`],
+//! sets up logging and the runtime, binds its listeners and runs the control plane until
+//! SIGTERM or Ctrl-C. `tarmac up` runs the same [`tarmac_control::start`] in-process.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tarmac_control::identity::{BootstrapTokens, default_ca_dir};
+use tarmac_control::{Config, IdentityConfig, Listeners, StartError};
+use tarmac_identity::DEFAULT_TRUST_DOMAIN;
+use tarmac_identity::ca::Ca;
+
+/// Log filter, in `tracing` env-filter syntax (default `info`).
+const ENV_LOG: &str = "TARMAC_CONTROL_LOG";
+/// Exit status for a configuration that cannot be served (as `tarmac up`).
+const EXIT_INVALID_CONFIG: u8 = 2;
+
+/// The Tarmac control plane: desired state from a directory of YAML (watched), discovery
+/// and identity (gRPC) for the proxies, telemetry and the HTTP API with the dashboard.
+#[derive(Parser, Debug)]
+#[command(name = "tarmac-control", version)]
+struct Args {
+    /// The configuration directory: Services, Workloads, Deployments, HTTPRoutes, ...
+    /// (`*.yaml`, `*.yml`), as `tarmac up DIR` reads it.
+    #[arg(long, value_name = "DIR")]
+    config_dir: PathBuf,
+    /// Where proxies reach discovery and identity (gRPC).
+    #[arg(long, default_value = "127.0.0.1:4180", value_name = "ADDR")]
+    grpc_listen: SocketAddr,
+    /// Where the HTTP API and dashboard are served (`tarmac stat`, `check`, ... with
+    /// `--control`). Repeat to serve on several addresses.
+    #[arg(long, default_value = "127.0.0.1:4190", value_name = "ADDR")]
+    api_listen: Vec<SocketAddr>,
+    /// Where the mesh's CA is kept (generated there on first use; see `tarmac identity`).
+    /// Default: `$XDG_STATE_HOME/tarmac/identity` or `~/.local/state/tarmac/identity`.
+    #[arg(long, value_name = "DIR")]
+    identity_dir: Option<PathBuf>,
+    /// Proxies' one-time bootstrap tokens, one a line: `TOKEN NAMESPACE SERVICE_ACCOUNT`.
+    /// Each certifies one proxy once; renewals are proven with the certificate.
+    #[arg(long, value_name = "FILE")]
+    bootstrap_tokens: Option<PathBuf>,
+    /// Lifetime of workload certificates (`24h`, `1h30m`); proxies renew at about 70 %.
+    #[arg(long, default_value = "24h", value_parser = tarmac_model::duration::parse)]
+    cert_lifetime: Duration,
+    /// Serve no identity: proxies run without mTLS or with certificates from files.
+    #[arg(long, conflicts_with_all = ["identity_dir", "bootstrap_tokens"])]
+    no_identity: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = std::env::var(ENV_LOG).unwrap_or_else(|_| "info".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = match config(&args) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("tarmac-control: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The control plane waits on the network and on timers, never on the CPU: one thread.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tarmac-control: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(args, config))
+}
+
+/// The typed configuration, with the CA loaded (or generated) and the tokens read.
+fn config(args: &Args) -> Result<Config, String> {
+    let config = Config::files(&args.config_dir);
+    if args.no_identity {
+        return Ok(config);
+    }
+    let dir = match &args.identity_dir {
+        Some(dir) => dir.clone(),
+        None => default_ca_dir()?,
+    };
+    let (ca, created) = Ca::load_or_generate(&dir, DEFAULT_TRUST_DOMAIN)
+        .map_err(|e| format!("the mesh's CA in {}: {e}", dir.display()))?;
+    if created {
+        tracing::info!(dir = %dir.display(), "generated a new trust anchor and issuer");
+    }
+    let tokens = match &args.bootstrap_tokens {
+        Some(path) => {
+            // Whoever reads a token can take its identity, as for a proxy's token file.
+            let mode = std::fs::metadata(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "{} can be read or changed by other users (mode {:o}): make it 0600",
+                    path.display(),
+                    mode & 0o777
+                ));
+            }
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            BootstrapTokens::parse(&path.display().to_string(), &text)?
+        }
+        None => {
+            tracing::warn!(
+                "no --bootstrap-tokens: no proxy can get its first certificate (renewals of certificates this CA issued still work)"
+            );
+            BootstrapTokens::default()
+        }
+    };
+    Ok(config.with_identity(IdentityConfig {
+        ca: Arc::new(ca),
+        trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+        cert_lifetime: args.cert_lifetime,
+        authenticator: Arc::new(tokens),
+        only_configured_workloads: false,
+    }))
+}
+
+async fn run(args: Args, config: Config) -> ExitCode {
+    let listeners = match Listeners::bind(args.grpc_listen, &args.api_listen).await {
+        Ok(listeners) => listeners,
+        Err(e) => {
+            eprintln!("tarmac-control: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let running = match tarmac_control::start(config, listeners, wait_for_signal()).await {
+        Ok(running) => running,
+        Err(StartError::Store(e)) => {
+            eprintln!("tarmac-control: the configuration in {} is invalid:\n{e}", args.config_dir.display());
+            return ExitCode::from(EXIT_INVALID_CONFIG);
+        }
+        Err(e) => {
+            eprintln!("tarmac-control: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addrs = &running.addrs;
+    tracing::info!(
+        grpc = %addrs.grpc,
+        api = ?addrs.api,
+        config = %args.config_dir.display(),
+        generation = running.snapshots().borrow().generation,
+        "tarmac-control ready"
+    );
+    let problems = running.stopped().await;
+    for problem in &problems {
+        tracing::warn!("{problem}");
+    }
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot handle SIGTERM and SIGINT: running until killed");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
