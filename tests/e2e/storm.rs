@@ -294,6 +294,11 @@ fn run(dir: &Path, label: &str) -> Run {
             i if i < BEFORE + DEGRADED => Phase::Degraded,
             _ => Phase::After,
         };
+        assert!(
+            start.elapsed() < Duration::from_secs((BEFORE + DEGRADED + AFTER) as u64 + 30),
+            "{label}: the apps' counters answer too slowly to measure each second\n{}",
+            up.output()
+        );
         // Ticks on a fixed schedule, so that a slow reading does not shift the phases.
         let tick = start + Duration::from_secs(i as u64 + 1);
         std::thread::sleep(tick.saturating_duration_since(Instant::now()));
