@@ -6,6 +6,7 @@
 //! curl; redis in `tcp`; Prometheus' promtool in `limits`; OpenSSL in `identity`,
 //! `identity_import`, `app_tls`), processes and signals (`lifecycle`, `demo`, `up`,
 //! `app_protocol`),
+//! the retry storm of examples/retry-storm with the retry budget on and off (`storm`),
 //! telemetry with a real Prometheus and headless Chromium (`observe`), `tarmac routes`
 //! and the route checks of `tarmac check` against traffic through a mesh (`routes_cli`), and
 //! root-only network namespaces with iptables (`netns`, `transparent`), which fail rather than skip in
@@ -30,6 +31,7 @@ mod observe;
 mod peers;
 mod routes;
 mod routes_cli;
+mod storm;
 mod tcp;
 mod transparent;
 mod up;

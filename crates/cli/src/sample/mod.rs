@@ -9,9 +9,13 @@
 //! `traffic` is the demo's traffic generator: it calls `web` (or the Service named in
 //! `TARGET`) at `RPS` requests per second. `client` only listens: a caller to send requests
 //! through by hand, at its sidecar's `*_URL` listeners (examples/canary).
+//!
+//! [`storm`] holds the apps of examples/retry-storm: `checkout`, `payments` and `logging`.
+
+mod storm;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, Uri, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -62,8 +66,9 @@ const CATALOGUE: &[(&str, &str)] = &[
 pub struct SampleArgs {
     /// Which app: `web`, `books`, `authors`, `ratings` (version from `VERSION`, default
     /// v1), `traffic` (calls the Service `TARGET`, default web, at `RPS` requests per
-    /// second) or `client` (only listens).
-    #[arg(value_parser = ["web", "books", "authors", "ratings", "traffic", "client"])]
+    /// second), `client` (only listens), or the retry storm's `checkout`, `payments`
+    /// (`LOGGING_TIMEOUT_MS`, `MAX_CONCURRENT`, `MAX_WAITING`) and `logging` (`CAPACITY_RPS`, `QUEUE`).
+    #[arg(value_parser = ["web", "books", "authors", "ratings", "traffic", "client", "checkout", "payments", "logging"])]
     pub app: String,
 }
 
@@ -93,15 +98,38 @@ pub async fn run(args: SampleArgs) -> Result<(), String> {
         // It listens too, like any Workload, and says what it does.
         let listener = listen(&args.app, &env("PORT")?).await?;
         println!("traffic: {rps} requests per second to {target} at {}", client.addr());
-        tokio::spawn(serve(listener, Arc::new(Traffic { rps, target: target.clone() })));
-        generate_traffic(client, rps).await;
+        let traffic = Arc::new(Traffic::new(rps, target));
+        tokio::spawn(serve(listener, traffic.clone()));
+        generate_traffic(client, rps, traffic).await;
         return Ok(());
     }
     let listener = listen(&args.app, &env("PORT")?).await?;
     match args.app.as_str() {
         "books" => serve(listener, Arc::new(Books)).await,
         "authors" => serve(listener, Arc::new(Authors)).await,
-        "client" => serve(listener, Arc::new(Traffic { rps: 0, target: "nothing by itself".into() })).await,
+        "client" => serve(listener, Arc::new(Traffic::new(0, "nothing by itself".into()))).await,
+        "checkout" => serve(listener, Arc::new(storm::Checkout::new(upstream("PAYMENTS_URL")?))).await,
+        "payments" => {
+            let timeout = storm::env_number(
+                "payments",
+                "LOGGING_TIMEOUT_MS",
+                storm::DEFAULT_LOGGING_TIMEOUT.as_millis() as u64,
+            )?;
+            let workers = storm::env_number("payments", "MAX_CONCURRENT", storm::DEFAULT_MAX_CONCURRENT)?;
+            let waiting = storm::env_number("payments", "MAX_WAITING", storm::DEFAULT_MAX_WAITING)?;
+            // Payments' own patience with logging, not the sample apps' common timeout.
+            let logging = HttpClient::new(upstream("LOGGING_URL")?.addr(), Duration::from_millis(timeout));
+            println!(
+                "payments: waits {timeout} ms for logging, {workers} payments at once, {waiting} waiting"
+            );
+            serve(listener, Arc::new(storm::Payments::new(logging, workers, waiting))).await
+        }
+        "logging" => {
+            let capacity = storm::env_number("logging", "CAPACITY_RPS", storm::DEFAULT_CAPACITY_RPS)?;
+            let queue = storm::env_number("logging", "QUEUE", storm::DEFAULT_QUEUE)?;
+            println!("logging: {capacity} requests per second, {queue} queued at most");
+            serve(listener, Arc::new(storm::Logging::start(capacity, queue))).await
+        }
         "ratings" => {
             let version = std::env::var("VERSION").unwrap_or_else(|_| "v1".into());
             serve(listener, Arc::new(Ratings { version })).await
@@ -130,7 +158,7 @@ async fn listen(app: &str, port: &str) -> Result<TcpListener, String> {
 
 /// A sample service: answers one request given its path.
 trait Service: Send + Sync + 'static {
-    fn handle(&self, path: &str) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+    fn handle(&self, method: &Method, uri: &Uri) -> impl Future<Output = Response<Full<Bytes>>> + Send;
 }
 
 async fn serve(listener: TcpListener, service: Arc<impl Service>) {
@@ -153,7 +181,7 @@ async fn serve(listener: TcpListener, service: Arc<impl Service>) {
         connections.spawn(async move {
             let handler = service_fn(move |request: Request<Incoming>| {
                 let service = service.clone();
-                async move { Ok::<_, Infallible>(service.handle(request.uri().path()).await) }
+                async move { Ok::<_, Infallible>(service.handle(request.method(), request.uri()).await) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -180,7 +208,8 @@ fn catalogue_id(path: &str) -> usize {
 struct Books;
 
 impl Service for Books {
-    async fn handle(&self, path: &str) -> Response<Full<Bytes>> {
+    async fn handle(&self, _method: &Method, uri: &Uri) -> Response<Full<Bytes>> {
+        let path = uri.path();
         if fastrand::f64() < BOOKS_FAILURE_RATE {
             return text(StatusCode::INTERNAL_SERVER_ERROR, "books: the database timed out\n".into());
         }
@@ -191,8 +220,8 @@ impl Service for Books {
 struct Authors;
 
 impl Service for Authors {
-    async fn handle(&self, path: &str) -> Response<Full<Bytes>> {
-        let id = catalogue_id(path);
+    async fn handle(&self, _method: &Method, uri: &Uri) -> Response<Full<Bytes>> {
+        let id = catalogue_id(uri.path());
         tokio::time::sleep(Duration::from_millis(fastrand::u64(AUTHORS_DELAY_MS))).await;
         text(StatusCode::OK, CATALOGUE[id].1.to_string())
     }
@@ -203,8 +232,8 @@ struct Ratings {
 }
 
 impl Service for Ratings {
-    async fn handle(&self, path: &str) -> Response<Full<Bytes>> {
-        let id = catalogue_id(path);
+    async fn handle(&self, _method: &Method, uri: &Uri) -> Response<Full<Bytes>> {
+        let id = catalogue_id(uri.path());
         // v1 shows a number; v2 shows stars, and takes longer.
         let stars = 3 + id % 3;
         let body = if self.version == "v2" {
@@ -221,14 +250,24 @@ impl Service for Ratings {
     }
 }
 
-/// What `traffic` (and `client`) answer: what they send.
+/// What `traffic` (and `client`) answer: what they send, and at `/stats` how it went.
 struct Traffic {
     rps: u32,
     target: String,
+    counts: storm::Counters,
+}
+
+impl Traffic {
+    fn new(rps: u32, target: String) -> Self {
+        Self { rps, target, counts: storm::Counters::new(&["sent", "succeeded", "failed"]) }
+    }
 }
 
 impl Service for Traffic {
-    async fn handle(&self, _path: &str) -> Response<Full<Bytes>> {
+    async fn handle(&self, _method: &Method, uri: &Uri) -> Response<Full<Bytes>> {
+        if uri.path() == "/stats" {
+            return text(StatusCode::OK, self.counts.render());
+        }
         text(StatusCode::OK, format!("{} requests per second to {}\n", self.rps, self.target))
     }
 }
@@ -240,8 +279,8 @@ struct Web {
 }
 
 impl Service for Web {
-    async fn handle(&self, path: &str) -> Response<Full<Bytes>> {
-        let id = catalogue_id(path);
+    async fn handle(&self, _method: &Method, uri: &Uri) -> Response<Full<Bytes>> {
+        let id = catalogue_id(uri.path());
         let (book_path, author_path, rating_path) =
             (format!("/books/{id}"), format!("/authors/{id}"), format!("/ratings/{id}"));
         let (title, author, rating) = tokio::join!(
@@ -268,7 +307,7 @@ impl Service for Web {
 /// target Service), forever. Each request starts on its own tick, whether or not earlier
 /// ones have finished, as independent users would: a slow target shows as latency, not
 /// as fewer requests.
-async fn generate_traffic(client: Arc<HttpClient>, rps: u32) {
+async fn generate_traffic(client: Arc<HttpClient>, rps: u32, traffic: Arc<Traffic>) {
     let mut in_flight = JoinSet::new();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rps)));
     // After a stall (a busy machine), catch up with a burst so that the average rate is the
@@ -281,9 +320,12 @@ async fn generate_traffic(client: Arc<HttpClient>, rps: u32) {
             continue;
         }
         let client = client.clone();
+        let traffic = traffic.clone();
         let id = fastrand::usize(..CATALOGUE.len());
+        traffic.counts.add("sent", 1);
         in_flight.spawn(async move {
-            let _ = client.get(&format!("/book/{id}")).await;
+            let ok = client.get(&format!("/book/{id}")).await.is_ok_and(|r| r.status.is_success());
+            traffic.counts.add(if ok { "succeeded" } else { "failed" }, 1);
         });
     }
 }
@@ -302,9 +344,9 @@ mod tests {
 
     #[tokio::test]
     async fn ratings_name_their_version() {
-        let v2 = Ratings { version: "v2".into() }.handle("/ratings/1").await;
+        let v2 = Ratings { version: "v2".into() }.handle(&Method::GET, &Uri::from_static("/ratings/1")).await;
         assert_eq!(v2.headers()[VERSION_HEADER], "v2");
-        let v1 = Ratings { version: "v1".into() }.handle("/ratings/1").await;
+        let v1 = Ratings { version: "v1".into() }.handle(&Method::GET, &Uri::from_static("/ratings/1")).await;
         assert_eq!(v1.headers()[VERSION_HEADER], "v1");
     }
 }
