@@ -93,10 +93,19 @@ fn write(path: &Path, text: &str) -> Result<String, String> {
     Ok(path.display().to_string())
 }
 
-/// A private key: readable by its owner only, from the moment it exists.
+/// A private key: readable by its owner only, from the moment it exists. A key already
+/// there (the same service account certified again, as the benchmark does for each route)
+/// is removed first rather than opened: whatever stood at the path, a symbolic link
+/// included, is never written through.
 fn write_key(path: &Path, text: &str) -> Result<String, String> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot replace {}: {e}", path.display()));
+        }
+        _ => {}
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -210,6 +219,8 @@ mod tests {
         let work = crate::workdir::WorkDir::create("ca-test").unwrap();
         assert_eq!(std::fs::metadata(work.path()).unwrap().permissions().mode() & 0o777, 0o700);
         let ca = EphemeralCa::create(work.path()).unwrap();
+        ca.certify("bench-client").unwrap();
+        // The benchmark certifies the same account again for each route.
         let certified = ca.certify("bench-client").unwrap();
         let mode = std::fs::metadata(&certified.key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", certified.key);
