@@ -93,26 +93,10 @@ fn write(path: &Path, text: &str) -> Result<String, String> {
     Ok(path.display().to_string())
 }
 
-/// A private key: readable by its owner only, from the moment it exists. A key already
-/// there (the same service account certified again, as the benchmark does for each route)
-/// is removed first rather than opened: whatever stood at the path, a symbolic link
-/// included, is never written through.
+/// A private key, readable by its owner only (the benchmark certifies the same account
+/// again for each route: the older key is replaced).
 fn write_key(path: &Path, text: &str) -> Result<String, String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(format!("cannot replace {}: {e}", path.display()));
-        }
-        _ => {}
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    file.write_all(text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    crate::workdir::create_private(path, text)?;
     Ok(path.display().to_string())
 }
 

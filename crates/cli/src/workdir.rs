@@ -41,3 +41,25 @@ impl Drop for WorkDir {
         }
     }
 }
+
+/// Creates `path` readable by its owner only, from the moment it exists, holding
+/// `content`. Whatever stood at the path (an older copy, a symbolic link) is removed
+/// first, never written through.
+pub fn create_private(path: &Path, content: &str) -> Result<std::fs::File, String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot replace {}: {e}", path.display()));
+        }
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    file.write_all(content.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(file)
+}

@@ -20,8 +20,11 @@ use crate::metrics::TargetMetrics;
 use crate::resilience::breaker::{Availability, BreakerConfig, Outcome};
 use crate::resilience::limit::{Full, Limit, LimitConfig};
 use crate::swap::Swap;
+use http::header::HeaderName;
 use http::{Request, Response, StatusCode};
 use std::sync::{Arc, RwLock};
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 #[derive(Debug)]
 pub struct Backend {
@@ -157,13 +160,13 @@ impl Backend {
         };
         match &result {
             Ok(rsp) => {
-                let overloaded = rsp.status() == StatusCode::TOO_MANY_REQUESTS
-                    || rsp.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"8");
-                if overloaded {
+                // Read once, for both: the response's failure and its overload.
+                let grpc_status = rsp.headers().get(GRPC_STATUS).map(|v| v.as_bytes());
+                if rsp.status() == StatusCode::TOO_MANY_REQUESTS || grpc_status == Some(b"8") {
                     // Set aside for a moment rather than ejected: it is alive, only busy.
                     endpoint.ewma.mark_failed();
                 }
-                self.record(&endpoint, Outcome::of_response(rsp.status(), rsp.headers()));
+                self.record(&endpoint, Outcome::of_response(rsp.status(), grpc_status));
             }
             Err(e) if e.error.class() != Class::Final => self.record(&endpoint, Outcome::Failure),
             Err(_) => {}

@@ -492,16 +492,7 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
 
 /// Writes a file only `uid` (and root) can read.
 fn write_private(path: &std::path::Path, content: &str, uid: u32) -> Result<(), String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    file.write_all(content.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let file = crate::workdir::create_private(path, content)?;
     std::os::unix::fs::fchown(&file, Some(uid), Some(uid))
         .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))
 }

@@ -61,13 +61,14 @@ pub struct Deadline {
 impl Deadline {
     /// The sooner of a route's request timeout and the request's `grpc-timeout`.
     pub fn of(request_timeout: Option<Duration>, headers: &http::HeaderMap) -> Option<Self> {
+        let grpc = headers.get(GRPC_TIMEOUT).and_then(parse_grpc_timeout);
+        if request_timeout.is_none() && grpc.is_none() {
+            // The common case: no clock read.
+            return None;
+        }
         let now = Instant::now();
         let route = request_timeout.map(|limit| Deadline { at: now + limit, limit, grpc: false });
-        let grpc = headers.get(GRPC_TIMEOUT).and_then(parse_grpc_timeout).map(|limit| Deadline {
-            at: now + limit,
-            limit,
-            grpc: true,
-        });
+        let grpc = grpc.map(|limit| Deadline { at: now + limit, limit, grpc: true });
         match (route, grpc) {
             (Some(r), Some(g)) => Some(if g.at < r.at { g } else { r }),
             (r, g) => r.or(g),
