@@ -49,24 +49,57 @@ pub fn bind_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListene
     tokio::net::TcpListener::from_std(socket.into())
 }
 
-/// A loopback port free a moment ago (bound, then released), for a child process or a
+/// A loopback port free a moment ago (checked by binding it), for a child process or a
 /// server that must be told its port before it binds, and never handed out before by this
-/// process: the kernel may offer a port it just got back again, and two listeners given
-/// the same port (say a proxy's admin and traffic ports) would not both start. Another
-/// process could still take the port in between.
+/// process.
+///
+/// The port comes from below the kernel's ephemeral range (`ip_local_port_range`), which
+/// the kernel never hands out by itself: a port from inside that range can be taken by any
+/// outgoing connection's source port, or any `bind(0)`, between this check and the child's
+/// bind, which made spawned control planes and proxies fail now and then with "Address
+/// already in use" in a busy test run. Each process starts its walk at an offset drawn from
+/// its pid, so that two test processes do not walk the same ports. Where the range leaves
+/// too little room below it, the kernel's own choice is used, as before.
 pub fn unused_loopback_port() -> std::io::Result<SocketAddr> {
-    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    for _ in 0..1000 {
-        let addr = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?.local_addr()?;
-        if HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.port()) {
-            return Ok(addr);
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static HANDED_OUT: Mutex<std::collections::BTreeSet<u16>> = Mutex::new(std::collections::BTreeSet::new());
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    const FLOOR: u16 = 20_000;
+
+    let below = ephemeral_floor().filter(|low| *low >= FLOOR + 2_000).map(|low| (FLOOR, low - FLOOR));
+    let claim = |port: u16| HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner()).insert(port);
+    if let Some((floor, width)) = below {
+        let width = u32::from(width);
+        // The pid spreads processes over the range; the multiplier is a prime near width/φ
+        // so neighbouring pids land far apart.
+        let seed = std::process::id().wrapping_mul(7_919) % width;
+        let _ = NEXT.compare_exchange(u32::MAX, seed, Ordering::Relaxed, Ordering::Relaxed);
+        for _ in 0..width {
+            let port = floor + (NEXT.fetch_add(1, Ordering::Relaxed) % width) as u16;
+            let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+            if std::net::TcpListener::bind(addr).is_ok() && claim(port) {
+                return Ok(addr);
+            }
+        }
+    } else {
+        for _ in 0..1000 {
+            let addr = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?.local_addr()?;
+            if claim(addr.port()) {
+                return Ok(addr);
+            }
         }
     }
     Err(std::io::Error::new(
         std::io::ErrorKind::AddrInUse,
-        "the kernel offered only loopback ports this process already handed out, 1000 times",
+        "no loopback port left that this process has not handed out",
     ))
+}
+
+/// The lowest port the kernel picks by itself, read from `ip_local_port_range`.
+fn ephemeral_floor() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
 }
 
 /// Sets the options every proxied stream gets: no Nagle delay (requests are small and
@@ -88,5 +121,8 @@ mod tests {
         let distinct: std::collections::BTreeSet<u16> = ports.iter().map(|a| a.port()).collect();
         assert_eq!(distinct.len(), ports.len());
         assert!(ports.iter().all(|a| a.ip().is_loopback()));
+        if let Some(low) = ephemeral_floor() {
+            assert!(ports.iter().all(|a| a.port() < low), "never from the kernel's own range (from {low})");
+        }
     }
 }
