@@ -13,12 +13,14 @@
 //! - [`matching`]: matches and their precedence.
 //! - [`filters`]: header modifiers, redirects, rewrites, mirrors, CORS, faults.
 //! - [`policy`]: a rule's retry policy.
+//! - [`path`]: request paths in canonical form, before matching.
 
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
 pub mod filters;
 pub mod matching;
+pub mod path;
 pub mod policy;
 pub mod table;
 
