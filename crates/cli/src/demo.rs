@@ -96,6 +96,7 @@ async fn demo(args: DemoArgs) -> Result<(), (String, ExitCode)> {
         cert_lifetime: Duration::from_secs(24 * 3600),
         mtls: "permissive".into(),
         no_identity: false,
+        default_policy: Default::default(),
         api_port: args.api_port,
         // Explicit mode: no root needed.
         transparent: false,

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tarmac_identity::ca::Ca;
+use tarmac_model::authz::DefaultPolicy;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -39,6 +40,9 @@ pub struct Config {
     /// tests fill it as they start replicas; the binary in files mode has none yet (the
     /// Kubernetes backend will fill it from Pods).
     pub registry: Registry,
+    /// The mesh's default policy (`tarmac up --default-policy`): what workloads allow where
+    /// no ALLOW policy applies, unless their Workload or Namespace says otherwise.
+    pub default_policy: DefaultPolicy,
 }
 
 /// Where desired state comes from.
@@ -67,15 +71,30 @@ pub struct IdentityConfig {
 
 impl Config {
     pub fn files(dir: impl Into<PathBuf>) -> Self {
-        Self { store: StoreConfig::Files { dir: dir.into() }, identity: None, registry: Registry::default() }
+        Self {
+            store: StoreConfig::Files { dir: dir.into() },
+            identity: None,
+            registry: Registry::default(),
+            default_policy: DefaultPolicy::default(),
+        }
     }
 
     pub fn snapshots(snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
-        Self { store: StoreConfig::Snapshots(snapshots), identity: None, registry: Registry::default() }
+        Self {
+            store: StoreConfig::Snapshots(snapshots),
+            identity: None,
+            registry: Registry::default(),
+            default_policy: DefaultPolicy::default(),
+        }
     }
 
     pub fn with_identity(mut self, identity: IdentityConfig) -> Self {
         self.identity = Some(identity);
+        self
+    }
+
+    pub fn with_default_policy(mut self, default_policy: DefaultPolicy) -> Self {
+        self.default_policy = default_policy;
         self
     }
 
@@ -220,7 +239,8 @@ pub async fn start(
     }
 
     let registry = config.registry;
-    let discovery = DiscoveryService::new(relay_until(store.snapshots(), stop.clone()), registry.clone());
+    let discovery = DiscoveryService::new(relay_until(store.snapshots(), stop.clone()), registry.clone())
+        .with_default_policy(config.default_policy);
     let subscriptions = discovery.subscriptions();
     let identity = config.identity.map(|i| {
         let service = IdentityService::new(i.ca, &i.trust_domain, i.authenticator, i.cert_lifetime);

@@ -46,6 +46,11 @@ struct Args {
     /// Lifetime of workload certificates (`24h`, `1h30m`); proxies renew at about 70 %.
     #[arg(long, default_value = "24h", value_parser = tarmac_model::duration::parse)]
     cert_lifetime: Duration,
+    /// What workloads allow where no ALLOW policy applies and neither their Workload nor
+    /// their Namespace sets `tarmac.io/default-policy`: allow-all, all-authenticated, deny
+    /// or audit (docs/policy.md).
+    #[arg(long, default_value = "allow-all", value_name = "POLICY")]
+    default_policy: tarmac_model::authz::DefaultPolicy,
     /// Serve no identity: proxies run without mTLS or with certificates from files.
     #[arg(long, conflicts_with_all = ["identity_dir", "bootstrap_tokens"])]
     no_identity: bool,
@@ -79,7 +84,7 @@ fn main() -> ExitCode {
 
 /// The typed configuration, with the CA loaded (or generated) and the tokens read.
 fn config(args: &Args) -> Result<Config, String> {
-    let config = Config::files(&args.config_dir);
+    let config = Config::files(&args.config_dir).with_default_policy(args.default_policy);
     if args.no_identity {
         return Ok(config);
     }

@@ -482,12 +482,20 @@ impl Deployment {
         if !problems.is_empty() {
             return Err(problems);
         }
+        // The pods' annotations; the default policy may also be set on the Deployment
+        // itself (the pod template's wins).
+        let mut annotations = spec.template.metadata.annotations;
+        if let Some(policy) = self.metadata.annotations.get(crate::authz::DEFAULT_POLICY_ANNOTATION) {
+            annotations
+                .entry(crate::authz::DEFAULT_POLICY_ANNOTATION.to_string())
+                .or_insert_with(|| policy.clone());
+        }
         let metadata = ObjectMeta {
             name: self.metadata.name,
             namespace: self.metadata.namespace,
             // What Services select: the pods' labels, not the Deployment's own.
             labels: spec.template.metadata.labels,
-            annotations: spec.template.metadata.annotations,
+            annotations,
             ..Default::default()
         };
         Ok(Workload {

@@ -3,7 +3,8 @@
 //!
 //! The same documents work in local mode (`tarmac up DIR`) and on Kubernetes
 //! (`kubectl apply`): `v1` Service and Namespace, Tarmac's own `tarmac.io/v1alpha1`
-//! Workload (local mode only), FaultInjection and ResiliencePolicy, `apps/v1` Deployment (run as a Workload
+//! Workload (local mode only), FaultInjection, ResiliencePolicy, AuthorizationPolicy and
+//! RateLimitPolicy, `apps/v1` Deployment (run as a Workload
 //! in local mode), and `gateway.networking.k8s.io/v1` HTTPRoute and GRPCRoute attached to
 //! Services (the Gateway API mesh profile). A `v1` `List` of them reads as its items.
 //!
@@ -15,7 +16,8 @@
 //!
 //! # Layout
 //! - [`meta`]: object metadata and references.
-//! - [`service`], [`workload`], [`route`], [`fault`], [`resilience`]: the kinds.
+//! - [`service`], [`workload`], [`route`], [`fault`], [`resilience`], [`authz`]: the kinds
+//!   ([`authz`] also holds the `tarmac.io/default-policy` annotation's values).
 //! - [`deployment`]: `apps/v1` Deployment, read into a [`Workload`].
 //! - [`parse`]: YAML documents to [`Resource`]s, with located errors.
 //! - [`validate`]: checks types cannot express (ports in range, weights, path syntax).
@@ -24,6 +26,7 @@
 #![deny(rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod deployment;
 pub mod duration;
 pub mod fault;
@@ -35,6 +38,7 @@ pub mod service;
 pub mod validate;
 pub mod workload;
 
+pub use authz::{AuthorizationPolicy, RateLimitPolicy};
 pub use fault::FaultInjection;
 pub use meta::{ObjectKey, ObjectMeta};
 pub use parse::{ModelError, parse_documents};
@@ -53,6 +57,8 @@ pub enum Resource {
     GrpcRoute(GrpcRoute),
     FaultInjection(FaultInjection),
     ResiliencePolicy(ResiliencePolicy),
+    AuthorizationPolicy(AuthorizationPolicy),
+    RateLimitPolicy(RateLimitPolicy),
 }
 
 /// The kinds Tarmac reads, as `(apiVersion, kind)`.
@@ -65,6 +71,8 @@ pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
     ("gateway.networking.k8s.io/v1", "GRPCRoute"),
     ("tarmac.io/v1alpha1", "FaultInjection"),
     ("tarmac.io/v1alpha1", "ResiliencePolicy"),
+    ("tarmac.io/v1alpha1", "AuthorizationPolicy"),
+    ("tarmac.io/v1alpha1", "RateLimitPolicy"),
 ];
 
 impl Resource {
@@ -77,6 +85,8 @@ impl Resource {
             Resource::GrpcRoute(_) => "GRPCRoute",
             Resource::FaultInjection(_) => "FaultInjection",
             Resource::ResiliencePolicy(_) => "ResiliencePolicy",
+            Resource::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Resource::RateLimitPolicy(_) => "RateLimitPolicy",
         }
     }
 
@@ -89,6 +99,8 @@ impl Resource {
             Resource::GrpcRoute(r) => &r.metadata,
             Resource::FaultInjection(r) => &r.metadata,
             Resource::ResiliencePolicy(r) => &r.metadata,
+            Resource::AuthorizationPolicy(r) => &r.metadata,
+            Resource::RateLimitPolicy(r) => &r.metadata,
         }
     }
 

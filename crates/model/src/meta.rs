@@ -19,7 +19,8 @@ pub struct ObjectMeta {
     pub namespace: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// Kept for compatibility with manifests written for Kubernetes; Tarmac reads none yet.
+    /// Tarmac reads `tarmac.io/default-policy` (Namespace, Workload, Deployment); others
+    /// are kept for compatibility with manifests written for Kubernetes.
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
     /// What the API server writes into every object, so that `kubectl get -o yaml` output

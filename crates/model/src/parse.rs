@@ -329,6 +329,8 @@ fn typed(api_version: &str, kind: &str, source: &Source<'_>) -> Result<Resource,
         ("gateway.networking.k8s.io/v1", "GRPCRoute") => Resource::GrpcRoute(source.read()?),
         ("tarmac.io/v1alpha1", "FaultInjection") => Resource::FaultInjection(source.read()?),
         ("tarmac.io/v1alpha1", "ResiliencePolicy") => Resource::ResiliencePolicy(source.read()?),
+        ("tarmac.io/v1alpha1", "AuthorizationPolicy") => Resource::AuthorizationPolicy(source.read()?),
+        ("tarmac.io/v1alpha1", "RateLimitPolicy") => Resource::RateLimitPolicy(source.read()?),
         _ => {
             let hint = SUPPORTED_KINDS
                 .iter()

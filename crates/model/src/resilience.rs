@@ -51,7 +51,8 @@ pub struct ConcurrencyLimits {
     pub max_queued: u32,
 }
 
-/// A Service, HTTPRoute or GRPCRoute in the policy's namespace.
+/// A Service, HTTPRoute or GRPCRoute in the policy's namespace (ResiliencePolicy,
+/// AuthorizationPolicy, RateLimitPolicy).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicyTargetRef {
@@ -60,7 +61,8 @@ pub struct PolicyTargetRef {
     pub group: String,
     pub kind: String,
     pub name: String,
-    /// A route rule's `name` (route targets only).
+    /// A route rule's `name`; for an AuthorizationPolicy or RateLimitPolicy also a Service
+    /// port's `name`.
     #[serde(default)]
     pub section_name: Option<String>,
 }

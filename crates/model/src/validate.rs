@@ -1,6 +1,7 @@
 //! Checks that types cannot express. Each problem names the field by its path.
 
 use crate::Resource;
+use crate::authz::{AuthorizationPolicy, DEFAULT_POLICY_ANNOTATION, DefaultPolicy, RateLimitPolicy, Source};
 use crate::duration;
 use crate::fault::FaultInjection;
 use crate::meta::ObjectMeta;
@@ -43,6 +44,16 @@ pub fn validate(resource: &Resource) -> Vec<Problem> {
         Resource::GrpcRoute(r) => validate_grpc_route(r, &mut p),
         Resource::FaultInjection(f) => validate_fault(f, &mut p),
         Resource::ResiliencePolicy(r) => validate_resilience(r, &mut p),
+        Resource::AuthorizationPolicy(a) => validate_authorization(a, &mut p),
+        Resource::RateLimitPolicy(r) => validate_rate_limit(r, &mut p),
+    }
+    if let Some(value) = resource.meta().annotations.get(DEFAULT_POLICY_ANNOTATION) {
+        let field = format!("metadata.annotations.{DEFAULT_POLICY_ANNOTATION}");
+        if !matches!(resource, Resource::Namespace(_) | Resource::Workload(_)) {
+            p.add(field, "sets a default policy on a Namespace, a Workload or a Deployment only");
+        } else if DefaultPolicy::parse(value).is_none() {
+            p.add(field, format!("`{value}` is no default policy; use {}", DefaultPolicy::NAMES.join(", ")));
+        }
     }
     p.0
 }
@@ -643,6 +654,157 @@ fn validate_resilience(r: &ResiliencePolicy, p: &mut Problems) {
     }
 }
 
+/// Policy targets: a Service (or one of its ports, by name), or an HTTPRoute or GRPCRoute
+/// (or one of its rules, by name), in the policy's namespace.
+fn validate_policy_targets(kind: &str, targets: &[crate::resilience::PolicyTargetRef], p: &mut Problems) {
+    if targets.is_empty() {
+        p.add(
+            "spec.targetRefs",
+            format!("{kind} needs at least one target: a Service, an HTTPRoute or a GRPCRoute"),
+        );
+    }
+    for (i, t) in targets.iter().enumerate() {
+        if !t.is_service() && t.route_kind().is_none() {
+            p.add(
+                format!("spec.targetRefs[{i}]"),
+                format!(
+                    "`{}` `{}` cannot be targeted; use a Service (`group: \"\"`) or an HTTPRoute or GRPCRoute (`group: gateway.networking.k8s.io`)",
+                    t.group, t.kind
+                ),
+            );
+        }
+        if t.name.is_empty() {
+            p.add(format!("spec.targetRefs[{i}].name"), "must not be empty");
+        }
+        if t.section_name.as_deref() == Some("") {
+            p.add(
+                format!("spec.targetRefs[{i}].sectionName"),
+                "must name a Service port or a route rule, or be left out",
+            );
+        }
+    }
+}
+
+/// SPIFFE IDs, exact or a prefix ending in `*`, and service accounts (`name`, `namespace/name`).
+fn validate_identities(at: &str, identities: &[String], service_accounts: &[String], p: &mut Problems) {
+    for (k, id) in identities.iter().enumerate() {
+        let field = format!("{at}.identities[{k}]");
+        match id.strip_suffix('*') {
+            Some(prefix) if !prefix.starts_with("spiffe://") => p.add(
+                field,
+                format!("`{id}` is no SPIFFE ID prefix: write e.g. `spiffe://cluster.local/ns/shop/*`"),
+            ),
+            Some(prefix) if prefix.contains('*') => p.add(field, "`*` may only end an identity"),
+            Some(_) => {}
+            None => {
+                let path = id.strip_prefix("spiffe://").and_then(|rest| rest.split_once('/'));
+                if !path.is_some_and(|(domain, path)| !domain.is_empty() && !path.is_empty())
+                    || id.chars().any(|c| c.is_whitespace())
+                {
+                    p.add(
+                        field,
+                        format!("`{id}` is no SPIFFE ID: write e.g. `spiffe://cluster.local/ns/shop/sa/web`"),
+                    );
+                }
+            }
+        }
+    }
+    for (k, sa) in service_accounts.iter().enumerate() {
+        let (ns, name) = crate::authz::service_account(sa, "default");
+        if !is_dns_label(&ns, 63) || name.split('.').any(|part| !is_dns_label(part, 63)) {
+            p.add(
+                format!("{at}.serviceAccounts[{k}]"),
+                format!("`{sa}` is no service account: write `name` (in the policy's namespace) or `namespace/name`"),
+            );
+        }
+    }
+}
+
+fn validate_source(at: &str, s: &Source, p: &mut Problems) {
+    if s.is_empty() {
+        p.add(
+            at.to_string(),
+            "an empty entry would match every client: name identities, serviceAccounts, namespaces or cidrs, or set `authenticated: true` or `unauthenticated: true`",
+        );
+    }
+    validate_identities(at, &s.identities, &s.service_accounts, p);
+    for (k, ns) in s.namespaces.iter().enumerate() {
+        if !is_dns_label(ns, 63) {
+            p.add(format!("{at}.namespaces[{k}]"), format!("`{ns}` is no namespace name"));
+        }
+    }
+    for (k, cidr) in s.cidrs.iter().enumerate() {
+        if let Err(e) = cidr.parse::<tarmac_policy::Cidr>() {
+            p.add(format!("{at}.cidrs[{k}]"), e.to_string());
+        }
+    }
+    if s.authenticated == Some(false) {
+        p.add(format!("{at}.authenticated"), "`false` is not a client set: write `unauthenticated: true`");
+    }
+    if s.unauthenticated == Some(false) {
+        p.add(format!("{at}.unauthenticated"), "`false` is not a client set: write `authenticated: true`");
+    }
+    if s.unauthenticated == Some(true) && s.needs_identity() {
+        p.add(
+            at.to_string(),
+            "`unauthenticated: true` with identities, service accounts, namespaces or `authenticated` matches no client: put them in entries of their own",
+        );
+    }
+}
+
+fn validate_authorization(a: &AuthorizationPolicy, p: &mut Problems) {
+    validate_policy_targets("an AuthorizationPolicy", &a.spec.target_refs, p);
+    if a.spec.from.is_empty() {
+        p.add(
+            "spec.from",
+            "needs at least one entry: the clients the policy allows or denies (e.g. `- serviceAccounts: [web]`)",
+        );
+    }
+    for (i, s) in a.spec.from.iter().enumerate() {
+        validate_source(&format!("spec.from[{i}]"), s, p);
+    }
+}
+
+/// The most requests per second a limit may name.
+pub const MAX_RATE: u32 = 10_000_000;
+
+fn validate_rate(at: &str, rps: u32, burst: Option<u32>, p: &mut Problems) {
+    if !(1..=MAX_RATE).contains(&rps) {
+        p.add(format!("{at}.requestsPerSecond"), format!("must be 1 to {MAX_RATE}"));
+    }
+    if burst.is_some_and(|b| !(1..=MAX_RATE).contains(&b)) {
+        p.add(format!("{at}.burst"), format!("must be 1 to {MAX_RATE}"));
+    }
+}
+
+fn validate_rate_limit(r: &RateLimitPolicy, p: &mut Problems) {
+    let spec = &r.spec;
+    validate_policy_targets("a RateLimitPolicy", &spec.target_refs, p);
+    if spec.total.is_none() && spec.per_caller.is_none() && spec.overrides.is_empty() {
+        p.add("spec", "a RateLimitPolicy needs `total`, `perCaller` or `overrides`");
+    }
+    if let Some(t) = &spec.total {
+        validate_rate("spec.total", t.requests_per_second, t.burst, p);
+    }
+    if let Some(c) = &spec.per_caller {
+        validate_rate("spec.perCaller", c.requests_per_second, c.burst, p);
+    }
+    for (i, o) in spec.overrides.iter().enumerate() {
+        let at = format!("spec.overrides[{i}]");
+        validate_rate(&at, o.requests_per_second, o.burst, p);
+        if o.identities.is_empty() && o.service_accounts.is_empty() {
+            p.add(at.clone(), "an override names its clients: `identities` or `serviceAccounts`");
+        }
+        if o.identities.iter().any(|id| id.ends_with('*')) {
+            p.add(
+                format!("{at}.identities"),
+                "overrides name exact identities: each gets a limit of its own",
+            );
+        }
+        validate_identities(&at, &o.identities, &o.service_accounts, p);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::parse::parse_documents;
@@ -787,5 +949,108 @@ mod tests {
         assert!(errors(&typo).join("").contains("retryBudjet"), "a misspelt field is refused");
         let empty = format!("{head}  targetRefs: [{{group: \"\", kind: Service, name: s}}]\n");
         assert!(errors(&empty).join("").contains("needs `retryBudget`"));
+    }
+
+    const AUTHZ: &str = "apiVersion: tarmac.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: books-from-web, namespace: shop}\nspec:\n";
+
+    #[test]
+    fn the_documented_authorization_policy_is_valid() {
+        let yaml = format!(
+            "{AUTHZ}  targetRefs: [{{group: \"\", kind: Service, name: books}}]\n  action: ALLOW\n  from:\n  - serviceAccounts: [web, ops/admin]\n  - identities: ['spiffe://cluster.local/ns/batch/*']\n  - namespaces: [shop]\n    cidrs: [10.0.0.0/8, '::1']\n  - unauthenticated: true\n    cidrs: [192.168.0.0/16]\n  - authenticated: true\n"
+        );
+        assert_eq!(errors(&yaml), Vec::<String>::new());
+        let resources = parse_documents("t.yaml", &yaml).unwrap();
+        let crate::Resource::AuthorizationPolicy(a) = &resources[0] else { panic!() };
+        assert_eq!(a.spec.action, crate::authz::Action::Allow);
+        assert_eq!(resources[0].key().to_string(), "AuthorizationPolicy shop/books-from-web");
+    }
+
+    #[test]
+    fn authorization_problems_name_their_field() {
+        let yaml = format!(
+            "{AUTHZ}  targetRefs: [{{group: apps, kind: Deployment, name: d}}]\n  action: DENY\n  from:\n  - {{}}\n  - cidrs: [10.0.0.0/33]\n  - identities: [web, 'spiffe://x/*/y*']\n  - unauthenticated: true\n    serviceAccounts: [web]\n  - authenticated: false\n"
+        );
+        let e = errors(&yaml).join("\n");
+        for needle in [
+            "AuthorizationPolicy shop/books-from-web: field `spec.targetRefs[0]`",
+            "field `spec.from[0]`: an empty entry would match every client",
+            "field `spec.from[1].cidrs[0]`: `10.0.0.0/33` is not an address range",
+            "field `spec.from[2].identities[0]`: `web` is no SPIFFE ID",
+            "field `spec.from[2].identities[1]`: `*` may only end",
+            "field `spec.from[3]`: `unauthenticated: true` with",
+            "field `spec.from[4].authenticated`",
+        ] {
+            assert!(e.contains(needle), "missing {needle} in\n{e}");
+        }
+        let typo = format!(
+            "{AUTHZ}  targetRefs: [{{group: \"\", kind: Service, name: b}}]\n  from: [{{serviceAcounts: [web]}}]\n"
+        );
+        let e = errors(&typo).join("");
+        assert!(
+            e.contains("t.yaml:")
+                && e.contains("AuthorizationPolicy shop/books-from-web")
+                && e.contains("serviceAcounts"),
+            "{e}"
+        );
+        let action = format!(
+            "{AUTHZ}  targetRefs: [{{group: \"\", kind: Service, name: b}}]\n  action: AUDIT\n  from: [{{authenticated: true}}]\n"
+        );
+        assert!(errors(&action).join("").contains("AUDIT"), "unknown actions are refused");
+        let no_from = format!("{AUTHZ}  targetRefs: [{{group: \"\", kind: Service, name: b}}]\n  from: []\n");
+        assert!(errors(&no_from).join("").contains("field `spec.from`: needs at least one entry"));
+    }
+
+    #[test]
+    fn rate_limit_policies_are_checked_by_field() {
+        let head = "apiVersion: tarmac.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: books}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: books, sectionName: reads}]\n";
+        let ok = format!(
+            "{head}  total: {{requestsPerSecond: 100}}\n  perCaller: {{requestsPerSecond: 10, burst: 5}}\n  overrides:\n  - {{requestsPerSecond: 50, serviceAccounts: [batch]}}\n"
+        );
+        assert_eq!(errors(&ok), Vec::<String>::new());
+        let bad = format!(
+            "{head}  total: {{requestsPerSecond: 0}}\n  perCaller: {{requestsPerSecond: 10, burst: 0}}\n  overrides:\n  - {{requestsPerSecond: 5}}\n  - {{requestsPerSecond: 5, identities: ['spiffe://td/ns/a/*']}}\n"
+        );
+        let e = errors(&bad).join("\n");
+        for needle in [
+            "field `spec.total.requestsPerSecond`: must be 1 to",
+            "field `spec.perCaller.burst`",
+            "field `spec.overrides[0]`: an override names its clients",
+            "field `spec.overrides[1].identities`: overrides name exact identities",
+        ] {
+            assert!(e.contains(needle), "missing {needle} in\n{e}");
+        }
+        let empty = format!("{head}  overrides: []\n");
+        assert!(errors(&empty).join("").contains("needs `total`, `perCaller` or `overrides`"));
+    }
+
+    #[test]
+    fn default_policy_annotations_are_checked_where_they_belong() {
+        let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, annotations: {tarmac.io/default-policy: deny}}\n";
+        assert_eq!(errors(ns), Vec::<String>::new());
+        let e = errors(&ns.replace("deny}", "closed}")).join("");
+        assert!(
+            e.contains("field `metadata.annotations.tarmac.io/default-policy`: `closed` is no default policy; use allow-all, all-authenticated, deny, audit"),
+            "{e}"
+        );
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: s, annotations: {tarmac.io/default-policy: deny}}\nspec: {ports: [{port: 80}]}\n";
+        assert!(errors(svc).join("").contains("on a Namespace, a Workload or a Deployment only"));
+        let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: b, annotations: {tarmac.io/default-policy: audit}}\nspec:\n  selector: {matchLabels: {app: b}}\n  template:\n    metadata: {labels: {app: b}}\n    spec: {containers: [{name: b, command: [b], ports: [{containerPort: 80}]}]}\n";
+        let resources = parse_documents("d.yaml", deployment).unwrap();
+        assert_eq!(
+            crate::authz::DefaultPolicy::of(resources[0].meta()),
+            Some(crate::authz::DefaultPolicy::Audit)
+        );
+        let on_template = deployment.replace(
+            "metadata: {labels: {app: b}}",
+            "metadata: {labels: {app: b}, annotations: {tarmac.io/default-policy: deny}}",
+        );
+        let resources = parse_documents("d.yaml", &on_template).unwrap();
+        assert_eq!(
+            crate::authz::DefaultPolicy::of(resources[0].meta()),
+            Some(crate::authz::DefaultPolicy::Deny),
+            "the pod template's wins"
+        );
+        let bad = deployment.replace("audit}", "open}");
+        assert!(errors(&bad).join("").contains("`open` is no default policy"));
     }
 }

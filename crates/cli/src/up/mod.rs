@@ -81,6 +81,11 @@ pub struct UpArgs {
     /// Run without mTLS between sidecars (plaintext HTTP/2, no CA).
     #[arg(long)]
     pub no_identity: bool,
+    /// Mesh-wide default policy: what workloads allow where no AuthorizationPolicy ALLOWs:
+    /// `allow-all`, `all-authenticated`, `deny` or `audit`. A Namespace's or a Workload's
+    /// `tarmac.io/default-policy` annotation overrides it (docs/policy.md).
+    #[arg(long, default_value = "allow-all", value_name = "POLICY")]
+    pub default_policy: tarmac_model::authz::DefaultPolicy,
     /// Port of the control plane's HTTP API (`tarmac stat`, `check`, `tap`, ..., Prometheus
     /// service discovery) on 127.0.0.1. When the default is taken (another `tarmac up`),
     /// a free port is used and printed; 0: always a free port.
@@ -319,7 +324,7 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
                 .map_err(|e| Failure::Other(format!("cannot listen on {addr} for the API: {e}")))?,
         );
     }
-    let mut config = tarmac_control::Config::files(&dir);
+    let mut config = tarmac_control::Config::files(&dir).with_default_policy(args.default_policy);
     if let Some(identity) = &identity {
         config = config.with_identity(tarmac_control::IdentityConfig {
             ca: identity.ca.clone(),

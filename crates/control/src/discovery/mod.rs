@@ -1,9 +1,11 @@
 //! Discovery: what a proxy needs to know about the services its workload calls.
 //!
 //! [`compute`] is a pure function of the desired state and the running instances, so
-//! that it is tested without any network; [`server`] streams its result over gRPC and
+//! that it is tested without any network, and so is [`inbound::compute`], a workload's
+//! own inbound policy; [`server`] streams its result over gRPC and
 //! pushes a new message whenever the result changes.
 
+pub mod inbound;
 pub mod resilience;
 pub mod routes;
 pub mod server;

@@ -27,7 +27,8 @@ pub struct Parent<'a> {
     pub port: &'a ServicePort,
 }
 
-fn attaches(refs: &[ParentRef], route_namespace: &str, parent: &Parent<'_>) -> bool {
+/// Whether a route with `refs` (in `route_namespace`) attaches to `parent`.
+pub fn attaches(refs: &[ParentRef], route_namespace: &str, parent: &Parent<'_>) -> bool {
     refs.iter().any(|r| {
         r.is_service()
             && r.name == parent.service.metadata.name

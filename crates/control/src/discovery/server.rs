@@ -1,6 +1,7 @@
 //! The discovery gRPC service.
 //!
-//! Each `WatchService` stream follows the desired state and the running instances and
+//! Each `WatchService` stream (and each `WatchInbound` stream, a workload's own inbound
+//! policy) follows the desired state and the running instances and
 //! sends the recomputed [`ServiceUpdate`] whenever either changes and the result differs
 //! from what this stream last sent. A stream lives until its proxy goes away.
 //!
@@ -8,7 +9,7 @@
 //! each has taken into account, so that `tarmac check` can say which proxies are
 //! connected and whether they follow the configuration in force.
 
-use super::compute;
+use super::{compute, inbound};
 use crate::registry::{Instance, Registry};
 use crate::store::Snapshot;
 use futures_util::Stream;
@@ -17,8 +18,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+use tarmac_model::authz::DefaultPolicy;
 use tarmac_proto::discovery::discovery_server::{Discovery, DiscoveryServer};
-use tarmac_proto::discovery::{InboundUpdate, ServiceUpdate, WatchInboundRequest, WatchServiceRequest};
+use tarmac_proto::discovery::{
+    InboundUpdate, ProxyIdentity, ServiceUpdate, WatchInboundRequest, WatchServiceRequest,
+};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
@@ -29,6 +33,8 @@ pub struct DiscoveryService {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     registry: Registry,
     subscriptions: Subscriptions,
+    /// The mesh's default policy, where neither a Workload nor its Namespace sets one.
+    default_policy: DefaultPolicy,
 }
 
 /// One live `WatchService` stream.
@@ -104,7 +110,17 @@ impl Drop for SubscriptionGuard {
 
 impl DiscoveryService {
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>, registry: Registry) -> Self {
-        Self { snapshots, registry, subscriptions: Subscriptions::default() }
+        Self {
+            snapshots,
+            registry,
+            subscriptions: Subscriptions::default(),
+            default_policy: DefaultPolicy::AllowAll,
+        }
+    }
+
+    pub fn with_default_policy(mut self, default_policy: DefaultPolicy) -> Self {
+        self.default_policy = default_policy;
+        self
     }
 
     /// The live streams of this service (and of its clones).
@@ -210,10 +226,60 @@ impl Discovery for DiscoveryService {
 
     async fn watch_inbound(
         &self,
-        _request: Request<WatchInboundRequest>,
+        request: Request<WatchInboundRequest>,
     ) -> Result<Response<Self::WatchInboundStream>, Status> {
-        Err(Status::unimplemented(
-            "inbound settings come with the policy work; proxies use their local config",
-        ))
+        let peer: Option<SocketAddr> = request.remote_addr();
+        let proxy = request.into_inner().proxy.unwrap_or_default();
+        if proxy.workload.is_empty() {
+            return Err(Status::invalid_argument(
+                "the proxy names no workload (`control.workload`): its inbound policy cannot be known",
+            ));
+        }
+        tracing::debug!(?peer, namespace = %proxy.namespace, workload = %proxy.workload, "watch inbound");
+        let watch = InboundWatch {
+            snapshots: self.snapshots.clone(),
+            instances: self.registry.subscribe(),
+            mesh_default: self.default_policy,
+            proxy,
+            last: None,
+        };
+        let stream = futures_util::stream::unfold(watch, |mut w| async move {
+            let update = w.next().await?;
+            Some((Ok(update), w))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// One `WatchInbound` stream: the workload's inbound policy, sent again when it changes.
+struct InboundWatch {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    instances: watch::Receiver<Arc<Vec<Instance>>>,
+    mesh_default: DefaultPolicy,
+    proxy: ProxyIdentity,
+    last: Option<InboundUpdate>,
+}
+
+impl InboundWatch {
+    async fn next(&mut self) -> Option<InboundUpdate> {
+        loop {
+            let update = {
+                let snapshot = self.snapshots.borrow_and_update().clone();
+                let instances = self.instances.borrow_and_update().clone();
+                inbound::compute(&snapshot, &instances, self.mesh_default, &self.proxy)
+            };
+            let same = self
+                .last
+                .as_ref()
+                .is_some_and(|last| InboundUpdate { generation: last.generation, ..update.clone() } == *last);
+            if !same {
+                self.last = Some(update.clone());
+                return Some(update);
+            }
+            tokio::select! {
+                changed = self.snapshots.changed() => changed.ok()?,
+                changed = self.instances.changed() => changed.ok()?,
+            }
+        }
     }
 }

@@ -367,15 +367,108 @@ pub struct WatchInboundRequest {
 pub struct InboundUpdate {
     #[prost(uint64, tag = "1")]
     pub generation: u64,
+    /// The workload's ports that Services select, each with the policies that apply to it.
     #[prost(message, repeated, tag = "2")]
     pub ports: ::prost::alloc::vec::Vec<InboundPort>,
+    /// What is allowed where no ALLOW policy applies, on every port (listed or not): the
+    /// Workload's `tarmac.io/default-policy`, else its Namespace's, else the mesh's.
+    #[prost(enumeration = "DefaultPolicy", tag = "3")]
+    pub default_policy: i32,
 }
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct InboundPort {
+    /// The workload's port (a Service's `targetPort`), where its app listens.
     #[prost(uint32, tag = "1")]
     pub port: u32,
     #[prost(enumeration = "Protocol", tag = "2")]
     pub protocol: i32,
+    /// AuthorizationPolicies naming a Service of this port (or the port), or a route (or a
+    /// rule) attached to one; by name.
+    #[prost(message, repeated, tag = "3")]
+    pub authorizations: ::prost::alloc::vec::Vec<Authorization>,
+    #[prost(message, repeated, tag = "4")]
+    pub rate_limits: ::prost::alloc::vec::Vec<RateLimit>,
+    /// The producer routes of those Services' ports, matches only (no backends, no
+    /// filters): for telling which rule a request takes when a policy names a route or a
+    /// rule. Empty when no policy does.
+    #[prost(message, repeated, tag = "5")]
+    pub routes: ::prost::alloc::vec::Vec<Route>,
+}
+/// Where a policy applies on its port. Absent: every request and connection of the port.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PolicyScope {
+    /// `HTTPRoute` or `GRPCRoute`.
+    #[prost(string, tag = "1")]
+    pub route_kind: ::prost::alloc::string::String,
+    /// `namespace/name` of the route.
+    #[prost(string, tag = "2")]
+    pub route: ::prost::alloc::string::String,
+    /// The rule's name; empty: every rule of the route.
+    #[prost(string, tag = "3")]
+    pub rule: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Authorization {
+    /// `namespace/name` of the AuthorizationPolicy.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// DENY; otherwise ALLOW.
+    #[prost(bool, tag = "2")]
+    pub deny: bool,
+    /// ORed; a client matches when it matches one.
+    #[prost(message, repeated, tag = "3")]
+    pub from: ::prost::alloc::vec::Vec<ClientMatch>,
+    #[prost(message, optional, tag = "4")]
+    pub scope: ::core::option::Option<PolicyScope>,
+}
+/// Every condition present must hold (ANDed); within one, any value.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClientMatch {
+    /// SPIFFE IDs, exact or a prefix ending in `*` (service accounts arrive as these).
+    #[prost(string, repeated, tag = "1")]
+    pub identities: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Namespaces of the client's SPIFFE ID.
+    #[prost(string, repeated, tag = "2")]
+    pub namespaces: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// True: the client proved a mesh identity; false: it did not.
+    #[prost(bool, optional, tag = "3")]
+    pub authenticated: ::core::option::Option<bool>,
+    /// The client's address: `10.0.0.0/8`, `::1/128`.
+    #[prost(string, repeated, tag = "4")]
+    pub cidrs: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RateLimit {
+    /// `namespace/name` of the RateLimitPolicy.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "2")]
+    pub scope: ::core::option::Option<PolicyScope>,
+    /// All clients together; absent: no total limit.
+    #[prost(message, optional, tag = "3")]
+    pub total: ::core::option::Option<Rate>,
+    /// Each client identity (clients without one share one limit); absent: none.
+    #[prost(message, optional, tag = "4")]
+    pub per_caller: ::core::option::Option<Rate>,
+    /// Limits of their own for named identities, instead of `per_caller`.
+    #[prost(message, repeated, tag = "5")]
+    pub overrides: ::prost::alloc::vec::Vec<RateOverride>,
+}
+/// GCRA: `requests_per_second` on average, `burst` at once after a quiet spell.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Rate {
+    #[prost(uint32, tag = "1")]
+    pub requests_per_second: u32,
+    #[prost(uint32, tag = "2")]
+    pub burst: u32,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RateOverride {
+    #[prost(message, optional, tag = "1")]
+    pub rate: ::core::option::Option<Rate>,
+    /// Exact SPIFFE IDs.
+    #[prost(string, repeated, tag = "2")]
+    pub identities: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
@@ -434,6 +527,39 @@ impl Protocol {
             "PROTOCOL_HTTP1" => Some(Self::Http1),
             "PROTOCOL_HTTP2" => Some(Self::Http2),
             "PROTOCOL_OPAQUE" => Some(Self::Opaque),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum DefaultPolicy {
+    AllowAll = 0,
+    AllAuthenticated = 1,
+    Deny = 2,
+    /// Evaluated as `deny` would be; what it would refuse is counted and logged, not refused.
+    Audit = 3,
+}
+impl DefaultPolicy {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::AllowAll => "DEFAULT_POLICY_ALLOW_ALL",
+            Self::AllAuthenticated => "DEFAULT_POLICY_ALL_AUTHENTICATED",
+            Self::Deny => "DEFAULT_POLICY_DENY",
+            Self::Audit => "DEFAULT_POLICY_AUDIT",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "DEFAULT_POLICY_ALLOW_ALL" => Some(Self::AllowAll),
+            "DEFAULT_POLICY_ALL_AUTHENTICATED" => Some(Self::AllAuthenticated),
+            "DEFAULT_POLICY_DENY" => Some(Self::Deny),
+            "DEFAULT_POLICY_AUDIT" => Some(Self::Audit),
             _ => None,
         }
     }
@@ -546,7 +672,8 @@ pub mod discovery_client {
                 );
             self.inner.server_streaming(req, path, codec).await
         }
-        /// The calling workload's inbound settings.
+        /// The calling workload's inbound settings: its ports' authorization and rate-limit
+        /// policies and its default policy.
         pub async fn watch_inbound(
             &mut self,
             request: impl tonic::IntoRequest<super::WatchInboundRequest>,
@@ -609,7 +736,8 @@ pub mod discovery_server {
             >
             + std::marker::Send
             + 'static;
-        /// The calling workload's inbound settings.
+        /// The calling workload's inbound settings: its ports' authorization and rate-limit
+        /// policies and its default policy.
         async fn watch_inbound(
             &self,
             request: tonic::Request<super::WatchInboundRequest>,
