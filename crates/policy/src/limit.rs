@@ -51,6 +51,14 @@ impl Gcra {
         }
     }
 
+    /// Gives back what [`Self::admit`] took, for a request another limit then refused:
+    /// otherwise a caller's own limit would be spent by requests the total turned away.
+    pub fn refund(&self) {
+        let _ = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |tat| Some(tat.saturating_sub(self.interval)));
+    }
+
     /// Whether a request now would find the limit as a new one would (nothing owed).
     fn idle(&self, now: u64) -> bool {
         self.tat.load(Ordering::Relaxed) <= now
@@ -86,7 +94,7 @@ struct State {
     total: Option<Gcra>,
     callers: Mutex<HashMap<Arc<str>, Arc<Gcra>>>,
     /// Clients without an identity, together; and callers past [`MAX_CALLERS`].
-    anonymous: Option<Gcra>,
+    anonymous: Option<Arc<Gcra>>,
     overflow: Option<Arc<Gcra>>,
 }
 
@@ -111,7 +119,7 @@ impl RateLimit {
             _ => Arc::new(State {
                 total: config.total.as_ref().map(Gcra::new),
                 callers: Mutex::new(HashMap::new()),
-                anonymous: config.per_caller.as_ref().map(Gcra::new),
+                anonymous: config.per_caller.as_ref().map(|r| Arc::new(Gcra::new(r))),
                 overflow: config.per_caller.as_ref().map(|r| Arc::new(Gcra::new(r))),
             }),
         };
@@ -134,22 +142,19 @@ impl RateLimit {
     /// Admits a request of `identity` at `now` (nanoseconds), or refuses it.
     pub fn check(&self, identity: Option<&str>, now: u64) -> Result<(), Limited> {
         let refused = |which| move |retry_after| Limited { which, retry_after };
-        match identity {
-            Some(id) => {
-                if let Some(limit) = self.caller(id, now) {
-                    limit.admit(now).map_err(refused(Which::Caller))?;
-                }
-            }
-            None => {
-                if let Some(limit) = &self.state.anonymous {
-                    limit.admit(now).map_err(refused(Which::Caller))?;
-                }
-            }
+        let caller = match identity {
+            Some(id) => self.caller(id, now),
+            None => self.state.anonymous.clone(),
+        };
+        if let Some(limit) = &caller {
+            limit.admit(now).map_err(refused(Which::Caller))?;
         }
-        match &self.state.total {
-            Some(total) => total.admit(now).map_err(refused(Which::Total)),
-            None => Ok(()),
-        }
+        let Some(total) = &self.state.total else { return Ok(()) };
+        total.admit(now).map_err(refused(Which::Total)).inspect_err(|_| {
+            if let Some(limit) = &caller {
+                limit.refund();
+            }
+        })
     }
 
     /// The caller's own limit: its override's, or one at the per-caller rate.
@@ -234,6 +239,30 @@ mod tests {
             limit.check(Some("spiffe://td/ns/shop/sa/web"), 4 * SECOND + 1).map_err(|l| l.which),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_request_the_total_refuses_costs_its_caller_nothing() {
+        let config = pb::RateLimit {
+            name: "shop/books".into(),
+            total: rate(100, 1),
+            per_caller: rate(40, 1),
+            ..Default::default()
+        };
+        let limit = RateLimit::compile(&config, None);
+        // Four callers at 75 a second each: each under its own 40 only if refusals by
+        // the total are given back; together at the total's 100.
+        let ids: Vec<String> = (0..4).map(|i| format!("spiffe://td/ns/shop/sa/c{i}")).collect();
+        let per_second: Vec<usize> = (1..4)
+            .map(|s| {
+                (0..300u64)
+                    .filter(|i| {
+                        limit.check(Some(&ids[(i % 4) as usize]), s * SECOND + i * SECOND / 300).is_ok()
+                    })
+                    .count()
+            })
+            .collect();
+        assert!(per_second.iter().all(|n| (99..=101).contains(n)), "{per_second:?}");
     }
 
     #[test]

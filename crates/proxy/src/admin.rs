@@ -2,7 +2,8 @@
 //!
 //! `/ready` is 503 until the proxy has started and once it drains, and also when its
 //! workload certificate has expired, or is in its last stretch with renewal failing:
-//! peers refuse an expired certificate, so whoever routes here should stop.
+//! peers refuse an expired certificate, so whoever routes here should stop. A proxy that
+//! follows its workload's inbound policy is not ready before the policy has arrived.
 //!
 //! `/identity` shows the workload certificate in use as JSON (identity, serial, validity,
 //! and since when renewal has been failing, if it is), or 404 when the proxy has no
@@ -43,6 +44,8 @@ pub struct Admin {
     pub config_yaml: String,
     pub tap: Arc<Tap>,
     pub certs: Option<Arc<CertStore>>,
+    /// The inbound policy followed, if any: not ready until it has arrived.
+    pub inbound_policy: Option<Arc<crate::inbound::policy::Policies>>,
 }
 
 type AdminBody = BoxBody<Bytes, Infallible>;
@@ -87,6 +90,11 @@ impl Admin {
             "/ready" if !self.ready.load(Ordering::Acquire) => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
             }
+            "/ready" if self.inbound_policy.as_ref().is_some_and(|p| !p.ready()) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no inbound policy from the control plane yet (inbound traffic is refused until it arrives)\n"
+                    .into(),
+            ),
             "/ready" => match self.certs.as_ref().and_then(|c| c.unfit(std::time::SystemTime::now())) {
                 // Peers refuse an expired certificate: whoever routes here should stop.
                 Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),

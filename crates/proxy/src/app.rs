@@ -8,6 +8,7 @@ use crate::identity::MeshTls;
 use crate::identity::certify::Certifier;
 use crate::identity::store::CertStore;
 use crate::inbound::Inbound;
+use crate::inbound::policy::Policies;
 use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use rustls::pki_types::pem::PemObject;
@@ -128,9 +129,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let shared = Arc::new(shared);
     tokio::spawn(shared.http_connections.clone().run(shared.drain.clone()));
 
-    if let (Some(config), Some(listener)) = (config.inbound.clone(), inbound_listener) {
-        let inbound = Arc::new(Inbound::new(config));
-        tokio::spawn(inbound.serve(listener, shared.clone()));
+    let mut inbound_policy = None;
+    if let (Some(inbound_config), Some(listener)) = (config.inbound.clone(), inbound_listener) {
+        let one_app = !inbound_config.transparent;
+        let mut inbound = Inbound::new(inbound_config);
+        // A proxy that names its workload follows the workload's inbound policy, and is
+        // closed until it arrives.
+        if let (Some(client), Some(control)) = (&control, &config.control)
+            && !control.workload.is_empty()
+        {
+            let policies = Arc::new(Policies::followed(one_app));
+            tokio::spawn(client.clone().watch_inbound(policies.clone(), shared.drain.clone()));
+            inbound.policies = policies.clone();
+            inbound_policy = Some(policies);
+        }
+        tokio::spawn(Arc::new(inbound).serve(listener, shared.clone()));
     }
     if let Some(outbound_config) = &config.outbound {
         let (outbound, services) = Outbound::new(outbound_config, &shared);
@@ -164,6 +177,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config_yaml: config.to_yaml(),
         tap: shared.tap.clone(),
         certs: tls.as_ref().map(|t| t.certs.clone()),
+        inbound_policy,
     });
     let admin_stop = CancellationToken::new();
     tokio::spawn(admin.clone().serve(admin_listener, admin_stop.clone()));

@@ -227,7 +227,11 @@ pub async fn serve_detected<I, H: Handle>(
         Detected::Http1 | Detected::Http2 => {
             http::server::serve(io, protocol, handler, source, &shared.limits, &shared.http_connections).await
         }
-        Detected::Tls | Detected::Opaque => forward_tcp(shared, io, handler.meta(), handler.backend()).await,
+        Detected::Tls | Detected::Opaque => {
+            if handler.admit_connection(source) {
+                forward_tcp(shared, io, handler.meta(), handler.backend()).await
+            }
+        }
     }
 }
 

@@ -5,15 +5,20 @@
 //! connections and load statistics) and its route table (see [`crate::route`]). When the stream fails the proxy keeps the last
 //! endpoints it received, indefinitely (fail static), and reconnects with capped,
 //! jittered backoff; the control plane resends the full state on the new stream.
+//!
+//! The workload's own inbound policy is followed the same way (`WatchInbound`, see
+//! [`crate::inbound::policy`]): kept while the control plane is away, and never opened
+//! up for its absence.
 
 use crate::config::{ControlConfig, DiscoverConfig};
 use crate::endpoint::ConnectSettings;
 use crate::http::handle::Handle;
+use crate::inbound::policy::Policies;
 use crate::outbound::logical::Logical;
 use std::sync::Arc;
 use std::time::Duration;
 use tarmac_proto::discovery::discovery_client::DiscoveryClient;
-use tarmac_proto::discovery::{ProxyIdentity, WatchServiceRequest};
+use tarmac_proto::discovery::{ProxyIdentity, WatchInboundRequest, WatchServiceRequest};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
@@ -85,6 +90,51 @@ impl ControlClient {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
+}
+
+impl ControlClient {
+    /// Follows the workload's inbound policy until `stop` is cancelled.
+    pub async fn watch_inbound(self, policies: Arc<Policies>, stop: CancellationToken) {
+        let request = WatchInboundRequest { proxy: Some(self.identity.clone()) };
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let mut client = DiscoveryClient::new(self.channel.clone());
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = follow_inbound(&mut client, request.clone(), &policies, &mut backoff) => r,
+            };
+            if let Err(status) = result {
+                tracing::warn!(
+                    error = %status.message(),
+                    retry_in = ?backoff,
+                    "control plane unreachable; keeping the last inbound policy{}",
+                    if policies.ready() { "" } else { " (none yet: refusing what a `deny` default would)" }
+                );
+            }
+            let jitter = Duration::from_millis(fastrand::u64(..=backoff.as_millis() as u64 / 4));
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff + jitter) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+async fn follow_inbound(
+    client: &mut DiscoveryClient<Channel>,
+    request: WatchInboundRequest,
+    policies: &Policies,
+    backoff: &mut Duration,
+) -> Result<(), tonic::Status> {
+    let mut stream = client.watch_inbound(request).await?.into_inner();
+    while let Some(update) = stream.message().await? {
+        *backoff = BACKOFF_MIN;
+        if let Err(e) = policies.update(&update) {
+            tracing::warn!(generation = update.generation, error = %e, "refusing an inbound policy update; keeping the previous policy");
+        }
+    }
+    Err(tonic::Status::unavailable("the control plane closed the stream"))
 }
 
 async fn follow(

@@ -59,6 +59,12 @@ pub enum ProxyError {
         "{backend} is at its concurrency limit ({max_in_flight} requests in flight, {max_queued} queued)"
     )]
     Overloaded { backend: Arc<String>, max_in_flight: u32, max_queued: u32 },
+    /// Refused by the workload's inbound policy: the AuthorizationPolicy (or
+    /// `default:<mode>`) and why.
+    #[error("refused by policy {policy} ({reason})")]
+    Forbidden { policy: Arc<str>, reason: &'static str },
+    #[error("rate limited by policy {policy}; retry in {retry_after:?}")]
+    RateLimited { policy: Arc<str>, retry_after: Duration },
 }
 
 impl ProxyError {
@@ -76,13 +82,24 @@ impl ProxyError {
             ProxyError::FaultAbort(status) => *status,
             ProxyError::FaultUnresolved(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// The policy that refused the request, for the tap.
+    pub fn policy(&self) -> Option<&Arc<str>> {
+        match self {
+            ProxyError::Forbidden { policy, .. } | ProxyError::RateLimited { policy, .. } => Some(policy),
+            _ => None,
         }
     }
 
     /// The `grpc-status` a gRPC caller gets instead of [`Self::status`].
     pub fn grpc_status(&self) -> &'static str {
         match self {
-            ProxyError::Overloaded { .. } => "8", // RESOURCE_EXHAUSTED
+            ProxyError::Overloaded { .. } | ProxyError::RateLimited { .. } => "8", // RESOURCE_EXHAUSTED
+            ProxyError::Forbidden { .. } => "7",                                   // PERMISSION_DENIED
             _ => match self.status() {
                 StatusCode::GATEWAY_TIMEOUT => "4",        // DEADLINE_EXCEEDED
                 StatusCode::BAD_REQUEST => "13",           // INTERNAL
@@ -109,6 +126,8 @@ impl ProxyError {
             ProxyError::FaultAbort(_) => "fault",
             ProxyError::FaultUnresolved(_) => "bad_filter",
             ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::Forbidden { .. } => "forbidden",
+            ProxyError::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -130,7 +149,9 @@ impl ProxyError {
             | ProxyError::FaultAbort(_)
             | ProxyError::FaultUnresolved(_)
             // Shed load is not retried: a retry would only queue it again.
-            | ProxyError::Overloaded { .. } => Class::Final,
+            | ProxyError::Overloaded { .. }
+            | ProxyError::Forbidden { .. }
+            | ProxyError::RateLimited { .. } => Class::Final,
         }
     }
 }

@@ -205,6 +205,38 @@ pub struct RetryLabels {
     pub reason: &'static str,
 }
 
+/// A policy's `namespace/name` (or `default:<mode>`) as a label value.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct PolicyName(pub Arc<str>);
+
+impl EncodeLabelValue for PolicyName {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+/// The labels of inbound denials: the target and its client (bounded as inbound targets
+/// are), the policy, why, and whether it was only audited.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    #[prometheus(flatten)]
+    pub target: TargetLabels,
+    pub policy: PolicyName,
+    /// `denied`, `not_allowed`, `unauthenticated`, `default_deny` or `no_policy`.
+    pub reason: &'static str,
+    /// `enforce`, or `audit` (counted and logged, let through).
+    pub mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitedLabels {
+    #[prometheus(flatten)]
+    pub target: TargetLabels,
+    pub policy: PolicyName,
+    /// Which limit refused: `total` or `caller`.
+    pub limit: &'static str,
+}
+
 /// All of the proxy's metrics, registered in one registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -230,6 +262,8 @@ pub struct Metrics {
     retries: Family<RetryLabels, Counter>,
     retries_denied: Family<RetryLabels, Counter>,
     ejections: Family<TargetLabels, Counter>,
+    authz_denied: Family<DeniedLabels, Counter>,
+    rate_limited: Family<RateLimitedLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -353,6 +387,19 @@ impl Metrics {
             "Endpoints ejected from a backend's balancer after failing requests in a row",
             ejections.clone(),
         );
+        let authz_denied = Family::default();
+        registry.register(
+            "tarmac_authz_denied",
+            "Inbound requests and connections refused by policy (mode=audit: would have been, let through), \
+             by client, policy and reason",
+            authz_denied.clone(),
+        );
+        let rate_limited = Family::default();
+        registry.register(
+            "tarmac_rate_limited",
+            "Inbound requests refused by a RateLimitPolicy (429), by client, policy and limit",
+            rate_limited.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         Self {
             registry,
@@ -376,6 +423,8 @@ impl Metrics {
             retries,
             retries_denied,
             ejections,
+            authz_denied,
+            rate_limited,
         }
     }
 
@@ -493,6 +542,24 @@ impl TargetMetrics {
 
     pub fn tls_handshake(&self, result: &'static str, group: &'static str) {
         self.metrics.tls_handshake(self.labels.direction, result, group);
+    }
+
+    /// Counts a request or connection of this target (and client) refused by `policy`.
+    pub fn authz_denied(&self, policy: &Arc<str>, reason: &'static str, audit: bool) {
+        let labels = DeniedLabels {
+            target: self.labels.clone(),
+            policy: PolicyName(policy.clone()),
+            reason,
+            mode: if audit { "audit" } else { "enforce" },
+        };
+        self.metrics.authz_denied.get_or_create(&labels).inc();
+    }
+
+    /// Counts a request of this target (and client) refused by a rate limit.
+    pub fn rate_limited(&self, policy: &Arc<str>, limit: &'static str) {
+        let labels =
+            RateLimitedLabels { target: self.labels.clone(), policy: PolicyName(policy.clone()), limit };
+        self.metrics.rate_limited.get_or_create(&labels).inc();
     }
 
     /// Handles for the same target, labelled with `peer`.

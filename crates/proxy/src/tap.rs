@@ -35,6 +35,8 @@ pub struct TapStart {
     /// The client's verified SPIFFE ID (inbound mTLS).
     pub client_id: Option<Arc<str>>,
     pub started: Instant,
+    /// The policy that refused the request (or would have: audit), set at its response.
+    pub policy: Option<crate::inbound::policy::DecidedBy>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -50,6 +52,9 @@ pub struct TapEvent {
     pub status: u16,
     pub grpc_status: Option<u32>,
     pub duration_ms: f64,
+    /// The policy that refused it; `audit`: would have, and let it through.
+    pub policy: Option<Arc<str>>,
+    pub audit: bool,
 }
 
 impl Tap {
@@ -104,6 +109,8 @@ impl TapStart {
             status,
             grpc_status,
             duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            audit: self.policy.as_ref().is_some_and(|p| p.audit),
+            policy: self.policy.map(|p| p.policy),
         }
     }
 }
@@ -114,8 +121,13 @@ impl TapEvent {
         let source = self.source.map(|s| format!("\"{s}\"")).unwrap_or_else(|| "null".into());
         let grpc = self.grpc_status.map(|s| s.to_string()).unwrap_or_else(|| "null".into());
         let client_id = self.client_id.as_deref().map(json_string).unwrap_or_else(|| "null".into());
+        // Only requests a policy refused (or would have) say which.
+        let policy = match &self.policy {
+            Some(p) => format!(",\"policy\":{},\"audit\":{}", json_string(p), self.audit),
+            None => String::new(),
+        };
         format!(
-            "{{\"ts_ms\":{},\"direction\":\"{}\",\"target\":{},\"source\":{source},\"client_id\":{client_id},\"method\":{},\"authority\":{},\"path\":{},\"status\":{},\"grpc_status\":{grpc},\"duration_ms\":{:.3}}}\n",
+            "{{\"ts_ms\":{},\"direction\":\"{}\",\"target\":{},\"source\":{source},\"client_id\":{client_id},\"method\":{},\"authority\":{},\"path\":{},\"status\":{},\"grpc_status\":{grpc},\"duration_ms\":{:.3}{policy}}}\n",
             self.timestamp_ms,
             self.direction,
             json_string(&self.target),
@@ -169,6 +181,7 @@ mod tests {
             source: None,
             client_id: None,
             started: Instant::now(),
+            policy: None,
         };
         tap.publish(start.finish("outbound", Arc::new("books".into()), 200, None));
         let e = w.rx.recv().await.unwrap();
@@ -189,6 +202,7 @@ mod tests {
                 source: None,
                 client_id: None,
                 started: Instant::now(),
+                policy: None,
             };
             tap.publish(start.finish("inbound", Arc::new("app".into()), 200, None));
         }

@@ -8,6 +8,7 @@ use super::{Body, authority, error_response, is_grpc};
 use crate::backend::Backend;
 use crate::endpoint::send::PeerMetrics;
 use crate::error::ProxyError;
+use crate::inbound::policy::DecidedBy;
 use crate::metrics::{Direction, Peer, RouteLabel, TargetMetrics};
 use crate::tap::{Tap, TapStart};
 use http::{Request, Response};
@@ -35,9 +36,19 @@ pub trait Handle: Send + Sync + 'static {
     /// Where opaque TCP connections of this target go.
     fn backend(&self) -> &Backend;
 
-    /// The direction's stages, from the request as the server read it to a response.
-    fn call(&self, req: Request<Incoming>)
-    -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send;
+    /// The direction's stages, from the request as the server read it (on a connection
+    /// from `source`) to a response.
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        source: Option<SocketAddr>,
+    ) -> impl Future<Output = Result<Response<Body>, ProxyError>> + Send;
+
+    /// Whether a connection from `source` that is not HTTP may go to [`Self::backend`];
+    /// refused, it is closed.
+    fn admit_connection(&self, _source: Option<SocketAddr>) -> bool {
+        true
+    }
 }
 
 /// Serves one request through `handler`.
@@ -64,12 +75,13 @@ pub async fn respond<H: Handle>(
                     _ => None,
                 },
                 started,
+                policy: None,
             },
             direction: meta.direction.as_str(),
             target: meta.name.clone(),
         })
     });
-    let rsp = match handler.call(req).await {
+    let rsp = match handler.call(req, source).await {
         Ok(rsp) => rsp,
         Err(e) => failure(meta, &e, grpc),
     };
@@ -80,6 +92,12 @@ pub async fn respond<H: Handle>(
     metrics.latency(started.elapsed().as_secs_f64());
     // A routed request's response says which named rule took it.
     let route = parts.extensions.remove::<RouteLabel>().unwrap_or_default();
+    let mut tap = tap;
+    if let Some(decided) = parts.extensions.remove::<DecidedBy>()
+        && let Some(record) = tap.as_mut()
+    {
+        record.start.policy = Some(decided);
+    }
     let body = Metered::new(body, metrics, route, parts.status, &parts.headers, grpc, tap);
     Response::from_parts(parts, body)
 }
@@ -88,5 +106,14 @@ pub async fn respond<H: Handle>(
 pub fn failure(meta: &Meta, e: &ProxyError, grpc: bool) -> Response<Body> {
     meta.metrics.error(e.kind());
     tracing::info!(direction = meta.direction.as_str(), target = %meta.name, error = %e, "request failed");
-    error_response(e.status(), grpc.then(|| e.grpc_status()), &e.to_string())
+    let mut rsp = error_response(e.status(), grpc.then(|| e.grpc_status()), &e.to_string());
+    if let ProxyError::RateLimited { retry_after, .. } = e {
+        // Whole seconds, rounded up: a client that waits that long finds room.
+        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        rsp.headers_mut().insert(http::header::RETRY_AFTER, seconds.max(1).into());
+    }
+    if let Some(policy) = e.policy() {
+        rsp.extensions_mut().insert(DecidedBy { policy: policy.clone(), audit: false });
+    }
+    rsp
 }

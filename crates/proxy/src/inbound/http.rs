@@ -1,9 +1,11 @@
-//! The inbound request stages: the client's identity, then the app.
+//! The inbound request stages: the client's identity, authorization and rate limits
+//! (the workload's policy, [`super::policy`]), then the app.
 //!
 //! The identity stage always runs: whatever a client wrote under `tarmac-client-id` is
-//! replaced by the identity its connection proved, so the app can trust the header.
-//! Authorization and rate limits take their places between it and the app.
+//! replaced by the identity its connection proved, so the app can trust the header. The
+//! policy stages cost one atomic load when nothing can be refused or limited.
 
+use super::policy::Policies;
 use crate::backend::{Backend, Hop};
 use crate::conn::Shared;
 use crate::error::ProxyError;
@@ -14,18 +16,22 @@ use http::header::HeaderValue;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// The local app at one address, as seen by one kind of client.
 #[derive(Debug)]
 pub struct App {
     meta: Meta,
     backend: Backend,
+    /// The workload's inbound policy, and the app's port it is looked up by.
+    policies: Arc<Policies>,
+    port: u16,
 }
 
 impl App {
-    pub fn new(addr: SocketAddr, meta: Meta, shared: &Shared) -> Self {
+    pub fn new(addr: SocketAddr, meta: Meta, shared: &Shared, policies: Arc<Policies>) -> Self {
         let backend = shared.fixed_backend(addr, &meta);
-        Self { meta, backend }
+        Self { meta, backend, policies, port: addr.port() }
     }
 }
 
@@ -38,13 +44,32 @@ impl Handle for App {
         &self.backend
     }
 
-    async fn call(&self, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    async fn call(
+        &self,
+        mut req: Request<Incoming>,
+        source: Option<SocketAddr>,
+    ) -> Result<Response<Body>, ProxyError> {
+        let audited = match self.policies.get() {
+            Some(policy) => self.policies.check_request(&policy, self.port, &mut req, &self.meta, source)?,
+            None => None,
+        };
         set_client_id(req.headers_mut(), &self.meta.peer);
         // Only a proxy sets the marker, and only a proxy can reach this far with it: an
         // app's own copy was dropped by its outbound proxy.
         let restore_h1 = req.headers_mut().remove(ORIG_PROTO).is_some();
         let hop = Hop { tunnel: upgrade::is_tunnel(&req), restore_h1 };
-        self.backend.dispatch(req.map(Body::from), hop).await.map_err(|e| e.error)
+        let mut rsp = self.backend.dispatch(req.map(Body::from), hop).await.map_err(|e| e.error)?;
+        if let Some(audited) = audited {
+            rsp.extensions_mut().insert(audited);
+        }
+        Ok(rsp)
+    }
+
+    fn admit_connection(&self, source: Option<SocketAddr>) -> bool {
+        match self.policies.get() {
+            Some(policy) => self.policies.admit_connection(&policy, self.port, &self.meta, source),
+            None => true,
+        }
     }
 }
 

@@ -10,8 +10,11 @@
 //! requests; plaintext (and the app's own TLS) is accepted or refused by `inbound.mtls`.
 //!
 //! - [`http`]: the inbound request stages, from the client's identity to the app.
+//! - [`policy`]: the workload's authorization and rate limits, per request and per
+//!   connection.
 
 pub mod http;
+pub mod policy;
 
 use crate::config::{InboundConfig, MtlsMode, Protocol};
 use crate::conn::{self, Shared, Targets};
@@ -30,6 +33,8 @@ pub struct Inbound {
     /// Per app address (one in explicit mode, one per original destination port in
     /// transparent mode) and kind of client.
     apps: Targets<(SocketAddr, Peer), http::App>,
+    /// The workload's inbound policy; [`policy::Policies::off`] unless followed.
+    pub policies: Arc<policy::Policies>,
 }
 
 /// Distinct original destinations remembered in transparent mode; a workload listens on
@@ -38,7 +43,7 @@ const MAX_TARGETS: usize = 256;
 
 impl Inbound {
     pub fn new(config: InboundConfig) -> Self {
-        Self { config, apps: Targets::new(MAX_TARGETS) }
+        Self { config, apps: Targets::new(MAX_TARGETS), policies: Arc::new(policy::Policies::off()) }
     }
 
     fn app(&self, addr: SocketAddr, peer: Peer, shared: &Shared) -> Arc<http::App> {
@@ -46,7 +51,14 @@ impl Inbound {
         self.apps.get(
             key,
             || addr.to_string(),
-            |name| http::App::new(addr, shared.meta(Direction::Inbound, name, peer), shared),
+            |name| {
+                http::App::new(
+                    addr,
+                    shared.meta(Direction::Inbound, name, peer),
+                    shared,
+                    self.policies.clone(),
+                )
+            },
         )
     }
 

@@ -155,7 +155,11 @@ impl Handle for Logical {
         &self.backend
     }
 
-    async fn call(&self, mut req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    async fn call(
+        &self,
+        mut req: Request<Incoming>,
+        _source: Option<std::net::SocketAddr>,
+    ) -> Result<Response<Body>, ProxyError> {
         // Only a proxy may set the marker: on the way out an app's copy is dropped.
         req.headers_mut().remove(ORIG_PROTO);
         // Routes come first: they apply to tunnels (WebSocket, CONNECT) too. The routed
