@@ -5,7 +5,8 @@
 //! in tests/conformance (`conformance`), real external peers (`peers`: grpcio, WebSocket,
 //! curl; redis in `tcp`; Prometheus' promtool in `limits`; OpenSSL in `identity`,
 //! `identity_import`, `app_tls`), processes and signals (`lifecycle`, `demo`, `up`,
-//! `app_protocol`),
+//! `app_protocol`), authorization by identity and inbound rate limits through `tarmac up`
+//! (`authz`),
 //! the retry storm of examples/retry-storm with the retry budget on and off (`storm`),
 //! telemetry with a real Prometheus and headless Chromium (`observe`), `tarmac routes`
 //! and the route checks of `tarmac check` against traffic through a mesh (`routes_cli`), and
@@ -14,6 +15,7 @@
 
 mod app_protocol;
 mod app_tls;
+mod authz;
 mod balance;
 mod bench;
 mod conformance;
