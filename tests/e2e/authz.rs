@@ -7,7 +7,10 @@
 //! - policies changed five times under 500 requests a second from `a`: no allowed request
 //!   fails;
 //! - a RateLimitPolicy of 100 requests a second against 300 offered open-loop for 10 s:
-//!   `b` admits 100 ± 5 % in each second.
+//!   `b` admits 100 ± 5 % in each second;
+//! - operators see it: `tarmac authz b` (who may call, under which policy), `tarmac tap`
+//!   (the refusing policy), `tarmac stat` (denied and rate-limited per workload), and
+//!   `tarmac check` (a policy naming a client no Workload is).
 
 use crate::up::{Up, replica_addr};
 use std::io::{Read, Write};
@@ -69,6 +72,8 @@ fn metrics(admin: SocketAddr) -> String {
 struct Mesh {
     up: Up,
     dir: PathBuf,
+    /// The control plane's API, for the operators' commands.
+    api: String,
     /// `a`'s and `c`'s sidecar listeners for Service `b`.
     a: SocketAddr,
     c: SocketAddr,
@@ -78,7 +83,12 @@ struct Mesh {
 
 fn start(tag: &str) -> Mesh {
     let dir = fixture_copy(tag);
-    let up = Up::start_with(&[dir.to_str().unwrap(), "--mtls", "strict"]);
+    let up = Up::start_with(&[dir.to_str().unwrap(), "--mtls", "strict", "--api-port", "0"]);
+    let api = up.wait_for("the API address", Duration::from_secs(30), |lines| {
+        lines.iter().find_map(|l| l.split_once("control plane: API and dashboard on http://")).map(
+            |(_, rest)| rest.split_whitespace().next().unwrap_or_default().trim_end_matches('/').to_string(),
+        )
+    });
     let a = replica_addr(&up, "a-0", "B_URL=http://");
     let c = replica_addr(&up, "c-0", "B_URL=http://");
     let b_admin = replica_addr(&up, "b-0", "admin ");
@@ -89,7 +99,7 @@ fn start(tag: &str) -> Mesh {
             .all(|r| lines.iter().any(|l| l.contains(&format!("| {r} ready: "))))
             .then_some(())
     });
-    let mesh = Mesh { up, dir, a, c, b_admin, b_inbound };
+    let mesh = Mesh { up, dir, api, a, c, b_admin, b_inbound };
     until(&mesh.up, mesh.a, "GET", "/public", 200);
     mesh
 }
@@ -134,6 +144,8 @@ fn a_may_call_b_only_on_get_public_and_c_nothing() {
     assert!(denied(C_ID, "default/a-public", "not_allowed") >= 1.0, "{text}");
     assert!(denied(A_ID, "default:deny", "default_deny") >= 3.0, "{text}");
     assert_eq!(denied(A_ID, "default/a-public", "not_allowed"), 0.0, "{text}");
+
+    operators_see_it(&mesh);
 
     // Audit: nothing is refused, what would be is counted.
     let mesh_yaml = std::fs::read_to_string(mesh.dir.join("mesh.yaml")).unwrap();
@@ -243,4 +255,80 @@ fn a_rate_limit_admits_its_rate_whatever_is_offered() {
         );
     }
     assert_eq!(report.transport_errors + report.timeouts, 0, "{:?}", report.first_error);
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// `tarmac authz`, `tap`, `stat` and `check` on the mesh as [`start`] left it.
+fn operators_see_it(mesh: &Mesh) {
+    use crate::observe::tarmac;
+    let authz = stdout(&tarmac(&mesh.api, &["authz", "b"], Duration::from_secs(10)));
+    for needle in [
+        "Service default/b port 80 (http) → workload b port 8080: default policy deny",
+        "default/a-public",
+        "HTTPRoute default/b-routes rule public",
+        "identity spiffe://cluster.local/ns/default/sa/a",
+        "default:deny",
+    ] {
+        assert!(authz.contains(needle), "`tarmac authz b` lacks {needle:?}:\n{authz}");
+    }
+
+    // The tap names the policy that refused each request.
+    let api = mesh.api.clone();
+    let tap = std::thread::spawn(move || {
+        tarmac(
+            &api,
+            &["tap", "workload/b", "--status", "4xx", "--limit", "1", "--for", "20s"],
+            Duration::from_secs(30),
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !tap.is_finished() && Instant::now() < deadline {
+        let _ = send(mesh.c, "GET", "/public");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let tapped = stdout(&tap.join().unwrap());
+    assert!(tapped.contains("-> 403") && tapped.contains("(refused by default/a-public)"), "{tapped}");
+
+    // `tarmac stat` counts the refusals per workload, once telemetry has scraped them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let b = crate::observe::stat(&mesh.api, "workload", "10m").into_iter().find(|r| r["name"] == "b");
+        let edge =
+            crate::observe::stat(&mesh.api, "edge", "10m").into_iter().find(|r| r["src_workload"] == "c");
+        let denied =
+            |row: &Option<serde_json::Value>| row.as_ref().and_then(|r| r["denied"].as_u64()).unwrap_or(0);
+        if denied(&b) >= 3 && denied(&edge) >= 1 {
+            let table = stdout(&tarmac(&mesh.api, &["stat", "workload"], Duration::from_secs(10)));
+            assert!(table.contains("DENIED") && table.contains("LIMITED"), "{table}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tarmac stat never counted b's denials: {b:?}\nthe edge from c: {edge:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // A policy naming a client no Workload is: `tarmac check` says so, and still passes.
+    write(
+        &mesh.dir,
+        "typo.yaml",
+        "apiVersion: tarmac.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: typo}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: b}]\n  from: [{serviceAccounts: [aa]}]\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let check = stdout(&tarmac(&mesh.api, &["check"], Duration::from_secs(20)));
+        if check.contains("no Workload runs as service account default/aa") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tarmac check never flagged the unknown service account:\n{check}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::fs::remove_file(mesh.dir.join("typo.yaml")).unwrap();
 }

@@ -41,6 +41,7 @@ enum Command {
     Top(observe::tap::TopArgs),
     Tap(observe::tap::TapArgs),
     Routes(observe::routes::RoutesArgs),
+    Authz(observe::authz::AuthzArgs),
     PrometheusConfig(observe::PrometheusConfigArgs),
     /// One app of the sample bookstore (`tarmac demo`, examples/): started by `tarmac up`.
     #[command(hide = true)]
@@ -95,6 +96,7 @@ fn main() -> ExitCode {
         Command::Top(args) => runtime.block_on(observe::tap::top(args)),
         Command::Tap(args) => runtime.block_on(observe::tap::tap(args)),
         Command::Routes(args) => runtime.block_on(observe::routes::routes(args)),
+        Command::Authz(args) => runtime.block_on(observe::authz::authz(args)),
         Command::PrometheusConfig(args) => observe::prometheus_config(&args),
         Command::Sandbox(_) => unreachable!("dispatched before the runtime starts"),
     };

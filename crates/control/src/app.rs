@@ -264,7 +264,8 @@ pub async fn start(
                 () = scraping.cancelled() => {}
             }
         });
-        let api = Api::new(telemetry, store.status(), subscriptions.clone());
+        let api = Api::new(telemetry, store.status(), subscriptions.clone())
+            .with_default_policy(config.default_policy);
         for listener in listeners.api {
             apis.push(tokio::spawn(api.clone().serve(listener, stop.clone().cancelled_owned())));
         }

@@ -1053,4 +1053,17 @@ mod tests {
         let bad = deployment.replace("audit}", "open}");
         assert!(errors(&bad).join("").contains("`open` is no default policy"));
     }
+
+    /// Every YAML example of docs/policy.md is what users copy: each must load as written.
+    #[test]
+    fn the_policy_documentation_examples_load() {
+        let doc = include_str!("../../../docs/policy.md");
+        let blocks: Vec<&str> =
+            doc.split("```yaml\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+        assert!(blocks.len() >= 5, "{} examples", blocks.len());
+        for block in blocks {
+            let loaded = parse_documents("docs/policy.md", block);
+            assert!(loaded.is_ok(), "{block}\n{:?}", loaded.err());
+        }
+    }
 }

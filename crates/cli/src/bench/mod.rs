@@ -71,9 +71,16 @@ const SUITE_ROUTES: [Route; 7] = [
     Route::EnvoyTwoHops,
     Route::EnvoyTwoHopsMtls,
 ];
-/// `--routing`: the baseline, one hop without routes, then the two route tables.
-const ROUTING_ROUTES: [Route; 4] =
-    [Route::Direct, Route::TarmacOneHop, Route::TarmacOneRule, Route::TarmacManyRules];
+/// `--routing`: the baseline, one hop without routes, then the two route tables; an
+/// inbound hop without policies, then with 100 and a rate limit.
+const ROUTING_ROUTES: [Route; 6] = [
+    Route::Direct,
+    Route::TarmacOneHop,
+    Route::TarmacOneRule,
+    Route::TarmacManyRules,
+    Route::TarmacInbound,
+    Route::TarmacInboundPolicy,
+];
 
 /// Measure latency and proxy cost: a service directly and through the mesh, or the
 /// standard comparison with Envoy.
@@ -218,6 +225,9 @@ struct JsonReport<'a> {
     /// `--routing`: the 100-rule table against the 1-rule table, per load.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     routing: Vec<routing::RoutingComparison>,
+    /// `--routing`: 100 AuthorizationPolicies and a rate limit against none, inbound, per load.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    policy: Vec<routing::RoutingComparison>,
     phases: Vec<&'a PhaseRecord>,
 }
 
@@ -253,6 +263,7 @@ impl<'a> JsonReport<'a> {
             bar: &[],
             baseline: None,
             routing: Vec::new(),
+            policy: Vec::new(),
             phases: measured.iter().map(|m| &m.record).collect(),
         }
     }
@@ -482,9 +493,12 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
     let mut routes: Vec<Running> = Vec::new();
     for route in ROUTING_ROUTES {
         let (core, dir) = (layout.proxy_core, workdir.path());
-        routes.push(match routing::service_of(route) {
-            Some(_) => topology::start_routed(route, discovery.addr, &binaries, core, dir).await?,
-            None => topology::start(route, upstream_addr, &binaries, core, dir).await?,
+        routes.push(match (routing::service_of(route), routing::inbound_of(route)) {
+            (Some(_), _) => topology::start_routed(route, discovery.addr, &binaries, core, dir).await?,
+            (_, Some(_)) => {
+                topology::start_inbound(route, discovery.addr, upstream_addr, &binaries, core, dir).await?
+            }
+            _ => topology::start(route, upstream_addr, &binaries, core, dir).await?,
         });
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -495,13 +509,14 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
     let mut scheduling = realtime_scheduling(&upstream, &routes);
     eprintln!(
         "tarmac bench --routing: {} routes × {} loads × {rounds} rounds = {} phases of {:?} (+{:?} warm-up); \
-         HTTPRoutes of 1 and {} rules, requests taking the last",
+         HTTPRoutes of 1 and {} rules, requests taking the last; an inbound hop with {} policies and a rate limit, and without",
         routes.len(),
         loads.len(),
         loads.len() * rounds * routes.len(),
         phase_duration,
         WARMUP,
         routing::MANY_RULES,
+        routing::POLICIES,
     );
     let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(|e| e.to_string())?;
     let ours = our_pids(&upstream, &routes);
@@ -511,13 +526,36 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
     drop(upstream);
 
     let summaries = report::summarise(&measured);
-    let comparisons = routing::compare(&summaries);
+    let comparisons =
+        routing::compare(&summaries, Route::TarmacOneRule, Route::TarmacManyRules, [1, routing::MANY_RULES]);
+    let policy = routing::compare(
+        &summaries,
+        Route::TarmacInbound,
+        Route::TarmacInboundPolicy,
+        [0, routing::POLICIES],
+    );
     let conditions = format!(
         "{}, {} rounds of {:?}, medians; added = route − direct in the same round",
         args.protocol, rounds, phase_duration
     );
     print_suite_tables(&summaries, &conditions, &chosen_loads);
-    println!("{}", routing::table(&comparisons));
+    println!(
+        "{}",
+        routing::table(
+            &format!("routing: {} rules (the last one taken) ÷ 1 rule, one Tarmac hop", routing::MANY_RULES),
+            &comparisons
+        )
+    );
+    println!(
+        "{}",
+        routing::table(
+            &format!(
+                "inbound policy: {} AuthorizationPolicies (the last one allowing) and a rate limit ÷ none, one Tarmac inbound hop",
+                routing::POLICIES
+            ),
+            &policy
+        )
+    );
     print_warnings(&summaries, &settings);
     let json = JsonReport {
         commit: commit(),
@@ -525,6 +563,7 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
         realtime: scheduling.realtime_works,
         idle_rss,
         routing: comparisons,
+        policy,
         ..JsonReport::common("routing", args.protocol, rounds, phase_duration, &summaries, &measured)
     };
     let loads: Vec<String> = loads.iter().map(|l| l.name.clone()).collect();

@@ -4,6 +4,13 @@
 //! take the last one in precedence order: every other rule's match is tried first, and
 //! fails. Routes reach the proxies as they do in a mesh, from the control plane's
 //! discovery server, which runs in this process.
+//!
+//! And what inbound policy costs: one Tarmac proxy's inbound side in front of the
+//! upstream, its workload's Service without policies, against one with [`POLICIES`]
+//! AuthorizationPolicies and a RateLimitPolicy, whose requests every policy is evaluated
+//! for: half DENY policies that do not match, then ALLOW policies that do not, and the
+//! last ALLOW (by name) that does; the limit is far above any load, so it is checked and
+//! never refuses. Policies reach the proxy over `WatchInbound`.
 
 use super::report::{RouteSummary, ratio};
 use super::topology::Route;
@@ -22,6 +29,8 @@ use tokio::sync::watch;
 pub const MANY_RULES: usize = 100;
 /// The rule the measured requests take, in both tables.
 pub const MATCHED_RULE: &str = "last";
+/// AuthorizationPolicies of the inbound policy case.
+pub const POLICIES: usize = 100;
 /// The port of every Service of the benchmark's configuration.
 const SERVICE_PORT: u16 = 80;
 /// How long a routed proxy has to receive its route table.
@@ -36,9 +45,19 @@ pub fn service_of(route: Route) -> Option<(&'static str, usize)> {
     }
 }
 
+/// The workload an inbound route's proxy names, whose Service carries its policies.
+pub fn inbound_of(route: Route) -> Option<&'static str> {
+    match route {
+        Route::TarmacInbound => Some("inbound-none"),
+        Route::TarmacInboundPolicy => Some("inbound-policy"),
+        _ => None,
+    }
+}
+
 /// The configuration discovery serves: the Service `upstream` (the built-in upstream,
-/// not meshed), and for each routed route a Service selecting the same upstream with its
-/// HTTPRoute.
+/// not meshed), for each routed route a Service selecting the same upstream with its
+/// HTTPRoute, and for each inbound route a Service selecting its workload (with the
+/// policies, for [`Route::TarmacInboundPolicy`]).
 pub fn configuration() -> String {
     let service = |name: &str| {
         format!(
@@ -53,6 +72,44 @@ pub fn configuration() -> String {
         yaml.push_str("---\n");
         yaml.push_str(&http_route(name, rules));
     }
+    for route in [Route::TarmacInbound, Route::TarmacInboundPolicy] {
+        let workload = inbound_of(route).expect("an inbound route");
+        let _ = write!(
+            yaml,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {workload}}}\nspec: {{selector: {{app: {workload}}}, ports: [{{port: {SERVICE_PORT}}}]}}\n"
+        );
+    }
+    yaml.push_str(&policies(inbound_of(Route::TarmacInboundPolicy).expect("an inbound route")));
+    yaml
+}
+
+/// [`POLICIES`] AuthorizationPolicies and a RateLimitPolicy on `service`: half DENY
+/// identities the generator does not have, the rest ALLOW, the last of them by name
+/// the generator's address; a limit it never reaches.
+fn policies(service: &str) -> String {
+    let target = format!("targetRefs: [{{group: \"\", kind: Service, name: {service}}}]");
+    let mut yaml = String::new();
+    for i in 0..POLICIES {
+        let (name, action, from) = match i {
+            i if i < POLICIES / 2 => (
+                format!("deny-{i:03}"),
+                "DENY",
+                format!("identities: ['spiffe://cluster.local/ns/other/sa/deny-{i}']"),
+            ),
+            i if i < POLICIES - 1 => {
+                (format!("allow-{i:03}"), "ALLOW", format!("serviceAccounts: [other/allow-{i}]"))
+            }
+            _ => ("allow-zz-generator".to_string(), "ALLOW", "cidrs: [127.0.0.0/8, '::1/128']".to_string()),
+        };
+        let _ = write!(
+            yaml,
+            "---\napiVersion: tarmac.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}}}\nspec:\n  {target}\n  action: {action}\n  from: [{{{from}}}]\n"
+        );
+    }
+    let _ = write!(
+        yaml,
+        "---\napiVersion: tarmac.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: {service}}}\nspec:\n  {target}\n  total: {{requestsPerSecond: 1000000, burst: 100000}}\n  perCaller: {{requestsPerSecond: 1000000, burst: 100000}}\n"
+    );
     yaml
 }
 
@@ -97,16 +154,18 @@ impl Discovery {
             .collect();
         let (snapshots, receiver) = watch::channel(Arc::new(Snapshot { generation: 1, objects }));
         let registry = Registry::default();
-        registry.set(vec![Instance {
+        let instance = |workload: &str| Instance {
             namespace: "default".into(),
-            workload: "upstream".into(),
+            workload: workload.into(),
             replica: 0,
-            labels: BTreeMap::from([("app".to_string(), "upstream".to_string())]),
-            service_account: "upstream".into(),
+            labels: BTreeMap::from([("app".to_string(), workload.to_string())]),
+            service_account: workload.into(),
             addr: upstream,
             meshed: false,
             admin: None,
-        }]);
+        };
+        // The inbound routes' workloads are known by their instances' labels.
+        registry.set(["upstream", "inbound-none", "inbound-policy"].into_iter().map(instance).collect());
         let listeners = tarmac_control::Listeners::bind(([127, 0, 0, 1], 0).into(), &[])
             .await
             .map_err(|e| e.to_string())?;
@@ -133,6 +192,22 @@ pub fn tarmac_routed_config(
     )
 }
 
+/// A sidecar's inbound side in front of `app`, following the inbound policy of
+/// `workload` through discovery at `control` (its `/ready` waits for the policy).
+pub fn tarmac_inbound_config(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    control: SocketAddr,
+    app: SocketAddr,
+    workload: &str,
+) -> String {
+    format!(
+        "# Generated by `tarmac bench --routing`.\nadmin: \"{admin}\"\nworkers: 1\n\
+         control: {{addr: \"{control}\", workload: {workload}}}\ninbound:\n  listen: \"{listen}\"\n  app: \"{app}\"\n\
+         limits:\n  drain_timeout: 1s\n"
+    )
+}
+
 /// Waits until the proxy at `admin` has routed a request through `listen` by
 /// [`MATCHED_RULE`]: its route table is in force.
 pub async fn wait_for_routes(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
@@ -153,11 +228,12 @@ pub async fn wait_for_routes(listen: SocketAddr, admin: SocketAddr) -> Result<()
     }
 }
 
-/// The many-rule table against the one-rule table under one load: each side's figures
-/// and `many / one` of each.
+/// One route against another under one load (the many-rule table against the one-rule
+/// table; the policies against none): each side's figures and `case / base` of each.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RoutingComparison {
     pub load: String,
+    /// Rules (or policies) of the base and of the case.
     pub rules: [usize; 2],
     pub p50_us: [f64; 2],
     pub p99_us: [f64; 2],
@@ -175,8 +251,14 @@ pub struct RoutingComparison {
     pub ratio_cpu_per_10k: Option<f64>,
 }
 
-/// One comparison per load that measured both tables.
-pub fn compare(summaries: &[RouteSummary]) -> Vec<RoutingComparison> {
+/// One comparison per load that measured both `base` and `case`, of `sizes` rules (or
+/// policies) each.
+pub fn compare(
+    summaries: &[RouteSummary],
+    base: Route,
+    case: Route,
+    sizes: [usize; 2],
+) -> Vec<RoutingComparison> {
     let mut loads: Vec<&str> = Vec::new();
     for s in summaries {
         if !loads.contains(&s.load.as_str()) {
@@ -187,10 +269,10 @@ pub fn compare(summaries: &[RouteSummary]) -> Vec<RoutingComparison> {
         .into_iter()
         .filter_map(|load| {
             let find = |route| summaries.iter().find(|s| s.load == load && s.route == route);
-            let (one, many) = (find(Route::TarmacOneRule)?, find(Route::TarmacManyRules)?);
+            let (one, many) = (find(base)?, find(case)?);
             Some(RoutingComparison {
                 load: load.to_string(),
-                rules: [1, MANY_RULES],
+                rules: sizes,
                 p50_us: [one.p50_us, many.p50_us],
                 p99_us: [one.p99_us, many.p99_us],
                 added_p50_us: [one.added_p50_us, many.added_p50_us],
@@ -208,19 +290,20 @@ pub fn compare(summaries: &[RouteSummary]) -> Vec<RoutingComparison> {
         .collect()
 }
 
-/// The comparison as a table: one line per load.
-pub fn table(comparisons: &[RoutingComparison]) -> String {
+/// The comparison as a table under `title`: one line per load.
+pub fn table(title: &str, comparisons: &[RoutingComparison]) -> String {
     let cell =
         |v: Option<f64>, decimals: usize| v.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"));
     let pair =
         |v: [Option<f64>; 2], decimals: usize| format!("{}/{}", cell(v[0], decimals), cell(v[1], decimals));
-    let mut out = format!("routing: {MANY_RULES} rules (the last one taken) ÷ 1 rule, one Tarmac hop\n");
+    let mut out = format!("{title}\n");
+    let [a, b] = comparisons.first().map_or([1, MANY_RULES], |c| c.rules);
     let _ = writeln!(
         out,
         "  {:<14} {:>15} {:>15} {:>13} {:>13} {:>17} {:>13} {:>13} {:>11}",
         "load",
-        "+p50 µs 1/100",
-        "+p99 µs 1/100",
+        format!("+p50 µs {a}/{b}"),
+        format!("+p99 µs {a}/{b}"),
         "÷ +p50/+p99",
         "÷ p50/p99",
         "req/s 1/100",
@@ -302,6 +385,52 @@ mod tests {
     }
 
     #[test]
+    fn the_inbound_policy_case_evaluates_every_policy_and_allows_the_generator() {
+        use tarmac_control::discovery::inbound;
+        use tarmac_proto::discovery::ProxyIdentity;
+        let snapshot = snapshot();
+        let instance = |workload: &str| Instance {
+            namespace: "default".into(),
+            workload: workload.into(),
+            replica: 0,
+            labels: BTreeMap::from([("app".to_string(), workload.to_string())]),
+            service_account: workload.into(),
+            addr: "127.0.0.1:9".parse().unwrap(),
+            meshed: false,
+            admin: None,
+        };
+        let instances = [instance("inbound-none"), instance("inbound-policy")];
+        let mesh = tarmac_model::authz::DefaultPolicy::AllowAll;
+        let proxy = |w: &str| ProxyIdentity {
+            namespace: "default".into(),
+            workload: w.into(),
+            service_account: w.into(),
+        };
+        let none = inbound::compute(&snapshot, &instances, mesh, &proxy("inbound-none"));
+        assert!(none.ports.iter().all(|p| p.authorizations.is_empty() && p.rate_limits.is_empty()));
+        let update = inbound::compute(&snapshot, &instances, mesh, &proxy("inbound-policy"));
+        let port = &update.ports[0];
+        assert_eq!((port.authorizations.len(), port.rate_limits.len()), (POLICIES, 1));
+        // The proxy's own decision: the generator (plaintext, on loopback) is allowed by
+        // the last ALLOW policy, after every other was tried.
+        let authz =
+            tarmac_policy::Authorizations::compile(&port.authorizations, update.default_policy()).unwrap();
+        let client = tarmac_policy::Client { identity: None, addr: Some("127.0.0.1".parse().unwrap()) };
+        assert_eq!(
+            authz.decide(&client, None),
+            tarmac_policy::Decision::Allow(Some("default/allow-zz-generator".into()))
+        );
+        let yaml = tarmac_inbound_config(
+            "127.0.0.1:4191".parse().unwrap(),
+            "127.0.0.1:4143".parse().unwrap(),
+            "127.0.0.1:4100".parse().unwrap(),
+            "127.0.0.1:8080".parse().unwrap(),
+            "inbound-policy",
+        );
+        tarmac_proxy::Config::from_yaml(&yaml, "generated").expect("the proxy accepts it");
+    }
+
+    #[test]
     fn the_routed_configuration_is_accepted_by_the_proxy() {
         let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let yaml = tarmac_routed_config(addr(4191), addr(7001), addr(4100), "many-rules");
@@ -354,7 +483,7 @@ mod tests {
             // A load that measured only one of the two has no comparison.
             summary(Route::TarmacOneRule, "5000 req/s", 150.0, Some(50.0), 5000.0, 0.2),
         ];
-        let c = compare(&summaries);
+        let c = compare(&summaries, Route::TarmacOneRule, Route::TarmacManyRules, [1, MANY_RULES]);
         assert_eq!(c.len(), 2, "{c:?}");
         let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
         assert_eq!(c[0].load, "1000 req/s");
@@ -363,7 +492,7 @@ mod tests {
         assert!(close(c[0].ratio_throughput, 1.0));
         assert_eq!(c[1].ratio_added_p50, None, "a negative added latency has no ratio");
         assert!(close(c[1].ratio_throughput, 0.9));
-        let text = table(&c);
+        let text = table("routing", &c);
         assert!(
             text.contains("1.20/1.20") && text.contains("20000/18000") && text.contains("0.90"),
             "{text}"

@@ -38,6 +38,12 @@ pub enum Route {
     TarmacOneRule,
     /// The same with an HTTPRoute of 100 rules, the request taking the last.
     TarmacManyRules,
+    /// One Tarmac proxy's inbound side in front of the upstream, following its workload's
+    /// inbound policy through discovery: none (`--routing`).
+    TarmacInbound,
+    /// The same with 100 AuthorizationPolicies and a RateLimitPolicy on its Service,
+    /// the request allowed by the last policy evaluated.
+    TarmacInboundPolicy,
 }
 
 /// Which proxy a route goes through.
@@ -76,6 +82,8 @@ impl Route {
             Self::EnvoyTwoHopsMtls => "envoy 2 hops mTLS",
             Self::TarmacOneRule => "tarmac 1 rule",
             Self::TarmacManyRules => "tarmac 100 rules",
+            Self::TarmacInbound => "tarmac inbound",
+            Self::TarmacInboundPolicy => "tarmac inbound 100 policies",
         }
     }
 
@@ -91,7 +99,9 @@ impl Route {
             | Self::TarmacTwoHops
             | Self::TarmacTwoHopsMtls
             | Self::TarmacOneRule
-            | Self::TarmacManyRules => Some(ProxyKind::Tarmac),
+            | Self::TarmacManyRules
+            | Self::TarmacInbound
+            | Self::TarmacInboundPolicy => Some(ProxyKind::Tarmac),
             Self::EnvoyOneHop | Self::EnvoyTwoHops | Self::EnvoyTwoHopsMtls => Some(ProxyKind::Envoy),
         }
     }
@@ -127,6 +137,24 @@ pub async fn start_routed(
     Ok(Running { route, entry: listen, proxies: vec![proxy] })
 }
 
+/// Starts the proxy of an inbound route (`--routing`): its inbound side in front of
+/// `upstream`, following its workload's policy through the discovery server at
+/// `control`; ready once the policy is in force.
+pub async fn start_inbound(
+    route: Route,
+    control: SocketAddr,
+    upstream: SocketAddr,
+    binaries: &Binaries,
+    core: Option<usize>,
+    dir: &FsPath,
+) -> Result<Running, String> {
+    let workload = routing::inbound_of(route).ok_or_else(|| format!("{} is not inbound", route.label()))?;
+    let (admin, listen) = (free_port()?, free_port()?);
+    let yaml = routing::tarmac_inbound_config(admin, listen, control, upstream, workload);
+    let proxy = start_tarmac(&route.label().replace(' ', "-"), &yaml, admin, binaries, core, dir).await?;
+    Ok(Running { route, entry: listen, proxies: vec![proxy] })
+}
+
 /// Starts the proxies of `route` in front of `upstream`, pinned to `core` if given, and
 /// waits until they are ready.
 pub async fn start(
@@ -140,9 +168,9 @@ pub async fn start(
     let mut proxies = Vec::new();
     let entry = match route {
         Route::Direct => upstream,
-        Route::TarmacOneRule | Route::TarmacManyRules => {
+        Route::TarmacOneRule | Route::TarmacManyRules | Route::TarmacInbound | Route::TarmacInboundPolicy => {
             return Err(format!(
-                "{} gets its routes from discovery: start it with start_routed",
+                "{} gets its routes or policies from discovery: start it with start_routed or start_inbound",
                 route.label()
             ));
         }

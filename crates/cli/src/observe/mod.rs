@@ -2,6 +2,7 @@
 //! `stat`, `edges`, `top`, `tap`, `routes` and `prometheus-config` (docs/observability.md).
 //! Each prints a table for people, or with `-o json` what the API answered, for scripts.
 
+pub mod authz;
 pub mod check;
 pub mod routes;
 pub mod stat;

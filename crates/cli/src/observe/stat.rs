@@ -113,7 +113,14 @@ fn golden_table(
     rows: &[Value],
     cells: impl Fn(&Value) -> Vec<String>,
 ) -> (Vec<&'static str>, Vec<Vec<String>>) {
-    let header = [leading, &GOLDEN].concat();
+    let mut header = [leading, &GOLDEN].concat();
+    // Requests refused by policy or by a rate limit, once there are any: most meshes
+    // have none, and their tables stay as they were.
+    let count = |r: &Value, key: &str| r[key].as_u64().unwrap_or(0);
+    let refusals = rows.iter().any(|r| count(r, "denied") + count(r, "rate_limited") > 0);
+    if refusals {
+        header.extend(["DENIED", "LIMITED"]);
+    }
     let table = rows
         .iter()
         .map(|r| {
@@ -124,8 +131,11 @@ fn golden_table(
                 millis(&r["latency_ms_p50"]),
                 millis(&r["latency_ms_p95"]),
                 millis(&r["latency_ms_p99"]),
-                r["requests"].as_u64().unwrap_or(0).to_string(),
+                count(r, "requests").to_string(),
             ]);
+            if refusals {
+                row.extend([count(r, "denied").to_string(), count(r, "rate_limited").to_string()]);
+            }
             row
         })
         .collect();

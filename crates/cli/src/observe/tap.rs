@@ -160,8 +160,14 @@ fn describe(event: &Value) -> String {
         _ => format!("<- {}", event["client_id"].as_str().map_or_else(|| s("source"), str::to_string)),
     };
     let grpc = event["grpc_status"].as_u64().map(|g| format!(" grpc-status={g}")).unwrap_or_default();
+    // The policy that refused the request, or would have (audit).
+    let policy = match (event["policy"].as_str(), event["audit"].as_bool()) {
+        (Some(p), Some(true)) => format!(" (audit: {p} would refuse)"),
+        (Some(p), _) => format!(" (refused by {p})"),
+        _ => String::new(),
+    };
     format!(
-        "{} {:<8} {workload} {peer} {} {} {} -> {}{grpc} {}",
+        "{} {:<8} {workload} {peer} {} {} {} -> {}{grpc} {}{policy}",
         time_of_day(event["ts_ms"].as_u64().unwrap_or(0)),
         s("direction"),
         s("method"),
@@ -283,5 +289,16 @@ mod tests {
         let mut secured = event.clone();
         secured["client_id"] = json!("spiffe://cluster.local/ns/default/sa/front");
         assert!(describe(&secured).contains("<- spiffe://cluster.local/ns/default/sa/front GET"));
+        let mut refused = secured.clone();
+        refused["status"] = json!(403);
+        refused["policy"] = json!("default/a-public");
+        refused["audit"] = json!(false);
+        assert!(
+            describe(&refused).ends_with("-> 403 1.5ms (refused by default/a-public)"),
+            "{}",
+            describe(&refused)
+        );
+        refused["audit"] = json!(true);
+        assert!(describe(&refused).ends_with("(audit: default/a-public would refuse)"));
     }
 }

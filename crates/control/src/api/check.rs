@@ -300,6 +300,9 @@ pub fn report(
     if let Some(check) = resilience_check(snapshot) {
         checks.push(check);
     }
+    if let Some(check) = policy_check(snapshot, instances) {
+        checks.push(check);
+    }
 
     let proxies = instances
         .iter()
@@ -336,37 +339,7 @@ fn resilience_check(snapshot: &Snapshot) -> Option<Check> {
         let ns = &p.metadata.namespace;
         let me = format!("ResiliencePolicy {ns}/{}", p.metadata.name);
         for t in &p.spec.target_refs {
-            let kind = if t.is_service() { "Service" } else { t.route_kind().unwrap_or("?") };
-            let key = |kind: &'static str| tarmac_model::ObjectKey {
-                kind,
-                namespace: ns.clone(),
-                name: t.name.clone(),
-            };
-            let target = match kind {
-                "Service" => snapshot.objects.get(&key("Service")),
-                "HTTPRoute" => snapshot.objects.get(&key("HTTPRoute")),
-                _ => snapshot.objects.get(&key("GRPCRoute")),
-            };
-            let Some(target) = target else {
-                warnings.push(format!(
-                    "{me}: its target {kind} {ns}/{} does not exist; it applies to nothing",
-                    t.name
-                ));
-                continue;
-            };
-            if let Some(section) = &t.section_name {
-                let rules: Vec<Option<&str>> = match target {
-                    Resource::HttpRoute(r) => r.spec.rules.iter().map(|r| r.name.as_deref()).collect(),
-                    Resource::GrpcRoute(r) => r.spec.rules.iter().map(|r| r.name.as_deref()).collect(),
-                    _ => Vec::new(),
-                };
-                if !rules.contains(&Some(section.as_str())) {
-                    warnings.push(format!(
-                        "{me}: {kind} {ns}/{} has no rule named `{section}`; the policy applies to none of its rules",
-                        t.name
-                    ));
-                }
-            }
+            warnings.extend(target_problem(snapshot, &me, ns, t, false));
         }
         if p.spec.retry_budget.as_ref().is_some_and(|b| !b.enabled) {
             warnings.push(format!(
@@ -382,6 +355,171 @@ fn resilience_check(snapshot: &Snapshot) -> Option<Check> {
         detail: format!("{n} polic{} in force", if n == 1 { "y" } else { "ies" }),
         hint: (!warnings.is_empty()).then(|| {
             "fix the targets named; turn the retry budget off only to study a retry storm".to_string()
+        }),
+        errors: Vec::new(),
+        conditions: Vec::new(),
+        warnings,
+    })
+}
+
+/// What is wrong with a policy's target (`me` names the policy): a target that does not
+/// exist, or a `sectionName` that names no rule (nor, where `ports` allows it, a port of
+/// the Service).
+fn target_problem(
+    snapshot: &Snapshot,
+    me: &str,
+    ns: &str,
+    t: &tarmac_model::resilience::PolicyTargetRef,
+    ports: bool,
+) -> Option<String> {
+    let kind = if t.is_service() { "Service" } else { t.route_kind().unwrap_or("?") };
+    let key = |kind: &'static str| tarmac_model::ObjectKey {
+        kind,
+        namespace: ns.to_string(),
+        name: t.name.clone(),
+    };
+    let target = match kind {
+        "Service" => snapshot.objects.get(&key("Service")),
+        "HTTPRoute" => snapshot.objects.get(&key("HTTPRoute")),
+        _ => snapshot.objects.get(&key("GRPCRoute")),
+    };
+    let Some(target) = target else {
+        return Some(format!(
+            "{me}: its target {kind} {ns}/{} does not exist; it applies to nothing",
+            t.name
+        ));
+    };
+    let section = t.section_name.as_deref()?;
+    let (what, names): (&str, Vec<Option<&str>>) = match target {
+        Resource::HttpRoute(r) => ("rule", r.spec.rules.iter().map(|r| r.name.as_deref()).collect()),
+        Resource::GrpcRoute(r) => ("rule", r.spec.rules.iter().map(|r| r.name.as_deref()).collect()),
+        Resource::Service(s) if ports => ("port", s.spec.ports.iter().map(|p| p.name.as_deref()).collect()),
+        _ => return None,
+    };
+    (!names.contains(&Some(section))).then(|| {
+        format!(
+            "{me}: {kind} {ns}/{} has no {what} named `{section}`; the policy applies to none of its {what}s",
+            t.name
+        )
+    })
+}
+
+/// A policy's clients: per entry, its identities, service accounts and namespaces.
+type Clients<'a> = Vec<(&'a [String], &'a [String], &'a [String])>;
+
+/// Warns (never fails) about AuthorizationPolicies and RateLimitPolicies that match
+/// nothing (a target that does not exist or selects no workload, a section that names
+/// nothing) or name clients no Workload is (an unknown service account, namespace or
+/// identity: a typo there silently allows or denies no one). `None` without policies.
+fn policy_check(snapshot: &Snapshot, instances: &[Instance]) -> Option<Check> {
+    let workloads: Vec<&tarmac_model::Workload> = snapshot
+        .objects
+        .values()
+        .filter_map(|r| match r {
+            Resource::Workload(w) => Some(w),
+            _ => None,
+        })
+        .collect();
+    let identities: BTreeSet<String> = workloads
+        .iter()
+        .map(|w| crate::discovery::spiffe_id(&w.metadata.namespace, &w.spec.service_account_name))
+        .chain(instances.iter().map(|i| crate::discovery::spiffe_id(&i.namespace, &i.service_account)))
+        .collect();
+    let known_namespace = |ns: &str| identities.iter().any(|id| id.contains(&format!("/ns/{ns}/sa/")));
+    let mut warnings = Vec::new();
+    let mut count = 0;
+    for resource in snapshot.objects.values() {
+        let (kind, meta, targets, clients): (&str, _, _, Clients<'_>) = match resource {
+            Resource::AuthorizationPolicy(p) => (
+                "AuthorizationPolicy",
+                &p.metadata,
+                &p.spec.target_refs,
+                p.spec
+                    .from
+                    .iter()
+                    .map(|f| (&f.identities[..], &f.service_accounts[..], &f.namespaces[..]))
+                    .collect(),
+            ),
+            Resource::RateLimitPolicy(p) => (
+                "RateLimitPolicy",
+                &p.metadata,
+                &p.spec.target_refs,
+                p.spec
+                    .overrides
+                    .iter()
+                    .map(|o| (&o.identities[..], &o.service_accounts[..], &[][..]))
+                    .collect(),
+            ),
+            _ => continue,
+        };
+        count += 1;
+        let ns = &meta.namespace;
+        let me = format!("{kind} {ns}/{}", meta.name);
+        for t in targets {
+            if let Some(problem) = target_problem(snapshot, &me, ns, t, true) {
+                warnings.push(problem);
+                continue;
+            }
+            let service = match t.is_service() {
+                true => snapshot.objects.get(&tarmac_model::ObjectKey {
+                    kind: "Service",
+                    namespace: ns.clone(),
+                    name: t.name.clone(),
+                }),
+                false => None,
+            };
+            if let Some(Resource::Service(s)) = service {
+                let selected = workloads.iter().any(|w| {
+                    w.metadata.namespace == *ns
+                        && tarmac_model::meta::selector_matches(&s.spec.selector, &w.metadata.labels)
+                }) || instances.iter().any(|i| {
+                    i.namespace == *ns && tarmac_model::meta::selector_matches(&s.spec.selector, &i.labels)
+                });
+                if !selected {
+                    warnings.push(format!(
+                        "{me}: Service {ns}/{} selects no workload; the policy applies to nothing",
+                        t.name
+                    ));
+                }
+            }
+        }
+        for (ids, service_accounts, namespaces) in clients {
+            for sa in service_accounts {
+                let (sa_ns, name) = tarmac_model::authz::service_account(sa, ns);
+                if !identities.contains(&crate::discovery::spiffe_id(&sa_ns, &name)) {
+                    warnings.push(format!(
+                        "{me}: no Workload runs as service account {sa_ns}/{name}; `{sa}` matches no client"
+                    ));
+                }
+            }
+            for id in ids {
+                let known = match id.strip_suffix('*') {
+                    Some(prefix) => identities.iter().any(|known| known.starts_with(prefix)),
+                    None => identities.contains(id),
+                };
+                if !known {
+                    warnings.push(format!(
+                        "{me}: no Workload has the identity `{id}`; it matches no client of this mesh"
+                    ));
+                }
+            }
+            for other in namespaces {
+                if !known_namespace(other) {
+                    warnings
+                        .push(format!("{me}: no Workload runs in namespace `{other}`; it matches no client"));
+                }
+            }
+        }
+    }
+    if count == 0 {
+        return None;
+    }
+    Some(Check {
+        name: "authorization and rate-limit policies".into(),
+        ok: true,
+        detail: format!("{count} polic{} in force", if count == 1 { "y" } else { "ies" }),
+        hint: (!warnings.is_empty()).then(|| {
+            "fix the targets and clients named: a policy that matches nothing protects nothing".to_string()
         }),
         errors: Vec::new(),
         conditions: Vec::new(),
@@ -506,6 +644,31 @@ spec: {command: [x], port: 8080, replicas: 2}
         assert!(warnings.contains("retry budget is OFF"), "{warnings}");
         assert!(warnings.contains("HTTPRoute default/gone does not exist"), "{warnings}");
         assert!(resilience_check(&snapshot()).is_none(), "no policies, no check");
+    }
+
+    #[test]
+    fn policies_matching_nothing_or_naming_unknown_clients_are_warned_about() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec: {selector: {app: b}, ports: [{name: http, port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: empty}\nspec: {selector: {app: nobody}, ports: [{port: 80}]}\n---\napiVersion: tarmac.io/v1alpha1\nkind: Workload\nmetadata: {name: b, labels: {app: b}}\nspec: {command: [b], port: 8080, serviceAccountName: b}\n---\napiVersion: tarmac.io/v1alpha1\nkind: Workload\nmetadata: {name: a, labels: {app: a}}\nspec: {command: [a], port: 8080, serviceAccountName: a}\n---\napiVersion: tarmac.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: b, sectionName: grpc}, {group: \"\", kind: Service, name: empty}, {group: \"\", kind: Service, name: gone}]\n  from: [{serviceAccounts: [a, ab]}, {namespaces: [shop]}, {identities: ['spiffe://cluster.local/ns/default/*', 'spiffe://cluster.local/ns/x/sa/y']}]\n---\napiVersion: tarmac.io/v1alpha1\nkind: RateLimitPolicy\nmetadata: {name: l}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: b, sectionName: http}]\n  overrides: [{requestsPerSecond: 5, serviceAccounts: [a]}]\n";
+        let objects = tarmac_model::parse_documents("t.yaml", yaml)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.key(), r))
+            .collect();
+        let check = policy_check(&Snapshot { generation: 1, objects }, &[]).unwrap();
+        assert!(check.ok, "warnings never fail the check: {check:?}");
+        let warnings = check.warnings.join("\n");
+        for needle in [
+            "AuthorizationPolicy default/p: Service default/b has no port named `grpc`",
+            "AuthorizationPolicy default/p: Service default/empty selects no workload",
+            "AuthorizationPolicy default/p: its target Service default/gone does not exist",
+            "no Workload runs as service account default/ab",
+            "no Workload runs in namespace `shop`",
+            "no Workload has the identity `spiffe://cluster.local/ns/x/sa/y`",
+        ] {
+            assert!(warnings.contains(needle), "missing {needle} in\n{warnings}");
+        }
+        assert_eq!(check.warnings.len(), 6, "the rate limit and the known clients are fine:\n{warnings}");
+        assert!(policy_check(&snapshot(), &[]).is_none(), "no policies, no check");
     }
 
     #[test]

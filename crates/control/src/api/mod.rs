@@ -13,6 +13,7 @@
 //! | `GET /api/v1/prometheus/sd` | every proxy's admin address, for Prometheus' `http_sd_configs` |
 //! | `GET /` | the dashboard: static files compiled into the binary, nothing fetched from elsewhere |
 
+pub mod authz;
 pub mod check;
 mod dashboard;
 pub mod route_status;
@@ -53,6 +54,8 @@ pub struct Api {
     telemetry: Telemetry,
     status: watch::Receiver<Arc<Status>>,
     subscriptions: Subscriptions,
+    /// The mesh's default policy, for `authz`.
+    default_policy: tarmac_model::authz::DefaultPolicy,
 }
 
 impl Api {
@@ -61,7 +64,12 @@ impl Api {
         status: watch::Receiver<Arc<Status>>,
         subscriptions: Subscriptions,
     ) -> Self {
-        Self { telemetry, status, subscriptions }
+        Self { telemetry, status, subscriptions, default_policy: Default::default() }
+    }
+
+    pub fn with_default_policy(mut self, default_policy: tarmac_model::authz::DefaultPolicy) -> Self {
+        self.default_policy = default_policy;
+        self
     }
 
     pub fn router(self) -> Router {
@@ -76,6 +84,7 @@ impl Api {
             .route("/api/v1/tap", get(tap_stream))
             .route("/api/v1/check", get(check))
             .route("/api/v1/routes", get(routes))
+            .route("/api/v1/authz", get(authz))
             .route("/api/v1/prometheus/sd", get(prometheus_sd))
             .with_state(self)
     }
@@ -163,6 +172,7 @@ async fn index() -> Response {
         GET /api/v1/tap?target=TARGET&namespace=NS&method=M&path=PREFIX&status=5xx&direction=inbound&limit=N&duration=10s\n\
         GET /api/v1/check\n\
         GET /api/v1/routes?service=NAME&namespace=NS&from=NS[/WORKLOAD]&path=P&method=M&header=NAME:VALUE&query=K=V\n\
+        GET /api/v1/authz?service=NAME&namespace=NS\n\
         GET /api/v1/prometheus/sd\n";
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -365,6 +375,23 @@ async fn routes(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
         },
     };
     json_response(StatusCode::OK, &routes_of(&snapshot, &namespace, service, &caller, request.as_ref()))
+}
+
+async fn authz(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
+    let params: BTreeMap<String, String> = query_pairs(raw.as_deref()).into_iter().collect();
+    let Some(service) = params.get("service").filter(|s| !s.is_empty()) else {
+        return bad_request("service=NAME is required");
+    };
+    let namespace = params
+        .get("namespace")
+        .filter(|n| !n.is_empty())
+        .map_or(tarmac_model::meta::DEFAULT_NAMESPACE, |n| n.as_str());
+    let snapshot = api.telemetry.snapshot();
+    let instances = api.telemetry.registry().subscribe().borrow().clone();
+    match authz::authz_of(&snapshot, &instances, api.default_policy, namespace, service) {
+        Ok(answer) => json_response(StatusCode::OK, &answer),
+        Err(message) => json_response(StatusCode::NOT_FOUND, &json!({ "error": message })),
+    }
 }
 
 /// Whose view of the routes: consumer routes apply only to callers in their namespace.

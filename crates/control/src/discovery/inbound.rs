@@ -32,6 +32,16 @@ pub fn default_to_pb(default: DefaultPolicy) -> pb::DefaultPolicy {
     }
 }
 
+/// A default policy as the contract carries it.
+pub fn default_from_pb(default: pb::DefaultPolicy) -> DefaultPolicy {
+    match default {
+        pb::DefaultPolicy::AllowAll => DefaultPolicy::AllowAll,
+        pb::DefaultPolicy::AllAuthenticated => DefaultPolicy::AllAuthenticated,
+        pb::DefaultPolicy::Deny => DefaultPolicy::Deny,
+        pb::DefaultPolicy::Audit => DefaultPolicy::Audit,
+    }
+}
+
 /// The default policy of `namespace/workload` (annotations may be absent: the mesh's).
 pub fn default_policy(
     snapshot: &Snapshot,

@@ -17,6 +17,10 @@ use std::time::Instant;
 
 /// The proxy's response counter: one series per status code and classification.
 pub const RESPONSES: &str = "tarmac_responses_total";
+/// Inbound requests and connections a policy refused (`mode="enforce"`) and 429s: the
+/// same target and client labels as the responses.
+pub const DENIED: &str = "tarmac_authz_denied_total";
+pub const RATE_LIMITED: &str = "tarmac_rate_limited_total";
 /// The proxy's latency histogram (without `_bucket`).
 pub const LATENCY: &str = "tarmac_response_latency_seconds";
 /// The proxy's latency histogram of routed services, by route and rule (without `_bucket`).
@@ -45,6 +49,10 @@ pub struct Counts {
     /// `tls_known` whose series say either way (outbound series do not).
     pub secured: f64,
     pub tls_known: f64,
+    /// Refused by an AuthorizationPolicy or the default policy (inbound), and by a rate
+    /// limit: already among the responses (403, 429) for HTTP.
+    pub denied: f64,
+    pub rate_limited: f64,
     pub latency: Histogram,
     /// Routed services only: the latency of the rule named by the key's `route` (of
     /// unnamed rules and unmatched requests when it is None). No buckets at all when the
@@ -58,6 +66,8 @@ impl Counts {
         self.failures += other.failures;
         self.secured += other.secured;
         self.tls_known += other.tls_known;
+        self.denied += other.denied;
+        self.rate_limited += other.rate_limited;
         self.latency = self.latency.merge(&other.latency);
         self.route_latency = self.route_latency.merge(&other.route_latency);
     }
@@ -71,6 +81,8 @@ impl Counts {
                 failures: counter_increase(self.failures, e.failures),
                 secured: counter_increase(self.secured, e.secured),
                 tls_known: counter_increase(self.tls_known, e.tls_known),
+                denied: counter_increase(self.denied, e.denied),
+                rate_limited: counter_increase(self.rate_limited, e.rate_limited),
                 latency: self.latency.increase_since(&e.latency),
                 route_latency: self.route_latency.increase_since(&e.route_latency),
             },
@@ -87,6 +99,8 @@ impl Counts {
             success_rate: (responses > 0.0).then(|| round(self.successes / responses, 4)),
             secured_rate: (self.tls_known > 0.0).then(|| round(self.secured / self.tls_known, 4)),
             rps: if seconds > 0.0 { round(responses / seconds, 3) } else { 0.0 },
+            denied: self.denied.round() as u64,
+            rate_limited: self.rate_limited.round() as u64,
             latency_ms_p50: ms(0.5),
             latency_ms_p95: ms(0.95),
             latency_ms_p99: ms(0.99),
@@ -111,6 +125,10 @@ pub struct Golden {
     /// or only series without a `tls` label).
     pub secured_rate: Option<f64>,
     pub rps: f64,
+    /// Refused by policy (403, PERMISSION_DENIED, or a closed connection) and by a rate
+    /// limit (429, RESOURCE_EXHAUSTED); inbound series only.
+    pub denied: u64,
+    pub rate_limited: u64,
     pub latency_ms_p50: Option<f64>,
     pub latency_ms_p95: Option<f64>,
     pub latency_ms_p99: Option<f64>,
@@ -145,6 +163,14 @@ impl Reading {
         let mut buckets: BTreeMap<SeriesKey, Vec<Bucket>> = BTreeMap::new();
         let mut route_buckets: BTreeMap<SeriesKey, Vec<Bucket>> = BTreeMap::new();
         for sample in scrape.samples() {
+            if sample.name == DENIED && sample.label("mode") != Some("audit") {
+                series.entry(key(sample)).or_default().denied += sample.value;
+                continue;
+            }
+            if sample.name == RATE_LIMITED {
+                series.entry(key(sample)).or_default().rate_limited += sample.value;
+                continue;
+            }
             if sample.name == RESPONSES {
                 let counts = series.entry(key(sample)).or_default();
                 match sample.label("classification") {
@@ -216,6 +242,8 @@ static EMPTY: Counts = Counts {
     failures: 0.0,
     secured: 0.0,
     tls_known: 0.0,
+    denied: 0.0,
+    rate_limited: 0.0,
     latency: Histogram::EMPTY,
     route_latency: Histogram::EMPTY,
 };

@@ -292,13 +292,15 @@ pub fn edge_rows(windows: &[ProxyWindow], snapshot: &Snapshot) -> Vec<EdgeRow> {
                 })
                 .unwrap_or_default();
             let mut golden = sum.golden();
-            // Callers' proxies do not label outbound series with mTLS; the callee's inbound
-            // series carry the caller's proven identity.
-            golden.secured_rate = service.as_ref().and_then(|(ns, name)| {
+            // Callers' proxies do not label outbound series with mTLS, nor see why a
+            // request was refused; the callee's inbound series carry the caller's proven
+            // identity, with what it secured and what its policies refused.
+            let from_caller = service.as_ref().and_then(|(ns, name)| {
                 let identity = format!("/ns/{src_namespace}/sa/{service_account}");
                 let service =
                     services(snapshot).find(|s| &s.metadata.namespace == ns && &s.metadata.name == name)?;
-                let secured: f64 = windows
+                let mut counts = super::golden::Counts::default();
+                for (_, c) in windows
                     .iter()
                     .filter(|w| {
                         w.instance.namespace == *ns
@@ -309,11 +311,20 @@ pub fn edge_rows(windows: &[ProxyWindow], snapshot: &Snapshot) -> Vec<EdgeRow> {
                         k.direction == "inbound"
                             && k.client_id.as_ref().is_some_and(|c| c.ends_with(&identity))
                     })
-                    .map(|(_, c)| c.secured)
-                    .sum();
-                let requests = sum.counts.successes + sum.counts.failures;
-                Some((secured / requests).min(1.0)).map(|r| (r * 10_000.0).round() / 10_000.0)
+                {
+                    counts.secured += c.secured;
+                    counts.denied += c.denied;
+                    counts.rate_limited += c.rate_limited;
+                }
+                Some(counts)
             });
+            let requests = sum.counts.successes + sum.counts.failures;
+            golden.secured_rate =
+                from_caller.as_ref().map(|c| ((c.secured / requests).min(1.0) * 10_000.0).round() / 10_000.0);
+            if let Some(c) = &from_caller {
+                golden.denied = c.denied.round() as u64;
+                golden.rate_limited = c.rate_limited.round() as u64;
+            }
             EdgeRow {
                 src_namespace,
                 src_workload,

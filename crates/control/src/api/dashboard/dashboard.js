@@ -57,7 +57,9 @@ async function getJSON(path) {
 
 // --- tables ------------------------------------------------------------------
 
-const GOLDEN_HEAD = ["SUCCESS", "RPS", "P50", "P95", "P99", "REQUESTS"];
+// DENIED: refused by an AuthorizationPolicy or the default policy; LIMITED: by a rate
+// limit (docs/policy.md). Counted by the called workload's sidecar.
+const GOLDEN_HEAD = ["SUCCESS", "RPS", "P50", "P95", "P99", "REQUESTS", "DENIED", "LIMITED"];
 
 function goldenCells(r, maxRps) {
   const bar = el("span", { class: "bar", style: `width:${maxRps > 0 ? Math.round((40 * r.rps) / maxRps) : 0}px` });
@@ -68,12 +70,14 @@ function goldenCells(r, maxRps) {
     el("td", { class: "num" }, ms(r.latency_ms_p95)),
     el("td", { class: "num" }, ms(r.latency_ms_p99)),
     el("td", { class: "num" }, r.requests),
+    el("td", { class: `num ${r.denied ? "warn" : ""}` }, r.denied || 0),
+    el("td", { class: `num ${r.rate_limited ? "warn" : ""}` }, r.rate_limited || 0),
   ];
 }
 
 function table(id, head, rows, makeRow) {
   const t = document.getElementById(id);
-  const thead = el("thead", {}, el("tr", {}, ...head.map((h, i) => el("th", { class: i >= head.length - 6 ? "num" : "" }, h))));
+  const thead = el("thead", {}, el("tr", {}, ...head.map((h, i) => el("th", { class: i >= head.length - GOLDEN_HEAD.length ? "num" : "" }, h))));
   const tbody = el("tbody");
   if (rows.length === 0) tbody.append(el("tr", {}, el("td", { colspan: head.length, class: "empty" }, "nothing yet")));
   const maxRps = Math.max(0, ...rows.map((r) => r.rps || 0));
@@ -317,7 +321,9 @@ function addTapEvent(e) {
     el("td", {}, e.method),
     el("td", {}, e.authority),
     el("td", { class: "path", title: e.path }, e.path),
-    el("td", { class: tone }, e.grpc_status !== null && e.grpc_status !== undefined ? `${e.status} / grpc ${e.grpc_status}` : e.status),
+    el("td", { class: tone, title: e.policy ? `${e.audit ? "audit: would be refused by" : "refused by"} ${e.policy}` : "" },
+      e.grpc_status !== null && e.grpc_status !== undefined ? `${e.status} / grpc ${e.grpc_status}` : e.status,
+      e.policy ? ` (${e.audit ? "audit: " : ""}${e.policy})` : ""),
     el("td", { class: "num" }, ms(e.duration_ms))));
   while (body.children.length > TAP_ROWS) body.lastChild.remove();
 }
