@@ -205,8 +205,8 @@ pub struct EndpointConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// How long protocol detection waits for a client's first bytes before forwarding
-    /// the connection as opaque TCP.
+    /// How long protocol detection waits for a client's first bytes before closing the
+    /// connection (on a port not declared opaque: see [`crate::detect::Detection`]).
     #[serde(with = "duration")]
     pub detect_timeout: Duration,
     /// Connections open at once, inbound and outbound together; more are refused.

@@ -167,7 +167,7 @@ pub async fn proxy_connection<H: Handle>(
     let source = stream.peer_addr().ok();
     let meta = handler.meta();
     let Some((protocol, prefix)) =
-        detect_protocol(shared, &mut stream, meta.direction, &meta.name, hint).await
+        detect_protocol(shared, &mut stream, meta.direction, &meta.name, hint, false).await
     else {
         return;
     };
@@ -175,13 +175,17 @@ pub async fn proxy_connection<H: Handle>(
 }
 
 /// The connection's protocol (from `hint`, or read from its first bytes) and the bytes
-/// read to learn it; `None` if the connection failed meanwhile.
-pub async fn detect_protocol(
+/// read to learn it; `None` if the connection failed meanwhile, or its client stayed
+/// silent on a port not declared opaque (`opaque_port`): forwarding that as opaque TCP
+/// would let HTTP sent after the timeout pass unparsed, past routes, policy and the
+/// identity header's rewrite.
+pub async fn detect_protocol<I: AsyncRead + Unpin>(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut I,
     direction: Direction,
     target: &str,
     hint: Protocol,
+    opaque_port: bool,
 ) -> Option<(Detected, Vec<u8>)> {
     let detected = match hint {
         Protocol::Opaque => (Detected::Opaque, Vec::new()),
@@ -192,18 +196,22 @@ pub async fn detect_protocol(
                 tracing::debug!(error = %e, "connection failed during protocol detection");
                 return None;
             }
-            Ok(d) => {
-                if d.timed_out {
-                    shared.metrics.detected(direction, "timeout");
-                    tracing::warn!(
-                        target,
-                        timeout = ?shared.limits.detect_timeout,
-                        "protocol detection timed out: the client sent nothing, forwarding as opaque TCP; \
-                         if this is a server-speaks-first protocol, add its port to `opaque_ports`"
-                    );
-                } else {
-                    shared.metrics.detected(direction, d.protocol.as_str());
+            Ok(d) if d.timed_out => {
+                shared.metrics.detected(direction, "timeout");
+                if opaque_port {
+                    return Some((Detected::Opaque, d.buffered.to_vec()));
                 }
+                tracing::warn!(
+                    target,
+                    timeout = ?shared.limits.detect_timeout,
+                    "protocol detection timed out: the client sent nothing, closing the connection; \
+                     if this is a server-speaks-first protocol, declare its port opaque \
+                     (`opaque_ports`, or `appProtocol: tcp` on the Service port)"
+                );
+                return None;
+            }
+            Ok(d) => {
+                shared.metrics.detected(direction, d.protocol.as_str());
                 return Some((d.protocol, d.buffered.to_vec()));
             }
         },

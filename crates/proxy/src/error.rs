@@ -62,6 +62,17 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// A send to `addr` that failed with `source`: the upstream's failure, or the
+    /// caller's when what broke was the request body it was streaming (an invalid chunk
+    /// size, a body cut short), which gets 400 and is the caller's to fix, not 502.
+    pub fn upstream(addr: SocketAddr, source: hyper::Error, sent: bool) -> Self {
+        if request_body_failed(&source) {
+            ProxyError::RequestBody(source)
+        } else {
+            ProxyError::Upstream { addr, source, sent }
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -133,6 +144,25 @@ impl ProxyError {
             | ProxyError::Overloaded { .. } => Class::Final,
         }
     }
+}
+
+/// Whether hyper's client failed because the request body it was sending failed: over
+/// HTTP/1 a user-body error caused by the body's own (server-side) hyper error; over
+/// HTTP/2 the stream hyper reset itself with INTERNAL_ERROR when the body failed (the
+/// body's error is only logged there).
+fn request_body_failed(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    if e.is_user() && e.source().is_some_and(|cause| cause.is::<hyper::Error>()) {
+        return true;
+    }
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            return h2.is_reset() && !h2.is_remote() && h2.reason() == Some(h2::Reason::INTERNAL_ERROR);
+        }
+        cause = c.source();
+    }
+    false
 }
 
 #[cfg(test)]

@@ -146,11 +146,8 @@ impl Endpoint {
             Err(e) => return Err(SendError::unsent(e, req)),
         };
         let client_side = hyper::upgrade::on(&mut req);
-        let mut rsp = sender.send_request(req).await.map_err(|source| ProxyError::Upstream {
-            addr: self.addr,
-            source,
-            sent: true,
-        })?;
+        let mut rsp =
+            sender.send_request(req).await.map_err(|source| ProxyError::upstream(self.addr, source, true))?;
         in_flight.complete();
 
         let switched = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -190,9 +187,7 @@ fn unsent(
             tracing::debug!(%addr, error = %e.error(), "connection closed before the request was sent; reconnecting");
             Ok(req)
         }
-        Some(req) => {
-            Err(SendError::unsent(ProxyError::Upstream { addr, source: e.into_error(), sent: false }, req))
-        }
-        None => Err(ProxyError::Upstream { addr, source: e.into_error(), sent: true }.into()),
+        Some(req) => Err(SendError::unsent(ProxyError::upstream(addr, e.into_error(), false), req)),
+        None => Err(ProxyError::upstream(addr, e.into_error(), true).into()),
     }
 }

@@ -118,7 +118,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .filter(|name| !(keep_upgrade && name == header::UPGRADE))
             .collect();
         for name in named {
-            if name != header::TE {
+            // The client's identity is the inbound identity stage's to set: a client
+            // naming it in `Connection` must not make the proxy drop the verified value.
+            if name != header::TE && name != CLIENT_ID {
                 headers.remove(&name);
             }
         }

@@ -67,11 +67,14 @@ enum Flow {
 pub async fn serve(
     svc: &Logical,
     routes: Arc<Routes>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let started = Instant::now();
     let meta = crate::http::handle::Handle::meta(svc);
     let table = &routes.table;
+    if let Some(path) = tarmac_route::path::normalize(req.uri().path()) {
+        set_path(&mut req, &path)?;
+    }
     let Some((rule, matched)) =
         table.select(req.method(), req.uri().path(), req.uri().query(), req.headers())
     else {
@@ -101,6 +104,15 @@ pub async fn serve(
         rsp.extensions_mut().insert(RouteLabel(rule.name.clone()));
     }
     Ok(rsp)
+}
+
+/// Replaces the request's path, keeping its query.
+fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), ProxyError> {
+    let pq = path_and_query(path, req.uri().query()).map_err(ProxyError::BadUri)?;
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.path_and_query = Some(pq);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| ProxyError::BadUri(e.to_string()))?;
+    Ok(())
 }
 
 impl Cx<'_> {
@@ -211,10 +223,7 @@ impl Cx<'_> {
             && req.method() != http::Method::CONNECT
         {
             let new_path = path.apply(req.uri().path(), self.prefix);
-            let pq = path_and_query(&new_path, req.uri().query()).map_err(ProxyError::BadUri)?;
-            let mut parts = std::mem::take(req.uri_mut()).into_parts();
-            parts.path_and_query = Some(pq);
-            *req.uri_mut() = Uri::from_parts(parts).map_err(|e| ProxyError::BadUri(e.to_string()))?;
+            set_path(req, &new_path)?;
         }
         if let Some(host) = &rewrite.hostname {
             // The port the request was addressed to stays.
