@@ -59,6 +59,8 @@ pub enum ProxyError {
         "{backend} is at its concurrency limit ({max_in_flight} requests in flight, {max_queued} queued)"
     )]
     Overloaded { backend: Arc<String>, max_in_flight: u32, max_queued: u32 },
+    #[error("too many tunnels open ({0}, limits.max_connections)")]
+    TunnelLimit(usize),
 }
 
 impl ProxyError {
@@ -86,7 +88,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::FaultAbort(status) => *status,
             ProxyError::FaultUnresolved(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Overloaded { .. } | ProxyError::TunnelLimit(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -110,7 +112,7 @@ impl ProxyError {
         match self {
             ProxyError::NoEndpoints(_) => "no_endpoints",
             ProxyError::Connect(ConnectError::Timeout { .. }) => "connect_timeout",
-            ProxyError::Connect(ConnectError::Tls { .. }) => "tls",
+            ProxyError::Connect(ConnectError::Tls { .. } | ConnectError::NoPeerIdentity { .. }) => "tls",
             ProxyError::Connect(_) => "connect",
             ProxyError::Upstream { .. } => "upstream",
             ProxyError::NoAuthority | ProxyError::BadUri(_) | ProxyError::RequestBody(_) => "bad_request",
@@ -120,6 +122,7 @@ impl ProxyError {
             ProxyError::FaultAbort(_) => "fault",
             ProxyError::FaultUnresolved(_) => "bad_filter",
             ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::TunnelLimit(_) => "tunnel_limit",
         }
     }
 
@@ -141,7 +144,8 @@ impl ProxyError {
             | ProxyError::FaultAbort(_)
             | ProxyError::FaultUnresolved(_)
             // Shed load is not retried: a retry would only queue it again.
-            | ProxyError::Overloaded { .. } => Class::Final,
+            | ProxyError::Overloaded { .. }
+            | ProxyError::TunnelLimit(_) => Class::Final,
         }
     }
 }
