@@ -1,14 +1,15 @@
 //! The `tarmac-control` binary as a user runs it, `tarmac-control --config-dir DIR`: a
 //! proxy gets its certificate from its CA with a bootstrap token from `--bootstrap-tokens`,
 //! follows a Service's routes through its discovery, and follows a change of the
-//! directory; the API answers from the same state; SIGTERM stops it with exit 0 while the
+//! directory; the API answers from the same state, to addresses and `localhost` only (as
+//! does the proxy's admin listener); SIGTERM stops it with exit 0 while the
 //! proxy is still connected.
 
 use std::time::Duration;
 use tarmac_testkit::control::ControlProcess;
 use tarmac_testkit::metrics::{scrape, sum};
 use tarmac_testkit::proxy::start;
-use tarmac_testkit::tools::{http_get, temp_dir};
+use tarmac_testkit::tools::{http_get, run, temp_dir};
 
 /// The Service `books` with an HTTPRoute whose one rule answers every request with a
 /// redirect of status `code`: what the proxy answers shows which configuration it follows.
@@ -64,6 +65,21 @@ async fn the_control_plane_binary_certifies_and_configures_a_proxy_and_stops_on_
     let (status, routes) = http_get(control.api, "/api/v1/routes?service=books").await;
     assert_eq!(status, 200, "{routes}");
     assert!(routes.contains("books.example") || routes.contains("RequestRedirect"), "{routes}");
+    // DNS rebinding: a page whose own name resolves to 127.0.0.1 reaches the API and the
+    // proxy's admin with its name as Host, and is refused; addresses and localhost pass.
+    for (addr, path) in [(control.api, "/api/v1/routes?service=books"), (proxy.addrs.admin, "/config")] {
+        let status = |host: &str| {
+            let (url, header) = (format!("http://{addr}{path}"), format!("Host: {host}"));
+            async move {
+                let out =
+                    run("curl", &["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &header, &url]).await;
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+        };
+        assert_eq!(status(&format!("rebind.example:{}", addr.port())).await, "403", "{addr}");
+        assert_eq!(status(&format!("localhost:{}", addr.port())).await, "200", "{addr}");
+        assert_eq!(status(&addr.to_string()).await, "200", "{addr}");
+    }
 
     // A token is good once: a second proxy with it is refused (the file is written again:
     // a proxy removes its token file once read).

@@ -225,7 +225,7 @@ async fn tap_streams_live_request_events() {
     let (client, _server) = mesh_pair("books", app.addr).await;
     let books = client.addrs.service("books").unwrap();
     let mut tap = tokio::net::TcpStream::connect(client.addrs.admin).await.unwrap();
-    tap.write_all(b"GET /tap?target=books&limit=2 HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+    tap.write_all(b"GET /tap?target=books&limit=2 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
     let reader = tokio::spawn(async move {

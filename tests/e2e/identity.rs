@@ -223,12 +223,7 @@ async fn proxies_speak_mtls_with_spiffe_identities_and_hybrid_key_exchange() {
 async fn openssl_verifies_the_certificate_a_proxy_is_issued() {
     let control = ControlPlane::start("id-openssl", Duration::from_secs(24 * 3600)).await;
     // The whole path: a CSR over gRPC with a bootstrap token, as a proxy sends it.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", control.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = tarmac_proto::identity::identity_client::IdentityClient::new(channel);
+    let mut client = identity_client(&control).await;
     let key = WorkloadKey::generate().unwrap();
     let asked = SpiffeId::new("cluster.local", "default", "books").unwrap();
     let token = control.tokens.issue(
@@ -487,13 +482,13 @@ async fn certificates_outlive_a_control_plane_outage_and_renew_when_it_returns()
     assert!(identity.contains("\"renewal_failing_since\":null"), "{identity}");
 }
 
-/// The identity service over gRPC, as a proxy (or an attacker on the host) reaches it.
+/// The identity service over gRPC, as a bootstrapping proxy (or an attacker on the host)
+/// reaches it: over TLS, verifying the control plane, without a certificate.
 async fn identity_client(
-    addr: SocketAddr,
+    control: &ControlPlane,
 ) -> tarmac_proto::identity::identity_client::IdentityClient<tonic::transport::Channel> {
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-    tarmac_proto::identity::identity_client::IdentityClient::new(channel)
+    let anonymous = control_client(control.addr, control.ca.anchors_pem(), &control.ca, "default", "");
+    tarmac_proto::identity::identity_client::IdentityClient::new(anonymous.channel())
 }
 
 async fn certify(
@@ -516,7 +511,7 @@ async fn a_token_survives_garbage_csrs_but_not_its_expiry() {
         BootstrapTokens::with_lifetime(Duration::from_secs(2)),
     )
     .await;
-    let mut client = identity_client(control.addr).await;
+    let mut client = identity_client(&control).await;
     let key = WorkloadKey::generate().unwrap();
     let csr = key.csr_der(&SpiffeId::new("cluster.local", "default", "server").unwrap()).unwrap();
     let token = control.token("server");
@@ -565,7 +560,7 @@ async fn a_workload_removed_from_the_configuration_cannot_renew() {
     control.serve().await;
     let snapshots = control.snapshots();
 
-    let mut client = identity_client(control.addr).await;
+    let mut client = identity_client(&control).await;
     let key = WorkloadKey::generate().unwrap();
     let csr = key.csr_der(&SpiffeId::new("cluster.local", "default", "server").unwrap()).unwrap();
     let issued = certify(&mut client, csr.clone(), Proof::Token(control.token("server"))).await.unwrap();
@@ -734,4 +729,90 @@ async fn get(
     use http_body_util::BodyExt;
     rsp.into_body().collect().await.map_err(|e| e.to_string())?;
     Ok(status)
+}
+
+/// A `ControlClient` as a proxy of `namespace/sa` makes it, with a certificate from `ca`
+/// (none when `sa` is empty), trusting `anchors_pem`.
+fn control_client(
+    addr: SocketAddr,
+    anchors_pem: &str,
+    ca: &Ca,
+    namespace: &str,
+    sa: &str,
+) -> tarmac_proxy::discovery::ControlClient {
+    use tarmac_proxy::identity::{MeshTls, store::CertStore};
+    let certs = Arc::new(CertStore::default());
+    if !sa.is_empty() {
+        let key = WorkloadKey::generate().unwrap();
+        let id = SpiffeId::new("cluster.local", namespace, sa).unwrap();
+        let issued = ca.issue(&key.csr_der(&id).unwrap(), &id, Duration::from_secs(3600)).unwrap();
+        let chain = std::iter::once(issued.leaf_der).chain(issued.chain_der).collect();
+        certs.install(chain, key.private_key_der()).unwrap();
+    }
+    let tls = MeshTls::new(anchors_pem, "anchors", certs, Default::default()).unwrap();
+    let config = tarmac_proxy::config::ControlConfig {
+        addr,
+        namespace: namespace.into(),
+        workload: "w".into(),
+        service_account: sa.into(),
+    };
+    tarmac_proxy::discovery::ControlClient::new(&config, Some(&tls))
+}
+
+/// Opens `WatchService` for `books` claiming to be a proxy of `namespace/sa`; the first
+/// update, or the status the control plane answered with.
+async fn watch_as(
+    channel: tonic::transport::Channel,
+    namespace: &str,
+    sa: &str,
+) -> Result<tarmac_proto::discovery::ServiceUpdate, tonic::Status> {
+    use tarmac_proto::discovery::discovery_client::DiscoveryClient;
+    use tarmac_proto::discovery::{ProxyIdentity, WatchServiceRequest};
+    let request = WatchServiceRequest {
+        service: "books".into(),
+        namespace: "default".into(),
+        port: 80,
+        proxy: Some(ProxyIdentity {
+            namespace: namespace.into(),
+            workload: "w".into(),
+            service_account: sa.into(),
+        }),
+    };
+    let call = async {
+        let mut stream = DiscoveryClient::new(channel).watch_service(request).await?.into_inner();
+        stream.message().await?.ok_or_else(|| tonic::Status::unknown("the stream ended"))
+    };
+    tokio::time::timeout(Duration::from_secs(10), call).await.expect("an answer within 10 s")
+}
+
+/// Issue 17, finding 4: the control channel is TLS, the proxy verifies the control
+/// plane's identity, and a proxy is served as what its certificate proves, not as what it
+/// claims.
+#[tokio::test]
+async fn the_control_channel_is_tls_and_a_proxy_is_what_its_certificate_proves() {
+    let control = ControlPlane::start("id-channel", Duration::from_secs(3600)).await;
+    let anchors = control.ca.anchors_pem().to_string();
+
+    // The proxy's own view: a proxy of default/client gets its updates.
+    let own = control_client(control.addr, &anchors, &control.ca, "default", "client");
+    assert!(watch_as(own.channel(), "default", "client").await.is_ok());
+
+    // Claiming another namespace than the certificate proves is refused.
+    let refused = watch_as(own.channel(), "shop", "client").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    // No certificate (a bootstrapping proxy has none): no discovery.
+    let anonymous = control_client(control.addr, &anchors, &control.ca, "default", "");
+    let refused = watch_as(anonymous.channel(), "default", "client").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    // Plaintext gets nothing: the API is not served without TLS.
+    let plain =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", control.addr)).unwrap().connect_lazy();
+    assert!(watch_as(plain, "default", "client").await.is_err());
+
+    // A control plane with another CA is not this mesh's: the proxy will not talk to it.
+    let other = ControlPlane::start("id-channel-other", Duration::from_secs(3600)).await;
+    let fooled = control_client(other.addr, &anchors, &control.ca, "default", "client");
+    let failed = watch_as(fooled.channel(), "default", "client").await.unwrap_err();
+    assert_eq!(failed.code(), tonic::Code::Unavailable, "{failed:?}");
 }

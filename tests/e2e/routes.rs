@@ -241,6 +241,15 @@ async fn routes_choose_backends_filter_redirect_and_fail_as_the_specification_sa
     assert_eq!(get(m.books, "/gone", &[]).await.status, 500, "a backendRef to a missing Service");
     assert_eq!(get(m.books, "/elsewhere", &[]).await.status, 404, "no rule matches");
     assert_eq!(get(m.books, "/booksx", &[]).await.status, 404, "prefixes match whole segments");
+    // Other spellings of a path match as the path they spell, and the app is sent that path
+    // (so that a rule, and the authorization that relies on it, cannot be slipped past).
+    for spelt in
+        ["/%62ooks/shelf", "/books//shelf", "/x/../books/shelf", "/books/./shelf", "/x/%2e%2e/books/shelf"]
+    {
+        let a = get(m.books, spelt, &[]).await;
+        assert_eq!((a.status, a.server()), (200, Some("books-v1")), "{spelt}: {}", a.body);
+        assert_eq!(field(&a.body, "path"), Some("/books/shelf"), "{spelt}");
+    }
     assert_eq!(get(m.books, "/slow?delay_ms=2000", &[]).await.status, 504, "timeouts.request");
     assert_eq!(get(m.books, "/slow?delay_ms=1", &[]).await.status, 200);
 

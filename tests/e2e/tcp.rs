@@ -91,19 +91,22 @@ async fn server_speaks_first_on_an_opaque_service_without_waiting() {
 }
 
 #[tokio::test]
-async fn detection_timeout_falls_back_to_opaque_and_is_counted() {
+async fn a_silent_client_on_a_port_not_declared_opaque_is_closed_and_counted() {
     let banner = banner_server().await;
     let proxy = start(&format!(
         "admin: 127.0.0.1:0\nlimits: {{detect_timeout: 200ms}}\noutbound:\n  services:\n  - name: smtp\n    listen: 127.0.0.1:0\n    endpoints: [{{addr: \"{banner}\"}}]\n"
     ))
     .await;
     let mut s = TcpStream::connect(proxy.addrs.service("smtp").unwrap()).await.unwrap();
-    // Nothing is sent: detection can only time out, then the banner flows.
-    assert_eq!(read_line(&mut s).await, "220 ready\r\n");
-    s.write_all(b"HELO x\r\n").await.unwrap();
-    assert_eq!(read_line(&mut s).await, "HELO x\r\n");
+    // Nothing is sent: detection can only time out. Forwarding then as opaque TCP would
+    // let HTTP sent later pass unparsed (issue 17, finding 1): the proxy closes instead,
+    // and a server-speaks-first protocol must be declared opaque (the test above).
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await.expect("closed").ok();
+    assert_eq!(String::from_utf8_lossy(&got), "", "the banner flowed through an undeclared port");
     let m = scrape(proxy.addrs.admin).await;
     assert_eq!(sum(&m, "tarmac_protocol_detect_total", &[("result", "timeout")]), 1.0, "{m}");
+    assert_eq!(sum(&m, "tarmac_tcp_open_total", &[]), 0.0, "no upstream connection: {m}");
 }
 
 #[tokio::test]

@@ -264,6 +264,12 @@ nsenter --net=/run/netns/tarmac-default-intruder-1 true >/dev/null 2>&1 && echo 
 mount -t tmpfs x /mnt >/dev/null 2>&1 && echo "attack: mounted a file system"
 [ -n "$(ip -6 -o addr show 2>/dev/null)" ] && echo "attack: an IPv6 address, which the interception rules do not cover"
 kill -0 1 2>/dev/null && echo "attack: may signal pid 1"
+own="${TARMAC_ADMIN#http://}"
+curl -sf -m 5 -o /dev/null "http://$own/ready" && echo "own admin: reachable" || echo "own admin: unreachable"
+for n in 2 3 4 5; do
+  a="10.211.0.$n:4191"; [ "$a" = "$own" ] && continue
+  curl -sf -m 1 -o /dev/null "http://$a/config" && echo "attack: read $a/config, another replica's sidecar admin"
+done
 for e in /proc/[0-9]*/environ; do { tr '\0' '\n' <"$e" | grep -q TOKEN && echo "attack: a token in $e"; } 2>/dev/null; done
 echo "attacks done"
 exec python3 -m http.server "$PORT" --bind 127.0.0.1
@@ -341,6 +347,7 @@ fn apps_run_unprivileged_and_cannot_reach_the_ca_the_rules_or_each_other() {
             assert_eq!(said(&format!("status: {set}:")), "0000000000000000", "{who}: {set}");
         }
         assert_eq!(said("status: NoNewPrivs:"), "1");
+        assert_eq!(said("own admin:"), "reachable", "the app reaches its own sidecar's admin");
         let whoami = said("whoami:");
         let uid: u32 = whoami.split_whitespace().nth(1).unwrap().parse().unwrap();
         assert_ne!(uid, 0, "{whoami}");

@@ -145,6 +145,8 @@ pub enum StartError {
     Store(#[from] OpenError),
     #[error("a listener has no local address: {0}")]
     Listener(std::io::Error),
+    #[error("cannot set up TLS for the gRPC API: {0}")]
+    Tls(String),
 }
 
 /// The addresses the control plane actually serves on.
@@ -242,6 +244,13 @@ pub async fn start(
     let discovery = DiscoveryService::new(relay_until(store.snapshots(), stop.clone()), registry.clone())
         .with_default_policy(config.default_policy);
     let subscriptions = discovery.subscriptions();
+    let tls = match &config.identity {
+        Some(i) => Some(
+            crate::grpc::server_tls(i.ca.clone(), &i.trust_domain, i.cert_lifetime)
+                .map_err(StartError::Tls)?,
+        ),
+        None => None,
+    };
     let identity = config.identity.map(|i| {
         let service = IdentityService::new(i.ca, &i.trust_domain, i.authenticator, i.cert_lifetime);
         match i.only_configured_workloads {
@@ -250,8 +259,13 @@ pub async fn start(
         }
     });
     let identity_stats = identity.as_ref().map(|i| i.stats.clone());
-    let grpc =
-        tokio::spawn(crate::grpc::serve(listeners.grpc, discovery, identity, stop.clone().cancelled_owned()));
+    let grpc = tokio::spawn(crate::grpc::serve(
+        listeners.grpc,
+        discovery,
+        identity,
+        tls,
+        stop.clone().cancelled_owned(),
+    ));
 
     let mut apis = Vec::new();
     if !listeners.api.is_empty() {

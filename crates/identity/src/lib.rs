@@ -21,3 +21,9 @@ pub use spiffe::SpiffeId;
 
 /// The trust domain of local meshes, as in a default Kubernetes cluster.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// The identity the control plane serves its gRPC API with, and that proxies expect of
+/// it: `spiffe://<trust-domain>/ns/tarmac-system/sa/tarmac-control`.
+pub fn control_plane_id(trust_domain: &str) -> Result<SpiffeId, spiffe::InvalidSpiffeId> {
+    SpiffeId::new(trust_domain, "tarmac-system", "tarmac-control")
+}

@@ -13,6 +13,9 @@
 //! `?direction=inbound|outbound` filter, `?limit=N` ends the stream after N events, default
 //! 100, at most 100000); a line `{"dropped":N}` says the watcher fell behind and lost N.
 //!
+//! A `Host` other than an address or `localhost` gets 403, so that a web page cannot read
+//! the admin endpoints from a browser on this host by DNS rebinding.
+//!
 //! Kept apart from the data path: it has its own accept loop, stays up while the proxy
 //! drains (so `/ready` can report 503 to whoever is routing to this workload), and is
 //! never subject to the connection cap.
@@ -77,6 +80,14 @@ impl Admin {
     fn route(&self, req: Request<Incoming>) -> Response<AdminBody> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
+        }
+        if let Some(host) = req.headers().get(header::HOST)
+            && !tarmac_transport::host_is_address_or_localhost(host.to_str().unwrap_or_default())
+        {
+            return text(
+                StatusCode::FORBIDDEN,
+                "reach the admin endpoints by address or as localhost\n".into(),
+            );
         }
         match req.uri().path() {
             "/metrics" => {

@@ -78,17 +78,18 @@ fn bind(field: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
 /// is bound; a listener that cannot bind fails the whole start.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
-    let control = config.control.as_ref().map(ControlClient::new);
     let drain = CancellationToken::new();
     let (fatal_tx, fatal) = tokio::sync::watch::channel(None);
     let tls = match &config.identity {
         Some(identity) => Some(Arc::new(
-            setup_identity(identity, &config, control.as_ref(), &metrics, &drain, fatal_tx)
+            setup_identity(identity, &config, &metrics, &drain, fatal_tx)
                 .await
                 .map_err(StartError::Identity)?,
         )),
         None => None,
     };
+    // Made once the proxy has its certificate, so that discovery's connections present it.
+    let control = config.control.as_ref().map(|c| ControlClient::new(c, tls.as_deref()));
     let admin_listener = bind("admin", config.admin)?;
     let mut bound = BoundAddrs {
         admin: admin_listener.local_addr().expect("bound"),
@@ -198,7 +199,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 async fn setup_identity(
     identity: &IdentityConfig,
     config: &Config,
-    control: Option<&ControlClient>,
     metrics: &Arc<Metrics>,
     stop: &CancellationToken,
     fatal: tokio::sync::watch::Sender<Option<String>>,
@@ -221,9 +221,12 @@ async fn setup_identity(
         metrics.cert_expiry.set(expiry.as_secs() as i64);
         return Ok(tls);
     }
-    let (Some(control), Some(control_config)) = (control, &config.control) else {
+    let Some(control_config) = &config.control else {
         return Err("`identity` without `certificate` needs `control`".into());
     };
+    // The bootstrap call presents no certificate (it has none yet): a channel of its own,
+    // kept for renewals, which prove themselves with the current certificate's key.
+    let control = ControlClient::new(control_config, Some(&tls));
     let token = bootstrap_token(identity)?;
     let requested = tarmac_identity::SpiffeId::new(
         tarmac_identity::DEFAULT_TRUST_DOMAIN,

@@ -205,12 +205,16 @@ pub struct EndpointConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
-    /// How long protocol detection waits for a client's first bytes before forwarding
-    /// the connection as opaque TCP.
+    /// How long protocol detection waits for a client's first bytes before closing the
+    /// connection (on a port not declared opaque: see [`crate::detect::Detection`]).
     #[serde(with = "duration")]
     pub detect_timeout: Duration,
-    /// Connections open at once, inbound and outbound together; more are refused.
+    /// Connections open at once on each side, inbound and outbound apart (so that a flood
+    /// of connections from outside cannot stop the app's own calls); more are refused.
     pub max_connections: usize,
+    /// Inbound connections open at once from one client address; more are refused, so
+    /// that one client cannot take every inbound connection.
+    pub max_connections_per_client: usize,
     /// Largest request head (request line and headers) accepted; larger gets 431.
     pub max_header_bytes: usize,
     /// Opaque TCP connections idle this long in both directions are closed.
@@ -233,6 +237,7 @@ impl Default for Limits {
         Self {
             detect_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            max_connections_per_client: 1_000,
             max_header_bytes: 64 * 1024,
             tcp_idle_timeout: Duration::from_secs(3600),
             http_idle_timeout: Duration::from_secs(30),
@@ -308,6 +313,9 @@ impl Config {
         }
         if self.limits.max_connections == 0 {
             return Err(invalid("limits.max_connections".into(), "must be at least 1".into()));
+        }
+        if self.limits.max_connections_per_client == 0 {
+            return Err(invalid("limits.max_connections_per_client".into(), "must be at least 1".into()));
         }
         let own = self.listen_addrs();
         let mut seen = HashSet::new();

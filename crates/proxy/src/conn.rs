@@ -4,7 +4,7 @@
 use crate::backend::Backend;
 use crate::config::{Config, Limits, Protocol};
 use crate::detect::{self, Detected};
-use crate::endpoint::{ConnectSettings, Endpoint, EndpointSpec};
+use crate::endpoint::{ConnectSettings, Endpoint, EndpointSpec, Tunnels};
 use crate::error::ProxyError;
 use crate::http::connections::HttpConnections;
 use crate::http::handle::{Handle, Meta};
@@ -15,7 +15,7 @@ use crate::{http, tcp};
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use tarmac_transport::PrefixedIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -31,8 +31,8 @@ pub struct Shared {
     pub limits: Limits,
     pub opaque_ports: Vec<u16>,
     pub connect: ConnectSettings,
-    /// Caps connections open at once, all listeners together.
-    pub connections: Arc<Semaphore>,
+    /// Caps connections open at once: inbound and outbound apart, and inbound per client.
+    pub caps: ConnectionCaps,
     /// Cancelled on SIGTERM: listeners stop accepting, connections finish and close.
     pub drain: CancellationToken,
     pub tasks: TaskTracker,
@@ -45,14 +45,18 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Self {
+        let limits = &config.limits;
+        let tasks = TaskTracker::new();
+        let mut connect = ConnectSettings::new(limits.connect_timeout, limits.max_header_bytes);
+        connect.tunnels = Tunnels::new(limits.max_connections, tasks.clone(), limits.tcp_idle_timeout);
         Self {
             metrics,
             limits: config.limits.clone(),
             opaque_ports: config.opaque_ports.clone(),
-            connect: ConnectSettings::new(config.limits.connect_timeout, config.limits.max_header_bytes),
-            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            connect,
+            caps: ConnectionCaps::new(&config.limits),
             drain: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            tasks,
             http_connections: Arc::new(HttpConnections::new(config.limits.http_idle_timeout)),
             own_addrs: Vec::new(),
             tap: Arc::default(),
@@ -124,10 +128,76 @@ impl<K: Hash + Eq, V> Targets<K, V> {
     }
 }
 
-/// Accepts connections until drain, spawning `handle` for each within the connection cap.
+/// How many connections may be open at once: a cap for each side, so that a flood of
+/// inbound connections cannot stop the app's own outbound calls (and the reverse), and on
+/// the inbound side a cap per client address, so that one client cannot take them all.
+#[derive(Debug)]
+pub struct ConnectionCaps {
+    inbound: Arc<Semaphore>,
+    outbound: Arc<Semaphore>,
+    per_client: usize,
+    clients: Clients,
+}
+
+/// Inbound connections open per client address; only addresses with some are kept.
+type Clients = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
+/// A connection's place under the caps, given back when it is dropped.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    _side: OwnedSemaphorePermit,
+    client: Option<(IpAddr, Clients)>,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        if let Some((ip, clients)) = self.client.take() {
+            let mut clients = clients.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(open) = clients.get_mut(&ip) {
+                *open -= 1;
+                if *open == 0 {
+                    clients.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+impl ConnectionCaps {
+    pub fn new(limits: &Limits) -> Self {
+        Self {
+            inbound: Arc::new(Semaphore::new(limits.max_connections)),
+            outbound: Arc::new(Semaphore::new(limits.max_connections)),
+            per_client: limits.max_connections_per_client,
+            clients: Arc::default(),
+        }
+    }
+
+    /// A place for a connection from `client` on `direction`'s side, or why there is none
+    /// (the `reason` label of `tarmac_connections_refused_total`).
+    pub fn admit(&self, direction: Direction, client: IpAddr) -> Result<ConnectionPermit, &'static str> {
+        let side = match direction {
+            Direction::Inbound => &self.inbound,
+            Direction::Outbound => &self.outbound,
+        };
+        let Ok(permit) = side.clone().try_acquire_owned() else { return Err("limit") };
+        if direction == Direction::Outbound {
+            return Ok(ConnectionPermit { _side: permit, client: None });
+        }
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let open = clients.entry(client).or_default();
+        if *open >= self.per_client {
+            return Err("client_limit");
+        }
+        *open += 1;
+        Ok(ConnectionPermit { _side: permit, client: Some((client, self.clients.clone())) })
+    }
+}
+
+/// Accepts connections until drain, spawning `handle` for each within the connection caps.
 pub async fn accept_loop<F, Fut>(listener: TcpListener, direction: Direction, shared: Arc<Shared>, handle: F)
 where
-    F: Fn(TcpStream, OwnedSemaphorePermit) -> Fut,
+    F: Fn(TcpStream, ConnectionPermit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -135,8 +205,8 @@ where
             _ = shared.drain.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -144,13 +214,20 @@ where
                 continue;
             }
         };
-        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-            shared.metrics.refused(direction, "limit");
-            tracing::warn!(
-                limit = shared.limits.max_connections,
-                "connection refused: too many open connections (limits.max_connections)"
-            );
-            continue;
+        let permit = match shared.caps.admit(direction, peer.ip()) {
+            Ok(permit) => permit,
+            Err(reason) => {
+                shared.metrics.refused(direction, reason);
+                // One line per refusal would be a flood of its own: the counter tells how many.
+                tracing::debug!(
+                    ?direction,
+                    %peer,
+                    reason,
+                    "connection refused: too many open connections \
+                     (limits.max_connections, limits.max_connections_per_client)"
+                );
+                continue;
+            }
         };
         tarmac_transport::set_stream_options(&stream);
         shared.tasks.spawn(handle(stream, permit));
@@ -167,7 +244,7 @@ pub async fn proxy_connection<H: Handle>(
     let source = stream.peer_addr().ok();
     let meta = handler.meta();
     let Some((protocol, prefix)) =
-        detect_protocol(shared, &mut stream, meta.direction, &meta.name, hint).await
+        detect_protocol(shared, &mut stream, meta.direction, &meta.name, hint, false).await
     else {
         return;
     };
@@ -175,13 +252,17 @@ pub async fn proxy_connection<H: Handle>(
 }
 
 /// The connection's protocol (from `hint`, or read from its first bytes) and the bytes
-/// read to learn it; `None` if the connection failed meanwhile.
-pub async fn detect_protocol(
+/// read to learn it; `None` if the connection failed meanwhile, or its client stayed
+/// silent on a port not declared opaque (`opaque_port`): forwarding that as opaque TCP
+/// would let HTTP sent after the timeout pass unparsed, past routes, policy and the
+/// identity header's rewrite.
+pub async fn detect_protocol<I: AsyncRead + Unpin>(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut I,
     direction: Direction,
     target: &str,
     hint: Protocol,
+    opaque_port: bool,
 ) -> Option<(Detected, Vec<u8>)> {
     let detected = match hint {
         Protocol::Opaque => (Detected::Opaque, Vec::new()),
@@ -192,18 +273,22 @@ pub async fn detect_protocol(
                 tracing::debug!(error = %e, "connection failed during protocol detection");
                 return None;
             }
-            Ok(d) => {
-                if d.timed_out {
-                    shared.metrics.detected(direction, "timeout");
-                    tracing::warn!(
-                        target,
-                        timeout = ?shared.limits.detect_timeout,
-                        "protocol detection timed out: the client sent nothing, forwarding as opaque TCP; \
-                         if this is a server-speaks-first protocol, add its port to `opaque_ports`"
-                    );
-                } else {
-                    shared.metrics.detected(direction, d.protocol.as_str());
+            Ok(d) if d.timed_out => {
+                shared.metrics.detected(direction, "timeout");
+                if opaque_port {
+                    return Some((Detected::Opaque, d.buffered.to_vec()));
                 }
+                tracing::warn!(
+                    target,
+                    timeout = ?shared.limits.detect_timeout,
+                    "protocol detection timed out: the client sent nothing, closing the connection; \
+                     if this is a server-speaks-first protocol, declare its port opaque \
+                     (`opaque_ports`, or `appProtocol: tcp` on the Service port)"
+                );
+                return None;
+            }
+            Ok(d) => {
+                shared.metrics.detected(direction, d.protocol.as_str());
                 return Some((d.protocol, d.buffered.to_vec()));
             }
         },
@@ -258,6 +343,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_side_and_each_inbound_client_have_caps_of_their_own() {
+        let limits = Limits { max_connections: 3, max_connections_per_client: 2, ..Limits::default() };
+        let caps = ConnectionCaps::new(&limits);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let a1 = caps.admit(Direction::Inbound, a).unwrap();
+        let _a2 = caps.admit(Direction::Inbound, a).unwrap();
+        assert_eq!(caps.admit(Direction::Inbound, a).unwrap_err(), "client_limit");
+        let _b1 = caps.admit(Direction::Inbound, b).unwrap();
+        assert_eq!(caps.admit(Direction::Inbound, b).unwrap_err(), "limit", "the inbound side is full");
+        let outbound: Vec<_> = (0..3).map(|_| caps.admit(Direction::Outbound, a).unwrap()).collect();
+        assert_eq!(caps.admit(Direction::Outbound, b).unwrap_err(), "limit");
+        drop(outbound);
+        drop(a1);
+        let _a3 = caps.admit(Direction::Inbound, a).expect("a closed connection gives its place back");
+        assert_eq!(
+            caps.clients.lock().unwrap().len(),
+            2,
+            "only clients with connections open are remembered"
+        );
+    }
 
     #[test]
     fn targets_are_shared_and_bounded() {

@@ -13,15 +13,23 @@
 use crate::config::{ControlConfig, DiscoverConfig};
 use crate::endpoint::ConnectSettings;
 use crate::http::handle::Handle;
+use crate::identity::MeshTls;
 use crate::inbound::policy::Policies;
 use crate::outbound::logical::Logical;
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tarmac_proto::discovery::discovery_client::DiscoveryClient;
 use tarmac_proto::discovery::{ProxyIdentity, WatchInboundRequest, WatchServiceRequest};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -34,12 +42,27 @@ pub struct ControlClient {
 
 impl ControlClient {
     /// Does not connect yet: the channel connects on first use and reconnects by itself.
-    pub fn new(config: &ControlConfig) -> Self {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", config.addr))
+    /// With `tls` (a proxy with a mesh identity) the control plane must prove the control
+    /// plane's SPIFFE ID under the mesh's trust anchors, and the proxy presents its
+    /// workload certificate when it has one; without, plaintext (a mesh without identity).
+    pub fn new(config: &ControlConfig, tls: Option<&MeshTls>) -> Self {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", config.addr))
             .expect("a socket address is a valid URI authority")
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = match tls {
+            Some(tls) => {
+                // The trust domain the proxy asks its own identity in (setup_identity).
+                let expected: Arc<str> =
+                    tarmac_identity::control_plane_id(tarmac_identity::DEFAULT_TRUST_DOMAIN)
+                        .expect("the default trust domain makes a valid SPIFFE ID")
+                        .to_string()
+                        .into();
+                let tls = tls.client_config(&expected, b"h2");
+                endpoint.connect_with_connector_lazy(TlsConnector { addr: config.addr, tls })
+            }
+            None => endpoint.connect_lazy(),
+        };
         let identity = ProxyIdentity {
             namespace: config.namespace.clone(),
             workload: config.workload.clone(),
@@ -151,4 +174,43 @@ async fn follow(
         service.update(&update, connect, service_port);
     }
     Err(tonic::Status::unavailable("the control plane closed the stream"))
+}
+
+/// Opens the channel's connections: TCP, then TLS verifying the control plane's identity.
+#[derive(Clone)]
+struct TlsConnector {
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl tower_service::Service<http::Uri> for TlsConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let (addr, tls) = (self.addr, self.tls.clone());
+        Box::pin(async move {
+            let timed_out = || {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting to the control plane timed out")
+            };
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .map_err(|_| timed_out())??;
+            tcp.set_nodelay(true)?;
+            // Verified by SPIFFE ID, not by name: the name only fills the API's slot.
+            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let stream = tokio::time::timeout(
+                CONNECT_TIMEOUT * 5,
+                tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
+            )
+            .await
+            .map_err(|_| timed_out())??;
+            Ok(TokioIo::new(stream))
+        })
+    }
 }

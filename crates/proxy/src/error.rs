@@ -59,6 +59,8 @@ pub enum ProxyError {
         "{backend} is at its concurrency limit ({max_in_flight} requests in flight, {max_queued} queued)"
     )]
     Overloaded { backend: Arc<String>, max_in_flight: u32, max_queued: u32 },
+    #[error("too many tunnels open ({0}, limits.max_connections)")]
+    TunnelLimit(usize),
     /// Refused by the workload's inbound policy: the AuthorizationPolicy (or
     /// `default:<mode>`) and why.
     #[error("refused by policy {policy} ({reason})")]
@@ -68,6 +70,17 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// A send to `addr` that failed with `source`: the upstream's failure, or the
+    /// caller's when what broke was the request body it was streaming (an invalid chunk
+    /// size, a body cut short), which gets 400 and is the caller's to fix, not 502.
+    pub fn upstream(addr: SocketAddr, source: hyper::Error, sent: bool) -> Self {
+        if request_body_failed(&source) {
+            ProxyError::RequestBody(source)
+        } else {
+            ProxyError::Upstream { addr, source, sent }
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -81,7 +94,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::FaultAbort(status) => *status,
             ProxyError::FaultUnresolved(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Overloaded { .. } | ProxyError::TunnelLimit(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
@@ -116,7 +129,7 @@ impl ProxyError {
         match self {
             ProxyError::NoEndpoints(_) => "no_endpoints",
             ProxyError::Connect(ConnectError::Timeout { .. }) => "connect_timeout",
-            ProxyError::Connect(ConnectError::Tls { .. }) => "tls",
+            ProxyError::Connect(ConnectError::Tls { .. } | ConnectError::NoPeerIdentity { .. }) => "tls",
             ProxyError::Connect(_) => "connect",
             ProxyError::Upstream { .. } => "upstream",
             ProxyError::NoAuthority | ProxyError::BadUri(_) | ProxyError::RequestBody(_) => "bad_request",
@@ -126,6 +139,7 @@ impl ProxyError {
             ProxyError::FaultAbort(_) => "fault",
             ProxyError::FaultUnresolved(_) => "bad_filter",
             ProxyError::Overloaded { .. } => "overloaded",
+            ProxyError::TunnelLimit(_) => "tunnel_limit",
             ProxyError::Forbidden { .. } => "forbidden",
             ProxyError::RateLimited { .. } => "rate_limited",
         }
@@ -150,10 +164,30 @@ impl ProxyError {
             | ProxyError::FaultUnresolved(_)
             // Shed load is not retried: a retry would only queue it again.
             | ProxyError::Overloaded { .. }
+            | ProxyError::TunnelLimit(_)
             | ProxyError::Forbidden { .. }
             | ProxyError::RateLimited { .. } => Class::Final,
         }
     }
+}
+
+/// Whether hyper's client failed because the request body it was sending failed: over
+/// HTTP/1 a user-body error caused by the body's own (server-side) hyper error; over
+/// HTTP/2 the stream hyper reset itself with INTERNAL_ERROR when the body failed (the
+/// body's error is only logged there).
+fn request_body_failed(e: &hyper::Error) -> bool {
+    use std::error::Error as _;
+    if e.is_user() && e.source().is_some_and(|cause| cause.is::<hyper::Error>()) {
+        return true;
+    }
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            return h2.is_reset() && !h2.is_remote() && h2.reason() == Some(h2::Reason::INTERNAL_ERROR);
+        }
+        cause = c.source();
+    }
+    false
 }
 
 #[cfg(test)]

@@ -144,7 +144,7 @@ pub async fn wait_ready(admin: SocketAddr, timeout: Duration) {
             tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(admin)).await
         {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+            let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await;
             let mut buf = Vec::new();
             let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut buf)).await;
             if buf.starts_with(b"HTTP/1.1 200") {

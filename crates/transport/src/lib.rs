@@ -3,7 +3,8 @@
 //! protocol detection, and the iptables rules that send a workload's traffic through its
 //! sidecar. All socket-level detail lives here so that the proxy crate deals in addresses
 //! and byte streams only. It also picks unused loopback ports for the processes that
-//! `tarmac bench` and the tests start.
+//! `tarmac bench` and the tests start, and holds the DNS-rebinding guard that the proxy's
+//! admin listener and the control plane's API share ([`host_is_address_or_localhost`]).
 //!
 //! # Layout
 //! - [`orig_dst`]: where an iptables-redirected connection was really going.
@@ -102,6 +103,22 @@ fn ephemeral_floor() -> Option<u16> {
     range.split_whitespace().next()?.parse().ok()
 }
 
+/// Whether an HTTP `Host` names the server by address (`127.0.0.1:4190`, `[::1]`,
+/// `10.211.0.7:4191`) or as `localhost`. A web page cannot send such a `Host` from a
+/// name of its own: DNS rebinding (a page whose name is made to resolve to 127.0.0.1, so
+/// that the browser lets it read a local API) always arrives with the page's name.
+/// Listeners that serve only tools and scrapers refuse every other name.
+pub fn host_is_address_or_localhost(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6.split_once(']').is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
+}
+
 /// Sets the options every proxied stream gets: no Nagle delay (requests are small and
 /// latency matters more than packet count) and TCP keepalive so dead peers are noticed.
 pub fn set_stream_options(stream: &tokio::net::TcpStream) {
@@ -114,6 +131,34 @@ pub fn set_stream_options(stream: &tokio::net::TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_addresses_and_localhost_pass_the_rebinding_guard() {
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:4190",
+            "[::1]",
+            "[::1]:4191",
+            "10.211.0.7:4191",
+            "localhost",
+            "LOCALHOST:4190",
+            "web.localhost",
+            "localhost.",
+        ] {
+            assert!(host_is_address_or_localhost(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:4190",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example",
+            "[::1",
+            "",
+            "1.2.3",
+        ] {
+            assert!(!host_is_address_or_localhost(host), "{host}");
+        }
+    }
 
     #[test]
     fn unused_loopback_ports_are_never_handed_out_twice() {

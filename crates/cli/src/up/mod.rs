@@ -313,17 +313,9 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
             args.control_port
         ))
     })?;
-    let mut api = vec![bind_api(args.api_port).await.map_err(Failure::Other)?];
-    // Transparent mode: the API is also on the bridge, for apps and tools in the namespaces.
-    if args.transparent {
-        let port = api[0].local_addr().map_err(|e| Failure::Other(e.to_string()))?.port();
-        let addr = SocketAddr::from((netns::HOST_IP, port));
-        api.push(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| Failure::Other(format!("cannot listen on {addr} for the API: {e}")))?,
-        );
-    }
+    // On loopback only, also in transparent mode: the apps in the namespaces have no use
+    // for it, and it would show them every request's tap.
+    let api = vec![bind_api(args.api_port).await.map_err(Failure::Other)?];
     let mut config = tarmac_control::Config::files(&dir).with_default_policy(args.default_policy);
     if let Some(identity) = &identity {
         config = config.with_identity(tarmac_control::IdentityConfig {

@@ -291,10 +291,20 @@ impl Namespace {
              -j REDIRECT --to-ports {INBOUND_PORT}",
             self.addr, self.proxy_uid
         );
-        let args: Vec<&str> = hairpin.split_whitespace().collect();
-        let mut all = vec!["netns", "exec", name];
-        all.extend(args);
-        ip(&all)?;
+        // The sidecar's admin listener (metrics, config, tap) is for the control plane and
+        // the tools on the host, which reach it from the bridge address, and for the app
+        // beside it; other replicas' apps must not read its tap or configuration.
+        let admin = ADMIN_PORT;
+        let rules = [
+            format!("iptables -A INPUT -p tcp --dport {admin} -i lo -j ACCEPT"),
+            format!("iptables -A INPUT -p tcp --dport {admin} -s {HOST_IP} -j ACCEPT"),
+            format!("iptables -A INPUT -p tcp --dport {admin} -j REJECT --reject-with tcp-reset"),
+        ];
+        for rule in std::iter::once(&hairpin).chain(&rules) {
+            let mut all = vec!["netns", "exec", name];
+            all.extend(rule.split_whitespace());
+            ip(&all)?;
+        }
         Ok(())
     }
 

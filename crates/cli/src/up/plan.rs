@@ -9,6 +9,10 @@ use tarmac_control::store::Snapshot;
 use tarmac_model::Resource;
 use tarmac_model::meta::DEFAULT_NAMESPACE;
 
+/// The proxy's default `opaque_ports`, which a sidecar's list must keep when it adds the
+/// app's port (the CLI does not link the proxy; a test holds the two lists equal).
+const PROXY_DEFAULT_OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 4567, 4568, 5432, 6379, 9300, 11211];
+
 /// One process to run, with its sidecar.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaPlan {
@@ -26,6 +30,10 @@ pub struct ReplicaPlan {
     pub working_dir: PathBuf,
     /// `spec.mtls`: `permissive` or `strict`, when the Workload overrides the mesh's.
     pub mtls: Option<String>,
+    /// A Service selecting it declares a port opaque (`appProtocol: tcp` or `opaque`): its
+    /// sidecar forwards TCP from other proxies to the app without waiting for the client
+    /// to speak first, which it does only on ports declared opaque on its own side.
+    pub opaque: bool,
 }
 
 /// The descriptor on which a sidecar inherits the pipe holding its one-time bootstrap
@@ -63,6 +71,18 @@ pub fn replicas(snapshot: &Snapshot, dir: &Path) -> Vec<ReplicaPlan> {
             None => dir.to_path_buf(),
         };
         let argv: Vec<String> = spec.command.iter().chain(&spec.args).cloned().collect();
+        let opaque = snapshot.iter_kind("Service").any(|r| match r {
+            Resource::Service(s) => {
+                s.metadata.namespace == workload.metadata.namespace
+                    && !s.spec.selector.is_empty()
+                    && tarmac_model::meta::selector_matches(&s.spec.selector, &workload.metadata.labels)
+                    && s.spec
+                        .ports
+                        .iter()
+                        .any(|p| matches!(p.app_protocol.as_deref(), Some("tcp" | "opaque")))
+            }
+            _ => false,
+        });
         for replica in 0..spec.replicas {
             out.push(ReplicaPlan {
                 namespace: workload.metadata.namespace.clone(),
@@ -75,6 +95,7 @@ pub fn replicas(snapshot: &Snapshot, dir: &Path) -> Vec<ReplicaPlan> {
                 port: spec.port,
                 env: spec.env.clone(),
                 working_dir: working_dir.clone(),
+                opaque,
             });
         }
     }
@@ -227,6 +248,14 @@ pub fn sidecar_yaml(
                 upstream.port
             );
         }
+    }
+    if replica.opaque {
+        let ports: Vec<String> = PROXY_DEFAULT_OPAQUE_PORTS
+            .iter()
+            .chain(std::iter::once(&app.port()))
+            .map(u16::to_string)
+            .collect();
+        let _ = writeln!(yaml, "opaque_ports: [{}]", ports.join(", "));
     }
     yaml.push_str("limits:\n  drain_timeout: 3s\n");
     yaml
@@ -387,6 +416,28 @@ spec: {command: [python3, greeter.py], args: [-v], port: 8080, replicas: 2, work
         assert_eq!(config.inbound.as_ref().map(|i| i.mtls), Some(tarmac_proxy::config::MtlsMode::Strict));
         let control = config.control.expect("control");
         assert_eq!(control.workload, "greeter");
+    }
+
+    #[test]
+    fn a_workload_behind_an_opaque_service_port_has_its_app_port_declared_opaque() {
+        let config = "apiVersion: v1\nkind: Service\nmetadata: {name: banner}\nspec: {selector: {app: banner}, ports: [{port: 2525, appProtocol: tcp}]}\n---\napiVersion: tarmac.io/v1alpha1\nkind: Workload\nmetadata: {name: banner, labels: {app: banner}}\nspec: {command: [banner], port: 2525}\n---\napiVersion: tarmac.io/v1alpha1\nkind: Workload\nmetadata: {name: web, labels: {app: web}}\nspec: {command: [web], port: 8080}\n";
+        let objects = tarmac_model::parse_documents("t.yaml", config)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.key(), r))
+            .collect();
+        let plans = replicas(&Snapshot { generation: 1, objects }, Path::new("/conf"));
+        let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let opaque_ports = |plan: &ReplicaPlan| {
+            let yaml = sidecar_yaml(plan, a(8086), a(4191), a(4143), a(41234), &[], None, false);
+            tarmac_proxy::Config::from_yaml(&yaml, "generated").unwrap().opaque_ports
+        };
+        let (banner, web) = (plans.iter().find(|p| p.workload == "banner").unwrap(), &plans[1]);
+        assert_eq!(web.workload, "web");
+        assert!(opaque_ports(banner).contains(&41234), "the app's own port, wherever it listens");
+        assert!(opaque_ports(banner).contains(&3306), "and the defaults still");
+        assert_eq!(opaque_ports(web), tarmac_proxy::config::DEFAULT_OPAQUE_PORTS);
+        assert_eq!(PROXY_DEFAULT_OPAQUE_PORTS, tarmac_proxy::config::DEFAULT_OPAQUE_PORTS);
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! dashboard and Prometheus. JSON everywhere, NDJSON for the live tap; loopback only.
 //! docs/observability.md documents every endpoint.
 //!
+//! A request whose `Host` is a name other than `localhost` is refused (403): a web page
+//! could otherwise read the API from the user's browser by making its own name resolve
+//! to 127.0.0.1 (DNS rebinding). Tools and the dashboard reach it by address or as
+//! `localhost`; on a cluster, through `kubectl port-forward`.
+//!
 //! | endpoint | answers |
 //! |---|---|
 //! | `GET /api/v1/stat/{kind}` | golden metrics per workload, service, route or edge |
@@ -86,6 +91,7 @@ impl Api {
             .route("/api/v1/routes", get(routes))
             .route("/api/v1/authz", get(authz))
             .route("/api/v1/prometheus/sd", get(prometheus_sd))
+            .layer(axum::middleware::from_fn(refuse_other_hosts))
             .with_state(self)
     }
 
@@ -96,6 +102,17 @@ impl Api {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await
+    }
+}
+
+async fn refuse_other_hosts(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = req.headers().get(header::HOST).map(|h| h.to_str().unwrap_or_default());
+    match host {
+        Some(host) if !tarmac_transport::host_is_address_or_localhost(host) => json_response(
+            StatusCode::FORBIDDEN,
+            &json!({ "error": format!("Host {host:?} is not served: reach the API by address or as localhost (a name could be DNS rebinding)") }),
+        ),
+        _ => next.run(req).await,
     }
 }
 

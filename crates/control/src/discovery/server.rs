@@ -183,8 +183,15 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<WatchServiceRequest>,
     ) -> Result<Response<Self::WatchServiceStream>, Status> {
-        let peer: Option<SocketAddr> = request.remote_addr();
+        // Over TLS the certificate says who calls, and the claim must match it.
+        let caller = request.extensions().get::<crate::grpc::Caller>().cloned();
+        let peer: Option<SocketAddr> = caller.as_ref().map_or_else(|| request.remote_addr(), |c| c.remote);
         let req = request.into_inner();
+        if let Some(caller) = &caller {
+            let claimed = req.proxy.clone().unwrap_or_default();
+            let namespace = if claimed.namespace.is_empty() { "default" } else { claimed.namespace.as_str() };
+            caller.check(namespace, &claimed.service_account)?;
+        }
         let port = u16::try_from(req.port).map_err(|_| Status::invalid_argument("port must be 1-65535"))?;
         if req.service.is_empty() || port == 0 {
             return Err(Status::invalid_argument("service and port are required"));

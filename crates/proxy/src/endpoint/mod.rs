@@ -33,6 +33,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 /// Idle HTTP/1 connections kept per endpoint; more are closed when they finish.
 const MAX_IDLE_H1: usize = 64;
@@ -47,6 +49,11 @@ pub enum ConnectError {
     Handshake { addr: SocketAddr, source: hyper::Error },
     #[error("mTLS with {addr} failed: {source}; {advice}")]
     Tls { addr: SocketAddr, source: std::io::Error, advice: &'static str },
+    #[error(
+        "{addr} is a meshed endpoint with no identity to verify: refusing to reach it in plaintext \
+         (discovery gives every meshed endpoint one; a static endpoint needs `identity`)"
+    )]
+    NoPeerIdentity { addr: SocketAddr },
 }
 
 /// Settings shared by all endpoints of a proxy.
@@ -58,11 +65,30 @@ pub struct ConnectSettings {
     pub tls: Option<Arc<MeshTls>>,
     /// Opens transport connections: TCP, or scripted peers in tests.
     pub connector: Arc<dyn Connect>,
+    pub tunnels: Tunnels,
 }
 
 impl ConnectSettings {
     pub fn new(connect_timeout: Duration, max_header_bytes: usize) -> Self {
-        Self { connect_timeout, max_header_bytes, tls: None, connector: Arc::new(TcpConnect) }
+        let tunnels = Tunnels::new(10_000, TaskTracker::new(), Duration::from_secs(3600));
+        Self { connect_timeout, max_header_bytes, tls: None, connector: Arc::new(TcpConnect), tunnels }
+    }
+}
+
+/// Tunnels (WebSocket upgrades, CONNECT) outlive the HTTP connection they began on, and
+/// so its place under the connection cap: they get a cap of their own, the drain waits
+/// for them, and one quiet for the idle timeout is closed, as opaque TCP is.
+#[derive(Clone, Debug)]
+pub struct Tunnels {
+    pub open: Arc<Semaphore>,
+    pub max: usize,
+    pub tasks: TaskTracker,
+    pub idle_timeout: Duration,
+}
+
+impl Tunnels {
+    pub fn new(max: usize, tasks: TaskTracker, idle_timeout: Duration) -> Self {
+        Self { open: Arc::new(Semaphore::new(max)), max, tasks, idle_timeout }
     }
 }
 
@@ -141,9 +167,15 @@ impl Endpoint {
         stream
     }
 
-    /// A connection that carries `alpn` to a meshed endpoint: mTLS when the endpoint has
-    /// an identity and this proxy has one, plain TCP otherwise.
+    /// A connection that carries `alpn` to an endpoint: mTLS to a meshed endpoint when this
+    /// proxy has an identity (refused if the endpoint has none), plain TCP otherwise.
     pub async fn connect(&self, alpn: &'static [u8]) -> Result<EndpointIo, ConnectError> {
+        // A proxy with an identity never downgrades a peer proxy to plaintext: whoever
+        // could strip the endpoint's identity could then read and change its traffic.
+        if self.meshed && self.tls.is_none() && self.settings.tls.is_some() {
+            self.ewma.mark_failed();
+            return Err(ConnectError::NoPeerIdentity { addr: self.addr });
+        }
         let tcp = self.connect_transport().await?;
         let Some((tls, identity)) = &self.tls else { return Ok(EndpointIo::Plain(tcp)) };
         let connector = tokio_rustls::TlsConnector::from(tls.client_config(identity, alpn));
@@ -194,7 +226,8 @@ impl Endpoint {
         let io = TokioIo::new(self.connect(identity::ALPN_H2).await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .adaptive_window(true)
+            .initial_stream_window_size(crate::http::STREAM_WINDOW)
+            .initial_connection_window_size(crate::http::CONNECTION_WINDOW)
             .max_header_list_size(self.settings.max_header_bytes as u32)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
@@ -398,5 +431,30 @@ impl HttpBody for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[tokio::test]
+    async fn a_proxy_with_an_identity_never_reaches_a_meshed_endpoint_without_one_in_plaintext() {
+        let (root, key) = tarmac_identity::ca::generate_root("cluster.local").unwrap();
+        let ca = tarmac_identity::ca::Ca::from_root(&root, &key.serialize_pem(), "cluster.local").unwrap();
+        let tls = MeshTls::new(ca.anchors_pem(), "anchors", Arc::default(), Default::default()).unwrap();
+        // A peer that would take plaintext.
+        let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let mut settings = ConnectSettings::new(Duration::from_secs(1), 8192);
+        settings.tls = Some(Arc::new(tls));
+        let metrics =
+            Arc::new(Metrics::new()).target(Direction::Outbound, Arc::new("peer".into()), Peer::Unlabelled);
+        let spec = EndpointSpec { addr: peer.local_addr().unwrap(), meshed: true, identity: None };
+        let endpoint = Endpoint::new(spec, settings, metrics);
+        let refused = endpoint.connect(identity::ALPN_H2).await.err();
+        assert!(matches!(refused, Some(ConnectError::NoPeerIdentity { .. })), "{refused:?}");
+        assert!(peer.accept().is_err(), "not even a TCP connection was made");
     }
 }

@@ -126,6 +126,10 @@ impl Endpoint {
     /// Opens the tunnel `req` asks for (see [`crate::http::upgrade`]). The client's side of
     /// the upgrade travels in the request's extensions, which survive the body's conversion.
     pub async fn tunnel(&self, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
+        let tunnels = &self.settings.tunnels;
+        let Ok(permit) = tunnels.open.clone().try_acquire_owned() else {
+            return Err(ProxyError::TunnelLimit(tunnels.max).into());
+        };
         let is_connect = req.method() == Method::CONNECT;
         req.headers_mut().remove(ORIG_PROTO);
         strip_hop_by_hop(req.headers_mut(), true);
@@ -146,18 +150,17 @@ impl Endpoint {
             Err(e) => return Err(SendError::unsent(e, req)),
         };
         let client_side = hyper::upgrade::on(&mut req);
-        let mut rsp = sender.send_request(req).await.map_err(|source| ProxyError::Upstream {
-            addr: self.addr,
-            source,
-            sent: true,
-        })?;
+        let mut rsp =
+            sender.send_request(req).await.map_err(|source| ProxyError::upstream(self.addr, source, true))?;
         in_flight.complete();
 
         let switched = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switched || (is_connect && rsp.status().is_success()) {
             let upstream_side = hyper::upgrade::on(&mut rsp);
-            let addr = self.addr;
-            tokio::spawn(async move {
+            let (addr, idle_timeout) = (self.addr, tunnels.idle_timeout);
+            let metrics = self.metrics.clone();
+            tunnels.tasks.spawn(async move {
+                let _permit = permit;
                 let (client, upstream) = match tokio::try_join!(client_side, upstream_side) {
                     Ok(pair) => pair,
                     Err(e) => {
@@ -165,11 +168,8 @@ impl Endpoint {
                         return;
                     }
                 };
-                let mut client = TokioIo::new(client);
-                let mut upstream = TokioIo::new(upstream);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(%addr, error = %e, "tunnel closed with an error");
-                }
+                let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                crate::tcp::proxy(client, upstream, metrics.tcp_connection(), idle_timeout).await;
             });
         }
         strip_hop_by_hop(rsp.headers_mut(), switched);
@@ -190,9 +190,7 @@ fn unsent(
             tracing::debug!(%addr, error = %e.error(), "connection closed before the request was sent; reconnecting");
             Ok(req)
         }
-        Some(req) => {
-            Err(SendError::unsent(ProxyError::Upstream { addr, source: e.into_error(), sent: false }, req))
-        }
-        None => Err(ProxyError::Upstream { addr, source: e.into_error(), sent: true }.into()),
+        Some(req) => Err(SendError::unsent(ProxyError::upstream(addr, e.into_error(), false), req)),
+        None => Err(ProxyError::upstream(addr, e.into_error(), true).into()),
     }
 }

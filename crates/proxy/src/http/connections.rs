@@ -1,7 +1,7 @@
 //! The HTTP connections a proxy serves, kept so that they can be closed from outside:
-//! HTTP/1 connections with no request open for `limits.http_idle_timeout` (idle
-//! keep-alive connections, and clients too slow to finish a request head), and every
-//! connection, gracefully, on drain.
+//! connections with no request open for `limits.http_idle_timeout` (idle keep-alive
+//! connections, HTTP/2 connections with no stream, and clients too slow to finish a
+//! request head), and every connection, gracefully, on drain.
 //!
 //! One sweep task per proxy looks at every connection a few times per idle period,
 //! instead of a timer per request or per connection: timers armed on the request path
@@ -65,8 +65,6 @@ struct Swept {
 /// One connection's requests and whether it must close.
 #[derive(Debug, Default)]
 pub struct ConnState {
-    /// Closed when idle (HTTP/1); HTTP/2 connections close only on drain.
-    closes_when_idle: bool,
     begun: AtomicU64,
     open: AtomicU64,
     close: AtomicU8,
@@ -79,8 +77,8 @@ impl HttpConnections {
     }
 
     /// Registers a connection until the returned handle is dropped.
-    pub fn register(self: &Arc<Self>, closes_when_idle: bool) -> Registered {
-        let state = Arc::new(ConnState { closes_when_idle, ..ConnState::default() });
+    pub fn register(self: &Arc<Self>) -> Registered {
+        let state = Arc::new(ConnState::default());
         let mut registry = self.lock();
         if registry.draining {
             state.close.store(CLOSE_DRAIN, Ordering::Release);
@@ -111,7 +109,7 @@ impl HttpConnections {
         let mut registry = self.lock();
         for swept in registry.live.values_mut() {
             let state = &swept.state;
-            if !state.closes_when_idle || state.close.load(Ordering::Acquire) != OPEN {
+            if state.close.load(Ordering::Acquire) != OPEN {
                 continue;
             }
             let begun = state.begun.load(Ordering::Relaxed);
@@ -213,10 +211,9 @@ mod tests {
     #[test]
     fn only_connections_quiet_for_a_whole_period_close_and_drain_reaches_all() {
         let connections = Arc::new(HttpConnections::new(Duration::from_secs(4)));
-        let idle = connections.register(true);
-        let busy = connections.register(true);
-        let chatty = connections.register(true);
-        let h2 = connections.register(false);
+        let idle = connections.register();
+        let busy = connections.register();
+        let chatty = connections.register();
         let open = busy.state.begin();
         // The first sweep takes note of each connection; the next ones count quiet periods.
         for sweep in 0..=SWEEPS_PER_PERIOD {
@@ -227,7 +224,6 @@ mod tests {
         }
         assert_eq!(poll_closing(&busy.state), None, "a request is open");
         assert_eq!(poll_closing(&chatty.state), None, "requests keep coming");
-        assert_eq!(poll_closing(&h2.state), None, "HTTP/2 does not close when idle");
         // Once its request is done, the busy connection goes quiet like any other.
         drop(open);
         for _ in 0..SWEEPS_PER_PERIOD + 1 {
@@ -241,11 +237,10 @@ mod tests {
         drain.cancel();
         rt.block_on(connections.clone().run(drain));
         assert_eq!(poll_closing(&chatty.state), Some(Close::Drain));
-        assert_eq!(poll_closing(&h2.state), Some(Close::Drain));
         assert_eq!(poll_closing(&idle.state), Some(Close::Drain), "drain wins over idle");
-        assert_eq!(poll_closing(&connections.register(true).state), Some(Close::Drain));
+        assert_eq!(poll_closing(&connections.register().state), Some(Close::Drain));
 
-        drop((idle, busy, chatty, h2));
+        drop((idle, busy, chatty));
         assert_eq!(connections.live(), 0, "dropped connections unregister");
     }
 }

@@ -72,8 +72,12 @@ impl Metered {
     }
 }
 
+/// The response's gRPC status, a label of metrics: a code outside gRPC's 17 counts as 2
+/// (UNKNOWN), as the gRPC spec tells clients to read it, so that a server cannot mint
+/// labels without bound; one that does not parse counts as absent.
 fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+    let code: u32 = headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()?;
+    Some(if code <= 16 { code } else { 2 })
 }
 
 impl Recorder {
@@ -130,5 +134,26 @@ impl HttpBody for Metered {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_status_labels_are_the_17_codes() {
+        let status = |v: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("grpc-status", v.parse().unwrap());
+            grpc_status(&headers)
+        };
+        assert_eq!(status("0"), Some(0));
+        assert_eq!(status("16"), Some(16));
+        assert_eq!(status("17"), Some(2));
+        assert_eq!(status("4294967295"), Some(2));
+        assert_eq!(status("99999999999"), None);
+        assert_eq!(status("x"), None);
+        assert_eq!(grpc_status(&HeaderMap::new()), None);
     }
 }

@@ -36,6 +36,14 @@ pub const ORIG_PROTO: HeaderName = HeaderName::from_static("tarmac-orig-proto");
 /// client sent under this name is dropped first, so the app can trust it.
 pub const CLIENT_ID: HeaderName = HeaderName::from_static("tarmac-client-id");
 /// Set on responses the proxy generated itself, saying why.
+/// HTTP/2 flow-control windows, the same on both sides of the proxy: what one stream,
+/// and one connection, may have in flight unread. Fixed rather than adaptive, which grows
+/// them to 16 MiB per connection: the proxy holds up to this much for a peer that sends
+/// and does not read. A megabyte per connection keeps a mesh hop (sub-millisecond round
+/// trips) at full speed.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("tarmac-proxy-error");
 
 pin_project! {
@@ -118,7 +126,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .filter(|name| !(keep_upgrade && name == header::UPGRADE))
             .collect();
         for name in named {
-            if name != header::TE {
+            // The client's identity is the inbound identity stage's to set: a client
+            // naming it in `Connection` must not make the proxy drop the verified value.
+            if name != header::TE && name != CLIENT_ID {
                 headers.remove(&name);
             }
         }

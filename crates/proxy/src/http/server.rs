@@ -3,9 +3,9 @@
 //! The request head is capped (`limits.max_header_bytes`, over it: 431); hyper answers
 //! malformed requests with 400 itself. An HTTP/1 connection with no request open for
 //! `limits.http_idle_timeout` is closed, whether it sits idle between requests or sends
-//! its request head too slowly (see [`super::connections`]). On drain, HTTP/1 connections
-//! finish the request in flight and close; HTTP/2 connections send GOAWAY and finish their
-//! open streams.
+//! its request head too slowly (see [`super::connections`]); an HTTP/2 connection with no
+//! stream open that long gets GOAWAY. On drain, HTTP/1 connections finish the request in
+//! flight and close; HTTP/2 connections send GOAWAY and finish their open streams.
 
 use super::connections::{Close, ConnState, HttpConnections, OpenRequest};
 use super::handle::{self, Handle};
@@ -36,23 +36,33 @@ pub async fn serve<I, H: Handle>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = TokioIo::new(io);
-    let registered = connections.register(protocol != Detected::Http2);
+    let registered = connections.register();
+    let state = registered.state.clone();
     let result = match protocol {
         Detected::Http2 => {
             let svc = service_fn(move |req| {
                 let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handle::respond(handler, req, source).await) }
+                let open = state.begin();
+                async move {
+                    Ok::<_, Infallible>(
+                        handle::respond(handler, req, source).await.map(|body| Open { body, open }),
+                    )
+                }
             });
             let conn = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .max_header_list_size(limits.max_header_bytes as u32)
-                .adaptive_window(true)
+                // Fixed windows: adaptive ones grow to 16 MiB per connection, which a
+                // client that sends and never reads its responses makes us hold.
+                .initial_stream_window_size(super::STREAM_WINDOW)
+                .initial_connection_window_size(super::CONNECTION_WINDOW)
                 .keep_alive_interval(Duration::from_secs(30))
                 .serve_connection(io, svc);
-            until_closed(conn, &registered.state, |c| c.graceful_shutdown()).await
+            // Idle HTTP/2 connections are told to go (GOAWAY) rather than dropped, so that
+            // a request crossing the close is refused unprocessed and may be sent again.
+            until_closed(conn, &registered.state, Idle::Shutdown, |c| c.graceful_shutdown()).await
         }
         _ => {
-            let state = registered.state.clone();
             let svc = service_fn(move |req| {
                 let handler = handler.clone();
                 let open = state.begin();
@@ -69,7 +79,7 @@ pub async fn serve<I, H: Handle>(
                 .auto_date_header(false)
                 .serve_connection(io, svc)
                 .with_upgrades();
-            until_closed(conn, &registered.state, |c| c.graceful_shutdown()).await
+            until_closed(conn, &registered.state, Idle::Drop, |c| c.graceful_shutdown()).await
         }
     };
     if let Err(e) = result {
@@ -77,9 +87,22 @@ pub async fn serve<I, H: Handle>(
     }
 }
 
-/// Runs a connection until it ends or must close: when idle it is dropped, which closes
-/// it; on drain it is asked to shut down gracefully and left to finish.
-async fn until_closed<C, E>(conn: C, state: &ConnState, shutdown: impl FnOnce(Pin<&mut C>)) -> Result<(), E>
+/// What an idle connection gets.
+enum Idle {
+    /// Dropped, which closes it: HTTP/1 with no request open has nothing to lose.
+    Drop,
+    /// Asked to shut down gracefully, as on drain.
+    Shutdown,
+}
+
+/// Runs a connection until it ends or must close: when idle, as `idle` says; on drain it
+/// is asked to shut down gracefully and left to finish.
+async fn until_closed<C, E>(
+    conn: C,
+    state: &ConnState,
+    idle: Idle,
+    shutdown: impl FnOnce(Pin<&mut C>),
+) -> Result<(), E>
 where
     C: Future<Output = Result<(), E>>,
 {
@@ -87,9 +110,9 @@ where
     tokio::select! {
         biased;
         r = conn.as_mut() => r,
-        close = state.closing() => match close {
-            Close::Idle => Ok(()),
-            Close::Drain => {
+        close = state.closing() => match (close, idle) {
+            (Close::Idle, Idle::Drop) => Ok(()),
+            (Close::Drain, _) | (Close::Idle, Idle::Shutdown) => {
                 shutdown(conn.as_mut());
                 conn.await
             }

@@ -73,12 +73,47 @@ impl Handle for App {
     }
 }
 
+/// The identity header's name spelt with underscores: many app servers (CGI and its
+/// heirs: WSGI, PHP, Rack) read `tarmac_client_id` and `tarmac-client-id` as the same
+/// variable, so a client-sent one must not survive beside the verified header.
+const CLIENT_ID_UNDERSCORED: [&str; 3] = ["tarmac_client_id", "tarmac_client-id", "tarmac-client_id"];
+
 /// Replaces any client-sent identity header with the one the connection proved.
 fn set_client_id(headers: &mut http::HeaderMap, peer: &Peer) {
     headers.remove(CLIENT_ID);
+    for name in CLIENT_ID_UNDERSCORED {
+        headers.remove(name);
+    }
     if let Peer::Authenticated(id) = peer
         && let Ok(value) = HeaderValue::from_str(id)
     {
         headers.insert(CLIENT_ID, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_proven_identity_reaches_the_app_whatever_the_spelling() {
+        let mut headers = http::HeaderMap::new();
+        for name in ["tarmac-client-id", "tarmac_client_id", "tarmac_client-id", "tarmac-client_id"] {
+            headers.append(name, HeaderValue::from_static("spiffe://cluster.local/ns/default/sa/admin"));
+        }
+        set_client_id(&mut headers, &Peer::Authenticated("spiffe://cluster.local/ns/default/sa/web".into()));
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert_eq!(headers[CLIENT_ID], "spiffe://cluster.local/ns/default/sa/web");
+        set_client_id(&mut headers, &Peer::Plaintext);
+        assert!(headers.is_empty(), "a plaintext client has no identity: {headers:?}");
+    }
+
+    #[test]
+    fn naming_the_identity_in_connection_does_not_remove_it() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("keep-alive, tarmac-client-id"));
+        set_client_id(&mut headers, &Peer::Authenticated("spiffe://cluster.local/ns/default/sa/web".into()));
+        crate::http::strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers[CLIENT_ID], "spiffe://cluster.local/ns/default/sa/web");
     }
 }

@@ -86,13 +86,16 @@ impl Inbound {
         let hint = if opaque && tls.is_none() { Protocol::Opaque } else { Protocol::Detect };
         let target = app.to_string();
         let Some((mut protocol, mut prefix)) =
-            conn::detect_protocol(shared, &mut stream, Direction::Inbound, &target, hint).await
+            conn::detect_protocol(shared, &mut stream, Direction::Inbound, &target, hint, opaque).await
         else {
             return;
         };
         if let (Detected::Tls, Some(tls)) = (protocol, tls) {
             let deadline = Instant::now() + shared.limits.detect_timeout;
             match accept::accept(tls, prefix, stream, deadline, &shared.metrics).await {
+                Accepted::Mesh { stream, protocol: Detected::Opaque, client_id } if !opaque => {
+                    return self.serve_mesh_tcp(stream, app, client_id, source, shared).await;
+                }
                 Accepted::Mesh { stream, protocol, client_id } => {
                     let app = self.app(app, Peer::Authenticated(client_id), shared);
                     return conn::serve_detected(shared, stream, protocol, app, source).await;
@@ -115,6 +118,32 @@ impl Inbound {
             protocol = Detected::Opaque;
         }
         let app = self.app(app, Peer::Plaintext, shared);
+        conn::serve_detected(shared, PrefixedIo::new(prefix, stream), protocol, app, source).await
+    }
+
+    /// Opaque TCP from a peer proxy (`tarmac.tcp`) to a port this workload did not declare
+    /// opaque: the bytes inside get the port's own detection, as a plaintext client's would.
+    /// The peer proxy sends HTTP as `tarmac.tcp` only when its side declares the port
+    /// opaque; the app behind it could then write any `tarmac-client-id`, so HTTP found
+    /// here is served as HTTP, with the identity the connection proved. The app's own TLS
+    /// and other protocols pass as bytes; a silent client is closed (declare
+    /// server-speaks-first ports opaque on both sides).
+    async fn serve_mesh_tcp(
+        &self,
+        mut stream: Box<accept::MeshStream>,
+        app: SocketAddr,
+        client_id: Arc<str>,
+        source: Option<SocketAddr>,
+        shared: &Shared,
+    ) {
+        let target = app.to_string();
+        let Some((protocol, prefix)) =
+            conn::detect_protocol(shared, &mut stream, Direction::Inbound, &target, Protocol::Detect, false)
+                .await
+        else {
+            return;
+        };
+        let app = self.app(app, Peer::Authenticated(client_id), shared);
         conn::serve_detected(shared, PrefixedIo::new(prefix, stream), protocol, app, source).await
     }
 

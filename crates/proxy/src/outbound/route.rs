@@ -32,6 +32,13 @@ use tarmac_route::{RequestFilter, ResponseFilter, RouteTable, Rule, Target};
 /// Requests whose body is larger (or of unknown length) are not mirrored: a copy would
 /// have to be buffered before the request could go on.
 const MIRROR_MAX_BODY: u64 = 64 * 1024;
+/// Mirrored copies in flight at once, the whole proxy together: past it a request is not
+/// mirrored (a mirror is a copy for testing; it must never hold the proxy's memory or
+/// connections when its backend is slow).
+const MIRRORS_IN_FLIGHT: usize = 1024;
+static MIRRORS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MIRRORS_IN_FLIGHT);
+/// A mirrored copy, response included, gives up after this long.
+const MIRROR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A service's compiled routes, with their backends by `namespace/name:port` so that the
 /// next update reuses them (their endpoints keep connections and statistics).
@@ -67,11 +74,14 @@ enum Flow {
 pub async fn serve(
     svc: &Logical,
     routes: Arc<Routes>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let started = Instant::now();
     let meta = crate::http::handle::Handle::meta(svc);
     let table = &routes.table;
+    if let Some(path) = tarmac_route::path::normalize(req.uri().path()) {
+        set_path(&mut req, &path)?;
+    }
     let Some((rule, matched)) =
         table.select(req.method(), req.uri().path(), req.uri().query(), req.headers())
     else {
@@ -101,6 +111,15 @@ pub async fn serve(
         rsp.extensions_mut().insert(RouteLabel(rule.name.clone()));
     }
     Ok(rsp)
+}
+
+/// Replaces the request's path, keeping its query.
+fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), ProxyError> {
+    let pq = path_and_query(path, req.uri().query()).map_err(ProxyError::BadUri)?;
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.path_and_query = Some(pq);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| ProxyError::BadUri(e.to_string()))?;
+    Ok(())
 }
 
 impl Cx<'_> {
@@ -211,10 +230,7 @@ impl Cx<'_> {
             && req.method() != http::Method::CONNECT
         {
             let new_path = path.apply(req.uri().path(), self.prefix);
-            let pq = path_and_query(&new_path, req.uri().query()).map_err(ProxyError::BadUri)?;
-            let mut parts = std::mem::take(req.uri_mut()).into_parts();
-            parts.path_and_query = Some(pq);
-            *req.uri_mut() = Uri::from_parts(parts).map_err(|e| ProxyError::BadUri(e.to_string()))?;
+            set_path(req, &new_path)?;
         }
         if let Some(host) = &rewrite.hostname {
             // The port the request was addressed to stays.
@@ -253,7 +269,8 @@ async fn inject(fault: &Fault, route: &Arc<String>, req: &Request<Body>) -> Resu
 }
 
 /// Sends a copy of `req` to the mirror's backend when this request is drawn, in the
-/// background: the copy's response is discarded and its failure only logged. A small
+/// background, bounded in number and time: the copy's response is read and discarded,
+/// and its failure only logged. A small
 /// body is read first (and the request goes on with the copy); a large or unsized one is
 /// not mirrored.
 async fn mirror_copy(mirror: &Mirror<Arc<Backend>>, req: &mut Request<Body>) -> Result<(), ProxyError> {
@@ -261,6 +278,10 @@ async fn mirror_copy(mirror: &Mirror<Arc<Backend>>, req: &mut Request<Body>) -> 
     if !mirror.wanted() {
         return Ok(());
     }
+    let Ok(permit) = MIRRORS.try_acquire() else {
+        tracing::debug!(backend = %backend.name, "not mirrored: {MIRRORS_IN_FLIGHT} mirrored requests in flight");
+        return Ok(());
+    };
     let body = req.body();
     let bytes = if body.is_end_stream() {
         bytes::Bytes::new()
@@ -278,11 +299,21 @@ async fn mirror_copy(mirror: &Mirror<Arc<Backend>>, req: &mut Request<Body>) -> 
     *copy.headers_mut() = req.headers().clone();
     let backend = backend.clone();
     tokio::spawn(async move {
-        match backend.dispatch(copy, Hop::default()).await {
-            Ok(rsp) => {
-                let _ = rsp.into_body().collect().await;
+        let _permit = permit;
+        let copied = tokio::time::timeout(MIRROR_TIMEOUT, async {
+            match backend.dispatch(copy, Hop::default()).await {
+                // Read to its end (so the connection can be reused) without keeping it.
+                Ok(rsp) => {
+                    let mut body = rsp.into_body();
+                    while let Some(Ok(_)) = body.frame().await {}
+                }
+                Err(e) => {
+                    tracing::debug!(backend = %backend.name, error = %e.error, "mirrored request failed")
+                }
             }
-            Err(e) => tracing::debug!(backend = %backend.name, error = %e.error, "mirrored request failed"),
+        });
+        if copied.await.is_err() {
+            tracing::debug!(backend = %backend.name, "mirrored request timed out after {MIRROR_TIMEOUT:?}");
         }
     });
     Ok(())
