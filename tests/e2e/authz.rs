@@ -332,3 +332,48 @@ fn operators_see_it(mesh: &Mesh) {
     }
     std::fs::remove_file(mesh.dir.join("typo.yaml")).unwrap();
 }
+
+/// `METHOD url` with curl inside network namespace `ns` (bounded); the status, or 0 when
+/// no response came.
+fn curl_status(ns: &str, method: &str, url: &str) -> u16 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+        .args(["--max-time", "5", url])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+}
+
+/// The same policies through `tarmac up --transparent`: unmodified curl in `a`'s and
+/// `c`'s network namespaces calls `http://b/...` by name, intercepted by their sidecars
+/// and by `b`'s, over mTLS. Needs root, like the other namespace tests.
+#[test]
+fn a_may_call_b_only_on_get_public_through_transparent_interception() {
+    if !crate::netns::can_run_privileged() {
+        return;
+    }
+    let _turn = crate::transparent::ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = fixture_copy("authz-transparent");
+    let mut up = Up::start_with(&["--transparent", dir.to_str().unwrap(), "--mtls", "strict", "--api-port", "0"]);
+    for who in ["a-0", "b-0", "c-0"] {
+        up.wait_for(&format!("{who} ready"), Duration::from_secs(60), |lines| {
+            lines.iter().any(|l| l.contains(&format!("| {who} ready: "))).then_some(())
+        });
+    }
+    let (a, c) = ("tarmac-default-a-0", "tarmac-default-c-0");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while curl_status(a, "GET", "http://b/public") != 200 {
+        assert!(Instant::now() < deadline, "a never reached b's /public\n{}", up.output());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (who, ns, method, path, want) in [
+        ("a", a, "GET", "/public", 200),
+        ("a", a, "POST", "/public", 403),
+        ("a", a, "GET", "/private", 403),
+        ("c", c, "GET", "/public", 403),
+        ("c", c, "GET", "/private", 403),
+    ] {
+        assert_eq!(curl_status(ns, method, &format!("http://b{path}")), want, "{who}: {method} {path}");
+    }
+    crate::up::stop(&mut up);
+}

@@ -20,7 +20,7 @@ const GREETER_ID: &str = "spiffe://cluster.local/ns/default/sa/greeter";
 const GREETER_NS: &str = "tarmac-default-greeter-0";
 
 /// Held by each test for its whole run: `up --transparent` refuses to run twice at once.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+pub(crate) static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program).args(args).output().unwrap();
