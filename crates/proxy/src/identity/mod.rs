@@ -121,6 +121,26 @@ impl MeshTls {
     }
 }
 
+impl MeshTls {
+    /// The client configuration of the control channel: only a server proving `expected`
+    /// (the control plane's ID), HTTP/2, and no session resumption. A resumed TLS 1.3
+    /// session keeps the client authentication of the session it resumes, so the channel
+    /// opened after bootstrap would go on as the certificate-less bootstrap connection was.
+    pub fn control_client_config(&self, expected: Arc<str>) -> Arc<ClientConfig> {
+        let verifier = Arc::new(verify::ExpectedIdentity::new(expected, self.roots.clone()));
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3 is supported by the provider")
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(self.certs.clone());
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.resumption = rustls::client::Resumption::disabled();
+        config.enable_sni = false;
+        Arc::new(config)
+    }
+}
+
 /// The `group` label: the key exchange a handshake negotiated.
 pub fn group_name(conn: &rustls::CommonState) -> &'static str {
     use rustls::NamedGroup;
