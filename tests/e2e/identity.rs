@@ -731,6 +731,25 @@ async fn get(
     Ok(status)
 }
 
+/// A proxy's TLS state trusting `anchors_pem`, with no certificate yet.
+fn mesh_tls(
+    anchors_pem: &str,
+) -> (tarmac_proxy::identity::MeshTls, Arc<tarmac_proxy::identity::store::CertStore>) {
+    let certs = Arc::new(tarmac_proxy::identity::store::CertStore::default());
+    let tls = tarmac_proxy::identity::MeshTls::new(anchors_pem, "anchors", certs.clone(), Default::default())
+        .unwrap();
+    (tls, certs)
+}
+
+/// Puts a certificate for `namespace/sa` from `ca` in `certs`.
+fn install(certs: &tarmac_proxy::identity::store::CertStore, ca: &Ca, namespace: &str, sa: &str) {
+    let key = WorkloadKey::generate().unwrap();
+    let id = SpiffeId::new("cluster.local", namespace, sa).unwrap();
+    let issued = ca.issue(&key.csr_der(&id).unwrap(), &id, Duration::from_secs(3600)).unwrap();
+    let chain = std::iter::once(issued.leaf_der).chain(issued.chain_der).collect();
+    certs.install(chain, key.private_key_der()).unwrap();
+}
+
 /// A `ControlClient` as a proxy of `namespace/sa` makes it, with a certificate from `ca`
 /// (none when `sa` is empty), trusting `anchors_pem`.
 fn control_client(
@@ -740,23 +759,26 @@ fn control_client(
     namespace: &str,
     sa: &str,
 ) -> tarmac_proxy::discovery::ControlClient {
-    use tarmac_proxy::identity::{MeshTls, store::CertStore};
-    let certs = Arc::new(CertStore::default());
+    let (tls, certs) = mesh_tls(anchors_pem);
     if !sa.is_empty() {
-        let key = WorkloadKey::generate().unwrap();
-        let id = SpiffeId::new("cluster.local", namespace, sa).unwrap();
-        let issued = ca.issue(&key.csr_der(&id).unwrap(), &id, Duration::from_secs(3600)).unwrap();
-        let chain = std::iter::once(issued.leaf_der).chain(issued.chain_der).collect();
-        certs.install(chain, key.private_key_der()).unwrap();
+        install(&certs, ca, namespace, sa);
     }
-    let tls = MeshTls::new(anchors_pem, "anchors", certs, Default::default()).unwrap();
+    control_client_with(addr, &tls, namespace, sa)
+}
+
+fn control_client_with(
+    addr: SocketAddr,
+    tls: &tarmac_proxy::identity::MeshTls,
+    namespace: &str,
+    sa: &str,
+) -> tarmac_proxy::discovery::ControlClient {
     let config = tarmac_proxy::config::ControlConfig {
         addr,
         namespace: namespace.into(),
         workload: "w".into(),
         service_account: sa.into(),
     };
-    tarmac_proxy::discovery::ControlClient::new(&config, Some(&tls))
+    tarmac_proxy::discovery::ControlClient::new(&config, Some(tls))
 }
 
 /// Opens `WatchService` for `books` claiming to be a proxy of `namespace/sa`; the first
@@ -793,9 +815,16 @@ async fn the_control_channel_is_tls_and_a_proxy_is_what_its_certificate_proves()
     let control = ControlPlane::start("id-channel", Duration::from_secs(3600)).await;
     let anchors = control.ca.anchors_pem().to_string();
 
-    // The proxy's own view: a proxy of default/client gets its updates.
-    let own = control_client(control.addr, &anchors, &control.ca, "default", "client");
-    assert!(watch_as(own.channel(), "default", "client").await.is_ok());
+    // A proxy's own path: a channel without a certificate (bootstrap), then, once it has
+    // one, a new channel from the same TLS state follows discovery as default/client.
+    let (tls, certs) = mesh_tls(&anchors);
+    let bootstrap = control_client_with(control.addr, &tls, "default", "client");
+    let refused = watch_as(bootstrap.channel(), "default", "client").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    install(&certs, &control.ca, "default", "client");
+    let own = control_client_with(control.addr, &tls, "default", "client");
+    let followed = watch_as(own.channel(), "default", "client").await;
+    assert!(followed.is_ok(), "a resumed session must not hide the new certificate: {followed:?}");
 
     // Claiming another namespace than the certificate proves is refused.
     let refused = watch_as(own.channel(), "shop", "client").await.unwrap_err();

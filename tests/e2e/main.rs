@@ -1,7 +1,7 @@
 //! End-to-end tests of Tarmac with real sockets and real clients.
 //!
 //! Tiers (see tests/README.md): in-process proxies on loopback (`http`, `tcp`, `balance`,
-//! `limits`, `routes`, `app_tls`, `forgery`), the Gateway API mesh conformance runner over the cases
+//! `limits`, `routes`, `app_tls`, `forgery`), HTTP/2 floods from raw frames (`h2_attacks`), the Gateway API mesh conformance runner over the cases
 //! in tests/conformance (`conformance`), real external peers (`peers`: grpcio, WebSocket,
 //! curl; redis in `tcp`; Prometheus' promtool in `limits`; OpenSSL in `identity`,
 //! `identity_import`, `app_tls`), processes and signals (`lifecycle`, `demo`, `up`,
@@ -24,6 +24,7 @@ mod demo;
 mod discovery;
 mod examples;
 mod forgery;
+mod h2_attacks;
 mod http;
 mod identity;
 mod identity_import;

@@ -58,7 +58,7 @@ impl ControlClient {
                         .expect("the default trust domain makes a valid SPIFFE ID")
                         .to_string()
                         .into();
-                let tls = tls.client_config(&expected, b"h2");
+                let tls = tls.control_client_config(expected);
                 endpoint.connect_with_connector_lazy(TlsConnector { addr: config.addr, tls })
             }
             None => endpoint.connect_lazy(),

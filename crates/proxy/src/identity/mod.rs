@@ -104,20 +104,32 @@ impl MeshTls {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients
             .entry((expected.clone(), alpn))
-            .or_insert_with(|| {
-                let verifier = Arc::new(verify::ExpectedIdentity::new(expected.clone(), self.roots.clone()));
-                let mut config = ClientConfig::builder_with_provider(provider())
-                    .with_protocol_versions(&[&rustls::version::TLS13])
-                    .expect("TLS 1.3 is supported by the provider")
-                    .dangerous()
-                    .with_custom_certificate_verifier(verifier)
-                    .with_client_cert_resolver(self.certs.clone());
-                config.alpn_protocols = vec![alpn.to_vec()];
-                // Names are not how peers are verified; sending none reveals nothing.
-                config.enable_sni = false;
-                Arc::new(config)
-            })
+            .or_insert_with(|| Arc::new(self.client(expected.clone(), alpn)))
             .clone()
+    }
+
+    fn client(&self, expected: Arc<str>, alpn: &[u8]) -> ClientConfig {
+        let verifier = Arc::new(verify::ExpectedIdentity::new(expected, self.roots.clone()));
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3 is supported by the provider")
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(self.certs.clone());
+        config.alpn_protocols = vec![alpn.to_vec()];
+        // Names are not how peers are verified; sending none reveals nothing.
+        config.enable_sni = false;
+        config
+    }
+
+    /// The client configuration of the control channel: only a server proving `expected`
+    /// (the control plane's ID), HTTP/2, and no session resumption. A resumed TLS 1.3
+    /// session keeps the client authentication of the session it resumes, so the channel
+    /// opened after bootstrap would go on as the certificate-less bootstrap connection was.
+    pub fn control_client_config(&self, expected: Arc<str>) -> Arc<ClientConfig> {
+        let mut config = self.client(expected, b"h2");
+        config.resumption = rustls::client::Resumption::disabled();
+        Arc::new(config)
     }
 }
 
