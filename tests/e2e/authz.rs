@@ -354,7 +354,8 @@ fn a_may_call_b_only_on_get_public_through_transparent_interception() {
     }
     let _turn = crate::transparent::ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = fixture_copy("authz-transparent");
-    let mut up = Up::start_with(&["--transparent", dir.to_str().unwrap(), "--mtls", "strict", "--api-port", "0"]);
+    let mut up =
+        Up::start_with(&["--transparent", dir.to_str().unwrap(), "--mtls", "strict", "--api-port", "0"]);
     for who in ["a-0", "b-0", "c-0"] {
         up.wait_for(&format!("{who} ready"), Duration::from_secs(60), |lines| {
             lines.iter().any(|l| l.contains(&format!("| {who} ready: "))).then_some(())

@@ -25,6 +25,15 @@ impl Default for Tap {
     }
 }
 
+/// The policy that refused a request, or would have (`audit`): carried on its response
+/// (an extension) to its tap event.
+#[derive(Clone, Debug)]
+pub struct DecidedBy {
+    pub policy: Arc<str>,
+    /// Refused in audit mode: counted and logged, let through.
+    pub audit: bool,
+}
+
 /// What is known of a request when it starts, kept only while someone watches.
 #[derive(Debug)]
 pub struct TapStart {
@@ -36,7 +45,7 @@ pub struct TapStart {
     pub client_id: Option<Arc<str>>,
     pub started: Instant,
     /// The policy that refused the request (or would have: audit), set at its response.
-    pub policy: Option<crate::inbound::policy::DecidedBy>,
+    pub policy: Option<DecidedBy>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -8,9 +8,8 @@ use super::{Body, authority, error_response, is_grpc};
 use crate::backend::Backend;
 use crate::endpoint::send::PeerMetrics;
 use crate::error::ProxyError;
-use crate::inbound::policy::DecidedBy;
 use crate::metrics::{Direction, Peer, RouteLabel, TargetMetrics};
-use crate::tap::{Tap, TapStart};
+use crate::tap::{DecidedBy, Tap, TapStart};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::future::Future;
@@ -62,7 +61,7 @@ pub async fn respond<H: Handle>(
     meta.metrics.request();
     let grpc = is_grpc(req.headers());
     let client_version = req.version();
-    let tap = meta.tap.is_watched().then(|| {
+    let mut tap = meta.tap.is_watched().then(|| {
         Box::new(TapRecord {
             tap: meta.tap.clone(),
             start: TapStart {
@@ -92,7 +91,6 @@ pub async fn respond<H: Handle>(
     metrics.latency(started.elapsed().as_secs_f64());
     // A routed request's response says which named rule took it.
     let route = parts.extensions.remove::<RouteLabel>().unwrap_or_default();
-    let mut tap = tap;
     if let Some(decided) = parts.extensions.remove::<DecidedBy>()
         && let Some(record) = tap.as_mut()
     {

@@ -17,6 +17,7 @@ use crate::error::ProxyError;
 use crate::http::handle::Meta;
 use crate::metrics::Peer;
 use crate::swap::Swap;
+use crate::tap::DecidedBy;
 use http::Request;
 use http::uri::{PathAndQuery, Uri};
 use std::net::SocketAddr;
@@ -27,15 +28,6 @@ use tarmac_policy::limit::RateLimit;
 use tarmac_proto::discovery::{self as pb, DefaultPolicy};
 use tarmac_route::RouteTable;
 use tokio::time::Instant;
-
-/// The policy that decided a request: the deny or would-be deny's (`audit`), carried on
-/// the response to the tap.
-#[derive(Clone, Debug)]
-pub struct DecidedBy {
-    pub policy: Arc<str>,
-    /// Refused in audit mode: counted and logged, let through.
-    pub audit: bool,
-}
 
 /// The workload's inbound policy, as the proxy follows it.
 #[derive(Debug)]
