@@ -29,6 +29,7 @@ mod limits;
 mod netns;
 mod observe;
 mod peers;
+mod restart;
 mod routes;
 mod routes_cli;
 mod storm;

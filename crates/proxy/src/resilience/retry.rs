@@ -4,8 +4,9 @@
 //! A request is tried again only when that is safe and affordable:
 //!
 //! - **Safe.** A request that never left the proxy (a refused connect, a connection that
-//!   closed before the request went out) comes back whole from [`Backend::dispatch`] and
-//!   may always go again. One that left is tried again only under a rule's [`Retry`]
+//!   closed before the request went out), or that an HTTP/2 peer refused unprocessed (a
+//!   draining proxy's GOAWAY), comes back from [`Backend::dispatch`] and may always go
+//!   again (hyper keeps a refused request with a body: it goes again only when held). One that left is tried again only under a rule's [`Retry`]
 //!   policy (a status it names, a connection failure, a per-try timeout), and only when
 //!   its body can be sent again whole: a body is held for replay when it is empty or of a
 //!   known length up to [`MAX_REPLAY_BODY`]; a longer or unsized one is never retried
@@ -114,13 +115,18 @@ impl Tries<'_> {
                     wait.unwrap_or_else(|| self.backoff(retries))
                 }
                 Err(SendError { error, request }) => match (error.class(), request) {
-                    (Class::Unsent, Some(req)) if unsent_tries + 1 < UNSENT_TRIES.max(max_retries + 1) => {
+                    // Without the request (hyper kept one the peer refused unprocessed),
+                    // only a held body lets it go again.
+                    (Class::Unsent, req)
+                        if (req.is_some() || replay.is_some())
+                            && unsent_tries + 1 < UNSENT_TRIES.max(max_retries + 1) =>
+                    {
                         if !self.take_budget() {
                             return Err(error);
                         }
                         self.count("unsent");
                         unsent_tries += 1;
-                        next = Some(*req);
+                        next = req.map(|req| *req);
                         // Another endpoint, at once: the one that refused is set aside.
                         Duration::ZERO
                     }

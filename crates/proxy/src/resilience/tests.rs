@@ -67,6 +67,49 @@ async fn a_request_that_never_left_is_retried_without_a_policy() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_stream_an_http2_peer_refused_unprocessed_is_sent_again() {
+    // A draining proxy resets a stream it will not process (REFUSED_STREAM): hyper keeps
+    // the request, yet it may go again, with no policy, since no part of it was handled.
+    let peer = Peer::h2(|n| if n == 0 { Answer::Refuse } else { Answer::Status(200) });
+    let h = Harness::meshed(std::slice::from_ref(&peer));
+    let b = budget();
+    let run = Run { h: &h, budget: &b, policy: None, per_try: None, grpc: false };
+    assert_eq!(run.send(Harness::request(None)).await.unwrap(), 200);
+    assert_eq!(peer.requests(), 2);
+    assert_eq!(h.counter("tarmac_retries_total", &["reason=\"unsent\""]), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_past_an_http2_peers_goaway_is_sent_again() {
+    // The peer's GOAWAY came before it read the stream: unprocessed, sent again on a new
+    // connection (whether hyper hands the request back or keeps it, which depends on when
+    // the GOAWAY is read).
+    let peer = Peer::h2(|_| Answer::Status(200));
+    peer.go_away(1);
+    let h = Harness::meshed(std::slice::from_ref(&peer));
+    let b = budget();
+    let run = Run { h: &h, budget: &b, policy: None, per_try: None, grpc: false };
+    assert_eq!(run.send(Harness::request(None)).await.unwrap(), 200);
+    assert_eq!(peer.requests(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_request_with_a_body_goes_again_only_when_held() {
+    // Without a policy its body is not held: hyper keeps the request, which fails.
+    let peer = Peer::h2(|n| if n == 0 { Answer::Refuse } else { Answer::Status(200) });
+    let h = Harness::meshed(std::slice::from_ref(&peer));
+    let b = budget();
+    let run = Run { h: &h, budget: &b, policy: None, per_try: None, grpc: false };
+    let error = run.send(Harness::request(Some("order"))).await.unwrap_err();
+    assert!(matches!(error, ProxyError::Upstream { sent: false, .. }), "{error:?}");
+    // Under a policy it is held, and goes again whole.
+    let held = policy(2, &[503]);
+    let run = Run { h: &h, budget: &b, policy: Some(&held), per_try: None, grpc: false };
+    assert_eq!(run.send(Harness::request(Some("order"))).await.unwrap(), 200);
+    assert_eq!(*peer.bodies.lock().unwrap(), ["order"], "the body reached the peer once, whole");
+}
+
+#[tokio::test(start_paused = true)]
 async fn without_a_policy_a_response_is_never_retried() {
     let peer = Peer::always(503);
     let h = Harness::new(std::slice::from_ref(&peer));
