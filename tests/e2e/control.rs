@@ -64,6 +64,12 @@ async fn the_control_plane_binary_certifies_and_configures_a_proxy_and_stops_on_
     let (status, routes) = http_get(control.api, "/api/v1/routes?service=books").await;
     assert_eq!(status, 200, "{routes}");
     assert!(routes.contains("books.example") || routes.contains("RequestRedirect"), "{routes}");
+    // It runs no workloads: a restart is refused with where to make it.
+    let client = tarmac_control::http_client::HttpClient::new(control.api, std::time::Duration::from_secs(5));
+    let restart = client.post("/api/v1/workloads/default/books/restart").await.unwrap();
+    let text = String::from_utf8_lossy(&restart.body);
+    assert_eq!(restart.status, 501, "{text}");
+    assert!(text.contains("does not run the workloads"), "{text}");
 
     // A token is good once: a second proxy with it is refused (the file is written again:
     // a proxy removes its token file once read).

@@ -4,7 +4,9 @@
 //! that learns of the restart only from its connections). Every request must succeed:
 //! the draining proxy finishes what it took, and the client sends again what the draining
 //! proxy refused (HTTP/2 GOAWAY, REFUSED_STREAM) or could not take (connection refused).
-//! `tarmac restart` through `tarmac up` is tested in `up.rs`.
+//! Then the same as users do it: `tarmac restart ratings` against a running `tarmac up`
+//! (tests/fixtures/restart: three replicas, one at a time), under the same load through a
+//! caller's sidecar.
 
 use http_body_util::{BodyExt, Empty};
 use std::net::SocketAddr;
@@ -47,7 +49,7 @@ impl Tally {
 
 /// One caller: a GET every [`CALLER_INTERVAL`] on one keep-alive connection (a new one
 /// when the client proxy closes it) until `stop`.
-async fn caller(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+async fn caller(addr: SocketAddr, path: &'static str, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     let mut sender: Option<hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>> = None;
     let mut tick = tokio::time::interval(CALLER_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -71,7 +73,7 @@ async fn caller(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
             sender = None;
             continue;
         }
-        let request = http::Request::get("/").header("host", "pool").body(Empty::new()).unwrap();
+        let request = http::Request::get(path).header("host", "pool").body(Empty::new()).unwrap();
         match tokio::time::timeout(Duration::from_secs(10), s.send_request(request)).await {
             Ok(Ok(response)) => {
                 let status = response.status();
@@ -121,7 +123,7 @@ async fn server_proxies_restarted_one_at_a_time_under_load_lose_no_request() {
     let tally = Arc::new(Tally::default());
     let mut callers = tokio::task::JoinSet::new();
     for _ in 0..CALLERS {
-        callers.spawn(caller(addr, stop.clone(), tally.clone()));
+        callers.spawn(caller(addr, "/", stop.clone(), tally.clone()));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     for (i, app) in apps.iter().enumerate() {
@@ -150,4 +152,70 @@ async fn server_proxies_restarted_one_at_a_time_under_load_lose_no_request() {
     println!("restart | {ok} requests succeeded, {failed} failed, {retried} retries by the client proxy");
     assert_eq!(failed, 0, "failures: {:?}", tally.first_failures.lock().unwrap());
     assert!(ok > 1000, "the load ran: {ok} requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tarmac_restart_rolls_a_workload_under_load_without_failing_a_request() {
+    let dir = format!("{}/fixtures/restart", env!("CARGO_MANIFEST_DIR"));
+    let replicas = ["ratings-0", "ratings-1", "ratings-2", "client-0"];
+    let (up, api) =
+        tokio::task::spawn_blocking(move || crate::observe::up_and_ready(&dir, &replicas)).await.unwrap();
+    let addr: SocketAddr = up.wait_for("the client's RATINGS_URL", Duration::from_secs(10), |lines| {
+        let line = lines.iter().find(|l| l.contains("| client-0: PORT="))?;
+        let (_, rest) = line.split_once(" RATINGS_URL=http://")?;
+        rest.split([',', ' ']).next()?.parse().ok()
+    });
+    // Until the client's sidecar knows all three (bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tarmac_testkit::tools::http_get(addr, "/ratings/1").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "ratings never answered\n{}", up.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = |lines: &[String], replica: &str| {
+        lines.iter().filter(|l| l.contains(&format!("| {replica} started: pid"))).count()
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..CALLERS {
+        callers.spawn(caller(addr, "/ratings/1", stop.clone(), tally.clone()));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let restart = {
+        let api = api.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::observe::tarmac(&api, &["restart", "ratings"], Duration::from_secs(120))
+        })
+    };
+    let output = restart.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    while callers.join_next().await.is_some() {}
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tarmac restart failed: {stdout}{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        up.output()
+    );
+    assert!(
+        stdout.contains("restarted default/ratings: ratings-0, ratings-1, ratings-2 (3 replicas)"),
+        "{stdout}"
+    );
+    let lines = up.lines();
+    for replica in ["ratings-0", "ratings-1", "ratings-2"] {
+        assert_eq!(started(&lines, replica), 2, "{replica} was started again, once\n{}", up.output());
+    }
+    assert_eq!(started(&lines, "client-0"), 1, "other workloads are left alone");
+    let (ok, failed) = (tally.ok.load(Ordering::SeqCst), tally.failed.load(Ordering::SeqCst));
+    println!("tarmac restart | {ok} requests succeeded, {failed} failed");
+    assert_eq!(failed, 0, "failures: {:?}\n{}", tally.first_failures.lock().unwrap(), up.output());
+    assert!(ok > 1000, "the load ran: {ok} requests");
+
+    // A Workload that is not running is named in the refusal.
+    let missing = crate::observe::tarmac(&api, &["restart", "shop/nobody"], Duration::from_secs(10));
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("no Workload shop/nobody is running"), "{stderr}");
 }

@@ -11,6 +11,7 @@
 //! | `GET /api/v1/check` | configuration, route status, replicas, proxies, discovery |
 //! | `GET /api/v1/routes` | a Service's routes, their status, and the rule each kind of request takes |
 //! | `GET /api/v1/prometheus/sd` | every proxy's admin address, for Prometheus' `http_sd_configs` |
+//! | `POST /api/v1/workloads/{namespace}/{name}/restart` | restarts a Workload's replicas one at a time (`tarmac up` only), answering when done |
 //! | `GET /` | the dashboard: static files compiled into the binary, nothing fetched from elsewhere |
 
 pub mod check;
@@ -24,11 +25,12 @@ use crate::telemetry::stats::{self, Kind};
 use crate::telemetry::tap::{self, StatusFilter, TapFilter, Target};
 use crate::telemetry::top::TopTable;
 use crate::telemetry::{DEFAULT_WINDOW, RETENTION, Telemetry};
+use crate::workloads::{RestartError, RestartRequest, Restarts};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures_util::StreamExt;
 use http::{StatusCode, header};
 use serde::Serialize;
@@ -53,6 +55,8 @@ pub struct Api {
     telemetry: Telemetry,
     status: watch::Receiver<Arc<Status>>,
     subscriptions: Subscriptions,
+    /// Whoever runs the Workloads; `None`: restarts are not this control plane's to make.
+    restarts: Option<Restarts>,
 }
 
 impl Api {
@@ -61,7 +65,13 @@ impl Api {
         status: watch::Receiver<Arc<Status>>,
         subscriptions: Subscriptions,
     ) -> Self {
-        Self { telemetry, status, subscriptions }
+        Self { telemetry, status, subscriptions, restarts: None }
+    }
+
+    /// Serves `POST .../restart` by asking `restarts`.
+    pub fn with_restarts(mut self, restarts: Restarts) -> Self {
+        self.restarts = Some(restarts);
+        self
     }
 
     pub fn router(self) -> Router {
@@ -77,6 +87,7 @@ impl Api {
             .route("/api/v1/check", get(check))
             .route("/api/v1/routes", get(routes))
             .route("/api/v1/prometheus/sd", get(prometheus_sd))
+            .route("/api/v1/workloads/{namespace}/{name}/restart", post(restart))
             .with_state(self)
     }
 
@@ -163,11 +174,43 @@ async fn index() -> Response {
         GET /api/v1/tap?target=TARGET&namespace=NS&method=M&path=PREFIX&status=5xx&direction=inbound&limit=N&duration=10s\n\
         GET /api/v1/check\n\
         GET /api/v1/routes?service=NAME&namespace=NS&from=NS[/WORKLOAD]&path=P&method=M&header=NAME:VALUE&query=K=V\n\
-        GET /api/v1/prometheus/sd\n";
+        GET /api/v1/prometheus/sd\n\
+        POST /api/v1/workloads/NAMESPACE/NAME/restart\n";
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Body::from(text))
         .expect("a static header is valid")
+}
+
+/// Restarts a Workload's replicas one at a time, answering once the last is ready again.
+async fn restart(State(api): State<Api>, Path((namespace, name)): Path<(String, String)>) -> Response {
+    let Some(restarts) = &api.restarts else {
+        return json_response(
+            StatusCode::NOT_IMPLEMENTED,
+            &json!({ "error": "this control plane does not run the workloads: restart them where they run (e.g. kubectl rollout restart)" }),
+        );
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = RestartRequest { namespace, name, reply };
+    if restarts.send(request).await.is_err() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "error": RestartError::ShuttingDown.to_string() }),
+        );
+    }
+    match answer.await {
+        Ok(Ok(restarted)) => json_response(StatusCode::OK, &restarted),
+        Ok(Err(e @ RestartError::NotFound { .. })) => {
+            json_response(StatusCode::NOT_FOUND, &json!({ "error": e.to_string() }))
+        }
+        Ok(Err(e @ RestartError::Stopped(_))) => {
+            json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": e.to_string() }))
+        }
+        Ok(Err(RestartError::ShuttingDown)) | Err(_) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "error": RestartError::ShuttingDown.to_string() }),
+        ),
+    }
 }
 
 async fn stat(State(api): State<Api>, Path(kind): Path<String>, RawQuery(raw): RawQuery) -> Response {
