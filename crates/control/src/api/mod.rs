@@ -182,6 +182,32 @@ async fn index() -> Response {
         .expect("a static header is valid")
 }
 
+/// The retry and timeouts of requests no rule takes, as `{retry, request_timeout_ms,
+/// backend_request_timeout_ms, resilience}`.
+fn unrouted_resilience(snapshot: &Snapshot, namespace: &str, service: &str) -> serde_json::Value {
+    use crate::discovery::table::{RetryJson, resilience_text};
+    let policy = crate::discovery::resilience::of_service(snapshot, namespace, service);
+    let policy = policy.as_ref();
+    let retry = policy.and_then(|p| p.retry.as_ref()).map(|r| RetryJson {
+        attempts: r.attempts,
+        codes: r.codes.clone(),
+        grpc_codes: r.grpc_codes.clone(),
+        backoff_ms: if r.backoff_ms == 0 {
+            tarmac_route::policy::DEFAULT_BACKOFF.as_millis() as u64
+        } else {
+            r.backoff_ms
+        },
+    });
+    let request = policy.map(|p| p.request_timeout_ms).filter(|&ms| ms > 0);
+    let per_try = policy.map(|p| p.backend_request_timeout_ms).filter(|&ms| ms > 0);
+    json!({
+        "resilience": resilience_text(retry.as_ref(), request, per_try),
+        "retry": retry,
+        "request_timeout_ms": request,
+        "backend_request_timeout_ms": per_try,
+    })
+}
+
 /// Restarts a Workload's replicas one at a time, answering once the last is ready again.
 async fn restart(State(api): State<Api>, Path((namespace, name)): Path<(String, String)>) -> Response {
     let Some(restarts) = &api.restarts else {
@@ -559,12 +585,16 @@ pub fn routes_of(
         } else {
             "the Service's endpoints: no route applies"
         };
+        let budget = crate::discovery::resilience::budget_of(snapshot, namespace, service);
         let mut answer = json!({
             "port": port.port,
             "name": port.name,
             "routes": compiled.routes.iter().map(|r| format!("{} {}/{}", r.kind, r.namespace, r.name)).collect::<Vec<_>>(),
             "table": entries,
             "otherwise": otherwise,
+            "budget": budget,
+            "budget_text": budget.describe(),
+            "unrouted": unrouted_resilience(snapshot, namespace, service),
         });
         if let Some(req) = request {
             let taken = compiled.select(&req.method, &req.path, req.query.as_deref(), &req.headers);
