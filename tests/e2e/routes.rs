@@ -772,3 +772,23 @@ async fn a_concurrency_limit_sheds_requests_past_it_at_once() {
     }
     assert_eq!(get(m.books, "/", &[]).await.status, 200, "places free again");
 }
+
+/// The request timeout of a Service's calls (to the response head; 30 s unless said
+/// otherwise) is changed by its ResiliencePolicy: shortened, a slow answer becomes 504
+/// from the caller's sidecar; lengthened again, the same answer comes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resilience_policy_changes_a_services_request_timeout() {
+    let policy = |request: &str| {
+        format!(
+            "apiVersion: tarmac.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {{name: books}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: books}}]\n  timeouts: {{request: {request}}}\n"
+        )
+    };
+    let m = mesh(&policy("300ms")).await;
+    until(m.books, "/?delay_ms=1000", |a| a.status == 504).await;
+    let a = get(m.books, "/?delay_ms=1000", &[]).await;
+    assert_eq!(a.status, 504, "{}", a.body);
+    assert!(a.body.contains("request timeout of 300ms exceeded"), "{}", a.body);
+    m.snapshots.send(snapshot(2, &policy("5s"))).unwrap();
+    until(m.books, "/?delay_ms=1000", |a| a.status == 200).await;
+    assert_eq!(get(m.books, "/?delay_ms=1000", &[]).await.status, 200);
+}

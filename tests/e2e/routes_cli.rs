@@ -195,7 +195,8 @@ fn routes_shows_the_rule_each_request_takes_and_check_reports_route_conditions()
     assert!(
         text.contains("Service default/shop-v1 port 80 for callers in namespace default: no HTTPRoute or GRPCRoute applies")
             && text.contains("*. every request → the Service's endpoints: no route applies")
-            && text.contains("retry budget of callers: 20 % of requests + 10/s over 10s (default)"),
+            && text.contains("retry budget of callers: 20 % of requests + 10/s over 10s (default)")
+            && text.contains("no retry (unsent requests only); timeout 30s"),
         "{text}"
     );
 

@@ -198,7 +198,9 @@ fn unrouted_resilience(snapshot: &Snapshot, namespace: &str, service: &str) -> s
             r.backoff_ms
         },
     });
-    let request = policy.map(|p| p.request_timeout_ms).filter(|&ms| ms > 0);
+    let request = policy
+        .map_or(tarmac_route::policy::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64, |p| p.request_timeout_ms);
+    let request = (request > 0).then_some(request);
     let per_try = policy.map(|p| p.backend_request_timeout_ms).filter(|&ms| ms > 0);
     json!({
         "resilience": resilience_text(retry.as_ref(), request, per_try),

@@ -33,6 +33,14 @@ pub fn millis(d: &Option<String>) -> u64 {
     d.as_deref().and_then(|d| duration::parse(d).ok()).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A Service's request timeout in milliseconds: absent, the default; `0s`, none (0).
+pub fn request_timeout_ms(request: &Option<String>) -> u64 {
+    match request {
+        None => tarmac_route::policy::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64,
+        Some(_) => millis(request),
+    }
+}
+
 /// A policy's retry as proxies apply it.
 pub fn retry(r: &PolicyRetry) -> pb::Retry {
     pb::Retry {
@@ -70,14 +78,19 @@ pub fn of_service(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<pb
     let limit = first(|p| p.spec.limits.is_some())
         .and_then(|p| p.spec.limits.as_ref())
         .map(|l| pb::ConcurrencyLimit { max_in_flight: l.max_in_flight, max_queued: l.max_queued });
-    let timeouts =
-        first(|p| p.spec.timeouts.is_some()).and_then(|p| p.spec.timeouts.clone()).unwrap_or_default();
+    let timeouts = first(|p| p.spec.timeouts.as_ref().is_some_and(|t| t.request.is_some()))
+        .and_then(|p| p.spec.timeouts.clone())
+        .unwrap_or_default();
+    let backend_timeouts = first(|p| p.spec.timeouts.as_ref().is_some_and(|t| t.backend_request.is_some()))
+        .and_then(|p| p.spec.timeouts.clone())
+        .unwrap_or_default();
     Some(pb::Resilience {
         retry_budget: budget,
         circuit_breaker: breaker,
         retry: first(|p| p.spec.retry.is_some()).and_then(|p| p.spec.retry.as_ref()).map(retry),
-        request_timeout_ms: millis(&timeouts.request),
-        backend_request_timeout_ms: millis(&timeouts.backend_request),
+        // Always the effective value: absent, the default; `0s`, none (0).
+        request_timeout_ms: request_timeout_ms(&timeouts.request),
+        backend_request_timeout_ms: millis(&backend_timeouts.backend_request),
         limit,
     })
 }

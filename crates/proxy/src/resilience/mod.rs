@@ -62,7 +62,10 @@ impl ServicePolicy {
                 budget: Some(BudgetConfig::default()),
                 breaker: BreakerConfig::default(),
                 limit: None,
-                unrouted: Unrouted::default(),
+                unrouted: Unrouted {
+                    request_timeout: Some(tarmac_route::policy::DEFAULT_REQUEST_TIMEOUT),
+                    ..Unrouted::default()
+                },
             });
         };
         let defaults = BudgetConfig::default();

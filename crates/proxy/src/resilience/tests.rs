@@ -299,3 +299,31 @@ async fn a_backend_at_its_limit_queues_what_fits_and_refuses_the_rest_at_once() 
     assert!(started.elapsed() >= Duration::from_secs(20), "{:?}", started.elapsed());
     assert_eq!(peer.requests(), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn without_a_policy_a_service_answers_504_past_the_default_request_timeout() {
+    use super::ServicePolicy;
+    use super::deadline::{Deadline, within};
+    let default = tarmac_route::policy::DEFAULT_REQUEST_TIMEOUT;
+    let timeout = ServicePolicy::from_pb(None).unwrap().unrouted.request_timeout;
+    assert_eq!(timeout, Some(default));
+    let peer = Peer::new(move |n| {
+        if n == 0 {
+            Answer::Slow(default + Duration::from_secs(1), 200)
+        } else {
+            Answer::Slow(default / 2, 200)
+        }
+    });
+    let h = Harness::new(std::slice::from_ref(&peer));
+    let b = budget();
+    let run = Run { h: &h, budget: &b, policy: None, per_try: None, grpc: false };
+    let req = Harness::request(None);
+    let deadline = Deadline::of(timeout, req.headers());
+    let error = within(deadline, run.send(req)).await.unwrap_err();
+    assert!(matches!(error, ProxyError::Timeout { what: "request", limit } if limit == default), "{error:?}");
+    assert_eq!(error.status(), http::StatusCode::GATEWAY_TIMEOUT);
+    // An answer within it is untouched.
+    let req = Harness::request(None);
+    let deadline = Deadline::of(timeout, req.headers());
+    assert_eq!(within(deadline, run.send(req)).await.unwrap(), 200);
+}
