@@ -45,6 +45,8 @@ pin_project! {
         Stream { #[pin] body: Incoming },
         Pooled { #[pin] body: PooledBody },
         Full { #[pin] body: Full<Bytes> },
+        // A request body of unknown length, recorded for a retry as it is sent.
+        Tee { #[pin] body: crate::resilience::replay::TeeBody },
     }
 }
 
@@ -75,6 +77,7 @@ impl HttpBody for Body {
         match self.project() {
             BodyProj::Stream { body } => body.poll_frame(cx),
             BodyProj::Pooled { body } => body.poll_frame(cx),
+            BodyProj::Tee { body } => body.poll_frame(cx),
             BodyProj::Full { body } => match body.poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
                 Poll::Ready(Some(Err(never))) => match never {},
@@ -88,6 +91,7 @@ impl HttpBody for Body {
         match self {
             Body::Stream { body } => body.is_end_stream(),
             Body::Pooled { body } => body.is_end_stream(),
+            Body::Tee { body } => body.is_end_stream(),
             Body::Full { body } => body.is_end_stream(),
         }
     }
@@ -96,6 +100,7 @@ impl HttpBody for Body {
         match self {
             Body::Stream { body } => body.size_hint(),
             Body::Pooled { body } => body.size_hint(),
+            Body::Tee { body } => body.size_hint(),
             Body::Full { body } => body.size_hint(),
         }
     }

@@ -54,8 +54,11 @@ pub struct Deadline {
     pub at: Instant,
     /// The limit as configured or asked for, for the error message.
     pub limit: Duration,
-    /// Set by the caller's `grpc-timeout`: each try passes the time left on.
+    /// Set by the caller's `grpc-timeout` (rather than by the route).
     pub grpc: bool,
+    /// The caller sent a `grpc-timeout`: each try passes the time left on, whichever
+    /// deadline is the sooner.
+    pub pass_on: bool,
 }
 
 impl Deadline {
@@ -67,8 +70,9 @@ impl Deadline {
             return None;
         }
         let now = Instant::now();
-        let route = request_timeout.map(|limit| Deadline { at: now + limit, limit, grpc: false });
-        let grpc = grpc.map(|limit| Deadline { at: now + limit, limit, grpc: true });
+        let pass_on = grpc.is_some();
+        let route = request_timeout.map(|limit| Deadline { at: now + limit, limit, grpc: false, pass_on });
+        let grpc = grpc.map(|limit| Deadline { at: now + limit, limit, grpc: true, pass_on });
         match (route, grpc) {
             (Some(r), Some(g)) => Some(if g.at < r.at { g } else { r }),
             (r, g) => r.or(g),
@@ -133,6 +137,8 @@ mod tests {
         assert!(d.grpc && d.limit == Duration::from_millis(100));
         let d = Deadline::of(Some(Duration::from_millis(50)), &h).unwrap();
         assert!(!d.grpc && d.limit == Duration::from_millis(50));
+        assert!(d.pass_on, "the route's sooner deadline is still passed on to a gRPC server");
+        assert!(!Deadline::of(Some(Duration::from_millis(50)), &http::HeaderMap::new()).unwrap().pass_on);
         tokio::time::advance(Duration::from_millis(20)).await;
         assert_eq!(d.left(), Duration::from_millis(30));
     }

@@ -160,18 +160,40 @@ async fn a_spent_budget_returns_the_last_real_response_and_is_counted() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_body_of_unknown_length_is_sent_once_and_not_retried() {
+async fn a_body_of_unknown_length_is_recorded_as_sent_and_retried_whole() {
+    // A streamed body (its length known only at its end, as every gRPC call's): the first
+    // try sends it as it comes, and the retry sends the recording, whole.
+    let peer = Peer::new(|n| Answer::Status(if n == 0 { 503 } else { 200 }));
+    let h = Harness::new(std::slice::from_ref(&peer));
+    let b = budget();
+    let p = policy(3, &[503]);
+    let run = Run { h: &h, budget: &b, policy: Some(&p), per_try: None, grpc: false };
+    let mut req = Harness::request(None);
+    *req.method_mut() = http::Method::POST;
+    *req.body_mut() = streamed(&["part one, ", "part two"]).await;
+    assert_eq!(run.send(req).await.unwrap(), 200);
+    assert_eq!(*peer.bodies.lock().unwrap(), ["part one, part two", "part one, part two"], "whole, twice");
+    assert_eq!(h.counter("tarmac_retries_total", &["reason=\"status\""]), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_of_unknown_length_past_the_bound_is_sent_once_and_not_retried() {
+    static LONG: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+        Box::leak("x".repeat(super::retry::MAX_REPLAY_BODY as usize / 2 + 1).into_boxed_str())
+    });
+    let chunks: &'static [&'static str] = Box::leak(vec![*LONG, *LONG].into_boxed_slice());
     let peer = Peer::always(503);
     let h = Harness::new(std::slice::from_ref(&peer));
     let b = budget();
     let p = policy(3, &[503]);
     let run = Run { h: &h, budget: &b, policy: Some(&p), per_try: None, grpc: false };
-    // A streamed body: its length is known only at its end.
     let mut req = Harness::request(None);
     *req.method_mut() = http::Method::POST;
-    *req.body_mut() = streamed(&["part one, ", "part two"]).await;
+    *req.body_mut() = streamed(chunks).await;
     assert_eq!(run.send(req).await.unwrap(), 503);
-    assert_eq!(*peer.bodies.lock().unwrap(), ["part one, part two"], "sent whole, once");
+    let bodies = peer.bodies.lock().unwrap();
+    assert_eq!(bodies.len(), 1, "sent once");
+    assert_eq!(bodies[0].len(), 2 * LONG.len(), "whole");
     assert_eq!(h.counter("tarmac_retries_denied_total", &["reason=\"body\""]), 1);
 }
 
