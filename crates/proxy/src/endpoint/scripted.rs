@@ -30,6 +30,8 @@ pub enum Answer {
     Grpc(u32, Option<i64>),
     /// HTTP/2 peers only: the stream is reset with REFUSED_STREAM, unprocessed.
     Refuse,
+    /// HTTP/2 peers only: 200 at once, its body (`late`) only after the delay.
+    SlowBody(Duration),
 }
 
 type Script = dyn Fn(u32) -> Answer + Send + Sync;
@@ -107,7 +109,7 @@ impl Peer {
                 tokio::time::sleep(delay).await;
                 *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
             }
-            Answer::Refuse => unreachable!("only HTTP/2 peers refuse streams"),
+            Answer::Refuse | Answer::SlowBody(_) => unreachable!("only HTTP/2 peers are scripted so"),
             Answer::Grpc(code, pushback) => {
                 let h = rsp.headers_mut();
                 h.insert("content-type", "application/grpc".parse().unwrap());
@@ -184,6 +186,14 @@ async fn serve_h2(peer: Arc<Peer>, io: tokio::io::DuplexStream) {
                 Answer::Slow(delay, status) => {
                     tokio::time::sleep(delay).await;
                     status
+                }
+                Answer::SlowBody(delay) => {
+                    let rsp = Response::builder().status(200).body(()).unwrap();
+                    if let Ok(mut body) = respond.send_response(rsp, false) {
+                        tokio::time::sleep(delay).await;
+                        let _ = body.send_data(Bytes::from_static(b"late"), true);
+                    }
+                    return;
                 }
                 Answer::Grpc(..) | Answer::Refuse => unimplemented!("not scripted for HTTP/2 peers"),
             };

@@ -349,3 +349,23 @@ async fn without_a_policy_a_service_answers_504_past_the_default_request_timeout
     let deadline = Deadline::of(timeout, req.headers());
     assert_eq!(within(deadline, run.send(req)).await.unwrap(), 200);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_place_is_freed_at_the_response_head_not_at_the_body_end() {
+    // A bulkhead bounds the wait for answers; a body streams under the caller's own flow
+    // control. Held to the body's end, a place would belong to whoever reads slowly, and
+    // every long stream would hold one for its whole life.
+    use crate::resilience::limit::LimitConfig;
+    use http_body_util::BodyExt;
+    let peer = Peer::h2(|_| Answer::SlowBody(Duration::from_secs(10)));
+    let h = Harness::meshed(std::slice::from_ref(&peer));
+    h.backend.set_limit(Some(LimitConfig { max_in_flight: 1, max_queued: 0 }));
+    let first = h.backend.dispatch(Harness::request(None), Hop::default()).await.unwrap();
+    assert!(!http_body::Body::is_end_stream(first.body()), "its body is still to come");
+    let second = h.backend.dispatch(Harness::request(None), Hop::default()).await;
+    let second = second.expect("the only place was free again at the first response's head");
+    assert_eq!(second.status(), 200);
+    let body = first.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "late");
+    assert_eq!(peer.requests(), 2);
+}
