@@ -19,7 +19,7 @@
 //! Tunnels are retried only while unsent.
 
 use super::budget::RetryBudget;
-use super::deadline::{Deadline, GRPC_TIMEOUT, grpc_timeout_value};
+use super::deadline::{Deadline, Elapsed, GRPC_TIMEOUT, bounded, grpc_timeout_value};
 use super::replay::{Shared, TeeBody};
 use crate::backend::{Backend, Hop};
 use crate::endpoint::send::SendError;
@@ -197,20 +197,22 @@ impl Tries<'_> {
         }
     }
 
-    /// One try, within the per-try timeout.
-    async fn once(&self, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
+    /// One try, within the per-try timeout. (Not an `async fn`, which would hold the
+    /// dispatch twice: see [`super::deadline::within`].)
+    fn once(&self, mut req: Request<Body>) -> impl Future<Output = Result<Response<Body>, SendError>> + '_ {
+        use futures_util::FutureExt as _;
         if let Some(deadline) = self.deadline.filter(|d| d.pass_on) {
             req.headers_mut().insert(GRPC_TIMEOUT, grpc_timeout_value(deadline.left()));
         }
-        let dispatch = self.backend.dispatch(req, self.hop);
-        match self.per_try_timeout {
-            None => dispatch.await,
-            // A tunnel's timeout ends with its response head: the spliced bytes are not timed.
-            Some(limit) => match tokio::time::timeout(limit, dispatch).await {
-                Ok(result) => result,
-                Err(_) => Err(ProxyError::Timeout { what: "backend request", limit }.into()),
-            },
-        }
+        let limit = self.per_try_timeout;
+        // A tunnel's timeout ends with its response head: the spliced bytes are not timed.
+        bounded(limit, self.backend.dispatch(req, self.hop)).map(move |result| match result {
+            Ok(result) => result,
+            Err(Elapsed) => {
+                let limit = limit.expect("only a limit elapses");
+                Err(ProxyError::Timeout { what: "backend request", limit }.into())
+            }
+        })
     }
 
     /// Why the policy would retry this response, if it would.
