@@ -7,6 +7,7 @@
 //! `identity_import`, `app_tls`), processes and signals (`lifecycle`, `demo`, `up`,
 //! `app_protocol`),
 //! the retry storm of examples/retry-storm with the retry budget on and off (`storm`),
+//! rolling restarts under load, of proxies and through `tarmac restart` (`restart`),
 //! telemetry with a real Prometheus and headless Chromium (`observe`), `tarmac routes`
 //! and the route checks of `tarmac check` against traffic through a mesh (`routes_cli`), and
 //! root-only network namespaces with iptables (`netns`, `transparent`), which fail rather than skip in
@@ -31,6 +32,7 @@ mod limits;
 mod netns;
 mod observe;
 mod peers;
+mod restart;
 mod routes;
 mod routes_cli;
 mod storm;

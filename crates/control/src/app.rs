@@ -13,6 +13,7 @@ use crate::registry::Registry;
 use crate::store::files::{FilesStore, OpenError};
 use crate::store::{Snapshot, Status, Store};
 use crate::telemetry::Telemetry;
+use crate::workloads::Restarts;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +40,9 @@ pub struct Config {
     /// tests fill it as they start replicas; the binary in files mode has none yet (the
     /// Kubernetes backend will fill it from Pods).
     pub registry: Registry,
+    /// Where `POST /api/v1/workloads/.../restart` goes: `tarmac up`, which runs the
+    /// Workloads. None: the API answers 501.
+    pub restarts: Option<Restarts>,
 }
 
 /// Where desired state comes from.
@@ -67,11 +71,21 @@ pub struct IdentityConfig {
 
 impl Config {
     pub fn files(dir: impl Into<PathBuf>) -> Self {
-        Self { store: StoreConfig::Files { dir: dir.into() }, identity: None, registry: Registry::default() }
+        Self {
+            store: StoreConfig::Files { dir: dir.into() },
+            identity: None,
+            registry: Registry::default(),
+            restarts: None,
+        }
     }
 
     pub fn snapshots(snapshots: watch::Receiver<Arc<Snapshot>>) -> Self {
-        Self { store: StoreConfig::Snapshots(snapshots), identity: None, registry: Registry::default() }
+        Self {
+            store: StoreConfig::Snapshots(snapshots),
+            identity: None,
+            registry: Registry::default(),
+            restarts: None,
+        }
     }
 
     pub fn with_identity(mut self, identity: IdentityConfig) -> Self {
@@ -81,6 +95,12 @@ impl Config {
 
     pub fn with_registry(mut self, registry: Registry) -> Self {
         self.registry = registry;
+        self
+    }
+
+    /// Restart requests go to `restarts`: the caller runs the Workloads.
+    pub fn with_restarts(mut self, restarts: Restarts) -> Self {
+        self.restarts = Some(restarts);
         self
     }
 }
@@ -222,6 +242,7 @@ pub async fn start(
     }
 
     let registry = config.registry;
+    let restarts = config.restarts;
     let discovery = DiscoveryService::new(relay_until(store.snapshots(), stop.clone()), registry.clone());
     let subscriptions = discovery.subscriptions();
     let tls = match &config.identity {
@@ -258,7 +279,10 @@ pub async fn start(
                 () = scraping.cancelled() => {}
             }
         });
-        let api = Api::new(telemetry, store.status(), subscriptions.clone());
+        let mut api = Api::new(telemetry, store.status(), subscriptions.clone());
+        if let Some(restarts) = restarts {
+            api = api.with_restarts(restarts);
+        }
         for listener in listeners.api {
             apis.push(tokio::spawn(api.clone().serve(listener, stop.clone().cancelled_owned())));
         }

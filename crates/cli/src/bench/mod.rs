@@ -12,7 +12,8 @@
 //!   the SVG of percentile curves; [`regression`]: `--baseline`, the figures against a
 //!   recorded landing's.
 //! * [`costs`]: memory and idle CPU against connections and configured services.
-//! * [`routing`]: `--routing`, a route table of 100 rules against one, its routes served
+//! * [`routing`]: `--routing`, a route table of 100 rules against one, and a retried
+//!   request (its first try failed by the upstream) against one that is not, its routes served
 //!   by the control plane's discovery in this process.
 //! * [`upstream`]: the suite's fast upstream; [`processes`]: the child processes and the
 //!   scheduling tools.
@@ -72,8 +73,8 @@ const SUITE_ROUTES: [Route; 7] = [
     Route::EnvoyTwoHopsMtls,
 ];
 /// `--routing`: the baseline, one hop without routes, then the two route tables.
-const ROUTING_ROUTES: [Route; 4] =
-    [Route::Direct, Route::TarmacOneHop, Route::TarmacOneRule, Route::TarmacManyRules];
+const ROUTING_ROUTES: [Route; 5] =
+    [Route::Direct, Route::TarmacOneHop, Route::TarmacOneRule, Route::TarmacManyRules, Route::TarmacRetried];
 
 /// Measure latency and proxy cost: a service directly and through the mesh, or the
 /// standard comparison with Envoy.
@@ -90,7 +91,9 @@ const ROUTING_ROUTES: [Route; 4] =
 ///
 /// With --routing: as the suite (same loads, rounds, pinning), one Tarmac hop whose
 /// Service has an HTTPRoute of 1 rule against one of 100 rules where requests take the
-/// last, plus direct and an unrouted hop; prints the 100-rule / 1-rule ratios.
+/// last, and against one whose backend fails every request's first try (retried once),
+/// plus direct and an unrouted hop; prints the 100-rule / 1-rule ratios and what a
+/// retried request costs.
 ///
 /// Latency is measured from each request's intended send time (no coordinated omission).
 /// Needs tarmac-proxy next to this binary (`cargo build --release`) or in
@@ -218,6 +221,10 @@ struct JsonReport<'a> {
     /// `--routing`: the 100-rule table against the 1-rule table, per load.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     routing: Vec<routing::RoutingComparison>,
+    /// `--routing`: the route whose backend fails each first try against the same route
+    /// without failures, per load: what a retried request costs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    retried: Vec<routing::RetryCost>,
     phases: Vec<&'a PhaseRecord>,
 }
 
@@ -253,6 +260,7 @@ impl<'a> JsonReport<'a> {
             bar: &[],
             baseline: None,
             routing: Vec::new(),
+            retried: Vec::new(),
             phases: measured.iter().map(|m| &m.record).collect(),
         }
     }
@@ -503,7 +511,9 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
         WARMUP,
         routing::MANY_RULES,
     );
-    let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(|e| e.to_string())?;
+    // Numbered, so that the upstream fails only the first try of the retried route's
+    // requests (every route's requests carry the number: they stay comparable).
+    let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(|e| e.to_string())?.numbered();
     let ours = our_pids(&upstream, &routes);
     let measured = experiment::run(&target, &mut routes, &loads, &settings, &mut scheduling, &ours).await?;
     drop(routes);
@@ -512,12 +522,14 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
 
     let summaries = report::summarise(&measured);
     let comparisons = routing::compare(&summaries);
+    let retries = routing::compare_retried(&summaries);
     let conditions = format!(
         "{}, {} rounds of {:?}, medians; added = route − direct in the same round",
         args.protocol, rounds, phase_duration
     );
     print_suite_tables(&summaries, &conditions, &chosen_loads);
     println!("{}", routing::table(&comparisons));
+    println!("{}", routing::retried_table(&retries));
     print_warnings(&summaries, &settings);
     let json = JsonReport {
         commit: commit(),
@@ -525,6 +537,7 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
         realtime: scheduling.realtime_works,
         idle_rss,
         routing: comparisons,
+        retried: retries,
         ..JsonReport::common("routing", args.protocol, rounds, phase_duration, &summaries, &measured)
     };
     let loads: Vec<String> = loads.iter().map(|l| l.name.clone()).collect();

@@ -38,6 +38,9 @@ pub enum Route {
     TarmacOneRule,
     /// The same with an HTTPRoute of 100 rules, the request taking the last.
     TarmacManyRules,
+    /// One rule again, whose backend fails every request's first try: each is retried
+    /// once (`--routing`; the cost of a retried request).
+    TarmacRetried,
 }
 
 /// Which proxy a route goes through.
@@ -76,6 +79,7 @@ impl Route {
             Self::EnvoyTwoHopsMtls => "envoy 2 hops mTLS",
             Self::TarmacOneRule => "tarmac 1 rule",
             Self::TarmacManyRules => "tarmac 100 rules",
+            Self::TarmacRetried => "tarmac retried",
         }
     }
 
@@ -91,7 +95,8 @@ impl Route {
             | Self::TarmacTwoHops
             | Self::TarmacTwoHopsMtls
             | Self::TarmacOneRule
-            | Self::TarmacManyRules => Some(ProxyKind::Tarmac),
+            | Self::TarmacManyRules
+            | Self::TarmacRetried => Some(ProxyKind::Tarmac),
             Self::EnvoyOneHop | Self::EnvoyTwoHops | Self::EnvoyTwoHopsMtls => Some(ProxyKind::Envoy),
         }
     }
@@ -140,7 +145,7 @@ pub async fn start(
     let mut proxies = Vec::new();
     let entry = match route {
         Route::Direct => upstream,
-        Route::TarmacOneRule | Route::TarmacManyRules => {
+        Route::TarmacOneRule | Route::TarmacManyRules | Route::TarmacRetried => {
             return Err(format!(
                 "{} gets its routes from discovery: start it with start_routed",
                 route.label()
