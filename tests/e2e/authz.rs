@@ -302,7 +302,7 @@ fn operators_see_it(mesh: &Mesh) {
             |row: &Option<serde_json::Value>| row.as_ref().and_then(|r| r["denied"].as_u64()).unwrap_or(0);
         if denied(&b) >= 3 && denied(&edge) >= 1 {
             let table = stdout(&tarmac(&mesh.api, &["stat", "workload"], Duration::from_secs(10)));
-            assert!(table.contains("DENIED") && table.contains("LIMITED"), "{table}");
+            assert!(table.contains("FORBIDDEN") && table.contains("LIMITED"), "{table}");
             break;
         }
         assert!(

@@ -80,6 +80,12 @@ async fn the_control_plane_binary_certifies_and_configures_a_proxy_and_stops_on_
         assert_eq!(status(&format!("localhost:{}", addr.port())).await, "200", "{addr}");
         assert_eq!(status(&addr.to_string()).await, "200", "{addr}");
     }
+    // It runs no workloads: a restart is refused with where to make it.
+    let client = tarmac_control::http_client::HttpClient::new(control.api, std::time::Duration::from_secs(5));
+    let restart = client.post("/api/v1/workloads/default/books/restart").await.unwrap();
+    let text = String::from_utf8_lossy(&restart.body);
+    assert_eq!(restart.status, 501, "{text}");
+    assert!(text.contains("does not run the workloads"), "{text}");
 
     // A token is good once: a second proxy with it is refused (the file is written again:
     // a proxy removes its token file once read).

@@ -67,6 +67,19 @@ async fn demo_runs_the_bookstore_with_mtls_and_a_canary_and_summarises_golden_me
     let share = v2 as f64 / (v1 + v2) as f64;
     assert!((0.01..0.3).contains(&share), "ratings-v2 took {v2} of {} requests:\n{summary}", v1 + v2);
     assert!(stdout.contains("Canary: ratings-v2 answered"), "{summary}");
+
+    // What retries bought: books' failures retried by web's sidecar, counted against the
+    // budget, the same number as the RETRIES column of the table (books fails at random,
+    // so the count itself may be 0 in a short run).
+    let retries_column: u64 = ["web", "books", "authors", "ratings", "ratings-v1", "ratings-v2", "traffic"]
+        .iter()
+        .filter_map(|s| cells(services, s, None))
+        .map(|row| row[7].parse::<u64>().unwrap())
+        .sum();
+    assert!(
+        summary.contains(&format!("Retries: {retries_column}")) && summary.contains("denied by it"),
+        "{summary}"
+    );
 }
 
 /// Still running, and one of the demo's (an app or a sidecar, not a recycled pid).

@@ -8,6 +8,7 @@
 //! `app_protocol`), authorization by identity and inbound rate limits through `tarmac up`
 //! (`authz`),
 //! the retry storm of examples/retry-storm with the retry budget on and off (`storm`),
+//! rolling restarts under load, of proxies and through `tarmac restart` (`restart`),
 //! telemetry with a real Prometheus and headless Chromium (`observe`), `tarmac routes`
 //! and the route checks of `tarmac check` against traffic through a mesh (`routes_cli`), and
 //! root-only network namespaces with iptables (`netns`, `transparent`), which fail rather than skip in
@@ -33,6 +34,7 @@ mod limits;
 mod netns;
 mod observe;
 mod peers;
+mod restart;
 mod routes;
 mod routes_cli;
 mod storm;

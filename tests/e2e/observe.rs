@@ -575,11 +575,17 @@ fn output_within(mut command: Command, timeout: Duration) -> Output {
 
 /// The numbers in `data-rps="..."` of the elements whose opening tag contains `marker`.
 fn rps_of(dom: &str, marker: &str) -> Vec<f64> {
+    attr_of(dom, marker, "data-rps")
+}
+
+/// The numeric attribute `attr` of every tag carrying `marker`.
+fn attr_of(dom: &str, marker: &str, attr: &str) -> Vec<f64> {
+    let attr = format!("{attr}=\"");
     dom.match_indices(marker)
         .filter_map(|(at, _)| {
             let tag_end = at + dom[at..].find('>')?;
             let tag = &dom[dom[..at].rfind('<')?..tag_end];
-            let value = tag.split_once("data-rps=\"")?.1.split('"').next()?;
+            let value = tag.split_once(attr.as_str())?.1.split('"').next()?;
             value.parse().ok()
         })
         .collect()
@@ -597,6 +603,37 @@ fn the_dashboard_shows_services_edges_and_live_tap_in_chromium() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // A few requests that front's sidecar retries (the `flaky` rule, once on 503), until
+    // the telemetry counts them.
+    for _ in 0..5 {
+        assert_eq!(get(front, "/call/flaky?status=503"), Ok(503));
+    }
+    let retries = |rows: &[serde_json::Value]| {
+        rows.iter().find(|r| r["name"] == "backend").and_then(|r| r["retries"].as_u64()).unwrap_or(0)
+    };
+    while retries(&stat(&api, "service", "1m")) == 0 {
+        assert!(Instant::now() < deadline, "no retries counted for backend\n{}", up.output());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // `tarmac stat service` shows them in its resilience columns.
+    let out = tarmac(&api, &["stat", "service", "--window", "10m"], Duration::from_secs(30));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let header: Vec<&str> = table.lines().next().unwrap_or("").split_whitespace().collect();
+    let column =
+        |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no {name}:\n{table}"));
+    let backend: Vec<&str> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|r| r.first() == Some(&"backend"))
+        .unwrap();
+    assert!(backend[column("RETRIES")].parse::<u64>().unwrap() > 0, "{table}");
+    // No limit is configured: nothing shed. (An endpoint may be ejected: a quarter of the
+    // traffic fails by design.)
+    assert_eq!(backend[column("SHED")], "0", "{table}");
+    for name in ["BUDGET_DENIED", "EJECTED"] {
+        assert!(backend[column(name)].parse::<u64>().is_ok(), "{table}");
+    }
+
     let profile = temp_dir("chromium");
     let url = format!("http://{api}/");
     // Chromium waits this much virtual time for the page's polls and tap to run.
@@ -612,6 +649,10 @@ fn the_dashboard_shows_services_edges_and_live_tap_in_chromium() {
             "service {service} with RPS > 0 in the page: {rps:?}\n{dom}"
         );
     }
+    // Retries as callers' sidecars count them, in the services table.
+    let retried = attr_of(&dom, "data-service=\"backend\"", "data-retries");
+    assert!(retried.iter().any(|n| *n > 0.0), "backend's retries in the page: {retried:?}\n{dom}");
+    assert!(dom.contains("retries denied by budget"), "the summary cards\n{dom}");
     let edge = rps_of(&dom, "data-src=\"front\" data-dst=\"backend\"");
     assert!(
         edge.first().is_some_and(|r| *r > 0.0),

@@ -781,3 +781,94 @@ async fn a_concurrency_limit_sheds_requests_past_it_at_once() {
     }
     assert_eq!(get(m.books, "/", &[]).await.status, 200, "places free again");
 }
+
+/// The request timeout of a Service's calls (to the response head; 30 s unless said
+/// otherwise) is changed by its ResiliencePolicy: shortened, a slow answer becomes 504
+/// from the caller's sidecar; lengthened again, the same answer comes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resilience_policy_changes_a_services_request_timeout() {
+    let policy = |request: &str| {
+        format!(
+            "apiVersion: tarmac.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {{name: books}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: books}}]\n  timeouts: {{request: {request}}}\n"
+        )
+    };
+    let m = mesh(&policy("300ms")).await;
+    until(m.books, "/?delay_ms=1000", |a| a.status == 504).await;
+    let a = get(m.books, "/?delay_ms=1000", &[]).await;
+    assert_eq!(a.status, 504, "{}", a.body);
+    assert!(a.body.contains("request timeout of 300ms exceeded"), "{}", a.body);
+    m.snapshots.send(snapshot(2, &policy("5s"))).unwrap();
+    until(m.books, "/?delay_ms=1000", |a| a.status == 200).await;
+    assert_eq!(get(m.books, "/?delay_ms=1000", &[]).await.status, 200);
+}
+
+/// GRPCRoute retries and deadlines for a real grpcio client and server: a ResiliencePolicy
+/// naming the rule gives it a retry (no codes named: `UNAVAILABLE`) and a request timeout
+/// of 3 s. Calls failing with UNAVAILABLE are tried again and succeed; past `attempts` the
+/// server's own status comes back; each try tells the server the time left (the sooner of
+/// the rule's timeout and the caller's deadline, less what earlier tries took); past the
+/// timeout the caller's sidecar ends the call with DEADLINE_EXCEEDED.
+#[tokio::test]
+async fn grpc_route_retries_unavailable_and_passes_the_time_left_on_for_grpcio() {
+    let script = peer_script("grpc_peer.py");
+    let v1 = ServerProcess::spawn_listening("python3", &[&script, "serve", "0", "books-v1"]);
+    let v2 = ServerProcess::spawn_listening("python3", &[&script, "serve", "0", "books-v2"]);
+    let routes = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: books-grpc}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: books, port: 80}]
+  rules:
+  - name: unary
+    matches: [{method: {service: tarmac.test.Echo, method: Unary}}]
+    backendRefs: [{name: books-v1, port: 80}]
+---
+apiVersion: tarmac.io/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: books-unary}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: GRPCRoute, name: books-grpc, sectionName: unary}]
+  retry: {attempts: 2, backoff: 10ms}
+  timeouts: {request: 3s}
+";
+    let p = proxies(routes, [v1.addr(), v2.addr()]).await;
+    // Until discovery has delivered the route and policy: a call failing once succeeds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    for id in 0.. {
+        let probe =
+            grpc_call(p.books, "Unary", &["x-fail-first=1", &format!("x-request-id=probe-{id}")]).await;
+        if probe["code"] == "OK" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the policy never applied: {probe}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // UNAVAILABLE twice, then OK: the caller sees OK from the third call.
+    let a = grpc_call(p.books, "Unary", &["x-fail-first=2", "x-request-id=a"]).await;
+    assert_eq!((a["code"].as_str(), a["peer"].as_str()), (Some("OK"), Some("books-v1")), "{a}");
+    assert_eq!(a["trailers"]["x-calls"], "3", "{a}");
+    // Always UNAVAILABLE: two retries, then the server's own status and message.
+    let b = grpc_call(p.books, "Unary", &["x-fail-first=5", "x-request-id=b"]).await;
+    assert_eq!(b["code"], "UNAVAILABLE", "{b}");
+    assert_eq!(b["details"], "failing on purpose, call 3", "{b}");
+
+    // The caller allows 10 s, the rule 3 s; the first try takes 800 ms to fail. The second
+    // try is told what is left of the sooner: at most 2.2 s.
+    let c = grpc_call(
+        p.books,
+        "Unary",
+        &["x-fail-first=1", "x-fail-sleep-ms=800", "x-request-id=c", "deadline=10"],
+    )
+    .await;
+    assert_eq!(c["code"], "OK", "{c}");
+    let left: u64 = c["trailers"]["x-time-remaining-ms"].as_str().unwrap().parse().unwrap();
+    assert!(left > 0 && left <= 2200, "the server was given {left} ms: {c}");
+
+    // A server slower than the rule's timeout: the sidecar ends the call, long before the
+    // caller's own deadline, with DEADLINE_EXCEEDED and its reason.
+    let d = grpc_call(p.books, "Unary", &["x-sleep-ms=6000", "x-request-id=d", "deadline=10"]).await;
+    assert_eq!(d["code"], "DEADLINE_EXCEEDED", "{d}");
+    assert!(d["details"].as_str().is_some_and(|m| m.contains("request timeout of 3s exceeded")), "{d}");
+}

@@ -113,15 +113,35 @@ fn routes_shows_the_rule_each_request_takes_and_check_reports_route_conditions()
         ("5. header x-canary=yes", "HTTPRoute default/shop rule canary → default/shop-v2:80 weight 1"),
         ("*. every other request", "404: no rule matches"),
     ];
+    // Each match's line is followed by its retry and timeouts, after precedence.
     for (i, (request, destination)) in expected.iter().enumerate() {
-        let line = lines[header + 1 + i];
+        let line = lines[header + 1 + 2 * i];
         assert!(
             line.trim_start().starts_with(request) && line.contains(destination),
             "line {} should be `{request} ... {destination}`:\n{text}",
             i + 1
         );
     }
-    assert!(lines[header + 2].contains("[request headers: set x-rule=api]"), "{text}");
+    assert!(lines[header + 3].contains("[request headers: set x-rule=api]"), "{text}");
+    let resilience = [
+        // exact, late, post: the Service's policy's timeout, no retry.
+        "no retry (unsent requests only); timeout 5s",
+        // api: its own retry, the Service's timeout.
+        "retry 3x on 503, backoff 50ms; timeout 5s",
+        "no retry (unsent requests only); timeout 5s",
+        "no retry (unsent requests only); timeout 5s",
+        // canary: the policy naming the rule comes before the Service's.
+        "no retry (unsent requests only); timeout 2s, per try 500ms",
+    ];
+    for (i, want) in resilience.iter().enumerate() {
+        assert_eq!(lines[header + 2 + 2 * i].trim(), *want, "match {}:\n{text}", i + 1);
+    }
+    assert!(
+        text.contains(
+            "retry budget of callers: 10 % of requests + 5/s over 10s (ResiliencePolicy default/shop)"
+        ),
+        "{text}"
+    );
 
     // Each kind of request takes, through the mesh, the rule `tarmac routes` says.
     wait_for_answer(front, ("GET", "/api/books", &[]), 200, &up);
@@ -161,7 +181,8 @@ fn routes_shows_the_rule_each_request_takes_and_check_reports_route_conditions()
             "GET /api/x x-canary: yes to Service default/shop port 80 from callers in namespace default:"
         ) && text.contains("takes match 2 (PathPrefix /api)")
             && text.contains("→ HTTPRoute default/shop rule api")
-            && text.contains("→ default/shop-v1:80 weight 1 [request headers: set x-rule=api]"),
+            && text.contains("→ default/shop-v1:80 weight 1 [request headers: set x-rule=api]")
+            && text.contains("→ retry 3x on 503, backoff 50ms; timeout 5s"),
         "{text}"
     );
 
@@ -173,7 +194,9 @@ fn routes_shows_the_rule_each_request_takes_and_check_reports_route_conditions()
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("Service default/shop-v1 port 80 for callers in namespace default: no HTTPRoute or GRPCRoute applies")
-            && text.contains("*. every request → the Service's endpoints: no route applies"),
+            && text.contains("*. every request → the Service's endpoints: no route applies")
+            && text.contains("retry budget of callers: 20 % of requests + 10/s over 10s (default)")
+            && text.contains("no retry (unsent requests only); timeout 30s"),
         "{text}"
     );
 

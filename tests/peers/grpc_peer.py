@@ -13,6 +13,13 @@ Messages are raw bytes (no serializers on either side). Service
 With a NAME, the server also adds trailing metadata x-peer-name: NAME to every
 Unary and ServerStream answer, so that a caller can tell which server answered.
 
+Unary also obeys metadata, for retries and deadlines: `x-fail-first: N` with
+`x-request-id: ID` aborts the first N calls of that ID with UNAVAILABLE (after
+`x-fail-sleep-ms` milliseconds, if given); `x-sleep-ms: N` waits N ms before answering.
+Its answers carry trailing metadata `x-calls` (calls of that ID so far) and
+`x-time-remaining-ms` (the deadline the server was given, as grpcio reads it from
+`grpc-timeout`; `none` without one).
+
 Usage:
   python3 grpc_peer.py serve PORT [NAME]
                                       plaintext h2c on 127.0.0.1:PORT (0 = any);
@@ -22,12 +29,17 @@ Usage:
   python3 grpc_peer.py call TARGET METHOD [KEY=VALUE...]
                                       one call of METHOD (Unary, ServerStream or
                                       Bidi) with the metadata given; prints one JSON
-                                      object: code, messages, peer (x-peer-name).
+                                      object: code, details, messages, peer
+                                      (x-peer-name), trailers. A pair
+                                      deadline=SECONDS is the call's timeout
+                                      (default 10), not metadata.
 """
 
 import json
 import signal
 import sys
+import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -40,12 +52,25 @@ CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 # ---------------------------------------------------------------- server ---
 
 NAME = None
+CALLS = {}
+CALLS_LOCK = threading.Lock()
 
 
 def _unary(request, context):
     if request == b"fail":
         context.abort(grpc.StatusCode.PERMISSION_DENIED, "denied by test")
-    trailers = [("x-peer-trailer", "yes")]
+    metadata = dict(context.invocation_metadata())
+    with CALLS_LOCK:
+        key = metadata.get("x-request-id", "")
+        CALLS[key] = CALLS.get(key, 0) + 1
+        calls = CALLS[key]
+    remaining = context.time_remaining()
+    remaining = "none" if remaining is None or remaining > 1e9 else str(int(remaining * 1000))
+    if calls <= int(metadata.get("x-fail-first", "0")):
+        time.sleep(int(metadata.get("x-fail-sleep-ms", "0")) / 1000.0)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "failing on purpose, call %d" % calls)
+    time.sleep(int(metadata.get("x-sleep-ms", "0")) / 1000.0)
+    trailers = [("x-peer-trailer", "yes"), ("x-calls", str(calls)), ("x-time-remaining-ms", remaining)]
     if NAME:
         trailers.append(("x-peer-name", NAME))
     context.set_trailing_metadata(tuple(trailers))
@@ -149,25 +174,34 @@ def client(target):
 
 def call(target, method, pairs):
     """One call of `method` with metadata `pairs` (KEY=VALUE); the outcome as JSON."""
-    metadata = tuple(tuple(p.split("=", 1)) for p in pairs)
-    result = {"method": method, "code": "OK", "details": None, "messages": [], "peer": None}
+    deadline = DEADLINE
+    metadata = []
+    for key, value in (p.split("=", 1) for p in pairs):
+        if key == "deadline":
+            deadline = float(value)
+        else:
+            metadata.append((key, value))
+    metadata = tuple(metadata)
+    result = {"method": method, "code": "OK", "details": None, "messages": [], "peer": None, "trailers": {}}
     with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
         path = "/%s/%s" % (SERVICE, method)
         try:
             if method == "Unary":
                 response, rpc = channel.unary_unary(path).with_call(
-                    b"hi", metadata=metadata, timeout=DEADLINE)
+                    b"hi", metadata=metadata, timeout=deadline)
                 result["messages"] = [response.decode("utf-8", "replace")]
             elif method == "ServerStream":
-                rpc = channel.unary_stream(path)(b"2", metadata=metadata, timeout=DEADLINE)
+                rpc = channel.unary_stream(path)(b"2", metadata=metadata, timeout=deadline)
                 result["messages"] = [m.decode("utf-8", "replace") for m in rpc]
             else:
-                rpc = channel.stream_stream(path)(iter([b"a"]), metadata=metadata, timeout=DEADLINE)
+                rpc = channel.stream_stream(path)(iter([b"a"]), metadata=metadata, timeout=deadline)
                 result["messages"] = [m.decode("utf-8", "replace") for m in rpc]
-            result["peer"] = dict(rpc.trailing_metadata() or ()).get("x-peer-name")
+            result["trailers"] = dict(rpc.trailing_metadata() or ())
+            result["peer"] = result["trailers"].get("x-peer-name")
         except grpc.RpcError as err:
             result["code"] = err.code().name
             result["details"] = err.details()
+            result["trailers"] = dict(err.trailing_metadata() or ())
     print(json.dumps(result), flush=True)
     return 0
 

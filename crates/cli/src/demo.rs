@@ -222,8 +222,26 @@ impl Driver for Demo {
                     100.0 * v2 as f64 / (v1 + v2) as f64
                 );
             }
+            println!("{}", retries_line(&rows(&answer)));
         }
     }
+}
+
+/// What retries bought, from `stat service` rows: books fails 2 % of its requests, and
+/// web's sidecar retries them (an HTTPRoute retry on 500), paid from the retry budget.
+fn retries_line(rows: &[Value]) -> String {
+    let count = |key: &str| rows.iter().map(|r| r[key].as_u64().unwrap_or(0)).sum::<u64>();
+    let (retries, denied) = (count("retries"), count("retries_denied_by_budget"));
+    let per_service: Vec<String> = rows
+        .iter()
+        .filter(|r| r["retries"].as_u64().unwrap_or(0) > 0)
+        .map(|r| format!("{} {}", r["name"].as_str().unwrap_or(""), r["retries"]))
+        .collect();
+    let which = if per_service.is_empty() { String::new() } else { format!(" ({})", per_service.join(", ")) };
+    format!(
+        "Retries: {retries}{which}, spent against the retry budget (each caller may add 20 % of its requests \
+         + 10/s); {denied} denied by it. Failed requests retried and answered do not count against SUCCESS."
+    )
 }
 
 /// `8s`, or `2m 05s`.
@@ -248,6 +266,21 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         demo: DemoArgs,
+    }
+
+    #[test]
+    fn the_retries_line_sums_the_services_and_names_those_retried() {
+        let rows = serde_json::json!([
+            {"name": "books", "retries": 3, "retries_denied_by_budget": 1},
+            {"name": "web", "retries": 0, "retries_denied_by_budget": 0},
+            {"name": "ratings", "retries": 2, "retries_denied_by_budget": 0},
+        ]);
+        let line = retries_line(rows.as_array().unwrap());
+        assert!(
+            line.starts_with("Retries: 5 (books 3, ratings 2), spent against the retry budget"),
+            "{line}"
+        );
+        assert!(line.contains("; 1 denied by it."), "{line}");
     }
 
     #[test]

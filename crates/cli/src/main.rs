@@ -3,7 +3,8 @@
 //! `tarmac-proxy` sidecars, mTLS, a canary route and traffic) in one command; `tarmac up DIR` runs a mesh from a directory of
 //! YAML; `check`, `stat`, `edges`, `top`, `tap`, `routes` and `prometheus-config` look at
 //! a running mesh through the control plane's API; `tarmac identity` shows or imports the
-//! mesh's CA; `tarmac bench` measures the latency and cost the mesh adds. This file only
+//! mesh's CA; `tarmac restart` restarts a Workload of a running `tarmac up` one replica at a
+//! time; `tarmac bench` measures the latency and cost the mesh adds. This file only
 //! parses arguments and dispatches.
 
 mod bench;
@@ -11,6 +12,7 @@ mod demo;
 mod duration;
 mod identity;
 mod observe;
+mod restart;
 mod sample;
 mod up;
 mod workdir;
@@ -42,6 +44,7 @@ enum Command {
     Tap(observe::tap::TapArgs),
     Routes(observe::routes::RoutesArgs),
     Authz(observe::authz::AuthzArgs),
+    Restart(restart::RestartArgs),
     PrometheusConfig(observe::PrometheusConfigArgs),
     /// One app of the sample bookstore (`tarmac demo`, examples/): started by `tarmac up`.
     #[command(hide = true)]
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::Tap(args) => runtime.block_on(observe::tap::tap(args)),
         Command::Routes(args) => runtime.block_on(observe::routes::routes(args)),
         Command::Authz(args) => runtime.block_on(observe::authz::authz(args)),
+        Command::Restart(args) => runtime.block_on(restart::restart(args)),
         Command::PrometheusConfig(args) => observe::prometheus_config(&args),
         Command::Sandbox(_) => unreachable!("dispatched before the runtime starts"),
     };

@@ -13,6 +13,7 @@ use crate::registry::Registry;
 use crate::store::files::{FilesStore, OpenError};
 use crate::store::{Snapshot, Status, Store};
 use crate::telemetry::Telemetry;
+use crate::workloads::Restarts;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,6 +44,9 @@ pub struct Config {
     /// The mesh's default policy (`tarmac up --default-policy`): what workloads allow where
     /// no ALLOW policy applies, unless their Workload or Namespace says otherwise.
     pub default_policy: DefaultPolicy,
+    /// Where `POST /api/v1/workloads/.../restart` goes: `tarmac up`, which runs the
+    /// Workloads. None: the API answers 501.
+    pub restarts: Option<Restarts>,
 }
 
 /// Where desired state comes from.
@@ -76,6 +80,7 @@ impl Config {
             identity: None,
             registry: Registry::default(),
             default_policy: DefaultPolicy::default(),
+            restarts: None,
         }
     }
 
@@ -85,6 +90,7 @@ impl Config {
             identity: None,
             registry: Registry::default(),
             default_policy: DefaultPolicy::default(),
+            restarts: None,
         }
     }
 
@@ -100,6 +106,12 @@ impl Config {
 
     pub fn with_registry(mut self, registry: Registry) -> Self {
         self.registry = registry;
+        self
+    }
+
+    /// Restart requests go to `restarts`: the caller runs the Workloads.
+    pub fn with_restarts(mut self, restarts: Restarts) -> Self {
+        self.restarts = Some(restarts);
         self
     }
 }
@@ -241,6 +253,7 @@ pub async fn start(
     }
 
     let registry = config.registry;
+    let restarts = config.restarts;
     let discovery = DiscoveryService::new(relay_until(store.snapshots(), stop.clone()), registry.clone())
         .with_default_policy(config.default_policy);
     let subscriptions = discovery.subscriptions();
@@ -278,8 +291,11 @@ pub async fn start(
                 () = scraping.cancelled() => {}
             }
         });
-        let api = Api::new(telemetry, store.status(), subscriptions.clone())
+        let mut api = Api::new(telemetry, store.status(), subscriptions.clone())
             .with_default_policy(config.default_policy);
+        if let Some(restarts) = restarts {
+            api = api.with_restarts(restarts);
+        }
         for listener in listeners.api {
             apis.push(tokio::spawn(api.clone().serve(listener, stop.clone().cancelled_owned())));
         }

@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use http::header::{HOST, HeaderValue};
-use http::{Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -39,7 +39,7 @@ pub struct Response {
     pub body: Bytes,
 }
 
-/// GET requests to one address over reused connections.
+/// GET requests (and the odd POST) to one address over reused connections.
 #[derive(Debug)]
 pub struct HttpClient {
     addr: SocketAddr,
@@ -66,6 +66,18 @@ impl HttpClient {
             .map_err(|_| ClientError::Timeout { addr: self.addr, timeout: self.timeout })?
     }
 
+    /// Sends `POST path` without a body on a new connection (never sent twice: a POST is
+    /// not safe to repeat) and reads the whole response.
+    pub async fn post(&self, path: &str) -> Result<Response, ClientError> {
+        let post = async {
+            let sender = self.connect().await?;
+            self.send(sender, Method::POST, path).await
+        };
+        tokio::time::timeout(self.timeout, post)
+            .await
+            .map_err(|_| ClientError::Timeout { addr: self.addr, timeout: self.timeout })?
+    }
+
     /// Sends `GET path` on a connection of its own and returns as soon as the response
     /// headers arrive (within the timeout); the body is read as it streams (tap, NDJSON).
     /// Dropping the body closes the connection.
@@ -88,7 +100,7 @@ impl HttpClient {
 
     async fn get_without_timeout(&self, path: &str) -> Result<Response, ClientError> {
         if let Some(sender) = self.take_idle() {
-            match self.send(sender, path).await {
+            match self.send(sender, Method::GET, path).await {
                 Ok(response) => return Ok(response),
                 // The server may close a kept-alive connection just as it is reused; a GET
                 // is safe to send again on a fresh one.
@@ -98,7 +110,7 @@ impl HttpClient {
             }
         }
         let sender = self.connect().await?;
-        self.send(sender, path).await
+        self.send(sender, Method::GET, path).await
     }
 
     fn take_idle(&self) -> Option<SendRequest<Empty<Bytes>>> {
@@ -129,10 +141,17 @@ impl HttpClient {
         Ok(sender)
     }
 
-    async fn send(&self, mut sender: SendRequest<Empty<Bytes>>, path: &str) -> Result<Response, ClientError> {
+    async fn send(
+        &self,
+        mut sender: SendRequest<Empty<Bytes>>,
+        method: Method,
+        path: &str,
+    ) -> Result<Response, ClientError> {
         let failed = |source| ClientError::Request { addr: self.addr, source };
         sender.ready().await.map_err(failed)?;
-        let request = Request::get(path)
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
             .header(HOST, self.host.clone())
             .body(Empty::new())
             .expect("paths are written by this program and valid");

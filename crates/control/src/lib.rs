@@ -15,6 +15,7 @@
 //! - [`telemetry`]: every proxy's metrics, scraped and turned into golden metrics per
 //!   workload, service, route and edge; the live tap relay.
 //! - [`api`]: the HTTP JSON API the CLI, the dashboard and Prometheus use.
+//! - [`workloads`]: restart requests, handed to whoever runs the Workloads (`tarmac up`).
 //! - [`prometheus`] and [`http_client`]: the Prometheus text format and a small loopback
 //!   HTTP client, shared with the CLI.
 
@@ -31,5 +32,6 @@ pub mod prometheus;
 pub mod registry;
 pub mod store;
 pub mod telemetry;
+pub mod workloads;
 
 pub use app::{Addrs, BindError, Config, IdentityConfig, Listeners, Running, StartError, StoreConfig, start};

@@ -29,7 +29,15 @@ pub struct Target {
     pub addr: SocketAddr,
     uri: Uri,
     authority: HeaderValue,
+    /// Number every request in [`SEQUENCE_HEADER`] (off by default: it costs a header).
+    numbered: bool,
 }
+
+/// With [`Target::numbered`], every request carries a number no other request of this
+/// process has, so that an upstream can tell a retry from a new request.
+pub const SEQUENCE_HEADER: &str = "x-bench-seq";
+
+static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How one request ended, when the target answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,7 +110,12 @@ impl Target {
             .build()
             .map_err(|e| refuse(&e.to_string()))?;
         let authority = HeaderValue::from_str(authority.as_str()).map_err(|e| refuse(&e.to_string()))?;
-        Ok(Self { addr, uri, authority })
+        Ok(Self { addr, uri, authority, numbered: false })
+    }
+
+    /// The same target, every request numbered in [`SEQUENCE_HEADER`].
+    pub fn numbered(self) -> Self {
+        Self { numbered: true, ..self }
     }
 
     /// The same request, sent to another address (a proxy in front of the target): the
@@ -116,7 +129,7 @@ impl Target {
     }
 
     fn request(&self, protocol: Protocol) -> Request<Full<Bytes>> {
-        let builder = match protocol {
+        let mut builder = match protocol {
             // Origin form and a Host header, as HTTP/1.1 clients send.
             Protocol::Http1 => Request::get(self.uri.path_and_query().map_or("/", |p| p.as_str()))
                 .header(HOST, self.authority.clone()),
@@ -128,6 +141,10 @@ impl Target {
                 .header(CONTENT_TYPE, "application/grpc")
                 .header(TE, "trailers"),
         };
+        if self.numbered {
+            let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            builder = builder.header(SEQUENCE_HEADER, n);
+        }
         let body = match protocol {
             // One uncompressed, empty message: the flag byte and a zero length.
             Protocol::Grpc => Bytes::from_static(&[0, 0, 0, 0, 0]),
@@ -249,6 +266,10 @@ mod tests {
         let v6 = Target::parse("http://[::1]:9000").expect("valid");
         assert_eq!(v6.addr, "[::1]:9000".parse().unwrap());
         assert_eq!(v6.request(Protocol::Http1).uri(), "/");
+        assert!(!via.request(Protocol::Http1).headers().contains_key(SEQUENCE_HEADER), "off by default");
+        let numbered = via.numbered();
+        let (a, b) = (numbered.request(Protocol::Http1), numbered.request(Protocol::H2c));
+        assert_ne!(a.headers()[SEQUENCE_HEADER], b.headers()[SEQUENCE_HEADER], "each request its own number");
     }
 
     #[test]

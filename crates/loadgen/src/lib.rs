@@ -37,7 +37,7 @@ mod run;
 pub mod schedule;
 pub mod timer;
 
-pub use client::{Protocol, Target};
+pub use client::{Protocol, SEQUENCE_HEADER, Target};
 pub use histogram::{CurvePoint, LatencyHistogram, LatencySummary};
 pub use run::{run, run_blocking};
 

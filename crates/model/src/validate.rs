@@ -16,6 +16,10 @@ use std::collections::HashSet;
 
 /// The most retries a policy may ask for: retries stay bounded even with the budget off.
 pub const MAX_RETRY_ATTEMPTS: u32 = 10;
+/// The least wait between tries: proxies take a backoff of 0 to mean the default
+/// (25 ms), so a shorter one is refused rather than silently lengthened.
+const MIN_BACKOFF: std::time::Duration = std::time::Duration::from_millis(1);
+const BACKOFF_TOO_SHORT: &str = "must be at least 1ms (leave it out for the default, 25ms)";
 
 /// One problem: the field's path and what is wrong with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -467,10 +471,12 @@ fn validate_http_route(r: &HttpRoute, p: &mut Problems) {
             }
         }
         if let Some(retry) = &rule.retry {
-            if let Some(backoff) = &retry.backoff
-                && let Err(e) = duration::parse(backoff)
-            {
-                p.add(format!("{at}.retry.backoff"), e);
+            if let Some(backoff) = &retry.backoff {
+                match duration::parse(backoff) {
+                    Err(e) => p.add(format!("{at}.retry.backoff"), e),
+                    Ok(d) if d < MIN_BACKOFF => p.add(format!("{at}.retry.backoff"), BACKOFF_TOO_SHORT),
+                    Ok(_) => {}
+                }
             }
             if retry.attempts.is_some_and(|n| n > MAX_RETRY_ATTEMPTS) {
                 p.add(format!("{at}.retry.attempts"), format!("must be at most {MAX_RETRY_ATTEMPTS}"));
@@ -647,6 +653,9 @@ fn validate_resilience(r: &ResiliencePolicy, p: &mut Problems) {
             }
         }
         duration("spec.retry.backoff".into(), &retry.backoff, p);
+        if retry.backoff.as_deref().and_then(|b| duration::parse(b).ok()).is_some_and(|d| d < MIN_BACKOFF) {
+            p.add("spec.retry.backoff", BACKOFF_TOO_SHORT);
+        }
     }
     if let Some(t) = &spec.timeouts {
         duration("spec.timeouts.request".into(), &t.request, p);
@@ -949,6 +958,21 @@ mod tests {
         assert!(errors(&typo).join("").contains("retryBudjet"), "a misspelt field is refused");
         let empty = format!("{head}  targetRefs: [{{group: \"\", kind: Service, name: s}}]\n");
         assert!(errors(&empty).join("").contains("needs `retryBudget`"));
+        // A backoff of 0 would silently become the proxies' default: refused.
+        let zero = format!(
+            "{head}  targetRefs: [{{group: \"\", kind: Service, name: s}}]\n  retry: {{codes: [503], backoff: 0s}}\n"
+        );
+        assert!(
+            errors(&zero).join("").contains("spec.retry.backoff`: must be at least 1ms"),
+            "{:?}",
+            errors(&zero)
+        );
+        let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: s, port: 80}]\n  rules:\n  - retry: {codes: [503], backoff: 0ms}\n";
+        assert!(
+            errors(route).join("").contains("spec.rules[0].retry.backoff`: must be at least 1ms"),
+            "{:?}",
+            errors(route)
+        );
     }
 
     const AUTHZ: &str = "apiVersion: tarmac.io/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: books-from-web, namespace: shop}\nspec:\n";

@@ -140,7 +140,7 @@ fn classify_http1(buf: &[u8]) -> Option<Detected> {
 /// What a connection whose peer closed before detection decided is: HTTP if what it sent
 /// could begin a request (hyper then answers 400), so that a half-closed request line is
 /// never forwarded as opaque bytes.
-fn classify_at_end(buf: &[u8]) -> Detected {
+pub fn classify_at_end(buf: &[u8]) -> Detected {
     classify(buf).unwrap_or_else(|| {
         let text: &[u8] = &buf[buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count()..];
         let method_start = !text.is_empty() && text.iter().all(|&b| is_method_byte(b));

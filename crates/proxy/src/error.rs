@@ -14,9 +14,10 @@ use std::time::Duration;
 /// What a failure means for trying again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
-    /// The request never left the proxy, and another try (on another endpoint, or a new
-    /// connection) may succeed: a refused or timed-out connect, a connection that closed
-    /// before the request went out. Always safe to retry.
+    /// The request never left the proxy, or its peer refused it unprocessed, and another
+    /// try (on another endpoint, or a new connection) may succeed: a refused or timed-out
+    /// connect, a connection that closed before the request went out, an HTTP/2 stream
+    /// past a draining peer's GOAWAY or reset with REFUSED_STREAM. Always safe to retry.
     Unsent,
     /// The request never left the proxy, and trying again would fail the same way or
     /// defeat the failure's purpose: a bad request, no route, no endpoints, a peer that
@@ -33,8 +34,8 @@ pub enum ProxyError {
     NoEndpoints(Arc<String>),
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// The connection failed under a request. `sent` is false when hyper handed the
-    /// request back unsent.
+    /// The connection failed under a request. `sent` is false when the request did not
+    /// leave (hyper handed it back) or the peer refused it unprocessed.
     #[error("request to {addr} failed: {source}")]
     Upstream { addr: SocketAddr, source: hyper::Error, sent: bool },
     #[error("request has no authority: send a Host header")]

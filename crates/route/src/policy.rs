@@ -8,6 +8,18 @@ use tarmac_proto::discovery as pb;
 pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
 /// Retries when a route's `retry` names no `attempts` (Istio's default).
 pub const DEFAULT_ATTEMPTS: u32 = 2;
+/// The retry budget every caller has for every Service unless a ResiliencePolicy says
+/// otherwise (Linkerd's numbers): retries add at most this share of the requests...
+pub const DEFAULT_BUDGET_RATIO: f64 = 0.2;
+/// ...plus this many a second...
+pub const DEFAULT_BUDGET_MIN_PER_SECOND: u32 = 10;
+/// ...counted over this window.
+pub const DEFAULT_BUDGET_WINDOW: Duration = Duration::from_secs(10);
+/// How long a request to a Service may wait for its response head when neither its rule
+/// nor a ResiliencePolicy says (`timeouts.request`; `0s` turns it off): a backend that
+/// never answers must not hold its callers, and their connections, forever. Generous, so
+/// that slow answers and long polls up to it are untouched.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// When a request that left the proxy is tried again. Requests that never left are
 /// retried whether or not a rule has a policy; every retry needs the service's budget.

@@ -12,7 +12,8 @@
 //!   the SVG of percentile curves; [`regression`]: `--baseline`, the figures against a
 //!   recorded landing's.
 //! * [`costs`]: memory and idle CPU against connections and configured services.
-//! * [`routing`]: `--routing`, a route table of 100 rules against one, its routes served
+//! * [`routing`]: `--routing`, a route table of 100 rules against one, and a retried
+//!   request (its first try failed by the upstream) against one that is not, its routes served
 //!   by the control plane's discovery in this process.
 //! * [`upstream`]: the suite's fast upstream; [`processes`]: the child processes and the
 //!   scheduling tools.
@@ -71,13 +72,14 @@ const SUITE_ROUTES: [Route; 7] = [
     Route::EnvoyTwoHops,
     Route::EnvoyTwoHopsMtls,
 ];
-/// `--routing`: the baseline, one hop without routes, then the two route tables; an
-/// inbound hop without policies, then with 100 and a rate limit.
-const ROUTING_ROUTES: [Route; 6] = [
+/// `--routing`: the baseline, one hop without routes, then the two route tables, the
+/// retried route; an inbound hop without policies, then with 100 and a rate limit.
+const ROUTING_ROUTES: [Route; 7] = [
     Route::Direct,
     Route::TarmacOneHop,
     Route::TarmacOneRule,
     Route::TarmacManyRules,
+    Route::TarmacRetried,
     Route::TarmacInbound,
     Route::TarmacInboundPolicy,
 ];
@@ -97,7 +99,9 @@ const ROUTING_ROUTES: [Route; 6] = [
 ///
 /// With --routing: as the suite (same loads, rounds, pinning), one Tarmac hop whose
 /// Service has an HTTPRoute of 1 rule against one of 100 rules where requests take the
-/// last, plus direct and an unrouted hop; prints the 100-rule / 1-rule ratios.
+/// last, and against one whose backend fails every request's first try (retried once),
+/// plus direct and an unrouted hop; prints the 100-rule / 1-rule ratios and what a
+/// retried request costs.
 ///
 /// Latency is measured from each request's intended send time (no coordinated omission).
 /// Needs tarmac-proxy next to this binary (`cargo build --release`) or in
@@ -228,6 +232,10 @@ struct JsonReport<'a> {
     /// `--routing`: 100 AuthorizationPolicies and a rate limit against none, inbound, per load.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     policy: Vec<routing::RoutingComparison>,
+    /// `--routing`: the route whose backend fails each first try against the same route
+    /// without failures, per load: what a retried request costs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    retried: Vec<routing::RetryCost>,
     phases: Vec<&'a PhaseRecord>,
 }
 
@@ -264,6 +272,7 @@ impl<'a> JsonReport<'a> {
             baseline: None,
             routing: Vec::new(),
             policy: Vec::new(),
+            retried: Vec::new(),
             phases: measured.iter().map(|m| &m.record).collect(),
         }
     }
@@ -518,7 +527,9 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
         routing::MANY_RULES,
         routing::POLICIES,
     );
-    let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(|e| e.to_string())?;
+    // Numbered, so that the upstream fails only the first try of the retried route's
+    // requests (every route's requests carry the number: they stay comparable).
+    let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(|e| e.to_string())?.numbered();
     let ours = our_pids(&upstream, &routes);
     let measured = experiment::run(&target, &mut routes, &loads, &settings, &mut scheduling, &ours).await?;
     drop(routes);
@@ -526,6 +537,7 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
     drop(upstream);
 
     let summaries = report::summarise(&measured);
+    let retries = routing::compare_retried(&summaries);
     let comparisons =
         routing::compare(&summaries, Route::TarmacOneRule, Route::TarmacManyRules, [1, routing::MANY_RULES]);
     let policy = routing::compare(
@@ -546,6 +558,7 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
             &comparisons
         )
     );
+    println!("{}", routing::retried_table(&retries));
     println!(
         "{}",
         routing::table(
@@ -564,6 +577,7 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
         idle_rss,
         routing: comparisons,
         policy,
+        retried: retries,
         ..JsonReport::common("routing", args.protocol, rounds, phase_duration, &summaries, &measured)
     };
     let loads: Vec<String> = loads.iter().map(|l| l.name.clone()).collect();

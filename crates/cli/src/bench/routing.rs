@@ -11,9 +11,18 @@
 //! for: half DENY policies that do not match, then ALLOW policies that do not, and the
 //! last ALLOW (by name) that does; the limit is far above any load, so it is checked and
 //! never refuses. Policies reach the proxy over `WatchInbound`.
+//!
+//! The cost of a retried request: a third Service, `retried`, has the one-rule route with
+//! a retry on 503, and its rule asks the upstream ([`super::upstream::FAIL_FIRST_HEADER`])
+//! to fail the first try of each request, which the generator numbers: every request is
+//! tried twice, the second time from the body the proxy held. Its ResiliencePolicy turns
+//! the retry budget off (every request is retried, far past the budget's 20 %) and its
+//! backoff is the least there is, 1 ms (jittered up to 1.5 ms): the latency a retry adds
+//! is mostly that wait, its CPU the proxy's work for the extra try.
 
 use super::report::{RouteSummary, ratio};
 use super::topology::Route;
+use super::upstream::FAIL_FIRST_HEADER;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -41,6 +50,7 @@ pub fn service_of(route: Route) -> Option<(&'static str, usize)> {
     match route {
         Route::TarmacOneRule => Some(("one-rule", 1)),
         Route::TarmacManyRules => Some(("many-rules", MANY_RULES)),
+        Route::TarmacRetried => Some(("retried", 1)),
         _ => None,
     }
 }
@@ -72,6 +82,20 @@ pub fn configuration() -> String {
         yaml.push_str("---\n");
         yaml.push_str(&http_route(name, rules));
     }
+    let (retried, _) = service_of(Route::TarmacRetried).expect("a routed route");
+    yaml.push_str("---\n");
+    yaml.push_str(&service(retried));
+    let _ = write!(
+        yaml,
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {retried}}}\nspec:\n  \
+         parentRefs: [{{group: \"\", kind: Service, name: {retried}, port: {SERVICE_PORT}}}]\n  rules:\n  \
+         - name: {MATCHED_RULE}\n    matches: [{{path: {{type: PathPrefix, value: /}}}}]\n    \
+         filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: {FAIL_FIRST_HEADER}, value: \"1\"}}]}}}}]\n    \
+         retry: {{codes: [503], attempts: 1, backoff: 1ms}}\n    \
+         backendRefs: [{{name: upstream, port: {SERVICE_PORT}}}]\n\
+         ---\napiVersion: tarmac.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {{name: {retried}}}\nspec:\n  \
+         targetRefs: [{{group: \"\", kind: Service, name: {retried}}}]\n  retryBudget: {{enabled: false}}\n"
+    );
     for route in [Route::TarmacInbound, Route::TarmacInboundPolicy] {
         let workload = inbound_of(route).expect("an inbound route");
         let _ = write!(
@@ -290,6 +314,93 @@ pub fn compare(
         .collect()
 }
 
+/// What a retried request costs under one load: the retried route against the same
+/// one-rule route whose requests succeed at once, each side's figures and the difference.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RetryCost {
+    pub load: String,
+    /// [one rule, retried]
+    pub p50_us: [f64; 2],
+    pub p99_us: [f64; 2],
+    pub throughput_rps: [f64; 2],
+    pub cpu_per_10k: [Option<f64>; 2],
+    /// retried − one rule: the latency a retry adds to a request.
+    pub extra_p50_us: f64,
+    pub extra_p99_us: f64,
+    /// retried − one rule: the proxy's CPU a retry adds, per 10k requests.
+    pub extra_cpu_per_10k: Option<f64>,
+    /// retried / one rule.
+    pub ratio_cpu_per_10k: Option<f64>,
+    pub ratio_throughput: Option<f64>,
+}
+
+/// One retry cost per load that measured both routes.
+pub fn compare_retried(summaries: &[RouteSummary]) -> Vec<RetryCost> {
+    let mut loads: Vec<&str> = Vec::new();
+    for s in summaries {
+        if !loads.contains(&s.load.as_str()) {
+            loads.push(&s.load);
+        }
+    }
+    loads
+        .into_iter()
+        .filter_map(|load| {
+            let find = |route| summaries.iter().find(|s| s.load == load && s.route == route);
+            let (one, retried) = (find(Route::TarmacOneRule)?, find(Route::TarmacRetried)?);
+            Some(RetryCost {
+                load: load.to_string(),
+                p50_us: [one.p50_us, retried.p50_us],
+                p99_us: [one.p99_us, retried.p99_us],
+                throughput_rps: [one.throughput_rps, retried.throughput_rps],
+                cpu_per_10k: [one.cpu_per_10k, retried.cpu_per_10k],
+                extra_p50_us: retried.p50_us - one.p50_us,
+                extra_p99_us: retried.p99_us - one.p99_us,
+                extra_cpu_per_10k: retried.cpu_per_10k.zip(one.cpu_per_10k).map(|(r, o)| r - o),
+                ratio_cpu_per_10k: ratio(retried.cpu_per_10k, one.cpu_per_10k),
+                ratio_throughput: ratio(Some(retried.throughput_rps), Some(one.throughput_rps)),
+            })
+        })
+        .collect()
+}
+
+/// The cost of a retried request as a table: one line per load.
+pub fn retried_table(costs: &[RetryCost]) -> String {
+    let cell =
+        |v: Option<f64>, decimals: usize| v.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"));
+    let mut out =
+        "retried: every request's first try failed (503) and retried once ÷ the same 1-rule route, one Tarmac hop\n"
+            .to_string();
+    let _ = writeln!(
+        out,
+        "  {:<14} {:>17} {:>17} {:>13} {:>13} {:>17} {:>19} {:>9} {:>9}",
+        "load",
+        "p50 µs 1/retried",
+        "p99 µs 1/retried",
+        "+p50 µs",
+        "+p99 µs",
+        "req/s 1/retried",
+        "CPU-s/10k 1/retried",
+        "+CPU",
+        "÷ CPU"
+    );
+    for c in costs {
+        let _ = writeln!(
+            out,
+            "  {:<14} {:>17} {:>17} {:>13.0} {:>13.0} {:>17} {:>19} {:>9} {:>9}",
+            c.load,
+            format!("{:.0}/{:.0}", c.p50_us[0], c.p50_us[1]),
+            format!("{:.0}/{:.0}", c.p99_us[0], c.p99_us[1]),
+            c.extra_p50_us,
+            c.extra_p99_us,
+            format!("{:.0}/{:.0}", c.throughput_rps[0], c.throughput_rps[1]),
+            format!("{}/{}", cell(c.cpu_per_10k[0], 3), cell(c.cpu_per_10k[1], 3)),
+            cell(c.extra_cpu_per_10k, 3),
+            cell(c.ratio_cpu_per_10k, 2),
+        );
+    }
+    out
+}
+
 /// The comparison as a table under `title`: one line per load.
 pub fn table(title: &str, comparisons: &[RoutingComparison]) -> String {
     let cell =
@@ -428,6 +539,68 @@ mod tests {
             "inbound-policy",
         );
         tarmac_proxy::Config::from_yaml(&yaml, "generated").expect("the proxy accepts it");
+    }
+
+    #[test]
+    fn the_retried_route_retries_once_on_503_without_a_budget_and_asks_to_fail_first() {
+        let snapshot = snapshot();
+        let retried = table_of(&snapshot, "retried");
+        assert_eq!(retried.rules.len(), 1);
+        assert_eq!(taken(&retried, &[]).as_deref(), Some(MATCHED_RULE));
+        let service = snapshot
+            .objects
+            .values()
+            .find_map(|r| match r {
+                Resource::Service(s) if s.metadata.name == "retried" => Some(s),
+                _ => None,
+            })
+            .unwrap();
+        let parent = Parent { service, port: &service.spec.ports[0] };
+        let routes = routes_for(&snapshot, &[], "default", &parent);
+        let rule = &routes[0].rules[0];
+        let retry = rule.retry.as_ref().expect("a retry");
+        assert_eq!((retry.attempts, retry.codes.as_slice(), retry.backoff_ms), (1, &[503][..], 1));
+        assert!(format!("{:?}", rule.filters).contains(FAIL_FIRST_HEADER), "{:?}", rule.filters);
+        let policy = tarmac_control::discovery::resilience::of_service(&snapshot, "default", "retried");
+        assert!(
+            policy.and_then(|p| p.retry_budget).is_some_and(|b| b.disabled),
+            "every request may be retried"
+        );
+        // The other routes' requests are never asked to fail.
+        let one = routes_for(
+            &snapshot,
+            &[],
+            "default",
+            &Parent {
+                service: snapshot
+                    .objects
+                    .values()
+                    .find_map(|r| match r {
+                        Resource::Service(s) if s.metadata.name == "one-rule" => Some(s),
+                        _ => None,
+                    })
+                    .unwrap(),
+                port: &service.spec.ports[0],
+            },
+        );
+        assert!(one[0].rules[0].retry.is_none() && one[0].rules[0].filters.is_empty());
+    }
+
+    #[test]
+    fn a_retry_cost_is_the_retried_route_less_the_one_rule_route_per_load() {
+        let summaries = vec![
+            summary(Route::TarmacOneRule, "1000 req/s", 150.0, Some(50.0), 1000.0, 0.2),
+            summary(Route::TarmacRetried, "1000 req/s", 230.0, Some(130.0), 1000.0, 0.32),
+            summary(Route::TarmacRetried, "5000 req/s", 230.0, Some(130.0), 5000.0, 0.32),
+        ];
+        let c = compare_retried(&summaries);
+        assert_eq!(c.len(), 1, "only loads that measured both: {c:?}");
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(c[0].extra_p50_us, 80.0) && close(c[0].extra_p99_us, 160.0), "{:?}", c[0]);
+        assert!(c[0].extra_cpu_per_10k.is_some_and(|x| close(x, 0.12)), "{:?}", c[0]);
+        assert!(c[0].ratio_cpu_per_10k.is_some_and(|x| close(x, 1.6)), "{:?}", c[0]);
+        let text = retried_table(&c);
+        assert!(text.contains("150/230") && text.contains("0.200/0.320") && text.contains("1.60"), "{text}");
     }
 
     #[test]

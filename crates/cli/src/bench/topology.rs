@@ -44,6 +44,9 @@ pub enum Route {
     /// The same with 100 AuthorizationPolicies and a RateLimitPolicy on its Service,
     /// the request allowed by the last policy evaluated.
     TarmacInboundPolicy,
+    /// One rule again, whose backend fails every request's first try: each is retried
+    /// once (`--routing`; the cost of a retried request).
+    TarmacRetried,
 }
 
 /// Which proxy a route goes through.
@@ -84,6 +87,7 @@ impl Route {
             Self::TarmacManyRules => "tarmac 100 rules",
             Self::TarmacInbound => "tarmac inbound",
             Self::TarmacInboundPolicy => "tarmac inbound 100 policies",
+            Self::TarmacRetried => "tarmac retried",
         }
     }
 
@@ -101,7 +105,8 @@ impl Route {
             | Self::TarmacOneRule
             | Self::TarmacManyRules
             | Self::TarmacInbound
-            | Self::TarmacInboundPolicy => Some(ProxyKind::Tarmac),
+            | Self::TarmacInboundPolicy
+            | Self::TarmacRetried => Some(ProxyKind::Tarmac),
             Self::EnvoyOneHop | Self::EnvoyTwoHops | Self::EnvoyTwoHopsMtls => Some(ProxyKind::Envoy),
         }
     }
@@ -168,7 +173,11 @@ pub async fn start(
     let mut proxies = Vec::new();
     let entry = match route {
         Route::Direct => upstream,
-        Route::TarmacOneRule | Route::TarmacManyRules | Route::TarmacInbound | Route::TarmacInboundPolicy => {
+        Route::TarmacOneRule
+        | Route::TarmacManyRules
+        | Route::TarmacRetried
+        | Route::TarmacInbound
+        | Route::TarmacInboundPolicy => {
             return Err(format!(
                 "{} gets its routes or policies from discovery: start it with start_routed or start_inbound",
                 route.label()

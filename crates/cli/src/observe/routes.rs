@@ -103,9 +103,17 @@ pub async fn routes(args: RoutesArgs) -> Result<(), String> {
                         rule_of(entry)
                     );
                     println!("  → {}", entry["destination"].as_str().unwrap_or(""));
+                    println!("  → {}", entry["resilience"].as_str().unwrap_or(""));
                 }
-                None => println!("  → {}", port["otherwise"].as_str().unwrap_or("")),
+                None if port["table"].as_array().is_some_and(|t| !t.is_empty()) => {
+                    println!("  → {}", port["otherwise"].as_str().unwrap_or(""))
+                }
+                None => {
+                    println!("  → {}", port["otherwise"].as_str().unwrap_or(""));
+                    println!("  → {}", port["unrouted"]["resilience"].as_str().unwrap_or(""));
+                }
             }
+            println!("  retry budget: {}", port["budget_text"].as_str().unwrap_or(""));
         }
         return Ok(());
     }
@@ -134,9 +142,14 @@ pub async fn routes(args: RoutesArgs) -> Result<(), String> {
                 rule_of(entry),
                 entry["destination"].as_str().unwrap_or("")
             );
+            println!("      {:<width$}   {}", "", entry["resilience"].as_str().unwrap_or(""));
         }
         let every = if table.is_empty() { "every request" } else { "every other request" };
         println!("   *. {every:<width$} → {}", port["otherwise"].as_str().unwrap_or(""));
+        if table.is_empty() {
+            println!("      {:<width$}   {}", "", port["unrouted"]["resilience"].as_str().unwrap_or(""));
+        }
+        println!("  retry budget of callers: {}", port["budget_text"].as_str().unwrap_or(""));
         if let Some(e) = port["error"].as_str() {
             println!("  the routes do not compile: {e}");
         }

@@ -99,8 +99,32 @@ pub async fn stat(args: StatArgs) -> Result<(), String> {
         }),
         _ => golden_table(&["NAME"], &rows, |r| vec![qualified(&r["namespace"], &r["name"])]),
     };
+    let (header, table) = match kind {
+        // What callers' sidecars did about the Service's failures; a workload row counts
+        // what reached it, so these are not its own.
+        "service" | "route" | "edge" => with_resilience(header, table, &rows),
+        _ => (header, table),
+    };
     print_table(&header, &table);
     Ok(())
+}
+
+/// Resilience columns after the golden metrics: retries made, retries the budget denied,
+/// endpoints ejected, requests shed by a concurrency limit, over the window.
+const RESILIENCE: [&str; 4] = ["RETRIES", "BUDGET_DENIED", "EJECTED", "SHED"];
+
+fn with_resilience(
+    mut header: Vec<&'static str>,
+    mut table: Vec<Vec<String>>,
+    rows: &[Value],
+) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    header.extend(RESILIENCE);
+    for (cells, r) in table.iter_mut().zip(rows) {
+        for key in ["retries", "retries_denied_by_budget", "ejections", "shed"] {
+            cells.push(r[key].as_u64().unwrap_or(0).to_string());
+        }
+    }
+    (header, table)
 }
 
 /// The golden metrics columns every kind shows after its own.
@@ -119,7 +143,7 @@ fn golden_table(
     let count = |r: &Value, key: &str| r[key].as_u64().unwrap_or(0);
     let refusals = rows.iter().any(|r| count(r, "denied") + count(r, "rate_limited") > 0);
     if refusals {
-        header.extend(["DENIED", "LIMITED"]);
+        header.extend(["FORBIDDEN", "LIMITED"]);
     }
     let table = rows
         .iter()

@@ -29,12 +29,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tarmac_control::http_client::HttpClient;
 use tarmac_control::identity::{BootstrapTokens, WorkloadIdentity};
 use tarmac_control::registry::{Instance, Registry};
 use tarmac_control::store::files::{OpenError, load_dir};
 use tarmac_control::store::{Snapshot, Status};
+use tarmac_control::workloads::{RestartError, RestartRequest, Restarted};
 use tarmac_identity::DEFAULT_TRUST_DOMAIN;
 use tarmac_identity::ca::Ca;
 use tokio::process::Command;
@@ -57,6 +59,14 @@ const APP_LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Grace between SIGTERM and SIGKILL when stopping apps and sidecars (sidecars drain
 /// for at most 3 s, see `plan::sidecar_yaml`).
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// In a rolling restart, how long a replica stays up after leaving discovery (and a new
+/// one is in discovery before the next replica leaves): time for every caller's sidecar
+/// to hear of it, so that none picks a replica that is going (a push takes milliseconds
+/// on one machine; this is ample).
+const DISCOVERY_GRACE: Duration = Duration::from_secs(1);
+/// In a rolling restart, how long a new replica may take to be ready (sidecar ready, app
+/// listening) before the restart stops.
+const RESTART_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Run a local mesh from a directory of YAML: the control plane, and every Workload's
 /// processes, each with a tarmac-proxy sidecar (explicit mode unless `--transparent`).
@@ -316,7 +326,10 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
     // On loopback only, also in transparent mode: the apps in the namespaces have no use
     // for it, and it would show them every request's tap.
     let api = vec![bind_api(args.api_port).await.map_err(Failure::Other)?];
-    let mut config = tarmac_control::Config::files(&dir).with_default_policy(args.default_policy);
+    // `tarmac restart`, through the API: served below, between configuration changes.
+    let (restarts, mut restart_requests) = tokio::sync::mpsc::channel::<RestartRequest>(8);
+    let mut config =
+        tarmac_control::Config::files(&dir).with_restarts(restarts).with_default_policy(args.default_policy);
     if let Some(identity) = &identity {
         config = config.with_identity(tarmac_control::IdentityConfig {
             ca: identity.ca.clone(),
@@ -428,6 +441,7 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
         work_dir: work_dir.path().to_path_buf(),
         running: BTreeMap::new(),
         services: plan::services(&snapshot),
+        snapshot: snapshot.clone(),
         transparent: args
             .transparent
             .then(|| Transparent { vips: plan::virtual_ips(&snapshot), next_index: 0 }),
@@ -465,7 +479,21 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
                 }
                 Ok(()) = snapshots.changed() => {
                     let snapshot = snapshots.borrow_and_update().clone();
-                    mesh.apply(&snapshot, &dir).await;
+                    mesh.apply(snapshot, &dir).await;
+                }
+                Some(request) = restart_requests.recv() => {
+                    // A restart runs to its end before the next change is applied; Ctrl-C
+                    // or SIGTERM cuts it short.
+                    let (result, stopping) = tokio::select! {
+                        result = mesh.restart(&request.namespace, &request.name) => (result, None),
+                        _ = interrupt.recv() => (Err(RestartError::ShuttingDown), Some("interrupted")),
+                        _ = terminate.recv() => (Err(RestartError::ShuttingDown), Some("terminated")),
+                    };
+                    let _ = request.reply.send(result);
+                    if let Some(why) = stopping {
+                        note(&format!("{why}: stopping the apps, then the sidecars, then the control plane"));
+                        break;
+                    }
                 }
             }
         }
@@ -540,6 +568,11 @@ fn problems(plans: &[ReplicaPlan]) -> Vec<String> {
 struct Running {
     replica: Arc<Replica>,
     stop: watch::Sender<bool>,
+    /// Set before `stop`: the replica is being restarted, so it leaves discovery and drains
+    /// (sidecar first, app last) instead of stopping with the mesh (apps first).
+    restarting: Arc<AtomicBool>,
+    /// True once the replica has been in discovery (its sidecar ready, its app listening).
+    ready: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<Option<(String, Proc)>>,
 }
 
@@ -555,6 +588,8 @@ struct Mesh {
     running: BTreeMap<String, Running>,
     /// The Services (and ports) of the last configuration, to notice changes.
     services: BTreeMap<String, Vec<u16>>,
+    /// The configuration last applied: what a restarted replica starts with.
+    snapshot: Arc<Snapshot>,
     transparent: Option<Transparent>,
 }
 
@@ -630,13 +665,16 @@ impl Mesh {
         ports.release();
         for replica in replicas {
             let (stop, stopped) = watch::channel(false);
+            let (ready_tx, ready) = watch::channel(false);
+            let restarting = Arc::new(AtomicBool::new(false));
             let task = tokio::spawn(run_replica(
                 replica.clone(),
                 self.proxy_binary.clone(),
                 self.registry.clone(),
                 stopped,
+                ReplicaSignals { restarting: restarting.clone(), ready: ready_tx },
             ));
-            self.running.insert(replica.plan.name(), Running { replica, stop, task });
+            self.running.insert(replica.plan.name(), Running { replica, stop, restarting, ready, task });
         }
         Ok(())
     }
@@ -710,7 +748,73 @@ impl Mesh {
 
     /// Follows an accepted configuration: stops the replicas of removed or changed
     /// Workloads and starts those of added or changed ones.
-    async fn apply(&mut self, snapshot: &Snapshot, dir: &std::path::Path) {
+    /// Restarts the replicas of Workload `namespace/name` one at a time: each leaves
+    /// discovery, drains (its sidecar finishes what it took, then its app stops), and starts
+    /// again with the configuration in force; the next goes once the new one is ready and
+    /// in discovery. A replica that does not come back stops the restart.
+    async fn restart(&mut self, namespace: &str, name: &str) -> Result<Restarted, RestartError> {
+        let mut names: Vec<(u32, String)> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.replica.plan.namespace == namespace && r.replica.plan.workload == name)
+            .map(|(key, r)| (r.replica.plan.replica, key.clone()))
+            .collect();
+        if names.is_empty() {
+            return Err(RestartError::NotFound { namespace: namespace.to_string(), name: name.to_string() });
+        }
+        names.sort();
+        let count = names.len();
+        note(&format!("restarting {namespace}/{name}: {count} replicas, one at a time"));
+        let mut restarted = Vec::new();
+        for (i, (_, key)) in names.into_iter().enumerate() {
+            let Some(old) = self.running.remove(&key) else { continue };
+            note(&format!(
+                "restarting {key} ({} of {count}): out of discovery, then its sidecar drains",
+                i + 1
+            ));
+            let plan = old.replica.plan.clone();
+            old.restarting.store(true, Ordering::Release);
+            let _ = old.stop.send(true);
+            let Running { replica, task, .. } = old;
+            match task.await {
+                Ok(Some((_, sidecar))) => {
+                    sidecar.stop(STOP_GRACE).await;
+                }
+                Ok(None) => {}
+                Err(e) => note(&format!("the supervisor of {key} failed: {e}")),
+            }
+            // Before the new one gets its token (the holder's name is the same).
+            if let Some(identity) = &replica.identity {
+                identity.tokens.revoke(&replica.holder());
+            }
+            // The last reference: a transparent replica's namespace goes with it.
+            drop(replica);
+            let snapshot = self.snapshot.clone();
+            self.start(vec![plan], &snapshot)
+                .map_err(|e| RestartError::Stopped(format!("cannot start {key} again: {e}")))?;
+            let mut ready = self.running.get(&key).map(|r| r.ready.clone()).expect("just started");
+            match tokio::time::timeout(RESTART_READY_TIMEOUT, ready.wait_for(|ready| *ready)).await {
+                Ok(Ok(_)) => {}
+                _ => {
+                    let message = format!(
+                        "{key} was not ready again within {RESTART_READY_TIMEOUT:?}; the restart stopped there, the replicas after it run as they were"
+                    );
+                    note(&message);
+                    return Err(RestartError::Stopped(message));
+                }
+            }
+            // In discovery: callers' sidecars hear of it before the next one leaves.
+            tokio::time::sleep(DISCOVERY_GRACE).await;
+            note(&format!("{key} restarted and ready ({} of {count})", i + 1));
+            restarted.push(key);
+        }
+        note(&format!("restarted {namespace}/{name}"));
+        Ok(Restarted { namespace: namespace.to_string(), workload: name.to_string(), replicas: restarted })
+    }
+
+    async fn apply(&mut self, snapshot: Arc<Snapshot>, dir: &std::path::Path) {
+        self.snapshot = snapshot.clone();
+        let snapshot = &*snapshot;
         note(&format!(
             "configuration generation {} accepted; the sidecars follow it through discovery",
             snapshot.generation
@@ -810,14 +914,26 @@ enum Ended {
     Shutdown,
 }
 
+/// How a replica's task tells and is told more than "stop".
+struct ReplicaSignals {
+    /// Read on stop: drain for a restart rather than stop with the mesh.
+    restarting: Arc<AtomicBool>,
+    /// Set once the replica is in discovery.
+    ready: watch::Sender<bool>,
+}
+
 /// Runs one replica until shutdown: its sidecar, then its app, restarting what exits with
 /// backoff. On shutdown it stops the app and hands back the sidecar (with the replica's
-/// name), which is stopped once every app is.
+/// name), which is stopped once every app is. Stopped for a restart, it drains instead:
+/// out of discovery, a moment for callers to hear of it, the sidecar (which finishes what
+/// it took and refuses the rest unprocessed, so that callers' sidecars send it elsewhere),
+/// and only then the app; nothing is handed back.
 async fn run_replica(
     replica: Arc<Replica>,
     proxy_binary: PathBuf,
     registry: Registry,
     mut shutdown: watch::Receiver<bool>,
+    signals: ReplicaSignals,
 ) -> Option<(String, Proc)> {
     let name = replica.plan.name();
     let plan = &replica.plan;
@@ -920,6 +1036,7 @@ async fn run_replica(
         let ended = match wait_listening(&app, replica.app, replica.netns.is_some(), &mut shutdown).await {
             Listening::Yes | Listening::NotInTime => {
                 registry.upsert(replica.instance());
+                signals.ready.send_replace(true);
                 note(&format!("{name} ready: http://{} (through its sidecar)", replica.inbound));
                 tokio::select! {
                     exit = app.exited() => Ended::App(exit),
@@ -932,6 +1049,28 @@ async fn run_replica(
         };
         registry.remove(&plan.namespace, &plan.workload, plan.replica);
         match ended {
+            Ended::Shutdown if signals.restarting.load(Ordering::Acquire) => {
+                tokio::time::sleep(DISCOVERY_GRACE).await;
+                let pid = proxy.pid;
+                match proxy.stop(STOP_GRACE).await {
+                    Some(exit) if is_clean(&exit) => {
+                        note(&format!("{name} proxy (pid {pid}) drained and stopped"))
+                    }
+                    Some(exit) => note(&format!("{name} proxy (pid {pid}) ended badly: {}", describe(&exit))),
+                    None => note(&format!(
+                        "{name} proxy (pid {pid}) did not stop within {STOP_GRACE:?} and was killed"
+                    )),
+                }
+                let pid = app.pid;
+                match app.stop(STOP_GRACE).await {
+                    Some(exit) if is_clean(&exit) => note(&format!("{name} (pid {pid}) stopped")),
+                    Some(exit) => note(&format!("{name} (pid {pid}) ended badly: {}", describe(&exit))),
+                    None => {
+                        note(&format!("{name} (pid {pid}) did not stop within {STOP_GRACE:?} and was killed"))
+                    }
+                }
+                return None;
+            }
             Ended::Shutdown => {
                 let pid = app.pid;
                 match app.stop(STOP_GRACE).await {

@@ -16,6 +16,7 @@
 //! | `GET /api/v1/check` | configuration, route status, replicas, proxies, discovery |
 //! | `GET /api/v1/routes` | a Service's routes, their status, and the rule each kind of request takes |
 //! | `GET /api/v1/prometheus/sd` | every proxy's admin address, for Prometheus' `http_sd_configs` |
+//! | `POST /api/v1/workloads/{namespace}/{name}/restart` | restarts a Workload's replicas one at a time (`tarmac up` only), answering when done |
 //! | `GET /` | the dashboard: static files compiled into the binary, nothing fetched from elsewhere |
 
 pub mod authz;
@@ -30,11 +31,12 @@ use crate::telemetry::stats::{self, Kind};
 use crate::telemetry::tap::{self, StatusFilter, TapFilter, Target};
 use crate::telemetry::top::TopTable;
 use crate::telemetry::{DEFAULT_WINDOW, RETENTION, Telemetry};
+use crate::workloads::{RestartError, RestartRequest, Restarts};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use futures_util::StreamExt;
 use http::{StatusCode, header};
 use serde::Serialize;
@@ -61,6 +63,8 @@ pub struct Api {
     subscriptions: Subscriptions,
     /// The mesh's default policy, for `authz`.
     default_policy: tarmac_model::authz::DefaultPolicy,
+    /// Whoever runs the Workloads; `None`: restarts are not this control plane's to make.
+    restarts: Option<Restarts>,
 }
 
 impl Api {
@@ -69,11 +73,17 @@ impl Api {
         status: watch::Receiver<Arc<Status>>,
         subscriptions: Subscriptions,
     ) -> Self {
-        Self { telemetry, status, subscriptions, default_policy: Default::default() }
+        Self { telemetry, status, subscriptions, default_policy: Default::default(), restarts: None }
     }
 
     pub fn with_default_policy(mut self, default_policy: tarmac_model::authz::DefaultPolicy) -> Self {
         self.default_policy = default_policy;
+        self
+    }
+
+    /// Serves `POST .../restart` by asking `restarts`.
+    pub fn with_restarts(mut self, restarts: Restarts) -> Self {
+        self.restarts = Some(restarts);
         self
     }
 
@@ -91,6 +101,7 @@ impl Api {
             .route("/api/v1/routes", get(routes))
             .route("/api/v1/authz", get(authz))
             .route("/api/v1/prometheus/sd", get(prometheus_sd))
+            .route("/api/v1/workloads/{namespace}/{name}/restart", post(restart))
             .layer(axum::middleware::from_fn(refuse_other_hosts))
             .with_state(self)
     }
@@ -190,11 +201,71 @@ async fn index() -> Response {
         GET /api/v1/check\n\
         GET /api/v1/routes?service=NAME&namespace=NS&from=NS[/WORKLOAD]&path=P&method=M&header=NAME:VALUE&query=K=V\n\
         GET /api/v1/authz?service=NAME&namespace=NS\n\
-        GET /api/v1/prometheus/sd\n";
+        GET /api/v1/prometheus/sd\n\
+        POST /api/v1/workloads/NAMESPACE/NAME/restart\n";
     Response::builder()
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Body::from(text))
         .expect("a static header is valid")
+}
+
+/// The retry and timeouts of requests no rule takes, as `{retry, request_timeout_ms,
+/// backend_request_timeout_ms, resilience}`.
+fn unrouted_resilience(snapshot: &Snapshot, namespace: &str, service: &str) -> serde_json::Value {
+    use crate::discovery::table::{RetryJson, resilience_text};
+    let policy = crate::discovery::resilience::of_service(snapshot, namespace, service);
+    let policy = policy.as_ref();
+    let retry = policy.and_then(|p| p.retry.as_ref()).map(|r| RetryJson {
+        attempts: r.attempts,
+        codes: r.codes.clone(),
+        grpc_codes: r.grpc_codes.clone(),
+        backoff_ms: if r.backoff_ms == 0 {
+            tarmac_route::policy::DEFAULT_BACKOFF.as_millis() as u64
+        } else {
+            r.backoff_ms
+        },
+    });
+    let request = policy
+        .map_or(tarmac_route::policy::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64, |p| p.request_timeout_ms);
+    let request = (request > 0).then_some(request);
+    let per_try = policy.map(|p| p.backend_request_timeout_ms).filter(|&ms| ms > 0);
+    json!({
+        "resilience": resilience_text(retry.as_ref(), request, per_try),
+        "retry": retry,
+        "request_timeout_ms": request,
+        "backend_request_timeout_ms": per_try,
+    })
+}
+
+/// Restarts a Workload's replicas one at a time, answering once the last is ready again.
+async fn restart(State(api): State<Api>, Path((namespace, name)): Path<(String, String)>) -> Response {
+    let Some(restarts) = &api.restarts else {
+        return json_response(
+            StatusCode::NOT_IMPLEMENTED,
+            &json!({ "error": "this control plane does not run the workloads: restart them where they run (e.g. kubectl rollout restart)" }),
+        );
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = RestartRequest { namespace, name, reply };
+    if restarts.send(request).await.is_err() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "error": RestartError::ShuttingDown.to_string() }),
+        );
+    }
+    match answer.await {
+        Ok(Ok(restarted)) => json_response(StatusCode::OK, &restarted),
+        Ok(Err(e @ RestartError::NotFound { .. })) => {
+            json_response(StatusCode::NOT_FOUND, &json!({ "error": e.to_string() }))
+        }
+        Ok(Err(e @ RestartError::Stopped(_))) => {
+            json_response(StatusCode::INTERNAL_SERVER_ERROR, &json!({ "error": e.to_string() }))
+        }
+        Ok(Err(RestartError::ShuttingDown)) | Err(_) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "error": RestartError::ShuttingDown.to_string() }),
+        ),
+    }
 }
 
 async fn stat(State(api): State<Api>, Path(kind): Path<String>, RawQuery(raw): RawQuery) -> Response {
@@ -560,12 +631,16 @@ pub fn routes_of(
         } else {
             "the Service's endpoints: no route applies"
         };
+        let budget = crate::discovery::resilience::budget_of(snapshot, namespace, service);
         let mut answer = json!({
             "port": port.port,
             "name": port.name,
             "routes": compiled.routes.iter().map(|r| format!("{} {}/{}", r.kind, r.namespace, r.name)).collect::<Vec<_>>(),
             "table": entries,
             "otherwise": otherwise,
+            "budget": budget,
+            "budget_text": budget.describe(),
+            "unrouted": unrouted_resilience(snapshot, namespace, service),
         });
         if let Some(req) = request {
             let taken = compiled.select(&req.method, &req.path, req.query.as_deref(), &req.headers);

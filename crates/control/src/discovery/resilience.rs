@@ -33,6 +33,14 @@ pub fn millis(d: &Option<String>) -> u64 {
     d.as_deref().and_then(|d| duration::parse(d).ok()).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A Service's request timeout in milliseconds: absent, the default; `0s`, none (0).
+pub fn request_timeout_ms(request: &Option<String>) -> u64 {
+    match request {
+        None => tarmac_route::policy::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64,
+        Some(_) => millis(request),
+    }
+}
+
 /// A policy's retry as proxies apply it.
 pub fn retry(r: &PolicyRetry) -> pb::Retry {
     pb::Retry {
@@ -70,14 +78,19 @@ pub fn of_service(snapshot: &Snapshot, namespace: &str, name: &str) -> Option<pb
     let limit = first(|p| p.spec.limits.is_some())
         .and_then(|p| p.spec.limits.as_ref())
         .map(|l| pb::ConcurrencyLimit { max_in_flight: l.max_in_flight, max_queued: l.max_queued });
-    let timeouts =
-        first(|p| p.spec.timeouts.is_some()).and_then(|p| p.spec.timeouts.clone()).unwrap_or_default();
+    let timeouts = first(|p| p.spec.timeouts.as_ref().is_some_and(|t| t.request.is_some()))
+        .and_then(|p| p.spec.timeouts.clone())
+        .unwrap_or_default();
+    let backend_timeouts = first(|p| p.spec.timeouts.as_ref().is_some_and(|t| t.backend_request.is_some()))
+        .and_then(|p| p.spec.timeouts.clone())
+        .unwrap_or_default();
     Some(pb::Resilience {
         retry_budget: budget,
         circuit_breaker: breaker,
         retry: first(|p| p.spec.retry.is_some()).and_then(|p| p.spec.retry.as_ref()).map(retry),
-        request_timeout_ms: millis(&timeouts.request),
-        backend_request_timeout_ms: millis(&timeouts.backend_request),
+        // Always the effective value: absent, the default; `0s`, none (0).
+        request_timeout_ms: request_timeout_ms(&timeouts.request),
+        backend_request_timeout_ms: millis(&backend_timeouts.backend_request),
         limit,
     })
 }
@@ -106,4 +119,59 @@ pub fn of_rule(
     let retry = ordered.iter().find_map(|p| p.spec.retry.as_ref()).map(retry);
     let timeouts = ordered.iter().find_map(|p| p.spec.timeouts.clone()).unwrap_or_default();
     (retry, timeouts)
+}
+
+/// The retry budget callers have for a Service, as `tarmac routes` shows it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BudgetView {
+    pub enabled: bool,
+    pub ratio: f64,
+    pub min_retries_per_second: u32,
+    pub window_ms: u64,
+    /// The ResiliencePolicy that set it (`namespace/name`); `None`: the defaults.
+    pub policy: Option<String>,
+}
+
+impl BudgetView {
+    /// In a few words: `20 % of requests + 10/s over 10s (default)`.
+    pub fn describe(&self) -> String {
+        let whence =
+            self.policy.as_ref().map_or_else(|| "default".to_string(), |p| format!("ResiliencePolicy {p}"));
+        if !self.enabled {
+            return format!("off: retries bounded by their attempts alone ({whence})");
+        }
+        format!(
+            "{} % of requests + {}/s over {}s ({whence})",
+            (self.ratio * 100.0).round(),
+            self.min_retries_per_second,
+            self.window_ms as f64 / 1000.0
+        )
+    }
+}
+
+/// The retry budget in force for callers of Service `namespace/name`.
+pub fn budget_of(snapshot: &Snapshot, namespace: &str, name: &str) -> BudgetView {
+    use tarmac_route::policy::{DEFAULT_BUDGET_MIN_PER_SECOND, DEFAULT_BUDGET_RATIO, DEFAULT_BUDGET_WINDOW};
+    let found = policies(snapshot, namespace, |t| t.is_service() && t.name == name);
+    let set = found.iter().find_map(|p| p.spec.retry_budget.as_ref().map(|b| (p, b)));
+    let window = |b: &tarmac_model::resilience::RetryBudget| match millis(&b.window) {
+        0 => DEFAULT_BUDGET_WINDOW.as_millis() as u64,
+        ms => ms,
+    };
+    match set {
+        None => BudgetView {
+            enabled: true,
+            ratio: DEFAULT_BUDGET_RATIO,
+            min_retries_per_second: DEFAULT_BUDGET_MIN_PER_SECOND,
+            window_ms: DEFAULT_BUDGET_WINDOW.as_millis() as u64,
+            policy: None,
+        },
+        Some((p, b)) => BudgetView {
+            enabled: b.enabled,
+            ratio: b.ratio.unwrap_or(DEFAULT_BUDGET_RATIO),
+            min_retries_per_second: b.min_retries_per_second.unwrap_or(DEFAULT_BUDGET_MIN_PER_SECOND),
+            window_ms: window(b),
+            policy: Some(format!("{}/{}", p.metadata.namespace, p.metadata.name)),
+        },
+    }
 }

@@ -89,10 +89,11 @@ fn rule_resilience(
     let ms = |d: &Option<String>| {
         d.as_deref().and_then(|d| tarmac_model::duration::parse(d).ok()).map(|d| d.as_millis() as u64)
     };
-    let request = own
-        .and_then(|t| ms(&t.request))
-        .or_else(|| ms(&policy.request))
-        .unwrap_or_else(|| service.map_or(0, |s| s.request_timeout_ms));
+    let request = own.and_then(|t| ms(&t.request)).or_else(|| ms(&policy.request)).unwrap_or_else(|| {
+        service.map_or(tarmac_route::policy::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64, |s| {
+            s.request_timeout_ms
+        })
+    });
     let backend_request = own
         .and_then(|t| ms(&t.backend_request))
         .or_else(|| ms(&policy.backend_request))
@@ -550,5 +551,34 @@ spec: {selector: {version: v1}, ports: [{name: http, port: 80}]}
         assert_eq!(reads.request_timeout_ms, 2000);
         // Without policies: nothing, and the proxies keep their defaults.
         assert!(compute(&snapshot(""), &[], "mesh", "mesh", "echo", 80).resilience.is_none());
+    }
+
+    #[test]
+    fn a_services_request_timeout_defaults_and_a_policy_changes_or_removes_it() {
+        let default = tarmac_route::policy::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64;
+        let with = |timeouts: &str| {
+            let policy = format!(
+                "apiVersion: tarmac.io/v1alpha1\nkind: ResiliencePolicy\nmetadata: {{name: p, namespace: mesh}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: echo}}]\n{timeouts}---\n{}",
+                route("mesh", "web", ", port: 80", "echo-v1")
+            );
+            let update = compute(&snapshot(&policy), &[], "mesh", "mesh", "echo", 80);
+            (update.resilience.unwrap().request_timeout_ms, update.routes[0].rules[0].request_timeout_ms)
+        };
+        // A policy that says nothing of it: the default, for unrouted requests and rules.
+        assert_eq!(with("  retryBudget: {ratio: 0.1}\n"), (default, default));
+        assert_eq!(with("  timeouts: {backendRequest: 1s}\n"), (default, default));
+        assert_eq!(with("  timeouts: {request: 5s}\n"), (5000, 5000));
+        // `0s`: no timeout at all.
+        assert_eq!(with("  timeouts: {request: 0s}\n"), (0, 0));
+        // No policy: the rule still gets the default (the proxy applies it to unrouted ones).
+        let plain = compute(
+            &snapshot(&route("mesh", "web", ", port: 80", "echo-v1")),
+            &[],
+            "mesh",
+            "mesh",
+            "echo",
+            80,
+        );
+        assert_eq!(plain.routes[0].rules[0].request_timeout_ms, default);
     }
 }

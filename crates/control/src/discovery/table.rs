@@ -42,6 +42,25 @@ pub struct TableEntry {
     pub backends: Vec<BackendJson>,
     /// The backends and filters in a few words.
     pub destination: String,
+    /// The retry the rule's requests get (its own, else a ResiliencePolicy's: the rule's,
+    /// the route's, the Service's); `None`: only requests never sent are tried again.
+    pub retry: Option<RetryJson>,
+    /// Time to the response head, all tries included; `None`: no limit.
+    pub request_timeout_ms: Option<u64>,
+    /// Time to the response head of each try; `None`: no limit.
+    pub backend_request_timeout_ms: Option<u64>,
+    /// Retry and timeouts in a few words: `retry 2x on 503, backoff 25ms; timeout 1s`.
+    pub resilience: String,
+}
+
+/// A rule's retry as proxies apply it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RetryJson {
+    /// Retries after the first try.
+    pub attempts: u32,
+    pub codes: Vec<u32>,
+    pub grpc_codes: Vec<u32>,
+    pub backoff_ms: u64,
 }
 
 /// A [`MatchSummary`] for JSON.
@@ -147,6 +166,20 @@ impl CompiledRoutes {
             let joined = filters.join("; ");
             destination = if destination.is_empty() { joined } else { format!("{destination} [{joined}]") };
         }
+        let retry = rule.retry.as_ref().map(|r| RetryJson {
+            attempts: r.attempts,
+            codes: r.codes.clone(),
+            grpc_codes: r.grpc_codes.clone(),
+            backoff_ms: if r.backoff_ms == 0 {
+                tarmac_route::policy::DEFAULT_BACKOFF.as_millis() as u64
+            } else {
+                r.backoff_ms
+            },
+        });
+        let request_timeout_ms = (rule.request_timeout_ms > 0).then_some(rule.request_timeout_ms);
+        let backend_request_timeout_ms =
+            (rule.backend_request_timeout_ms > 0).then_some(rule.backend_request_timeout_ms);
+        let resilience = resilience_text(retry.as_ref(), request_timeout_ms, backend_request_timeout_ms);
         TableEntry {
             request: describe(summary, grpc),
             summary: match_json(summary),
@@ -157,6 +190,10 @@ impl CompiledRoutes {
             filters,
             backends,
             destination,
+            retry,
+            request_timeout_ms,
+            backend_request_timeout_ms,
+            resilience,
         }
     }
 
@@ -171,6 +208,34 @@ impl CompiledRoutes {
     ) -> Option<usize> {
         self.table.as_ref()?.select_entry(method, path, query, headers)
     }
+}
+
+/// `retry 2x on 500, 503 (gRPC 14), backoff 25ms; timeout 1s, per try 250ms`.
+pub fn resilience_text(
+    retry: Option<&RetryJson>,
+    request_ms: Option<u64>,
+    per_try_ms: Option<u64>,
+) -> String {
+    let ms = |ms: u64| if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{ms}ms") };
+    let retry = match retry {
+        None => "no retry (unsent requests only)".to_string(),
+        Some(r) => {
+            let mut on: Vec<String> = r.codes.iter().map(u32::to_string).collect();
+            if !r.grpc_codes.is_empty() {
+                let grpc: Vec<String> = r.grpc_codes.iter().map(u32::to_string).collect();
+                on.push(format!("gRPC {}", grpc.join(", ")));
+            }
+            let on = if on.is_empty() { "connection failures".to_string() } else { on.join(", ") };
+            format!("retry {}x on {on}, backoff {}", r.attempts, ms(r.backoff_ms))
+        }
+    };
+    let timeout = match (request_ms, per_try_ms) {
+        (None, None) => "no timeout".to_string(),
+        (Some(r), None) => format!("timeout {}", ms(r)),
+        (None, Some(t)) => format!("per try {}", ms(t)),
+        (Some(r), Some(t)) => format!("timeout {}, per try {}", ms(r), ms(t)),
+    };
+    format!("{retry}; {timeout}")
 }
 
 fn match_json(s: &MatchSummary) -> MatchJson {

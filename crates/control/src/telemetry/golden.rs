@@ -25,6 +25,13 @@ pub const RATE_LIMITED: &str = "tarmac_rate_limited_total";
 pub const LATENCY: &str = "tarmac_response_latency_seconds";
 /// The proxy's latency histogram of routed services, by route and rule (without `_bucket`).
 pub const ROUTE_LATENCY: &str = "tarmac_route_response_latency_seconds";
+/// Retries callers' proxies made, and those the retry budget denied (`reason="budget"`).
+pub const RETRIES: &str = "tarmac_retries_total";
+pub const RETRIES_DENIED: &str = "tarmac_retries_denied_total";
+/// Endpoints ejected by callers' circuit breakers.
+pub const EJECTIONS: &str = "tarmac_endpoint_ejections_total";
+/// The proxy's own failures; `kind="overloaded"` are requests a concurrency limit shed.
+pub const PROXY_ERRORS: &str = "tarmac_proxy_errors_total";
 /// How a rule without a `route` label (or a proxy without routing) is reported.
 pub const DEFAULT_ROUTE: &str = "[default]";
 
@@ -58,6 +65,37 @@ pub struct Counts {
     /// unnamed rules and unmatched requests when it is None). No buckets at all when the
     /// proxy has no such series.
     pub route_latency: Histogram,
+    /// Outbound only: what the caller's proxy did to keep the target's failures from
+    /// spreading.
+    pub resilience: Resilience,
+}
+
+/// Retries made and denied, endpoints ejected, requests shed by a concurrency limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Resilience {
+    pub retries: f64,
+    /// Retries the retry budget denied.
+    pub budget_denied: f64,
+    pub ejections: f64,
+    pub shed: f64,
+}
+
+impl Resilience {
+    pub fn add(&mut self, other: &Resilience) {
+        self.retries += other.retries;
+        self.budget_denied += other.budget_denied;
+        self.ejections += other.ejections;
+        self.shed += other.shed;
+    }
+
+    fn increase_since(&self, e: &Resilience) -> Resilience {
+        Resilience {
+            retries: counter_increase(self.retries, e.retries),
+            budget_denied: counter_increase(self.budget_denied, e.budget_denied),
+            ejections: counter_increase(self.ejections, e.ejections),
+            shed: counter_increase(self.shed, e.shed),
+        }
+    }
 }
 
 impl Counts {
@@ -70,6 +108,7 @@ impl Counts {
         self.rate_limited += other.rate_limited;
         self.latency = self.latency.merge(&other.latency);
         self.route_latency = self.route_latency.merge(&other.route_latency);
+        self.resilience.add(&other.resilience);
     }
 
     /// What happened since `earlier` (None: since the proxy started, when it counted 0).
@@ -85,6 +124,7 @@ impl Counts {
                 rate_limited: counter_increase(self.rate_limited, e.rate_limited),
                 latency: self.latency.increase_since(&e.latency),
                 route_latency: self.route_latency.increase_since(&e.route_latency),
+                resilience: self.resilience.increase_since(&e.resilience),
             },
         }
     }
@@ -104,6 +144,10 @@ impl Counts {
             latency_ms_p50: ms(0.5),
             latency_ms_p95: ms(0.95),
             latency_ms_p99: ms(0.99),
+            retries: self.resilience.retries.round() as u64,
+            retries_denied_by_budget: self.resilience.budget_denied.round() as u64,
+            ejections: self.resilience.ejections.round() as u64,
+            shed: self.resilience.shed.round() as u64,
         }
     }
 }
@@ -132,6 +176,13 @@ pub struct Golden {
     pub latency_ms_p50: Option<f64>,
     pub latency_ms_p95: Option<f64>,
     pub latency_ms_p99: Option<f64>,
+    /// Counted by callers' proxies (services, routes, edges): retries made, retries the
+    /// retry budget denied, endpoints ejected by circuit breaking, requests a concurrency
+    /// limit shed (503 at once).
+    pub retries: u64,
+    pub retries_denied_by_budget: u64,
+    pub ejections: u64,
+    pub shed: u64,
 }
 
 /// What one scrape of one proxy says about its traffic.
@@ -156,6 +207,13 @@ impl Reading {
             direction: s.label("direction").unwrap_or_default().to_string(),
             target: s.label("target").unwrap_or_default().to_string(),
             route: s.label("rule").filter(|r| !r.is_empty()).map(str::to_string),
+            client_id: None,
+        };
+        // Counted per target only.
+        let target_key = |s: &crate::prometheus::Sample| SeriesKey {
+            direction: s.label("direction").unwrap_or_default().to_string(),
+            target: s.label("target").unwrap_or_default().to_string(),
+            route: None,
             client_id: None,
         };
         let bucket_name = format!("{LATENCY}_bucket");
@@ -185,6 +243,14 @@ impl Reading {
                     Some(_) => counts.tls_known += sample.value,
                     None => {}
                 }
+            } else if sample.name == RETRIES {
+                series.entry(rule_key(sample)).or_default().resilience.retries += sample.value;
+            } else if sample.name == RETRIES_DENIED && sample.label("reason") == Some("budget") {
+                series.entry(rule_key(sample)).or_default().resilience.budget_denied += sample.value;
+            } else if sample.name == EJECTIONS {
+                series.entry(target_key(sample)).or_default().resilience.ejections += sample.value;
+            } else if sample.name == PROXY_ERRORS && sample.label("kind") == Some("overloaded") {
+                series.entry(target_key(sample)).or_default().resilience.shed += sample.value;
             } else if sample.name == bucket_name {
                 add_bucket(&mut buckets, key(sample), sample);
             } else if sample.name == route_bucket_name {
@@ -246,6 +312,7 @@ static EMPTY: Counts = Counts {
     rate_limited: 0.0,
     latency: Histogram::EMPTY,
     route_latency: Histogram::EMPTY,
+    resilience: Resilience { retries: 0.0, budget_denied: 0.0, ejections: 0.0, shed: 0.0 },
 };
 
 /// The service an outbound `target` names, as `tarmac up` names them in sidecar
@@ -353,6 +420,43 @@ tarmac_route_response_latency_seconds_bucket{direction=\"outbound\",target=\"nam
         assert_eq!((unnamed.latency.count(), unnamed.route_latency.count()), (12.0, 10.0));
         let later = reading.increase_since(Some(&reading));
         assert_eq!(later[&key(Some("slow"))].route_latency.count(), 0.0);
+    }
+
+    #[test]
+    fn callers_count_retries_denials_ejections_and_shed_requests_per_target_and_rule() {
+        let text = "\
+tarmac_retries_total{direction=\"outbound\",target=\"books\",route=\"default/books\",rule=\"reads\",reason=\"status\"} 7
+tarmac_retries_total{direction=\"outbound\",target=\"books\",route=\"\",rule=\"\",reason=\"unsent\"} 2
+tarmac_retries_denied_total{direction=\"outbound\",target=\"books\",route=\"default/books\",rule=\"reads\",reason=\"budget\"} 3
+tarmac_retries_denied_total{direction=\"outbound\",target=\"books\",route=\"default/books\",rule=\"reads\",reason=\"body\"} 5
+tarmac_endpoint_ejections_total{direction=\"outbound\",target=\"books\"} 1
+tarmac_proxy_errors_total{direction=\"outbound\",target=\"books\",kind=\"overloaded\"} 4
+tarmac_proxy_errors_total{direction=\"outbound\",target=\"books\",kind=\"connect\"} 9
+";
+        let start = Instant::now();
+        let reading = Reading::from_scrape(&Scrape::parse(text).unwrap(), start);
+        let key = |route: Option<&str>| SeriesKey {
+            direction: "outbound".into(),
+            target: "books".into(),
+            route: route.map(Into::into),
+            client_id: None,
+        };
+        let mut total = Counts::default();
+        for counts in reading.series.values() {
+            total.add(counts);
+        }
+        let golden = total.golden(10.0);
+        assert_eq!(
+            (golden.retries, golden.retries_denied_by_budget, golden.ejections, golden.shed),
+            (9, 3, 1, 4),
+            "body denials and other proxy errors are not these"
+        );
+        assert_eq!(reading.series[&key(Some("reads"))].resilience.retries, 7.0, "by rule");
+        let later = text.replace("} 7", "} 10");
+        let after = Reading::from_scrape(&Scrape::parse(&later).unwrap(), start + Duration::from_secs(5));
+        let window = after.increase_since(Some(&reading));
+        assert_eq!(window[&key(Some("reads"))].resilience.retries, 3.0, "a window is an increase");
+        assert_eq!(window[&key(None)].resilience.ejections, 0.0);
     }
 
     #[test]

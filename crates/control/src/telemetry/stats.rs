@@ -161,6 +161,17 @@ pub fn service_rows(windows: &[ProxyWindow], snapshot: &Snapshot) -> Vec<StatRow
             }) {
                 sum.add(&inbound_total(window), window.seconds);
             }
+            // Retries, denials, ejections and shed requests are counted by the callers.
+            for window in windows {
+                for (key, counts) in window.series.iter().filter(|(k, _)| k.direction == "outbound") {
+                    if resolve(snapshot, &key.target, &window.instance.namespace).is_some_and(|s| {
+                        s.metadata.namespace == service.metadata.namespace
+                            && s.metadata.name == service.metadata.name
+                    }) {
+                        sum.counts.resilience.add(&counts.resilience);
+                    }
+                }
+            }
             StatRow {
                 namespace: service.metadata.namespace.clone(),
                 name: service.metadata.name.clone(),

@@ -28,6 +28,10 @@ pub enum Answer {
     Slow(Duration, u16),
     /// A trailers-only gRPC response with this status (and `grpc-retry-pushback-ms`).
     Grpc(u32, Option<i64>),
+    /// HTTP/2 peers only: the stream is reset with REFUSED_STREAM, unprocessed.
+    Refuse,
+    /// HTTP/2 peers only: 200 at once, its body (`late`) only after the delay.
+    SlowBody(Duration),
 }
 
 type Script = dyn Fn(u32) -> Answer + Send + Sync;
@@ -37,6 +41,11 @@ pub struct Peer {
     script: Box<Script>,
     /// Connects refused before the next one is taken.
     refuse: AtomicU32,
+    /// Speaks HTTP/2 (as another proxy does) rather than HTTP/1.
+    h2: bool,
+    /// HTTP/2: connections sent GOAWAY before any of their streams is read (a proxy that
+    /// began to drain as they arrived).
+    go_away: AtomicU32,
     requests: AtomicU32,
     /// The bodies of the requests it received, in order.
     pub bodies: Mutex<Vec<Bytes>>,
@@ -53,9 +62,23 @@ impl Peer {
         Arc::new(Self {
             script: Box::new(script),
             refuse: AtomicU32::new(0),
+            h2: false,
+            go_away: AtomicU32::new(0),
             requests: AtomicU32::new(0),
             bodies: Mutex::default(),
         })
+    }
+
+    /// A peer speaking HTTP/2, as the proxies between them do.
+    pub fn h2(script: impl Fn(u32) -> Answer + Send + Sync + 'static) -> Arc<Self> {
+        let mut peer = Self::new(script);
+        Arc::get_mut(&mut peer).expect("just made").h2 = true;
+        peer
+    }
+
+    /// Sends the next `n` HTTP/2 connections GOAWAY before reading any stream.
+    pub fn go_away(&self, n: u32) {
+        self.go_away.store(n, Ordering::Relaxed);
     }
 
     /// A peer answering every request with `status`.
@@ -86,6 +109,7 @@ impl Peer {
                 tokio::time::sleep(delay).await;
                 *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
             }
+            Answer::Refuse | Answer::SlowBody(_) => unreachable!("only HTTP/2 peers are scripted so"),
             Answer::Grpc(code, pushback) => {
                 let h = rsp.headers_mut();
                 h.insert("content-type", "application/grpc".parse().unwrap());
@@ -116,6 +140,10 @@ impl Connect for Scripted {
                 return Err(io::Error::from(io::ErrorKind::ConnectionRefused));
             }
             let (client, server) = tokio::io::duplex(64 * 1024);
+            if peer.h2 {
+                tokio::spawn(serve_h2(peer, server));
+                return Ok(Transport::Memory(client));
+            }
             tokio::spawn(async move {
                 let svc = service_fn(move |req| peer.clone().answer(req));
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -124,6 +152,54 @@ impl Connect for Scripted {
             });
             Ok(Transport::Memory(client))
         })
+    }
+}
+
+/// Serves one HTTP/2 connection with the h2 crate, which can refuse streams and send
+/// GOAWAY where hyper's server cannot be told to.
+async fn serve_h2(peer: Arc<Peer>, io: tokio::io::DuplexStream) {
+    let Ok(mut conn) = h2::server::handshake(io).await else { return };
+    if peer.go_away.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+        // No stream read yet: GOAWAY says none was processed.
+        conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+        while conn.accept().await.is_some() {}
+        return;
+    }
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        let n = peer.requests.fetch_add(1, Ordering::Relaxed);
+        let answer = (peer.script)(n);
+        if let Answer::Refuse = answer {
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            continue;
+        }
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            let mut body = req.into_body();
+            let mut bytes = Vec::new();
+            while let Some(Ok(chunk)) = body.data().await {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                bytes.extend_from_slice(&chunk);
+            }
+            peer.bodies.lock().unwrap().push(Bytes::from(bytes));
+            let status = match answer {
+                Answer::Status(status) => status,
+                Answer::Slow(delay, status) => {
+                    tokio::time::sleep(delay).await;
+                    status
+                }
+                Answer::SlowBody(delay) => {
+                    let rsp = Response::builder().status(200).body(()).unwrap();
+                    if let Ok(mut body) = respond.send_response(rsp, false) {
+                        tokio::time::sleep(delay).await;
+                        let _ = body.send_data(Bytes::from_static(b"late"), true);
+                    }
+                    return;
+                }
+                Answer::Grpc(..) | Answer::Refuse => unimplemented!("not scripted for HTTP/2 peers"),
+            };
+            let rsp = Response::builder().status(status).body(()).unwrap();
+            let _ = respond.send_response(rsp, true);
+        });
     }
 }
 
@@ -136,6 +212,15 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(peers: &[Arc<Peer>]) -> Self {
+        Self::with(peers, false)
+    }
+
+    /// Peers that are other proxies: requests travel over HTTP/2.
+    pub fn meshed(peers: &[Arc<Peer>]) -> Self {
+        Self::with(peers, true)
+    }
+
+    fn with(peers: &[Arc<Peer>], meshed: bool) -> Self {
         let scripted = Scripted::default();
         let metrics = Arc::new(Metrics::new());
         let target = metrics.target(Direction::Outbound, Arc::new("svc".into()), metrics::Peer::Unlabelled);
@@ -151,7 +236,7 @@ impl Harness {
         let endpoints = endpoints
             .into_iter()
             .map(|addr| {
-                let spec = EndpointSpec { addr, meshed: false, identity: None };
+                let spec = EndpointSpec { addr, meshed, identity: None };
                 Arc::new(Endpoint::new(spec, settings.clone(), target.clone()))
             })
             .collect();

@@ -10,7 +10,7 @@
 //! to this endpoint or another, whatever the first try did to it.
 
 use super::Endpoint;
-use crate::error::ProxyError;
+use crate::error::{Class, ProxyError};
 use crate::http::{Body, ORIG_PROTO, authority, set_absolute_uri, set_origin_form, strip_hop_by_hop};
 use crate::metrics::TargetMetrics;
 use http::header::{self, HeaderValue};
@@ -74,6 +74,12 @@ impl Endpoint {
             *req.version_mut() = Version::HTTP_2;
             set_absolute_uri(&mut req, authority)?;
             req.headers_mut().remove(header::HOST);
+            // hyper does not hand back a request that the peer refused unprocessed (a
+            // draining proxy's GOAWAY, REFUSED_STREAM), although it may go again: for a
+            // request without a body, the head is kept to build it anew (a body is only
+            // held for replay under a retry policy, see `resilience::retry`). This is what
+            // keeps a rolling restart of the endpoints from failing requests.
+            let head = http_body::Body::is_end_stream(req.body()).then(|| Head::of(&req));
             // A connection that closed under us is replaced once; the request was not sent.
             for attempt in 0..2 {
                 let mut sender = match self.h2_sender().await {
@@ -89,7 +95,17 @@ impl Endpoint {
                         }
                         return Ok(rsp.map(Body::from));
                     }
-                    Err(e) => req = unsent(attempt, e, self.addr)?,
+                    Err(e) => match unsent(attempt, e, self.addr) {
+                        Ok(again) => req = again,
+                        Err(mut failure) => {
+                            if let (None, Some(head), Class::Unsent) =
+                                (&failure.request, &head, failure.error.class())
+                            {
+                                failure.request = Some(Box::new(head.request()));
+                            }
+                            return Err(failure);
+                        }
+                    },
                 }
             }
             unreachable!("the second attempt returns")
@@ -177,6 +193,44 @@ impl Endpoint {
     }
 }
 
+/// The head of a request without a body, enough to build it again.
+struct Head {
+    method: Method,
+    uri: http::Uri,
+    version: Version,
+    headers: http::HeaderMap,
+}
+
+impl Head {
+    fn of(req: &Request<Body>) -> Self {
+        Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    fn request(&self) -> Request<Body> {
+        let mut req = Request::new(Body::empty());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Whether the HTTP/2 peer refused the request without processing it, so that it may be
+/// sent again whatever it is (RFC 9113, 8.7): a stream past the last one its GOAWAY
+/// accepts (or opened after that GOAWAY arrived), or one it reset with REFUSED_STREAM.
+fn refused_unprocessed(e: &hyper::Error) -> bool {
+    let Some(h2) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>()) else {
+        return false;
+    };
+    h2.is_remote() && (h2.is_go_away() || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
+}
+
 /// After a failed send on the first attempt: the request, if it never left and may be
 /// sent again on a new connection. Otherwise the failure, with the request if hyper gave
 /// it back.
@@ -191,6 +245,9 @@ fn unsent(
             Ok(req)
         }
         Some(req) => Err(SendError::unsent(ProxyError::upstream(addr, e.into_error(), false), req)),
-        None => Err(ProxyError::upstream(addr, e.into_error(), true).into()),
+        None => {
+            let sent = !refused_unprocessed(e.error());
+            Err(ProxyError::upstream(addr, e.into_error(), sent).into())
+        }
     }
 }

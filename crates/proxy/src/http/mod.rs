@@ -53,6 +53,8 @@ pin_project! {
         Stream { #[pin] body: Incoming },
         Pooled { #[pin] body: PooledBody },
         Full { #[pin] body: Full<Bytes> },
+        // A request body of unknown length, recorded for a retry as it is sent.
+        Tee { #[pin] body: crate::resilience::replay::TeeBody },
     }
 }
 
@@ -83,6 +85,7 @@ impl HttpBody for Body {
         match self.project() {
             BodyProj::Stream { body } => body.poll_frame(cx),
             BodyProj::Pooled { body } => body.poll_frame(cx),
+            BodyProj::Tee { body } => body.poll_frame(cx),
             BodyProj::Full { body } => match body.poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
                 Poll::Ready(Some(Err(never))) => match never {},
@@ -96,6 +99,7 @@ impl HttpBody for Body {
         match self {
             Body::Stream { body } => body.is_end_stream(),
             Body::Pooled { body } => body.is_end_stream(),
+            Body::Tee { body } => body.is_end_stream(),
             Body::Full { body } => body.is_end_stream(),
         }
     }
@@ -104,6 +108,7 @@ impl HttpBody for Body {
         match self {
             Body::Stream { body } => body.size_hint(),
             Body::Pooled { body } => body.size_hint(),
+            Body::Tee { body } => body.size_hint(),
             Body::Full { body } => body.size_hint(),
         }
     }

@@ -98,7 +98,7 @@ fn refuse(
 }
 
 /// Whether the ClientHello in `buf` offers a mesh ALPN protocol; `None` while incomplete.
-fn offers_mesh_alpn(buf: &[u8]) -> Option<bool> {
+pub fn offers_mesh_alpn(buf: &[u8]) -> Option<bool> {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut rest = buf;
     while !rest.is_empty() {

@@ -207,3 +207,54 @@ fn endpoint_specs(endpoints: &[pb::Endpoint], target: &str) -> Vec<EndpointSpec>
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Direction, Metrics, Peer};
+
+    /// hyper keeps room for a request's whole future in every HTTP/1 connection, for as
+    /// long as it lives: each byte here is a byte per idle connection. The future holds
+    /// one dispatch, not two (an `async fn` around a timeout held its work twice, which
+    /// cost about 4 KiB per connection).
+    #[tokio::test]
+    async fn a_requests_future_holds_its_dispatch_once() {
+        let metrics = Arc::new(Metrics::new());
+        let target = Arc::new(metrics.target(Direction::Outbound, Arc::new("svc".into()), Peer::Unlabelled));
+        let meta = Meta {
+            direction: Direction::Outbound,
+            name: Arc::new("svc".into()),
+            metrics: target,
+            tap: Arc::new(crate::tap::Tap::default()),
+            peer: Peer::Unlabelled,
+        };
+        let backend = Backend::new(Arc::new("svc".into()), Vec::new());
+        let logical = Arc::new(Logical::new(meta, backend, Protocol::Detect));
+        let dispatch =
+            std::mem::size_of_val(&logical.backend.dispatch(Request::new(Body::empty()), Hop::default()));
+        // A request as the server hands it over: read from a real HTTP/1 connection.
+        let (client, server) = tokio::io::duplex(1024);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let tx = std::sync::Mutex::new(Some(tx));
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(req);
+                }
+                async { Ok::<_, std::convert::Infallible>(Response::new(Body::empty())) }
+            });
+            let io = hyper_util::rt::TokioIo::new(server);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+        });
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client)).await.unwrap();
+        tokio::spawn(conn);
+        tokio::spawn(
+            async move { sender.send_request(Request::get("/").body(Body::empty()).unwrap()).await },
+        );
+        let call = std::mem::size_of_val(&logical.call(rx.await.unwrap(), None));
+        // The dispatch, the tries' state around it (a held body, a backoff's timer) and the
+        // deadline's timer: well under two dispatches (it was more than four).
+        assert!(call < 2 * dispatch + 512, "Logical::call's future is {call} bytes, a dispatch {dispatch}");
+    }
+}

@@ -31,7 +31,14 @@ pub struct BudgetConfig {
 
 impl Default for BudgetConfig {
     fn default() -> Self {
-        Self { ratio: 0.2, min_per_second: 10, window: Duration::from_secs(10) }
+        use tarmac_route::policy::{
+            DEFAULT_BUDGET_MIN_PER_SECOND, DEFAULT_BUDGET_RATIO, DEFAULT_BUDGET_WINDOW,
+        };
+        Self {
+            ratio: DEFAULT_BUDGET_RATIO,
+            min_per_second: DEFAULT_BUDGET_MIN_PER_SECOND,
+            window: DEFAULT_BUDGET_WINDOW,
+        }
     }
 }
 

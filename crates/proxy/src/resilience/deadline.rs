@@ -54,8 +54,11 @@ pub struct Deadline {
     pub at: Instant,
     /// The limit as configured or asked for, for the error message.
     pub limit: Duration,
-    /// Set by the caller's `grpc-timeout`: each try passes the time left on.
+    /// Set by the caller's `grpc-timeout` (rather than by the route).
     pub grpc: bool,
+    /// The caller sent a `grpc-timeout`: each try passes the time left on, whichever
+    /// deadline is the sooner.
+    pub pass_on: bool,
 }
 
 impl Deadline {
@@ -67,8 +70,9 @@ impl Deadline {
             return None;
         }
         let now = Instant::now();
-        let route = request_timeout.map(|limit| Deadline { at: now + limit, limit, grpc: false });
-        let grpc = grpc.map(|limit| Deadline { at: now + limit, limit, grpc: true });
+        let pass_on = grpc.is_some();
+        let route = request_timeout.map(|limit| Deadline { at: now + limit, limit, grpc: false, pass_on });
+        let grpc = grpc.map(|limit| Deadline { at: now + limit, limit, grpc: true, pass_on });
         match (route, grpc) {
             (Some(r), Some(g)) => Some(if g.at < r.at { g } else { r }),
             (r, g) => r.or(g),
@@ -82,17 +86,65 @@ impl Deadline {
 
 /// Runs `work` until `deadline`, if there is one; past it, the request fails with 504
 /// (`DEADLINE_EXCEEDED` for gRPC callers).
-pub async fn within<T>(
-    deadline: Option<Deadline>,
-    work: impl Future<Output = Result<T, ProxyError>>,
-) -> Result<T, ProxyError> {
-    let Some(deadline) = deadline else { return work.await };
-    match tokio::time::timeout_at(deadline.at, work).await {
+///
+/// Not an `async fn`: one would hold `work` twice, as its argument and inside its
+/// timeout (the compiler does not overlap the two), and this future is part of every
+/// request's, whose room hyper keeps for as long as each connection lives.
+pub fn within<T, F>(deadline: Option<Deadline>, work: F) -> impl Future<Output = Result<T, ProxyError>>
+where
+    F: Future<Output = Result<T, ProxyError>>,
+{
+    use futures_util::FutureExt as _;
+    bounded_at(deadline.map(|d| d.at), work).map(move |result| match result {
         Ok(result) => result,
-        Err(_) => {
+        Err(Elapsed) => {
+            let deadline = deadline.expect("only a deadline elapses");
             let what = if deadline.grpc { "grpc-timeout" } else { "request" };
             Err(ProxyError::Timeout { what, limit: deadline.limit })
         }
+    })
+}
+
+/// A time limit passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Elapsed;
+
+pin_project_lite::pin_project! {
+    /// A future with a time limit or none, no larger than the future and a timer.
+    #[project = BoundedProj]
+    pub enum Bounded<F> {
+        Free { #[pin] work: F },
+        Timed { #[pin] work: tokio::time::Timeout<F> },
+    }
+}
+
+impl<F: Future> Future for Bounded<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            BoundedProj::Free { work } => work.poll(cx).map(Ok),
+            BoundedProj::Timed { work } => work.poll(cx).map(|r| r.map_err(|_| Elapsed)),
+        }
+    }
+}
+
+/// `work` until `at`, or without a limit.
+pub fn bounded_at<F: Future>(at: Option<Instant>, work: F) -> Bounded<F> {
+    match at {
+        None => Bounded::Free { work },
+        Some(at) => Bounded::Timed { work: tokio::time::timeout_at(at, work) },
+    }
+}
+
+/// `work` for at most `limit`, or without a limit.
+pub fn bounded<F: Future>(limit: Option<Duration>, work: F) -> Bounded<F> {
+    match limit {
+        None => Bounded::Free { work },
+        Some(limit) => Bounded::Timed { work: tokio::time::timeout(limit, work) },
     }
 }
 
@@ -133,6 +185,8 @@ mod tests {
         assert!(d.grpc && d.limit == Duration::from_millis(100));
         let d = Deadline::of(Some(Duration::from_millis(50)), &h).unwrap();
         assert!(!d.grpc && d.limit == Duration::from_millis(50));
+        assert!(d.pass_on, "the route's sooner deadline is still passed on to a gRPC server");
+        assert!(!Deadline::of(Some(Duration::from_millis(50)), &http::HeaderMap::new()).unwrap().pass_on);
         tokio::time::advance(Duration::from_millis(20)).await;
         assert_eq!(d.left(), Duration::from_millis(30));
     }

@@ -4,7 +4,11 @@
 //! service cannot hold every connection and every request of its callers.
 //!
 //! A place is held from the pick to the response head: what a slow backend holds up is
-//! the caller's wait for an answer.
+//! the caller's wait for an answer. Not to the body's end: a body streams under the
+//! caller's own flow control, so a place held to its end would belong to whoever reads
+//! slowly (the caller's app, not the backend), and every long stream (a download, a gRPC
+//! server stream) would hold one for its whole life, shedding short calls behind it.
+//! Unit-tested in `resilience::tests` against a peer whose body comes late.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};

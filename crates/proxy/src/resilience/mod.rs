@@ -3,6 +3,7 @@
 //! - [`budget`]: the retry budget, on for every service: retries add at most a share of
 //!   the load.
 //! - [`retry`]: the tries of one request, retried only when safe and within the budget.
+//! - [`replay`]: a body of unknown length recorded as it is sent, for a retry.
 //! - [`breaker`]: endpoints that fail requests in a row are ejected, then probed.
 //! - [`deadline`]: a request's deadline, from its route and its gRPC caller.
 //! - [`limit`]: at most so many requests in flight and queued per backend.
@@ -11,6 +12,7 @@ pub mod breaker;
 pub mod budget;
 pub mod deadline;
 pub mod limit;
+pub mod replay;
 pub mod retry;
 
 #[cfg(test)]
@@ -62,7 +64,10 @@ impl ServicePolicy {
                 budget: Some(BudgetConfig::default()),
                 breaker: BreakerConfig::default(),
                 limit: None,
-                unrouted: Unrouted::default(),
+                unrouted: Unrouted {
+                    request_timeout: Some(tarmac_route::policy::DEFAULT_REQUEST_TIMEOUT),
+                    ..Unrouted::default()
+                },
             });
         };
         let defaults = BudgetConfig::default();

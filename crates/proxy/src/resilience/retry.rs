@@ -4,19 +4,23 @@
 //! A request is tried again only when that is safe and affordable:
 //!
 //! - **Safe.** A request that never left the proxy (a refused connect, a connection that
-//!   closed before the request went out) comes back whole from [`Backend::dispatch`] and
-//!   may always go again. One that left is tried again only under a rule's [`Retry`]
+//!   closed before the request went out), or that an HTTP/2 peer refused unprocessed (a
+//!   draining proxy's GOAWAY), comes back from [`Backend::dispatch`] and may always go
+//!   again (hyper keeps a refused request with a body: it goes again only when held). One that left is tried again only under a rule's [`Retry`]
 //!   policy (a status it names, a connection failure, a per-try timeout), and only when
 //!   its body can be sent again whole: a body is held for replay when it is empty or of a
-//!   known length up to [`MAX_REPLAY_BODY`]; a longer or unsized one is never retried
-//!   (counted as denied, `body`), so that no backend ever gets part of a body twice.
+//!   known length up to [`MAX_REPLAY_BODY`]; one of unknown length (gRPC, chunked) is
+//!   recorded as it is sent ([`super::replay`]) and may go again if it ended within that
+//!   bound; a longer one is never retried (counted as denied, `body`), so that no backend
+//!   ever gets part of a body twice.
 //! - **Affordable.** Every retry takes one from the service's [`RetryBudget`]. When the
 //!   budget is spent the caller gets the last real response, not a proxy error.
 //!
 //! Tunnels are retried only while unsent.
 
 use super::budget::RetryBudget;
-use super::deadline::{Deadline, GRPC_TIMEOUT, grpc_timeout_value};
+use super::deadline::{Deadline, Elapsed, GRPC_TIMEOUT, bounded, grpc_timeout_value};
+use super::replay::{Shared, TeeBody};
 use crate::backend::{Backend, Hop};
 use crate::endpoint::send::SendError;
 use crate::error::{Class, ProxyError};
@@ -65,9 +69,43 @@ struct Replay {
     body: Bytes,
 }
 
+/// Where a retry's body comes from.
+enum Source {
+    /// Held whole before the first try.
+    Whole(Replay),
+    /// Recorded as the first try sent it: the head, and what went out.
+    Recorded(Replay, Shared),
+}
+
+impl Source {
+    /// The request again, if its body can be sent whole.
+    fn request(&self) -> Option<Request<Body>> {
+        match self {
+            Source::Whole(replay) => Some(replay.request()),
+            Source::Recorded(head, recording) => {
+                let body = recording.lock().unwrap_or_else(|e| e.into_inner()).replay()?;
+                Some(head.with_body(Body::text(body)))
+            }
+        }
+    }
+
+    fn ready(&self) -> bool {
+        match self {
+            Source::Whole(_) => true,
+            Source::Recorded(_, recording) => {
+                recording.lock().unwrap_or_else(|e| e.into_inner()).replay().is_some()
+            }
+        }
+    }
+}
+
 impl Replay {
     fn request(&self) -> Request<Body> {
-        let mut req = Request::new(Body::text(self.body.clone()));
+        self.with_body(Body::text(self.body.clone()))
+    }
+
+    fn with_body(&self, body: Body) -> Request<Body> {
+        let mut req = Request::new(body);
         *req.method_mut() = self.parts.method.clone();
         *req.uri_mut() = self.parts.uri.clone();
         *req.version_mut() = self.parts.version;
@@ -81,11 +119,15 @@ impl Tries<'_> {
     pub async fn run(self, req: Request<Body>) -> Result<Response<Body>, ProxyError> {
         let (replay, mut next) = match self.policy {
             Some(_) if !self.hop.tunnel => match hold(req).await? {
-                Ok(replay) => (Some(replay), None),
-                Err(req) => (None, Some(req)),
+                Held::Whole(replay) => (Some(Source::Whole(replay)), None),
+                Held::Recorded(first, head, recording) => {
+                    (Some(Source::Recorded(head, recording)), Some(*first))
+                }
+                Held::No(req) => (None, Some(req)),
             },
             _ => (None, Some(req)),
         };
+        let replayable = || replay.as_ref().is_some_and(Source::ready);
         let max_retries = match self.policy {
             Some(policy) if replay.is_some() => policy.attempts,
             _ => 0,
@@ -95,12 +137,15 @@ impl Tries<'_> {
         loop {
             let req = match next.take() {
                 Some(req) => req,
-                None => replay.as_ref().expect("a try without a request is replayed").request(),
+                None => match replay.as_ref().and_then(Source::request) {
+                    Some(req) => req,
+                    None => unreachable!("a retry is made only when its body can go again"),
+                },
             };
             let wait = match self.once(req).await {
                 Ok(rsp) => {
                     let Some(why) = self.retryable_response(&rsp) else { return Ok(rsp) };
-                    if replay.is_none() {
+                    if !replayable() {
                         self.deny("body");
                         return Ok(rsp);
                     }
@@ -114,20 +159,25 @@ impl Tries<'_> {
                     wait.unwrap_or_else(|| self.backoff(retries))
                 }
                 Err(SendError { error, request }) => match (error.class(), request) {
-                    (Class::Unsent, Some(req)) if unsent_tries + 1 < UNSENT_TRIES.max(max_retries + 1) => {
+                    // Without the request (hyper kept one the peer refused unprocessed),
+                    // only a held body lets it go again.
+                    (Class::Unsent, req)
+                        if (req.is_some() || replayable())
+                            && unsent_tries + 1 < UNSENT_TRIES.max(max_retries + 1) =>
+                    {
                         if !self.take_budget() {
                             return Err(error);
                         }
                         self.count("unsent");
                         unsent_tries += 1;
-                        next = Some(*req);
+                        next = req.map(|req| *req);
                         // Another endpoint, at once: the one that refused is set aside.
                         Duration::ZERO
                     }
                     (Class::Sent, _) if self.policy.is_some() => {
                         let why =
                             if matches!(error, ProxyError::Timeout { .. }) { "timeout" } else { "error" };
-                        if replay.is_none() {
+                        if !replayable() {
                             self.deny("body");
                             return Err(error);
                         }
@@ -147,20 +197,22 @@ impl Tries<'_> {
         }
     }
 
-    /// One try, within the per-try timeout.
-    async fn once(&self, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
-        if let Some(deadline) = self.deadline.filter(|d| d.grpc) {
+    /// One try, within the per-try timeout. (Not an `async fn`, which would hold the
+    /// dispatch twice: see [`super::deadline::within`].)
+    fn once(&self, mut req: Request<Body>) -> impl Future<Output = Result<Response<Body>, SendError>> + '_ {
+        use futures_util::FutureExt as _;
+        if let Some(deadline) = self.deadline.filter(|d| d.pass_on) {
             req.headers_mut().insert(GRPC_TIMEOUT, grpc_timeout_value(deadline.left()));
         }
-        let dispatch = self.backend.dispatch(req, self.hop);
-        match self.per_try_timeout {
-            None => dispatch.await,
-            // A tunnel's timeout ends with its response head: the spliced bytes are not timed.
-            Some(limit) => match tokio::time::timeout(limit, dispatch).await {
-                Ok(result) => result,
-                Err(_) => Err(ProxyError::Timeout { what: "backend request", limit }.into()),
-            },
-        }
+        let limit = self.per_try_timeout;
+        // A tunnel's timeout ends with its response head: the spliced bytes are not timed.
+        bounded(limit, self.backend.dispatch(req, self.hop)).map(move |result| match result {
+            Ok(result) => result,
+            Err(Elapsed) => {
+                let limit = limit.expect("only a limit elapses");
+                Err(ProxyError::Timeout { what: "backend request", limit }.into())
+            }
+        })
     }
 
     /// Why the policy would retry this response, if it would.
@@ -197,16 +249,37 @@ impl Tries<'_> {
     }
 }
 
-/// Holds `req`'s body for replay when it is small and sized; otherwise gives the request
-/// back as it was.
-async fn hold(req: Request<Body>) -> Result<Result<Replay, Request<Body>>, ProxyError> {
+/// How a request's body is kept for a retry.
+enum Held {
+    /// Small and sized: read whole first.
+    Whole(Replay),
+    /// Of unknown length: the first try (its body recorded as it goes), its head, and the
+    /// recording.
+    Recorded(Box<Request<Body>>, Replay, Shared),
+    /// Too long: never sent again.
+    No(Request<Body>),
+}
+
+/// Holds `req`'s body for replay when it is small and sized, records it as it is sent
+/// when its length is unknown; otherwise gives the request back as it was.
+async fn hold(req: Request<Body>) -> Result<Held, ProxyError> {
     let body = req.body();
-    if !body.is_end_stream() && body.size_hint().exact().is_none_or(|n| n > MAX_REPLAY_BODY) {
-        return Ok(Err(req));
+    let sized = body.size_hint().exact();
+    if body.is_end_stream() || sized.is_some_and(|n| n <= MAX_REPLAY_BODY) {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.map_err(ProxyError::RequestBody)?.to_bytes();
+        return Ok(Held::Whole(Replay { parts, body }));
+    }
+    if sized.is_some() {
+        return Ok(Held::No(req));
     }
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map_err(ProxyError::RequestBody)?.to_bytes();
-    Ok(Ok(Replay { parts, body }))
+    let Body::Stream { body } = body else {
+        return Ok(Held::No(Request::from_parts(parts, body)));
+    };
+    let (tee, recording) = TeeBody::new(body);
+    let head = Replay { parts, body: Bytes::new() };
+    Ok(Held::Recorded(Box::new(head.with_body(Body::Tee { body: tee })), head, recording))
 }
 
 /// `grpc-retry-pushback-ms`: `None` when the server says not to retry (a negative or

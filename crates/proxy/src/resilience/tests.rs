@@ -67,6 +67,49 @@ async fn a_request_that_never_left_is_retried_without_a_policy() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_stream_an_http2_peer_refused_unprocessed_is_sent_again() {
+    // A draining proxy resets a stream it will not process (REFUSED_STREAM): hyper keeps
+    // the request, yet it may go again, with no policy, since no part of it was handled.
+    let peer = Peer::h2(|n| if n == 0 { Answer::Refuse } else { Answer::Status(200) });
+    let h = Harness::meshed(std::slice::from_ref(&peer));
+    let b = budget();
+    let run = Run { h: &h, budget: &b, policy: None, per_try: None, grpc: false };
+    assert_eq!(run.send(Harness::request(None)).await.unwrap(), 200);
+    assert_eq!(peer.requests(), 2);
+    assert_eq!(h.counter("tarmac_retries_total", &["reason=\"unsent\""]), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_past_an_http2_peers_goaway_is_sent_again() {
+    // The peer's GOAWAY came before it read the stream: unprocessed, sent again on a new
+    // connection (whether hyper hands the request back or keeps it, which depends on when
+    // the GOAWAY is read).
+    let peer = Peer::h2(|_| Answer::Status(200));
+    peer.go_away(1);
+    let h = Harness::meshed(std::slice::from_ref(&peer));
+    let b = budget();
+    let run = Run { h: &h, budget: &b, policy: None, per_try: None, grpc: false };
+    assert_eq!(run.send(Harness::request(None)).await.unwrap(), 200);
+    assert_eq!(peer.requests(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_request_with_a_body_goes_again_only_when_held() {
+    // Without a policy its body is not held: hyper keeps the request, which fails.
+    let peer = Peer::h2(|n| if n == 0 { Answer::Refuse } else { Answer::Status(200) });
+    let h = Harness::meshed(std::slice::from_ref(&peer));
+    let b = budget();
+    let run = Run { h: &h, budget: &b, policy: None, per_try: None, grpc: false };
+    let error = run.send(Harness::request(Some("order"))).await.unwrap_err();
+    assert!(matches!(error, ProxyError::Upstream { sent: false, .. }), "{error:?}");
+    // Under a policy it is held, and goes again whole.
+    let held = policy(2, &[503]);
+    let run = Run { h: &h, budget: &b, policy: Some(&held), per_try: None, grpc: false };
+    assert_eq!(run.send(Harness::request(Some("order"))).await.unwrap(), 200);
+    assert_eq!(*peer.bodies.lock().unwrap(), ["order"], "the body reached the peer once, whole");
+}
+
+#[tokio::test(start_paused = true)]
 async fn without_a_policy_a_response_is_never_retried() {
     let peer = Peer::always(503);
     let h = Harness::new(std::slice::from_ref(&peer));
@@ -117,18 +160,40 @@ async fn a_spent_budget_returns_the_last_real_response_and_is_counted() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_body_of_unknown_length_is_sent_once_and_not_retried() {
+async fn a_body_of_unknown_length_is_recorded_as_sent_and_retried_whole() {
+    // A streamed body (its length known only at its end, as every gRPC call's): the first
+    // try sends it as it comes, and the retry sends the recording, whole.
+    let peer = Peer::new(|n| Answer::Status(if n == 0 { 503 } else { 200 }));
+    let h = Harness::new(std::slice::from_ref(&peer));
+    let b = budget();
+    let p = policy(3, &[503]);
+    let run = Run { h: &h, budget: &b, policy: Some(&p), per_try: None, grpc: false };
+    let mut req = Harness::request(None);
+    *req.method_mut() = http::Method::POST;
+    *req.body_mut() = streamed(&["part one, ", "part two"]).await;
+    assert_eq!(run.send(req).await.unwrap(), 200);
+    assert_eq!(*peer.bodies.lock().unwrap(), ["part one, part two", "part one, part two"], "whole, twice");
+    assert_eq!(h.counter("tarmac_retries_total", &["reason=\"status\""]), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_of_unknown_length_past_the_bound_is_sent_once_and_not_retried() {
+    static LONG: std::sync::LazyLock<&'static str> = std::sync::LazyLock::new(|| {
+        Box::leak("x".repeat(super::retry::MAX_REPLAY_BODY as usize / 2 + 1).into_boxed_str())
+    });
+    let chunks: &'static [&'static str] = Box::leak(vec![*LONG, *LONG].into_boxed_slice());
     let peer = Peer::always(503);
     let h = Harness::new(std::slice::from_ref(&peer));
     let b = budget();
     let p = policy(3, &[503]);
     let run = Run { h: &h, budget: &b, policy: Some(&p), per_try: None, grpc: false };
-    // A streamed body: its length is known only at its end.
     let mut req = Harness::request(None);
     *req.method_mut() = http::Method::POST;
-    *req.body_mut() = streamed(&["part one, ", "part two"]).await;
+    *req.body_mut() = streamed(chunks).await;
     assert_eq!(run.send(req).await.unwrap(), 503);
-    assert_eq!(*peer.bodies.lock().unwrap(), ["part one, part two"], "sent whole, once");
+    let bodies = peer.bodies.lock().unwrap();
+    assert_eq!(bodies.len(), 1, "sent once");
+    assert_eq!(bodies[0].len(), 2 * LONG.len(), "whole");
     assert_eq!(h.counter("tarmac_retries_denied_total", &["reason=\"body\""]), 1);
 }
 
@@ -255,4 +320,52 @@ async fn a_backend_at_its_limit_queues_what_fits_and_refuses_the_rest_at_once() 
     // Two at a time: the queued one started when the first two finished.
     assert!(started.elapsed() >= Duration::from_secs(20), "{:?}", started.elapsed());
     assert_eq!(peer.requests(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_policy_a_service_answers_504_past_the_default_request_timeout() {
+    use super::ServicePolicy;
+    use super::deadline::{Deadline, within};
+    let default = tarmac_route::policy::DEFAULT_REQUEST_TIMEOUT;
+    let timeout = ServicePolicy::from_pb(None).unwrap().unrouted.request_timeout;
+    assert_eq!(timeout, Some(default));
+    let peer = Peer::new(move |n| {
+        if n == 0 {
+            Answer::Slow(default + Duration::from_secs(1), 200)
+        } else {
+            Answer::Slow(default / 2, 200)
+        }
+    });
+    let h = Harness::new(std::slice::from_ref(&peer));
+    let b = budget();
+    let run = Run { h: &h, budget: &b, policy: None, per_try: None, grpc: false };
+    let req = Harness::request(None);
+    let deadline = Deadline::of(timeout, req.headers());
+    let error = within(deadline, run.send(req)).await.unwrap_err();
+    assert!(matches!(error, ProxyError::Timeout { what: "request", limit } if limit == default), "{error:?}");
+    assert_eq!(error.status(), http::StatusCode::GATEWAY_TIMEOUT);
+    // An answer within it is untouched.
+    let req = Harness::request(None);
+    let deadline = Deadline::of(timeout, req.headers());
+    assert_eq!(within(deadline, run.send(req)).await.unwrap(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_limit_place_is_freed_at_the_response_head_not_at_the_body_end() {
+    // A bulkhead bounds the wait for answers; a body streams under the caller's own flow
+    // control. Held to the body's end, a place would belong to whoever reads slowly, and
+    // every long stream would hold one for its whole life.
+    use crate::resilience::limit::LimitConfig;
+    use http_body_util::BodyExt;
+    let peer = Peer::h2(|_| Answer::SlowBody(Duration::from_secs(10)));
+    let h = Harness::meshed(std::slice::from_ref(&peer));
+    h.backend.set_limit(Some(LimitConfig { max_in_flight: 1, max_queued: 0 }));
+    let first = h.backend.dispatch(Harness::request(None), Hop::default()).await.unwrap();
+    assert!(!http_body::Body::is_end_stream(first.body()), "its body is still to come");
+    let second = h.backend.dispatch(Harness::request(None), Hop::default()).await;
+    let second = second.expect("the only place was free again at the first response's head");
+    assert_eq!(second.status(), 200);
+    let body = first.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "late");
+    assert_eq!(peer.requests(), 2);
 }

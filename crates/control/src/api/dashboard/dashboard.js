@@ -57,9 +57,18 @@ async function getJSON(path) {
 
 // --- tables ------------------------------------------------------------------
 
-// DENIED: refused by an AuthorizationPolicy or the default policy; LIMITED: by a rate
-// limit (docs/policy.md). Counted by the called workload's sidecar.
-const GOLDEN_HEAD = ["SUCCESS", "RPS", "P50", "P95", "P99", "REQUESTS", "DENIED", "LIMITED"];
+// FORBIDDEN: refused by an AuthorizationPolicy or the default policy; LIMITED: by a
+// rate limit (docs/policy.md). Counted by the called workload's sidecar.
+const GOLDEN_HEAD = ["SUCCESS", "RPS", "P50", "P95", "P99", "REQUESTS", "FORBIDDEN", "LIMITED"];
+// Counted by callers' sidecars: retries made, retries the retry budget denied, endpoints
+// ejected by circuit breaking, requests a concurrency limit shed.
+const RESILIENCE_HEAD = ["RETRIES", "DENIED", "EJECTED", "SHED"];
+const NUMERIC = new Set([...GOLDEN_HEAD, ...RESILIENCE_HEAD]);
+
+function resilienceCells(r) {
+  const cell = (v, tone) => el("td", { class: `num ${v > 0 ? tone : ""}` }, v || 0);
+  return [cell(r.retries, "warn"), cell(r.retries_denied_by_budget, "bad"), cell(r.ejections, "bad"), cell(r.shed, "bad")];
+}
 
 function goldenCells(r, maxRps) {
   const bar = el("span", { class: "bar", style: `width:${maxRps > 0 ? Math.round((40 * r.rps) / maxRps) : 0}px` });
@@ -77,7 +86,7 @@ function goldenCells(r, maxRps) {
 
 function table(id, head, rows, makeRow) {
   const t = document.getElementById(id);
-  const thead = el("thead", {}, el("tr", {}, ...head.map((h, i) => el("th", { class: i >= head.length - GOLDEN_HEAD.length ? "num" : "" }, h))));
+  const thead = el("thead", {}, el("tr", {}, ...head.map((h) => el("th", { class: NUMERIC.has(h) ? "num" : "" }, h))));
   const tbody = el("tbody");
   if (rows.length === 0) tbody.append(el("tr", {}, el("td", { colspan: head.length, class: "empty" }, "nothing yet")));
   const maxRps = Math.max(0, ...rows.map((r) => r.rps || 0));
@@ -86,18 +95,20 @@ function table(id, head, rows, makeRow) {
 }
 
 function renderTables(services, workloads, routes, edges) {
-  table("services", ["SERVICE", ...GOLDEN_HEAD], services, (r, m) =>
-    el("tr", { "data-service": r.name, "data-rps": r.rps }, el("td", {}, name(r.namespace, r.name)), ...goldenCells(r, m)));
+  table("services", ["SERVICE", ...GOLDEN_HEAD, ...RESILIENCE_HEAD], services, (r, m) =>
+    el("tr", { "data-service": r.name, "data-rps": r.rps, "data-retries": r.retries || 0 },
+      el("td", {}, name(r.namespace, r.name)), ...goldenCells(r, m), ...resilienceCells(r)));
   table("workloads", ["WORKLOAD", "MESHED", ...GOLDEN_HEAD], workloads, (r, m) =>
     el("tr", { "data-workload": r.name, "data-rps": r.rps }, el("td", {}, name(r.namespace, r.name)), el("td", {}, r.meshed || "-"), ...goldenCells(r, m)));
-  table("routes", ["SERVICE", "ROUTE", ...GOLDEN_HEAD], routes, (r, m) =>
-    el("tr", { "data-route": r.name, "data-rps": r.rps }, el("td", {}, name(r.namespace, r.service)), el("td", {}, r.name), ...goldenCells(r, m)));
-  table("edges", ["FROM", "TO", "mTLS", ...GOLDEN_HEAD], edges, (r, m) =>
+  table("routes", ["SERVICE", "ROUTE", ...GOLDEN_HEAD, ...RESILIENCE_HEAD], routes, (r, m) =>
+    el("tr", { "data-route": r.name, "data-rps": r.rps, "data-retries": r.retries || 0 },
+      el("td", {}, name(r.namespace, r.service)), el("td", {}, r.name), ...goldenCells(r, m), ...resilienceCells(r)));
+  table("edges", ["FROM", "TO", "mTLS", ...GOLDEN_HEAD, ...RESILIENCE_HEAD], edges, (r, m) =>
     el("tr", { "data-edge": `${r.src_workload}>${r.dst_service || r.dst_target}`, "data-rps": r.rps },
       el("td", {}, name(r.src_namespace, r.src_workload)),
       el("td", {}, r.dst_service ? name(r.dst_namespace, r.dst_service) : r.dst_target),
       el("td", { class: r.secured_rate === 1 ? "good" : r.secured_rate ? "warn" : "" }, pct(r.secured_rate)),
-      ...goldenCells(r, m)));
+      ...goldenCells(r, m), ...resilienceCells(r)));
 }
 
 function renderSummary(services, check) {
@@ -110,6 +121,10 @@ function renderSummary(services, check) {
     ["requests / s", total.toFixed(1)],
     ["success rate", requests ? pct(successes / requests) : "-"],
     ["worst p99", worst ? ms(worst) : "-"],
+    ["retries", services.reduce((a, r) => a + (r.retries || 0), 0)],
+    ["retries denied by budget", services.reduce((a, r) => a + (r.retries_denied_by_budget || 0), 0)],
+    ["endpoints ejected", services.reduce((a, r) => a + (r.ejections || 0), 0)],
+    ["shed by limits", services.reduce((a, r) => a + (r.shed || 0), 0)],
     ["proxies", check ? check.proxies.length : "-"],
     ["config generation", check ? check.generation : "-"],
   ];
