@@ -826,9 +826,23 @@ async fn the_control_channel_is_tls_and_a_proxy_is_what_its_certificate_proves()
     let followed = watch_as(own.channel(), "default", "client").await;
     assert!(followed.is_ok(), "a resumed session must not hide the new certificate: {followed:?}");
 
-    // Claiming another namespace than the certificate proves is refused.
+    // Claiming another namespace than the certificate proves is refused, for routes and
+    // for inbound policy alike.
     let refused = watch_as(own.channel(), "shop", "client").await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let inbound = {
+        use tarmac_proto::discovery::discovery_client::DiscoveryClient;
+        use tarmac_proto::discovery::{ProxyIdentity, WatchInboundRequest};
+        let proxy = ProxyIdentity {
+            namespace: "shop".into(),
+            workload: "w".into(),
+            service_account: "client".into(),
+        };
+        let mut client = DiscoveryClient::new(own.channel());
+        let call = client.watch_inbound(WatchInboundRequest { proxy: Some(proxy) });
+        tokio::time::timeout(Duration::from_secs(10), call).await.expect("an answer").unwrap_err()
+    };
+    assert_eq!(inbound.code(), tonic::Code::PermissionDenied, "{inbound:?}");
     // No certificate (a bootstrapping proxy has none): no discovery.
     let anonymous = control_client(control.addr, &anchors, &control.ca, "default", "");
     let refused = watch_as(anonymous.channel(), "default", "client").await.unwrap_err();

@@ -235,8 +235,15 @@ impl Discovery for DiscoveryService {
         &self,
         request: Request<WatchInboundRequest>,
     ) -> Result<Response<Self::WatchInboundStream>, Status> {
-        let peer: Option<SocketAddr> = request.remote_addr();
+        let caller = request.extensions().get::<crate::grpc::Caller>().cloned();
+        let peer: Option<SocketAddr> = caller.as_ref().map_or_else(|| request.remote_addr(), |c| c.remote);
         let proxy = request.into_inner().proxy.unwrap_or_default();
+        // Over TLS a proxy gets the policy of its own namespace and service account only:
+        // what its certificate proves (the workload name is its claim within them).
+        if let Some(caller) = &caller {
+            let namespace = if proxy.namespace.is_empty() { "default" } else { proxy.namespace.as_str() };
+            caller.check(namespace, &proxy.service_account)?;
+        }
         if proxy.workload.is_empty() {
             return Err(Status::invalid_argument(
                 "the proxy names no workload (`control.workload`): its inbound policy cannot be known",
