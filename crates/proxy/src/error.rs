@@ -172,6 +172,18 @@ impl ProxyError {
     }
 }
 
+/// The HTTP/2 error under a hyper client error, if that is what it was.
+fn h2_cause(e: &hyper::Error) -> Option<&h2::Error> {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        cause = c.source();
+    }
+    None
+}
+
 /// Whether hyper's client failed because the request body it was sending failed: over
 /// HTTP/1 a user-body error caused by the body's own (server-side) hyper error; over
 /// HTTP/2 the stream hyper reset itself with INTERNAL_ERROR when the body failed (the
@@ -181,14 +193,18 @@ fn request_body_failed(e: &hyper::Error) -> bool {
     if e.is_user() && e.source().is_some_and(|cause| cause.is::<hyper::Error>()) {
         return true;
     }
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        if let Some(h2) = c.downcast_ref::<h2::Error>() {
-            return h2.is_reset() && !h2.is_remote() && h2.reason() == Some(h2::Reason::INTERNAL_ERROR);
-        }
-        cause = c.source();
-    }
-    false
+    h2_cause(e)
+        .is_some_and(|h2| h2.is_reset() && !h2.is_remote() && h2.reason() == Some(h2::Reason::INTERNAL_ERROR))
+}
+
+/// Whether the HTTP/2 peer refused the request without processing it, so that it may be
+/// sent again whatever it is (RFC 9113, 8.7): a stream past the last one its GOAWAY
+/// accepts (or opened after that GOAWAY arrived), or one it reset with REFUSED_STREAM.
+pub fn refused_unprocessed(e: &hyper::Error) -> bool {
+    h2_cause(e).is_some_and(|h2| {
+        h2.is_remote()
+            && (h2.is_go_away() || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
+    })
 }
 
 #[cfg(test)]

@@ -215,16 +215,7 @@ fn unrouted_resilience(snapshot: &Snapshot, namespace: &str, service: &str) -> s
     use crate::discovery::table::{RetryJson, resilience_text};
     let policy = crate::discovery::resilience::of_service(snapshot, namespace, service);
     let policy = policy.as_ref();
-    let retry = policy.and_then(|p| p.retry.as_ref()).map(|r| RetryJson {
-        attempts: r.attempts,
-        codes: r.codes.clone(),
-        grpc_codes: r.grpc_codes.clone(),
-        backoff_ms: if r.backoff_ms == 0 {
-            tarmac_route::policy::DEFAULT_BACKOFF.as_millis() as u64
-        } else {
-            r.backoff_ms
-        },
-    });
+    let retry = policy.and_then(|p| p.retry.as_ref()).map(RetryJson::from);
     let request = policy
         .map_or(tarmac_route::policy::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64, |p| p.request_timeout_ms);
     let request = (request > 0).then_some(request);

@@ -63,6 +63,16 @@ pub struct RetryJson {
     pub backoff_ms: u64,
 }
 
+impl From<&pb::Retry> for RetryJson {
+    fn from(r: &pb::Retry) -> Self {
+        let backoff_ms = match r.backoff_ms {
+            0 => tarmac_route::policy::DEFAULT_BACKOFF.as_millis() as u64,
+            set => set,
+        };
+        Self { attempts: r.attempts, codes: r.codes.clone(), grpc_codes: r.grpc_codes.clone(), backoff_ms }
+    }
+}
+
 /// A [`MatchSummary`] for JSON.
 #[derive(Clone, Debug, Serialize)]
 pub struct MatchJson {
@@ -166,16 +176,7 @@ impl CompiledRoutes {
             let joined = filters.join("; ");
             destination = if destination.is_empty() { joined } else { format!("{destination} [{joined}]") };
         }
-        let retry = rule.retry.as_ref().map(|r| RetryJson {
-            attempts: r.attempts,
-            codes: r.codes.clone(),
-            grpc_codes: r.grpc_codes.clone(),
-            backoff_ms: if r.backoff_ms == 0 {
-                tarmac_route::policy::DEFAULT_BACKOFF.as_millis() as u64
-            } else {
-                r.backoff_ms
-            },
-        });
+        let retry = rule.retry.as_ref().map(RetryJson::from);
         let request_timeout_ms = (rule.request_timeout_ms > 0).then_some(rule.request_timeout_ms);
         let backend_request_timeout_ms =
             (rule.backend_request_timeout_ms > 0).then_some(rule.backend_request_timeout_ms);

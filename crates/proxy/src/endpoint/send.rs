@@ -10,7 +10,7 @@
 //! to this endpoint or another, whatever the first try did to it.
 
 use super::Endpoint;
-use crate::error::{Class, ProxyError};
+use crate::error::{Class, ProxyError, refused_unprocessed};
 use crate::http::{Body, ORIG_PROTO, authority, set_absolute_uri, set_origin_form, strip_hop_by_hop};
 use crate::metrics::TargetMetrics;
 use http::header::{self, HeaderValue};
@@ -219,16 +219,6 @@ impl Head {
         *req.headers_mut() = self.headers.clone();
         req
     }
-}
-
-/// Whether the HTTP/2 peer refused the request without processing it, so that it may be
-/// sent again whatever it is (RFC 9113, 8.7): a stream past the last one its GOAWAY
-/// accepts (or opened after that GOAWAY arrived), or one it reset with REFUSED_STREAM.
-fn refused_unprocessed(e: &hyper::Error) -> bool {
-    let Some(h2) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>()) else {
-        return false;
-    };
-    h2.is_remote() && (h2.is_go_away() || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))
 }
 
 /// After a failed send on the first attempt: the request, if it never left and may be
