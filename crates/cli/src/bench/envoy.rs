@@ -5,6 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
+/// How the suite runs Envoy, as its JSON records it.
+pub const SETUP: &str = "--concurrency 1; HTTP connection manager (codec AUTO) and router, one route to one \
+                         static endpoint; HTTP/1.1 to the upstream (HTTP/2 between two Envoys); defaults otherwise";
+
 /// Environment variable naming the Envoy binary to compare with.
 pub const ENV_ENVOY_BIN: &str = "TARMAC_ENVOY_BIN";
 

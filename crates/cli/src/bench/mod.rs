@@ -23,6 +23,7 @@
 mod costs;
 mod envoy;
 mod experiment;
+mod nginx;
 mod plot;
 mod processes;
 mod procfs;
@@ -31,6 +32,7 @@ mod report;
 mod routing;
 mod topology;
 pub mod upstream;
+mod wrk;
 
 use crate::duration;
 use crate::workdir::WorkDir;
@@ -63,7 +65,7 @@ const SUITE_LATENCY_CONNECTIONS: usize = 10;
 const SUITE_MAX_CONNECTIONS: usize = 32;
 const MAX_LOAD: &str = "max throughput";
 /// The suite's routes, in the order each round runs them.
-const SUITE_ROUTES: [Route; 7] = [
+const SUITE_ROUTES: [Route; 8] = [
     Route::Direct,
     Route::TarmacOneHop,
     Route::TarmacTwoHops,
@@ -71,6 +73,7 @@ const SUITE_ROUTES: [Route; 7] = [
     Route::EnvoyOneHop,
     Route::EnvoyTwoHops,
     Route::EnvoyTwoHopsMtls,
+    Route::NginxOneHop,
 ];
 /// `--routing`: the baseline, one hop without routes, then the two route tables, the
 /// retried route; an inbound hop without policies, then with 100 and a rate limit.
@@ -219,10 +222,23 @@ struct JsonReport<'a> {
     realtime: Option<bool>,
     envoy_version: Option<String>,
     envoy_missing: Option<String>,
+    /// Which comparators these figures were measured against, and how each was run
+    /// (runs recorded before this field existed: see bench/README, History).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    comparators: Vec<Comparator>,
+    /// The machine the figures belong to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<Host>,
     idle_rss: Vec<IdleRss>,
+    /// `--suite`: the one-hop routes under wrk, a second load generator.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    wrk: Vec<wrk::WrkRun>,
     costs: Vec<costs::CostPoint>,
     summaries: &'a [RouteSummary],
     bar: &'a [BarCheck],
+    /// `--suite`: the targets past nginx (issue 19).
+    #[serde(skip_serializing_if = "<[BarCheck]>::is_empty")]
+    targets: &'a [BarCheck],
     /// `--suite --baseline`: this run's Tarmac figures against the recorded run's.
     #[serde(skip_serializing_if = "Option::is_none")]
     baseline: Option<regression::Comparison>,
@@ -265,15 +281,52 @@ impl<'a> JsonReport<'a> {
             realtime: None,
             envoy_version: None,
             envoy_missing: None,
+            comparators: Vec::new(),
+            host: Some(Host::read()),
             idle_rss: Vec::new(),
+            wrk: Vec::new(),
             costs: Vec::new(),
             summaries,
             bar: &[],
+            targets: &[],
             baseline: None,
             routing: Vec::new(),
             policy: Vec::new(),
             retried: Vec::new(),
             phases: measured.iter().map(|m| &m.record).collect(),
+        }
+    }
+}
+
+/// A proxy Tarmac is compared with, as this run ran it.
+#[derive(Serialize)]
+struct Comparator {
+    proxy: &'static str,
+    version: Option<String>,
+    setup: &'static str,
+}
+
+/// What a figure depends on beyond the code: the same commit measures differently on
+/// another CPU or clock source.
+#[derive(Serialize)]
+struct Host {
+    cpu: Option<String>,
+    kernel: Option<String>,
+    clocksource: Option<String>,
+}
+
+impl Host {
+    fn read() -> Self {
+        let read = |path: &str| std::fs::read_to_string(path).ok().map(|s| s.trim().to_string());
+        let cpu = read("/proc/cpuinfo").and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        });
+        Self {
+            cpu,
+            kernel: read("/proc/sys/kernel/osrelease"),
+            clocksource: read("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
         }
     }
 }
@@ -309,7 +362,7 @@ async fn target(args: BenchArgs) -> Result<(), String> {
     }
     let rounds = args.rounds();
     let total = args.duration.unwrap_or(Duration::from_secs(30));
-    let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy: None };
+    let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy: None, nginx: None };
     let workdir = WorkDir::create("bench")?;
     let mut routes = vec![
         topology::start(Route::Direct, target.addr, &binaries, None, workdir.path()).await?,
@@ -402,7 +455,15 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
         }
     };
     let envoy_version = envoy.as_deref().and_then(envoy::version);
-    let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy };
+    let nginx = nginx::locate().map_err(|message| eprintln!("warning: {message}")).ok();
+    let mut comparators = Vec::new();
+    if envoy.is_some() {
+        comparators.push(Comparator { proxy: "envoy", version: envoy_version.clone(), setup: envoy::SETUP });
+    }
+    if let Some(nginx) = &nginx {
+        comparators.push(Comparator { proxy: "nginx", version: nginx::version(nginx), setup: nginx::SETUP });
+    }
+    let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy, nginx };
 
     let layout = Layout::choose()?;
     let (upstream, upstream_addr) = start_upstream(&layout, workdir.path()).await?;
@@ -412,7 +473,12 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     let chosen =
         |route: &Route| args.routes.is_empty() || *route == Route::Direct || args.routes.contains(route);
     for route in SUITE_ROUTES.into_iter().filter(chosen) {
-        if route.proxy() == Some(topology::ProxyKind::Envoy) && binaries.envoy.is_none() {
+        let missing = match route.proxy() {
+            Some(topology::ProxyKind::Envoy) => binaries.envoy.is_none(),
+            Some(topology::ProxyKind::Nginx) => binaries.nginx.is_none(),
+            _ => false,
+        };
+        if missing {
             continue;
         }
         routes.push(topology::start(route, upstream_addr, &binaries, proxy_core, workdir.path()).await?);
@@ -437,7 +503,17 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(|e| e.to_string())?;
     let ours = our_pids(&upstream, &routes);
     let measured = experiment::run(&target, &mut routes, &loads, &settings, &mut scheduling, &ours).await?;
-    drop(routes);
+    let wrk_runs = if chosen_loads.contains(&SuiteLoad::Max) && wrk::available() {
+        eprintln!("max throughput with wrk, a second load generator, against the one-hop routes");
+        let one_hop: Vec<Running> = routes
+            .into_iter()
+            .filter(|r| matches!(r.route, Route::TarmacOneHop | Route::EnvoyOneHop | Route::NginxOneHop))
+            .collect();
+        wrk::check(&one_hop, SUITE_MAX_CONNECTIONS, phase_duration, layout.client_core, &ours).await?
+    } else {
+        drop(routes);
+        Vec::new()
+    };
     let cost_points = if args.skip_costs {
         Vec::new()
     } else {
@@ -458,6 +534,7 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     });
     let mut bar = report::bar(&summaries, idle_tarmac_mib, MAX_LOAD);
     bar.push(regression::bar_check(comparison.as_ref()));
+    let targets = report::targets(&summaries, costs::per_idle_connection_kib(&cost_points), MAX_LOAD);
     let conditions = format!(
         "{}, {} rounds of {:?}, medians; added = route − direct in the same round",
         args.protocol, rounds, phase_duration
@@ -466,13 +543,19 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     if let Some(message) = &envoy_missing {
         println!("Envoy rows are missing: {message}\n");
     }
+    if !wrk_runs.is_empty() {
+        let suite_rps_per_core =
+            |route| report::find(&summaries, MAX_LOAD, route).and_then(|s| s.rps_per_proxy_core);
+        println!("{}", wrk::table(&wrk_runs, suite_rps_per_core));
+    }
     if !cost_points.is_empty() {
         println!("{}", costs::table(&cost_points));
     }
     if let Some(comparison) = &comparison {
         println!("{}", regression::text(comparison));
     }
-    println!("{}", report::bar_text(&bar));
+    println!("{}", report::bar_text("The bar (issue 3)", &bar));
+    println!("{}", report::bar_text("Targets past nginx (issue 19)", &targets));
     print_warnings(&summaries, &settings);
 
     let json = JsonReport {
@@ -481,9 +564,12 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
         realtime: scheduling.realtime_works,
         envoy_version,
         envoy_missing,
+        comparators,
         idle_rss,
+        wrk: wrk_runs,
         costs: cost_points,
         bar: &bar,
+        targets: &targets,
         baseline: comparison,
         ..JsonReport::common("suite", args.protocol, rounds, phase_duration, &summaries, &measured)
     };
@@ -495,7 +581,7 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
     let rounds = args.rounds();
     let phase_duration = args.duration.unwrap_or(Duration::from_secs(5));
     let workdir = WorkDir::create("bench")?;
-    let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy: None };
+    let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy: None, nginx: None };
     let layout = Layout::choose()?;
     let (upstream, upstream_addr) = start_upstream(&layout, workdir.path()).await?;
     let discovery = routing::Discovery::start(upstream_addr).await?;

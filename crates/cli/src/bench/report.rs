@@ -155,7 +155,7 @@ fn summarise_one(measured: &[Measured], load: &str, route: Route) -> RouteSummar
     }
 }
 
-fn find<'a>(summaries: &'a [RouteSummary], load: &str, route: Route) -> Option<&'a RouteSummary> {
+pub fn find<'a>(summaries: &'a [RouteSummary], load: &str, route: Route) -> Option<&'a RouteSummary> {
     summaries.iter().find(|s| s.load == load && s.route == route)
 }
 
@@ -172,38 +172,32 @@ pub fn ratio(ours: Option<f64>, theirs: Option<f64>) -> Option<f64> {
     }
 }
 
+/// The proxies Tarmac's routes are compared with in a table, each with its route of as
+/// many hops; only those this run measured get a column.
+fn comparators(summaries: &[RouteSummary]) -> Vec<(&'static str, ProxyKind)> {
+    [("envoy", ProxyKind::Envoy), ("nginx", ProxyKind::Nginx)]
+        .into_iter()
+        .filter(|(_, kind)| summaries.iter().any(|s| s.route.proxy() == Some(*kind)))
+        .collect()
+}
+
 /// The latency table of one open-loop load.
 pub fn latency_table(summaries: &[RouteSummary], load: &str, heading: &str) -> String {
-    let with_envoy = summaries.iter().any(|s| s.route.proxy() == Some(ProxyKind::Envoy));
+    let comparators = comparators(summaries);
     let mut out = format!("{heading}\n");
-    let _ = writeln!(
+    let _ = write!(
         out,
-        "  {:<19} {:>8} {:>8} {:>9} {:>15} {:>8} {:>8} {:>9} {:>8} {:>17}",
-        "route",
-        "p50 µs",
-        "p99 µs",
-        "p99.9 µs",
-        "p99 spread",
-        "+p50 µs",
-        "+p99 µs",
-        "CPU-s/10k",
-        "RSS MiB",
-        if with_envoy { "÷ envoy +p50/+p99" } else { "" }
+        "  {:<19} {:>8} {:>8} {:>9} {:>15} {:>8} {:>8} {:>9} {:>8}",
+        "route", "p50 µs", "p99 µs", "p99.9 µs", "p99 spread", "+p50 µs", "+p99 µs", "CPU-s/10k", "RSS MiB",
     );
+    for (name, _) in &comparators {
+        let _ = write!(out, " {:>17}", format!("÷ {name} +p50/+p99"));
+    }
+    out.push('\n');
     for s in summaries.iter().filter(|s| s.load == load) {
-        let versus = s.route.envoy_counterpart().and_then(|e| find(summaries, load, e)).map_or_else(
-            || if with_envoy { "-".to_string() } else { String::new() },
-            |e| {
-                format!(
-                    "{}/{}",
-                    cell(ratio(s.added_p50_us, e.added_p50_us), 2),
-                    cell(ratio(s.added_p99_us, e.added_p99_us), 2)
-                )
-            },
-        );
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "  {:<19} {:>8.0} {:>8.0} {:>9.0} {:>15} {:>8} {:>8} {:>9} {:>8} {:>17}{}",
+            "  {:<19} {:>8.0} {:>8.0} {:>9.0} {:>15} {:>8} {:>8} {:>9} {:>8}",
             s.label,
             s.p50_us,
             s.p99_us,
@@ -213,39 +207,58 @@ pub fn latency_table(summaries: &[RouteSummary], load: &str, heading: &str) -> S
             cell(s.added_p99_us, 0),
             cell(s.cpu_per_10k, 3),
             cell(s.peak_rss_mib, 1),
-            versus,
-            flags(s),
         );
+        for &(_, kind) in &comparators {
+            let versus = s.route.counterpart(kind).and_then(|c| find(summaries, load, c)).map_or_else(
+                || "-".to_string(),
+                |c| {
+                    format!(
+                        "{}/{}",
+                        cell(ratio(s.added_p50_us, c.added_p50_us), 2),
+                        cell(ratio(s.added_p99_us, c.added_p99_us), 2)
+                    )
+                },
+            );
+            let _ = write!(out, " {versus:>17}");
+        }
+        let _ = writeln!(out, "{}", flags(s));
     }
     out
 }
 
 /// The table of the closed-loop load.
 pub fn throughput_table(summaries: &[RouteSummary], load: &str, heading: &str) -> String {
+    let comparators = comparators(summaries);
     let mut out = format!("{heading}\n");
-    let _ = writeln!(
+    let _ = write!(
         out,
-        "  {:<19} {:>9} {:>15} {:>9} {:>8} {:>8} {:>17}",
-        "route", "req/s", "req/s per core", "CPU-s/10k", "RSS MiB", "p50 µs", "÷ envoy per core"
+        "  {:<19} {:>9} {:>15} {:>9} {:>8} {:>8}",
+        "route", "req/s", "req/s per core", "CPU-s/10k", "RSS MiB", "p50 µs"
     );
+    for (name, _) in &comparators {
+        let _ = write!(out, " {:>17}", format!("÷ {name} per core"));
+    }
+    out.push('\n');
     for s in summaries.iter().filter(|s| s.load == load) {
-        let versus = s
-            .route
-            .envoy_counterpart()
-            .and_then(|e| find(summaries, load, e))
-            .and_then(|e| ratio(s.rps_per_proxy_core, e.rps_per_proxy_core));
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "  {:<19} {:>9.0} {:>15} {:>9} {:>8} {:>8.0} {:>17}{}",
+            "  {:<19} {:>9.0} {:>15} {:>9} {:>8} {:>8.0}",
             s.label,
             s.throughput_rps,
             cell(s.rps_per_proxy_core, 0),
             cell(s.cpu_per_10k, 3),
             cell(s.peak_rss_mib, 1),
             s.p50_us,
-            cell(versus, 2),
-            flags(s),
         );
+        for &(_, kind) in &comparators {
+            let versus = s
+                .route
+                .counterpart(kind)
+                .and_then(|c| find(summaries, load, c))
+                .and_then(|c| ratio(s.rps_per_proxy_core, c.rps_per_proxy_core));
+            let _ = write!(out, " {:>17}", cell(versus, 2));
+        }
+        let _ = writeln!(out, "{}", flags(s));
     }
     out
 }
@@ -349,8 +362,83 @@ pub fn bar(summaries: &[RouteSummary], idle_rss_mib: Option<f64>, max_load: &str
     checks
 }
 
-pub fn bar_text(checks: &[BarCheck]) -> String {
-    let mut out = "The bar (issue 3), in this run:\n".to_string();
+/// The targets of issue 19, past nginx, as far as this run can check them. (Its other
+/// targets, half of Envoy's added latency and idle RSS, are lines of the bar.)
+/// `per_idle_connection_kib`: what one more idle connection costs Tarmac, from the cost
+/// curves.
+pub fn targets(
+    summaries: &[RouteSummary],
+    per_idle_connection_kib: Option<f64>,
+    max_load: &str,
+) -> Vec<BarCheck> {
+    let get = |load: &str, route: Route| find(summaries, load, route).filter(|s| s.failures == 0);
+    let nginx_missing = "not measured: nginx missing, or requests through it failed";
+    let mut checks = Vec::new();
+    let mut check = |rule: String, ours: Option<f64>, theirs: Option<f64>, factor: f64, at_least: bool| {
+        checks.push(match (ours, theirs) {
+            (Some(o), Some(t)) => {
+                let limit = t * factor;
+                BarCheck {
+                    rule,
+                    passed: Some(if at_least { o >= limit } else { o <= limit }),
+                    detail: format!(
+                        "{o:.3} against {} {limit:.3} ({:.2}× nginx's {t:.3})",
+                        if at_least { "at least" } else { "at most" },
+                        o / t
+                    ),
+                }
+            }
+            _ => BarCheck { rule, passed: None, detail: nginx_missing.to_string() },
+        });
+    };
+    let (mesh, nginx) = (get("1000 req/s", Route::TarmacTwoHopsMtls), get("1000 req/s", Route::NginxOneHop));
+    for (name, pick) in [
+        ("p50", (|s: &RouteSummary| s.added_p50_us) as fn(&RouteSummary) -> Option<f64>),
+        ("p99", |s| s.added_p99_us),
+    ] {
+        check(
+            format!(
+                "the mesh path (two hops, mTLS) at 1000 req/s: added {name} µs no more than one nginx hop's"
+            ),
+            mesh.and_then(pick),
+            nginx.and_then(pick),
+            1.0,
+            false,
+        );
+    }
+    for load in ["5000 req/s", max_load] {
+        check(
+            format!("one hop at {load}: CPU-s per 10k requests at most 0.8× nginx's"),
+            get(load, Route::TarmacOneHop).and_then(|s| s.cpu_per_10k),
+            get(load, Route::NginxOneHop).and_then(|s| s.cpu_per_10k),
+            0.8,
+            false,
+        );
+    }
+    check(
+        format!("one hop at {max_load}: requests per core at least 1.2× nginx's"),
+        get(max_load, Route::TarmacOneHop).and_then(|s| s.rps_per_proxy_core),
+        get(max_load, Route::NginxOneHop).and_then(|s| s.rps_per_proxy_core),
+        1.2,
+        true,
+    );
+    checks.push(match per_idle_connection_kib {
+        Some(kib) => BarCheck {
+            rule: "memory per idle connection: at most 8 KiB".to_string(),
+            passed: Some(kib <= 8.0),
+            detail: format!("{kib:.1} KiB against at most 8.0 KiB"),
+        },
+        None => BarCheck {
+            rule: "memory per idle connection: at most 8 KiB".to_string(),
+            passed: None,
+            detail: "not measured: the cost curves were skipped".to_string(),
+        },
+    });
+    checks
+}
+
+pub fn bar_text(heading: &str, checks: &[BarCheck]) -> String {
+    let mut out = format!("{heading}, in this run:\n");
     for c in checks {
         let verdict = match c.passed {
             Some(true) => "pass",
@@ -449,5 +537,31 @@ pub(crate) mod tests {
         assert_eq!(idle.passed, Some(true));
         assert!(checks.iter().any(|c| c.passed.is_none() && c.detail.contains("Envoy missing")));
         assert!(checks.iter().any(|c| c.rule.contains("two-hop mTLS") && c.passed.is_none()));
+    }
+
+    #[test]
+    fn the_targets_compare_with_nginx_in_the_same_run() {
+        let measured = vec![
+            phase(Route::Direct, 1, 100, 0.0),
+            phase(Route::TarmacOneHop, 1, 150, 0.6),
+            phase(Route::TarmacTwoHopsMtls, 1, 170, 1.0),
+            phase(Route::NginxOneHop, 1, 200, 1.0),
+        ];
+        let summaries = summarise(&measured);
+        let table = latency_table(&summaries, "1000 req/s", "heading");
+        assert!(table.contains("÷ nginx +p50/+p99") && !table.contains("÷ envoy"), "{table}");
+        assert!(table.contains("0.50/0.50"), "tarmac adds 50 of nginx's 100 µs:\n{table}");
+        let targets = targets(&summaries, Some(18.0), "1000 req/s");
+        let mesh =
+            targets.iter().find(|c| c.rule.contains("the mesh path") && c.rule.contains("p50")).unwrap();
+        assert_eq!(mesh.passed, Some(true), "+70 against nginx's +100: {mesh:?}");
+        let cpu = targets.iter().find(|c| c.rule.contains("one hop at 1000 req/s: CPU")).unwrap();
+        assert_eq!(cpu.passed, Some(true), "0.6 against at most 0.8 × 1.0: {cpu:?}");
+        let per_core = targets.iter().find(|c| c.rule.contains("at least 1.2×")).unwrap();
+        assert_eq!(per_core.passed, Some(true), "1.67× nginx's: {per_core:?}");
+        let memory = targets.iter().find(|c| c.rule.contains("idle connection")).unwrap();
+        assert_eq!(memory.passed, Some(false), "18 KiB against 8: {memory:?}");
+        let without = self::targets(&summarise(&measured[..3]), None, "1000 req/s");
+        assert!(without.iter().all(|c| c.passed.is_none()), "{without:?}");
     }
 }

@@ -1,6 +1,7 @@
 //! The paths a request can take to the upstream, and starting the proxies of each.
 
 use super::envoy;
+use super::nginx;
 use super::processes::{Managed, Readiness, free_port};
 use super::routing;
 use crate::identity::{Certified, EphemeralCa};
@@ -33,6 +34,8 @@ pub enum Route {
     TarmacTwoHopsMtls,
     /// Two Envoys with mTLS between them, as two Istio sidecars.
     EnvoyTwoHopsMtls,
+    /// Through one nginx: the L7 floor.
+    NginxOneHop,
     /// One Tarmac proxy following, through discovery, a Service whose HTTPRoute has one
     /// rule (`--routing`).
     TarmacOneRule,
@@ -54,6 +57,7 @@ pub enum Route {
 pub enum ProxyKind {
     Tarmac,
     Envoy,
+    Nginx,
 }
 
 /// A route whose proxies run.
@@ -69,6 +73,7 @@ pub struct Running {
 pub struct Binaries {
     pub tarmac_proxy: PathBuf,
     pub envoy: Option<PathBuf>,
+    pub nginx: Option<PathBuf>,
 }
 
 // === impl Route ===
@@ -83,6 +88,7 @@ impl Route {
             Self::EnvoyTwoHops => "envoy 2 hops",
             Self::TarmacTwoHopsMtls => "tarmac 2 hops mTLS",
             Self::EnvoyTwoHopsMtls => "envoy 2 hops mTLS",
+            Self::NginxOneHop => "nginx 1 hop",
             Self::TarmacOneRule => "tarmac 1 rule",
             Self::TarmacManyRules => "tarmac 100 rules",
             Self::TarmacInbound => "tarmac inbound",
@@ -108,15 +114,18 @@ impl Route {
             | Self::TarmacInboundPolicy
             | Self::TarmacRetried => Some(ProxyKind::Tarmac),
             Self::EnvoyOneHop | Self::EnvoyTwoHops | Self::EnvoyTwoHopsMtls => Some(ProxyKind::Envoy),
+            Self::NginxOneHop => Some(ProxyKind::Nginx),
         }
     }
 
-    /// The Envoy route with the same hops, to compare a Tarmac route with.
-    pub fn envoy_counterpart(self) -> Option<Route> {
-        match self {
-            Self::TarmacOneHop => Some(Self::EnvoyOneHop),
-            Self::TarmacTwoHops => Some(Self::EnvoyTwoHops),
-            Self::TarmacTwoHopsMtls => Some(Self::EnvoyTwoHopsMtls),
+    /// The route of `proxy` with as many hops, to compare a Tarmac route with (nginx has
+    /// one hop only).
+    pub fn counterpart(self, proxy: ProxyKind) -> Option<Route> {
+        match (proxy, self) {
+            (ProxyKind::Envoy, Self::TarmacOneHop) => Some(Self::EnvoyOneHop),
+            (ProxyKind::Envoy, Self::TarmacTwoHops) => Some(Self::EnvoyTwoHops),
+            (ProxyKind::Envoy, Self::TarmacTwoHopsMtls) => Some(Self::EnvoyTwoHopsMtls),
+            (ProxyKind::Nginx, Self::TarmacOneHop) => Some(Self::NginxOneHop),
             _ => None,
         }
     }
@@ -238,6 +247,17 @@ pub async fn start(
                 .insert(0, start_envoy(&format!("{name}-client"), &config, admin, binary, core, dir).await?);
             listen
         }
+        Route::NginxOneHop => {
+            let binary = binaries.nginx.as_deref().ok_or("nginx is not installed")?;
+            let listen = free_port()?;
+            let config_path = dir.join(format!("{name}.conf"));
+            std::fs::write(&config_path, nginx::config(listen, upstream, dir))
+                .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+            let mut proxy = Managed::spawn(&name, binary, &nginx::args(&config_path, dir), core, dir)?;
+            proxy.wait_ready(&Readiness::Accepts(listen), READY_TIMEOUT).await?;
+            proxies.push(proxy);
+            listen
+        }
     };
     Ok(Running { route, entry, proxies })
 }
@@ -342,7 +362,7 @@ mod tests {
     #[test]
     fn every_tarmac_route_has_an_envoy_counterpart_with_as_many_hops() {
         for route in [Route::TarmacOneHop, Route::TarmacTwoHops, Route::TarmacTwoHopsMtls] {
-            let envoy = route.envoy_counterpart().expect("counterpart");
+            let envoy = route.counterpart(ProxyKind::Envoy).expect("counterpart");
             assert_eq!(envoy.label().replace("envoy", "tarmac"), route.label());
             assert_eq!(envoy.proxy(), Some(ProxyKind::Envoy));
         }
