@@ -219,3 +219,110 @@ async fn tarmac_restart_rolls_a_workload_under_load_without_failing_a_request() 
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("no Workload shop/nobody is running"), "{stderr}");
 }
+
+/// Keep-alive callers inside a network namespace: Python's http.client on one connection
+/// each to `http://ratings/ratings/1` (intercepted by the namespace's sidecar) until the
+/// stop file exists; prints `ok failed first-failure`.
+const NAMESPACE_CALLER: &str = r#"
+import http.client, os, sys, time
+stop, ok, failed, first = sys.argv[1], 0, 0, ""
+conn = http.client.HTTPConnection("ratings", 80, timeout=10)
+while not os.path.exists(stop):
+    try:
+        conn.request("GET", "/ratings/1")
+        response = conn.getresponse()
+        response.read()
+        if response.status == 200:
+            ok += 1
+        else:
+            failed += 1
+            first = first or "status %d" % response.status
+    except Exception as e:
+        failed += 1
+        first = first or repr(e)
+        conn.close()
+        conn = http.client.HTTPConnection("ratings", 80, timeout=10)
+    time.sleep(0.02)
+print(ok, failed, first.replace(" ", "_") or "-")
+"#;
+
+/// The same under `tarmac up --transparent`, where each replica has a network namespace
+/// of its own that goes and comes back with it: unmodified callers in the client's
+/// namespace, their requests intercepted, lose none while `tarmac restart ratings` rolls
+/// the three replicas. Needs root, like the other namespace tests.
+#[test]
+fn tarmac_restart_under_transparent_interception_fails_no_request() {
+    if !crate::netns::can_run_privileged() {
+        return;
+    }
+    let _turn = crate::transparent::ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = format!("{}/fixtures/restart", env!("CARGO_MANIFEST_DIR"));
+    let up = crate::up::Up::start_with(&["--transparent", &dir, "--api-port", "0"]);
+    let api = up.wait_for("the API address", Duration::from_secs(30), |lines| {
+        lines.iter().find_map(|l| l.split_once("control plane: API and dashboard on http://")).map(
+            |(_, rest)| rest.split_whitespace().next().unwrap_or_default().trim_end_matches('/').to_string(),
+        )
+    });
+    for replica in ["ratings-0", "ratings-1", "ratings-2", "client-0"] {
+        up.wait_for(&format!("{replica} ready"), Duration::from_secs(60), |lines| {
+            lines.iter().any(|l| l.contains(&format!("| {replica} ready: "))).then_some(())
+        });
+    }
+    let ns = "tarmac-default-client-0";
+    let curl = || {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["--max-time", "5", "http://ratings/ratings/1"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while curl() != "200" {
+        assert!(std::time::Instant::now() < deadline, "ratings never answered\n{}", up.output());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let stop_file = tarmac_testkit::tools::temp_dir("restart-transparent").join("stop");
+    let callers: Vec<std::process::Child> = (0..8)
+        .map(|_| {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", ns, "python3", "-c", NAMESPACE_CALLER, stop_file.to_str().unwrap()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("python3 starts in the namespace")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let output = crate::observe::tarmac(&api, &["restart", "ratings"], Duration::from_secs(120));
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(&stop_file, "").unwrap();
+    let (mut ok, mut failed, mut first_failures) = (0u64, 0u64, Vec::new());
+    for caller in callers {
+        let out = caller.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(fields.len(), 3, "a caller printed {text:?}");
+        ok += fields[0].parse::<u64>().unwrap();
+        failed += fields[1].parse::<u64>().unwrap();
+        if fields[2] != "-" {
+            first_failures.push(fields[2].to_string());
+        }
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tarmac restart failed: {stdout}{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        up.output()
+    );
+    assert!(
+        stdout.contains("restarted default/ratings: ratings-0, ratings-1, ratings-2 (3 replicas)"),
+        "{stdout}"
+    );
+    println!("tarmac restart --transparent | {ok} requests succeeded, {failed} failed");
+    assert_eq!(failed, 0, "failures: {first_failures:?}\n{}", up.output());
+    assert!(ok > 300, "the load ran: {ok} requests");
+    let mut up = up;
+    crate::up::stop(&mut up);
+}
