@@ -4,7 +4,7 @@
 //! harness leaves unchecked but which Tarmac must get right too).
 
 use crate::case::{Case, Convergence, Expectation, Request, Weights};
-use crate::client::{Connection, Outgoing, Reply};
+use crate::client::{Connection, Outgoing, Protocol, Reply};
 use crate::manifests;
 use crate::mesh::{Mesh, ServicePort};
 use std::collections::BTreeMap;
@@ -12,16 +12,30 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Runs the case in `dir`: `Ok(name)` if it passed, `Err((name, why))` if not.
-pub async fn run_case(dir: &Path) -> Result<String, (String, String)> {
+/// How a case ended.
+pub struct Outcome {
+    pub name: String,
+    pub result: Result<(), String>,
+    /// The case's `expected_failure`, when it has one.
+    pub expected_failure: Option<String>,
+}
+
+/// Runs the case in `dir`.
+pub async fn run_case(dir: &Path) -> Outcome {
     let fallback = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let case = Case::load(dir).map_err(|e| (fallback, e))?;
-    let name = case.expect.name.clone();
-    let snapshot = manifests::snapshot(&case.manifests).map_err(|e| (name.clone(), e))?;
-    let mesh = Mesh::start(snapshot).await.map_err(|e| (name.clone(), e))?;
-    let result = run(&case, &mesh).await;
-    mesh.stop().await;
-    result.map(|()| name.clone()).map_err(|e| (name, e))
+    let case = match Case::load(dir) {
+        Ok(case) => case,
+        Err(e) => return Outcome { name: fallback, result: Err(e), expected_failure: None },
+    };
+    let result = async {
+        let snapshot = manifests::snapshot(&case.manifests)?;
+        let mesh = Mesh::start(snapshot).await?;
+        let result = run(&case, &mesh).await;
+        mesh.stop().await;
+        result
+    }
+    .await;
+    Outcome { name: case.expect.name.clone(), result, expected_failure: case.expect.expected_failure.clone() }
 }
 
 async fn run(case: &Case, mesh: &Mesh) -> Result<(), String> {
@@ -29,11 +43,42 @@ async fn run(case: &Case, mesh: &Mesh) -> Result<(), String> {
     let convergence = case.expect.convergence.as_ref().unwrap_or(&default);
     for (i, request) in case.expect.requests.iter().enumerate() {
         let label = request.case.clone().unwrap_or_else(|| format!("request {} ({})", i + 1, request.url));
+        let started = Instant::now();
         converge(mesh, request, convergence).await.map_err(|e| format!("{label}: {e}"))?;
+        mirrored(mesh, request, started).await.map_err(|e| format!("{label}: {e}"))?;
     }
     if let Some(weights) = &case.expect.weights {
         let request = case.expect.requests.first().ok_or("a weighted case needs its request")?;
         distribution(mesh, request, weights).await?;
+    }
+    Ok(())
+}
+
+/// How long a mirror's copy may take to show in its echo's record (the upstream suite
+/// waits its request timeout for the mirror's log line).
+const MIRROR_WAIT: Duration = Duration::from_secs(10);
+
+/// Every workload of `mirrored_to` received the request's path since `since`.
+async fn mirrored(mesh: &Mesh, request: &Request, since: Instant) -> Result<(), String> {
+    let deadline = Instant::now() + MIRROR_WAIT;
+    for want in &request.expect.mirrored_to {
+        let pods: Vec<_> = mesh
+            .pods
+            .iter()
+            .filter(|p| p.pod.namespace == want.namespace && p.pod.workload == want.workload)
+            .collect();
+        if pods.is_empty() {
+            return Err(format!("no pod of {}/{} to be mirrored to", want.namespace, want.workload));
+        }
+        while !pods.iter().any(|p| p.log.received_since(&request.path, since)) {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{}/{} received no copy of {} within {MIRROR_WAIT:?}",
+                    want.namespace, want.workload, request.path
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     Ok(())
 }
@@ -76,13 +121,14 @@ fn target(mesh: &Mesh, request: &Request) -> Result<Target, String> {
     Ok(Target { addr, authority })
 }
 
-fn outgoing<'a>(request: &'a Request, authority: &'a str) -> Outgoing<'a> {
-    let grpc = request.protocol == "grpc";
+/// The request to send; `path` is the request's, with any `{{uuid}}` already replaced.
+fn outgoing<'a>(request: &'a Request, authority: &'a str, path: &'a str) -> Result<Outgoing<'a>, String> {
+    let protocol = Protocol::parse(&request.protocol)?;
     let host = request.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")).map(|(_, v)| v.as_str());
-    Outgoing {
-        grpc,
-        method: if grpc { "POST" } else { request.method.as_deref().unwrap_or("GET") },
-        path: if request.path.is_empty() { "/" } else { &request.path },
+    Ok(Outgoing {
+        protocol,
+        method: if protocol == Protocol::Grpc { "POST" } else { request.method.as_deref().unwrap_or("GET") },
+        path: if path.is_empty() { "/" } else { path },
         authority: host.unwrap_or(authority),
         headers: request
             .headers
@@ -90,19 +136,30 @@ fn outgoing<'a>(request: &'a Request, authority: &'a str) -> Outgoing<'a> {
             .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect(),
+    })
+}
+
+/// `{{uuid}}` in a path: a fresh id per try, as the suite's retry test makes one per probe
+/// so that the echo counts each probe's failures afresh.
+fn fresh_path(path: &str) -> String {
+    if path.contains("{{uuid}}") {
+        path.replace("{{uuid}}", &format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)))
+    } else {
+        path.to_string()
     }
 }
 
 /// Sends `request` until it passes the required number of times in a row, or time runs out.
 async fn converge(mesh: &Mesh, request: &Request, c: &Convergence) -> Result<(), String> {
     let target = target(mesh, request)?;
-    let out = outgoing(request, &target.authority);
     let deadline = Instant::now() + Duration::from_secs(c.max_time_to_consistency_s);
     let mut in_a_row = 0;
     let mut last_error = String::new();
     while Instant::now() < deadline {
+        let path = fresh_path(&request.path);
+        let out = outgoing(request, &target.authority, &path)?;
         // A new connection per request, as the suite's client makes.
-        let verdict = match Connection::open(target.addr, out.grpc).await {
+        let verdict = match Connection::open(target.addr, out.protocol).await {
             Ok(mut conn) => match conn.send(&out).await {
                 Ok(reply) => judge(&request.expect, &reply),
                 Err(e) => Err(e),
@@ -134,6 +191,9 @@ fn judge(expect: &Expectation, reply: &Reply) -> Result<(), String> {
     let mut diffs = Vec::new();
     if reply.status != expect.status {
         diffs.push(format!("status {} (expected {})", reply.status, expect.status));
+    }
+    if let Some(Err(e)) = &reply.websocket {
+        diffs.push(format!("WebSocket: {e}"));
     }
     if let Some(backend) = &expect.backend {
         match &reply.seen {
@@ -254,7 +314,7 @@ const ATTEMPT_PAUSE: Duration = Duration::from_secs(1);
 /// request), each judged on which backends answered and in what proportions.
 async fn distribution(mesh: &Mesh, request: &Request, weights: &Weights) -> Result<(), String> {
     let target = target(mesh, request)?;
-    let out = outgoing(request, &target.authority);
+    let out = outgoing(request, &target.authority, &request.path)?;
     let mut last = String::new();
     for n in 0..weights.max_attempts.max(1) {
         if n > 0 {
@@ -283,7 +343,7 @@ fn deployment_of(hostname: &str) -> &str {
 }
 
 async fn attempt(target: &Target, out: &Outgoing<'_>, weights: &Weights) -> Result<(), String> {
-    let mut conn = Connection::open(target.addr, out.grpc).await?;
+    let mut conn = Connection::open(target.addr, out.protocol).await?;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..weights.requests_per_attempt {
         let reply = conn.send(out).await?;
