@@ -91,7 +91,10 @@ fn the_gateway_api_tests_translated_to_the_mesh_pass_or_fail_as_marked() {
     let (out, ok) = run(&cases);
     let passed = out.lines().filter(|l| l.starts_with("PASS ")).count();
     let known = out.lines().filter(|l| l.starts_with("XFAIL ")).count();
-    assert!(ok && passed + known == cases.len() && passed >= 12, "{passed} passed, {known} known failures\n{out}");
+    assert!(
+        ok && passed + known == cases.len() && passed >= 12,
+        "{passed} passed, {known} known failures\n{out}"
+    );
 }
 
 /// A copy of the case `name` of `set` (tests/conformance/<set>/cases), beside a copy of its
@@ -104,7 +107,8 @@ fn changed_case(set: &str, name: &str, edit: impl FnOnce(&mut String, &mut Strin
     let case = root.join("cases").join(name);
     std::fs::create_dir_all(&case).unwrap();
     let mut expect = std::fs::read_to_string(source.join("cases").join(name).join("expect.json")).unwrap();
-    let mut manifests = std::fs::read_to_string(source.join("cases").join(name).join("manifests.yaml")).unwrap();
+    let mut manifests =
+        std::fs::read_to_string(source.join("cases").join(name).join("manifests.yaml")).unwrap();
     edit(&mut expect, &mut manifests);
     std::fs::write(case.join("expect.json"), expect).unwrap();
     std::fs::write(case.join("manifests.yaml"), manifests).unwrap();
@@ -119,7 +123,11 @@ fn a_mirror_that_receives_nothing_fails_the_case() {
         manifests.truncate(cut);
     });
     let (out, ok) = run(&[case]);
-    assert!(!ok && out.contains("FAIL HTTPRouteBackendRequestMirror: ") && out.contains("received no copy of /mirror"), "{out}");
+    assert!(
+        !ok && out.contains("FAIL HTTPRouteBackendRequestMirror: ")
+            && out.contains("received no copy of /mirror"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -129,11 +137,19 @@ fn a_case_marked_expected_to_fail_is_reported_either_way() {
     };
     let passing = changed_case("gateway", "HTTPRouteBackendURLRewrite", |expect, _| mark(expect));
     let (out, ok) = run(&[passing]);
-    assert!(!ok && out.starts_with("XPASS HTTPRouteBackendURLRewrite: ") && out.contains("a test of the mark"), "{out}");
+    assert!(
+        !ok && out.starts_with("XPASS HTTPRouteBackendURLRewrite: ") && out.contains("a test of the mark"),
+        "{out}"
+    );
     let failing = changed_case("gateway", "HTTPRouteBackendURLRewrite", |expect, _| {
         mark(expect);
-        *expect = expect.replace("/rewritten-full", "/elsewhere").replace("\"max_time_to_consistency_s\": 30", "\"max_time_to_consistency_s\": 2");
+        *expect = expect
+            .replace("/rewritten-full", "/elsewhere")
+            .replace("\"max_time_to_consistency_s\": 30", "\"max_time_to_consistency_s\": 2");
     });
     let (out, ok) = run(&[failing]);
-    assert!(ok && out.starts_with("XFAIL HTTPRouteBackendURLRewrite: ") && out.contains("expected /elsewhere"), "{out}");
+    assert!(
+        ok && out.starts_with("XFAIL HTTPRouteBackendURLRewrite: ") && out.contains("expected /elsewhere"),
+        "{out}"
+    );
 }

@@ -204,7 +204,12 @@ impl Connection {
         let bytes = collected.to_bytes();
         if !grpc {
             let seen = Seen::parse(&String::from_utf8_lossy(&bytes));
-            return Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, seen, websocket: None });
+            return Ok(Reply {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                seen,
+                websocket: None,
+            });
         }
         let grpc_status = trailers
             .as_ref()

@@ -387,7 +387,10 @@ mod tests {
         request.append("x-echo-set-header", HeaderValue::from_static("x-a:3"));
         let mut response = HeaderMap::new();
         set_headers(&request, &mut response);
-        assert_eq!((&response["x-a"], &response["x-b"]), (&HeaderValue::from_static("1,3"), &HeaderValue::from_static("2")));
+        assert_eq!(
+            (&response["x-a"], &response["x-b"]),
+            (&HeaderValue::from_static("1,3"), &HeaderValue::from_static("2"))
+        );
     }
 
     #[test]
@@ -399,7 +402,10 @@ mod tests {
         };
         let q = Some("responseCode=503&succeedAfter=2&uuid=one");
         assert_eq!(echo.simulated_failure(q), Some(StatusCode::SERVICE_UNAVAILABLE));
-        assert_eq!(echo.simulated_failure(Some("responseCode=503&succeedAfter=2&uuid=two")), Some(StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(
+            echo.simulated_failure(Some("responseCode=503&succeedAfter=2&uuid=two")),
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        );
         assert_eq!(echo.simulated_failure(q), Some(StatusCode::SERVICE_UNAVAILABLE));
         assert_eq!(echo.simulated_failure(q), None);
         assert_eq!(echo.simulated_failure(Some("responseCode=503")), None, "all three are needed");

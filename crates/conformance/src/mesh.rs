@@ -100,7 +100,8 @@ impl Mesh {
                     workload: w.metadata.name.clone(),
                     hostname: pod_hostname(&w.metadata.name),
                 };
-                let (app, log, echo) = echo::start(pod.clone()).await.map_err(|e| format!("echo server: {e}"))?;
+                let (app, log, echo) =
+                    echo::start(pod.clone()).await.map_err(|e| format!("echo server: {e}"))?;
                 let mut yaml = format!(
                     "admin: 127.0.0.1:0\ncontrol:\n  addr: \"{control}\"\n  namespace: \"{}\"\n  workload: \"{}\"\n  service_account: \"{}\"\ninbound:\n  listen: 127.0.0.1:0\n  app: \"{app}\"\nlimits:\n  drain_timeout: 1s\noutbound:\n  services:\n",
                     pod.namespace, pod.workload, w.spec.service_account_name
