@@ -149,6 +149,7 @@ impl Connection {
         let method = Method::from_bytes(out.method.as_bytes()).map_err(|e| e.to_string())?;
         let mut builder = Request::builder().method(method);
         let grpc = out.protocol == Protocol::Grpc;
+        let ws_key = ws::new_key();
         let body = match out.protocol {
             Protocol::Grpc => {
                 builder = builder
@@ -174,7 +175,7 @@ impl Connection {
                     .header(http::header::CONNECTION, "Upgrade")
                     .header(http::header::UPGRADE, "websocket")
                     .header("sec-websocket-version", "13")
-                    .header("sec-websocket-key", ws::new_key());
+                    .header("sec-websocket-key", &ws_key);
                 Bytes::new()
             }
         };
@@ -196,7 +197,7 @@ impl Connection {
         }
         .map_err(|e| format!("request failed: {e}"))?;
         if out.protocol == Protocol::WebSocket {
-            return Ok(websocket(rsp).await);
+            return Ok(websocket(rsp, &ws_key).await);
         }
         let (parts, body) = rsp.into_parts();
         let collected = body.collect().await.map_err(|e| format!("reading the response: {e}"))?;
@@ -227,13 +228,18 @@ impl Connection {
     }
 }
 
-/// After the upgrade, a text and a binary message, each to come back unchanged.
-async fn websocket(mut rsp: hyper::Response<hyper::body::Incoming>) -> Reply {
+/// After the upgrade (accepted for the key sent), a text and a binary message, each to
+/// come back unchanged.
+async fn websocket(mut rsp: hyper::Response<hyper::body::Incoming>, key: &str) -> Reply {
     let status = rsp.status().as_u16();
     let headers = rsp.headers().clone();
     let exchanged = async {
         if status != 101 {
             return Err(format!("the upgrade was answered with {status}"));
+        }
+        let accept = headers.get("sec-websocket-accept").and_then(|v| v.to_str().ok());
+        if accept != Some(ws::accept_key(key).as_str()) {
+            return Err(format!("Sec-WebSocket-Accept {accept:?} does not answer the key sent"));
         }
         let upgraded = hyper::upgrade::on(&mut rsp).await.map_err(|e| format!("upgrade: {e}"))?;
         let mut io = TokioIo::new(upgraded);
