@@ -61,7 +61,28 @@ pub struct Expectation {
     pub redirect_location: Option<RedirectLocation>,
     /// Workloads a copy of the request must reach (RequestMirror), as their echo records.
     #[serde(default)]
-    pub mirrored_to: Vec<From>,
+    pub mirrored_to: Vec<Mirror>,
+    /// With mirrors of a `percent`: how their share of copies is measured.
+    #[serde(default)]
+    pub mirror_share: Option<MirrorShare>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Mirror {
+    pub workload: String,
+    pub namespace: String,
+    /// The share of requests this mirror gets a copy of, when not every one.
+    #[serde(default)]
+    pub percent: Option<f64>,
+}
+
+/// Batches of requests over one connection; a batch passes when each mirror's copies are
+/// within `tolerance` (absolute, as a fraction) of its `percent`.
+#[derive(Debug, Deserialize)]
+pub struct MirrorShare {
+    pub requests_per_attempt: usize,
+    pub max_attempts: usize,
+    pub tolerance: f64,
 }
 
 #[derive(Debug, Deserialize)]

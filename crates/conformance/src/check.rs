@@ -3,10 +3,10 @@
 //! host, the redirect `Location` and the backend namespace, which the upstream mesh
 //! harness leaves unchecked but which Tarmac must get right too).
 
-use crate::case::{Case, Convergence, Expectation, Request, Weights};
+use crate::case::{Case, Convergence, Expectation, Mirror, MirrorShare, Request, Weights};
 use crate::client::{Connection, Outgoing, Protocol, Reply};
 use crate::manifests;
-use crate::mesh::{Mesh, ServicePort};
+use crate::mesh::{Mesh, RunningPod, ServicePort};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -45,7 +45,11 @@ async fn run(case: &Case, mesh: &Mesh) -> Result<(), String> {
         let label = request.case.clone().unwrap_or_else(|| format!("request {} ({})", i + 1, request.url));
         let started = Instant::now();
         converge(mesh, request, convergence).await.map_err(|e| format!("{label}: {e}"))?;
-        mirrored(mesh, request, started).await.map_err(|e| format!("{label}: {e}"))?;
+        match &request.expect.mirror_share {
+            Some(share) => mirror_shares(mesh, request, share).await,
+            None => mirrored(mesh, request, started).await,
+        }
+        .map_err(|e| format!("{label}: {e}"))?;
     }
     if let Some(weights) = &case.expect.weights {
         let request = case.expect.requests.first().ok_or("a weighted case needs its request")?;
@@ -62,6 +66,24 @@ const MIRROR_WAIT: Duration = Duration::from_secs(10);
 /// arrive, not that a given one did.
 const MIRROR_RESEND: Duration = Duration::from_millis(500);
 
+/// The pods of a mirror, none being an error.
+fn mirror_pods<'a>(mesh: &'a Mesh, want: &Mirror) -> Result<Vec<&'a RunningPod>, String> {
+    let pods: Vec<_> = mesh
+        .pods
+        .iter()
+        .filter(|p| p.pod.namespace == want.namespace && p.pod.workload == want.workload)
+        .collect();
+    if pods.is_empty() {
+        return Err(format!("no pod of {}/{} to be mirrored to", want.namespace, want.workload));
+    }
+    Ok(pods)
+}
+
+/// Copies of `path` the pods received since `since`.
+fn copies(pods: &[&RunningPod], path: &str, since: Instant) -> usize {
+    pods.iter().map(|p| p.log.received_since(path, since)).sum()
+}
+
 /// Every workload of `mirrored_to` received the request's path since `since`.
 async fn mirrored(mesh: &Mesh, request: &Request, since: Instant) -> Result<(), String> {
     if request.expect.mirrored_to.is_empty() {
@@ -71,16 +93,9 @@ async fn mirrored(mesh: &Mesh, request: &Request, since: Instant) -> Result<(), 
     let out = outgoing(request, &target.authority, &request.path)?;
     let deadline = Instant::now() + MIRROR_WAIT;
     for want in &request.expect.mirrored_to {
-        let pods: Vec<_> = mesh
-            .pods
-            .iter()
-            .filter(|p| p.pod.namespace == want.namespace && p.pod.workload == want.workload)
-            .collect();
-        if pods.is_empty() {
-            return Err(format!("no pod of {}/{} to be mirrored to", want.namespace, want.workload));
-        }
+        let pods = mirror_pods(mesh, want)?;
         let mut resent = Instant::now();
-        while !pods.iter().any(|p| p.log.received_since(&request.path, since)) {
+        while copies(&pods, &request.path, since) == 0 {
             if Instant::now() >= deadline {
                 return Err(format!(
                     "{}/{} received no copy of {} within {MIRROR_WAIT:?}",
@@ -97,6 +112,55 @@ async fn mirrored(mesh: &Mesh, request: &Request, since: Instant) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// For mirrors of a `percent`: batches of the request over one connection (so the share
+/// must be drawn per request), each mirror's copies counted once they stop arriving.
+async fn mirror_shares(mesh: &Mesh, request: &Request, share: &MirrorShare) -> Result<(), String> {
+    let target = target(mesh, request)?;
+    let out = outgoing(request, &target.authority, &request.path)?;
+    let mut last = String::new();
+    for n in 0..share.max_attempts.max(1) {
+        if n > 0 {
+            tokio::time::sleep(ATTEMPT_PAUSE).await;
+        }
+        let since = Instant::now();
+        let mut conn = Connection::open(target.addr, out.protocol).await?;
+        for _ in 0..share.requests_per_attempt {
+            conn.send(&out).await?;
+        }
+        let mut failures = Vec::new();
+        for want in &request.expect.mirrored_to {
+            let pods = mirror_pods(mesh, want)?;
+            // Copies go in the background: count until two readings agree, within bounds.
+            let deadline = Instant::now() + MIRROR_WAIT;
+            let mut count = copies(&pods, &request.path, since);
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let now = copies(&pods, &request.path, since);
+                if now == count || Instant::now() >= deadline {
+                    break;
+                }
+                count = now;
+            }
+            let got = count as f64 / share.requests_per_attempt as f64;
+            let wanted = want.percent.unwrap_or(100.0) / 100.0;
+            if (got - wanted).abs() > share.tolerance {
+                failures.push(format!(
+                    "{} got a copy of {got:.3} of the requests (expected {wanted} ± {})",
+                    want.workload, share.tolerance
+                ));
+            }
+        }
+        if failures.is_empty() {
+            return Ok(());
+        }
+        last = failures.join("; ");
+    }
+    Err(format!(
+        "mirrors: no batch of {} within tolerance {}; last: {last}",
+        share.requests_per_attempt, share.tolerance
+    ))
 }
 
 /// Where a request goes and what it says its authority is.

@@ -53,9 +53,9 @@ impl Log {
         log.push_back((Instant::now(), target.to_string()));
     }
 
-    /// Whether a request for `target` arrived at or after `since`.
-    pub fn received_since(&self, target: &str, since: Instant) -> bool {
-        self.0.lock().expect("echo log").iter().any(|(at, t)| *at >= since && t == target)
+    /// How many requests for `target` arrived at or after `since`.
+    pub fn received_since(&self, target: &str, since: Instant) -> usize {
+        self.0.lock().expect("echo log").iter().filter(|(at, t)| *at >= since && t == target).count()
     }
 }
 
