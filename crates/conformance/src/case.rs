@@ -14,6 +14,10 @@ pub struct Expect {
     pub weights: Option<Weights>,
     #[serde(default)]
     pub convergence: Option<Convergence>,
+    /// Why Tarmac is known to fail this case: the runner still runs it, reports `XFAIL`
+    /// when it fails and counts it as a failure when it passes (the mark is then stale).
+    #[serde(default)]
+    pub expected_failure: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -22,6 +26,9 @@ pub struct From {
     pub namespace: String,
 }
 
+/// `protocol`: `http` (HTTP/1.1), `h2c` (HTTP/2 with prior knowledge), `grpc` (a unary
+/// call over h2c), or `websocket` (an upgrade of `path`, then a text and a binary message
+/// that must come back unchanged). In `path`, `{{uuid}}` is a fresh id for every try.
 #[derive(Debug, Deserialize)]
 pub struct Request {
     #[serde(default)]
@@ -52,6 +59,30 @@ pub struct Expectation {
     pub response_headers_absent: Vec<String>,
     #[serde(default)]
     pub redirect_location: Option<RedirectLocation>,
+    /// Workloads a copy of the request must reach (RequestMirror), as their echo records.
+    #[serde(default)]
+    pub mirrored_to: Vec<Mirror>,
+    /// With mirrors of a `percent`: how their share of copies is measured.
+    #[serde(default)]
+    pub mirror_share: Option<MirrorShare>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Mirror {
+    pub workload: String,
+    pub namespace: String,
+    /// The share of requests this mirror gets a copy of, when not every one.
+    #[serde(default)]
+    pub percent: Option<f64>,
+}
+
+/// Batches of requests over one connection; a batch passes when each mirror's copies are
+/// within `tolerance` (absolute, as a fraction) of its `percent`.
+#[derive(Debug, Deserialize)]
+pub struct MirrorShare {
+    pub requests_per_attempt: usize,
+    pub max_attempts: usize,
+    pub tolerance: f64,
 }
 
 #[derive(Debug, Deserialize)]

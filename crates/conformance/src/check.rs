@@ -3,25 +3,39 @@
 //! host, the redirect `Location` and the backend namespace, which the upstream mesh
 //! harness leaves unchecked but which Tarmac must get right too).
 
-use crate::case::{Case, Convergence, Expectation, Request, Weights};
-use crate::client::{Connection, Outgoing, Reply};
+use crate::case::{Case, Convergence, Expectation, Mirror, MirrorShare, Request, Weights};
+use crate::client::{Connection, Outgoing, Protocol, Reply};
 use crate::manifests;
-use crate::mesh::{Mesh, ServicePort};
+use crate::mesh::{Mesh, RunningPod, ServicePort};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Runs the case in `dir`: `Ok(name)` if it passed, `Err((name, why))` if not.
-pub async fn run_case(dir: &Path) -> Result<String, (String, String)> {
+/// How a case ended.
+pub struct Outcome {
+    pub name: String,
+    pub result: Result<(), String>,
+    /// The case's `expected_failure`, when it has one.
+    pub expected_failure: Option<String>,
+}
+
+/// Runs the case in `dir`.
+pub async fn run_case(dir: &Path) -> Outcome {
     let fallback = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let case = Case::load(dir).map_err(|e| (fallback, e))?;
-    let name = case.expect.name.clone();
-    let snapshot = manifests::snapshot(&case.manifests).map_err(|e| (name.clone(), e))?;
-    let mesh = Mesh::start(snapshot).await.map_err(|e| (name.clone(), e))?;
-    let result = run(&case, &mesh).await;
-    mesh.stop().await;
-    result.map(|()| name.clone()).map_err(|e| (name, e))
+    let case = match Case::load(dir) {
+        Ok(case) => case,
+        Err(e) => return Outcome { name: fallback, result: Err(e), expected_failure: None },
+    };
+    let result = async {
+        let snapshot = manifests::snapshot(&case.manifests)?;
+        let mesh = Mesh::start(snapshot).await?;
+        let result = run(&case, &mesh).await;
+        mesh.stop().await;
+        result
+    }
+    .await;
+    Outcome { name: case.expect.name.clone(), result, expected_failure: case.expect.expected_failure.clone() }
 }
 
 async fn run(case: &Case, mesh: &Mesh) -> Result<(), String> {
@@ -29,13 +43,124 @@ async fn run(case: &Case, mesh: &Mesh) -> Result<(), String> {
     let convergence = case.expect.convergence.as_ref().unwrap_or(&default);
     for (i, request) in case.expect.requests.iter().enumerate() {
         let label = request.case.clone().unwrap_or_else(|| format!("request {} ({})", i + 1, request.url));
+        let started = Instant::now();
         converge(mesh, request, convergence).await.map_err(|e| format!("{label}: {e}"))?;
+        match &request.expect.mirror_share {
+            Some(share) => mirror_shares(mesh, request, share).await,
+            None => mirrored(mesh, request, started).await,
+        }
+        .map_err(|e| format!("{label}: {e}"))?;
     }
     if let Some(weights) = &case.expect.weights {
         let request = case.expect.requests.first().ok_or("a weighted case needs its request")?;
         distribution(mesh, request, weights).await?;
     }
     Ok(())
+}
+
+/// How long a mirror's copy may take to show in its echo's record (the upstream suite
+/// waits its request timeout for the mirror's log line).
+const MIRROR_WAIT: Duration = Duration::from_secs(10);
+/// While waiting, the request is sent again this often: a copy is best effort (one made
+/// before the caller knew the mirror's endpoints is dropped), so the proof is that copies
+/// arrive, not that a given one did.
+const MIRROR_RESEND: Duration = Duration::from_millis(500);
+
+/// The pods of a mirror, none being an error.
+fn mirror_pods<'a>(mesh: &'a Mesh, want: &Mirror) -> Result<Vec<&'a RunningPod>, String> {
+    let pods: Vec<_> = mesh
+        .pods
+        .iter()
+        .filter(|p| p.pod.namespace == want.namespace && p.pod.workload == want.workload)
+        .collect();
+    if pods.is_empty() {
+        return Err(format!("no pod of {}/{} to be mirrored to", want.namespace, want.workload));
+    }
+    Ok(pods)
+}
+
+/// Copies of `path` the pods received since `since`.
+fn copies(pods: &[&RunningPod], path: &str, since: Instant) -> usize {
+    pods.iter().map(|p| p.log.received_since(path, since)).sum()
+}
+
+/// Every workload of `mirrored_to` received the request's path since `since`.
+async fn mirrored(mesh: &Mesh, request: &Request, since: Instant) -> Result<(), String> {
+    if request.expect.mirrored_to.is_empty() {
+        return Ok(());
+    }
+    let target = target(mesh, request)?;
+    let out = outgoing(request, &target.authority, &request.path)?;
+    let deadline = Instant::now() + MIRROR_WAIT;
+    for want in &request.expect.mirrored_to {
+        let pods = mirror_pods(mesh, want)?;
+        let mut resent = Instant::now();
+        while copies(&pods, &request.path, since) == 0 {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "{}/{} received no copy of {} within {MIRROR_WAIT:?}",
+                    want.namespace, want.workload, request.path
+                ));
+            }
+            if resent.elapsed() >= MIRROR_RESEND {
+                resent = Instant::now();
+                if let Ok(mut conn) = Connection::open(target.addr, out.protocol).await {
+                    let _ = conn.send(&out).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+/// For mirrors of a `percent`: batches of the request over one connection (so the share
+/// must be drawn per request), each mirror's copies counted once they stop arriving.
+async fn mirror_shares(mesh: &Mesh, request: &Request, share: &MirrorShare) -> Result<(), String> {
+    let target = target(mesh, request)?;
+    let out = outgoing(request, &target.authority, &request.path)?;
+    let mut last = String::new();
+    for n in 0..share.max_attempts.max(1) {
+        if n > 0 {
+            tokio::time::sleep(ATTEMPT_PAUSE).await;
+        }
+        let since = Instant::now();
+        let mut conn = Connection::open(target.addr, out.protocol).await?;
+        for _ in 0..share.requests_per_attempt {
+            conn.send(&out).await?;
+        }
+        let mut failures = Vec::new();
+        for want in &request.expect.mirrored_to {
+            let pods = mirror_pods(mesh, want)?;
+            // Copies go in the background: count until two readings agree, within bounds.
+            let deadline = Instant::now() + MIRROR_WAIT;
+            let mut count = copies(&pods, &request.path, since);
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let now = copies(&pods, &request.path, since);
+                if now == count || Instant::now() >= deadline {
+                    break;
+                }
+                count = now;
+            }
+            let got = count as f64 / share.requests_per_attempt as f64;
+            let wanted = want.percent.unwrap_or(100.0) / 100.0;
+            if (got - wanted).abs() > share.tolerance {
+                failures.push(format!(
+                    "{} got a copy of {got:.3} of the requests (expected {wanted} ± {})",
+                    want.workload, share.tolerance
+                ));
+            }
+        }
+        if failures.is_empty() {
+            return Ok(());
+        }
+        last = failures.join("; ");
+    }
+    Err(format!(
+        "mirrors: no batch of {} within tolerance {}; last: {last}",
+        share.requests_per_attempt, share.tolerance
+    ))
 }
 
 /// Where a request goes and what it says its authority is.
@@ -76,13 +201,14 @@ fn target(mesh: &Mesh, request: &Request) -> Result<Target, String> {
     Ok(Target { addr, authority })
 }
 
-fn outgoing<'a>(request: &'a Request, authority: &'a str) -> Outgoing<'a> {
-    let grpc = request.protocol == "grpc";
+/// The request to send; `path` is the request's, with any `{{uuid}}` already replaced.
+fn outgoing<'a>(request: &'a Request, authority: &'a str, path: &'a str) -> Result<Outgoing<'a>, String> {
+    let protocol = Protocol::parse(&request.protocol)?;
     let host = request.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")).map(|(_, v)| v.as_str());
-    Outgoing {
-        grpc,
-        method: if grpc { "POST" } else { request.method.as_deref().unwrap_or("GET") },
-        path: if request.path.is_empty() { "/" } else { &request.path },
+    Ok(Outgoing {
+        protocol,
+        method: if protocol == Protocol::Grpc { "POST" } else { request.method.as_deref().unwrap_or("GET") },
+        path: if path.is_empty() { "/" } else { path },
         authority: host.unwrap_or(authority),
         headers: request
             .headers
@@ -90,19 +216,30 @@ fn outgoing<'a>(request: &'a Request, authority: &'a str) -> Outgoing<'a> {
             .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect(),
+    })
+}
+
+/// `{{uuid}}` in a path: a fresh id per try, as the suite's retry test makes one per probe
+/// so that the echo counts each probe's failures afresh.
+fn fresh_path(path: &str) -> String {
+    if path.contains("{{uuid}}") {
+        path.replace("{{uuid}}", &format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)))
+    } else {
+        path.to_string()
     }
 }
 
 /// Sends `request` until it passes the required number of times in a row, or time runs out.
 async fn converge(mesh: &Mesh, request: &Request, c: &Convergence) -> Result<(), String> {
     let target = target(mesh, request)?;
-    let out = outgoing(request, &target.authority);
     let deadline = Instant::now() + Duration::from_secs(c.max_time_to_consistency_s);
     let mut in_a_row = 0;
     let mut last_error = String::new();
     while Instant::now() < deadline {
+        let path = fresh_path(&request.path);
+        let out = outgoing(request, &target.authority, &path)?;
         // A new connection per request, as the suite's client makes.
-        let verdict = match Connection::open(target.addr, out.grpc).await {
+        let verdict = match Connection::open(target.addr, out.protocol).await {
             Ok(mut conn) => match conn.send(&out).await {
                 Ok(reply) => judge(&request.expect, &reply),
                 Err(e) => Err(e),
@@ -134,6 +271,9 @@ fn judge(expect: &Expectation, reply: &Reply) -> Result<(), String> {
     let mut diffs = Vec::new();
     if reply.status != expect.status {
         diffs.push(format!("status {} (expected {})", reply.status, expect.status));
+    }
+    if let Some(Err(e)) = &reply.websocket {
+        diffs.push(format!("WebSocket: {e}"));
     }
     if let Some(backend) = &expect.backend {
         match &reply.seen {
@@ -254,7 +394,7 @@ const ATTEMPT_PAUSE: Duration = Duration::from_secs(1);
 /// request), each judged on which backends answered and in what proportions.
 async fn distribution(mesh: &Mesh, request: &Request, weights: &Weights) -> Result<(), String> {
     let target = target(mesh, request)?;
-    let out = outgoing(request, &target.authority);
+    let out = outgoing(request, &target.authority, &request.path)?;
     let mut last = String::new();
     for n in 0..weights.max_attempts.max(1) {
         if n > 0 {
@@ -283,7 +423,7 @@ fn deployment_of(hostname: &str) -> &str {
 }
 
 async fn attempt(target: &Target, out: &Outgoing<'_>, weights: &Weights) -> Result<(), String> {
-    let mut conn = Connection::open(target.addr, out.grpc).await?;
+    let mut conn = Connection::open(target.addr, out.protocol).await?;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..weights.requests_per_attempt {
         let reply = conn.send(out).await?;

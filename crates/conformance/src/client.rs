@@ -1,8 +1,9 @@
 //! The in-mesh client: sends a case's request to a sidecar listener (or straight to a
-//! pod) over HTTP/1.1, or as a unary gRPC call over h2c, and reads back what the client
-//! and the backend saw.
+//! pod) over HTTP/1.1 or h2c, as a unary gRPC call over h2c, or as a WebSocket, and reads
+//! back what the client and the backend saw.
 
 use crate::echo::{grpc_frame, grpc_unframe, proto_message, proto_string};
+use crate::ws;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request};
@@ -23,6 +24,8 @@ pub struct Reply {
     pub headers: HeaderMap,
     /// The backend's description of the request, when a backend answered.
     pub seen: Option<Seen>,
+    /// For a WebSocket: whether its messages came back unchanged.
+    pub websocket: Option<Result<(), String>>,
 }
 
 /// The backend's `Key=Value` lines.
@@ -69,9 +72,37 @@ impl Seen {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    H2c,
+    Grpc,
+    WebSocket,
+}
+
+impl Protocol {
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "http" => Ok(Protocol::Http1),
+            "h2c" => Ok(Protocol::H2c),
+            "grpc" => Ok(Protocol::Grpc),
+            "websocket" => Ok(Protocol::WebSocket),
+            other => Err(format!("protocol `{other}` is not http, h2c, grpc or websocket")),
+        }
+    }
+
+    fn http2(self) -> bool {
+        matches!(self, Protocol::H2c | Protocol::Grpc)
+    }
+}
+
+/// What a WebSocket case sends, each message to come back as it went (the upstream test's).
+const WS_TEXT: &str = "Websocket Support!";
+const WS_BINARY: &[u8] = &[1, 2, 3, 4, 5, 6, 7];
+
 /// What to send.
 pub struct Outgoing<'a> {
-    pub grpc: bool,
+    pub protocol: Protocol,
     pub method: &'a str,
     pub path: &'a str,
     /// The `Host` header (HTTP) or `:authority` (gRPC).
@@ -87,14 +118,14 @@ pub enum Connection {
 }
 
 impl Connection {
-    pub async fn open(addr: SocketAddr, grpc: bool) -> Result<Self, String> {
+    pub async fn open(addr: SocketAddr, protocol: Protocol) -> Result<Self, String> {
         let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| format!("connecting to {addr} timed out"))?
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(stream);
-        if grpc {
+        if protocol.http2() {
             let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
                 .await
                 .map_err(|e| format!("h2 handshake with {addr}: {e}"))?;
@@ -103,7 +134,7 @@ impl Connection {
         } else {
             let (sender, conn) =
                 http1::handshake(io).await.map_err(|e| format!("HTTP/1.1 handshake with {addr}: {e}"))?;
-            tokio::spawn(conn);
+            tokio::spawn(conn.with_upgrades());
             Ok(Connection::Http1(sender))
         }
     }
@@ -117,16 +148,36 @@ impl Connection {
     async fn exchange(&mut self, out: &Outgoing<'_>) -> Result<Reply, String> {
         let method = Method::from_bytes(out.method.as_bytes()).map_err(|e| e.to_string())?;
         let mut builder = Request::builder().method(method);
-        let body = if out.grpc {
-            builder = builder
-                .uri(format!("http://{}{}", out.authority, out.path))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .header("x-request-id", format!("{:016x}", fastrand::u64(..)));
-            grpc_frame(&proto_message("conformance"))
-        } else {
-            builder = builder.uri(out.path).header(http::header::HOST, out.authority);
-            Bytes::new()
+        let grpc = out.protocol == Protocol::Grpc;
+        let ws_key = ws::new_key();
+        let body = match out.protocol {
+            Protocol::Grpc => {
+                builder = builder
+                    .uri(format!("http://{}{}", out.authority, out.path))
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .header("x-request-id", format!("{:016x}", fastrand::u64(..)));
+                grpc_frame(&proto_message("conformance"))
+            }
+            // HTTP/2 carries the authority in the URI.
+            Protocol::H2c => {
+                builder = builder.uri(format!("http://{}{}", out.authority, out.path));
+                Bytes::new()
+            }
+            Protocol::Http1 => {
+                builder = builder.uri(out.path).header(http::header::HOST, out.authority);
+                Bytes::new()
+            }
+            Protocol::WebSocket => {
+                builder = builder
+                    .uri(out.path)
+                    .header(http::header::HOST, out.authority)
+                    .header(http::header::CONNECTION, "Upgrade")
+                    .header(http::header::UPGRADE, "websocket")
+                    .header("sec-websocket-version", "13")
+                    .header("sec-websocket-key", &ws_key);
+                Bytes::new()
+            }
         };
         let mut req = builder.body(Full::new(body)).map_err(|e| format!("invalid request: {e}"))?;
         for (name, value) in &out.headers {
@@ -145,13 +196,21 @@ impl Connection {
             }
         }
         .map_err(|e| format!("request failed: {e}"))?;
+        if out.protocol == Protocol::WebSocket {
+            return Ok(websocket(rsp, &ws_key).await);
+        }
         let (parts, body) = rsp.into_parts();
         let collected = body.collect().await.map_err(|e| format!("reading the response: {e}"))?;
         let trailers = collected.trailers().cloned();
         let bytes = collected.to_bytes();
-        if !out.grpc {
+        if !grpc {
             let seen = Seen::parse(&String::from_utf8_lossy(&bytes));
-            return Ok(Reply { status: parts.status.as_u16(), headers: parts.headers, seen });
+            return Ok(Reply {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                seen,
+                websocket: None,
+            });
         }
         let grpc_status = trailers
             .as_ref()
@@ -165,8 +224,37 @@ impl Connection {
             (other, _) => other,
         };
         let seen = grpc_unframe(&bytes).and_then(|m| proto_string(&m)).and_then(|text| Seen::parse(&text));
-        Ok(Reply { status, headers: parts.headers, seen })
+        Ok(Reply { status, headers: parts.headers, seen, websocket: None })
     }
+}
+
+/// After the upgrade (accepted for the key sent), a text and a binary message, each to
+/// come back unchanged.
+async fn websocket(mut rsp: hyper::Response<hyper::body::Incoming>, key: &str) -> Reply {
+    let status = rsp.status().as_u16();
+    let headers = rsp.headers().clone();
+    let exchanged = async {
+        if status != 101 {
+            return Err(format!("the upgrade was answered with {status}"));
+        }
+        let accept = headers.get("sec-websocket-accept").and_then(|v| v.to_str().ok());
+        if accept != Some(ws::accept_key(key).as_str()) {
+            return Err(format!("Sec-WebSocket-Accept {accept:?} does not answer the key sent"));
+        }
+        let upgraded = hyper::upgrade::on(&mut rsp).await.map_err(|e| format!("upgrade: {e}"))?;
+        let mut io = TokioIo::new(upgraded);
+        for (opcode, message) in [(ws::TEXT, WS_TEXT.as_bytes()), (ws::BINARY, WS_BINARY)] {
+            ws::write_frame(&mut io, opcode, message, true).await.map_err(|e| format!("sending: {e}"))?;
+            let (got_opcode, got) = ws::read_frame(&mut io).await.map_err(|e| format!("receiving: {e}"))?;
+            if (got_opcode, got.as_slice()) != (opcode, message) {
+                return Err(format!("sent {message:?} (opcode {opcode}), got {got:?} (opcode {got_opcode})"));
+            }
+        }
+        let _ = ws::write_frame(&mut io, ws::CLOSE, &[], true).await;
+        Ok(())
+    }
+    .await;
+    Reply { status, headers, seen: None, websocket: Some(exchanged) }
 }
 
 /// How a failed gRPC call is reported as a status, as the suite's echo client does.

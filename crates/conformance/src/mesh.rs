@@ -3,7 +3,7 @@
 //! and a real `tarmac-proxy` sidecar (in-process, explicit mode) with an outbound listener
 //! per Service port.
 
-use crate::echo::{self, Pod};
+use crate::echo::{self, Log, Pod};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -27,6 +27,8 @@ pub struct RunningPod {
     pub inbound: SocketAddr,
     /// The sidecar's outbound listener for each Service port.
     pub listeners: BTreeMap<ServicePort, SocketAddr>,
+    /// What the pod's echo received.
+    pub log: Log,
     proxy: tarmac_proxy::Running,
     echo: tokio::task::JoinHandle<()>,
 }
@@ -98,7 +100,8 @@ impl Mesh {
                     workload: w.metadata.name.clone(),
                     hostname: pod_hostname(&w.metadata.name),
                 };
-                let (app, echo) = echo::start(pod.clone()).await.map_err(|e| format!("echo server: {e}"))?;
+                let (app, log, echo) =
+                    echo::start(pod.clone()).await.map_err(|e| format!("echo server: {e}"))?;
                 let mut yaml = format!(
                     "admin: 127.0.0.1:0\ncontrol:\n  addr: \"{control}\"\n  namespace: \"{}\"\n  workload: \"{}\"\n  service_account: \"{}\"\ninbound:\n  listen: 127.0.0.1:0\n  app: \"{app}\"\nlimits:\n  drain_timeout: 1s\noutbound:\n  services:\n",
                     pod.namespace, pod.workload, w.spec.service_account_name
@@ -131,7 +134,7 @@ impl Mesh {
                     meshed: true,
                     admin: Some(proxy.addrs.admin),
                 });
-                pods.push(RunningPod { pod, inbound, listeners, proxy, echo });
+                pods.push(RunningPod { pod, inbound, listeners, log, proxy, echo });
             }
         }
         // All at once, as a cluster that is already up: any update a sidecar receives

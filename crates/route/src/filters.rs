@@ -287,6 +287,11 @@ impl Cors {
         if let Some(v) = echo(&self.headers, header::ACCESS_CONTROL_REQUEST_HEADERS) {
             out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
         }
+        // Browsers read exposed headers from the actual response, but the Gateway API
+        // (and its CORS conformance test) has the preflight name them too.
+        if let Some(expose) = &self.expose {
+            out.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone());
+        }
         out.insert(header::ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
         Some(out)
     }
@@ -603,6 +608,7 @@ mod tests {
         assert_eq!(out[header::ACCESS_CONTROL_ALLOW_HEADERS], "x-a, x-b");
         assert_eq!(out[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
         assert_eq!(out[header::ACCESS_CONTROL_MAX_AGE], "5");
+        assert_eq!(out[header::ACCESS_CONTROL_EXPOSE_HEADERS], "x-total", "the preflight names them too");
         let stranger =
             request(&[("origin", "https://example.com.evil"), ("access-control-request-method", "GET")]);
         assert!(c.preflight(&Method::OPTIONS, &stranger).unwrap().is_empty());
