@@ -268,32 +268,37 @@ pub async fn detect_protocol<I: AsyncRead + Unpin>(
         Protocol::Opaque => (Detected::Opaque, Vec::new()),
         Protocol::Http1 => (Detected::Http1, Vec::new()),
         Protocol::Http2 => (Detected::Http2, Vec::new()),
-        Protocol::Detect => match detect::detect(stream, shared.limits.detect_timeout).await {
-            Err(e) => {
-                tracing::debug!(error = %e, "connection failed during protocol detection");
-                return None;
-            }
-            Ok(d) if d.timed_out => {
-                shared.metrics.detected(direction, "timeout");
-                if opaque_port {
-                    return Some((Detected::Opaque, d.buffered.to_vec()));
+        Protocol::Detect => {
+            let started = std::time::Instant::now();
+            let detection = detect::detect(stream, shared.limits.detect_timeout).await;
+            let took = Some(started.elapsed());
+            match detection {
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection failed during protocol detection");
+                    return None;
                 }
-                tracing::warn!(
-                    target,
-                    timeout = ?shared.limits.detect_timeout,
-                    "protocol detection timed out: the client sent nothing, closing the connection; \
-                     if this is a server-speaks-first protocol, declare its port opaque \
-                     (`opaque_ports`, or `appProtocol: tcp` on the Service port)"
-                );
-                return None;
+                Ok(d) if d.timed_out => {
+                    shared.metrics.detected(direction, "timeout", took);
+                    if opaque_port {
+                        return Some((Detected::Opaque, d.buffered.to_vec()));
+                    }
+                    tracing::warn!(
+                        target,
+                        timeout = ?shared.limits.detect_timeout,
+                        "protocol detection timed out: the client sent nothing, closing the connection; \
+                         if this is a server-speaks-first protocol, declare its port opaque \
+                         (`opaque_ports`, or `appProtocol: tcp` on the Service port)"
+                    );
+                    return None;
+                }
+                Ok(d) => {
+                    shared.metrics.detected(direction, d.protocol.as_str(), took);
+                    return Some((d.protocol, d.buffered.to_vec()));
+                }
             }
-            Ok(d) => {
-                shared.metrics.detected(direction, d.protocol.as_str());
-                return Some((d.protocol, d.buffered.to_vec()));
-            }
-        },
+        }
     };
-    shared.metrics.detected(direction, "skipped");
+    shared.metrics.detected(direction, "skipped", None);
     Some(detected)
 }
 
