@@ -17,7 +17,6 @@ use std::future::Future;
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use tarmac_transport::PrefixedIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -232,23 +231,6 @@ where
         tarmac_transport::set_stream_options(&stream);
         shared.tasks.spawn(handle(stream, permit));
     }
-}
-
-/// Detects the protocol (unless `hint` says it) and serves the connection with `handler`.
-pub async fn proxy_connection<H: Handle>(
-    shared: &Shared,
-    mut stream: TcpStream,
-    handler: Arc<H>,
-    hint: Protocol,
-) {
-    let source = stream.peer_addr().ok();
-    let meta = handler.meta();
-    let Some((protocol, prefix)) =
-        detect_protocol(shared, &mut stream, meta.direction, &meta.name, hint, false).await
-    else {
-        return;
-    };
-    serve_detected(shared, PrefixedIo::new(prefix, stream), protocol, handler, source).await
 }
 
 /// The connection's protocol (from `hint`, or read from its first bytes) and the bytes
