@@ -66,11 +66,14 @@ pub type ExplicitService = (Arc<Service>, Option<SocketAddr>);
 /// Destinations outside the mesh with their own pools and metrics (see [`Targets`]).
 const MAX_PASSTHROUGH: usize = 1024;
 
+/// A service a TLS client's server name may mean, and the Service port it stands for.
+type Named = (Option<u16>, Arc<Service>);
+
 #[derive(Debug)]
 pub struct Outbound {
     by_addr: HashMap<SocketAddr, Arc<Service>>,
-    /// The services by the names TLS clients may ask for, each with its Service port.
-    by_name: HashMap<String, Vec<(Option<u16>, Arc<Service>)>>,
+    /// The services by the names TLS clients may ask for.
+    by_name: HashMap<String, Vec<Named>>,
     passthrough: Targets<SocketAddr, Logical>,
 }
 
