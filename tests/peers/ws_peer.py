@@ -214,9 +214,8 @@ class H2Stream:
         self.flush()
 
     def until(self, done):
-        while not done():
-            if self.ended and not done():
-                return
+        """Reads until `done()`, or until the stream has ended."""
+        while not done() and not self.ended:
             self.pump()
 
     def open(self, path, authority, extra):
