@@ -14,7 +14,7 @@ use tarmac_testkit::servers::free_port;
 use tarmac_testkit::tools::{curl, run, temp_dir};
 
 /// `openssl s_server`, killed on drop.
-struct SServer(std::process::Child);
+pub(crate) struct SServer(std::process::Child);
 
 impl Drop for SServer {
     fn drop(&mut self) {
@@ -70,7 +70,7 @@ pub(crate) fn app_pki(dir: &Path) {
 
 /// `openssl s_server -www` (answers `GET /` with a page describing the TLS session) on a
 /// free loopback port, once it accepts connections.
-async fn s_server(dir: &Path) -> (SServer, SocketAddr) {
+pub(crate) async fn s_server(dir: &Path) -> (SServer, SocketAddr) {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let child = std::process::Command::new("openssl")
         .args(["s_server", "-accept", &addr.to_string(), "-www", "-quiet"])
