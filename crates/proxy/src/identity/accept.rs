@@ -159,4 +159,24 @@ mod tests {
         // A record header announcing more than was sent: wait for the rest.
         assert_eq!(offers_mesh_alpn(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), None);
     }
+
+    #[tokio::test]
+    async fn an_apps_hello_is_read_whole_for_its_server_name() {
+        let config = rustls::ClientConfig::builder_with_provider(crate::identity::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("books.shop.svc.cluster.local").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).unwrap();
+        // Detection saw the record's first bytes; the rest arrives after.
+        let (mut buffered, rest) = (hello[..2].to_vec(), &hello[2..]);
+        let mut stream = rest;
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        let read = read_client_hello(&mut buffered, &mut stream, deadline).await.unwrap();
+        assert_eq!(read, Hello { mesh: false, server_name: Some("books.shop.svc.cluster.local".into()) });
+        assert_eq!(buffered, hello, "every byte kept, to replay");
+    }
 }
