@@ -5,7 +5,8 @@
 #   (promtool, and the server the telemetry tests start), iproute2, util-linux
 #   (setpriv), procps, chromium (headless, for the dashboard test), openssl
 #   (the independent TLS peer of the identity tests: verify, s_client).
-# - Python packages for python3, pinned: grpcio, websockets (test peers).
+# - Python packages for python3, pinned: grpcio, websockets, h2 (test peers; h2
+#   speaks WebSocket over HTTP/2, RFC 8441).
 # - Makes sure the iptables backend works inside a fresh network namespace,
 #   switching between iptables-legacy and iptables-nft if needed.
 #
@@ -86,11 +87,11 @@ fi
 
 # --- Python packages -------------------------------------------------------
 # Pinned: a test peer that changes under the suite is a test that changes. Bump on purpose.
-PYTHON_PACKAGES=(grpcio==1.85.3 websockets==17.4)
-if ! python3 -c 'import grpc, websockets' >/dev/null 2>&1; then
+PYTHON_PACKAGES=(grpcio==1.85.3 websockets==17.4 h2==4.4.1)
+if ! python3 -c 'import grpc, websockets, h2' >/dev/null 2>&1; then
     PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet "${PYTHON_PACKAGES[@]}"
-    python3 -c 'import grpc, websockets' || { log "FAILED to import grpc/websockets after pip install" >&2; exit 1; }
-    log "installed python packages: $(python3 -c 'import grpc, websockets; print(f"grpcio {grpc.__version__}, websockets {websockets.__version__}")')"
+    python3 -c 'import grpc, websockets, h2' || { log "FAILED to import grpc/websockets/h2 after pip install" >&2; exit 1; }
+    log "installed python packages: $(python3 -c 'import grpc, websockets, h2; print(f"grpcio {grpc.__version__}, websockets {websockets.__version__}, h2 {h2.__version__}")')"
 fi
 
 # --- iptables backend --------------------------------------------------------

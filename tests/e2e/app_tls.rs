@@ -7,13 +7,14 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
+use tarmac_testkit::echo::EchoServer;
 use tarmac_testkit::metrics::{scrape, sum};
-use tarmac_testkit::proxy::mesh_pair;
+use tarmac_testkit::proxy::{TestPki, mesh_pair, start};
 use tarmac_testkit::servers::free_port;
 use tarmac_testkit::tools::{curl, run, temp_dir};
 
 /// `openssl s_server`, killed on drop.
-struct SServer(std::process::Child);
+pub(crate) struct SServer(std::process::Child);
 
 impl Drop for SServer {
     fn drop(&mut self) {
@@ -69,7 +70,7 @@ pub(crate) fn app_pki(dir: &Path) {
 
 /// `openssl s_server -www` (answers `GET /` with a page describing the TLS session) on a
 /// free loopback port, once it accepts connections.
-async fn s_server(dir: &Path) -> (SServer, SocketAddr) {
+pub(crate) async fn s_server(dir: &Path) -> (SServer, SocketAddr) {
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let child = std::process::Command::new("openssl")
         .args(["s_server", "-accept", &addr.to_string(), "-www", "-quiet"])
@@ -147,6 +148,77 @@ async fn an_apps_own_tls_crosses_two_sidecars_untouched() {
     })
     .await;
     assert_eq!(sum(&m, "tarmac_requests_total", &[]), 0.0, "{m}");
+}
+
+#[tokio::test]
+async fn an_apps_tls_goes_to_the_service_its_server_name_names() {
+    let dir = temp_dir("app-tls-sni");
+    app_pki(&dir);
+    let (_app, app) = s_server(&dir).await;
+    let pki = TestPki::get();
+    let server = start(&format!(
+        "admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {app}\n{}",
+        pki.identity_yaml(&pki.server)
+    ))
+    .await;
+    // The app sends its TLS to one listener, `egress`, whatever it calls; the proxy also
+    // knows the service `books.example`. Where `egress` itself goes counts connections.
+    let elsewhere = EchoServer::start("elsewhere").await;
+    let client = start(&format!(
+        "admin: 127.0.0.1:0\noutbound:\n  services:\n  - name: egress\n    listen: 127.0.0.1:0\n    endpoints: [{{addr: \"{}\"}}]\n  - name: books.example\n    listen: 127.0.0.1:0\n    endpoints: [{{addr: \"{}\", meshed: true, identity: \"{}\"}}]\n{}",
+        elsewhere.addr,
+        server.addrs.inbound.unwrap(),
+        pki.server.0,
+        pki.identity_yaml(&pki.client)
+    ))
+    .await;
+    let egress = client.addrs.service("egress").unwrap();
+    let ca = dir.join("ca.pem").display().to_string();
+
+    // Called as books.example: to the app behind the server's sidecar, whose certificate
+    // curl verifies, so the TLS is still the app's own end to end.
+    let resolve = format!("books.example:{}:127.0.0.1", egress.port());
+    let url = format!("https://books.example:{}/", egress.port());
+    let (page, _) =
+        curl(&["--cacert", &ca, "--resolve", &resolve, "-w", "\nverify=%{ssl_verify_result}", &url]).await;
+    assert!(page.contains("s_server -accept"), "not the app's page:\n{page}");
+    assert!(page.ends_with("\nverify=0"), "{page}");
+    let target = egress.to_string();
+    let s_client = |name: &'static str| {
+        let target = target.clone();
+        let ca = ca.clone();
+        async move {
+            let args = ["s_client", "-connect", &target, "-servername", name, "-verify_hostname", name];
+            let out =
+                run("openssl", &[&args[..], &["-CAfile", &ca, "-verify_return_error", "-brief"]].concat())
+                    .await;
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        }
+    };
+    let said = s_client("books.example").await;
+    assert!(said.contains("Verification: OK"), "{said}");
+    assert_eq!(elsewhere.connections(), 0, "nothing went where the listener goes");
+    // Counted as the service it named, and carried over mTLS to the server's sidecar.
+    let m = eventually(client.addrs.admin, |m| {
+        sum(m, "tarmac_tcp_write_bytes_total", &[("target", "books.example")]) > 0.0
+    })
+    .await;
+    assert_eq!(sum(&m, "tarmac_tcp_open_total", &[("target", "books.example")]), 2.0, "{m}");
+    assert_eq!(sum(&m, "tarmac_tcp_open_total", &[("target", "egress")]), 0.0, "{m}");
+    assert!(
+        sum(&m, "tarmac_tls_handshakes_total", &[("direction", "outbound"), ("result", "ok")]) >= 1.0,
+        "{m}"
+    );
+    assert_eq!(sum(&m, "tarmac_requests_total", &[]), 0.0, "never parsed as HTTP: {m}");
+
+    // A name that is no service of the proxy's goes where the listener goes, as before.
+    let said = s_client("other.example").await;
+    assert!(!said.contains("Verification: OK"), "{said}");
+    let m =
+        eventually(client.addrs.admin, |m| sum(m, "tarmac_tcp_open_total", &[("target", "egress")]) == 1.0)
+            .await;
+    assert_eq!(sum(&m, "tarmac_tcp_open_total", &[("target", "books.example")]), 2.0, "{m}");
+    assert_eq!(elsewhere.connections(), 1);
 }
 
 /// Scrapes `admin` until `holds` (10 s at most); the last scrape.

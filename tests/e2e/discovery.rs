@@ -255,3 +255,43 @@ async fn a_minute_without_the_control_plane_at_500_rps_fails_no_request() {
     assert!(ok >= 25_000, "only {ok} requests");
     eprintln!("fail static: {ok} requests, 0 failed, control plane away for 60 s");
 }
+
+/// An app's own TLS sent to another service's listener (`egress`) reaches the discovered
+/// Service its server name names, by the names a cluster's DNS gives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apps_tls_reaches_the_discovered_service_its_server_name_names() {
+    let (dir, registry) = books_config("discovery-sni");
+    let pki = temp_dir("discovery-sni-pki");
+    crate::app_tls::app_pki(&pki);
+    let (_app, app) = crate::app_tls::s_server(&pki).await;
+    let server = start(&format!("admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {app}\n")).await;
+    registry.set(vec![instance(0, server.addrs.inbound.unwrap())]);
+    let control = control_plane(&dir, &registry, "127.0.0.1:0".parse().unwrap()).await;
+    let elsewhere = EchoServer::start("elsewhere").await;
+    let client = start(&format!(
+        "admin: 127.0.0.1:0\ncontrol: {{addr: \"{}\", workload: web}}\noutbound:\n  services:\n  - name: egress\n    listen: 127.0.0.1:0\n    endpoints: [{{addr: \"{}\"}}]\n  - name: books\n    listen: 127.0.0.1:0\n    discover: {{port: 80}}\n",
+        control.addrs.grpc, elsewhere.addr
+    ))
+    .await;
+    let egress = client.addrs.service("egress").unwrap().to_string();
+    let ca = pki.join("ca.pem").display().to_string();
+    for name in ["books.default.svc.cluster.local", "books.default", "books"] {
+        // The app's certificate is for books.example: verified as that, whatever name routed it.
+        let args =
+            ["s_client", "-connect", &egress, "-servername", name, "-verify_hostname", "books.example"];
+        let args = [&args[..], &["-CAfile", &ca, "-verify_return_error", "-brief"]].concat();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = tarmac_testkit::tools::run("openssl", &args).await;
+            let said =
+                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            if said.contains("Verification: OK") {
+                break;
+            }
+            // Until discovery has given books its endpoint, books has none to send it to.
+            assert!(tokio::time::Instant::now() < deadline, "{name}: {said}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(elsewhere.connections(), 0, "nothing went where the listener goes");
+}

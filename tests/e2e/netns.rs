@@ -316,7 +316,8 @@ fn opaque_tcp_to_an_unknown_destination_is_intercepted_and_passed_through() {
 /// An app's own TLS in transparent mode: an unmodified curl in one namespace calls
 /// `https://books.example:8443/`, served by `openssl s_server` in the other with a
 /// certificate of the app's own CA. Both sidecars intercept it (iptables), carry it over
-/// mTLS between them, and leave it untouched: curl verifies the app's certificate.
+/// mTLS between them, and leave it untouched: curl verifies the app's certificate. Called
+/// at an address that is no Service, it goes to the Service its server name names.
 #[test]
 fn an_apps_own_tls_crosses_both_sidecars_in_transparent_mode() {
     if !can_run_privileged() {
@@ -345,7 +346,7 @@ fn an_apps_own_tls_crosses_both_sidecars_in_transparent_mode() {
     std::fs::write(
         &client_cfg,
         format!(
-            "admin: 127.0.0.1:4191\noutbound:\n  transparent_listen: \"127.0.0.1:4140\"\n  services:\n  - name: books\n    addrs: [\"10.233.0.2:8443\"]\n    endpoints: [{{addr: \"10.233.0.2:8443\", meshed: true, identity: \"{}\"}}]\n{}",
+            "admin: 127.0.0.1:4191\noutbound:\n  transparent_listen: \"127.0.0.1:4140\"\n  services:\n  - name: books\n    addrs: [\"10.233.0.2:8443\"]\n    endpoints: [{{addr: \"10.233.0.2:8443\", meshed: true, identity: \"{0}\"}}]\n  - name: books.example\n    addrs: [\"10.96.0.9:8443\"]\n    endpoints: [{{addr: \"10.233.0.2:8443\", meshed: true, identity: \"{0}\"}}]\n{1}",
             pki.server.0,
             pki.identity_yaml(&pki.client)
         ),
@@ -396,4 +397,20 @@ fn an_apps_own_tls_crosses_both_sidecars_in_transparent_mode() {
         "{m}"
     );
     assert_eq!(sum(&m, "tarmac_requests_total", &[]), 0.0, "{m}");
+
+    // Called at an address that is no known Service (where nothing listens), the app's TLS
+    // goes to the Service its server name names, `books.example`: to the app, verified.
+    let out = client
+        .command("curl")
+        .args(["-sS", "--max-time", "10", "--cacert", &file("ca.pem")])
+        .args(["--resolve", "books.example:8443:10.233.0.77", "-w", "\nverify=%{ssl_verify_result}"])
+        .arg("https://books.example:8443/")
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "curl: {}\n{page}", String::from_utf8_lossy(&out.stderr));
+    assert!(page.contains("s_server -accept") && page.ends_with("\nverify=0"), "{page}");
+    let m = client.metrics();
+    assert_eq!(sum(&m, "tarmac_tcp_open_total", &[("target", "books.example")]), 1.0, "{m}");
+    assert_eq!(sum(&m, "tarmac_tcp_open_total", &[("target", "10.233.0.77:8443")]), 0.0, "{m}");
 }

@@ -536,6 +536,21 @@ async fn websocket_upgrades_are_routed_filtered_and_spliced() {
         1.0,
         "the route label of the response metrics: {metrics}"
     );
+
+    // An HTTP/2 client's WebSocket (extended CONNECT) is routed as the HTTP/1.1 handshake
+    // it stands for: matched, filtered and rewritten alike.
+    let chat = super::peers::h2_websocket(&format!("ws://{}/chat/room", m.books), &[]).await;
+    assert_eq!(chat["status"], 200, "{chat}");
+    assert_eq!(chat["who"]["server"], "books-v2", "{chat}");
+    assert_eq!(chat["who"]["x_routed"], "chat", "{chat}");
+    assert_eq!(chat["x_rule"], "chat", "the 200 gets the response headers: {chat}");
+    assert_eq!(chat["last"], "bye", "{chat}");
+    let pinned = super::peers::h2_websocket(&format!("ws://{}/chat/room", m.books), &["x-pin:v1"]).await;
+    assert_eq!(pinned["who"]["server"], "books-v1", "{pinned}");
+    assert_eq!(pinned["who"]["path"], "/pinned/room", "the path is rewritten: {pinned}");
+    let nowhere = super::peers::h2_websocket(&format!("ws://{}/nowhere", m.books), &[]).await;
+    assert_eq!(nowhere["status"], 404, "{nowhere}");
+    assert_eq!(nowhere["ended"], true, "{nowhere}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,6 +110,40 @@ async fn a_silent_client_on_a_port_not_declared_opaque_is_closed_and_counted() {
 }
 
 #[tokio::test]
+async fn detection_time_is_measured_by_outcome() {
+    let banner = banner_server().await;
+    let web = tarmac_testkit::echo::EchoServer::start("web").await;
+    let proxy = start(&format!(
+        "admin: 127.0.0.1:0\nlimits: {{detect_timeout: 2s}}\noutbound:\n  services:\n  - name: smtp\n    listen: 127.0.0.1:0\n    endpoints: [{{addr: \"{banner}\"}}]\n  - name: web\n    listen: 127.0.0.1:0\n    endpoints: [{{addr: \"{}\"}}]\n",
+        web.addr
+    ))
+    .await;
+    // A client waiting for its server to speak first, on a port not declared opaque:
+    // detection waits the whole timeout, and closes it.
+    let mut s = TcpStream::connect(proxy.addrs.service("smtp").unwrap()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await.expect("closed").ok();
+    // A client that speaks first is decided on its first bytes.
+    let url = format!("http://{}/", proxy.addrs.service("web").unwrap());
+    let (body, _) = tarmac_testkit::tools::curl(&["-sS", &url]).await;
+    assert!(body.contains("server: web"), "{body}");
+
+    let m = scrape(proxy.addrs.admin).await;
+    let seconds = |result: &str, series: &str, le: Option<&str>| {
+        let mut labels = vec![("direction", "outbound"), ("result", result)];
+        labels.extend(le.map(|le| ("le", le)));
+        sum(&m, &format!("tarmac_protocol_detect_duration_seconds_{series}"), &labels)
+    };
+    assert_eq!(seconds("timeout", "count", None), 1.0, "{m}");
+    assert!(seconds("timeout", "sum", None) >= 2.0, "the stall lasted the timeout: {m}");
+    assert_eq!(seconds("timeout", "bucket", Some("1")), 0.0, "{m}");
+    assert_eq!(seconds("http1", "count", None), 1.0, "{m}");
+    assert_eq!(seconds("http1", "bucket", Some("1")), 1.0, "decided long before the timeout: {m}");
+    // The outcome counter agrees.
+    assert_eq!(sum(&m, "tarmac_protocol_detect_total", &[("result", "timeout")]), 1.0, "{m}");
+}
+
+#[tokio::test]
 async fn half_close_is_forwarded_both_ways() {
     let server = half_close_server().await;
     let (client, _server_proxy) = mesh_pair("sink", server).await;

@@ -147,7 +147,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tokio::spawn(Arc::new(inbound).serve(listener, shared.clone()));
     }
     if let Some(outbound_config) = &config.outbound {
-        let (outbound, services) = Outbound::new(outbound_config, &shared);
+        let namespace = config.control.as_ref().map_or("default", |c| c.namespace.as_str());
+        let (outbound, services) = Outbound::new(outbound_config, &shared, namespace);
+        let outbound = Arc::new(outbound);
         if let Some(client) = &control {
             for (svc_config, (svc, _)) in outbound_config.services.iter().zip(&services) {
                 if let Some(discover) = &svc_config.discover {
@@ -164,11 +166,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         for (svc, listen) in services {
             if listen.is_some() {
                 let listener = listeners.next().expect("one listener per service with `listen`");
-                tokio::spawn(Outbound::serve_explicit(svc, listener, shared.clone()));
+                tokio::spawn(outbound.clone().serve_explicit(svc, listener, shared.clone()));
             }
         }
         if let Some(listener) = transparent_listener {
-            tokio::spawn(Arc::new(outbound).serve_transparent(listener, shared.clone()));
+            tokio::spawn(outbound.serve_transparent(listener, shared.clone()));
         }
     }
 

@@ -17,7 +17,6 @@ use std::future::Future;
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use tarmac_transport::PrefixedIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -234,23 +233,6 @@ where
     }
 }
 
-/// Detects the protocol (unless `hint` says it) and serves the connection with `handler`.
-pub async fn proxy_connection<H: Handle>(
-    shared: &Shared,
-    mut stream: TcpStream,
-    handler: Arc<H>,
-    hint: Protocol,
-) {
-    let source = stream.peer_addr().ok();
-    let meta = handler.meta();
-    let Some((protocol, prefix)) =
-        detect_protocol(shared, &mut stream, meta.direction, &meta.name, hint, false).await
-    else {
-        return;
-    };
-    serve_detected(shared, PrefixedIo::new(prefix, stream), protocol, handler, source).await
-}
-
 /// The connection's protocol (from `hint`, or read from its first bytes) and the bytes
 /// read to learn it; `None` if the connection failed meanwhile, or its client stayed
 /// silent on a port not declared opaque (`opaque_port`): forwarding that as opaque TCP
@@ -268,32 +250,37 @@ pub async fn detect_protocol<I: AsyncRead + Unpin>(
         Protocol::Opaque => (Detected::Opaque, Vec::new()),
         Protocol::Http1 => (Detected::Http1, Vec::new()),
         Protocol::Http2 => (Detected::Http2, Vec::new()),
-        Protocol::Detect => match detect::detect(stream, shared.limits.detect_timeout).await {
-            Err(e) => {
-                tracing::debug!(error = %e, "connection failed during protocol detection");
-                return None;
-            }
-            Ok(d) if d.timed_out => {
-                shared.metrics.detected(direction, "timeout");
-                if opaque_port {
-                    return Some((Detected::Opaque, d.buffered.to_vec()));
+        Protocol::Detect => {
+            let started = std::time::Instant::now();
+            let detection = detect::detect(stream, shared.limits.detect_timeout).await;
+            let took = Some(started.elapsed());
+            match detection {
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection failed during protocol detection");
+                    return None;
                 }
-                tracing::warn!(
-                    target,
-                    timeout = ?shared.limits.detect_timeout,
-                    "protocol detection timed out: the client sent nothing, closing the connection; \
-                     if this is a server-speaks-first protocol, declare its port opaque \
-                     (`opaque_ports`, or `appProtocol: tcp` on the Service port)"
-                );
-                return None;
+                Ok(d) if d.timed_out => {
+                    shared.metrics.detected(direction, "timeout", took);
+                    if opaque_port {
+                        return Some((Detected::Opaque, d.buffered.to_vec()));
+                    }
+                    tracing::warn!(
+                        target,
+                        timeout = ?shared.limits.detect_timeout,
+                        "protocol detection timed out: the client sent nothing, closing the connection; \
+                         if this is a server-speaks-first protocol, declare its port opaque \
+                         (`opaque_ports`, or `appProtocol: tcp` on the Service port)"
+                    );
+                    return None;
+                }
+                Ok(d) => {
+                    shared.metrics.detected(direction, d.protocol.as_str(), took);
+                    return Some((d.protocol, d.buffered.to_vec()));
+                }
             }
-            Ok(d) => {
-                shared.metrics.detected(direction, d.protocol.as_str());
-                return Some((d.protocol, d.buffered.to_vec()));
-            }
-        },
+        }
     };
-    shared.metrics.detected(direction, "skipped");
+    shared.metrics.detected(direction, "skipped", None);
     Some(detected)
 }
 

@@ -62,6 +62,10 @@ pub enum ProxyError {
     Overloaded { backend: Arc<String>, max_in_flight: u32, max_queued: u32 },
     #[error("too many tunnels open ({0}, limits.max_connections)")]
     TunnelLimit(usize),
+    /// An upgrade answered with a 2xx that switched nothing: fine for an HTTP/1.1 client,
+    /// which reads the answer, but an HTTP/2 client would take it for its tunnel.
+    #[error("the upstream answered {0} to a protocol upgrade without switching protocols")]
+    NotSwitched(StatusCode),
     /// Refused by the workload's inbound policy: the AuthorizationPolicy (or
     /// `default:<mode>`) and why.
     #[error("refused by policy {policy} ({reason})")]
@@ -86,7 +90,9 @@ impl ProxyError {
         match self {
             ProxyError::NoEndpoints(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect(ConnectError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Connect(_) | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Connect(_) | ProxyError::Upstream { .. } | ProxyError::NotSwitched(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::NoAuthority | ProxyError::BadUri(_) | ProxyError::RequestBody(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -132,7 +138,7 @@ impl ProxyError {
             ProxyError::Connect(ConnectError::Timeout { .. }) => "connect_timeout",
             ProxyError::Connect(ConnectError::Tls { .. } | ConnectError::NoPeerIdentity { .. }) => "tls",
             ProxyError::Connect(_) => "connect",
-            ProxyError::Upstream { .. } => "upstream",
+            ProxyError::Upstream { .. } | ProxyError::NotSwitched(_) => "upstream",
             ProxyError::NoAuthority | ProxyError::BadUri(_) | ProxyError::RequestBody(_) => "bad_request",
             ProxyError::NoRoute => "no_route",
             ProxyError::NoBackend(_) | ProxyError::BackendNotFound(_) => "no_backend",
@@ -153,7 +159,9 @@ impl ProxyError {
             ProxyError::Connect(ConnectError::Tls { .. }) => Class::Final,
             ProxyError::Connect(_) => Class::Unsent,
             ProxyError::Upstream { sent: false, .. } => Class::Unsent,
-            ProxyError::Upstream { sent: true, .. } | ProxyError::Timeout { .. } => Class::Sent,
+            ProxyError::Upstream { sent: true, .. } | ProxyError::Timeout { .. } | ProxyError::NotSwitched(_) => {
+                Class::Sent
+            }
             ProxyError::NoEndpoints(_)
             | ProxyError::NoAuthority
             | ProxyError::BadUri(_)

@@ -25,6 +25,15 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0,
 ];
 
+/// Buckets of protocol detection's duration in seconds: a client that speaks first is
+/// decided within a read or two (tens of microseconds), a slow one within milliseconds,
+/// and one that waits for the server to speak first only at `limits.detect_timeout`
+/// (10 s by default, which lands in the 30 s bucket).
+const DETECT_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0,
+];
+
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Direction {
     Inbound,
@@ -250,6 +259,7 @@ pub struct Metrics {
     tcp_read_bytes: Family<TargetLabels, Counter>,
     tcp_write_bytes: Family<TargetLabels, Counter>,
     detect: Family<DetectLabels, Counter>,
+    detect_duration: Family<DetectLabels, Histogram, fn() -> Histogram>,
     refused: Family<ReasonLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     http_connections: Family<TargetLabels, Counter>,
@@ -317,6 +327,16 @@ impl Metrics {
         );
         let detect = Family::default();
         registry.register("tarmac_protocol_detect", "Protocol detection outcomes", detect.clone());
+        let detect_duration =
+            Family::<DetectLabels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(DETECT_BUCKETS.iter().copied())
+            });
+        registry.register_with_unit(
+            "tarmac_protocol_detect_duration",
+            "Time protocol detection took, from accepting a connection to its outcome (skipped ones aside)",
+            Unit::Seconds,
+            detect_duration.clone(),
+        );
         let refused = Family::default();
         registry.register(
             "tarmac_connections_refused",
@@ -412,6 +432,7 @@ impl Metrics {
             tcp_read_bytes,
             tcp_write_bytes,
             detect,
+            detect_duration,
             refused,
             errors,
             http_connections,
@@ -448,8 +469,13 @@ impl Metrics {
         }
     }
 
-    pub fn detected(&self, direction: Direction, result: &'static str) {
-        self.detect.get_or_create(&DetectLabels { direction, result }).inc();
+    /// Counts a detection's outcome and, unless it was skipped, how long it `took`.
+    pub fn detected(&self, direction: Direction, result: &'static str, took: Option<std::time::Duration>) {
+        let labels = DetectLabels { direction, result };
+        self.detect.get_or_create(&labels).inc();
+        if let Some(took) = took {
+            self.detect_duration.get_or_create(&labels).observe(took.as_secs_f64());
+        }
     }
 
     pub fn tls_handshake(&self, direction: Direction, result: &'static str, group: &'static str) {

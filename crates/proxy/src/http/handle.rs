@@ -4,7 +4,7 @@
 //! metered to its end.
 
 use super::metered::{Metered, TapRecord};
-use super::{Body, authority, error_response, is_grpc};
+use super::{Body, authority, error_response, is_grpc, upgrade};
 use crate::backend::Backend;
 use crate::endpoint::send::PeerMetrics;
 use crate::error::ProxyError;
@@ -53,7 +53,7 @@ pub trait Handle: Send + Sync + 'static {
 /// Serves one request through `handler`.
 pub async fn respond<H: Handle>(
     handler: Arc<H>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     source: Option<SocketAddr>,
 ) -> Response<Metered> {
     let started = Instant::now();
@@ -61,6 +61,7 @@ pub async fn respond<H: Handle>(
     meta.metrics.request();
     let grpc = is_grpc(req.headers());
     let client_version = req.version();
+    let extended = upgrade::from_extended_connect(&mut req);
     let mut tap = meta.tap.is_watched().then(|| {
         Box::new(TapRecord {
             tap: meta.tap.clone(),
@@ -80,10 +81,14 @@ pub async fn respond<H: Handle>(
             target: meta.name.clone(),
         })
     });
-    let rsp = match handler.call(req, source).await {
-        Ok(rsp) => rsp,
-        Err(e) => failure(meta, &e, grpc),
+    let rsp = match extended {
+        Ok(extended) => handler
+            .call(req, source)
+            .await
+            .and_then(|rsp| if extended { upgrade::to_extended_connect(rsp) } else { Ok(rsp) }),
+        Err(e) => Err(e),
     };
+    let rsp = rsp.unwrap_or_else(|e| failure(meta, &e, grpc));
     let (mut parts, body) = rsp.into_parts();
     parts.version = client_version;
     // A response from an mTLS endpoint is counted under the identity it proved.

@@ -57,6 +57,8 @@ pub async fn serve<I, H: Handle>(
                 .initial_stream_window_size(super::STREAM_WINDOW)
                 .initial_connection_window_size(super::CONNECTION_WINDOW)
                 .keep_alive_interval(Duration::from_secs(30))
+                // WebSocket over HTTP/2 (RFC 8441), served as an HTTP/1.1 upgrade.
+                .enable_connect_protocol()
                 .serve_connection(io, svc);
             // Idle HTTP/2 connections are told to go (GOAWAY) rather than dropped, so that
             // a request crossing the close is refused unprocessed and may be sent again.

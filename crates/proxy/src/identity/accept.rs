@@ -7,7 +7,7 @@ use crate::detect::Detected;
 use crate::metrics::{Direction, Metrics};
 use std::sync::Arc;
 use tarmac_transport::PrefixedIo;
-use tokio::io::AsyncReadExt as _;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
@@ -37,19 +37,11 @@ pub async fn accept(
     metrics: &Metrics,
 ) -> Accepted {
     let mut buffered = prefix;
-    let mesh = loop {
-        match offers_mesh_alpn(&buffered) {
-            Some(mesh) => break mesh,
-            None if buffered.len() >= MAX_CLIENT_HELLO => break false,
-            None => {}
-        }
-        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buffered)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            // Closed, failed or silent mid-hello: nothing to serve.
-            _ => return Accepted::Refused,
-        }
+    // Closed, failed or silent mid-hello: nothing to serve.
+    let Some(hello) = read_client_hello(&mut buffered, &mut stream, deadline).await else {
+        return Accepted::Refused;
     };
-    if !mesh {
+    if !hello.mesh {
         return Accepted::Other { prefix: buffered, stream };
     }
     let peer = stream.peer_addr().ok();
@@ -97,29 +89,64 @@ fn refuse(
     Accepted::Refused
 }
 
-/// Whether the ClientHello in `buf` offers a mesh ALPN protocol; `None` while incomplete.
-pub fn offers_mesh_alpn(buf: &[u8]) -> Option<bool> {
+/// What the proxy reads in a ClientHello without answering it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Hello {
+    /// It offers one of the mesh's ALPN protocols: mesh TLS, from another proxy.
+    pub mesh: bool,
+    /// The name the client asked for (SNI).
+    pub server_name: Option<String>,
+}
+
+/// Reads from `stream` into `buffered` (which holds what was read before) until it holds
+/// a whole ClientHello, by `deadline`; `None` if the client closed, failed or stayed
+/// silent first. Bytes that are not a ClientHello, or one larger than any a proxy sends,
+/// read as a hello that offers nothing.
+pub async fn read_client_hello<I: AsyncRead + Unpin>(
+    buffered: &mut Vec<u8>,
+    stream: &mut I,
+    deadline: Instant,
+) -> Option<Hello> {
+    loop {
+        match client_hello(buffered) {
+            Some(hello) => return Some(hello),
+            None if buffered.len() >= MAX_CLIENT_HELLO => return Some(Hello::default()),
+            None => {}
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(buffered)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+    }
+}
+
+/// The ClientHello in `buf`; `None` while incomplete.
+pub fn client_hello(buf: &[u8]) -> Option<Hello> {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut rest = buf;
     while !rest.is_empty() {
         match acceptor.read_tls(&mut rest) {
             Ok(0) => break,
             Ok(_) => {}
-            Err(_) => return Some(false),
+            Err(_) => return Some(Hello::default()),
         }
     }
     match acceptor.accept() {
         Ok(None) => None,
         Ok(Some(accepted)) => {
             let hello = accepted.client_hello();
-            Some(
-                hello
-                    .alpn()
-                    .is_some_and(|mut offered| offered.any(|p| [ALPN_H2, ALPN_HTTP1, ALPN_TCP].contains(&p))),
-            )
+            let mesh = hello
+                .alpn()
+                .is_some_and(|mut offered| offered.any(|p| [ALPN_H2, ALPN_HTTP1, ALPN_TCP].contains(&p)));
+            Some(Hello { mesh, server_name: hello.server_name().map(str::to_owned) })
         }
-        Err(_) => Some(false),
+        Err(_) => Some(Hello::default()),
     }
+}
+
+/// Whether the ClientHello in `buf` offers a mesh ALPN protocol; `None` while incomplete.
+pub fn offers_mesh_alpn(buf: &[u8]) -> Option<bool> {
+    client_hello(buf).map(|hello| hello.mesh)
 }
 
 #[cfg(test)]
@@ -131,5 +158,25 @@ mod tests {
         assert_eq!(offers_mesh_alpn(b"GET / HTTP/1.1\r\n"), Some(false));
         // A record header announcing more than was sent: wait for the rest.
         assert_eq!(offers_mesh_alpn(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), None);
+    }
+
+    #[tokio::test]
+    async fn an_apps_hello_is_read_whole_for_its_server_name() {
+        let config = rustls::ClientConfig::builder_with_provider(crate::identity::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("books.shop.svc.cluster.local").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).unwrap();
+        // Detection saw the record's first bytes; the rest arrives after.
+        let (mut buffered, rest) = (hello[..2].to_vec(), &hello[2..]);
+        let mut stream = rest;
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        let read = read_client_hello(&mut buffered, &mut stream, deadline).await.unwrap();
+        assert_eq!(read, Hello { mesh: false, server_name: Some("books.shop.svc.cluster.local".into()) });
+        assert_eq!(buffered, hello, "every byte kept, to replay");
     }
 }
