@@ -84,20 +84,9 @@ pub fn to_extended_connect<B>(mut rsp: Response<B>) -> Result<Response<B>, Proxy
 /// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455, 4.1). It only
 /// proves to the client that the server speaks WebSocket; the proxy is that client.
 fn websocket_key() -> HeaderValue {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let nonce = fastrand::u128(..).to_be_bytes();
-    let mut key = Vec::with_capacity(24);
-    for chunk in nonce.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                key.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]);
-            } else {
-                key.push(b'=');
-            }
-        }
-    }
-    HeaderValue::from_bytes(&key).expect("base64 is a valid header value")
+    use base64::Engine as _;
+    let key = base64::engine::general_purpose::STANDARD.encode(fastrand::u128(..).to_be_bytes());
+    HeaderValue::from_str(&key).expect("base64 is a valid header value")
 }
 
 #[cfg(test)]
