@@ -10,11 +10,11 @@
 //! of the run per service and per edge (with the share secured by mTLS) and the canary's
 //! split.
 
-use crate::duration;
+use tarmac_clikit::duration;
 use crate::observe::stat::StatArgs;
 use crate::observe::{ControlArgs, Output};
 use crate::up::{Driver, UpArgs};
-use crate::workdir::WorkDir;
+use tarmac_clikit::workdir::WorkDir;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -20,7 +20,7 @@ pub(crate) mod process;
 pub(crate) mod sandbox;
 mod trust;
 
-use crate::workdir::WorkDir;
+use tarmac_clikit::workdir::WorkDir;
 use plan::{ReplicaPlan, Upstream};
 use ports::{PortAllocator, locate_proxy_binary};
 use process::{Proc, describe, note};
@@ -82,7 +82,7 @@ pub struct UpArgs {
     #[arg(long)]
     pub identity_dir: Option<PathBuf>,
     /// Lifetime of workload certificates; proxies renew at about 70 % of it.
-    #[arg(long, default_value = "24h", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "24h", value_parser = tarmac_clikit::duration::parse)]
     pub cert_lifetime: Duration,
     /// Mesh-wide handling of plaintext to workloads: `permissive` accepts it from clients
     /// outside the mesh, `strict` refuses it. A Workload's `spec.mtls` overrides it.
@@ -517,7 +517,7 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
 
 /// Writes a file only `uid` (and root) can read.
 fn write_private(path: &std::path::Path, content: &str, uid: u32) -> Result<(), String> {
-    let file = crate::workdir::create_private(path, content)?;
+    let file = tarmac_clikit::workdir::create_private(path, content)?;
     std::os::unix::fs::fchown(&file, Some(uid), Some(uid))
         .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))
 }

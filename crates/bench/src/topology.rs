@@ -4,7 +4,7 @@ use super::envoy;
 use super::nginx;
 use super::processes::{Managed, Readiness, free_port};
 use super::routing;
-use crate::identity::{Certified, EphemeralCa};
+use super::ca::{Certified, EphemeralCa};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};

@@ -16,10 +16,15 @@
 //!   request (its first try failed by the upstream) against one that is not, its routes served
 //!   by the control plane's discovery in this process.
 //! * [`upstream`]: the suite's fast upstream; [`processes`]: the child processes and the
-//!   scheduling tools.
+//!   scheduling tools; [`ca`]: the mTLS routes' throwaway CA.
 //!
-//! The load itself comes from `tarmac-loadgen`, on a thread of its own.
+//! The load itself comes from `tarmac-loadgen`, on a thread of its own. The `tarmac`
+//! command parses [`BenchArgs`] and calls [`main`]; the built-in upstream runs as that same
+//! executable again (`tarmac bench --serve-upstream ADDR`).
 
+#![deny(rust_2018_idioms, unsafe_code)]
+
+mod ca;
 mod costs;
 mod envoy;
 mod experiment;
@@ -31,11 +36,9 @@ mod regression;
 mod report;
 mod routing;
 mod topology;
-pub mod upstream;
+mod upstream;
 mod wrk;
 
-use crate::duration;
-use crate::workdir::WorkDir;
 use experiment::{LoadSpec, Measured, PhaseRecord, Scheduling, Settings};
 use processes::{Managed, Readiness};
 use report::{BarCheck, RouteSummary};
@@ -43,6 +46,8 @@ use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tarmac_clikit::duration;
+use tarmac_clikit::workdir::WorkDir;
 use tarmac_loadgen::{Load, Protocol, Target};
 use topology::{Binaries, Route, Running};
 
