@@ -7,7 +7,7 @@
 //!   services' virtual addresses are on loopback (127.1.x.y), and nothing is sent to them.
 
 use super::envoy;
-use super::processes::{Managed, Readiness, free_port};
+use super::processes::{self, STOP_GRACE, free_port};
 use super::procfs;
 use super::topology::ProxyKind;
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tarmac_transport::process::{Readiness, Supervised};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -78,11 +79,11 @@ pub async fn measure(
                 )?,
                 ProxyKind::Nginx => unreachable!("refused above"),
             };
-            let mut proxy = start(kind, binary, &args, admin, core, dir).await?;
+            let proxy = start(kind, binary, &args, admin, core, dir).await?;
             let connections = open_idle(listen, count).await?;
-            let point = settle_and_read(&mut proxy, kind, "idle_connections", count).await;
+            let point = settle_and_read(&proxy, kind, "idle_connections", count).await;
             drop(connections);
-            drop(proxy);
+            proxy.stop(STOP_GRACE).await;
             let _ = std::fs::remove_file(config_file);
             points.push(point?);
         }
@@ -97,9 +98,9 @@ pub async fn measure(
                 }
                 ProxyKind::Nginx => unreachable!("refused above"),
             };
-            let mut proxy = start(kind, binary, &args, admin, core, dir).await?;
-            let point = settle_and_read(&mut proxy, kind, "configured_services", count).await;
-            drop(proxy);
+            let proxy = start(kind, binary, &args, admin, core, dir).await?;
+            let point = settle_and_read(&proxy, kind, "configured_services", count).await;
+            proxy.stop(STOP_GRACE).await;
             let _ = std::fs::remove_file(config_file);
             points.push(point?);
         }
@@ -147,24 +148,24 @@ async fn start(
     admin: SocketAddr,
     core: Option<usize>,
     dir: &Path,
-) -> Result<Managed, String> {
-    let mut proxy = Managed::spawn(&format!("{}-cost", label(kind)), binary, args, core, dir)?;
+) -> Result<Supervised, String> {
+    let proxy = processes::spawn(&format!("{}-cost", label(kind)), binary, args, core, dir)?;
     proxy.wait_ready(&Readiness::AdminReady(admin), Duration::from_secs(30)).await?;
     Ok(proxy)
 }
 
 async fn settle_and_read(
-    proxy: &mut Managed,
+    proxy: &Supervised,
     kind: ProxyKind,
     dimension: &'static str,
     count: usize,
 ) -> Result<CostPoint, String> {
     tokio::time::sleep(SETTLE).await;
     let pid = proxy.pid();
-    let before = procfs::read_process(pid).ok_or_else(|| format!("{} exited", proxy.name))?;
+    let before = procfs::read_process(pid).ok_or_else(|| format!("{} exited", proxy.name()))?;
     tokio::time::sleep(IDLE_WINDOW).await;
-    let after = procfs::read_process(pid).ok_or_else(|| format!("{} exited", proxy.name))?;
-    if let Some(exit) = proxy.exited() {
+    let after = procfs::read_process(pid).ok_or_else(|| format!("{} exited", proxy.name()))?;
+    if let Some(exit) = proxy.failure() {
         return Err(exit);
     }
     let point = CostPoint {

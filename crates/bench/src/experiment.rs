@@ -223,8 +223,8 @@ async fn run_phase(
         }
     };
     let cost = meter.finish(&peaks);
-    for proxy in &mut running.proxies {
-        if let Some(exit) = proxy.exited() {
+    for proxy in &running.proxies {
+        if let Some(exit) = proxy.failure() {
             return Err(format!("{} during {} ({}): {exit}", running.route.label(), spec.name, target.url()));
         }
     }
@@ -265,7 +265,7 @@ fn record(
         .iter()
         .enumerate()
         .map(|(i, p)| ProxyCost {
-            name: p.name.clone(),
+            name: p.name().to_string(),
             cpu_seconds: cost.cpu_seconds.get(i).copied().unwrap_or(0.0),
             peak_rss_bytes: cost.peak_rss_bytes.get(i).copied().unwrap_or(0),
         })

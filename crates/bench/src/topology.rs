@@ -1,14 +1,15 @@
 //! The paths a request can take to the upstream, and starting the proxies of each.
 
+use super::ca::{Certified, EphemeralCa};
 use super::envoy;
 use super::nginx;
-use super::processes::{Managed, Readiness, free_port};
+use super::processes::{self, free_port};
 use super::routing;
-use super::ca::{Certified, EphemeralCa};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
+use tarmac_transport::process::{Readiness, Supervised};
 
 /// How long a proxy has to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -66,7 +67,7 @@ pub struct Running {
     /// Where the generator sends its requests.
     pub entry: SocketAddr,
     /// Client side first.
-    pub proxies: Vec<Managed>,
+    pub proxies: Vec<Supervised>,
 }
 
 /// The binaries the routes need.
@@ -253,7 +254,7 @@ pub async fn start(
             let config_path = dir.join(format!("{name}.conf"));
             std::fs::write(&config_path, nginx::config(listen, upstream, dir))
                 .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
-            let mut proxy = Managed::spawn(&name, binary, &nginx::args(&config_path, dir), core, dir)?;
+            let proxy = processes::spawn(&name, binary, &nginx::args(&config_path, dir), core, dir)?;
             proxy.wait_ready(&Readiness::Accepts(listen), READY_TIMEOUT).await?;
             proxies.push(proxy);
             listen
@@ -315,11 +316,11 @@ async fn start_tarmac(
     binaries: &Binaries,
     core: Option<usize>,
     dir: &FsPath,
-) -> Result<Managed, String> {
+) -> Result<Supervised, String> {
     let config_path = dir.join(format!("{name}.yaml"));
     std::fs::write(&config_path, yaml).map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let args = vec!["--config".to_string(), config_path.display().to_string()];
-    let mut proxy = Managed::spawn(name, &binaries.tarmac_proxy, &args, core, dir)?;
+    let proxy = processes::spawn(name, &binaries.tarmac_proxy, &args, core, dir)?;
     proxy.wait_ready(&Readiness::AdminReady(admin), READY_TIMEOUT).await?;
     Ok(proxy)
 }
@@ -331,10 +332,10 @@ async fn start_envoy(
     binary: &FsPath,
     core: Option<usize>,
     dir: &FsPath,
-) -> Result<Managed, String> {
+) -> Result<Supervised, String> {
     let config_path = dir.join(format!("{name}.yaml"));
     std::fs::write(&config_path, yaml).map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
-    let mut proxy = Managed::spawn(name, binary, &envoy::args(&config_path), core, dir)?;
+    let proxy = processes::spawn(name, binary, &envoy::args(&config_path), core, dir)?;
     proxy.wait_ready(&Readiness::AdminReady(admin), READY_TIMEOUT).await?;
     Ok(proxy)
 }
