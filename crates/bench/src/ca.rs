@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use tarmac_identity::DEFAULT_TRUST_DOMAIN;
 use tarmac_identity::ca::{self, Ca};
+use tarmac_proxy::config::{CertificateFiles, IdentityConfig};
 
 /// A CA made for one run, its files in a work directory: proxies configured with
 /// certificate files get mTLS without a control plane.
@@ -46,11 +47,13 @@ impl EphemeralCa {
     }
 
     /// The `identity` section of a proxy presenting `own`.
-    pub fn proxy_yaml(&self, own: &Certified) -> String {
-        format!(
-            "identity:\n  trust_anchors: \"{}\"\n  certificate: {{cert: \"{}\", key: \"{}\"}}\n",
-            self.anchors, own.cert, own.key
-        )
+    pub fn identity(&self, own: &Certified) -> IdentityConfig {
+        IdentityConfig {
+            trust_anchors: self.anchors.clone(),
+            certificate: Some(CertificateFiles { cert: own.cert.clone(), key: own.key.clone() }),
+            token_fd: None,
+            token_file: None,
+        }
     }
 }
 
