@@ -19,7 +19,8 @@
 //! Unsafe code: the unsafe blocks of [`process`] (libc calls std does not offer), each
 //! with its safety argument; the crate denies `unsafe_code` everywhere else. Two other
 //! crates have some, confined to modules that say why: the CLI (`up/netns.rs`,
-//! `up/sandbox.rs`: libc calls such as geteuid(2), flock(2) and unshare(2)) and the load
+//! `up/sandbox.rs`, `up/trust.rs`: libc calls such as geteuid(2), flock(2) and
+//! unshare(2)) and the load
 //! generator (`timer.rs`: registering a timer's file descriptor with tokio).
 
 #![deny(rust_2018_idioms, unsafe_code)]

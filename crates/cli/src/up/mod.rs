@@ -624,9 +624,8 @@ impl Mesh {
             }
             let file_name = plan.name().replace('/', "_");
             let sidecar_config = self.work_dir.join(format!("{file_name}-proxy.yaml"));
-            let identity = self.identity.as_ref().map(|i| plan::SidecarTls {
-                anchors: i.anchors.clone(),
-                mtls: plan.mtls.clone().unwrap_or_else(|| i.default_mtls.clone()),
+            let identity = self.identity.as_ref().map(|i| {
+                plan::SidecarTls::new(i.anchors.clone(), plan.mtls.as_deref().unwrap_or(&i.default_mtls))
             });
             let yaml = plan::sidecar_yaml(
                 &plan,
@@ -714,9 +713,8 @@ impl Mesh {
         }
         let file_name = plan.name().replace('/', "_");
         let sidecar_config = self.work_dir.join(format!("{file_name}-proxy.yaml"));
-        let identity = self.identity.as_ref().map(|i| plan::SidecarTls {
-            anchors: i.anchors.clone(),
-            mtls: plan.mtls.clone().unwrap_or_else(|| i.default_mtls.clone()),
+        let identity = self.identity.as_ref().map(|i| {
+            plan::SidecarTls::new(i.anchors.clone(), plan.mtls.as_deref().unwrap_or(&i.default_mtls))
         });
         let yaml =
             plan::sidecar_yaml(&plan, self.control, admin, listen, app, &upstreams, identity.as_ref(), true);
