@@ -370,7 +370,7 @@ async fn target(args: BenchArgs) -> Result<(), String> {
     let total = args.duration.unwrap_or(Duration::from_secs(30));
     let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy: None, nginx: None };
     let workdir = WorkDir::create("bench")?;
-    let mut routes = vec![
+    let routes = vec![
         topology::start(Route::Direct, target.addr, &binaries, None, workdir.path()).await?,
         // The mesh path as users get it: two sidecars with mTLS between them.
         topology::start(Route::TarmacTwoHopsMtls, target.addr, &binaries, None, workdir.path()).await?,
@@ -404,7 +404,7 @@ async fn target(args: BenchArgs) -> Result<(), String> {
     let mut scheduling = Scheduling { realtime_pids: Vec::new(), realtime_works: None };
     let mut ours = vec![std::process::id()];
     ours.extend(routes.iter().flat_map(|r| r.proxies.iter().map(|p| p.pid())));
-    let measured = experiment::run(&target, &mut routes, &loads, &settings, &mut scheduling, &ours).await;
+    let measured = experiment::run(&target, &routes, &loads, &settings, &mut scheduling, &ours).await;
     stop_all(routes).await;
     let measured = measured?;
     let summaries = report::summarise(&measured);
@@ -510,7 +510,7 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     );
     let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(|e| e.to_string())?;
     let ours = our_pids(&upstream, &routes);
-    let measured = experiment::run(&target, &mut routes, &loads, &settings, &mut scheduling, &ours).await?;
+    let measured = experiment::run(&target, &routes, &loads, &settings, &mut scheduling, &ours).await?;
     let wrk_runs = if chosen_loads.contains(&SuiteLoad::Max) && wrk::available() {
         eprintln!("max throughput with wrk, a second load generator, against the one-hop routes");
         let (one_hop, others): (Vec<Running>, Vec<Running>) = routes
@@ -628,7 +628,7 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
     // requests (every route's requests carry the number: they stay comparable).
     let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(|e| e.to_string())?.numbered();
     let ours = our_pids(&upstream, &routes);
-    let measured = experiment::run(&target, &mut routes, &loads, &settings, &mut scheduling, &ours).await?;
+    let measured = experiment::run(&target, &routes, &loads, &settings, &mut scheduling, &ours).await?;
     stop_all(routes).await;
     drop(discovery);
     upstream.stop(STOP_GRACE).await;
