@@ -10,16 +10,16 @@
 //! of the run per service and per edge (with the share secured by mTLS) and the canary's
 //! split.
 
-use crate::duration;
 use crate::observe::stat::StatArgs;
 use crate::observe::{ControlArgs, Output};
 use crate::up::{Driver, UpArgs};
-use crate::workdir::WorkDir;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use tarmac_clikit::duration;
+use tarmac_clikit::workdir::WorkDir;
 use tokio::time::Instant;
 
 /// The example the demo runs, built in so that `tarmac demo` works from any directory.

@@ -39,67 +39,6 @@ pub enum Action {
     },
 }
 
-/// A CA made for one run (`tarmac bench`), its files in a work directory:
-/// proxies configured with certificate files get mTLS without a control plane.
-pub struct EphemeralCa {
-    ca: Ca,
-    dir: PathBuf,
-    /// The trust anchors file.
-    pub anchors: String,
-}
-
-/// A workload certificate on disk, and the SPIFFE ID it proves.
-pub struct Certified {
-    pub id: String,
-    pub cert: String,
-    pub key: String,
-}
-
-impl EphemeralCa {
-    pub fn create(dir: &Path) -> Result<Self, String> {
-        let (root, root_key) = ca::generate_root(DEFAULT_TRUST_DOMAIN).map_err(|e| e.to_string())?;
-        let ca = Ca::from_root(&root, &root_key.serialize_pem(), DEFAULT_TRUST_DOMAIN)
-            .map_err(|e| e.to_string())?;
-        let anchors = write(&dir.join("trust-anchors.pem"), ca.anchors_pem())?;
-        Ok(Self { ca, dir: dir.to_path_buf(), anchors })
-    }
-
-    /// A day-long certificate for service account `sa` of namespace `default`.
-    pub fn certify(&self, sa: &str) -> Result<Certified, String> {
-        let id =
-            tarmac_identity::SpiffeId::new(DEFAULT_TRUST_DOMAIN, "default", sa).map_err(|e| e.to_string())?;
-        let (chain, key) = self
-            .ca
-            .issue_with_new_key(&id, std::time::Duration::from_secs(24 * 3600))
-            .map_err(|e| e.to_string())?;
-        Ok(Certified {
-            id: id.to_string(),
-            cert: write(&self.dir.join(format!("{sa}.pem")), &chain)?,
-            key: write_key(&self.dir.join(format!("{sa}.key")), &key)?,
-        })
-    }
-
-    /// The `identity` section of a proxy presenting `own`.
-    pub fn proxy_yaml(&self, own: &Certified) -> String {
-        format!(
-            "identity:\n  trust_anchors: \"{}\"\n  certificate: {{cert: \"{}\", key: \"{}\"}}\n",
-            self.anchors, own.cert, own.key
-        )
-    }
-}
-
-fn write(path: &Path, text: &str) -> Result<String, String> {
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    Ok(path.display().to_string())
-}
-
-/// A private key, readable by its owner only (the benchmark certifies the same account
-/// again for each route: the older key is replaced).
-fn write_key(path: &Path, text: &str) -> Result<String, String> {
-    crate::workdir::create_private(path, text)?;
-    Ok(path.display().to_string())
-}
-
 /// `$XDG_STATE_HOME/tarmac/identity`, or `~/.local/state/tarmac/identity`.
 pub fn default_dir() -> Result<PathBuf, String> {
     tarmac_control::identity::default_ca_dir()
@@ -196,19 +135,6 @@ fn describe(what: &str, info: &CertInfo) {
 mod tests {
     use super::*;
     use std::time::Duration;
-
-    #[test]
-    fn a_throwaway_ca_writes_keys_only_its_owner_can_read() {
-        use std::os::unix::fs::PermissionsExt;
-        let work = crate::workdir::WorkDir::create("ca-test").unwrap();
-        assert_eq!(std::fs::metadata(work.path()).unwrap().permissions().mode() & 0o777, 0o700);
-        let ca = EphemeralCa::create(work.path()).unwrap();
-        ca.certify("bench-client").unwrap();
-        // The benchmark certifies the same account again for each route.
-        let certified = ca.certify("bench-client").unwrap();
-        let mode = std::fs::metadata(&certified.key).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "{}", certified.key);
-    }
 
     #[test]
     fn formats_utc_dates() {

@@ -7,15 +7,12 @@
 //! time; `tarmac bench` measures the latency and cost the mesh adds. This file only
 //! parses arguments and dispatches.
 
-mod bench;
 mod demo;
-mod duration;
 mod identity;
 mod observe;
 mod restart;
 mod sample;
 mod up;
-mod workdir;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -34,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Demo(demo::DemoArgs),
-    Bench(bench::BenchArgs),
+    Bench(tarmac_bench::BenchArgs),
     Up(up::UpArgs),
     Identity(identity::IdentityArgs),
     Check(observe::check::CheckArgs),
@@ -86,7 +83,7 @@ fn main() -> ExitCode {
         Command::Up(args) => return runtime.block_on(up::run(args)),
         Command::Demo(args) => return runtime.block_on(demo::run(args)),
         Command::SampleApp(args) => runtime.block_on(sample::run(args)),
-        Command::Bench(args) => bench::main(args, &runtime),
+        Command::Bench(args) => tarmac_bench::main(args, &runtime),
         Command::Identity(args) => identity::run(args),
         // `check` fails (exit 1) when a check fails, without a second message.
         Command::Check(args) => match runtime.block_on(observe::check::check(args)) {

@@ -15,7 +15,7 @@ pub struct RestartArgs {
     #[arg(short, long)]
     pub namespace: Option<String>,
     /// How long to wait for the whole restart; it goes on in `tarmac up` if this passes.
-    #[arg(long, default_value = "5m", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "5m", value_parser = tarmac_clikit::duration::parse)]
     pub timeout: Duration,
     #[command(flatten)]
     pub control: ControlArgs,

@@ -5,12 +5,15 @@
 
 use crate::echo::{self, Log, Pod};
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tarmac_control::registry::Instance;
 use tarmac_control::store::Snapshot;
 use tarmac_model::Resource;
+use tarmac_proxy::config::{
+    ControlConfig, DiscoverConfig, InboundConfig, Limits, MtlsMode, OutboundConfig, Protocol, ServiceConfig,
+};
 use tokio::sync::watch;
 
 /// A Service port as a sidecar's outbound listener knows it.
@@ -100,21 +103,42 @@ impl Mesh {
                     workload: w.metadata.name.clone(),
                     hostname: pod_hostname(&w.metadata.name),
                 };
-                let (app, log, echo) =
-                    echo::start(pod.clone()).await.map_err(|e| format!("echo server: {e}"))?;
-                let mut yaml = format!(
-                    "admin: 127.0.0.1:0\ncontrol:\n  addr: \"{control}\"\n  namespace: \"{}\"\n  workload: \"{}\"\n  service_account: \"{}\"\ninbound:\n  listen: 127.0.0.1:0\n  app: \"{app}\"\nlimits:\n  drain_timeout: 1s\noutbound:\n  services:\n",
-                    pod.namespace, pod.workload, w.spec.service_account_name
-                );
-                for sp in &service_ports {
-                    let _ = write!(
-                        yaml,
-                        "  - name: \"{}.{}:{}\"\n    listen: 127.0.0.1:0\n    discover: {{service: \"{}\", namespace: \"{}\", port: {}}}\n",
-                        sp.name, sp.namespace, sp.port, sp.name, sp.namespace, sp.port
-                    );
-                }
-                let config = tarmac_proxy::Config::from_yaml(&yaml, "conformance sidecar")
-                    .map_err(|e| format!("sidecar configuration: {e}"))?;
+                let (app, log, echo) = echo::start(pod.clone()).await.map_err(|e| format!("echo server: {e}"))?;
+                let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+                let services = service_ports
+                    .iter()
+                    .map(|sp| ServiceConfig {
+                        name: format!("{}.{}:{}", sp.name, sp.namespace, sp.port),
+                        listen: Some(any_port),
+                        addrs: Vec::new(),
+                        protocol: Protocol::default(),
+                        endpoints: Vec::new(),
+                        discover: Some(DiscoverConfig {
+                            service: Some(sp.name.clone()),
+                            namespace: sp.namespace.clone(),
+                            port: sp.port,
+                        }),
+                    })
+                    .collect();
+                let config = tarmac_proxy::Config {
+                    admin: any_port,
+                    control: Some(ControlConfig {
+                        addr: control,
+                        namespace: pod.namespace.clone(),
+                        workload: pod.workload.clone(),
+                        service_account: w.spec.service_account_name.clone(),
+                    }),
+                    inbound: Some(InboundConfig {
+                        listen: any_port,
+                        app: Some(app),
+                        transparent: false,
+                        mtls: MtlsMode::Permissive,
+                    }),
+                    outbound: Some(OutboundConfig { transparent_listen: None, services }),
+                    limits: Limits { drain_timeout: Duration::from_secs(1), ..Limits::default() },
+                    ..tarmac_proxy::Config::default()
+                };
+                config.validate("conformance sidecar").map_err(|e| format!("sidecar configuration: {e}"))?;
                 let proxy = tarmac_proxy::start(config).await.map_err(|e| format!("sidecar: {e}"))?;
                 let inbound = proxy.addrs.inbound.ok_or("the sidecar has no inbound listener")?;
                 let listeners = service_ports

@@ -5,12 +5,22 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use tarmac_proxy::config::{
+    CertificateFiles, EndpointConfig, IdentityConfig, InboundConfig, MtlsMode, OutboundConfig, Protocol,
+    ServiceConfig,
+};
 use tarmac_proxy::{Config, Running};
 
 /// Starts a proxy in this process from YAML. Listen addresses may use port 0.
 pub async fn start(yaml: &str) -> Running {
+    start_config(Config::from_yaml(yaml, "test config").expect("valid test config")).await
+}
+
+/// Starts a proxy in this process from a configuration built in code, checked as the
+/// proxy checks its file. Listen addresses may use port 0.
+pub async fn start_config(config: Config) -> Running {
     init_logging();
-    let config = Config::from_yaml(yaml, "test config").expect("valid test config");
+    config.validate("test config").expect("valid test config");
     tarmac_proxy::start(config).await.expect("proxy starts")
 }
 
@@ -19,17 +29,38 @@ pub async fn start(yaml: &str) -> Running {
 /// [`TestPki`]. Returns (client proxy, server proxy).
 pub async fn mesh_pair(service: &str, app: SocketAddr) -> (Running, Running) {
     let pki = TestPki::get();
-    let server = start(&format!(
-        "admin: 127.0.0.1:0\ninbound:\n  listen: 127.0.0.1:0\n  app: {app}\n{}",
-        pki.identity_yaml(&pki.server)
-    ))
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    let server = start_config(Config {
+        admin: any_port,
+        inbound: Some(InboundConfig {
+            listen: any_port,
+            app: Some(app),
+            transparent: false,
+            mtls: MtlsMode::Permissive,
+        }),
+        identity: Some(pki.identity(&pki.server)),
+        ..Config::default()
+    })
     .await;
-    let inbound = server.addrs.inbound.unwrap();
-    let client = start(&format!(
-        "admin: 127.0.0.1:0\noutbound:\n  services:\n  - name: {service}\n    listen: 127.0.0.1:0\n    endpoints: [{{addr: \"{inbound}\", meshed: true, identity: \"{}\"}}]\n{}",
-        pki.server.0,
-        pki.identity_yaml(&pki.client)
-    ))
+    let endpoint = EndpointConfig {
+        addr: server.addrs.inbound.unwrap(),
+        meshed: true,
+        identity: Some(pki.server.0.clone()),
+    };
+    let service = ServiceConfig {
+        name: service.to_string(),
+        listen: Some(any_port),
+        addrs: Vec::new(),
+        protocol: Protocol::default(),
+        endpoints: vec![endpoint],
+        discover: None,
+    };
+    let client = start_config(Config {
+        admin: any_port,
+        outbound: Some(OutboundConfig { transparent_listen: None, services: vec![service] }),
+        identity: Some(pki.identity(&pki.client)),
+        ..Config::default()
+    })
     .await;
     (client, server)
 }
@@ -66,6 +97,19 @@ impl TestPki {
     }
 
     /// The `identity` section of a proxy presenting `own`.
+    pub fn identity(&self, own: &(String, PathBuf, PathBuf)) -> IdentityConfig {
+        IdentityConfig {
+            trust_anchors: self.anchors.display().to_string(),
+            certificate: Some(CertificateFiles {
+                cert: own.1.display().to_string(),
+                key: own.2.display().to_string(),
+            }),
+            token_fd: None,
+            token_file: None,
+        }
+    }
+
+    /// The same as YAML, for tests that write a proxy's file.
     pub fn identity_yaml(&self, own: &(String, PathBuf, PathBuf)) -> String {
         format!(
             "identity:\n  trust_anchors: \"{}\"\n  certificate: {{cert: \"{}\", key: \"{}\"}}\n",

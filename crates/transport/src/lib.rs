@@ -11,14 +11,17 @@
 //! - [`prefixed`]: an I/O wrapper that first yields bytes already read from the socket.
 //! - [`iptables`]: the interception rules (the sidecar's init step) as data, and their
 //!   application inside the current network namespace.
-//! - [`process`]: signals for child processes (SIGTERM, dying with the parent), and
-//!   children without address-space randomisation, for `tarmac bench`.
+//! - [`process`]: child processes supervised for `tarmac up` and the benchmark (process
+//!   groups, log files or piped output, readiness, SIGTERM then SIGKILL, dying with the
+//!   parent), children pinned to a core or without address-space randomisation, and a
+//!   secret handed to one child through a pipe.
 //!
-//! Unsafe code: three unsafe blocks in [`process`], each with its safety argument; the
-//! crate denies `unsafe_code` everywhere else. Two other crates have some, confined to
-//! modules that say why: the CLI (`up/process.rs`, `up/netns.rs`: libc calls such as
-//! kill(2), geteuid(2) and flock(2)) and the load generator (`timer.rs`: registering a
-//! timer's file descriptor with tokio).
+//! Unsafe code: the unsafe blocks of [`process`] (libc calls std does not offer), each
+//! with its safety argument; the crate denies `unsafe_code` everywhere else. Two other
+//! crates have some, confined to modules that say why: the CLI (`up/netns.rs`,
+//! `up/sandbox.rs`, `up/trust.rs`: libc calls such as geteuid(2), flock(2) and
+//! unshare(2)) and the load
+//! generator (`timer.rs`: registering a timer's file descriptor with tokio).
 
 #![deny(rust_2018_idioms, unsafe_code)]
 

@@ -173,7 +173,7 @@ pub struct PrometheusConfigArgs {
 }
 
 pub fn prometheus_config(args: &PrometheusConfigArgs) -> Result<(), String> {
-    crate::duration::parse_positive(&args.scrape_interval)?;
+    tarmac_clikit::duration::parse_positive(&args.scrape_interval)?;
     let interval = &args.scrape_interval;
     let job = format!(
         "  # Every tarmac-proxy's admin /metrics, found through the control plane's HTTP service\n  \

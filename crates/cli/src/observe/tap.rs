@@ -59,7 +59,7 @@ pub struct TapArgs {
     #[arg(long)]
     pub limit: Option<u64>,
     /// Stop after this long, e.g. `30s`.
-    #[arg(long = "for", value_parser = crate::duration::parse_positive)]
+    #[arg(long = "for", value_parser = tarmac_clikit::duration::parse_positive)]
     pub duration: Option<Duration>,
     /// `json`: one JSON object per line (NDJSON), as the API sends them.
     #[arg(short, long, value_enum, default_value_t)]
@@ -74,7 +74,7 @@ pub struct TopArgs {
     #[command(flatten)]
     pub filter: TapFilterArgs,
     /// Stop after this long (with `-o json`: count for this long, default 5s, then print).
-    #[arg(long = "for", value_parser = crate::duration::parse_positive)]
+    #[arg(long = "for", value_parser = tarmac_clikit::duration::parse_positive)]
     pub duration: Option<Duration>,
     /// Rows shown.
     #[arg(long, default_value_t = 20)]

@@ -20,10 +20,9 @@ pub(crate) mod process;
 pub(crate) mod sandbox;
 mod trust;
 
-use crate::workdir::WorkDir;
 use plan::{ReplicaPlan, Upstream};
 use ports::{PortAllocator, locate_proxy_binary};
-use process::{Proc, describe, note};
+use process::note;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -31,7 +30,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tarmac_control::http_client::HttpClient;
+use tarmac_clikit::workdir::WorkDir;
 use tarmac_control::identity::{BootstrapTokens, WorkloadIdentity};
 use tarmac_control::registry::{Instance, Registry};
 use tarmac_control::store::files::{OpenError, load_dir};
@@ -39,6 +38,7 @@ use tarmac_control::store::{Snapshot, Status};
 use tarmac_control::workloads::{RestartError, RestartRequest, Restarted};
 use tarmac_identity::DEFAULT_TRUST_DOMAIN;
 use tarmac_identity::ca::Ca;
+use tarmac_transport::process::{Exit, Readiness, Supervised, describe, hand_over, secret_pipe};
 use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -82,7 +82,7 @@ pub struct UpArgs {
     #[arg(long)]
     pub identity_dir: Option<PathBuf>,
     /// Lifetime of workload certificates; proxies renew at about 70 % of it.
-    #[arg(long, default_value = "24h", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "24h", value_parser = tarmac_clikit::duration::parse)]
     pub cert_lifetime: Duration,
     /// Mesh-wide handling of plaintext to workloads: `permissive` accepts it from clients
     /// outside the mesh, `strict` refuses it. A Workload's `spec.mtls` overrides it.
@@ -517,7 +517,7 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
 
 /// Writes a file only `uid` (and root) can read.
 fn write_private(path: &std::path::Path, content: &str, uid: u32) -> Result<(), String> {
-    let file = crate::workdir::create_private(path, content)?;
+    let file = tarmac_clikit::workdir::create_private(path, content)?;
     std::os::unix::fs::fchown(&file, Some(uid), Some(uid))
         .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))
 }
@@ -573,7 +573,7 @@ struct Running {
     restarting: Arc<AtomicBool>,
     /// True once the replica has been in discovery (its sidecar ready, its app listening).
     ready: watch::Receiver<bool>,
-    task: tokio::task::JoinHandle<Option<(String, Proc)>>,
+    task: tokio::task::JoinHandle<Option<(String, Supervised)>>,
 }
 
 /// The replicas `tarmac up` runs, kept in line with the Workloads of the configuration.
@@ -624,9 +624,8 @@ impl Mesh {
             }
             let file_name = plan.name().replace('/', "_");
             let sidecar_config = self.work_dir.join(format!("{file_name}-proxy.yaml"));
-            let identity = self.identity.as_ref().map(|i| plan::SidecarTls {
-                anchors: i.anchors.clone(),
-                mtls: plan.mtls.clone().unwrap_or_else(|| i.default_mtls.clone()),
+            let identity = self.identity.as_ref().map(|i| {
+                plan::SidecarTls::new(i.anchors.clone(), plan.mtls.as_deref().unwrap_or(&i.default_mtls))
             });
             let yaml = plan::sidecar_yaml(
                 &plan,
@@ -714,9 +713,8 @@ impl Mesh {
         }
         let file_name = plan.name().replace('/', "_");
         let sidecar_config = self.work_dir.join(format!("{file_name}-proxy.yaml"));
-        let identity = self.identity.as_ref().map(|i| plan::SidecarTls {
-            anchors: i.anchors.clone(),
-            mtls: plan.mtls.clone().unwrap_or_else(|| i.default_mtls.clone()),
+        let identity = self.identity.as_ref().map(|i| {
+            plan::SidecarTls::new(i.anchors.clone(), plan.mtls.as_deref().unwrap_or(&i.default_mtls))
         });
         let yaml =
             plan::sidecar_yaml(&plan, self.control, admin, listen, app, &upstreams, identity.as_ref(), true);
@@ -881,7 +879,7 @@ async fn stop_replicas(entries: Vec<Running>) {
         stopping.spawn(async move {
             // Dropped (with its namespace) only once its sidecar has stopped.
             let _replica = replica;
-            let pid = sidecar.pid;
+            let pid = sidecar.pid();
             match sidecar.stop(STOP_GRACE).await {
                 Some(exit) if is_clean(&exit) => note(&format!("{name} proxy (pid {pid}) stopped")),
                 Some(exit) => note(&format!("{name} proxy (pid {pid}) ended badly: {}", describe(&exit))),
@@ -894,7 +892,7 @@ async fn stop_replicas(entries: Vec<Running>) {
     while stopping.join_next().await.is_some() {}
 }
 
-fn is_clean(exit: &process::Exit) -> bool {
+fn is_clean(exit: &Exit) -> bool {
     matches!(exit, Ok(status) if status.success() || tarmac_transport::process::was_terminated(status))
 }
 
@@ -909,8 +907,8 @@ async fn sleep_or_shutdown(duration: Duration, shutdown: &mut watch::Receiver<bo
 
 /// Why a replica's run ended.
 enum Ended {
-    App(process::Exit),
-    Sidecar(process::Exit),
+    App(Exit),
+    Sidecar(Exit),
     Shutdown,
 }
 
@@ -934,11 +932,11 @@ async fn run_replica(
     registry: Registry,
     mut shutdown: watch::Receiver<bool>,
     signals: ReplicaSignals,
-) -> Option<(String, Proc)> {
+) -> Option<(String, Supervised)> {
     let name = replica.plan.name();
     let plan = &replica.plan;
     let mut backoff = BACKOFF_MIN;
-    let mut sidecar: Option<Proc> = None;
+    let mut sidecar: Option<Supervised> = None;
     loop {
         if *shutdown.borrow() {
             break;
@@ -963,7 +961,7 @@ async fn run_replica(
                                 service_account: plan.service_account.clone(),
                             },
                         );
-                        match process::secret_pipe(token.as_bytes()) {
+                        match secret_pipe(token.as_bytes()) {
                             Ok(pipe) => Some(pipe),
                             Err(e) => {
                                 note(&format!("{name} proxy: {e}; retrying in {backoff:?}"));
@@ -978,14 +976,14 @@ async fn run_replica(
                     None => None,
                 };
                 if let Some(pipe) = &token {
-                    process::hand_over(&mut command, pipe, plan::TOKEN_FD);
+                    hand_over(command.as_std_mut(), pipe, plan::TOKEN_FD);
                 }
-                let spawned = Proc::spawn(command, format!("{name} proxy"));
+                let spawned = process::spawn(command, format!("{name} proxy"));
                 // Our end: the sidecar holds the only other one.
                 drop(token);
                 match spawned {
                     Ok(proxy) => {
-                        note(&format!("{name} proxy started: pid {}", proxy.pid));
+                        note(&format!("{name} proxy started: pid {}", proxy.pid()));
                         match wait_ready(&proxy, replica.admin, &mut shutdown).await {
                             Ok(true) => proxy,
                             Ok(false) => {
@@ -1015,7 +1013,7 @@ async fn run_replica(
             }
         };
 
-        let app = match Proc::spawn(replica.app_command(), name.clone()) {
+        let app = match process::spawn(replica.app_command(), name.clone()) {
             Ok(app) => app,
             Err(e) => {
                 note(&format!(
@@ -1032,7 +1030,7 @@ async fn run_replica(
             }
         };
         let started = Instant::now();
-        note(&format!("{name} started: pid {}, PORT={}", app.pid, replica.app.port()));
+        note(&format!("{name} started: pid {}, PORT={}", app.pid(), replica.app.port()));
         let ended = match wait_listening(&app, replica.app, replica.netns.is_some(), &mut shutdown).await {
             Listening::Yes | Listening::NotInTime => {
                 registry.upsert(replica.instance());
@@ -1051,7 +1049,7 @@ async fn run_replica(
         match ended {
             Ended::Shutdown if signals.restarting.load(Ordering::Acquire) => {
                 tokio::time::sleep(DISCOVERY_GRACE).await;
-                let pid = proxy.pid;
+                let pid = proxy.pid();
                 match proxy.stop(STOP_GRACE).await {
                     Some(exit) if is_clean(&exit) => {
                         note(&format!("{name} proxy (pid {pid}) drained and stopped"))
@@ -1061,7 +1059,7 @@ async fn run_replica(
                         "{name} proxy (pid {pid}) did not stop within {STOP_GRACE:?} and was killed"
                     )),
                 }
-                let pid = app.pid;
+                let pid = app.pid();
                 match app.stop(STOP_GRACE).await {
                     Some(exit) if is_clean(&exit) => note(&format!("{name} (pid {pid}) stopped")),
                     Some(exit) => note(&format!("{name} (pid {pid}) ended badly: {}", describe(&exit))),
@@ -1072,7 +1070,7 @@ async fn run_replica(
                 return None;
             }
             Ended::Shutdown => {
-                let pid = app.pid;
+                let pid = app.pid();
                 match app.stop(STOP_GRACE).await {
                     Some(exit) if is_clean(&exit) => note(&format!("{name} (pid {pid}) stopped")),
                     Some(exit) => note(&format!("{name} (pid {pid}) ended badly: {}", describe(&exit))),
@@ -1089,7 +1087,7 @@ async fn run_replica(
                 }
                 note(&format!(
                     "{name} (pid {}) exited: {}; restarting in {backoff:?}",
-                    app.pid,
+                    app.pid(),
                     describe(&exit)
                 ));
                 sidecar = Some(proxy);
@@ -1100,7 +1098,7 @@ async fn run_replica(
                 }
                 note(&format!(
                     "{name} proxy (pid {}) exited unexpectedly: {}; stopping {name} and restarting both in {backoff:?}",
-                    proxy.pid,
+                    proxy.pid(),
                     describe(&exit)
                 ));
                 app.stop(STOP_GRACE).await;
@@ -1116,19 +1114,17 @@ async fn run_replica(
 
 /// Waits for the sidecar's `/ready`: `Ok(true)` when ready, `Ok(false)` on shutdown.
 async fn wait_ready(
-    proxy: &Proc,
+    proxy: &Supervised,
     admin: SocketAddr,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<bool, String> {
-    let client = HttpClient::new(admin, Duration::from_secs(1));
+    let ready = Readiness::AdminReady(admin);
     let deadline = Instant::now() + SIDECAR_READY_TIMEOUT;
     loop {
         if let Some(exit) = proxy.exit() {
             return Err(format!("exited while starting: {}", describe(&exit)));
         }
-        if let Ok(response) = client.get("/ready").await
-            && response.status.is_success()
-        {
+        if ready.probe().await {
             return Ok(true);
         }
         if Instant::now() >= deadline {
@@ -1143,14 +1139,14 @@ async fn wait_ready(
 enum Listening {
     Yes,
     NotInTime,
-    Exited(process::Exit),
+    Exited(Exit),
     Shutdown,
 }
 
 /// Waits until the app accepts connections on its port, so that it is not sent traffic
 /// before it can take it.
 async fn wait_listening(
-    app: &Proc,
+    app: &Supervised,
     addr: SocketAddr,
     in_namespace: bool,
     shutdown: &mut watch::Receiver<bool>,
@@ -1163,8 +1159,8 @@ async fn wait_listening(
         // In a namespace, a connection from here would be taken by the sidecar whether
         // the app listens or not: look at the namespace's own socket table instead.
         let listening = match in_namespace {
-            true => netns::listens(app.pid, addr.port()),
-            false => tokio::net::TcpStream::connect(addr).await.is_ok(),
+            true => netns::listens(app.pid(), addr.port()),
+            false => Readiness::Accepts(addr).probe().await,
         };
         if listening {
             return Listening::Yes;
@@ -1172,7 +1168,7 @@ async fn wait_listening(
         if Instant::now() >= deadline {
             note(&format!(
                 "pid {} does not listen on PORT={} after {APP_LISTEN_TIMEOUT:?}; registering it anyway",
-                app.pid,
+                app.pid(),
                 addr.port()
             ));
             return Listening::NotInTime;

@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use tarmac_control::store::Snapshot;
 use tarmac_model::Resource;
 use tarmac_model::meta::DEFAULT_NAMESPACE;
-
-/// The proxy's default `opaque_ports`, which a sidecar's list must keep when it adds the
-/// app's port (the CLI does not link the proxy; a test holds the two lists equal).
-const PROXY_DEFAULT_OPAQUE_PORTS: &[u16] = &[25, 587, 3306, 4444, 4567, 4568, 5432, 6379, 9300, 11211];
+use tarmac_proxy::config::{
+    Config, ControlConfig, DEFAULT_OPAQUE_PORTS, DiscoverConfig, IdentityConfig, InboundConfig, Limits,
+    MtlsMode, OutboundConfig, Protocol, ServiceConfig,
+};
 
 /// One process to run, with its sidecar.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,8 +45,16 @@ pub const TOKEN_FD: i32 = 3;
 pub struct SidecarTls {
     /// The trust anchors file.
     pub anchors: PathBuf,
-    /// `permissive` or `strict`.
-    pub mtls: String,
+    pub mtls: MtlsMode,
+}
+
+impl SidecarTls {
+    /// `mtls` is the Workload's `spec.mtls` or the mesh's `--mtls`: `permissive` or
+    /// `strict`, as both are parsed.
+    pub fn new(anchors: PathBuf, mtls: &str) -> Self {
+        let mtls = if mtls == "strict" { MtlsMode::Strict } else { MtlsMode::Permissive };
+        Self { anchors, mtls }
+    }
 }
 
 impl ReplicaPlan {
@@ -194,9 +203,10 @@ pub fn app_env(
     env.into_iter().collect()
 }
 
-/// The sidecar's `tarmac-proxy` configuration (docs/proxy-config.md). In explicit mode
-/// each upstream's address is the sidecar's listener for it; with `transparent` it is the
-/// Service's virtual IP and port, which the app's redirected connections are addressed to.
+/// The sidecar's `tarmac-proxy` configuration (docs/proxy-config.md), as its file holds
+/// it. In explicit mode each upstream's address is the sidecar's listener for it; with
+/// `transparent` it is the Service's virtual IP and port, which the app's redirected
+/// connections are addressed to.
 #[allow(clippy::too_many_arguments)]
 pub fn sidecar_yaml(
     replica: &ReplicaPlan,
@@ -208,57 +218,55 @@ pub fn sidecar_yaml(
     tls: Option<&SidecarTls>,
     transparent: bool,
 ) -> String {
-    use std::fmt::Write as _;
-    let mut yaml = format!(
-        "# The sidecar of {} in `tarmac up`.\nadmin: \"{admin}\"\ncontrol:\n  addr: \"{control}\"\n  namespace: {}\n  workload: {}\n  service_account: {}\ninbound:\n  listen: \"{inbound}\"\n  app: \"{app}\"\n",
-        replica.name(),
-        quote(&replica.namespace),
-        quote(&replica.workload),
-        quote(&replica.service_account),
-    );
-    if let Some(tls) = tls {
-        let _ = write!(
-            yaml,
-            "  mtls: {}\nidentity:\n  trust_anchors: {}\n  token_fd: {TOKEN_FD}\n",
-            tls.mtls,
-            quote(&tls.anchors.display().to_string())
-        );
-    }
-    if transparent {
-        let _ =
-            writeln!(yaml, "outbound:\n  transparent_listen: \"127.0.0.1:{}\"", super::netns::OUTBOUND_PORT);
-        if !upstreams.is_empty() {
-            yaml.push_str("  services:\n");
-        }
-    } else if !upstreams.is_empty() {
-        yaml.push_str("outbound:\n  services:\n");
-    }
-    if !upstreams.is_empty() {
-        for (upstream, addr) in upstreams {
-            let reached = match transparent {
-                true => format!("addrs: [\"{addr}\"]"),
-                false => format!("listen: \"{addr}\""),
-            };
-            let _ = write!(
-                yaml,
-                "    - name: {}\n      {reached}\n      discover: {{service: {}, namespace: {}, port: {}}}\n",
-                quote(&upstream.proxy_name),
-                quote(&upstream.service),
-                quote(&upstream.namespace),
-                upstream.port
-            );
-        }
-    }
+    let services = upstreams
+        .iter()
+        .map(|(upstream, addr)| ServiceConfig {
+            name: upstream.proxy_name.clone(),
+            listen: (!transparent).then_some(*addr),
+            addrs: if transparent { vec![*addr] } else { Vec::new() },
+            protocol: Protocol::default(),
+            endpoints: Vec::new(),
+            discover: Some(DiscoverConfig {
+                service: Some(upstream.service.clone()),
+                namespace: upstream.namespace.clone(),
+                port: upstream.port,
+            }),
+        })
+        .collect::<Vec<_>>();
+    let transparent_listen =
+        transparent.then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, super::netns::OUTBOUND_PORT)));
+    let outbound =
+        (transparent || !services.is_empty()).then_some(OutboundConfig { transparent_listen, services });
+    let mut opaque_ports = DEFAULT_OPAQUE_PORTS.to_vec();
     if replica.opaque {
-        let ports: Vec<String> = PROXY_DEFAULT_OPAQUE_PORTS
-            .iter()
-            .chain(std::iter::once(&app.port()))
-            .map(u16::to_string)
-            .collect();
-        let _ = writeln!(yaml, "opaque_ports: [{}]", ports.join(", "));
+        opaque_ports.push(app.port());
     }
-    yaml.push_str("limits:\n  drain_timeout: 3s\n");
-    yaml
+    let config = Config {
+        admin,
+        control: Some(ControlConfig {
+            addr: control,
+            namespace: replica.namespace.clone(),
+            workload: replica.workload.clone(),
+            service_account: replica.service_account.clone(),
+        }),
+        inbound: Some(InboundConfig {
+            listen: inbound,
+            app: Some(app),
+            transparent: false,
+            mtls: tls.map_or(MtlsMode::Permissive, |tls| tls.mtls),
+        }),
+        identity: tls.map(|tls| IdentityConfig {
+            trust_anchors: tls.anchors.display().to_string(),
+            certificate: None,
+            token_fd: Some(TOKEN_FD),
+            token_file: None,
+        }),
+        outbound,
+        opaque_ports,
+        limits: Limits { drain_timeout: Duration::from_secs(3), ..Limits::default() },
+        ..Config::default()
+    };
+    format!("# The sidecar of {} in `tarmac up`.\n{}", replica.name(), config.to_yaml())
 }
 
 /// A virtual IP for every Service (transparent mode), in the order of their keys.
@@ -308,11 +316,6 @@ pub fn url_by_name(upstream: &Upstream, from_namespace: &str) -> String {
         80 => format!("http://{host}"),
         port => format!("http://{host}:{port}"),
     }
-}
-
-/// A YAML double-quoted string (names are validated DNS labels, but be safe).
-fn quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 #[cfg(test)]
@@ -404,7 +407,7 @@ spec: {command: [python3, greeter.py], args: [-v], port: 8080, replicas: 2, work
             .map(|(u, p)| (u, SocketAddr::from(([127, 0, 0, 1], p))))
             .collect();
         let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
-        let tls = SidecarTls { anchors: "/tmp/x/trust-anchors.pem".into(), mtls: "strict".into() };
+        let tls = SidecarTls::new("/tmp/x/trust-anchors.pem".into(), "strict");
         let yaml = sidecar_yaml(plan, a(8086), a(4191), a(4143), a(8080), &ups, Some(&tls), false);
         let config =
             tarmac_proxy::Config::from_yaml(&yaml, "generated").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
@@ -437,7 +440,6 @@ spec: {command: [python3, greeter.py], args: [-v], port: 8080, replicas: 2, work
         assert!(opaque_ports(banner).contains(&41234), "the app's own port, wherever it listens");
         assert!(opaque_ports(banner).contains(&3306), "and the defaults still");
         assert_eq!(opaque_ports(web), tarmac_proxy::config::DEFAULT_OPAQUE_PORTS);
-        assert_eq!(PROXY_DEFAULT_OPAQUE_PORTS, tarmac_proxy::config::DEFAULT_OPAQUE_PORTS);
     }
 
     #[test]

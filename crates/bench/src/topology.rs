@@ -1,14 +1,18 @@
 //! The paths a request can take to the upstream, and starting the proxies of each.
 
+use super::ca::{Certified, EphemeralCa};
 use super::envoy;
 use super::nginx;
-use super::processes::{Managed, Readiness, free_port};
+use super::processes::{self, free_port};
 use super::routing;
-use crate::identity::{Certified, EphemeralCa};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
+use tarmac_proxy::config::{
+    Config, EndpointConfig, IdentityConfig, InboundConfig, Limits, MtlsMode, OutboundConfig, ServiceConfig,
+};
+use tarmac_transport::process::{Readiness, Supervised};
 
 /// How long a proxy has to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -66,7 +70,7 @@ pub struct Running {
     /// Where the generator sends its requests.
     pub entry: SocketAddr,
     /// Client side first.
-    pub proxies: Vec<Managed>,
+    pub proxies: Vec<Supervised>,
 }
 
 /// The binaries the routes need.
@@ -144,9 +148,9 @@ pub async fn start_routed(
     let (service, _) =
         routing::service_of(route).ok_or_else(|| format!("{} is not routed", route.label()))?;
     let (admin, listen) = (free_port()?, free_port()?);
-    let yaml = routing::tarmac_routed_config(admin, listen, control, service);
+    let config = routing::tarmac_routed_config(admin, listen, control, service);
     let name = route.label().replace(' ', "-");
-    let proxy = start_tarmac(&name, &yaml, admin, binaries, core, dir).await?;
+    let proxy = start_tarmac(&name, &config, binaries, core, dir).await?;
     routing::wait_for_routes(listen, admin).await?;
     Ok(Running { route, entry: listen, proxies: vec![proxy] })
 }
@@ -164,8 +168,8 @@ pub async fn start_inbound(
 ) -> Result<Running, String> {
     let workload = routing::inbound_of(route).ok_or_else(|| format!("{} is not inbound", route.label()))?;
     let (admin, listen) = (free_port()?, free_port()?);
-    let yaml = routing::tarmac_inbound_config(admin, listen, control, upstream, workload);
-    let proxy = start_tarmac(&route.label().replace(' ', "-"), &yaml, admin, binaries, core, dir).await?;
+    let config = routing::tarmac_inbound_config(admin, listen, control, upstream, workload);
+    let proxy = start_tarmac(&route.label().replace(' ', "-"), &config, binaries, core, dir).await?;
     Ok(Running { route, entry: listen, proxies: vec![proxy] })
 }
 
@@ -194,8 +198,8 @@ pub async fn start(
         }
         Route::TarmacOneHop => {
             let (admin, listen) = (free_port()?, free_port()?);
-            let yaml = tarmac_client_config(admin, listen, upstream, false);
-            proxies.push(start_tarmac(&format!("{name}-client"), &yaml, admin, binaries, core, dir).await?);
+            let config = tarmac_client_config(admin, listen, endpoint(upstream, false));
+            proxies.push(start_tarmac(&format!("{name}-client"), &config, binaries, core, dir).await?);
             listen
         }
         Route::TarmacTwoHops | Route::TarmacTwoHopsMtls => {
@@ -204,23 +208,18 @@ pub async fn start(
                 _ => None,
             };
             let (server_admin, inbound) = (free_port()?, free_port()?);
-            let mut yaml = tarmac_server_config(server_admin, inbound, upstream);
-            if let Some(certs) = &certs {
-                yaml.push_str(&certs.tarmac_identity(&certs.server));
-                yaml = yaml.replace("  app:", "  mtls: strict\n  app:");
+            let mut config = tarmac_server_config(server_admin, inbound, upstream);
+            if let (Some(certs), Some(side)) = (&certs, config.inbound.as_mut()) {
+                side.mtls = MtlsMode::Strict;
+                config.identity = Some(certs.tarmac_identity(&certs.server));
             }
-            let server =
-                start_tarmac(&format!("{name}-server"), &yaml, server_admin, binaries, core, dir).await?;
+            let server = start_tarmac(&format!("{name}-server"), &config, binaries, core, dir).await?;
             let (client_admin, listen) = (free_port()?, free_port()?);
-            let mut yaml = tarmac_client_config(client_admin, listen, inbound, true);
-            if let Some(certs) = &certs {
-                yaml = yaml
-                    .replace("meshed: true}", &format!("meshed: true, identity: \"{}\"}}", certs.server.id));
-                yaml.push_str(&certs.tarmac_identity(&certs.client));
-            }
-            proxies.push(
-                start_tarmac(&format!("{name}-client"), &yaml, client_admin, binaries, core, dir).await?,
-            );
+            let mut to_server = endpoint(inbound, true);
+            to_server.identity = certs.as_ref().map(|certs| certs.server.id.clone());
+            let mut config = tarmac_client_config(client_admin, listen, to_server);
+            config.identity = certs.as_ref().map(|certs| certs.tarmac_identity(&certs.client));
+            proxies.push(start_tarmac(&format!("{name}-client"), &config, binaries, core, dir).await?);
             proxies.push(server);
             listen
         }
@@ -253,7 +252,7 @@ pub async fn start(
             let config_path = dir.join(format!("{name}.conf"));
             std::fs::write(&config_path, nginx::config(listen, upstream, dir))
                 .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
-            let mut proxy = Managed::spawn(&name, binary, &nginx::args(&config_path, dir), core, dir)?;
+            let proxy = processes::spawn(&name, binary, &nginx::args(&config_path, dir), core, dir)?;
             proxy.wait_ready(&Readiness::Accepts(listen), READY_TIMEOUT).await?;
             proxies.push(proxy);
             listen
@@ -281,46 +280,76 @@ impl MeshCerts {
     }
 
     /// The `identity` section of a Tarmac proxy presenting `own`.
-    fn tarmac_identity(&self, own: &Certified) -> String {
-        self.ca.proxy_yaml(own)
+    fn tarmac_identity(&self, own: &Certified) -> IdentityConfig {
+        self.ca.identity(own)
     }
 }
 
+/// What every Tarmac proxy of the benchmark shares: one worker (a sidecar's default), and
+/// a short drain, so that stopping one between phases takes no longer than its requests.
+pub fn tarmac_config(admin: SocketAddr) -> Config {
+    Config {
+        admin,
+        workers: 1,
+        limits: Limits { drain_timeout: Duration::from_secs(1), ..Limits::default() },
+        ..Config::default()
+    }
+}
+
+/// One service `name` of a client-side sidecar, on an explicit listener or not.
+pub fn tarmac_service(name: &str, listen: Option<SocketAddr>) -> ServiceConfig {
+    ServiceConfig {
+        name: name.to_string(),
+        listen,
+        addrs: Vec::new(),
+        protocol: Default::default(),
+        endpoints: Vec::new(),
+        discover: None,
+    }
+}
+
+/// An endpoint: the app, or (meshed) another proxy's inbound side.
+pub fn endpoint(addr: SocketAddr, meshed: bool) -> EndpointConfig {
+    EndpointConfig { addr, meshed, identity: None }
+}
+
 /// A client-side sidecar: one service on an explicit listener, one endpoint.
-pub fn tarmac_client_config(
-    admin: SocketAddr,
-    listen: SocketAddr,
-    endpoint: SocketAddr,
-    meshed: bool,
-) -> String {
-    format!(
-        "# Generated by `tarmac bench`: the client side.\nadmin: \"{admin}\"\nworkers: 1\noutbound:\n  services:\n    \
-         - name: upstream\n      listen: \"{listen}\"\n      endpoints: [{{addr: \"{endpoint}\", meshed: {meshed}}}]\n\
-         limits:\n  drain_timeout: 1s\n"
-    )
+pub fn tarmac_client_config(admin: SocketAddr, listen: SocketAddr, endpoint: EndpointConfig) -> Config {
+    let service = ServiceConfig { endpoints: vec![endpoint], ..tarmac_service("upstream", Some(listen)) };
+    Config {
+        outbound: Some(OutboundConfig { transparent_listen: None, services: vec![service] }),
+        ..tarmac_config(admin)
+    }
 }
 
 /// A server-side sidecar in front of the app.
-pub fn tarmac_server_config(admin: SocketAddr, listen: SocketAddr, app: SocketAddr) -> String {
-    format!(
-        "# Generated by `tarmac bench`: the server side.\nadmin: \"{admin}\"\nworkers: 1\ninbound:\n  \
-         listen: \"{listen}\"\n  app: \"{app}\"\nlimits:\n  drain_timeout: 1s\n"
-    )
+pub fn tarmac_server_config(admin: SocketAddr, listen: SocketAddr, app: SocketAddr) -> Config {
+    Config { inbound: Some(tarmac_inbound(listen, app)), ..tarmac_config(admin) }
+}
+
+/// An inbound side in front of `app`, permissive.
+pub fn tarmac_inbound(listen: SocketAddr, app: SocketAddr) -> InboundConfig {
+    InboundConfig { listen, app: Some(app), transparent: false, mtls: MtlsMode::Permissive }
+}
+
+/// `config` as the proxy reads it from its file.
+pub fn tarmac_yaml(config: &Config) -> String {
+    format!("# Generated by `tarmac bench`.\n{}", config.to_yaml())
 }
 
 async fn start_tarmac(
     name: &str,
-    yaml: &str,
-    admin: SocketAddr,
+    config: &Config,
     binaries: &Binaries,
     core: Option<usize>,
     dir: &FsPath,
-) -> Result<Managed, String> {
+) -> Result<Supervised, String> {
     let config_path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&config_path, yaml).map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    std::fs::write(&config_path, tarmac_yaml(config))
+        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let args = vec!["--config".to_string(), config_path.display().to_string()];
-    let mut proxy = Managed::spawn(name, &binaries.tarmac_proxy, &args, core, dir)?;
-    proxy.wait_ready(&Readiness::AdminReady(admin), READY_TIMEOUT).await?;
+    let proxy = processes::spawn(name, &binaries.tarmac_proxy, &args, core, dir)?;
+    proxy.wait_ready(&Readiness::AdminReady(config.admin), READY_TIMEOUT).await?;
     Ok(proxy)
 }
 
@@ -331,31 +360,34 @@ async fn start_envoy(
     binary: &FsPath,
     core: Option<usize>,
     dir: &FsPath,
-) -> Result<Managed, String> {
+) -> Result<Supervised, String> {
     let config_path = dir.join(format!("{name}.yaml"));
     std::fs::write(&config_path, yaml).map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
-    let mut proxy = Managed::spawn(name, binary, &envoy::args(&config_path), core, dir)?;
+    let proxy = processes::spawn(name, binary, &envoy::args(&config_path), core, dir)?;
     proxy.wait_ready(&Readiness::AdminReady(admin), READY_TIMEOUT).await?;
     Ok(proxy)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// What the proxy reads from the file the benchmark writes for `config`.
+    pub fn accepted(config: &Config) -> Config {
+        Config::from_yaml(&tarmac_yaml(config), "generated").expect("the proxy accepts it")
+    }
 
     #[test]
     fn generated_tarmac_configurations_are_accepted_by_the_proxy() {
         let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        for (yaml, meshed) in [
-            (tarmac_client_config(addr(4191), addr(7001), addr(4143), true), true),
-            (tarmac_client_config(addr(4191), addr(7001), addr(8080), false), false),
-        ] {
-            let config = tarmac_proxy::Config::from_yaml(&yaml, "generated").expect("the proxy accepts it");
+        for meshed in [true, false] {
+            let config =
+                accepted(&tarmac_client_config(addr(4191), addr(7001), endpoint(addr(4143), meshed)));
             let services = config.outbound.expect("outbound").services;
             assert_eq!(services[0].endpoints[0].meshed, meshed);
+            assert_eq!((config.workers, config.limits.drain_timeout), (1, Duration::from_secs(1)));
         }
-        let server = tarmac_server_config(addr(4192), addr(4143), addr(8080));
-        let config = tarmac_proxy::Config::from_yaml(&server, "generated").expect("the proxy accepts it");
+        let config = accepted(&tarmac_server_config(addr(4192), addr(4143), addr(8080)));
         assert_eq!(config.inbound.expect("inbound").app, Some(addr(8080)));
     }
 
@@ -373,16 +405,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tarmac-bench-certs-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let certs = MeshCerts::create(&dir).unwrap();
-        let yaml = format!(
-            "{}{}",
-            tarmac_server_config(
-                SocketAddr::from(([127, 0, 0, 1], 1)),
-                SocketAddr::from(([127, 0, 0, 1], 2)),
-                SocketAddr::from(([127, 0, 0, 1], 3))
-            ),
-            certs.tarmac_identity(&certs.server)
-        );
-        let config = tarmac_proxy::Config::from_yaml(&yaml, "generated").expect("the proxy accepts it");
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let server = Config {
+            identity: Some(certs.tarmac_identity(&certs.server)),
+            ..tarmac_server_config(addr(1), addr(2), addr(3))
+        };
+        let config = accepted(&server);
         assert_eq!(config.identity.unwrap().certificate.unwrap().cert, certs.server.cert);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -16,10 +16,15 @@
 //!   request (its first try failed by the upstream) against one that is not, its routes served
 //!   by the control plane's discovery in this process.
 //! * [`upstream`]: the suite's fast upstream; [`processes`]: the child processes and the
-//!   scheduling tools.
+//!   scheduling tools; [`ca`]: the mTLS routes' throwaway CA.
 //!
-//! The load itself comes from `tarmac-loadgen`, on a thread of its own.
+//! The load itself comes from `tarmac-loadgen`, on a thread of its own. The `tarmac`
+//! command parses [`BenchArgs`] and calls [`main`]; the built-in upstream runs as that same
+//! executable again (`tarmac bench --serve-upstream ADDR`).
 
+#![deny(rust_2018_idioms, unsafe_code)]
+
+mod ca;
 mod costs;
 mod envoy;
 mod experiment;
@@ -31,19 +36,20 @@ mod regression;
 mod report;
 mod routing;
 mod topology;
-pub mod upstream;
+mod upstream;
 mod wrk;
 
-use crate::duration;
-use crate::workdir::WorkDir;
 use experiment::{LoadSpec, Measured, PhaseRecord, Scheduling, Settings};
-use processes::{Managed, Readiness};
+use processes::{STOP_GRACE, stop_all};
 use report::{BarCheck, RouteSummary};
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tarmac_clikit::duration;
+use tarmac_clikit::workdir::WorkDir;
 use tarmac_loadgen::{Load, Protocol, Target};
+use tarmac_transport::process::{Readiness, Supervised};
 use topology::{Binaries, Route, Running};
 
 /// Environment variable naming the `tarmac-proxy` binary to measure.
@@ -364,7 +370,7 @@ async fn target(args: BenchArgs) -> Result<(), String> {
     let total = args.duration.unwrap_or(Duration::from_secs(30));
     let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy: None, nginx: None };
     let workdir = WorkDir::create("bench")?;
-    let mut routes = vec![
+    let routes = vec![
         topology::start(Route::Direct, target.addr, &binaries, None, workdir.path()).await?,
         // The mesh path as users get it: two sidecars with mTLS between them.
         topology::start(Route::TarmacTwoHopsMtls, target.addr, &binaries, None, workdir.path()).await?,
@@ -398,7 +404,9 @@ async fn target(args: BenchArgs) -> Result<(), String> {
     let mut scheduling = Scheduling { realtime_pids: Vec::new(), realtime_works: None };
     let mut ours = vec![std::process::id()];
     ours.extend(routes.iter().flat_map(|r| r.proxies.iter().map(|p| p.pid())));
-    let measured = experiment::run(&target, &mut routes, &loads, &settings, &mut scheduling, &ours).await?;
+    let measured = experiment::run(&target, &routes, &loads, &settings, &mut scheduling, &ours).await;
+    stop_all(routes).await;
+    let measured = measured?;
     let summaries = report::summarise(&measured);
 
     println!(
@@ -502,16 +510,19 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     );
     let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(|e| e.to_string())?;
     let ours = our_pids(&upstream, &routes);
-    let measured = experiment::run(&target, &mut routes, &loads, &settings, &mut scheduling, &ours).await?;
+    let measured = experiment::run(&target, &routes, &loads, &settings, &mut scheduling, &ours).await?;
     let wrk_runs = if chosen_loads.contains(&SuiteLoad::Max) && wrk::available() {
         eprintln!("max throughput with wrk, a second load generator, against the one-hop routes");
-        let one_hop: Vec<Running> = routes
+        let (one_hop, others): (Vec<Running>, Vec<Running>) = routes
             .into_iter()
-            .filter(|r| matches!(r.route, Route::TarmacOneHop | Route::EnvoyOneHop | Route::NginxOneHop))
-            .collect();
-        wrk::check(&one_hop, SUITE_MAX_CONNECTIONS, phase_duration, layout.client_core, &ours).await?
+            .partition(|r| matches!(r.route, Route::TarmacOneHop | Route::EnvoyOneHop | Route::NginxOneHop));
+        stop_all(others).await;
+        let runs =
+            wrk::check(&one_hop, SUITE_MAX_CONNECTIONS, phase_duration, layout.client_core, &ours).await;
+        stop_all(one_hop).await;
+        runs?
     } else {
-        drop(routes);
+        stop_all(routes).await;
         Vec::new()
     };
     let cost_points = if args.skip_costs {
@@ -524,7 +535,7 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
         }
         costs::measure(&proxies, upstream_addr, proxy_core, workdir.path()).await?
     };
-    drop(upstream);
+    upstream.stop(STOP_GRACE).await;
 
     let summaries = report::summarise(&measured);
     let idle_tarmac_mib = regression::idle_tarmac_mib(idle_rss.iter().map(|r| (r.proxy.as_str(), r.bytes)));
@@ -617,10 +628,10 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
     // requests (every route's requests carry the number: they stay comparable).
     let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(|e| e.to_string())?.numbered();
     let ours = our_pids(&upstream, &routes);
-    let measured = experiment::run(&target, &mut routes, &loads, &settings, &mut scheduling, &ours).await?;
-    drop(routes);
+    let measured = experiment::run(&target, &routes, &loads, &settings, &mut scheduling, &ours).await?;
+    stop_all(routes).await;
     drop(discovery);
-    drop(upstream);
+    upstream.stop(STOP_GRACE).await;
 
     let summaries = report::summarise(&measured);
     let retries = routing::compare_retried(&summaries);
@@ -695,11 +706,11 @@ impl Layout {
 }
 
 /// The built-in upstream (this executable with `--serve-upstream`) on the client core.
-async fn start_upstream(layout: &Layout, dir: &std::path::Path) -> Result<(Managed, SocketAddr), String> {
+async fn start_upstream(layout: &Layout, dir: &std::path::Path) -> Result<(Supervised, SocketAddr), String> {
     let addr = processes::free_port()?;
     let own_binary =
         std::env::current_exe().map_err(|e| format!("cannot tell where this executable is: {e}"))?;
-    let mut upstream = Managed::spawn(
+    let upstream = processes::spawn(
         "upstream",
         &own_binary,
         &["bench".to_string(), "--serve-upstream".to_string(), addr.to_string()],
@@ -746,7 +757,7 @@ fn suite_loads(chosen: &[SuiteLoad]) -> Vec<LoadSpec> {
 
 /// Every process of the benchmark's own: what the machine used beyond them is someone
 /// else's.
-fn our_pids(upstream: &Managed, routes: &[Running]) -> Vec<u32> {
+fn our_pids(upstream: &Supervised, routes: &[Running]) -> Vec<u32> {
     let mut ours = vec![std::process::id(), upstream.pid()];
     ours.extend(routes.iter().flat_map(|r| r.proxies.iter().map(|p| p.pid())));
     ours
@@ -754,7 +765,7 @@ fn our_pids(upstream: &Managed, routes: &[Running]) -> Vec<u32> {
 
 /// Real-time priority for the latency phases, for every process of the benchmark, when
 /// `chrt` is there.
-fn realtime_scheduling(upstream: &Managed, routes: &[Running]) -> Scheduling {
+fn realtime_scheduling(upstream: &Supervised, routes: &[Running]) -> Scheduling {
     let realtime_pids = if processes::tool_available("chrt") {
         our_pids(upstream, routes)
     } else {
@@ -793,7 +804,7 @@ fn idle_rss(routes: &[Running]) -> Vec<IdleRss> {
         .iter()
         .flat_map(|r| r.proxies.iter())
         .map(|p| IdleRss {
-            proxy: p.name.clone(),
+            proxy: p.name().to_string(),
             bytes: procfs::read_process(p.pid()).map_or(0, |s| s.rss_bytes),
         })
         .collect()

@@ -419,7 +419,7 @@ pub fn text(c: &Comparison) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::report::tests::phase;
+    use crate::report::tests::phase;
 
     fn judged(name: &str) -> &'static Figure {
         &ROUTE_FIGURES.iter().find(|(f, _, _)| f.name == name).expect("a figure of that name").0

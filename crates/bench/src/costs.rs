@@ -7,9 +7,9 @@
 //!   services' virtual addresses are on loopback (127.1.x.y), and nothing is sent to them.
 
 use super::envoy;
-use super::processes::{Managed, Readiness, free_port};
+use super::processes::{self, STOP_GRACE, free_port};
 use super::procfs;
-use super::topology::ProxyKind;
+use super::topology::{self, ProxyKind};
 use bytes::Bytes;
 use http::header::HOST;
 use http_body_util::{BodyExt, Empty};
@@ -21,6 +21,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tarmac_proxy::config::{Config, OutboundConfig, ServiceConfig};
+use tarmac_transport::process::{Readiness, Supervised};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -64,12 +66,10 @@ pub async fn measure(
             let (admin, listen) = (free_port()?, free_port()?);
             let (config_file, args) = match kind {
                 ProxyKind::Tarmac => {
-                    let yaml = format!(
-                        "admin: \"{admin}\"\nworkers: 1\noutbound:\n  services:\n    - name: upstream\n      \
-                         listen: \"{listen}\"\n      endpoints: [{{addr: \"{upstream}\"}}]\n\
-                         limits:\n  max_connections: {MAX_CONNECTIONS}\n  drain_timeout: 1s\n"
-                    );
-                    tarmac_args(dir, "cost-connections", &yaml)?
+                    let mut config =
+                        topology::tarmac_client_config(admin, listen, topology::endpoint(upstream, false));
+                    config.limits.max_connections = MAX_CONNECTIONS;
+                    tarmac_args(dir, "cost-connections", &config)?
                 }
                 ProxyKind::Envoy => envoy_args(
                     dir,
@@ -78,11 +78,11 @@ pub async fn measure(
                 )?,
                 ProxyKind::Nginx => unreachable!("refused above"),
             };
-            let mut proxy = start(kind, binary, &args, admin, core, dir).await?;
+            let proxy = start(kind, binary, &args, admin, core, dir).await?;
             let connections = open_idle(listen, count).await?;
-            let point = settle_and_read(&mut proxy, kind, "idle_connections", count).await;
+            let point = settle_and_read(&proxy, kind, "idle_connections", count).await;
             drop(connections);
-            drop(proxy);
+            proxy.stop(STOP_GRACE).await;
             let _ = std::fs::remove_file(config_file);
             points.push(point?);
         }
@@ -97,9 +97,9 @@ pub async fn measure(
                 }
                 ProxyKind::Nginx => unreachable!("refused above"),
             };
-            let mut proxy = start(kind, binary, &args, admin, core, dir).await?;
-            let point = settle_and_read(&mut proxy, kind, "configured_services", count).await;
-            drop(proxy);
+            let proxy = start(kind, binary, &args, admin, core, dir).await?;
+            let point = settle_and_read(&proxy, kind, "configured_services", count).await;
+            proxy.stop(STOP_GRACE).await;
             let _ = std::fs::remove_file(config_file);
             points.push(point?);
         }
@@ -126,9 +126,10 @@ fn label(kind: ProxyKind) -> &'static str {
     }
 }
 
-fn tarmac_args(dir: &Path, name: &str, yaml: &str) -> Result<(std::path::PathBuf, Vec<String>), String> {
+fn tarmac_args(dir: &Path, name: &str, config: &Config) -> Result<(std::path::PathBuf, Vec<String>), String> {
     let path = dir.join(format!("{name}-tarmac.yaml"));
-    std::fs::write(&path, yaml).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    std::fs::write(&path, topology::tarmac_yaml(config))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     let args = vec!["--config".to_string(), path.display().to_string()];
     Ok((path, args))
 }
@@ -147,24 +148,24 @@ async fn start(
     admin: SocketAddr,
     core: Option<usize>,
     dir: &Path,
-) -> Result<Managed, String> {
-    let mut proxy = Managed::spawn(&format!("{}-cost", label(kind)), binary, args, core, dir)?;
+) -> Result<Supervised, String> {
+    let proxy = processes::spawn(&format!("{}-cost", label(kind)), binary, args, core, dir)?;
     proxy.wait_ready(&Readiness::AdminReady(admin), Duration::from_secs(30)).await?;
     Ok(proxy)
 }
 
 async fn settle_and_read(
-    proxy: &mut Managed,
+    proxy: &Supervised,
     kind: ProxyKind,
     dimension: &'static str,
     count: usize,
 ) -> Result<CostPoint, String> {
     tokio::time::sleep(SETTLE).await;
     let pid = proxy.pid();
-    let before = procfs::read_process(pid).ok_or_else(|| format!("{} exited", proxy.name))?;
+    let before = procfs::read_process(pid).ok_or_else(|| format!("{} exited", proxy.name()))?;
     tokio::time::sleep(IDLE_WINDOW).await;
-    let after = procfs::read_process(pid).ok_or_else(|| format!("{} exited", proxy.name))?;
-    if let Some(exit) = proxy.exited() {
+    let after = procfs::read_process(pid).ok_or_else(|| format!("{} exited", proxy.name()))?;
+    if let Some(exit) = proxy.failure() {
         return Err(exit);
     }
     let point = CostPoint {
@@ -235,19 +236,18 @@ async fn open_idle(addr: SocketAddr, count: usize) -> Result<Vec<IdleConnection>
 
 /// A Tarmac proxy with `count` services reached through the transparent listener (no
 /// port each), every one with the upstream as its endpoint.
-fn tarmac_services(admin: SocketAddr, transparent: SocketAddr, upstream: SocketAddr, count: usize) -> String {
-    let mut yaml = format!(
-        "admin: \"{admin}\"\nworkers: 1\noutbound:\n  transparent_listen: \"{transparent}\"\n  services:\n"
-    );
-    for i in 0..count {
-        let _ = write!(
-            yaml,
-            "    - name: svc-{i}\n      addrs: [\"{}:80\"]\n      endpoints: [{{addr: \"{upstream}\"}}]\n",
-            virtual_ip(i)
-        );
+fn tarmac_services(admin: SocketAddr, transparent: SocketAddr, upstream: SocketAddr, count: usize) -> Config {
+    let services = (0..count)
+        .map(|i| ServiceConfig {
+            addrs: vec![SocketAddr::new(virtual_ip(i), 80)],
+            endpoints: vec![topology::endpoint(upstream, false)],
+            ..topology::tarmac_service(&format!("svc-{i}"), None)
+        })
+        .collect();
+    Config {
+        outbound: Some(OutboundConfig { transparent_listen: Some(transparent), services }),
+        ..topology::tarmac_config(admin)
     }
-    yaml.push_str("limits:\n  drain_timeout: 1s\n");
-    yaml
 }
 
 /// Envoy with `count` clusters, each routed to by a virtual host of its own.
@@ -287,8 +287,9 @@ fn envoy_services(admin: SocketAddr, listen: SocketAddr, upstream: SocketAddr, c
 
 /// The virtual address of service `i`: on loopback, so that no address outside this
 /// machine appears anywhere.
-fn virtual_ip(i: usize) -> String {
-    format!("127.1.{}.{}", i / 250, i % 250 + 1)
+fn virtual_ip(i: usize) -> std::net::IpAddr {
+    let (high, low) = (u8::try_from(i / 250).expect("at most 64,000 services"), (i % 250 + 1) as u8);
+    std::net::Ipv4Addr::new(127, 1, high, low).into()
 }
 
 /// The cost curves as a table: one row per point, Tarmac and Envoy side by side.
@@ -333,12 +334,11 @@ mod tests {
     #[test]
     fn service_configurations_hold_every_service_on_loopback() {
         let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        let yaml = tarmac_services(addr(4191), addr(4140), addr(8080), 1000);
-        let config = tarmac_proxy::Config::from_yaml(&yaml, "generated").expect("the proxy accepts it");
+        let config = topology::tests::accepted(&tarmac_services(addr(4191), addr(4140), addr(8080), 1000));
         let services = config.outbound.expect("outbound").services;
         assert_eq!(services.len(), 1000);
         assert!(services.iter().all(|s| s.addrs.iter().all(|a| a.ip().is_loopback())));
-        assert_eq!(virtual_ip(999), "127.1.3.250");
+        assert_eq!(virtual_ip(999).to_string(), "127.1.3.250");
 
         let envoy = envoy_services(addr(9901), addr(10000), addr(8080), 3);
         assert_eq!(envoy.matches("domains: [\"svc-").count(), 3);

@@ -134,7 +134,7 @@ impl PhaseRecord {
 /// one line per phase.
 pub async fn run(
     target: &Target,
-    routes: &mut [Running],
+    routes: &[Running],
     loads: &[LoadSpec],
     settings: &Settings,
     scheduling: &mut Scheduling,
@@ -144,7 +144,7 @@ pub async fn run(
     for spec in loads {
         let realtime = spec.realtime && set_realtime(scheduling, true);
         for round in 1..=settings.rounds {
-            for running in routes.iter_mut() {
+            for running in routes.iter() {
                 let mut phase = run_phase(target, running, spec, settings, ours, round, realtime).await?;
                 if phase.record.contaminated && settings.repeat_contaminated {
                     eprintln!("    contaminated; repeating it once");
@@ -192,7 +192,7 @@ fn set_realtime(scheduling: &mut Scheduling, realtime: bool) -> bool {
 
 async fn run_phase(
     target: &Target,
-    running: &mut Running,
+    running: &Running,
     spec: &LoadSpec,
     settings: &Settings,
     ours: &[u32],
@@ -223,8 +223,8 @@ async fn run_phase(
         }
     };
     let cost = meter.finish(&peaks);
-    for proxy in &mut running.proxies {
-        if let Some(exit) = proxy.exited() {
+    for proxy in &running.proxies {
+        if let Some(exit) = proxy.failure() {
             return Err(format!("{} during {} ({}): {exit}", running.route.label(), spec.name, target.url()));
         }
     }
@@ -265,7 +265,7 @@ fn record(
         .iter()
         .enumerate()
         .map(|(i, p)| ProxyCost {
-            name: p.name.clone(),
+            name: p.name().to_string(),
             cpu_seconds: cost.cpu_seconds.get(i).copied().unwrap_or(0.0),
             peak_rss_bytes: cost.peak_rss_bytes.get(i).copied().unwrap_or(0),
         })

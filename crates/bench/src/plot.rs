@@ -172,7 +172,7 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::topology::Route;
+    use crate::topology::Route;
     use tarmac_loadgen::LatencyHistogram;
 
     #[test]

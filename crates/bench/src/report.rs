@@ -453,7 +453,7 @@ pub fn bar_text(heading: &str, checks: &[BarCheck]) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::bench::experiment::{PhaseRecord, ProxyCost};
+    use crate::experiment::{PhaseRecord, ProxyCost};
     use std::time::Duration;
 
     /// A phase of 100 requests at `base_us` to `base_us + 99` µs, at 1000 req/s.
