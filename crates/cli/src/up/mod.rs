@@ -21,7 +21,7 @@ pub(crate) mod sandbox;
 mod trust;
 
 use plan::{ReplicaPlan, Upstream};
-use ports::{PortAllocator, locate_proxy_binary};
+use ports::{free_port, locate_proxy_binary};
 use process::note;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -604,8 +604,6 @@ struct Transparent {
 impl Mesh {
     /// Chooses ports for `plans`, writes their sidecars' configurations and starts them.
     fn start(&mut self, plans: Vec<ReplicaPlan>, snapshot: &Snapshot) -> Result<(), String> {
-        // Ports are held until the sidecars are about to bind them.
-        let mut ports = PortAllocator::default();
         let mut replicas = Vec::new();
         for plan in plans {
             process::widen_prefix(plan.name().len() + " proxy".len());
@@ -615,12 +613,12 @@ impl Mesh {
                 replicas.push(Arc::new(replica?));
                 continue;
             }
-            let app = ports.next()?;
-            let inbound = ports.next()?;
-            let admin = ports.next()?;
+            let app = free_port()?;
+            let inbound = free_port()?;
+            let admin = free_port()?;
             let mut upstreams = Vec::new();
             for upstream in plan::upstreams(snapshot, &plan.namespace) {
-                upstreams.push((upstream, ports.next()?));
+                upstreams.push((upstream, free_port()?));
             }
             let file_name = plan.name().replace('/', "_");
             let sidecar_config = self.work_dir.join(format!("{file_name}-proxy.yaml"));
@@ -661,7 +659,6 @@ impl Mesh {
                 netns: None,
             }));
         }
-        ports.release();
         for replica in replicas {
             let (stop, stopped) = watch::channel(false);
             let (ready_tx, ready) = watch::channel(false);

@@ -1,7 +1,7 @@
 //! What `tarmac up` needs to start sidecars: the `tarmac-proxy` binary, and free loopback
 //! ports for their listeners.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Environment variable naming the `tarmac-proxy` binary to run.
@@ -30,26 +30,13 @@ pub fn locate_proxy_binary() -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// Chooses free loopback ports. Each stays bound here until [`PortAllocator::release`],
-/// so that no two listeners get the same one; the sidecars and apps bind them right after.
-#[derive(Default)]
-pub struct PortAllocator {
-    held: Vec<std::net::TcpListener>,
-}
-
-impl PortAllocator {
-    pub fn next(&mut self) -> Result<SocketAddr, String> {
-        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|e| format!("cannot find a free port on 127.0.0.1: {e}"))?;
-        let addr = listener.local_addr().map_err(|e| format!("cannot read a bound port: {e}"))?;
-        self.held.push(listener);
-        Ok(addr)
-    }
-
-    /// Frees the ports for the sidecars and apps to bind.
-    pub fn release(self) {
-        drop(self.held);
-    }
+/// A free loopback port for a sidecar's or an app's listener, never one chosen before.
+/// It comes from below the kernel's ephemeral range ([`tarmac_transport::unused_loopback_port`]):
+/// a port the kernel picked for a `bind(0)` here could be taken, between this choice and
+/// the child's bind, by any outgoing connection's source port on the machine, and the
+/// sidecar would exit with "Address already in use" (seen in busy test runs).
+pub fn free_port() -> Result<SocketAddr, String> {
+    tarmac_transport::unused_loopback_port().map_err(|e| format!("cannot find a free port on 127.0.0.1: {e}"))
 }
 
 #[cfg(test)]
@@ -57,12 +44,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ports_are_loopback_and_distinct_while_held() {
-        let mut ports = PortAllocator::default();
-        let a = ports.next().unwrap();
-        let b = ports.next().unwrap();
-        assert_ne!(a.port(), b.port());
-        assert!(a.ip().is_loopback());
-        ports.release();
+    fn ports_are_loopback_and_never_chosen_twice() {
+        let ports: Vec<SocketAddr> = (0..50).map(|_| free_port().unwrap()).collect();
+        assert!(ports.iter().all(|p| p.ip().is_loopback()));
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().map(SocketAddr::port).collect();
+        assert_eq!(distinct.len(), ports.len());
     }
 }
