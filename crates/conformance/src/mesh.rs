@@ -103,7 +103,8 @@ impl Mesh {
                     workload: w.metadata.name.clone(),
                     hostname: pod_hostname(&w.metadata.name),
                 };
-                let (app, log, echo) = echo::start(pod.clone()).await.map_err(|e| format!("echo server: {e}"))?;
+                let (app, log, echo) =
+                    echo::start(pod.clone()).await.map_err(|e| format!("echo server: {e}"))?;
                 let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
                 let services = service_ports
                     .iter()
