@@ -14,13 +14,9 @@
 //! - [`process`]: signals for child processes (SIGTERM, dying with the parent), and
 //!   children without address-space randomisation, for `tarmac bench`.
 //!
-//! Unsafe code: three unsafe blocks in [`process`], each with its safety argument; the
-//! crate denies `unsafe_code` everywhere else. Two other crates have some, confined to
-//! modules that say why: the CLI (`up/process.rs`, `up/netns.rs`: libc calls such as
-//! kill(2), geteuid(2) and flock(2)) and the load generator (`timer.rs`: registering a
-//! timer's file descriptor with tokio).
-
-#![deny(rust_2018_idioms, unsafe_code)]
+//! Unsafe code: only in [`process`] (signals and `pre_exec` hooks, through libc), which
+//! allows it and gives each block its safety argument; the workspace denies `unsafe_code`
+//! everywhere else (root `Cargo.toml`, `[workspace.lints]`).
 
 pub mod iptables;
 pub mod orig_dst;
