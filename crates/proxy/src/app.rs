@@ -59,8 +59,8 @@ pub enum IdentityError {
     Certify(#[from] CertifyError),
 }
 
-/// Why the bootstrap token could not be had. The token file's own messages say what to
-/// change: the token is a secret, read once.
+/// Why the bootstrap token could not be had, naming the field it comes through
+/// (`identity.token_fd` or `identity.token_file`) and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("set one of `identity.token_fd` and `identity.token_file`")]
