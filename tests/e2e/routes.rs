@@ -887,3 +887,93 @@ spec:
     assert_eq!(d["code"], "DEADLINE_EXCEEDED", "{d}");
     assert!(d["details"].as_str().is_some_and(|m| m.contains("request timeout of 3s exceeded")), "{d}");
 }
+
+/// GRPCRoute has no `timeouts` in the Gateway API: its rules take them from
+/// ResiliencePolicies, as HTTPRoute rules that set none do. For a real grpcio client and
+/// a slow grpcio server: the Service's policy (request 1 s) times a rule no policy names,
+/// even for a caller with no deadline of its own, and the server is told that deadline;
+/// a policy naming another rule goes before it (8 s, and 3 s per try with one retry), so
+/// the same slow call succeeds there, and a try past its 3 s is abandoned and tried again.
+#[tokio::test]
+async fn grpc_route_rules_take_their_timeouts_from_resilience_policies_for_grpcio() {
+    let script = peer_script("grpc_peer.py");
+    let v1 = ServerProcess::spawn_listening("python3", &[&script, "serve", "0", "books-v1"]);
+    let v2 = ServerProcess::spawn_listening("python3", &[&script, "serve", "0", "books-v2"]);
+    let routes = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: books-grpc}
+spec:
+  parentRefs: [{group: \"\", kind: Service, name: books, port: 80}]
+  rules:
+  - name: unary
+    matches: [{method: {service: tarmac.test.Echo, method: Unary}}]
+    backendRefs: [{name: books-v1, port: 80}]
+  - name: patient
+    matches:
+    - method: {service: tarmac.test.Echo, method: Unary}
+      headers: [{name: x-lane, value: patient}]
+    backendRefs: [{name: books-v1, port: 80}]
+---
+apiVersion: tarmac.io/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: books}
+spec:
+  targetRefs: [{group: \"\", kind: Service, name: books}]
+  timeouts: {request: 1s}
+---
+apiVersion: tarmac.io/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: books-patient}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: GRPCRoute, name: books-grpc, sectionName: patient}]
+  retry: {attempts: 1, backoff: 10ms}
+  timeouts: {request: 8s, backendRequest: 3s}
+";
+    let p = proxies(routes, [v1.addr(), v2.addr()]).await;
+    // Until discovery has delivered the policies: a call taking 2 s no longer succeeds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let slow = loop {
+        let slow = grpc_call(p.books, "Unary", &["x-sleep-ms=2000", "deadline=none"]).await;
+        if slow["code"] != "OK" {
+            break slow;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the policy never applied: {slow}");
+    };
+    // The caller set no deadline: the sidecar ended the call at the Service's timeout,
+    // with the status gRPC callers expect and its reason.
+    assert_eq!(slow["code"], "DEADLINE_EXCEEDED", "{slow}");
+    assert!(slow["details"].as_str().is_some_and(|m| m.contains("request timeout of 1s exceeded")), "{slow}");
+    assert_eq!(slow["peer"], serde_json::Value::Null, "{slow}");
+
+    // A quick call succeeds, and the server was given the sidecar's deadline.
+    let quick = grpc_call(p.books, "Unary", &["x-request-id=quick", "deadline=none"]).await;
+    assert_eq!((quick["code"].as_str(), quick["peer"].as_str()), (Some("OK"), Some("books-v1")), "{quick}");
+    let left = &quick["trailers"]["x-time-remaining-ms"];
+    let left: u64 =
+        left.as_str().and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no deadline: {quick}"));
+    assert!(left > 0 && left <= 1000, "the server was given {left} ms: {quick}");
+
+    // The rule's own policy goes before the Service's: the same slow call succeeds.
+    let patient = grpc_call(p.books, "Unary", &["x-lane=patient", "x-sleep-ms=2000", "deadline=none"]).await;
+    assert_eq!(patient["code"], "OK", "{patient}");
+
+    // Its per-try timeout: a first try that would take 5 s is abandoned at 3 s and the
+    // call tried again; the second try is told at most the 3 s it has.
+    let retried = grpc_call(
+        p.books,
+        "Unary",
+        &[
+            "x-lane=patient",
+            "x-fail-first=1",
+            "x-fail-sleep-ms=5000",
+            "x-request-id=retried",
+            "deadline=none",
+        ],
+    )
+    .await;
+    assert_eq!(retried["code"], "OK", "{retried}");
+    assert_eq!(retried["trailers"]["x-calls"], "2", "{retried}");
+    let left: u64 = retried["trailers"]["x-time-remaining-ms"].as_str().unwrap().parse().unwrap();
+    assert!(left > 0 && left <= 3000, "the second try was given {left} ms: {retried}");
+}

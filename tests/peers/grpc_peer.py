@@ -32,7 +32,8 @@ Usage:
                                       object: code, details, messages, peer
                                       (x-peer-name), trailers. A pair
                                       deadline=SECONDS is the call's timeout
-                                      (default 10), not metadata.
+                                      (default 10; `none` for no deadline at
+                                      all), not metadata.
 """
 
 import json
@@ -178,7 +179,7 @@ def call(target, method, pairs):
     metadata = []
     for key, value in (p.split("=", 1) for p in pairs):
         if key == "deadline":
-            deadline = float(value)
+            deadline = None if value == "none" else float(value)
         else:
             metadata.append((key, value))
     metadata = tuple(metadata)

@@ -144,7 +144,7 @@ pub async fn run(
     for spec in loads {
         let realtime = spec.realtime && set_realtime(scheduling, true);
         for round in 1..=settings.rounds {
-            for running in routes.iter() {
+            for running in routes {
                 let mut phase = run_phase(target, running, spec, settings, ours, round, realtime).await?;
                 if phase.record.contaminated && settings.repeat_contaminated {
                     eprintln!("    contaminated; repeating it once");

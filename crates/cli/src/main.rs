@@ -1,11 +1,14 @@
 //! `tarmac`, the Tarmac command line: how people first meet the mesh and then operate it.
 //! `tarmac demo` runs the sample bookstore of examples/bookstore on a local mesh (real
 //! `tarmac-proxy` sidecars, mTLS, a canary route and traffic) in one command; `tarmac up DIR` runs a mesh from a directory of
-//! YAML; `check`, `stat`, `edges`, `top`, `tap`, `routes` and `prometheus-config` look at
-//! a running mesh through the control plane's API; `tarmac identity` shows or imports the
-//! mesh's CA; `tarmac restart` restarts a Workload of a running `tarmac up` one replica at a
-//! time; `tarmac bench` measures the latency and cost the mesh adds. This file only
-//! parses arguments and dispatches.
+//! YAML; `check`, `stat`, `edges`, `top`, `tap`, `routes`, `authz` and `prometheus-config`
+//! look at a running mesh through the control plane's API; `tarmac identity` shows or
+//! imports the mesh's CA; `tarmac restart` restarts a Workload of a running `tarmac up` one
+//! replica at a time; `tarmac bench` measures the latency and cost the mesh adds. This file
+//! only parses arguments and dispatches.
+//!
+//! Unsafe code (denied by the workspace) only in `up/`'s `process.rs`, `sandbox.rs`,
+//! `netns.rs` and `trust.rs`: libc calls std does not offer, each module saying which.
 
 mod demo;
 mod identity;

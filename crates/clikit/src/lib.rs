@@ -2,7 +2,6 @@
 //! benchmark need not depend on the command: durations as the command line writes them,
 //! and private work directories for generated configurations, logs and throwaway keys.
 
-#![deny(rust_2018_idioms, unsafe_code)]
 
 pub mod duration;
 pub mod workdir;

@@ -19,9 +19,6 @@
 //! - [`prometheus`] and [`http_client`]: the Prometheus text format and a small loopback
 //!   HTTP client, shared with the CLI.
 
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
-
 pub mod api;
 mod app;
 pub mod discovery;

@@ -113,7 +113,7 @@ fn config(args: &Args) -> Result<Config, String> {
             }
             let text =
                 std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            BootstrapTokens::parse(&path.display().to_string(), &text)?
+            BootstrapTokens::parse(&path.display().to_string(), &text).map_err(|e| e.to_string())?
         }
         None => {
             tracing::warn!(

@@ -9,9 +9,6 @@
 //!   a certificate for it.
 //! - [`x509`]: reading identities and lifetimes back out of certificates.
 
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
-
 pub mod ca;
 pub mod spiffe;
 pub mod workload;

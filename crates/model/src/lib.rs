@@ -23,9 +23,6 @@
 //! - [`validate`]: checks types cannot express (ports in range, weights, path syntax).
 //! - [`duration`]: Gateway API durations (`1h30m`, `500ms`).
 
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
-
 pub mod authz;
 pub mod deployment;
 pub mod duration;

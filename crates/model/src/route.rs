@@ -368,6 +368,12 @@ pub struct GrpcRouteRule {
     pub filters: Vec<HttpRouteFilter>,
     #[serde(default)]
     pub backend_refs: Vec<HttpBackendRef>,
+    /// Not GRPCRoute fields (HTTPRoute's, often copied over): read only so that
+    /// validation refuses them saying where they go instead, a ResiliencePolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

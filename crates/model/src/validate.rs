@@ -515,6 +515,23 @@ fn validate_grpc_route(r: &GrpcRoute, p: &mut Problems) {
         }
         validate_filters(&format!("{at}.filters"), &rule.filters, GRPC_FILTERS, false, p);
         validate_backend_refs(&format!("{at}.backendRefs"), &rule.backend_refs, p, false, true);
+        for (field, given) in [("timeouts", &rule.timeouts), ("retry", &rule.retry)] {
+            if given.is_some() {
+                let section = match &rule.name {
+                    Some(name) => format!(", sectionName: {name}"),
+                    None => String::new(),
+                };
+                p.add(
+                    format!("{at}.{field}"),
+                    format!(
+                        "GRPCRoute has no `{field}` (the Gateway API gives it none); set `{field}` in a \
+                         tarmac.io/v1alpha1 ResiliencePolicy with targetRefs: [{{group: \
+                         gateway.networking.k8s.io, kind: GRPCRoute, name: {}{section}}}]",
+                        r.metadata.name
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -847,6 +864,20 @@ mod tests {
             "field `spec.rules[0].filters[0].requestRedirect.statusCode`: must be 301, 302, 303, 307 or 308",
             "field `spec.rules[0].backendRefs[0].port`",
             "field `spec.rules[0].timeouts.backendRequest`: must not be longer",
+        ] {
+            assert!(e.contains(needle), "missing {needle} in\n{e}");
+        }
+    }
+
+    #[test]
+    fn grpc_route_timeouts_and_retries_are_refused_with_where_they_go() {
+        let yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: rpc}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo}]\n  rules:\n  - name: reads\n    timeouts: {request: 1s}\n  - retry: {attempts: 2}\n";
+        let e = errors(yaml).join("\n");
+        for needle in [
+            "t.yaml:1: GRPCRoute default/rpc: field `spec.rules[0].timeouts`: GRPCRoute has no `timeouts`",
+            "ResiliencePolicy with targetRefs: [{group: gateway.networking.k8s.io, kind: GRPCRoute, name: rpc, sectionName: reads}]",
+            "field `spec.rules[1].retry`: GRPCRoute has no `retry`",
+            "kind: GRPCRoute, name: rpc}]",
         ] {
             assert!(e.contains(needle), "missing {needle} in\n{e}");
         }

@@ -11,9 +11,6 @@
 //! - [`authz`]: clients, ALLOW and DENY policies, the default policy, and the decision.
 //! - [`limit`]: GCRA rate limits in total, per caller, and per named caller.
 
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
-
 pub mod authz;
 pub mod cidr;
 pub mod limit;

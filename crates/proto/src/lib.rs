@@ -4,9 +4,6 @@
 //! `src/gen` so that building needs no `protoc`. `tests/bootstrap.rs` regenerates it and
 //! fails when it is stale.
 
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
-
 /// `tarmac.discovery.v1`: service discovery and inbound settings.
 pub mod discovery {
     #![allow(clippy::all, missing_docs, rust_2018_idioms)]

@@ -4,9 +4,9 @@ use crate::admin::Admin;
 use crate::config::{Config, IdentityConfig};
 use crate::conn::Shared;
 use crate::discovery::ControlClient;
-use crate::identity::MeshTls;
-use crate::identity::certify::Certifier;
-use crate::identity::store::CertStore;
+use crate::identity::certify::{Certifier, CertifyError};
+use crate::identity::store::{CertLoadError, CertStore};
+use crate::identity::{MeshTls, TlsSetupError};
 use crate::inbound::Inbound;
 use crate::inbound::policy::Policies;
 use crate::metrics::Metrics;
@@ -33,8 +33,53 @@ pub enum StartError {
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error("identity: {0}")]
-    Identity(String),
+    Identity(#[from] IdentityError),
 }
+
+/// Why the proxy's identity could not be set up, naming the file or field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read {what} {path}: {source}")]
+    Read { what: &'static str, path: String, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error("{path}: {reason}")]
+    Certificates { path: String, reason: String },
+    #[error("{path}: not a PEM private key: {source}")]
+    Key { path: String, source: rustls::pki_types::pem::Error },
+    #[error("{path}: {source}")]
+    Install { path: String, source: CertLoadError },
+    #[error("`identity` without `certificate` needs `control`")]
+    NoControl,
+    #[error(transparent)]
+    SpiffeId(#[from] tarmac_identity::spiffe::InvalidSpiffeId),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Certify(#[from] CertifyError),
+}
+
+/// Why the bootstrap token could not be had, naming the field it comes through
+/// (`identity.token_fd` or `identity.token_file`) and the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("set one of `identity.token_fd` and `identity.token_file`")]
+    Both,
+    #[error("no bootstrap token: set `identity.token_fd` (an inherited pipe) or `identity.token_file`")]
+    Neither,
+    #[error("cannot read the bootstrap token (`identity.token_fd`): {0}")]
+    Fd(std::io::Error),
+    #[error("cannot read {TOKEN_FILE} {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{TOKEN_FILE} {path} can be read by other users (mode {mode:o}): make it 0600")]
+    Readable { path: String, mode: u32 },
+    #[error("cannot remove {TOKEN_FILE} {path} after reading it: {source}")]
+    Remove { path: String, source: std::io::Error },
+    #[error("the bootstrap token is not text")]
+    NotText,
+}
+
+const TOKEN_FILE: &str = "the bootstrap token (`identity.token_file`)";
 
 /// The addresses the proxy actually bound (port 0 in the config becomes a real port).
 #[derive(Clone, Debug)]
@@ -81,11 +126,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let drain = CancellationToken::new();
     let (fatal_tx, fatal) = tokio::sync::watch::channel(None);
     let tls = match &config.identity {
-        Some(identity) => Some(Arc::new(
-            setup_identity(identity, &config, &metrics, &drain, fatal_tx)
-                .await
-                .map_err(StartError::Identity)?,
-        )),
+        Some(identity) => {
+            Some(Arc::new(setup_identity(identity, &config, &metrics, &drain, fatal_tx).await?))
+        }
         None => None,
     };
     // Made once the proxy has its certificate, so that discovery's connections present it.
@@ -204,27 +247,32 @@ async fn setup_identity(
     metrics: &Arc<Metrics>,
     stop: &CancellationToken,
     fatal: tokio::sync::watch::Sender<Option<String>>,
-) -> Result<MeshTls, String> {
-    let read = |path: &str, what: &str| {
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {what} {path}: {e}"))
+) -> Result<MeshTls, IdentityError> {
+    let read = |path: &str, what: &'static str| {
+        std::fs::read_to_string(path).map_err(|source| IdentityError::Read {
+            what,
+            path: path.into(),
+            source,
+        })
     };
     let anchors = read(&identity.trust_anchors, "trust anchors (`identity.trust_anchors`)")?;
     let certs = Arc::new(CertStore::default());
     let mode = config.inbound.as_ref().map(|i| i.mtls).unwrap_or_default();
-    let tls =
-        MeshTls::new(&anchors, &identity.trust_anchors, certs.clone(), mode).map_err(|e| e.to_string())?;
+    let tls = MeshTls::new(&anchors, &identity.trust_anchors, certs.clone(), mode)?;
     if let Some(files) = &identity.certificate {
         let chain = tarmac_identity::ca::pem_certs(&read(&files.cert, "certificate")?)
-            .map_err(|e| format!("{}: {e}", files.cert))?;
+            .map_err(|reason| IdentityError::Certificates { path: files.cert.clone(), reason })?;
         let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(read(&files.key, "key")?.as_bytes())
-            .map_err(|e| format!("{}: not a PEM private key: {e}", files.key))?;
-        let current = certs.install(chain, key).map_err(|e| format!("{}: {e}", files.cert))?;
+            .map_err(|source| IdentityError::Key { path: files.key.clone(), source })?;
+        let current = certs
+            .install(chain, key)
+            .map_err(|source| IdentityError::Install { path: files.cert.clone(), source })?;
         let expiry = current.info.not_after.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         metrics.cert_expiry.set(expiry.as_secs() as i64);
         return Ok(tls);
     }
     let Some(control_config) = &config.control else {
-        return Err("`identity` without `certificate` needs `control`".into());
+        return Err(IdentityError::NoControl);
     };
     // The bootstrap call presents no certificate (it has none yet): a channel of its own,
     // kept for renewals, which prove themselves with the current certificate's key.
@@ -234,14 +282,13 @@ async fn setup_identity(
         tarmac_identity::DEFAULT_TRUST_DOMAIN,
         &control_config.namespace,
         &control_config.service_account,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let mut certifier = Certifier::new(control.channel(), requested, certs, metrics.clone())?;
     certifier.bootstrap(token).await?;
     let stop = stop.clone();
     tokio::spawn(async move {
         if let Err(reason) = certifier.renew_forever(stop).await {
-            fatal.send_replace(Some(reason));
+            fatal.send_replace(Some(reason.to_string()));
         }
     });
     Ok(tls)
@@ -250,37 +297,24 @@ async fn setup_identity(
 /// The one-time bootstrap token, from the inherited pipe or the file, neither of which
 /// outlives this read: a token left where the proxy's uid can read it again could be
 /// taken by whatever else runs as that uid.
-fn bootstrap_token(identity: &IdentityConfig) -> Result<String, String> {
+fn bootstrap_token(identity: &IdentityConfig) -> Result<String, TokenError> {
     let raw = match (identity.token_fd, &identity.token_file) {
-        (Some(_), Some(_)) => return Err("set one of `identity.token_fd` and `identity.token_file`".into()),
-        (Some(fd), None) => tarmac_transport::process::read_inherited(fd)
-            .map_err(|e| format!("cannot read the bootstrap token (`identity.token_fd`): {e}"))?,
+        (Some(_), Some(_)) => return Err(TokenError::Both),
+        (Some(fd), None) => tarmac_transport::process::read_inherited(fd).map_err(TokenError::Fd)?,
         (None, Some(path)) => {
             use std::os::unix::fs::PermissionsExt;
-            let what = "the bootstrap token (`identity.token_file`)";
-            let mode = std::fs::metadata(path)
-                .map_err(|e| format!("cannot read {what} {path}: {e}"))?
-                .permissions()
-                .mode();
+            let read = |source| TokenError::Read { path: path.clone(), source };
+            let mode = std::fs::metadata(path).map_err(read)?.permissions().mode();
             if mode & 0o077 != 0 {
-                return Err(format!(
-                    "{what} {path} can be read by other users (mode {:o}): make it 0600",
-                    mode & 0o777
-                ));
+                return Err(TokenError::Readable { path: path.clone(), mode: mode & 0o777 });
             }
-            let raw = std::fs::read(path).map_err(|e| format!("cannot read {what} {path}: {e}"))?;
-            std::fs::remove_file(path)
-                .map_err(|e| format!("cannot remove {what} {path} after reading it: {e}"))?;
+            let raw = std::fs::read(path).map_err(read)?;
+            std::fs::remove_file(path).map_err(|source| TokenError::Remove { path: path.clone(), source })?;
             raw
         }
-        (None, None) => {
-            return Err(
-                "no bootstrap token: set `identity.token_fd` (an inherited pipe) or `identity.token_file`"
-                    .into(),
-            );
-        }
+        (None, None) => return Err(TokenError::Neither),
     };
-    let token = String::from_utf8(raw).map_err(|_| "the bootstrap token is not text".to_string())?;
+    let token = String::from_utf8(raw).map_err(|_| TokenError::NotText)?;
     Ok(token.trim().to_string())
 }
 

@@ -128,7 +128,9 @@ pub struct InboundConfig {
     /// The application's address. Required unless `transparent`. In transparent mode a
     /// connection goes to its original destination (`SO_ORIGINAL_DST`: the app's address
     /// in this network namespace), and `app` serves only connections that were not
-    /// redirected (sent straight to the inbound port); without it those are refused.
+    /// redirected (sent straight to the inbound port: their original destination is one
+    /// of this proxy's own listeners, or unknown); without `app` those are refused, counted
+    /// as `tarmac_connections_refused_total{reason="no_target"}`.
     #[serde(default)]
     pub app: Option<SocketAddr>,
     /// Connections arrive redirected by iptables; their original destination is read with

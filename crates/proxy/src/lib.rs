@@ -27,9 +27,6 @@
 //! - [`metrics`], [`tap`] and [`admin`]: Prometheus metrics, live request events, and the
 //!   admin listener that serves both.
 
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
-
 pub mod admin;
 pub mod app;
 pub mod backend;

@@ -15,9 +15,6 @@
 //! - [`policy`]: a rule's retry policy.
 //! - [`path`]: request paths in canonical form, before matching.
 
-#![deny(rust_2018_idioms)]
-#![forbid(unsafe_code)]
-
 pub mod filters;
 pub mod matching;
 pub mod path;

@@ -36,12 +36,21 @@ pub struct Retry {
     pub backoff: Duration,
 }
 
+/// A retry policy that cannot be followed: discovery sent a value the model refuses.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RetryError {
+    #[error("gRPC status {0} does not exist (0-16)")]
+    GrpcCode(u32),
+    #[error("retry code {0} is not an HTTP status 400-599")]
+    Code(u32),
+}
+
 impl Retry {
-    pub fn compile(r: &pb::Retry) -> Result<Self, String> {
+    pub fn compile(r: &pb::Retry) -> Result<Self, RetryError> {
         let mut grpc_codes = 0u32;
         for &code in &r.grpc_codes {
             if code > 16 {
-                return Err(format!("gRPC status {code} does not exist (0-16)"));
+                return Err(RetryError::GrpcCode(code));
             }
             grpc_codes |= 1 << code;
         }
@@ -50,7 +59,7 @@ impl Retry {
             .iter()
             .map(|&c| match u16::try_from(c) {
                 Ok(c @ 400..=599) => Ok(c),
-                _ => Err(format!("retry code {c} is not an HTTP status 400-599")),
+                _ => Err(RetryError::Code(c)),
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {

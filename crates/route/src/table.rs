@@ -152,7 +152,12 @@ impl<B> RouteTable<B> {
                     backends,
                     request_timeout: millis(rule.request_timeout_ms),
                     backend_timeout: millis(rule.backend_request_timeout_ms),
-                    retry: rule.retry.as_ref().map(Retry::compile).transpose().map_err(at)?,
+                    retry: rule
+                        .retry
+                        .as_ref()
+                        .map(Retry::compile)
+                        .transpose()
+                        .map_err(|e| at(e.to_string()))?,
                 });
             }
         }

@@ -16,14 +16,9 @@
 //!   parent), children pinned to a core or without address-space randomisation, and a
 //!   secret handed to one child through a pipe.
 //!
-//! Unsafe code: the unsafe blocks of [`process`] (libc calls std does not offer), each
-//! with its safety argument; the crate denies `unsafe_code` everywhere else. Two other
-//! crates have some, confined to modules that say why: the CLI (`up/netns.rs`,
-//! `up/sandbox.rs`, `up/trust.rs`: libc calls such as geteuid(2), flock(2) and
-//! unshare(2)) and the load
-//! generator (`timer.rs`: registering a timer's file descriptor with tokio).
-
-#![deny(rust_2018_idioms, unsafe_code)]
+//! Unsafe code: only in [`process`] (signals and `pre_exec` hooks, through libc), which
+//! allows it and gives each block its safety argument; the workspace denies `unsafe_code`
+//! everywhere else (root `Cargo.toml`, `[workspace.lints]`).
 
 pub mod iptables;
 pub mod orig_dst;

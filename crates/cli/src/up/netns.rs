@@ -8,6 +8,8 @@
 //! transparent `up` runs at a time (a lock), so whatever such object exists when it
 //! starts was left by one that crashed and is removed first.
 
+// Unsafe: geteuid(2) (root is required), flock(2) on the lock file and kill(2) for
+// processes a crashed `up` left in its namespaces; std has none of them.
 #![allow(unsafe_code)]
 
 use std::fs::File;

@@ -12,6 +12,8 @@
 //! becomes PROGRAM. Anything that fails stops it before PROGRAM runs: a process is never
 //! started with more than it was meant to have.
 
+// Unsafe: the libc calls that drop privileges (setresuid(2), setgroups(2), capset(2),
+// prctl(2)) and make a private mount namespace (unshare(2), mount(2)); std has none of them.
 #![allow(unsafe_code)]
 
 use std::ffi::{CString, OsString};

@@ -7,6 +7,8 @@
 //! A sticky directory such as /tmp is fine above the configuration: there others cannot
 //! rename what they do not own.
 
+// Unsafe: geteuid(2) and getegid(2), the user and group running `up` (trusted writers);
+// std has neither.
 #![allow(unsafe_code)]
 
 use std::os::unix::fs::MetadataExt;

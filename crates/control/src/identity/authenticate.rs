@@ -112,7 +112,7 @@ impl BootstrapTokens {
     /// a line, `TOKEN NAMESPACE SERVICE_ACCOUNT`; blank lines and `#` comments are skipped.
     /// `file` names the source in errors. They do not expire (whoever wrote the file
     /// decides when to remove a line and restart); each is still good once.
-    pub fn parse(file: &str, text: &str) -> Result<Self, String> {
+    pub fn parse(file: &str, text: &str) -> Result<Self, TokensFileError> {
         let tokens = Self::default();
         let now = Instant::now();
         let never =
@@ -124,11 +124,7 @@ impl BootstrapTokens {
             }
             let fields: Vec<&str> = line.split_whitespace().collect();
             let [token, namespace, service_account] = fields[..] else {
-                return Err(format!(
-                    "{file}:{}: expected `TOKEN NAMESPACE SERVICE_ACCOUNT`, found {} field(s)",
-                    n + 1,
-                    fields.len()
-                ));
+                return Err(TokensFileError::Fields { file: file.into(), line: n + 1, found: fields.len() });
             };
             let identity = WorkloadIdentity {
                 namespace: namespace.to_string(),
@@ -137,7 +133,7 @@ impl BootstrapTokens {
             let token_entry =
                 Token { identity, holder: format!("{file}:{}", n + 1), expires: never, used: false };
             if tokens.lock().insert(token.to_string(), token_entry).is_some() {
-                return Err(format!("{file}:{}: this token is listed twice", n + 1));
+                return Err(TokensFileError::Twice { file: file.into(), line: n + 1 });
             }
         }
         Ok(tokens)
@@ -151,6 +147,15 @@ impl BootstrapTokens {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Token>> {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A line of a bootstrap tokens file (`--bootstrap-tokens`) that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TokensFileError {
+    #[error("{file}:{line}: expected `TOKEN NAMESPACE SERVICE_ACCOUNT`, found {found} field(s)")]
+    Fields { file: String, line: usize, found: usize },
+    #[error("{file}:{line}: this token is listed twice")]
+    Twice { file: String, line: usize },
 }
 
 impl Token {
@@ -239,9 +244,9 @@ mod tests {
         assert_eq!(tokens.authenticate("abc"), Ok(books));
         assert_eq!(tokens.redeem("abc"), Ok(()));
         assert_eq!(tokens.authenticate("abc"), Err(AuthError::TokenReused));
-        let e = BootstrapTokens::parse("tokens", "abc shop books\nxyz shop\n").unwrap_err();
+        let e = BootstrapTokens::parse("tokens", "abc shop books\nxyz shop\n").unwrap_err().to_string();
         assert!(e.starts_with("tokens:2: expected `TOKEN NAMESPACE SERVICE_ACCOUNT`"), "{e}");
-        let e = BootstrapTokens::parse("tokens", "abc a b\nabc c d\n").unwrap_err();
+        let e = BootstrapTokens::parse("tokens", "abc a b\nabc c d\n").unwrap_err().to_string();
         assert_eq!(e, "tokens:2: this token is listed twice");
     }
 }

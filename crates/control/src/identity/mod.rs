@@ -8,7 +8,9 @@
 mod authenticate;
 mod service;
 
-pub use authenticate::{AuthError, Authenticator, BootstrapTokens, DEFAULT_TOKEN_LIFETIME, WorkloadIdentity};
+pub use authenticate::{
+    AuthError, Authenticator, BootstrapTokens, DEFAULT_TOKEN_LIFETIME, TokensFileError, WorkloadIdentity,
+};
 pub use service::{IdentityService, IdentityStats, Wanted};
 
 use crate::store::Snapshot;

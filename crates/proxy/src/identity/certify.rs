@@ -27,6 +27,23 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// How long start-up waits for the first certificate before giving up.
 pub const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why the proxy got no workload certificate, or can no longer keep one.
+#[derive(Debug, thiserror::Error)]
+pub enum CertifyError {
+    #[error("cannot generate a key: {0}")]
+    Key(Box<dyn std::error::Error + Send + Sync>),
+    /// Final: the token was wrong, spent or expired.
+    #[error("the control plane refused the bootstrap token: {0}")]
+    Refused(String),
+    #[error("no certificate after {BOOTSTRAP_TIMEOUT:?}: the control plane is unreachable ({0})")]
+    Unreachable(String),
+    /// Nothing can renew an expired certificate: the proxy exits for its supervisor.
+    #[error(
+        "the workload certificate EXPIRED and could not be renewed ({0}): peers refuse it now; check that the control plane is running"
+    )]
+    Expired(String),
+}
+
 /// Talks to the control plane's CA on behalf of one proxy.
 pub struct Certifier {
     client: IdentityClient<Channel>,
@@ -43,27 +60,22 @@ impl Certifier {
         requested: SpiffeId,
         certs: Arc<CertStore>,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
-        let key = WorkloadKey::generate().map_err(|e| format!("cannot generate a key: {e}"))?;
+    ) -> Result<Self, CertifyError> {
+        let key = WorkloadKey::generate().map_err(|e| CertifyError::Key(e.into()))?;
         Ok(Self { client: IdentityClient::new(channel), key, requested, certs, metrics })
     }
 
     /// Gets the first certificate with the bootstrap token, retrying while the control
     /// plane is unreachable; a refusal is final.
-    pub async fn bootstrap(&mut self, token: String) -> Result<Arc<Current>, String> {
+    pub async fn bootstrap(&mut self, token: String) -> Result<Arc<Current>, CertifyError> {
         let deadline = tokio::time::Instant::now() + BOOTSTRAP_TIMEOUT;
         let mut backoff = RETRY_MIN;
         loop {
             match self.request(Proof::Token(token.clone())).await {
                 Ok(current) => return Ok(current),
-                Err(e) if is_refusal(&e) => {
-                    return Err(format!("the control plane refused the bootstrap token: {}", e.message()));
-                }
+                Err(e) if is_refusal(&e) => return Err(CertifyError::Refused(e.message().to_string())),
                 Err(e) if tokio::time::Instant::now() + backoff > deadline => {
-                    return Err(format!(
-                        "no certificate after {BOOTSTRAP_TIMEOUT:?}: the control plane is unreachable ({})",
-                        e.message()
-                    ));
+                    return Err(CertifyError::Unreachable(e.message().to_string()));
                 }
                 Err(e) => {
                     tracing::info!(error = e.message(), retry_in = ?backoff, "waiting for the control plane to issue a certificate");
@@ -76,7 +88,7 @@ impl Certifier {
 
     /// Renews before expiry, for as long as the proxy runs. Returns `Ok` when stopped, and
     /// the reason once the certificate has expired without being renewed.
-    pub async fn renew_forever(mut self, stop: CancellationToken) -> Result<(), String> {
+    pub async fn renew_forever(mut self, stop: CancellationToken) -> Result<(), CertifyError> {
         loop {
             let Some(current) = self.certs.current() else { return Ok(()) };
             let wait = renewal_delay(current.installed, current.info.not_after, SystemTime::now());
@@ -96,10 +108,7 @@ impl Certifier {
                         let left =
                             current.info.not_after.duration_since(SystemTime::now()).unwrap_or_default();
                         if left.is_zero() {
-                            return Err(format!(
-                                "the workload certificate EXPIRED and could not be renewed ({}): peers refuse it now; check that the control plane is running",
-                                e.message()
-                            ));
+                            return Err(CertifyError::Expired(e.message().to_string()));
                         } else {
                             tracing::warn!(
                                 error = e.message(),

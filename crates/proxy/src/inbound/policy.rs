@@ -64,15 +64,27 @@ pub struct PortPolicy {
     routes: Option<RouteTable<()>>,
 }
 
+/// Why an inbound policy update was refused (whole: the previous policy stays).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("port {0} is out of range")]
+    Port(u32),
+    #[error("port {port}: {source}")]
+    Authorizations { port: u32, source: tarmac_policy::authz::CompileError },
+    #[error("port {port}: its routes: {source}")]
+    Routes { port: u32, source: tarmac_route::RouteError },
+}
+
 impl PortPolicy {
     fn compile(
         port: Option<&pb::InboundPort>,
         default: DefaultPolicy,
         previous: Option<&PortPolicy>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PolicyError> {
         let empty = pb::InboundPort::default();
         let port = port.unwrap_or(&empty);
-        let authz = Authorizations::compile(&port.authorizations, default).map_err(|e| e.to_string())?;
+        let authz = Authorizations::compile(&port.authorizations, default)
+            .map_err(|source| PolicyError::Authorizations { port: port.port, source })?;
         let limits = port
             .rate_limits
             .iter()
@@ -84,7 +96,8 @@ impl PortPolicy {
         let routed = authz.routed() || limits.iter().any(|l| l.scope.is_route());
         let routes = match routed && !port.routes.is_empty() {
             true => Some(
-                RouteTable::build(&port.routes, port.port as u16, &mut |_| ()).map_err(|e| e.to_string())?,
+                RouteTable::build(&port.routes, port.port as u16, &mut |_| ())
+                    .map_err(|source| PolicyError::Routes { port: port.port, source })?,
             ),
             false => None,
         };
@@ -137,7 +150,7 @@ impl Policies {
     }
 
     /// A fixed policy (tests and the benchmark), as if received.
-    pub fn fixed(update: &pb::InboundUpdate, one_app: bool) -> Result<Self, String> {
+    pub fn fixed(update: &pb::InboundUpdate, one_app: bool) -> Result<Self, PolicyError> {
         let policies = Self { one_app, followed: true, ..Self::off() };
         policies.update(update)?;
         Ok(policies)
@@ -150,14 +163,13 @@ impl Policies {
 
     /// Replaces the policy with `update`, compiled whole; an update that does not compile
     /// is refused whole and the previous policy stays.
-    pub fn update(&self, update: &pb::InboundUpdate) -> Result<(), String> {
+    pub fn update(&self, update: &pb::InboundUpdate) -> Result<(), PolicyError> {
         let default = DefaultPolicy::try_from(update.default_policy).unwrap_or(DefaultPolicy::Deny);
         let previous = self.current.get();
         let before = |port: u16| previous.as_ref().map(|p| p.port(port, false));
         let mut ports = Vec::new();
         for port in &update.ports {
-            let number =
-                u16::try_from(port.port).map_err(|_| format!("port {} is out of range", port.port))?;
+            let number = u16::try_from(port.port).map_err(|_| PolicyError::Port(port.port))?;
             ports.push((number, Arc::new(PortPolicy::compile(Some(port), default, before(number))?)));
         }
         let other = Arc::new(PortPolicy::compile(None, default, None)?);
@@ -511,7 +523,7 @@ mod tests {
         let p = Policies::fixed(&update(DefaultPolicy::Deny, Vec::new()), true).unwrap();
         let mut bad = update(DefaultPolicy::AllowAll, Vec::new());
         bad.ports[0].authorizations[0].from[0].cidrs = vec!["10.0.0.0/99".into()];
-        assert!(p.update(&bad).unwrap_err().contains("shop/a-public"));
+        assert!(p.update(&bad).unwrap_err().to_string().contains("shop/a-public"));
         assert_eq!(p.get().unwrap().generation, 4, "the previous policy stays");
     }
 

@@ -3,8 +3,9 @@
 //!
 //! A gRPC call carries its deadline with it (`grpc-timeout`, gRPC over HTTP/2). The proxy
 //! ends the call itself with `DEADLINE_EXCEEDED` when it passes, and each try tells the
-//! server the time that is left rather than the time the caller first asked for, so that
-//! a server never works on a call its caller has given up on.
+//! server the time that is left rather than the time the caller first asked for (or the
+//! route's, if the caller gave none or a later one; or the try's own limit, if sooner), so
+//! that a server never works on a call its caller has given up on.
 
 use crate::error::ProxyError;
 use http::HeaderValue;
@@ -56,7 +57,7 @@ pub struct Deadline {
     pub limit: Duration,
     /// Set by the caller's `grpc-timeout` (rather than by the route).
     pub grpc: bool,
-    /// The caller sent a `grpc-timeout`: each try passes the time left on, whichever
+    /// A gRPC call: each try passes the time left on in its `grpc-timeout`, whichever
     /// deadline is the sooner.
     pub pass_on: bool,
 }
@@ -70,7 +71,9 @@ impl Deadline {
             return None;
         }
         let now = Instant::now();
-        let pass_on = grpc.is_some();
+        // A gRPC caller without a deadline of its own still gets the route's: its server
+        // is told, as it would be had the caller set one, and stops when the sidecar has.
+        let pass_on = grpc.is_some() || crate::http::is_grpc(headers);
         let route = request_timeout.map(|limit| Deadline { at: now + limit, limit, grpc: false, pass_on });
         let grpc = grpc.map(|limit| Deadline { at: now + limit, limit, grpc: true, pass_on });
         match (route, grpc) {
@@ -187,6 +190,10 @@ mod tests {
         assert!(!d.grpc && d.limit == Duration::from_millis(50));
         assert!(d.pass_on, "the route's sooner deadline is still passed on to a gRPC server");
         assert!(!Deadline::of(Some(Duration::from_millis(50)), &http::HeaderMap::new()).unwrap().pass_on);
+        let mut call = http::HeaderMap::new();
+        call.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc+proto"));
+        let d = Deadline::of(Some(Duration::from_millis(50)), &call).unwrap();
+        assert!(!d.grpc && d.pass_on, "a gRPC call without a deadline of its own is given the route's");
         tokio::time::advance(Duration::from_millis(20)).await;
         assert_eq!(d.left(), Duration::from_millis(30));
     }

@@ -58,7 +58,7 @@ fn millis(ms: u64) -> Option<Duration> {
 impl ServicePolicy {
     /// From discovery; absent, the defaults. A policy that does not compile is refused
     /// whole.
-    pub fn from_pb(r: Option<&pb::Resilience>) -> Result<Self, String> {
+    pub fn from_pb(r: Option<&pb::Resilience>) -> Result<Self, tarmac_route::policy::RetryError> {
         let Some(r) = r else {
             return Ok(Self {
                 budget: Some(BudgetConfig::default()),

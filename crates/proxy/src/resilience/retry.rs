@@ -201,10 +201,12 @@ impl Tries<'_> {
     /// dispatch twice: see [`super::deadline::within`].)
     fn once(&self, mut req: Request<Body>) -> impl Future<Output = Result<Response<Body>, SendError>> + '_ {
         use futures_util::FutureExt as _;
-        if let Some(deadline) = self.deadline.filter(|d| d.pass_on) {
-            req.headers_mut().insert(GRPC_TIMEOUT, grpc_timeout_value(deadline.left()));
-        }
         let limit = self.per_try_timeout;
+        if let Some(deadline) = self.deadline.filter(|d| d.pass_on) {
+            // A try past its own limit is abandoned: the server need not work beyond it.
+            let left = limit.map_or(deadline.left(), |limit| limit.min(deadline.left()));
+            req.headers_mut().insert(GRPC_TIMEOUT, grpc_timeout_value(left));
+        }
         // A tunnel's timeout ends with its response head: the spliced bytes are not timed.
         bounded(limit, self.backend.dispatch(req, self.hop)).map(move |result| match result {
             Ok(result) => result,
