@@ -22,7 +22,6 @@
 //! command parses [`BenchArgs`] and calls [`main`]; the built-in upstream runs as that same
 //! executable again (`tarmac bench --serve-upstream ADDR`).
 
-
 mod ca;
 mod costs;
 mod envoy;

@@ -2,6 +2,5 @@
 //! benchmark need not depend on the command: durations as the command line writes them,
 //! and private work directories for generated configurations, logs and throwaway keys.
 
-
 pub mod duration;
 pub mod workdir;
