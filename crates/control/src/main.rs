@@ -54,6 +54,30 @@ struct Args {
     /// Serve no identity: proxies run without mTLS or with certificates from files.
     #[arg(long, conflicts_with_all = ["identity_dir", "bootstrap_tokens"])]
     no_identity: bool,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+/// The sidecar injection webhook (docs/kubernetes.md): off unless `--webhook-listen`.
+#[derive(clap::Args, Debug)]
+struct WebhookArgs {
+    /// Where the mutating admission webhook (`POST /inject`) is served over HTTPS.
+    #[arg(long, value_name = "ADDR", requires_all = ["webhook_cert", "webhook_key"])]
+    webhook_listen: Option<SocketAddr>,
+    /// The webhook's serving certificate (PEM, leaf first), for the name the API server
+    /// calls it by (`tarmac-webhook.tarmac-system.svc`).
+    #[arg(long, value_name = "FILE")]
+    webhook_cert: Option<String>,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    webhook_key: Option<String>,
+    /// The image injected sidecars run.
+    #[arg(long, value_name = "IMAGE", default_value_t = tarmac_control::inject::default_image())]
+    proxy_image: String,
+    /// Where injected sidecars reach this control plane's gRPC (an address: the proxy
+    /// resolves no names). Without it they run without discovery.
+    #[arg(long, value_name = "ADDR")]
+    sidecar_control_addr: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -139,7 +163,21 @@ async fn run(args: Args, config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let running = match tarmac_control::start(config, listeners, wait_for_signal()).await {
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            wait_for_signal().await;
+            stop.cancel();
+        }
+    });
+    if let Some(addr) = args.webhook.webhook_listen {
+        if let Err(e) = start_webhook(addr, &args.webhook, stop.clone()).await {
+            eprintln!("tarmac-control: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let running = match tarmac_control::start(config, listeners, stop.cancelled_owned()).await {
         Ok(running) => running,
         Err(StartError::Store(e)) => {
             eprintln!("tarmac-control: the configuration in {} is invalid:\n{e}", args.config_dir.display());
@@ -164,6 +202,25 @@ async fn run(args: Args, config: Config) -> ExitCode {
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Binds the webhook's port and serves it until `stop`.
+async fn start_webhook(
+    addr: SocketAddr,
+    args: &WebhookArgs,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
+    use tarmac_control::inject::{Settings, webhook};
+    let (Some(cert), Some(key)) = (&args.webhook_cert, &args.webhook_key) else {
+        return Err("--webhook-listen needs --webhook-cert and --webhook-key".to_string());
+    };
+    let tls = webhook::tls_config(cert, key)?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} for the webhook: {e}"))?;
+    let settings = Settings { proxy_image: args.proxy_image.clone(), control_addr: args.sidecar_control_addr };
+    tracing::info!(%addr, "sidecar injection webhook listening");
+    tokio::spawn(webhook::serve(listener, tls, settings, stop.cancelled_owned()));
+    Ok(())
 }
 
 async fn wait_for_signal() {
