@@ -244,3 +244,111 @@ fn malformed_and_oversized_reviews_get_4xx_with_a_reason() {
     let (status, answer) = webhook.post("/inject", "application/json", &huge);
     assert_eq!(status, 413, "{answer}");
 }
+
+/// Workloads of every kind that holds a pod template, for `tarmac inject --all`.
+const WORKLOADS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: debug, namespace: shop}
+spec:
+  initContainers: [{name: wait, image: busybox:1, command: [sh, -c, "true"]}]
+  containers: [{name: sh, image: busybox:1}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      serviceAccountName: web
+      containers: [{name: web, image: web:1, ports: [{containerPort: 8080}]}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db, namespace: shop}
+spec:
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: db, image: db:1}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: nightly, namespace: shop}
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers: [{name: report, image: report:1}]
+"#;
+
+/// `kubernetes-validate --strict` (PyPI, installed by scripts/setup-test-deps.sh) on
+/// `yaml`: every document against the API's schemas, unknown fields refused.
+fn validate_strict(name: &str, yaml: &str) -> bool {
+    if Command::new("kubernetes-validate").arg("--version").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "kubernetes-validate is missing: run scripts/setup-test-deps.sh");
+        eprintln!("SKIPPED: kubernetes-validate is not installed (scripts/setup-test-deps.sh installs it)");
+        return false;
+    }
+    let path = temp_dir("inject-validate").join(name);
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new("kubernetes-validate").arg("--strict").arg(&path).output().unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{name} does not validate:\n{report}\n{yaml}");
+    assert!(!report.contains("ERROR") && !report.contains("WARN"), "{report}");
+    true
+}
+
+#[test]
+fn injected_workloads_and_the_webhook_configuration_validate_against_the_api_schemas() {
+    let out = Command::new(binary("tarmac"))
+        .args(["inject", "--all", "--control-addr", "10.96.0.20:4180"])
+        .stdin(std::fs::File::open(write_temp("workloads.yaml", WORKLOADS)).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let injected = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(injected.matches("tarmac.io/injected").count(), 4, "{injected}");
+
+    let dir = temp_dir("inject-install");
+    openssl(&dir, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+                    "-subj", "/CN=webhook CA", "-keyout", "ca.key", "-out", "ca.crt"]);
+    let out = Command::new(binary("tarmac"))
+        .args(["install", "--webhook-ca", dir.join("ca.crt").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let install = String::from_utf8(out.stdout).unwrap();
+    let config: Value = serde_saphyr::from_str(&install).unwrap();
+    let ca = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
+    for webhook in config["webhooks"].as_array().unwrap() {
+        let bundle = base64::engine::general_purpose::STANDARD.decode(webhook["clientConfig"]["caBundle"].as_str().unwrap());
+        assert_eq!(bundle.unwrap(), ca.as_bytes());
+        assert_eq!(webhook["admissionReviewVersions"], json!(["v1"]));
+        assert_eq!(webhook["sideEffects"], "None");
+    }
+
+    if validate_strict("injected.yaml", &injected) {
+        validate_strict("install.yaml", &install);
+        // The validator refuses what the API would: a field it does not know.
+        let line = injected.lines().find(|l| l.trim() == "restartPolicy: Always").unwrap();
+        let typo = injected.replacen(line, &format!("{line}\n{}", line.replace("restartPolicy", "restartPolcy")), 1);
+        let path = write_temp("typo.yaml", &typo);
+        let out = Command::new("kubernetes-validate").arg("--strict").arg(&path).output().unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success() && report.contains("'restartPolcy' was unexpected"), "{report}");
+    }
+}
+
+fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
+    let path = temp_dir("inject-files").join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}

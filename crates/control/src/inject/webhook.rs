@@ -217,3 +217,64 @@ fn json_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     response
 }
+
+/// Where the API server finds the webhook: the control plane's Service.
+#[derive(Clone, Debug)]
+pub struct ServiceRef<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub port: u16,
+}
+
+/// The `MutatingWebhookConfiguration` that sends Pod CREATEs here, trusting `ca_pem` (the
+/// CA of the webhook's serving certificate). Two webhooks, since the API server tells a
+/// webhook nothing of the namespace's labels:
+/// - enabled namespaces (labelled `tarmac.io/inject: enabled`) call
+///   `/inject/enabled-namespace` with `failurePolicy: Fail`: there a pod without its
+///   sidecar is a hole in the mesh (strict mTLS, policies), so it waits for the webhook;
+/// - other namespaces not labelled `disabled` call `/inject`, with `Ignore`: only
+///   annotated pods are injected there, and an unavailable control plane must not stop
+///   every pod of the cluster from starting.
+///
+/// Both skip `kube-system` and the control plane's own namespace (it cannot wait for
+/// itself), ask for `admission.k8s.io/v1` only, declare no side effects (dry runs are
+/// safe), and are reinvoked (`IfNeeded`) when a later webhook changes the pod: injection is
+/// idempotent, so a second call adds nothing unless the first was undone.
+pub fn configuration(ca_pem: &str, service: &ServiceRef<'_>) -> Value {
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let webhook = |name: &str, path: &str, failure: &str, label: Value| {
+        json!({
+            "name": name,
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": failure,
+            "reinvocationPolicy": "IfNeeded",
+            "matchPolicy": "Equivalent",
+            "timeoutSeconds": 10,
+            "clientConfig": {
+                "service": {"namespace": service.namespace, "name": service.name, "path": path, "port": service.port},
+                "caBundle": ca_bundle,
+            },
+            "namespaceSelector": {"matchExpressions": [
+                label,
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", service.namespace]},
+            ]},
+            "rules": [{
+                "apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                "resources": ["pods"], "scope": "Namespaced",
+            }],
+        })
+    };
+    let key = super::INJECT_KEY;
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "tarmac-sidecar-injector", "labels": {"app.kubernetes.io/part-of": "tarmac"}},
+        "webhooks": [
+            webhook("enabled-namespaces.inject.tarmac.io", PATH_ENABLED_NAMESPACE, "Fail",
+                json!({"key": key, "operator": "In", "values": ["enabled"]})),
+            webhook("annotated-pods.inject.tarmac.io", PATH, "Ignore",
+                json!({"key": key, "operator": "NotIn", "values": ["enabled", "disabled"]})),
+        ],
+    })
+}
