@@ -32,14 +32,31 @@ fn openssl(dir: &Path, args: &[&str]) {
 fn start_webhook() -> Webhook {
     let dir = temp_dir("inject-webhook");
     let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"];
-    openssl(&dir, &[&["req", "-x509"][..], &key, &["-subj", "/CN=test webhook CA", "-keyout", "ca.key", "-out", "ca.crt"]].concat());
+    openssl(
+        &dir,
+        &[
+            &["req", "-x509"][..],
+            &key,
+            &["-subj", "/CN=test webhook CA", "-keyout", "ca.key", "-out", "ca.crt"],
+        ]
+        .concat(),
+    );
     let san = format!("subjectAltName=DNS:{HOST}");
     openssl(
         &dir,
         &[
             &["req", "-x509", "-CA", "ca.crt", "-CAkey", "ca.key"][..],
             &key,
-            &["-subj", "/CN=tarmac-webhook", "-addext", &san, "-keyout", "webhook.key", "-out", "webhook.crt"],
+            &[
+                "-subj",
+                "/CN=tarmac-webhook",
+                "-addext",
+                &san,
+                "-keyout",
+                "webhook.key",
+                "-out",
+                "webhook.crt",
+            ],
         ]
         .concat(),
     );
@@ -86,7 +103,8 @@ impl Webhook {
 
     /// Reviews a Pod CREATE in `namespace`; the AdmissionReview answered.
     fn review(&self, path: &str, uid: &str, namespace: &str, pod: &Value) -> Value {
-        let (status, body) = self.post(path, "application/json", review(uid, namespace, pod).to_string().as_bytes());
+        let (status, body) =
+            self.post(path, "application/json", review(uid, namespace, pod).to_string().as_bytes());
         assert_eq!(status, 200, "{body}");
         let answer: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
@@ -187,7 +205,8 @@ fn the_webhook_patches_opted_in_pods_as_tarmac_inject_does_and_leaves_others_alo
     let answer = webhook.review("/inject", "b6f1d9a2-1", "shop", &annotated);
     let injected = patched(&annotated, &answer).expect("a patch");
     assert_eq!(injected, tarmac_inject(&annotated, &["-n", "shop"]));
-    let names: Vec<_> = injected["spec"]["initContainers"].as_array().unwrap().iter().map(|c| &c["name"]).collect();
+    let names: Vec<_> =
+        injected["spec"]["initContainers"].as_array().unwrap().iter().map(|c| &c["name"]).collect();
     assert_eq!(names, [&json!("tarmac-init"), &json!("tarmac-proxy")]);
     assert_eq!(injected["spec"]["initContainers"][1]["restartPolicy"], "Always");
     assert_eq!(injected["spec"]["initContainers"][1]["image"], IMAGE);
@@ -202,7 +221,9 @@ fn the_webhook_patches_opted_in_pods_as_tarmac_inject_does_and_leaves_others_alo
     // Opted out, hostNetwork, already injected: no patch, even in an enabled namespace.
     let mut host_network = pod(json!({}));
     host_network["spec"]["hostNetwork"] = json!(true);
-    for (uid, pod) in [("c-1", pod(json!({"tarmac.io/inject": "disabled"}))), ("c-2", host_network), ("c-3", injected)] {
+    for (uid, pod) in
+        [("c-1", pod(json!({"tarmac.io/inject": "disabled"}))), ("c-2", host_network), ("c-3", injected)]
+    {
         let answer = webhook.review("/inject/enabled-namespace", uid, "shop", &pod);
         assert!(answer["response"].get("patch").is_none(), "{uid}: {answer}");
     }
@@ -217,7 +238,8 @@ fn the_webhook_patches_opted_in_pods_as_tarmac_inject_does_and_leaves_others_alo
 
     // A pod that opts in but cannot be injected is refused, naming the field.
     let bad = pod(json!({"tarmac.io/inject": "yes"}));
-    let (status, body) = webhook.post("/inject", "application/json", review("e-1", "shop", &bad).to_string().as_bytes());
+    let (status, body) =
+        webhook.post("/inject", "application/json", review("e-1", "shop", &bad).to_string().as_bytes());
     assert_eq!(status, 200);
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["response"]["allowed"], false);
@@ -293,7 +315,10 @@ spec:
 /// `yaml`: every document against the API's schemas, unknown fields refused.
 fn validate_strict(name: &str, yaml: &str) -> bool {
     if Command::new("kubernetes-validate").arg("--version").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "kubernetes-validate is missing: run scripts/setup-test-deps.sh");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubernetes-validate is missing: run scripts/setup-test-deps.sh"
+        );
         eprintln!("SKIPPED: kubernetes-validate is not installed (scripts/setup-test-deps.sh installs it)");
         return false;
     }
@@ -318,8 +343,26 @@ fn injected_workloads_and_the_webhook_configuration_validate_against_the_api_sch
     assert_eq!(injected.matches("tarmac.io/injected").count(), 4, "{injected}");
 
     let dir = temp_dir("inject-install");
-    openssl(&dir, &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
-                    "-subj", "/CN=webhook CA", "-keyout", "ca.key", "-out", "ca.crt"]);
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=webhook CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    );
     let out = Command::new(binary("tarmac"))
         .args(["install", "--webhook-ca", dir.join("ca.crt").to_str().unwrap()])
         .output()
@@ -329,7 +372,8 @@ fn injected_workloads_and_the_webhook_configuration_validate_against_the_api_sch
     let config: Value = serde_saphyr::from_str(&install).unwrap();
     let ca = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
     for webhook in config["webhooks"].as_array().unwrap() {
-        let bundle = base64::engine::general_purpose::STANDARD.decode(webhook["clientConfig"]["caBundle"].as_str().unwrap());
+        let bundle = base64::engine::general_purpose::STANDARD
+            .decode(webhook["clientConfig"]["caBundle"].as_str().unwrap());
         assert_eq!(bundle.unwrap(), ca.as_bytes());
         assert_eq!(webhook["admissionReviewVersions"], json!(["v1"]));
         assert_eq!(webhook["sideEffects"], "None");
@@ -339,7 +383,8 @@ fn injected_workloads_and_the_webhook_configuration_validate_against_the_api_sch
         validate_strict("install.yaml", &install);
         // The validator refuses what the API would: a field it does not know.
         let line = injected.lines().find(|l| l.trim() == "restartPolicy: Always").unwrap();
-        let typo = injected.replacen(line, &format!("{line}\n{}", line.replace("restartPolicy", "restartPolcy")), 1);
+        let typo =
+            injected.replacen(line, &format!("{line}\n{}", line.replace("restartPolicy", "restartPolcy")), 1);
         let path = write_temp("typo.yaml", &typo);
         let out = Command::new("kubernetes-validate").arg("--strict").arg(&path).output().unwrap();
         let report = String::from_utf8_lossy(&out.stdout);

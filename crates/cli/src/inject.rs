@@ -59,7 +59,8 @@ fn read_input(file: Option<&std::path::Path>) -> Result<(String, String), String
         None => ("stdin".to_string(), Box::new(std::io::stdin())),
         Some(path) if path.as_os_str() == "-" => ("stdin".to_string(), Box::new(std::io::stdin())),
         Some(path) => {
-            let file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let file =
+                std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             (path.display().to_string(), Box::new(file))
         }
     };
@@ -118,12 +119,17 @@ pub fn inject_manifests(
 /// The Namespaces of the input labelled `tarmac.io/inject: enabled`.
 fn enabled_namespaces(documents: &[Value]) -> Vec<String> {
     let namespaces = documents.iter().flat_map(|d| match d.get("kind").and_then(Value::as_str) {
-        Some("List") => d.get("items").and_then(Value::as_array).map(|items| items.iter().collect()).unwrap_or_default(),
+        Some("List") => {
+            d.get("items").and_then(Value::as_array).map(|items| items.iter().collect()).unwrap_or_default()
+        }
         _ => vec![d],
     });
     namespaces
         .filter(|d| d.get("kind").and_then(Value::as_str) == Some("Namespace"))
-        .filter(|d| d.pointer("/metadata/labels").and_then(|l| l.get(INJECT_KEY)).and_then(Value::as_str) == Some("enabled"))
+        .filter(|d| {
+            d.pointer("/metadata/labels").and_then(|l| l.get(INJECT_KEY)).and_then(Value::as_str)
+                == Some("enabled")
+        })
         .filter_map(|d| d.pointer("/metadata/name").and_then(Value::as_str).map(String::from))
         .collect()
 }

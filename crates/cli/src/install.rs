@@ -31,8 +31,10 @@ pub fn run(args: InstallArgs) -> Result<(), String> {
     if !ca.contains("-----BEGIN CERTIFICATE-----") {
         return Err(format!("{path}: no PEM CERTIFICATE in it"));
     }
-    let service = ServiceRef { namespace: &args.namespace, name: &args.webhook_service, port: args.webhook_port };
-    let yaml = serde_saphyr::to_string(&configuration(&ca, &service)).map_err(|e| format!("writing YAML: {e}"))?;
+    let service =
+        ServiceRef { namespace: &args.namespace, name: &args.webhook_service, port: args.webhook_port };
+    let yaml =
+        serde_saphyr::to_string(&configuration(&ca, &service)).map_err(|e| format!("writing YAML: {e}"))?;
     print!("{yaml}");
     Ok(())
 }

@@ -171,11 +171,11 @@ async fn run(args: Args, config: Config) -> ExitCode {
             stop.cancel();
         }
     });
-    if let Some(addr) = args.webhook.webhook_listen {
-        if let Err(e) = start_webhook(addr, &args.webhook, stop.clone()).await {
-            eprintln!("tarmac-control: {e}");
-            return ExitCode::FAILURE;
-        }
+    if let Some(addr) = args.webhook.webhook_listen
+        && let Err(e) = start_webhook(addr, &args.webhook, stop.clone()).await
+    {
+        eprintln!("tarmac-control: {e}");
+        return ExitCode::FAILURE;
     }
     let running = match tarmac_control::start(config, listeners, stop.cancelled_owned()).await {
         Ok(running) => running,
@@ -215,9 +215,11 @@ async fn start_webhook(
         return Err("--webhook-listen needs --webhook-cert and --webhook-key".to_string());
     };
     let tls = webhook::tls_config(cert, key)?;
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr} for the webhook: {e}"))?;
-    let settings = Settings { proxy_image: args.proxy_image.clone(), control_addr: args.sidecar_control_addr };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} for the webhook: {e}"))?;
+    let settings =
+        Settings { proxy_image: args.proxy_image.clone(), control_addr: args.sidecar_control_addr };
     tracing::info!(%addr, "sidecar injection webhook listening");
     tokio::spawn(webhook::serve(listener, tls, settings, stop.cancelled_owned()));
     Ok(())

@@ -160,7 +160,8 @@ fn the_injected_sidecar_configuration_is_valid_for_the_proxy() {
 
 #[test]
 fn a_refused_template_names_the_document_and_field() {
-    let text = "kind: Pod\nmetadata: {name: p, annotations: {tarmac.io/inject: sure}}\nspec: {containers: []}\n";
+    let text =
+        "kind: Pod\nmetadata: {name: p, annotations: {tarmac.io/inject: sure}}\nspec: {containers: []}\n";
     let args = args(false);
     let e = inject_manifests("pods.yaml", text, &args, &Settings::default()).unwrap_err();
     assert_eq!(

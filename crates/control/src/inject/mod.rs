@@ -136,7 +136,11 @@ fn refused(field: &str, message: impl Into<String>) -> InjectError {
 /// Injects the sidecar into `pod`, a Pod or a PodTemplateSpec (an object with `metadata`
 /// and `spec`), if it opts in. Only `metadata.annotations`, `spec.initContainers` and
 /// `spec.volumes` change; everything else is left as written.
-pub fn inject(pod: &mut Value, context: &PodContext<'_>, settings: &Settings) -> Result<Outcome, InjectError> {
+pub fn inject(
+    pod: &mut Value,
+    context: &PodContext<'_>,
+    settings: &Settings,
+) -> Result<Outcome, InjectError> {
     if pod.get("metadata").is_some_and(|m| !m.is_object() && !m.is_null()) {
         return Err(refused("metadata", "must be a map"));
     }
@@ -230,7 +234,8 @@ fn list_at<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value>
 fn workload_name(pod: &Value, context: &PodContext<'_>) -> String {
     let labels = pod.pointer("/metadata/labels");
     let label = |key: &str| labels.and_then(|l| l.get(key)).and_then(Value::as_str);
-    let generated = pod.pointer("/metadata/generateName").and_then(Value::as_str).map(|g| g.trim_end_matches('-'));
+    let generated =
+        pod.pointer("/metadata/generateName").and_then(Value::as_str).map(|g| g.trim_end_matches('-'));
     label("app.kubernetes.io/name")
         .or_else(|| label("app"))
         .or(context.owner)
@@ -251,7 +256,8 @@ fn proxy_config(pod: &Value, context: &PodContext<'_>, settings: &Settings) -> S
          outbound:\n  transparent_listen: \"127.0.0.1:{OUTBOUND_PORT}\"\n"
     );
     if let Some(addr) = settings.control_addr {
-        let service_account = pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("default");
+        let service_account =
+            pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("default");
         yaml.push_str(&format!(
             "control:\n  addr: \"{addr}\"\n  namespace: {}\n  workload: {}\n  service_account: {}\n",
             yaml_string(context.namespace),

@@ -89,7 +89,9 @@ fn apply_one(document: &mut Value, op: &Value) -> Result<(), String> {
                 _ => return Err("index out of range, or an unsupported operation".to_string()),
             }
         }
-        _ => return Err("the parent is neither a map nor a list, or the operation is unsupported".to_string()),
+        _ => {
+            return Err("the parent is neither a map nor a list, or the operation is unsupported".to_string());
+        }
     }
     Ok(())
 }

@@ -106,7 +106,10 @@ fn host_network_pods_are_never_injected() {
 #[test]
 fn a_pod_without_init_containers_annotations_or_volumes_gets_them() {
     let mut pod = json!({"metadata": {"generateName": "worker-"}, "spec": {"containers": [{"name": "w", "image": "w"}]}});
-    let settings = Settings { proxy_image: "registry.local/proxy:dev".into(), control_addr: Some("10.96.0.20:4180".parse().unwrap()) };
+    let settings = Settings {
+        proxy_image: "registry.local/proxy:dev".into(),
+        control_addr: Some("10.96.0.20:4180".parse().unwrap()),
+    };
     assert_eq!(inject(&mut pod, &context(true), &settings).unwrap(), Outcome::Injected);
     assert_eq!(init_names(&pod), [INIT_CONTAINER, PROXY_CONTAINER]);
     assert_eq!(pod["spec"]["initContainers"][1]["image"], "registry.local/proxy:dev");
@@ -124,7 +127,10 @@ fn bad_fields_are_named() {
     assert_eq!(e.field, "metadata.annotations[tarmac.io/inject]");
     let mut taken = self::pod(enabled());
     taken["spec"]["containers"][0]["name"] = json!(PROXY_CONTAINER);
-    assert_eq!(inject(&mut taken, &context(false), &Settings::default()).unwrap_err().field, "spec.containers");
+    assert_eq!(
+        inject(&mut taken, &context(false), &Settings::default()).unwrap_err().field,
+        "spec.containers"
+    );
     let mut no_spec = json!({"metadata": {"annotations": enabled()}});
     assert_eq!(inject(&mut no_spec, &context(false), &Settings::default()).unwrap_err().field, "spec");
 }

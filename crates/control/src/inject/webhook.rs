@@ -62,8 +62,10 @@ pub fn review(body: &[u8], namespace_enabled: bool, settings: &Settings) -> Resu
             show(kind)
         )));
     }
-    let request = review.get("request").filter(|r| r.is_object()).ok_or_else(|| bad_request("request: missing"))?;
-    let uid = request.get("uid").and_then(Value::as_str).ok_or_else(|| bad_request("request.uid: missing"))?;
+    let request =
+        review.get("request").filter(|r| r.is_object()).ok_or_else(|| bad_request("request: missing"))?;
+    let uid =
+        request.get("uid").and_then(Value::as_str).ok_or_else(|| bad_request("request.uid: missing"))?;
     let field = |name: &str| request.get(name).and_then(Value::as_str);
     let resource_kind = request.pointer("/kind/kind").and_then(Value::as_str);
     let group = request.pointer("/kind/group").and_then(Value::as_str).unwrap_or_default();
@@ -73,7 +75,10 @@ pub fn review(body: &[u8], namespace_enabled: bool, settings: &Settings) -> Resu
     if resource_kind != Some("Pod") || !group.is_empty() || field("operation") != Some("CREATE") {
         return Ok(answer(allowed));
     }
-    let before = request.get("object").filter(|o| o.is_object()).ok_or_else(|| bad_request("request.object: missing"))?;
+    let before = request
+        .get("object")
+        .filter(|o| o.is_object())
+        .ok_or_else(|| bad_request("request.object: missing"))?;
     let namespace = field("namespace")
         .or_else(|| before.pointer("/metadata/namespace").and_then(Value::as_str))
         .unwrap_or("default");
@@ -180,14 +185,20 @@ async fn handle(request: Request<Incoming>, settings: &Settings) -> Response<Ful
     let namespace_enabled = match request.uri().path() {
         PATH => false,
         PATH_ENABLED_NAMESPACE => true,
-        other => return error(StatusCode::NOT_FOUND, format!("no such path {other}: the webhook is POST {PATH}")),
+        other => {
+            return error(StatusCode::NOT_FOUND, format!("no such path {other}: the webhook is POST {PATH}"));
+        }
     };
     if request.method() != Method::POST {
         return error(StatusCode::METHOD_NOT_ALLOWED, format!("{} takes POST", request.uri().path()));
     }
-    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.starts_with("application/json") {
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "an AdmissionReview is sent as application/json".into());
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "an AdmissionReview is sent as application/json".into(),
+        );
     }
     let body = Limited::new(request.into_body(), MAX_BODY_BYTES);
     let body = match tokio::time::timeout(IO_TIMEOUT, body.collect()).await {
