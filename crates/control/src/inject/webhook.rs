@@ -123,7 +123,7 @@ pub fn tls_config(cert_path: &str, key_path: &str) -> Result<Arc<rustls::ServerC
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| format!("webhook key {key_path}: {e}"))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_single_cert(certs, key)
