@@ -43,8 +43,7 @@ const MAX_INPUT_BYTES: u64 = 64 << 20;
 
 pub fn run(args: InjectArgs) -> Result<(), String> {
     let (origin, text) = read_input(args.file.as_deref())?;
-    let settings = Settings { proxy_image: args.proxy_image.clone(), control_addr: args.control_addr };
-    let (output, report) = inject_manifests(&origin, &text, &args, &settings)?;
+    let (output, report) = inject_manifests(&origin, &text, &args)?;
     // Nothing is written until every document has been handled: a refused one leaves no
     // half-injected output behind for `kubectl apply` to read.
     std::io::stdout().write_all(output.as_bytes()).map_err(|e| format!("writing stdout: {e}"))?;
@@ -80,8 +79,8 @@ pub fn inject_manifests(
     origin: &str,
     text: &str,
     args: &InjectArgs,
-    settings: &Settings,
 ) -> Result<(String, Vec<String>), String> {
+    let settings = Settings { proxy_image: args.proxy_image.clone(), control_addr: args.control_addr };
     let mut documents: Vec<Value> =
         serde_saphyr::from_multiple(text).map_err(|e| format!("{origin}: not YAML manifests: {e}"))?;
     // Empty documents (a leading or trailing `---`) carry nothing to keep.
@@ -97,7 +96,7 @@ pub fn inject_manifests(
                 namespace_enabled: args.all || enabled_namespaces.contains(&namespace),
                 owner: template.owner.as_deref(),
             };
-            let outcome = inject::inject(template.pod, &context, settings)
+            let outcome = inject::inject(template.pod, &context, &settings)
                 .map_err(|e| format!("{origin}: document {} ({what}): {e}", index + 1))?;
             report.push(match outcome {
                 Outcome::Injected => format!("{what}: injected"),

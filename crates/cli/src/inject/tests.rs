@@ -86,9 +86,7 @@ fn args(all: bool) -> InjectArgs {
 }
 
 fn run(text: &str, all: bool) -> (Vec<Value>, Vec<String>) {
-    let args = args(all);
-    let settings = Settings { proxy_image: args.proxy_image.clone(), control_addr: args.control_addr };
-    let (output, report) = inject_manifests("test.yaml", text, &args, &settings).unwrap();
+    let (output, report) = inject_manifests("test.yaml", text, &args(all)).unwrap();
     (serde_saphyr::from_multiple(&output).unwrap(), report)
 }
 
@@ -137,9 +135,8 @@ fn all_injects_every_template_that_does_not_opt_out() {
 #[test]
 fn injecting_the_output_again_changes_nothing() {
     let args = args(true);
-    let settings = Settings { proxy_image: args.proxy_image.clone(), control_addr: args.control_addr };
-    let (once, _) = inject_manifests("a.yaml", MANIFESTS, &args, &settings).unwrap();
-    let (twice, report) = inject_manifests("b.yaml", &once, &args, &settings).unwrap();
+    let (once, _) = inject_manifests("a.yaml", MANIFESTS, &args).unwrap();
+    let (twice, report) = inject_manifests("b.yaml", &once, &args).unwrap();
     assert_eq!(once, twice);
     assert!(report.iter().any(|line| line == "Deployment shop/web: already injected"), "{report:?}");
 }
@@ -162,8 +159,7 @@ fn the_injected_sidecar_configuration_is_valid_for_the_proxy() {
 fn a_refused_template_names_the_document_and_field() {
     let text =
         "kind: Pod\nmetadata: {name: p, annotations: {tarmac.io/inject: sure}}\nspec: {containers: []}\n";
-    let args = args(false);
-    let e = inject_manifests("pods.yaml", text, &args, &Settings::default()).unwrap_err();
+    let e = inject_manifests("pods.yaml", text, &args(false)).unwrap_err();
     assert_eq!(
         e,
         "pods.yaml: document 1 (Pod p): metadata.annotations[tarmac.io/inject]: `sure` is neither `enabled` nor `disabled`"

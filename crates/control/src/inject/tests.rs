@@ -150,10 +150,9 @@ fn templates_are_found_in_workloads_cron_jobs_and_lists() {
 }
 
 #[test]
-fn the_proxy_configuration_is_one_the_proxy_reads() {
-    // The proxy crate is not a dependency of the control plane; its parser's rules that
-    // matter here are checked by the CLI's test of `tarmac inject`. Here: it is YAML with
-    // the listeners the interception rules point at.
+fn the_sidecar_reads_its_configuration_from_the_annotation_with_the_intercepted_ports() {
+    // The proxy's own parser accepting it is checked in the CLI's tests (the control
+    // plane does not link the proxy).
     let mut pod = pod(enabled());
     run(&mut pod, false);
     let config = pod["metadata"]["annotations"][CONFIG_ANNOTATION].as_str().unwrap();
