@@ -19,7 +19,7 @@ const HOST: &str = "tarmac-webhook.tarmac-system.svc";
 const IMAGE: &str = "registry.local/tarmac/proxy:test";
 
 struct Webhook {
-    _control: ControlProcess,
+    control: ControlProcess,
     port: u16,
     ca: String,
 }
@@ -77,7 +77,7 @@ fn start_webhook() -> Webhook {
             IMAGE,
         ],
     );
-    Webhook { _control: control, port, ca: dir.join("ca.crt").display().to_string() }
+    Webhook { control, port, ca: dir.join("ca.crt").display().to_string() }
 }
 
 impl Webhook {
@@ -265,6 +265,11 @@ fn malformed_and_oversized_reviews_get_4xx_with_a_reason() {
     let huge = vec![b' '; tarmac_control::inject::webhook::MAX_BODY_BYTES + 1];
     let (status, answer) = webhook.post("/inject", "application/json", &huge);
     assert_eq!(status, 413, "{answer}");
+
+    // The webhook stops with the control plane.
+    let mut webhook = webhook;
+    let status = webhook.control.terminate(std::time::Duration::from_secs(10)).expect("exits on SIGTERM");
+    assert!(status.success(), "{status}: {}", webhook.control.log());
 }
 
 /// Workloads of every kind that holds a pod template, for `tarmac inject --all`.
