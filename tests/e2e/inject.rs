@@ -60,24 +60,22 @@ fn start_webhook() -> Webhook {
         ]
         .concat(),
     );
+    let (cert, key) = (dir.join("webhook.crt"), dir.join("webhook.key"));
+    let tls =
+        ["--webhook-cert", cert.to_str().unwrap(), "--webhook-key", key.to_str().unwrap(), "--no-identity"];
+    spawn_webhook(&dir, &tls, dir.join("ca.crt"))
+}
+
+/// `tarmac-control` with its webhook on a free port, TLS as `tls` says, trusted through
+/// the CA in `ca`.
+fn spawn_webhook(dir: &Path, tls: &[&str], ca: std::path::PathBuf) -> Webhook {
     let config = dir.join("config");
     std::fs::create_dir_all(&config).unwrap();
     let port = free_port();
-    let control = ControlProcess::spawn(
-        &config,
-        &[
-            "--no-identity",
-            "--webhook-listen",
-            &format!("127.0.0.1:{port}"),
-            "--webhook-cert",
-            dir.join("webhook.crt").to_str().unwrap(),
-            "--webhook-key",
-            dir.join("webhook.key").to_str().unwrap(),
-            "--proxy-image",
-            IMAGE,
-        ],
-    );
-    Webhook { control, port, ca: dir.join("ca.crt").display().to_string() }
+    let listen = format!("127.0.0.1:{port}");
+    let args = [&["--webhook-listen", &listen, "--proxy-image", IMAGE][..], tls].concat();
+    let control = ControlProcess::spawn(&config, &args);
+    Webhook { control, port, ca: ca.display().to_string() }
 }
 
 impl Webhook {
@@ -245,6 +243,17 @@ fn the_webhook_patches_opted_in_pods_as_tarmac_inject_does_and_leaves_others_alo
     assert_eq!(answer["response"]["allowed"], false);
     let message = answer["response"]["status"]["message"].as_str().unwrap();
     assert!(message.contains("metadata.annotations[tarmac.io/inject]"), "{message}");
+}
+
+#[test]
+fn the_mesh_ca_issues_the_webhook_its_serving_certificate() {
+    let dir = temp_dir("inject-webhook-ca");
+    let identity = dir.join("identity");
+    let webhook =
+        spawn_webhook(&dir, &["--identity-dir", identity.to_str().unwrap()], identity.join("anchors.pem"));
+    let annotated = pod(json!({"tarmac.io/inject": "enabled"}));
+    let answer = webhook.review("/inject", "f-1", "shop", &annotated);
+    assert!(patched(&annotated, &answer).is_some(), "{answer}");
 }
 
 #[test]

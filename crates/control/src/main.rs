@@ -62,15 +62,20 @@ struct Args {
 #[derive(clap::Args, Debug)]
 struct WebhookArgs {
     /// Where the mutating admission webhook (`POST /inject`) is served over HTTPS.
-    #[arg(long, value_name = "ADDR", requires_all = ["webhook_cert", "webhook_key"])]
+    #[arg(long, value_name = "ADDR")]
     webhook_listen: Option<SocketAddr>,
     /// The webhook's serving certificate (PEM, leaf first), for the name the API server
-    /// calls it by (`tarmac-webhook.tarmac-system.svc`).
-    #[arg(long, value_name = "FILE")]
+    /// calls it by. Without it (and `--webhook-key`), the mesh's CA issues one for
+    /// `--webhook-dns-name`, and its anchors are the caBundle.
+    #[arg(long, value_name = "FILE", requires = "webhook_key")]
     webhook_cert: Option<String>,
     /// Its private key (PEM).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "webhook_cert")]
     webhook_key: Option<String>,
+    /// The names the CA's webhook certificate is issued for (repeat for several): the
+    /// webhook's Service as the API server calls it.
+    #[arg(long, value_name = "NAME", default_value = "tarmac-webhook.tarmac-system.svc")]
+    webhook_dns_name: Vec<String>,
     /// The image injected sidecars run.
     #[arg(long, value_name = "IMAGE", default_value_t = tarmac_control::inject::default_image())]
     proxy_image: String,
@@ -172,7 +177,7 @@ async fn run(args: Args, config: Config) -> ExitCode {
         }
     });
     if let Some(addr) = args.webhook.webhook_listen
-        && let Err(e) = start_webhook(addr, &args.webhook, stop.clone()).await
+        && let Err(e) = start_webhook(addr, &args, config.identity.as_ref(), stop.clone()).await
     {
         eprintln!("tarmac-control: {e}");
         return ExitCode::FAILURE;
@@ -207,14 +212,25 @@ async fn run(args: Args, config: Config) -> ExitCode {
 /// Binds the webhook's port and serves it until `stop`.
 async fn start_webhook(
     addr: SocketAddr,
-    args: &WebhookArgs,
+    args: &Args,
+    identity: Option<&IdentityConfig>,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), String> {
     use tarmac_control::inject::{Settings, webhook};
-    let (Some(cert), Some(key)) = (&args.webhook_cert, &args.webhook_key) else {
-        return Err("--webhook-listen needs --webhook-cert and --webhook-key".to_string());
+    let tls = match (&args.webhook.webhook_cert, &args.webhook.webhook_key, identity) {
+        (Some(cert), Some(key), _) => webhook::tls_config(cert, key)?,
+        (_, _, Some(identity)) => webhook::tls_from_ca(
+            identity.ca.clone(),
+            args.webhook.webhook_dns_name.clone(),
+            args.cert_lifetime,
+        )?,
+        _ => {
+            return Err(
+                "--webhook-listen needs --webhook-cert and --webhook-key, or the mesh's CA".to_string()
+            );
+        }
     };
-    let tls = webhook::tls_config(cert, key)?;
+    let args = &args.webhook;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr} for the webhook: {e}"))?;

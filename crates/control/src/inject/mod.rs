@@ -251,7 +251,7 @@ fn proxy_config(pod: &Value, context: &PodContext<'_>, settings: &Settings) -> S
     // PREROUTING's REDIRECT sends inbound connections to the pod's own address, so the
     // inbound listener takes every address; OUTPUT's sends the app's to loopback.
     let mut yaml = format!(
-        "# Written by tarmac inject {VERSION}.\nadmin: \"0.0.0.0:{ADMIN_PORT}\"\n\
+        "# Written by Tarmac's sidecar injection {VERSION}.\nadmin: \"0.0.0.0:{ADMIN_PORT}\"\n\
          inbound:\n  listen: \"0.0.0.0:{INBOUND_PORT}\"\n  transparent: true\n\
          outbound:\n  transparent_listen: \"127.0.0.1:{OUTBOUND_PORT}\"\n"
     );

@@ -19,10 +19,13 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use serde_json::{Value, json};
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tarmac_identity::ca::Ca;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -121,15 +124,78 @@ pub fn tls_config(cert_path: &str, key_path: &str) -> Result<Arc<rustls::ServerC
         return Err(format!("webhook certificate {cert_path}: no CERTIFICATE in it"));
     }
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| format!("webhook key {key_path}: {e}"))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+    let config = server_config()?
         .with_single_cert(certs, key)
         .map_err(|e| format!("webhook certificate {cert_path} and key {key_path}: {e}"))?;
+    Ok(with_alpn(config))
+}
+
+/// A serving certificate for the DNS names `names` from the mesh's CA (whose anchors are
+/// then the `caBundle`), issued again once two thirds of its lifetime have passed.
+pub fn tls_from_ca(
+    ca: Arc<Ca>,
+    names: Vec<String>,
+    lifetime: Duration,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let first = issue(&ca, &names, lifetime, &provider)?;
+    let own = CaCertificate { ca, names, lifetime, provider, current: Mutex::new(first) };
+    Ok(with_alpn(server_config()?.with_cert_resolver(Arc::new(own))))
+}
+
+fn server_config()
+-> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth())
+}
+
+fn with_alpn(mut config: rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Arc::new(config)
+}
+
+/// The webhook's certificate from the mesh's CA, checked at each handshake (rare: the API
+/// server keeps its connections).
+#[derive(Debug)]
+struct CaCertificate {
+    ca: Arc<Ca>,
+    names: Vec<String>,
+    lifetime: Duration,
+    provider: rustls::crypto::CryptoProvider,
+    current: Mutex<(Arc<CertifiedKey>, SystemTime)>,
+}
+
+/// A certificate and when to issue the next one.
+fn issue(
+    ca: &Ca,
+    names: &[String],
+    lifetime: Duration,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<(Arc<CertifiedKey>, SystemTime), String> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let (chain, key) =
+        ca.issue_server_with_new_key(names, lifetime).map_err(|e| format!("webhook certificate: {e}"))?;
+    let chain = tarmac_identity::ca::pem_certs(&chain)?.into_iter().map(Into::into).collect();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| e.to_string())?;
+    let key = provider.key_provider.load_private_key(key).map_err(|e| e.to_string())?;
+    Ok((Arc::new(CertifiedKey::new(chain, key)), SystemTime::now() + lifetime * 2 / 3))
+}
+
+impl ResolvesServerCert for CaCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if SystemTime::now() >= current.1 {
+            match issue(&self.ca, &self.names, self.lifetime, &self.provider) {
+                Ok(fresh) => *current = fresh,
+                Err(e) => tracing::warn!(error = %e, "cannot issue the webhook's certificate again"),
+            }
+        }
+        Some(current.0.clone())
+    }
 }
 
 /// Serves the webhook on `listener` until `shutdown` resolves.
