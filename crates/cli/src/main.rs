@@ -3,9 +3,9 @@
 //! `tarmac-proxy` sidecars, mTLS, a canary route and traffic) in one command; `tarmac up DIR` runs a mesh from a directory of
 //! YAML; `check`, `stat`, `edges`, `top`, `tap`, `routes` and `prometheus-config` look at
 //! a running mesh through the control plane's API; `tarmac identity` shows or imports the
-//! mesh's CA; `tarmac inject` adds the sidecar to Kubernetes manifests and `tarmac install` prints the
-//! webhook that does it in a cluster; `tarmac restart` restarts a Workload of a running `tarmac up` one replica at a
-//! time; `tarmac bench` measures the latency and cost the mesh adds. This file only
+//! mesh's CA; `tarmac inject` adds the sidecar to Kubernetes manifests and `tarmac
+//! install` prints the webhook that does it in a cluster; `tarmac restart` restarts a
+//! Workload of a running `tarmac up` one replica at a time; `tarmac bench` measures the latency and cost the mesh adds. This file only
 //! parses arguments and dispatches.
 
 mod bench;

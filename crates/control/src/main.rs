@@ -226,7 +226,7 @@ async fn start_webhook(
         )?,
         _ => {
             return Err(
-                "--webhook-listen needs --webhook-cert and --webhook-key, or the mesh's CA".to_string()
+                "--webhook-listen needs --webhook-cert and --webhook-key, or the mesh's CA (not --no-identity)".to_string()
             );
         }
     };
