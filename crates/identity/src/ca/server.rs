@@ -41,3 +41,32 @@ impl Ca {
         Ok((certs_pem(chain), key.serialize_pem()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{generate_root, pem_certs};
+    use super::*;
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+    #[test]
+    fn a_server_certificate_names_its_hosts_and_serves_only() {
+        let (root_pem, root_key) = generate_root("cluster.local").unwrap();
+        let ca = Ca::from_root(&root_pem, &root_key.serialize_pem(), "cluster.local").unwrap();
+        let names = ["tarmac-webhook.tarmac-system.svc".to_string(), "tarmac-webhook".to_string()];
+        let (chain, _key) = ca.issue_server_with_new_key(&names, Duration::from_secs(3600)).unwrap();
+        let ders = pem_certs(&chain).unwrap();
+        assert_eq!(ders.len(), 2, "the leaf, then the issuer");
+        let (_, leaf) = X509Certificate::from_der(&ders[0]).unwrap();
+        let sans: Vec<_> = leaf.subject_alternative_name().unwrap().unwrap().value.general_names.clone();
+        assert_eq!(
+            sans,
+            [
+                GeneralName::DNSName("tarmac-webhook.tarmac-system.svc"),
+                GeneralName::DNSName("tarmac-webhook")
+            ]
+        );
+        let usage = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(usage.server_auth && !usage.client_auth);
+        assert!(!leaf.is_ca());
+    }
+}
