@@ -176,11 +176,27 @@ pub fn inject(
             Some(Value::Array(containers)) => containers,
             Some(_) => return Err(refused(&format!("spec.{field}"), "must be a list of containers")),
         };
-        for name in containers.iter().filter_map(|c| c.get("name")).filter_map(Value::as_str) {
-            if name == PROXY_CONTAINER || name == INIT_CONTAINER {
+        for (i, container) in containers.iter().enumerate() {
+            let name = container.get("name").and_then(Value::as_str);
+            if name == Some(PROXY_CONTAINER) || name == Some(INIT_CONTAINER) {
                 return Err(refused(
-                    &format!("spec.{field}"),
-                    format!("a container is already named `{name}`, the name of an injected one"),
+                    &format!("spec.{field}[{i}].name"),
+                    format!("`{}` is the name of an injected container", name.unwrap_or_default()),
+                ));
+            }
+            // The sidecar shares the pod's network namespace: an app on one of its ports
+            // would fail to bind, or take its traffic.
+            let sidecar_ports = [INBOUND_PORT, OUTBOUND_PORT, ADMIN_PORT].map(u64::from);
+            let ports = container.get("ports").and_then(Value::as_array).into_iter().flatten();
+            if let Some(taken) = ports
+                .filter_map(|p| p.get("containerPort").and_then(Value::as_u64))
+                .find(|p| sidecar_ports.contains(p))
+            {
+                return Err(refused(
+                    &format!("spec.{field}[{i}].ports"),
+                    format!(
+                        "port {taken} is the sidecar's (inbound {INBOUND_PORT}, outbound {OUTBOUND_PORT}, admin {ADMIN_PORT})"
+                    ),
                 ));
             }
         }

@@ -127,10 +127,13 @@ fn bad_fields_are_named() {
     assert_eq!(e.field, "metadata.annotations[tarmac.io/inject]");
     let mut taken = self::pod(enabled());
     taken["spec"]["containers"][0]["name"] = json!(PROXY_CONTAINER);
-    assert_eq!(
-        inject(&mut taken, &context(false), &Settings::default()).unwrap_err().field,
-        "spec.containers"
-    );
+    let e = inject(&mut taken, &context(false), &Settings::default()).unwrap_err();
+    assert_eq!(e.field, "spec.containers[0].name");
+    let mut port = self::pod(enabled());
+    port["spec"]["containers"][0]["ports"] = json!([{"containerPort": 8080}, {"containerPort": ADMIN_PORT}]);
+    let e = inject(&mut port, &context(false), &Settings::default()).unwrap_err();
+    assert_eq!(e.field, "spec.containers[0].ports");
+    assert!(e.message.starts_with("port 4191 is the sidecar's"), "{e}");
     let mut no_spec = json!({"metadata": {"annotations": enabled()}});
     assert_eq!(inject(&mut no_spec, &context(false), &Settings::default()).unwrap_err().field, "spec");
 }
