@@ -11,7 +11,8 @@
 //! rolling restarts under load, of proxies and through `tarmac restart` (`restart`),
 //! telemetry with a real Prometheus and headless Chromium (`observe`), `tarmac routes`
 //! and the route checks of `tarmac check` against traffic through a mesh (`routes_cli`), and
-//! root-only network namespaces with iptables (`netns`, `transparent`), which fail rather than skip in
+//! sidecar injection through the control plane's admission webhook over TLS and `tarmac
+//! inject` (`inject`), root-only network namespaces with iptables (`netns`, `transparent`), which fail rather than skip in
 //! CI when not root.
 
 mod app_protocol;
@@ -29,6 +30,7 @@ mod h2_attacks;
 mod http;
 mod identity;
 mod identity_import;
+mod inject;
 mod lifecycle;
 mod limits;
 mod netns;

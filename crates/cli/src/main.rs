@@ -3,15 +3,19 @@
 //! `tarmac-proxy` sidecars, mTLS, a canary route and traffic) in one command; `tarmac up DIR` runs a mesh from a directory of
 //! YAML; `check`, `stat`, `edges`, `top`, `tap`, `routes`, `authz` and `prometheus-config`
 //! look at a running mesh through the control plane's API; `tarmac identity` shows or
-//! imports the mesh's CA; `tarmac restart` restarts a Workload of a running `tarmac up` one
-//! replica at a time; `tarmac bench` measures the latency and cost the mesh adds. This file
-//! only parses arguments and dispatches.
+//! imports the mesh's CA; `tarmac inject` adds the sidecar to Kubernetes manifests and
+//! `tarmac install` prints the webhook that does it in a cluster; `tarmac restart`
+//! restarts a Workload of a running `tarmac up` one replica at a time; `tarmac bench`
+//! measures the latency and cost the mesh adds. This file only parses arguments and
+//! dispatches.
 //!
 //! Unsafe code (denied by the workspace) only in `up/`'s `process.rs`, `sandbox.rs`,
 //! `netns.rs` and `trust.rs`: libc calls std does not offer, each module saying which.
 
 mod demo;
 mod identity;
+mod inject;
+mod install;
 mod observe;
 mod restart;
 mod sample;
@@ -37,6 +41,8 @@ enum Command {
     Bench(tarmac_bench::BenchArgs),
     Up(up::UpArgs),
     Identity(identity::IdentityArgs),
+    Inject(inject::InjectArgs),
+    Install(install::InstallArgs),
     Check(observe::check::CheckArgs),
     Stat(observe::stat::StatArgs),
     Edges(observe::stat::EdgesArgs),
@@ -88,6 +94,8 @@ fn main() -> ExitCode {
         Command::SampleApp(args) => runtime.block_on(sample::run(args)),
         Command::Bench(args) => tarmac_bench::main(args, &runtime),
         Command::Identity(args) => identity::run(args),
+        Command::Inject(args) => inject::run(args),
+        Command::Install(args) => install::run(args),
         // `check` fails (exit 1) when a check fails, without a second message.
         Command::Check(args) => match runtime.block_on(observe::check::check(args)) {
             Ok(true) => Ok(()),

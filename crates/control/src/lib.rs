@@ -15,6 +15,8 @@
 //! - [`telemetry`]: every proxy's metrics, scraped and turned into golden metrics per
 //!   workload, service, route and edge; the live tap relay.
 //! - [`api`]: the HTTP JSON API the CLI, the dashboard and Prometheus use.
+//! - [`inject`]: sidecar injection into Kubernetes pods, shared by `tarmac inject` and
+//!   the mutating admission webhook ([`inject::webhook`]) the binary serves.
 //! - [`workloads`]: restart requests, handed to whoever runs the Workloads (`tarmac up`).
 //! - [`prometheus`] and [`http_client`]: the Prometheus text format and a small loopback
 //!   HTTP client, shared with the CLI.
@@ -25,6 +27,7 @@ pub mod discovery;
 pub mod grpc;
 pub mod http_client;
 pub mod identity;
+pub mod inject;
 pub mod prometheus;
 pub mod registry;
 pub mod store;

@@ -54,6 +54,35 @@ struct Args {
     /// Serve no identity: proxies run without mTLS or with certificates from files.
     #[arg(long, conflicts_with_all = ["identity_dir", "bootstrap_tokens"])]
     no_identity: bool,
+    #[command(flatten)]
+    webhook: WebhookArgs,
+}
+
+/// The sidecar injection webhook (docs/kubernetes.md): off unless `--webhook-listen`.
+#[derive(clap::Args, Debug)]
+struct WebhookArgs {
+    /// Where the mutating admission webhook (`POST /inject`) is served over HTTPS.
+    #[arg(long, value_name = "ADDR")]
+    webhook_listen: Option<SocketAddr>,
+    /// The webhook's serving certificate (PEM, leaf first), for the name the API server
+    /// calls it by. Without it (and `--webhook-key`), the mesh's CA issues one for
+    /// `--webhook-dns-name`, and its anchors are the caBundle.
+    #[arg(long, value_name = "FILE", requires = "webhook_key")]
+    webhook_cert: Option<String>,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "webhook_cert")]
+    webhook_key: Option<String>,
+    /// The names the CA's webhook certificate is issued for (repeat for several): the
+    /// webhook's Service as the API server calls it.
+    #[arg(long, value_name = "NAME", default_value = "tarmac-webhook.tarmac-system.svc")]
+    webhook_dns_name: Vec<String>,
+    /// The image injected sidecars run.
+    #[arg(long, value_name = "IMAGE", default_value_t = tarmac_control::inject::default_image())]
+    proxy_image: String,
+    /// Where injected sidecars reach this control plane's gRPC (an address: the proxy
+    /// resolves no names). Without it they run without discovery.
+    #[arg(long, value_name = "ADDR")]
+    sidecar_control_addr: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -139,7 +168,21 @@ async fn run(args: Args, config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let running = match tarmac_control::start(config, listeners, wait_for_signal()).await {
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            wait_for_signal().await;
+            stop.cancel();
+        }
+    });
+    if let Some(addr) = args.webhook.webhook_listen
+        && let Err(e) = start_webhook(addr, &args, config.identity.as_ref(), stop.clone()).await
+    {
+        eprintln!("tarmac-control: {e}");
+        return ExitCode::FAILURE;
+    }
+    let running = match tarmac_control::start(config, listeners, stop.cancelled_owned()).await {
         Ok(running) => running,
         Err(StartError::Store(e)) => {
             eprintln!("tarmac-control: the configuration in {} is invalid:\n{e}", args.config_dir.display());
@@ -164,6 +207,38 @@ async fn run(args: Args, config: Config) -> ExitCode {
     }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Binds the webhook's port and serves it until `stop`.
+async fn start_webhook(
+    addr: SocketAddr,
+    args: &Args,
+    identity: Option<&IdentityConfig>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
+    use tarmac_control::inject::{Settings, webhook};
+    let tls = match (&args.webhook.webhook_cert, &args.webhook.webhook_key, identity) {
+        (Some(cert), Some(key), _) => webhook::tls_config(cert, key)?,
+        (_, _, Some(identity)) => webhook::tls_from_ca(
+            identity.ca.clone(),
+            args.webhook.webhook_dns_name.clone(),
+            args.cert_lifetime,
+        )?,
+        _ => {
+            return Err(
+                "--webhook-listen needs --webhook-cert and --webhook-key, or the mesh's CA (not --no-identity)".to_string()
+            );
+        }
+    };
+    let args = &args.webhook;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} for the webhook: {e}"))?;
+    let settings =
+        Settings { proxy_image: args.proxy_image.clone(), control_addr: args.sidecar_control_addr };
+    tracing::info!(%addr, "sidecar injection webhook listening");
+    tokio::spawn(webhook::serve(listener, tls, settings, stop.cancelled_owned()));
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -25,6 +25,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+mod server;
+
 pub const ANCHORS_FILE: &str = "anchors.pem";
 pub const ISSUER_CERT_FILE: &str = "issuer.pem";
 pub const ISSUER_KEY_FILE: &str = "issuer.key";
