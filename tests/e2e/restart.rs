@@ -192,17 +192,7 @@ async fn tarmac_restart_rolls_a_workload_under_load_without_failing_a_request() 
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     while callers.join_next().await.is_some() {}
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "tarmac restart failed: {stdout}{}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        up.output()
-    );
-    assert!(
-        stdout.contains("restarted default/ratings: ratings-0, ratings-1, ratings-2 (3 replicas)"),
-        "{stdout}"
-    );
+    assert_ratings_restarted(&output, &up);
     let lines = up.lines();
     for replica in ["ratings-0", "ratings-1", "ratings-2"] {
         assert_eq!(started(&lines, replica), 2, "{replica} was started again, once\n{}", up.output());
@@ -309,6 +299,16 @@ fn tarmac_restart_under_transparent_interception_fails_no_request() {
             first_failures.push(fields[2].to_string());
         }
     }
+    assert_ratings_restarted(&output, &up);
+    println!("tarmac restart --transparent | {ok} requests succeeded, {failed} failed");
+    assert_eq!(failed, 0, "failures: {first_failures:?}\n{}", up.output());
+    assert!(ok > 300, "the load ran: {ok} requests");
+    let mut up = up;
+    crate::up::stop(&mut up);
+}
+
+/// `tarmac restart ratings` succeeded and named the three replicas it rolled.
+fn assert_ratings_restarted(output: &std::process::Output, up: &crate::up::Up) {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -320,9 +320,4 @@ fn tarmac_restart_under_transparent_interception_fails_no_request() {
         stdout.contains("restarted default/ratings: ratings-0, ratings-1, ratings-2 (3 replicas)"),
         "{stdout}"
     );
-    println!("tarmac restart --transparent | {ok} requests succeeded, {failed} failed");
-    assert_eq!(failed, 0, "failures: {first_failures:?}\n{}", up.output());
-    assert!(ok > 300, "the load ran: {ok} requests");
-    let mut up = up;
-    crate::up::stop(&mut up);
 }
