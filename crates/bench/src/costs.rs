@@ -7,7 +7,7 @@
 //!   services' virtual addresses are on loopback (127.1.x.y), and nothing is sent to them.
 
 use super::envoy;
-use super::processes::{self, STOP_GRACE, free_port};
+use super::processes::{self, STOP_GRACE};
 use super::procfs;
 use super::topology::{self, ProxyKind};
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+use tarmac_clikit::ports::free_port;
 use tarmac_proxy::config::{Config, OutboundConfig, ServiceConfig};
 use tarmac_transport::process::{Readiness, Supervised};
 use tokio::net::TcpStream;

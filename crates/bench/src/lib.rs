@@ -705,7 +705,7 @@ impl Layout {
 
 /// The built-in upstream (this executable with `--serve-upstream`) on the client core.
 async fn start_upstream(layout: &Layout, dir: &std::path::Path) -> Result<(Supervised, SocketAddr), String> {
-    let addr = processes::free_port()?;
+    let addr = tarmac_clikit::ports::free_port()?;
     let own_binary =
         std::env::current_exe().map_err(|e| format!("cannot tell where this executable is: {e}"))?;
     let upstream = processes::spawn(

@@ -4,7 +4,6 @@
 //! (`taskset`, `chrt`) applied to running processes.
 
 use super::topology::Running;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -33,13 +32,6 @@ pub async fn stop_all(routes: Vec<Running>) {
     for proxy in routes.into_iter().flat_map(|r| r.proxies) {
         proxy.stop(STOP_GRACE).await;
     }
-}
-
-/// A loopback port for a child to bind, never one this run handed out before
-/// ([`tarmac_transport::unused_loopback_port`]); the child fails to start, and says so, if
-/// another process took it in between.
-pub fn free_port() -> Result<SocketAddr, String> {
-    tarmac_transport::unused_loopback_port().map_err(|e| format!("cannot find a free port on 127.0.0.1: {e}"))
 }
 
 /// Whether a scheduling tool (`taskset`, `chrt`) can be run.

@@ -3,12 +3,13 @@
 use super::ca::{Certified, EphemeralCa};
 use super::envoy;
 use super::nginx;
-use super::processes::{self, free_port};
+use super::processes;
 use super::routing;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
+use tarmac_clikit::ports::free_port;
 use tarmac_proxy::config::{
     Config, EndpointConfig, IdentityConfig, InboundConfig, Limits, MtlsMode, OutboundConfig, ServiceConfig,
 };

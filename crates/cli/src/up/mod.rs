@@ -21,7 +21,7 @@ pub(crate) mod sandbox;
 mod trust;
 
 use plan::{ReplicaPlan, Upstream};
-use ports::{free_port, locate_proxy_binary};
+use ports::locate_proxy_binary;
 use process::note;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -30,6 +30,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tarmac_clikit::ports::free_port;
 use tarmac_clikit::workdir::WorkDir;
 use tarmac_control::identity::{BootstrapTokens, WorkloadIdentity};
 use tarmac_control::registry::{Instance, Registry};

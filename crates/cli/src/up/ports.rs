@@ -1,7 +1,6 @@
-//! What `tarmac up` needs to start sidecars: the `tarmac-proxy` binary, and free loopback
-//! ports for their listeners.
+//! Where `tarmac up` finds the `tarmac-proxy` binary it starts as every replica's sidecar
+//! (their ports come from `tarmac_clikit::ports`).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Environment variable naming the `tarmac-proxy` binary to run.
@@ -28,26 +27,4 @@ pub fn locate_proxy_binary() -> Result<PathBuf, String> {
         ));
     }
     Ok(path)
-}
-
-/// A free loopback port for a sidecar's or an app's listener, never one chosen before.
-/// It comes from below the kernel's ephemeral range ([`tarmac_transport::unused_loopback_port`]):
-/// a port the kernel picked for a `bind(0)` here could be taken, between this choice and
-/// the child's bind, by any outgoing connection's source port on the machine, and the
-/// sidecar would exit with "Address already in use" (seen in busy test runs).
-pub fn free_port() -> Result<SocketAddr, String> {
-    tarmac_transport::unused_loopback_port().map_err(|e| format!("cannot find a free port on 127.0.0.1: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_are_loopback_and_never_chosen_twice() {
-        let ports: Vec<SocketAddr> = (0..50).map(|_| free_port().unwrap()).collect();
-        assert!(ports.iter().all(|p| p.ip().is_loopback()));
-        let distinct: std::collections::BTreeSet<u16> = ports.iter().map(SocketAddr::port).collect();
-        assert_eq!(distinct.len(), ports.len());
-    }
 }
