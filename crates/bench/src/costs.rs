@@ -51,6 +51,9 @@ pub struct CostPoint {
     pub idle_cores: f64,
 }
 
+/// The cost curves compare Tarmac with Envoy only.
+const NO_NGINX_CURVES: &str = "the cost curves compare Tarmac with Envoy; nginx has none";
+
 /// Measures every point for each proxy in `proxies`. Progress goes to stderr.
 pub async fn measure(
     proxies: &[(ProxyKind, &Path)],
@@ -60,9 +63,6 @@ pub async fn measure(
 ) -> Result<Vec<CostPoint>, String> {
     let mut points = Vec::new();
     for &(kind, binary) in proxies {
-        if kind == ProxyKind::Nginx {
-            return Err("the cost curves compare Tarmac with Envoy; nginx has none".to_string());
-        }
         for count in IDLE_CONNECTIONS {
             let (admin, listen) = (free_port()?, free_port()?);
             let (config_file, args) = match kind {
@@ -77,7 +77,7 @@ pub async fn measure(
                     "cost-connections",
                     &envoy::config(admin, listen, upstream, false, None, None),
                 )?,
-                ProxyKind::Nginx => unreachable!("refused above"),
+                ProxyKind::Nginx => return Err(NO_NGINX_CURVES.to_string()),
             };
             let proxy = start(kind, binary, &args, admin, core, dir).await?;
             let connections = open_idle(listen, count).await?;
@@ -96,7 +96,7 @@ pub async fn measure(
                 ProxyKind::Envoy => {
                     envoy_args(dir, "cost-services", &envoy_services(admin, free_port()?, upstream, count))?
                 }
-                ProxyKind::Nginx => unreachable!("refused above"),
+                ProxyKind::Nginx => return Err(NO_NGINX_CURVES.to_string()),
             };
             let proxy = start(kind, binary, &args, admin, core, dir).await?;
             let point = settle_and_read(&proxy, kind, "configured_services", count).await;
