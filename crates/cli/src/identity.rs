@@ -41,7 +41,7 @@ pub enum Action {
 
 /// `$XDG_STATE_HOME/tarmac/identity`, or `~/.local/state/tarmac/identity`.
 pub fn default_dir() -> Result<PathBuf, String> {
-    tarmac_control::identity::default_ca_dir()
+    tarmac_control::identity::default_ca_dir().map_err(|e| e.to_string())
 }
 
 /// A time as `2026-11-27 10:00:00 UTC`.
@@ -107,7 +107,7 @@ fn show(dir: &Path) -> Result<(), String> {
     let (ca, _) = Ca::load_or_generate(dir, DEFAULT_TRUST_DOMAIN).map_err(|e| e.to_string())?;
     println!("CA directory: {}", dir.display());
     println!("trust domain: {DEFAULT_TRUST_DOMAIN}");
-    let anchors = ca::pem_certs(ca.anchors_pem())?;
+    let anchors = ca::pem_certs(ca.anchors_pem()).map_err(|e| e.to_string())?;
     for der in &anchors {
         describe("trust anchor", &CertInfo::parse(der).map_err(|e| e.to_string())?);
     }

@@ -158,7 +158,7 @@ pub enum StartError {
     #[error("a listener has no local address: {0}")]
     Listener(std::io::Error),
     #[error("cannot set up TLS for the gRPC API: {0}")]
-    Tls(String),
+    Tls(#[source] crate::tls::TlsError),
 }
 
 /// The addresses the control plane actually serves on.

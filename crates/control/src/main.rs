@@ -119,7 +119,7 @@ fn config(args: &Args) -> Result<Config, String> {
     }
     let dir = match &args.identity_dir {
         Some(dir) => dir.clone(),
-        None => default_ca_dir()?,
+        None => default_ca_dir().map_err(|e| e.to_string())?,
     };
     let (ca, created) = Ca::load_or_generate(&dir, DEFAULT_TRUST_DOMAIN)
         .map_err(|e| format!("the mesh's CA in {}: {e}", dir.display()))?;
@@ -218,12 +218,13 @@ async fn start_webhook(
 ) -> Result<(), String> {
     use tarmac_control::inject::{Settings, webhook};
     let tls = match (&args.webhook.webhook_cert, &args.webhook.webhook_key, identity) {
-        (Some(cert), Some(key), _) => webhook::tls_config(cert, key)?,
+        (Some(cert), Some(key), _) => webhook::tls_config(cert, key).map_err(|e| e.to_string())?,
         (_, _, Some(identity)) => webhook::tls_from_ca(
             identity.ca.clone(),
             args.webhook.webhook_dns_name.clone(),
             args.cert_lifetime,
-        )?,
+        )
+        .map_err(|e| e.to_string())?,
         _ => {
             return Err(
                 "--webhook-listen needs --webhook-cert and --webhook-key, or the mesh's CA (not --no-identity)".to_string()

@@ -469,7 +469,7 @@ async fn authz(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
     let instances = api.telemetry.registry().subscribe().borrow().clone();
     match authz::authz_of(&snapshot, &instances, api.default_policy, namespace, service) {
         Ok(answer) => json_response(StatusCode::OK, &answer),
-        Err(message) => json_response(StatusCode::NOT_FOUND, &json!({ "error": message })),
+        Err(e) => json_response(StatusCode::NOT_FOUND, &json!({ "error": e.to_string() })),
     }
 }
 
@@ -611,7 +611,7 @@ pub fn routes_of(
             match crate::discovery::table::CompiledRoutes::compile(snapshot, &caller.namespace, &parent) {
                 Ok(c) => c,
                 Err(e) => {
-                    ports.push(json!({ "port": port.port, "name": port.name, "error": e }));
+                    ports.push(json!({ "port": port.port, "name": port.name, "error": e.to_string() }));
                     continue;
                 }
             };
