@@ -6,8 +6,6 @@
 //! and sample timestamps are skipped, so both the classic Prometheus format and
 //! OpenMetrics text (which `tarmac-proxy` serves) are read.
 
-use std::fmt;
-
 /// Label names and values, in the order the exposition gives them.
 pub type Labels = Vec<(String, String)>;
 

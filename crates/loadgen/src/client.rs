@@ -59,7 +59,7 @@ pub(crate) enum Sender {
 // === impl Protocol ===
 
 /// A protocol name the load generator does not speak.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("unknown protocol `{0}`: use http1, h2c or grpc")]
 pub struct UnknownProtocol(String);
 

@@ -164,7 +164,8 @@ mod tests {
         assert!(
             authz_of(&snapshot, &[], DefaultPolicy::AllowAll, "default", "nope")
                 .unwrap_err()
-                .contains("no Service")
+                .to_string()
+                .contains("no Service default/nope")
         );
     }
 }
