@@ -98,6 +98,7 @@ async fn demo(args: DemoArgs) -> Result<(), (String, ExitCode)> {
         no_identity: false,
         default_policy: Default::default(),
         api_port: args.api_port,
+        trace_url: None,
         // Explicit mode: no root needed.
         transparent: false,
         allow_writable_config: false,

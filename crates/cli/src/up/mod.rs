@@ -102,6 +102,10 @@ pub struct UpArgs {
     /// a free port is used and printed; 0: always a free port.
     #[arg(long, default_value_t = tarmac_control::api::DEFAULT_PORT)]
     pub api_port: u16,
+    /// The trace UI that traced requests in the dashboard and `tarmac tap` link to: a URL
+    /// with `{trace_id}` where the trace's id goes (`http://localhost:16686/trace/{trace_id}`).
+    #[arg(long, value_name = "URL")]
+    pub trace_url: Option<tarmac_control::telemetry::tap::TraceUrl>,
     /// Transparent mode (root): every replica in a network namespace of its own with
     /// interception rules, every Service a virtual IP and names in the namespaces' hosts
     /// files; apps call `http://SERVICE/` (docs/local-mode.md).
@@ -329,8 +333,10 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
     let api = vec![bind_api(args.api_port).await.map_err(Failure::Other)?];
     // `tarmac restart`, through the API: served below, between configuration changes.
     let (restarts, mut restart_requests) = tokio::sync::mpsc::channel::<RestartRequest>(8);
-    let mut config =
-        tarmac_control::Config::files(&dir).with_restarts(restarts).with_default_policy(args.default_policy);
+    let mut config = tarmac_control::Config::files(&dir)
+        .with_restarts(restarts)
+        .with_default_policy(args.default_policy)
+        .with_trace_url(args.trace_url.clone());
     if let Some(identity) = &identity {
         config = config.with_identity(tarmac_control::IdentityConfig {
             ca: identity.ca.clone(),
