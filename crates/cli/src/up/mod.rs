@@ -1203,6 +1203,23 @@ async fn report_refusals(mut status: watch::Receiver<Arc<Status>>) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn trace_url_templates_are_checked_as_the_arguments_are_read() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            up: UpArgs,
+        }
+        use clap::Parser as _;
+        let template = "http://localhost:16686/trace/{trace_id}";
+        let cli = Cli::try_parse_from(["up", "dir", "--trace-url", template]).unwrap();
+        assert_eq!(cli.up.trace_url.as_ref().map(|u| u.template()), Some(template));
+        assert!(Cli::try_parse_from(["up", "dir"]).unwrap().up.trace_url.is_none(), "off by default");
+        let refused = Cli::try_parse_from(["up", "dir", "--trace-url", "http://localhost:16686/"]);
+        let message = refused.err().expect("a template without {trace_id}").to_string();
+        assert!(message.contains("--trace-url") && message.contains("{trace_id}"), "{message}");
+    }
+
     #[tokio::test]
     async fn a_taken_default_api_port_falls_back_to_a_free_one() {
         // Taken by this test, or already by someone else: taken either way.

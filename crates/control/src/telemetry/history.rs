@@ -173,7 +173,8 @@ pub struct HistoryAnswer {
     pub resolution_seconds: u64,
     /// The longest history kept.
     pub capacity: usize,
-    /// The end of each point's period, milliseconds since the Unix epoch.
+    /// The end of each point's period (when it was recorded, to within a scrape),
+    /// milliseconds since the Unix epoch.
     pub timestamps_ms: Vec<u64>,
     pub series: Vec<SeriesAnswer>,
     /// Rows of the latest record that were not kept because [`MAX_SERIES`] series were
@@ -256,7 +257,7 @@ impl History {
         self.series_count() * POINTS * POINT_BYTES + POINTS * std::mem::size_of::<u32>()
     }
 
-    /// Records the rows of the period that ends in `bucket`. A bucket not newer than the
+    /// Records the rows of the period that ends as `bucket` starts. A bucket not newer than the
     /// newest recorded is ignored: the past is not rewritten.
     pub fn record(&mut self, bucket: u32, services: &[StatRow], routes: &[StatRow], edges: &[EdgeRow]) {
         if !self.wants(bucket) || bucket == EMPTY {
@@ -323,10 +324,8 @@ impl History {
     /// The series of `kind` that `query` selects.
     pub fn answer(&self, kind: HistoryKind, query: &HistoryQuery) -> HistoryAnswer {
         let buckets = self.buckets(query.points);
-        let timestamps_ms = buckets
-            .clone()
-            .map(|b| self.epoch_ms + (u64::from(b) + 1) * RESOLUTION.as_millis() as u64)
-            .collect();
+        let timestamps_ms =
+            buckets.clone().map(|b| self.epoch_ms + u64::from(b) * RESOLUTION.as_millis() as u64).collect();
         let wanted = |field: &Option<String>, value: &str| field.as_deref().is_none_or(|f| f == value);
         let mut series = Vec::new();
         match kind {
@@ -515,8 +514,8 @@ mod tests {
         assert_eq!(answer.timestamps_ms.len(), POINTS, "an hour, no more");
         let rps = &answer.series[0].rps;
         assert_eq!((rps[0], rps[POINTS - 1]), (Some(40.0), Some(399.0)), "the oldest went first");
-        // Each timestamp is the end of its period: bucket 399 ends 4000 s after the epoch.
-        assert_eq!(answer.timestamps_ms[POINTS - 1], 1_000_000 + 400 * 10_000);
+        // Each timestamp is when its bucket starts: the end of the 10 s recorded then.
+        assert_eq!(answer.timestamps_ms[POINTS - 1], 1_000_000 + 399 * 10_000);
         assert!(answer.timestamps_ms.windows(2).all(|w| w[1] - w[0] == 10_000));
         // A shorter query is the newest points.
         let recent = history.answer(HistoryKind::Service, &HistoryQuery { points: 3, ..all() });
@@ -542,7 +541,7 @@ mod tests {
         assert_eq!(web.rps, [Some(1.0), Some(0.0), None, None, Some(2.0)]);
         assert_eq!(web.secured_rate, [Some(1.0), None, None, None, Some(1.0)]);
         assert_eq!(web.who["dst_service"], "books");
-        assert_eq!(edges.timestamps_ms, [10_000, 20_000, 30_000, 40_000, 50_000]);
+        assert_eq!(edges.timestamps_ms, [0, 10_000, 20_000, 30_000, 40_000]);
     }
 
     #[test]
