@@ -823,3 +823,113 @@ fn the_dashboard_shows_services_edges_and_live_tap_in_chromium() {
     );
     let _ = std::fs::remove_dir_all(&profile);
 }
+
+/// A traced request as a proxy's `/tap` reports it (with the `trace_id` the proxies add to
+/// traced requests' events).
+const TRACED_EVENT: &str = r#"{"ts_ms":1700000000000,"direction":"inbound","target":"127.0.0.1:8080","source":"127.0.0.1:5555","client_id":null,"method":"GET","authority":"books","path":"/slow","status":200,"grpc_status":null,"duration_ms":812.5,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}"#;
+const TRACE_URL: &str = "http://127.0.0.1:16686/trace/4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// A proxy's admin listener that answers `/tap` with [`TRACED_EVENT`] every 200 ms (for
+/// at most 60 s per watcher) and everything else with an empty 200.
+fn scripted_admin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                if !head.starts_with(b"GET /tap") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                    return;
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n",
+                );
+                let line = format!("{TRACED_EVENT}\n");
+                let end = Instant::now() + Duration::from_secs(60);
+                while Instant::now() < end {
+                    let chunk = format!("{:x}\r\n{line}\r\n", line.len());
+                    if stream.write_all(chunk.as_bytes()).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                let _ = stream.write_all(b"0\r\n\r\n");
+            });
+        }
+    });
+    addr
+}
+
+/// The control plane with `--trace-url` relays a traced request's tap event with the link
+/// to its trace: `tarmac tap` prints it and the dashboard's tap links to it. The proxy's
+/// admin is scripted here: it stands for a proxy tracing requests (the relay passes its
+/// events through as they come; the proxies' own tracing is tested with them).
+#[test]
+fn traced_requests_in_tap_link_to_the_trace_ui() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let registry = tarmac_control::registry::Registry::default();
+    let (_snapshots, rx) = tokio::sync::watch::channel(Arc::new(tarmac_control::store::Snapshot {
+        generation: 1,
+        objects: Default::default(),
+    }));
+    let trace_url =
+        tarmac_control::telemetry::tap::TraceUrl::parse("http://127.0.0.1:16686/trace/{trace_id}").unwrap();
+    let config =
+        tarmac_control::Config::snapshots(rx).with_registry(registry.clone()).with_trace_url(Some(trace_url));
+    let running = runtime.block_on(async {
+        let listeners = tarmac_control::Listeners::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &["127.0.0.1:0".parse().unwrap()],
+        )
+        .await
+        .unwrap();
+        tarmac_control::start(config, listeners, std::future::pending()).await.unwrap()
+    });
+    let api = running.addrs.api[0].to_string();
+    registry.upsert(tarmac_control::registry::Instance {
+        namespace: "default".into(),
+        workload: "books".into(),
+        replica: 0,
+        labels: Default::default(),
+        service_account: "books".into(),
+        addr: "127.0.0.1:1".parse().unwrap(),
+        meshed: true,
+        admin: Some(scripted_admin()),
+    });
+
+    let out = tarmac(&api, &["tap", "-o", "json", "--limit", "1", "--for", "30s"], Duration::from_secs(60));
+    let event: Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(event["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{event}");
+    assert_eq!(event["trace_url"], TRACE_URL, "{event}");
+    assert_eq!(event["workload"], "books", "{event}");
+    let out = tarmac(&api, &["tap", "--limit", "1", "--for", "30s"], Duration::from_secs(60));
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(line.trim_end().ends_with(&format!("812ms trace={TRACE_URL}")), "{line}");
+
+    let profile = temp_dir("chromium-trace");
+    let dom = output_within(
+        chromium(&["--virtual-time-budget=5000", "--dump-dom", &format!("http://{api}/")], &profile),
+        Duration::from_secs(120),
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout).to_string();
+    let link = format!("href=\"{TRACE_URL}\"");
+    let tag = dom.match_indices(&link).next().map(|(at, _)| {
+        let start = dom[..at].rfind('<').unwrap();
+        &dom[start..at + dom[at..].find('>').unwrap()]
+    });
+    assert!(
+        tag.is_some_and(|t| t.starts_with("<a class=\"trace\"")
+            && t.contains("data-trace-id=\"4bf92f3577b34da6a3ce929d0e0e4736\"")),
+        "the tap row links to the trace: {tag:?}\n{dom}"
+    );
+    let _ = std::fs::remove_dir_all(&profile);
+    drop(running);
+}
