@@ -372,6 +372,10 @@ function renderTopology() {
   const i = h.timestamps_ms.indexOf(state.graphAt);
   const at = new Date(state.graphAt).toLocaleTimeString(undefined, { hour12: false });
   when.textContent = at;
+  if (h.series.length > 0 && h.series.every((s) => s.requests[i] === null)) {
+    document.getElementById("graph").replaceChildren(el("p", { class: "empty" }, `Nothing was recorded at ${at} (the control plane was busy or not running).`));
+    return;
+  }
   const edges = h.series.map((s) => ({ ...s, requests: s.requests[i] || 0, rps: s.rps[i] || 0, success_rate: s.success_rate[i], secured_rate: s.secured_rate[i] }));
   renderGraph(edges, [], [], at);
 }
