@@ -122,6 +122,7 @@ async fn demo(args: DemoArgs) -> Result<(), DemoError> {
         no_identity: false,
         default_policy: Default::default(),
         api_port: args.api_port,
+        trace_url: None,
         // Explicit mode: no root needed.
         transparent: false,
         allow_writable_config: false,

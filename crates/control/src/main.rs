@@ -51,6 +51,11 @@ struct Args {
     /// or audit (docs/policy.md).
     #[arg(long, default_value = "allow-all", value_name = "POLICY")]
     default_policy: tarmac_model::authz::DefaultPolicy,
+    /// The trace UI tap events link to: a URL with `{trace_id}` where the trace's id goes,
+    /// e.g. `http://localhost:16686/trace/{trace_id}`. Without it, the dashboard and
+    /// `tarmac tap` show traced requests' ids alone.
+    #[arg(long, value_name = "URL")]
+    trace_url: Option<tarmac_control::telemetry::tap::TraceUrl>,
     /// Serve no identity: proxies run without mTLS or with certificates from files.
     #[arg(long, conflicts_with_all = ["identity_dir", "bootstrap_tokens"])]
     no_identity: bool,
@@ -113,7 +118,9 @@ fn main() -> ExitCode {
 
 /// The typed configuration, with the CA loaded (or generated) and the tokens read.
 fn config(args: &Args) -> Result<Config, String> {
-    let config = Config::files(&args.config_dir).with_default_policy(args.default_policy);
+    let config = Config::files(&args.config_dir)
+        .with_default_policy(args.default_policy)
+        .with_trace_url(args.trace_url.clone());
     if args.no_identity {
         return Ok(config);
     }

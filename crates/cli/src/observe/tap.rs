@@ -157,6 +157,12 @@ fn describe(event: &Value) -> String {
         _ => format!("<- {}", event["client_id"].as_str().map_or_else(|| s("source"), str::to_string)),
     };
     let grpc = event["grpc_status"].as_u64().map(|g| format!(" grpc-status={g}")).unwrap_or_default();
+    // A traced request: where its trace is shown (`--trace-url`), else its id to look up.
+    let trace = match (event["trace_url"].as_str(), event["trace_id"].as_str()) {
+        (Some(url), _) => format!(" trace={url}"),
+        (None, Some(id)) => format!(" trace={id}"),
+        _ => String::new(),
+    };
     // The policy that refused the request, or would have (audit).
     let policy = match (event["policy"].as_str(), event["audit"].as_bool()) {
         (Some(p), Some(true)) => format!(" (audit: {p} would refuse)"),
@@ -164,7 +170,7 @@ fn describe(event: &Value) -> String {
         _ => String::new(),
     };
     format!(
-        "{} {:<8} {workload} {peer} {} {} {} -> {}{grpc} {}{policy}",
+        "{} {:<8} {workload} {peer} {} {} {} -> {}{grpc} {}{policy}{trace}",
         time_of_day(event["ts_ms"].as_u64().unwrap_or(0)),
         s("direction"),
         s("method"),
@@ -297,5 +303,24 @@ mod tests {
         );
         refused["audit"] = json!(true);
         assert!(describe(&refused).ends_with("(audit: default/a-public would refuse)"));
+    }
+
+    #[test]
+    fn traced_events_end_with_their_trace() {
+        let mut event = json!({
+            "ts_ms": 0u64, "direction": "outbound", "workload": "web", "replica": 0, "target": "books",
+            "method": "GET", "authority": "books", "path": "/slow", "status": 200, "duration_ms": 812.5,
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+        });
+        assert!(
+            describe(&event).ends_with("-> 200 812ms trace=4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{}",
+            describe(&event)
+        );
+        event["trace_url"] = json!("http://localhost:16686/trace/4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(
+            describe(&event)
+                .ends_with(" trace=http://localhost:16686/trace/4bf92f3577b34da6a3ce929d0e0e4736")
+        );
     }
 }

@@ -102,6 +102,10 @@ pub struct UpArgs {
     /// a free port is used and printed; 0: always a free port.
     #[arg(long, default_value_t = tarmac_control::api::DEFAULT_PORT)]
     pub api_port: u16,
+    /// The trace UI that traced requests in the dashboard and `tarmac tap` link to: a URL
+    /// with `{trace_id}` where the trace's id goes (`http://localhost:16686/trace/{trace_id}`).
+    #[arg(long, value_name = "URL")]
+    pub trace_url: Option<tarmac_control::telemetry::tap::TraceUrl>,
     /// Transparent mode (root): every replica in a network namespace of its own with
     /// interception rules, every Service a virtual IP and names in the namespaces' hosts
     /// files; apps call `http://SERVICE/` (docs/local-mode.md).
@@ -400,8 +404,10 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), UpError> {
     let api = vec![bind_api(args.api_port).await?];
     // `tarmac restart`, through the API: served below, between configuration changes.
     let (restarts, mut restart_requests) = tokio::sync::mpsc::channel::<RestartRequest>(8);
-    let mut config =
-        tarmac_control::Config::files(&dir).with_restarts(restarts).with_default_policy(args.default_policy);
+    let mut config = tarmac_control::Config::files(&dir)
+        .with_restarts(restarts)
+        .with_default_policy(args.default_policy)
+        .with_trace_url(args.trace_url.clone());
     if let Some(identity) = &identity {
         config = config.with_identity(tarmac_control::IdentityConfig {
             ca: identity.ca.clone(),
@@ -1279,6 +1285,23 @@ async fn report_refusals(mut status: watch::Receiver<Arc<Status>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_url_templates_are_checked_as_the_arguments_are_read() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            up: UpArgs,
+        }
+        use clap::Parser as _;
+        let template = "http://localhost:16686/trace/{trace_id}";
+        let cli = Cli::try_parse_from(["up", "dir", "--trace-url", template]).unwrap();
+        assert_eq!(cli.up.trace_url.as_ref().map(|u| u.template()), Some(template));
+        assert!(Cli::try_parse_from(["up", "dir"]).unwrap().up.trace_url.is_none(), "off by default");
+        let refused = Cli::try_parse_from(["up", "dir", "--trace-url", "http://localhost:16686/"]);
+        let message = refused.err().expect("a template without {trace_id}").to_string();
+        assert!(message.contains("--trace-url") && message.contains("{trace_id}"), "{message}");
+    }
 
     #[tokio::test]
     async fn a_taken_default_api_port_falls_back_to_a_free_one() {

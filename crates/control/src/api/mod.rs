@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `GET /api/v1/stat/{kind}` | golden metrics per workload, service, route or edge |
 //! | `GET /api/v1/edges` | who calls whom, with golden metrics |
+//! | `GET /api/v1/history/{kind}[/{name}]` | the last hour of golden metrics per service, route or edge, every 10 s |
 //! | `GET /api/v1/top` | most requested paths over a short tap |
 //! | `GET /api/v1/tap` | live request events (NDJSON) |
 //! | `GET /api/v1/check` | configuration, route status, replicas, proxies, discovery |
@@ -27,6 +28,7 @@ pub mod route_status;
 use crate::discovery::server::Subscriptions;
 use crate::http_client::HttpClient;
 use crate::store::{Snapshot, Status};
+use crate::telemetry::history::{self, HistoryKind, HistoryQuery};
 use crate::telemetry::stats::{self, Kind};
 use crate::telemetry::tap::{self, StatusFilter, TapFilter, Target};
 use crate::telemetry::top::TopTable;
@@ -65,6 +67,8 @@ pub struct Api {
     default_policy: tarmac_model::authz::DefaultPolicy,
     /// Whoever runs the Workloads; `None`: restarts are not this control plane's to make.
     restarts: Option<Restarts>,
+    /// Where tap events' trace ids link to; `None`: the ids alone.
+    trace_url: Option<Arc<tap::TraceUrl>>,
 }
 
 impl Api {
@@ -73,7 +77,20 @@ impl Api {
         status: watch::Receiver<Arc<Status>>,
         subscriptions: Subscriptions,
     ) -> Self {
-        Self { telemetry, status, subscriptions, default_policy: Default::default(), restarts: None }
+        Self {
+            telemetry,
+            status,
+            subscriptions,
+            default_policy: Default::default(),
+            restarts: None,
+            trace_url: None,
+        }
+    }
+
+    /// Tap events with a trace id get its address in the user's trace UI (`trace_url`).
+    pub fn with_trace_url(mut self, trace_url: Option<tap::TraceUrl>) -> Self {
+        self.trace_url = trace_url.map(Arc::new);
+        self
     }
 
     pub fn with_default_policy(mut self, default_policy: tarmac_model::authz::DefaultPolicy) -> Self {
@@ -95,6 +112,8 @@ impl Api {
             .route("/api/v1", get(index))
             .route("/api/v1/stat/{kind}", get(stat))
             .route("/api/v1/edges", get(edges))
+            .route("/api/v1/history/{kind}", get(history_all))
+            .route("/api/v1/history/{kind}/{name}", get(history_of))
             .route("/api/v1/top", get(top))
             .route("/api/v1/tap", get(tap_stream))
             .route("/api/v1/check", get(check))
@@ -196,6 +215,7 @@ async fn index() -> Response {
     let text = "tarmac control plane API\n\n\
         GET /api/v1/stat/{workload|service|route|edge}?window=1m&namespace=NS&name=NAME\n\
         GET /api/v1/edges?window=1m\n\
+        GET /api/v1/history/{service|route|edge}[/NAME]?namespace=NS&from=WORKLOAD&to=SERVICE&window=1h\n\
         GET /api/v1/top?target=TARGET&duration=2s\n\
         GET /api/v1/tap?target=TARGET&namespace=NS&method=M&path=PREFIX&status=5xx&direction=inbound&limit=N&duration=10s\n\
         GET /api/v1/check\n\
@@ -311,6 +331,80 @@ async fn edges(state: State<Api>, raw: RawQuery) -> Response {
     stat(state, Path("edge".to_string()), raw).await
 }
 
+/// The longest history kept, as a window.
+const HISTORY_SPAN: Duration = Duration::from_secs(history::RESOLUTION.as_secs() * history::POINTS as u64);
+
+async fn history_all(State(api): State<Api>, Path(kind): Path<String>, RawQuery(raw): RawQuery) -> Response {
+    history_answer(&api, &kind, None, raw.as_deref())
+}
+
+async fn history_of(
+    State(api): State<Api>,
+    Path((kind, name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    history_answer(&api, &kind, Some(name), raw.as_deref())
+}
+
+/// The last hour (or `window=`) of a kind's series: all of them, those of `namespace=`,
+/// edges `from=` a workload or `to=` a service, or one service's (`.../services/NAME`) or
+/// one service's routes (`.../routes/SERVICE`). Compact JSON, unlike the other answers:
+/// a series is seven columns of up to 360 numbers.
+fn history_answer(api: &Api, kind: &str, name: Option<String>, raw: Option<&str>) -> Response {
+    let params = query_params(raw);
+    let Some(kind) = HistoryKind::parse(kind) else {
+        return bad_request(format!(
+            "no history of `{kind}`: it is kept for service, route and edge (workloads: see their services)"
+        ));
+    };
+    if kind == HistoryKind::Edge && name.is_some() {
+        return bad_request("edges are chosen with from=WORKLOAD and to=SERVICE, not by name");
+    }
+    let window = match params.get("window") {
+        None => HISTORY_SPAN,
+        Some(text) => match tarmac_model::duration::parse(text) {
+            Ok(d) if !d.is_zero() && d <= HISTORY_SPAN => d,
+            Ok(_) => {
+                return bad_request(format!(
+                    "window must be more than 0s and at most {}s",
+                    HISTORY_SPAN.as_secs()
+                ));
+            }
+            Err(e) => return bad_request(format!("window: {e}")),
+        },
+    };
+    let get = |key: &str| params.get(key).filter(|v| !v.is_empty()).cloned();
+    let mut query = HistoryQuery {
+        namespace: get("namespace"),
+        name: name.clone(),
+        from: get("from"),
+        to: get("to"),
+        points: window.as_secs().div_ceil(history::RESOLUTION.as_secs()) as usize,
+    };
+    // One Service by name: in `default` unless said otherwise, as `tarmac routes`.
+    if name.is_some() && query.namespace.is_none() {
+        query.namespace = Some(tarmac_model::meta::DEFAULT_NAMESPACE.to_string());
+    }
+    let answer = api.telemetry.history(kind, &query);
+    if let (Some(name), true) = (&name, answer.series.is_empty()) {
+        let namespace = query.namespace.as_deref().unwrap_or_default();
+        let what = match kind {
+            HistoryKind::Route => format!("routes of service {namespace}/{name}"),
+            _ => format!("service {namespace}/{name}"),
+        };
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": format!("no history of {what}: no such Service in the configuration, or none for the last hour") }),
+        );
+    }
+    let mut body = serde_json::to_vec(&answer).unwrap_or_default();
+    body.push(b'\n');
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .expect("a static header is valid")
+}
+
 /// Reads tap filters from the query.
 fn tap_filter(params: &BTreeMap<String, String>) -> Result<TapFilter, String> {
     let get = |key: &str| params.get(key).filter(|v| !v.is_empty()).cloned();
@@ -353,7 +447,14 @@ async fn tap_stream(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response
         Some(Ok(d)) if !d.is_zero() => Some(d),
         Some(_) => return bad_request("duration must be a duration such as 10s"),
     };
-    let events = tap::watch(api.telemetry.registry(), api.telemetry.snapshots(), filter, limit, duration);
+    let events = tap::watch(
+        api.telemetry.registry(),
+        api.telemetry.snapshots(),
+        filter,
+        limit,
+        duration,
+        api.trace_url.clone(),
+    );
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(events.map(Ok::<_, Infallible>)))
@@ -379,6 +480,7 @@ async fn top(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
         filter,
         None,
         Some(duration),
+        None,
     ));
     let mut table = TopTable::default();
     let deadline = tokio::time::Instant::now() + duration;
