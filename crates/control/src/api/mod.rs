@@ -156,8 +156,35 @@ fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
         .expect("a static header is valid")
 }
 
-fn bad_request(message: impl Into<String>) -> Response {
-    json_response(StatusCode::BAD_REQUEST, &json!({ "error": message.into() }))
+fn bad_request(message: impl std::fmt::Display) -> Response {
+    json_response(StatusCode::BAD_REQUEST, &json!({ "error": message.to_string() }))
+}
+
+/// A query the API cannot answer as asked: a 400 naming the parameter.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("window: {0}")]
+    Window(#[from] tarmac_model::duration::InvalidDuration),
+    #[error("window must be more than 0s and at most {}s", RETENTION.as_secs())]
+    WindowRange,
+    #[error("target: {0}")]
+    Target(#[from] crate::telemetry::tap::TargetError),
+    #[error("status: {0}")]
+    Status(#[from] crate::telemetry::tap::BadStatus),
+    #[error("direction must be inbound or outbound")]
+    Direction,
+    #[error("from: there is no Workload {namespace}/{workload}")]
+    NoSuchWorkload { namespace: String, workload: String },
+    #[error("path: `{0}` must start with `/`")]
+    RelativePath(String),
+    #[error("method: `{0}` is not an HTTP method")]
+    Method(String),
+    #[error("header: `{0}` is not NAME:VALUE")]
+    HeaderPair(String),
+    #[error("header: `{0}` is not a header name")]
+    HeaderName(String),
+    #[error("header: the value of `{0}` is not a header value")]
+    HeaderValue(String),
 }
 
 /// `a=1&b=x%20y` as a map (`+` is a space; the last of repeated keys wins).
@@ -200,13 +227,12 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// `window=30s` (default one minute, at most the retention).
-fn window(params: &BTreeMap<String, String>) -> Result<Duration, String> {
+fn window(params: &BTreeMap<String, String>) -> Result<Duration, QueryError> {
     match params.get("window") {
         None => Ok(DEFAULT_WINDOW),
-        Some(text) => match tarmac_model::duration::parse(text) {
-            Ok(d) if !d.is_zero() && d <= RETENTION => Ok(d),
-            Ok(_) => Err(format!("window must be more than 0s and at most {}s", RETENTION.as_secs())),
-            Err(e) => Err(format!("window: {e}")),
+        Some(text) => match tarmac_model::duration::parse(text)? {
+            d if !d.is_zero() && d <= RETENTION => Ok(d),
+            _ => Err(QueryError::WindowRange),
         },
     }
 }
@@ -406,7 +432,7 @@ fn history_answer(api: &Api, kind: &str, name: Option<String>, raw: Option<&str>
 }
 
 /// Reads tap filters from the query.
-fn tap_filter(params: &BTreeMap<String, String>) -> Result<TapFilter, String> {
+fn tap_filter(params: &BTreeMap<String, String>) -> Result<TapFilter, QueryError> {
     let get = |key: &str| params.get(key).filter(|v| !v.is_empty()).cloned();
     let target = match get("target") {
         Some(t) => Some(Target::parse(&t)?),
@@ -418,7 +444,7 @@ fn tap_filter(params: &BTreeMap<String, String>) -> Result<TapFilter, String> {
     };
     let direction = get("direction");
     if direction.as_deref().is_some_and(|d| d != "inbound" && d != "outbound") {
-        return Err("direction must be inbound or outbound".into());
+        return Err(QueryError::Direction);
     }
     Ok(TapFilter {
         target,
@@ -583,7 +609,7 @@ pub struct Caller {
 
 impl Caller {
     /// `NAMESPACE` or `NAMESPACE/WORKLOAD` (the Workload must exist).
-    pub fn parse(snapshot: &Snapshot, text: &str) -> Result<Self, String> {
+    pub fn parse(snapshot: &Snapshot, text: &str) -> Result<Self, QueryError> {
         let Some((namespace, workload)) = text.split_once('/') else {
             return Ok(Self { namespace: text.to_string(), workload: None });
         };
@@ -593,7 +619,10 @@ impl Caller {
             name: workload.to_string(),
         };
         if !snapshot.objects.contains_key(&key) {
-            return Err(format!("from: there is no Workload {namespace}/{workload}"));
+            return Err(QueryError::NoSuchWorkload {
+                namespace: namespace.to_string(),
+                workload: workload.to_string(),
+            });
         }
         Ok(Self { namespace: namespace.to_string(), workload: Some(workload.to_string()) })
     }
@@ -608,28 +637,27 @@ pub struct RequestSpec {
 }
 
 impl RequestSpec {
-    fn parse(path: &str, method: Option<&String>, pairs: &[(String, String)]) -> Result<Self, String> {
+    fn parse(path: &str, method: Option<&String>, pairs: &[(String, String)]) -> Result<Self, QueryError> {
         let (path, mut query) = match path.split_once('?') {
             Some((p, q)) => (p.to_string(), vec![q.to_string()]),
             None => (path.to_string(), Vec::new()),
         };
         if !path.starts_with('/') {
-            return Err(format!("path: `{path}` must start with `/`"));
+            return Err(QueryError::RelativePath(path));
         }
         let method = method.map_or("GET", |m| m.as_str());
         let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| format!("method: `{method}` is not an HTTP method"))?;
+            .map_err(|_| QueryError::Method(method.to_string()))?;
         let mut headers = http::HeaderMap::new();
         for (key, value) in pairs {
             match key.as_str() {
                 "header" => {
-                    let (name, value) = value
-                        .split_once(':')
-                        .ok_or_else(|| format!("header: `{value}` is not NAME:VALUE"))?;
+                    let (name, value) =
+                        value.split_once(':').ok_or_else(|| QueryError::HeaderPair(value.clone()))?;
                     let name = http::HeaderName::from_bytes(name.trim().as_bytes())
-                        .map_err(|_| format!("header: `{name}` is not a header name"))?;
+                        .map_err(|_| QueryError::HeaderName(name.to_string()))?;
                     let value = http::HeaderValue::from_str(value.trim())
-                        .map_err(|_| format!("header: the value of `{name}` is not a header value"))?;
+                        .map_err(|_| QueryError::HeaderValue(name.to_string()))?;
                     headers.append(name, value);
                 }
                 "query" => query.push(value.clone()),

@@ -200,7 +200,7 @@ impl Telemetry {
                     history.readings.push_back(Reading::from_scrape(&scrape, at));
                     history.last_error = None;
                 }
-                Err(e) => history.last_error = Some(e),
+                Err(e) => history.last_error = Some(e.to_string()),
             }
         }
         // Keep one reading older than the retention, as the base of the longest window.
@@ -303,14 +303,26 @@ impl Telemetry {
     }
 }
 
+/// Why a proxy's metrics could not be read (kept per proxy for `tarmac check`).
+#[derive(Debug, thiserror::Error)]
+enum ScrapeError {
+    #[error(transparent)]
+    Client(#[from] crate::http_client::ClientError),
+    #[error("GET http://{admin}/metrics answered {status}")]
+    Status { admin: SocketAddr, status: http::StatusCode },
+    #[error("GET http://{admin}/metrics: the body is not UTF-8")]
+    NotUtf8 { admin: SocketAddr },
+    #[error("GET http://{admin}/metrics: {source}")]
+    Parse { admin: SocketAddr, source: crate::prometheus::ParseError },
+}
+
 /// One scrape of a proxy's `/metrics`.
-async fn scrape(admin: SocketAddr) -> Result<Scrape, String> {
+async fn scrape(admin: SocketAddr) -> Result<Scrape, ScrapeError> {
     let client = HttpClient::new(admin, SCRAPE_TIMEOUT);
-    let response = client.get("/metrics").await.map_err(|e| e.to_string())?;
+    let response = client.get("/metrics").await?;
     if !response.status.is_success() {
-        return Err(format!("GET http://{admin}/metrics answered {}", response.status));
+        return Err(ScrapeError::Status { admin, status: response.status });
     }
-    let text = std::str::from_utf8(&response.body)
-        .map_err(|_| format!("GET http://{admin}/metrics: the body is not UTF-8"))?;
-    Scrape::parse(text).map_err(|e| format!("GET http://{admin}/metrics: {e}"))
+    let text = std::str::from_utf8(&response.body).map_err(|_| ScrapeError::NotUtf8 { admin })?;
+    Scrape::parse(text).map_err(|source| ScrapeError::Parse { admin, source })
 }

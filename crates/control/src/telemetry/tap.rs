@@ -113,8 +113,17 @@ pub enum Target {
     Either(String),
 }
 
+/// A tap target that is not `workload/NAME`, `service/NAME` or `NAME`.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum TargetError {
+    #[error("`{0}`: the kind must be `workload` or `service`")]
+    Kind(String),
+    #[error("`{0}` is not a target: write `workload/NAME`, `service/NAME` or `NAME`")]
+    Malformed(String),
+}
+
 impl Target {
-    pub fn parse(text: &str) -> Result<Target, String> {
+    pub fn parse(text: &str) -> Result<Target, TargetError> {
         let name_ok = |n: &str| !n.is_empty() && !n.contains('/');
         match text.split_once('/') {
             Some((kind, name)) if name_ok(name) => match kind {
@@ -122,10 +131,10 @@ impl Target {
                     Ok(Target::Workload(name.into()))
                 }
                 "service" | "services" | "svc" => Ok(Target::Service(name.into())),
-                _ => Err(format!("`{text}`: the kind must be `workload` or `service`")),
+                _ => Err(TargetError::Kind(text.to_string())),
             },
             None if name_ok(text) => Ok(Target::Either(text.into())),
-            _ => Err(format!("`{text}` is not a target: write `workload/NAME`, `service/NAME` or `NAME`")),
+            _ => Err(TargetError::Malformed(text.to_string())),
         }
     }
 }
@@ -137,9 +146,14 @@ pub enum StatusFilter {
     Class(u16),
 }
 
+/// A status filter that is neither a code (100-599) nor a class (`1xx` to `5xx`).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("`{0}` is not a status: write e.g. `503` or `5xx`")]
+pub struct BadStatus(pub String);
+
 impl StatusFilter {
-    pub fn parse(text: &str) -> Result<StatusFilter, String> {
-        let bad = || format!("`{text}` is not a status: write e.g. `503` or `5xx`");
+    pub fn parse(text: &str) -> Result<StatusFilter, BadStatus> {
+        let bad = || BadStatus(text.to_string());
         if let Some(class) = text.strip_suffix("xx").or_else(|| text.strip_suffix("XX")) {
             let class: u16 = class.parse().map_err(|_| bad())?;
             return if (1..=5).contains(&class) { Ok(StatusFilter::Class(class)) } else { Err(bad()) };
@@ -506,8 +520,8 @@ mod tests {
         assert_eq!(Target::parse("svc/names"), Ok(Target::Service("names".into())));
         assert_eq!(Target::parse("workload/greeter"), Ok(Target::Workload("greeter".into())));
         assert_eq!(Target::parse("greeter"), Ok(Target::Either("greeter".into())));
-        assert!(Target::parse("pod/x").unwrap_err().contains("workload"));
+        assert_eq!(Target::parse("pod/x"), Err(TargetError::Kind("pod/x".into())));
         assert!(StatusFilter::parse("6xx").is_err());
-        assert!(StatusFilter::parse("abc").unwrap_err().contains("5xx"));
+        assert!(StatusFilter::parse("abc").unwrap_err().to_string().contains("5xx"));
     }
 }
