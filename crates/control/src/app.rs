@@ -47,6 +47,9 @@ pub struct Config {
     /// Where `POST /api/v1/workloads/.../restart` goes: `tarmac up`, which runs the
     /// Workloads. None: the API answers 501.
     pub restarts: Option<Restarts>,
+    /// The mesh's telemetry where no Telemetry object says (`tarmac up --otlp`,
+    /// `--trace-sampling`).
+    pub telemetry_defaults: tarmac_model::telemetry::MeshDefaults,
 }
 
 /// Where desired state comes from.
@@ -81,6 +84,7 @@ impl Config {
             registry: Registry::default(),
             default_policy: DefaultPolicy::default(),
             restarts: None,
+            telemetry_defaults: Default::default(),
         }
     }
 
@@ -91,6 +95,7 @@ impl Config {
             registry: Registry::default(),
             default_policy: DefaultPolicy::default(),
             restarts: None,
+            telemetry_defaults: Default::default(),
         }
     }
 
@@ -101,6 +106,11 @@ impl Config {
 
     pub fn with_default_policy(mut self, default_policy: DefaultPolicy) -> Self {
         self.default_policy = default_policy;
+        self
+    }
+
+    pub fn with_telemetry_defaults(mut self, defaults: tarmac_model::telemetry::MeshDefaults) -> Self {
+        self.telemetry_defaults = defaults;
         self
     }
 
@@ -255,7 +265,8 @@ pub async fn start(
     let registry = config.registry;
     let restarts = config.restarts;
     let discovery = DiscoveryService::new(relay_until(store.snapshots(), stop.clone()), registry.clone())
-        .with_default_policy(config.default_policy);
+        .with_default_policy(config.default_policy)
+        .with_telemetry_defaults(config.telemetry_defaults.clone());
     let subscriptions = discovery.subscriptions();
     let tls = match &config.identity {
         Some(i) => Some(
@@ -292,7 +303,8 @@ pub async fn start(
             }
         });
         let mut api = Api::new(telemetry, store.status(), subscriptions.clone())
-            .with_default_policy(config.default_policy);
+            .with_default_policy(config.default_policy)
+            .with_telemetry_defaults(config.telemetry_defaults.clone());
         if let Some(restarts) = restarts {
             api = api.with_restarts(restarts);
         }

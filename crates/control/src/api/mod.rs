@@ -65,6 +65,8 @@ pub struct Api {
     default_policy: tarmac_model::authz::DefaultPolicy,
     /// Whoever runs the Workloads; `None`: restarts are not this control plane's to make.
     restarts: Option<Restarts>,
+    /// The mesh's telemetry defaults, for `check`.
+    telemetry_defaults: tarmac_model::telemetry::MeshDefaults,
 }
 
 impl Api {
@@ -73,7 +75,19 @@ impl Api {
         status: watch::Receiver<Arc<Status>>,
         subscriptions: Subscriptions,
     ) -> Self {
-        Self { telemetry, status, subscriptions, default_policy: Default::default(), restarts: None }
+        Self {
+            telemetry,
+            status,
+            subscriptions,
+            default_policy: Default::default(),
+            restarts: None,
+            telemetry_defaults: Default::default(),
+        }
+    }
+
+    pub fn with_telemetry_defaults(mut self, defaults: tarmac_model::telemetry::MeshDefaults) -> Self {
+        self.telemetry_defaults = defaults;
+        self
     }
 
     pub fn with_default_policy(mut self, default_policy: tarmac_model::authz::DefaultPolicy) -> Self {
@@ -417,8 +431,11 @@ async fn check(State(api): State<Api>) -> Response {
         ready[n] = ok;
         identities[n] = identity;
     }
-    let report =
+    let mut report =
         check::report(&status, &snapshot, &instances, &ready, &identities, &api.subscriptions.list());
+    if let Some(telemetry) = check::telemetry_check(&snapshot, &instances, &api.telemetry_defaults) {
+        report.checks.push(telemetry);
+    }
     json_response(StatusCode::OK, &report)
 }
 
