@@ -210,6 +210,30 @@ mod tests {
         assert!(!tap.is_watched());
     }
 
+    #[test]
+    fn only_traced_requests_name_their_trace() {
+        let start = |trace_id: Option<&str>| TapStart {
+            method: "GET".into(),
+            authority: "books".into(),
+            path: "/".into(),
+            source: None,
+            client_id: None,
+            started: Instant::now(),
+            policy: None,
+            trace_id: trace_id.map(Into::into),
+        };
+        let traced = start(Some("4bf92f3577b34da6a3ce929d0e0e4736")).finish(
+            "outbound",
+            Arc::new("b".into()),
+            200,
+            None,
+        );
+        let json: &str = &traced.to_json();
+        assert!(json.contains(",\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\"}"), "{json}");
+        let untraced = start(None).finish("outbound", Arc::new("b".into()), 200, None).to_json();
+        assert!(!untraced.contains("trace_id"), "{untraced}");
+    }
+
     #[tokio::test]
     async fn a_slow_watcher_loses_events_instead_of_blocking() {
         let tap = Arc::new(Tap::default());

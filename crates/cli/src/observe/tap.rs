@@ -166,8 +166,10 @@ fn describe(event: &Value) -> String {
         (Some(p), _) => format!(" (refused by {p})"),
         _ => String::new(),
     };
+    // A traced request names its trace, to look it up in the tracing backend.
+    let trace = event["trace_id"].as_str().map(|t| format!(" trace={t}")).unwrap_or_default();
     format!(
-        "{} {:<8} {workload} {peer} {} {} {} -> {}{grpc} {}{policy}",
+        "{} {:<8} {workload} {peer} {} {} {} -> {}{grpc} {}{policy}{trace}",
         time_of_day(event["ts_ms"].as_u64().unwrap_or(0)),
         s("direction"),
         s("method"),
@@ -300,5 +302,12 @@ mod tests {
         );
         refused["audit"] = json!(true);
         assert!(describe(&refused).ends_with("(audit: default/a-public would refuse)"));
+        let mut traced = event.clone();
+        traced["trace_id"] = json!("4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(
+            describe(&traced).ends_with("1.5ms trace=4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{}",
+            describe(&traced)
+        );
     }
 }
