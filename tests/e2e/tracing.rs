@@ -129,7 +129,12 @@ const BOOKS: &str = "spiffe://cluster.local/ns/default/sa/books";
 #[test]
 fn a_request_through_two_sidecars_is_one_trace_at_a_real_receiver_and_one_line_per_access_log() {
     let receiver = Receiver::start();
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tracing");
+    // A copy: the test changes the Telemetry objects while the mesh runs.
+    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tracing");
+    let dir = tarmac_testkit::tools::temp_dir("tracing");
+    for file in ["mesh.yaml", "app.py"] {
+        std::fs::copy(fixture.join(file), dir.join(file)).unwrap();
+    }
     let collector = format!("127.0.0.1:{}", receiver.port);
     let mut up = Up::start_with(&[dir.to_str().unwrap(), "--otlp", &collector]);
     let web = replica_addr(&up, "web-0", "sidecar inbound ");
@@ -261,6 +266,37 @@ fn a_request_through_two_sidecars_is_one_trace_at_a_real_receiver_and_one_line_p
     ] {
         assert!(outbound[0].contains(&field), "{field} in {}", outbound[0]);
     }
+
+    // Changed live: web stops sampling and logging, its sidecar is not restarted, and
+    // requests without context are no longer traced nor logged there.
+    let started = |up: &Up| up.lines().iter().filter(|l| l.contains("started: pid")).count();
+    let before = started(&up);
+    let updates = |up: &Up| log_lines(up, "web-0 proxy", &["telemetry updated"]).len();
+    let seen = updates(&up);
+    std::fs::write(
+        dir.join("quiet-web.yaml"),
+        "apiVersion: tarmac.io/v1alpha1\nkind: Telemetry\nmetadata: {name: quiet-web}\nspec:\n  selector: {matchLabels: {app: web}}\n  tracing: {samplingPercentage: 0}\n  accessLogging: {enabled: false}\n",
+    )
+    .unwrap();
+    up.wait_for("web's sidecar applying the new telemetry", Duration::from_secs(30), |_| {
+        (updates(&up) > seen).then_some(())
+    });
+    let quiet = hex_id(4);
+    assert_eq!(get(web, &format!("/call/{quiet}"), &[]), Ok(200));
+    // Long enough for a span to have been exported (batches leave within 500 ms).
+    std::thread::sleep(Duration::from_secs(2));
+    let quiet_path = format!("/books/{quiet}");
+    assert!(
+        !receiver.all().iter().any(|s| s["attributes"]["url.path"] == quiet_path),
+        "web's sidecar still starts traces"
+    );
+    assert!(log_lines(&up, "web-0 proxy", &[&format!("/call/{quiet} ")]).is_empty(), "web still logs");
+    assert_eq!(
+        log_lines(&up, "books-0 proxy", &[&format!("\"path\":\"{quiet_path}\"")]).len(),
+        1,
+        "books' own access log is as it was"
+    );
+    assert_eq!(started(&up), before, "nothing was restarted\n{}", up.output());
     stop(&mut up);
 }
 
