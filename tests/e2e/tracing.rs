@@ -1,14 +1,15 @@
 //! Tracing and access logs end to end.
 //!
-//! `tarmac up tests/fixtures/tracing --otlp 127.0.0.1:P`, `P` an OTLP/gRPC receiver
-//! written with the `opentelemetry-proto` package (`tests/peers/otlp_receiver.py`: the
-//! specification's messages, not ours): a request from the test with a sampled
-//! `traceparent` crosses web's sidecar (inbound), web, web's sidecar (outbound) and books'
-//! sidecar to books; the receiver gets one trace of three spans, each the child of the one
-//! before, the first the child of the test's, with the HTTP attributes and the peers'
-//! SPIFFE identities, timed within each other. A request without context gets a trace
-//! started by web's outbound sidecar (the mesh samples 100 %). The same requests leave an
-//! access log line in each sidecar: the common log format in web's, JSON in books'.
+//! `tarmac up examples/tracing --otlp 127.0.0.1:P` (a copy, sampling every request), `P`
+//! an OTLP/gRPC receiver written with the `opentelemetry-proto` package
+//! (`tests/peers/otlp_receiver.py`: the specification's messages, not ours): a request
+//! from the test with a sampled `traceparent` crosses web's sidecar (inbound), web, web's
+//! sidecar (outbound) and books' sidecar to books; the receiver gets one trace of three
+//! spans, each the child of the one before, the first the child of the test's, with the
+//! HTTP attributes and the peers' SPIFFE identities, timed within each other. A request
+//! without context gets a trace started by web's outbound sidecar. The same requests leave
+//! an access log line in each sidecar: the common log format in web's, JSON in books'.
+//! Then a Telemetry added to the directory stops web's tracing and logging, live.
 //!
 //! Then a dead collector, with proxies in-process: a port nobody listens on, and one that
 //! accepts and never answers. Requests all succeed, and the spans are dropped and counted.
@@ -129,12 +130,19 @@ const BOOKS: &str = "spiffe://cluster.local/ns/default/sa/books";
 #[test]
 fn a_request_through_two_sidecars_is_one_trace_at_a_real_receiver_and_one_line_per_access_log() {
     let receiver = Receiver::start();
-    // A copy: the test changes the Telemetry objects while the mesh runs.
-    let fixture = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/tracing");
+    // A copy of the example: the test changes its Telemetry objects while the mesh runs.
+    // It samples every request of the namespace (more specific than the example's 10 %
+    // for the mesh), so that a request without context is traced for sure.
+    let example = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/tracing");
     let dir = tarmac_testkit::tools::temp_dir("tracing");
-    for file in ["mesh.yaml", "app.py"] {
-        std::fs::copy(fixture.join(file), dir.join(file)).unwrap();
+    for file in ["mesh.yaml", "app.py", "telemetry.yaml"] {
+        std::fs::copy(example.join(file), dir.join(file)).unwrap();
     }
+    std::fs::write(
+        dir.join("sample-all.yaml"),
+        "apiVersion: tarmac.io/v1alpha1\nkind: Telemetry\nmetadata: {name: sample-all}\nspec:\n  tracing: {samplingPercentage: 100}\n",
+    )
+    .unwrap();
     let collector = format!("127.0.0.1:{}", receiver.port);
     let mut up = Up::start_with(&[dir.to_str().unwrap(), "--otlp", &collector]);
     let web = replica_addr(&up, "web-0", "sidecar inbound ");
@@ -202,7 +210,7 @@ fn a_request_through_two_sidecars_is_one_trace_at_a_real_receiver_and_one_line_p
         assert!(nanos(inner, "start") <= nanos(inner, "end"), "{inner}");
     }
 
-    // Without context: web's outbound sidecar starts the trace (the mesh samples 100 %);
+    // Without context: web's outbound sidecar starts the trace (the namespace samples 100 %);
     // its span is the root, books' sidecar's its child.
     let bare = hex_id(4);
     assert_eq!(get(web, &format!("/call/{bare}"), &[]), Ok(200));

@@ -588,6 +588,25 @@ outbound:
         assert_eq!(out.services[0].endpoints.len(), 2);
         assert_eq!(config.limits.tcp_idle_timeout, Duration::from_secs(3600));
         assert_eq!(config.limits.http_idle_timeout, Duration::from_secs(30));
+        let telemetry = config.telemetry.unwrap();
+        assert_eq!(
+            (telemetry.sampling_percent, telemetry.collector.as_deref()),
+            (10.0, Some("127.0.0.1:4317"))
+        );
+    }
+
+    #[test]
+    fn telemetry_fields_are_checked_by_name() {
+        let base = "inbound: {listen: 127.0.0.1:4143, app: 127.0.0.1:8080}\n";
+        let err = Config::from_yaml(&format!("{base}telemetry: {{sampling_percent: 101}}\n"), "t.yaml")
+            .unwrap_err();
+        assert!(err.to_string().contains("telemetry.sampling_percent"), "{err}");
+        let err =
+            Config::from_yaml(&format!("{base}telemetry: {{collector: otel}}\n"), "t.yaml").unwrap_err();
+        assert!(err.to_string().contains("telemetry.collector"), "{err}");
+        let err =
+            Config::from_yaml(&format!("{base}telemetry: {{access_log: xml}}\n"), "t.yaml").unwrap_err();
+        assert!(err.to_string().contains("xml"), "{err}");
     }
 
     #[test]
