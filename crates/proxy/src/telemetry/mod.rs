@@ -315,11 +315,6 @@ impl RequestRecord {
         self.span.as_ref().map(|s| context::hex(&s.trace_id))
     }
 
-    /// Whether response body bytes are worth counting.
-    pub fn counts_bytes(&self) -> bool {
-        true
-    }
-
     /// The request ended (its response body finished, failed, or was dropped): its span
     /// goes to the exporter's queue and its line to the access log's, or are dropped
     /// (counted) when those are full.
