@@ -144,7 +144,7 @@ fn a_request_through_two_sidecars_is_one_trace_at_a_real_receiver_and_one_line_p
     )
     .unwrap();
     let collector = format!("127.0.0.1:{}", receiver.port);
-    let mut up = Up::start_with(&[dir.to_str().unwrap(), "--otlp", &collector]);
+    let mut up = Up::start_with(&[dir.to_str().unwrap(), "--otlp", &collector, "--api-port", "0"]);
     let web = replica_addr(&up, "web-0", "sidecar inbound ");
     replica_addr(&up, "books-0", "sidecar inbound ");
 
@@ -274,6 +274,24 @@ fn a_request_through_two_sidecars_is_one_trace_at_a_real_receiver_and_one_line_p
     ] {
         assert!(outbound[0].contains(&field), "{field} in {}", outbound[0]);
     }
+
+    // `tarmac check` reports the telemetry in force, with nothing to warn about: both
+    // workloads have the mesh's collector.
+    let api = up.wait_for("the API address", Duration::from_secs(30), |lines| {
+        lines.iter().find_map(|l| l.split_once("control plane: API and dashboard on http://")).map(
+            |(_, rest)| rest.split_whitespace().next().unwrap_or_default().trim_end_matches('/').to_string(),
+        )
+    });
+    let report = crate::observe::json_of(&crate::observe::tarmac(
+        &api,
+        &["check", "-o", "json"],
+        Duration::from_secs(30),
+    ));
+    let check = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "telemetry").cloned();
+    let check = check.unwrap_or_else(|| panic!("no telemetry check: {report:#}"));
+    assert_eq!(check["ok"], true, "{check}");
+    assert_eq!(check["detail"], "4 Telemetry objects; 2 workloads traced, 2 with access logs", "{check}");
+    assert!(check.get("warnings").is_none(), "{check}");
 
     // Changed live: web stops sampling and logging, its sidecar is not restarted, and
     // requests without context are no longer traced nor logged there.
