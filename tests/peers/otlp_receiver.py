@@ -11,6 +11,7 @@ attributes as a flat object, the resource's attributes under `resource`.
 
 import json
 import sys
+import threading
 from concurrent import futures
 
 import grpc
@@ -25,6 +26,10 @@ def value(any_value):
 
 def attributes(key_values):
     return {kv.key: value(kv.value) for kv in key_values}
+
+
+# Exports from several proxies are served at once: one line is printed whole.
+PRINTING = threading.Lock()
 
 
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -47,7 +52,8 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                         "resource": resource,
                         "scope": scope_spans.scope.name,
                     }
-                    print(json.dumps(line), flush=True)
+                    with PRINTING:
+                        print(json.dumps(line), flush=True)
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
