@@ -13,6 +13,7 @@ use crate::registry::Registry;
 use crate::store::files::{FilesStore, OpenError};
 use crate::store::{Snapshot, Status, Store};
 use crate::telemetry::Telemetry;
+use crate::telemetry::tap::TraceUrl;
 use crate::workloads::Restarts;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +51,8 @@ pub struct Config {
     /// The mesh's telemetry where no Telemetry object says (`tarmac up --otlp`,
     /// `--trace-sampling`).
     pub telemetry_defaults: tarmac_model::telemetry::MeshDefaults,
+    /// The user's trace UI, where tap events' trace ids link to (`--trace-url`).
+    pub trace_url: Option<TraceUrl>,
 }
 
 /// Where desired state comes from.
@@ -85,6 +88,7 @@ impl Config {
             default_policy: DefaultPolicy::default(),
             restarts: None,
             telemetry_defaults: Default::default(),
+            trace_url: None,
         }
     }
 
@@ -96,6 +100,7 @@ impl Config {
             default_policy: DefaultPolicy::default(),
             restarts: None,
             telemetry_defaults: Default::default(),
+            trace_url: None,
         }
     }
 
@@ -116,6 +121,12 @@ impl Config {
 
     pub fn with_registry(mut self, registry: Registry) -> Self {
         self.registry = registry;
+        self
+    }
+
+    /// Tap events with a trace id link to it in the user's trace UI.
+    pub fn with_trace_url(mut self, trace_url: Option<TraceUrl>) -> Self {
+        self.trace_url = trace_url;
         self
     }
 
@@ -168,7 +179,7 @@ pub enum StartError {
     #[error("a listener has no local address: {0}")]
     Listener(std::io::Error),
     #[error("cannot set up TLS for the gRPC API: {0}")]
-    Tls(String),
+    Tls(#[source] crate::tls::TlsError),
 }
 
 /// The addresses the control plane actually serves on.
@@ -264,6 +275,7 @@ pub async fn start(
 
     let registry = config.registry;
     let restarts = config.restarts;
+    let trace_url = config.trace_url;
     let discovery = DiscoveryService::new(relay_until(store.snapshots(), stop.clone()), registry.clone())
         .with_default_policy(config.default_policy)
         .with_telemetry_defaults(config.telemetry_defaults.clone());
@@ -304,7 +316,8 @@ pub async fn start(
         });
         let mut api = Api::new(telemetry, store.status(), subscriptions.clone())
             .with_default_policy(config.default_policy)
-            .with_telemetry_defaults(config.telemetry_defaults.clone());
+            .with_telemetry_defaults(config.telemetry_defaults.clone())
+            .with_trace_url(trace_url);
         if let Some(restarts) = restarts {
             api = api.with_restarts(restarts);
         }

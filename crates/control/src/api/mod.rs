@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `GET /api/v1/stat/{kind}` | golden metrics per workload, service, route or edge |
 //! | `GET /api/v1/edges` | who calls whom, with golden metrics |
+//! | `GET /api/v1/history/{kind}[/{name}]` | the last hour of golden metrics per service, route or edge, every 10 s |
 //! | `GET /api/v1/top` | most requested paths over a short tap |
 //! | `GET /api/v1/tap` | live request events (NDJSON) |
 //! | `GET /api/v1/check` | configuration, route status, replicas, proxies, discovery |
@@ -27,6 +28,7 @@ pub mod route_status;
 use crate::discovery::server::Subscriptions;
 use crate::http_client::HttpClient;
 use crate::store::{Snapshot, Status};
+use crate::telemetry::history::{self, HistoryKind, HistoryQuery};
 use crate::telemetry::stats::{self, Kind};
 use crate::telemetry::tap::{self, StatusFilter, TapFilter, Target};
 use crate::telemetry::top::TopTable;
@@ -67,6 +69,8 @@ pub struct Api {
     restarts: Option<Restarts>,
     /// The mesh's telemetry defaults, for `check`.
     telemetry_defaults: tarmac_model::telemetry::MeshDefaults,
+    /// Where tap events' trace ids link to; `None`: the ids alone.
+    trace_url: Option<Arc<tap::TraceUrl>>,
 }
 
 impl Api {
@@ -82,11 +86,18 @@ impl Api {
             default_policy: Default::default(),
             restarts: None,
             telemetry_defaults: Default::default(),
+            trace_url: None,
         }
     }
 
     pub fn with_telemetry_defaults(mut self, defaults: tarmac_model::telemetry::MeshDefaults) -> Self {
         self.telemetry_defaults = defaults;
+        self
+    }
+
+    /// Tap events with a trace id get its address in the user's trace UI (`trace_url`).
+    pub fn with_trace_url(mut self, trace_url: Option<tap::TraceUrl>) -> Self {
+        self.trace_url = trace_url.map(Arc::new);
         self
     }
 
@@ -109,6 +120,8 @@ impl Api {
             .route("/api/v1", get(index))
             .route("/api/v1/stat/{kind}", get(stat))
             .route("/api/v1/edges", get(edges))
+            .route("/api/v1/history/{kind}", get(history_all))
+            .route("/api/v1/history/{kind}/{name}", get(history_of))
             .route("/api/v1/top", get(top))
             .route("/api/v1/tap", get(tap_stream))
             .route("/api/v1/check", get(check))
@@ -210,6 +223,7 @@ async fn index() -> Response {
     let text = "tarmac control plane API\n\n\
         GET /api/v1/stat/{workload|service|route|edge}?window=1m&namespace=NS&name=NAME\n\
         GET /api/v1/edges?window=1m\n\
+        GET /api/v1/history/{service|route|edge}[/NAME]?namespace=NS&from=WORKLOAD&to=SERVICE&window=1h\n\
         GET /api/v1/top?target=TARGET&duration=2s\n\
         GET /api/v1/tap?target=TARGET&namespace=NS&method=M&path=PREFIX&status=5xx&direction=inbound&limit=N&duration=10s\n\
         GET /api/v1/check\n\
@@ -325,6 +339,80 @@ async fn edges(state: State<Api>, raw: RawQuery) -> Response {
     stat(state, Path("edge".to_string()), raw).await
 }
 
+/// The longest history kept, as a window.
+const HISTORY_SPAN: Duration = Duration::from_secs(history::RESOLUTION.as_secs() * history::POINTS as u64);
+
+async fn history_all(State(api): State<Api>, Path(kind): Path<String>, RawQuery(raw): RawQuery) -> Response {
+    history_answer(&api, &kind, None, raw.as_deref())
+}
+
+async fn history_of(
+    State(api): State<Api>,
+    Path((kind, name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    history_answer(&api, &kind, Some(name), raw.as_deref())
+}
+
+/// The last hour (or `window=`) of a kind's series: all of them, those of `namespace=`,
+/// edges `from=` a workload or `to=` a service, or one service's (`.../services/NAME`) or
+/// one service's routes (`.../routes/SERVICE`). Compact JSON, unlike the other answers:
+/// a series is seven columns of up to 360 numbers.
+fn history_answer(api: &Api, kind: &str, name: Option<String>, raw: Option<&str>) -> Response {
+    let params = query_params(raw);
+    let Some(kind) = HistoryKind::parse(kind) else {
+        return bad_request(format!(
+            "no history of `{kind}`: it is kept for service, route and edge (workloads: see their services)"
+        ));
+    };
+    if kind == HistoryKind::Edge && name.is_some() {
+        return bad_request("edges are chosen with from=WORKLOAD and to=SERVICE, not by name");
+    }
+    let window = match params.get("window") {
+        None => HISTORY_SPAN,
+        Some(text) => match tarmac_model::duration::parse(text) {
+            Ok(d) if !d.is_zero() && d <= HISTORY_SPAN => d,
+            Ok(_) => {
+                return bad_request(format!(
+                    "window must be more than 0s and at most {}s",
+                    HISTORY_SPAN.as_secs()
+                ));
+            }
+            Err(e) => return bad_request(format!("window: {e}")),
+        },
+    };
+    let get = |key: &str| params.get(key).filter(|v| !v.is_empty()).cloned();
+    let mut query = HistoryQuery {
+        namespace: get("namespace"),
+        name: name.clone(),
+        from: get("from"),
+        to: get("to"),
+        points: window.as_secs().div_ceil(history::RESOLUTION.as_secs()) as usize,
+    };
+    // One Service by name: in `default` unless said otherwise, as `tarmac routes`.
+    if name.is_some() && query.namespace.is_none() {
+        query.namespace = Some(tarmac_model::meta::DEFAULT_NAMESPACE.to_string());
+    }
+    let answer = api.telemetry.history(kind, &query);
+    if let (Some(name), true) = (&name, answer.series.is_empty()) {
+        let namespace = query.namespace.as_deref().unwrap_or_default();
+        let what = match kind {
+            HistoryKind::Route => format!("routes of service {namespace}/{name}"),
+            _ => format!("service {namespace}/{name}"),
+        };
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": format!("no history of {what}: no such Service in the configuration, or none for the last hour") }),
+        );
+    }
+    let mut body = serde_json::to_vec(&answer).unwrap_or_default();
+    body.push(b'\n');
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .expect("a static header is valid")
+}
+
 /// Reads tap filters from the query.
 fn tap_filter(params: &BTreeMap<String, String>) -> Result<TapFilter, String> {
     let get = |key: &str| params.get(key).filter(|v| !v.is_empty()).cloned();
@@ -367,7 +455,14 @@ async fn tap_stream(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response
         Some(Ok(d)) if !d.is_zero() => Some(d),
         Some(_) => return bad_request("duration must be a duration such as 10s"),
     };
-    let events = tap::watch(api.telemetry.registry(), api.telemetry.snapshots(), filter, limit, duration);
+    let events = tap::watch(
+        api.telemetry.registry(),
+        api.telemetry.snapshots(),
+        filter,
+        limit,
+        duration,
+        api.trace_url.clone(),
+    );
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(events.map(Ok::<_, Infallible>)))
@@ -393,6 +488,7 @@ async fn top(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
         filter,
         None,
         Some(duration),
+        None,
     ));
     let mut table = TopTable::default();
     let deadline = tokio::time::Instant::now() + duration;
@@ -486,7 +582,7 @@ async fn authz(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
     let instances = api.telemetry.registry().subscribe().borrow().clone();
     match authz::authz_of(&snapshot, &instances, api.default_policy, namespace, service) {
         Ok(answer) => json_response(StatusCode::OK, &answer),
-        Err(message) => json_response(StatusCode::NOT_FOUND, &json!({ "error": message })),
+        Err(e) => json_response(StatusCode::NOT_FOUND, &json!({ "error": e.to_string() })),
     }
 }
 
@@ -628,7 +724,7 @@ pub fn routes_of(
             match crate::discovery::table::CompiledRoutes::compile(snapshot, &caller.namespace, &parent) {
                 Ok(c) => c,
                 Err(e) => {
-                    ports.push(json!({ "port": port.port, "name": port.name, "error": e }));
+                    ports.push(json!({ "port": port.port, "name": port.name, "error": e.to_string() }));
                     continue;
                 }
             };
