@@ -293,6 +293,43 @@ fn a_request_through_two_sidecars_is_one_trace_at_a_real_receiver_and_one_line_p
     assert_eq!(check["detail"], "4 Telemetry objects; 2 workloads traced, 2 with access logs", "{check}");
     assert!(check.get("warnings").is_none(), "{check}");
 
+    // Tap: books' sidecar's event of a traced request names its trace (the id the
+    // dashboard and `tarmac tap` link from). Requests go until the watch has one.
+    let mut command = Command::new(tarmac_testkit::tools::binary("tarmac"));
+    command.args([
+        "tap",
+        "workload/books",
+        "--path",
+        "/books/",
+        "-o",
+        "json",
+        "--limit",
+        "1",
+        "--for",
+        "60s",
+    ]);
+    command.args(["--control", &api]);
+    let (mut tap, tapped) = crate::observe::spawn_collecting(command);
+    let mut sent = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tap.try_wait().unwrap().is_none() {
+        let id = hex_id(16);
+        let traceparent = format!("00-{id}-{}-01", hex_id(8));
+        assert_eq!(get(web, &format!("/call/{}", hex_id(4)), &[("traceparent", &traceparent)]), Ok(200));
+        sent.push(id);
+        assert!(Instant::now() < deadline, "tap saw nothing in 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let event: serde_json::Value = tapped
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .find(|e: &serde_json::Value| e.get("dropped").is_none())
+        .expect("one tap event");
+    let tapped_trace = event["trace_id"].as_str().unwrap_or_else(|| panic!("no trace_id: {event}"));
+    assert!(sent.iter().any(|id| id == tapped_trace), "{event} not one of {sent:?}");
+
     // Changed live: web stops sampling and logging, its sidecar is not restarted, and
     // requests without context are no longer traced nor logged there.
     let started = |up: &Up| up.lines().iter().filter(|l| l.contains("started: pid")).count();
