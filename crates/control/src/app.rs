@@ -48,6 +48,9 @@ pub struct Config {
     /// Where `POST /api/v1/workloads/.../restart` goes: `tarmac up`, which runs the
     /// Workloads. None: the API answers 501.
     pub restarts: Option<Restarts>,
+    /// The mesh's telemetry where no Telemetry object says (`tarmac up --otlp`,
+    /// `--trace-sampling`).
+    pub telemetry_defaults: tarmac_model::telemetry::MeshDefaults,
     /// The user's trace UI, where tap events' trace ids link to (`--trace-url`).
     pub trace_url: Option<TraceUrl>,
 }
@@ -84,6 +87,7 @@ impl Config {
             registry: Registry::default(),
             default_policy: DefaultPolicy::default(),
             restarts: None,
+            telemetry_defaults: Default::default(),
             trace_url: None,
         }
     }
@@ -95,6 +99,7 @@ impl Config {
             registry: Registry::default(),
             default_policy: DefaultPolicy::default(),
             restarts: None,
+            telemetry_defaults: Default::default(),
             trace_url: None,
         }
     }
@@ -106,6 +111,11 @@ impl Config {
 
     pub fn with_default_policy(mut self, default_policy: DefaultPolicy) -> Self {
         self.default_policy = default_policy;
+        self
+    }
+
+    pub fn with_telemetry_defaults(mut self, defaults: tarmac_model::telemetry::MeshDefaults) -> Self {
+        self.telemetry_defaults = defaults;
         self
     }
 
@@ -267,7 +277,8 @@ pub async fn start(
     let restarts = config.restarts;
     let trace_url = config.trace_url;
     let discovery = DiscoveryService::new(relay_until(store.snapshots(), stop.clone()), registry.clone())
-        .with_default_policy(config.default_policy);
+        .with_default_policy(config.default_policy)
+        .with_telemetry_defaults(config.telemetry_defaults.clone());
     let subscriptions = discovery.subscriptions();
     let tls = match &config.identity {
         Some(i) => Some(
@@ -305,6 +316,7 @@ pub async fn start(
         });
         let mut api = Api::new(telemetry, store.status(), subscriptions.clone())
             .with_default_policy(config.default_policy)
+            .with_telemetry_defaults(config.telemetry_defaults.clone())
             .with_trace_url(trace_url);
         if let Some(restarts) = restarts {
             api = api.with_restarts(restarts);
