@@ -128,18 +128,27 @@ pub struct UpArgs {
     pub trace_sampling: Option<f64>,
 }
 
-fn parse_collector(text: &str) -> Result<String, String> {
+/// `--otlp` or `--trace-sampling` as clap prints its refusal.
+#[derive(Debug, thiserror::Error)]
+enum TelemetryArgError {
+    #[error("`{0}` is not HOST:PORT (an OTLP/gRPC collector, e.g. 127.0.0.1:4317)")]
+    Collector(String),
+    #[error("`{0}` is not a percentage from 0 to 100")]
+    Percent(String),
+}
+
+fn parse_collector(text: &str) -> Result<String, TelemetryArgError> {
     if tarmac_model::telemetry::valid_collector(text) {
         Ok(text.to_string())
     } else {
-        Err(format!("`{text}` is not HOST:PORT (an OTLP/gRPC collector, e.g. 127.0.0.1:4317)"))
+        Err(TelemetryArgError::Collector(text.to_string()))
     }
 }
 
-fn parse_percent(text: &str) -> Result<f64, String> {
+fn parse_percent(text: &str) -> Result<f64, TelemetryArgError> {
     match text.trim_end_matches('%').parse::<f64>() {
         Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
-        _ => Err(format!("`{text}` is not a percentage from 0 to 100")),
+        _ => Err(TelemetryArgError::Percent(text.to_string())),
     }
 }
 
