@@ -215,3 +215,45 @@ async fn bench_suite_measures_the_tarmac_routes_says_which_bar_lines_need_envoy_
     assert!(svg.contains("tarmac 2 hops mTLS"), "every route has a curve");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn bench_telemetry_measures_a_traced_hop_and_a_logging_hop_against_a_plain_one() {
+    let dir = temp_dir("bench-telemetry");
+    let json = dir.join("telemetry.json");
+    let stdout = tarmac(
+        &[
+            "bench",
+            "--telemetry",
+            "--loads",
+            "1000",
+            "--rounds",
+            "1",
+            "--duration",
+            "1s",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert!(stdout.contains("tracing: 10 % of requests sampled ÷ off"), "{stdout}");
+    assert!(stdout.contains("access log: a JSON line per request ÷ none"), "{stdout}");
+
+    let report = read_json(&json);
+    assert_eq!(report["mode"], "telemetry");
+    responses_of(&report, "direct", 0);
+    responses_of(&report, "tarmac_one_hop", 1);
+    let traced = responses_of(&report, "tarmac_traced", 1);
+    responses_of(&report, "tarmac_access_log", 1);
+    for side in ["tracing", "access_log"] {
+        let rows = report[side].as_array().unwrap_or_else(|| panic!("no {side}: {report:#}"));
+        assert_eq!(rows.len(), 1, "one row per load: {rows:#?}");
+        assert!(rows[0]["ratio_cpu_per_10k"].is_number(), "{rows:#?}");
+    }
+    // The traced hop traced about a tenth of its requests, one span each: the binomial's
+    // spread on 1,500 requests is about 12. A phase run among other processes is run once
+    // more (its spans count, its requests not), so up to twice 15 %.
+    let spans = report["spans_exported"].as_u64().expect("spans counted");
+    assert!(spans * 20 >= traced && spans * 10 <= traced * 3, "{spans} spans for {traced} requests");
+    let _ = std::fs::remove_dir_all(&dir);
+}

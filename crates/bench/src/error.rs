@@ -63,6 +63,8 @@ pub enum BenchError {
     Topology(#[from] TopologyError),
     #[error(transparent)]
     Routing(#[from] RoutingError),
+    #[error(transparent)]
+    Sink(#[from] crate::telemetry::SinkError),
     /// Boxed: a phase's error names its route, load and target, and carries the proxy's
     /// log, which would make every `Result` of the benchmark that large.
     #[error(transparent)]

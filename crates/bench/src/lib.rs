@@ -34,6 +34,7 @@ mod procfs;
 mod regression;
 mod report;
 mod routing;
+mod telemetry;
 mod topology;
 mod upstream;
 mod wrk;
@@ -92,6 +93,10 @@ const ROUTING_ROUTES: [Route; 7] = [
     Route::TarmacInbound,
     Route::TarmacInboundPolicy,
 ];
+/// `--telemetry`: the baseline, one hop as the suite runs it, the same hop tracing 10 % of
+/// its requests, and writing an access log.
+const TELEMETRY_ROUTES: [Route; 4] =
+    [Route::Direct, Route::TarmacOneHop, Route::TarmacTraced, Route::TarmacAccessLog];
 
 /// Measure latency and proxy cost: a service directly and through the mesh, or the
 /// standard comparison with Envoy.
@@ -116,7 +121,7 @@ const ROUTING_ROUTES: [Route; 7] = [
 /// Needs tarmac-proxy next to this binary (`cargo build --release`) or in
 /// $TARMAC_PROXY_BIN.
 #[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("mode").required(true).args(["target", "suite", "routing", "serve_upstream"])))]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["target", "suite", "routing", "telemetry", "serve_upstream"])))]
 pub struct BenchArgs {
     /// The service to measure, http://HOST:PORT/PATH (for gRPC the path is the method).
     #[arg(long, value_name = "URL")]
@@ -127,8 +132,12 @@ pub struct BenchArgs {
     /// Measure what routing costs: a route table of 100 rules against one.
     #[arg(long)]
     pub routing: bool,
+    /// Measure what tracing (10 % of requests sampled, spans exported over OTLP) and a JSON
+    /// access log cost one hop.
+    #[arg(long)]
+    pub telemetry: bool,
     /// Requests per second (--target).
-    #[arg(long, value_name = "N", default_value_t = 1000.0, conflicts_with_all = ["suite", "routing"])]
+    #[arg(long, value_name = "N", default_value_t = 1000.0, conflicts_with_all = ["suite", "routing", "telemetry"])]
     pub rate: f64,
     /// --target: measured time of each path over all rounds (default 30s);
     /// --suite and --routing: length of each phase (default 5s).
@@ -137,7 +146,7 @@ pub struct BenchArgs {
     /// Connections the generator opens (--target; the suite uses 10 for latency and 32 for
     /// max throughput).
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000),
-          conflicts_with_all = ["suite", "routing"])]
+          conflicts_with_all = ["suite", "routing", "telemetry"])]
     pub connections: u32,
     /// Rounds: each route is measured once per round, routes taking turns (default 5 for
     /// --suite, 3 otherwise).
@@ -154,11 +163,11 @@ pub struct BenchArgs {
     pub plot: Option<PathBuf>,
     /// --suite: leave out the cost curves (memory and idle CPU at 1 to 10,000 idle
     /// connections and 10 to 1000 configured services).
-    #[arg(long, conflicts_with_all = ["target", "routing"])]
+    #[arg(long, conflicts_with_all = ["target", "routing", "telemetry"])]
     pub skip_costs: bool,
     /// --suite: only these routes (comma-separated, as named in the JSON: tarmac_one_hop,
     /// envoy_two_hops_mtls, ...); `direct`, the baseline, always runs.
-    #[arg(long, value_name = "ROUTES", value_delimiter = ',', conflicts_with_all = ["target", "routing"])]
+    #[arg(long, value_name = "ROUTES", value_delimiter = ',', conflicts_with_all = ["target", "routing", "telemetry"])]
     pub routes: Vec<Route>,
     /// --suite: only these loads (comma-separated request rates, and `max` for maximum
     /// throughput); the default is 1000,5000,max.
@@ -167,7 +176,7 @@ pub struct BenchArgs {
     /// --suite: a suite run recorded with --json (the last landing's, under
     /// bench/results/) to compare this run's Tarmac figures with; those more than 5 % worse
     /// are listed, and the bar's last line is checked.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["target", "routing"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["target", "routing", "telemetry"])]
     pub baseline: Option<PathBuf>,
     /// Internal: serve as the suite's upstream on this address.
     #[arg(long, value_name = "ADDR", hide = true)]
@@ -263,6 +272,16 @@ struct JsonReport<'a> {
     /// without failures, per load: what a retried request costs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     retried: Vec<routing::RetryCost>,
+    /// `--telemetry`: one hop tracing 10 % of its requests against the same hop without,
+    /// per load (`rules` holds the sampled percent of each side).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tracing: Vec<routing::RoutingComparison>,
+    /// `--telemetry`: the same with a JSON access log (`rules`: log lines per request).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    access_log: Vec<routing::RoutingComparison>,
+    /// `--telemetry`: spans the collector received over the whole run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spans_exported: Option<u64>,
     phases: Vec<&'a PhaseRecord>,
 }
 
@@ -304,6 +323,9 @@ impl<'a> JsonReport<'a> {
             routing: Vec::new(),
             policy: Vec::new(),
             retried: Vec::new(),
+            tracing: Vec::new(),
+            access_log: Vec::new(),
+            spans_exported: None,
             phases: measured.iter().map(|m| &m.record).collect(),
         }
     }
@@ -359,6 +381,8 @@ pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> Result<(), Be
             suite(args).await
         } else if args.routing {
             routing(args).await
+        } else if args.telemetry {
+            telemetry_costs(args).await
         } else {
             target(args).await
         }
@@ -687,6 +711,73 @@ async fn routing(args: BenchArgs) -> Result<(), BenchError> {
     };
     let loads: Vec<String> = loads.iter().map(|l| l.name.clone()).collect();
     write_outputs(&args, &json, &summaries, &loads, "tarmac bench --routing: latency percentiles")
+}
+
+async fn telemetry_costs(args: BenchArgs) -> Result<(), BenchError> {
+    let rounds = args.rounds();
+    let phase_duration = args.duration.unwrap_or(Duration::from_secs(5));
+    let workdir = WorkDir::create("bench")?;
+    let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy: None, nginx: None };
+    let layout = Layout::choose()?;
+    let (upstream, upstream_addr) = start_upstream(&layout, workdir.path()).await?;
+    let sink = telemetry::Sink::start().await?;
+    let mut routes: Vec<Running> = Vec::new();
+    for route in TELEMETRY_ROUTES {
+        let (core, dir) = (layout.proxy_core, workdir.path());
+        routes.push(telemetry::start(route, upstream_addr, sink.addr, &binaries, core, dir).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = idle_rss(&routes);
+    let chosen_loads = SuiteLoad::chosen(&args.loads);
+    let loads = suite_loads(&chosen_loads);
+    let settings = suite_settings(&args, rounds, phase_duration);
+    let mut scheduling = realtime_scheduling(&upstream, &routes);
+    eprintln!(
+        "tarmac bench --telemetry: {} routes × {} loads × {rounds} rounds = {} phases of {:?} (+{:?} warm-up); \
+         one hop tracing {}% of its requests (OTLP to a collector here), one writing a JSON access log, one with neither",
+        routes.len(),
+        loads.len(),
+        loads.len() * rounds * routes.len(),
+        phase_duration,
+        WARMUP,
+        telemetry::SAMPLING_PERCENT,
+    );
+    let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(BenchError::Target)?;
+    let ours = our_pids(&upstream, &routes);
+    let measured = experiment::run(&target, &routes, &loads, &settings, &mut scheduling, &ours).await?;
+    stop_all(routes).await;
+    upstream.stop(STOP_GRACE).await;
+    let spans = sink.spans();
+    drop(sink);
+
+    let summaries = report::summarise(&measured);
+    let sampled = telemetry::SAMPLING_PERCENT as usize;
+    let tracing = routing::compare(&summaries, Route::TarmacOneHop, Route::TarmacTraced, [0, sampled]);
+    let access_log = routing::compare(&summaries, Route::TarmacOneHop, Route::TarmacAccessLog, [0, 1]);
+    let conditions = format!(
+        "{}, {} rounds of {:?}, medians; added = route − direct in the same round",
+        args.protocol, rounds, phase_duration
+    );
+    print_suite_tables(&summaries, &conditions, &chosen_loads);
+    println!(
+        "{}",
+        routing::table(&format!("tracing: {sampled} % of requests sampled ÷ off, one Tarmac hop"), &tracing)
+    );
+    println!("{}", routing::table("access log: a JSON line per request ÷ none, one Tarmac hop", &access_log));
+    println!("spans received by the collector: {spans}\n");
+    print_warnings(&summaries, &settings);
+    let json = JsonReport {
+        commit: commit(),
+        pinned: layout.pinned,
+        realtime: scheduling.realtime_works,
+        idle_rss,
+        tracing,
+        access_log,
+        spans_exported: Some(spans),
+        ..JsonReport::common("telemetry", args.protocol, rounds, phase_duration, &summaries, &measured)
+    };
+    let loads: Vec<String> = loads.iter().map(|l| l.name.clone()).collect();
+    write_outputs(&args, &json, &summaries, &loads, "tarmac bench --telemetry: latency percentiles")
 }
 
 /// Where the suite's processes run: proxies on one core, everything that makes or

@@ -446,7 +446,7 @@ pub fn table(title: &str, comparisons: &[RoutingComparison]) -> String {
         format!("+p99 µs {a}/{b}"),
         "÷ +p50/+p99",
         "÷ p50/p99",
-        "req/s 1/100",
+        format!("req/s {a}/{b}"),
         "÷ req/s",
         "CPU-s/10k",
         "÷ CPU"
