@@ -133,7 +133,8 @@ fn the_crds_validate_against_the_api_schemas() {
         let typo = crds.replacen("listKind:", "listKnd:", 1);
         let path = temp_dir("kube-crds").join("typo.yaml");
         std::fs::write(&path, typo).unwrap();
-        let out = std::process::Command::new("kubernetes-validate").arg("--strict").arg(&path).output().unwrap();
+        let out =
+            std::process::Command::new("kubernetes-validate").arg("--strict").arg(&path).output().unwrap();
         let report = String::from_utf8_lossy(&out.stdout);
         assert!(!out.status.success() && report.contains("'listKnd' was unexpected"), "{report}");
     }

@@ -102,7 +102,9 @@ fn structural_object(mut map: Map<String, Value>) -> Map<String, Value> {
         let enumerated: Option<Vec<Value>> = others
             .iter()
             .map(|b| match b.get("enum").or_else(|| b.get("const")) {
-                Some(Value::Array(values)) if values.len() == 1 && values[0].is_string() => Some(values[0].clone()),
+                Some(Value::Array(values)) if values.len() == 1 && values[0].is_string() => {
+                    Some(values[0].clone())
+                }
                 Some(value @ Value::String(_)) => Some(value.clone()),
                 _ => None,
             })

@@ -141,11 +141,8 @@ impl KubeStore {
         }
         let (objects, rejected) = builder.build();
         let (snap_tx, snapshots) = watch::channel(Arc::new(Snapshot { generation: 1, objects }));
-        let (status_tx, status) = watch::channel(Arc::new(Status {
-            generation: 1,
-            rejected,
-            checked_at: Some(SystemTime::now()),
-        }));
+        let (status_tx, status) =
+            watch::channel(Arc::new(Status { generation: 1, rejected, checked_at: Some(SystemTime::now()) }));
         tracing::info!(objects = snapshots.borrow().objects.len(), "the Kubernetes API listed");
         tasks.push(tokio::spawn(builder.run(changed, options.debounce, snap_tx, status_tx)));
         Ok(Self { snapshots, status, tasks })
@@ -218,7 +215,10 @@ async fn follow<K>(
                 if not_served && optional && !listed {
                     // Its CRD is not installed: no objects of it, until it is (the watcher
                     // keeps trying, with backoff).
-                    tracing::warn!(kind = name, "not served by the API server (CRD not installed?): none read");
+                    tracing::warn!(
+                        kind = name,
+                        "not served by the API server (CRD not installed?): none read"
+                    );
                     listed = true;
                 } else if matches!(&e, watcher::Error::WatchError(status) if status.code == 410) {
                     tracing::info!(kind = name, "watch expired (410 Gone): listing again");
@@ -308,7 +308,9 @@ impl Builder {
                         Ok(resource) => read.accepted = Some(resource.clone()),
                         Err(errors) => {
                             for e in errors {
-                                tracing::warn!("refused, its last accepted version (if any) stays in force: {e}");
+                                tracing::warn!(
+                                    "refused, its last accepted version (if any) stays in force: {e}"
+                                );
                             }
                         }
                     }

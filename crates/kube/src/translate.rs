@@ -24,11 +24,11 @@ pub const ADMIN_PORT: u16 = 4191;
 /// them out of list items), `metadata` reduced to what a manifest carries (`name`,
 /// `namespace`, `labels`, `annotations`: the rest, owner references, finalizers and the
 /// like, is the cluster's bookkeeping, validated by the API server), and the rest as the
-/// API server sent it. `None` for an object that is not the mesh's to serve, with why.
+/// API server sent it. An error, saying why, for an object that is not the mesh's to
+/// serve.
 pub fn model_document(kind: &ModelKind, object: &DynamicObject) -> Result<Value, &'static str> {
-    let mut document = match serde_json::to_value(object) {
-        Ok(Value::Object(map)) => map,
-        _ => return Err("not a JSON object"),
+    let Ok(Value::Object(mut document)) = serde_json::to_value(object) else {
+        return Err("not a JSON object");
     };
     document.insert("apiVersion".into(), Value::String(kind.api_version()));
     document.insert("kind".into(), Value::String(kind.kind.into()));
@@ -134,7 +134,8 @@ pub fn instances(pods: &[Arc<Pod>], slices: &[Arc<EndpointSlice>]) -> Vec<Instan
         if meta.deletion_timestamp.is_some() || !pod_ready(pod) {
             continue;
         }
-        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse::<IpAddr>().ok())
+        let Some(ip) =
+            pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse::<IpAddr>().ok())
         else {
             continue;
         };
@@ -251,10 +252,7 @@ mod tests {
         let document = model_document(kind("Service"), &dynamic(affinity)).unwrap();
         let errors = tarmac_model::parse_object("kubernetes", document).unwrap_err();
         let text = errors[0].to_string();
-        assert!(
-            text.starts_with("kubernetes: Service shop/books: field `spec.sessionAffinity`"),
-            "{text}"
-        );
+        assert!(text.starts_with("kubernetes: Service shop/books: field `spec.sessionAffinity`"), "{text}");
     }
 
     fn pod(name: &str, ip: &str, ready: bool, injected: bool) -> Arc<Pod> {
@@ -303,8 +301,10 @@ mod tests {
             pod("books-7d9f8c-c", "10.1.0.3", false, true),
             pod("books-7d9f8c-d", "10.1.0.4", true, true),
         ];
-        let slices =
-            [slice(&[("books-7d9f8c-a", "10.1.0.1", Some(true)), ("books-7d9f8c-d", "10.1.0.4", Some(false))])];
+        let slices = [slice(&[
+            ("books-7d9f8c-a", "10.1.0.1", Some(true)),
+            ("books-7d9f8c-d", "10.1.0.4", Some(false)),
+        ])];
         let found = instances(&pods, &slices);
         let addrs: Vec<String> = found.iter().map(|i| i.addr.to_string()).collect();
         // -a through its slice's port; -b in no slice, at its container port; -c not

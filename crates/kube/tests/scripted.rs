@@ -93,9 +93,12 @@ fn slice(ips: &[(&str, &str)]) -> Value {
 /// A server holding a small mesh: Namespace, two Services, a route, a fault, a pod.
 async fn mesh() -> ApiServer {
     let server = ApiServer::start().await;
-    server.apply(NAMESPACES, json!({"apiVersion": "v1", "kind": "Namespace",
+    server.apply(
+        NAMESPACES,
+        json!({"apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "shop", "labels": {"kubernetes.io/metadata.name": "shop"}},
-        "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}));
+        "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
+    );
     server.apply(SERVICES, service("books"));
     server.apply(SERVICES, service("authors"));
     server.apply(HTTPROUTES, route("books-v2", "books"));
@@ -184,7 +187,8 @@ async fn the_snapshot_follows_adds_changes_and_deletes() {
 
     // DELETED: the Service leaves the snapshot.
     server.delete(SERVICES, "shop", "authors");
-    wait(&mut snapshots, "Service shop/authors gone", |s| !names(s).contains(&"Service shop/authors".into())).await;
+    wait(&mut snapshots, "Service shop/authors gone", |s| !names(s).contains(&"Service shop/authors".into()))
+        .await;
 
     // A second replica becomes ready: the registry follows.
     let mut replicas = registry.subscribe();
@@ -211,7 +215,9 @@ async fn an_invalid_object_is_refused_by_name_and_the_rest_stays_in_force() {
     let messages: Vec<String> = refused.rejected.iter().map(ToString::to_string).collect();
     assert_eq!(
         messages,
-        ["kubernetes: FaultInjection shop/typo: field `spec.abort.httpStatus`: must be an HTTP status 200-599"]
+        [
+            "kubernetes: FaultInjection shop/typo: field `spec.abort.httpStatus`: must be an HTTP status 200-599"
+        ]
     );
     assert!(!names(&snapshots.borrow()).contains(&"FaultInjection shop/typo".into()));
 
@@ -242,12 +248,15 @@ async fn an_invalid_object_is_refused_by_name_and_the_rest_stays_in_force() {
     ));
 
     // Tarmac's own kinds, read like the rest: an AuthorizationPolicy on the Service.
-    server.apply(AUTHZ, json!({
-        "apiVersion": "tarmac.io/v1alpha1", "kind": "AuthorizationPolicy",
-        "metadata": {"name": "books-readers", "namespace": "shop"},
-        "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "books"}],
-                 "from": [{"serviceAccounts": ["web"]}]}
-    }));
+    server.apply(
+        AUTHZ,
+        json!({
+            "apiVersion": "tarmac.io/v1alpha1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "books-readers", "namespace": "shop"},
+            "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "books"}],
+                     "from": [{"serviceAccounts": ["web"]}]}
+        }),
+    );
     wait(&mut snapshots, "the AuthorizationPolicy", |s| {
         names(s).contains(&"AuthorizationPolicy shop/books-readers".into())
     })
@@ -272,6 +281,9 @@ async fn an_expired_watch_lists_again_without_losing_state() {
 
     // The watch expires (410 Gone), and a change lands while the client is away: the
     // relist must bring it.
+    // The relist takes its time, as a large cluster's does: long enough for several
+    // snapshots to be built while it runs.
+    server.slow_lists(Duration::from_millis(300));
     server.expire(SERVICES);
     server.apply(SERVICES, service("ratings"));
     wait(&mut snapshots, "the Service added across the relist", |s| {

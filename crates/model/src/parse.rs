@@ -603,4 +603,27 @@ status:
         let e = parse_documents("books.yaml", &affinity).unwrap_err()[0].to_string();
         assert!(e.contains("field `spec.sessionAffinity`") && e.contains("every request"), "{e}");
     }
+
+    #[test]
+    fn an_api_object_reads_as_its_document_does_and_is_refused_by_field() {
+        let written = parse_documents("books.yaml", WRITTEN_SERVICE).unwrap();
+        let object = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "books", "namespace": "shop", "labels": {"app": "books"}, "uid": "u-1"},
+            "spec": {"selector": {"app": "books"}, "clusterIPs": ["10.96.0.1"],
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+            "status": {"loadBalancer": {}}
+        });
+        assert_eq!(parse_object("kubernetes", object.clone()).unwrap(), written[0]);
+
+        let mut typo = object;
+        typo["spec"]["ports"][0]["port"] = serde_json::json!(0);
+        let e = parse_object("kubernetes", typo).unwrap_err();
+        assert_eq!(
+            e[0].to_string(),
+            "kubernetes: Service shop/books: field `spec.ports[0].port`: must be 1-65535"
+        );
+        let e = parse_object("kubernetes", serde_json::json!({"kind": "Service", "metadata": {"name": "x"}}));
+        assert!(e.unwrap_err()[0].to_string().starts_with("kubernetes: Service default/x: an object needs"));
+    }
 }

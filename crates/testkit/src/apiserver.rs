@@ -45,6 +45,8 @@ struct State {
     version: u64,
     collections: BTreeMap<String, Collection>,
     not_served: HashSet<String>,
+    /// How long each list takes to answer (a large cluster's relist is not instant).
+    list_delay: std::time::Duration,
     /// Every request, `GET path?query`, in order.
     requests: Vec<String>,
 }
@@ -108,7 +110,8 @@ impl ApiServer {
         );
         collection.kind = Some(kind);
         let key = key_of(&object);
-        let event = if collection.objects.insert(key, object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
+        let event =
+            if collection.objects.insert(key, object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
         collection.publish(version, event, object);
     }
 
@@ -141,6 +144,12 @@ impl ApiServer {
     /// The collection at `path` answers 404, as a kind whose CRD is not installed.
     pub fn not_served(&self, path: &str) {
         self.state.lock().unwrap().not_served.insert(path.to_string());
+    }
+
+    /// Lists (not watches) answer only after `delay`, as a large collection's do: what a
+    /// client shows while it lists again becomes visible.
+    pub fn slow_lists(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().list_delay = delay;
     }
 
     /// Every request so far, `GET path?query`.
@@ -195,7 +204,14 @@ async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, &request)) }
+                async move {
+                    let is_watch = request.uri().query().is_some_and(|q| q.contains("watch="));
+                    let delay = state.lock().unwrap().list_delay;
+                    if !is_watch && !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    Ok::<_, Infallible>(answer(&state, &request))
+                }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
@@ -220,7 +236,10 @@ fn answer(state: &Mutex<State>, request: &Request<Incoming>) -> Response<Respons
     let mut state = state.lock().unwrap();
     state.requests.push(format!("{} {path}?{query}", request.method()));
     if request.method() != http::Method::GET {
-        return json_response(StatusCode::METHOD_NOT_ALLOWED, &status_body(405, "MethodNotAllowed", "read only"));
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status_body(405, "MethodNotAllowed", "read only"),
+        );
     }
     if state.not_served.contains(&path) {
         let message = "the server could not find the requested resource";
