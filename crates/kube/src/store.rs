@@ -212,13 +212,15 @@ async fn follow<K>(
                     &e,
                     watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.is_not_found()
                 );
-                if not_served && optional && !listed {
+                if not_served && optional {
                     // Its CRD is not installed: no objects of it, until it is (the watcher
-                    // keeps trying, with backoff).
-                    tracing::warn!(
-                        kind = name,
-                        "not served by the API server (CRD not installed?): none read"
-                    );
+                    // keeps trying, with backoff: said once, not at every try).
+                    if !listed {
+                        tracing::warn!(
+                            kind = name,
+                            "not served by the API server (CRD not installed?): none read"
+                        );
+                    }
                     listed = true;
                 } else if matches!(&e, watcher::Error::WatchError(status) if status.code == 410) {
                     tracing::info!(kind = name, "watch expired (410 Gone): listing again");

@@ -17,6 +17,7 @@ const NAMESPACES: &str = "/api/v1/namespaces";
 const PODS: &str = "/api/v1/pods";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const HTTPROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
+const GRPCROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
 const FAULTS: &str = "/apis/tarmac.io/v1alpha1/faultinjections";
 const AUTHZ: &str = "/apis/tarmac.io/v1alpha1/authorizationpolicies";
 const RATE_LIMITS: &str = "/apis/tarmac.io/v1alpha1/ratelimitpolicies";
@@ -103,6 +104,13 @@ async fn mesh() -> ApiServer {
     server.apply(SERVICES, service("authors"));
     server.apply(HTTPROUTES, route("books-v2", "books"));
     server.apply(FAULTS, fault("books-errors", 503));
+    server.apply(GRPCROUTES, json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
+        "metadata": {"name": "authors-lookup", "namespace": "shop"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "authors"}],
+                 "rules": [{"matches": [{"method": {"type": "Exact", "service": "shop.Authors", "method": "Lookup"}}],
+                            "backendRefs": [{"name": "authors", "port": 80}]}]}
+    }));
     server.apply(PODS, pod("books-7d9f8c-a1", "10.1.0.7"));
     server.apply(SLICES, slice(&[("books-7d9f8c-a1", "10.1.0.7")]));
     // A cluster without the RateLimitPolicy CRD: none are read, the rest works.
@@ -163,6 +171,7 @@ async fn the_snapshot_follows_adds_changes_and_deletes() {
         names(&first),
         [
             "FaultInjection shop/books-errors",
+            "GRPCRoute shop/authors-lookup",
             "HTTPRoute shop/books-v2",
             "Namespace default/shop",
             "Service shop/authors",
