@@ -27,6 +27,7 @@ mod demo;
 mod discovery;
 mod examples;
 mod forgery;
+mod grafana;
 mod h2_attacks;
 mod http;
 mod identity;

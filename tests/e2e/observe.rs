@@ -3,7 +3,9 @@
 //! successes and failures sent through it, and then `tarmac stat`, `edges`, `tap`,
 //! `top`, `routes` and `check` run as separate processes against the control plane's
 //! API; a real Prometheus, configured by `tarmac prometheus-config`, computing the same
-//! rates; and the dashboard loaded in headless Chromium.
+//! rates and running every query of the Grafana dashboard (docs/grafana); the history the
+//! control plane keeps (`/api/v1/history/...`); and the dashboard loaded in headless
+//! Chromium, charts of that history included.
 
 use super::up::Up;
 use serde_json::Value;
@@ -451,6 +453,13 @@ impl Prometheus {
 
     /// An instant PromQL query; the value of the only series, None when empty.
     fn query(&self, promql: &str) -> Option<f64> {
+        let json = self.query_json(promql)?;
+        json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+
+    /// An instant PromQL query's whole answer (`status`, `data` or `error`), whatever its
+    /// HTTP status.
+    fn query_json(&self, promql: &str) -> Option<Value> {
         let encoded: String = promql
             .bytes()
             .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
@@ -466,8 +475,7 @@ impl Prometheus {
         stream.read_to_string(&mut response).ok()?;
         let body = response.split_once("\r\n\r\n")?.1;
         // Chunked or not, the JSON is one object from the first `{` to the last `}`.
-        let json: Value = serde_json::from_str(&body[body.find('{')?..=body.rfind('}')?]).ok()?;
-        json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+        serde_json::from_str(&body[body.find('{')?..=body.rfind('}')?]).ok()
     }
 }
 
@@ -530,6 +538,126 @@ fn prometheus_computes_the_rates_tarmac_stat_reports() {
         "success rates differ by more than 5 points: Prometheus {prom_success}, tarmac {tarmac_success}"
     );
     assert!((tarmac_success - 0.75).abs() <= 0.05, "one request in four failed: {tarmac_success}");
+
+    // The Grafana dashboard (docs/grafana/tarmac.json), every namespace, workload and
+    // service chosen: each panel's expressions run, and those of the golden metrics (per
+    // workload, service, route and edge) return series for this traffic.
+    let queries = super::grafana::queries();
+    let mut empty = Vec::new();
+    for q in &queries {
+        let answer =
+            prometheus.query_json(&q.expr).unwrap_or_else(|| panic!("Prometheus did not answer {}", q.expr));
+        assert_eq!(answer["status"], "success", "{} / {}: {}\n{answer}", q.row, q.panel, q.expr);
+        let series = answer["data"]["result"].as_array().map_or(0, Vec::len);
+        if q.golden() && series == 0 {
+            empty.push(format!("{} / {}: {}", q.row, q.panel, q.expr));
+        }
+    }
+    assert!(empty.is_empty(), "golden-metric panels without data:\n{}", empty.join("\n"));
+    println!(
+        "the Grafana dashboard's {} queries ran, {} of them golden",
+        queries.len(),
+        queries.iter().filter(|q| q.golden()).count()
+    );
+}
+
+/// `GET path` from the control plane's API: the status and the JSON body.
+fn api_get(api: &str, path: &str) -> (u16, Value) {
+    let addr: SocketAddr = api.parse().unwrap();
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let json = match (body.find('{'), body.rfind('}')) {
+        (Some(start), Some(end)) => serde_json::from_str(&body[start..=end]).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    (status, json)
+}
+
+/// The numbers of a history column, gaps left out.
+fn values(series: &Value, column: &str) -> Vec<f64> {
+    series[column].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
+}
+
+/// The control plane's history with real traffic through `tarmac up`: a point every 10 s
+/// per service, route and edge, with the traffic's rate, failures, latency and mTLS.
+fn history_follows_the_traffic(api: &str, up: &Up) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let backend = loop {
+        let (status, answer) = api_get(api, "/api/v1/history/services/backend");
+        if status == 200 && values(&answer["series"][0], "rps").iter().any(|r| *r > 0.0) {
+            break answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no history of backend's traffic within 60 s: {answer}\n{}",
+            up.output()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        (backend["kind"].as_str(), backend["resolution_seconds"].as_u64()),
+        (Some("service"), Some(10))
+    );
+    assert_eq!(backend["capacity"], 360);
+    let times: Vec<u64> =
+        backend["timestamps_ms"].as_array().unwrap().iter().filter_map(Value::as_u64).collect();
+    assert!(times.windows(2).all(|w| w[1] - w[0] == 10_000), "a point every 10 s: {times:?}");
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(
+        times.last().is_some_and(|t| t.abs_diff(now_ms) < 30_000),
+        "the newest point is recent: {times:?}"
+    );
+    let series = &backend["series"][0];
+    assert_eq!((series["namespace"].as_str(), series["name"].as_str()), (Some("default"), Some("backend")));
+    for column in ["rps", "requests", "success_rate", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99"] {
+        assert_eq!(
+            series[column].as_array().map(Vec::len),
+            Some(times.len()),
+            "{column}: one value per point"
+        );
+    }
+    // One request in four fails (and a few retried 503s): no point of traffic is all success.
+    let success = values(series, "success_rate");
+    assert!(success.iter().any(|s| (0.5..0.95).contains(s)), "the failing quarter shows: {series}");
+    assert!(!values(series, "latency_ms_p99").is_empty(), "{series}");
+
+    let (status, edges) = api_get(api, "/api/v1/history/edges?from=front&to=backend");
+    assert_eq!(status, 200, "{edges}");
+    let edge = &edges["series"][0];
+    assert_eq!(
+        (edge["src_workload"].as_str(), edge["dst_service"].as_str()),
+        (Some("front"), Some("backend")),
+        "{edges}"
+    );
+    assert!(values(edge, "rps").iter().any(|r| *r > 0.0), "{edge}");
+    let secured = values(edge, "secured_rate");
+    assert!(!secured.is_empty() && secured.iter().all(|s| *s == 1.0), "every call went over mTLS: {edge}");
+
+    let (status, routes) = api_get(api, "/api/v1/history/routes/backend");
+    assert_eq!(status, 200, "{routes}");
+    let work = routes["series"].as_array().unwrap().iter().find(|s| s["name"] == "work");
+    assert!(
+        work.is_some_and(|w| values(w, "rps").iter().any(|r| *r > 0.0)),
+        "the rule `work` carried the traffic: {routes}"
+    );
+
+    // Errors as the rest of the API: what is wrong, and what to write instead.
+    let (status, answer) = api_get(api, "/api/v1/history/workload");
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("service, route and edge"), "{answer}");
+    let (status, answer) = api_get(api, "/api/v1/history/services/nope");
+    assert_eq!(status, 404, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("default/nope"), "{answer}");
+    let (status, answer) = api_get(api, "/api/v1/history/services?window=2h");
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = api_get(api, "/api/v1/history/services?window=30s");
+    assert!(status == 200 && answer["timestamps_ms"].as_array().unwrap().len() <= 3, "{answer}");
 }
 
 /// Headless Chromium, kept from reaching anything but loopback, with a profile of its own.
@@ -634,6 +762,9 @@ fn the_dashboard_shows_services_edges_and_live_tap_in_chromium() {
         assert!(backend[column(name)].parse::<u64>().is_ok(), "{table}");
     }
 
+    // The control plane's history has caught some of this traffic (for the charts below).
+    history_follows_the_traffic(&api, &up);
+
     let profile = temp_dir("chromium");
     let url = format!("http://{api}/");
     // Chromium waits this much virtual time for the page's polls and tap to run.
@@ -663,8 +794,20 @@ fn the_dashboard_shows_services_edges_and_live_tap_in_chromium() {
         dom.contains("all checks pass") || dom.contains(" failing</div>"),
         "check results in the header\n{dom}"
     );
-    let events = dom.matches("class=\"tap-event\"").count();
+    let events = dom.matches("class=\"tap-event").count();
     assert!(events > 0, "the live tap received events\n{dom}");
+    // The last hour's charts, from the control plane's history: backend's lines (requests
+    // per second, success rate, p50 and p99) have points, and so does the edge's sparkline.
+    let lines = attr_of(&dom, "data-series=\"backend\"", "data-points");
+    assert!(
+        lines.len() >= 4 && lines.iter().all(|n| *n >= 1.0),
+        "backend's history charts: {lines:?}\n{dom}"
+    );
+    let spark = attr_of(&dom, "class=\"spark\"", "data-points");
+    assert!(spark.iter().any(|n| *n >= 1.0), "the edge's last hour in the edges table: {spark:?}\n{dom}");
+    // The topology's time slider spans the points kept, its last position live.
+    let slider = attr_of(&dom, "id=\"graph-time\"", "max");
+    assert!(slider.first().is_some_and(|n| *n >= 1.0), "a slider over the history: {slider:?}\n{dom}");
 
     let screenshot = tarmac_testkit::tools::artifacts_dir().join("dashboard.png");
     let _ = std::fs::remove_file(&screenshot);
@@ -679,4 +822,114 @@ fn the_dashboard_shows_services_edges_and_live_tap_in_chromium() {
         screenshot.display()
     );
     let _ = std::fs::remove_dir_all(&profile);
+}
+
+/// A traced request as a proxy's `/tap` reports it (with the `trace_id` the proxies add to
+/// traced requests' events).
+const TRACED_EVENT: &str = r#"{"ts_ms":1700000000000,"direction":"inbound","target":"127.0.0.1:8080","source":"127.0.0.1:5555","client_id":null,"method":"GET","authority":"books","path":"/slow","status":200,"grpc_status":null,"duration_ms":812.5,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}"#;
+const TRACE_URL: &str = "http://127.0.0.1:16686/trace/4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// A proxy's admin listener that answers `/tap` with [`TRACED_EVENT`] every 200 ms (for
+/// at most 60 s per watcher) and everything else with an empty 200.
+fn scripted_admin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                    head.push(byte[0]);
+                }
+                if !head.starts_with(b"GET /tap") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                    return;
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n",
+                );
+                let line = format!("{TRACED_EVENT}\n");
+                let end = Instant::now() + Duration::from_secs(60);
+                while Instant::now() < end {
+                    let chunk = format!("{:x}\r\n{line}\r\n", line.len());
+                    if stream.write_all(chunk.as_bytes()).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                let _ = stream.write_all(b"0\r\n\r\n");
+            });
+        }
+    });
+    addr
+}
+
+/// The control plane with `--trace-url` relays a traced request's tap event with the link
+/// to its trace: `tarmac tap` prints it and the dashboard's tap links to it. The proxy's
+/// admin is scripted here: it stands for a proxy tracing requests (the relay passes its
+/// events through as they come; the proxies' own tracing is tested with them).
+#[test]
+fn traced_requests_in_tap_link_to_the_trace_ui() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let registry = tarmac_control::registry::Registry::default();
+    let (_snapshots, rx) = tokio::sync::watch::channel(Arc::new(tarmac_control::store::Snapshot {
+        generation: 1,
+        objects: Default::default(),
+    }));
+    let trace_url =
+        tarmac_control::telemetry::tap::TraceUrl::parse("http://127.0.0.1:16686/trace/{trace_id}").unwrap();
+    let config =
+        tarmac_control::Config::snapshots(rx).with_registry(registry.clone()).with_trace_url(Some(trace_url));
+    let running = runtime.block_on(async {
+        let listeners = tarmac_control::Listeners::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &["127.0.0.1:0".parse().unwrap()],
+        )
+        .await
+        .unwrap();
+        tarmac_control::start(config, listeners, std::future::pending()).await.unwrap()
+    });
+    let api = running.addrs.api[0].to_string();
+    registry.upsert(tarmac_control::registry::Instance {
+        namespace: "default".into(),
+        workload: "books".into(),
+        replica: 0,
+        labels: Default::default(),
+        service_account: "books".into(),
+        addr: "127.0.0.1:1".parse().unwrap(),
+        meshed: true,
+        admin: Some(scripted_admin()),
+    });
+
+    let out = tarmac(&api, &["tap", "-o", "json", "--limit", "1", "--for", "30s"], Duration::from_secs(60));
+    let event: Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(event["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{event}");
+    assert_eq!(event["trace_url"], TRACE_URL, "{event}");
+    assert_eq!(event["workload"], "books", "{event}");
+    let out = tarmac(&api, &["tap", "--limit", "1", "--for", "30s"], Duration::from_secs(60));
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(line.trim_end().ends_with(&format!("812ms trace={TRACE_URL}")), "{line}");
+
+    let profile = temp_dir("chromium-trace");
+    let dom = output_within(
+        chromium(&["--virtual-time-budget=5000", "--dump-dom", &format!("http://{api}/")], &profile),
+        Duration::from_secs(120),
+    );
+    let dom = String::from_utf8_lossy(&dom.stdout).to_string();
+    let link = format!("href=\"{TRACE_URL}\"");
+    let tag = dom.match_indices(&link).next().map(|(at, _)| {
+        let start = dom[..at].rfind('<').unwrap();
+        &dom[start..at + dom[at..].find('>').unwrap()]
+    });
+    assert!(
+        tag.is_some_and(|t| t.starts_with("<a class=\"trace\"")
+            && t.contains("data-trace-id=\"4bf92f3577b34da6a3ce929d0e0e4736\"")),
+        "the tap row links to the trace: {tag:?}\n{dom}"
+    );
+    let _ = std::fs::remove_dir_all(&profile);
+    drop(running);
 }

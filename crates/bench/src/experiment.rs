@@ -8,7 +8,33 @@ use super::procfs::{PhaseCost, PhaseMeter};
 use super::topology::{Route, Running};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use tarmac_loadgen::{Config, LatencyHistogram, LatencySummary, Load, Protocol, Report, Target};
+use tarmac_loadgen::{
+    Config, LatencyHistogram, LatencySummary, Load, LoadgenError, Protocol, Report, Target,
+};
+use tarmac_transport::process::ProcessError;
+
+/// Why a measured phase failed: `route` and `load` name it.
+#[derive(Debug, thiserror::Error)]
+pub enum PhaseError {
+    #[error("the load generator panicked: {0}")]
+    Panicked(#[source] tokio::task::JoinError),
+    /// A proxy of the route exited while it was measured.
+    #[error("{route} during {load} ({url}): {source}")]
+    ProxyExited {
+        route: &'static str,
+        load: String,
+        url: String,
+        #[source]
+        source: ProcessError,
+    },
+    #[error("{route} at {load}: {source}")]
+    Load {
+        route: &'static str,
+        load: String,
+        #[source]
+        source: LoadgenError,
+    },
+}
 
 /// How often the proxies' memory is sampled during a phase.
 const RSS_SAMPLE_INTERVAL: Duration = Duration::from_millis(100);
@@ -139,7 +165,7 @@ pub async fn run(
     settings: &Settings,
     scheduling: &mut Scheduling,
     ours: &[u32],
-) -> Result<Vec<Measured>, String> {
+) -> Result<Vec<Measured>, PhaseError> {
     let mut measured = Vec::new();
     for spec in loads {
         let realtime = spec.realtime && set_realtime(scheduling, true);
@@ -198,7 +224,7 @@ async fn run_phase(
     ours: &[u32],
     round: usize,
     realtime: bool,
-) -> Result<Measured, String> {
+) -> Result<Measured, PhaseError> {
     let config = Config {
         target: target.via(running.entry),
         protocol: settings.protocol,
@@ -214,7 +240,7 @@ async fn run_phase(
     let mut peaks = meter.rss_now();
     let report = loop {
         tokio::select! {
-            finished = &mut generator => break finished.map_err(|e| format!("the load generator panicked: {e}"))?,
+            finished = &mut generator => break finished.map_err(PhaseError::Panicked)?,
             () = tokio::time::sleep(RSS_SAMPLE_INTERVAL) => {
                 for (peak, now) in peaks.iter_mut().zip(meter.rss_now()) {
                     *peak = (*peak).max(now);
@@ -224,11 +250,20 @@ async fn run_phase(
     };
     let cost = meter.finish(&peaks);
     for proxy in &running.proxies {
-        if let Some(exit) = proxy.failure() {
-            return Err(format!("{} during {} ({}): {exit}", running.route.label(), spec.name, target.url()));
+        if let Some(source) = proxy.failure() {
+            return Err(PhaseError::ProxyExited {
+                route: running.route.label(),
+                load: spec.name.clone(),
+                url: target.url(),
+                source,
+            });
         }
     }
-    let report = report.map_err(|e| format!("{} at {}: {e}", running.route.label(), spec.name))?;
+    let report = report.map_err(|source| PhaseError::Load {
+        route: running.route.label(),
+        load: spec.name.clone(),
+        source,
+    })?;
     let record = record(running, spec, round, realtime, &report, &cost, settings);
     eprintln!(
         "  {:<8} round {round}  {:<20} p50 {:>7.0} µs  p99 {:>7.0} µs  {:>8.0} req/s{}{}",

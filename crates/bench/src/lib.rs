@@ -25,6 +25,7 @@
 mod ca;
 mod costs;
 mod envoy;
+mod error;
 mod experiment;
 mod nginx;
 mod plot;
@@ -37,6 +38,7 @@ mod topology;
 mod upstream;
 mod wrk;
 
+pub use error::{BenchError, LocateError};
 use experiment::{LoadSpec, Measured, PhaseRecord, Scheduling, Settings};
 use processes::{STOP_GRACE, stop_all};
 use report::{BarCheck, RouteSummary};
@@ -199,15 +201,20 @@ impl SuiteLoad {
     }
 }
 
-fn parse_suite_load(text: &str) -> Result<SuiteLoad, String> {
+/// A clap `value_parser`: its error implements `std::error::Error`, which clap prints.
+fn parse_suite_load(text: &str) -> Result<SuiteLoad, NotALoad> {
     match text.trim() {
         "max" => Ok(SuiteLoad::Max),
         rate => match rate.parse::<u32>() {
             Ok(rate) if rate > 0 => Ok(SuiteLoad::Rate(rate)),
-            _ => Err(format!("`{rate}` is neither a request rate (a positive whole number) nor `max`")),
+            _ => Err(NotALoad(rate.to_string())),
         },
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is neither a request rate (a positive whole number) nor `max`")]
+struct NotALoad(String);
 
 /// The JSON report: settings, every phase, the summaries and the bar.
 #[derive(Serialize)]
@@ -343,7 +350,7 @@ struct IdleRss {
 
 /// Runs `tarmac bench`. The upstream mode runs its own runtime, so it is dispatched
 /// before `runtime` is entered.
-pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> Result<(), String> {
+pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> Result<(), BenchError> {
     if let Some(addr) = args.serve_upstream {
         return upstream::serve(addr);
     }
@@ -358,11 +365,11 @@ pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> Result<(), St
     })
 }
 
-async fn target(args: BenchArgs) -> Result<(), String> {
+async fn target(args: BenchArgs) -> Result<(), BenchError> {
     let url = args.target.as_deref().expect("clap requires a mode");
-    let target = Target::parse(url).map_err(|e| e.to_string())?;
+    let target = Target::parse(url).map_err(BenchError::Target)?;
     if !(args.rate.is_finite() && args.rate > 0.0) {
-        return Err(format!("--rate {} is not a positive number of requests per second", args.rate));
+        return Err(BenchError::Rate(args.rate));
     }
     let rounds = args.rounds();
     let total = args.duration.unwrap_or(Duration::from_secs(30));
@@ -446,18 +453,21 @@ async fn target(args: BenchArgs) -> Result<(), String> {
     write_outputs(&args, &json, &summaries, &[load_name], &format!("tarmac bench: {}", target.url()))
 }
 
-async fn suite(args: BenchArgs) -> Result<(), String> {
+async fn suite(args: BenchArgs) -> Result<(), BenchError> {
     let rounds = args.rounds();
     let phase_duration = args.duration.unwrap_or(Duration::from_secs(5));
     // Read first: a bad file is refused before minutes of measuring.
-    let baseline =
-        args.baseline.as_deref().map(|path| Ok::<_, String>((path, regression::load(path)?))).transpose()?;
+    let baseline = args
+        .baseline
+        .as_deref()
+        .map(|path| Ok::<_, BenchError>((path, regression::load(path)?)))
+        .transpose()?;
     let workdir = WorkDir::create("bench")?;
     let (envoy, envoy_missing) = match envoy::locate() {
         Ok(path) => (Some(path), None),
-        Err(message) => {
-            eprintln!("warning: {message}");
-            (None, Some(message))
+        Err(e) => {
+            eprintln!("warning: {e}");
+            (None, Some(e.to_string()))
         }
     };
     let envoy_version = envoy.as_deref().and_then(envoy::version);
@@ -506,7 +516,7 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
         WARMUP,
         if pinned { "; proxies on core 0, upstream and generator on core 1" } else { "" }
     );
-    let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(|e| e.to_string())?;
+    let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(BenchError::Target)?;
     let ours = our_pids(&upstream, &routes);
     let measured = experiment::run(&target, &routes, &loads, &settings, &mut scheduling, &ours).await?;
     let wrk_runs = if chosen_loads.contains(&SuiteLoad::Max) && wrk::available() {
@@ -586,7 +596,7 @@ async fn suite(args: BenchArgs) -> Result<(), String> {
     write_outputs(&args, &json, &summaries, &loads, "tarmac bench --suite: latency percentiles")
 }
 
-async fn routing(args: BenchArgs) -> Result<(), String> {
+async fn routing(args: BenchArgs) -> Result<(), BenchError> {
     let rounds = args.rounds();
     let phase_duration = args.duration.unwrap_or(Duration::from_secs(5));
     let workdir = WorkDir::create("bench")?;
@@ -624,7 +634,7 @@ async fn routing(args: BenchArgs) -> Result<(), String> {
     );
     // Numbered, so that the upstream fails only the first try of the retried route's
     // requests (every route's requests carry the number: they stay comparable).
-    let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(|e| e.to_string())?.numbered();
+    let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(BenchError::Target)?.numbered();
     let ours = our_pids(&upstream, &routes);
     let measured = experiment::run(&target, &routes, &loads, &settings, &mut scheduling, &ours).await?;
     stop_all(routes).await;
@@ -689,7 +699,7 @@ struct Layout {
 
 impl Layout {
     /// Chooses, and pins this process (the generator) to the client core.
-    fn choose() -> Result<Self, String> {
+    fn choose() -> Result<Self, processes::ToolError> {
         let pinned = cores() >= 2 && processes::tool_available("taskset");
         if pinned {
             processes::pin(std::process::id(), CLIENT_CORE)?;
@@ -704,10 +714,12 @@ impl Layout {
 }
 
 /// The built-in upstream (this executable with `--serve-upstream`) on the client core.
-async fn start_upstream(layout: &Layout, dir: &std::path::Path) -> Result<(Supervised, SocketAddr), String> {
+async fn start_upstream(
+    layout: &Layout,
+    dir: &std::path::Path,
+) -> Result<(Supervised, SocketAddr), BenchError> {
     let addr = tarmac_clikit::ports::free_port()?;
-    let own_binary =
-        std::env::current_exe().map_err(|e| format!("cannot tell where this executable is: {e}"))?;
+    let own_binary = std::env::current_exe().map_err(LocateError::CurrentExe)?;
     let upstream = processes::spawn(
         "upstream",
         &own_binary,
@@ -880,16 +892,17 @@ fn write_outputs(
     summaries: &[RouteSummary],
     loads: &[String],
     title: &str,
-) -> Result<(), String> {
+) -> Result<(), BenchError> {
+    let write = |path: &PathBuf, text: String| {
+        std::fs::write(path, text).map_err(|source| BenchError::Write { path: path.clone(), source })
+    };
     if let Some(path) = &args.json {
-        let text =
-            serde_json::to_string_pretty(json).map_err(|e| format!("cannot encode the JSON report: {e}"))?;
-        std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let text = serde_json::to_string_pretty(json).map_err(BenchError::EncodeReport)?;
+        write(path, text + "\n")?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &args.plot {
-        std::fs::write(path, plot::svg(summaries, loads, title))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        write(path, plot::svg(summaries, loads, title))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())
@@ -897,23 +910,19 @@ fn write_outputs(
 
 /// Finds `tarmac-proxy`: `$TARMAC_PROXY_BIN`, else next to this executable, where Cargo
 /// puts both binaries of the workspace.
-fn locate_proxy_binary() -> Result<PathBuf, String> {
+fn locate_proxy_binary() -> Result<PathBuf, LocateError> {
     if let Some(path) = std::env::var_os(ENV_PROXY_BIN) {
         let path = PathBuf::from(path);
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(format!("{ENV_PROXY_BIN} is set to {}, which is not a file", path.display()))
+            Err(LocateError::NotAFile { var: ENV_PROXY_BIN, path })
         };
     }
-    let here = std::env::current_exe().map_err(|e| format!("cannot tell where this executable is: {e}"))?;
+    let here = std::env::current_exe().map_err(LocateError::CurrentExe)?;
     let path = here.with_file_name("tarmac-proxy");
     if !path.is_file() {
-        return Err(format!(
-            "the proxy binary is missing: no {}. Build it next to `tarmac` with `cargo build --release`, \
-             or point {ENV_PROXY_BIN} at a tarmac-proxy binary.",
-            path.display()
-        ));
+        return Err(LocateError::NoProxy(path));
     }
     Ok(path)
 }

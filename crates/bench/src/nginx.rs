@@ -1,6 +1,7 @@
 //! nginx, the second yardstick: the L7 floor that a sidecar's users know. One worker,
 //! keep-alive to the upstream, no access log (neither Tarmac nor Envoy writes one here).
 
+use super::error::LocateError;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,13 +19,13 @@ const UPSTREAM_KEEPALIVE: usize = 64;
 
 /// Finds nginx: `$TARMAC_NGINX_BIN`, else `nginx` on PATH or in /usr/sbin (where
 /// Debian's `nginx-light`, which `scripts/setup-bench-deps.sh` installs, puts it).
-pub fn locate() -> Result<PathBuf, String> {
+pub fn locate() -> Result<PathBuf, LocateError> {
     if let Some(path) = std::env::var_os(ENV_NGINX_BIN) {
         let path = PathBuf::from(path);
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(format!("{ENV_NGINX_BIN} is set to {}, which is not a file", path.display()))
+            Err(LocateError::NotAFile { var: ENV_NGINX_BIN, path })
         };
     }
     std::env::var_os("PATH")
@@ -33,12 +34,7 @@ pub fn locate() -> Result<PathBuf, String> {
         .chain([PathBuf::from("/usr/sbin")])
         .map(|dir| dir.join("nginx"))
         .find(|p| p.is_file())
-        .ok_or_else(|| {
-            format!(
-                "nginx is not installed, so the nginx rows are missing. Run scripts/setup-bench-deps.sh \
-                 (it installs Debian's nginx-light), or point {ENV_NGINX_BIN} at an nginx binary."
-            )
-        })
+        .ok_or(LocateError::NoNginx)
 }
 
 /// `nginx -v` prints `nginx version: nginx/1.22.1` on stderr.

@@ -10,6 +10,20 @@ use std::time::Duration;
 use tarmac_transport::process::{self, Output, Supervised};
 
 /// How long a stopped process may drain before it is killed.
+/// A helper tool (`taskset`, `chrt`) that could not be run or refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// `command` as the standard library shows a command.
+    #[error("cannot run {command}: {source}")]
+    Run {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{command} failed: {stderr}")]
+    Failed { command: String, stderr: String },
+}
+
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Starts `program args` as `name`, pinned to `core` if given, without address-space
@@ -20,7 +34,7 @@ pub fn spawn(
     args: &[String],
     core: Option<usize>,
     dir: &Path,
-) -> Result<Supervised, String> {
+) -> Result<Supervised, process::ProcessError> {
     let mut command = process::command(program, core);
     command.args(args);
     process::without_address_randomisation(command.as_std_mut());
@@ -40,22 +54,26 @@ pub fn tool_available(tool: &str) -> bool {
 }
 
 /// Pins every thread of `pid` (and threads it starts later) to `core`.
-pub fn pin(pid: u32, core: usize) -> Result<(), String> {
+pub fn pin(pid: u32, core: usize) -> Result<(), ToolError> {
     run_quietly(Command::new("taskset").args(["-a", "-p", "-c", &core.to_string(), &pid.to_string()]))
 }
 
 /// Moves every thread of `pid` to SCHED_FIFO priority 1, so that ordinary load on the
 /// machine cannot preempt it, or back to normal scheduling.
-pub fn set_realtime(pid: u32, realtime: bool) -> Result<(), String> {
+pub fn set_realtime(pid: u32, realtime: bool) -> Result<(), ToolError> {
     let (policy, priority) = if realtime { ("-f", "1") } else { ("-o", "0") };
     run_quietly(Command::new("chrt").args(["-a", policy, "-p", priority, &pid.to_string()]))
 }
 
-fn run_quietly(command: &mut Command) -> Result<(), String> {
-    let output = command.output().map_err(|e| format!("cannot run {command:?}: {e}"))?;
+fn run_quietly(command: &mut Command) -> Result<(), ToolError> {
+    let output =
+        command.output().map_err(|source| ToolError::Run { command: format!("{command:?}"), source })?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(format!("{command:?} failed: {}", String::from_utf8_lossy(&output.stderr).trim()))
+        Err(ToolError::Failed {
+            command: format!("{command:?}"),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
     }
 }

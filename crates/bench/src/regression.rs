@@ -116,18 +116,33 @@ pub struct Comparison {
     pub figures: Vec<Compared>,
 }
 
+/// Why a `--baseline` file cannot be compared with.
+#[derive(Debug, thiserror::Error)]
+pub enum BaselineError {
+    #[error("--baseline {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--baseline {}: not a `tarmac bench --suite` JSON report: {source}", path.display())]
+    NotAReport {
+        path: std::path::PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("--baseline {}: a `tarmac bench` report of mode `{mode}`, not of `--suite`", path.display())]
+    NotASuite { path: std::path::PathBuf, mode: String },
+}
+
 /// Reads a suite run recorded with `--json`.
-pub fn load(path: &Path) -> Result<Recorded, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("--baseline {}: {e}", path.display()))?;
-    let recorded: Recorded = serde_json::from_str(&text).map_err(|e| {
-        format!("--baseline {}: not a `tarmac bench --suite` JSON report: {e}", path.display())
-    })?;
+pub fn load(path: &Path) -> Result<Recorded, BaselineError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| BaselineError::Read { path: path.to_path_buf(), source })?;
+    let recorded: Recorded = serde_json::from_str(&text)
+        .map_err(|source| BaselineError::NotAReport { path: path.to_path_buf(), source })?;
     if recorded.mode != "suite" {
-        return Err(format!(
-            "--baseline {}: a `tarmac bench` report of mode `{}`, not of `--suite`",
-            path.display(),
-            recorded.mode
-        ));
+        return Err(BaselineError::NotASuite { path: path.to_path_buf(), mode: recorded.mode });
     }
     Ok(recorded)
 }
@@ -698,12 +713,16 @@ mod tests {
         let file = dir.join("x.json");
         std::fs::write(&file, "{\"tool\": \"something else\"}").unwrap();
         let err = load(&file).unwrap_err();
+        assert!(matches!(err, BaselineError::NotAReport { .. }), "{err}");
+        let err = err.to_string();
         assert!(err.contains("x.json") && err.contains("not a `tarmac bench --suite` JSON report"), "{err}");
         let routing =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/results/routing-e6d9987698af.json");
         let err = load(&routing).unwrap_err();
+        assert!(matches!(err, BaselineError::NotASuite { .. }), "{err}");
+        let err = err.to_string();
         assert!(err.contains("routing-e6d9987698af.json") && err.contains("mode `routing`"), "{err}");
-        let missing = load(&dir.join("missing.json")).unwrap_err();
+        let missing = load(&dir.join("missing.json")).unwrap_err().to_string();
         assert!(missing.contains("missing.json"), "{missing}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -35,6 +35,21 @@ use tarmac_control::store::Snapshot;
 use tarmac_proxy::config::{Config, ControlConfig, DiscoverConfig, OutboundConfig, ServiceConfig};
 use tokio::sync::watch;
 
+/// Why the routing benchmark's discovery could not start, or a proxy's routes are not in
+/// force.
+#[derive(Debug, thiserror::Error)]
+pub enum RoutingError {
+    /// `errors` as the model lists them.
+    #[error("the routing benchmark's configuration is invalid: {errors}")]
+    InvalidConfig { errors: String },
+    #[error("{0}")]
+    Listen(#[source] tarmac_control::BindError),
+    #[error("the control plane: {0}")]
+    ControlPlane(#[source] tarmac_control::StartError),
+    #[error("the proxy at {listen} did not route by rule {MATCHED_RULE} within {ROUTES_TIMEOUT:?}")]
+    NotInForce { listen: SocketAddr },
+}
+
 /// Rules of the large table.
 pub const MANY_RULES: usize = 100;
 /// The rule the measured requests take, in both tables.
@@ -174,9 +189,9 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    pub async fn start(upstream: SocketAddr) -> Result<Self, String> {
+    pub async fn start(upstream: SocketAddr) -> Result<Self, RoutingError> {
         let objects = tarmac_model::parse_documents("tarmac-bench-routing.yaml", &configuration())
-            .map_err(|errors| format!("the routing benchmark's configuration is invalid: {errors:?}"))?
+            .map_err(|errors| RoutingError::InvalidConfig { errors: format!("{errors:?}") })?
             .into_iter()
             .map(|r| (r.key(), r))
             .collect();
@@ -196,11 +211,11 @@ impl Discovery {
         registry.set(["upstream", "inbound-none", "inbound-policy"].into_iter().map(instance).collect());
         let listeners = tarmac_control::Listeners::bind(([127, 0, 0, 1], 0).into(), &[])
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(RoutingError::Listen)?;
         let config = tarmac_control::Config::snapshots(receiver).with_registry(registry);
         let control = tarmac_control::start(config, listeners, std::future::pending())
             .await
-            .map_err(|e| format!("the control plane: {e}"))?;
+            .map_err(RoutingError::ControlPlane)?;
         Ok(Self { addr: control.addrs.grpc, _snapshots: snapshots, _control: control })
     }
 }
@@ -250,7 +265,7 @@ fn control_of(addr: SocketAddr, workload: &str) -> ControlConfig {
 
 /// Waits until the proxy at `admin` has routed a request through `listen` by
 /// [`MATCHED_RULE`]: its route table is in force.
-pub async fn wait_for_routes(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
+pub async fn wait_for_routes(listen: SocketAddr, admin: SocketAddr) -> Result<(), RoutingError> {
     let deadline = Instant::now() + ROUTES_TIMEOUT;
     let rule = format!("rule=\"{MATCHED_RULE}\"");
     loop {
@@ -260,9 +275,7 @@ pub async fn wait_for_routes(listen: SocketAddr, admin: SocketAddr) -> Result<()
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "the proxy at {listen} did not route by rule {MATCHED_RULE} within {ROUTES_TIMEOUT:?}"
-            ));
+            return Err(RoutingError::NotInForce { listen });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

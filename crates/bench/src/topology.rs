@@ -13,7 +13,39 @@ use tarmac_clikit::ports::free_port;
 use tarmac_proxy::config::{
     Config, EndpointConfig, IdentityConfig, InboundConfig, Limits, MtlsMode, OutboundConfig, ServiceConfig,
 };
-use tarmac_transport::process::{Readiness, Supervised};
+use tarmac_transport::process::{ProcessError, Readiness, Supervised};
+
+/// Why a route's proxies could not be started, naming the route or the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("{0} is not routed")]
+    NotRouted(&'static str),
+    #[error("{0} is not inbound")]
+    NotInbound(&'static str),
+    #[error("{0} gets its routes or policies from discovery: start it with start_routed or start_inbound")]
+    FromDiscovery(&'static str),
+    /// A comparator's binary was not found.
+    #[error("{0} is not installed")]
+    NotInstalled(&'static str),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    NoFreePort(#[from] tarmac_clikit::ports::NoFreePort),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Certs(#[from] super::ca::CertsError),
+    #[error(transparent)]
+    Routes(#[from] routing::RoutingError),
+}
+
+fn write(path: &FsPath, text: &str) -> Result<(), TopologyError> {
+    std::fs::write(path, text).map_err(|source| TopologyError::Write { path: path.to_path_buf(), source })
+}
 
 /// How long a proxy has to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -145,9 +177,8 @@ pub async fn start_routed(
     binaries: &Binaries,
     core: Option<usize>,
     dir: &FsPath,
-) -> Result<Running, String> {
-    let (service, _) =
-        routing::service_of(route).ok_or_else(|| format!("{} is not routed", route.label()))?;
+) -> Result<Running, TopologyError> {
+    let (service, _) = routing::service_of(route).ok_or(TopologyError::NotRouted(route.label()))?;
     let (admin, listen) = (free_port()?, free_port()?);
     let config = routing::tarmac_routed_config(admin, listen, control, service);
     let name = route.label().replace(' ', "-");
@@ -166,8 +197,8 @@ pub async fn start_inbound(
     binaries: &Binaries,
     core: Option<usize>,
     dir: &FsPath,
-) -> Result<Running, String> {
-    let workload = routing::inbound_of(route).ok_or_else(|| format!("{} is not inbound", route.label()))?;
+) -> Result<Running, TopologyError> {
+    let workload = routing::inbound_of(route).ok_or(TopologyError::NotInbound(route.label()))?;
     let (admin, listen) = (free_port()?, free_port()?);
     let config = routing::tarmac_inbound_config(admin, listen, control, upstream, workload);
     let proxy = start_tarmac(&route.label().replace(' ', "-"), &config, binaries, core, dir).await?;
@@ -182,7 +213,7 @@ pub async fn start(
     binaries: &Binaries,
     core: Option<usize>,
     dir: &FsPath,
-) -> Result<Running, String> {
+) -> Result<Running, TopologyError> {
     let name = route.label().replace(' ', "-");
     let mut proxies = Vec::new();
     let entry = match route {
@@ -192,10 +223,7 @@ pub async fn start(
         | Route::TarmacRetried
         | Route::TarmacInbound
         | Route::TarmacInboundPolicy => {
-            return Err(format!(
-                "{} gets its routes or policies from discovery: start it with start_routed or start_inbound",
-                route.label()
-            ));
+            return Err(TopologyError::FromDiscovery(route.label()));
         }
         Route::TarmacOneHop => {
             let (admin, listen) = (free_port()?, free_port()?);
@@ -225,7 +253,7 @@ pub async fn start(
             listen
         }
         Route::EnvoyOneHop | Route::EnvoyTwoHops | Route::EnvoyTwoHopsMtls => {
-            let binary = binaries.envoy.as_deref().ok_or("Envoy is not installed")?;
+            let binary = binaries.envoy.as_deref().ok_or(TopologyError::NotInstalled("Envoy"))?;
             let certs = match route {
                 Route::EnvoyTwoHopsMtls => Some(MeshCerts::create(dir)?),
                 _ => None,
@@ -248,11 +276,10 @@ pub async fn start(
             listen
         }
         Route::NginxOneHop => {
-            let binary = binaries.nginx.as_deref().ok_or("nginx is not installed")?;
+            let binary = binaries.nginx.as_deref().ok_or(TopologyError::NotInstalled("nginx"))?;
             let listen = free_port()?;
             let config_path = dir.join(format!("{name}.conf"));
-            std::fs::write(&config_path, nginx::config(listen, upstream, dir))
-                .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+            write(&config_path, &nginx::config(listen, upstream, dir))?;
             let proxy = processes::spawn(&name, binary, &nginx::args(&config_path, dir), core, dir)?;
             proxy.wait_ready(&Readiness::Accepts(listen), READY_TIMEOUT).await?;
             proxies.push(proxy);
@@ -270,7 +297,7 @@ struct MeshCerts {
 }
 
 impl MeshCerts {
-    fn create(dir: &FsPath) -> Result<Self, String> {
+    fn create(dir: &FsPath) -> Result<Self, super::ca::CertsError> {
         let ca = EphemeralCa::create(dir)?;
         Ok(Self { client: ca.certify("bench-client")?, server: ca.certify("bench-server")?, ca })
     }
@@ -344,10 +371,9 @@ async fn start_tarmac(
     binaries: &Binaries,
     core: Option<usize>,
     dir: &FsPath,
-) -> Result<Supervised, String> {
+) -> Result<Supervised, TopologyError> {
     let config_path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&config_path, tarmac_yaml(config))
-        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    write(&config_path, &tarmac_yaml(config))?;
     let args = vec!["--config".to_string(), config_path.display().to_string()];
     let proxy = processes::spawn(name, &binaries.tarmac_proxy, &args, core, dir)?;
     proxy.wait_ready(&Readiness::AdminReady(config.admin), READY_TIMEOUT).await?;
@@ -361,9 +387,9 @@ async fn start_envoy(
     binary: &FsPath,
     core: Option<usize>,
     dir: &FsPath,
-) -> Result<Supervised, String> {
+) -> Result<Supervised, TopologyError> {
     let config_path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&config_path, yaml).map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    write(&config_path, yaml)?;
     let proxy = processes::spawn(name, binary, &envoy::args(&config_path), core, dir)?;
     proxy.wait_ready(&Readiness::AdminReady(admin), READY_TIMEOUT).await?;
     Ok(proxy)

@@ -7,6 +7,7 @@
 //! generator gives it ([`tarmac_loadgen::SEQUENCE_HEADER`]) gets 503 the first time that
 //! number is seen, and 200 when the proxy tries it again.
 
+use super::error::BenchError;
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Request, Response};
@@ -48,17 +49,16 @@ impl FailFirst {
 }
 
 /// Serves HTTP/1.1, h2c and unary gRPC on `addr` until the process is stopped.
-pub fn serve(addr: SocketAddr) -> Result<(), String> {
+pub fn serve(addr: SocketAddr) -> Result<(), BenchError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the upstream's runtime: {e}"))?;
+        .map_err(BenchError::UpstreamRuntime)?;
     let fail_first = std::rc::Rc::new(std::cell::RefCell::new(FailFirst::default()));
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("the upstream cannot listen on {addr}: {e}"))?;
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| BenchError::UpstreamListen { addr, source })?;
         loop {
             let (stream, _) = match listener.accept().await {
                 Ok(accepted) => accepted,

@@ -11,6 +11,20 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Duration;
 
+/// Why the second load generator's check failed, naming the route.
+#[derive(Debug, thiserror::Error)]
+pub enum WrkError {
+    #[error("wrk's runner panicked: {0}")]
+    Panicked(#[source] tokio::task::JoinError),
+    #[error("cannot run wrk: {0}")]
+    Run(#[source] std::io::Error),
+    #[error("wrk against {route} printed no request count:\n{stdout}{stderr}")]
+    NoCount { route: &'static str, stdout: String, stderr: String },
+    /// `line` is wrk's line counting them.
+    #[error("wrk against {route} met errors: {line}")]
+    Errors { route: &'static str, line: String },
+}
+
 /// One route under wrk.
 #[derive(Clone, Debug, Serialize)]
 pub struct WrkRun {
@@ -37,7 +51,7 @@ pub async fn check(
     duration: Duration,
     core: Option<usize>,
     ours: &[u32],
-) -> Result<Vec<WrkRun>, String> {
+) -> Result<Vec<WrkRun>, WrkError> {
     let mut runs = Vec::new();
     for running in routes {
         let mut command = match core {
@@ -58,19 +72,17 @@ pub async fn check(
         let meter = PhaseMeter::start(pids, ours.to_vec());
         let output = tokio::task::spawn_blocking(move || command.output())
             .await
-            .map_err(|e| format!("wrk's runner panicked: {e}"))?
-            .map_err(|e| format!("cannot run wrk: {e}"))?;
+            .map_err(WrkError::Panicked)?
+            .map_err(WrkError::Run)?;
         let cost = meter.finish(&[]);
         let stdout = String::from_utf8_lossy(&output.stdout);
-        let (requests, seconds) = parse(&stdout).ok_or_else(|| {
-            format!(
-                "wrk against {} printed no request count:\n{stdout}{}",
-                running.route.label(),
-                String::from_utf8_lossy(&output.stderr)
-            )
+        let (requests, seconds) = parse(&stdout).ok_or_else(|| WrkError::NoCount {
+            route: running.route.label(),
+            stdout: stdout.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         })?;
         if let Some(errors) = stdout.lines().find(|l| l.contains("Non-2xx") || l.contains("Socket errors")) {
-            return Err(format!("wrk against {} met errors: {}", running.route.label(), errors.trim()));
+            return Err(WrkError::Errors { route: running.route.label(), line: errors.trim().to_string() });
         }
         let cpu_seconds: f64 = cost.cpu_seconds.iter().sum();
         let run = WrkRun {

@@ -12,14 +12,14 @@
 
 use crate::observe::stat::StatArgs;
 use crate::observe::{ControlArgs, Output};
-use crate::up::{Driver, UpArgs};
+use crate::up::{Driver, UpArgs, UpError};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tarmac_clikit::duration;
-use tarmac_clikit::workdir::WorkDir;
+use tarmac_clikit::workdir::{WorkDir, WorkDirError};
 use tokio::time::Instant;
 
 /// The example the demo runs, built in so that `tarmac demo` works from any directory.
@@ -61,28 +61,52 @@ pub struct DemoArgs {
     pub verbose: bool,
 }
 
+/// Why the demo could not run: its own files, or what `tarmac up` says.
+#[derive(Debug, thiserror::Error)]
+enum DemoError {
+    #[error(transparent)]
+    WorkDir(#[from] WorkDirError),
+    #[error("cannot write the example into {}: {source}", dir.display())]
+    Example {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Up(#[from] UpError),
+}
+
 pub async fn run(args: DemoArgs) -> ExitCode {
     match demo(args).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err((message, code)) => {
-            eprintln!("tarmac demo: {message}");
-            code
+        Err(e) => {
+            eprintln!("tarmac demo: {e}");
+            match e {
+                DemoError::Up(e) => {
+                    if let Some(advice) = e.advice() {
+                        eprintln!("{advice}");
+                    }
+                    e.exit_code()
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
 
-async fn demo(args: DemoArgs) -> Result<(), (String, ExitCode)> {
-    let failed = |message: String| (message, ExitCode::FAILURE);
+async fn demo(args: DemoArgs) -> Result<(), DemoError> {
     // The demo's files (the example when built in, and a CA made for this run, so that
     // the user's own is neither needed nor touched) go away with it.
-    let work_dir = WorkDir::create("demo").map_err(failed)?;
+    let work_dir = WorkDir::create("demo")?;
     let dir = match args.dir {
         Some(dir) => dir,
         None => {
             let dir = work_dir.path().join("bookstore");
-            std::fs::create_dir(&dir)
+            if let Err(source) = std::fs::create_dir(&dir)
                 .and_then(|()| std::fs::write(dir.join("bookstore.yaml"), BOOKSTORE_YAML))
-                .map_err(|e| failed(format!("cannot write the example into {}: {e}", dir.display())))?;
+            {
+                return Err(DemoError::Example { dir, source });
+            }
             dir
         }
     };
@@ -98,6 +122,7 @@ async fn demo(args: DemoArgs) -> Result<(), (String, ExitCode)> {
         no_identity: false,
         default_policy: Default::default(),
         api_port: args.api_port,
+        trace_url: None,
         // Explicit mode: no root needed.
         transparent: false,
         allow_writable_config: false,
@@ -105,7 +130,7 @@ async fn demo(args: DemoArgs) -> Result<(), (String, ExitCode)> {
     let driver = Demo { run_for: args.run_for, traffic_since: None };
     let result = crate::up::run_with(up, driver).await;
     drop(work_dir);
-    result
+    Ok(result?)
 }
 
 /// Watches the bookstore while `tarmac up` runs it.
@@ -129,7 +154,7 @@ impl Demo {
             control: Self::control(api),
         };
         if let Err(e) = crate::observe::stat::stat(args).await {
-            println!("(cannot read the golden metrics: {e})");
+            println!("(cannot read the golden metrics: {})", e.with_advice());
         }
     }
 

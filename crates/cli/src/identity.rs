@@ -4,8 +4,33 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 use tarmac_identity::DEFAULT_TRUST_DOMAIN;
-use tarmac_identity::ca::{self, Ca};
-use tarmac_identity::x509::CertInfo;
+use tarmac_identity::ca::{self, Ca, CaError};
+use tarmac_identity::x509::{CertError, CertInfo};
+
+/// What can go wrong finding, showing or importing the mesh's CA.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(transparent)]
+    DefaultDir(#[from] tarmac_control::identity::NoStateDir),
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("import needs --root-key, or --issuer and --issuer-key")]
+    ImportNeedsKeys,
+    #[error("{0}")]
+    Ca(#[source] CaError),
+    #[error(
+        "{0}; --anchors must hold the root your issuer was signed under, and the --issuer file any intermediates between them, after the issuer"
+    )]
+    NotChained(#[source] CaError),
+    #[error(transparent)]
+    Anchors(#[from] tarmac_identity::ca::PemError),
+    #[error("{0}")]
+    Certificate(#[source] CertError),
+}
 
 /// Show or set the mesh's certificate authority (trust anchors and issuer).
 #[derive(clap::Args, Debug)]
@@ -40,8 +65,8 @@ pub enum Action {
 }
 
 /// `$XDG_STATE_HOME/tarmac/identity`, or `~/.local/state/tarmac/identity`.
-pub fn default_dir() -> Result<PathBuf, String> {
-    tarmac_control::identity::default_ca_dir()
+pub fn default_dir() -> Result<PathBuf, IdentityError> {
+    Ok(tarmac_control::identity::default_ca_dir()?)
 }
 
 /// A time as `2026-11-27 10:00:00 UTC`.
@@ -62,7 +87,7 @@ pub fn format_time(t: SystemTime) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-pub fn run(args: IdentityArgs) -> Result<(), String> {
+pub fn run(args: IdentityArgs) -> Result<(), IdentityError> {
     let dir = match args.identity_dir {
         Some(dir) => dir,
         None => default_dir()?,
@@ -70,7 +95,10 @@ pub fn run(args: IdentityArgs) -> Result<(), String> {
     match args.action.unwrap_or(Action::Show) {
         Action::Show => show(&dir),
         Action::Import { anchors, root_key, issuer, issuer_key } => {
-            let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+            let read = |path: &Path| {
+                std::fs::read_to_string(path)
+                    .map_err(|source| IdentityError::Read { path: path.to_path_buf(), source })
+            };
             let anchors_pem = read(&anchors)?;
             let (ca, root_key_pem) = match (root_key, issuer, issuer_key) {
                 (Some(key), None, None) => {
@@ -80,36 +108,34 @@ pub fn run(args: IdentityArgs) -> Result<(), String> {
                 (None, Some(cert), Some(key)) => {
                     (Ca::from_issuer(&anchors_pem, &read(&cert)?, &read(&key)?), None)
                 }
-                _ => return Err("import needs --root-key, or --issuer and --issuer-key".into()),
+                _ => return Err(IdentityError::ImportNeedsKeys),
             };
-            let ca = ca.map_err(|e| e.to_string())?;
+            let ca = ca.map_err(IdentityError::Ca)?;
             // Before anything is replaced: an issuer that the anchors do not trust would
             // make every handshake between sidecars fail.
-            ca.check_chains_to_anchors().map_err(|e| {
-                format!("{e}; --anchors must hold the root your issuer was signed under, and the --issuer file any intermediates between them, after the issuer")
-            })?;
+            ca.check_chains_to_anchors().map_err(IdentityError::NotChained)?;
             // Replacing: remove what was there, so no stale root key stays behind.
             for file in [ca::ANCHORS_FILE, ca::ISSUER_CERT_FILE, ca::ISSUER_KEY_FILE, ca::ROOT_KEY_FILE] {
                 let _ = std::fs::remove_file(dir.join(file));
             }
-            ca.save(&dir, root_key_pem.as_deref()).map_err(|e| e.to_string())?;
+            ca.save(&dir, root_key_pem.as_deref()).map_err(IdentityError::Ca)?;
             println!("imported into {}; restart `tarmac up` to use it", dir.display());
             show(&dir)
         }
     }
 }
 
-fn show(dir: &Path) -> Result<(), String> {
+fn show(dir: &Path) -> Result<(), IdentityError> {
     if !dir.join(ca::ANCHORS_FILE).exists() {
         println!("No CA in {} yet: `tarmac up` generates one on first use.", dir.display());
         return Ok(());
     }
-    let (ca, _) = Ca::load_or_generate(dir, DEFAULT_TRUST_DOMAIN).map_err(|e| e.to_string())?;
+    let (ca, _) = Ca::load_or_generate(dir, DEFAULT_TRUST_DOMAIN).map_err(IdentityError::Ca)?;
     println!("CA directory: {}", dir.display());
     println!("trust domain: {DEFAULT_TRUST_DOMAIN}");
     let anchors = ca::pem_certs(ca.anchors_pem())?;
     for der in &anchors {
-        describe("trust anchor", &CertInfo::parse(der).map_err(|e| e.to_string())?);
+        describe("trust anchor", &CertInfo::parse(der).map_err(IdentityError::Certificate)?);
     }
     describe("issuer", ca.issuer_info());
     let root_key = dir.join(ca::ROOT_KEY_FILE).exists();

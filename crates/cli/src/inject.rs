@@ -37,39 +37,74 @@ pub struct InjectArgs {
     pub control_addr: Option<SocketAddr>,
 }
 
+/// What can go wrong reading, injecting or writing manifests; `origin` is the file
+/// (or `stdin`).
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("cannot read {origin}: {source}")]
+    Read {
+        origin: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: more than {} MiB of manifests", MAX_INPUT_BYTES >> 20)]
+    TooLarge { origin: String },
+    #[error("{origin}: not YAML manifests: {source}")]
+    /// The parser's error boxed: it carries its location and snippet, and is large.
+    NotYaml {
+        origin: String,
+        #[source]
+        source: Box<serde_saphyr::Error>,
+    },
+    #[error("{origin}: document {number} ({what}): {source}")]
+    Refused {
+        origin: String,
+        number: usize,
+        what: String,
+        #[source]
+        source: inject::InjectError,
+    },
+    #[error("writing YAML: {0}")]
+    WriteYaml(#[source] serde_saphyr::ser::Error),
+    #[error("writing stdout: {0}")]
+    Stdout(#[source] std::io::Error),
+}
+
 /// The largest input read: manifests are text written by people or tools, and a runaway
 /// pipe must not fill memory.
 const MAX_INPUT_BYTES: u64 = 64 << 20;
 
-pub fn run(args: InjectArgs) -> Result<(), String> {
+pub fn run(args: InjectArgs) -> Result<(), InjectError> {
     let (origin, text) = read_input(args.file.as_deref())?;
     let (output, report) = inject_manifests(&origin, &text, &args)?;
     // Nothing is written until every document has been handled: a refused one leaves no
     // half-injected output behind for `kubectl apply` to read.
-    std::io::stdout().write_all(output.as_bytes()).map_err(|e| format!("writing stdout: {e}"))?;
+    std::io::stdout().write_all(output.as_bytes()).map_err(InjectError::Stdout)?;
     for line in report {
         eprintln!("{line}");
     }
     Ok(())
 }
 
-fn read_input(file: Option<&std::path::Path>) -> Result<(String, String), String> {
+fn read_input(file: Option<&std::path::Path>) -> Result<(String, String), InjectError> {
     let (origin, reader): (String, Box<dyn Read>) = match file {
         None => ("stdin".to_string(), Box::new(std::io::stdin())),
         Some(path) if path.as_os_str() == "-" => ("stdin".to_string(), Box::new(std::io::stdin())),
         Some(path) => {
-            let file =
-                std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            (path.display().to_string(), Box::new(file))
+            let origin = path.display().to_string();
+            let file = match std::fs::File::open(path) {
+                Ok(file) => file,
+                Err(source) => return Err(InjectError::Read { origin, source }),
+            };
+            (origin, Box::new(file))
         }
     };
     let mut text = String::new();
-    reader
-        .take(MAX_INPUT_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read {origin}: {e}"))?;
+    if let Err(source) = reader.take(MAX_INPUT_BYTES + 1).read_to_string(&mut text) {
+        return Err(InjectError::Read { origin, source });
+    }
     if text.len() as u64 > MAX_INPUT_BYTES {
-        return Err(format!("{origin}: more than {} MiB of manifests", MAX_INPUT_BYTES >> 20));
+        return Err(InjectError::TooLarge { origin });
     }
     Ok((origin, text))
 }
@@ -79,10 +114,10 @@ pub fn inject_manifests(
     origin: &str,
     text: &str,
     args: &InjectArgs,
-) -> Result<(String, Vec<String>), String> {
+) -> Result<(String, Vec<String>), InjectError> {
     let settings = Settings { proxy_image: args.proxy_image.clone(), control_addr: args.control_addr };
-    let mut documents: Vec<Value> =
-        serde_saphyr::from_multiple(text).map_err(|e| format!("{origin}: not YAML manifests: {e}"))?;
+    let mut documents: Vec<Value> = serde_saphyr::from_multiple(text)
+        .map_err(|source| InjectError::NotYaml { origin: origin.to_string(), source: Box::new(source) })?;
     // Empty documents (a leading or trailing `---`) carry nothing to keep.
     documents.retain(|d| !d.is_null());
     let enabled_namespaces = enabled_namespaces(&documents);
@@ -96,8 +131,13 @@ pub fn inject_manifests(
                 namespace_enabled: args.all || enabled_namespaces.contains(&namespace),
                 owner: template.owner.as_deref(),
             };
-            let outcome = inject::inject(template.pod, &context, &settings)
-                .map_err(|e| format!("{origin}: document {} ({what}): {e}", index + 1))?;
+            let outcome =
+                inject::inject(template.pod, &context, &settings).map_err(|source| InjectError::Refused {
+                    origin: origin.to_string(),
+                    number: index + 1,
+                    what: what.clone(),
+                    source,
+                })?;
             report.push(match outcome {
                 Outcome::Injected => format!("{what}: injected"),
                 Outcome::AlreadyInjected => format!("{what}: already injected"),
@@ -110,7 +150,7 @@ pub fn inject_manifests(
         if !output.is_empty() {
             output.push_str("---\n");
         }
-        output.push_str(&serde_saphyr::to_string(document).map_err(|e| format!("writing YAML: {e}"))?);
+        output.push_str(&serde_saphyr::to_string(document).map_err(InjectError::WriteYaml)?);
     }
     Ok((output, report))
 }

@@ -31,23 +31,37 @@ pub struct InstallArgs {
     pub webhook_port: u16,
 }
 
-pub fn run(args: InstallArgs) -> Result<(), String> {
+/// What can go wrong reading the webhook's CA or writing the manifests.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: no PEM CERTIFICATE in it", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("writing YAML: {0}")]
+    WriteYaml(#[source] serde_saphyr::ser::Error),
+}
+
+pub fn run(args: InstallArgs) -> Result<(), InstallError> {
     let crds = tarmac_control::crds::definitions();
-    let crds = crds.iter().map(|crd| serde_saphyr::to_string(crd).map_err(|e| format!("writing YAML: {e}")));
+    let crds = crds.iter().map(|crd| serde_saphyr::to_string(crd).map_err(InstallError::WriteYaml));
     let crds = crds.collect::<Result<Vec<_>, _>>()?.join("---\n");
-    let Some(webhook_ca) = &args.webhook_ca else {
+    let Some(path) = &args.webhook_ca else {
         print!("{crds}");
         return Ok(());
     };
-    let path = webhook_ca.display();
-    let ca = std::fs::read_to_string(webhook_ca).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let ca =
+        std::fs::read_to_string(path).map_err(|source| InstallError::Read { path: path.clone(), source })?;
     if !ca.contains("-----BEGIN CERTIFICATE-----") {
-        return Err(format!("{path}: no PEM CERTIFICATE in it"));
+        return Err(InstallError::NoCertificate { path: path.clone() });
     }
     let service =
         ServiceRef { namespace: &args.namespace, name: &args.webhook_service, port: args.webhook_port };
-    let yaml =
-        serde_saphyr::to_string(&configuration(&ca, &service)).map_err(|e| format!("writing YAML: {e}"))?;
+    let yaml = serde_saphyr::to_string(&configuration(&ca, &service)).map_err(InstallError::WriteYaml)?;
     print!("{crds}---\n{yaml}");
     Ok(())
 }

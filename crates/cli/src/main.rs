@@ -24,6 +24,33 @@ mod up;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// What a subcommand that returns here can fail with: each module's own error, printed as
+/// `tarmac: MESSAGE`, then the advice it has (`up` and `demo` print theirs themselves).
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Api(#[from] observe::ApiError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    Inject(#[from] inject::InjectError),
+    #[error(transparent)]
+    Install(#[from] install::InstallError),
+    #[error(transparent)]
+    Sample(#[from] sample::SampleError),
+    #[error(transparent)]
+    Bench(#[from] tarmac_bench::BenchError),
+}
+
+impl CliError {
+    fn advice(&self) -> Option<String> {
+        match self {
+            Self::Api(e) => e.advice(),
+            _ => None,
+        }
+    }
+}
+
 /// Log filter for the CLI's own diagnostics, in `tracing` env-filter syntax.
 const ENV_LOG: &str = "TARMAC_LOG";
 
@@ -91,31 +118,34 @@ fn main() -> ExitCode {
         // `up` and `demo` have their own exit codes (2: invalid configuration).
         Command::Up(args) => return runtime.block_on(up::run(args)),
         Command::Demo(args) => return runtime.block_on(demo::run(args)),
-        Command::SampleApp(args) => runtime.block_on(sample::run(args)),
-        Command::Bench(args) => tarmac_bench::main(args, &runtime),
-        Command::Identity(args) => identity::run(args),
-        Command::Inject(args) => inject::run(args),
-        Command::Install(args) => install::run(args),
+        Command::SampleApp(args) => runtime.block_on(sample::run(args)).map_err(CliError::from),
+        Command::Bench(args) => tarmac_bench::main(args, &runtime).map_err(CliError::from),
+        Command::Identity(args) => identity::run(args).map_err(CliError::from),
+        Command::Inject(args) => inject::run(args).map_err(CliError::from),
+        Command::Install(args) => install::run(args).map_err(CliError::from),
         // `check` fails (exit 1) when a check fails, without a second message.
         Command::Check(args) => match runtime.block_on(observe::check::check(args)) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,
-            Err(e) => Err(e),
+            Err(e) => Err(e.into()),
         },
-        Command::Stat(args) => runtime.block_on(observe::stat::stat(args)),
-        Command::Edges(args) => runtime.block_on(observe::stat::edges(args)),
-        Command::Top(args) => runtime.block_on(observe::tap::top(args)),
-        Command::Tap(args) => runtime.block_on(observe::tap::tap(args)),
-        Command::Routes(args) => runtime.block_on(observe::routes::routes(args)),
-        Command::Authz(args) => runtime.block_on(observe::authz::authz(args)),
-        Command::Restart(args) => runtime.block_on(restart::restart(args)),
-        Command::PrometheusConfig(args) => observe::prometheus_config(&args),
+        Command::Stat(args) => runtime.block_on(observe::stat::stat(args)).map_err(CliError::from),
+        Command::Edges(args) => runtime.block_on(observe::stat::edges(args)).map_err(CliError::from),
+        Command::Top(args) => runtime.block_on(observe::tap::top(args)).map_err(CliError::from),
+        Command::Tap(args) => runtime.block_on(observe::tap::tap(args)).map_err(CliError::from),
+        Command::Routes(args) => runtime.block_on(observe::routes::routes(args)).map_err(CliError::from),
+        Command::Authz(args) => runtime.block_on(observe::authz::authz(args)).map_err(CliError::from),
+        Command::Restart(args) => runtime.block_on(restart::restart(args)).map_err(CliError::from),
+        Command::PrometheusConfig(args) => observe::prometheus_config(&args).map_err(CliError::from),
         Command::Sandbox(_) => unreachable!("dispatched before the runtime starts"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("tarmac: {message}");
+        Err(e) => {
+            eprintln!("tarmac: {e}");
+            if let Some(advice) = e.advice() {
+                eprintln!("{advice}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -3,7 +3,7 @@
 //! next only once the new one is ready, so that callers lose no request
 //! (docs/local-mode.md says how each replica is taken out and put back).
 
-use crate::observe::ControlArgs;
+use crate::observe::{ApiError, ControlArgs};
 use std::time::Duration;
 
 /// Restart a Workload's replicas one at a time (a running `tarmac up`).
@@ -21,24 +21,22 @@ pub struct RestartArgs {
     pub control: ControlArgs,
 }
 
-pub async fn restart(args: RestartArgs) -> Result<(), String> {
+pub async fn restart(args: RestartArgs) -> Result<(), ApiError> {
     let (namespace, name) = match args.workload.split_once('/') {
         Some((ns, name)) => (ns.to_string(), name.to_string()),
         None => (args.namespace.clone().unwrap_or_else(|| "default".to_string()), args.workload.clone()),
     };
     if namespace.is_empty() || name.is_empty() || name.contains('/') {
-        return Err(format!("`{}` is not a Workload: give NAME or NAMESPACE/NAME", args.workload));
+        return Err(ApiError::NotAWorkload(args.workload));
     }
     println!("restarting {namespace}/{name}, one replica at a time...");
     let path = format!("/api/v1/workloads/{}/{}/restart", encode(&namespace), encode(&name));
     let response =
-        args.control.client(args.timeout).post(&path).await.map_err(|e| args.control.unreachable(&e))?;
-    let answer: serde_json::Value = serde_json::from_slice(&response.body).map_err(|e| {
-        format!("the control plane at {} answered something else than JSON: {e}", args.control.control)
-    })?;
+        args.control.client(args.timeout).post(&path).await.map_err(|e| args.control.unreachable(e))?;
+    let answer = args.control.json(&response.body)?;
     if !response.status.is_success() {
-        let message = answer["error"].as_str().unwrap_or("no reason given");
-        return Err(format!("restart of {namespace}/{name} failed: {message}"));
+        let message = crate::observe::reason(&answer);
+        return Err(ApiError::RestartFailed { workload: format!("{namespace}/{name}"), message });
     }
     let replicas: Vec<&str> =
         answer["replicas"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).collect();

@@ -8,9 +8,14 @@ use std::net::SocketAddr;
 /// child's bind, by any outgoing connection's source port on the machine, and the child
 /// would fail with "Address already in use". It still fails, and says so, if another
 /// process binds the port in between.
-pub fn free_port() -> Result<SocketAddr, String> {
-    tarmac_transport::unused_loopback_port().map_err(|e| format!("cannot find a free port on 127.0.0.1: {e}"))
+pub fn free_port() -> Result<SocketAddr, NoFreePort> {
+    tarmac_transport::unused_loopback_port().map_err(NoFreePort)
 }
+
+/// Every port below the ephemeral range is taken, or the search itself failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot find a free port on 127.0.0.1: {0}")]
+pub struct NoFreePort(#[source] pub std::io::Error);
 
 #[cfg(test)]
 mod tests {

@@ -152,21 +152,44 @@ fn find_base(dir: &Path) -> Option<PathBuf> {
     dir.ancestors().map(|d| d.join("base").join("mesh-base.yaml")).find(|p| p.is_file())
 }
 
+/// A case directory that cannot be read, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CaseError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Expect {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}: no base/mesh-base.yaml here or in a parent directory", .0.display())]
+    NoBase(PathBuf),
+}
+
 impl Case {
-    pub fn load(dir: &Path) -> Result<Self, String> {
-        let dir = std::fs::canonicalize(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    pub fn load(dir: &Path) -> Result<Self, CaseError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map_err(|source| CaseError::Read { path: path.to_path_buf(), source })
+        };
+        let dir = std::fs::canonicalize(dir)
+            .map_err(|source| CaseError::Read { path: dir.to_path_buf(), source })?;
         let expect_path = dir.join("expect.json");
-        let text =
-            std::fs::read_to_string(&expect_path).map_err(|e| format!("{}: {e}", expect_path.display()))?;
-        let expect: Expect =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", expect_path.display()))?;
-        let base = find_base(&dir).ok_or_else(|| {
-            format!("{}: no base/mesh-base.yaml here or in a parent directory", dir.display())
-        })?;
+        let text = read(&expect_path)?;
+        let expect: Expect = match serde_json::from_str(&text) {
+            Ok(expect) => expect,
+            Err(source) => return Err(CaseError::Expect { path: expect_path, source }),
+        };
+        let base = find_base(&dir).ok_or_else(|| CaseError::NoBase(dir.clone()))?;
         let mut manifests = Vec::new();
         for path in [base, dir.join("manifests.yaml")] {
             if path.is_file() {
-                let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                let text = read(&path)?;
                 manifests.push((path.display().to_string(), text));
             }
         }

@@ -16,6 +16,70 @@ use tokio::net::TcpStream;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a request got no reply to judge, naming the address or header.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("protocol `{0}` is not http, h2c, grpc or websocket")]
+    UnknownProtocol(String),
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `version` is `h2` or `HTTP/1.1`.
+    #[error("{version} handshake with {addr}: {source}")]
+    Handshake {
+        version: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("no answer within 10s")]
+    NoAnswer,
+    #[error("{0}")]
+    Method(#[source] http::method::InvalidMethod),
+    #[error("invalid request: {0}")]
+    Invalid(#[source] http::Error),
+    #[error("header {name}: {source}")]
+    HeaderName {
+        name: String,
+        #[source]
+        source: http::header::InvalidHeaderName,
+    },
+    #[error("header {name}: {source}")]
+    HeaderValue {
+        name: String,
+        #[source]
+        source: http::header::InvalidHeaderValue,
+    },
+    #[error("connection closed: {0}")]
+    Closed(#[source] hyper::Error),
+    #[error("request failed: {0}")]
+    Request(#[source] hyper::Error),
+    #[error("reading the response: {0}")]
+    Read(#[source] hyper::Error),
+}
+
+/// How a WebSocket's exchange went wrong: part of the verdict on the reply.
+#[derive(Debug, thiserror::Error)]
+pub enum WebSocketFailure {
+    #[error("the upgrade was answered with {0}")]
+    Status(u16),
+    #[error("Sec-WebSocket-Accept {0:?} does not answer the key sent")]
+    Accept(Option<String>),
+    #[error("upgrade: {0}")]
+    Upgrade(#[source] hyper::Error),
+    #[error("sending: {0}")]
+    Send(#[source] std::io::Error),
+    #[error("receiving: {0}")]
+    Receive(#[source] std::io::Error),
+    #[error("sent {sent:?} (opcode {opcode}), got {got:?} (opcode {got_opcode})")]
+    Changed { sent: Vec<u8>, opcode: u8, got: Vec<u8>, got_opcode: u8 },
+}
+
 /// What one request produced.
 #[derive(Debug)]
 pub struct Reply {
@@ -25,7 +89,7 @@ pub struct Reply {
     /// The backend's description of the request, when a backend answered.
     pub seen: Option<Seen>,
     /// For a WebSocket: whether its messages came back unchanged.
-    pub websocket: Option<Result<(), String>>,
+    pub websocket: Option<Result<(), WebSocketFailure>>,
 }
 
 /// The backend's `Key=Value` lines.
@@ -81,13 +145,13 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, ClientError> {
         match name {
             "http" => Ok(Protocol::Http1),
             "h2c" => Ok(Protocol::H2c),
             "grpc" => Ok(Protocol::Grpc),
             "websocket" => Ok(Protocol::WebSocket),
-            other => Err(format!("protocol `{other}` is not http, h2c, grpc or websocket")),
+            other => Err(ClientError::UnknownProtocol(other.to_string())),
         }
     }
 
@@ -118,35 +182,36 @@ pub enum Connection {
 }
 
 impl Connection {
-    pub async fn open(addr: SocketAddr, protocol: Protocol) -> Result<Self, String> {
+    pub async fn open(addr: SocketAddr, protocol: Protocol) -> Result<Self, ClientError> {
         let stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr))
             .await
-            .map_err(|_| format!("connecting to {addr} timed out"))?
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+            .map_err(|_| ClientError::ConnectTimeout(addr))?
+            .map_err(|source| ClientError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
         let io = TokioIo::new(stream);
         if protocol.http2() {
             let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
                 .await
-                .map_err(|e| format!("h2 handshake with {addr}: {e}"))?;
+                .map_err(|source| ClientError::Handshake { version: "h2", addr, source })?;
             tokio::spawn(conn);
             Ok(Connection::Http2(sender))
         } else {
-            let (sender, conn) =
-                http1::handshake(io).await.map_err(|e| format!("HTTP/1.1 handshake with {addr}: {e}"))?;
+            let (sender, conn) = http1::handshake(io).await.map_err(|source| ClientError::Handshake {
+                version: "HTTP/1.1",
+                addr,
+                source,
+            })?;
             tokio::spawn(conn.with_upgrades());
             Ok(Connection::Http1(sender))
         }
     }
 
-    pub async fn send(&mut self, out: &Outgoing<'_>) -> Result<Reply, String> {
-        tokio::time::timeout(TIMEOUT, self.exchange(out))
-            .await
-            .map_err(|_| "no answer within 10s".to_string())?
+    pub async fn send(&mut self, out: &Outgoing<'_>) -> Result<Reply, ClientError> {
+        tokio::time::timeout(TIMEOUT, self.exchange(out)).await.map_err(|_| ClientError::NoAnswer)?
     }
 
-    async fn exchange(&mut self, out: &Outgoing<'_>) -> Result<Reply, String> {
-        let method = Method::from_bytes(out.method.as_bytes()).map_err(|e| e.to_string())?;
+    async fn exchange(&mut self, out: &Outgoing<'_>) -> Result<Reply, ClientError> {
+        let method = Method::from_bytes(out.method.as_bytes()).map_err(ClientError::Method)?;
         let mut builder = Request::builder().method(method);
         let grpc = out.protocol == Protocol::Grpc;
         let ws_key = ws::new_key();
@@ -179,28 +244,30 @@ impl Connection {
                 Bytes::new()
             }
         };
-        let mut req = builder.body(Full::new(body)).map_err(|e| format!("invalid request: {e}"))?;
+        let mut req = builder.body(Full::new(body)).map_err(ClientError::Invalid)?;
         for (name, value) in &out.headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("header {name}: {e}"))?;
-            let value = HeaderValue::from_str(value).map_err(|e| format!("header {name}: {e}"))?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|source| ClientError::HeaderName { name: name.to_string(), source })?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|source| ClientError::HeaderValue { name: name.to_string(), source })?;
             req.headers_mut().append(name, value);
         }
         let rsp = match self {
             Connection::Http1(s) => {
-                s.ready().await.map_err(|e| format!("connection closed: {e}"))?;
+                s.ready().await.map_err(ClientError::Closed)?;
                 s.send_request(req).await
             }
             Connection::Http2(s) => {
-                s.ready().await.map_err(|e| format!("connection closed: {e}"))?;
+                s.ready().await.map_err(ClientError::Closed)?;
                 s.send_request(req).await
             }
         }
-        .map_err(|e| format!("request failed: {e}"))?;
+        .map_err(ClientError::Request)?;
         if out.protocol == Protocol::WebSocket {
             return Ok(websocket(rsp, &ws_key).await);
         }
         let (parts, body) = rsp.into_parts();
-        let collected = body.collect().await.map_err(|e| format!("reading the response: {e}"))?;
+        let collected = body.collect().await.map_err(ClientError::Read)?;
         let trailers = collected.trailers().cloned();
         let bytes = collected.to_bytes();
         if !grpc {
@@ -235,19 +302,19 @@ async fn websocket(mut rsp: hyper::Response<hyper::body::Incoming>, key: &str) -
     let headers = rsp.headers().clone();
     let exchanged = async {
         if status != 101 {
-            return Err(format!("the upgrade was answered with {status}"));
+            return Err(WebSocketFailure::Status(status));
         }
         let accept = headers.get("sec-websocket-accept").and_then(|v| v.to_str().ok());
         if accept != Some(ws::accept_key(key).as_str()) {
-            return Err(format!("Sec-WebSocket-Accept {accept:?} does not answer the key sent"));
+            return Err(WebSocketFailure::Accept(accept.map(str::to_string)));
         }
-        let upgraded = hyper::upgrade::on(&mut rsp).await.map_err(|e| format!("upgrade: {e}"))?;
+        let upgraded = hyper::upgrade::on(&mut rsp).await.map_err(WebSocketFailure::Upgrade)?;
         let mut io = TokioIo::new(upgraded);
         for (opcode, message) in [(ws::TEXT, WS_TEXT.as_bytes()), (ws::BINARY, WS_BINARY)] {
-            ws::write_frame(&mut io, opcode, message, true).await.map_err(|e| format!("sending: {e}"))?;
-            let (got_opcode, got) = ws::read_frame(&mut io).await.map_err(|e| format!("receiving: {e}"))?;
+            ws::write_frame(&mut io, opcode, message, true).await.map_err(WebSocketFailure::Send)?;
+            let (got_opcode, got) = ws::read_frame(&mut io).await.map_err(WebSocketFailure::Receive)?;
             if (got_opcode, got.as_slice()) != (opcode, message) {
-                return Err(format!("sent {message:?} (opcode {opcode}), got {got:?} (opcode {got_opcode})"));
+                return Err(WebSocketFailure::Changed { sent: message.to_vec(), opcode, got, got_opcode });
             }
         }
         let _ = ws::write_frame(&mut io, ws::CLOSE, &[], true).await;

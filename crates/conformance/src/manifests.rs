@@ -61,6 +61,25 @@ struct PodSpec {
     service_account_name: Option<String>,
 }
 
+/// What is wrong with one object of a case's manifests, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// `first` is the first line of the YAML parser's message.
+    #[error("{file}: Deployment: {first}")]
+    Deployment { file: String, first: String },
+    #[error("{file}: Deployment {name}: {field}: {message}")]
+    Invalid { file: String, name: String, field: String, message: String },
+    #[error("{0}")]
+    Model(#[source] tarmac_model::ModelError),
+    #[error("{0}: defined twice")]
+    Twice(String),
+}
+
+/// Every problem of a case's manifests.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ManifestsError(pub Vec<ManifestError>);
+
 /// Documents separated by `---` lines.
 fn documents(text: &str) -> Vec<String> {
     let mut docs = vec![String::new()];
@@ -77,10 +96,10 @@ fn documents(text: &str) -> Vec<String> {
     docs
 }
 
-fn workload(file: &str, text: &str) -> Result<Resource, String> {
+fn workload(file: &str, text: &str) -> Result<Resource, ManifestError> {
     let d: Deployment = serde_saphyr::from_str(text).map_err(|e| {
         let first = e.to_string().lines().next().unwrap_or_default().to_string();
-        format!("{file}: Deployment: {first}")
+        ManifestError::Deployment { file: file.to_string(), first }
     })?;
     let namespace = d.metadata.namespace.unwrap_or_else(|| "default".to_string());
     let name = d.metadata.name;
@@ -112,13 +131,18 @@ fn workload(file: &str, text: &str) -> Result<Resource, String> {
     });
     let problems = tarmac_model::validate::validate(&resource);
     if let Some(p) = problems.first() {
-        return Err(format!("{file}: Deployment {}: {}: {}", resource.key().name, p.field, p.message));
+        return Err(ManifestError::Invalid {
+            file: file.to_string(),
+            name: resource.key().name.clone(),
+            field: p.field.to_string(),
+            message: p.message.to_string(),
+        });
     }
     Ok(resource)
 }
 
 /// Every object of `manifests`, validated, as one snapshot. Errors name file and object.
-pub fn snapshot(manifests: &[(String, String)]) -> Result<Snapshot, String> {
+pub fn snapshot(manifests: &[(String, String)]) -> Result<Snapshot, ManifestsError> {
     let mut objects = BTreeMap::new();
     let mut errors = Vec::new();
     for (file, text) in manifests {
@@ -128,13 +152,13 @@ pub fn snapshot(manifests: &[(String, String)]) -> Result<Snapshot, String> {
                 workload(file, &doc).map(|r| vec![r]).map_err(|e| vec![e])
             } else {
                 tarmac_model::parse_documents(file, &doc)
-                    .map_err(|es| es.into_iter().map(|e| e.to_string()).collect())
+                    .map_err(|es| es.into_iter().map(ManifestError::Model).collect())
             };
             match parsed {
                 Ok(resources) => {
                     for r in resources {
                         if let Some(old) = objects.insert(r.key(), r) {
-                            errors.push(format!("{}: defined twice", old.key()));
+                            errors.push(ManifestError::Twice(old.key().to_string()));
                         }
                     }
                 }
@@ -143,7 +167,7 @@ pub fn snapshot(manifests: &[(String, String)]) -> Result<Snapshot, String> {
         }
     }
     if !errors.is_empty() {
-        return Err(errors.join("; "));
+        return Err(ManifestsError(errors));
     }
     Ok(Snapshot { generation: 1, objects })
 }

@@ -62,8 +62,25 @@ fn pod_hostname(workload: &str) -> String {
     format!("{workload}-{}-{}", pick(hash, 10), pick(fastrand::u64(..), 5))
 }
 
+/// What kept the case's mesh from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error("control plane: {0}")]
+    Bind(#[source] tarmac_control::BindError),
+    #[error("control plane: {0}")]
+    ControlPlane(#[source] tarmac_control::StartError),
+    #[error("echo server: {0}")]
+    Echo(#[source] std::io::Error),
+    #[error("sidecar configuration: {0}")]
+    SidecarConfig(#[source] tarmac_proxy::config::ConfigError),
+    #[error("sidecar: {0}")]
+    Sidecar(#[source] tarmac_proxy::app::StartError),
+    #[error("the sidecar has no inbound listener")]
+    NoInbound,
+}
+
 impl Mesh {
-    pub async fn start(snapshot: Snapshot) -> Result<Self, String> {
+    pub async fn start(snapshot: Snapshot) -> Result<Self, MeshError> {
         let snapshot = Arc::new(snapshot);
         let service_ports: Vec<ServicePort> = snapshot
             .iter_kind("Service")
@@ -82,14 +99,14 @@ impl Mesh {
         let (keep, snapshots) = watch::channel(snapshot.clone());
         let listeners = tarmac_control::Listeners::bind(([127, 0, 0, 1], 0).into(), &[])
             .await
-            .map_err(|e| format!("control plane: {e}"))?;
+            .map_err(MeshError::Bind)?;
         let control_plane = tarmac_control::start(
             tarmac_control::Config::snapshots(snapshots),
             listeners,
             std::future::pending(),
         )
         .await
-        .map_err(|e| format!("control plane: {e}"))?;
+        .map_err(MeshError::ControlPlane)?;
         let control = control_plane.addrs.grpc;
         let registry = control_plane.registry.clone();
 
@@ -103,8 +120,7 @@ impl Mesh {
                     workload: w.metadata.name.clone(),
                     hostname: pod_hostname(&w.metadata.name),
                 };
-                let (app, log, echo) =
-                    echo::start(pod.clone()).await.map_err(|e| format!("echo server: {e}"))?;
+                let (app, log, echo) = echo::start(pod.clone()).await.map_err(MeshError::Echo)?;
                 let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
                 let services = service_ports
                     .iter()
@@ -139,9 +155,9 @@ impl Mesh {
                     limits: Limits { drain_timeout: Duration::from_secs(1), ..Limits::default() },
                     ..tarmac_proxy::Config::default()
                 };
-                config.validate("conformance sidecar").map_err(|e| format!("sidecar configuration: {e}"))?;
-                let proxy = tarmac_proxy::start(config).await.map_err(|e| format!("sidecar: {e}"))?;
-                let inbound = proxy.addrs.inbound.ok_or("the sidecar has no inbound listener")?;
+                config.validate("conformance sidecar").map_err(MeshError::SidecarConfig)?;
+                let proxy = tarmac_proxy::start(config).await.map_err(MeshError::Sidecar)?;
+                let inbound = proxy.addrs.inbound.ok_or(MeshError::NoInbound)?;
                 let listeners = service_ports
                     .iter()
                     .filter_map(|sp| {

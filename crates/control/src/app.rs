@@ -13,6 +13,7 @@ use crate::registry::Registry;
 use crate::store::files::{FilesStore, OpenError};
 use crate::store::{Snapshot, Status, Store};
 use crate::telemetry::Telemetry;
+use crate::telemetry::tap::TraceUrl;
 use crate::workloads::Restarts;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +48,8 @@ pub struct Config {
     /// Where `POST /api/v1/workloads/.../restart` goes: `tarmac up`, which runs the
     /// Workloads. None: the API answers 501.
     pub restarts: Option<Restarts>,
+    /// The user's trace UI, where tap events' trace ids link to (`--trace-url`).
+    pub trace_url: Option<TraceUrl>,
 }
 
 /// Where desired state comes from.
@@ -84,6 +87,7 @@ impl Config {
             registry: Registry::default(),
             default_policy: DefaultPolicy::default(),
             restarts: None,
+            trace_url: None,
         }
     }
 
@@ -94,6 +98,7 @@ impl Config {
             registry: Registry::default(),
             default_policy: DefaultPolicy::default(),
             restarts: None,
+            trace_url: None,
         }
     }
 
@@ -106,6 +111,7 @@ impl Config {
             registry,
             default_policy: DefaultPolicy::default(),
             restarts: None,
+            trace_url: None,
         }
     }
 
@@ -121,6 +127,12 @@ impl Config {
 
     pub fn with_registry(mut self, registry: Registry) -> Self {
         self.registry = registry;
+        self
+    }
+
+    /// Tap events with a trace id link to it in the user's trace UI.
+    pub fn with_trace_url(mut self, trace_url: Option<TraceUrl>) -> Self {
+        self.trace_url = trace_url;
         self
     }
 
@@ -173,7 +185,7 @@ pub enum StartError {
     #[error("a listener has no local address: {0}")]
     Listener(std::io::Error),
     #[error("cannot set up TLS for the gRPC API: {0}")]
-    Tls(String),
+    Tls(#[source] crate::tls::TlsError),
 }
 
 /// The addresses the control plane actually serves on.
@@ -271,6 +283,7 @@ pub async fn start(
 
     let registry = config.registry;
     let restarts = config.restarts;
+    let trace_url = config.trace_url;
     let discovery = DiscoveryService::new(relay_until(store.snapshots(), stop.clone()), registry.clone())
         .with_default_policy(config.default_policy);
     let subscriptions = discovery.subscriptions();
@@ -309,7 +322,8 @@ pub async fn start(
             }
         });
         let mut api = Api::new(telemetry, store.status(), subscriptions.clone())
-            .with_default_policy(config.default_policy);
+            .with_default_policy(config.default_policy)
+            .with_trace_url(trace_url);
         if let Some(restarts) = restarts {
             api = api.with_restarts(restarts);
         }

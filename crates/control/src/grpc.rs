@@ -11,6 +11,7 @@
 
 use crate::discovery::server::DiscoveryService;
 use crate::identity::IdentityService;
+use crate::tls::TlsError;
 use futures_util::StreamExt;
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -64,23 +65,23 @@ pub fn server_tls(
     ca: Arc<Ca>,
     trust_domain: &str,
     lifetime: Duration,
-) -> Result<Arc<rustls::ServerConfig>, String> {
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for der in tarmac_identity::ca::pem_certs(ca.anchors_pem())? {
-        roots.add(der.into()).map_err(|e| format!("trust anchor: {e}"))?;
+    let anchors = tarmac_identity::ca::pem_certs(ca.anchors_pem())
+        .map_err(|source| TlsError::Certificates { what: "trust anchors".to_string(), source })?;
+    for der in anchors {
+        roots
+            .add(der.into())
+            .map_err(|source| TlsError::Rustls { what: "trust anchor".to_string(), source })?;
     }
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let id = tarmac_identity::control_plane_id(trust_domain).map_err(|e| e.to_string())?;
+        .build()?;
+    let id = tarmac_identity::control_plane_id(trust_domain)?;
     let own = OwnCertificate::new(ca, id, lifetime, provider.clone())?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::new(own));
+    let mut config =
+        crate::tls::tls13(provider)?.with_client_cert_verifier(verifier).with_cert_resolver(Arc::new(own));
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
 }
@@ -103,7 +104,7 @@ impl OwnCertificate {
         id: SpiffeId,
         lifetime: Duration,
         provider: Arc<rustls::crypto::CryptoProvider>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TlsError> {
         let first = issue(&ca, &id, lifetime, &provider)?;
         Ok(Self { ca, id, lifetime, provider, current: Mutex::new(first) })
     }
@@ -114,13 +115,12 @@ fn issue(
     id: &SpiffeId,
     lifetime: Duration,
     provider: &rustls::crypto::CryptoProvider,
-) -> Result<(Arc<CertifiedKey>, SystemTime), String> {
-    let (chain, key) = ca.issue_with_new_key(id, lifetime).map_err(|e| e.to_string())?;
-    let chain = tarmac_identity::ca::pem_certs(&chain)?.into_iter().map(Into::into).collect();
-    use rustls::pki_types::pem::PemObject as _;
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| e.to_string())?;
-    let key = provider.key_provider.load_private_key(key).map_err(|e| e.to_string())?;
-    Ok((Arc::new(CertifiedKey::new(chain, key)), SystemTime::now() + lifetime * 2 / 3))
+) -> Result<(Arc<CertifiedKey>, SystemTime), TlsError> {
+    const WHAT: &str = "the control plane's certificate";
+    let (chain, key) =
+        ca.issue_with_new_key(id, lifetime).map_err(|source| TlsError::Issue { what: WHAT, source })?;
+    let key = crate::tls::certified_key(WHAT, &chain, &key, provider)?;
+    Ok((key, SystemTime::now() + lifetime * 2 / 3))
 }
 
 impl ResolvesServerCert for OwnCertificate {

@@ -36,6 +36,7 @@ pub mod prometheus;
 pub mod registry;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod workloads;
 
 pub use app::{Addrs, BindError, Config, IdentityConfig, Listeners, Running, StartError, StoreConfig, start};

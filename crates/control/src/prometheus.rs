@@ -6,8 +6,6 @@
 //! and sample timestamps are skipped, so both the classic Prometheus format and
 //! OpenMetrics text (which `tarmac-proxy` serves) are read.
 
-use std::fmt;
-
 /// Label names and values, in the order the exposition gives them.
 pub type Labels = Vec<(String, String)>;
 
@@ -31,19 +29,37 @@ impl Sample {
 }
 
 /// A line that is not a valid sample, with its 1-based line number.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("line {line}: {reason}")]
 pub struct ParseError {
     pub line: usize,
-    pub message: String,
+    pub reason: SampleError,
 }
 
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}: {}", self.line, self.message)
-    }
+/// What is wrong with a sample line.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SampleError {
+    #[error("`{0}` is not a metric name")]
+    MetricName(String),
+    #[error("`{0}` has no value")]
+    NoValue(String),
+    #[error("`{0}` is not a sample value")]
+    Value(String),
+    #[error("unexpected text after the value of `{0}`")]
+    TrailingText(String),
+    #[error("a label has no `=`")]
+    NoEquals,
+    #[error("`{0}` is not a label name")]
+    LabelName(String),
+    #[error("the value of label `{0}` is not quoted")]
+    Unquoted(String),
+    #[error("the value of label `{0}` is not terminated")]
+    Unterminated(String),
+    #[error("unknown escape `\\{escape}` in label `{label}`")]
+    Escape { label: String, escape: char },
+    #[error("expected `,` or `}}` after label `{0}`")]
+    Separator(String),
 }
-
-impl std::error::Error for ParseError {}
 
 /// All samples of one scrape.
 #[derive(Clone, Debug, Default)]
@@ -59,7 +75,7 @@ impl Scrape {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let sample = parse_sample(line).map_err(|message| ParseError { line: i + 1, message })?;
+            let sample = parse_sample(line).map_err(|reason| ParseError { line: i + 1, reason })?;
             samples.push(sample);
         }
         Ok(Self { samples })
@@ -206,11 +222,11 @@ fn is_name_char(c: char, first: bool) -> bool {
     c.is_ascii_alphabetic() || c == '_' || c == ':' || (!first && c.is_ascii_digit())
 }
 
-fn parse_sample(line: &str) -> Result<Sample, String> {
+fn parse_sample(line: &str) -> Result<Sample, SampleError> {
     let name_end = line.find(|c: char| c == '{' || c.is_whitespace()).unwrap_or(line.len());
     let name = &line[..name_end];
     if name.is_empty() || !name.chars().enumerate().all(|(i, c)| is_name_char(c, i == 0)) {
-        return Err(format!("`{name}` is not a metric name"));
+        return Err(SampleError::MetricName(name.to_string()));
     }
     let mut rest = &line[name_end..];
     let mut labels = Vec::new();
@@ -220,18 +236,18 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
         rest = after;
     }
     let mut fields = rest.split_whitespace();
-    let value_text = fields.next().ok_or_else(|| format!("`{name}` has no value"))?;
-    let value = parse_value(value_text).ok_or_else(|| format!("`{value_text}` is not a sample value"))?;
+    let value_text = fields.next().ok_or_else(|| SampleError::NoValue(name.to_string()))?;
+    let value = parse_value(value_text).ok_or_else(|| SampleError::Value(value_text.to_string()))?;
     // An optional timestamp may follow; anything after it is not the format.
     if fields.nth(1).is_some() {
-        return Err(format!("unexpected text after the value of `{name}`"));
+        return Err(SampleError::TrailingText(name.to_string()));
     }
     Ok(Sample { name: name.to_string(), labels, value })
 }
 
 /// Parses `key="value",...}` (the opening brace already consumed); returns the labels and
 /// the text after the closing brace. Values may contain `\\`, `\"` and `\n` escapes.
-fn parse_labels(text: &str) -> Result<(Labels, &str), String> {
+fn parse_labels(text: &str) -> Result<(Labels, &str), SampleError> {
     let mut labels = Vec::new();
     let mut rest = text;
     loop {
@@ -239,24 +255,24 @@ fn parse_labels(text: &str) -> Result<(Labels, &str), String> {
         if let Some(after) = rest.strip_prefix('}') {
             return Ok((labels, after));
         }
-        let eq = rest.find('=').ok_or("a label has no `=`")?;
+        let eq = rest.find('=').ok_or(SampleError::NoEquals)?;
         let key = rest[..eq].trim();
         if key.is_empty() || !key.chars().enumerate().all(|(i, c)| is_name_char(c, i == 0) && c != ':') {
-            return Err(format!("`{key}` is not a label name"));
+            return Err(SampleError::LabelName(key.to_string()));
         }
         rest = rest[eq + 1..].trim_start();
-        rest = rest.strip_prefix('"').ok_or_else(|| format!("the value of label `{key}` is not quoted"))?;
+        rest = rest.strip_prefix('"').ok_or_else(|| SampleError::Unquoted(key.to_string()))?;
         let mut value = String::new();
         let mut chars = rest.char_indices();
         let end = loop {
             match chars.next() {
-                None => return Err(format!("the value of label `{key}` is not terminated")),
+                None => return Err(SampleError::Unterminated(key.to_string())),
                 Some((i, '"')) => break i,
                 Some((_, '\\')) => match chars.next() {
                     Some((_, 'n')) => value.push('\n'),
                     Some((_, c @ ('\\' | '"'))) => value.push(c),
-                    Some((_, c)) => return Err(format!("unknown escape `\\{c}` in label `{key}`")),
-                    None => return Err(format!("the value of label `{key}` is not terminated")),
+                    Some((_, c)) => return Err(SampleError::Escape { label: key.to_string(), escape: c }),
+                    None => return Err(SampleError::Unterminated(key.to_string())),
                 },
                 Some((_, c)) => value.push(c),
             }
@@ -266,7 +282,7 @@ fn parse_labels(text: &str) -> Result<(Labels, &str), String> {
         if let Some(after) = rest.strip_prefix(',') {
             rest = after;
         } else if !rest.starts_with('}') {
-            return Err(format!("expected `,` or `}}` after label `{key}`"));
+            return Err(SampleError::Separator(key.to_string()));
         }
     }
 }

@@ -145,11 +145,11 @@ impl Ca {
     /// anchors it chains to.
     pub fn from_issuer(anchors_pem: &str, issuer_pem: &str, issuer_key_pem: &str) -> Result<Self, CaError> {
         let invalid = |what: &str, reason: String| CaError::Invalid { path: PathBuf::from(what), reason };
-        let anchors = pem_certs(anchors_pem).map_err(|r| invalid("anchors", r))?;
+        let anchors = pem_certs(anchors_pem).map_err(|e| invalid("anchors", e.to_string()))?;
         if anchors.is_empty() {
             return Err(invalid("anchors", "no CERTIFICATE blocks".into()));
         }
-        let chain = pem_certs(issuer_pem).map_err(|r| invalid("issuer certificate", r))?;
+        let chain = pem_certs(issuer_pem).map_err(|e| invalid("issuer certificate", e.to_string()))?;
         let Some(issuer_der) = chain.first() else {
             return Err(invalid("issuer certificate", "no CERTIFICATE blocks".into()));
         };
@@ -254,7 +254,7 @@ impl Ca {
             reason: format!("it does not chain to the trust anchors: {reason}"),
         };
         let mut roots = rustls::RootCertStore::empty();
-        for der in pem_certs(&self.anchors_pem).map_err(refused)? {
+        for der in pem_certs(&self.anchors_pem).map_err(|e| refused(e.to_string()))? {
             roots
                 .add(CertificateDer::from(der))
                 .map_err(|e| refused(format!("an anchor is unusable: {e}")))?;
@@ -334,13 +334,16 @@ fn key_matches(cert_der: &[u8], key: &KeyPair) -> bool {
         .unwrap_or(false)
 }
 
+/// PEM text that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("bad PEM: {0}")]
+pub struct PemError(#[from] rustls::pki_types::pem::Error);
+
 /// Every CERTIFICATE block of a PEM text, as DER.
-pub fn pem_certs(pem: &str) -> Result<Vec<Vec<u8>>, String> {
+pub fn pem_certs(pem: &str) -> Result<Vec<Vec<u8>>, PemError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .map(|c| c.map(|c| c.to_vec()).map_err(|e| format!("bad PEM: {e}")))
-        .collect()
+    CertificateDer::pem_slice_iter(pem.as_bytes()).map(|c| Ok(c?.to_vec())).collect()
 }
 
 /// PEM text of DER certificates.

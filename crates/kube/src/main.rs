@@ -68,6 +68,11 @@ struct Args {
     /// or audit (docs/policy.md).
     #[arg(long, default_value = "allow-all", value_name = "POLICY")]
     default_policy: tarmac_model::authz::DefaultPolicy,
+    /// The trace UI tap events link to: a URL with `{trace_id}` where the trace's id goes,
+    /// e.g. `http://localhost:16686/trace/{trace_id}`. Without it, the dashboard and
+    /// `tarmac tap` show traced requests' ids alone.
+    #[arg(long, value_name = "URL")]
+    trace_url: Option<tarmac_control::telemetry::tap::TraceUrl>,
     /// Serve no identity: proxies run without mTLS or with certificates from files.
     #[arg(long, conflicts_with_all = ["identity_dir", "bootstrap_tokens"])]
     no_identity: bool,
@@ -179,13 +184,13 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Clien
 
 /// The typed configuration, with the CA loaded (or generated) and the tokens read.
 fn config_with(args: &Args, config: Config) -> Result<Config, String> {
-    let config = config.with_default_policy(args.default_policy);
+    let config = config.with_default_policy(args.default_policy).with_trace_url(args.trace_url.clone());
     if args.no_identity {
         return Ok(config);
     }
     let dir = match &args.identity_dir {
         Some(dir) => dir.clone(),
-        None => default_ca_dir()?,
+        None => default_ca_dir().map_err(|e| e.to_string())?,
     };
     let (ca, created) = Ca::load_or_generate(&dir, DEFAULT_TRUST_DOMAIN)
         .map_err(|e| format!("the mesh's CA in {}: {e}", dir.display()))?;
@@ -288,12 +293,13 @@ async fn start_webhook(
 ) -> Result<(), String> {
     use tarmac_control::inject::{Settings, webhook};
     let tls = match (&args.webhook.webhook_cert, &args.webhook.webhook_key, identity) {
-        (Some(cert), Some(key), _) => webhook::tls_config(cert, key)?,
+        (Some(cert), Some(key), _) => webhook::tls_config(cert, key).map_err(|e| e.to_string())?,
         (_, _, Some(identity)) => webhook::tls_from_ca(
             identity.ca.clone(),
             args.webhook.webhook_dns_name.clone(),
             args.cert_lifetime,
-        )?,
+        )
+        .map_err(|e| e.to_string())?,
         _ => {
             return Err(
                 "--webhook-listen needs --webhook-cert and --webhook-key, or the mesh's CA (not --no-identity)".to_string()

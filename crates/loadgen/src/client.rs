@@ -58,15 +58,20 @@ pub(crate) enum Sender {
 
 // === impl Protocol ===
 
-impl std::str::FromStr for Protocol {
-    type Err = String;
+/// A protocol name the load generator does not speak.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown protocol `{0}`: use http1, h2c or grpc")]
+pub struct UnknownProtocol(String);
 
-    fn from_str(text: &str) -> Result<Self, String> {
+impl std::str::FromStr for Protocol {
+    type Err = UnknownProtocol;
+
+    fn from_str(text: &str) -> Result<Self, UnknownProtocol> {
         match text {
             "http1" | "http/1.1" | "h1" => Ok(Self::Http1),
             "h2c" | "http2" | "h2" => Ok(Self::H2c),
             "grpc" => Ok(Self::Grpc),
-            other => Err(format!("unknown protocol `{other}`: use http1, h2c or grpc")),
+            other => Err(UnknownProtocol(other.to_string())),
         }
     }
 }

@@ -66,11 +66,16 @@ impl fmt::Display for DefaultPolicy {
     }
 }
 
-impl std::str::FromStr for DefaultPolicy {
-    type Err = String;
+/// A name that is none of [`DefaultPolicy::NAMES`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is no default policy; use {names}", names = DefaultPolicy::NAMES.join(", "))]
+pub struct UnknownDefaultPolicy(pub String);
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::parse(s).ok_or_else(|| format!("`{s}` is no default policy; use {}", Self::NAMES.join(", ")))
+impl std::str::FromStr for DefaultPolicy {
+    type Err = UnknownDefaultPolicy;
+
+    fn from_str(s: &str) -> Result<Self, UnknownDefaultPolicy> {
+        Self::parse(s).ok_or_else(|| UnknownDefaultPolicy(s.to_string()))
     }
 }
 

@@ -4,8 +4,13 @@
 
 use std::time::Duration;
 
-pub fn parse(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("`{text}` is not a duration: write e.g. `10s`, `500ms`, `1h30m`");
+/// Text that is not a Gateway API duration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a duration: write e.g. `10s`, `500ms`, `1h30m`")]
+pub struct InvalidDuration(pub String);
+
+pub fn parse(text: &str) -> Result<Duration, InvalidDuration> {
+    let invalid = || InvalidDuration(text.to_string());
     if text.is_empty() || text.len() > 20 {
         return Err(invalid());
     }

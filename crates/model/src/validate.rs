@@ -460,7 +460,7 @@ fn validate_http_route(r: &HttpRoute, p: &mut Problems) {
             let backend = t.backend_request.as_deref().map(|d| (d, duration::parse(d)));
             for (field, parsed) in [("request", &request), ("backendRequest", &backend)] {
                 if let Some((_, Err(e))) = parsed {
-                    p.add(format!("{at}.timeouts.{field}"), e.clone());
+                    p.add(format!("{at}.timeouts.{field}"), e.to_string());
                 }
             }
             if let (Some((_, Ok(req))), Some((_, Ok(back)))) = (&request, &backend)
@@ -473,7 +473,7 @@ fn validate_http_route(r: &HttpRoute, p: &mut Problems) {
         if let Some(retry) = &rule.retry {
             if let Some(backoff) = &retry.backoff {
                 match duration::parse(backoff) {
-                    Err(e) => p.add(format!("{at}.retry.backoff"), e),
+                    Err(e) => p.add(format!("{at}.retry.backoff"), e.to_string()),
                     Ok(d) if d < MIN_BACKOFF => p.add(format!("{at}.retry.backoff"), BACKOFF_TOO_SHORT),
                     Ok(_) => {}
                 }
@@ -542,7 +542,7 @@ fn validate_fault(f: &FaultInjection, p: &mut Problems) {
     }
     if let Some(d) = &spec.delay {
         if let Err(e) = duration::parse(&d.fixed_delay) {
-            p.add("spec.delay.fixedDelay", e);
+            p.add("spec.delay.fixedDelay", e.to_string());
         }
         if !(0.0..=100.0).contains(&d.percentage) {
             p.add("spec.delay.percentage", "must be 0-100");
@@ -601,7 +601,7 @@ fn validate_resilience(r: &ResiliencePolicy, p: &mut Problems) {
         if let Some(v) = value
             && let Err(e) = duration::parse(v)
         {
-            p.add(field, e);
+            p.add(field, e.to_string());
         }
     };
     if let Some(b) = &spec.retry_budget {

@@ -11,7 +11,7 @@
 //! port), or names the route (or the rule) whose rule the request takes. Connections
 //! that are not HTTP take no rule: only port policies apply to them.
 
-use crate::cidr::Cidr;
+use crate::cidr::{Cidr, CidrError};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -80,7 +80,7 @@ struct ClientMatch {
 }
 
 impl ClientMatch {
-    fn compile(m: &pb::ClientMatch) -> Result<Self, String> {
+    fn compile(m: &pb::ClientMatch) -> Result<Self, CidrError> {
         let mut exact = HashSet::new();
         let mut prefixes = Vec::new();
         for id in &m.identities {
@@ -91,11 +91,7 @@ impl ClientMatch {
                 }
             }
         }
-        let cidrs = m
-            .cidrs
-            .iter()
-            .map(|c| c.parse().map_err(|e: crate::cidr::CidrError| e.to_string()))
-            .collect::<Result<_, _>>()?;
+        let cidrs = m.cidrs.iter().map(|c| c.parse()).collect::<Result<_, _>>()?;
         Ok(Self {
             exact,
             prefixes,
@@ -215,7 +211,8 @@ pub struct Authorizations {
 #[error("AuthorizationPolicy {policy}: {reason}")]
 pub struct CompileError {
     pub policy: String,
-    pub reason: String,
+    #[source]
+    pub reason: CidrError,
 }
 
 impl Authorizations {

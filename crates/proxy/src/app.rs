@@ -43,8 +43,8 @@ pub enum IdentityError {
     Read { what: &'static str, path: String, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
-    #[error("{path}: {reason}")]
-    Certificates { path: String, reason: String },
+    #[error("{path}: {source}")]
+    Certificates { path: String, source: tarmac_identity::ca::PemError },
     #[error("{path}: not a PEM private key: {source}")]
     Key { path: String, source: rustls::pki_types::pem::Error },
     #[error("{path}: {source}")]
@@ -261,7 +261,7 @@ async fn setup_identity(
     let tls = MeshTls::new(&anchors, &identity.trust_anchors, certs.clone(), mode)?;
     if let Some(files) = &identity.certificate {
         let chain = tarmac_identity::ca::pem_certs(&read(&files.cert, "certificate")?)
-            .map_err(|reason| IdentityError::Certificates { path: files.cert.clone(), reason })?;
+            .map_err(|source| IdentityError::Certificates { path: files.cert.clone(), source })?;
         let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(read(&files.key, "key")?.as_bytes())
             .map_err(|source| IdentityError::Key { path: files.key.clone(), source })?;
         let current = certs

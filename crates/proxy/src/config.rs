@@ -477,18 +477,26 @@ pub mod duration {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 
-    pub fn parse(s: &str) -> Result<Duration, String> {
+    /// Text that is not a duration of the proxy's configuration.
+    #[derive(Debug, thiserror::Error)]
+    pub enum DurationError {
+        #[error("`{0}` is not a duration; write e.g. `500ms`, `10s`, `5m`")]
+        NotANumber(String),
+        #[error("`{0}` has no unit; write e.g. `500ms`, `10s`, `5m`, `1h`")]
+        NoUnit(String),
+    }
+
+    pub fn parse(s: &str) -> Result<Duration, DurationError> {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let value: f64 =
-            num.parse().map_err(|_| format!("`{s}` is not a duration; write e.g. `500ms`, `10s`, `5m`"))?;
+        let value: f64 = num.parse().map_err(|_| DurationError::NotANumber(s.to_string()))?;
         let secs = match unit {
             "ms" => value / 1000.0,
             "s" => value,
             "m" => value * 60.0,
             "h" => value * 3600.0,
-            _ => return Err(format!("`{s}` has no unit; write e.g. `500ms`, `10s`, `5m`, `1h`")),
+            _ => return Err(DurationError::NoUnit(s.to_string())),
         };
         Ok(Duration::from_secs_f64(secs))
     }
@@ -610,7 +618,7 @@ outbound:
             assert_eq!(parsed, Duration::from_millis(d));
             assert_eq!(duration::parse(&duration::format(&parsed)).unwrap(), parsed);
         }
-        assert!(duration::parse("10").unwrap_err().contains("no unit"));
+        assert!(duration::parse("10").unwrap_err().to_string().contains("no unit"));
         assert!(duration::parse("fast").is_err());
     }
 

@@ -2,7 +2,7 @@
 //! update so that a request only copies prepared header names and values.
 
 use crate::matching::RequestMatch;
-use crate::table::Target;
+use crate::table::{CompileError, Target};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, uri::PathAndQuery};
 use std::sync::Arc;
@@ -18,14 +18,15 @@ pub struct HeaderModifier {
     remove: Vec<HeaderName>,
 }
 
-fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {
-    let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name `{name}`"))?;
-    let v = HeaderValue::from_str(value).map_err(|_| format!("invalid value for header `{name}`"))?;
+fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), CompileError> {
+    let n =
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| CompileError::HeaderName(name.to_string()))?;
+    let v = HeaderValue::from_str(value).map_err(|_| CompileError::HeaderValue(name.to_string()))?;
     Ok((n, v))
 }
 
 impl HeaderModifier {
-    fn compile(m: &pb::HeaderModifier) -> Result<Self, String> {
+    fn compile(m: &pb::HeaderModifier) -> Result<Self, CompileError> {
         Ok(Self {
             set: m.set.iter().map(|h| header(&h.name, &h.value)).collect::<Result<_, _>>()?,
             add: m.add.iter().map(|h| header(&h.name, &h.value)).collect::<Result<_, _>>()?,
@@ -33,7 +34,7 @@ impl HeaderModifier {
                 .remove
                 .iter()
                 .map(|n| {
-                    HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("invalid header name `{n}`"))
+                    HeaderName::from_bytes(n.as_bytes()).map_err(|_| CompileError::HeaderName(n.clone()))
                 })
                 .collect::<Result<_, _>>()?,
         })
@@ -222,13 +223,13 @@ pub struct Cors {
 const ALLOW_ORIGIN: HeaderName = header::ACCESS_CONTROL_ALLOW_ORIGIN;
 
 impl Cors {
-    fn compile(c: &pb::Cors) -> Result<Self, String> {
+    fn compile(c: &pb::Cors) -> Result<Self, CompileError> {
         let expose = if c.expose_headers.is_empty() {
             None
         } else {
             Some(
                 HeaderValue::from_str(&c.expose_headers.join(", "))
-                    .map_err(|_| "invalid CORS exposeHeaders")?,
+                    .map_err(|_| CompileError::CorsExposeHeaders)?,
             )
         };
         Ok(Self {
@@ -325,12 +326,11 @@ fn draw(per_million: u32) -> bool {
 }
 
 impl Fault {
-    fn compile(f: &pb::Fault) -> Result<Self, String> {
+    fn compile(f: &pb::Fault) -> Result<Self, CompileError> {
         let abort = match f.abort_status {
             0 => None,
             code => Some((
-                StatusCode::from_u16(code as u16)
-                    .map_err(|_| format!("fault status {code} is not a status"))?,
+                StatusCode::from_u16(code as u16).map_err(|_| CompileError::FaultStatus(code))?,
                 f.abort_per_million,
             )),
         };
@@ -419,7 +419,7 @@ impl<B> Filters<B> {
     pub fn compile(
         filters: &[pb::RouteFilter],
         resolve: &mut dyn FnMut(&pb::RouteBackend) -> Target<B>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CompileError> {
         let mut out = Filters::default();
         let mut response_headers = None;
         let mut cors = None;
@@ -439,7 +439,7 @@ impl<B> Filters<B> {
                             StatusCode::from_u16(code as u16).expect("a redirect status")
                         }
                         other => {
-                            return Err(format!("redirect status {other} is not 301, 302, 303, 307 or 308"));
+                            return Err(CompileError::RedirectStatus(other));
                         }
                     };
                     RequestFilter::Redirect(Redirect {
@@ -456,7 +456,7 @@ impl<B> Filters<B> {
                     } else {
                         Some(
                             HeaderValue::from_str(&r.hostname)
-                                .map_err(|_| format!("invalid rewrite hostname `{}`", r.hostname))?,
+                                .map_err(|_| CompileError::RewriteHostname(r.hostname.clone()))?,
                         )
                     };
                     RequestFilter::Rewrite(Rewrite { hostname, path: PathModifier::compile(&r.path) })
@@ -487,13 +487,22 @@ impl<B> Filters<B> {
     }
 }
 
+/// A rewrite or redirect whose result is no request target (the request's own query
+/// joined to a configured path): the request fails, the route stays.
+#[derive(Debug, thiserror::Error)]
+#[error("rewritten path `{text}`: {source}")]
+pub struct RewrittenPathError {
+    pub text: String,
+    source: http::uri::InvalidUri,
+}
+
 /// `path` with `query` appended, as a request target.
-pub fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, String> {
+pub fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, RewrittenPathError> {
     let text = match query {
         Some(q) => format!("{path}?{q}"),
         None => path.to_string(),
     };
-    PathAndQuery::try_from(text.as_str()).map_err(|e| format!("rewritten path `{text}`: {e}"))
+    PathAndQuery::try_from(text.as_str()).map_err(|source| RewrittenPathError { text, source })
 }
 
 #[cfg(test)]

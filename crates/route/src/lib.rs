@@ -24,4 +24,4 @@ pub mod table;
 pub use filters::{Filters, RequestFilter, ResponseFilter};
 pub use matching::{MatchSummary, RequestMatch, ValueSummary};
 pub use policy::Retry;
-pub use table::{Backend, RouteError, RouteTable, Rule, Target};
+pub use table::{Backend, CompileError, RouteError, RouteTable, Rule, Target};

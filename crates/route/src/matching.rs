@@ -6,6 +6,7 @@
 //! method; then more header matches; then more query parameter matches; then the route's
 //! order (`namespace/name`) and the rule's and match's position in it.
 
+use crate::table::CompileError;
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 use std::borrow::Cow;
@@ -76,12 +77,12 @@ pub(crate) fn header_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Opt
 }
 
 /// Anchors a Gateway API regular expression so that it must match the whole value.
-fn full_regex(pattern: &str) -> Result<Regex, String> {
+fn full_regex(pattern: &str) -> Result<Regex, CompileError> {
     Regex::new(&format!("^(?:{pattern})$"))
-        .map_err(|e| format!("invalid regular expression `{pattern}`: {e}"))
+        .map_err(|source| CompileError::Regex { pattern: pattern.to_string(), source })
 }
 
-fn value_match(m: &pb::ValueMatch) -> Result<ValueMatch, String> {
+fn value_match(m: &pb::ValueMatch) -> Result<ValueMatch, CompileError> {
     Ok(if m.regex { ValueMatch::Regex(full_regex(&m.value)?) } else { ValueMatch::Exact(m.value.clone()) })
 }
 
@@ -91,7 +92,7 @@ impl RequestMatch {
         Self { path: PathMatch::Prefix(String::new()), method: None, headers: Vec::new(), query: Vec::new() }
     }
 
-    pub fn compile(m: &pb::RouteMatch) -> Result<Self, String> {
+    pub fn compile(m: &pb::RouteMatch) -> Result<Self, CompileError> {
         let path = match &m.path {
             None => PathMatch::Prefix(String::new()),
             Some(p) => match PathMatchType::try_from(p.r#type).unwrap_or(PathMatchType::Prefix) {
@@ -105,7 +106,7 @@ impl RequestMatch {
         } else {
             Some(
                 Method::from_bytes(m.method.as_bytes())
-                    .map_err(|_| format!("invalid method `{}`", m.method))?,
+                    .map_err(|_| CompileError::Method(m.method.clone()))?,
             )
         };
         let headers = m
@@ -113,7 +114,7 @@ impl RequestMatch {
             .iter()
             .map(|h| {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
-                    .map_err(|_| format!("invalid header name `{}`", h.name))?;
+                    .map_err(|_| CompileError::HeaderName(h.name.clone()))?;
                 let value = value_match(h)?;
                 let exact_fingerprint = match &value {
                     ValueMatch::Exact(v) => Some(fingerprint(v)),
@@ -121,12 +122,12 @@ impl RequestMatch {
                 };
                 Ok(HeaderTest { name, slot: usize::MAX, value, exact_fingerprint })
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, CompileError>>()?;
         let query = m
             .query_params
             .iter()
             .map(|q| Ok((q.name.clone(), value_match(q)?)))
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, CompileError>>()?;
         Ok(Self { path, method, headers, query })
     }
 
@@ -411,6 +412,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap_err();
-        assert!(err.contains("`/(`"), "{err}");
+        assert!(matches!(&err, CompileError::Regex { pattern, .. } if pattern == "/("), "{err:?}");
+        assert!(err.to_string().contains("`/(`"), "{err}");
     }
 }

@@ -1,6 +1,6 @@
 use crate::filters::Filters;
 use crate::matching::{self, RequestMatch};
-use crate::policy::Retry;
+use crate::policy::{Retry, RetryError};
 use http::HeaderName;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,7 +90,33 @@ pub struct RouteError {
     /// `namespace/name`.
     pub route: String,
     pub rule: usize,
-    pub reason: String,
+    #[source]
+    pub reason: CompileError,
+}
+
+/// Why one match, filter or retry of a rule does not compile. Discovery sends what the
+/// model validated, so these mean a control plane and proxy that disagree (or a bug):
+/// the update is refused and the last good table stays.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("invalid regular expression `{pattern}`: {source}")]
+    Regex { pattern: String, source: regex::Error },
+    #[error("invalid method `{0}`")]
+    Method(String),
+    #[error("invalid header name `{0}`")]
+    HeaderName(String),
+    #[error("invalid value for header `{0}`")]
+    HeaderValue(String),
+    #[error("invalid CORS exposeHeaders")]
+    CorsExposeHeaders,
+    #[error("fault status {0} is not a status")]
+    FaultStatus(u32),
+    #[error("redirect status {0} is not 301, 302, 303, 307 or 308")]
+    RedirectStatus(u32),
+    #[error("invalid rewrite hostname `{0}`")]
+    RewriteHostname(String),
+    #[error(transparent)]
+    Retry(#[from] RetryError),
 }
 
 const PARENT_WEIGHT: u32 = 1;
@@ -111,7 +137,7 @@ impl<B> RouteTable<B> {
         for route in routes {
             let route_name = Arc::new(format!("{}/{}", route.namespace, route.name));
             for (rule_index, rule) in route.rules.iter().enumerate() {
-                let at = |reason: String| RouteError {
+                let at = |reason: CompileError| RouteError {
                     kind: route.kind.clone(),
                     route: route_name.to_string(),
                     rule: rule_index,
@@ -152,12 +178,7 @@ impl<B> RouteTable<B> {
                     backends,
                     request_timeout: millis(rule.request_timeout_ms),
                     backend_timeout: millis(rule.backend_request_timeout_ms),
-                    retry: rule
-                        .retry
-                        .as_ref()
-                        .map(Retry::compile)
-                        .transpose()
-                        .map_err(|e| at(e.to_string()))?,
+                    retry: rule.retry.as_ref().map(Retry::compile).transpose().map_err(|e| at(e.into()))?,
                 });
             }
         }

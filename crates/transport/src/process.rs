@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::{ChildStderr, ChildStdout};
@@ -26,13 +27,57 @@ pub const DROP_GRACE: Duration = Duration::from_secs(3);
 const LOG_TAIL_LINES: usize = 15;
 
 /// How a child ended, or why its end could not be read.
-pub type Exit = Result<ExitStatus, String>;
+pub type Exit = Result<ExitStatus, WaitError>;
+
+/// Why a child's end could not be read. Cloneable, as every waiter gets its own copy.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WaitError {
+    #[error("{0}")]
+    Wait(#[source] Arc<std::io::Error>),
+    #[error("its supervisor is gone")]
+    SupervisorGone,
+}
 
 pub fn describe(exit: &Exit) -> String {
     match exit {
         Ok(status) => status.to_string(),
         Err(e) => format!("cannot wait for it: {e}"),
     }
+}
+
+/// What went wrong with a child, naming it (and its program or log file); a failure after
+/// it started carries the last lines of its log, which are what tells why.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot create {}: {source}", path.display())]
+    CreateLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open {}: {source}", path.display())]
+    OpenLog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {name} ({program}): {source}")]
+    Start {
+        name: String,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name} exited: {}.\n{log_tail}", describe(.exit))]
+    Exited { name: String, exit: Exit, log_tail: String },
+    #[error("{name} exited while starting: {}.\n{log_tail}", describe(.exit))]
+    ExitedWhileStarting { name: String, exit: Exit, log_tail: String },
+    #[error("{name} was not ready within {timeout:?}.\n{log_tail}")]
+    NotReady { name: String, timeout: Duration, log_tail: String },
+    #[error("cannot create a pipe: {0}")]
+    Pipe(#[source] std::io::Error),
+    #[error("cannot write to a pipe: {0}")]
+    PipeWrite(#[source] std::io::Error),
 }
 
 /// Where a child's stdout and stderr go.
@@ -121,13 +166,21 @@ impl Supervised {
     /// Starts `command` in a new process group (so that a terminal's Ctrl-C reaches only
     /// us, and signals reach whatever the child starts), stdin closed, output as `output`
     /// says, SIGTERMed by the kernel if this process dies. `name` names it in errors.
-    pub fn spawn(name: &str, mut command: tokio::process::Command, output: Output) -> Result<Self, String> {
+    pub fn spawn(
+        name: &str,
+        mut command: tokio::process::Command,
+        output: Output,
+    ) -> Result<Self, ProcessError> {
         let log = match output {
             Output::Log(path) => {
-                let file = std::fs::File::create(&path)
-                    .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-                let for_stderr =
-                    file.try_clone().map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                let file = match std::fs::File::create(&path) {
+                    Ok(file) => file,
+                    Err(source) => return Err(ProcessError::CreateLog { path, source }),
+                };
+                let for_stderr = match file.try_clone() {
+                    Ok(file) => file,
+                    Err(source) => return Err(ProcessError::OpenLog { path, source }),
+                };
                 command.stdout(file).stderr(for_stderr);
                 Some(path)
             }
@@ -138,8 +191,10 @@ impl Supervised {
         };
         command.stdin(Stdio::null()).process_group(0).kill_on_drop(true);
         terminate_with_parent(command.as_std_mut());
-        let mut child = command.spawn().map_err(|e| {
-            format!("cannot start {name} ({}): {e}", command.as_std().get_program().to_string_lossy())
+        let mut child = command.spawn().map_err(|source| ProcessError::Start {
+            name: name.to_string(),
+            program: command.as_std().get_program().to_string_lossy().into_owned(),
+            source,
         })?;
         let pid = child.id().expect("a child that was just spawned has a pid");
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
@@ -172,7 +227,7 @@ impl Supervised {
         let mut exited = self.exited.clone();
         match exited.wait_for(Option::is_some).await {
             Ok(exit) => exit.clone().expect("waited for Some"),
-            Err(_) => Err("its supervisor is gone".to_string()),
+            Err(_) => Err(WaitError::SupervisorGone),
         }
     }
 
@@ -192,29 +247,32 @@ impl Supervised {
     }
 
     /// When it has exited: that it did and how, with the last lines of its log.
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<ProcessError> {
         let exit = self.exit()?;
-        Some(format!("{} exited: {}.\n{}", self.name, describe(&exit), self.log_tail()))
+        Some(ProcessError::Exited { name: self.name.clone(), exit, log_tail: self.log_tail() })
     }
 
     /// Waits until `readiness` holds, failing with its log if it exits first or takes
     /// longer than `timeout`.
-    pub async fn wait_ready(&self, readiness: &Readiness, timeout: Duration) -> Result<(), String> {
+    pub async fn wait_ready(&self, readiness: &Readiness, timeout: Duration) -> Result<(), ProcessError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(exit) = self.exit() {
-                return Err(format!(
-                    "{} exited while starting: {}.\n{}",
-                    self.name,
-                    describe(&exit),
-                    self.log_tail()
-                ));
+                return Err(ProcessError::ExitedWhileStarting {
+                    name: self.name.clone(),
+                    exit,
+                    log_tail: self.log_tail(),
+                });
             }
             if readiness.probe().await {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(format!("{} was not ready within {timeout:?}.\n{}", self.name, self.log_tail()));
+                return Err(ProcessError::NotReady {
+                    name: self.name.clone(),
+                    timeout,
+                    log_tail: self.log_tail(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -258,7 +316,7 @@ async fn supervise(
     };
     let exit = loop {
         tokio::select! {
-            status = child.wait() => break status.map_err(|e| e.to_string()),
+            status = child.wait() => break status.map_err(|e| WaitError::Wait(Arc::new(e))),
             signal = signals.recv() => match signal {
                 Some(signal) => signal_group(signal),
                 None => {
@@ -270,7 +328,7 @@ async fn supervise(
                             child.wait().await
                         }
                     };
-                    break status.map_err(|e| e.to_string());
+                    break status.map_err(|e| WaitError::Wait(Arc::new(e)));
                 }
             },
         }
@@ -352,19 +410,19 @@ pub fn read_inherited(fd: i32) -> std::io::Result<Vec<u8>> {
 /// A pipe already holding `secret`, its writing end closed: the reading end, to hand to
 /// one child with [`hand_over`]. Both ends are close-on-exec here, so no other child
 /// started meanwhile inherits it.
-pub fn secret_pipe(secret: &[u8]) -> Result<std::os::fd::OwnedFd, String> {
+pub fn secret_pipe(secret: &[u8]) -> Result<std::os::fd::OwnedFd, ProcessError> {
     use std::io::Write as _;
     use std::os::fd::FromRawFd;
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two descriptors into the array it is given, which has room.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(format!("cannot create a pipe: {}", std::io::Error::last_os_error()));
+        return Err(ProcessError::Pipe(std::io::Error::last_os_error()));
     }
     // SAFETY: both descriptors were just created by pipe2 and are owned by nobody else.
     let (read, write) =
         unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) };
     // A few bytes, far below the pipe's buffer: the write cannot block.
-    std::fs::File::from(write).write_all(secret).map_err(|e| format!("cannot write to a pipe: {e}"))?;
+    std::fs::File::from(write).write_all(secret).map_err(ProcessError::PipeWrite)?;
     Ok(read)
 }
 
@@ -477,10 +535,10 @@ mod tests {
         let child =
             Supervised::spawn("failing", sh("echo 'cannot bind'; exit 3"), Output::Log(log.clone())).unwrap();
         let never = Readiness::Accepts(SocketAddr::from(([127, 0, 0, 1], 1)));
-        let err = child.wait_ready(&never, Duration::from_secs(60)).await.unwrap_err();
+        let err = child.wait_ready(&never, Duration::from_secs(60)).await.unwrap_err().to_string();
         assert!(err.starts_with("failing exited while starting: exit status: 3."), "{err}");
         assert!(err.contains("    cannot bind"), "{err}");
-        assert!(child.failure().unwrap().contains("cannot bind"));
+        assert!(child.failure().unwrap().to_string().contains("cannot bind"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -161,7 +161,7 @@ fn a_refused_template_names_the_document_and_field() {
         "kind: Pod\nmetadata: {name: p, annotations: {tarmac.io/inject: sure}}\nspec: {containers: []}\n";
     let e = inject_manifests("pods.yaml", text, &args(false)).unwrap_err();
     assert_eq!(
-        e,
+        e.to_string(),
         "pods.yaml: document 1 (Pod p): metadata.annotations[tarmac.io/inject]: `sure` is neither `enabled` nor `disabled`"
     );
 }

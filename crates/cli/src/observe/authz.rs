@@ -2,7 +2,7 @@
 //! under which policy, and how often: what each selected workload's sidecar is sent
 //! (docs/policy.md). Like `linkerd viz authz`, from the configuration in force.
 
-use super::{ControlArgs, Output, print_json, query};
+use super::{ApiError, ControlArgs, Output, print_json, query};
 
 /// Show who may call a Service, and under which AuthorizationPolicy or default.
 #[derive(clap::Args, Debug)]
@@ -19,7 +19,7 @@ pub struct AuthzArgs {
     pub control: ControlArgs,
 }
 
-pub async fn authz(args: AuthzArgs) -> Result<(), String> {
+pub async fn authz(args: AuthzArgs) -> Result<(), ApiError> {
     let (namespace, service) = match args.service.split_once('/') {
         Some((ns, name)) => (Some(ns.to_string()), name.to_string()),
         None => (args.namespace.clone(), args.service.clone()),

@@ -4,7 +4,7 @@
 //! non-zero when anything is wrong, so that scripts can wait on it; shadowed route rules
 //! are printed as warnings and do not fail it.
 
-use super::{ControlArgs, Output, print_json};
+use super::{ApiError, ControlArgs, Output, print_json};
 use serde_json::json;
 
 /// Check the mesh: control plane, configuration, replicas, proxies and discovery.
@@ -18,11 +18,11 @@ pub struct CheckArgs {
 }
 
 /// Ok(true) when every check passed.
-pub async fn check(args: CheckArgs) -> Result<bool, String> {
+pub async fn check(args: CheckArgs) -> Result<bool, ApiError> {
     let report = match args.control.get_json("/api/v1/check").await {
         Ok(report) => report,
         Err(e) => {
-            let (detail, hint) = e.split_once('\n').unwrap_or((e.as_str(), ""));
+            let (detail, hint) = (e.to_string(), e.advice().unwrap_or_default());
             json!({
                 "ok": false,
                 "checks": [{

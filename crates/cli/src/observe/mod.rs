@@ -12,7 +12,7 @@ use serde_json::Value;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tarmac_control::http_client::HttpClient;
+use tarmac_control::http_client::{ClientError, HttpClient};
 
 /// Where the CLI finds the control plane's API when not told.
 pub const ENV_CONTROL: &str = "TARMAC_CONTROL";
@@ -32,10 +32,66 @@ fn default_control() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], tarmac_control::api::DEFAULT_PORT))
 }
 
-/// `127.0.0.1:4190` or `http://127.0.0.1:4190[/]`.
-fn parse_control(text: &str) -> Result<SocketAddr, String> {
+/// `127.0.0.1:4190` or `http://127.0.0.1:4190[/]`. A clap `value_parser`: its error
+/// implements `std::error::Error`, which clap prints.
+fn parse_control(text: &str) -> Result<SocketAddr, NotAnAddress> {
     let bare = text.trim().trim_start_matches("http://").trim_end_matches('/');
-    bare.parse().map_err(|_| format!("`{text}` is not an address such as 127.0.0.1:4190"))
+    bare.parse().map_err(|_| NotAnAddress(text.to_string()))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("`{0}` is not an address such as 127.0.0.1:4190")]
+pub struct NotAnAddress(String);
+
+/// What can go wrong talking to the control plane's API, or with what it answered.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot reach the control plane's API at {control}: {source}")]
+    Unreachable {
+        control: SocketAddr,
+        #[source]
+        source: ClientError,
+    },
+    #[error("the control plane at {control} answered something else than JSON: {source}")]
+    NotJson {
+        control: SocketAddr,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The API answered with an error status; `what` is what it refused (`request`, `tap`).
+    #[error("the control plane refused the {what}: {message}")]
+    Refused { what: &'static str, message: String },
+    #[error("restart of {workload} failed: {message}")]
+    RestartFailed { workload: String, message: String },
+    #[error("the control plane ended the tap stream (did `tarmac up` stop?)")]
+    StreamEnded,
+    #[error("`{0}` is not a Workload: give NAME or NAMESPACE/NAME")]
+    NotAWorkload(String),
+    #[error("Service {service} has no port {port}")]
+    NoSuchPort { service: String, port: u16 },
+    #[error(transparent)]
+    Duration(#[from] tarmac_clikit::duration::DurationError),
+}
+
+impl ApiError {
+    /// What to do about it, on the lines after the message.
+    pub fn advice(&self) -> Option<String> {
+        match self {
+            Self::Unreachable { .. } => Some(format!(
+                "  is `tarmac up DIR` running? It prints the API's address \
+                 (`control plane: API and dashboard on ...`); pass it with --control or {ENV_CONTROL}"
+            )),
+            _ => None,
+        }
+    }
+
+    /// The message and its advice, as the command line prints them.
+    pub fn with_advice(&self) -> String {
+        match self.advice() {
+            Some(advice) => format!("{self}\n{advice}"),
+            None => self.to_string(),
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -52,26 +108,28 @@ impl ControlArgs {
         HttpClient::new(self.control, timeout)
     }
 
-    /// GETs `path` from the API and parses its JSON; errors say what to do.
-    pub async fn get_json(&self, path: &str) -> Result<Value, String> {
-        let response = self.client(API_TIMEOUT).get(path).await.map_err(|e| self.unreachable(&e))?;
-        let value: Value = serde_json::from_slice(&response.body).map_err(|e| {
-            format!("the control plane at {} answered something else than JSON: {e}", self.control)
-        })?;
+    /// GETs `path` from the API and parses its JSON.
+    pub async fn get_json(&self, path: &str) -> Result<Value, ApiError> {
+        let response = self.client(API_TIMEOUT).get(path).await.map_err(|e| self.unreachable(e))?;
+        let value = self.json(&response.body)?;
         if !response.status.is_success() {
-            let message = value["error"].as_str().unwrap_or("no reason given");
-            return Err(format!("the control plane refused the request: {message}"));
+            return Err(ApiError::Refused { what: "request", message: reason(&value) });
         }
         Ok(value)
     }
 
-    pub fn unreachable(&self, error: &dyn std::fmt::Display) -> String {
-        format!(
-            "cannot reach the control plane's API at {}: {error}\n  is `tarmac up DIR` running? It prints the API's address \
-             (`control plane: API and dashboard on ...`); pass it with --control or {ENV_CONTROL}",
-            self.control
-        )
+    pub fn unreachable(&self, source: ClientError) -> ApiError {
+        ApiError::Unreachable { control: self.control, source }
     }
+
+    pub fn json(&self, body: &[u8]) -> Result<Value, ApiError> {
+        serde_json::from_slice(body).map_err(|source| ApiError::NotJson { control: self.control, source })
+    }
+}
+
+/// The `error` of an API's error answer.
+pub fn reason(answer: &Value) -> String {
+    answer["error"].as_str().unwrap_or("no reason given").to_string()
 }
 
 /// `a=b&c=d` with values percent-encoded; empty values are left out.
@@ -172,7 +230,7 @@ pub struct PrometheusConfigArgs {
     pub job_only: bool,
 }
 
-pub fn prometheus_config(args: &PrometheusConfigArgs) -> Result<(), String> {
+pub fn prometheus_config(args: &PrometheusConfigArgs) -> Result<(), ApiError> {
     tarmac_clikit::duration::parse_positive(&args.scrape_interval)?;
     let interval = &args.scrape_interval;
     let job = format!(
@@ -212,7 +270,7 @@ mod tests {
     #[test]
     fn control_addresses_may_be_urls() {
         assert_eq!(parse_control("http://127.0.0.1:5000/").unwrap(), "127.0.0.1:5000".parse().unwrap());
-        assert!(parse_control("localhost").unwrap_err().contains("127.0.0.1:4190"));
+        assert!(parse_control("localhost").unwrap_err().to_string().contains("127.0.0.1:4190"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! the table with the proxy's own matching code; then the routes attached to the
 //! Service as configured, and any condition of theirs that needs attention.
 
-use super::{ControlArgs, Output, print_json, query};
+use super::{ApiError, ControlArgs, Output, print_json, query};
 use serde_json::Value;
 
 /// Show which routes apply to a Service, with their rules.
@@ -41,7 +41,7 @@ pub struct RoutesArgs {
     pub control: ControlArgs,
 }
 
-pub async fn routes(args: RoutesArgs) -> Result<(), String> {
+pub async fn routes(args: RoutesArgs) -> Result<(), ApiError> {
     let (namespace, service) = match args.service.split_once('/') {
         Some((ns, name)) => (Some(ns.to_string()), name.to_string()),
         None => (args.namespace.clone(), args.service.clone()),
@@ -61,7 +61,7 @@ pub async fn routes(args: RoutesArgs) -> Result<(), String> {
     {
         ports.retain(|p| p["port"].as_u64() == Some(u64::from(port)));
         if ports.is_empty() {
-            return Err(format!("Service {service} has no port {port}"));
+            return Err(ApiError::NoSuchPort { service, port });
         }
     }
     if args.output == Output::Json {

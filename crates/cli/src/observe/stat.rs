@@ -1,7 +1,7 @@
 //! `tarmac stat [KIND[/NAME]]` and `tarmac edges`: golden metrics over a recent window,
 //! in the columns `linkerd viz stat` users know.
 
-use super::{ControlArgs, Output, millis, percent, print_json, print_table, qualified, query, rps};
+use super::{ApiError, ControlArgs, Output, millis, percent, print_json, print_table, qualified, query, rps};
 use serde_json::Value;
 
 /// Golden metrics (success rate, requests per second, latency percentiles) per workload,
@@ -41,7 +41,7 @@ pub struct EdgesArgs {
     pub control: ControlArgs,
 }
 
-pub async fn edges(args: EdgesArgs) -> Result<(), String> {
+pub async fn edges(args: EdgesArgs) -> Result<(), ApiError> {
     stat(StatArgs {
         resource: "edge".into(),
         namespace: args.namespace,
@@ -52,7 +52,7 @@ pub async fn edges(args: EdgesArgs) -> Result<(), String> {
     .await
 }
 
-pub async fn stat(args: StatArgs) -> Result<(), String> {
+pub async fn stat(args: StatArgs) -> Result<(), ApiError> {
     let (kind, name) = match args.resource.split_once('/') {
         Some((kind, name)) => (kind.to_string(), Some(name.to_string())),
         None => (args.resource.clone(), None),

@@ -1,7 +1,7 @@
 //! `tarmac tap` (live request events) and `tarmac top` (the most requested paths, counted
 //! from the same events), both over the control plane's tap relay.
 
-use super::{ControlArgs, Output, format_table, millis, print_json, query};
+use super::{ApiError, ControlArgs, Output, format_table, millis, print_json, query};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
@@ -87,17 +87,14 @@ pub struct TopArgs {
 }
 
 /// Streams tap lines from the API into a channel until the stream ends.
-async fn open(control: &ControlArgs, query: String) -> Result<mpsc::Receiver<String>, String> {
+async fn open(control: &ControlArgs, query: String) -> Result<mpsc::Receiver<String>, ApiError> {
     let client = control.client(Duration::from_secs(10));
     let (status, mut body) =
-        client.get_streaming(&format!("/api/v1/tap?{query}")).await.map_err(|e| control.unreachable(&e))?;
+        client.get_streaming(&format!("/api/v1/tap?{query}")).await.map_err(|e| control.unreachable(e))?;
     if !status.is_success() {
         let bytes: Bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let message: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        return Err(format!(
-            "the control plane refused the tap: {}",
-            message["error"].as_str().unwrap_or("no reason given")
-        ));
+        return Err(ApiError::Refused { what: "tap", message: super::reason(&message) });
     }
     let (tx, rx) = mpsc::channel(1024);
     tokio::spawn(async move {
@@ -117,7 +114,7 @@ async fn open(control: &ControlArgs, query: String) -> Result<mpsc::Receiver<Str
     Ok(rx)
 }
 
-pub async fn tap(args: TapArgs) -> Result<(), String> {
+pub async fn tap(args: TapArgs) -> Result<(), ApiError> {
     let mut lines = open(&args.control, args.filter.query()).await?;
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut seen = 0u64;
@@ -131,7 +128,7 @@ pub async fn tap(args: TapArgs) -> Result<(), String> {
             None => lines.recv().await,
         };
         let Some(line) = next else {
-            return Err("the control plane ended the tap stream (did `tarmac up` stop?)".into());
+            return Err(ApiError::StreamEnded);
         };
         let Ok(event) = serde_json::from_str::<Value>(&line) else { continue };
         let text = if args.output == Output::Json { line.clone() } else { describe(&event) };
@@ -160,6 +157,12 @@ fn describe(event: &Value) -> String {
         _ => format!("<- {}", event["client_id"].as_str().map_or_else(|| s("source"), str::to_string)),
     };
     let grpc = event["grpc_status"].as_u64().map(|g| format!(" grpc-status={g}")).unwrap_or_default();
+    // A traced request: where its trace is shown (`--trace-url`), else its id to look up.
+    let trace = match (event["trace_url"].as_str(), event["trace_id"].as_str()) {
+        (Some(url), _) => format!(" trace={url}"),
+        (None, Some(id)) => format!(" trace={id}"),
+        _ => String::new(),
+    };
     // The policy that refused the request, or would have (audit).
     let policy = match (event["policy"].as_str(), event["audit"].as_bool()) {
         (Some(p), Some(true)) => format!(" (audit: {p} would refuse)"),
@@ -167,7 +170,7 @@ fn describe(event: &Value) -> String {
         _ => String::new(),
     };
     format!(
-        "{} {:<8} {workload} {peer} {} {} {} -> {}{grpc} {}{policy}",
+        "{} {:<8} {workload} {peer} {} {} {} -> {}{grpc} {}{policy}{trace}",
         time_of_day(event["ts_ms"].as_u64().unwrap_or(0)),
         s("direction"),
         s("method"),
@@ -190,7 +193,7 @@ fn time_of_day(ms: u64) -> String {
     )
 }
 
-pub async fn top(args: TopArgs) -> Result<(), String> {
+pub async fn top(args: TopArgs) -> Result<(), ApiError> {
     let mut lines = open(&args.control, args.filter.query()).await?;
     let json = args.output == Output::Json;
     let duration = args.duration.or(json.then_some(Duration::from_secs(5)));
@@ -210,7 +213,7 @@ pub async fn top(args: TopArgs) -> Result<(), String> {
         tokio::select! {
             line = lines.recv() => match line {
                 Some(line) => table.add_line(&line),
-                None => return Err("the control plane ended the tap stream (did `tarmac up` stop?)".into()),
+                None => return Err(ApiError::StreamEnded),
             },
             _ = redraw.tick(), if !json => print_top(&table, args.rows, started.elapsed(), terminal),
             _ = stop => break,
@@ -300,5 +303,24 @@ mod tests {
         );
         refused["audit"] = json!(true);
         assert!(describe(&refused).ends_with("(audit: default/a-public would refuse)"));
+    }
+
+    #[test]
+    fn traced_events_end_with_their_trace() {
+        let mut event = json!({
+            "ts_ms": 0u64, "direction": "outbound", "workload": "web", "replica": 0, "target": "books",
+            "method": "GET", "authority": "books", "path": "/slow", "status": 200, "duration_ms": 812.5,
+            "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"
+        });
+        assert!(
+            describe(&event).ends_with("-> 200 812ms trace=4bf92f3577b34da6a3ce929d0e0e4736"),
+            "{}",
+            describe(&event)
+        );
+        event["trace_url"] = json!("http://localhost:16686/trace/4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(
+            describe(&event)
+                .ends_with(" trace=http://localhost:16686/trace/4bf92f3577b34da6a3ce929d0e0e4736")
+        );
     }
 }

@@ -72,23 +72,46 @@ pub struct SampleArgs {
     pub app: String,
 }
 
-pub async fn run(args: SampleArgs) -> Result<(), String> {
-    let env =
-        |name: &str| std::env::var(name).map_err(|_| format!("sample-app {}: {name} is not set", args.app));
-    let upstream = |name: &str| -> Result<HttpClient, String> {
+/// What keeps a sample app from starting: its environment (as `tarmac up` sets it) or its
+/// port.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    #[error("sample-app {app}: {name} is not set")]
+    NotSet { app: String, name: String },
+    #[error("sample-app {app}: {name}={url} is not http://IP:PORT")]
+    NotAnUpstream { app: String, name: String, url: String },
+    #[error("sample-app traffic: RPS={0} is not a number of requests per second in 1..=10000")]
+    Rps(String),
+    #[error("sample-app {app}: {name}={text} is not a positive number")]
+    NotPositive { app: String, name: String, text: String },
+    #[error("sample-app {app}: PORT={port} is not a port")]
+    NotAPort { app: String, port: String },
+    #[error("sample-app {app}: cannot listen on 127.0.0.1:{port}: {source}")]
+    Listen {
+        app: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub async fn run(args: SampleArgs) -> Result<(), SampleError> {
+    let env = |name: &str| {
+        std::env::var(name).map_err(|_| SampleError::NotSet { app: args.app.clone(), name: name.to_string() })
+    };
+    let upstream = |name: &str| -> Result<HttpClient, SampleError> {
         let url = env(name)?;
-        let addr = url
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .parse::<SocketAddr>()
-            .map_err(|_| format!("sample-app {}: {name}={url} is not http://IP:PORT", args.app))?;
+        let Ok(addr) = url.trim_start_matches("http://").trim_end_matches('/').parse::<SocketAddr>() else {
+            return Err(SampleError::NotAnUpstream { app: args.app.clone(), name: name.to_string(), url });
+        };
         Ok(HttpClient::new(addr, CALL_TIMEOUT))
     };
     if args.app == "traffic" {
         let rps = match std::env::var("RPS") {
-            Ok(text) => text.parse::<u32>().ok().filter(|r| (1..=10_000).contains(r)).ok_or_else(|| {
-                format!("sample-app traffic: RPS={text} is not a number of requests per second in 1..=10000")
-            })?,
+            Ok(text) => match text.parse::<u32>().ok().filter(|r| (1..=10_000).contains(r)) {
+                Some(rps) => rps,
+                None => return Err(SampleError::Rps(text)),
+            },
             Err(_) => DEFAULT_RPS,
         };
         let target = std::env::var("TARGET").unwrap_or_else(|_| "web".into());
@@ -147,11 +170,12 @@ pub async fn run(args: SampleArgs) -> Result<(), String> {
 }
 
 /// Listens on 127.0.0.1:`port` (the `PORT` that `tarmac up` gives).
-async fn listen(app: &str, port: &str) -> Result<TcpListener, String> {
-    let port: u16 = port.parse().map_err(|_| format!("sample-app {app}: PORT={port} is not a port"))?;
+async fn listen(app: &str, port: &str) -> Result<TcpListener, SampleError> {
+    let port: u16 =
+        port.parse().map_err(|_| SampleError::NotAPort { app: app.to_string(), port: port.to_string() })?;
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
         .await
-        .map_err(|e| format!("sample-app {app}: cannot listen on 127.0.0.1:{port}: {e}"))?;
+        .map_err(|source| SampleError::Listen { app: app.to_string(), port, source })?;
     println!("{app} listening on 127.0.0.1:{port}");
     Ok(listener)
 }

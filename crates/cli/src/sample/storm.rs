@@ -89,14 +89,15 @@ pub(super) fn env_number<T: std::str::FromStr + PartialOrd + Default>(
     app: &str,
     name: &str,
     default: T,
-) -> Result<T, String> {
+) -> Result<T, super::SampleError> {
     match std::env::var(name) {
         Err(_) => Ok(default),
-        Ok(text) => text
-            .parse::<T>()
-            .ok()
-            .filter(|n| *n > T::default())
-            .ok_or_else(|| format!("sample-app {app}: {name}={text} is not a positive number")),
+        Ok(text) => match text.parse::<T>().ok().filter(|n| *n > T::default()) {
+            Some(n) => Ok(n),
+            None => {
+                Err(super::SampleError::NotPositive { app: app.to_string(), name: name.to_string(), text })
+            }
+        },
     }
 }
 

@@ -21,24 +21,24 @@ pub(crate) mod sandbox;
 mod trust;
 
 use plan::{ReplicaPlan, Upstream};
-use ports::locate_proxy_binary;
+use ports::{LocateError, locate_proxy_binary};
 use process::note;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tarmac_clikit::ports::free_port;
-use tarmac_clikit::workdir::WorkDir;
+use tarmac_clikit::ports::{NoFreePort, free_port};
+use tarmac_clikit::workdir::{WorkDir, WorkDirError};
 use tarmac_control::identity::{BootstrapTokens, WorkloadIdentity};
 use tarmac_control::registry::{Instance, Registry};
 use tarmac_control::store::files::{OpenError, load_dir};
 use tarmac_control::store::{Snapshot, Status};
 use tarmac_control::workloads::{RestartError, RestartRequest, Restarted};
 use tarmac_identity::DEFAULT_TRUST_DOMAIN;
-use tarmac_identity::ca::Ca;
+use tarmac_identity::ca::{Ca, CaError};
 use tarmac_transport::process::{Exit, Readiness, Supervised, describe, hand_over, secret_pipe};
 use tokio::process::Command;
 use tokio::signal::unix::{SignalKind, signal};
@@ -102,6 +102,10 @@ pub struct UpArgs {
     /// a free port is used and printed; 0: always a free port.
     #[arg(long, default_value_t = tarmac_control::api::DEFAULT_PORT)]
     pub api_port: u16,
+    /// The trace UI that traced requests in the dashboard and `tarmac tap` link to: a URL
+    /// with `{trace_id}` where the trace's id goes (`http://localhost:16686/trace/{trace_id}`).
+    #[arg(long, value_name = "URL")]
+    pub trace_url: Option<tarmac_control::telemetry::tap::TraceUrl>,
     /// Transparent mode (root): every replica in a network namespace of its own with
     /// interception rules, every Service a virtual IP and names in the namespaces' hosts
     /// files; apps call `http://SERVICE/` (docs/local-mode.md).
@@ -115,10 +119,105 @@ pub struct UpArgs {
     pub allow_writable_config: bool,
 }
 
-enum Failure {
+/// Why `tarmac up` could not run the mesh, naming the file, address or directory at fault.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpError {
     /// Exit 2: the configuration cannot be run; every problem is listed.
+    #[error("the configuration is invalid; nothing was started:{}", lines(.0))]
     Config(Vec<String>),
-    Other(String),
+    #[error(transparent)]
+    IdentityDir(#[from] crate::identity::IdentityError),
+    #[error("the mesh's CA: {0}")]
+    Ca(#[source] CaError),
+    #[error(transparent)]
+    ProxyBinary(#[from] LocateError),
+    /// With `--transparent`, refused; otherwise only warned about.
+    #[error(
+        "users other than the owner can change the configuration in {}, whose Workloads are commands `tarmac up` runs:{}",
+        dir.display(),
+        lines(problems)
+    )]
+    LooselyHeld { dir: PathBuf, problems: Vec<String> },
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error("cannot handle {signal}: {source}")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr} for the control plane: {source}")]
+    ListenControl {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `at` is `127.0.0.1:PORT`, or `127.0.0.1` for any port.
+    #[error("cannot listen on {at} for the API: {source}")]
+    ListenApi {
+        at: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Control(#[source] tarmac_control::StartError),
+    #[error(transparent)]
+    WorkDir(#[from] WorkDirError),
+    #[error(transparent)]
+    NoFreePort(#[from] NoFreePort),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot give {} to uid {uid}: {source}", path.display())]
+    Chown {
+        path: PathBuf,
+        uid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open {} to the sidecars: {source}", path.display())]
+    OpenToSidecars {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot find this executable (for `tarmac sandbox`): {0}")]
+    CurrentExe(#[source] std::io::Error),
+    #[error(
+        "{what} ({}) is inside the identity directory {}, which apps and sidecars must not see: choose another --identity-dir",
+        path.display(),
+        identity_dir.display()
+    )]
+    InsideIdentityDir { what: &'static str, path: PathBuf, identity_dir: PathBuf },
+}
+
+impl UpError {
+    pub(crate) fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::Config(_) => ExitCode::from(EXIT_INVALID_CONFIG),
+            _ => ExitCode::FAILURE,
+        }
+    }
+
+    /// What to do about it, on the lines after the message.
+    pub(crate) fn advice(&self) -> Option<String> {
+        match self {
+            Self::ProxyBinary(e) => e.advice(),
+            Self::LooselyHeld { .. } => Some(
+                "refusing to run them as root: fix the permissions (chmod go-w, chown), or pass --allow-writable-config"
+                    .to_string(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// Each item on a line of its own, indented.
+fn lines(items: &[String]) -> String {
+    items.iter().map(|item| format!("\n  {item}")).collect()
 }
 
 /// Something run alongside the mesh once every replica has been started (`tarmac demo`'s
@@ -142,33 +241,21 @@ impl Driver for UntilInterrupted {
 }
 
 pub async fn run(args: UpArgs) -> ExitCode {
-    exit_code(run_with(args, UntilInterrupted).await)
-}
-
-/// Runs a mesh as `tarmac up` does, with `driver` alongside; Err is what to print and
-/// exit with.
-pub(crate) async fn run_with(args: UpArgs, driver: impl Driver) -> Result<(), (String, ExitCode)> {
-    match up(args, driver).await {
-        Ok(()) => Ok(()),
-        Err(Failure::Config(errors)) => {
-            let mut message = "the configuration is invalid; nothing was started:".to_string();
-            for e in errors {
-                message.push_str(&format!("\n  {e}"));
-            }
-            Err((message, ExitCode::from(EXIT_INVALID_CONFIG)))
-        }
-        Err(Failure::Other(message)) => Err((message, ExitCode::FAILURE)),
-    }
-}
-
-fn exit_code(result: Result<(), (String, ExitCode)>) -> ExitCode {
-    match result {
+    match run_with(args, UntilInterrupted).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err((message, code)) => {
-            eprintln!("tarmac up: {message}");
-            code
+        Err(e) => {
+            eprintln!("tarmac up: {e}");
+            if let Some(advice) = e.advice() {
+                eprintln!("{advice}");
+            }
+            e.exit_code()
         }
     }
+}
+
+/// Runs a mesh as `tarmac up` does, with `driver` alongside.
+pub(crate) async fn run_with(args: UpArgs, driver: impl Driver) -> Result<(), UpError> {
+    up(args, driver).await
 }
 
 /// Everything about one replica that stays the same across its restarts.
@@ -200,17 +287,16 @@ struct ControlIdentity {
 }
 
 /// Where the CA is kept: `--identity-dir`, or the user's default.
-fn identity_dir(args: &UpArgs) -> Result<PathBuf, Failure> {
+fn identity_dir(args: &UpArgs) -> Result<PathBuf, UpError> {
     match &args.identity_dir {
         Some(dir) => Ok(dir.clone()),
-        None => crate::identity::default_dir().map_err(Failure::Other),
+        None => Ok(crate::identity::default_dir()?),
     }
 }
 
-fn load_identity(args: &UpArgs) -> Result<ControlIdentity, Failure> {
+fn load_identity(args: &UpArgs) -> Result<ControlIdentity, UpError> {
     let dir = identity_dir(args)?;
-    let (ca, created) = Ca::load_or_generate(&dir, DEFAULT_TRUST_DOMAIN)
-        .map_err(|e| Failure::Other(format!("the mesh's CA: {e}")))?;
+    let (ca, created) = Ca::load_or_generate(&dir, DEFAULT_TRUST_DOMAIN).map_err(UpError::Ca)?;
     if created {
         note(&format!("identity: generated a new trust anchor and issuer in {}", dir.display()));
     } else {
@@ -269,68 +355,59 @@ impl Replica {
     }
 }
 
-async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
+async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), UpError> {
     let dir = std::fs::canonicalize(&args.dir)
-        .map_err(|e| Failure::Config(vec![format!("{}: {e}", args.dir.display())]))?;
+        .map_err(|e| UpError::Config(vec![format!("{}: {e}", args.dir.display())]))?;
     // Checked before anything is bound or started; the control plane reads it again
     // (and from then on follows it).
     let objects =
-        load_dir(&dir).map_err(|errors| Failure::Config(errors.iter().map(ToString::to_string).collect()))?;
+        load_dir(&dir).map_err(|errors| UpError::Config(errors.iter().map(ToString::to_string).collect()))?;
     let found = problems(&plan::replicas(&Snapshot { generation: 0, objects }, &dir));
     if !found.is_empty() {
-        return Err(Failure::Config(found));
+        return Err(UpError::Config(found));
     }
-    let proxy_binary = locate_proxy_binary().map_err(Failure::Other)?;
+    let proxy_binary = locate_proxy_binary()?;
     // The Workloads in DIR are commands this process will run: whoever can change them
     // runs commands as us (as root, with --transparent).
     let loose = trust::loosely_held(&dir);
     if !loose.is_empty() {
-        let mut message = format!(
-            "users other than the owner can change the configuration in {}, whose Workloads are commands `tarmac up` runs:",
-            dir.display()
-        );
-        for problem in &loose {
-            message.push_str(&format!("\n  {problem}"));
-        }
+        let loose = UpError::LooselyHeld { dir: dir.clone(), problems: loose };
         if args.transparent && !args.allow_writable_config {
-            message.push_str(
-                "\nrefusing to run them as root: fix the permissions (chmod go-w, chown), or pass --allow-writable-config",
-            );
-            return Err(Failure::Other(message));
+            return Err(loose);
         }
-        note(&message);
+        note(&loose.to_string());
     }
     // Held to the end: dropping it removes every namespace, link and hosts file.
     let transparent_host = match args.transparent {
-        true => Some(netns::Host::prepare().map_err(Failure::Other)?),
+        true => Some(netns::Host::prepare()?),
         false => None,
     };
     // Transparent mode: the namespaces reach the control plane on the bridge.
     let control_ip = if args.transparent { netns::HOST_IP } else { Ipv4Addr::LOCALHOST };
     // Handled from now on: a Ctrl-C while starting stops what has started, in order.
     let mut interrupt =
-        signal(SignalKind::interrupt()).map_err(|e| Failure::Other(format!("cannot handle SIGINT: {e}")))?;
+        signal(SignalKind::interrupt()).map_err(|source| UpError::Signal { signal: "SIGINT", source })?;
     let mut terminate =
-        signal(SignalKind::terminate()).map_err(|e| Failure::Other(format!("cannot handle SIGTERM: {e}")))?;
+        signal(SignalKind::terminate()).map_err(|source| UpError::Signal { signal: "SIGTERM", source })?;
 
     // The control plane, as `tarmac-control --config-dir DIR` runs it.
     let identity = match args.no_identity {
         true => None,
         false => Some(load_identity(&args)?),
     };
-    let grpc = tokio::net::TcpListener::bind((control_ip, args.control_port)).await.map_err(|e| {
-        Failure::Other(format!(
-            "cannot listen on {control_ip}:{} for the control plane: {e}",
-            args.control_port
-        ))
-    })?;
+    let grpc_addr = SocketAddr::from((control_ip, args.control_port));
+    let grpc = tokio::net::TcpListener::bind(grpc_addr)
+        .await
+        .map_err(|source| UpError::ListenControl { addr: grpc_addr, source })?;
     // On loopback only, also in transparent mode: the apps in the namespaces have no use
     // for it, and it would show them every request's tap.
-    let api = vec![bind_api(args.api_port).await.map_err(Failure::Other)?];
+    let api = vec![bind_api(args.api_port).await?];
     // `tarmac restart`, through the API: served below, between configuration changes.
     let (restarts, mut restart_requests) = tokio::sync::mpsc::channel::<RestartRequest>(8);
-    let mut config =
-        tarmac_control::Config::files(&dir).with_restarts(restarts).with_default_policy(args.default_policy);
+    let mut config = tarmac_control::Config::files(&dir)
+        .with_restarts(restarts)
+        .with_default_policy(args.default_policy)
+        .with_trace_url(args.trace_url.clone());
     if let Some(identity) = &identity {
         config = config.with_identity(tarmac_control::IdentityConfig {
             ca: identity.ca.clone(),
@@ -349,12 +426,12 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
     .await
     .map_err(|e| match e {
         tarmac_control::StartError::Store(OpenError::Invalid(errors)) => {
-            Failure::Config(errors.iter().map(ToString::to_string).collect())
+            UpError::Config(errors.iter().map(ToString::to_string).collect())
         }
         tarmac_control::StartError::Store(e @ OpenError::NotADirectory(_)) => {
-            Failure::Config(vec![e.to_string()])
+            UpError::Config(vec![e.to_string()])
         }
-        e => Failure::Other(e.to_string()),
+        e => UpError::Control(e),
     })?;
     let control_addr = control.addrs.grpc;
     let api_addr = control.addrs.api[0];
@@ -366,7 +443,7 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
     let plans = plan::replicas(&snapshot, &dir);
     let found = problems(&plans);
     if !found.is_empty() {
-        return Err(Failure::Config(found));
+        return Err(UpError::Config(found));
     }
     for plan in &plans {
         process::widen_prefix(plan.name().len() + " proxy".len());
@@ -386,12 +463,11 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
         }
     }
 
-    let work_dir = WorkDir::create("up").map_err(Failure::Other)?;
+    let work_dir = WorkDir::create("up")?;
     let sidecar_identity = match &identity {
         Some(identity) => {
             let anchors = work_dir.path().join("trust-anchors.pem");
-            std::fs::write(&anchors, &identity.anchors_pem)
-                .map_err(|e| Failure::Other(format!("cannot write {}: {e}", anchors.display())))?;
+            write(&anchors, &identity.anchors_pem)?;
             Some(SidecarIdentity {
                 anchors,
                 tokens: identity.tokens.clone(),
@@ -404,12 +480,10 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
         // Sidecars run as uids of their own and must reach their configuration (0600,
         // theirs) and the anchors inside: search, but not list.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(work_dir.path(), std::fs::Permissions::from_mode(0o711)).map_err(|e| {
-            Failure::Other(format!("cannot open {} to the sidecars: {e}", work_dir.path().display()))
-        })?;
+        std::fs::set_permissions(work_dir.path(), std::fs::Permissions::from_mode(0o711))
+            .map_err(|source| UpError::OpenToSidecars { path: work_dir.path().to_path_buf(), source })?;
     }
-    let tarmac = std::env::current_exe()
-        .map_err(|e| Failure::Other(format!("cannot find this executable (for `tarmac sandbox`): {e}")))?;
+    let tarmac = std::env::current_exe().map_err(UpError::CurrentExe)?;
     let identity_dir = identity_dir(&args)?;
     if args.transparent {
         // Hidden from every process in the namespaces: it must not hold what they need.
@@ -420,11 +494,11 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
             .chain(plans.iter().map(|p| ("a Workload's workingDir", p.working_dir.as_path())))
         {
             if path.starts_with(&identity_dir) {
-                return Err(Failure::Other(format!(
-                    "{what} ({}) is inside the identity directory {}, which apps and sidecars must not see: choose another --identity-dir",
-                    path.display(),
-                    identity_dir.display()
-                )));
+                return Err(UpError::InsideIdentityDir {
+                    what,
+                    path: path.to_path_buf(),
+                    identity_dir: identity_dir.clone(),
+                });
             }
         }
     }
@@ -455,7 +529,7 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
     if plans.is_empty() {
         note("no Workloads in the configuration: only the control plane runs");
     }
-    mesh.start(plans, &snapshot).map_err(Failure::Other)?;
+    mesh.start(plans, &snapshot)?;
     let watcher = tokio::spawn(report_refusals(control.status()));
 
     let mut snapshots = control.snapshots();
@@ -517,10 +591,17 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), Failure> {
 }
 
 /// Writes a file only `uid` (and root) can read.
-fn write_private(path: &std::path::Path, content: &str, uid: u32) -> Result<(), String> {
+fn write_private(path: &Path, content: &str, uid: u32) -> Result<(), UpError> {
     let file = tarmac_clikit::workdir::create_private(path, content)?;
-    std::os::unix::fs::fchown(&file, Some(uid), Some(uid))
-        .map_err(|e| format!("cannot give {} to uid {uid}: {e}", path.display()))
+    std::os::unix::fs::fchown(&file, Some(uid), Some(uid)).map_err(|source| UpError::Chown {
+        path: path.to_path_buf(),
+        uid,
+        source,
+    })
+}
+
+fn write(path: &Path, content: &str) -> Result<(), UpError> {
+    std::fs::write(path, content).map_err(|source| UpError::Write { path: path.to_path_buf(), source })
 }
 
 /// `PATH` with the directory of this executable first.
@@ -532,16 +613,16 @@ fn path_with_our_directory() -> Option<std::ffi::OsString> {
 }
 
 /// Binds the API listener; a taken default port falls back to a free one.
-async fn bind_api(port: u16) -> Result<tokio::net::TcpListener, String> {
+async fn bind_api(port: u16) -> Result<tokio::net::TcpListener, UpError> {
     match tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
         Ok(listener) => Ok(listener),
         Err(e) if port == tarmac_control::api::DEFAULT_PORT && e.kind() == std::io::ErrorKind::AddrInUse => {
             note(&format!("port {port} is taken (another `tarmac up`?): the API uses a free port instead"));
             tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
                 .await
-                .map_err(|e| format!("cannot listen on 127.0.0.1 for the API: {e}"))
+                .map_err(|source| UpError::ListenApi { at: "127.0.0.1".to_string(), source })
         }
-        Err(e) => Err(format!("cannot listen on 127.0.0.1:{port} for the API: {e}")),
+        Err(source) => Err(UpError::ListenApi { at: format!("127.0.0.1:{port}"), source }),
     }
 }
 
@@ -604,7 +685,7 @@ struct Transparent {
 
 impl Mesh {
     /// Chooses ports for `plans`, writes their sidecars' configurations and starts them.
-    fn start(&mut self, plans: Vec<ReplicaPlan>, snapshot: &Snapshot) -> Result<(), String> {
+    fn start(&mut self, plans: Vec<ReplicaPlan>, snapshot: &Snapshot) -> Result<(), UpError> {
         let mut replicas = Vec::new();
         for plan in plans {
             process::widen_prefix(plan.name().len() + " proxy".len());
@@ -636,8 +717,7 @@ impl Mesh {
                 identity.as_ref(),
                 false,
             );
-            std::fs::write(&sidecar_config, yaml)
-                .map_err(|e| format!("cannot write {}: {e}", sidecar_config.display()))?;
+            write(&sidecar_config, &yaml)?;
             let urls: Vec<String> = upstreams
                 .iter()
                 .flat_map(|(u, listen)| u.env.iter().map(move |var| format!("{var}=http://{listen}")))
@@ -684,7 +764,7 @@ impl Mesh {
         plan: ReplicaPlan,
         snapshot: &Snapshot,
         transparent: &mut Transparent,
-    ) -> Result<Replica, String> {
+    ) -> Result<Replica, UpError> {
         let index = transparent.next_index;
         transparent.next_index += 1;
         let hosts = plan::hosts_file(&transparent.vips, &plan.namespace);
@@ -1110,23 +1190,32 @@ async fn run_replica(
     sidecar.map(|proxy| (name, proxy))
 }
 
+/// Why a sidecar did not become ready (it is then restarted).
+#[derive(Debug, thiserror::Error)]
+enum NotReady {
+    #[error("exited while starting: {}", describe(.0))]
+    Exited(Exit),
+    #[error("not ready within {SIDECAR_READY_TIMEOUT:?} (GET http://{0}/ready)")]
+    InTime(SocketAddr),
+}
+
 /// Waits for the sidecar's `/ready`: `Ok(true)` when ready, `Ok(false)` on shutdown.
 async fn wait_ready(
     proxy: &Supervised,
     admin: SocketAddr,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<bool, String> {
+) -> Result<bool, NotReady> {
     let ready = Readiness::AdminReady(admin);
     let deadline = Instant::now() + SIDECAR_READY_TIMEOUT;
     loop {
         if let Some(exit) = proxy.exit() {
-            return Err(format!("exited while starting: {}", describe(&exit)));
+            return Err(NotReady::Exited(exit));
         }
         if ready.probe().await {
             return Ok(true);
         }
         if Instant::now() >= deadline {
-            return Err(format!("not ready within {SIDECAR_READY_TIMEOUT:?} (GET http://{admin}/ready)"));
+            return Err(NotReady::InTime(admin));
         }
         if sleep_or_shutdown(Duration::from_millis(50), shutdown).await {
             return Ok(false);
@@ -1197,6 +1286,23 @@ async fn report_refusals(mut status: watch::Receiver<Arc<Status>>) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn trace_url_templates_are_checked_as_the_arguments_are_read() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            up: UpArgs,
+        }
+        use clap::Parser as _;
+        let template = "http://localhost:16686/trace/{trace_id}";
+        let cli = Cli::try_parse_from(["up", "dir", "--trace-url", template]).unwrap();
+        assert_eq!(cli.up.trace_url.as_ref().map(|u| u.template()), Some(template));
+        assert!(Cli::try_parse_from(["up", "dir"]).unwrap().up.trace_url.is_none(), "off by default");
+        let refused = Cli::try_parse_from(["up", "dir", "--trace-url", "http://localhost:16686/"]);
+        let message = refused.err().expect("a template without {trace_id}").to_string();
+        assert!(message.contains("--trace-url") && message.contains("{trace_id}"), "{message}");
+    }
+
     #[tokio::test]
     async fn a_taken_default_api_port_falls_back_to_a_free_one() {
         // Taken by this test, or already by someone else: taken either way.
@@ -1206,6 +1312,6 @@ mod tests {
         assert_ne!(listener.local_addr().unwrap().port(), tarmac_control::api::DEFAULT_PORT);
         // An explicit port is never silently replaced.
         let taken = listener.local_addr().unwrap().port();
-        assert!(bind_api(taken).await.unwrap_err().contains(&taken.to_string()));
+        assert!(bind_api(taken).await.unwrap_err().to_string().contains(&taken.to_string()));
     }
 }

@@ -48,6 +48,47 @@ pub fn nth_address(base: Ipv4Addr, index: u32) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from(u32::from(base) + offset))
 }
 
+/// What keeps transparent mode from setting up the host or a replica's namespace.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error(
+        "--transparent needs root: it creates network namespaces, veth pairs and iptables \
+         rules (run it with sudo, or drop --transparent for explicit mode)"
+    )]
+    NotRoot,
+    #[error("cannot open {LOCK_FILE}: {0}")]
+    Lock(#[source] std::io::Error),
+    #[error("another `tarmac up --transparent` is running (it holds {LOCK_FILE}); stop it first")]
+    AnotherRunning,
+    #[error("cannot run `ip`: {0}")]
+    RunIp(#[source] std::io::Error),
+    /// `command` is the `ip` command line without `ip`.
+    #[error("`ip {command}` failed: {stderr}")]
+    Ip { command: String, stderr: String },
+    #[error("no address left in 10.211.0.0/16 for replica number {0}")]
+    NoAddress(u32),
+    #[error("cannot create {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot run `tarmac-proxy init` in {namespace}: {source}")]
+    RunInit {
+        namespace: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`tarmac-proxy init` in {namespace} failed: {stderr}")]
+    Init { namespace: String, stderr: String },
+}
+
 /// The host side of transparent mode: held for as long as `up` runs. Dropping it removes
 /// every namespace, link and hosts file named `tarmac-...`.
 pub struct Host {
@@ -56,25 +97,21 @@ pub struct Host {
 
 impl Host {
     /// Checks for root, takes the lock, removes what a crashed `up` left and creates the bridge.
-    pub fn prepare() -> Result<Self, String> {
+    pub fn prepare() -> Result<Self, NetnsError> {
         // SAFETY: geteuid(2) has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } != 0 {
-            return Err("--transparent needs root: it creates network namespaces, veth pairs and iptables \
-                        rules (run it with sudo, or drop --transparent for explicit mode)"
-                .into());
+            return Err(NetnsError::NotRoot);
         }
         let lock = File::options()
             .create(true)
             .truncate(false)
             .write(true)
             .open(LOCK_FILE)
-            .map_err(|e| format!("cannot open {LOCK_FILE}: {e}"))?;
+            .map_err(NetnsError::Lock)?;
         // SAFETY: flock(2) on a descriptor we own; the lock goes with the file (and with
         // the process, however it ends).
         if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(format!(
-                "another `tarmac up --transparent` is running (it holds {LOCK_FILE}); stop it first"
-            ));
+            return Err(NetnsError::AnotherRunning);
         }
         let stale = sweep();
         if !stale.is_empty() {
@@ -162,14 +199,13 @@ fn remove_namespace(name: &str) {
     let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(name));
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("cannot run `ip`: {e}"))?;
+fn ip(args: &[&str]) -> Result<(), NetnsError> {
+    let out = Command::new("ip").args(args).output().map_err(NetnsError::RunIp)?;
     if !out.status.success() {
-        return Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(NetnsError::Ip {
+            command: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -216,11 +252,11 @@ impl Namespace {
         hosts: &str,
         proxy_binary: &Path,
         confinement: std::sync::Arc<Confinement>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, NetnsError> {
         let addr = index
             .checked_add(1)
             .and_then(|i| nth_address(Ipv4Addr::new(10, 211, 0, 0), i))
-            .ok_or_else(|| format!("no address left in 10.211.0.0/16 for replica number {index}"))?;
+            .ok_or(NetnsError::NoAddress(index))?;
         // nth_address caps the index far below where these could overflow.
         let app_uid = UID_BASE + 2 * index;
         let proxy_uid = app_uid + 1;
@@ -233,7 +269,13 @@ impl Namespace {
         Ok(namespace)
     }
 
-    fn setup(&self, inner_link: &str, app_port: u16, hosts: &str, proxy_binary: &Path) -> Result<(), String> {
+    fn setup(
+        &self,
+        inner_link: &str,
+        app_port: u16,
+        hosts: &str,
+        proxy_binary: &Path,
+    ) -> Result<(), NetnsError> {
         let name = self.name.as_str();
         ip(&["link", "add", &self.host_link, "type", "veth", "peer", "name", inner_link])?;
         ip(&["link", "set", &self.host_link, "master", BRIDGE, "up"])?;
@@ -259,10 +301,13 @@ impl Namespace {
         // as the interception rules. No default route: nothing else is reachable.
         ip(&["-n", name, "route", "add", &format!("{VIP_BASE}/{VIP_PREFIX_LEN}"), "dev", "eth0"])?;
         let etc = Path::new("/etc/netns").join(name);
-        std::fs::create_dir_all(&etc).map_err(|e| format!("cannot create {}: {e}", etc.display()))?;
+        if let Err(source) = std::fs::create_dir_all(&etc) {
+            return Err(NetnsError::CreateDir { path: etc, source });
+        }
         let hosts_file = etc.join("hosts");
-        std::fs::write(&hosts_file, hosts)
-            .map_err(|e| format!("cannot write {}: {e}", hosts_file.display()))?;
+        if let Err(source) = std::fs::write(&hosts_file, hosts) {
+            return Err(NetnsError::Write { path: hosts_file, source });
+        }
         let out = Command::new("ip")
             .args(["netns", "exec", name])
             .arg(proxy_binary)
@@ -275,12 +320,12 @@ impl Namespace {
             ])
             .args(["--skip-inbound-ports", &ADMIN_PORT.to_string()])
             .output()
-            .map_err(|e| format!("cannot run `tarmac-proxy init` in {name}: {e}"))?;
+            .map_err(|source| NetnsError::RunInit { namespace: name.to_string(), source })?;
         if !out.status.success() {
-            return Err(format!(
-                "`tarmac-proxy init` in {name} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+            return Err(NetnsError::Init {
+                namespace: name.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
         }
         // The app runs unprivileged but may be written for a port below 1024 (`spec.port:
         // 80`): in its own namespace that is no privilege over anyone else.

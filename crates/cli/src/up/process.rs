@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use tarmac_transport::process::{Output, Supervised};
+use tarmac_transport::process::{Output, ProcessError, Supervised};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
@@ -42,7 +42,7 @@ pub fn note(line: &str) {
 /// `tarmac up`), its output prefixed with `prefix`. Ctrl-C in a terminal signals the
 /// whole foreground process group: in a group of its own, the child hears of it only from
 /// `tarmac up`, which decides the order things stop in: apps, then sidecars.
-pub fn spawn(command: Command, prefix: String) -> Result<Supervised, String> {
+pub fn spawn(command: Command, prefix: String) -> Result<Supervised, ProcessError> {
     let mut child = Supervised::spawn(&prefix, command, Output::Piped)?;
     let (stdout, stderr) = child.take_output();
     if let Some(stdout) = stdout {

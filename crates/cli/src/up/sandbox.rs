@@ -42,12 +42,36 @@ pub struct SandboxArgs {
     pub command: Vec<OsString>,
 }
 
+/// Why PROGRAM was not started: a step of the sandbox's setup that failed, or the exec.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("--uid 0 would keep root")]
+    Root,
+    #[error("{} contains a NUL byte", .0.display())]
+    NulInPath(PathBuf),
+    /// A system call of the setup; `step` says which.
+    #[error("{step}: {source}")]
+    Step {
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the parent exited while the sandbox was being set up")]
+    ParentExited,
+    #[error("cannot run {program}: {source}")]
+    Exec {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 pub fn run(args: SandboxArgs) -> ExitCode {
     let error = match enter(&args) {
         Ok(()) => {
             // exec only returns on failure.
-            let error = std::process::Command::new(&args.command[0]).args(&args.command[1..]).exec();
-            format!("cannot run {}: {error}", args.command[0].to_string_lossy())
+            let source = std::process::Command::new(&args.command[0]).args(&args.command[1..]).exec();
+            SandboxError::Exec { program: args.command[0].to_string_lossy().into_owned(), source }
         }
         Err(e) => e,
     };
@@ -57,9 +81,9 @@ pub fn run(args: SandboxArgs) -> ExitCode {
 
 /// Everything but the exec. Order matters: mounts and the bounding set need root, so they
 /// come before the uid changes; the death signal must come after it.
-fn enter(args: &SandboxArgs) -> Result<(), String> {
+fn enter(args: &SandboxArgs) -> Result<(), SandboxError> {
     if args.uid == 0 {
-        return Err("--uid 0 would keep root".into());
+        return Err(SandboxError::Root);
     }
     // SAFETY (every block below): plain system calls on this process's own state, with
     // pointers to values that outlive the call; none has memory-safety preconditions.
@@ -83,8 +107,8 @@ fn enter(args: &SandboxArgs) -> Result<(), String> {
         if !dir.is_dir() {
             continue;
         }
-        let target = CString::new(dir.as_os_str().as_bytes())
-            .map_err(|_| format!("{} contains a NUL byte", dir.display()))?;
+        let target =
+            CString::new(dir.as_os_str().as_bytes()).map_err(|_| SandboxError::NulInPath(dir.clone()))?;
         let source = CString::new("tarmac-hidden").expect("no NUL");
         let fstype = CString::new("tmpfs").expect("no NUL");
         let options = CString::new("size=4k,mode=0").expect("no NUL");
@@ -121,13 +145,18 @@ fn enter(args: &SandboxArgs) -> Result<(), String> {
     check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) }, "PR_SET_PDEATHSIG")?;
     // `tarmac up` may have died before the request above: then nothing would ever come.
     if unsafe { libc::getppid() } != parent {
-        return Err("the parent exited while the sandbox was being set up".into());
+        return Err(SandboxError::ParentExited);
     }
     Ok(())
 }
 
-fn check(result: libc::c_int, what: &str) -> Result<(), String> {
-    if result == 0 { Ok(()) } else { Err(format!("{what}: {}", std::io::Error::last_os_error())) }
+fn check(result: libc::c_int, what: &str) -> Result<(), SandboxError> {
+    if result == 0 { Ok(()) } else { Err(failed(what)) }
+}
+
+/// The error of the system call that just failed.
+fn failed(step: &str) -> SandboxError {
+    SandboxError::Step { step: step.to_string(), source: std::io::Error::last_os_error() }
 }
 
 /// The highest capability number this kernel knows.
@@ -139,7 +168,7 @@ fn last_capability() -> libc::c_ulong {
 }
 
 /// Empties the effective, permitted and inheritable sets (capset(2), version 3).
-fn clear_capabilities() -> Result<(), String> {
+fn clear_capabilities() -> Result<(), SandboxError> {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -157,9 +186,5 @@ fn clear_capabilities() -> Result<(), String> {
     let data = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
     // SAFETY: capset reads one header and two data structs (version 3), both alive here.
     let result = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(format!("clearing capabilities: {}", std::io::Error::last_os_error()))
-    }
+    if result == 0 { Ok(()) } else { Err(failed("clearing capabilities")) }
 }

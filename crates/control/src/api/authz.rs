@@ -11,6 +11,14 @@ use tarmac_model::meta::selector_matches;
 use tarmac_model::{ObjectKey, Resource};
 use tarmac_proto::discovery::{self as pb, ProxyIdentity};
 
+/// The Service asked about is not in the configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("there is no Service {namespace}/{name}")]
+pub struct NoSuchService {
+    pub namespace: String,
+    pub name: String,
+}
+
 /// The answer, or why there is none (no such Service).
 pub fn authz_of(
     snapshot: &Snapshot,
@@ -18,10 +26,10 @@ pub fn authz_of(
     mesh: DefaultPolicy,
     namespace: &str,
     name: &str,
-) -> Result<Value, String> {
+) -> Result<Value, NoSuchService> {
     let key = ObjectKey { kind: "Service", namespace: namespace.to_string(), name: name.to_string() };
     let Some(Resource::Service(service)) = snapshot.objects.get(&key) else {
-        return Err(format!("there is no Service {namespace}/{name}"));
+        return Err(NoSuchService { namespace: key.namespace, name: key.name });
     };
     // The workloads it selects: configured ones, and running ones the configuration
     // does not hold.
@@ -156,7 +164,8 @@ mod tests {
         assert!(
             authz_of(&snapshot, &[], DefaultPolicy::AllowAll, "default", "nope")
                 .unwrap_err()
-                .contains("no Service")
+                .to_string()
+                .contains("no Service default/nope")
         );
     }
 }

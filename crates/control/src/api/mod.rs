@@ -11,6 +11,7 @@
 //! |---|---|
 //! | `GET /api/v1/stat/{kind}` | golden metrics per workload, service, route or edge |
 //! | `GET /api/v1/edges` | who calls whom, with golden metrics |
+//! | `GET /api/v1/history/{kind}[/{name}]` | the last hour of golden metrics per service, route or edge, every 10 s |
 //! | `GET /api/v1/top` | most requested paths over a short tap |
 //! | `GET /api/v1/tap` | live request events (NDJSON) |
 //! | `GET /api/v1/check` | configuration, route status, replicas, proxies, discovery |
@@ -27,6 +28,7 @@ pub mod route_status;
 use crate::discovery::server::Subscriptions;
 use crate::http_client::HttpClient;
 use crate::store::{Snapshot, Status};
+use crate::telemetry::history::{self, HistoryKind, HistoryQuery};
 use crate::telemetry::stats::{self, Kind};
 use crate::telemetry::tap::{self, StatusFilter, TapFilter, Target};
 use crate::telemetry::top::TopTable;
@@ -65,6 +67,8 @@ pub struct Api {
     default_policy: tarmac_model::authz::DefaultPolicy,
     /// Whoever runs the Workloads; `None`: restarts are not this control plane's to make.
     restarts: Option<Restarts>,
+    /// Where tap events' trace ids link to; `None`: the ids alone.
+    trace_url: Option<Arc<tap::TraceUrl>>,
 }
 
 impl Api {
@@ -73,7 +77,20 @@ impl Api {
         status: watch::Receiver<Arc<Status>>,
         subscriptions: Subscriptions,
     ) -> Self {
-        Self { telemetry, status, subscriptions, default_policy: Default::default(), restarts: None }
+        Self {
+            telemetry,
+            status,
+            subscriptions,
+            default_policy: Default::default(),
+            restarts: None,
+            trace_url: None,
+        }
+    }
+
+    /// Tap events with a trace id get its address in the user's trace UI (`trace_url`).
+    pub fn with_trace_url(mut self, trace_url: Option<tap::TraceUrl>) -> Self {
+        self.trace_url = trace_url.map(Arc::new);
+        self
     }
 
     pub fn with_default_policy(mut self, default_policy: tarmac_model::authz::DefaultPolicy) -> Self {
@@ -95,6 +112,8 @@ impl Api {
             .route("/api/v1", get(index))
             .route("/api/v1/stat/{kind}", get(stat))
             .route("/api/v1/edges", get(edges))
+            .route("/api/v1/history/{kind}", get(history_all))
+            .route("/api/v1/history/{kind}/{name}", get(history_of))
             .route("/api/v1/top", get(top))
             .route("/api/v1/tap", get(tap_stream))
             .route("/api/v1/check", get(check))
@@ -137,8 +156,35 @@ fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
         .expect("a static header is valid")
 }
 
-fn bad_request(message: impl Into<String>) -> Response {
-    json_response(StatusCode::BAD_REQUEST, &json!({ "error": message.into() }))
+fn bad_request(message: impl std::fmt::Display) -> Response {
+    json_response(StatusCode::BAD_REQUEST, &json!({ "error": message.to_string() }))
+}
+
+/// A query the API cannot answer as asked: a 400 naming the parameter.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("window: {0}")]
+    Window(#[from] tarmac_model::duration::InvalidDuration),
+    #[error("window must be more than 0s and at most {}s", RETENTION.as_secs())]
+    WindowRange,
+    #[error("target: {0}")]
+    Target(#[from] crate::telemetry::tap::TargetError),
+    #[error("status: {0}")]
+    Status(#[from] crate::telemetry::tap::BadStatus),
+    #[error("direction must be inbound or outbound")]
+    Direction,
+    #[error("from: there is no Workload {namespace}/{workload}")]
+    NoSuchWorkload { namespace: String, workload: String },
+    #[error("path: `{0}` must start with `/`")]
+    RelativePath(String),
+    #[error("method: `{0}` is not an HTTP method")]
+    Method(String),
+    #[error("header: `{0}` is not NAME:VALUE")]
+    HeaderPair(String),
+    #[error("header: `{0}` is not a header name")]
+    HeaderName(String),
+    #[error("header: the value of `{0}` is not a header value")]
+    HeaderValue(String),
 }
 
 /// `a=1&b=x%20y` as a map (`+` is a space; the last of repeated keys wins).
@@ -181,13 +227,12 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// `window=30s` (default one minute, at most the retention).
-fn window(params: &BTreeMap<String, String>) -> Result<Duration, String> {
+fn window(params: &BTreeMap<String, String>) -> Result<Duration, QueryError> {
     match params.get("window") {
         None => Ok(DEFAULT_WINDOW),
-        Some(text) => match tarmac_model::duration::parse(text) {
-            Ok(d) if !d.is_zero() && d <= RETENTION => Ok(d),
-            Ok(_) => Err(format!("window must be more than 0s and at most {}s", RETENTION.as_secs())),
-            Err(e) => Err(format!("window: {e}")),
+        Some(text) => match tarmac_model::duration::parse(text)? {
+            d if !d.is_zero() && d <= RETENTION => Ok(d),
+            _ => Err(QueryError::WindowRange),
         },
     }
 }
@@ -196,6 +241,7 @@ async fn index() -> Response {
     let text = "tarmac control plane API\n\n\
         GET /api/v1/stat/{workload|service|route|edge}?window=1m&namespace=NS&name=NAME\n\
         GET /api/v1/edges?window=1m\n\
+        GET /api/v1/history/{service|route|edge}[/NAME]?namespace=NS&from=WORKLOAD&to=SERVICE&window=1h\n\
         GET /api/v1/top?target=TARGET&duration=2s\n\
         GET /api/v1/tap?target=TARGET&namespace=NS&method=M&path=PREFIX&status=5xx&direction=inbound&limit=N&duration=10s\n\
         GET /api/v1/check\n\
@@ -311,8 +357,82 @@ async fn edges(state: State<Api>, raw: RawQuery) -> Response {
     stat(state, Path("edge".to_string()), raw).await
 }
 
+/// The longest history kept, as a window.
+const HISTORY_SPAN: Duration = Duration::from_secs(history::RESOLUTION.as_secs() * history::POINTS as u64);
+
+async fn history_all(State(api): State<Api>, Path(kind): Path<String>, RawQuery(raw): RawQuery) -> Response {
+    history_answer(&api, &kind, None, raw.as_deref())
+}
+
+async fn history_of(
+    State(api): State<Api>,
+    Path((kind, name)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    history_answer(&api, &kind, Some(name), raw.as_deref())
+}
+
+/// The last hour (or `window=`) of a kind's series: all of them, those of `namespace=`,
+/// edges `from=` a workload or `to=` a service, or one service's (`.../services/NAME`) or
+/// one service's routes (`.../routes/SERVICE`). Compact JSON, unlike the other answers:
+/// a series is seven columns of up to 360 numbers.
+fn history_answer(api: &Api, kind: &str, name: Option<String>, raw: Option<&str>) -> Response {
+    let params = query_params(raw);
+    let Some(kind) = HistoryKind::parse(kind) else {
+        return bad_request(format!(
+            "no history of `{kind}`: it is kept for service, route and edge (workloads: see their services)"
+        ));
+    };
+    if kind == HistoryKind::Edge && name.is_some() {
+        return bad_request("edges are chosen with from=WORKLOAD and to=SERVICE, not by name");
+    }
+    let window = match params.get("window") {
+        None => HISTORY_SPAN,
+        Some(text) => match tarmac_model::duration::parse(text) {
+            Ok(d) if !d.is_zero() && d <= HISTORY_SPAN => d,
+            Ok(_) => {
+                return bad_request(format!(
+                    "window must be more than 0s and at most {}s",
+                    HISTORY_SPAN.as_secs()
+                ));
+            }
+            Err(e) => return bad_request(format!("window: {e}")),
+        },
+    };
+    let get = |key: &str| params.get(key).filter(|v| !v.is_empty()).cloned();
+    let mut query = HistoryQuery {
+        namespace: get("namespace"),
+        name: name.clone(),
+        from: get("from"),
+        to: get("to"),
+        points: window.as_secs().div_ceil(history::RESOLUTION.as_secs()) as usize,
+    };
+    // One Service by name: in `default` unless said otherwise, as `tarmac routes`.
+    if name.is_some() && query.namespace.is_none() {
+        query.namespace = Some(tarmac_model::meta::DEFAULT_NAMESPACE.to_string());
+    }
+    let answer = api.telemetry.history(kind, &query);
+    if let (Some(name), true) = (&name, answer.series.is_empty()) {
+        let namespace = query.namespace.as_deref().unwrap_or_default();
+        let what = match kind {
+            HistoryKind::Route => format!("routes of service {namespace}/{name}"),
+            _ => format!("service {namespace}/{name}"),
+        };
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": format!("no history of {what}: no such Service in the configuration, or none for the last hour") }),
+        );
+    }
+    let mut body = serde_json::to_vec(&answer).unwrap_or_default();
+    body.push(b'\n');
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .expect("a static header is valid")
+}
+
 /// Reads tap filters from the query.
-fn tap_filter(params: &BTreeMap<String, String>) -> Result<TapFilter, String> {
+fn tap_filter(params: &BTreeMap<String, String>) -> Result<TapFilter, QueryError> {
     let get = |key: &str| params.get(key).filter(|v| !v.is_empty()).cloned();
     let target = match get("target") {
         Some(t) => Some(Target::parse(&t)?),
@@ -324,7 +444,7 @@ fn tap_filter(params: &BTreeMap<String, String>) -> Result<TapFilter, String> {
     };
     let direction = get("direction");
     if direction.as_deref().is_some_and(|d| d != "inbound" && d != "outbound") {
-        return Err("direction must be inbound or outbound".into());
+        return Err(QueryError::Direction);
     }
     Ok(TapFilter {
         target,
@@ -353,7 +473,14 @@ async fn tap_stream(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response
         Some(Ok(d)) if !d.is_zero() => Some(d),
         Some(_) => return bad_request("duration must be a duration such as 10s"),
     };
-    let events = tap::watch(api.telemetry.registry(), api.telemetry.snapshots(), filter, limit, duration);
+    let events = tap::watch(
+        api.telemetry.registry(),
+        api.telemetry.snapshots(),
+        filter,
+        limit,
+        duration,
+        api.trace_url.clone(),
+    );
     Response::builder()
         .header(header::CONTENT_TYPE, "application/x-ndjson")
         .body(Body::from_stream(events.map(Ok::<_, Infallible>)))
@@ -379,6 +506,7 @@ async fn top(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
         filter,
         None,
         Some(duration),
+        None,
     ));
     let mut table = TopTable::default();
     let deadline = tokio::time::Instant::now() + duration;
@@ -469,7 +597,7 @@ async fn authz(State(api): State<Api>, RawQuery(raw): RawQuery) -> Response {
     let instances = api.telemetry.registry().subscribe().borrow().clone();
     match authz::authz_of(&snapshot, &instances, api.default_policy, namespace, service) {
         Ok(answer) => json_response(StatusCode::OK, &answer),
-        Err(message) => json_response(StatusCode::NOT_FOUND, &json!({ "error": message })),
+        Err(e) => json_response(StatusCode::NOT_FOUND, &json!({ "error": e.to_string() })),
     }
 }
 
@@ -481,7 +609,7 @@ pub struct Caller {
 
 impl Caller {
     /// `NAMESPACE` or `NAMESPACE/WORKLOAD` (the Workload must exist).
-    pub fn parse(snapshot: &Snapshot, text: &str) -> Result<Self, String> {
+    pub fn parse(snapshot: &Snapshot, text: &str) -> Result<Self, QueryError> {
         let Some((namespace, workload)) = text.split_once('/') else {
             return Ok(Self { namespace: text.to_string(), workload: None });
         };
@@ -491,7 +619,10 @@ impl Caller {
             name: workload.to_string(),
         };
         if !snapshot.objects.contains_key(&key) {
-            return Err(format!("from: there is no Workload {namespace}/{workload}"));
+            return Err(QueryError::NoSuchWorkload {
+                namespace: namespace.to_string(),
+                workload: workload.to_string(),
+            });
         }
         Ok(Self { namespace: namespace.to_string(), workload: Some(workload.to_string()) })
     }
@@ -506,28 +637,27 @@ pub struct RequestSpec {
 }
 
 impl RequestSpec {
-    fn parse(path: &str, method: Option<&String>, pairs: &[(String, String)]) -> Result<Self, String> {
+    fn parse(path: &str, method: Option<&String>, pairs: &[(String, String)]) -> Result<Self, QueryError> {
         let (path, mut query) = match path.split_once('?') {
             Some((p, q)) => (p.to_string(), vec![q.to_string()]),
             None => (path.to_string(), Vec::new()),
         };
         if !path.starts_with('/') {
-            return Err(format!("path: `{path}` must start with `/`"));
+            return Err(QueryError::RelativePath(path));
         }
         let method = method.map_or("GET", |m| m.as_str());
         let method = http::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-            .map_err(|_| format!("method: `{method}` is not an HTTP method"))?;
+            .map_err(|_| QueryError::Method(method.to_string()))?;
         let mut headers = http::HeaderMap::new();
         for (key, value) in pairs {
             match key.as_str() {
                 "header" => {
-                    let (name, value) = value
-                        .split_once(':')
-                        .ok_or_else(|| format!("header: `{value}` is not NAME:VALUE"))?;
+                    let (name, value) =
+                        value.split_once(':').ok_or_else(|| QueryError::HeaderPair(value.clone()))?;
                     let name = http::HeaderName::from_bytes(name.trim().as_bytes())
-                        .map_err(|_| format!("header: `{name}` is not a header name"))?;
+                        .map_err(|_| QueryError::HeaderName(name.to_string()))?;
                     let value = http::HeaderValue::from_str(value.trim())
-                        .map_err(|_| format!("header: the value of `{name}` is not a header value"))?;
+                        .map_err(|_| QueryError::HeaderValue(name.to_string()))?;
                     headers.append(name, value);
                 }
                 "query" => query.push(value.clone()),
@@ -611,7 +741,7 @@ pub fn routes_of(
             match crate::discovery::table::CompiledRoutes::compile(snapshot, &caller.namespace, &parent) {
                 Ok(c) => c,
                 Err(e) => {
-                    ports.push(json!({ "port": port.port, "name": port.name, "error": e }));
+                    ports.push(json!({ "port": port.port, "name": port.name, "error": e.to_string() }));
                     continue;
                 }
             };

@@ -85,10 +85,10 @@ fn parent_ports<'a>(
     snapshot: &'a Snapshot,
     route_namespace: &str,
     r: &ParentRef,
-) -> Result<(&'a Service, Vec<usize>), String> {
+) -> Result<(&'a Service, Vec<usize>), NoMatchingParent> {
     let namespace = r.namespace.as_deref().unwrap_or(route_namespace);
     let Some(service) = find_service(snapshot, namespace, &r.name) else {
-        return Err(format!("there is no Service {namespace}/{}", r.name));
+        return Err(NoMatchingParent::NoService(format!("{namespace}/{}", r.name)));
     };
     let ports: Vec<usize> = (0..service.spec.ports.len())
         .filter(|&i| {
@@ -104,9 +104,18 @@ fn parent_ports<'a>(
             (None, Some(s)) => format!("port named `{s}`"),
             (None, None) => "ports".to_string(),
         };
-        return Err(format!("Service {namespace}/{} has no {what}", r.name));
+        return Err(NoMatchingParent::NoPort { service: format!("{namespace}/{}", r.name), what });
     }
     Ok((service, ports))
+}
+
+/// Why a parentRef attaches to no Service port (the route's `NoMatchingParent` reason).
+#[derive(Debug, thiserror::Error)]
+enum NoMatchingParent {
+    #[error("there is no Service {0}")]
+    NoService(String),
+    #[error("Service {service} has no {what}")]
+    NoPort { service: String, what: String },
 }
 
 /// The problems of one backendRef: (reason, message).

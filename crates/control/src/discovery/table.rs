@@ -104,7 +104,11 @@ pub struct BackendJson {
 
 impl CompiledRoutes {
     /// Compiles the routes `parent` has for callers in `caller_namespace`.
-    pub fn compile(snapshot: &Snapshot, caller_namespace: &str, parent: &Parent<'_>) -> Result<Self, String> {
+    pub fn compile(
+        snapshot: &Snapshot,
+        caller_namespace: &str,
+        parent: &Parent<'_>,
+    ) -> Result<Self, tarmac_route::RouteError> {
         // Endpoints take no part in choosing a rule: none are asked for.
         let routes = routes_for(snapshot, &[], caller_namespace, parent);
         let origins = routes
@@ -115,7 +119,7 @@ impl CompiledRoutes {
         let table = if routes.is_empty() {
             None
         } else {
-            Some(RouteTable::build(&routes, parent.port.port, &mut |_| ()).map_err(|e| e.to_string())?)
+            Some(RouteTable::build(&routes, parent.port.port, &mut |_| ())?)
         };
         Ok(Self { routes, table, origins })
     }

@@ -33,13 +33,16 @@ pub fn configured_workloads(snapshots: watch::Receiver<Arc<Snapshot>>) -> Wanted
 /// Where the mesh's CA is kept unless told otherwise (`tarmac up`, `tarmac identity` and
 /// `tarmac-control` agree on it): `$XDG_STATE_HOME/tarmac/identity`, or
 /// `~/.local/state/tarmac/identity`.
-pub fn default_ca_dir() -> Result<std::path::PathBuf, String> {
+pub fn default_ca_dir() -> Result<std::path::PathBuf, NoStateDir> {
     use std::path::PathBuf;
     if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
         return Ok(PathBuf::from(state).join("tarmac/identity"));
     }
-    let home = std::env::var_os("HOME")
-        .filter(|s| !s.is_empty())
-        .ok_or("cannot place the mesh's CA: neither XDG_STATE_HOME nor HOME is set; pass --identity-dir")?;
+    let home = std::env::var_os("HOME").filter(|s| !s.is_empty()).ok_or(NoStateDir)?;
     Ok(PathBuf::from(home).join(".local/state/tarmac/identity"))
 }
+
+/// Neither `XDG_STATE_HOME` nor `HOME` says where per-user state goes.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot place the mesh's CA: neither XDG_STATE_HOME nor HOME is set; pass --identity-dir")]
+pub struct NoStateDir;

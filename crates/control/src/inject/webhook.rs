@@ -14,6 +14,7 @@
 //! at fault): starting it without its sidecar would be a silent hole in the mesh.
 
 use super::{Outcome, PodContext, Settings, inject, patch};
+use crate::tls::TlsError;
 use base64::Engine;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -114,19 +115,22 @@ fn answer(response: Value) -> Value {
 }
 
 /// The serving certificate and key, PEM files (the key PKCS#8, SEC1 or PKCS#1).
-pub fn tls_config(cert_path: &str, key_path: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn tls_config(cert_path: &str, key_path: &str) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let what = || format!("webhook certificate {cert_path}");
     let certs = CertificateDer::pem_file_iter(cert_path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("webhook certificate {cert_path}: {e}"))?;
+        .map_err(|source| TlsError::Pem { what: what(), source })?;
     if certs.is_empty() {
-        return Err(format!("webhook certificate {cert_path}: no CERTIFICATE in it"));
+        return Err(TlsError::NoCertificate { what: what() });
     }
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| format!("webhook key {key_path}: {e}"))?;
-    let config = server_config()?
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("webhook certificate {cert_path} and key {key_path}: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|source| TlsError::Pem { what: format!("webhook key {key_path}"), source })?;
+    let config = server_config()?.with_single_cert(certs, key).map_err(|source| TlsError::Rustls {
+        what: format!("webhook certificate {cert_path} and key {key_path}"),
+        source,
+    })?;
     Ok(with_alpn(config))
 }
 
@@ -136,7 +140,7 @@ pub fn tls_from_ca(
     ca: Arc<Ca>,
     names: Vec<String>,
     lifetime: Duration,
-) -> Result<Arc<rustls::ServerConfig>, String> {
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let first = issue(&ca, &names, lifetime, &provider)?;
     let own = CaCertificate { ca, names, lifetime, provider, current: Mutex::new(first) };
@@ -144,12 +148,8 @@ pub fn tls_from_ca(
 }
 
 fn server_config()
--> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    Ok(rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth())
+-> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>, TlsError> {
+    Ok(crate::tls::tls13(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))?.with_no_client_auth())
 }
 
 fn with_alpn(mut config: rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
@@ -174,15 +174,13 @@ fn issue(
     names: &[String],
     lifetime: Duration,
     provider: &rustls::crypto::CryptoProvider,
-) -> Result<(Arc<CertifiedKey>, SystemTime), String> {
-    use rustls::pki_types::PrivateKeyDer;
-    use rustls::pki_types::pem::PemObject;
-    let (chain, key) =
-        ca.issue_server_with_new_key(names, lifetime).map_err(|e| format!("webhook certificate: {e}"))?;
-    let chain = tarmac_identity::ca::pem_certs(&chain)?.into_iter().map(Into::into).collect();
-    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| e.to_string())?;
-    let key = provider.key_provider.load_private_key(key).map_err(|e| e.to_string())?;
-    Ok((Arc::new(CertifiedKey::new(chain, key)), SystemTime::now() + lifetime * 2 / 3))
+) -> Result<(Arc<CertifiedKey>, SystemTime), TlsError> {
+    const WHAT: &str = "webhook certificate";
+    let (chain, key) = ca
+        .issue_server_with_new_key(names, lifetime)
+        .map_err(|source| TlsError::Issue { what: WHAT, source })?;
+    let key = crate::tls::certified_key(WHAT, &chain, &key, provider)?;
+    Ok((key, SystemTime::now() + lifetime * 2 / 3))
 }
 
 impl ResolvesServerCert for CaCertificate {

@@ -152,8 +152,8 @@ pub fn load_dir(dir: &Path) -> Result<BTreeMap<ObjectKey, Resource>, Vec<ModelEr
         let shown = path.strip_prefix(dir).unwrap_or(&path).display().to_string();
         let text = match read_bounded(&path) {
             Ok(t) => t,
-            Err(message) => {
-                errors.push(file_error(shown, message));
+            Err(e) => {
+                errors.push(file_error(shown, e.to_string()));
                 continue;
             }
         };
@@ -185,15 +185,24 @@ fn file_error(file: String, message: String) -> ModelError {
     ModelError { file, line: None, object: None, field: None, message }
 }
 
+/// Why a configuration file was not read.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("larger than {} MiB: not read", MAX_FILE_BYTES / (1024 * 1024))]
+    TooLarge,
+}
+
 /// A file's text, unless it is too large to be configuration.
-fn read_bounded(path: &Path) -> Result<String, String> {
+fn read_bounded(path: &Path) -> Result<String, ReadError> {
     use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let file = std::fs::File::open(path)?;
     let mut text = String::new();
     // Bounded while reading too: the file may grow between a size check and the read.
-    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).map_err(|e| format!("cannot read: {e}"))?;
+    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
     if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!("larger than {} MiB: not read", MAX_FILE_BYTES / (1024 * 1024)));
+        return Err(ReadError::TooLarge);
     }
     Ok(text)
 }

@@ -11,10 +11,13 @@
 //!
 //! - [`golden`]: readings, increases and quantiles (pure).
 //! - [`stats`]: grouping proxies' windows into rows per kind (pure).
+//! - [`history`]: the last hour of those rows for services, routes and edges, in rings
+//!   of fixed size (pure; recorded after the first scrape round of every period).
 //! - [`tap`]: relaying proxies' tap streams with filters and bounded buffers.
 //! - [`top`]: the most requested paths, aggregated from tap events.
 
 pub mod golden;
+pub mod history;
 pub mod stats;
 pub mod tap;
 pub mod top;
@@ -28,7 +31,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 /// How often every proxy is scraped.
@@ -91,6 +94,9 @@ struct Inner {
     histories: Mutex<BTreeMap<ProxyKey, History>>,
     /// Held while a round of scrapes runs; holds when the last round started.
     round: tokio::sync::Mutex<Option<Instant>>,
+    /// When bucket 0 of the history started.
+    started: Instant,
+    history: Mutex<history::History>,
 }
 
 impl Telemetry {
@@ -101,6 +107,10 @@ impl Telemetry {
                 snapshots,
                 histories: Mutex::new(BTreeMap::new()),
                 round: tokio::sync::Mutex::new(None),
+                started: Instant::now(),
+                history: Mutex::new(history::History::new(
+                    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+                )),
             }),
         }
     }
@@ -123,6 +133,7 @@ impl Telemetry {
         let mut instances = self.inner.registry.subscribe();
         loop {
             self.scrape_all().await;
+            self.record_history();
             tokio::select! {
                 _ = tokio::time::sleep(SCRAPE_INTERVAL) => {}
                 changed = instances.changed() => if changed.is_err() { return },
@@ -189,7 +200,7 @@ impl Telemetry {
                     history.readings.push_back(Reading::from_scrape(&scrape, at));
                     history.last_error = None;
                 }
-                Err(e) => history.last_error = Some(e),
+                Err(e) => history.last_error = Some(e.to_string()),
             }
         }
         // Keep one reading older than the retention, as the base of the longest window.
@@ -240,6 +251,42 @@ impl Telemetry {
         out
     }
 
+    /// Records the rows of the last [`history::RESOLUTION`] once per period, after the
+    /// period's first scrape round. The first period is left out: its windows would start
+    /// at the control plane's start, and count what proxies running before it had counted
+    /// since theirs.
+    fn record_history(&self) {
+        let bucket = history::History::bucket_at(self.inner.started.elapsed());
+        let wants = |h: &Mutex<history::History>| h.lock().unwrap_or_else(|e| e.into_inner()).wants(bucket);
+        if bucket == 0 || !wants(&self.inner.history) {
+            return;
+        }
+        let windows = self.windows(history::RESOLUTION);
+        let snapshot = self.snapshot();
+        let services = stats::service_rows(&windows, &snapshot);
+        let routes = stats::route_rows(&windows, &snapshot);
+        let edges = stats::edge_rows(&windows, &snapshot);
+        let mut history = self.inner.history.lock().unwrap_or_else(|e| e.into_inner());
+        history.record(bucket, &services, &routes, &edges);
+        let refused = history.refused();
+        if refused > 0 {
+            tracing::warn!(
+                refused,
+                max = history::MAX_SERIES,
+                "history: more series than it keeps; the newest are not recorded"
+            );
+        }
+    }
+
+    /// The history of `kind`'s series that `query` selects.
+    pub fn history(
+        &self,
+        kind: history::HistoryKind,
+        query: &history::HistoryQuery,
+    ) -> history::HistoryAnswer {
+        self.inner.history.lock().unwrap_or_else(|e| e.into_inner()).answer(kind, query)
+    }
+
     /// What the last scrape of each registered proxy said.
     pub fn health(&self) -> Vec<ProxyHealth> {
         let histories = self.inner.histories.lock().unwrap_or_else(|e| e.into_inner());
@@ -256,14 +303,26 @@ impl Telemetry {
     }
 }
 
+/// Why a proxy's metrics could not be read (kept per proxy for `tarmac check`).
+#[derive(Debug, thiserror::Error)]
+enum ScrapeError {
+    #[error(transparent)]
+    Client(#[from] crate::http_client::ClientError),
+    #[error("GET http://{admin}/metrics answered {status}")]
+    Status { admin: SocketAddr, status: http::StatusCode },
+    #[error("GET http://{admin}/metrics: the body is not UTF-8")]
+    NotUtf8 { admin: SocketAddr },
+    #[error("GET http://{admin}/metrics: {source}")]
+    Parse { admin: SocketAddr, source: crate::prometheus::ParseError },
+}
+
 /// One scrape of a proxy's `/metrics`.
-async fn scrape(admin: SocketAddr) -> Result<Scrape, String> {
+async fn scrape(admin: SocketAddr) -> Result<Scrape, ScrapeError> {
     let client = HttpClient::new(admin, SCRAPE_TIMEOUT);
-    let response = client.get("/metrics").await.map_err(|e| e.to_string())?;
+    let response = client.get("/metrics").await?;
     if !response.status.is_success() {
-        return Err(format!("GET http://{admin}/metrics answered {}", response.status));
+        return Err(ScrapeError::Status { admin, status: response.status });
     }
-    let text = std::str::from_utf8(&response.body)
-        .map_err(|_| format!("GET http://{admin}/metrics: the body is not UTF-8"))?;
-    Scrape::parse(text).map_err(|e| format!("GET http://{admin}/metrics: {e}"))
+    let text = std::str::from_utf8(&response.body).map_err(|_| ScrapeError::NotUtf8 { admin })?;
+    Scrape::parse(text).map_err(|source| ScrapeError::Parse { admin, source })
 }

@@ -6,6 +6,10 @@
 //! its own buffer to the watcher is full, reporting both as `{"dropped":N}` lines. So a
 //! slow watcher loses events; it never slows a proxy down or grows memory. Proxies that
 //! start or stop while the watcher watches are followed.
+//!
+//! Events are relayed as the proxies wrote them, fields this relay does not know (a
+//! traced request's `trace_id`) included; with a [`TraceUrl`] configured, an event with a
+//! trace id also gets `trace_url`, the address of that trace in the user's trace UI.
 
 use crate::http_client::HttpClient;
 use crate::registry::{Instance, Registry};
@@ -29,6 +33,61 @@ pub const BUFFER: usize = 1024;
 const PROXY_STREAM_LIMIT: usize = 100_000;
 /// Wait before reconnecting to a proxy whose tap stream ended or failed.
 const RECONNECT: Duration = Duration::from_millis(500);
+
+/// Where a trace is shown: a URL template with `{trace_id}` (`tarmac-control --trace-url
+/// 'http://localhost:16686/trace/{trace_id}'`), filled with an event's W3C trace id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TraceUrl(String);
+
+/// Why a trace URL template was refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TraceUrlError {
+    #[error("the trace URL `{0}` has no `{{trace_id}}` to replace with the trace's id")]
+    NoPlaceholder(String),
+    #[error("the trace URL `{0}` must start with http:// or https://")]
+    NotHttp(String),
+    #[error("the trace URL `{0}` contains spaces or control characters")]
+    NotAUrl(String),
+}
+
+impl TraceUrl {
+    /// The placeholder replaced by the trace id.
+    pub const PLACEHOLDER: &'static str = "{trace_id}";
+
+    pub fn parse(template: &str) -> Result<Self, TraceUrlError> {
+        if !(template.starts_with("http://") || template.starts_with("https://")) {
+            return Err(TraceUrlError::NotHttp(template.into()));
+        }
+        if template.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(TraceUrlError::NotAUrl(template.into()));
+        }
+        if !template.contains(Self::PLACEHOLDER) {
+            return Err(TraceUrlError::NoPlaceholder(template.into()));
+        }
+        Ok(Self(template.into()))
+    }
+
+    /// The address of trace `trace_id`, if it is one: 32 lowercase hex digits, not all
+    /// zero (W3C Trace Context), so that nothing else is ever put into the URL.
+    pub fn of(&self, trace_id: &str) -> Option<String> {
+        let valid = trace_id.len() == 32
+            && trace_id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && trace_id.bytes().any(|b| b != b'0');
+        valid.then(|| self.0.replace(Self::PLACEHOLDER, trace_id))
+    }
+
+    pub fn template(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for TraceUrl {
+    type Err = TraceUrlError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
 
 /// What to tap: whose proxies, and which of their events.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -54,8 +113,17 @@ pub enum Target {
     Either(String),
 }
 
+/// A tap target that is not `workload/NAME`, `service/NAME` or `NAME`.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum TargetError {
+    #[error("`{0}`: the kind must be `workload` or `service`")]
+    Kind(String),
+    #[error("`{0}` is not a target: write `workload/NAME`, `service/NAME` or `NAME`")]
+    Malformed(String),
+}
+
 impl Target {
-    pub fn parse(text: &str) -> Result<Target, String> {
+    pub fn parse(text: &str) -> Result<Target, TargetError> {
         let name_ok = |n: &str| !n.is_empty() && !n.contains('/');
         match text.split_once('/') {
             Some((kind, name)) if name_ok(name) => match kind {
@@ -63,10 +131,10 @@ impl Target {
                     Ok(Target::Workload(name.into()))
                 }
                 "service" | "services" | "svc" => Ok(Target::Service(name.into())),
-                _ => Err(format!("`{text}`: the kind must be `workload` or `service`")),
+                _ => Err(TargetError::Kind(text.to_string())),
             },
             None if name_ok(text) => Ok(Target::Either(text.into())),
-            _ => Err(format!("`{text}` is not a target: write `workload/NAME`, `service/NAME` or `NAME`")),
+            _ => Err(TargetError::Malformed(text.to_string())),
         }
     }
 }
@@ -78,9 +146,14 @@ pub enum StatusFilter {
     Class(u16),
 }
 
+/// A status filter that is neither a code (100-599) nor a class (`1xx` to `5xx`).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("`{0}` is not a status: write e.g. `503` or `5xx`")]
+pub struct BadStatus(pub String);
+
 impl StatusFilter {
-    pub fn parse(text: &str) -> Result<StatusFilter, String> {
-        let bad = || format!("`{text}` is not a status: write e.g. `503` or `5xx`");
+    pub fn parse(text: &str) -> Result<StatusFilter, BadStatus> {
+        let bad = || BadStatus(text.to_string());
         if let Some(class) = text.strip_suffix("xx").or_else(|| text.strip_suffix("XX")) {
             let class: u16 = class.parse().map_err(|_| bad())?;
             return if (1..=5).contains(&class) { Ok(StatusFilter::Class(class)) } else { Err(bad()) };
@@ -157,17 +230,19 @@ type ProxyKey = (String, String, u32, SocketAddr);
 
 /// Starts relaying; the stream yields NDJSON lines and ends after `limit` events or
 /// after `duration` (None: until the watcher goes away). Dropping it stops every relay
-/// task.
+/// task. Events with a trace id get its `trace_url` when `trace_url` is set.
 pub fn watch(
     registry: &Registry,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     filter: TapFilter,
     limit: Option<usize>,
     duration: Option<Duration>,
+    trace_url: Option<Arc<TraceUrl>>,
 ) -> impl Stream<Item = Bytes> + Send + 'static {
     let (tx, rx) = mpsc::channel::<Bytes>(BUFFER);
     let dropped = Arc::new(AtomicU64::new(0));
-    tokio::spawn(follow(registry.subscribe(), snapshots, Arc::new(filter), tx, dropped.clone()));
+    let relay = Arc::new(Relay { filter, trace_url });
+    tokio::spawn(follow(registry.subscribe(), snapshots, relay, tx, dropped.clone()));
     let deadline = duration.map(|d| tokio::time::Instant::now() + d);
     futures_util::stream::unfold((rx, dropped, limit), move |(mut rx, dropped, left)| async move {
         if left == Some(0) {
@@ -185,11 +260,18 @@ pub fn watch(
     })
 }
 
+/// What every relay task of one watcher applies to the events.
+#[derive(Debug, Default)]
+struct Relay {
+    filter: TapFilter,
+    trace_url: Option<Arc<TraceUrl>>,
+}
+
 /// Keeps one relay task per targeted proxy while the watcher is there.
 async fn follow(
     mut instances: watch::Receiver<Arc<Vec<Instance>>>,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    filter: Arc<TapFilter>,
+    relay_with: Arc<Relay>,
     tx: mpsc::Sender<Bytes>,
     dropped: Arc<AtomicU64>,
 ) {
@@ -200,7 +282,9 @@ async fn follow(
         let current = instances.borrow_and_update().clone();
         let mut wanted = BTreeMap::new();
         for instance in current.iter() {
-            if let (Some(only), Some(admin)) = (wants(&filter, &snapshot, instance), instance.admin) {
+            if let (Some(only), Some(admin)) =
+                (wants(&relay_with.filter, &snapshot, instance), instance.admin)
+            {
                 let key = (instance.namespace.clone(), instance.workload.clone(), instance.replica, admin);
                 wanted.insert(key, (instance.clone(), only));
             }
@@ -214,7 +298,7 @@ async fn follow(
         });
         for (key, (instance, only)) in wanted {
             running.entry(key).or_insert_with(|| {
-                relays.spawn(relay(instance, only, filter.clone(), tx.clone(), dropped.clone()))
+                relays.spawn(relay(instance, only, relay_with.clone(), tx.clone(), dropped.clone()))
             });
         }
         tokio::select! {
@@ -230,14 +314,14 @@ async fn follow(
 async fn relay(
     instance: Instance,
     only: Option<&'static str>,
-    filter: Arc<TapFilter>,
+    relay_with: Arc<Relay>,
     tx: mpsc::Sender<Bytes>,
     dropped: Arc<AtomicU64>,
 ) {
     let Some(admin) = instance.admin else { return };
     let client = HttpClient::new(admin, Duration::from_secs(2));
     let mut path = format!("/tap?limit={PROXY_STREAM_LIMIT}");
-    if let Some(direction) = only.or(filter.direction.as_deref()) {
+    if let Some(direction) = only.or(relay_with.filter.direction.as_deref()) {
         path.push_str("&direction=");
         path.push_str(direction);
     }
@@ -258,7 +342,7 @@ async fn relay(
                     pending.extend_from_slice(&data);
                     while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                         let line: Vec<u8> = pending.drain(..=end).collect();
-                        if !forward(&line, &instance, only, &filter, &tx, &dropped) {
+                        if !forward(&line, &instance, only, &relay_with, &tx, &dropped) {
                             return;
                         }
                     }
@@ -281,7 +365,7 @@ fn forward(
     line: &[u8],
     instance: &Instance,
     only: Option<&str>,
-    filter: &TapFilter,
+    relay_with: &Relay,
     tx: &mpsc::Sender<Bytes>,
     dropped: &AtomicU64,
 ) -> bool {
@@ -290,12 +374,20 @@ fn forward(
         dropped.fetch_add(n, Ordering::Relaxed);
         return true;
     }
-    if !filter.matches(&event, only) {
+    if !relay_with.filter.matches(&event, only) {
         return true;
     }
     event.insert("namespace".into(), instance.namespace.clone().into());
     event.insert("workload".into(), instance.workload.clone().into());
     event.insert("replica".into(), instance.replica.into());
+    let link = relay_with
+        .trace_url
+        .as_ref()
+        .zip(event.get("trace_id").and_then(Value::as_str))
+        .and_then(|(url, id)| url.of(id));
+    if let Some(link) = link {
+        event.insert("trace_url".into(), link.into());
+    }
     let mut out = serde_json::to_vec(&event).unwrap_or_default();
     out.push(b'\n');
     match tx.try_send(Bytes::from(out)) {
@@ -350,7 +442,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(1);
         let dropped = AtomicU64::new(0);
         let line = br#"{"direction":"inbound","method":"GET","path":"/x","status":200}"#;
-        let filter = TapFilter::default();
+        let filter = Relay::default();
         assert!(forward(line, &instance, None, &filter, &tx, &dropped));
         assert!(forward(line, &instance, None, &filter, &tx, &dropped), "a full buffer is no reason to stop");
         // What the proxy itself dropped for this watcher adds up too.
@@ -362,13 +454,74 @@ mod tests {
         assert!(!forward(line, &instance, None, &filter, &tx, &dropped), "the watcher left: stop relaying");
     }
 
+    fn instance() -> Instance {
+        Instance {
+            namespace: "default".into(),
+            workload: "books".into(),
+            replica: 0,
+            labels: Default::default(),
+            service_account: "books".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            meshed: true,
+            admin: Some("127.0.0.1:2".parse().unwrap()),
+        }
+    }
+
+    const TRACED: &[u8] = br#"{"direction":"inbound","method":"GET","path":"/x","status":200,"duration_ms":812.5,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}"#;
+
+    #[test]
+    fn trace_ids_are_relayed_and_linked_when_a_trace_url_is_set() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let dropped = AtomicU64::new(0);
+        // Without a trace URL: the id as the proxy sent it, and no link.
+        assert!(forward(TRACED, &instance(), None, &Relay::default(), &tx, &dropped));
+        let relayed: Value = serde_json::from_slice(&rx.try_recv().unwrap()).unwrap();
+        assert_eq!(relayed["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(relayed.get("trace_url").is_none(), "{relayed}");
+
+        let trace_url = TraceUrl::parse("http://localhost:16686/trace/{trace_id}").unwrap();
+        let relay_with = Relay { filter: TapFilter::default(), trace_url: Some(Arc::new(trace_url)) };
+        assert!(forward(TRACED, &instance(), None, &relay_with, &tx, &dropped));
+        let relayed: Value = serde_json::from_slice(&rx.try_recv().unwrap()).unwrap();
+        assert_eq!(relayed["trace_url"], "http://localhost:16686/trace/4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(relayed["workload"], "books");
+
+        // Untraced requests, and ids that are not W3C trace ids, get no link.
+        let untraced = br#"{"direction":"inbound","method":"GET","path":"/x","status":200}"#;
+        let forged = br#"{"direction":"inbound","status":200,"trace_id":"x\"><script>"}"#;
+        for line in [&untraced[..], &forged[..]] {
+            assert!(forward(line, &instance(), None, &relay_with, &tx, &dropped));
+            let relayed: Value = serde_json::from_slice(&rx.try_recv().unwrap()).unwrap();
+            assert!(relayed.get("trace_url").is_none(), "{relayed}");
+        }
+    }
+
+    #[test]
+    fn trace_url_templates_are_checked() {
+        let url = TraceUrl::parse("https://traces.example/t/{trace_id}?x=1").unwrap();
+        assert_eq!(
+            url.of("0af7651916cd43dd8448eb211c80319c").unwrap(),
+            "https://traces.example/t/0af7651916cd43dd8448eb211c80319c?x=1"
+        );
+        assert_eq!(url.of("00000000000000000000000000000000"), None, "the invalid all-zero id");
+        assert_eq!(url.of("0AF7651916CD43DD8448EB211C80319C"), None, "W3C ids are lowercase");
+        assert_eq!(url.of("0af7651916cd43dd"), None, "a B3 64-bit id is not one");
+        assert!(matches!(
+            TraceUrl::parse("http://localhost:16686/trace/"),
+            Err(TraceUrlError::NoPlaceholder(_))
+        ));
+        assert!(matches!(TraceUrl::parse("javascript:alert({trace_id})"), Err(TraceUrlError::NotHttp(_))));
+        assert!(matches!(TraceUrl::parse("http://x/{trace_id} y"), Err(TraceUrlError::NotAUrl(_))));
+        assert!(TraceUrl::parse("http://x/").unwrap_err().to_string().contains("{trace_id}"));
+    }
+
     #[test]
     fn targets_and_statuses_parse_or_say_what_is_valid() {
         assert_eq!(Target::parse("svc/names"), Ok(Target::Service("names".into())));
         assert_eq!(Target::parse("workload/greeter"), Ok(Target::Workload("greeter".into())));
         assert_eq!(Target::parse("greeter"), Ok(Target::Either("greeter".into())));
-        assert!(Target::parse("pod/x").unwrap_err().contains("workload"));
+        assert_eq!(Target::parse("pod/x"), Err(TargetError::Kind("pod/x".into())));
         assert!(StatusFilter::parse("6xx").is_err());
-        assert!(StatusFilter::parse("abc").unwrap_err().contains("5xx"));
+        assert!(StatusFilter::parse("abc").unwrap_err().to_string().contains("5xx"));
     }
 }

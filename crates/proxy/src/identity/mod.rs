@@ -69,7 +69,7 @@ impl MeshTls {
     ) -> Result<Self, TlsSetupError> {
         let bad = |reason: String| TlsSetupError::Anchors { path: anchors_path.to_string(), reason };
         let mut roots = RootCertStore::empty();
-        for der in tarmac_identity::ca::pem_certs(anchors_pem).map_err(bad)? {
+        for der in tarmac_identity::ca::pem_certs(anchors_pem).map_err(|e| bad(e.to_string()))? {
             roots.add(der.into()).map_err(|e| bad(format!("not a usable trust anchor: {e}")))?;
         }
         if roots.is_empty() {

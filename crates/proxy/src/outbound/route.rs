@@ -115,7 +115,7 @@ pub async fn serve(
 
 /// Replaces the request's path, keeping its query.
 fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), ProxyError> {
-    let pq = path_and_query(path, req.uri().query()).map_err(ProxyError::BadUri)?;
+    let pq = path_and_query(path, req.uri().query()).map_err(|e| ProxyError::BadUri(e.to_string()))?;
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.path_and_query = Some(pq);
     *req.uri_mut() = Uri::from_parts(parts).map_err(|e| ProxyError::BadUri(e.to_string()))?;

@@ -1,17 +1,26 @@
 // Tarmac dashboard: reads the control plane's API (same origin) and draws services,
-// workloads, routes, edges, a topology graph, charts over time and a live tap.
+// workloads, routes, edges, a topology graph (live, or at any 10 s of the last hour),
+// charts of the last hour and a live tap whose traced requests link to their trace.
 // Plain DOM and SVG; names and paths are always set as text, never parsed as HTML.
 "use strict";
 
 const REFRESH_MS = 2000;
-const HISTORY_POINTS = 90;
+// The control plane records a point every 10 s: reading more often shows nothing new.
+const HISTORY_MS = 10000;
 const TAP_ROWS = 200;
 const PALETTE = ["#58a6ff", "#3fb950", "#d29922", "#bc8cff", "#f778ba", "#39c5cf", "#ff7b72", "#a5d6ff"];
 const SVG = "http://www.w3.org/2000/svg";
 
 const state = {
   window: "1m",
-  history: new Map(), // service -> [{t, rps, success, p50, p99}]
+  // GET /api/v1/history/{service,route,edge}: {timestamps_ms, series: [{..., rps: [...]}]}
+  history: { service: null, route: null, edge: null },
+  historyKind: "service",
+  // The topology at a past point (its timestamp), or null: live, over the window.
+  graphAt: null,
+  live: { edges: [], workloads: [], services: [] },
+  // p99 latency (ms) per workload and per service over the window: what "slow" means in the tap.
+  p99: { workload: new Map(), service: new Map() },
   colors: new Map(),
   tapping: true,
   tapGeneration: 0,
@@ -103,12 +112,44 @@ function renderTables(services, workloads, routes, edges) {
   table("routes", ["SERVICE", "ROUTE", ...GOLDEN_HEAD, ...RESILIENCE_HEAD], routes, (r, m) =>
     el("tr", { "data-route": r.name, "data-rps": r.rps, "data-retries": r.retries || 0 },
       el("td", {}, name(r.namespace, r.service)), el("td", {}, r.name), ...goldenCells(r, m), ...resilienceCells(r)));
-  table("edges", ["FROM", "TO", "mTLS", ...GOLDEN_HEAD, ...RESILIENCE_HEAD], edges, (r, m) =>
+  table("edges", ["FROM", "TO", "LAST HOUR", "mTLS", ...GOLDEN_HEAD, ...RESILIENCE_HEAD], edges, (r, m) =>
     el("tr", { "data-edge": `${r.src_workload}>${r.dst_service || r.dst_target}`, "data-rps": r.rps },
       el("td", {}, name(r.src_namespace, r.src_workload)),
       el("td", {}, r.dst_service ? name(r.dst_namespace, r.dst_service) : r.dst_target),
+      el("td", {}, sparkline(edgeHistory(r))),
       el("td", { class: r.secured_rate === 1 ? "good" : r.secured_rate ? "warn" : "" }, pct(r.secured_rate)),
       ...goldenCells(r, m), ...resilienceCells(r)));
+}
+
+// The history series of an edge row (same caller, same destination), if kept.
+function edgeHistory(r) {
+  const h = state.history.edge;
+  if (!h) return null;
+  return h.series.find((s) => s.src_namespace === r.src_namespace && s.src_workload === r.src_workload && s.dst_target === r.dst_target) || null;
+}
+
+// Requests per second over the last hour, small: gaps (nothing recorded) break the line.
+function sparkline(series) {
+  const W = 120, H = 22;
+  if (!series) return el("span", { class: "muted" }, "-");
+  const values = series.rps;
+  const top = Math.max(...values.filter((v) => v !== null), 1e-9);
+  // The newest point at the right edge, an hour across (capacity points).
+  const capacity = state.history.edge ? state.history.edge.capacity : values.length;
+  const x = (i) => W - ((values.length - 1 - i) / Math.max(capacity - 1, 1)) * W;
+  const y = (v) => H - 2 - (v / top) * (H - 4);
+  let d = "", pen = false, points = 0;
+  const root = svg("svg", { class: "spark", viewBox: `0 0 ${W} ${H}`, width: W, height: H });
+  values.forEach((v, i) => {
+    if (v === null) { pen = false; return; }
+    d += `${pen ? "L" : "M"}${x(i).toFixed(1)},${y(v).toFixed(1)} `;
+    if (values[i - 1] == null && values[i + 1] == null) root.append(svg("circle", { cx: x(i), cy: y(v), r: 1.5, fill: "var(--accent)" }));
+    pen = true;
+    points += 1;
+  });
+  root.setAttribute("data-points", points);
+  root.append(svg("path", { d: d.trim() || "M0,0", fill: "none", stroke: "var(--accent)", "stroke-width": 1.5 }));
+  return root;
 }
 
 function renderSummary(services, check) {
@@ -146,11 +187,11 @@ function renderSummary(services, check) {
 
 // Nodes are workloads; a call to a service that selects one workload is an arrow to it,
 // to a service selecting several (a canary, say) an arrow to the service, then to each.
-function renderGraph(edges, workloads, services) {
+function renderGraph(edges, workloads, services, when) {
   const box = document.getElementById("graph");
   const live = edges.filter((e) => e.requests > 0);
   if (live.length === 0) {
-    box.replaceChildren(el("p", { class: "empty" }, "No traffic between workloads in the window yet."));
+    box.replaceChildren(el("p", { class: "empty" }, when ? `No traffic between workloads in the 10 s before ${when}.` : "No traffic between workloads in the window yet."));
     return;
   }
   const nodes = new Map();
@@ -216,6 +257,9 @@ function renderGraph(edges, workloads, services) {
     if (l.e) {
       const label = `${rps(l.e.rps)} rps · ${pct(l.e.success_rate)}`;
       g.append(svg("text", { x: mid, y: (y1 + y2) / 2 - 6, "text-anchor": "middle" }, label));
+      if (l.e.secured_rate !== null && l.e.secured_rate !== undefined) {
+        g.append(svg("text", { x: mid, y: (y1 + y2) / 2 + 14, "text-anchor": "middle", class: "sub" }, `mTLS ${Math.round(l.e.secured_rate * 100)}%`));
+      }
     }
     root.append(g);
   }
@@ -233,26 +277,21 @@ function renderGraph(edges, workloads, services) {
 
 // --- charts ------------------------------------------------------------------
 
-function remember(services) {
-  const t = Date.now();
-  for (const s of services) {
-    const h = state.history.get(s.name) || [];
-    h.push({ t, rps: s.rps, success: s.success_rate, p50: s.latency_ms_p50, p99: s.latency_ms_p99 });
-    while (h.length > HISTORY_POINTS) h.shift();
-    state.history.set(s.name, h);
-  }
-}
+const clock = (t) => new Date(t).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", hour12: false });
 
-function chart(id, series, { min = 0, max, format, dashed = [] }) {
+// One line per series over the history's timestamps; a null value (a gap: nothing was
+// recorded then; or no traffic, for rates and latencies) breaks the line.
+function chart(id, times, series, { min = 0, max, format, dashed = [], span }) {
   const box = document.getElementById(id);
   const W = 420, H = 180, L = 44, B = 18, T = 8, R = 8;
-  const points = series.flatMap((s) => s.points.filter((p) => p.v !== null && p.v !== undefined));
-  if (points.length === 0) {
-    box.replaceChildren(el("p", { class: "empty" }, "waiting for data"));
+  const values = series.flatMap((s) => s.values.filter((v) => v !== null && v !== undefined));
+  if (times.length === 0 || values.length === 0) {
+    box.replaceChildren(el("p", { class: "empty" }, "waiting for data (a point every 10 s)"));
     return;
   }
-  const t0 = Math.min(...points.map((p) => p.t)), t1 = Math.max(...points.map((p) => p.t), t0 + 1);
-  const top = max !== undefined ? max : Math.max(...points.map((p) => p.v), 1e-9) * 1.15;
+  // The whole hour, the newest point at the right edge: a young history grows from there.
+  const t1 = times[times.length - 1], t0 = Math.min(times[0], t1 - span);
+  const top = max !== undefined ? max : Math.max(...values, 1e-9) * 1.15;
   const x = (t) => L + ((t - t0) / (t1 - t0)) * (W - L - R);
   const y = (v) => T + (1 - (v - min) / (top - min || 1)) * (H - T - B);
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none" });
@@ -261,26 +300,96 @@ function chart(id, series, { min = 0, max, format, dashed = [] }) {
     root.append(svg("line", { class: "axis", x1: L, x2: W - R, y1: y(v), y2: y(v) }));
     root.append(svg("text", { x: L - 4, y: y(v) + 3, "text-anchor": "end" }, format(v)));
   }
-  root.append(svg("text", { x: L, y: H - 4 }, `${Math.round((t1 - t0) / 1000)} s`));
+  root.append(svg("text", { x: L, y: H - 4 }, clock(t0)));
+  root.append(svg("text", { x: W - R, y: H - 4, "text-anchor": "end" }, clock(t1)));
   for (const s of series) {
-    const pts = s.points.filter((p) => p.v !== null && p.v !== undefined);
-    if (pts.length === 0) continue;
-    const d = pts.map((p, i) => `${i ? "L" : "M"}${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(" ");
-    root.append(svg("path", { d, fill: "none", stroke: s.color, "stroke-width": 2, "stroke-dasharray": dashed.includes(s) ? "5 4" : "" }));
-    const last = pts[pts.length - 1];
-    root.append(svg("circle", { cx: x(last.t), cy: y(last.v), r: 2.5, fill: s.color }));
+    let d = "", pen = false, points = 0, last = null;
+    const isolated = [];
+    const present = (i) => i >= 0 && i < s.values.length && s.values[i] !== null && s.values[i] !== undefined;
+    s.values.forEach((v, i) => {
+      if (!present(i)) { pen = false; return; }
+      d += `${pen ? "L" : "M"}${x(times[i]).toFixed(1)},${y(v).toFixed(1)} `;
+      if (!present(i - 1) && !present(i + 1)) isolated.push([times[i], v]);
+      pen = true;
+      points += 1;
+      last = [times[i], v];
+    });
+    if (!points) continue;
+    // A point between gaps draws no line: a dot instead.
+    for (const [t, v] of isolated) root.append(svg("circle", { cx: x(t), cy: y(v), r: 1.5, fill: s.color }));
+    root.append(svg("path", {
+      class: "series", "data-series": s.name, "data-points": points, d: d.trim(), fill: "none",
+      stroke: s.color, "stroke-width": 2, "stroke-dasharray": dashed.includes(s) ? "5 4" : "",
+    }));
+    root.append(svg("circle", { cx: x(last[0]), cy: y(last[1]), r: 2.5, fill: s.color }));
   }
   box.replaceChildren(root);
 }
 
+function seriesName(kind, s) {
+  return kind === "route" ? `${name(s.namespace, s.service)} ${s.name}` : name(s.namespace, s.name);
+}
+
 function renderCharts() {
-  const names = [...state.history.keys()].sort();
-  const series = (key) => names.map((n) => ({ name: n, color: color(n), points: state.history.get(n).map((p) => ({ t: p.t, v: p[key] })) }));
-  chart("chart-rps", series("rps"), { format: (v) => v.toFixed(1) });
-  chart("chart-success", series("success"), { min: 0, max: 1, format: (v) => `${Math.round(v * 100)}%` });
-  const p50 = series("p50"), p99 = series("p99");
-  chart("chart-latency", [...p50, ...p99], { format: (v) => v.toFixed(v < 10 ? 1 : 0), dashed: p50 });
-  document.getElementById("legend").replaceChildren(...names.map((n) => el("span", { style: `--c:${color(n)}` }, n)));
+  const kind = state.historyKind;
+  const h = state.history[kind];
+  const times = h ? h.timestamps_ms : [];
+  const list = h ? [...h.series].sort((a, b) => seriesName(kind, a).localeCompare(seriesName(kind, b))) : [];
+  const series = (key) => list.map((s) => ({ name: seriesName(kind, s), color: color(seriesName(kind, s)), values: s[key] }));
+  const span = h ? h.capacity * h.resolution_seconds * 1000 : 0;
+  chart("chart-rps", times, series("rps"), { format: (v) => v.toFixed(1), span });
+  chart("chart-success", times, series("success_rate"), { min: 0, max: 1, format: (v) => `${Math.round(v * 100)}%`, span });
+  const p50 = series("latency_ms_p50"), p99 = series("latency_ms_p99");
+  chart("chart-latency", times, [...p50, ...p99], { format: (v) => v.toFixed(v < 10 ? 1 : 0), dashed: p50, span });
+  document.getElementById("legend").replaceChildren(...list.map((s) => el("span", { style: `--c:${color(seriesName(kind, s))}` }, seriesName(kind, s))));
+  const refused = h && h.series_refused ? ` · ${h.series_refused} series not kept (the control plane keeps at most 1024)` : "";
+  document.getElementById("history-note").textContent = `every ${h ? h.resolution_seconds : 10} s, kept by the control plane for an hour${refused}`;
+}
+
+// --- the topology over time ----------------------------------------------------
+
+// The slider's last position is "live" (the window's numbers); the others are the points
+// of the edges' history, oldest first.
+function renderTimeline() {
+  const slider = document.getElementById("graph-time");
+  const times = state.history.edge ? state.history.edge.timestamps_ms : [];
+  slider.max = String(times.length);
+  slider.disabled = times.length === 0;
+  const at = state.graphAt === null ? -1 : times.indexOf(state.graphAt);
+  if (state.graphAt !== null && at < 0) state.graphAt = null; // fell out of the hour
+  slider.value = String(state.graphAt === null ? times.length : at);
+  renderTopology();
+}
+
+function renderTopology() {
+  const when = document.getElementById("graph-when");
+  if (state.graphAt === null) {
+    when.textContent = "live";
+    renderGraph(state.live.edges, state.live.workloads, state.live.services);
+    return;
+  }
+  const h = state.history.edge;
+  const i = h.timestamps_ms.indexOf(state.graphAt);
+  const at = new Date(state.graphAt).toLocaleTimeString(undefined, { hour12: false });
+  when.textContent = at;
+  if (h.series.length > 0 && h.series.every((s) => s.requests[i] === null)) {
+    document.getElementById("graph").replaceChildren(el("p", { class: "empty" }, `Nothing was recorded at ${at} (the control plane was busy or not running).`));
+    return;
+  }
+  const edges = h.series.map((s) => ({ ...s, requests: s.requests[i] || 0, rps: s.rps[i] || 0, success_rate: s.success_rate[i], secured_rate: s.secured_rate[i] }));
+  renderGraph(edges, [], [], at);
+}
+
+async function refreshHistory() {
+  try {
+    const [service, route, edge] = await Promise.all(["service", "route", "edge"].map((k) => getJSON(`/api/v1/history/${k}`)));
+    state.history = { service, route, edge };
+    renderCharts();
+    renderTimeline();
+  } catch (e) {
+    document.getElementById("history-note").textContent = `history unavailable: ${e.message}`;
+  }
+  setTimeout(refreshHistory, HISTORY_MS);
 }
 
 // --- refresh loop --------------------------------------------------------------
@@ -297,9 +406,12 @@ async function refresh() {
     ]);
     renderSummary(services.rows, check);
     renderTables(services.rows, workloads.rows, routes.rows, edges.rows);
-    renderGraph(edges.rows, workloads.rows, services.rows);
-    remember(services.rows);
-    renderCharts();
+    state.live = { edges: edges.rows, workloads: workloads.rows, services: services.rows };
+    state.p99 = {
+      workload: new Map(workloads.rows.map((r) => [r.name, r.latency_ms_p99])),
+      service: new Map(services.rows.map((r) => [r.name, r.latency_ms_p99])),
+    };
+    if (state.graphAt === null) renderTopology();
     document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (e) {
     renderSummary([], null);
@@ -321,15 +433,41 @@ function tapQuery() {
   return params.toString();
 }
 
+// Slow: at least the p99 of what it is counted under (the workload that received it, or
+// the service that was called) over the window.
+function isSlow(e) {
+  const p99 = e.direction === "outbound" ? state.p99.service.get(e.target) : state.p99.workload.get(e.workload);
+  return p99 !== null && p99 !== undefined && e.duration_ms >= p99;
+}
+
+// A traced request: a link to its trace in the user's trace UI (`--trace-url`), else its
+// id, copied on click, to look up there.
+function traceCell(e) {
+  const id = typeof e.trace_id === "string" ? e.trace_id : "";
+  if (!id) return el("td", { class: "muted" }, "");
+  const short = `${id.slice(0, 8)}…`;
+  if (typeof e.trace_url === "string" && /^https?:\/\//.test(e.trace_url)) {
+    return el("td", {}, el("a", { class: "trace", href: e.trace_url, target: "_blank", rel: "noopener noreferrer", title: `trace ${id}`, "data-trace-id": id }, short));
+  }
+  const code = el("code", { class: "trace-id", title: `trace ${id} (click to copy)`, "data-trace-id": id }, id);
+  code.addEventListener("click", () => {
+    if (navigator.clipboard) navigator.clipboard.writeText(id).catch(() => {});
+    window.getSelection().selectAllChildren(code);
+  });
+  return el("td", {}, code);
+}
+
 function addTapEvent(e) {
   const body = document.querySelector("#tap tbody");
   if (e.dropped) {
     document.getElementById("tap-note").textContent = `Fell behind: ${e.dropped} events dropped (traffic was never slowed).`;
     return;
   }
+  const slow = isSlow(e);
+  if (document.getElementById("tap-slow").checked && !slow) return;
   const time = new Date(e.ts_ms).toLocaleTimeString(undefined, { hour12: false }) + `.${String(e.ts_ms % 1000).padStart(3, "0")}`;
   const tone = e.status >= 500 ? "bad" : e.status >= 400 ? "warn" : "good";
-  body.prepend(el("tr", { class: "tap-event", "data-workload": e.workload, "data-status": e.status },
+  body.prepend(el("tr", { class: `tap-event${slow ? " slow" : ""}`, "data-workload": e.workload, "data-status": e.status },
     el("td", {}, time),
     el("td", {}, `${e.workload}-${e.replica}`),
     el("td", { title: e.client_id || e.source || "" }, e.direction === "outbound" ? `→ ${e.target}` : e.client_id ? `← ${e.client_id.replace(/^spiffe:\/\/[^/]+\//, "")}` : "← in (plaintext)"),
@@ -339,7 +477,8 @@ function addTapEvent(e) {
     el("td", { class: tone, title: e.policy ? `${e.audit ? "audit: would be refused by" : "refused by"} ${e.policy}` : "" },
       e.grpc_status !== null && e.grpc_status !== undefined ? `${e.status} / grpc ${e.grpc_status}` : e.status,
       e.policy ? ` (${e.audit ? "audit: " : ""}${e.policy})` : ""),
-    el("td", { class: "num" }, ms(e.duration_ms))));
+    el("td", { class: `num ${slow ? "warn" : ""}`, title: slow ? "at least the p99 over the window" : "" }, ms(e.duration_ms)),
+    traceCell(e)));
   while (body.children.length > TAP_ROWS) body.lastChild.remove();
 }
 
@@ -383,6 +522,16 @@ function restartTap() {
 document.getElementById("window").addEventListener("change", (e) => {
   state.window = e.target.value;
 });
+document.getElementById("history-kind").addEventListener("change", (e) => {
+  state.historyKind = e.target.value;
+  renderCharts();
+});
+document.getElementById("graph-time").addEventListener("input", (e) => {
+  const times = state.history.edge ? state.history.edge.timestamps_ms : [];
+  const i = Number(e.target.value);
+  state.graphAt = i >= times.length ? null : times[i];
+  renderTopology();
+});
 for (const id of ["tap-target", "tap-path", "tap-status"]) document.getElementById(id).addEventListener("change", restartTap);
 document.getElementById("tap-toggle").addEventListener("click", (e) => {
   state.tapping = !state.tapping;
@@ -391,4 +540,5 @@ document.getElementById("tap-toggle").addEventListener("click", (e) => {
 });
 
 refresh();
+refreshHistory();
 restartTap();
