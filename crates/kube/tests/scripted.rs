@@ -206,8 +206,8 @@ async fn the_snapshot_follows_adds_changes_and_deletes() {
     let both = wait(&mut replicas, "two instances", |i| i.len() == 2).await;
     assert_eq!(both[1].addr.to_string(), "10.1.0.8:8080");
     assert_eq!((both[0].replica, both[1].replica), (0, 1));
-    // A watch bookmark arrived on every watch (the server sends one after catching up),
-    // and no kind was listed twice: the watches resumed, nothing was relisted.
+    // The Services were listed once: every change since came on the watch (which the
+    // server opened with a BOOKMARK), nothing was listed again.
     assert_eq!(server.lists_of(SERVICES), 1, "{:#?}", server.requests());
 }
 
