@@ -65,6 +65,23 @@ async fn the_control_plane_binary_configures_a_proxy_from_the_kubernetes_api() {
     let books_listener = proxy.addrs.service("books").unwrap();
     eventually_status(books_listener, 301, &control).await;
 
+    // The one replica holds the Lease and writes the route's status.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let accepted = |server: &ApiServer| {
+        let route = server.get(HTTPROUTES, "default", "books")?;
+        let parent = route["status"]["parents"].as_array()?.first()?.clone();
+        Some((
+            parent["controllerName"].clone(),
+            parent["conditions"][0]["type"].clone(),
+            parent["conditions"][0]["status"].clone(),
+        ))
+    };
+    while accepted(&server).is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "no route status written:\n{}", control.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(accepted(&server).unwrap(), (json!("tarmac.io/mesh"), json!("Accepted"), json!("True")));
+
     // The route is MODIFIED through the API: the proxy follows.
     server.apply(HTTPROUTES, redirect(302));
     eventually_status(books_listener, 302, &control).await;

@@ -9,8 +9,10 @@
 //! - [`translate`]: the API server's objects as the model reads them, and Pods with their
 //!   EndpointSlices as the registry's running instances.
 //! - [`kinds`]: what is watched, by API path.
+//! - [`status`]: route status written back by the replica holding the Lease.
 
 pub mod kinds;
+pub mod status;
 pub mod store;
 pub mod translate;
 

@@ -45,6 +45,13 @@ struct Args {
     /// giving up (`60s`).
     #[arg(long, default_value = "60s", value_parser = tarmac_model::duration::parse)]
     kube_sync_timeout: Duration,
+    /// With `--store kubernetes`: the namespace of the Lease `tarmac-control`, which
+    /// elects the one replica that writes route status (the control plane's namespace).
+    #[arg(long, default_value = "tarmac-system", value_name = "NAMESPACE")]
+    lease_namespace: String,
+    /// With `--store kubernetes`: write no route status (and take no Lease).
+    #[arg(long)]
+    no_route_status: bool,
     /// Where proxies reach discovery and identity (gRPC).
     #[arg(long, default_value = "127.0.0.1:4180", value_name = "ADDR")]
     grpc_listen: SocketAddr,
@@ -115,8 +122,8 @@ enum StoreKind {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.store == StoreKind::Files && args.kubeconfig.is_some() {
-        eprintln!("tarmac-control: --kubeconfig is for --store kubernetes");
+    if args.store == StoreKind::Files && (args.kubeconfig.is_some() || args.no_route_status) {
+        eprintln!("tarmac-control: --kubeconfig and --no-route-status are for --store kubernetes");
         return ExitCode::FAILURE;
     }
     if args.store == StoreKind::Kubernetes && args.config_dir.is_some() {
@@ -156,9 +163,22 @@ async fn store_config(args: &Args) -> Result<Config, String> {
         let client = kube_client(args.kubeconfig.as_deref()).await?;
         let registry = Registry::default();
         let options = tarmac_kube::Options { sync_timeout: args.kube_sync_timeout, ..Default::default() };
-        let store = tarmac_kube::KubeStore::open(client, registry.clone(), options)
+        let store = tarmac_kube::KubeStore::open(client.clone(), registry.clone(), options)
             .await
             .map_err(|e| e.to_string())?;
+        if !args.no_route_status {
+            use tarmac_control::store::Store;
+            // A pod's hostname is its name: what the Lease names its holder by.
+            let identity = std::env::var("HOSTNAME")
+                .unwrap_or_else(|_| format!("tarmac-control-{}", std::process::id()));
+            let options = tarmac_kube::status::StatusOptions {
+                lease_namespace: args.lease_namespace.clone(),
+                identity,
+                lease_duration: Duration::from_secs(15),
+                renew_every: Duration::from_secs(5),
+            };
+            tarmac_kube::status::spawn(client, store.snapshots(), options);
+        }
         return Ok(Config::opened(Box::new(store), registry));
     };
     Ok(Config::files(dir))

@@ -122,13 +122,17 @@ fn options() -> Options {
     Options { sync_timeout: Duration::from_secs(20), debounce: Duration::from_millis(20) }
 }
 
-async fn open(server: &ApiServer, registry: Registry, options: Options) -> Result<KubeStore, OpenError> {
+/// A client of `server` through a kubeconfig, its requests carrying `token`.
+async fn client(server: &ApiServer, token: &str) -> kube::Client {
     let dir = std::env::temp_dir().join(format!("tarmac-kube-{}-{}", std::process::id(), server.addr.port()));
     std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig(&dir)).unwrap();
+    let kubeconfig = kube::config::Kubeconfig::read_from(server.kubeconfig_as(&dir, token)).unwrap();
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
-    let client = kube::Client::try_from(config).unwrap();
-    KubeStore::open(client, registry, options).await
+    kube::Client::try_from(config).unwrap()
+}
+
+async fn open(server: &ApiServer, registry: Registry, options: Options) -> Result<KubeStore, OpenError> {
+    KubeStore::open(client(server, "store").await, registry, options).await
 }
 
 fn names(snapshot: &Snapshot) -> Vec<String> {
@@ -326,4 +330,71 @@ async fn a_kind_the_api_does_not_serve_fails_the_start_by_name() {
     let options = Options { sync_timeout: Duration::from_secs(2), ..options() };
     let e = open(&server, Registry::default(), options).await.unwrap_err().to_string();
     assert!(e.contains("did not list Pod within 2s") && e.contains("404"), "{e}");
+}
+
+/// The condition `kind` of the first parent Tarmac wrote on HTTPRoute `shop/name`.
+fn written_condition(server: &ApiServer, name: &str, kind: &str) -> Option<(String, String)> {
+    let route = server.get(HTTPROUTES, "shop", name)?;
+    let parent =
+        route["status"]["parents"].as_array()?.iter().find(|p| p["controllerName"] == "tarmac.io/mesh")?;
+    let condition = parent["conditions"].as_array()?.iter().find(|c| c["type"] == kind)?;
+    Some((condition["status"].as_str()?.to_string(), condition["reason"].as_str()?.to_string()))
+}
+
+async fn eventually(what: &str, ok: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !ok() {
+        assert!(tokio::time::Instant::now() < deadline, "within 15 s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_holder_alone_writes_route_status_and_a_follower_takes_over() {
+    use tarmac_kube::status::{StatusOptions, spawn};
+    let server = mesh().await;
+    // A route whose backend does not exist: ResolvedRefs False, BackendNotFound.
+    server.apply(HTTPROUTES, route("broken", "nope"));
+    let store = open(&server, Registry::default(), options()).await.unwrap();
+    let options = |identity: &str| StatusOptions {
+        lease_namespace: "tarmac-system".into(),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(2),
+        renew_every: Duration::from_millis(200),
+    };
+    let a = spawn(client(&server, "replica-a").await, store.snapshots(), options("replica-a"));
+    eventually("replica-a writes both routes' status", || {
+        written_condition(&server, "broken", "ResolvedRefs")
+            == Some(("False".into(), "BackendNotFound".into()))
+            && written_condition(&server, "books-v2", "Accepted") == Some(("True".into(), "Accepted".into()))
+    })
+    .await;
+    assert_eq!(
+        written_condition(&server, "books-v2", "ResolvedRefs"),
+        Some(("True".into(), "ResolvedRefs".into()))
+    );
+
+    // A second replica only follows while the first renews.
+    let b = spawn(client(&server, "replica-b").await, store.snapshots(), options("replica-b"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes = server.writes();
+    assert!(!writes.iter().any(|w| w.starts_with("replica-b ")), "{writes:#?}");
+    // Unchanged status is not written again at every renewal.
+    let patches =
+        |token: &str| server.writes().iter().filter(|w| w.starts_with(token) && w.contains("PATCH")).count();
+    assert_eq!(patches("replica-a "), 3, "one per route (two HTTPRoutes, a GRPCRoute): {writes:#?}");
+
+    // The first stops renewing: after the lease's duration the second holds it, writes
+    // the status again, and follows changes.
+    a.abort();
+    eventually("replica-b takes over", || patches("replica-b ") >= 3).await;
+    let lease = server.get("/apis/coordination.k8s.io/v1/leases", "tarmac-system", "tarmac-control").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    server.apply(SERVICES, service("nope"));
+    eventually("the fixed route's status", || {
+        written_condition(&server, "broken", "ResolvedRefs") == Some(("True".into(), "ResolvedRefs".into()))
+    })
+    .await;
+    b.abort();
 }

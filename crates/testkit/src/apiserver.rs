@@ -15,6 +15,10 @@
 //!   every watch open when it expires: the client must list again.
 //! - Collections marked [`ApiServer::not_served`] answer 404 with a `Status`, as a kind
 //!   whose CRD is not installed does.
+//! - Writes, for what the control plane writes (Leases, route status): `POST` to a
+//!   namespaced collection creates (409 if taken), `PUT` of an object replaces it only
+//!   from its current resourceVersion (409 otherwise), `PATCH .../status` merges
+//!   `status`; each is an event to the watches, and is recorded with the client's token.
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -49,6 +53,8 @@ struct State {
     list_delay: std::time::Duration,
     /// Every request, `GET path?query`, in order.
     requests: Vec<String>,
+    /// Every write accepted, `TOKEN METHOD PATH`, in order.
+    writes: Vec<String>,
 }
 
 #[derive(Default)]
@@ -80,13 +86,19 @@ impl ApiServer {
 
     /// A kubeconfig naming this server (plain HTTP on loopback) as its current context.
     pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("kubeconfig");
+        self.kubeconfig_as(dir, "scripted-token")
+    }
+
+    /// A kubeconfig with `token` as its bearer token: [`ApiServer::writes`] tells clients
+    /// apart by it.
+    pub fn kubeconfig_as(&self, dir: &Path, token: &str) -> PathBuf {
+        let path = dir.join(format!("kubeconfig-{token}"));
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: scripted\n  cluster:\n    server: http://{}\n\
-             users:\n- name: tester\n  user:\n    token: scripted-token\n\
+             users:\n- name: tester\n  user:\n    token: {token}\n\
              contexts:\n- name: scripted\n  context:\n    cluster: scripted\n    user: tester\n\
              current-context: scripted\n",
-            self.addr
+            self.addr,
         );
         std::fs::write(&path, text).expect("write the kubeconfig");
         path
@@ -152,6 +164,18 @@ impl ApiServer {
         self.state.lock().unwrap().list_delay = delay;
     }
 
+    /// Every write accepted so far, `TOKEN METHOD PATH` (the kubeconfig's token tells
+    /// which client wrote).
+    pub fn writes(&self) -> Vec<String> {
+        self.state.lock().unwrap().writes.clone()
+    }
+
+    /// The object `namespace/name` of the collection at `path`, as stored now.
+    pub fn get(&self, path: &str, namespace: &str, name: &str) -> Option<Value> {
+        let state = self.state.lock().unwrap();
+        state.collections.get(path)?.objects.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
     /// Every request so far, `GET path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
@@ -210,6 +234,9 @@ async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
                     if !is_watch && !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
+                    let (head, body) = request.into_parts();
+                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let request = Request::from_parts(head, body);
                     Ok::<_, Infallible>(answer(&state, &request))
                 }
             });
@@ -227,14 +254,27 @@ fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {
         .unwrap()
 }
 
-fn answer(state: &Mutex<State>, request: &Request<Incoming>) -> Response<ResponseBody> {
+fn answer(state: &Mutex<State>, request: &Request<Bytes>) -> Response<ResponseBody> {
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
     let param = |name: &str| {
         query.split('&').find_map(|pair| pair.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
     };
     let mut state = state.lock().unwrap();
+    let token = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_string();
     state.requests.push(format!("{} {path}?{query}", request.method()));
+    if let Some(item) = Item::parse(&path) {
+        return answer_item(&mut state, request, &item, &token);
+    }
+    if request.method() == http::Method::POST {
+        return create(&mut state, &path, request.body(), &token);
+    }
     if request.method() != http::Method::GET {
         return json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -290,6 +330,119 @@ fn answer(state: &Mutex<State>, request: &Request<Incoming>) -> Response<Respons
         "items": items,
     });
     json_response(StatusCode::OK, &list)
+}
+
+/// `/apis/G/V/namespaces/NS/PLURAL/NAME[/status]` (or `/api/v1/...`): one object.
+struct Item {
+    /// The collection over every namespace, where [`ApiServer::apply`] keeps it.
+    collection: String,
+    namespace: String,
+    name: String,
+    status: bool,
+}
+
+impl Item {
+    fn parse(path: &str) -> Option<Self> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (prefix, rest) = match parts.first() {
+            Some(&"api") if parts.len() >= 2 => (format!("/api/{}", parts[1]), &parts[2..]),
+            Some(&"apis") if parts.len() >= 3 => (format!("/apis/{}/{}", parts[1], parts[2]), &parts[3..]),
+            _ => return None,
+        };
+        match rest {
+            ["namespaces", namespace, plural, name] | ["namespaces", namespace, plural, name, "status"] => {
+                Some(Self {
+                    collection: format!("{prefix}/{plural}"),
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    status: rest.len() == 5,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A namespaced collection (`.../namespaces/NS/PLURAL`) as the one over every namespace.
+fn collection_of(path: &str) -> Option<(String, String)> {
+    let (head, plural) = path.rsplit_once('/')?;
+    let (prefix, namespace) = head.rsplit_once("/namespaces/")?;
+    Some((format!("{prefix}/{plural}"), namespace.to_string()))
+}
+
+impl State {
+    /// Stores `object` under a new version, with its event; the stored object.
+    fn store(&mut self, collection: &str, mut object: Value, event: &'static str) -> Value {
+        self.version += 1;
+        let version = self.version;
+        object["metadata"]["resourceVersion"] = Value::String(version.to_string());
+        let entry = self.collections.entry(collection.to_string()).or_default();
+        entry.objects.insert(key_of(&object), object.clone());
+        entry.publish(version, event, object.clone());
+        object
+    }
+
+    fn wrote(&mut self, token: &str, method: &http::Method, path: &str) {
+        self.writes.push(format!("{token} {method} {path}"));
+    }
+}
+
+fn bad_request() -> Response<ResponseBody> {
+    json_response(StatusCode::BAD_REQUEST, &status_body(400, "BadRequest", "not JSON"))
+}
+
+/// `POST` to a namespaced collection: creates, or 409 if the name is taken.
+fn create(state: &mut State, path: &str, body: &Bytes, token: &str) -> Response<ResponseBody> {
+    let Some((collection, namespace)) = collection_of(path) else {
+        return json_response(StatusCode::NOT_FOUND, &status_body(404, "NotFound", "no such collection"));
+    };
+    let Ok(mut object) = serde_json::from_slice::<Value>(body) else { return bad_request() };
+    object["metadata"]["namespace"] = Value::String(namespace);
+    let exists = state.collections.get(&collection).is_some_and(|c| c.objects.contains_key(&key_of(&object)));
+    if exists {
+        return json_response(StatusCode::CONFLICT, &status_body(409, "AlreadyExists", "already exists"));
+    }
+    state.wrote(token, &http::Method::POST, path);
+    let stored = state.store(&collection, object, "ADDED");
+    json_response(StatusCode::CREATED, &stored)
+}
+
+/// One object: `GET`; `PUT` (409 unless the body's resourceVersion is the stored one, the
+/// API's optimistic concurrency); `PATCH` of `/status`, a JSON merge patch of `status`.
+fn answer_item(
+    state: &mut State,
+    request: &Request<Bytes>,
+    item: &Item,
+    token: &str,
+) -> Response<ResponseBody> {
+    let key = (item.namespace.clone(), item.name.clone());
+    let stored = state.collections.get(&item.collection).and_then(|c| c.objects.get(&key)).cloned();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    match (&method, stored) {
+        (&http::Method::GET, Some(object)) => json_response(StatusCode::OK, &object),
+        (&http::Method::PUT, Some(object)) if !item.status => {
+            let Ok(new) = serde_json::from_slice::<Value>(request.body()) else { return bad_request() };
+            if new["metadata"]["resourceVersion"] != object["metadata"]["resourceVersion"] {
+                let message = "the object has been modified; please apply your changes to the latest version";
+                return json_response(StatusCode::CONFLICT, &status_body(409, "Conflict", message));
+            }
+            state.wrote(token, &method, &path);
+            json_response(StatusCode::OK, &state.store(&item.collection, new, "MODIFIED"))
+        }
+        (&http::Method::PATCH, Some(mut object)) if item.status => {
+            let Ok(patch) = serde_json::from_slice::<Value>(request.body()) else { return bad_request() };
+            if let Some(Value::Object(fields)) = patch.get("status") {
+                for (field, value) in fields {
+                    object["status"][field] = value.clone();
+                }
+            }
+            state.wrote(token, &method, &path);
+            json_response(StatusCode::OK, &state.store(&item.collection, object, "MODIFIED"))
+        }
+        (_, None) => json_response(StatusCode::NOT_FOUND, &status_body(404, "NotFound", "not found")),
+        _ => json_response(StatusCode::METHOD_NOT_ALLOWED, &status_body(405, "MethodNotAllowed", "not here")),
+    }
 }
 
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
