@@ -1,6 +1,7 @@
 //! `tarmac-kube`: Tarmac on Kubernetes. The store backend that watches the API server and
-//! publishes the same model objects the files backend reads from a directory, and the
-//! `tarmac-control` binary (`main.rs`), which is the only thing that links kube-rs.
+//! publishes the same model objects the files backend reads from a directory, route
+//! status written back, and the `tarmac-control` binary (`main.rs`), which is the only
+//! thing that links kube-rs.
 //!
 //! # Layout
 //! - [`store`]: [`KubeStore`], a [`tarmac_control::store::Store`]: one watcher per kind

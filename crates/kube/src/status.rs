@@ -43,7 +43,7 @@ pub struct StatusOptions {
     pub renew_every: Duration,
 }
 
-/// Writes route status while this replica holds the Lease; stops when dropped's handle is
+/// Writes route status while this replica holds the Lease, until the returned task is
 /// aborted or the snapshots end.
 pub fn spawn(
     client: Client,
