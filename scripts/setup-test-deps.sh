@@ -7,7 +7,8 @@
 #   (the independent TLS peer of the identity tests: verify, s_client).
 # - Python packages for python3, pinned: grpcio, websockets, h2 (test peers; h2
 #   speaks WebSocket over HTTP/2, RFC 8441), kubernetes-validate (Kubernetes
-#   manifests against the API's schemas).
+#   manifests against the API's schemas), opentelemetry-proto and the protobuf
+#   runtime (the tracing test's OTLP receiver).
 # - Makes sure the iptables backend works inside a fresh network namespace,
 #   switching between iptables-legacy and iptables-nft if needed.
 #
@@ -90,10 +91,14 @@ fi
 # Pinned: a test peer that changes under the suite is a test that changes. Bump on purpose.
 # kubernetes-validate checks the manifests `tarmac inject` and `tarmac install` write
 # against the Kubernetes API's schemas (it ships them; no cluster needed).
-PYTHON_PACKAGES=(grpcio==1.85.3 websockets==17.4 h2==4.4.1 kubernetes-validate==1.37.0)
-if ! python3 -c 'import grpc, websockets, h2, kubernetes_validate' >/dev/null 2>&1; then
+# opentelemetry-proto is OTLP's own message definitions: the tracing test's receiver reads
+# the proxies' spans with them, not with Tarmac's copy.
+PYTHON_PACKAGES=(grpcio==1.85.3 websockets==17.4 h2==4.4.1 kubernetes-validate==1.37.0
+    opentelemetry-proto==1.45.2 protobuf==7.36.2)
+PYTHON_IMPORTS='import grpc, websockets, h2, kubernetes_validate; from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc'
+if ! python3 -c "$PYTHON_IMPORTS" >/dev/null 2>&1; then
     PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet "${PYTHON_PACKAGES[@]}"
-    python3 -c 'import grpc, websockets, h2, kubernetes_validate' || { log "FAILED to import grpc/websockets/h2/kubernetes_validate after pip install" >&2; exit 1; }
+    python3 -c "$PYTHON_IMPORTS" || { log "FAILED to import grpc/websockets/h2/kubernetes_validate/opentelemetry-proto after pip install" >&2; exit 1; }
     log "installed python packages: $(python3 -c 'import grpc, websockets, h2; print(f"grpcio {grpc.__version__}, websockets {websockets.__version__}, h2 {h2.__version__}")'), kubernetes-validate"
 fi
 

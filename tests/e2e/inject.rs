@@ -390,7 +390,7 @@ fn injected_workloads_and_the_webhook_configuration_validate_against_the_api_sch
         .map(|doc| serde_saphyr::from_str::<Value>(doc).unwrap())
         .find(|doc| doc["kind"] == "MutatingWebhookConfiguration")
         .expect("the webhook's configuration");
-    assert_eq!(install.matches("kind: CustomResourceDefinition").count(), 4, "{install}");
+    assert_eq!(install.matches("kind: CustomResourceDefinition").count(), 5, "{install}");
     let ca = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
     for webhook in config["webhooks"].as_array().unwrap() {
         let bundle = base64::engine::general_purpose::STANDARD

@@ -143,6 +143,7 @@ fn the_crds_validate_against_the_api_schemas() {
             "CustomResourceDefinition resiliencepolicies.tarmac.io",
             "CustomResourceDefinition authorizationpolicies.tarmac.io",
             "CustomResourceDefinition ratelimitpolicies.tarmac.io",
+            "CustomResourceDefinition telemetries.tarmac.io",
         ]
     );
     if crate::inject::validate_strict("crds.yaml", &crds) {

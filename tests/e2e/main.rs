@@ -44,5 +44,6 @@ mod routes;
 mod routes_cli;
 mod storm;
 mod tcp;
+mod tracing;
 mod transparent;
 mod up;

@@ -206,7 +206,7 @@ impl Drop for Traffic {
 }
 
 /// A child whose stdout lines are collected as they come.
-fn spawn_collecting(mut command: Command) -> (Child, Arc<Mutex<Vec<String>>>) {
+pub(crate) fn spawn_collecting(mut command: Command) -> (Child, Arc<Mutex<Vec<String>>>) {
     let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("starts");
     let lines = Arc::new(Mutex::new(Vec::new()));
     let into = lines.clone();

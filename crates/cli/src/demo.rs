@@ -126,6 +126,8 @@ async fn demo(args: DemoArgs) -> Result<(), DemoError> {
         // Explicit mode: no root needed.
         transparent: false,
         allow_writable_config: false,
+        otlp: None,
+        trace_sampling: None,
     };
     let driver = Demo { run_for: args.run_for, traffic_since: None };
     let result = crate::up::run_with(up, driver).await;

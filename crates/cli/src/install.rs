@@ -12,8 +12,8 @@ use tarmac_control::inject::webhook::{ServiceRef, configuration};
 #[derive(Args, Debug)]
 pub struct InstallArgs {
     /// Print only the CustomResourceDefinitions of Tarmac's kinds (FaultInjection,
-    /// ResiliencePolicy, AuthorizationPolicy, RateLimitPolicy), to apply before anything
-    /// that uses them.
+    /// ResiliencePolicy, AuthorizationPolicy, RateLimitPolicy, Telemetry), to apply before
+    /// anything that uses them.
     #[arg(long, conflicts_with = "webhook_ca")]
     pub crds: bool,
     /// PEM file of the CA that issued the webhook's serving certificate (the caBundle the

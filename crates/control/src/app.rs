@@ -48,6 +48,9 @@ pub struct Config {
     /// Where `POST /api/v1/workloads/.../restart` goes: `tarmac up`, which runs the
     /// Workloads. None: the API answers 501.
     pub restarts: Option<Restarts>,
+    /// The mesh's telemetry where no Telemetry object says (`tarmac up --otlp`,
+    /// `--trace-sampling`).
+    pub telemetry_defaults: tarmac_model::telemetry::MeshDefaults,
     /// The user's trace UI, where tap events' trace ids link to (`--trace-url`).
     pub trace_url: Option<TraceUrl>,
 }
@@ -87,6 +90,7 @@ impl Config {
             registry: Registry::default(),
             default_policy: DefaultPolicy::default(),
             restarts: None,
+            telemetry_defaults: Default::default(),
             trace_url: None,
         }
     }
@@ -98,6 +102,7 @@ impl Config {
             registry: Registry::default(),
             default_policy: DefaultPolicy::default(),
             restarts: None,
+            telemetry_defaults: Default::default(),
             trace_url: None,
         }
     }
@@ -111,6 +116,7 @@ impl Config {
             registry,
             default_policy: DefaultPolicy::default(),
             restarts: None,
+            telemetry_defaults: Default::default(),
             trace_url: None,
         }
     }
@@ -122,6 +128,11 @@ impl Config {
 
     pub fn with_default_policy(mut self, default_policy: DefaultPolicy) -> Self {
         self.default_policy = default_policy;
+        self
+    }
+
+    pub fn with_telemetry_defaults(mut self, defaults: tarmac_model::telemetry::MeshDefaults) -> Self {
+        self.telemetry_defaults = defaults;
         self
     }
 
@@ -285,7 +296,8 @@ pub async fn start(
     let restarts = config.restarts;
     let trace_url = config.trace_url;
     let discovery = DiscoveryService::new(relay_until(store.snapshots(), stop.clone()), registry.clone())
-        .with_default_policy(config.default_policy);
+        .with_default_policy(config.default_policy)
+        .with_telemetry_defaults(config.telemetry_defaults.clone());
     let subscriptions = discovery.subscriptions();
     let tls = match &config.identity {
         Some(i) => Some(
@@ -323,6 +335,7 @@ pub async fn start(
         });
         let mut api = Api::new(telemetry, store.status(), subscriptions.clone())
             .with_default_policy(config.default_policy)
+            .with_telemetry_defaults(config.telemetry_defaults.clone())
             .with_trace_url(trace_url);
         if let Some(restarts) = restarts {
             api = api.with_restarts(restarts);

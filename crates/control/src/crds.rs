@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use tarmac_model::authz::{AuthorizationPolicySpec, RateLimitPolicySpec};
 use tarmac_model::fault::FaultInjectionSpec;
 use tarmac_model::resilience::ResiliencePolicySpec;
+use tarmac_model::telemetry::TelemetrySpec;
 
 /// The group of Tarmac's kinds.
 pub const GROUP: &str = "tarmac.io";
@@ -27,6 +28,7 @@ pub fn definitions() -> Vec<Value> {
         definition::<ResiliencePolicySpec>("ResiliencePolicy", "resiliencepolicies", "rp"),
         definition::<AuthorizationPolicySpec>("AuthorizationPolicy", "authorizationpolicies", "authzpolicy"),
         definition::<RateLimitPolicySpec>("RateLimitPolicy", "ratelimitpolicies", "rlp"),
+        definition::<TelemetrySpec>("Telemetry", "telemetries", "tel"),
     ]
 }
 
@@ -193,7 +195,7 @@ mod tests {
     #[test]
     fn every_crd_has_a_structural_schema_of_its_kind() {
         let crds = definitions();
-        assert_eq!(crds.len(), 4);
+        assert_eq!(crds.len(), 5);
         for crd in &crds {
             let kind = crd["spec"]["names"]["kind"].as_str().unwrap();
             let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
@@ -227,7 +229,11 @@ mod tests {
         let fits = match value {
             Value::Object(map) => {
                 for (key, child) in map {
-                    match schema["properties"].get(key) {
+                    // A field, or an entry of a map (`additionalProperties`: its values' schema).
+                    let field = schema["properties"]
+                        .get(key)
+                        .or(schema.get("additionalProperties").filter(|a| a.is_object()));
+                    match field {
                         Some(field) => mismatches(&format!("{path}.{key}"), child, field, out),
                         None => out.push(format!("{path}.{key}: not in the schema, pruned")),
                     }
@@ -296,7 +302,10 @@ mod tests {
             }
         }
         let kinds: Vec<&str> = checked.keys().map(String::as_str).collect();
-        assert_eq!(kinds, ["AuthorizationPolicy", "FaultInjection", "RateLimitPolicy", "ResiliencePolicy"]);
+        assert_eq!(
+            kinds,
+            ["AuthorizationPolicy", "FaultInjection", "RateLimitPolicy", "ResiliencePolicy", "Telemetry"]
+        );
 
         // And the check itself: a misspelt field is pruned, a wrong type refused.
         let mut out = Vec::new();

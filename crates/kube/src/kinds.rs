@@ -66,6 +66,7 @@ pub const MODEL_KINDS: &[ModelKind] = &[
     kind("tarmac.io", "v1alpha1", "ResiliencePolicy", "resiliencepolicies", true),
     kind("tarmac.io", "v1alpha1", "AuthorizationPolicy", "authorizationpolicies", true),
     kind("tarmac.io", "v1alpha1", "RateLimitPolicy", "ratelimitpolicies", true),
+    kind("tarmac.io", "v1alpha1", "Telemetry", "telemetries", true),
 ];
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //!
 //! The same documents work in local mode (`tarmac up DIR`) and on Kubernetes
 //! (`kubectl apply`): `v1` Service and Namespace, Tarmac's own `tarmac.io/v1alpha1`
-//! Workload (local mode only), FaultInjection, ResiliencePolicy, AuthorizationPolicy and
-//! RateLimitPolicy, `apps/v1` Deployment (run as a Workload
+//! Workload (local mode only), FaultInjection, ResiliencePolicy, AuthorizationPolicy,
+//! RateLimitPolicy and Telemetry, `apps/v1` Deployment (run as a Workload
 //! in local mode), and `gateway.networking.k8s.io/v1` HTTPRoute and GRPCRoute attached to
 //! Services (the Gateway API mesh profile). A `v1` `List` of them reads as its items.
 //!
@@ -16,7 +16,8 @@
 //!
 //! # Layout
 //! - [`meta`]: object metadata and references.
-//! - [`service`], [`workload`], [`route`], [`fault`], [`resilience`], [`authz`]: the kinds
+//! - [`service`], [`workload`], [`route`], [`fault`], [`resilience`], [`authz`],
+//!   [`telemetry`]: the kinds
 //!   ([`authz`] also holds the `tarmac.io/default-policy` annotation's values).
 //! - [`deployment`]: `apps/v1` Deployment, read into a [`Workload`].
 //! - [`parse`]: YAML documents to [`Resource`]s, with located errors.
@@ -32,6 +33,7 @@ pub mod parse;
 pub mod resilience;
 pub mod route;
 pub mod service;
+pub mod telemetry;
 pub mod validate;
 pub mod workload;
 
@@ -42,6 +44,7 @@ pub use parse::{ModelError, parse_documents, parse_object};
 pub use resilience::ResiliencePolicy;
 pub use route::{GrpcRoute, HttpRoute};
 pub use service::{Namespace, Service};
+pub use telemetry::Telemetry;
 pub use workload::Workload;
 
 /// One object of any supported kind.
@@ -56,6 +59,7 @@ pub enum Resource {
     ResiliencePolicy(ResiliencePolicy),
     AuthorizationPolicy(AuthorizationPolicy),
     RateLimitPolicy(RateLimitPolicy),
+    Telemetry(Telemetry),
 }
 
 /// The kinds Tarmac reads, as `(apiVersion, kind)`.
@@ -70,6 +74,7 @@ pub const SUPPORTED_KINDS: &[(&str, &str)] = &[
     ("tarmac.io/v1alpha1", "ResiliencePolicy"),
     ("tarmac.io/v1alpha1", "AuthorizationPolicy"),
     ("tarmac.io/v1alpha1", "RateLimitPolicy"),
+    ("tarmac.io/v1alpha1", "Telemetry"),
 ];
 
 impl Resource {
@@ -84,6 +89,7 @@ impl Resource {
             Resource::ResiliencePolicy(_) => "ResiliencePolicy",
             Resource::AuthorizationPolicy(_) => "AuthorizationPolicy",
             Resource::RateLimitPolicy(_) => "RateLimitPolicy",
+            Resource::Telemetry(_) => "Telemetry",
         }
     }
 
@@ -98,6 +104,7 @@ impl Resource {
             Resource::ResiliencePolicy(r) => &r.metadata,
             Resource::AuthorizationPolicy(r) => &r.metadata,
             Resource::RateLimitPolicy(r) => &r.metadata,
+            Resource::Telemetry(r) => &r.metadata,
         }
     }
 

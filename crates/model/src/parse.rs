@@ -372,6 +372,7 @@ fn typed(api_version: &str, kind: &str, source: &Source<'_>) -> Result<Resource,
         ("tarmac.io/v1alpha1", "ResiliencePolicy") => Resource::ResiliencePolicy(source.read()?),
         ("tarmac.io/v1alpha1", "AuthorizationPolicy") => Resource::AuthorizationPolicy(source.read()?),
         ("tarmac.io/v1alpha1", "RateLimitPolicy") => Resource::RateLimitPolicy(source.read()?),
+        ("tarmac.io/v1alpha1", "Telemetry") => Resource::Telemetry(source.read()?),
         _ => {
             let hint = SUPPORTED_KINDS
                 .iter()

@@ -11,6 +11,7 @@ use crate::route::{
     PathModifier,
 };
 use crate::service::Service;
+use crate::telemetry::Telemetry;
 use crate::workload::Workload;
 use std::collections::HashSet;
 
@@ -50,6 +51,7 @@ pub fn validate(resource: &Resource) -> Vec<Problem> {
         Resource::ResiliencePolicy(r) => validate_resilience(r, &mut p),
         Resource::AuthorizationPolicy(a) => validate_authorization(a, &mut p),
         Resource::RateLimitPolicy(r) => validate_rate_limit(r, &mut p),
+        Resource::Telemetry(t) => validate_telemetry(t, &mut p),
     }
     if let Some(value) = resource.meta().annotations.get(DEFAULT_POLICY_ANNOTATION) {
         let field = format!("metadata.annotations.{DEFAULT_POLICY_ANNOTATION}");
@@ -803,6 +805,44 @@ fn validate_rate(at: &str, rps: u32, burst: Option<u32>, p: &mut Problems) {
     }
 }
 
+fn validate_telemetry(t: &Telemetry, p: &mut Problems) {
+    let spec = &t.spec;
+    if spec.tracing.is_none() && spec.access_logging.is_none() {
+        p.add("spec", "a Telemetry needs `tracing` or `accessLogging`");
+    }
+    if let Some(selector) = &spec.selector
+        && selector.match_labels.is_empty()
+    {
+        p.add(
+            "spec.selector.matchLabels",
+            "selects nothing when empty: name labels, or leave `selector` out for the whole namespace",
+        );
+    }
+    if let Some(tracing) = &spec.tracing {
+        if let Some(pct) = tracing.sampling_percentage
+            && !(pct.is_finite() && (0.0..=100.0).contains(&pct))
+        {
+            p.add(
+                "spec.tracing.samplingPercentage",
+                "must be 0 to 100 (10: one request in ten starts a trace)",
+            );
+        }
+        if let Some(collector) = &tracing.collector
+            && !crate::telemetry::valid_collector(collector)
+        {
+            p.add(
+                "spec.tracing.collector",
+                format!(
+                    "`{collector}` is not host:port (an OTLP/gRPC collector, e.g. `otel-collector:4317`)"
+                ),
+            );
+        }
+        if tracing.sampling_percentage.is_none() && tracing.collector.is_none() {
+            p.add("spec.tracing", "sets nothing: give `samplingPercentage`, `collector` or both");
+        }
+    }
+}
+
 fn validate_rate_limit(r: &RateLimitPolicy, p: &mut Problems) {
     let spec = &r.spec;
     validate_policy_targets("a RateLimitPolicy", &spec.target_refs, p);
@@ -1120,5 +1160,39 @@ mod tests {
             let loaded = parse_documents("docs/policy.md", block);
             assert!(loaded.is_ok(), "{block}\n{:?}", loaded.err());
         }
+    }
+
+    #[test]
+    fn telemetry_problems_name_their_field() {
+        let head = "apiVersion: tarmac.io/v1alpha1\nkind: Telemetry\nmetadata: {name: traces, namespace: shop}\nspec:\n";
+        let ok = format!(
+            "{head}  selector: {{matchLabels: {{app: books}}}}\n  tracing: {{samplingPercentage: 10, collector: \"otel:4317\"}}\n  accessLogging: {{enabled: true, format: common}}\n"
+        );
+        assert_eq!(errors(&ok), Vec::<String>::new());
+        let bad = format!(
+            "{head}  selector: {{matchLabels: {{}}}}\n  tracing: {{samplingPercentage: 150, collector: \"http://otel\"}}\n"
+        );
+        let e = errors(&bad).join("\n");
+        for needle in [
+            "Telemetry shop/traces: field `spec.tracing.samplingPercentage`: must be 0 to 100",
+            "field `spec.tracing.collector`: `http://otel` is not host:port",
+            "field `spec.selector.matchLabels`: selects nothing",
+        ] {
+            assert!(e.contains(needle), "missing {needle} in\n{e}");
+        }
+        let empty = errors(&format!("{head}  tracing: {{}}\n")).join("\n");
+        assert!(empty.contains("field `spec.tracing`: sets nothing"), "{empty}");
+        assert!(
+            errors(&format!("{head}  selector: {{matchLabels: {{a: b}}}}\n"))
+                .join("")
+                .contains("needs `tracing` or `accessLogging`")
+        );
+        let format = errors(&format!("{head}  accessLogging: {{format: xml}}\n")).join("");
+        assert!(
+            format.contains("t.yaml:") && format.contains("Telemetry shop/traces") && format.contains("xml"),
+            "{format}"
+        );
+        let typo = errors(&format!("{head}  tracing: {{samplingPercent: 10}}\n")).join("");
+        assert!(typo.contains("samplingPercent"), "{typo}");
     }
 }

@@ -13,6 +13,7 @@ fn generated_code_is_up_to_date() {
     let protos = [
         root.join("proto/tarmac/discovery/v1/discovery.proto"),
         root.join("proto/tarmac/identity/v1/identity.proto"),
+        root.join("proto/opentelemetry/proto/collector/trace/v1/trace_service.proto"),
     ];
     let descriptors = protox::compile(&protos, [root.join("proto")]).expect("the .proto files compile");
     tonic_prost_build::configure()

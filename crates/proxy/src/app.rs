@@ -172,6 +172,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .collect();
     let shared = Arc::new(shared);
     tokio::spawn(shared.http_connections.clone().run(shared.drain.clone()));
+    // The configuration's telemetry, until the control plane says the workload's.
+    shared.telemetry.apply_local();
+    if let (Some(client), Some(control)) = (&control, &config.control)
+        && !control.workload.is_empty()
+    {
+        tokio::spawn(client.clone().watch_telemetry(shared.telemetry.clone(), shared.drain.clone()));
+    }
 
     let mut inbound_policy = None;
     if let (Some(inbound_config), Some(listener)) = (config.inbound.clone(), inbound_listener) {

@@ -47,6 +47,11 @@ pub struct Config {
     /// meshed endpoints are plaintext HTTP/2).
     #[serde(default)]
     pub identity: Option<IdentityConfig>,
+    /// Tracing (W3C/B3 trace context, spans over OTLP) and access logs; off by default.
+    /// With `control.workload` set, the control plane's Telemetry settings for the
+    /// workload replace these as they change (all but `access_log_path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
 }
 
 /// Where the proxy's certificate comes from, and what it trusts.
@@ -262,6 +267,7 @@ impl Default for Config {
             limits: Limits::default(),
             control: None,
             identity: None,
+            telemetry: None,
         }
     }
 }
@@ -320,6 +326,11 @@ impl Config {
                 "inbound".into(),
                 "neither `inbound` nor `outbound` is set: the proxy would do nothing".into(),
             ));
+        }
+        if let Some(telemetry) = &self.telemetry
+            && let Err((field, message)) = telemetry.validate()
+        {
+            return Err(invalid(field, message));
         }
         if self.workers == 0 {
             return Err(invalid("workers".into(), "must be at least 1".into()));
@@ -585,6 +596,25 @@ outbound:
         assert_eq!(out.services[0].endpoints.len(), 2);
         assert_eq!(config.limits.tcp_idle_timeout, Duration::from_secs(3600));
         assert_eq!(config.limits.http_idle_timeout, Duration::from_secs(30));
+        let telemetry = config.telemetry.unwrap();
+        assert_eq!(
+            (telemetry.sampling_percent, telemetry.collector.as_deref()),
+            (10.0, Some("127.0.0.1:4317"))
+        );
+    }
+
+    #[test]
+    fn telemetry_fields_are_checked_by_name() {
+        let base = "inbound: {listen: 127.0.0.1:4143, app: 127.0.0.1:8080}\n";
+        let err = Config::from_yaml(&format!("{base}telemetry: {{sampling_percent: 101}}\n"), "t.yaml")
+            .unwrap_err();
+        assert!(err.to_string().contains("telemetry.sampling_percent"), "{err}");
+        let err =
+            Config::from_yaml(&format!("{base}telemetry: {{collector: otel}}\n"), "t.yaml").unwrap_err();
+        assert!(err.to_string().contains("telemetry.collector"), "{err}");
+        let err =
+            Config::from_yaml(&format!("{base}telemetry: {{access_log: xml}}\n"), "t.yaml").unwrap_err();
+        assert!(err.to_string().contains("xml"), "{err}");
     }
 
     #[test]
@@ -688,11 +718,24 @@ outbound:
                 token_fd: Some(3),
                 token_file: None,
             }),
+            telemetry: Some(crate::telemetry::TelemetryConfig {
+                service_name: Some("web".into()),
+                sampling_percent: 10.0,
+                collector: Some("127.0.0.1:4317".into()),
+                access_log: Some(crate::telemetry::access_log::LogFormat::Common),
+                access_log_path: Some("/var/log/web.log".into()),
+            }),
         };
         let yaml = config.to_yaml();
         let again = Config::from_yaml(&yaml, "rendered").unwrap();
         assert_eq!(again.to_yaml(), yaml);
-        for field in ["transparent_listen:", "max_connections_per_client:", "service_account:", "token_fd:"] {
+        for field in [
+            "transparent_listen:",
+            "max_connections_per_client:",
+            "service_account:",
+            "token_fd:",
+            "access_log_path:",
+        ] {
             assert!(yaml.contains(field), "{field} in\n{yaml}");
         }
         let files = CertificateFiles { cert: "/c.pem".into(), key: "/c.key".into() };

@@ -11,6 +11,7 @@ use crate::http::handle::{Handle, Meta};
 use crate::identity;
 use crate::metrics::{Direction, Metrics, Peer, TargetMetrics};
 use crate::tap::Tap;
+use crate::telemetry::Telemetry;
 use crate::{http, tcp};
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,6 +41,8 @@ pub struct Shared {
     /// Every address the proxy listens on, for the loop guard.
     pub own_addrs: Vec<SocketAddr>,
     pub tap: Arc<Tap>,
+    /// Tracing and access logs, replaced whole when their settings change.
+    pub telemetry: Arc<Telemetry>,
 }
 
 impl Shared {
@@ -49,7 +52,7 @@ impl Shared {
         let mut connect = ConnectSettings::new(limits.connect_timeout, limits.max_header_bytes);
         connect.tunnels = Tunnels::new(limits.max_connections, tasks.clone(), limits.tcp_idle_timeout);
         Self {
-            metrics,
+            metrics: metrics.clone(),
             limits: config.limits.clone(),
             opaque_ports: config.opaque_ports.clone(),
             connect,
@@ -59,6 +62,7 @@ impl Shared {
             http_connections: Arc::new(HttpConnections::new(config.limits.http_idle_timeout)),
             own_addrs: Vec::new(),
             tap: Arc::default(),
+            telemetry: Arc::new(Telemetry::new(config.telemetry.clone().unwrap_or_default(), metrics)),
         }
     }
 
@@ -84,7 +88,7 @@ impl Shared {
     /// What metrics, logs and tap call the requests of one target.
     pub fn meta(&self, direction: Direction, name: Arc<String>, peer: Peer) -> Meta {
         let metrics = self.target_metrics(direction, name.clone(), peer.clone());
-        Meta { direction, name, metrics, tap: self.tap.clone(), peer }
+        Meta { direction, name, metrics, tap: self.tap.clone(), peer, telemetry: self.telemetry.clone() }
     }
 
     /// A backend of one fixed address (the local app, or a destination outside the mesh),

@@ -6,6 +6,9 @@
 //! endpoints it received, indefinitely (fail static), and reconnects with capped,
 //! jittered backoff; the control plane resends the full state on the new stream.
 //!
+//! The workload's telemetry settings (`WatchTelemetry`: tracing and access logs) are
+//! followed the same way, and applied as they change.
+//!
 //! The workload's own inbound policy is followed the same way (`WatchInbound`, see
 //! [`crate::inbound::policy`]): kept while the control plane is away, and never opened
 //! up for its absence.
@@ -16,6 +19,8 @@ use crate::http::handle::Handle;
 use crate::identity::MeshTls;
 use crate::inbound::policy::Policies;
 use crate::outbound::logical::Logical;
+use crate::telemetry::access_log::LogFormat;
+use crate::telemetry::{Telemetry, TelemetryConfig};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,7 +29,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tarmac_proto::discovery::discovery_client::DiscoveryClient;
-use tarmac_proto::discovery::{ProxyIdentity, WatchInboundRequest, WatchServiceRequest};
+use tarmac_proto::discovery::{
+    AccessLogFormat, ProxyIdentity, TelemetryUpdate, WatchInboundRequest, WatchServiceRequest,
+};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -141,6 +148,69 @@ impl ControlClient {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+}
+
+impl ControlClient {
+    /// Follows the workload's telemetry settings until `stop` is cancelled; while the
+    /// control plane is away the last ones stay.
+    pub async fn watch_telemetry(self, telemetry: Arc<Telemetry>, stop: CancellationToken) {
+        let request = WatchInboundRequest { proxy: Some(self.identity.clone()) };
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let mut client = DiscoveryClient::new(self.channel.clone());
+            let result = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = follow_telemetry(&mut client, request.clone(), &telemetry, &mut backoff) => r,
+            };
+            if let Err(status) = result {
+                tracing::debug!(error = %status.message(), retry_in = ?backoff, "control plane unreachable; keeping the last telemetry settings");
+            }
+            let jitter = Duration::from_millis(fastrand::u64(..=backoff.as_millis() as u64 / 4));
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff + jitter) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+async fn follow_telemetry(
+    client: &mut DiscoveryClient<Channel>,
+    request: WatchInboundRequest,
+    telemetry: &Telemetry,
+    backoff: &mut Duration,
+) -> Result<(), tonic::Status> {
+    let mut stream = client.watch_telemetry(request).await?.into_inner();
+    while let Some(update) = stream.message().await? {
+        *backoff = BACKOFF_MIN;
+        let settings = telemetry_from_pb(&update);
+        tracing::info!(
+            generation = update.generation,
+            sampling_percent = settings.sampling_percent,
+            collector = settings.collector.as_deref().unwrap_or("none"),
+            access_log = ?settings.access_log,
+            sources = ?update.sources,
+            "telemetry updated"
+        );
+        telemetry.apply(&settings);
+    }
+    Err(tonic::Status::unavailable("the control plane closed the stream"))
+}
+
+/// The control plane's telemetry settings as the proxy's configuration says them.
+pub fn telemetry_from_pb(update: &TelemetryUpdate) -> TelemetryConfig {
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    TelemetryConfig {
+        service_name: text(&update.service_name),
+        sampling_percent: update.sampling_percent,
+        collector: text(&update.collector),
+        access_log: update.access_log.as_ref().map(|a| match AccessLogFormat::try_from(a.format) {
+            Ok(AccessLogFormat::Common) => LogFormat::Common,
+            _ => LogFormat::Json,
+        }),
+        access_log_path: None,
     }
 }
 

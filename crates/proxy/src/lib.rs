@@ -26,6 +26,8 @@
 //! - [`tcp`]: opaque forwarding.
 //! - [`metrics`], [`tap`] and [`admin`]: Prometheus metrics, live request events, and the
 //!   admin listener that serves both.
+//! - [`telemetry`]: trace context, spans exported over OTLP, access logs; off unless
+//!   configured, and then one stage compiled per update.
 
 pub mod admin;
 pub mod app;
@@ -46,6 +48,7 @@ pub mod resilience;
 pub mod swap;
 pub mod tap;
 pub mod tcp;
+pub mod telemetry;
 
 pub use app::{BoundAddrs, Running, start};
 pub use config::Config;

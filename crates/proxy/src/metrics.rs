@@ -274,6 +274,11 @@ pub struct Metrics {
     ejections: Family<TargetLabels, Counter>,
     authz_denied: Family<DeniedLabels, Counter>,
     rate_limited: Family<RateLimitedLabels, Counter>,
+    /// Spans sent to the OTLP collector, and spans lost: a full queue, a failed export.
+    pub trace_spans_exported: Counter,
+    pub trace_spans_dropped: Counter,
+    /// Access log lines lost because the writer was behind.
+    pub access_log_dropped: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -367,6 +372,24 @@ impl Metrics {
             "When the proxy's workload certificate expires (0 while it has none)",
             cert_expiry.clone(),
         );
+        let trace_spans_exported = Counter::default();
+        registry.register(
+            "tarmac_trace_spans_exported",
+            "Spans the OTLP collector accepted",
+            trace_spans_exported.clone(),
+        );
+        let trace_spans_dropped = Counter::default();
+        registry.register(
+            "tarmac_trace_spans_dropped",
+            "Spans lost: the exporter's queue was full, or the collector failed or refused them",
+            trace_spans_dropped.clone(),
+        );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "tarmac_access_log_lines_dropped",
+            "Access log lines lost because the writer was behind",
+            access_log_dropped.clone(),
+        );
         let certificate_requests = Family::default();
         registry.register(
             "tarmac_identity_certificate_requests",
@@ -446,6 +469,9 @@ impl Metrics {
             ejections,
             authz_denied,
             rate_limited,
+            trace_spans_exported,
+            trace_spans_dropped,
+            access_log_dropped,
         }
     }
 
@@ -538,6 +564,11 @@ impl Clone for OutcomeCounters {
 }
 
 impl TargetMetrics {
+    /// Who the target's requests go to or come from, as far as it is proven.
+    pub fn peer(&self) -> &Peer {
+        &self.labels.peer
+    }
+
     pub fn request(&self) {
         self.requests.inc();
     }

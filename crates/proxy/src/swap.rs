@@ -25,6 +25,11 @@ impl<T> Swap<T> {
         self.value.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether a value is set: one atomic load.
+    pub fn is_set(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
     pub fn set(&self, value: Option<T>) {
         let value = value.map(Arc::new);
         let active = value.is_some();

@@ -46,6 +46,8 @@ pub struct TapStart {
     pub started: Instant,
     /// The policy that refused the request (or would have: audit), set at its response.
     pub policy: Option<DecidedBy>,
+    /// The trace this request's span belongs to, when it is traced.
+    pub trace_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -64,6 +66,8 @@ pub struct TapEvent {
     /// The policy that refused it; `audit`: would have, and let it through.
     pub policy: Option<Arc<str>>,
     pub audit: bool,
+    /// 32 hex digits; absent when the request is not traced.
+    pub trace_id: Option<String>,
 }
 
 impl Tap {
@@ -120,6 +124,7 @@ impl TapStart {
             duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
             audit: self.policy.as_ref().is_some_and(|p| p.audit),
             policy: self.policy.map(|p| p.policy),
+            trace_id: self.trace_id,
         }
     }
 }
@@ -135,8 +140,13 @@ impl TapEvent {
             Some(p) => format!(",\"policy\":{},\"audit\":{}", json_string(p), self.audit),
             None => String::new(),
         };
+        // Only traced requests name their trace.
+        let trace = match &self.trace_id {
+            Some(id) => format!(",\"trace_id\":{}", json_string(id)),
+            None => String::new(),
+        };
         format!(
-            "{{\"ts_ms\":{},\"direction\":\"{}\",\"target\":{},\"source\":{source},\"client_id\":{client_id},\"method\":{},\"authority\":{},\"path\":{},\"status\":{},\"grpc_status\":{grpc},\"duration_ms\":{:.3}{policy}}}\n",
+            "{{\"ts_ms\":{},\"direction\":\"{}\",\"target\":{},\"source\":{source},\"client_id\":{client_id},\"method\":{},\"authority\":{},\"path\":{},\"status\":{},\"grpc_status\":{grpc},\"duration_ms\":{:.3}{policy}{trace}}}\n",
             self.timestamp_ms,
             self.direction,
             json_string(&self.target),
@@ -191,12 +201,37 @@ mod tests {
             client_id: None,
             started: Instant::now(),
             policy: None,
+            trace_id: None,
         };
         tap.publish(start.finish("outbound", Arc::new("books".into()), 200, None));
         let e = w.rx.recv().await.unwrap();
         assert!(e.to_json().contains("\"path\":\"/x\""));
         drop(w);
         assert!(!tap.is_watched());
+    }
+
+    #[test]
+    fn only_traced_requests_name_their_trace() {
+        let start = |trace_id: Option<&str>| TapStart {
+            method: "GET".into(),
+            authority: "books".into(),
+            path: "/".into(),
+            source: None,
+            client_id: None,
+            started: Instant::now(),
+            policy: None,
+            trace_id: trace_id.map(Into::into),
+        };
+        let traced = start(Some("4bf92f3577b34da6a3ce929d0e0e4736")).finish(
+            "outbound",
+            Arc::new("b".into()),
+            200,
+            None,
+        );
+        let json: &str = &traced.to_json();
+        assert!(json.contains(",\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\"}"), "{json}");
+        let untraced = start(None).finish("outbound", Arc::new("b".into()), 200, None).to_json();
+        assert!(!untraced.contains("trace_id"), "{untraced}");
     }
 
     #[tokio::test]
@@ -212,6 +247,7 @@ mod tests {
                 client_id: None,
                 started: Instant::now(),
                 policy: None,
+                trace_id: None,
             };
             tap.publish(start.finish("inbound", Arc::new("app".into()), 200, None));
         }

@@ -117,6 +117,39 @@ pub struct UpArgs {
     /// and warned about otherwise.
     #[arg(long)]
     pub allow_writable_config: bool,
+    /// An OTLP/gRPC collector (`HOST:PORT`, plaintext) every sidecar sends its spans to,
+    /// unless a Telemetry object names another (docs/observability.md).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_collector)]
+    pub otlp: Option<String>,
+    /// Share of the requests arriving without trace context that start a trace at the
+    /// caller's sidecar, 0 to 100, unless a Telemetry object says; without it only requests
+    /// an app sent with a sampled `traceparent` (or B3) are traced.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    pub trace_sampling: Option<f64>,
+}
+
+/// `--otlp` or `--trace-sampling` as clap prints its refusal.
+#[derive(Debug, thiserror::Error)]
+enum TelemetryArgError {
+    #[error("`{0}` is not HOST:PORT (an OTLP/gRPC collector, e.g. 127.0.0.1:4317)")]
+    Collector(String),
+    #[error("`{0}` is not a percentage from 0 to 100")]
+    Percent(String),
+}
+
+fn parse_collector(text: &str) -> Result<String, TelemetryArgError> {
+    if tarmac_model::telemetry::valid_collector(text) {
+        Ok(text.to_string())
+    } else {
+        Err(TelemetryArgError::Collector(text.to_string()))
+    }
+}
+
+fn parse_percent(text: &str) -> Result<f64, TelemetryArgError> {
+    match text.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(TelemetryArgError::Percent(text.to_string())),
+    }
 }
 
 /// Why `tarmac up` could not run the mesh, naming the file, address or directory at fault.
@@ -407,6 +440,10 @@ async fn up(args: UpArgs, mut driver: impl Driver) -> Result<(), UpError> {
     let mut config = tarmac_control::Config::files(&dir)
         .with_restarts(restarts)
         .with_default_policy(args.default_policy)
+        .with_telemetry_defaults(tarmac_model::telemetry::MeshDefaults {
+            collector: args.otlp.clone(),
+            sampling_percentage: args.trace_sampling,
+        })
         .with_trace_url(args.trace_url.clone());
     if let Some(identity) = &identity {
         config = config.with_identity(tarmac_control::IdentityConfig {

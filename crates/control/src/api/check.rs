@@ -319,6 +319,78 @@ pub fn report(
     CheckReport { ok: checks.iter().all(|c| c.ok), generation: snapshot.generation, checks, proxies, routes }
 }
 
+/// Warns (never fails) about telemetry proxies cannot honour: sampling with no collector to
+/// send spans to (no span is made), and Telemetry objects whose selector matches no
+/// workload. `None` when there is no telemetry at all.
+pub fn telemetry_check(
+    snapshot: &Snapshot,
+    instances: &[Instance],
+    defaults: &tarmac_model::telemetry::MeshDefaults,
+) -> Option<Check> {
+    use tarmac_model::telemetry::resolve;
+    let objects: Vec<_> = snapshot
+        .objects
+        .values()
+        .filter_map(|r| match r {
+            Resource::Telemetry(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    if objects.is_empty() && defaults == &Default::default() {
+        return None;
+    }
+    let mut workloads: BTreeMap<(String, String), BTreeMap<String, String>> = BTreeMap::new();
+    for r in snapshot.iter_kind("Workload") {
+        workloads.insert((r.meta().namespace.clone(), r.meta().name.clone()), r.meta().labels.clone());
+    }
+    for i in instances {
+        workloads.entry((i.namespace.clone(), i.workload.clone())).or_insert_with(|| i.labels.clone());
+    }
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let mut warnings = Vec::new();
+    let (mut tracing, mut logging) = (0, 0);
+    for ((ns, name), labels) in &workloads {
+        let r = resolve(objects.iter().copied(), ns, labels, defaults);
+        if r.sampling_percentage > 0.0 && r.collector.is_none() {
+            warnings.push(format!(
+                "Workload {ns}/{name}: samples {} % of requests for tracing, but no collector is set, so no span is \
+                 made (set `spec.tracing.collector` in a Telemetry{}, or run `tarmac up --otlp HOST:PORT`)",
+                r.sampling_percentage,
+                if r.sources.is_empty() { String::new() } else { format!(" such as {}", r.sources[0]) }
+            ));
+        }
+        tracing += usize::from(r.collector.is_some());
+        logging += usize::from(r.access_log.is_some());
+    }
+    for t in &objects {
+        if t.spec.selector.is_some()
+            && !workloads.iter().any(|((ns, _), labels)| {
+                t.applies_to(ns, labels) == Some(tarmac_model::telemetry::Level::Workload)
+            })
+        {
+            warnings.push(format!(
+                "Telemetry {}/{}: its selector matches no workload of its namespace",
+                t.metadata.namespace, t.metadata.name
+            ));
+        }
+    }
+    Some(Check {
+        name: "telemetry".into(),
+        ok: true,
+        detail: format!(
+            "{} Telemetry object{}; {tracing} workload{} traced, {logging} with access logs",
+            objects.len(),
+            plural(objects.len()),
+            plural(tracing),
+        ),
+        hint: (!warnings.is_empty())
+            .then(|| "give sampled workloads a collector; fix the selectors named".into()),
+        errors: Vec::new(),
+        conditions: Vec::new(),
+        warnings,
+    })
+}
+
 /// Warns (never fails) about ResiliencePolicies proxies cannot honour as written: a
 /// target or rule that does not exist, and a retry budget turned off. `None` when there
 /// are no policies.
@@ -812,5 +884,37 @@ spec: {command: [x], port: 8080, replicas: 2}
             assert!(!workload.ok && workload.detail.contains(expected), "{expected}: {workload:?}");
             assert!(workload.hint.is_some());
         }
+    }
+
+    #[test]
+    fn sampling_without_a_collector_is_warned_about() {
+        let yaml = "apiVersion: tarmac.io/v1alpha1\nkind: Workload\nmetadata: {name: web, labels: {app: web}}\nspec: {command: [x], port: 8080}\n---\napiVersion: tarmac.io/v1alpha1\nkind: Telemetry\nmetadata: {name: sample}\nspec: {tracing: {samplingPercentage: 10}}\n---\napiVersion: tarmac.io/v1alpha1\nkind: Telemetry\nmetadata: {name: nobody}\nspec: {selector: {matchLabels: {app: gone}}, accessLogging: {}}\n";
+        let objects = tarmac_model::parse_documents("t.yaml", yaml)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.key(), r))
+            .collect();
+        let snapshot = Snapshot { generation: 1, objects };
+        let none = tarmac_model::telemetry::MeshDefaults::default();
+        let check = telemetry_check(&snapshot, &[], &none).unwrap();
+        assert!(check.ok, "warnings never fail the check");
+        let warnings = check.warnings.join("\n");
+        assert!(
+            warnings.contains("Workload default/web: samples 10 % of requests for tracing, but no collector"),
+            "{warnings}"
+        );
+        assert!(
+            warnings.contains("Telemetry default/nobody: its selector matches no workload"),
+            "{warnings}"
+        );
+        let with_collector = tarmac_model::telemetry::MeshDefaults {
+            collector: Some("127.0.0.1:4317".into()),
+            sampling_percentage: None,
+        };
+        let check = telemetry_check(&snapshot, &[], &with_collector).unwrap();
+        assert_eq!(check.warnings.len(), 1, "{:?}", check.warnings);
+        assert!(check.detail.contains("1 workload traced"), "{}", check.detail);
+        let empty = Snapshot { generation: 1, objects: Default::default() };
+        assert!(telemetry_check(&empty, &[], &none).is_none(), "no telemetry, no check");
     }
 }

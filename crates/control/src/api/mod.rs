@@ -67,6 +67,8 @@ pub struct Api {
     default_policy: tarmac_model::authz::DefaultPolicy,
     /// Whoever runs the Workloads; `None`: restarts are not this control plane's to make.
     restarts: Option<Restarts>,
+    /// The mesh's telemetry defaults, for `check`.
+    telemetry_defaults: tarmac_model::telemetry::MeshDefaults,
     /// Where tap events' trace ids link to; `None`: the ids alone.
     trace_url: Option<Arc<tap::TraceUrl>>,
 }
@@ -83,8 +85,14 @@ impl Api {
             subscriptions,
             default_policy: Default::default(),
             restarts: None,
+            telemetry_defaults: Default::default(),
             trace_url: None,
         }
+    }
+
+    pub fn with_telemetry_defaults(mut self, defaults: tarmac_model::telemetry::MeshDefaults) -> Self {
+        self.telemetry_defaults = defaults;
+        self
     }
 
     /// Tap events with a trace id get its address in the user's trace UI (`trace_url`).
@@ -545,8 +553,11 @@ async fn check(State(api): State<Api>) -> Response {
         ready[n] = ok;
         identities[n] = identity;
     }
-    let report =
+    let mut report =
         check::report(&status, &snapshot, &instances, &ready, &identities, &api.subscriptions.list());
+    if let Some(telemetry) = check::telemetry_check(&snapshot, &instances, &api.telemetry_defaults) {
+        report.checks.push(telemetry);
+    }
     json_response(StatusCode::OK, &report)
 }
 

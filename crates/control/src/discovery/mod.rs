@@ -2,7 +2,7 @@
 //!
 //! [`compute`] is a pure function of the desired state and the running instances, so
 //! that it is tested without any network, and so is [`inbound::compute`], a workload's
-//! own inbound policy; [`server`] streams its result over gRPC and
+//! own inbound policy, and [`telemetry::compute`], its tracing and access logs; [`server`] streams its result over gRPC and
 //! pushes a new message whenever the result changes.
 
 pub mod inbound;
@@ -10,6 +10,7 @@ pub mod resilience;
 pub mod routes;
 pub mod server;
 pub mod table;
+pub mod telemetry;
 
 use crate::registry::Instance;
 use crate::store::Snapshot;

@@ -9,7 +9,7 @@
 //! each has taken into account, so that `tarmac check` can say which proxies are
 //! connected and whether they follow the configuration in force.
 
-use super::{compute, inbound};
+use super::{compute, inbound, telemetry};
 use crate::registry::{Instance, Registry};
 use crate::store::Snapshot;
 use futures_util::Stream;
@@ -19,9 +19,10 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tarmac_model::authz::DefaultPolicy;
+use tarmac_model::telemetry::MeshDefaults;
 use tarmac_proto::discovery::discovery_server::{Discovery, DiscoveryServer};
 use tarmac_proto::discovery::{
-    InboundUpdate, ProxyIdentity, ServiceUpdate, WatchInboundRequest, WatchServiceRequest,
+    InboundUpdate, ProxyIdentity, ServiceUpdate, TelemetryUpdate, WatchInboundRequest, WatchServiceRequest,
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
@@ -35,6 +36,8 @@ pub struct DiscoveryService {
     subscriptions: Subscriptions,
     /// The mesh's default policy, where neither a Workload nor its Namespace sets one.
     default_policy: DefaultPolicy,
+    /// The mesh's telemetry where no Telemetry object says (`tarmac up --otlp`).
+    telemetry_defaults: MeshDefaults,
 }
 
 /// One live `WatchService` stream.
@@ -115,7 +118,13 @@ impl DiscoveryService {
             registry,
             subscriptions: Subscriptions::default(),
             default_policy: DefaultPolicy::AllowAll,
+            telemetry_defaults: MeshDefaults::default(),
         }
+    }
+
+    pub fn with_telemetry_defaults(mut self, defaults: MeshDefaults) -> Self {
+        self.telemetry_defaults = defaults;
+        self
     }
 
     pub fn with_default_policy(mut self, default_policy: DefaultPolicy) -> Self {
@@ -178,6 +187,37 @@ impl Watch {
 impl Discovery for DiscoveryService {
     type WatchServiceStream = UpdateStream<ServiceUpdate>;
     type WatchInboundStream = UpdateStream<InboundUpdate>;
+    type WatchTelemetryStream = UpdateStream<TelemetryUpdate>;
+
+    async fn watch_telemetry(
+        &self,
+        request: Request<WatchInboundRequest>,
+    ) -> Result<Response<Self::WatchTelemetryStream>, Status> {
+        let caller = request.extensions().get::<crate::grpc::Caller>().cloned();
+        let proxy = request.into_inner().proxy.unwrap_or_default();
+        // As for the inbound policy: a proxy learns its own namespace's settings only.
+        if let Some(caller) = &caller {
+            let namespace = if proxy.namespace.is_empty() { "default" } else { proxy.namespace.as_str() };
+            caller.check(namespace, &proxy.service_account)?;
+        }
+        if proxy.workload.is_empty() {
+            return Err(Status::invalid_argument(
+                "the proxy names no workload (`control.workload`): its telemetry cannot be known",
+            ));
+        }
+        let watch = TelemetryWatch {
+            snapshots: self.snapshots.clone(),
+            instances: self.registry.subscribe(),
+            defaults: self.telemetry_defaults.clone(),
+            proxy,
+            last: None,
+        };
+        let stream = futures_util::stream::unfold(watch, |mut w| async move {
+            let update = w.next().await?;
+            Some((Ok(update), w))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
 
     async fn watch_service(
         &self,
@@ -262,6 +302,38 @@ impl Discovery for DiscoveryService {
             Some((Ok(update), w))
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// One `WatchTelemetry` stream: the workload's telemetry, sent again when it changes.
+struct TelemetryWatch {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    instances: watch::Receiver<Arc<Vec<Instance>>>,
+    defaults: MeshDefaults,
+    proxy: ProxyIdentity,
+    last: Option<TelemetryUpdate>,
+}
+
+impl TelemetryWatch {
+    async fn next(&mut self) -> Option<TelemetryUpdate> {
+        loop {
+            let update = {
+                let snapshot = self.snapshots.borrow_and_update().clone();
+                let instances = self.instances.borrow_and_update().clone();
+                telemetry::compute(&snapshot, &instances, &self.defaults, &self.proxy)
+            };
+            let same = self.last.as_ref().is_some_and(|last| {
+                TelemetryUpdate { generation: last.generation, ..update.clone() } == *last
+            });
+            if !same {
+                self.last = Some(update.clone());
+                return Some(update);
+            }
+            tokio::select! {
+                changed = self.snapshots.changed() => changed.ok()?,
+                changed = self.instances.changed() => changed.ok()?,
+            }
+        }
     }
 }
 

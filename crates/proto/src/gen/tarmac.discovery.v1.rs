@@ -470,6 +470,36 @@ pub struct RateOverride {
     #[prost(string, repeated, tag = "2")]
     pub identities: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
+/// A workload's telemetry, whole: a message replaces the previous one. All unset (the
+/// default, and what no Telemetry object gives): no tracing, no access log, and nothing
+/// added to the request path.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct TelemetryUpdate {
+    #[prost(uint64, tag = "1")]
+    pub generation: u64,
+    /// The `service.name` resource attribute of the workload's spans: the first Service (by
+    /// name) that selects the workload, else the workload's name.
+    #[prost(string, tag = "2")]
+    pub service_name: ::prost::alloc::string::String,
+    /// Share of the requests that arrive without trace context that start a trace at the
+    /// caller's sidecar, 0 to 100. Requests with a sampled context are traced whatever it is.
+    #[prost(double, tag = "3")]
+    pub sampling_percent: f64,
+    /// `host:port` of an OTLP/gRPC collector; empty: spans are neither made nor propagated.
+    #[prost(string, tag = "4")]
+    pub collector: ::prost::alloc::string::String,
+    /// Absent: no access log.
+    #[prost(message, optional, tag = "5")]
+    pub access_log: ::core::option::Option<AccessLog>,
+    /// The Telemetry objects that set these values (`namespace/name`), for logs.
+    #[prost(string, repeated, tag = "6")]
+    pub sources: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AccessLog {
+    #[prost(enumeration = "AccessLogFormat", tag = "1")]
+    pub format: i32,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum PathMatchType {
@@ -560,6 +590,34 @@ impl DefaultPolicy {
             "DEFAULT_POLICY_ALL_AUTHENTICATED" => Some(Self::AllAuthenticated),
             "DEFAULT_POLICY_DENY" => Some(Self::Deny),
             "DEFAULT_POLICY_AUDIT" => Some(Self::Audit),
+            _ => None,
+        }
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json = 0,
+    /// The common log format (NCSA), with Tarmac's fields appended.
+    Common = 1,
+}
+impl AccessLogFormat {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Json => "ACCESS_LOG_FORMAT_JSON",
+            Self::Common => "ACCESS_LOG_FORMAT_COMMON",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "ACCESS_LOG_FORMAT_JSON" => Some(Self::Json),
+            "ACCESS_LOG_FORMAT_COMMON" => Some(Self::Common),
             _ => None,
         }
     }
@@ -700,6 +758,34 @@ pub mod discovery_client {
                 );
             self.inner.server_streaming(req, path, codec).await
         }
+        /// The calling workload's telemetry: trace sampling, the OTLP collector its spans go
+        /// to, its access log (the Telemetry objects that apply to it, most specific first).
+        pub async fn watch_telemetry(
+            &mut self,
+            request: impl tonic::IntoRequest<super::WatchInboundRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::TelemetryUpdate>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/tarmac.discovery.v1.Discovery/WatchTelemetry",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(
+                    GrpcMethod::new("tarmac.discovery.v1.Discovery", "WatchTelemetry"),
+                );
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -743,6 +829,21 @@ pub mod discovery_server {
             request: tonic::Request<super::WatchInboundRequest>,
         ) -> std::result::Result<
             tonic::Response<Self::WatchInboundStream>,
+            tonic::Status,
+        >;
+        /// Server streaming response type for the WatchTelemetry method.
+        type WatchTelemetryStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::TelemetryUpdate, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// The calling workload's telemetry: trace sampling, the OTLP collector its spans go
+        /// to, its access log (the Telemetry objects that apply to it, most specific first).
+        async fn watch_telemetry(
+            &self,
+            request: tonic::Request<super::WatchInboundRequest>,
+        ) -> std::result::Result<
+            tonic::Response<Self::WatchTelemetryStream>,
             tonic::Status,
         >;
     }
@@ -899,6 +1000,52 @@ pub mod discovery_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = WatchInboundSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/tarmac.discovery.v1.Discovery/WatchTelemetry" => {
+                    #[allow(non_camel_case_types)]
+                    struct WatchTelemetrySvc<T: Discovery>(pub Arc<T>);
+                    impl<
+                        T: Discovery,
+                    > tonic::server::ServerStreamingService<super::WatchInboundRequest>
+                    for WatchTelemetrySvc<T> {
+                        type Response = super::TelemetryUpdate;
+                        type ResponseStream = T::WatchTelemetryStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::WatchInboundRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Discovery>::watch_telemetry(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = WatchTelemetrySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

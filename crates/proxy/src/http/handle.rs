@@ -10,6 +10,7 @@ use crate::endpoint::send::PeerMetrics;
 use crate::error::ProxyError;
 use crate::metrics::{Direction, Peer, RouteLabel, TargetMetrics};
 use crate::tap::{DecidedBy, Tap, TapStart};
+use crate::telemetry::{Matched, Retries, Telemetry};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::future::Future;
@@ -26,6 +27,8 @@ pub struct Meta {
     pub tap: Arc<Tap>,
     /// Who the requests come from (inbound) as far as the connection proves it.
     pub peer: Peer,
+    /// Tracing and access logs: absent from the path unless on.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// A direction's request path: the inbound app's, or an outbound logical service's.
@@ -62,6 +65,11 @@ pub async fn respond<H: Handle>(
     let grpc = is_grpc(req.headers());
     let client_version = req.version();
     let extended = upgrade::from_extended_connect(&mut req);
+    // One atomic load when tracing and access logs are off.
+    let mut record = match meta.telemetry.get() {
+        Some(stage) => stage.begin(&mut req, meta.direction, &meta.name, &meta.peer, source, started),
+        None => None,
+    };
     let mut tap = meta.tap.is_watched().then(|| {
         Box::new(TapRecord {
             tap: meta.tap.clone(),
@@ -76,6 +84,7 @@ pub async fn respond<H: Handle>(
                 },
                 started,
                 policy: None,
+                trace_id: record.as_ref().and_then(|r| r.trace_id()),
             },
             direction: meta.direction.as_str(),
             target: meta.name.clone(),
@@ -94,6 +103,13 @@ pub async fn respond<H: Handle>(
     // A response from an mTLS endpoint is counted under the identity it proved.
     let metrics = parts.extensions.remove::<PeerMetrics>().map_or_else(|| meta.metrics.clone(), |m| m.0);
     metrics.latency(started.elapsed().as_secs_f64());
+    if let Some(record) = record.as_mut() {
+        if let Peer::Authenticated(id) = metrics.peer() {
+            record.server_id = Some(id.clone());
+        }
+        record.route = parts.extensions.remove::<Matched>();
+        record.retries = parts.extensions.remove::<Retries>().map_or(0, |r| r.0);
+    }
     // A routed request's response says which named rule took it.
     let route = parts.extensions.remove::<RouteLabel>().unwrap_or_default();
     if let Some(decided) = parts.extensions.remove::<DecidedBy>()
@@ -101,7 +117,7 @@ pub async fn respond<H: Handle>(
     {
         record.start.policy = Some(decided);
     }
-    let body = Metered::new(body, metrics, route, parts.status, &parts.headers, grpc, tap);
+    let body = Metered::new(body, metrics, route, parts.status, &parts.headers, grpc, tap, record);
     Response::from_parts(parts, body)
 }
 

@@ -7,6 +7,7 @@
 use super::Body;
 use crate::metrics::{Classification, RouteLabel, TargetMetrics};
 use crate::tap::{Tap, TapStart};
+use crate::telemetry::RequestRecord;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -31,6 +32,8 @@ struct Recorder {
     grpc_status: Option<u32>,
     failed: bool,
     tap: Option<Box<TapRecord>>,
+    /// A traced or logged request's record, finished at the body's end.
+    telemetry: Option<Box<RequestRecord>>,
 }
 
 /// What a tapped request needs at its end to publish its event.
@@ -42,6 +45,9 @@ pub struct TapRecord {
 }
 
 impl Metered {
+    // Each argument is a different watcher of the response's end; bundling them would
+    // only move the list.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         inner: Body,
         metrics: Arc<TargetMetrics>,
@@ -50,6 +56,7 @@ impl Metered {
         headers: &HeaderMap,
         grpc: bool,
         tap: Option<Box<TapRecord>>,
+        telemetry: Option<Box<RequestRecord>>,
     ) -> Self {
         let mut recorder = Recorder {
             metrics: Some(metrics),
@@ -59,6 +66,7 @@ impl Metered {
             grpc_status: None,
             failed: false,
             tap,
+            telemetry,
         };
         // A trailers-only gRPC response carries its status in the headers. Other responses
         // are classified by status code alone, so their headers are not searched.
@@ -91,6 +99,9 @@ impl Recorder {
             let event = record.start.finish(record.direction, record.target, self.status, grpc_status);
             record.tap.publish(event);
         }
+        if let Some(record) = self.telemetry.take() {
+            record.finish(self.status, grpc_status, failed);
+        }
     }
 }
 
@@ -112,6 +123,9 @@ impl HttpBody for Metered {
         let polled = this.inner.poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(record), Some(data)) = (this.recorder.telemetry.as_mut(), frame.data_ref()) {
+                    record.response_bytes += data.len() as u64;
+                }
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some(s) = grpc_status(trailers)
                 {

@@ -338,6 +338,7 @@ mod tests {
             name,
             tap: Arc::default(),
             peer,
+            telemetry: Arc::new(crate::telemetry::Telemetry::new(Default::default(), metrics.clone())),
         }
     }
 

@@ -227,6 +227,7 @@ mod tests {
             metrics: target,
             tap: Arc::new(crate::tap::Tap::default()),
             peer: Peer::Unlabelled,
+            telemetry: Arc::new(crate::telemetry::Telemetry::new(Default::default(), metrics.clone())),
         };
         let backend = Backend::new(Arc::new("svc".into()), Vec::new());
         let logical = Arc::new(Logical::new(meta, backend, Protocol::Detect));

@@ -17,6 +17,7 @@ use crate::http::{Body, authority, is_grpc, upgrade};
 use crate::metrics::RouteLabel;
 use crate::resilience::deadline::{Deadline, within};
 use crate::resilience::retry::Tries;
+use crate::telemetry::Matched;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, Uri};
 use http::{Request, Response};
@@ -109,6 +110,10 @@ pub async fn serve(
     meta.metrics.route_latency(&rule.route, &rule.rule, started.elapsed().as_secs_f64());
     if rule.name.is_some() {
         rsp.extensions_mut().insert(RouteLabel(rule.name.clone()));
+    }
+    // For spans and access logs; one atomic load when they are off.
+    if meta.telemetry.is_on() {
+        rsp.extensions_mut().insert(Matched { route: rule.route.clone(), rule: rule.rule.clone() });
     }
     Ok(rsp)
 }

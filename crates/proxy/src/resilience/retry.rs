@@ -26,6 +26,7 @@ use crate::endpoint::send::SendError;
 use crate::error::{Class, ProxyError};
 use crate::http::Body;
 use crate::metrics::TargetMetrics;
+use crate::telemetry::Retries;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
 use http_body::Body as _;
@@ -143,7 +144,11 @@ impl Tries<'_> {
                 },
             };
             let wait = match self.once(req).await {
-                Ok(rsp) => {
+                Ok(mut rsp) => {
+                    // Said only of retried requests: for their span and access log line.
+                    if retries + unsent_tries > 0 {
+                        rsp.extensions_mut().insert(Retries(retries + unsent_tries));
+                    }
                     let Some(why) = self.retryable_response(&rsp) else { return Ok(rsp) };
                     if !replayable() {
                         self.deny("body");
