@@ -328,7 +328,7 @@ spec:
 
 /// `kubernetes-validate --strict` (PyPI, installed by scripts/setup-test-deps.sh) on
 /// `yaml`: every document against the API's schemas, unknown fields refused.
-fn validate_strict(name: &str, yaml: &str) -> bool {
+pub(crate) fn validate_strict(name: &str, yaml: &str) -> bool {
     if Command::new("kubernetes-validate").arg("--version").output().is_err() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -384,7 +384,13 @@ fn injected_workloads_and_the_webhook_configuration_validate_against_the_api_sch
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let install = String::from_utf8(out.stdout).unwrap();
-    let config: Value = serde_saphyr::from_str(&install).unwrap();
+    // The CRDs first, then the webhook's configuration.
+    let config: Value = install
+        .split("---\n")
+        .map(|doc| serde_saphyr::from_str::<Value>(doc).unwrap())
+        .find(|doc| doc["kind"] == "MutatingWebhookConfiguration")
+        .expect("the webhook's configuration");
+    assert_eq!(install.matches("kind: CustomResourceDefinition").count(), 5, "{install}");
     let ca = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
     for webhook in config["webhooks"].as_array().unwrap() {
         let bundle = base64::engine::general_purpose::STANDARD

@@ -12,7 +12,8 @@
 //! telemetry with a real Prometheus and headless Chromium (`observe`), `tarmac routes`
 //! and the route checks of `tarmac check` against traffic through a mesh (`routes_cli`), and
 //! sidecar injection through the control plane's admission webhook over TLS and `tarmac
-//! inject` (`inject`), root-only network namespaces with iptables (`netns`, `transparent`), which fail rather than skip in
+//! inject` (`inject`), the control plane against a scripted Kubernetes API and Tarmac's
+//! CRDs against the API's schemas (`kubernetes`), root-only network namespaces with iptables (`netns`, `transparent`), which fail rather than skip in
 //! CI when not root.
 
 mod app_protocol;
@@ -32,6 +33,7 @@ mod http;
 mod identity;
 mod identity_import;
 mod inject;
+mod kubernetes;
 mod lifecycle;
 mod limits;
 mod netns;

@@ -1,19 +1,25 @@
 //! `tarmac install`: the Kubernetes manifests of the mesh, printed for `kubectl apply -f -`.
-//! So far only the sidecar injection webhook's configuration; the control plane's
-//! Deployment, Service, RBAC and CRDs are still to come (docs/kubernetes.md).
+//! So far the CustomResourceDefinitions of Tarmac's kinds (`--crds`) and the sidecar
+//! injection webhook's configuration; the control plane's Deployment, Service and RBAC
+//! are still to come (docs/kubernetes.md).
 
 use clap::Args;
 use std::path::PathBuf;
 use tarmac_control::inject::webhook::{ServiceRef, configuration};
 
-/// Print the Kubernetes manifests of the mesh (so far: the MutatingWebhookConfiguration
-/// of sidecar injection).
+/// Print the Kubernetes manifests of the mesh (so far: the CustomResourceDefinitions of
+/// Tarmac's kinds and the MutatingWebhookConfiguration of sidecar injection).
 #[derive(Args, Debug)]
 pub struct InstallArgs {
+    /// Print only the CustomResourceDefinitions of Tarmac's kinds (FaultInjection,
+    /// ResiliencePolicy, AuthorizationPolicy, RateLimitPolicy, Telemetry), to apply before
+    /// anything that uses them.
+    #[arg(long, conflicts_with = "webhook_ca")]
+    pub crds: bool,
     /// PEM file of the CA that issued the webhook's serving certificate (the caBundle the
     /// API server trusts it with).
-    #[arg(long, value_name = "FILE")]
-    pub webhook_ca: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "crds")]
+    pub webhook_ca: Option<PathBuf>,
     /// The control plane's namespace.
     #[arg(long, default_value = "tarmac-system")]
     pub namespace: String,
@@ -41,7 +47,13 @@ pub enum InstallError {
 }
 
 pub fn run(args: InstallArgs) -> Result<(), InstallError> {
-    let path = &args.webhook_ca;
+    let crds = tarmac_control::crds::definitions();
+    let crds = crds.iter().map(|crd| serde_saphyr::to_string(crd).map_err(InstallError::WriteYaml));
+    let crds = crds.collect::<Result<Vec<_>, _>>()?.join("---\n");
+    let Some(path) = &args.webhook_ca else {
+        print!("{crds}");
+        return Ok(());
+    };
     let ca =
         std::fs::read_to_string(path).map_err(|source| InstallError::Read { path: path.clone(), source })?;
     if !ca.contains("-----BEGIN CERTIFICATE-----") {
@@ -50,6 +62,6 @@ pub fn run(args: InstallArgs) -> Result<(), InstallError> {
     let service =
         ServiceRef { namespace: &args.namespace, name: &args.webhook_service, port: args.webhook_port };
     let yaml = serde_saphyr::to_string(&configuration(&ca, &service)).map_err(InstallError::WriteYaml)?;
-    print!("{yaml}");
+    print!("{crds}---\n{yaml}");
     Ok(())
 }

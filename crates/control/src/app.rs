@@ -39,8 +39,8 @@ pub struct Config {
     /// The CA, when proxies get their certificates from this control plane.
     pub identity: Option<IdentityConfig>,
     /// The running instances discovery joins with the desired state. `tarmac up` and the
-    /// tests fill it as they start replicas; the binary in files mode has none yet (the
-    /// Kubernetes backend will fill it from Pods).
+    /// tests fill it as they start replicas; the binary in files mode has none; the
+    /// Kubernetes backend fills it from Pods and EndpointSlices.
     pub registry: Registry,
     /// The mesh's default policy (`tarmac up --default-policy`): what workloads allow where
     /// no ALLOW policy applies, unless their Workload or Namespace says otherwise.
@@ -63,6 +63,9 @@ pub enum StoreConfig {
     /// as valid: for benchmarks, the conformance runner and tests that build their
     /// configuration in code.
     Snapshots(watch::Receiver<Arc<Snapshot>>),
+    /// A store the caller opened, already holding a complete snapshot: the Kubernetes
+    /// backend (`tarmac-kube`), which this crate does not link.
+    Opened(Box<dyn Store>),
 }
 
 /// The CA and how proxies prove who they are on their first request.
@@ -97,6 +100,20 @@ impl Config {
             store: StoreConfig::Snapshots(snapshots),
             identity: None,
             registry: Registry::default(),
+            default_policy: DefaultPolicy::default(),
+            restarts: None,
+            telemetry_defaults: Default::default(),
+            trace_url: None,
+        }
+    }
+
+    /// Desired state from `store`, opened by the caller (the Kubernetes backend, which
+    /// also fills `registry` from the cluster's Pods).
+    pub fn opened(store: Box<dyn Store>, registry: Registry) -> Self {
+        Self {
+            store: StoreConfig::Opened(store),
+            identity: None,
+            registry,
             default_policy: DefaultPolicy::default(),
             restarts: None,
             telemetry_defaults: Default::default(),
@@ -204,7 +221,8 @@ pub struct Running {
     _stop_on_drop: DropGuard,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     apis: Vec<JoinHandle<std::io::Result<()>>>,
-    /// Holds the directory watch (files mode) or the status channel (snapshots mode).
+    /// Holds the directory watch (files mode), the watches of the API server (Kubernetes)
+    /// or the status channel (snapshots mode).
     _store: Box<dyn Store>,
 }
 
@@ -252,6 +270,7 @@ pub async fn start(
             }));
             Box::new(PublishedSnapshots { snapshots, status, _status: tx })
         }
+        StoreConfig::Opened(store) => store,
     };
     let addrs = Addrs {
         grpc: listeners.grpc.local_addr().map_err(StartError::Listener)?,

@@ -1,12 +1,14 @@
 //! `tarmac-control`: the Tarmac control plane. It turns desired state (a directory of YAML,
-//! or later the Kubernetes API) into what each proxy needs, and keeps serving the last good
-//! state when the input is wrong.
+//! or the Kubernetes API through `tarmac-kube`) into what each proxy needs, and keeps
+//! serving the last good state when the input is wrong.
 //!
 //! # Layout
 //! - [`start`] (in `app.rs`): everything below wired from one [`Config`] on listeners the
-//!   caller bound; the `tarmac-control` binary (`main.rs`) and `tarmac up` both run it.
+//!   caller bound; the `tarmac-control` binary (in `crates/kube`, so that this library
+//!   builds without kube-rs) and `tarmac up` both run it.
 //! - [`store`]: where desired state comes from, behind one trait: [`store::files`] reads
-//!   and watches a directory (the local mode); a Kubernetes backend comes later.
+//!   and watches a directory (the local mode); the Kubernetes backend, in `tarmac-kube`,
+//!   implements the same trait.
 //! - [`registry`]: the running workload instances and where their proxies listen.
 //! - [`discovery`]: what each proxy needs, computed from both, streamed over gRPC.
 //! - [`identity`]: the CA's gRPC face: workload certificates by CSR, proven by a
@@ -17,12 +19,14 @@
 //! - [`api`]: the HTTP JSON API the CLI, the dashboard and Prometheus use.
 //! - [`inject`]: sidecar injection into Kubernetes pods, shared by `tarmac inject` and
 //!   the mutating admission webhook ([`inject::webhook`]) the binary serves.
+//! - [`crds`]: the CustomResourceDefinitions of Tarmac's kinds, from the model's types.
 //! - [`workloads`]: restart requests, handed to whoever runs the Workloads (`tarmac up`).
 //! - [`prometheus`] and [`http_client`]: the Prometheus text format and a small loopback
 //!   HTTP client, shared with the CLI.
 
 pub mod api;
 mod app;
+pub mod crds;
 pub mod discovery;
 pub mod grpc;
 pub mod http_client;

@@ -88,6 +88,7 @@ pub struct AuthorizationPolicy {
     pub spec: AuthorizationPolicySpec,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
@@ -100,6 +101,7 @@ pub struct AuthorizationPolicySpec {
     pub from: Vec<Source>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub enum Action {
     #[default]
@@ -111,6 +113,7 @@ pub enum Action {
 
 /// Clients, described by what they proved. A client matches when it satisfies every field
 /// the entry sets (ANDed); within a field, any value (ORed).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Source {
@@ -170,6 +173,7 @@ pub struct RateLimitPolicy {
     pub spec: RateLimitPolicySpec,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateLimitPolicySpec {
@@ -186,6 +190,7 @@ pub struct RateLimitPolicySpec {
 }
 
 /// Requests per second, and how many may arrive at once beyond that pace.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Rate {
@@ -202,6 +207,7 @@ impl Rate {
     }
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RateOverride {

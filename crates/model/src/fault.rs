@@ -18,6 +18,7 @@ pub struct FaultInjection {
     pub status: ServerOwned,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultInjectionSpec {
@@ -31,6 +32,7 @@ pub struct FaultInjectionSpec {
     pub headers: Vec<HeaderMatch>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultDelay {
@@ -41,6 +43,7 @@ pub struct FaultDelay {
     pub percentage: f64,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FaultAbort {

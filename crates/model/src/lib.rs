@@ -40,7 +40,7 @@ pub mod workload;
 pub use authz::{AuthorizationPolicy, RateLimitPolicy};
 pub use fault::FaultInjection;
 pub use meta::{ObjectKey, ObjectMeta};
-pub use parse::{ModelError, parse_documents};
+pub use parse::{ModelError, parse_documents, parse_object};
 pub use resilience::ResiliencePolicy;
 pub use route::{GrpcRoute, HttpRoute};
 pub use service::{Namespace, Service};

@@ -257,6 +257,47 @@ fn parse_value(
     typed(&api_version, &kind, &Source::Json(item)).map_err(|e| e.located(file, line, &object, &prefix))
 }
 
+/// One object as an API returns it (a Kubernetes watch event's object, as JSON): read
+/// strictly as its `apiVersion` and `kind` say, then validated, as a document of a file
+/// is. `source` stands where a file's name does in errors (`kubernetes`); there are no
+/// lines to name.
+pub fn parse_object(source: &str, object: serde_json::Value) -> Result<Resource, Vec<ModelError>> {
+    let text = |key: &str| object.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    let meta = object.get("metadata");
+    let name = meta.and_then(|m| m.get("name")).and_then(|v| v.as_str()).unwrap_or("<no name>");
+    let namespace = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(|v| v.as_str())
+        .unwrap_or(crate::meta::DEFAULT_NAMESPACE);
+    let (api_version, kind) = (text("apiVersion"), text("kind"));
+    let named = format!("{} {namespace}/{name}", kind.as_deref().unwrap_or("<no kind>"));
+    let unlocated = |mut errors: Vec<ModelError>| {
+        errors.iter_mut().for_each(|e| e.line = None);
+        errors
+    };
+    let (Some(api_version), Some(kind)) = (api_version, kind) else {
+        let message = format!("an object needs `apiVersion` and `kind`; Tarmac reads {}", supported());
+        return Err(unlocated(TypedError::Read(None, message).located(source, 0, &named, "")));
+    };
+    let resource = typed(&api_version, &kind, &Source::Json(object))
+        .map_err(|e| unlocated(e.located(source, 0, &named, "")))?;
+    let named = object_name(&resource);
+    let problems = validate::validate(&resource);
+    if problems.is_empty() {
+        return Ok(resource);
+    }
+    Err(problems
+        .into_iter()
+        .map(|p| ModelError {
+            file: source.to_string(),
+            line: None,
+            object: Some(named.clone()),
+            field: Some(p.field),
+            message: p.message,
+        })
+        .collect())
+}
+
 /// A document's text, or a List item already read.
 enum Source<'a> {
     Yaml(&'a str),
@@ -562,5 +603,28 @@ status:
         let affinity = WRITTEN_SERVICE.replace("  selector:", "  sessionAffinity: ClientIP\n  selector:");
         let e = parse_documents("books.yaml", &affinity).unwrap_err()[0].to_string();
         assert!(e.contains("field `spec.sessionAffinity`") && e.contains("every request"), "{e}");
+    }
+
+    #[test]
+    fn an_api_object_reads_as_its_document_does_and_is_refused_by_field() {
+        let written = parse_documents("books.yaml", WRITTEN_SERVICE).unwrap();
+        let object = serde_json::json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "books", "namespace": "shop", "labels": {"app": "books"}, "uid": "u-1"},
+            "spec": {"selector": {"app": "books"}, "clusterIPs": ["10.96.0.1"],
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+            "status": {"loadBalancer": {}}
+        });
+        assert_eq!(parse_object("kubernetes", object.clone()).unwrap(), written[0]);
+
+        let mut typo = object;
+        typo["spec"]["ports"][0]["port"] = serde_json::json!(0);
+        let e = parse_object("kubernetes", typo).unwrap_err();
+        assert_eq!(
+            e[0].to_string(),
+            "kubernetes: Service shop/books: field `spec.ports[0].port`: must be 1-65535"
+        );
+        let e = parse_object("kubernetes", serde_json::json!({"kind": "Service", "metadata": {"name": "x"}}));
+        assert!(e.unwrap_err()[0].to_string().starts_with("kubernetes: Service default/x: an object needs"));
     }
 }

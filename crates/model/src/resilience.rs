@@ -21,6 +21,7 @@ pub struct ResiliencePolicy {
     pub spec: ResiliencePolicySpec,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ResiliencePolicySpec {
@@ -42,6 +43,7 @@ pub struct ResiliencePolicySpec {
 
 /// How many requests each caller may have at the Service at once (a bulkhead): past
 /// `maxInFlight` and `maxQueued` more waiting, the caller's sidecar answers 503 at once.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ConcurrencyLimits {
@@ -53,6 +55,7 @@ pub struct ConcurrencyLimits {
 
 /// A Service, HTTPRoute or GRPCRoute in the policy's namespace (ResiliencePolicy,
 /// AuthorizationPolicy, RateLimitPolicy).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicyTargetRef {
@@ -80,6 +83,7 @@ impl PolicyTargetRef {
 }
 
 /// How much retrying may add to the requests each caller sends to the Service.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetryBudget {
@@ -103,6 +107,7 @@ fn yes() -> bool {
 }
 
 /// When an endpoint of the Service is ejected from callers' balancers.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CircuitBreaker {
@@ -121,6 +126,7 @@ pub struct CircuitBreaker {
 }
 
 /// Retries of requests that left the sidecar (those that never left are always retried).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicyRetry {
@@ -139,6 +145,7 @@ pub struct PolicyRetry {
     pub backoff: Option<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicyTimeouts {

@@ -140,6 +140,7 @@ fn slash() -> String {
 }
 
 /// A header or query parameter match.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HeaderMatch {

@@ -36,11 +36,16 @@ impl ControlProcess {
     /// Runs `tarmac-control --config-dir DIR` on free loopback ports, with `args` added,
     /// and waits until its API answers (or the process exits: then it panics with its log).
     pub fn spawn(config_dir: &Path, args: &[&str]) -> Self {
+        let config_dir = config_dir.to_str().expect("a UTF-8 path");
+        Self::spawn_with(&[&["--config-dir", config_dir], args].concat())
+    }
+
+    /// Runs `tarmac-control ARGS` (its store chosen by `args`: `--store kubernetes
+    /// --kubeconfig FILE`) on free loopback ports, and waits until its API answers.
+    pub fn spawn_with(args: &[&str]) -> Self {
         let log = crate::tools::temp_dir("control").join("control.log");
         let (grpc, api) = (loopback(crate::servers::free_port()), loopback(crate::servers::free_port()));
         let child = Command::new(crate::tools::binary("tarmac-control"))
-            .arg("--config-dir")
-            .arg(config_dir)
             .args(["--grpc-listen", &grpc.to_string(), "--api-listen", &api.to_string()])
             .args(args)
             .env("TARMAC_CONTROL_LOG", "info")

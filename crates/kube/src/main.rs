@@ -1,6 +1,8 @@
 //! The `tarmac-control` binary: parses its arguments once into a [`tarmac_control::Config`],
-//! sets up logging and the runtime, binds its listeners and runs the control plane until
-//! SIGTERM or Ctrl-C. `tarmac up` runs the same [`tarmac_control::start`] in-process.
+//! sets up logging and the runtime, opens the store (a directory, or the Kubernetes API),
+//! binds its listeners and runs the control plane until SIGTERM or Ctrl-C. `tarmac up`
+//! runs the same [`tarmac_control::start`] in-process. It lives in this crate because the
+//! Kubernetes store is here.
 
 use clap::Parser;
 use std::net::SocketAddr;
@@ -10,6 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tarmac_control::identity::{BootstrapTokens, default_ca_dir};
+use tarmac_control::registry::Registry;
 use tarmac_control::{Config, IdentityConfig, Listeners, StartError};
 use tarmac_identity::DEFAULT_TRUST_DOMAIN;
 use tarmac_identity::ca::Ca;
@@ -19,15 +22,36 @@ const ENV_LOG: &str = "TARMAC_CONTROL_LOG";
 /// Exit status for a configuration that cannot be served (as `tarmac up`).
 const EXIT_INVALID_CONFIG: u8 = 2;
 
-/// The Tarmac control plane: desired state from a directory of YAML (watched), discovery
-/// and identity (gRPC) for the proxies, telemetry and the HTTP API with the dashboard.
+/// The Tarmac control plane: desired state from a directory of YAML (watched) or the
+/// Kubernetes API, discovery and identity (gRPC) for the proxies, telemetry and the HTTP
+/// API with the dashboard.
 #[derive(Parser, Debug)]
 #[command(name = "tarmac-control", version)]
 struct Args {
+    /// Where desired state comes from: `files` (`--config-dir`) or `kubernetes` (the API
+    /// server of `--kubeconfig`, else of `$KUBECONFIG` or `~/.kube/config`, else the
+    /// cluster the control plane runs in).
+    #[arg(long, value_enum, default_value = "files")]
+    store: StoreKind,
     /// The configuration directory: Services, Workloads, Deployments, HTTPRoutes, ...
     /// (`*.yaml`, `*.yml`), as `tarmac up DIR` reads it.
-    #[arg(long, value_name = "DIR")]
-    config_dir: PathBuf,
+    #[arg(long, value_name = "DIR", required_if_eq("store", "files"))]
+    config_dir: Option<PathBuf>,
+    /// With `--store kubernetes`: the kubeconfig file naming the API server and the
+    /// credentials (its current context).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// With `--store kubernetes`: how long to wait for the first list of every kind before
+    /// giving up (`60s`).
+    #[arg(long, default_value = "60s", value_parser = tarmac_model::duration::parse)]
+    kube_sync_timeout: Duration,
+    /// With `--store kubernetes`: the namespace of the Lease `tarmac-control`, which
+    /// elects the one replica that writes route status (the control plane's namespace).
+    #[arg(long, default_value = "tarmac-system", value_name = "NAMESPACE")]
+    lease_namespace: String,
+    /// With `--store kubernetes`: write no route status (and take no Lease).
+    #[arg(long)]
+    no_route_status: bool,
     /// Where proxies reach discovery and identity (gRPC).
     #[arg(long, default_value = "127.0.0.1:4180", value_name = "ADDR")]
     grpc_listen: SocketAddr,
@@ -90,21 +114,28 @@ struct WebhookArgs {
     sidecar_control_addr: Option<SocketAddr>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    Files,
+    Kubernetes,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.store == StoreKind::Files && (args.kubeconfig.is_some() || args.no_route_status) {
+        eprintln!("tarmac-control: --kubeconfig and --no-route-status are for --store kubernetes");
+        return ExitCode::FAILURE;
+    }
+    if args.store == StoreKind::Kubernetes && args.config_dir.is_some() {
+        eprintln!("tarmac-control: --config-dir is for --store files (the default)");
+        return ExitCode::FAILURE;
+    }
     let filter = std::env::var(ENV_LOG).unwrap_or_else(|_| "info".to_string());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = match config(&args) {
-        Ok(config) => config,
-        Err(message) => {
-            eprintln!("tarmac-control: {message}");
-            return ExitCode::FAILURE;
-        }
-    };
     // The control plane waits on the network and on timers, never on the CPU: one thread.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -113,14 +144,67 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(args, config))
+    runtime.block_on(async {
+        let config = match store_config(&args).await.and_then(|config| config_with(&args, config)) {
+            Ok(config) => config,
+            Err(message) => {
+                eprintln!("tarmac-control: {message}");
+                return ExitCode::FAILURE;
+            }
+        };
+        run(args, config).await
+    })
+}
+
+/// The store: the directory (opened by [`tarmac_control::start`]), or the Kubernetes API,
+/// listed here and filling the registry from the cluster's Pods.
+async fn store_config(args: &Args) -> Result<Config, String> {
+    let Some(dir) = &args.config_dir else {
+        let client = kube_client(args.kubeconfig.as_deref()).await?;
+        let registry = Registry::default();
+        let options = tarmac_kube::Options { sync_timeout: args.kube_sync_timeout, ..Default::default() };
+        let store = tarmac_kube::KubeStore::open(client.clone(), registry.clone(), options)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !args.no_route_status {
+            use tarmac_control::store::Store;
+            // A pod's hostname is its name: what the Lease names its holder by.
+            let identity = std::env::var("HOSTNAME")
+                .unwrap_or_else(|_| format!("tarmac-control-{}", std::process::id()));
+            let options = tarmac_kube::status::StatusOptions {
+                lease_namespace: args.lease_namespace.clone(),
+                identity,
+                lease_duration: Duration::from_secs(15),
+                renew_every: Duration::from_secs(5),
+            };
+            tarmac_kube::status::spawn(client, store.snapshots(), options);
+        }
+        return Ok(Config::opened(Box::new(store), registry));
+    };
+    Ok(Config::files(dir))
+}
+
+/// A client of the API server `kubeconfig` names, else the one kube-rs infers (the
+/// `KUBECONFIG` variable, `~/.kube/config`, then the in-cluster ServiceAccount).
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("the kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            format!("no Kubernetes API to talk to (give --kubeconfig, or run in a cluster): {e}")
+        })?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("cannot make a Kubernetes API client: {e}"))
 }
 
 /// The typed configuration, with the CA loaded (or generated) and the tokens read.
-fn config(args: &Args) -> Result<Config, String> {
-    let config = Config::files(&args.config_dir)
-        .with_default_policy(args.default_policy)
-        .with_trace_url(args.trace_url.clone());
+fn config_with(args: &Args, config: Config) -> Result<Config, String> {
+    let config = config.with_default_policy(args.default_policy).with_trace_url(args.trace_url.clone());
     if args.no_identity {
         return Ok(config);
     }
@@ -192,7 +276,8 @@ async fn run(args: Args, config: Config) -> ExitCode {
     let running = match tarmac_control::start(config, listeners, stop.cancelled_owned()).await {
         Ok(running) => running,
         Err(StartError::Store(e)) => {
-            eprintln!("tarmac-control: the configuration in {} is invalid:\n{e}", args.config_dir.display());
+            let dir = args.config_dir.as_deref().unwrap_or(std::path::Path::new("?"));
+            eprintln!("tarmac-control: the configuration in {} is invalid:\n{e}", dir.display());
             return ExitCode::from(EXIT_INVALID_CONFIG);
         }
         Err(e) => {
@@ -204,7 +289,10 @@ async fn run(args: Args, config: Config) -> ExitCode {
     tracing::info!(
         grpc = %addrs.grpc,
         api = ?addrs.api,
-        config = %args.config_dir.display(),
+        store = match &args.config_dir {
+            Some(dir) => dir.display().to_string(),
+            None => "kubernetes".to_string(),
+        },
         generation = running.snapshots().borrow().generation,
         "tarmac-control ready"
     );

@@ -1,0 +1,466 @@
+//! A scripted Kubernetes API server: a real HTTP server on loopback that answers the list
+//! and watch requests of a client (kube-rs's watchers) in the API's shapes, with the
+//! objects a test puts in and takes out. No cluster can run where Tarmac is built; this
+//! holds the client to the API's contracts (API concepts: efficient detection of changes,
+//! watch bookmarks, 410 Gone) instead.
+//!
+//! - `GET /api/v1/services` (any collection path): a list, `{"kind": "ServiceList",
+//!   "metadata": {"resourceVersion": "N"}, "items": [...]}`, each object with its own
+//!   `metadata.resourceVersion` and without `kind` or `apiVersion`, as the API server
+//!   sends list items.
+//! - `GET ...?watch=true&resourceVersion=R`: a stream of `{"type": "ADDED" | "MODIFIED" |
+//!   "DELETED", "object": ...}` lines for every change after R, then a `BOOKMARK` at the
+//!   current version, then changes as they happen. A watch from a version the server has
+//!   expired ([`ApiServer::expire`]) gets an `ERROR` event with a 410 `Status`, as does
+//!   every watch open when it expires: the client must list again.
+//! - Collections marked [`ApiServer::not_served`] answer 404 with a `Status`, as a kind
+//!   whose CRD is not installed does.
+//! - Writes, for what the control plane writes (Leases, route status): `POST` to a
+//!   namespaced collection creates (409 if taken), `PUT` of an object replaces it only
+//!   from its current resourceVersion (409 otherwise), `PATCH .../status` merges
+//!   `status`; each is an event to the watches, and is recorded with the client's token.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// A running scripted API server; stops when dropped.
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct State {
+    /// The last resourceVersion given out, over every collection (as etcd's revision).
+    version: u64,
+    collections: BTreeMap<String, Collection>,
+    not_served: HashSet<String>,
+    /// How long each list takes to answer (a large cluster's relist is not instant).
+    list_delay: std::time::Duration,
+    /// Every request, `GET path?query`, in order.
+    requests: Vec<String>,
+    /// Every write accepted, `TOKEN METHOD PATH`, in order.
+    writes: Vec<String>,
+}
+
+#[derive(Default)]
+struct Collection {
+    /// `(namespace, name)` to the object as stored.
+    objects: BTreeMap<(String, String), Value>,
+    /// `(version, type, object)`: every change, for watches resuming from a version.
+    events: Vec<(u64, &'static str, Value)>,
+    /// Watches from an older version get 410 Gone.
+    expired_below: u64,
+    kind: Option<(String, String)>,
+    watchers: Vec<mpsc::UnboundedSender<Bytes>>,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ApiServer {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the scripted API server");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State { version: 1000, ..Default::default() }));
+        let task = tokio::spawn(serve(listener, state.clone()));
+        Self { addr, state, task }
+    }
+
+    /// A kubeconfig naming this server (plain HTTP on loopback) as its current context.
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        self.kubeconfig_as(dir, "scripted-token")
+    }
+
+    /// A kubeconfig with `token` as its bearer token: [`ApiServer::writes`] tells clients
+    /// apart by it.
+    pub fn kubeconfig_as(&self, dir: &Path, token: &str) -> PathBuf {
+        let path = dir.join(format!("kubeconfig-{token}"));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: scripted\n  cluster:\n    server: http://{}\n\
+             users:\n- name: tester\n  user:\n    token: {token}\n\
+             contexts:\n- name: scripted\n  context:\n    cluster: scripted\n    user: tester\n\
+             current-context: scripted\n",
+            self.addr,
+        );
+        std::fs::write(&path, text).expect("write the kubeconfig");
+        path
+    }
+
+    /// Creates or replaces `object` (with `apiVersion`, `kind` and `metadata`) in the
+    /// collection at `path` (`/api/v1/services`): an `ADDED` or `MODIFIED` event.
+    pub fn apply(&self, path: &str, mut object: Value) {
+        let mut state = self.state.lock().unwrap();
+        state.version += 1;
+        let version = state.version;
+        object["metadata"]["resourceVersion"] = Value::String(version.to_string());
+        if object["metadata"].get("uid").is_none() {
+            object["metadata"]["uid"] = Value::String(format!("uid-{version}"));
+            object["metadata"]["creationTimestamp"] = Value::String("2026-12-01T10:00:00Z".into());
+        }
+        let collection = state.collections.entry(path.to_string()).or_default();
+        let kind = (
+            object["apiVersion"].as_str().unwrap_or("v1").to_string(),
+            object["kind"].as_str().unwrap_or("Unknown").to_string(),
+        );
+        collection.kind = Some(kind);
+        let key = key_of(&object);
+        let event =
+            if collection.objects.insert(key, object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
+        collection.publish(version, event, object);
+    }
+
+    /// Deletes `namespace/name` (`namespace` empty for cluster-scoped objects) from the
+    /// collection at `path`: a `DELETED` event with the object's last state.
+    pub fn delete(&self, path: &str, namespace: &str, name: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.version += 1;
+        let version = state.version;
+        let collection = state.collections.get_mut(path).expect("a collection with objects");
+        let mut object =
+            collection.objects.remove(&(namespace.to_string(), name.to_string())).expect("the object exists");
+        object["metadata"]["resourceVersion"] = Value::String(version.to_string());
+        collection.publish(version, "DELETED", object);
+    }
+
+    /// Expires every version up to now in the collection at `path`: open watches get an
+    /// `ERROR` event with a 410 `Status` and end, and a watch from any version up to now
+    /// gets the same.
+    pub fn expire(&self, path: &str) {
+        let mut state = self.state.lock().unwrap();
+        let version = state.version;
+        let collection = state.collections.entry(path.to_string()).or_default();
+        collection.expired_below = version;
+        for watcher in collection.watchers.drain(..) {
+            let _ = watcher.send(line(&gone(version)));
+        }
+    }
+
+    /// The collection at `path` answers 404, as a kind whose CRD is not installed.
+    pub fn not_served(&self, path: &str) {
+        self.state.lock().unwrap().not_served.insert(path.to_string());
+    }
+
+    /// Lists (not watches) answer only after `delay`, as a large collection's do: what a
+    /// client shows while it lists again becomes visible.
+    pub fn slow_lists(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().list_delay = delay;
+    }
+
+    /// Every write accepted so far, `TOKEN METHOD PATH` (the kubeconfig's token tells
+    /// which client wrote).
+    pub fn writes(&self) -> Vec<String> {
+        self.state.lock().unwrap().writes.clone()
+    }
+
+    /// The object `namespace/name` of the collection at `path`, as stored now.
+    pub fn get(&self, path: &str, namespace: &str, name: &str) -> Option<Value> {
+        let state = self.state.lock().unwrap();
+        state.collections.get(path)?.objects.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    /// Every request so far, `GET path?query`.
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// The list requests (not watches) of the collection at `path` so far.
+    pub fn lists_of(&self, path: &str) -> usize {
+        let prefix = format!("GET {path}");
+        self.requests()
+            .iter()
+            .filter(|r| r.split('?').next() == Some(prefix.as_str()) && !r.contains("watch="))
+            .count()
+    }
+}
+
+impl Collection {
+    fn publish(&mut self, version: u64, event: &'static str, object: Value) {
+        let message = line(&json!({"type": event, "object": object}));
+        self.watchers.retain(|w| w.send(message.clone()).is_ok());
+        self.events.push((version, event, object));
+    }
+}
+
+fn key_of(object: &Value) -> (String, String) {
+    let text = |field: &str| object["metadata"][field].as_str().unwrap_or("").to_string();
+    (text("namespace"), text("name"))
+}
+
+fn line(value: &Value) -> Bytes {
+    let mut text = serde_json::to_vec(value).unwrap();
+    text.push(b'\n');
+    Bytes::from(text)
+}
+
+/// The watch event of an expired resourceVersion, as the API server sends it.
+fn gone(version: u64) -> Value {
+    json!({"type": "ERROR", "object": {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("too old resource version: expired below {version}"),
+        "reason": "Expired", "code": 410
+    }})
+}
+
+type ResponseBody = BoxBody<Bytes, Infallible>;
+
+async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let state = state.clone();
+                async move {
+                    let is_watch = request.uri().query().is_some_and(|q| q.contains("watch="));
+                    let delay = state.lock().unwrap().list_delay;
+                    if !is_watch && !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let (head, body) = request.into_parts();
+                    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let request = Request::from_parts(head, body);
+                    Ok::<_, Infallible>(answer(&state, &request))
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+        });
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap())).boxed())
+        .unwrap()
+}
+
+fn answer(state: &Mutex<State>, request: &Request<Bytes>) -> Response<ResponseBody> {
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    let param = |name: &str| {
+        query.split('&').find_map(|pair| pair.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))
+    };
+    let mut state = state.lock().unwrap();
+    let token = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_string();
+    state.requests.push(format!("{} {path}?{query}", request.method()));
+    if let Some(item) = Item::parse(&path) {
+        return answer_item(&mut state, request, &item, &token);
+    }
+    if request.method() == http::Method::POST {
+        return create(&mut state, &path, request.body(), &token);
+    }
+    if request.method() != http::Method::GET {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status_body(405, "MethodNotAllowed", "read only"),
+        );
+    }
+    if state.not_served.contains(&path) {
+        let message = "the server could not find the requested resource";
+        return json_response(StatusCode::NOT_FOUND, &status_body(404, "NotFound", message));
+    }
+    let version = state.version;
+    let collection = state.collections.entry(path.clone()).or_default();
+    let (api_version, kind) = collection.kind.clone().unwrap_or_else(|| ("v1".into(), "Unknown".into()));
+    if matches!(param("watch"), Some("true") | Some("1")) {
+        let from: u64 = param("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let (tx, rx) = mpsc::unbounded_channel();
+        if from < collection.expired_below {
+            let _ = tx.send(line(&gone(collection.expired_below)));
+        } else {
+            for (at, event, object) in &collection.events {
+                if *at > from {
+                    let _ = tx.send(line(&json!({"type": event, "object": object})));
+                }
+            }
+            let bookmark = json!({"type": "BOOKMARK", "object": {
+                "kind": kind, "apiVersion": api_version,
+                "metadata": {"resourceVersion": version.to_string()}
+            }});
+            let _ = tx.send(line(&bookmark));
+            collection.watchers.push(tx);
+        }
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(ChannelBody(rx).boxed())
+            .unwrap();
+    }
+    let items: Vec<Value> = collection
+        .objects
+        .values()
+        .map(|object| {
+            // List items carry no type: the list's kind says it.
+            let mut item = object.clone();
+            if let Some(map) = item.as_object_mut() {
+                map.remove("kind");
+                map.remove("apiVersion");
+            }
+            item
+        })
+        .collect();
+    let list = json!({
+        "kind": format!("{kind}List"), "apiVersion": api_version,
+        "metadata": {"resourceVersion": version.to_string()},
+        "items": items,
+    });
+    json_response(StatusCode::OK, &list)
+}
+
+/// `/apis/G/V/namespaces/NS/PLURAL/NAME[/status]` (or `/api/v1/...`): one object.
+struct Item {
+    /// The collection over every namespace, where [`ApiServer::apply`] keeps it.
+    collection: String,
+    namespace: String,
+    name: String,
+    status: bool,
+}
+
+impl Item {
+    fn parse(path: &str) -> Option<Self> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (prefix, rest) = match parts.first() {
+            Some(&"api") if parts.len() >= 2 => (format!("/api/{}", parts[1]), &parts[2..]),
+            Some(&"apis") if parts.len() >= 3 => (format!("/apis/{}/{}", parts[1], parts[2]), &parts[3..]),
+            _ => return None,
+        };
+        match rest {
+            ["namespaces", namespace, plural, name] | ["namespaces", namespace, plural, name, "status"] => {
+                Some(Self {
+                    collection: format!("{prefix}/{plural}"),
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                    status: rest.len() == 5,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A namespaced collection (`.../namespaces/NS/PLURAL`) as the one over every namespace.
+fn collection_of(path: &str) -> Option<(String, String)> {
+    let (head, plural) = path.rsplit_once('/')?;
+    let (prefix, namespace) = head.rsplit_once("/namespaces/")?;
+    Some((format!("{prefix}/{plural}"), namespace.to_string()))
+}
+
+impl State {
+    /// Stores `object` under a new version, with its event; the stored object.
+    fn store(&mut self, collection: &str, mut object: Value, event: &'static str) -> Value {
+        self.version += 1;
+        let version = self.version;
+        object["metadata"]["resourceVersion"] = Value::String(version.to_string());
+        let entry = self.collections.entry(collection.to_string()).or_default();
+        entry.objects.insert(key_of(&object), object.clone());
+        entry.publish(version, event, object.clone());
+        object
+    }
+
+    fn wrote(&mut self, token: &str, method: &http::Method, path: &str) {
+        self.writes.push(format!("{token} {method} {path}"));
+    }
+}
+
+fn bad_request() -> Response<ResponseBody> {
+    json_response(StatusCode::BAD_REQUEST, &status_body(400, "BadRequest", "not JSON"))
+}
+
+/// `POST` to a namespaced collection: creates, or 409 if the name is taken.
+fn create(state: &mut State, path: &str, body: &Bytes, token: &str) -> Response<ResponseBody> {
+    let Some((collection, namespace)) = collection_of(path) else {
+        return json_response(StatusCode::NOT_FOUND, &status_body(404, "NotFound", "no such collection"));
+    };
+    let Ok(mut object) = serde_json::from_slice::<Value>(body) else { return bad_request() };
+    object["metadata"]["namespace"] = Value::String(namespace);
+    let exists = state.collections.get(&collection).is_some_and(|c| c.objects.contains_key(&key_of(&object)));
+    if exists {
+        return json_response(StatusCode::CONFLICT, &status_body(409, "AlreadyExists", "already exists"));
+    }
+    state.wrote(token, &http::Method::POST, path);
+    let stored = state.store(&collection, object, "ADDED");
+    json_response(StatusCode::CREATED, &stored)
+}
+
+/// One object: `GET`; `PUT` (409 unless the body's resourceVersion is the stored one, the
+/// API's optimistic concurrency); `PATCH` of `/status`, a JSON merge patch of `status`.
+fn answer_item(
+    state: &mut State,
+    request: &Request<Bytes>,
+    item: &Item,
+    token: &str,
+) -> Response<ResponseBody> {
+    let key = (item.namespace.clone(), item.name.clone());
+    let stored = state.collections.get(&item.collection).and_then(|c| c.objects.get(&key)).cloned();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    match (&method, stored) {
+        (&http::Method::GET, Some(object)) => json_response(StatusCode::OK, &object),
+        (&http::Method::PUT, Some(object)) if !item.status => {
+            let Ok(new) = serde_json::from_slice::<Value>(request.body()) else { return bad_request() };
+            if new["metadata"]["resourceVersion"] != object["metadata"]["resourceVersion"] {
+                let message = "the object has been modified; please apply your changes to the latest version";
+                return json_response(StatusCode::CONFLICT, &status_body(409, "Conflict", message));
+            }
+            state.wrote(token, &method, &path);
+            json_response(StatusCode::OK, &state.store(&item.collection, new, "MODIFIED"))
+        }
+        (&http::Method::PATCH, Some(mut object)) if item.status => {
+            let Ok(patch) = serde_json::from_slice::<Value>(request.body()) else { return bad_request() };
+            if let Some(Value::Object(fields)) = patch.get("status") {
+                for (field, value) in fields {
+                    object["status"][field] = value.clone();
+                }
+            }
+            state.wrote(token, &method, &path);
+            json_response(StatusCode::OK, &state.store(&item.collection, object, "MODIFIED"))
+        }
+        (_, None) => json_response(StatusCode::NOT_FOUND, &status_body(404, "NotFound", "not found")),
+        _ => json_response(StatusCode::METHOD_NOT_ALLOWED, &status_body(405, "MethodNotAllowed", "not here")),
+    }
+}
+
+fn status_body(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+/// A response body fed line by line, open until the server stops or the watch expires.
+struct ChannelBody(mpsc::UnboundedReceiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
