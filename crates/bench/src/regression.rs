@@ -606,7 +606,8 @@ mod tests {
         for entry in std::fs::read_dir(&results).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if name.ends_with(".json") && !name.starts_with("routing-") {
+            // `--routing` and `--telemetry` runs are recorded beside the suite's.
+            if name.ends_with(".json") && !name.starts_with("routing-") && !name.starts_with("telemetry-") {
                 let recorded = load(&path).unwrap_or_else(|e| panic!("{e}"));
                 assert!(!recorded.phases.is_empty(), "{name}");
                 suites += 1;
