@@ -22,7 +22,7 @@ use tarmac_model::authz::DefaultPolicy;
 use tarmac_model::telemetry::MeshDefaults;
 use tarmac_proto::discovery::discovery_server::{Discovery, DiscoveryServer};
 use tarmac_proto::discovery::{
-    InboundUpdate, ProxyIdentity, ServiceUpdate, TelemetryUpdate, WatchInboundRequest, WatchServiceRequest,
+    InboundUpdate, ServiceUpdate, TelemetryUpdate, WatchInboundRequest, WatchServiceRequest,
 };
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
@@ -205,18 +205,11 @@ impl Discovery for DiscoveryService {
                 "the proxy names no workload (`control.workload`): its telemetry cannot be known",
             ));
         }
-        let watch = TelemetryWatch {
-            snapshots: self.snapshots.clone(),
-            instances: self.registry.subscribe(),
-            defaults: self.telemetry_defaults.clone(),
-            proxy,
-            last: None,
+        let defaults = self.telemetry_defaults.clone();
+        let compute = move |snapshot: &Snapshot, instances: &[Instance]| {
+            telemetry::compute(snapshot, instances, &defaults, &proxy)
         };
-        let stream = futures_util::stream::unfold(watch, |mut w| async move {
-            let update = w.next().await?;
-            Some((Ok(update), w))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(WorkloadWatch::stream(self.snapshots.clone(), self.registry.subscribe(), compute)))
     }
 
     async fn watch_service(
@@ -290,74 +283,76 @@ impl Discovery for DiscoveryService {
             ));
         }
         tracing::debug!(?peer, namespace = %proxy.namespace, workload = %proxy.workload, "watch inbound");
-        let watch = InboundWatch {
-            snapshots: self.snapshots.clone(),
-            instances: self.registry.subscribe(),
-            mesh_default: self.default_policy,
-            proxy,
-            last: None,
+        let mesh_default = self.default_policy;
+        let compute = move |snapshot: &Snapshot, instances: &[Instance]| {
+            inbound::compute(snapshot, instances, mesh_default, &proxy)
         };
-        let stream = futures_util::stream::unfold(watch, |mut w| async move {
+        Ok(Response::new(WorkloadWatch::stream(self.snapshots.clone(), self.registry.subscribe(), compute)))
+    }
+}
+
+/// A workload's update (inbound policy, telemetry): equal to the last one sent but for its
+/// generation, it is no change and is not sent.
+trait WorkloadUpdate: Clone + PartialEq + Send + 'static {
+    fn generation(&self) -> u64;
+    fn with_generation(self, generation: u64) -> Self;
+}
+
+impl WorkloadUpdate for InboundUpdate {
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+    fn with_generation(self, generation: u64) -> Self {
+        Self { generation, ..self }
+    }
+}
+
+impl WorkloadUpdate for TelemetryUpdate {
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+    fn with_generation(self, generation: u64) -> Self {
+        Self { generation, ..self }
+    }
+}
+
+/// One workload's stream (`WatchInbound`, `WatchTelemetry`): what `compute` makes of the
+/// desired state and the running instances, sent again whenever that changes.
+struct WorkloadWatch<U, F> {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    instances: watch::Receiver<Arc<Vec<Instance>>>,
+    compute: F,
+    last: Option<U>,
+}
+
+impl<U, F> WorkloadWatch<U, F>
+where
+    U: WorkloadUpdate,
+    F: FnMut(&Snapshot, &[Instance]) -> U + Send + 'static,
+{
+    fn stream(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        instances: watch::Receiver<Arc<Vec<Instance>>>,
+        compute: F,
+    ) -> UpdateStream<U> {
+        let watch = Self { snapshots, instances, compute, last: None };
+        Box::pin(futures_util::stream::unfold(watch, |mut w| async move {
             let update = w.next().await?;
             Some((Ok(update), w))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        }))
     }
-}
 
-/// One `WatchTelemetry` stream: the workload's telemetry, sent again when it changes.
-struct TelemetryWatch {
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    instances: watch::Receiver<Arc<Vec<Instance>>>,
-    defaults: MeshDefaults,
-    proxy: ProxyIdentity,
-    last: Option<TelemetryUpdate>,
-}
-
-impl TelemetryWatch {
-    async fn next(&mut self) -> Option<TelemetryUpdate> {
+    async fn next(&mut self) -> Option<U> {
         loop {
             let update = {
                 let snapshot = self.snapshots.borrow_and_update().clone();
                 let instances = self.instances.borrow_and_update().clone();
-                telemetry::compute(&snapshot, &instances, &self.defaults, &self.proxy)
-            };
-            let same = self.last.as_ref().is_some_and(|last| {
-                TelemetryUpdate { generation: last.generation, ..update.clone() } == *last
-            });
-            if !same {
-                self.last = Some(update.clone());
-                return Some(update);
-            }
-            tokio::select! {
-                changed = self.snapshots.changed() => changed.ok()?,
-                changed = self.instances.changed() => changed.ok()?,
-            }
-        }
-    }
-}
-
-/// One `WatchInbound` stream: the workload's inbound policy, sent again when it changes.
-struct InboundWatch {
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    instances: watch::Receiver<Arc<Vec<Instance>>>,
-    mesh_default: DefaultPolicy,
-    proxy: ProxyIdentity,
-    last: Option<InboundUpdate>,
-}
-
-impl InboundWatch {
-    async fn next(&mut self) -> Option<InboundUpdate> {
-        loop {
-            let update = {
-                let snapshot = self.snapshots.borrow_and_update().clone();
-                let instances = self.instances.borrow_and_update().clone();
-                inbound::compute(&snapshot, &instances, self.mesh_default, &self.proxy)
+                (self.compute)(&snapshot, &instances)
             };
             let same = self
                 .last
                 .as_ref()
-                .is_some_and(|last| InboundUpdate { generation: last.generation, ..update.clone() } == *last);
+                .is_some_and(|last| update.clone().with_generation(last.generation()) == *last);
             if !same {
                 self.last = Some(update.clone());
                 return Some(update);
