@@ -523,26 +523,10 @@ async fn suite(args: BenchArgs) -> Result<(), BenchError> {
         }
         routes.push(topology::start(route, upstream_addr, &binaries, proxy_core, workdir.path()).await?);
     }
-    // Let the proxies finish starting before their idle memory is read.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle_rss = idle_rss(&routes);
-
-    let chosen_loads = SuiteLoad::chosen(&args.loads);
-    let loads = suite_loads(&chosen_loads);
-    let settings = suite_settings(&args, rounds, phase_duration);
-    let mut scheduling = realtime_scheduling(&upstream, &routes);
-    let phases = loads.len() * rounds * routes.len();
-    eprintln!(
-        "tarmac bench --suite: {} routes × {} loads × {rounds} rounds = {phases} phases of {:?} (+{:?} warm-up){}",
-        routes.len(),
-        loads.len(),
-        phase_duration,
-        WARMUP,
-        if pinned { "; proxies on core 0, upstream and generator on core 1" } else { "" }
-    );
     let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(BenchError::Target)?;
-    let ours = our_pids(&upstream, &routes);
-    let measured = experiment::run(&target, &routes, &loads, &settings, &mut scheduling, &ours).await?;
+    let what = if pinned { "proxies on core 0, upstream and generator on core 1" } else { "" };
+    let Run { measured, idle_rss, chosen_loads, loads, settings, realtime, ours } =
+        measure(&args, "suite", what, &target, &upstream, &routes).await?;
     let wrk_runs = if chosen_loads.contains(&SuiteLoad::Max) && wrk::available() {
         eprintln!("max throughput with wrk, a second load generator, against the one-hop routes");
         let (one_hop, others): (Vec<Running>, Vec<Running>) = routes
@@ -604,7 +588,7 @@ async fn suite(args: BenchArgs) -> Result<(), BenchError> {
     let json = JsonReport {
         commit: commit(),
         pinned,
-        realtime: scheduling.realtime_works,
+        realtime,
         envoy_version,
         envoy_missing,
         comparators,
@@ -639,28 +623,16 @@ async fn routing(args: BenchArgs) -> Result<(), BenchError> {
             _ => topology::start(route, upstream_addr, &binaries, core, dir).await?,
         });
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle_rss = idle_rss(&routes);
-    let chosen_loads = SuiteLoad::chosen(&args.loads);
-    let loads = suite_loads(&chosen_loads);
-    let settings = suite_settings(&args, rounds, phase_duration);
-    let mut scheduling = realtime_scheduling(&upstream, &routes);
-    eprintln!(
-        "tarmac bench --routing: {} routes × {} loads × {rounds} rounds = {} phases of {:?} (+{:?} warm-up); \
-         HTTPRoutes of 1 and {} rules, requests taking the last; an inbound hop with {} policies and a rate limit, and without",
-        routes.len(),
-        loads.len(),
-        loads.len() * rounds * routes.len(),
-        phase_duration,
-        WARMUP,
-        routing::MANY_RULES,
-        routing::POLICIES,
-    );
     // Numbered, so that the upstream fails only the first try of the retried route's
     // requests (every route's requests carry the number: they stay comparable).
     let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(BenchError::Target)?.numbered();
-    let ours = our_pids(&upstream, &routes);
-    let measured = experiment::run(&target, &routes, &loads, &settings, &mut scheduling, &ours).await?;
+    let what = format!(
+        "HTTPRoutes of 1 and {} rules, requests taking the last; an inbound hop with {} policies and a rate limit, and without",
+        routing::MANY_RULES,
+        routing::POLICIES,
+    );
+    let Run { measured, idle_rss, chosen_loads, loads, settings, realtime, .. } =
+        measure(&args, "routing", &what, &target, &upstream, &routes).await?;
     stop_all(routes).await;
     drop(discovery);
     upstream.stop(STOP_GRACE).await;
@@ -702,7 +674,7 @@ async fn routing(args: BenchArgs) -> Result<(), BenchError> {
     let json = JsonReport {
         commit: commit(),
         pinned: layout.pinned,
-        realtime: scheduling.realtime_works,
+        realtime,
         idle_rss,
         routing: comparisons,
         policy,
@@ -726,25 +698,13 @@ async fn telemetry_costs(args: BenchArgs) -> Result<(), BenchError> {
         let (core, dir) = (layout.proxy_core, workdir.path());
         routes.push(telemetry::start(route, upstream_addr, sink.addr, &binaries, core, dir).await?);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle_rss = idle_rss(&routes);
-    let chosen_loads = SuiteLoad::chosen(&args.loads);
-    let loads = suite_loads(&chosen_loads);
-    let settings = suite_settings(&args, rounds, phase_duration);
-    let mut scheduling = realtime_scheduling(&upstream, &routes);
-    eprintln!(
-        "tarmac bench --telemetry: {} routes × {} loads × {rounds} rounds = {} phases of {:?} (+{:?} warm-up); \
-         one hop tracing {}% of its requests (OTLP to a collector here), one writing a JSON access log, one with neither",
-        routes.len(),
-        loads.len(),
-        loads.len() * rounds * routes.len(),
-        phase_duration,
-        WARMUP,
+    let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(BenchError::Target)?;
+    let what = format!(
+        "one hop tracing {}% of its requests (OTLP to a collector here), one writing a JSON access log, one with neither",
         telemetry::SAMPLING_PERCENT,
     );
-    let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(BenchError::Target)?;
-    let ours = our_pids(&upstream, &routes);
-    let measured = experiment::run(&target, &routes, &loads, &settings, &mut scheduling, &ours).await?;
+    let Run { measured, idle_rss, chosen_loads, loads, settings, realtime, .. } =
+        measure(&args, "telemetry", &what, &target, &upstream, &routes).await?;
     stop_all(routes).await;
     upstream.stop(STOP_GRACE).await;
     let spans = sink.spans();
@@ -769,7 +729,7 @@ async fn telemetry_costs(args: BenchArgs) -> Result<(), BenchError> {
     let json = JsonReport {
         commit: commit(),
         pinned: layout.pinned,
-        realtime: scheduling.realtime_works,
+        realtime,
         idle_rss,
         tracing,
         access_log,
@@ -824,6 +784,52 @@ async fn start_upstream(
 
 /// The suite's loads: the open-loop rates, then max throughput.
 /// How the suite and the routing comparison run their phases.
+/// What a comparison mode measured of its running routes, and how.
+struct Run {
+    measured: Vec<Measured>,
+    idle_rss: Vec<IdleRss>,
+    chosen_loads: Vec<SuiteLoad>,
+    loads: Vec<LoadSpec>,
+    settings: Settings,
+    realtime: Option<bool>,
+    /// The benchmark's own processes: anything else running is contamination.
+    ours: Vec<u32>,
+}
+
+/// Measures `routes` as every comparison mode does: their idle memory once they have
+/// settled, then each chosen load for the rounds asked, routes taking turns, at real-time
+/// priority where it works. `what` ends the line that says what is about to run.
+async fn measure(
+    args: &BenchArgs,
+    mode: &str,
+    what: &str,
+    target: &Target,
+    upstream: &Supervised,
+    routes: &[Running],
+) -> Result<Run, BenchError> {
+    let rounds = args.rounds();
+    let phase_duration = args.duration.unwrap_or(Duration::from_secs(5));
+    // Let the proxies finish starting before their idle memory is read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_rss = idle_rss(routes);
+    let chosen_loads = SuiteLoad::chosen(&args.loads);
+    let loads = suite_loads(&chosen_loads);
+    let settings = suite_settings(args, rounds, phase_duration);
+    let mut scheduling = realtime_scheduling(upstream, routes);
+    eprintln!(
+        "tarmac bench --{mode}: {} routes × {} loads × {rounds} rounds = {} phases of {:?} (+{:?} warm-up){}{what}",
+        routes.len(),
+        loads.len(),
+        loads.len() * rounds * routes.len(),
+        phase_duration,
+        WARMUP,
+        if what.is_empty() { "" } else { "; " },
+    );
+    let ours = our_pids(upstream, routes);
+    let measured = experiment::run(target, routes, &loads, &settings, &mut scheduling, &ours).await?;
+    Ok(Run { measured, idle_rss, chosen_loads, loads, settings, realtime: scheduling.realtime_works, ours })
+}
+
 fn suite_settings(args: &BenchArgs, rounds: usize, phase_duration: Duration) -> Settings {
     Settings {
         protocol: args.protocol,
