@@ -15,6 +15,9 @@
 //! * [`routing`]: `--routing`, a route table of 100 rules against one, and a retried
 //!   request (its first try failed by the upstream) against one that is not, its routes served
 //!   by the control plane's discovery in this process.
+//! * [`telemetry`]: `--telemetry`, one hop tracing 10 % of its requests (to an OTLP
+//!   collector in this process that counts spans) and one writing an access log, against
+//!   the plain hop.
 //! * [`upstream`]: the suite's fast upstream; [`processes`]: the child processes and the
 //!   scheduling tools; [`ca`]: the mTLS routes' throwaway CA.
 //!
@@ -397,7 +400,7 @@ async fn target(args: BenchArgs) -> Result<(), BenchError> {
     }
     let rounds = args.rounds();
     let total = args.duration.unwrap_or(Duration::from_secs(30));
-    let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy: None, nginx: None };
+    let binaries = Binaries::tarmac_only(locate_proxy_binary()?);
     let workdir = WorkDir::create("bench")?;
     let routes = vec![
         topology::start(Route::Direct, target.addr, &binaries, None, workdir.path()).await?,
@@ -525,7 +528,7 @@ async fn suite(args: BenchArgs) -> Result<(), BenchError> {
     }
     let target = Target::parse(&format!("http://{upstream_addr}/")).map_err(BenchError::Target)?;
     let what = if pinned { "proxies on core 0, upstream and generator on core 1" } else { "" };
-    let Run { measured, idle_rss, chosen_loads, loads, settings, realtime, ours } =
+    let Run { measured, idle_rss, chosen_loads, load_names, conditions, settings, realtime, ours } =
         measure(&args, "suite", what, &target, &upstream, &routes).await?;
     let wrk_runs = if chosen_loads.contains(&SuiteLoad::Max) && wrk::available() {
         eprintln!("max throughput with wrk, a second load generator, against the one-hop routes");
@@ -562,10 +565,6 @@ async fn suite(args: BenchArgs) -> Result<(), BenchError> {
     let mut bar = report::bar(&summaries, idle_tarmac_mib, MAX_LOAD);
     bar.push(regression::bar_check(comparison.as_ref()));
     let targets = report::targets(&summaries, costs::per_idle_connection_kib(&cost_points), MAX_LOAD);
-    let conditions = format!(
-        "{}, {} rounds of {:?}, medians; added = route − direct in the same round",
-        args.protocol, rounds, phase_duration
-    );
     print_suite_tables(&summaries, &conditions, &chosen_loads);
     if let Some(message) = &envoy_missing {
         println!("Envoy rows are missing: {message}\n");
@@ -600,15 +599,14 @@ async fn suite(args: BenchArgs) -> Result<(), BenchError> {
         baseline: comparison,
         ..JsonReport::common("suite", args.protocol, rounds, phase_duration, &summaries, &measured)
     };
-    let loads: Vec<String> = loads.iter().map(|l| l.name.clone()).collect();
-    write_outputs(&args, &json, &summaries, &loads, "tarmac bench --suite: latency percentiles")
+    write_outputs(&args, &json, &summaries, &load_names, "tarmac bench --suite: latency percentiles")
 }
 
 async fn routing(args: BenchArgs) -> Result<(), BenchError> {
     let rounds = args.rounds();
     let phase_duration = args.duration.unwrap_or(Duration::from_secs(5));
     let workdir = WorkDir::create("bench")?;
-    let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy: None, nginx: None };
+    let binaries = Binaries::tarmac_only(locate_proxy_binary()?);
     let layout = Layout::choose()?;
     let (upstream, upstream_addr) = start_upstream(&layout, workdir.path()).await?;
     let discovery = routing::Discovery::start(upstream_addr).await?;
@@ -631,7 +629,7 @@ async fn routing(args: BenchArgs) -> Result<(), BenchError> {
         routing::MANY_RULES,
         routing::POLICIES,
     );
-    let Run { measured, idle_rss, chosen_loads, loads, settings, realtime, .. } =
+    let Run { measured, idle_rss, chosen_loads, load_names, conditions, settings, realtime, .. } =
         measure(&args, "routing", &what, &target, &upstream, &routes).await?;
     stop_all(routes).await;
     drop(discovery);
@@ -646,10 +644,6 @@ async fn routing(args: BenchArgs) -> Result<(), BenchError> {
         Route::TarmacInbound,
         Route::TarmacInboundPolicy,
         [0, routing::POLICIES],
-    );
-    let conditions = format!(
-        "{}, {} rounds of {:?}, medians; added = route − direct in the same round",
-        args.protocol, rounds, phase_duration
     );
     print_suite_tables(&summaries, &conditions, &chosen_loads);
     println!(
@@ -681,15 +675,14 @@ async fn routing(args: BenchArgs) -> Result<(), BenchError> {
         retried: retries,
         ..JsonReport::common("routing", args.protocol, rounds, phase_duration, &summaries, &measured)
     };
-    let loads: Vec<String> = loads.iter().map(|l| l.name.clone()).collect();
-    write_outputs(&args, &json, &summaries, &loads, "tarmac bench --routing: latency percentiles")
+    write_outputs(&args, &json, &summaries, &load_names, "tarmac bench --routing: latency percentiles")
 }
 
 async fn telemetry_costs(args: BenchArgs) -> Result<(), BenchError> {
     let rounds = args.rounds();
     let phase_duration = args.duration.unwrap_or(Duration::from_secs(5));
     let workdir = WorkDir::create("bench")?;
-    let binaries = Binaries { tarmac_proxy: locate_proxy_binary()?, envoy: None, nginx: None };
+    let binaries = Binaries::tarmac_only(locate_proxy_binary()?);
     let layout = Layout::choose()?;
     let (upstream, upstream_addr) = start_upstream(&layout, workdir.path()).await?;
     let sink = telemetry::Sink::start().await?;
@@ -703,7 +696,7 @@ async fn telemetry_costs(args: BenchArgs) -> Result<(), BenchError> {
         "one hop tracing {}% of its requests (OTLP to a collector here), one writing a JSON access log, one with neither",
         telemetry::SAMPLING_PERCENT,
     );
-    let Run { measured, idle_rss, chosen_loads, loads, settings, realtime, .. } =
+    let Run { measured, idle_rss, chosen_loads, load_names, conditions, settings, realtime, .. } =
         measure(&args, "telemetry", &what, &target, &upstream, &routes).await?;
     stop_all(routes).await;
     upstream.stop(STOP_GRACE).await;
@@ -714,10 +707,6 @@ async fn telemetry_costs(args: BenchArgs) -> Result<(), BenchError> {
     let sampled = telemetry::SAMPLING_PERCENT as usize;
     let tracing = routing::compare(&summaries, Route::TarmacOneHop, Route::TarmacTraced, [0, sampled]);
     let access_log = routing::compare(&summaries, Route::TarmacOneHop, Route::TarmacAccessLog, [0, 1]);
-    let conditions = format!(
-        "{}, {} rounds of {:?}, medians; added = route − direct in the same round",
-        args.protocol, rounds, phase_duration
-    );
     print_suite_tables(&summaries, &conditions, &chosen_loads);
     println!(
         "{}",
@@ -736,8 +725,7 @@ async fn telemetry_costs(args: BenchArgs) -> Result<(), BenchError> {
         spans_exported: Some(spans),
         ..JsonReport::common("telemetry", args.protocol, rounds, phase_duration, &summaries, &measured)
     };
-    let loads: Vec<String> = loads.iter().map(|l| l.name.clone()).collect();
-    write_outputs(&args, &json, &summaries, &loads, "tarmac bench --telemetry: latency percentiles")
+    write_outputs(&args, &json, &summaries, &load_names, "tarmac bench --telemetry: latency percentiles")
 }
 
 /// Where the suite's processes run: proxies on one core, everything that makes or
@@ -789,7 +777,10 @@ struct Run {
     measured: Vec<Measured>,
     idle_rss: Vec<IdleRss>,
     chosen_loads: Vec<SuiteLoad>,
-    loads: Vec<LoadSpec>,
+    /// The loads as the reports name them.
+    load_names: Vec<String>,
+    /// How the phases ran, for the tables' heading.
+    conditions: String,
     settings: Settings,
     realtime: Option<bool>,
     /// The benchmark's own processes: anything else running is contamination.
@@ -827,7 +818,21 @@ async fn measure(
     );
     let ours = our_pids(upstream, routes);
     let measured = experiment::run(target, routes, &loads, &settings, &mut scheduling, &ours).await?;
-    Ok(Run { measured, idle_rss, chosen_loads, loads, settings, realtime: scheduling.realtime_works, ours })
+    let conditions = format!(
+        "{}, {rounds} rounds of {phase_duration:?}, medians; added = route − direct in the same round",
+        args.protocol
+    );
+    let load_names = loads.iter().map(|l| l.name.clone()).collect();
+    Ok(Run {
+        measured,
+        idle_rss,
+        chosen_loads,
+        load_names,
+        conditions,
+        settings,
+        realtime: scheduling.realtime_works,
+        ours,
+    })
 }
 
 fn suite_settings(args: &BenchArgs, rounds: usize, phase_duration: Duration) -> Settings {

@@ -120,6 +120,13 @@ pub struct Binaries {
     pub nginx: Option<PathBuf>,
 }
 
+impl Binaries {
+    /// For the modes that run no comparator.
+    pub fn tarmac_only(tarmac_proxy: PathBuf) -> Self {
+        Self { tarmac_proxy, envoy: None, nginx: None }
+    }
+}
+
 // === impl Route ===
 
 impl Route {

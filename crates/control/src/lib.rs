@@ -15,7 +15,8 @@
 //!   bootstrap token or the certificate being renewed.
 //! - [`grpc`]: the one gRPC server that carries both to the proxies.
 //! - [`telemetry`]: every proxy's metrics, scraped and turned into golden metrics per
-//!   workload, service, route and edge; the live tap relay.
+//!   workload, service, route and edge; their last hour ([`telemetry::history`]); the live
+//!   tap relay.
 //! - [`api`]: the HTTP JSON API the CLI, the dashboard and Prometheus use.
 //! - [`inject`]: sidecar injection into Kubernetes pods, shared by `tarmac inject` and
 //!   the mutating admission webhook ([`inject::webhook`]) the binary serves.
@@ -23,6 +24,8 @@
 //! - [`workloads`]: restart requests, handed to whoever runs the Workloads (`tarmac up`).
 //! - [`prometheus`] and [`http_client`]: the Prometheus text format and a small loopback
 //!   HTTP client, shared with the CLI.
+//! - [`tls`]: the serving certificates the control plane issues itself (the gRPC API's,
+//!   the webhook's).
 
 pub mod api;
 mod app;

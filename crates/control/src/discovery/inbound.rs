@@ -67,15 +67,12 @@ pub fn compute(
     mesh: DefaultPolicy,
     proxy: &ProxyIdentity,
 ) -> InboundUpdate {
-    let namespace = if proxy.namespace.is_empty() { "default" } else { proxy.namespace.as_str() };
+    let namespace = super::namespace_of(proxy);
+    let labels = super::labels_of(snapshot, instances, namespace, &proxy.workload);
     let key = ObjectKey { kind: "Workload", namespace: namespace.to_string(), name: proxy.workload.clone() };
-    let (labels, workload_port) = match snapshot.objects.get(&key) {
-        Some(Resource::Workload(w)) => (w.metadata.labels.clone(), Some(w.spec.port)),
-        _ => {
-            let instance =
-                instances.iter().find(|i| i.namespace == namespace && i.workload == proxy.workload);
-            (instance.map(|i| i.labels.clone()).unwrap_or_default(), None)
-        }
+    let workload_port = match snapshot.objects.get(&key) {
+        Some(Resource::Workload(w)) => Some(w.spec.port),
+        _ => None,
     };
     let mut ports: BTreeMap<u16, InboundPort> = BTreeMap::new();
     for resource in snapshot.iter_kind("Service") {

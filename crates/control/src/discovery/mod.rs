@@ -14,12 +14,37 @@ pub mod telemetry;
 
 use crate::registry::Instance;
 use crate::store::Snapshot;
+use std::collections::BTreeMap;
 use tarmac_model::meta::selector_matches;
 use tarmac_model::{ObjectKey, Resource, Service};
-use tarmac_proto::discovery::{Endpoint, Protocol, ServiceUpdate};
+use tarmac_proto::discovery::{Endpoint, Protocol, ProxyIdentity, ServiceUpdate};
 
 /// The trust domain of SPIFFE identities until identity is configurable.
 pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// The namespace a proxy names, `default` when it names none.
+pub fn namespace_of(proxy: &ProxyIdentity) -> &str {
+    if proxy.namespace.is_empty() { "default" } else { proxy.namespace.as_str() }
+}
+
+/// The workload's labels: its Workload's, or (a proxy configured by hand) its running
+/// instances'.
+pub fn labels_of(
+    snapshot: &Snapshot,
+    instances: &[Instance],
+    namespace: &str,
+    workload: &str,
+) -> BTreeMap<String, String> {
+    let key = ObjectKey { kind: "Workload", namespace: namespace.to_string(), name: workload.to_string() };
+    match snapshot.objects.get(&key) {
+        Some(Resource::Workload(w)) => w.metadata.labels.clone(),
+        _ => instances
+            .iter()
+            .find(|i| i.namespace == namespace && i.workload == workload)
+            .map(|i| i.labels.clone())
+            .unwrap_or_default(),
+    }
+}
 
 pub fn spiffe_id(namespace: &str, service_account: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{service_account}")

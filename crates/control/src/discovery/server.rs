@@ -197,8 +197,7 @@ impl Discovery for DiscoveryService {
         let proxy = request.into_inner().proxy.unwrap_or_default();
         // As for the inbound policy: a proxy learns its own namespace's settings only.
         if let Some(caller) = &caller {
-            let namespace = if proxy.namespace.is_empty() { "default" } else { proxy.namespace.as_str() };
-            caller.check(namespace, &proxy.service_account)?;
+            caller.check(super::namespace_of(&proxy), &proxy.service_account)?;
         }
         if proxy.workload.is_empty() {
             return Err(Status::invalid_argument(
@@ -222,8 +221,7 @@ impl Discovery for DiscoveryService {
         let req = request.into_inner();
         if let Some(caller) = &caller {
             let claimed = req.proxy.clone().unwrap_or_default();
-            let namespace = if claimed.namespace.is_empty() { "default" } else { claimed.namespace.as_str() };
-            caller.check(namespace, &claimed.service_account)?;
+            caller.check(super::namespace_of(&claimed), &claimed.service_account)?;
         }
         let port = u16::try_from(req.port).map_err(|_| Status::invalid_argument("port must be 1-65535"))?;
         if req.service.is_empty() || port == 0 {
@@ -274,8 +272,7 @@ impl Discovery for DiscoveryService {
         // Over TLS a proxy gets the policy of its own namespace and service account only:
         // what its certificate proves (the workload name is its claim within them).
         if let Some(caller) = &caller {
-            let namespace = if proxy.namespace.is_empty() { "default" } else { proxy.namespace.as_str() };
-            caller.check(namespace, &proxy.service_account)?;
+            caller.check(super::namespace_of(&proxy), &proxy.service_account)?;
         }
         if proxy.workload.is_empty() {
             return Err(Status::invalid_argument(

@@ -6,9 +6,9 @@
 use crate::registry::Instance;
 use crate::store::Snapshot;
 use std::collections::BTreeMap;
+use tarmac_model::Resource;
 use tarmac_model::meta::selector_matches;
 use tarmac_model::telemetry::{self, AccessLogFormat, MeshDefaults};
-use tarmac_model::{ObjectKey, Resource};
 use tarmac_proto::discovery::{self as pb, ProxyIdentity, TelemetryUpdate};
 
 /// The telemetry of the workload `proxy` names.
@@ -18,8 +18,8 @@ pub fn compute(
     defaults: &MeshDefaults,
     proxy: &ProxyIdentity,
 ) -> TelemetryUpdate {
-    let namespace = if proxy.namespace.is_empty() { "default" } else { proxy.namespace.as_str() };
-    let labels = labels_of(snapshot, instances, namespace, &proxy.workload);
+    let namespace = super::namespace_of(proxy);
+    let labels = super::labels_of(snapshot, instances, namespace, &proxy.workload);
     let objects = snapshot.iter_kind("Telemetry").filter_map(|r| match r {
         Resource::Telemetry(t) => Some(t),
         _ => None,
@@ -37,25 +37,6 @@ pub fn compute(
             } as i32,
         }),
         sources: resolved.sources,
-    }
-}
-
-/// The workload's labels: its Workload's, or (a proxy configured by hand) its running
-/// instances'.
-pub fn labels_of(
-    snapshot: &Snapshot,
-    instances: &[Instance],
-    namespace: &str,
-    workload: &str,
-) -> BTreeMap<String, String> {
-    let key = ObjectKey { kind: "Workload", namespace: namespace.to_string(), name: workload.to_string() };
-    match snapshot.objects.get(&key) {
-        Some(Resource::Workload(w)) => w.metadata.labels.clone(),
-        _ => instances
-            .iter()
-            .find(|i| i.namespace == namespace && i.workload == workload)
-            .map(|i| i.labels.clone())
-            .unwrap_or_default(),
     }
 }
 
