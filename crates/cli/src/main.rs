@@ -4,7 +4,8 @@
 //! YAML; `check`, `stat`, `edges`, `top`, `tap`, `routes`, `authz` and `prometheus-config`
 //! look at a running mesh through the control plane's API; `tarmac identity` shows or
 //! imports the mesh's CA; `tarmac inject` adds the sidecar to Kubernetes manifests and
-//! `tarmac install` prints the webhook that does it in a cluster; `tarmac restart`
+//! `tarmac install` prints (or applies) the mesh's objects for a cluster and `tarmac
+//! uninstall` removes them, `tarmac check --pre` says whether a cluster can take it; `tarmac restart`
 //! restarts a Workload of a running `tarmac up` one replica at a time; `tarmac bench`
 //! measures the latency and cost the mesh adds. This file only parses arguments and
 //! dispatches.
@@ -46,6 +47,7 @@ impl CliError {
     fn advice(&self) -> Option<String> {
         match self {
             Self::Api(e) => e.advice(),
+            Self::Install(e) => e.advice(),
             _ => None,
         }
     }
@@ -70,6 +72,7 @@ enum Command {
     Identity(identity::IdentityArgs),
     Inject(inject::InjectArgs),
     Install(install::InstallArgs),
+    Uninstall(install::UninstallArgs),
     Check(observe::check::CheckArgs),
     Stat(observe::stat::StatArgs),
     Edges(observe::stat::EdgesArgs),
@@ -122,7 +125,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => tarmac_bench::main(args, &runtime).map_err(CliError::from),
         Command::Identity(args) => identity::run(args).map_err(CliError::from),
         Command::Inject(args) => inject::run(args).map_err(CliError::from),
-        Command::Install(args) => install::run(args).map_err(CliError::from),
+        Command::Install(args) => runtime.block_on(install::install(args)).map_err(CliError::from),
+        Command::Uninstall(args) => runtime.block_on(install::uninstall(args)).map_err(CliError::from),
         // `check` fails (exit 1) when a check fails, without a second message.
         Command::Check(args) => match runtime.block_on(observe::check::check(args)) {
             Ok(true) => Ok(()),

@@ -195,6 +195,12 @@ impl Ca {
         &self.issuer_pem
     }
 
+    /// The issuer's private key (PEM): for writing the CA somewhere other than a directory
+    /// (`tarmac install`'s Secret), never for logging.
+    pub fn issuer_key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
+    }
+
     /// The issuer's certificate, then any intermediates up to the anchors.
     pub fn issuer_chain_der(&self) -> &[Vec<u8>] {
         &self.issuer_chain_der

@@ -184,22 +184,9 @@ async fn store_config(args: &Args) -> Result<Config, String> {
     Ok(Config::files(dir))
 }
 
-/// A client of the API server `kubeconfig` names, else the one kube-rs infers (the
-/// `KUBECONFIG` variable, `~/.kube/config`, then the in-cluster ServiceAccount).
+/// A client of the API server `kubeconfig` names, else the one kube-rs infers.
 async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, String> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
-                .await
-                .map_err(|e| format!("the kubeconfig {}: {e}", path.display()))?
-        }
-        None => kube::Config::infer().await.map_err(|e| {
-            format!("no Kubernetes API to talk to (give --kubeconfig, or run in a cluster): {e}")
-        })?,
-    };
-    kube::Client::try_from(config).map_err(|e| format!("cannot make a Kubernetes API client: {e}"))
+    tarmac_kube::client(kubeconfig).await.map_err(|e| e.to_string())
 }
 
 /// The typed configuration, with the CA loaded (or generated) and the tokens read.

@@ -15,11 +15,52 @@ pub struct CheckArgs {
     pub output: Output,
     #[command(flatten)]
     pub control: ControlArgs,
+    /// Before `tarmac install`: can this cluster, with these credentials, take Tarmac?
+    /// Asks the Kubernetes API (not the control plane): version, permissions, Gateway API
+    /// CRDs, admission webhooks, the control plane's namespace.
+    #[arg(long)]
+    pub pre: bool,
+    /// With --pre: the kubeconfig (else $KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long, value_name = "FILE", requires = "pre")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// With --pre: the namespace `tarmac install` would use.
+    #[arg(long, default_value = tarmac_kube::install::DEFAULT_NAMESPACE, requires = "pre")]
+    pub namespace: String,
 }
 
 /// Ok(true) when every check passed.
 pub async fn check(args: CheckArgs) -> Result<bool, ApiError> {
-    let report = match args.control.get_json("/api/v1/check").await {
+    let report = if args.pre {
+        pre_check(&args).await
+    } else {
+        control_check(&args).await
+    };
+    let ok = report["ok"].as_bool().unwrap_or(false);
+    if args.output == Output::Json {
+        print_json(&report);
+        return Ok(ok);
+    }
+    print_report(&report);
+    Ok(ok)
+}
+
+/// `--pre`: the cluster's API, asked by [`tarmac_kube::precheck`], in the report's shape.
+async fn pre_check(args: &CheckArgs) -> serde_json::Value {
+    let checks = match tarmac_kube::client(args.kubeconfig.as_deref()).await {
+        Ok(client) => tarmac_kube::precheck::pre_checks(&client, &args.namespace).await,
+        Err(e) => vec![tarmac_kube::precheck::Check {
+            name: "Kubernetes API".into(),
+            ok: false,
+            detail: e.to_string(),
+            hint: "give --kubeconfig, or set KUBECONFIG".into(),
+        }],
+    };
+    let ok = checks.iter().all(|c| c.ok);
+    json!({"ok": ok, "checks": checks})
+}
+
+async fn control_check(args: &CheckArgs) -> serde_json::Value {
+    match args.control.get_json("/api/v1/check").await {
         Ok(report) => report,
         Err(e) => {
             let (detail, hint) = (e.to_string(), e.advice().unwrap_or_default());
@@ -34,12 +75,11 @@ pub async fn check(args: CheckArgs) -> Result<bool, ApiError> {
                 "proxies": [],
             })
         }
-    };
-    let ok = report["ok"].as_bool().unwrap_or(false);
-    if args.output == Output::Json {
-        print_json(&report);
-        return Ok(ok);
     }
+}
+
+fn print_report(report: &serde_json::Value) {
+    let ok = report["ok"].as_bool().unwrap_or(false);
     for check in report["checks"].as_array().into_iter().flatten() {
         let passed = check["ok"].as_bool().unwrap_or(false);
         println!(
@@ -72,5 +112,4 @@ pub async fn check(args: CheckArgs) -> Result<bool, ApiError> {
     }
     println!();
     println!("{}", if ok { "Status check results are √" } else { "Some checks failed: see × above" });
-    Ok(ok)
 }
