@@ -53,13 +53,8 @@ pub async fn pre_checks(client: &Client, namespace: &str) -> Vec<Check> {
     };
     checks.push(pass("API server reachable", format!("Kubernetes {}", version.git_version)));
     checks.push(version_check(&version.major, &version.minor));
-    let options = Options { namespace: namespace.to_string(), ..Options::default() };
     // Only kinds and names matter: the certificates generated here are thrown away.
-    let manifests = install::manifests(&Options {
-        identity: install::IdentitySource::External,
-        webhook: install::WebhookSource::External { ca_pem: String::new() },
-        ..options
-    });
+    let manifests = install::manifests(&Options { namespace: namespace.to_string(), ..Options::default() });
     match manifests {
         Ok(manifests) => checks.extend(access_checks(client, &manifests, namespace).await),
         Err(e) => checks.push(fail("the manifests", e.to_string(), "")),

@@ -19,6 +19,15 @@
 //!   namespaced collection creates (409 if taken), `PUT` of an object replaces it only
 //!   from its current resourceVersion (409 otherwise), `PATCH .../status` merges
 //!   `status`; each is an event to the watches, and is recorded with the client's token.
+//! - For `tarmac install --apply`, `uninstall --apply` and `check --pre` (the functions
+//!   under "Install, uninstall, check --pre" below): server-side apply (`PATCH` with
+//!   `application/apply-patch+yaml` and a `fieldManager`; creates the object, or overlays
+//!   the applied fields on it; an apply that changes nothing keeps the resourceVersion
+//!   and sends no event, as the API server's no-op applies; a namespaced object needs its
+//!   Namespace), `DELETE` (404 when absent), cluster-scoped objects
+//!   (`/apis/G/V/PLURAL/NAME`, `/api/v1/namespaces/NAME`), `GET /version`,
+//!   `SelfSubjectAccessReview`s answered from a deny list, discovery of a group version
+//!   (`GET /apis/G/V`), and CRDs `Established` after a number of reads.
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -55,6 +64,7 @@ struct State {
     requests: Vec<String>,
     /// Every write accepted, `TOKEN METHOD PATH`, in order.
     writes: Vec<String>,
+    install: InstallState,
 }
 
 #[derive(Default)]
@@ -269,6 +279,9 @@ fn answer(state: &Mutex<State>, request: &Request<Bytes>) -> Response<ResponseBo
         .unwrap_or("")
         .to_string();
     state.requests.push(format!("{} {path}?{query}", request.method()));
+    if let Some(response) = answer_install(&mut state, request, &token) {
+        return response;
+    }
     if let Some(item) = Item::parse(&path) {
         return answer_item(&mut state, request, &item, &token);
     }
@@ -356,6 +369,15 @@ impl Item {
                     namespace: namespace.to_string(),
                     name: name.to_string(),
                     status: rest.len() == 5,
+                })
+            }
+            // Cluster-scoped: `/apis/G/V/PLURAL/NAME[/status]`, `/api/v1/namespaces/NAME`.
+            [plural, name] | [plural, name, "status"] if *plural != "namespaces" || rest.len() == 2 => {
+                Some(Self {
+                    collection: format!("{prefix}/{plural}"),
+                    namespace: String::new(),
+                    name: name.to_string(),
+                    status: rest.len() == 3,
                 })
             }
             _ => None,
@@ -463,4 +485,252 @@ impl Body for ChannelBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Install, uninstall, check --pre: server-side apply, DELETE, `/version`,
+// SelfSubjectAccessReview, discovery, CRDs' `Established` condition.
+
+const CRDS: &str = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+const NAMESPACES: &str = "/api/v1/namespaces";
+
+struct InstallState {
+    /// What `GET /version` reports: major, minor.
+    version: (String, String),
+    /// `(verb, group, resource)` SelfSubjectAccessReviews answer not allowed.
+    denied: HashSet<(String, String, String)>,
+    /// `group/version` to its resources: `(plural, kind, namespaced)`.
+    groups: BTreeMap<String, Vec<(String, String, bool)>>,
+    /// A new CRD is `Established` on its Nth read (0: at once), as the API server
+    /// establishes it shortly after creating it.
+    establish_after_reads: u32,
+    crd_reads: BTreeMap<String, u32>,
+}
+
+impl Default for InstallState {
+    fn default() -> Self {
+        Self {
+            version: ("1".into(), "31".into()),
+            denied: HashSet::new(),
+            groups: BTreeMap::new(),
+            establish_after_reads: 0,
+            crd_reads: BTreeMap::new(),
+        }
+    }
+}
+
+impl ApiServer {
+    /// `GET /version` reports `major.minor` (1.31 unless set).
+    pub fn set_version(&self, major: &str, minor: &str) {
+        self.state.lock().unwrap().install.version = (major.into(), minor.into());
+    }
+
+    /// SelfSubjectAccessReviews of `verb` on `group`/`resource` answer not allowed.
+    pub fn deny(&self, verb: &str, group: &str, resource: &str) {
+        self.state.lock().unwrap().install.denied.insert((verb.into(), group.into(), resource.into()));
+    }
+
+    /// `GET /apis/{group_version}` lists these resources: `(plural, kind, namespaced)`.
+    pub fn serve_group(&self, group_version: &str, resources: &[(&str, &str, bool)]) {
+        let resources = resources.iter().map(|(p, k, n)| (p.to_string(), k.to_string(), *n)).collect();
+        self.state.lock().unwrap().install.groups.insert(group_version.into(), resources);
+    }
+
+    /// CRDs created from now on are `Established` on their `reads`th read, not at once.
+    pub fn establish_crds_after_reads(&self, reads: u32) {
+        self.state.lock().unwrap().install.establish_after_reads = reads;
+    }
+
+    /// Every object of every collection, `Kind namespace/name` (namespace empty for
+    /// cluster-scoped ones).
+    pub fn objects(&self) -> Vec<String> {
+        let state = self.state.lock().unwrap();
+        let mut all: Vec<String> = state
+            .collections
+            .values()
+            .flat_map(|c| c.objects.iter().map(|((ns, name), object)| {
+                format!("{} {ns}/{name}", object["kind"].as_str().unwrap_or("?"))
+            }))
+            .collect();
+        all.sort();
+        all
+    }
+}
+
+/// The requests only install, uninstall and `check --pre` make; `None` for the others.
+fn answer_install(state: &mut State, request: &Request<Bytes>, token: &str) -> Option<Response<ResponseBody>> {
+    let path = request.uri().path();
+    let method = request.method();
+    if method == http::Method::GET && path == "/version" {
+        let (major, minor) = &state.install.version;
+        return Some(json_response(StatusCode::OK, &json!({
+            "major": major, "minor": minor, "gitVersion": format!("v{major}.{minor}.0"),
+            "platform": "linux/amd64",
+        })));
+    }
+    if method == http::Method::POST && path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" {
+        let Ok(mut review) = serde_json::from_slice::<Value>(request.body()) else { return Some(bad_request()) };
+        let attributes = &review["spec"]["resourceAttributes"];
+        let text = |field: &str| attributes[field].as_str().unwrap_or("").to_string();
+        let key = (text("verb"), text("group"), text("resource"));
+        let allowed = !state.install.denied.contains(&key);
+        review["status"] = if allowed {
+            json!({"allowed": true, "reason": "scripted"})
+        } else {
+            json!({"allowed": false, "reason": "denied by the scripted server"})
+        };
+        return Some(json_response(StatusCode::CREATED, &review));
+    }
+    if method == http::Method::GET
+        && let Some(group_version) = path.strip_prefix("/apis/").filter(|gv| gv.matches('/').count() == 1)
+    {
+        let Some(resources) = state.install.groups.get(group_version) else {
+            return Some(json_response(StatusCode::NOT_FOUND, &status_body(404, "NotFound", "not served")));
+        };
+        let resources: Vec<Value> = resources
+            .iter()
+            .map(|(plural, kind, namespaced)| json!({
+                "name": plural, "singularName": "", "namespaced": namespaced, "kind": kind,
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+            }))
+            .collect();
+        return Some(json_response(StatusCode::OK, &json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources,
+        })));
+    }
+    let item = Item::parse(path)?;
+    if item.status {
+        return None;
+    }
+    let is_apply = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
+    match method {
+        &http::Method::PATCH if is_apply => Some(server_side_apply(state, request, &item, token)),
+        &http::Method::DELETE => Some(delete_item(state, &item, token, path)),
+        &http::Method::GET if item.collection == CRDS => {
+            establish(state, &item.name);
+            None
+        }
+        _ => None,
+    }
+}
+
+/// `PATCH` with `application/apply-patch+yaml`. Simplified: the applied fields overlay
+/// the stored object (fields this manager stopped applying are not removed, as the API
+/// server would through managedFields).
+fn server_side_apply(state: &mut State, request: &Request<Bytes>, item: &Item, token: &str) -> Response<ResponseBody> {
+    let query = request.uri().query().unwrap_or("");
+    if !query.split('&').any(|pair| pair.starts_with("fieldManager=") && pair.len() > "fieldManager=".len()) {
+        let message = "PATCH, fieldManager is required for apply requests";
+        return json_response(StatusCode::BAD_REQUEST, &status_body(400, "BadRequest", message));
+    }
+    // JSON is YAML: what kube-rs sends.
+    let Ok(applied) = serde_json::from_slice::<Value>(request.body()) else { return bad_request() };
+    if applied["metadata"]["name"].as_str() != Some(item.name.as_str()) {
+        let message = "the name of the object does not match the name on the URL";
+        return json_response(StatusCode::BAD_REQUEST, &status_body(400, "BadRequest", message));
+    }
+    if !item.namespace.is_empty() {
+        let exists = state
+            .collections
+            .get(NAMESPACES)
+            .is_some_and(|c| c.objects.contains_key(&(String::new(), item.namespace.clone())));
+        if !exists {
+            let message = format!("namespaces \"{}\" not found", item.namespace);
+            return json_response(StatusCode::NOT_FOUND, &status_body(404, "NotFound", &message));
+        }
+    }
+    let key = (item.namespace.clone(), item.name.clone());
+    let stored = state.collections.get(&item.collection).and_then(|c| c.objects.get(&key)).cloned();
+    let path = request.uri().path().to_string();
+    let (mut object, event, status) = match stored {
+        Some(stored) => {
+            let mut merged = stored.clone();
+            overlay(&mut merged, &applied);
+            if merged == stored {
+                return json_response(StatusCode::OK, &stored);
+            }
+            (merged, "MODIFIED", StatusCode::OK)
+        }
+        None => {
+            let mut object = applied;
+            if !item.namespace.is_empty() {
+                object["metadata"]["namespace"] = Value::String(item.namespace.clone());
+            }
+            object["metadata"]["uid"] = Value::String(format!("uid-{}", state.version + 1));
+            object["metadata"]["creationTimestamp"] = Value::String("2026-12-01T10:00:00Z".into());
+            (object, "ADDED", StatusCode::CREATED)
+        }
+    };
+    if item.collection == CRDS && event == "ADDED" {
+        object["status"] = json!({"conditions": []});
+        state.install.crd_reads.insert(item.name.clone(), 0);
+    }
+    state.wrote(token, &http::Method::PATCH, &path);
+    let stored = state.store(&item.collection, object, event);
+    if item.collection == CRDS && event == "ADDED" && state.install.establish_after_reads == 0 {
+        establish(state, &item.name);
+        return json_response(status, &state.collections[CRDS].objects[&key]);
+    }
+    json_response(status, &stored)
+}
+
+/// Counts a read of the CRD `name`; on the configured read, its `NamesAccepted` and
+/// `Established` conditions become `True`.
+fn establish(state: &mut State, name: &str) {
+    let after = state.install.establish_after_reads;
+    let Some(reads) = state.install.crd_reads.get_mut(name) else { return };
+    *reads += 1;
+    if *reads < after && after > 0 {
+        return;
+    }
+    state.install.crd_reads.remove(name);
+    let key = (String::new(), name.to_string());
+    let Some(mut crd) = state.collections.get(CRDS).and_then(|c| c.objects.get(&key)).cloned() else { return };
+    let condition = |kind: &str| json!({
+        "type": kind, "status": "True", "reason": kind, "message": "scripted",
+        "lastTransitionTime": "2026-12-01T10:00:00Z",
+    });
+    crd["status"] = json!({
+        "conditions": [condition("NamesAccepted"), condition("Established")],
+        "acceptedNames": crd["spec"]["names"].clone(),
+        "storedVersions": ["v1alpha1"],
+    });
+    state.store(CRDS, crd, "MODIFIED");
+}
+
+/// Overlays `applied` on `target`: objects merge field by field, anything else replaces.
+fn overlay(target: &mut Value, applied: &Value) {
+    match (target, applied) {
+        (Value::Object(target), Value::Object(applied)) => {
+            for (field, value) in applied {
+                overlay(target.entry(field.clone()).or_insert(Value::Null), value);
+            }
+        }
+        (target, applied) => *target = applied.clone(),
+    }
+}
+
+/// `DELETE` of one object: gone at once (no finalizers here), a `DELETED` event; 404 when
+/// there is none.
+fn delete_item(state: &mut State, item: &Item, token: &str, path: &str) -> Response<ResponseBody> {
+    let key = (item.namespace.clone(), item.name.clone());
+    let removed = state.collections.get_mut(&item.collection).and_then(|c| c.objects.remove(&key));
+    let Some(mut object) = removed else {
+        let message = format!("\"{}\" not found", item.name);
+        return json_response(StatusCode::NOT_FOUND, &status_body(404, "NotFound", &message));
+    };
+    state.wrote(token, &http::Method::DELETE, path);
+    state.version += 1;
+    let version = state.version;
+    object["metadata"]["resourceVersion"] = Value::String(version.to_string());
+    if let Some(collection) = state.collections.get_mut(&item.collection) {
+        collection.publish(version, "DELETED", object);
+    }
+    json_response(StatusCode::OK, &json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+        "details": {"name": item.name},
+    }))
 }
