@@ -83,7 +83,10 @@ fn install_prints_every_object_in_order_and_each_validates_against_the_api_schem
     assert_eq!(namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
     let deployment = find(&docs, "Deployment", "tarmac-control");
     assert_eq!(deployment["spec"]["replicas"], 2);
-    assert_eq!(deployment["spec"]["template"]["spec"]["containers"][0]["image"], format!("tarmac/control:{}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        format!("tarmac/control:{}", env!("CARGO_PKG_VERSION"))
+    );
     assert_eq!(find(&docs, "PodDisruptionBudget", "tarmac-control")["spec"]["minAvailable"], 1);
     // Never the control plane's own pods, nor kube-system's: the control plane must not
     // wait for itself to start.
@@ -103,7 +106,11 @@ fn install_prints_every_object_in_order_and_each_validates_against_the_api_schem
         // And at the oldest Kubernetes Tarmac supports (native sidecars).
         let path = temp_dir("install-validate").join("install-1.29.yaml");
         std::fs::write(&path, &yaml).unwrap();
-        let out = Command::new("kubernetes-validate").args(["--strict", "-k", "1.29.0"]).arg(&path).output().unwrap();
+        let out = Command::new("kubernetes-validate")
+            .args(["--strict", "-k", "1.29.0"])
+            .arg(&path)
+            .output()
+            .unwrap();
         let report = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success() && !report.contains("ERROR"), "{report}");
         assert_eq!(report.matches("passed").count(), docs.len(), "{report}");
@@ -111,11 +118,20 @@ fn install_prints_every_object_in_order_and_each_validates_against_the_api_schem
 
     // The flags reach the objects; --crds alone cannot take them.
     let yaml = stdout(&tarmac(&[
-        "install", "--namespace", "mesh", "--image", "registry.example/control:dev", "--replicas", "3",
+        "install",
+        "--namespace",
+        "mesh",
+        "--image",
+        "registry.example/control:dev",
+        "--replicas",
+        "3",
         "--identity-external",
     ]));
     let docs = documents(&yaml);
-    assert!(!yaml.contains("tarmac-identity\n  namespace") && !docs.iter().any(|d| d["metadata"]["name"] == "tarmac-identity"));
+    assert!(
+        !yaml.contains("tarmac-identity\n  namespace")
+            && !docs.iter().any(|d| d["metadata"]["name"] == "tarmac-identity")
+    );
     let deployment = find(&docs, "Deployment", "tarmac-control");
     assert_eq!(deployment["metadata"]["namespace"], "mesh");
     assert_eq!(deployment["spec"]["replicas"], 3);
@@ -131,7 +147,11 @@ fn install_prints_every_object_in_order_and_each_validates_against_the_api_schem
 fn cert_names(pem: &str) -> String {
     let path = temp_dir("install-cert").join("cert.pem");
     std::fs::write(&path, pem).unwrap();
-    let out = Command::new("openssl").args(["x509", "-noout", "-ext", "subjectAltName", "-in"]).arg(&path).output().unwrap();
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(&path)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -146,7 +166,10 @@ fn openssl_verify(ca: &str, cert: &str, hostname: Option<&str>) -> (bool, String
         command.args(["-verify_hostname", hostname]);
     }
     let out = command.arg(dir.join("cert.pem")).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
 }
 
 #[test]
@@ -185,8 +208,10 @@ fn the_generated_certificates_chain_as_the_api_server_and_proxies_check_them() {
 
     // The mesh's CA, cert-manager's shape: the issuer is a CA chaining to ca.crt, with its key.
     let secret = find(&docs, "Secret", "tarmac-identity");
-    let (anchors, issuer, key) = (secret_data(secret, "ca.crt"), secret_data(secret, "tls.crt"), secret_data(secret, "tls.key"));
-    let ca = tarmac_identity::ca::Ca::from_issuer(&anchors, &issuer, &key).expect("a CA the control plane loads");
+    let (anchors, issuer, key) =
+        (secret_data(secret, "ca.crt"), secret_data(secret, "tls.crt"), secret_data(secret, "tls.key"));
+    let ca =
+        tarmac_identity::ca::Ca::from_issuer(&anchors, &issuer, &key).expect("a CA the control plane loads");
     assert!(ca.issuer_info().is_ca);
     ca.check_chains_to_anchors().expect("what it issues verifies against ca.crt");
     let (ok, report) = openssl_verify(&anchors, &issuer, None);
@@ -204,7 +229,8 @@ fn deployment_args() -> (Vec<String>, bool) {
     let docs = documents(&stdout(&tarmac(&["install"])));
     let deployment = find(&docs, "Deployment", "tarmac-control");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-    let args = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+    let args =
+        container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
     let help = Command::new(binary("tarmac-control")).arg("--help").output().unwrap();
     let knows = String::from_utf8_lossy(&help.stdout).contains("--identity-secret");
     (args, knows)
@@ -217,17 +243,16 @@ fn flag(arg: &str) -> &str {
 #[test]
 fn the_deployments_args_are_accepted_by_the_real_tarmac_control() {
     let (args, knows_identity) = deployment_args();
-    let args: Vec<&String> = args
-        .iter()
-        .filter(|a| knows_identity || !ARRIVING_WITH_IDENTITY.contains(&flag(a)))
-        .collect();
+    let args: Vec<&String> =
+        args.iter().filter(|a| knows_identity || !ARRIVING_WITH_IDENTITY.contains(&flag(a))).collect();
     assert!(args.len() >= 8, "{args:?}");
     // clap parses left to right and stops at --help: an unknown flag or a bad value
     // before it fails the parse, exit 2.
     let out = Command::new(binary("tarmac-control")).args(&args).arg("--help").output().unwrap();
     assert!(out.status.success(), "{:?} refused:\n{}", args, String::from_utf8_lossy(&out.stderr));
     // The check is real: a misspelt flag fails it.
-    let out = Command::new(binary("tarmac-control")).arg("--grpc-lisen=0.0.0.0:1").arg("--help").output().unwrap();
+    let out =
+        Command::new(binary("tarmac-control")).arg("--grpc-lisen=0.0.0.0:1").arg("--help").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -245,7 +270,9 @@ struct Attributes {
 fn attributes(request: &str) -> Attributes {
     let (method, url) = request.split_once(' ').unwrap();
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
-    let param = |name: &str| query.split('&').find_map(|p| p.strip_prefix(name)?.strip_prefix('=')).map(|v| v.replace("%3D", "="));
+    let param = |name: &str| {
+        query.split('&').find_map(|p| p.strip_prefix(name)?.strip_prefix('=')).map(|v| v.replace("%3D", "="))
+    };
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (group, rest) = match parts[0] {
         "api" => (String::new(), &parts[2..]),
@@ -272,7 +299,8 @@ fn attributes(request: &str) -> Attributes {
         other => panic!("{other}"),
     };
     if rest.len() == 1
-        && let Some(selected) = param("fieldSelector").and_then(|f| f.strip_prefix("metadata.name=").map(str::to_string))
+        && let Some(selected) =
+            param("fieldSelector").and_then(|f| f.strip_prefix("metadata.name=").map(str::to_string))
     {
         name = selected;
     }
@@ -297,21 +325,30 @@ async fn the_printed_rbac_allows_every_request_tarmac_control_makes_and_nothing_
     }
     let server = ApiServer::start().await;
     let seed = |path: &str, value: Value| server.apply(path, value);
-    seed("/api/v1/services", json!({"apiVersion": "v1", "kind": "Service",
+    seed(
+        "/api/v1/services",
+        json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "books", "namespace": "default"},
-        "spec": {"selector": {"app": "books"}, "ports": [{"port": 80, "protocol": "TCP"}]}}));
+        "spec": {"selector": {"app": "books"}, "ports": [{"port": 80, "protocol": "TCP"}]}}),
+    );
     // A route, so that its status is written (patch on httproutes/status); grpcroutes/status
     // is the same code path for the other kind.
-    seed("/apis/gateway.networking.k8s.io/v1/httproutes", json!({
+    seed(
+        "/apis/gateway.networking.k8s.io/v1/httproutes",
+        json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
         "metadata": {"name": "books", "namespace": "default", "generation": 1},
         "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "books", "port": 80}],
-                 "rules": [{"backendRefs": [{"name": "books", "port": 80}]}]}}));
-    seed("/apis/gateway.networking.k8s.io/v1/grpcroutes", json!({
+                 "rules": [{"backendRefs": [{"name": "books", "port": 80}]}]}}),
+    );
+    seed(
+        "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+        json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute",
         "metadata": {"name": "books-grpc", "namespace": "default", "generation": 1},
         "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "books", "port": 80}],
-                 "rules": [{"backendRefs": [{"name": "books", "port": 80}]}]}}));
+                 "rules": [{"backendRefs": [{"name": "books", "port": 80}]}]}}),
+    );
     let dir = temp_dir("install-rbac");
     let kubeconfig = server.kubeconfig(&dir);
     // The Deployment's own command line, on loopback ports, with the webhook's generated
@@ -342,8 +379,9 @@ async fn the_printed_rbac_allows_every_request_tarmac_control_makes_and_nothing_
     // routes' status written.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let done = |requests: &[String]| {
-        requests.iter().any(|r| r.starts_with("PUT /apis/coordination.k8s.io/v1/namespaces/tarmac-system/leases/tarmac-control"))
-            && requests.iter().any(|r| r.starts_with("PATCH") && r.contains("httproutes/books/status"))
+        requests.iter().any(|r| {
+            r.starts_with("PUT /apis/coordination.k8s.io/v1/namespaces/tarmac-system/leases/tarmac-control")
+        }) && requests.iter().any(|r| r.starts_with("PATCH") && r.contains("httproutes/books/status"))
             && requests.iter().any(|r| r.starts_with("PATCH") && r.contains("grpcroutes/books-grpc/status"))
     };
     while !done(&server.requests()) {
@@ -396,7 +434,8 @@ async fn install_apply_creates_everything_in_order_and_a_second_run_changes_noth
     assert_eq!(first.matches(": created").count(), 18, "{first}");
     // Applied in order, the namespace before what lives in it, each CRD established
     // before the next object (the server establishes a CRD on its third read).
-    let writes: Vec<String> = server.writes().iter().map(|w| w.split(' ').nth(2).unwrap().to_string()).collect();
+    let writes: Vec<String> =
+        server.writes().iter().map(|w| w.split(' ').nth(2).unwrap().to_string()).collect();
     assert!(writes[0].starts_with(CRDS), "{writes:#?}");
     let established = server.requests().iter().filter(|r| r.starts_with(&format!("GET {CRDS}/"))).count();
     assert!(established >= 5 * 3, "{:#?}", server.requests());
@@ -438,7 +477,10 @@ async fn uninstall_deletes_only_tarmacs_objects_in_reverse_order_and_keeps_the_c
     stdout(&tarmac(&["install", "--apply", "--kubeconfig", kubeconfig]));
     // A user's namespace, workload and policy.
     server.apply(NAMESPACES, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"tarmac.io/inject": "enabled"}}}));
-    server.apply("/api/v1/services", json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "books", "namespace": "shop"}}));
+    server.apply(
+        "/api/v1/services",
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "books", "namespace": "shop"}}),
+    );
     server.apply("/apis/tarmac.io/v1alpha1/faultinjections", json!({"apiVersion": "tarmac.io/v1alpha1", "kind": "FaultInjection", "metadata": {"name": "slow", "namespace": "shop"}}));
 
     // Without --apply: a list, and nothing deleted.
@@ -447,7 +489,11 @@ async fn uninstall_deletes_only_tarmacs_objects_in_reverse_order_and_keeps_the_c
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("keep their sidecars until they are restarted"), "{stderr}");
     assert!(stderr.contains("CRDs and their objects are kept"), "{stderr}");
-    assert_eq!(listed.lines().next(), Some("MutatingWebhookConfiguration tarmac-sidecar-injector"), "{listed}");
+    assert_eq!(
+        listed.lines().next(),
+        Some("MutatingWebhookConfiguration tarmac-sidecar-injector"),
+        "{listed}"
+    );
     assert_eq!(listed.lines().last(), Some("Namespace tarmac-system"), "{listed}");
     assert!(!listed.contains("CustomResourceDefinition"), "{listed}");
     let before = server.objects();
@@ -505,10 +551,13 @@ async fn check_pre_passes_a_cluster_that_can_take_tarmac_and_names_what_another_
     let kubeconfig = kubeconfig.to_str().unwrap();
     server.apply(CRDS, gateway_crd("httproutes", "HTTPRoute", &["v1", "v1beta1"]));
     server.apply(CRDS, gateway_crd("grpcroutes", "GRPCRoute", &["v1"]));
-    server.serve_group("admissionregistration.k8s.io/v1", &[
-        ("mutatingwebhookconfigurations", "MutatingWebhookConfiguration", false),
-        ("validatingwebhookconfigurations", "ValidatingWebhookConfiguration", false),
-    ]);
+    server.serve_group(
+        "admissionregistration.k8s.io/v1",
+        &[
+            ("mutatingwebhookconfigurations", "MutatingWebhookConfiguration", false),
+            ("validatingwebhookconfigurations", "ValidatingWebhookConfiguration", false),
+        ],
+    );
     let out = tarmac(&["check", "--pre", "--kubeconfig", kubeconfig]);
     let report = stdout(&out);
     assert!(report.contains("√ Kubernetes version: 1.31"), "{report}");
@@ -532,7 +581,10 @@ async fn check_pre_passes_a_cluster_that_can_take_tarmac_and_names_what_another_
     server.set_version("1", "28+");
     server.deny("create", "rbac.authorization.k8s.io", "clusterroles");
     server.apply(CRDS, gateway_crd("httproutes", "HTTPRoute", &["v1beta1"]));
-    server.apply(NAMESPACES, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tarmac-system"}}));
+    server.apply(
+        NAMESPACES,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tarmac-system"}}),
+    );
     let out = tarmac(&["check", "--pre", "--kubeconfig", kubeconfig]);
     assert_eq!(out.status.code(), Some(1));
     let report = String::from_utf8(out.stdout).unwrap();

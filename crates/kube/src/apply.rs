@@ -4,7 +4,9 @@
 //! when absent, so a second run changes nothing and never replaces the mesh's CA.
 //! Uninstall deletes in reverse order; an object already gone is fine.
 
-use crate::install::{self, IDENTITY_SECRET, IdentitySource, Manifest, Options, WEBHOOK_SECRET, WebhookSource};
+use crate::install::{
+    self, IDENTITY_SECRET, IdentitySource, Manifest, Options, WEBHOOK_SECRET, WebhookSource,
+};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
@@ -23,7 +25,7 @@ pub enum ApplyError {
     Api {
         object: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("{object}: not Established after {}s", timeout.as_secs())]
     NotEstablished { object: String, timeout: Duration },
@@ -34,7 +36,7 @@ pub enum ApplyError {
 impl ApplyError {
     pub fn advice(&self) -> Option<String> {
         match self {
-            Self::Api { source: kube::Error::Api(status), .. } if status.code == 403 => Some(
+            Self::Api { source, .. } if matches!(source.as_ref(), kube::Error::Api(s) if s.code == 403) => Some(
                 "the API refused: your credentials may not create this (`tarmac check --pre` lists what is missing)"
                     .into(),
             ),
@@ -81,7 +83,7 @@ fn api_for(client: &Client, manifest: &Manifest) -> Api<DynamicObject> {
 }
 
 fn api_error(manifest: &Manifest) -> impl Fn(kube::Error) -> ApplyError + '_ {
-    move |source| ApplyError::Api { object: manifest.describe(), source }
+    move |source| ApplyError::Api { object: manifest.describe(), source: Box::new(source) }
 }
 
 /// The Secrets already on the cluster decide what is generated: an existing identity or
@@ -92,10 +94,10 @@ pub async fn plan(client: &Client, mut options: Options) -> Result<(Vec<Manifest
         let secrets = secrets.clone();
         let namespace = options.namespace.clone();
         async move {
-            secrets
-                .get_opt(name)
-                .await
-                .map_err(|source| ApplyError::Api { object: format!("Secret {namespace}/{name}"), source })
+            secrets.get_opt(name).await.map_err(|source| ApplyError::Api {
+                object: format!("Secret {namespace}/{name}"),
+                source: Box::new(source),
+            })
         }
     };
     let mut kept = Vec::new();
@@ -126,8 +128,10 @@ pub async fn apply(
     for manifest in manifests {
         let api = api_for(client, manifest);
         let before = api.get_opt(&manifest.name).await.map_err(api_error(manifest))?;
-        let applied =
-            api.patch(&manifest.name, &params, &Patch::Apply(&manifest.object)).await.map_err(api_error(manifest))?;
+        let applied = api
+            .patch(&manifest.name, &params, &Patch::Apply(&manifest.object))
+            .await
+            .map_err(api_error(manifest))?;
         let outcome = match before {
             None => Outcome::Created,
             Some(before) if before.resource_version() == applied.resource_version() => Outcome::Unchanged,
@@ -213,7 +217,7 @@ pub async fn delete(
         let outcome = match api.delete(&manifest.name, &DeleteParams::foreground()).await {
             Ok(_) => Outcome::Deleted,
             Err(kube::Error::Api(status)) if status.code == 404 => Outcome::Absent,
-            Err(source) => return Err(ApplyError::Api { object: manifest.describe(), source }),
+            Err(source) => return Err(api_error(manifest)(source)),
         };
         report(manifest, &outcome);
     }

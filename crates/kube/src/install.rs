@@ -9,11 +9,14 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, HTTPGetAction, Namespace, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -183,20 +186,25 @@ pub fn manifests(options: &Options) -> Result<Vec<Manifest>, InstallError> {
     let ns = options.namespace.as_str();
     let mut out = crds()?;
     out.push(Manifest::typed(&namespace(ns))?);
-    out.push(Manifest::typed(&ServiceAccount {
-        metadata: meta(CONTROL, Some(ns)),
-        ..Default::default()
-    })?);
+    out.push(Manifest::typed(&ServiceAccount { metadata: meta(CONTROL, Some(ns)), ..Default::default() })?);
     out.push(Manifest::typed(&cluster_role())?);
     out.push(Manifest::typed(&ClusterRoleBinding {
         metadata: meta(CONTROL, None),
-        role_ref: RoleRef { api_group: Some("rbac.authorization.k8s.io".into()), kind: "ClusterRole".into(), name: CONTROL.into() },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: CONTROL.into(),
+        },
         subjects: Some(vec![service_account_subject(ns)]),
     })?);
     out.push(Manifest::typed(&role(ns))?);
     out.push(Manifest::typed(&RoleBinding {
         metadata: meta(CONTROL, Some(ns)),
-        role_ref: RoleRef { api_group: Some("rbac.authorization.k8s.io".into()), kind: "Role".into(), name: CONTROL.into() },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: CONTROL.into(),
+        },
         subjects: Some(vec![service_account_subject(ns)]),
     })?);
     if options.identity == IdentitySource::Generate {
@@ -223,8 +231,9 @@ pub fn manifests(options: &Options) -> Result<Vec<Manifest>, InstallError> {
         ..Default::default()
     })?);
     let service = ServiceRef { namespace: ns, name: WEBHOOK_SERVICE, port: 443 };
-    let mut webhook: MutatingWebhookConfiguration = serde_json::from_value(configuration(&ca_bundle, &service))
-        .map_err(|source| InstallError::Typed { what: "the MutatingWebhookConfiguration", source })?;
+    let mut webhook: MutatingWebhookConfiguration =
+        serde_json::from_value(configuration(&ca_bundle, &service))
+            .map_err(|source| InstallError::Typed { what: "the MutatingWebhookConfiguration", source })?;
     webhook.metadata.labels = Some(labels());
     out.push(Manifest::typed(&webhook)?);
     Ok(out)
@@ -363,7 +372,8 @@ fn identity_secret(namespace: &str) -> Result<Secret, InstallError> {
     use tarmac_identity::DEFAULT_TRUST_DOMAIN;
     use tarmac_identity::ca::{Ca, generate_root};
     let (root_pem, root_key) = generate_root(DEFAULT_TRUST_DOMAIN).map_err(InstallError::Ca)?;
-    let ca = Ca::from_root(&root_pem, &root_key.serialize_pem(), DEFAULT_TRUST_DOMAIN).map_err(InstallError::Ca)?;
+    let ca = Ca::from_root(&root_pem, &root_key.serialize_pem(), DEFAULT_TRUST_DOMAIN)
+        .map_err(InstallError::Ca)?;
     Ok(tls_secret(IDENTITY_SECRET, namespace, ca.anchors_pem(), ca.issuer_pem(), &ca.issuer_key_pem()))
 }
 
@@ -380,8 +390,8 @@ pub fn webhook_dns_names(namespace: &str) -> Vec<String> {
 /// the API server would then trust every workload certificate as the webhook.
 fn webhook_secret(namespace: &str) -> Result<(Secret, String), InstallError> {
     use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+        BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+        ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
     };
     let failed = |what| move |source| InstallError::Certificate { what, source };
     let now = SystemTime::now();
@@ -442,14 +452,21 @@ fn deployment(options: &Options) -> Deployment {
         name: CONTROL.into(),
         image: Some(options.image.clone()),
         args: Some(control_args(options)),
-        env: Some(vec![EnvVar { name: "TARMAC_CONTROL_LOG".into(), value: Some("info".into()), ..Default::default() }]),
+        env: Some(vec![EnvVar {
+            name: "TARMAC_CONTROL_LOG".into(),
+            value: Some("info".into()),
+            ..Default::default()
+        }]),
         ports: Some(vec![port("grpc", GRPC_PORT), port("api", API_PORT), port("webhook", WEBHOOK_PORT)]),
         readiness_probe: Some(probe(5, 3)),
         // The store's first list may take a minute on a large cluster (--kube-sync-timeout):
         // liveness starts after it and tolerates a minute of silence.
         liveness_probe: Some(Probe { initial_delay_seconds: Some(60), ..probe(10, 6) }),
         resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([("cpu".into(), quantity("50m")), ("memory".into(), quantity("64Mi"))])),
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), quantity("50m")),
+                ("memory".into(), quantity("64Mi")),
+            ])),
             limits: Some(BTreeMap::from([("memory".into(), quantity("512Mi"))])),
             ..Default::default()
         }),
@@ -490,7 +507,10 @@ fn deployment(options: &Options) -> Deployment {
                         run_as_non_root: Some(true),
                         run_as_user: Some(CONTROL_UID),
                         run_as_group: Some(CONTROL_UID),
-                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     }),
                     // Replicas on different nodes where there are several: a node's loss

@@ -5,11 +5,13 @@
 //! namespace free (or Tarmac's own, at this version).
 
 use crate::install::{self, Manifest, Options};
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use serde::Serialize;
 
 /// The oldest Kubernetes with native sidecars on by default (init containers with
@@ -61,9 +63,10 @@ pub async fn pre_checks(client: &Client, namespace: &str) -> Vec<Check> {
     }
     checks.extend(gateway_checks(client).await);
     checks.push(match client.list_api_group_resources("admissionregistration.k8s.io/v1").await {
-        Ok(list) if list.resources.iter().any(|r| r.name == "mutatingwebhookconfigurations") => {
-            pass("admission webhooks", "admissionregistration.k8s.io/v1 MutatingWebhookConfiguration is served")
-        }
+        Ok(list) if list.resources.iter().any(|r| r.name == "mutatingwebhookconfigurations") => pass(
+            "admission webhooks",
+            "admissionregistration.k8s.io/v1 MutatingWebhookConfiguration is served",
+        ),
         Ok(_) => fail(
             "admission webhooks",
             "admissionregistration.k8s.io/v1 does not serve mutatingwebhookconfigurations",
@@ -84,7 +87,9 @@ fn version_check(major: &str, minor: &str) -> Check {
     // Managed clusters report minors such as "29+".
     let digits = |s: &str| s.trim_end_matches(|c: char| !c.is_ascii_digit()).parse::<u32>().ok();
     match (digits(major), digits(minor)) {
-        (Some(1), Some(minor)) if minor >= MIN_MINOR => pass(NAME, format!("1.{minor} (at least 1.{MIN_MINOR})")),
+        (Some(1), Some(minor)) if minor >= MIN_MINOR => {
+            pass(NAME, format!("1.{minor} (at least 1.{MIN_MINOR})"))
+        }
         (Some(major), Some(minor)) => fail(
             NAME,
             format!("{major}.{minor}: injection needs 1.{MIN_MINOR} or later"),
@@ -163,7 +168,11 @@ async fn gateway_checks(client: &Client) -> Vec<Check> {
                 if served.contains(&GATEWAY_VERSION) {
                     pass(&name, format!("{crd_name} serves {}", served.join(", ")))
                 } else {
-                    fail(&name, format!("{crd_name} serves {} but not {GATEWAY_VERSION}", served.join(", ")), hint)
+                    fail(
+                        &name,
+                        format!("{crd_name} serves {} but not {GATEWAY_VERSION}", served.join(", ")),
+                        hint,
+                    )
                 }
             }
             Ok(None) => fail(&name, format!("no CRD {crd_name}"), hint),

@@ -548,9 +548,11 @@ impl ApiServer {
         let mut all: Vec<String> = state
             .collections
             .values()
-            .flat_map(|c| c.objects.iter().map(|((ns, name), object)| {
-                format!("{} {ns}/{name}", object["kind"].as_str().unwrap_or("?"))
-            }))
+            .flat_map(|c| {
+                c.objects.iter().map(|((ns, name), object)| {
+                    format!("{} {ns}/{name}", object["kind"].as_str().unwrap_or("?"))
+                })
+            })
             .collect();
         all.sort();
         all
@@ -558,18 +560,27 @@ impl ApiServer {
 }
 
 /// The requests only install, uninstall and `check --pre` make; `None` for the others.
-fn answer_install(state: &mut State, request: &Request<Bytes>, token: &str) -> Option<Response<ResponseBody>> {
+fn answer_install(
+    state: &mut State,
+    request: &Request<Bytes>,
+    token: &str,
+) -> Option<Response<ResponseBody>> {
     let path = request.uri().path();
     let method = request.method();
     if method == http::Method::GET && path == "/version" {
         let (major, minor) = &state.install.version;
-        return Some(json_response(StatusCode::OK, &json!({
-            "major": major, "minor": minor, "gitVersion": format!("v{major}.{minor}.0"),
-            "platform": "linux/amd64",
-        })));
+        return Some(json_response(
+            StatusCode::OK,
+            &json!({
+                "major": major, "minor": minor, "gitVersion": format!("v{major}.{minor}.0"),
+                "platform": "linux/amd64",
+            }),
+        ));
     }
     if method == http::Method::POST && path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" {
-        let Ok(mut review) = serde_json::from_slice::<Value>(request.body()) else { return Some(bad_request()) };
+        let Ok(mut review) = serde_json::from_slice::<Value>(request.body()) else {
+            return Some(bad_request());
+        };
         let attributes = &review["spec"]["resourceAttributes"];
         let text = |field: &str| attributes[field].as_str().unwrap_or("").to_string();
         let key = (text("verb"), text("group"), text("resource"));
@@ -589,14 +600,19 @@ fn answer_install(state: &mut State, request: &Request<Bytes>, token: &str) -> O
         };
         let resources: Vec<Value> = resources
             .iter()
-            .map(|(plural, kind, namespaced)| json!({
-                "name": plural, "singularName": "", "namespaced": namespaced, "kind": kind,
-                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
-            }))
+            .map(|(plural, kind, namespaced)| {
+                json!({
+                    "name": plural, "singularName": "", "namespaced": namespaced, "kind": kind,
+                    "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+                })
+            })
             .collect();
-        return Some(json_response(StatusCode::OK, &json!({
-            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources,
-        })));
+        return Some(json_response(
+            StatusCode::OK,
+            &json!({
+                "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources,
+            }),
+        ));
     }
     let item = Item::parse(path)?;
     if item.status {
@@ -606,10 +622,10 @@ fn answer_install(state: &mut State, request: &Request<Bytes>, token: &str) -> O
         .headers()
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
-    match method {
-        &http::Method::PATCH if is_apply => Some(server_side_apply(state, request, &item, token)),
-        &http::Method::DELETE => Some(delete_item(state, &item, token, path)),
-        &http::Method::GET if item.collection == CRDS => {
+    match *method {
+        http::Method::PATCH if is_apply => Some(server_side_apply(state, request, &item, token)),
+        http::Method::DELETE => Some(delete_item(state, &item, token, path)),
+        http::Method::GET if item.collection == CRDS => {
             establish(state, &item.name);
             None
         }
@@ -620,7 +636,12 @@ fn answer_install(state: &mut State, request: &Request<Bytes>, token: &str) -> O
 /// `PATCH` with `application/apply-patch+yaml`. Simplified: the applied fields overlay
 /// the stored object (fields this manager stopped applying are not removed, as the API
 /// server would through managedFields).
-fn server_side_apply(state: &mut State, request: &Request<Bytes>, item: &Item, token: &str) -> Response<ResponseBody> {
+fn server_side_apply(
+    state: &mut State,
+    request: &Request<Bytes>,
+    item: &Item,
+    token: &str,
+) -> Response<ResponseBody> {
     let query = request.uri().query().unwrap_or("");
     if !query.split('&').any(|pair| pair.starts_with("fieldManager=") && pair.len() > "fieldManager=".len()) {
         let message = "PATCH, fieldManager is required for apply requests";
@@ -688,11 +709,15 @@ fn establish(state: &mut State, name: &str) {
     }
     state.install.crd_reads.remove(name);
     let key = (String::new(), name.to_string());
-    let Some(mut crd) = state.collections.get(CRDS).and_then(|c| c.objects.get(&key)).cloned() else { return };
-    let condition = |kind: &str| json!({
-        "type": kind, "status": "True", "reason": kind, "message": "scripted",
-        "lastTransitionTime": "2026-12-01T10:00:00Z",
-    });
+    let Some(mut crd) = state.collections.get(CRDS).and_then(|c| c.objects.get(&key)).cloned() else {
+        return;
+    };
+    let condition = |kind: &str| {
+        json!({
+            "type": kind, "status": "True", "reason": kind, "message": "scripted",
+            "lastTransitionTime": "2026-12-01T10:00:00Z",
+        })
+    };
     crd["status"] = json!({
         "conditions": [condition("NamesAccepted"), condition("Established")],
         "acceptedNames": crd["spec"]["names"].clone(),
@@ -729,8 +754,11 @@ fn delete_item(state: &mut State, item: &Item, token: &str, path: &str) -> Respo
     if let Some(collection) = state.collections.get_mut(&item.collection) {
         collection.publish(version, "DELETED", object);
     }
-    json_response(StatusCode::OK, &json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-        "details": {"name": item.name},
-    }))
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+            "details": {"name": item.name},
+        }),
+    )
 }

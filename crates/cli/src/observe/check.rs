@@ -30,11 +30,7 @@ pub struct CheckArgs {
 
 /// Ok(true) when every check passed.
 pub async fn check(args: CheckArgs) -> Result<bool, ApiError> {
-    let report = if args.pre {
-        pre_check(&args).await
-    } else {
-        control_check(&args).await
-    };
+    let report = if args.pre { pre_check(&args).await } else { control_check(&args).await };
     let ok = report["ok"].as_bool().unwrap_or(false);
     if args.output == Output::Json {
         print_json(&report);
