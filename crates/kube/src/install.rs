@@ -577,3 +577,132 @@ fn webhook_service(namespace: &str) -> Service {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn all() -> Vec<Manifest> {
+        manifests(&Options { namespace: "mesh".into(), ..Options::default() }).unwrap()
+    }
+
+    fn object<'a>(manifests: &'a [Manifest], kind: &str, name: &str) -> &'a Value {
+        &manifests.iter().find(|m| m.resource.kind == kind && m.name == name).unwrap().object
+    }
+
+    #[test]
+    fn namespaced_objects_are_in_the_chosen_namespace_and_everything_is_labelled_tarmacs() {
+        let manifests = all();
+        for m in &manifests {
+            if m.object["metadata"].get("namespace").is_some() {
+                assert_eq!(m.namespace.as_deref(), Some("mesh"), "{}", m.describe());
+            }
+            if !m.is_crd() {
+                assert_eq!(m.object["metadata"]["labels"][PART_OF.0], PART_OF.1, "{}", m.describe());
+            }
+        }
+        let cluster_scoped: Vec<String> = manifests
+            .iter()
+            .filter(|m| m.namespace.is_none() && !m.is_crd())
+            .map(Manifest::describe)
+            .collect();
+        assert_eq!(
+            cluster_scoped,
+            [
+                "Namespace mesh",
+                "ClusterRole tarmac-control",
+                "ClusterRoleBinding tarmac-control",
+                "MutatingWebhookConfiguration tarmac-sidecar-injector"
+            ]
+        );
+    }
+
+    #[test]
+    fn rbac_has_no_wildcards_and_limits_the_secret_and_the_lease_by_name() {
+        let manifests = all();
+        for kind in ["ClusterRole", "Role"] {
+            for rule in object(&manifests, kind, CONTROL)["rules"].as_array().unwrap() {
+                let text = rule.to_string();
+                assert!(!text.contains('*'), "{kind}: {text}");
+                if rule["resources"] == json!(["secrets"]) {
+                    assert_eq!(rule["resourceNames"], json!([IDENTITY_SECRET]));
+                }
+                if rule["resources"] == json!(["leases"]) && rule["verbs"] != json!(["create"]) {
+                    assert_eq!(rule["resourceNames"], json!([LEASE]));
+                }
+            }
+        }
+        let cluster_role = object(&manifests, "ClusterRole", CONTROL).to_string();
+        assert!(!cluster_role.contains("secrets"), "no Secret across the cluster: {cluster_role}");
+        for binding in ["ClusterRoleBinding", "RoleBinding"] {
+            let subjects = &object(&manifests, binding, CONTROL)["subjects"];
+            assert_eq!(subjects, &json!([{"kind": "ServiceAccount", "name": CONTROL, "namespace": "mesh"}]));
+        }
+    }
+
+    /// The names that tie the objects together agree: Services' target ports are the
+    /// container's ports, whose numbers are the args' listen addresses; the probes'
+    /// port exists; the volume is the webhook Secret; the webhook calls the Service.
+    #[test]
+    fn the_objects_refer_to_each_other_consistently() {
+        let manifests = all();
+        let deployment = object(&manifests, "Deployment", CONTROL);
+        let pod = &deployment["spec"]["template"];
+        let container = &pod["spec"]["containers"][0];
+        let ports: BTreeMap<String, i64> = container["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap().to_string(), p["containerPort"].as_i64().unwrap()))
+            .collect();
+        let args: Vec<&str> =
+            container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        for (flag, port) in
+            [("--grpc-listen", "grpc"), ("--api-listen", "api"), ("--webhook-listen", "webhook")]
+        {
+            let listen = args.iter().find_map(|a| a.strip_prefix(flag)?.strip_prefix('=')).unwrap();
+            assert!(listen.ends_with(&format!(":{}", ports[port])), "{flag} {listen} vs port {port}");
+        }
+        assert!(args.contains(&"--identity-secret=mesh/tarmac-identity"), "{args:?}");
+        assert!(args.contains(&"--lease-namespace=mesh"), "{args:?}");
+        for service in [CONTROL, WEBHOOK_SERVICE] {
+            let spec = &object(&manifests, "Service", service)["spec"];
+            for port in spec["ports"].as_array().unwrap() {
+                assert!(ports.contains_key(port["targetPort"].as_str().unwrap()), "{port}");
+            }
+            for (key, value) in spec["selector"].as_object().unwrap() {
+                assert_eq!(&pod["metadata"]["labels"][key], value);
+            }
+        }
+        let pdb = object(&manifests, "PodDisruptionBudget", CONTROL);
+        assert_eq!(pdb["spec"]["selector"], deployment["spec"]["selector"]);
+        assert!(ports.contains_key(container["readinessProbe"]["httpGet"]["port"].as_str().unwrap()));
+        assert_eq!(pod["spec"]["volumes"][0]["secret"]["secretName"], WEBHOOK_SECRET);
+        assert_eq!(pod["spec"]["serviceAccountName"], CONTROL);
+        let webhook = object(&manifests, "MutatingWebhookConfiguration", "tarmac-sidecar-injector");
+        for hook in webhook["webhooks"].as_array().unwrap() {
+            assert_eq!(
+                hook["clientConfig"]["service"],
+                json!({"namespace": "mesh", "name": WEBHOOK_SERVICE, "port": 443, "path": hook["clientConfig"]["service"]["path"]})
+            );
+        }
+    }
+
+    #[test]
+    fn external_sources_leave_their_secrets_out_and_the_given_ca_is_the_ca_bundle() {
+        let options = Options {
+            identity: IdentitySource::External,
+            webhook: WebhookSource::External { ca_pem: "-----BEGIN CERTIFICATE-----\nX\n".into() },
+            ..Options::default()
+        };
+        let manifests = manifests(&options).unwrap();
+        assert!(!manifests.iter().any(|m| m.resource.kind == "Secret"));
+        let webhook = object(&manifests, "MutatingWebhookConfiguration", "tarmac-sidecar-injector");
+        let webhook: MutatingWebhookConfiguration = serde_json::from_value(webhook.clone()).unwrap();
+        for hook in webhook.webhooks.unwrap() {
+            let bundle = hook.client_config.ca_bundle.unwrap().0;
+            assert_eq!(String::from_utf8(bundle).unwrap(), "-----BEGIN CERTIFICATE-----\nX\n");
+        }
+    }
+}
