@@ -72,9 +72,9 @@ fn install_prints_every_object_in_order_and_each_validates_against_the_api_schem
             "RoleBinding tarmac-control",
             "Secret tarmac-identity",
             "Secret tarmac-webhook-tls",
-            "Deployment tarmac-control",
             "Service tarmac-control",
             "Service tarmac-webhook",
+            "Deployment tarmac-control",
             "PodDisruptionBudget tarmac-control",
             "MutatingWebhookConfiguration tarmac-sidecar-injector",
         ]
@@ -224,13 +224,20 @@ fn the_generated_certificates_chain_as_the_api_server_and_proxies_check_them() {
 /// `tarmac-control`; until it is merged the binary does not know them.
 const ARRIVING_WITH_IDENTITY: [&str; 2] = ["--identity-secret", "--token-audience"];
 
-/// The Deployment's args, and whether this `tarmac-control` knows the identity flags.
-fn deployment_args() -> (Vec<String>, bool) {
+/// The Deployment's args as the kubelet runs them, with the Service `tarmac-control`'s
+/// ClusterIP as `cluster_ip` (the kubelet expands `$(TARMAC_CONTROL_SERVICE_HOST)`, a
+/// service link variable), and whether this `tarmac-control` knows the identity flags.
+fn deployment_args(cluster_ip: &str) -> (Vec<String>, bool) {
     let docs = documents(&stdout(&tarmac(&["install"])));
     let deployment = find(&docs, "Deployment", "tarmac-control");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-    let args =
-        container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().replace("$(TARMAC_CONTROL_SERVICE_HOST)", cluster_ip))
+        .collect();
+    assert!(args.iter().all(|a| !a.contains("$(")), "a variable the kubelet does not set: {args:?}");
     let help = Command::new(binary("tarmac-control")).arg("--help").output().unwrap();
     let knows = String::from_utf8_lossy(&help.stdout).contains("--identity-secret");
     (args, knows)
@@ -242,7 +249,8 @@ fn flag(arg: &str) -> &str {
 
 #[test]
 fn the_deployments_args_are_accepted_by_the_real_tarmac_control() {
-    let (args, knows_identity) = deployment_args();
+    let (args, knows_identity) = deployment_args("10.96.0.20");
+    assert!(args.contains(&"--sidecar-control-addr=10.96.0.20:4180".to_string()), "{args:?}");
     let args: Vec<&String> =
         args.iter().filter(|a| knows_identity || !ARRIVING_WITH_IDENTITY.contains(&flag(a))).collect();
     assert!(args.len() >= 8, "{args:?}");
@@ -356,7 +364,7 @@ async fn the_printed_rbac_allows_every_request_tarmac_control_makes_and_nothing_
     let secret = find(&docs, "Secret", "tarmac-webhook-tls");
     std::fs::write(dir.join("tls.crt"), secret_data(secret, "tls.crt")).unwrap();
     std::fs::write(dir.join("tls.key"), secret_data(secret, "tls.key")).unwrap();
-    let (args, knows_identity) = deployment_args();
+    let (args, knows_identity) = deployment_args("127.0.0.1");
     let webhook = format!("127.0.0.1:{}", tarmac_testkit::servers::free_port());
     let mut run: Vec<String> = Vec::new();
     for arg in &args {
