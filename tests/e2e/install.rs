@@ -357,6 +357,9 @@ async fn the_printed_rbac_allows_every_request_tarmac_control_makes_and_nothing_
         "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "books", "port": 80}],
                  "rules": [{"backendRefs": [{"name": "books", "port": 80}]}]}}),
     );
+    // The mesh's CA as install creates it, for a control plane that reads it
+    // (--identity-secret).
+    seed(SECRETS, find(&docs, "Secret", "tarmac-identity").clone());
     let dir = temp_dir("install-rbac");
     let kubeconfig = server.kubeconfig(&dir);
     // The Deployment's own command line, on loopback ports, with the webhook's generated
@@ -416,7 +419,9 @@ async fn the_printed_rbac_allows_every_request_tarmac_control_makes_and_nothing_
     }
     // Every rule's every resource and verb was needed, but for what the identity branch
     // brings (the CA's Secret, read by --identity-secret; TokenReviews for proxies'
-    // tokens) until this binary knows --identity-secret.
+    // tokens) until this binary knows --identity-secret. Once it does, this scenario must
+    // make the control plane review a token (a proxy asking for its certificate), or the
+    // tokenreviews rule is reported unused: that is the drift this test is for.
     for (index, (_, rule)) in rules.iter().enumerate() {
         for resource in strings(&rule["resources"]) {
             for verb in strings(&rule["verbs"]) {
@@ -456,6 +461,14 @@ async fn install_apply_creates_everything_in_order_and_a_second_run_changes_noth
     let deployment = server.get("/apis/apps/v1/deployments", "tarmac-system", "tarmac-control").unwrap();
     assert_eq!(deployment["spec"]["replicas"], 2);
     assert!(server.get(NAMESPACES, "", "tarmac-system").is_some());
+
+    // --crds --apply: the CRDs alone, unchanged.
+    let crds = stdout(&tarmac(&["install", "--crds", "--apply", "--kubeconfig", kubeconfig]));
+    assert_eq!(crds.lines().count(), 5, "{crds}");
+    assert!(
+        crds.lines().all(|l| l.starts_with("CustomResourceDefinition ") && l.ends_with(": unchanged")),
+        "{crds}"
+    );
 
     // Again: nothing changes, the Secrets are not regenerated, and the webhook's caBundle
     // stays the CA in the Secret.
