@@ -117,16 +117,15 @@ impl Client {
             parts.headers.remove(header::TE);
         }
         if let Some(len) = body.size_hint().exact()
-            && (len != 0 || !matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT))
+            && (len != 0
+                || !matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT))
             && !parts.headers.contains_key(header::CONTENT_LENGTH)
         {
             parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         }
         let eos = body.is_end_stream();
-        let (response, stream) = self
-            .send
-            .send_request(Request::from_parts(parts, ()), eos)
-            .inspect_err(|e| {
+        let (response, stream) =
+            self.send.send_request(Request::from_parts(parts, ()), eos).inspect_err(|e| {
                 if e.is_go_away() || e.is_io() {
                     self.mark_closed();
                 }
@@ -280,7 +279,10 @@ impl HttpBody for H2Body {
     type Data = Bytes;
     type Error = h2::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
         let this = &mut *self;
         if !this.trailers {
             match ready!(this.recv.poll_data(cx)) {
@@ -374,5 +376,33 @@ impl Driver {
             }
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::scripted::{Answer, Harness, Peer, paced};
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_request_body_still_streaming_when_the_response_arrives_is_sent_to_its_end() {
+        // A gRPC stream's shape: the peer answers at once and echoes what the client sends
+        // after that; the body must go on once the response is back in the caller's hands.
+        let peer = Peer::h2(|_| Answer::Echo);
+        let h = Harness::meshed(std::slice::from_ref(&peer));
+        let endpoint = h.backend.endpoints()[0].clone();
+        let (chunks, body) = paced().await;
+        let mut req = http::Request::post("http://svc/").body(body).unwrap();
+        *req.version_mut() = http::Version::HTTP_2;
+        chunks.send("first ").await.unwrap();
+        let rsp = endpoint.send(req, false).await.unwrap();
+        assert_eq!(rsp.status(), 200);
+        let mut body = rsp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "first ", "the echo of what was sent before the response");
+        chunks.send("second").await.unwrap();
+        drop(chunks);
+        let rest = body.collect().await.unwrap().to_bytes();
+        assert_eq!(rest, "second", "sent after the response arrived, and echoed back");
     }
 }

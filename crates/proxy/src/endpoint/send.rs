@@ -11,7 +11,9 @@
 
 use super::{Endpoint, http2};
 use crate::error::{Class, ProxyError, refused_unprocessed};
-use crate::http::{Body, HttpError, ORIG_PROTO, authority, set_absolute_uri, set_origin_form, strip_hop_by_hop};
+use crate::http::{
+    Body, HttpError, ORIG_PROTO, authority, set_absolute_uri, set_origin_form, strip_hop_by_hop,
+};
 use crate::metrics::TargetMetrics;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
