@@ -6,6 +6,7 @@
 //! whether another try may succeed. Retries read the class, never the message.
 
 use crate::endpoint::ConnectError;
+use crate::http::HttpError;
 use http::StatusCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,13 +38,13 @@ pub enum ProxyError {
     /// The connection failed under a request. `sent` is false when the request did not
     /// leave (hyper handed it back) or the peer refused it unprocessed.
     #[error("request to {addr} failed: {source}")]
-    Upstream { addr: SocketAddr, source: hyper::Error, sent: bool },
+    Upstream { addr: SocketAddr, source: HttpError, sent: bool },
     #[error("request has no authority: send a Host header")]
     NoAuthority,
     #[error("invalid request target: {0}")]
     BadUri(String),
     #[error("reading the request body: {0}")]
-    RequestBody(hyper::Error),
+    RequestBody(HttpError),
     #[error("no route rule matches the request")]
     NoRoute,
     #[error("every backend of route {0} has weight 0")]
@@ -78,7 +79,8 @@ impl ProxyError {
     /// A send to `addr` that failed with `source`: the upstream's failure, or the
     /// caller's when what broke was the request body it was streaming (an invalid chunk
     /// size, a body cut short), which gets 400 and is the caller's to fix, not 502.
-    pub fn upstream(addr: SocketAddr, source: hyper::Error, sent: bool) -> Self {
+    pub fn upstream(addr: SocketAddr, source: impl Into<HttpError>, sent: bool) -> Self {
+        let source = source.into();
         if request_body_failed(&source) {
             ProxyError::RequestBody(source)
         } else {
@@ -180,8 +182,12 @@ impl ProxyError {
     }
 }
 
-/// The HTTP/2 error under a hyper client error, if that is what it was.
-fn h2_cause(e: &hyper::Error) -> Option<&h2::Error> {
+/// The HTTP/2 error of a failure (under a hyper error, or h2's own), if that is what it was.
+fn h2_cause(e: &HttpError) -> Option<&h2::Error> {
+    let e = match e {
+        HttpError::H2(h2) => return Some(h2),
+        HttpError::Hyper(e) => e,
+    };
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
         if let Some(h2) = c.downcast_ref::<h2::Error>() {
@@ -192,13 +198,15 @@ fn h2_cause(e: &hyper::Error) -> Option<&h2::Error> {
     None
 }
 
-/// Whether hyper's client failed because the request body it was sending failed: over
-/// HTTP/1 a user-body error caused by the body's own (server-side) hyper error; over
-/// HTTP/2 the stream hyper reset itself with INTERNAL_ERROR when the body failed (the
-/// body's error is only logged there).
-fn request_body_failed(e: &hyper::Error) -> bool {
+/// Whether a client failed because the request body it was sending failed: over HTTP/1
+/// hyper's user-body error caused by the body's own error; over HTTP/2 the stream reset
+/// with INTERNAL_ERROR when the body failed.
+fn request_body_failed(e: &HttpError) -> bool {
     use std::error::Error as _;
-    if e.is_user() && e.source().is_some_and(|cause| cause.is::<hyper::Error>()) {
+    if let HttpError::Hyper(e) = e
+        && e.is_user()
+        && e.source().is_some_and(|cause| cause.is::<HttpError>() || cause.is::<hyper::Error>())
+    {
         return true;
     }
     h2_cause(e)
@@ -208,7 +216,7 @@ fn request_body_failed(e: &hyper::Error) -> bool {
 /// Whether the HTTP/2 peer refused the request without processing it, so that it may be
 /// sent again whatever it is (RFC 9113, 8.7): a stream past the last one its GOAWAY
 /// accepts (or opened after that GOAWAY arrived), or one it reset with REFUSED_STREAM.
-pub fn refused_unprocessed(e: &hyper::Error) -> bool {
+pub fn refused_unprocessed(e: &HttpError) -> bool {
     h2_cause(e).is_some_and(|h2| {
         h2.is_remote()
             && (h2.is_go_away() || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)))

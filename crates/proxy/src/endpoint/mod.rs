@@ -9,8 +9,10 @@
 //!
 //! - [`connect`]: how connections are made ([`Connect`]: TCP here, scripted peers in tests).
 //! - [`send`]: one request (or tunnel) to this endpoint, in the protocol the hop speaks.
+//! - [`http2`]: the HTTP/2 client, on `h2` directly.
 
 pub mod connect;
+pub mod http2;
 #[cfg(test)]
 pub mod scripted;
 pub mod send;
@@ -25,8 +27,8 @@ use crate::resilience::breaker::Accrual;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -46,7 +48,7 @@ pub enum ConnectError {
     #[error("connect to {addr}: {source}")]
     Io { addr: SocketAddr, source: std::io::Error },
     #[error("HTTP handshake with {addr}: {source}")]
-    Handshake { addr: SocketAddr, source: hyper::Error },
+    Handshake { addr: SocketAddr, source: crate::http::HttpError },
     #[error("mTLS with {addr} failed: {source}; {advice}")]
     Tls { addr: SocketAddr, source: std::io::Error, advice: &'static str },
     #[error(
@@ -118,7 +120,7 @@ pub struct Endpoint {
     /// For mTLS endpoints: response metrics labelled with the identity the endpoint proved
     /// (`tls="true", server_id=...`).
     pub peer_metrics: Option<Arc<TargetMetrics>>,
-    h2: Mutex<Option<http2::SendRequest<Body>>>,
+    h2: Mutex<Option<http2::Held>>,
     h2_connecting: tokio::sync::Mutex<()>,
     h1_idle: Arc<Mutex<Vec<http1::SendRequest<Body>>>>,
 }
@@ -208,7 +210,7 @@ impl Endpoint {
     }
 
     /// A sender on the endpoint's shared HTTP/2 connection, connecting if there is none.
-    pub async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, ConnectError> {
+    pub async fn h2_sender(&self) -> Result<http2::Client, ConnectError> {
         if let Some(sender) = self.current_h2() {
             return Ok(sender);
         }
@@ -217,23 +219,21 @@ impl Endpoint {
         Box::pin(self.connect_h2()).await
     }
 
-    async fn connect_h2(&self) -> Result<http2::SendRequest<Body>, ConnectError> {
+    async fn connect_h2(&self) -> Result<http2::Client, ConnectError> {
         // One task connects; the others wait for it and reuse its connection.
         let _connecting = self.h2_connecting.lock().await;
         if let Some(sender) = self.current_h2() {
             return Ok(sender);
         }
-        let io = TokioIo::new(self.connect(identity::ALPN_H2).await?);
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(crate::http::STREAM_WINDOW)
-            .initial_connection_window_size(crate::http::CONNECTION_WINDOW)
-            .max_header_list_size(self.settings.max_header_bytes as u32)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(io)
-            .await
-            .map_err(|source| ConnectError::Handshake { addr: self.addr, source })?;
+        let io = self.connect(identity::ALPN_H2).await?;
+        let (held, conn) = http2::handshake(
+            io,
+            crate::http::STREAM_WINDOW,
+            crate::http::CONNECTION_WINDOW,
+            self.settings.max_header_bytes as u32,
+        )
+        .await
+        .map_err(|source| ConnectError::Handshake { addr: self.addr, source: source.into() })?;
         self.metrics.http_connections.inc();
         let addr = self.addr;
         tokio::spawn(async move {
@@ -241,14 +241,15 @@ impl Endpoint {
                 tracing::debug!(%addr, error = %e, "HTTP/2 connection closed");
             }
         });
-        *lock(&self.h2) = Some(sender.clone());
-        Ok(sender)
+        let client = held.client.clone();
+        *lock(&self.h2) = Some(held);
+        Ok(client)
     }
 
-    fn current_h2(&self) -> Option<http2::SendRequest<Body>> {
+    fn current_h2(&self) -> Option<http2::Client> {
         let mut slot = lock(&self.h2);
         match &*slot {
-            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(s) if !s.client.is_closed() => Some(s.client.clone()),
             Some(_) => {
                 *slot = None;
                 None
@@ -281,7 +282,7 @@ impl Endpoint {
             .max_buf_size(self.settings.max_header_bytes.max(8192))
             .handshake(io)
             .await
-            .map_err(|source| ConnectError::Handshake { addr: self.addr, source })?;
+            .map_err(|source| ConnectError::Handshake { addr: self.addr, source: source.into() })?;
         self.metrics.http_connections.inc();
         let addr = self.addr;
         if upgrades {

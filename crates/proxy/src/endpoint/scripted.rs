@@ -32,6 +32,9 @@ pub enum Answer {
     Refuse,
     /// HTTP/2 peers only: 200 at once, its body (`late`) only after the delay.
     SlowBody(Duration),
+    /// HTTP/2 peers only: 200 at once, before the request body is read, then that body
+    /// sent back as it arrives (a gRPC stream's shape).
+    Echo,
 }
 
 type Script = dyn Fn(u32) -> Answer + Send + Sync;
@@ -109,7 +112,9 @@ impl Peer {
                 tokio::time::sleep(delay).await;
                 *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
             }
-            Answer::Refuse | Answer::SlowBody(_) => unreachable!("only HTTP/2 peers are scripted so"),
+            Answer::Refuse | Answer::SlowBody(_) | Answer::Echo => {
+                unreachable!("only HTTP/2 peers are scripted so")
+            }
             Answer::Grpc(code, pushback) => {
                 let h = rsp.headers_mut();
                 h.insert("content-type", "application/grpc".parse().unwrap());
@@ -175,6 +180,16 @@ async fn serve_h2(peer: Arc<Peer>, io: tokio::io::DuplexStream) {
         let peer = peer.clone();
         tokio::spawn(async move {
             let mut body = req.into_body();
+            if let Answer::Echo = answer {
+                let rsp = Response::builder().status(200).body(()).unwrap();
+                let Ok(mut echo) = respond.send_response(rsp, false) else { return };
+                while let Some(Ok(chunk)) = body.data().await {
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    let _ = echo.send_data(chunk, false);
+                }
+                let _ = echo.send_data(Bytes::new(), true);
+                return;
+            }
             let mut bytes = Vec::new();
             while let Some(Ok(chunk)) = body.data().await {
                 let _ = body.flow_control().release_capacity(chunk.len());
@@ -195,7 +210,9 @@ async fn serve_h2(peer: Arc<Peer>, io: tokio::io::DuplexStream) {
                     }
                     return;
                 }
-                Answer::Grpc(..) | Answer::Refuse => unimplemented!("not scripted for HTTP/2 peers"),
+                Answer::Grpc(..) | Answer::Refuse | Answer::Echo => {
+                    unimplemented!("not scripted for HTTP/2 peers")
+                }
             };
             let rsp = Response::builder().status(status).body(()).unwrap();
             let _ = respond.send_response(rsp, true);
@@ -262,9 +279,31 @@ impl Harness {
     }
 }
 
+/// A streamed body whose chunks the test sends when it wants (and ends by dropping the
+/// sender), as the proxy's server would hand it over: read from a real HTTP/1 connection.
+pub async fn paced() -> (tokio::sync::mpsc::Sender<&'static str>, Body) {
+    let (chunks, rx) = tokio::sync::mpsc::channel::<&'static str>(4);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(chunk.as_bytes()))), rx))
+    });
+    (chunks, over_http1(http_body_util::StreamBody::new(frames)).await)
+}
+
 /// A body of unknown length (sent chunked, as a client streams it), as the proxy's server
 /// would hand it over: read from a real HTTP/1 connection.
 pub async fn streamed(chunks: &'static [&'static str]) -> Body {
+    let frames = futures_util::stream::iter(
+        chunks.iter().map(|c| Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(c.as_bytes())))),
+    );
+    over_http1(http_body_util::StreamBody::new(frames)).await
+}
+
+/// `body` as it arrives at a server over a real HTTP/1 connection.
+async fn over_http1<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
+{
     let (client, server) = tokio::io::duplex(64 * 1024);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let tx = Mutex::new(Some(tx));
@@ -283,10 +322,7 @@ pub async fn streamed(chunks: &'static [&'static str]) -> Body {
     });
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client)).await.unwrap();
     tokio::spawn(conn);
-    let frames = futures_util::stream::iter(
-        chunks.iter().map(|c| Ok::<_, Infallible>(http_body::Frame::data(Bytes::from_static(c.as_bytes())))),
-    );
-    let req = Request::post("http://svc/").body(http_body_util::StreamBody::new(frames)).unwrap();
+    let req = Request::post("http://svc/").body(body).unwrap();
     tokio::spawn(async move {
         let _ = sender.send_request(req).await;
     });

@@ -9,9 +9,11 @@
 //! Sending is idempotent on the request: a request handed back unsent can be sent again,
 //! to this endpoint or another, whatever the first try did to it.
 
-use super::Endpoint;
+use super::{Endpoint, http2};
 use crate::error::{Class, ProxyError, refused_unprocessed};
-use crate::http::{Body, ORIG_PROTO, authority, set_absolute_uri, set_origin_form, strip_hop_by_hop};
+use crate::http::{
+    Body, HttpError, ORIG_PROTO, authority, set_absolute_uri, set_origin_form, strip_hop_by_hop,
+};
 use crate::metrics::TargetMetrics;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -74,41 +76,45 @@ impl Endpoint {
             *req.version_mut() = Version::HTTP_2;
             set_absolute_uri(&mut req, authority)?;
             req.headers_mut().remove(header::HOST);
-            // hyper does not hand back a request that the peer refused unprocessed (a
-            // draining proxy's GOAWAY, REFUSED_STREAM), although it may go again: for a
+            // A request the peer refused unprocessed (a draining proxy's GOAWAY,
+            // REFUSED_STREAM) may go again, but its head went into the stream: for a
             // request without a body, the head is kept to build it anew (a body is only
             // held for replay under a retry policy, see `resilience::retry`). This is what
             // keeps a rolling restart of the endpoints from failing requests.
             let head = http_body::Body::is_end_stream(req.body()).then(|| Head::of(&req));
             // A connection that closed under us is replaced once; the request was not sent.
-            for attempt in 0..2 {
-                let mut sender = match self.h2_sender().await {
-                    Ok(sender) => sender,
+            let mut attempt = 0;
+            let exchange = loop {
+                let mut client = match self.h2_sender().await {
+                    Ok(client) => client,
                     Err(e) => return Err(SendError::unsent(e, req)),
                 };
-                match sender.try_send_request(req).await {
-                    Ok(mut rsp) => {
-                        in_flight.complete();
-                        strip_hop_by_hop(rsp.headers_mut(), false);
-                        if let Some(metrics) = &self.peer_metrics {
-                            rsp.extensions_mut().insert(PeerMetrics(metrics.clone()));
-                        }
-                        return Ok(rsp.map(Body::from));
+                if let Err(e) = client.ready().await {
+                    if attempt == 0 {
+                        tracing::debug!(addr = %self.addr, error = %e, "HTTP/2 connection closing before the request was sent; reconnecting");
+                        attempt += 1;
+                        continue;
                     }
-                    Err(e) => match unsent(attempt, e, self.addr) {
-                        Ok(again) => req = again,
-                        Err(mut failure) => {
-                            if let (None, Some(head), Class::Unsent) =
-                                (&failure.request, &head, failure.error.class())
-                            {
-                                failure.request = Some(Box::new(head.request()));
-                            }
-                            return Err(failure);
-                        }
-                    },
+                    return Err(SendError::unsent(ProxyError::upstream(self.addr, e, false), req));
                 }
+                match client.send(req) {
+                    Ok(exchange) => break exchange,
+                    Err(e) => return Err(h2_failure(self.addr, e.into(), head.as_ref())),
+                }
+            };
+            match exchange.await {
+                Ok(rsp) => {
+                    in_flight.complete();
+                    let mut rsp = rsp.map(|body| Body::Http2 { body });
+                    strip_hop_by_hop(rsp.headers_mut(), false);
+                    if let Some(metrics) = &self.peer_metrics {
+                        rsp.extensions_mut().insert(PeerMetrics(metrics.clone()));
+                    }
+                    Ok(rsp)
+                }
+                Err(http2::Failure::RequestBody(e)) => Err(ProxyError::RequestBody(e).into()),
+                Err(http2::Failure::H2(e)) => Err(h2_failure(self.addr, e.into(), head.as_ref())),
             }
-            unreachable!("the second attempt returns")
         } else {
             if req.version() != Version::HTTP_10 {
                 *req.version_mut() = Version::HTTP_11;
@@ -221,6 +227,17 @@ impl Head {
     }
 }
 
+/// A failed HTTP/2 exchange: unsent when the peer refused it unprocessed, and then with
+/// the request built again from its head if it had no body.
+fn h2_failure(addr: SocketAddr, e: HttpError, head: Option<&Head>) -> SendError {
+    let sent = !refused_unprocessed(&e);
+    let mut failure = SendError::from(ProxyError::upstream(addr, e, sent));
+    if let (Some(head), Class::Unsent) = (head, failure.error.class()) {
+        failure.request = Some(Box::new(head.request()));
+    }
+    failure
+}
+
 /// After a failed send on the first attempt: the request, if it never left and may be
 /// sent again on a new connection. Otherwise the failure, with the request if hyper gave
 /// it back.
@@ -236,8 +253,9 @@ fn unsent(
         }
         Some(req) => Err(SendError::unsent(ProxyError::upstream(addr, e.into_error(), false), req)),
         None => {
-            let sent = !refused_unprocessed(e.error());
-            Err(ProxyError::upstream(addr, e.into_error(), sent).into())
+            let e = HttpError::from(e.into_error());
+            let sent = !refused_unprocessed(&e);
+            Err(ProxyError::upstream(addr, e, sent).into())
         }
     }
 }

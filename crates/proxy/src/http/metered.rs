@@ -113,12 +113,12 @@ impl Drop for Recorder {
 
 impl HttpBody for Metered {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::http::HttpError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, crate::http::HttpError>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         match &polled {

@@ -15,6 +15,7 @@ pub mod server;
 pub mod upgrade;
 
 use crate::endpoint::PooledBody;
+use crate::endpoint::http2::H2Body;
 use crate::error::ProxyError;
 use bytes::Bytes;
 use http::Request;
@@ -28,6 +29,16 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A failure of a body or exchange: from hyper (served connections, HTTP/1 upstreams) or
+/// from h2 (the HTTP/2 client, [`crate::endpoint::http2`]).
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error(transparent)]
+    H2(#[from] h2::Error),
+}
 
 /// Marks a request that an outbound proxy upgraded from HTTP/1 to HTTP/2 for the hop to
 /// another proxy; the inbound proxy removes it and speaks HTTP/1 to the app again.
@@ -52,6 +63,7 @@ pin_project! {
     pub enum Body {
         Stream { #[pin] body: Incoming },
         Pooled { #[pin] body: PooledBody },
+        Http2 { #[pin] body: H2Body },
         Full { #[pin] body: Full<Bytes> },
         // A request body of unknown length, recorded for a retry as it is sent.
         Tee { #[pin] body: crate::resilience::replay::TeeBody },
@@ -76,16 +88,17 @@ impl From<Incoming> for Body {
 
 impl HttpBody for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = HttpError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
         match self.project() {
-            BodyProj::Stream { body } => body.poll_frame(cx),
-            BodyProj::Pooled { body } => body.poll_frame(cx),
-            BodyProj::Tee { body } => body.poll_frame(cx),
+            BodyProj::Stream { body } => body.poll_frame(cx).map_err(HttpError::Hyper),
+            BodyProj::Pooled { body } => body.poll_frame(cx).map_err(HttpError::Hyper),
+            BodyProj::Http2 { body } => body.poll_frame(cx).map_err(HttpError::H2),
+            BodyProj::Tee { body } => body.poll_frame(cx).map_err(HttpError::Hyper),
             BodyProj::Full { body } => match body.poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
                 Poll::Ready(Some(Err(never))) => match never {},
@@ -99,6 +112,7 @@ impl HttpBody for Body {
         match self {
             Body::Stream { body } => body.is_end_stream(),
             Body::Pooled { body } => body.is_end_stream(),
+            Body::Http2 { body } => body.is_end_stream(),
             Body::Tee { body } => body.is_end_stream(),
             Body::Full { body } => body.is_end_stream(),
         }
@@ -108,6 +122,7 @@ impl HttpBody for Body {
         match self {
             Body::Stream { body } => body.size_hint(),
             Body::Pooled { body } => body.size_hint(),
+            Body::Http2 { body } => body.size_hint(),
             Body::Tee { body } => body.size_hint(),
             Body::Full { body } => body.size_hint(),
         }
