@@ -33,6 +33,7 @@ mod http;
 mod identity;
 mod identity_import;
 mod inject;
+mod kube_identity;
 mod kubernetes;
 mod lifecycle;
 mod limits;

@@ -11,10 +11,16 @@
 //!   EndpointSlices as the registry's running instances.
 //! - [`kinds`]: what is watched, by API path.
 //! - [`status`]: route status written back by the replica holding the Lease.
+//! - [`review`]: [`TokenReviewer`], proxies' ServiceAccount tokens checked by TokenReview.
+//! - [`ca_secret`]: the mesh's CA from a Secret (cert-manager's shape), followed as it
+//!   rotates.
 
+pub mod ca_secret;
 pub mod kinds;
+pub mod review;
 pub mod status;
 pub mod store;
 pub mod translate;
 
+pub use review::TokenReviewer;
 pub use store::{KubeStore, OpenError, Options};
