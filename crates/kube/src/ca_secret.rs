@@ -73,7 +73,8 @@ pub fn ca_from_secret(secret_ref: &SecretRef, secret: &Secret) -> Result<Ca, Sec
             .and_then(|d| d.get(field))
             .filter(|b| !b.0.is_empty())
             .ok_or_else(|| SecretCaError::Missing { secret: secret_ref.clone(), field })?;
-        String::from_utf8(bytes.0.clone()).map_err(|_| SecretCaError::NotText { secret: secret_ref.clone(), field })
+        String::from_utf8(bytes.0.clone())
+            .map_err(|_| SecretCaError::NotText { secret: secret_ref.clone(), field })
     };
     let (anchors, issuer, key) = (field(ANCHORS_KEY)?, field(ISSUER_CERT_KEY)?, field(ISSUER_KEY_KEY)?);
     let invalid = |e: CaError| {
@@ -146,7 +147,11 @@ fn apply(secret_ref: &SecretRef, secret: &Secret, shared: &SharedCa) {
     }
     let subject = next.issuer_info().subject.clone();
     match shared.rotate(next) {
-        Ok(()) => tracing::info!(secret = %secret_ref, issuer = %subject, "the mesh's CA now issues with the Secret's new issuer"),
-        Err(e) => tracing::error!(secret = %secret_ref, error = %e, "refused the identity Secret's new issuer; still issuing with the previous one"),
+        Ok(()) => {
+            tracing::info!(secret = %secret_ref, issuer = %subject, "the mesh's CA now issues with the Secret's new issuer")
+        }
+        Err(e) => {
+            tracing::error!(secret = %secret_ref, error = %e, "refused the identity Secret's new issuer; still issuing with the previous one")
+        }
     }
 }

@@ -43,7 +43,12 @@ pub struct TokenReviewer {
 
 impl TokenReviewer {
     pub fn new(client: Client, audience: &str) -> Self {
-        Self { client, audience: audience.to_string(), timeout: REVIEW_TIMEOUT, cache: ReviewCache::default() }
+        Self {
+            client,
+            audience: audience.to_string(),
+            timeout: REVIEW_TIMEOUT,
+            cache: ReviewCache::default(),
+        }
     }
 
     async fn review(&self, token: &str) -> Result<WorkloadIdentity, AuthError> {
@@ -83,7 +88,9 @@ impl Authenticator for TokenReviewer {
         Box::pin(async move {
             match credential {
                 Credential::ServiceAccountToken(token) => self.review(token).await,
-                other => Err(AuthError::WrongKind { presented: other.kind(), accepted: "ServiceAccount tokens" }),
+                other => {
+                    Err(AuthError::WrongKind { presented: other.kind(), accepted: "ServiceAccount tokens" })
+                }
             }
         })
     }
@@ -92,7 +99,8 @@ impl Authenticator for TokenReviewer {
 /// Who an answered TokenReview says the token is, if it is good here.
 pub fn identity_of(status: &TokenReviewStatus, audience: &str) -> Result<WorkloadIdentity, AuthError> {
     if status.authenticated != Some(true) {
-        let reason = status.error.clone().filter(|e| !e.is_empty()).unwrap_or_else(|| "no reason given".into());
+        let reason =
+            status.error.clone().filter(|e| !e.is_empty()).unwrap_or_else(|| "no reason given".into());
         return Err(AuthError::NotAuthenticated(reason));
     }
     // An API server that ignores audiences answers without them: that is not a yes.
@@ -130,7 +138,8 @@ pub fn identity_of(status: &TokenReviewStatus, audience: &str) -> Result<Workloa
 /// an `exp`, and nothing is cached.
 pub fn token_expiry(token: &str) -> Option<SystemTime> {
     let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let bytes =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     let exp = claims.get("exp")?.as_u64()?;
     Some(UNIX_EPOCH + Duration::from_secs(exp))
@@ -157,7 +166,14 @@ impl ReviewCache {
 
     /// Remembers `who` for [`CACHE_TTL`], or until the token's `exp` if sooner
     /// (`wall_now` is the wall clock at `now`).
-    pub fn put(&self, key: [u8; 32], who: WorkloadIdentity, now: Instant, exp: SystemTime, wall_now: SystemTime) {
+    pub fn put(
+        &self,
+        key: [u8; 32],
+        who: WorkloadIdentity,
+        now: Instant,
+        exp: SystemTime,
+        wall_now: SystemTime,
+    ) {
         let left = exp.duration_since(wall_now).unwrap_or_default().min(CACHE_TTL);
         if left.is_zero() {
             return;
@@ -199,12 +215,14 @@ mod tests {
         assert_eq!(identity_of(&good, "tarmac"), Ok(books()));
         let e = identity_of(&status(false, &[], ""), "tarmac").unwrap_err();
         assert_eq!(e.reason(), "token_not_authenticated");
-        let e = identity_of(&status(true, &["vault"], "system:serviceaccount:shop:books"), "tarmac").unwrap_err();
+        let e =
+            identity_of(&status(true, &["vault"], "system:serviceaccount:shop:books"), "tarmac").unwrap_err();
         assert_eq!(e.reason(), "wrong_audience", "{e}");
         let mut none = good.clone();
         none.audiences = None;
         assert_eq!(identity_of(&none, "tarmac").unwrap_err().reason(), "wrong_audience");
-        for user in ["alice", "system:serviceaccount:shop", "system:serviceaccount::books", "system:node:n1"] {
+        for user in ["alice", "system:serviceaccount:shop", "system:serviceaccount::books", "system:node:n1"]
+        {
             let e = identity_of(&status(true, &["tarmac"], user), "tarmac").unwrap_err();
             assert_eq!(e.reason(), "not_a_service_account", "{user}");
         }
@@ -219,7 +237,8 @@ mod tests {
 
     #[test]
     fn a_jwt_expiry_is_read_and_anything_else_has_none() {
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"exp":1900000000,"aud":["tarmac"]}"#);
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"exp":1900000000,"aud":["tarmac"]}"#);
         let jwt = format!("eyJhbGciOiJSUzI1NiJ9.{payload}.c2ln");
         assert_eq!(token_expiry(&jwt), Some(UNIX_EPOCH + Duration::from_secs(1_900_000_000)));
         assert_eq!(token_expiry("opaque"), None);

@@ -10,13 +10,13 @@ use crate::identity::{MeshTls, TlsSetupError};
 use crate::inbound::Inbound;
 use crate::inbound::policy::Policies;
 use crate::metrics::Metrics;
-use tarmac_proto::identity::certify_request::Proof;
 use crate::outbound::Outbound;
 use rustls::pki_types::pem::PemObject;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tarmac_proto::identity::certify_request::Proof;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -64,7 +64,9 @@ pub enum IdentityError {
 /// (`identity.token_fd` or `identity.token_file`) and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("set only one of `identity.token_fd`, `identity.token_file` and `identity.service_account_token`")]
+    #[error(
+        "set only one of `identity.token_fd`, `identity.token_file` and `identity.service_account_token`"
+    )]
     Both,
     #[error(
         "no bootstrap token: set `identity.token_fd` (an inherited pipe), `identity.token_file`, or on Kubernetes `identity.service_account_token`"

@@ -190,6 +190,48 @@ impl ApiServer {
         self.state.lock().unwrap().list_delay = delay;
     }
 
+    /// A ServiceAccount token of `namespace/service_account` for `audiences`, bound to
+    /// `pod`, as the kubelet projects one: a JWT-shaped string (unsigned: only this
+    /// server's TokenReview vouches for it) with an `exp` an hour ahead.
+    pub fn mint_token(
+        &self,
+        audiences: &[&str],
+        namespace: &str,
+        service_account: &str,
+        pod: &str,
+    ) -> String {
+        use base64::Engine as _;
+        let mut state = self.state.lock().unwrap();
+        let n = state.minted.len();
+        let exp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let subject = format!("system:serviceaccount:{namespace}:{service_account}");
+        let claims = json!({"aud": audiences, "exp": exp, "sub": subject, "n": n});
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let token =
+            format!("{}.{}.{}", b64(br#"{"alg":"none"}"#), b64(claims.to_string().as_bytes()), b64(b"sig"));
+        state.minted.insert(
+            token.clone(),
+            Minted {
+                audiences: audiences.iter().map(|a| a.to_string()).collect(),
+                namespace: namespace.into(),
+                service_account: service_account.into(),
+                pod: pod.into(),
+            },
+        );
+        token
+    }
+
+    /// How many TokenReviews were answered.
+    pub fn token_reviews(&self) -> usize {
+        self.state.lock().unwrap().reviews
+    }
+
+    /// TokenReviews answer 503 from now on (`true`), or normally again.
+    pub fn reviews_unavailable(&self, unavailable: bool) {
+        self.state.lock().unwrap().reviews_unavailable = unavailable;
+    }
+
     /// Every write accepted so far, `TOKEN METHOD PATH` (the kubeconfig's token tells
     /// which client wrote).
     pub fn writes(&self) -> Vec<String> {
@@ -447,7 +489,9 @@ fn review(state: &mut State, body: &Bytes) -> Response<ResponseBody> {
         .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     let status = match state.minted.get(token) {
-        None => json!({"authenticated": false, "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]"}),
+        None => {
+            json!({"authenticated": false, "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]"})
+        }
         Some(minted) => {
             let common: Vec<&String> = if wanted.is_empty() {
                 minted.audiences.iter().collect()

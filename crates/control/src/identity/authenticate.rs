@@ -44,9 +44,13 @@ pub enum AuthError {
         "the ServiceAccount token is not for audience {expected:?} (the API server answered for {got:?}): project the token with `audience: {expected}`"
     )]
     WrongAudience { expected: String, got: Vec<String> },
-    #[error("the token authenticates {0:?}, which is not a ServiceAccount (system:serviceaccount:NAMESPACE:NAME)")]
+    #[error(
+        "the token authenticates {0:?}, which is not a ServiceAccount (system:serviceaccount:NAMESPACE:NAME)"
+    )]
     NotServiceAccount(String),
-    #[error("the token was issued for pod {pod}, which is not of service account {namespace}/{service_account}")]
+    #[error(
+        "the token was issued for pod {pod}, which is not of service account {namespace}/{service_account}"
+    )]
     PodMismatch { pod: String, namespace: String, service_account: String },
     #[error(
         "unknown bootstrap token: it was never handed out by this control plane, or was revoked when its replica stopped or restarted (a forged token, or one from an earlier run)"
@@ -293,7 +297,10 @@ mod tests {
         let token = tokens.issue("shop/books-0", books());
         let e = tokens.authenticate(Credential::ServiceAccountToken(&token)).await.unwrap_err();
         assert_eq!(e.reason(), "wrong_credential_kind");
-        assert_eq!(tokens.redeem(Credential::ServiceAccountToken(&token)).unwrap_err().reason(), "wrong_credential_kind");
+        assert_eq!(
+            tokens.redeem(Credential::ServiceAccountToken(&token)).unwrap_err().reason(),
+            "wrong_credential_kind"
+        );
         assert_eq!(tokens.authenticate(Credential::BootstrapToken(&token)).await, Ok(books()));
     }
 

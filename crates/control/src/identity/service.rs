@@ -204,7 +204,6 @@ impl IdentityService {
             Err(e) => refuse("no_identity", e.to_string()),
         }
     }
-
 }
 
 fn spki(cert: &[u8]) -> Option<Vec<u8>> {
