@@ -374,12 +374,21 @@ async fn start_webhook(
             );
         }
     };
+    let token_audience = args.token_audience.clone();
     let args = &args.webhook;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr} for the webhook: {e}"))?;
-    let settings =
-        Settings { proxy_image: args.proxy_image.clone(), control_addr: args.sidecar_control_addr };
+    let settings = Settings {
+        proxy_image: args.proxy_image.clone(),
+        control_addr: args.sidecar_control_addr,
+        // Sidecars trust the anchors the CA has as the webhook starts (an anchor rotation
+        // restarts the control plane, docs/kubernetes.md).
+        identity: identity.map(|i| tarmac_control::inject::IdentitySettings {
+            trust_anchors: i.ca.current().anchors_pem().to_string(),
+            audience: token_audience.clone(),
+        }),
+    };
     tracing::info!(%addr, "sidecar injection webhook listening");
     tokio::spawn(webhook::serve(listener, tls, settings, stop.cancelled_owned()));
     Ok(())
