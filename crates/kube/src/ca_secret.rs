@@ -50,8 +50,9 @@ pub enum SecretCaError {
     #[error("cannot read the Secret {secret}: {source}")]
     Api {
         secret: SecretRef,
+        /// Boxed: the client's error is large, and this is a rare path.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("the Secret {secret} does not exist: create it (see docs/kubernetes.md, \"Identity\")")]
     NotFound { secret: SecretRef },
@@ -107,7 +108,7 @@ pub async fn follow(
     let first = tokio::time::timeout(timeout, api.get_opt(&secret_ref.name))
         .await
         .unwrap_or_else(|_| Err(kube::Error::Service(format!("no answer within {timeout:?}").into())))
-        .map_err(|source| SecretCaError::Api { secret: secret_ref.clone(), source })?
+        .map_err(|source| SecretCaError::Api { secret: secret_ref.clone(), source: Box::new(source) })?
         .ok_or_else(|| SecretCaError::NotFound { secret: secret_ref.clone() })?;
     let shared = Arc::new(SharedCa::new(ca_from_secret(&secret_ref, &first)?));
     let task = tokio::spawn(watch(api, secret_ref, shared.clone()));
