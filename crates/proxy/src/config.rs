@@ -781,7 +781,7 @@ outbound:
 
     #[test]
     fn a_service_account_token_excludes_the_other_proofs() {
-        let base = "control: {addr: 127.0.0.1:4180}\nidentity:\n  trust_anchors: /a.pem\n  service_account_token: /var/run/secrets/tarmac/token\n";
+        let base = "inbound: {listen: 127.0.0.1:0, app: 127.0.0.1:8080}\ncontrol: {addr: 127.0.0.1:4180}\nidentity:\n  trust_anchors: /a.pem\n  service_account_token: /var/run/secrets/tarmac/token\n";
         Config::from_yaml(base, "sa.yaml").unwrap();
         for other in ["  token_fd: 3\n", "  token_file: /t\n", "  certificate: {cert: /c, key: /k}\n"] {
             let err = Config::from_yaml(&format!("{base}{other}"), "sa.yaml").unwrap_err().to_string();
