@@ -156,3 +156,69 @@ fn apply(secret_ref: &SecretRef, secret: &Secret, shared: &SharedCa) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use std::collections::BTreeMap;
+
+    fn secret(fields: &[(&str, &str)]) -> Secret {
+        let data = fields.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())));
+        Secret { data: Some(data.collect::<BTreeMap<_, _>>()), ..Default::default() }
+    }
+
+    fn at() -> SecretRef {
+        "tarmac-system/tarmac-identity".parse().unwrap()
+    }
+
+    /// An issuer under a fresh root: (anchors, issuer certificate, its PKCS#8 key), PEM.
+    fn issuer(dir: &std::path::Path) -> (String, String, String) {
+        let (root, root_key) = tarmac_identity::ca::generate_root("cluster.local").unwrap();
+        let ca = Ca::from_root(&root, &root_key.serialize_pem(), "cluster.local").unwrap();
+        ca.save(dir, None).unwrap();
+        let key = std::fs::read_to_string(dir.join(tarmac_identity::ca::ISSUER_KEY_FILE)).unwrap();
+        (root, ca.issuer_pem().to_string(), key)
+    }
+
+    #[test]
+    fn cert_managers_key_encodings_are_read_and_bad_secrets_name_the_field() {
+        let dir = std::env::temp_dir().join(format!("tarmac-ca-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (anchors, cert, pkcs8) = issuer(&dir);
+        let ok = |key: &str| {
+            ca_from_secret(&at(), &secret(&[("ca.crt", &anchors), ("tls.crt", &cert), ("tls.key", key)]))
+        };
+        ok(&pkcs8).unwrap();
+        // cert-manager writes ECDSA keys as SEC1 (`EC PRIVATE KEY`) unless told PKCS#8.
+        let out = std::process::Command::new("openssl")
+            .args(["ec", "-in"])
+            .arg(dir.join(tarmac_identity::ca::ISSUER_KEY_FILE))
+            .output()
+            .expect("openssl (scripts/setup-test-deps.sh)");
+        let sec1 = String::from_utf8(out.stdout).unwrap();
+        assert!(sec1.contains("BEGIN EC PRIVATE KEY"), "{sec1}");
+        ok(&sec1).unwrap();
+
+        let e = ca_from_secret(&at(), &secret(&[("ca.crt", &anchors), ("tls.crt", &cert)])).unwrap_err();
+        assert_eq!(e.to_string(), "the Secret tarmac-system/tarmac-identity has no `tls.key` in its data");
+        let other = issuer(&dir.join("other")).2;
+        let e = ok(&other).unwrap_err().to_string();
+        assert!(e.contains("tls.key: it is not the key of the issuer certificate"), "{e}");
+        let e = ca_from_secret(
+            &at(),
+            &secret(&[("ca.crt", &anchors), ("tls.crt", &anchors), ("tls.key", &pkcs8)]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tls.key"), "the root's certificate with the issuer's key: {e}");
+        let (foreign, _, _) = issuer(&dir.join("foreign"));
+        let e =
+            ca_from_secret(&at(), &secret(&[("ca.crt", &foreign), ("tls.crt", &cert), ("tls.key", &pkcs8)]))
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("does not chain to the trust anchors"), "{e}");
+        assert!("no-slash".parse::<SecretRef>().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

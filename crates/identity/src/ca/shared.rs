@@ -62,3 +62,38 @@ impl From<Ca> for SharedCa {
         Self::new(ca)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ca::generate_root;
+
+    #[test]
+    fn a_rotation_keeps_the_old_issuer_for_renewals_and_a_broken_one_is_refused() {
+        let (root, key) = generate_root("cluster.local").unwrap();
+        let key = key.serialize_pem();
+        let first = Ca::from_root(&root, &key, "cluster.local").unwrap();
+        let first_issuer = first.issuer_chain_der().to_vec();
+        let shared = SharedCa::new(first);
+        let second = Ca::from_root(&root, &key, "cluster.local").unwrap();
+        let second_issuer = second.issuer_chain_der().to_vec();
+        shared.rotate(second).unwrap();
+        assert_eq!(shared.current().issuer_chain_der(), &second_issuer[..]);
+        let known = shared.known_issuers_der();
+        assert!(
+            first_issuer.iter().all(|d| known.contains(d)) && second_issuer.iter().all(|d| known.contains(d))
+        );
+
+        // An issuer under another root, with this root as its anchors: refused, kept.
+        let (other_root, other_key) = generate_root("cluster.local").unwrap();
+        let foreign = Ca::from_root(&other_root, &other_key.serialize_pem(), "cluster.local").unwrap();
+        let mut dir = std::env::temp_dir();
+        dir.push(format!("tarmac-shared-ca-{}", std::process::id()));
+        foreign.save(&dir, None).unwrap();
+        let foreign_key = std::fs::read_to_string(dir.join(crate::ca::ISSUER_KEY_FILE)).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let mislabelled = Ca::from_issuer(&root, foreign.issuer_pem(), &foreign_key).unwrap();
+        assert!(shared.rotate(mislabelled).is_err());
+        assert_eq!(shared.current().issuer_chain_der(), &second_issuer[..], "the issuer in use stays");
+    }
+}
