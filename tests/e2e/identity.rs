@@ -25,6 +25,8 @@ const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
 struct ControlPlane {
     dir: PathBuf,
     ca: Arc<Ca>,
+    /// The same CA, as the control plane holds it.
+    shared: Arc<tarmac_identity::ca::SharedCa>,
     tokens: Arc<BootstrapTokens>,
     lifetime: Duration,
     addr: SocketAddr,
@@ -44,9 +46,11 @@ impl ControlPlane {
         let (ca, created) = Ca::load_or_generate(&dir.join("ca"), "cluster.local").unwrap();
         assert!(created);
         std::fs::write(dir.join("anchors.pem"), ca.anchors_pem()).unwrap();
+        let shared = Arc::new(tarmac_identity::ca::SharedCa::new(ca));
         let mut control = Self {
             dir,
-            ca: Arc::new(ca),
+            ca: shared.current(),
+            shared,
             tokens: Arc::new(tokens),
             lifetime,
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -60,7 +64,7 @@ impl ControlPlane {
     /// (Re)starts serving, on the same port after the first time.
     async fn serve(&mut self) {
         let config = tarmac_control::Config::files(self.dir.join("config")).with_identity(IdentityConfig {
-            ca: self.ca.clone(),
+            ca: self.shared.clone(),
             trust_domain: "cluster.local".into(),
             cert_lifetime: self.lifetime,
             authenticator: self.tokens.clone(),

@@ -348,14 +348,24 @@ pub(crate) fn validate_strict(name: &str, yaml: &str) -> bool {
 
 #[test]
 fn injected_workloads_and_the_webhook_configuration_validate_against_the_api_schemas() {
+    // With the mesh's identity: the sidecar's projected token volume and the anchors too.
+    let (anchors, _) = tarmac_identity::ca::generate_root("cluster.local").unwrap();
+    let anchors = write_temp("anchors.pem", &anchors);
     let out = Command::new(binary("tarmac"))
-        .args(["inject", "--all", "--control-addr", "10.96.0.20:4180"])
+        .args(["inject", "--all", "--control-addr", "10.96.0.20:4180", "--trust-anchors"])
+        .arg(&anchors)
         .stdin(std::fs::File::open(write_temp("workloads.yaml", WORKLOADS)).unwrap())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let injected = String::from_utf8(out.stdout).unwrap();
     assert_eq!(injected.matches("tarmac.io/injected").count(), 4, "{injected}");
+    assert_eq!(injected.matches("serviceAccountToken").count(), 4, "{injected}");
+    assert_eq!(
+        injected.matches("tarmac.io/trust-anchors").count(),
+        8,
+        "annotation and volume item:\n{injected}"
+    );
 
     let dir = temp_dir("inject-install");
     openssl(

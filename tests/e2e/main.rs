@@ -34,6 +34,7 @@ mod identity;
 mod identity_import;
 mod inject;
 mod install;
+mod kube_identity;
 mod kubernetes;
 mod lifecycle;
 mod limits;

@@ -70,6 +70,7 @@ impl EphemeralCa {
             certificate: Some(CertificateFiles { cert: own.cert.clone(), key: own.key.clone() }),
             token_fd: None,
             token_file: None,
+            service_account_token: None,
         }
     }
 }

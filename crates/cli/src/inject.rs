@@ -35,6 +35,14 @@ pub struct InjectArgs {
     /// without discovery.
     #[arg(long, value_name = "ADDR")]
     pub control_addr: Option<SocketAddr>,
+    /// The mesh's trust anchors (PEM: the CA Secret's `ca.crt`): sidecars then get their
+    /// certificates from the control plane with a projected ServiceAccount token (needs
+    /// `--control-addr`). Without it they run without mTLS.
+    #[arg(long, value_name = "FILE", requires = "control_addr")]
+    pub trust_anchors: Option<PathBuf>,
+    /// The audience of the sidecars' ServiceAccount token (`tarmac-control --token-audience`).
+    #[arg(long, value_name = "AUDIENCE", default_value = "tarmac")]
+    pub token_audience: String,
 }
 
 /// What can go wrong reading, injecting or writing manifests; `origin` is the file
@@ -64,6 +72,8 @@ pub enum InjectError {
         #[source]
         source: inject::InjectError,
     },
+    #[error("the trust anchors {path}: {reason}")]
+    Anchors { path: String, reason: String },
     #[error("writing YAML: {0}")]
     WriteYaml(#[source] serde_saphyr::ser::Error),
     #[error("writing stdout: {0}")]
@@ -115,7 +125,22 @@ pub fn inject_manifests(
     text: &str,
     args: &InjectArgs,
 ) -> Result<(String, Vec<String>), InjectError> {
-    let settings = Settings { proxy_image: args.proxy_image.clone(), control_addr: args.control_addr };
+    let identity = match &args.trust_anchors {
+        Some(path) => {
+            let anchors_error =
+                |reason: String| InjectError::Anchors { path: path.display().to_string(), reason };
+            let pem = std::fs::read_to_string(path).map_err(|e| anchors_error(e.to_string()))?;
+            match tarmac_identity::ca::pem_certs(&pem) {
+                Ok(certs) if !certs.is_empty() => {}
+                Ok(_) => return Err(anchors_error("no CERTIFICATE blocks".into())),
+                Err(e) => return Err(anchors_error(e.to_string())),
+            }
+            Some(inject::IdentitySettings { trust_anchors: pem, audience: args.token_audience.clone() })
+        }
+        None => None,
+    };
+    let settings =
+        Settings { proxy_image: args.proxy_image.clone(), control_addr: args.control_addr, identity };
     let mut documents: Vec<Value> = serde_saphyr::from_multiple(text)
         .map_err(|source| InjectError::NotYaml { origin: origin.to_string(), source: Box::new(source) })?;
     // Empty documents (a leading or trailing `---`) carry nothing to keep.

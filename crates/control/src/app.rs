@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tarmac_identity::ca::Ca;
+use tarmac_identity::ca::SharedCa;
 use tarmac_model::authz::DefaultPolicy;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -70,7 +70,7 @@ pub enum StoreConfig {
 
 /// The CA and how proxies prove who they are on their first request.
 pub struct IdentityConfig {
-    pub ca: Arc<Ca>,
+    pub ca: Arc<SharedCa>,
     pub trust_domain: String,
     /// Lifetime of workload certificates; proxies renew at about 70 % of it.
     pub cert_lifetime: Duration,

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 use tarmac_identity::SpiffeId;
-use tarmac_identity::ca::Ca;
+use tarmac_identity::ca::{Ca, SharedCa};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -62,13 +62,13 @@ impl Caller {
 /// The TLS settings of the gRPC listener: the control plane's own certificate (from its
 /// CA), client certificates optional and verified against the mesh's trust anchors.
 pub fn server_tls(
-    ca: Arc<Ca>,
+    ca: Arc<SharedCa>,
     trust_domain: &str,
     lifetime: Duration,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    let anchors = tarmac_identity::ca::pem_certs(ca.anchors_pem())
+    let anchors = tarmac_identity::ca::pem_certs(ca.current().anchors_pem())
         .map_err(|source| TlsError::Certificates { what: "trust anchors".to_string(), source })?;
     for der in anchors {
         roots
@@ -91,7 +91,7 @@ pub fn server_tls(
 /// proxies keep their connection).
 #[derive(Debug)]
 struct OwnCertificate {
-    ca: Arc<Ca>,
+    ca: Arc<SharedCa>,
     id: SpiffeId,
     lifetime: Duration,
     provider: Arc<rustls::crypto::CryptoProvider>,
@@ -100,12 +100,12 @@ struct OwnCertificate {
 
 impl OwnCertificate {
     fn new(
-        ca: Arc<Ca>,
+        ca: Arc<SharedCa>,
         id: SpiffeId,
         lifetime: Duration,
         provider: Arc<rustls::crypto::CryptoProvider>,
     ) -> Result<Self, TlsError> {
-        let first = issue(&ca, &id, lifetime, &provider)?;
+        let first = issue(&ca.current(), &id, lifetime, &provider)?;
         Ok(Self { ca, id, lifetime, provider, current: Mutex::new(first) })
     }
 }
@@ -127,7 +127,7 @@ impl ResolvesServerCert for OwnCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if SystemTime::now() >= current.1 {
-            match issue(&self.ca, &self.id, self.lifetime, &self.provider) {
+            match issue(&self.ca.current(), &self.id, self.lifetime, &self.provider) {
                 Ok(fresh) => *current = fresh,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot issue the control plane's own certificate again")

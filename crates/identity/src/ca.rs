@@ -26,6 +26,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 mod server;
+mod shared;
+
+pub use shared::SharedCa;
 
 pub const ANCHORS_FILE: &str = "anchors.pem";
 pub const ISSUER_CERT_FILE: &str = "issuer.pem";

@@ -15,15 +15,21 @@
 //!   certificates generated there, the Deployment, Services, PodDisruptionBudget, the
 //!   webhook's configuration) as typed objects; [`apply`] applies and deletes them
 //!   through the API; [`precheck`] is `tarmac check --pre`.
+//! - [`review`]: [`TokenReviewer`], proxies' ServiceAccount tokens checked by TokenReview.
+//! - [`ca_secret`]: the mesh's CA from a Secret (cert-manager's shape), followed as it
+//!   rotates.
 
 pub mod apply;
+pub mod ca_secret;
 pub mod install;
 pub mod kinds;
 pub mod precheck;
+pub mod review;
 pub mod status;
 pub mod store;
 pub mod translate;
 
+pub use review::TokenReviewer;
 pub use store::{KubeStore, OpenError, Options};
 
 /// A client of the API server `kubeconfig` names (its current context), else the one

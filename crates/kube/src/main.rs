@@ -15,7 +15,7 @@ use tarmac_control::identity::{BootstrapTokens, default_ca_dir};
 use tarmac_control::registry::Registry;
 use tarmac_control::{Config, IdentityConfig, Listeners, StartError};
 use tarmac_identity::DEFAULT_TRUST_DOMAIN;
-use tarmac_identity::ca::Ca;
+use tarmac_identity::ca::{Ca, SharedCa};
 
 /// Log filter, in `tracing` env-filter syntax (default `info`).
 const ENV_LOG: &str = "TARMAC_CONTROL_LOG";
@@ -63,8 +63,19 @@ struct Args {
     /// Default: `$XDG_STATE_HOME/tarmac/identity` or `~/.local/state/tarmac/identity`.
     #[arg(long, value_name = "DIR")]
     identity_dir: Option<PathBuf>,
+    /// With `--store kubernetes`: the mesh's CA from this Secret (`NAMESPACE/NAME`), in
+    /// cert-manager's shape: `tls.crt` the issuer certificate (and its chain), `tls.key`
+    /// its key, `ca.crt` the trust anchors. Watched: a renewed issuer is used without a
+    /// restart; a Secret that cannot be a CA is refused and the issuer in use stays.
+    #[arg(long, value_name = "NAMESPACE/NAME", conflicts_with = "identity_dir")]
+    identity_secret: Option<tarmac_kube::ca_secret::SecretRef>,
+    /// With `--store kubernetes`: the audience proxies' projected ServiceAccount tokens
+    /// are for; each is checked with a TokenReview for it.
+    #[arg(long, value_name = "AUDIENCE", default_value = tarmac_kube::review::DEFAULT_AUDIENCE)]
+    token_audience: String,
     /// Proxies' one-time bootstrap tokens, one a line: `TOKEN NAMESPACE SERVICE_ACCOUNT`.
-    /// Each certifies one proxy once; renewals are proven with the certificate.
+    /// Each certifies one proxy once; renewals are proven with the certificate. For
+    /// `--store files`: on Kubernetes proxies present ServiceAccount tokens.
     #[arg(long, value_name = "FILE")]
     bootstrap_tokens: Option<PathBuf>,
     /// Lifetime of workload certificates (`24h`, `1h30m`); proxies renew at about 70 %.
@@ -81,7 +92,7 @@ struct Args {
     #[arg(long, value_name = "URL")]
     trace_url: Option<tarmac_control::telemetry::tap::TraceUrl>,
     /// Serve no identity: proxies run without mTLS or with certificates from files.
-    #[arg(long, conflicts_with_all = ["identity_dir", "bootstrap_tokens"])]
+    #[arg(long, conflicts_with_all = ["identity_dir", "identity_secret", "bootstrap_tokens"])]
     no_identity: bool,
     #[command(flatten)]
     webhook: WebhookArgs,
@@ -126,8 +137,18 @@ fn main() -> ExitCode {
         eprintln!("tarmac-control: --kubeconfig and --no-route-status are for --store kubernetes");
         return ExitCode::FAILURE;
     }
+    if args.store == StoreKind::Files && args.identity_secret.is_some() {
+        eprintln!("tarmac-control: --identity-secret is for --store kubernetes (with files, --identity-dir)");
+        return ExitCode::FAILURE;
+    }
     if args.store == StoreKind::Kubernetes && args.config_dir.is_some() {
         eprintln!("tarmac-control: --config-dir is for --store files (the default)");
+        return ExitCode::FAILURE;
+    }
+    if args.store == StoreKind::Kubernetes && args.bootstrap_tokens.is_some() {
+        eprintln!(
+            "tarmac-control: --bootstrap-tokens is for --store files: on Kubernetes proxies prove who they are with their ServiceAccount token"
+        );
         return ExitCode::FAILURE;
     }
     let filter = std::env::var(ENV_LOG).unwrap_or_else(|_| "info".to_string());
@@ -145,7 +166,11 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let config = match store_config(&args).await.and_then(|config| config_with(&args, config)) {
+        let config = match store_config(&args).await {
+            Ok((config, client)) => config_with(&args, config, client).await,
+            Err(e) => Err(e),
+        };
+        let config = match config {
             Ok(config) => config,
             Err(message) => {
                 eprintln!("tarmac-control: {message}");
@@ -158,7 +183,7 @@ fn main() -> ExitCode {
 
 /// The store: the directory (opened by [`tarmac_control::start`]), or the Kubernetes API,
 /// listed here and filling the registry from the cluster's Pods.
-async fn store_config(args: &Args) -> Result<Config, String> {
+async fn store_config(args: &Args) -> Result<(Config, Option<kube::Client>), String> {
     let Some(dir) = &args.config_dir else {
         let client = kube_client(args.kubeconfig.as_deref()).await?;
         let registry = Registry::default();
@@ -177,11 +202,11 @@ async fn store_config(args: &Args) -> Result<Config, String> {
                 lease_duration: Duration::from_secs(15),
                 renew_every: Duration::from_secs(5),
             };
-            tarmac_kube::status::spawn(client, store.snapshots(), options);
+            tarmac_kube::status::spawn(client.clone(), store.snapshots(), options);
         }
-        return Ok(Config::opened(Box::new(store), registry));
+        return Ok((Config::opened(Box::new(store), registry), Some(client)));
     };
-    Ok(Config::files(dir))
+    Ok((Config::files(dir), None))
 }
 
 /// A client of the API server `kubeconfig` names, else the one kube-rs infers.
@@ -189,20 +214,43 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Clien
     tarmac_kube::client(kubeconfig).await.map_err(|e| e.to_string())
 }
 
-/// The typed configuration, with the CA loaded (or generated) and the tokens read.
-fn config_with(args: &Args, config: Config) -> Result<Config, String> {
+/// The typed configuration, with the CA loaded (or generated, or read from its Secret)
+/// and how proxies prove who they are (bootstrap tokens read, or TokenReviews).
+async fn config_with(args: &Args, config: Config, client: Option<kube::Client>) -> Result<Config, String> {
     let config = config.with_default_policy(args.default_policy).with_trace_url(args.trace_url.clone());
     if args.no_identity {
         return Ok(config);
     }
-    let dir = match &args.identity_dir {
-        Some(dir) => dir.clone(),
-        None => default_ca_dir().map_err(|e| e.to_string())?,
+    let ca: Arc<SharedCa> = match (&args.identity_secret, &client) {
+        (Some(secret), Some(client)) => {
+            let (ca, _follow) =
+                tarmac_kube::ca_secret::follow(client.clone(), secret.clone(), args.kube_sync_timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tracing::info!(%secret, issuer = %ca.current().issuer_info().subject, "the mesh's CA from its Secret");
+            ca
+        }
+        _ => {
+            let dir = match &args.identity_dir {
+                Some(dir) => dir.clone(),
+                None => default_ca_dir().map_err(|e| e.to_string())?,
+            };
+            let (ca, created) = Ca::load_or_generate(&dir, DEFAULT_TRUST_DOMAIN)
+                .map_err(|e| format!("the mesh's CA in {}: {e}", dir.display()))?;
+            if created {
+                tracing::info!(dir = %dir.display(), "generated a new trust anchor and issuer");
+            }
+            Arc::new(ca.into())
+        }
     };
-    let (ca, created) = Ca::load_or_generate(&dir, DEFAULT_TRUST_DOMAIN)
-        .map_err(|e| format!("the mesh's CA in {}: {e}", dir.display()))?;
-    if created {
-        tracing::info!(dir = %dir.display(), "generated a new trust anchor and issuer");
+    if let Some(client) = client {
+        return Ok(config.with_identity(IdentityConfig {
+            ca,
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+            cert_lifetime: args.cert_lifetime,
+            authenticator: Arc::new(tarmac_kube::TokenReviewer::new(client, &args.token_audience)),
+            only_configured_workloads: false,
+        }));
     }
     let tokens = match &args.bootstrap_tokens {
         Some(path) => {
@@ -230,7 +278,7 @@ fn config_with(args: &Args, config: Config) -> Result<Config, String> {
         }
     };
     Ok(config.with_identity(IdentityConfig {
-        ca: Arc::new(ca),
+        ca,
         trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
         cert_lifetime: args.cert_lifetime,
         authenticator: Arc::new(tokens),
@@ -313,12 +361,21 @@ async fn start_webhook(
             );
         }
     };
+    let token_audience = args.token_audience.clone();
     let args = &args.webhook;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr} for the webhook: {e}"))?;
-    let settings =
-        Settings { proxy_image: args.proxy_image.clone(), control_addr: args.sidecar_control_addr };
+    let settings = Settings {
+        proxy_image: args.proxy_image.clone(),
+        control_addr: args.sidecar_control_addr,
+        // Sidecars trust the anchors the CA has as the webhook starts (an anchor rotation
+        // restarts the control plane, docs/kubernetes.md).
+        identity: identity.map(|i| tarmac_control::inject::IdentitySettings {
+            trust_anchors: i.ca.current().anchors_pem().to_string(),
+            audience: token_audience.clone(),
+        }),
+    };
     tracing::info!(%addr, "sidecar injection webhook listening");
     tokio::spawn(webhook::serve(listener, tls, settings, stop.cancelled_owned()));
     Ok(())

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tarmac_proto::identity::certify_request::Proof;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -63,9 +64,13 @@ pub enum IdentityError {
 /// (`identity.token_fd` or `identity.token_file`) and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("set one of `identity.token_fd` and `identity.token_file`")]
+    #[error(
+        "set only one of `identity.token_fd`, `identity.token_file` and `identity.service_account_token`"
+    )]
     Both,
-    #[error("no bootstrap token: set `identity.token_fd` (an inherited pipe) or `identity.token_file`")]
+    #[error(
+        "no bootstrap token: set `identity.token_fd` (an inherited pipe), `identity.token_file`, or on Kubernetes `identity.service_account_token`"
+    )]
     Neither,
     #[error("cannot read the bootstrap token (`identity.token_fd`): {0}")]
     Fd(std::io::Error),
@@ -284,14 +289,24 @@ async fn setup_identity(
     // The bootstrap call presents no certificate (it has none yet): a channel of its own,
     // kept for renewals, which prove themselves with the current certificate's key.
     let control = ControlClient::new(control_config, Some(&tls));
-    let token = bootstrap_token(identity)?;
     let requested = tarmac_identity::SpiffeId::new(
         tarmac_identity::DEFAULT_TRUST_DOMAIN,
         &control_config.namespace,
         &control_config.service_account,
     )?;
     let mut certifier = Certifier::new(control.channel(), requested, certs, metrics.clone())?;
-    certifier.bootstrap(token).await?;
+    match &identity.service_account_token {
+        Some(path) => {
+            if identity.token_fd.is_some() || identity.token_file.is_some() {
+                return Err(TokenError::Both.into());
+            }
+            certifier.bootstrap(|| service_account_proof(path, control_config)).await?;
+        }
+        None => {
+            let token = bootstrap_token(identity)?;
+            certifier.bootstrap(|| Ok(Proof::Token(token.clone()))).await?;
+        }
+    }
     let stop = stop.clone();
     tokio::spawn(async move {
         if let Err(reason) = certifier.renew_forever(stop).await {
@@ -299,6 +314,19 @@ async fn setup_identity(
         }
     });
     Ok(tls)
+}
+
+/// The projected ServiceAccount token as it is now, and who the proxy says it is. The
+/// file is the kubelet's (a read-only volume it rewrites before the token expires): read,
+/// never removed, and not held to mode 0600, which a projected volume does not have.
+fn service_account_proof(path: &str, control: &crate::config::ControlConfig) -> Result<Proof, CertifyError> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|source| CertifyError::ServiceAccountToken { path: path.to_string(), source })?;
+    Ok(Proof::ServiceAccountToken(tarmac_proto::identity::ServiceAccountToken {
+        token: token.trim().to_string(),
+        namespace: control.namespace.clone(),
+        service_account: control.service_account.clone(),
+    }))
 }
 
 /// The one-time bootstrap token, from the inherited pipe or the file, neither of which

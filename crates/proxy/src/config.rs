@@ -74,6 +74,13 @@ pub struct IdentityConfig {
     /// Or a file holding it: readable by its owner only (mode 0600), and removed once read.
     #[serde(default)]
     pub token_file: Option<String>,
+    /// On Kubernetes, instead of a bootstrap token: the projected ServiceAccount token
+    /// file (for the control plane's audience). Read again at every bootstrap attempt
+    /// (the kubelet rotates it) and left in place; the control plane checks it with a
+    /// TokenReview and certifies the token's service account, which must be
+    /// `control.namespace`/`control.service_account`.
+    #[serde(default)]
+    pub service_account_token: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -363,6 +370,24 @@ impl Config {
                 "without `identity.certificate`, the certificate comes from the control plane: set `control`"
                     .into(),
             ));
+        }
+        if let Some(identity) = &self.identity
+            && identity.service_account_token.is_some()
+        {
+            let other = match (identity.token_fd, &identity.token_file, &identity.certificate) {
+                (Some(_), _, _) => Some("token_fd"),
+                (_, Some(_), _) => Some("token_file"),
+                (_, _, Some(_)) => Some("certificate"),
+                _ => None,
+            };
+            if let Some(other) = other {
+                return Err(invalid(
+                    "identity.service_account_token".into(),
+                    format!(
+                        "set either a ServiceAccount token (Kubernetes) or `identity.{other}`, not both: the control plane checks one kind of proof"
+                    ),
+                ));
+            }
         }
         if let Some(inbound) = &self.inbound {
             if inbound.mtls == MtlsMode::Strict && self.identity.is_none() {
@@ -717,6 +742,7 @@ outbound:
                 certificate: None,
                 token_fd: Some(3),
                 token_file: None,
+                service_account_token: None,
             }),
             telemetry: Some(crate::telemetry::TelemetryConfig {
                 service_name: Some("web".into()),
@@ -751,5 +777,15 @@ outbound:
         let client = Config::from_yaml(CLIENT, "client.yaml").unwrap();
         let again = Config::from_yaml(&client.to_yaml(), "rendered").unwrap();
         assert_eq!(again.outbound.unwrap().services[0].listen, client.outbound.unwrap().services[0].listen);
+    }
+
+    #[test]
+    fn a_service_account_token_excludes_the_other_proofs() {
+        let base = "inbound: {listen: 127.0.0.1:0, app: 127.0.0.1:8080}\ncontrol: {addr: 127.0.0.1:4180}\nidentity:\n  trust_anchors: /a.pem\n  service_account_token: /var/run/secrets/tarmac/token\n";
+        Config::from_yaml(base, "sa.yaml").unwrap();
+        for other in ["  token_fd: 3\n", "  token_file: /t\n", "  certificate: {cert: /c, key: /k}\n"] {
+            let err = Config::from_yaml(&format!("{base}{other}"), "sa.yaml").unwrap_err().to_string();
+            assert!(err.contains("identity.service_account_token") && err.contains("not both"), "{err}");
+        }
     }
 }

@@ -28,6 +28,13 @@
 //!   (`/apis/G/V/PLURAL/NAME`, `/api/v1/namespaces/NAME`), `GET /version`,
 //!   `SelfSubjectAccessReview`s answered from a deny list, discovery of a group version
 //!   (`GET /apis/G/V`), and CRDs `Established` after a number of reads.
+//! - `fieldSelector=metadata.name=NAME` on a list or watch: only that object, as a
+//!   narrowly authorized client asks for one Secret.
+//! - `POST /apis/authentication.k8s.io/v1/tokenreviews`: the TokenReview of a token the
+//!   test minted ([`ApiServer::mint_token`]) as the API server answers it: authenticated
+//!   only if the token is known and, when `spec.audiences` is given, was minted for one of
+//!   them (`status.audiences` the ones in common); its user is the ServiceAccount's, with
+//!   the pod in `extra`. Anything else: `authenticated: false` with an `error`.
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -65,6 +72,19 @@ struct State {
     /// Every write accepted, `TOKEN METHOD PATH`, in order.
     writes: Vec<String>,
     install: InstallState,
+    /// ServiceAccount tokens the test minted, for TokenReviews.
+    minted: BTreeMap<String, Minted>,
+    /// TokenReviews answered.
+    reviews: usize,
+    /// Whether TokenReviews fail with 503 (the API server overloaded).
+    reviews_unavailable: bool,
+}
+
+struct Minted {
+    audiences: Vec<String>,
+    namespace: String,
+    service_account: String,
+    pod: String,
 }
 
 #[derive(Default)]
@@ -76,7 +96,13 @@ struct Collection {
     /// Watches from an older version get 410 Gone.
     expired_below: u64,
     kind: Option<(String, String)>,
-    watchers: Vec<mpsc::UnboundedSender<Bytes>>,
+    watchers: Vec<Watcher>,
+}
+
+struct Watcher {
+    tx: mpsc::UnboundedSender<Bytes>,
+    /// The watch's field selector.
+    selected: Box<dyn Fn(&Value) -> bool + Send>,
 }
 
 impl Drop for ApiServer {
@@ -159,7 +185,7 @@ impl ApiServer {
         let collection = state.collections.entry(path.to_string()).or_default();
         collection.expired_below = version;
         for watcher in collection.watchers.drain(..) {
-            let _ = watcher.send(line(&gone(version)));
+            let _ = watcher.tx.send(line(&gone(version)));
         }
     }
 
@@ -172,6 +198,48 @@ impl ApiServer {
     /// client shows while it lists again becomes visible.
     pub fn slow_lists(&self, delay: std::time::Duration) {
         self.state.lock().unwrap().list_delay = delay;
+    }
+
+    /// A ServiceAccount token of `namespace/service_account` for `audiences`, bound to
+    /// `pod`, as the kubelet projects one: a JWT-shaped string (unsigned: only this
+    /// server's TokenReview vouches for it) with an `exp` an hour ahead.
+    pub fn mint_token(
+        &self,
+        audiences: &[&str],
+        namespace: &str,
+        service_account: &str,
+        pod: &str,
+    ) -> String {
+        use base64::Engine as _;
+        let mut state = self.state.lock().unwrap();
+        let n = state.minted.len();
+        let exp =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let subject = format!("system:serviceaccount:{namespace}:{service_account}");
+        let claims = json!({"aud": audiences, "exp": exp, "sub": subject, "n": n});
+        let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let token =
+            format!("{}.{}.{}", b64(br#"{"alg":"none"}"#), b64(claims.to_string().as_bytes()), b64(b"sig"));
+        state.minted.insert(
+            token.clone(),
+            Minted {
+                audiences: audiences.iter().map(|a| a.to_string()).collect(),
+                namespace: namespace.into(),
+                service_account: service_account.into(),
+                pod: pod.into(),
+            },
+        );
+        token
+    }
+
+    /// How many TokenReviews were answered.
+    pub fn token_reviews(&self) -> usize {
+        self.state.lock().unwrap().reviews
+    }
+
+    /// TokenReviews answer 503 from now on (`true`), or normally again.
+    pub fn reviews_unavailable(&self, unavailable: bool) {
+        self.state.lock().unwrap().reviews_unavailable = unavailable;
     }
 
     /// Every write accepted so far, `TOKEN METHOD PATH` (the kubeconfig's token tells
@@ -204,7 +272,7 @@ impl ApiServer {
 impl Collection {
     fn publish(&mut self, version: u64, event: &'static str, object: Value) {
         let message = line(&json!({"type": event, "object": object}));
-        self.watchers.retain(|w| w.send(message.clone()).is_ok());
+        self.watchers.retain(|w| !(w.selected)(&object) || w.tx.send(message.clone()).is_ok());
         self.events.push((version, event, object));
     }
 }
@@ -285,6 +353,9 @@ fn answer(state: &Mutex<State>, request: &Request<Bytes>) -> Response<ResponseBo
     if let Some(item) = Item::parse(&path) {
         return answer_item(&mut state, request, &item, &token);
     }
+    if request.method() == http::Method::POST && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+        return review(&mut state, request.body());
+    }
     if request.method() == http::Method::POST {
         return create(&mut state, &path, request.body(), &token);
     }
@@ -298,6 +369,20 @@ fn answer(state: &Mutex<State>, request: &Request<Bytes>) -> Response<ResponseBo
         let message = "the server could not find the requested resource";
         return json_response(StatusCode::NOT_FOUND, &status_body(404, "NotFound", message));
     }
+    let only_name: Option<String> = param("fieldSelector").and_then(|f| {
+        let f = f.replace("%3D", "=").replace("%3d", "=");
+        f.strip_prefix("metadata.name=").map(str::to_string)
+    });
+    // A namespaced list (`/api/v1/namespaces/NS/secrets`) is the collection over every
+    // namespace, where [`ApiServer::apply`] keeps objects, narrowed to NS.
+    let (path, only_namespace) = match collection_of(&path) {
+        Some((collection, namespace)) => (collection, Some(namespace)),
+        None => (path, None),
+    };
+    let selected = move |object: &Value| {
+        only_name.as_deref().is_none_or(|name| object["metadata"]["name"] == name)
+            && only_namespace.as_deref().is_none_or(|ns| object["metadata"]["namespace"] == ns)
+    };
     let version = state.version;
     let collection = state.collections.entry(path.clone()).or_default();
     let (api_version, kind) = collection.kind.clone().unwrap_or_else(|| ("v1".into(), "Unknown".into()));
@@ -308,7 +393,7 @@ fn answer(state: &Mutex<State>, request: &Request<Bytes>) -> Response<ResponseBo
             let _ = tx.send(line(&gone(collection.expired_below)));
         } else {
             for (at, event, object) in &collection.events {
-                if *at > from {
+                if *at > from && selected(object) {
                     let _ = tx.send(line(&json!({"type": event, "object": object})));
                 }
             }
@@ -317,7 +402,7 @@ fn answer(state: &Mutex<State>, request: &Request<Bytes>) -> Response<ResponseBo
                 "metadata": {"resourceVersion": version.to_string()}
             }});
             let _ = tx.send(line(&bookmark));
-            collection.watchers.push(tx);
+            collection.watchers.push(Watcher { tx, selected: Box::new(selected) });
         }
         return Response::builder()
             .header("content-type", "application/json")
@@ -327,6 +412,7 @@ fn answer(state: &Mutex<State>, request: &Request<Bytes>) -> Response<ResponseBo
     let items: Vec<Value> = collection
         .objects
         .values()
+        .filter(|object| selected(object))
         .map(|object| {
             // List items carry no type: the list's kind says it.
             let mut item = object.clone();
@@ -407,6 +493,62 @@ impl State {
     fn wrote(&mut self, token: &str, method: &http::Method, path: &str) {
         self.writes.push(format!("{token} {method} {path}"));
     }
+}
+
+/// A TokenReview, answered as the API server does (see the module's documentation).
+fn review(state: &mut State, body: &Bytes) -> Response<ResponseBody> {
+    let Ok(asked) = serde_json::from_slice::<Value>(body) else { return bad_request() };
+    if state.reviews_unavailable {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &status_body(503, "ServiceUnavailable", "the server is currently unable to handle the request"),
+        );
+    }
+    state.reviews += 1;
+    let token = asked["spec"]["token"].as_str().unwrap_or("");
+    let wanted: Vec<String> = asked["spec"]["audiences"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let status = match state.minted.get(token) {
+        None => {
+            json!({"authenticated": false, "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]"})
+        }
+        Some(minted) => {
+            let common: Vec<&String> = if wanted.is_empty() {
+                minted.audiences.iter().collect()
+            } else {
+                wanted.iter().filter(|a| minted.audiences.contains(a)).collect()
+            };
+            if common.is_empty() {
+                json!({"authenticated": false, "error": format!(
+                    "[invalid bearer token, token audiences {:?} is invalid for the target audiences {:?}]",
+                    minted.audiences, wanted
+                )})
+            } else {
+                json!({
+                    "authenticated": true,
+                    "audiences": common,
+                    "user": {
+                        "username": format!("system:serviceaccount:{}:{}", minted.namespace, minted.service_account),
+                        "uid": "sa-uid",
+                        "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", minted.namespace), "system:authenticated"],
+                        "extra": {
+                            "authentication.kubernetes.io/pod-name": [minted.pod],
+                            "authentication.kubernetes.io/pod-uid": [format!("uid-of-{}", minted.pod)],
+                        },
+                    },
+                })
+            }
+        }
+    };
+    let answer = json!({
+        "kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "spec": asked["spec"],
+        "status": status,
+    });
+    json_response(StatusCode::CREATED, &answer)
 }
 
 fn bad_request() -> Response<ResponseBody> {

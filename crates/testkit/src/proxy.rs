@@ -106,6 +106,7 @@ impl TestPki {
             }),
             token_fd: None,
             token_file: None,
+            service_account_token: None,
         }
     }
 

@@ -82,6 +82,8 @@ fn args(all: bool) -> InjectArgs {
         namespace: "default".into(),
         proxy_image: inject::default_image(),
         control_addr: Some("10.96.0.20:4180".parse().unwrap()),
+        trust_anchors: None,
+        token_audience: "tarmac".into(),
     }
 }
 

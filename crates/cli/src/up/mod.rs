@@ -314,7 +314,7 @@ struct SidecarIdentity {
 
 /// The mesh's CA, and the bootstrap tokens `up` hands to the sidecars it starts.
 struct ControlIdentity {
-    ca: Arc<Ca>,
+    ca: Arc<tarmac_identity::ca::SharedCa>,
     tokens: Arc<BootstrapTokens>,
     anchors_pem: String,
 }
@@ -340,7 +340,7 @@ fn load_identity(args: &UpArgs) -> Result<ControlIdentity, UpError> {
         ));
     }
     let anchors_pem = ca.anchors_pem().to_string();
-    Ok(ControlIdentity { ca: Arc::new(ca), tokens: Arc::new(BootstrapTokens::default()), anchors_pem })
+    Ok(ControlIdentity { ca: Arc::new(ca.into()), tokens: Arc::new(BootstrapTokens::default()), anchors_pem })
 }
 
 impl Replica {

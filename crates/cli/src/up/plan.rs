@@ -260,6 +260,7 @@ pub fn sidecar_yaml(
             certificate: None,
             token_fd: Some(TOKEN_FD),
             token_file: None,
+            service_account_token: None,
         }),
         outbound,
         opaque_ports,

@@ -1,6 +1,8 @@
 //! Who a proxy is, from the credential it presents on its first certificate request.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -11,8 +13,45 @@ pub struct WorkloadIdentity {
     pub service_account: String,
 }
 
+/// A credential a proxy presents on its first certificate request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// A one-time bootstrap token (local mode, `--bootstrap-tokens`).
+    BootstrapToken(&'a str),
+    /// A projected Kubernetes ServiceAccount token (a JWT), checked with a TokenReview.
+    ServiceAccountToken(&'a str),
+}
+
+impl Credential<'_> {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::BootstrapToken(_) => "a bootstrap token",
+            Credential::ServiceAccountToken(_) => "a ServiceAccount token",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
+    #[error("this control plane accepts {accepted}, not {presented}: check the proxy's `identity` section")]
+    WrongKind { presented: &'static str, accepted: &'static str },
+    /// Retryable: the check itself could not be made.
+    #[error("the ServiceAccount token could not be checked now (TokenReview: {0}); retry")]
+    ReviewUnavailable(String),
+    #[error("the Kubernetes API did not authenticate the ServiceAccount token: {0}")]
+    NotAuthenticated(String),
+    #[error(
+        "the ServiceAccount token is not for audience {expected:?} (the API server answered for {got:?}): project the token with `audience: {expected}`"
+    )]
+    WrongAudience { expected: String, got: Vec<String> },
+    #[error(
+        "the token authenticates {0:?}, which is not a ServiceAccount (system:serviceaccount:NAMESPACE:NAME)"
+    )]
+    NotServiceAccount(String),
+    #[error(
+        "the token was issued for pod {pod}, which is not of service account {namespace}/{service_account}"
+    )]
+    PodMismatch { pod: String, namespace: String, service_account: String },
     #[error(
         "unknown bootstrap token: it was never handed out by this control plane, or was revoked when its replica stopped or restarted (a forged token, or one from an earlier run)"
     )]
@@ -34,23 +73,41 @@ impl AuthError {
             AuthError::UnknownToken => "unknown_token",
             AuthError::TokenReused => "token_reused",
             AuthError::TokenExpired => "token_expired",
+            AuthError::WrongKind { .. } => "wrong_credential_kind",
+            AuthError::ReviewUnavailable(_) => "review_unavailable",
+            AuthError::NotAuthenticated(_) => "token_not_authenticated",
+            AuthError::WrongAudience { .. } => "wrong_audience",
+            AuthError::NotServiceAccount(_) => "not_a_service_account",
+            AuthError::PodMismatch { .. } => "pod_mismatch",
         }
+    }
+
+    /// Whether asking again later may succeed (the check could not be made), as opposed
+    /// to a refusal of the credential.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, AuthError::ReviewUnavailable(_))
     }
 }
 
-/// Checks a credential. Local mode has [`BootstrapTokens`]; the Kubernetes backend will
-/// check ServiceAccount tokens with a TokenReview.
+/// What [`Authenticator::authenticate`] returns: a check may be a network call.
+pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<WorkloadIdentity, AuthError>> + Send + 'a>>;
+
+/// Checks a credential. Local mode has [`BootstrapTokens`]; the Kubernetes backend checks
+/// ServiceAccount tokens with a TokenReview (`tarmac_kube::TokenReviewer`).
 ///
 /// Checking and spending are two steps so that a request whose CSR turns out to be
 /// unusable does not burn the credential: the CA checks the credential, then the CSR,
 /// and spends the credential only when it is about to answer with a certificate.
 pub trait Authenticator: Send + Sync + 'static {
-    /// Who the credential speaks for, if it is good now; spends nothing.
-    fn authenticate(&self, credential: &str) -> Result<WorkloadIdentity, AuthError>;
+    /// Who the credential speaks for, if it is good now; spends nothing. A credential of
+    /// a kind this authenticator does not check is [`AuthError::WrongKind`].
+    fn authenticate<'a>(&'a self, credential: Credential<'a>) -> AuthFuture<'a>;
     /// Spends a one-time credential; fails if it was spent (or went bad) since it was
-    /// checked. Credentials good for many requests have nothing to spend.
-    fn redeem(&self, credential: &str) -> Result<(), AuthError> {
-        self.authenticate(credential).map(|_| ())
+    /// checked. Credentials good for many requests (ServiceAccount tokens, until they
+    /// expire) have nothing to spend.
+    fn redeem(&self, credential: Credential<'_>) -> Result<(), AuthError> {
+        let _ = credential;
+        Ok(())
     }
 }
 
@@ -176,20 +233,40 @@ impl Token {
     }
 }
 
-impl Authenticator for BootstrapTokens {
-    fn authenticate(&self, credential: &str) -> Result<WorkloadIdentity, AuthError> {
+impl BootstrapTokens {
+    /// Who the token speaks for, if it is good now; spends nothing.
+    pub fn check(&self, credential: &str) -> Result<WorkloadIdentity, AuthError> {
         let tokens = self.lock();
         let token = tokens.get(credential).ok_or(AuthError::UnknownToken)?;
         token.check(Instant::now())?;
         Ok(token.identity.clone())
     }
 
-    fn redeem(&self, credential: &str) -> Result<(), AuthError> {
+    /// Spends the token.
+    pub fn spend(&self, credential: &str) -> Result<(), AuthError> {
         let mut tokens = self.lock();
         let token = tokens.get_mut(credential).ok_or(AuthError::UnknownToken)?;
         token.check(Instant::now())?;
         token.used = true;
         Ok(())
+    }
+}
+
+fn bootstrap_only<'a>(credential: Credential<'a>) -> Result<&'a str, AuthError> {
+    match credential {
+        Credential::BootstrapToken(token) => Ok(token),
+        other => Err(AuthError::WrongKind { presented: other.kind(), accepted: "bootstrap tokens" }),
+    }
+}
+
+impl Authenticator for BootstrapTokens {
+    fn authenticate<'a>(&'a self, credential: Credential<'a>) -> AuthFuture<'a> {
+        let checked = bootstrap_only(credential).and_then(|token| self.check(token));
+        Box::pin(std::future::ready(checked))
+    }
+
+    fn redeem(&self, credential: Credential<'_>) -> Result<(), AuthError> {
+        self.spend(bootstrap_only(credential)?)
     }
 }
 
@@ -205,13 +282,26 @@ mod tests {
     fn tokens_are_checked_without_being_spent_and_spent_once() {
         let tokens = BootstrapTokens::default();
         let token = tokens.issue("shop/books-0", books());
-        assert_eq!(tokens.authenticate(&token), Ok(books()));
-        assert_eq!(tokens.authenticate(&token), Ok(books()), "checking spends nothing");
-        assert_eq!(tokens.redeem(&token), Ok(()));
-        assert_eq!(tokens.authenticate(&token), Err(AuthError::TokenReused));
-        assert_eq!(tokens.redeem(&token), Err(AuthError::TokenReused));
-        assert_eq!(tokens.authenticate("forged"), Err(AuthError::UnknownToken));
+        assert_eq!(tokens.check(&token), Ok(books()));
+        assert_eq!(tokens.check(&token), Ok(books()), "checking spends nothing");
+        assert_eq!(tokens.spend(&token), Ok(()));
+        assert_eq!(tokens.check(&token), Err(AuthError::TokenReused));
+        assert_eq!(tokens.spend(&token), Err(AuthError::TokenReused));
+        assert_eq!(tokens.check("forged"), Err(AuthError::UnknownToken));
         assert_ne!(token, tokens.issue("a/b-0", books()));
+    }
+
+    #[tokio::test]
+    async fn a_service_account_token_is_not_a_bootstrap_token() {
+        let tokens = BootstrapTokens::default();
+        let token = tokens.issue("shop/books-0", books());
+        let e = tokens.authenticate(Credential::ServiceAccountToken(&token)).await.unwrap_err();
+        assert_eq!(e.reason(), "wrong_credential_kind");
+        assert_eq!(
+            tokens.redeem(Credential::ServiceAccountToken(&token)).unwrap_err().reason(),
+            "wrong_credential_kind"
+        );
+        assert_eq!(tokens.authenticate(Credential::BootstrapToken(&token)).await, Ok(books()));
     }
 
     #[test]
@@ -219,8 +309,8 @@ mod tests {
         let tokens = BootstrapTokens::with_lifetime(Duration::from_millis(50));
         let token = tokens.issue("shop/books-0", books());
         std::thread::sleep(Duration::from_millis(80));
-        assert_eq!(tokens.authenticate(&token), Err(AuthError::TokenExpired));
-        assert_eq!(tokens.redeem(&token), Err(AuthError::TokenExpired));
+        assert_eq!(tokens.check(&token), Err(AuthError::TokenExpired));
+        assert_eq!(tokens.spend(&token), Err(AuthError::TokenExpired));
     }
 
     #[test]
@@ -229,11 +319,11 @@ mod tests {
         let first = tokens.issue("shop/books-0", books());
         let other = tokens.issue("shop/books-1", books());
         let second = tokens.issue("shop/books-0", books());
-        assert_eq!(tokens.authenticate(&first), Err(AuthError::UnknownToken), "replaced by the restart's");
-        assert_eq!(tokens.authenticate(&second), Ok(books()));
+        assert_eq!(tokens.check(&first), Err(AuthError::UnknownToken), "replaced by the restart's");
+        assert_eq!(tokens.check(&second), Ok(books()));
         tokens.revoke("shop/books-0");
-        assert_eq!(tokens.authenticate(&second), Err(AuthError::UnknownToken));
-        assert_eq!(tokens.authenticate(&other), Ok(books()), "another replica's token stays good");
+        assert_eq!(tokens.check(&second), Err(AuthError::UnknownToken));
+        assert_eq!(tokens.check(&other), Ok(books()), "another replica's token stays good");
     }
 
     #[test]
@@ -241,9 +331,9 @@ mod tests {
         let tokens =
             BootstrapTokens::parse("tokens", "# proxies started by hand\n\nabc shop books\n").unwrap();
         let books = WorkloadIdentity { namespace: "shop".into(), service_account: "books".into() };
-        assert_eq!(tokens.authenticate("abc"), Ok(books));
-        assert_eq!(tokens.redeem("abc"), Ok(()));
-        assert_eq!(tokens.authenticate("abc"), Err(AuthError::TokenReused));
+        assert_eq!(tokens.check("abc"), Ok(books));
+        assert_eq!(tokens.spend("abc"), Ok(()));
+        assert_eq!(tokens.check("abc"), Err(AuthError::TokenReused));
         let e = BootstrapTokens::parse("tokens", "abc shop books\nxyz shop\n").unwrap_err().to_string();
         assert!(e.starts_with("tokens:2: expected `TOKEN NAMESPACE SERVICE_ACCOUNT`"), "{e}");
         let e = BootstrapTokens::parse("tokens", "abc a b\nabc c d\n").unwrap_err().to_string();

@@ -9,7 +9,8 @@ mod authenticate;
 mod service;
 
 pub use authenticate::{
-    AuthError, Authenticator, BootstrapTokens, DEFAULT_TOKEN_LIFETIME, TokensFileError, WorkloadIdentity,
+    AuthError, AuthFuture, Authenticator, BootstrapTokens, Credential, DEFAULT_TOKEN_LIFETIME,
+    TokensFileError, WorkloadIdentity,
 };
 pub use service::{IdentityService, IdentityStats, Wanted};
 

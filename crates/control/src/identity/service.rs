@@ -1,11 +1,11 @@
 //! The `Identity` gRPC service: CSR in, workload certificate out.
 
-use super::authenticate::{Authenticator, WorkloadIdentity};
+use super::authenticate::{AuthError, Authenticator, Credential, WorkloadIdentity};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 use tarmac_identity::SpiffeId;
-use tarmac_identity::ca::Ca;
+use tarmac_identity::ca::SharedCa;
 use tarmac_proto::identity::certify_request::Proof;
 use tarmac_proto::identity::identity_server::{Identity, IdentityServer};
 use tarmac_proto::identity::{CertifyRequest, CertifyResponse};
@@ -33,11 +33,10 @@ pub type Wanted = Arc<dyn Fn(&WorkloadIdentity) -> bool + Send + Sync>;
 
 #[derive(Clone)]
 pub struct IdentityService {
-    ca: Arc<Ca>,
+    ca: Arc<SharedCa>,
     trust_domain: String,
     authenticator: Arc<dyn Authenticator>,
     lifetime: Duration,
-    anchors: Arc<rustls::RootCertStore>,
     /// Absent: every identity the proof gives is served.
     wanted: Option<Wanted>,
     pub stats: Arc<IdentityStats>,
@@ -49,24 +48,26 @@ struct Identified {
     token: Option<String>,
 }
 
+fn auth_status(e: &AuthError) -> Status {
+    match e.is_retryable() {
+        // The proxy retries UNAVAILABLE with backoff, and gives up on PERMISSION_DENIED.
+        true => Status::unavailable(e.to_string()),
+        false => Status::permission_denied(e.to_string()),
+    }
+}
+
 impl IdentityService {
     pub fn new(
-        ca: Arc<Ca>,
+        ca: Arc<SharedCa>,
         trust_domain: &str,
         authenticator: Arc<dyn Authenticator>,
         lifetime: Duration,
     ) -> Self {
-        let mut anchors = rustls::RootCertStore::empty();
-        for der in tarmac_identity::ca::pem_certs(ca.anchors_pem()).unwrap_or_default() {
-            // The CA checked its anchors when it loaded them.
-            let _ = anchors.add(der.into());
-        }
         Self {
             ca,
             trust_domain: trust_domain.to_string(),
             authenticator,
             lifetime,
-            anchors: Arc::new(anchors),
             wanted: None,
             stats: Arc::default(),
         }
@@ -86,28 +87,54 @@ impl IdentityService {
 
     /// Who the request proves to be, or why it proves nothing. Spends nothing: a
     /// one-time token comes back to be spent once the certificate is ready.
-    fn identify(&self, csr: &[u8], proof: Option<Proof>) -> Result<Identified, (&'static str, Status)> {
+    async fn identify(&self, csr: &[u8], proof: Option<Proof>) -> Result<Identified, (&'static str, Status)> {
         let identified = match proof {
             None => {
                 return Err((
                     "no_proof",
                     Status::unauthenticated(
-                        "no proof of identity: send a bootstrap token or the current certificate",
+                        "no proof of identity: send a bootstrap token, a ServiceAccount token or the current certificate",
                     ),
                 ));
             }
             Some(Proof::Token(token)) => {
                 let who = self
                     .authenticator
-                    .authenticate(&token)
-                    .map_err(|e| (e.reason(), Status::permission_denied(e.to_string())))?;
+                    .authenticate(Credential::BootstrapToken(&token))
+                    .await
+                    .map_err(|e| (e.reason(), auth_status(&e)))?;
                 let id = SpiffeId::new(&self.trust_domain, &who.namespace, &who.service_account)
                     .map_err(|e| ("invalid_identity", Status::invalid_argument(e.to_string())))?;
                 // A CSR that cannot be signed must not burn the token: whoever sent it
                 // (a bug, or someone racing the real proxy with garbage) would otherwise
                 // lock the replica out of its identity.
-                self.ca.check_csr(csr).map_err(|e| ("bad_csr", Status::invalid_argument(e.to_string())))?;
+                self.ca
+                    .current()
+                    .check_csr(csr)
+                    .map_err(|e| ("bad_csr", Status::invalid_argument(e.to_string())))?;
                 Identified { id, token: Some(token) }
+            }
+            Some(Proof::ServiceAccountToken(proof)) => {
+                let who = self
+                    .authenticator
+                    .authenticate(Credential::ServiceAccountToken(&proof.token))
+                    .await
+                    .map_err(|e| (e.reason(), auth_status(&e)))?;
+                // The identity is the token's, never the claim's; a claim that differs
+                // is a proxy configured as someone else (or a stolen token) and is refused
+                // rather than quietly certified as the token's service account.
+                if who.namespace != proof.namespace || who.service_account != proof.service_account {
+                    return Err((
+                        "claim_mismatch",
+                        Status::permission_denied(format!(
+                            "the ServiceAccount token is of {}/{}, but the proxy claims {}/{} (`control.namespace`, `control.service_account`)",
+                            who.namespace, who.service_account, proof.namespace, proof.service_account
+                        )),
+                    ));
+                }
+                let id = SpiffeId::new(&self.trust_domain, &who.namespace, &who.service_account)
+                    .map_err(|e| ("invalid_identity", Status::invalid_argument(e.to_string())))?;
+                Identified { id, token: None }
             }
             Some(Proof::CurrentCertificate(cert)) => {
                 Identified { id: self.renewal_identity(csr, &cert)?, token: None }
@@ -142,11 +169,19 @@ impl IdentityService {
                 return refuse("bad_certificate", format!("the current certificate does not parse: {e}"));
             }
         };
-        let intermediates: Vec<CertificateDer<'_>> = self.issuer_chain();
+        // Issuers the CA rotated away from still link a certificate they issued to the
+        // anchors: such a certificate renews into one of the current issuer.
+        let intermediates: Vec<CertificateDer<'_>> =
+            self.ca.known_issuers_der().into_iter().map(CertificateDer::from).collect();
+        let mut anchors = rustls::RootCertStore::empty();
+        for der in tarmac_identity::ca::pem_certs(self.ca.current().anchors_pem()).unwrap_or_default() {
+            // The CA checked its anchors when it loaded them.
+            let _ = anchors.add(der.into());
+        }
         let algs = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
         if let Err(e) = rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &self.anchors,
+            &anchors,
             &intermediates,
             UnixTime::now(),
             algs.all,
@@ -168,10 +203,6 @@ impl IdentityService {
             }
             Err(e) => refuse("no_identity", e.to_string()),
         }
-    }
-
-    fn issuer_chain(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
-        self.ca.issuer_chain_der().iter().map(|d| d.clone().into()).collect()
     }
 }
 
@@ -198,18 +229,18 @@ impl Identity for IdentityService {
             tracing::warn!(?peer, reason, error = status.message(), "certificate request refused");
             Err(status)
         };
-        let Identified { id, token } = match self.identify(&csr, proof) {
+        let Identified { id, token } = match self.identify(&csr, proof).await {
             Ok(identified) => identified,
             Err((reason, status)) => return refuse(reason, status),
         };
-        match self.ca.issue(&csr, &id, self.lifetime) {
+        match self.ca.current().issue(&csr, &id, self.lifetime) {
             Ok(issued) => {
                 // Spent only now, atomically: of two requests racing with one token, one
                 // gets a certificate and the other is refused.
                 if let Some(token) = token
-                    && let Err(e) = self.authenticator.redeem(&token)
+                    && let Err(e) = self.authenticator.redeem(Credential::BootstrapToken(&token))
                 {
-                    return refuse(e.reason(), Status::permission_denied(e.to_string()));
+                    return refuse(e.reason(), auth_status(&e));
                 }
                 self.stats.count("issued");
                 tracing::info!(%id, not_after = ?issued.not_after, "certificate issued");

@@ -23,6 +23,11 @@
 //! - the proxy's configuration in the annotation `tarmac.io/proxy-config`, mounted as a
 //!   file through a `downwardAPI` volume: no ConfigMap per workload to create or garbage
 //!   collect, and what the sidecar runs with is visible on the pod.
+//! - with the mesh's identity: the trust anchors in the annotation `tarmac.io/trust-anchors`
+//!   (a second file of the same `downwardAPI` volume), and a projected ServiceAccount token
+//!   for the control plane's audience (`expirationSeconds: 3600`, the kubelet rotates it)
+//!   in a volume mounted read-only into the sidecar alone: the app containers never see a
+//!   credential that would get them the workload's certificate.
 //! - `tarmac.io/injected: <version>`: an injected pod is never injected again, so
 //!   injecting twice (or the API server reinvoking the webhook) changes nothing.
 
@@ -45,6 +50,15 @@ pub const INIT_CONTAINER: &str = "tarmac-init";
 pub const CONFIG_VOLUME: &str = "tarmac-proxy-config";
 const CONFIG_DIR: &str = "/var/run/tarmac/config";
 const CONFIG_FILE: &str = "proxy.yaml";
+/// The mesh's trust anchors (PEM), read by the sidecar through the config volume.
+pub const ANCHORS_ANNOTATION: &str = "tarmac.io/trust-anchors";
+const ANCHORS_FILE: &str = "trust-anchors.pem";
+/// The projected ServiceAccount token's volume, the sidecar's only.
+pub const TOKEN_VOLUME: &str = "tarmac-token";
+const TOKEN_DIR: &str = "/var/run/secrets/tarmac.io/serviceaccount";
+const TOKEN_FILE: &str = "token";
+/// How long a projected token lives; the kubelet rewrites it at 80 % of this.
+pub const TOKEN_EXPIRATION_SECONDS: u32 = 3600;
 
 /// The sidecar's ports, as `tarmac up --transparent` uses them (ARCHITECTURE.md, Ports).
 pub const INBOUND_PORT: u16 = 4143;
@@ -64,11 +78,23 @@ pub struct Settings {
     /// Where sidecars reach the control plane's discovery and identity; `None`: sidecars
     /// run without discovery (interception and metrics only).
     pub control_addr: Option<SocketAddr>,
+    /// The mesh's identity, for sidecars to get certificates from the control plane (with
+    /// `control_addr`); `None`: sidecars run without mTLS.
+    pub identity: Option<IdentitySettings>,
+}
+
+/// What a sidecar needs for the mesh's identity on Kubernetes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentitySettings {
+    /// The trust anchors (PEM): the CA's `ca.crt`.
+    pub trust_anchors: String,
+    /// The audience of the projected ServiceAccount token (`tarmac-control --token-audience`).
+    pub audience: String,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { proxy_image: default_image(), control_addr: None }
+        Self { proxy_image: default_image(), control_addr: None, identity: None }
     }
 }
 
@@ -209,17 +235,32 @@ pub fn inject(
     }) {
         return Err(refused("spec.volumes", format!("a volume is already named `{CONFIG_VOLUME}`")));
     }
+    if spec.get("volumes").and_then(Value::as_array).is_some_and(|volumes| {
+        volumes.iter().any(|v| v.get("name").and_then(Value::as_str) == Some(TOKEN_VOLUME))
+    }) {
+        return Err(refused("spec.volumes", format!("a volume is already named `{TOKEN_VOLUME}`")));
+    }
+    // A pod that opts out of its ServiceAccount token still gets the sidecar's: the
+    // projected volume is the sidecar's own, for Tarmac's audience only.
+    let identity = identity_settings(settings);
 
     let config = proxy_config(pod, context, settings);
     let metadata = object_at(pod, "metadata");
     let annotations = object_at_map(metadata, "annotations");
     annotations.insert(INJECTED_ANNOTATION.to_string(), Value::String(VERSION.to_string()));
     annotations.insert(CONFIG_ANNOTATION.to_string(), Value::String(config));
+    if let Some(identity) = identity {
+        annotations.insert(ANCHORS_ANNOTATION.to_string(), Value::String(identity.trust_anchors.clone()));
+    }
 
     let spec = object_at(pod, "spec");
     let init = list_at(spec, "initContainers");
-    init.splice(0..0, [init_container(settings), proxy_container(settings)]);
-    list_at(spec, "volumes").push(config_volume());
+    init.splice(0..0, [init_container(settings), proxy_container(settings, identity.is_some())]);
+    let volumes = list_at(spec, "volumes");
+    volumes.push(config_volume(identity.is_some()));
+    if let Some(identity) = identity {
+        volumes.push(token_volume(&identity.audience));
+    }
     Ok(Outcome::Injected)
 }
 
@@ -281,7 +322,17 @@ fn proxy_config(pod: &Value, context: &PodContext<'_>, settings: &Settings) -> S
             yaml_string(service_account),
         ));
     }
+    if identity_settings(settings).is_some() {
+        yaml.push_str(&format!(
+            "identity:\n  trust_anchors: \"{CONFIG_DIR}/{ANCHORS_FILE}\"\n  service_account_token: \"{TOKEN_DIR}/{TOKEN_FILE}\"\n"
+        ));
+    }
     yaml
+}
+
+/// The identity settings, if sidecars can use them (they need the control plane).
+fn identity_settings(settings: &Settings) -> Option<&IdentitySettings> {
+    settings.identity.as_ref().filter(|_| settings.control_addr.is_some())
 }
 
 /// A YAML scalar that stays a string whatever it holds (`"no"`, `"1"`).
@@ -327,7 +378,7 @@ fn init_container(settings: &Settings) -> Value {
     })
 }
 
-fn proxy_container(settings: &Settings) -> Value {
+fn proxy_container(settings: &Settings, with_token: bool) -> Value {
     let ready = json!({"httpGet": {"path": "/ready", "port": ADMIN_PORT}});
     let mut startup = ready.clone();
     // The app waits for this probe: check often, and give a slow first certificate
@@ -336,6 +387,10 @@ fn proxy_container(settings: &Settings) -> Value {
     startup["failureThreshold"] = json!(120);
     let mut readiness = ready;
     readiness["periodSeconds"] = json!(5);
+    let mut mounts = vec![json!({"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": true})];
+    if with_token {
+        mounts.push(json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}));
+    }
     json!({
         "name": PROXY_CONTAINER,
         "image": settings.proxy_image,
@@ -358,17 +413,32 @@ fn proxy_container(settings: &Settings) -> Value {
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": true}],
+        "volumeMounts": mounts,
     })
 }
 
-fn config_volume() -> Value {
+fn config_volume(with_anchors: bool) -> Value {
+    let mut items = vec![json!({
+        "path": CONFIG_FILE,
+        "fieldRef": {"fieldPath": format!("metadata.annotations['{CONFIG_ANNOTATION}']")},
+    })];
+    if with_anchors {
+        items.push(json!({
+            "path": ANCHORS_FILE,
+            "fieldRef": {"fieldPath": format!("metadata.annotations['{ANCHORS_ANNOTATION}']")},
+        }));
+    }
+    json!({"name": CONFIG_VOLUME, "downwardAPI": {"items": items}})
+}
+
+fn token_volume(audience: &str) -> Value {
     json!({
-        "name": CONFIG_VOLUME,
-        "downwardAPI": {"items": [{
-            "path": CONFIG_FILE,
-            "fieldRef": {"fieldPath": format!("metadata.annotations['{CONFIG_ANNOTATION}']")},
-        }]},
+        "name": TOKEN_VOLUME,
+        "projected": {"sources": [{"serviceAccountToken": {
+            "audience": audience,
+            "expirationSeconds": TOKEN_EXPIRATION_SECONDS,
+            "path": TOKEN_FILE,
+        }}]},
     })
 }
 

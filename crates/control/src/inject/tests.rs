@@ -109,6 +109,7 @@ fn a_pod_without_init_containers_annotations_or_volumes_gets_them() {
     let settings = Settings {
         proxy_image: "registry.local/proxy:dev".into(),
         control_addr: Some("10.96.0.20:4180".parse().unwrap()),
+        identity: None,
     };
     assert_eq!(inject(&mut pod, &context(true), &settings).unwrap(), Outcome::Injected);
     assert_eq!(init_names(&pod), [INIT_CONTAINER, PROXY_CONTAINER]);
@@ -163,4 +164,46 @@ fn the_sidecar_reads_its_configuration_from_the_annotation_with_the_intercepted_
     assert!(config.contains(&format!("transparent_listen: \"127.0.0.1:{OUTBOUND_PORT}\"")), "{config}");
     let volume = &pod["spec"]["volumes"][1]["downwardAPI"]["items"][0];
     assert_eq!(volume["fieldRef"]["fieldPath"], format!("metadata.annotations['{CONFIG_ANNOTATION}']"));
+}
+
+#[test]
+fn with_identity_the_sidecar_alone_gets_the_token_and_the_anchors() {
+    let mut pod = pod(json!({INJECT_KEY: "enabled"}));
+    let settings = Settings {
+        proxy_image: "registry.local/proxy:dev".into(),
+        control_addr: Some("10.96.0.20:4180".parse().unwrap()),
+        identity: Some(IdentitySettings { trust_anchors: "PEM".into(), audience: "tarmac".into() }),
+    };
+    assert_eq!(inject(&mut pod, &context(true), &settings).unwrap(), Outcome::Injected);
+    assert_eq!(pod["metadata"]["annotations"][ANCHORS_ANNOTATION], "PEM");
+    let config = pod["metadata"]["annotations"][CONFIG_ANNOTATION].as_str().unwrap();
+    assert!(
+        config.contains("service_account_token: \"/var/run/secrets/tarmac.io/serviceaccount/token\""),
+        "{config}"
+    );
+    assert!(config.contains("trust_anchors: \"/var/run/tarmac/config/trust-anchors.pem\""), "{config}");
+    let volumes = pod["spec"]["volumes"].as_array().unwrap();
+    let token = volumes.iter().find(|v| v["name"] == TOKEN_VOLUME).unwrap();
+    assert_eq!(
+        token["projected"]["sources"][0]["serviceAccountToken"],
+        json!({"audience": "tarmac", "expirationSeconds": 3600, "path": "token"})
+    );
+    let mounts_token =
+        |c: &Value| c["volumeMounts"].as_array().into_iter().flatten().any(|m| m["name"] == TOKEN_VOLUME);
+    let sidecar = &pod["spec"]["initContainers"][1];
+    assert_eq!(sidecar["name"], PROXY_CONTAINER);
+    assert!(mounts_token(sidecar));
+    assert!(sidecar["volumeMounts"].as_array().unwrap().iter().all(|m| m["readOnly"] == true));
+    for c in pod["spec"]["containers"].as_array().unwrap() {
+        assert!(!mounts_token(c), "an app container must not see the token: {c}");
+    }
+    // Without the control plane there is no identity to get: nothing added.
+    let mut plain = pod_fixture_enabled();
+    let settings = Settings { control_addr: None, ..settings };
+    inject(&mut plain, &context(true), &settings).unwrap();
+    assert!(plain["metadata"]["annotations"].get(ANCHORS_ANNOTATION).is_none());
+}
+
+fn pod_fixture_enabled() -> Value {
+    pod(json!({INJECT_KEY: "enabled"}))
 }

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tarmac_identity::ca::Ca;
+use tarmac_identity::ca::{Ca, SharedCa};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -137,12 +137,12 @@ pub fn tls_config(cert_path: &str, key_path: &str) -> Result<Arc<rustls::ServerC
 /// A serving certificate for the DNS names `names` from the mesh's CA (whose anchors are
 /// then the `caBundle`), issued again once two thirds of its lifetime have passed.
 pub fn tls_from_ca(
-    ca: Arc<Ca>,
+    ca: Arc<SharedCa>,
     names: Vec<String>,
     lifetime: Duration,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = rustls::crypto::aws_lc_rs::default_provider();
-    let first = issue(&ca, &names, lifetime, &provider)?;
+    let first = issue(&ca.current(), &names, lifetime, &provider)?;
     let own = CaCertificate { ca, names, lifetime, provider, current: Mutex::new(first) };
     Ok(with_alpn(server_config()?.with_cert_resolver(Arc::new(own))))
 }
@@ -161,7 +161,7 @@ fn with_alpn(mut config: rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
 /// server keeps its connections).
 #[derive(Debug)]
 struct CaCertificate {
-    ca: Arc<Ca>,
+    ca: Arc<SharedCa>,
     names: Vec<String>,
     lifetime: Duration,
     provider: rustls::crypto::CryptoProvider,
@@ -187,7 +187,7 @@ impl ResolvesServerCert for CaCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if SystemTime::now() >= current.1 {
-            match issue(&self.ca, &self.names, self.lifetime, &self.provider) {
+            match issue(&self.ca.current(), &self.names, self.lifetime, &self.provider) {
                 Ok(fresh) => *current = fresh,
                 Err(e) => tracing::warn!(error = %e, "cannot issue the webhook's certificate again"),
             }

@@ -4,7 +4,7 @@ pub struct CertifyRequest {
     /// DER PKCS#10 request; only its public key (and signature) are used.
     #[prost(bytes = "vec", tag = "1")]
     pub csr: ::prost::alloc::vec::Vec<u8>,
-    #[prost(oneof = "certify_request::Proof", tags = "2, 3")]
+    #[prost(oneof = "certify_request::Proof", tags = "2, 3, 4")]
     pub proof: ::core::option::Option<certify_request::Proof>,
 }
 /// Nested message and enum types in `CertifyRequest`.
@@ -18,7 +18,24 @@ pub mod certify_request {
         /// yet expired: renewals need no new credential.
         #[prost(bytes, tag = "3")]
         CurrentCertificate(::prost::alloc::vec::Vec<u8>),
+        /// A projected Kubernetes ServiceAccount token (Kubernetes): checked with a
+        /// TokenReview, good for many requests until it expires.
+        #[prost(message, tag = "4")]
+        ServiceAccountToken(super::ServiceAccountToken),
     }
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ServiceAccountToken {
+    /// The token as the kubelet wrote it (a JWT), for the control plane's audience.
+    #[prost(string, tag = "1")]
+    pub token: ::prost::alloc::string::String,
+    /// Who the proxy says it is: the certificate is refused unless the token is of this
+    /// service account, so that a misconfigured proxy fails loudly instead of running as
+    /// another identity.
+    #[prost(string, tag = "2")]
+    pub namespace: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub service_account: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct CertifyResponse {

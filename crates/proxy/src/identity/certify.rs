@@ -35,6 +35,13 @@ pub enum CertifyError {
     /// Final: the token was wrong, spent or expired.
     #[error("the control plane refused the bootstrap token: {0}")]
     Refused(String),
+    /// The ServiceAccount token file (`identity.service_account_token`) cannot be read.
+    #[error("cannot read the ServiceAccount token (`identity.service_account_token`) {path}: {source}")]
+    ServiceAccountToken {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no certificate after {BOOTSTRAP_TIMEOUT:?}: the control plane is unreachable ({0})")]
     Unreachable(String),
     /// Nothing can renew an expired certificate: the proxy exits for its supervisor.
@@ -65,13 +72,17 @@ impl Certifier {
         Ok(Self { client: IdentityClient::new(channel), key, requested, certs, metrics })
     }
 
-    /// Gets the first certificate with the bootstrap token, retrying while the control
-    /// plane is unreachable; a refusal is final.
-    pub async fn bootstrap(&mut self, token: String) -> Result<Arc<Current>, CertifyError> {
+    /// Gets the first certificate with `proof` (made again for every attempt: a
+    /// ServiceAccount token file is read again, since the kubelet rotates it), retrying
+    /// while the control plane is unreachable; a refusal is final.
+    pub async fn bootstrap(
+        &mut self,
+        mut proof: impl FnMut() -> Result<Proof, CertifyError>,
+    ) -> Result<Arc<Current>, CertifyError> {
         let deadline = tokio::time::Instant::now() + BOOTSTRAP_TIMEOUT;
         let mut backoff = RETRY_MIN;
         loop {
-            match self.request(Proof::Token(token.clone())).await {
+            match self.request(proof()?).await {
                 Ok(current) => return Ok(current),
                 Err(e) if is_refusal(&e) => return Err(CertifyError::Refused(e.message().to_string())),
                 Err(e) if tokio::time::Instant::now() + backoff > deadline => {
