@@ -220,14 +220,10 @@ fn the_generated_certificates_chain_as_the_api_server_and_proxies_check_them() {
     assert_ne!(anchors, secret_data(find(&docs, "Secret", "tarmac-webhook-tls"), "ca.crt"));
 }
 
-/// The flags the identity branch (issue 21, ServiceAccount-token identity) adds to
-/// `tarmac-control`; until it is merged the binary does not know them.
-const ARRIVING_WITH_IDENTITY: [&str; 2] = ["--identity-secret", "--token-audience"];
-
 /// The Deployment's args as the kubelet runs them, with the Service `tarmac-control`'s
 /// ClusterIP as `cluster_ip` (the kubelet expands `$(TARMAC_CONTROL_SERVICE_HOST)`, a
-/// service link variable), and whether this `tarmac-control` knows the identity flags.
-fn deployment_args(cluster_ip: &str) -> (Vec<String>, bool) {
+/// service link variable).
+fn deployment_args(cluster_ip: &str) -> Vec<String> {
     let docs = documents(&stdout(&tarmac(&["install"])));
     let deployment = find(&docs, "Deployment", "tarmac-control");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
@@ -238,9 +234,7 @@ fn deployment_args(cluster_ip: &str) -> (Vec<String>, bool) {
         .map(|a| a.as_str().unwrap().replace("$(TARMAC_CONTROL_SERVICE_HOST)", cluster_ip))
         .collect();
     assert!(args.iter().all(|a| !a.contains("$(")), "a variable the kubelet does not set: {args:?}");
-    let help = Command::new(binary("tarmac-control")).arg("--help").output().unwrap();
-    let knows = String::from_utf8_lossy(&help.stdout).contains("--identity-secret");
-    (args, knows)
+    args
 }
 
 fn flag(arg: &str) -> &str {
@@ -249,10 +243,8 @@ fn flag(arg: &str) -> &str {
 
 #[test]
 fn the_deployments_args_are_accepted_by_the_real_tarmac_control() {
-    let (args, knows_identity) = deployment_args("10.96.0.20");
+    let args = deployment_args("10.96.0.20");
     assert!(args.contains(&"--sidecar-control-addr=10.96.0.20:4180".to_string()), "{args:?}");
-    let args: Vec<&String> =
-        args.iter().filter(|a| knows_identity || !ARRIVING_WITH_IDENTITY.contains(&flag(a))).collect();
     assert!(args.len() >= 8, "{args:?}");
     // clap parses left to right and stops at --help: an unknown flag or a bad value
     // before it fails the parse, exit 2.
@@ -367,7 +359,7 @@ async fn the_printed_rbac_allows_every_request_tarmac_control_makes_and_nothing_
     let secret = find(&docs, "Secret", "tarmac-webhook-tls");
     std::fs::write(dir.join("tls.crt"), secret_data(secret, "tls.crt")).unwrap();
     std::fs::write(dir.join("tls.key"), secret_data(secret, "tls.key")).unwrap();
-    let (args, knows_identity) = deployment_args("127.0.0.1");
+    let args = deployment_args("127.0.0.1");
     let webhook = format!("127.0.0.1:{}", tarmac_testkit::servers::free_port());
     let mut run: Vec<String> = Vec::new();
     for arg in &args {
@@ -376,16 +368,27 @@ async fn the_printed_rbac_allows_every_request_tarmac_control_makes_and_nothing_
             "--webhook-listen" => run.push(format!("--webhook-listen={webhook}")),
             "--webhook-cert" => run.push(format!("--webhook-cert={}", dir.join("tls.crt").display())),
             "--webhook-key" => run.push(format!("--webhook-key={}", dir.join("tls.key").display())),
-            f if ARRIVING_WITH_IDENTITY.contains(&f) && !knows_identity => {}
             _ => run.push(arg.clone()),
         }
-    }
-    if !knows_identity {
-        run.push(format!("--identity-dir={}", dir.join("ca").display()));
     }
     run.push(format!("--kubeconfig={}", kubeconfig.display()));
     let run: Vec<&str> = run.iter().map(String::as_str).collect();
     let mut control = ControlProcess::spawn_with(&run);
+    // A sidecar bootstraps with its ServiceAccount token, as an injected one does: the
+    // control plane reviews it (create on tokenreviews).
+    std::fs::write(dir.join("anchors.pem"), secret_data(find(&docs, "Secret", "tarmac-identity"), "ca.crt"))
+        .unwrap();
+    let token = server.mint_token(&["tarmac"], "default", "books", "books-1");
+    std::fs::write(dir.join("token"), &token).unwrap();
+    let proxy = tarmac_testkit::proxy::start(&format!(
+        "admin: 127.0.0.1:0\ninbound: {{listen: 127.0.0.1:0, app: \"127.0.0.1:9\"}}\n\
+         control: {{addr: \"{}\", namespace: default, service_account: books}}\n\
+         identity: {{trust_anchors: \"{}\", service_account_token: \"{}\"}}\n",
+        control.grpc,
+        dir.join("anchors.pem").display(),
+        dir.join("token").display()
+    ))
+    .await;
     // Wait for the Lease to be taken (create) and renewed (update, every 5 s) and both
     // routes' status written.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -399,6 +402,8 @@ async fn the_printed_rbac_allows_every_request_tarmac_control_makes_and_nothing_
         assert!(tokio::time::Instant::now() < deadline, "{:#?}\n{}", server.requests(), control.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(server.token_reviews(), 1, "the sidecar's token was reviewed");
+    drop(proxy);
     let status = control.terminate(Duration::from_secs(5)).expect("exits");
     assert!(status.success(), "{}", control.log());
 
@@ -417,17 +422,12 @@ async fn the_printed_rbac_allows_every_request_tarmac_control_makes_and_nothing_
         };
         used.insert((index, a.resource.clone(), a.verb.clone()));
     }
-    // Every rule's every resource and verb was needed, but for what the identity branch
-    // brings (the CA's Secret, read by --identity-secret; TokenReviews for proxies'
-    // tokens) until this binary knows --identity-secret. Once it does, this scenario must
-    // make the control plane review a token (a proxy asking for its certificate), or the
-    // tokenreviews rule is reported unused: that is the drift this test is for.
+    // Every rule's every resource and verb was needed.
     for (index, (_, rule)) in rules.iter().enumerate() {
         for resource in strings(&rule["resources"]) {
             for verb in strings(&rule["verbs"]) {
-                let arriving = !knows_identity && (resource == "secrets" || resource == "tokenreviews");
                 assert!(
-                    arriving || used.contains(&(index, resource.clone(), verb.clone())),
+                    used.contains(&(index, resource.clone(), verb.clone())),
                     "rule {index} grants {verb} on {resource}, which tarmac-control never used:\n{:#?}",
                     server.requests()
                 );
