@@ -777,7 +777,7 @@ fn control_client_with(
     sa: &str,
 ) -> tarmac_proxy::discovery::ControlClient {
     let config = tarmac_proxy::config::ControlConfig {
-        addr,
+        addr: addr.into(),
         namespace: namespace.into(),
         workload: "w".into(),
         service_account: sa.into(),

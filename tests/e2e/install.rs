@@ -220,20 +220,14 @@ fn the_generated_certificates_chain_as_the_api_server_and_proxies_check_them() {
     assert_ne!(anchors, secret_data(find(&docs, "Secret", "tarmac-webhook-tls"), "ca.crt"));
 }
 
-/// The Deployment's args as the kubelet runs them, with the Service `tarmac-control`'s
-/// ClusterIP as `cluster_ip` (the kubelet expands `$(TARMAC_CONTROL_SERVICE_HOST)`, a
-/// service link variable).
-fn deployment_args(cluster_ip: &str) -> Vec<String> {
+/// The Deployment's args, which the kubelet passes as they are (no `$(VAR)` to expand).
+fn deployment_args() -> Vec<String> {
     let docs = documents(&stdout(&tarmac(&["install"])));
     let deployment = find(&docs, "Deployment", "tarmac-control");
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-    let args: Vec<String> = container["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().replace("$(TARMAC_CONTROL_SERVICE_HOST)", cluster_ip))
-        .collect();
-    assert!(args.iter().all(|a| !a.contains("$(")), "a variable the kubelet does not set: {args:?}");
+    let args: Vec<String> =
+        container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+    assert!(args.iter().all(|a| !a.contains("$(")), "a variable for the kubelet to expand: {args:?}");
     args
 }
 
@@ -243,8 +237,11 @@ fn flag(arg: &str) -> &str {
 
 #[test]
 fn the_deployments_args_are_accepted_by_the_real_tarmac_control() {
-    let args = deployment_args("10.96.0.20");
-    assert!(args.contains(&"--sidecar-control-addr=10.96.0.20:4180".to_string()), "{args:?}");
+    let args = deployment_args();
+    assert!(
+        args.contains(&"--sidecar-control-addr=tarmac-control.tarmac-system.svc:4180".to_string()),
+        "{args:?}"
+    );
     assert!(args.len() >= 8, "{args:?}");
     // clap parses left to right and stops at --help: an unknown flag or a bad value
     // before it fails the parse, exit 2.
@@ -359,7 +356,7 @@ async fn the_printed_rbac_allows_every_request_tarmac_control_makes_and_nothing_
     let secret = find(&docs, "Secret", "tarmac-webhook-tls");
     std::fs::write(dir.join("tls.crt"), secret_data(secret, "tls.crt")).unwrap();
     std::fs::write(dir.join("tls.key"), secret_data(secret, "tls.key")).unwrap();
-    let args = deployment_args("127.0.0.1");
+    let args = deployment_args();
     let webhook = format!("127.0.0.1:{}", tarmac_testkit::servers::free_port());
     let mut run: Vec<String> = Vec::new();
     for arg in &args {

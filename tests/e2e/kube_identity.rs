@@ -41,13 +41,12 @@ fn issuer_under(dir: &Path, tag: &str, root_pem: &str, root_key: &str) -> (Strin
     (ca.issuer_pem().to_string(), std::fs::read_to_string(at.join(ISSUER_KEY_FILE)).unwrap())
 }
 
-fn proxy_identity(control: &ControlProcess, dir: &Path, sa: &str, token: &str) -> String {
+fn proxy_identity(control: &str, dir: &Path, sa: &str, token: &str) -> String {
     let token_file = dir.join(format!("token-{sa}"));
     std::fs::write(&token_file, token).unwrap();
     format!(
-        "control: {{addr: \"{}\", namespace: shop, service_account: {sa}}}\n\
+        "control: {{addr: \"{control}\", namespace: shop, service_account: {sa}}}\n\
          identity: {{trust_anchors: \"{}\", service_account_token: \"{}\"}}\n",
-        control.grpc,
         dir.join("anchors.pem").display(),
         token_file.display()
     )
@@ -70,7 +69,7 @@ async fn identity_client(
     let certs = std::sync::Arc::new(tarmac_proxy::identity::store::CertStore::default());
     let tls = tarmac_proxy::identity::MeshTls::new(anchors, "anchors", certs, Default::default()).unwrap();
     let config = tarmac_proxy::config::ControlConfig {
-        addr: control.grpc,
+        addr: control.grpc.into(),
         namespace: "shop".into(),
         workload: "rogue".into(),
         service_account: String::new(),
@@ -132,7 +131,7 @@ async fn service_account_tokens_get_certificates_and_the_issuer_rotates_from_its
     let books = start(&format!(
         "admin: 127.0.0.1:0\ninbound: {{listen: 127.0.0.1:0, app: \"{}\", mtls: strict}}\n{}",
         app.addr,
-        proxy_identity(&control, &dir, "books", &books_token)
+        proxy_identity(&control.grpc.to_string(), &dir, "books", &books_token)
     ))
     .await;
     let (id, books_issuer) = identity_of(books.addrs.admin).await;
@@ -192,12 +191,13 @@ async fn service_account_tokens_get_certificates_and_the_issuer_rotates_from_its
     assert_eq!(issuer_of(&renewed.leaf), issuer_of(&rotated.leaf));
 
     // A proxy certified now (new issuer) calls the proxy certified before (old issuer)
-    // over mTLS: both chain to the one anchor.
+    // over mTLS: both chain to the one anchor. This one finds the control plane by name,
+    // as injected sidecars do (`tarmac-control.tarmac-system.svc:4180`).
     let orders_token = server.mint_token(&["tarmac"], "shop", "orders", "orders-7c9d-fghij");
     let orders = start(&format!(
         "admin: 127.0.0.1:0\noutbound:\n  services:\n  - name: books\n    listen: 127.0.0.1:0\n    endpoints: [{{addr: \"{}\", meshed: true, identity: \"spiffe://cluster.local/ns/shop/sa/books\"}}]\n{}",
         books.addrs.inbound.unwrap(),
-        proxy_identity(&control, &dir, "orders", &orders_token)
+        proxy_identity(&format!("localhost:{}", control.grpc.port()), &dir, "orders", &orders_token)
     ))
     .await;
     let (_, orders_issuer) = identity_of(orders.addrs.admin).await;

@@ -256,7 +256,7 @@ pub fn tarmac_inbound_config(
 /// The control plane at `addr`, for `workload` of the benchmark's namespace.
 fn control_of(addr: SocketAddr, workload: &str) -> ControlConfig {
     ControlConfig {
-        addr,
+        addr: addr.into(),
         namespace: NAMESPACE.to_string(),
         workload: workload.to_string(),
         service_account: NAMESPACE.to_string(),

@@ -6,9 +6,9 @@
 use clap::Args;
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use tarmac_control::inject::{self, INJECT_KEY, Outcome, PodContext, Settings};
+use tarmac_transport::host_port::HostPort;
 
 /// Add the Tarmac sidecar to the pods of Kubernetes manifests (YAML, several documents),
 /// written to stdout. A pod template is injected when it is annotated
@@ -31,10 +31,10 @@ pub struct InjectArgs {
     /// The image of the injected containers.
     #[arg(long, value_name = "IMAGE", default_value_t = inject::default_image())]
     pub proxy_image: String,
-    /// Where sidecars reach the control plane's gRPC (an address). Without it they run
-    /// without discovery.
-    #[arg(long, value_name = "ADDR")]
-    pub control_addr: Option<SocketAddr>,
+    /// Where sidecars reach the control plane's gRPC: `HOST:PORT`, an address or a name
+    /// (`tarmac-control.tarmac-system.svc:4180`). Without it they run without discovery.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub control_addr: Option<HostPort>,
     /// The mesh's trust anchors (PEM: the CA Secret's `ca.crt`): sidecars then get their
     /// certificates from the control plane with a projected ServiceAccount token (needs
     /// `--control-addr`). Without it they run without mTLS.
@@ -140,7 +140,7 @@ pub fn inject_manifests(
         None => None,
     };
     let settings =
-        Settings { proxy_image: args.proxy_image.clone(), control_addr: args.control_addr, identity };
+        Settings { proxy_image: args.proxy_image.clone(), control_addr: args.control_addr.clone(), identity };
     let mut documents: Vec<Value> = serde_saphyr::from_multiple(text)
         .map_err(|source| InjectError::NotYaml { origin: origin.to_string(), source: Box::new(source) })?;
     // Empty documents (a leading or trailing `---`) carry nothing to keep.

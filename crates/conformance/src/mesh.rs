@@ -140,7 +140,7 @@ impl Mesh {
                 let config = tarmac_proxy::Config {
                     admin: any_port,
                     control: Some(ControlConfig {
-                        addr: control,
+                        addr: control.into(),
                         namespace: pod.namespace.clone(),
                         workload: pod.workload.clone(),
                         service_account: w.spec.service_account_name.clone(),

@@ -52,12 +52,6 @@ pub const WEBHOOK_MOUNT: &str = "/var/run/tarmac/webhook";
 /// Tarmac's own namespace by them.
 pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "tarmac");
 pub const VERSION_LABEL: &str = "app.kubernetes.io/version";
-/// The variable the kubelet sets in every container of a pod created after the Service
-/// `tarmac-control` (in the same namespace) to the Service's ClusterIP: the address
-/// injected sidecars are given, expanded in the Deployment's args by the kubelet
-/// (`$(VAR)`), since the sidecar takes an address, not a name. An IPv4 ClusterIP only
-/// (an IPv6 one would need brackets).
-pub const CONTROL_HOST_ENV: &str = "TARMAC_CONTROL_SERVICE_HOST";
 /// The field manager of server-side apply.
 pub const FIELD_MANAGER: &str = "tarmac";
 /// The uid and gid of the control plane's image (docker/tarmac-control.Dockerfile).
@@ -224,8 +218,7 @@ pub fn manifests(options: &Options) -> Result<Vec<Manifest>, InstallError> {
         }
         WebhookSource::External { ca_pem } => ca_pem.clone(),
     };
-    // The Services before the Deployment: its pods must be created after the Service
-    // `tarmac-control` for the kubelet to give them its ClusterIP (CONTROL_HOST_ENV).
+    // The Services before the Deployment, so that its pods' first clients find them.
     out.push(Manifest::typed(&control_service(ns))?);
     out.push(Manifest::typed(&webhook_service(ns))?);
     out.push(Manifest::typed(&deployment(options))?);
@@ -262,7 +255,7 @@ pub fn control_args(options: &Options) -> Vec<String> {
         format!("--webhook-cert={WEBHOOK_MOUNT}/tls.crt"),
         format!("--webhook-key={WEBHOOK_MOUNT}/tls.key"),
         format!("--proxy-image={}", options.proxy_image),
-        format!("--sidecar-control-addr=$({CONTROL_HOST_ENV}):{GRPC_PORT}"),
+        format!("--sidecar-control-addr={CONTROL}.{ns}.svc:{GRPC_PORT}"),
     ]
     .into()
 }
@@ -511,8 +504,9 @@ fn deployment(options: &Options) -> Deployment {
                 metadata: Some(ObjectMeta { labels: Some(pod_labels), ..Default::default() }),
                 spec: Some(PodSpec {
                     service_account_name: Some(CONTROL.into()),
-                    // The default, relied on: CONTROL_HOST_ENV is a service link.
-                    enable_service_links: Some(true),
+                    // Nothing reads the service link variables; a namespace of many
+                    // Services would fill the container's environment with them.
+                    enable_service_links: Some(false),
                     containers: vec![container],
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
@@ -677,10 +671,11 @@ mod tests {
         }
         assert!(args.contains(&"--identity-secret=mesh/tarmac-identity"), "{args:?}");
         assert!(args.contains(&"--lease-namespace=mesh"), "{args:?}");
-        // Kubernetes names a Service's link variables by its name, upper case, `-` as `_`.
-        let link = format!("{}_SERVICE_HOST", CONTROL.to_uppercase().replace('-', "_"));
-        assert_eq!(link, CONTROL_HOST_ENV);
-        assert!(args.contains(&format!("--sidecar-control-addr=$({link}):{GRPC_PORT}").as_str()), "{args:?}");
+        // Sidecars find the control plane by its Service's name, in the chosen namespace.
+        assert!(
+            args.contains(&format!("--sidecar-control-addr={CONTROL}.mesh.svc:{GRPC_PORT}").as_str()),
+            "{args:?}"
+        );
         for service in [CONTROL, WEBHOOK_SERVICE] {
             let spec = &object(&manifests, "Service", service)["spec"];
             for port in spec["ports"].as_array().unwrap() {

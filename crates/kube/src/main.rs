@@ -16,6 +16,7 @@ use tarmac_control::registry::Registry;
 use tarmac_control::{Config, IdentityConfig, Listeners, StartError};
 use tarmac_identity::DEFAULT_TRUST_DOMAIN;
 use tarmac_identity::ca::{Ca, SharedCa};
+use tarmac_transport::host_port::HostPort;
 
 /// Log filter, in `tracing` env-filter syntax (default `info`).
 const ENV_LOG: &str = "TARMAC_CONTROL_LOG";
@@ -119,10 +120,11 @@ struct WebhookArgs {
     /// The image injected sidecars run.
     #[arg(long, value_name = "IMAGE", default_value_t = tarmac_control::inject::default_image())]
     proxy_image: String,
-    /// Where injected sidecars reach this control plane's gRPC (an address: the proxy
-    /// resolves no names). Without it they run without discovery.
-    #[arg(long, value_name = "ADDR")]
-    sidecar_control_addr: Option<SocketAddr>,
+    /// Where injected sidecars reach this control plane's gRPC: `HOST:PORT`, on a cluster
+    /// its Service's name (`tarmac-control.tarmac-system.svc:4180`), which sidecars
+    /// resolve at every connection. Without it they run without discovery.
+    #[arg(long, value_name = "HOST:PORT")]
+    sidecar_control_addr: Option<HostPort>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -368,7 +370,7 @@ async fn start_webhook(
         .map_err(|e| format!("cannot listen on {addr} for the webhook: {e}"))?;
     let settings = Settings {
         proxy_image: args.proxy_image.clone(),
-        control_addr: args.sidecar_control_addr,
+        control_addr: args.sidecar_control_addr.clone(),
         // Sidecars trust the anchors the CA has as the webhook starts (an anchor rotation
         // restarts the control plane, docs/kubernetes.md).
         identity: identity.map(|i| tarmac_control::inject::IdentitySettings {

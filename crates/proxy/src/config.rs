@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tarmac_transport::host_port::HostPort;
 
 /// Ports whose protocols let the server speak first or are never HTTP, so protocol
 /// detection is skipped: SMTP, submission, MySQL, PostgreSQL, Redis, memcached, and others
@@ -104,8 +105,11 @@ pub enum MtlsMode {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
-    /// The control plane's discovery address.
-    pub addr: SocketAddr,
+    /// The control plane's discovery address: `IP:PORT`, or `NAME:PORT` (a Kubernetes
+    /// Service's name, `tarmac-control.tarmac-system.svc:4180`), resolved at every
+    /// connection.
+    #[serde(deserialize_with = "host_port::de", serialize_with = "host_port::ser")]
+    pub addr: HostPort,
     /// This proxy's workload, as the control plane knows it.
     #[serde(default = "default_namespace")]
     pub namespace: String,
@@ -113,6 +117,20 @@ pub struct ControlConfig {
     pub workload: String,
     #[serde(default = "default_namespace")]
     pub service_account: String,
+}
+
+/// `HostPort` as its `HOST:PORT` string, with the reason a bad one is refused.
+mod host_port {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use tarmac_transport::host_port::HostPort;
+
+    pub fn de<'de, D: Deserializer<'de>>(d: D) -> Result<HostPort, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+
+    pub fn ser<S: Serializer>(addr: &HostPort, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(addr)
+    }
 }
 
 fn default_namespace() -> String {
@@ -732,7 +750,7 @@ outbound:
                 drain_timeout: Duration::from_secs(1),
             },
             control: Some(ControlConfig {
-                addr: addr(4180),
+                addr: addr(4180).into(),
                 namespace: "library".into(),
                 workload: "web".into(),
                 service_account: "web".into(),

@@ -23,7 +23,6 @@ use crate::telemetry::access_log::LogFormat;
 use crate::telemetry::{Telemetry, TelemetryConfig};
 use hyper_util::rt::TokioIo;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -32,6 +31,7 @@ use tarmac_proto::discovery::discovery_client::DiscoveryClient;
 use tarmac_proto::discovery::{
     AccessLogFormat, ProxyIdentity, TelemetryUpdate, WatchInboundRequest, WatchServiceRequest,
 };
+use tarmac_transport::host_port::HostPort;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -54,7 +54,7 @@ impl ControlClient {
     /// workload certificate when it has one; without, plaintext (a mesh without identity).
     pub fn new(config: &ControlConfig, tls: Option<&MeshTls>) -> Self {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", config.addr))
-            .expect("a socket address is a valid URI authority")
+            .expect("an IP address or DNS name and a port make a valid URI authority")
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         let channel = match tls {
@@ -66,7 +66,7 @@ impl ControlClient {
                         .to_string()
                         .into();
                 let tls = tls.control_client_config(expected);
-                endpoint.connect_with_connector_lazy(TlsConnector { addr: config.addr, tls })
+                endpoint.connect_with_connector_lazy(TlsConnector { addr: config.addr.clone(), tls })
             }
             None => endpoint.connect_lazy(),
         };
@@ -249,7 +249,7 @@ async fn follow(
 /// Opens the channel's connections: TCP, then TLS verifying the control plane's identity.
 #[derive(Clone)]
 struct TlsConnector {
-    addr: SocketAddr,
+    addr: HostPort,
     tls: Arc<rustls::ClientConfig>,
 }
 
@@ -263,17 +263,21 @@ impl tower_service::Service<http::Uri> for TlsConnector {
     }
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let (addr, tls) = (self.addr, self.tls.clone());
+        let (addr, tls) = (self.addr.clone(), self.tls.clone());
         Box::pin(async move {
             let timed_out = || {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting to the control plane timed out")
             };
-            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-                .await
-                .map_err(|_| timed_out())??;
+            // A name is resolved here, at every connection (HostPort).
+            let tcp =
+                tokio::time::timeout(CONNECT_TIMEOUT, addr.connect()).await.map_err(|_| timed_out())??;
             tcp.set_nodelay(true)?;
             // Verified by SPIFFE ID, not by name: the name only fills the API's slot.
-            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+            let name = match &addr {
+                HostPort::Addr(addr) => rustls::pki_types::ServerName::IpAddress(addr.ip().into()),
+                HostPort::Name { host, .. } => rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            };
             let stream = tokio::time::timeout(
                 CONNECT_TIMEOUT * 5,
                 tokio_rustls::TlsConnector::from(tls).connect(name, tcp),

@@ -7,6 +7,7 @@
 //! admin listener and the control plane's API share ([`host_is_address_or_localhost`]).
 //!
 //! # Layout
+//! - [`host_port`]: `HOST:PORT` where the host may be a DNS name, resolved per connection.
 //! - [`orig_dst`]: where an iptables-redirected connection was really going.
 //! - [`prefixed`]: an I/O wrapper that first yields bytes already read from the socket.
 //! - [`iptables`]: the interception rules (the sidecar's init step) as data, and their
@@ -20,6 +21,7 @@
 //! allows it and gives each block its safety argument; the workspace denies `unsafe_code`
 //! everywhere else (root `Cargo.toml`, `[workspace.lints]`).
 
+pub mod host_port;
 pub mod iptables;
 pub mod orig_dst;
 pub mod prefixed;

@@ -244,7 +244,7 @@ pub fn sidecar_yaml(
     let config = Config {
         admin,
         control: Some(ControlConfig {
-            addr: control,
+            addr: control.into(),
             namespace: replica.namespace.clone(),
             workload: replica.workload.clone(),
             service_account: replica.service_account.clone(),

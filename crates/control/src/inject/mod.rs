@@ -35,7 +35,7 @@ pub mod patch;
 pub mod webhook;
 
 use serde_json::{Map, Value, json};
-use std::net::SocketAddr;
+use tarmac_transport::host_port::HostPort;
 
 /// The annotation (on a pod or pod template) or label (on a namespace) that opts in
 /// (`enabled`) or out (`disabled`).
@@ -76,8 +76,9 @@ pub struct Settings {
     /// The image holding `tarmac-proxy`, for both injected containers.
     pub proxy_image: String,
     /// Where sidecars reach the control plane's discovery and identity; `None`: sidecars
-    /// run without discovery (interception and metrics only).
-    pub control_addr: Option<SocketAddr>,
+    /// run without discovery (interception and metrics only). On a cluster, the Service's
+    /// name (`tarmac-control.tarmac-system.svc:4180`).
+    pub control_addr: Option<HostPort>,
     /// The mesh's identity, for sidecars to get certificates from the control plane (with
     /// `control_addr`); `None`: sidecars run without mTLS.
     pub identity: Option<IdentitySettings>,
@@ -312,7 +313,7 @@ fn proxy_config(pod: &Value, context: &PodContext<'_>, settings: &Settings) -> S
          inbound:\n  listen: \"0.0.0.0:{INBOUND_PORT}\"\n  transparent: true\n\
          outbound:\n  transparent_listen: \"127.0.0.1:{OUTBOUND_PORT}\"\n"
     );
-    if let Some(addr) = settings.control_addr {
+    if let Some(addr) = &settings.control_addr {
         let service_account =
             pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("default");
         yaml.push_str(&format!(
