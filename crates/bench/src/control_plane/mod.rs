@@ -253,6 +253,8 @@ struct Churn {
     unwatched: usize,
     /// Discovery streams that failed and were reopened.
     stream_errors: u64,
+    /// The first few of their errors.
+    stream_error_samples: Vec<String>,
 }
 
 #[derive(Serialize, Default)]
@@ -445,6 +447,7 @@ pub async fn run(options: Options) -> Result<Report, ControlPlaneError> {
     let propagation = shared.ledger.lock().unwrap_or_else(|e| e.into_inner()).propagation();
     let mut churn = churn;
     churn.stream_errors = shared.stream_errors.load(Ordering::Relaxed);
+    churn.stream_error_samples = shared.stream_error_samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let certificates = Certificates {
         issued,
         renewals: issued.saturating_sub(sync.certified as u64),
@@ -714,7 +717,13 @@ impl Report {
                     self.certificates.failed
                 ),
             ),
-            ("stream errors", self.churn.stream_errors.to_string()),
+            (
+                "stream errors",
+                match self.churn.stream_error_samples.first() {
+                    Some(first) => format!("{} (first: {first})", self.churn.stream_errors),
+                    None => self.churn.stream_errors.to_string(),
+                },
+            ),
             (
                 "bench process",
                 format!(
