@@ -148,20 +148,20 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with_all = ["rate", "connections", "rounds", "plot", "skip_costs", "routes", "loads", "baseline"])]
     pub control_plane: bool,
     /// --control-plane: Services in the simulated cluster.
-    #[arg(long, value_name = "N", default_value_t = 1000, requires = "control_plane")]
+    #[arg(long, value_name = "N", default_value_t = 1000, conflicts_with_all = ["target", "suite", "routing", "telemetry"])]
     pub services: usize,
     /// --control-plane: pods (endpoints) per Service.
-    #[arg(long, value_name = "M", default_value_t = 2, requires = "control_plane")]
+    #[arg(long, value_name = "M", default_value_t = 2, conflicts_with_all = ["target", "suite", "routing", "telemetry"])]
     pub endpoints: usize,
     /// --control-plane: simulated proxies.
-    #[arg(long, value_name = "P", default_value_t = 2000, requires = "control_plane")]
+    #[arg(long, value_name = "P", default_value_t = 2000, conflicts_with_all = ["target", "suite", "routing", "telemetry"])]
     pub proxies: usize,
     /// --control-plane: endpoint changes per second.
-    #[arg(long, value_name = "R", default_value_t = 10.0, requires = "control_plane")]
+    #[arg(long, value_name = "R", default_value_t = 10.0, conflicts_with_all = ["target", "suite", "routing", "telemetry"])]
     pub churn: f64,
     /// --control-plane: the workload certificates' lifetime (default: --duration, so
     /// that each proxy renews about once during the churn).
-    #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive, requires = "control_plane")]
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive, conflicts_with_all = ["target", "suite", "routing", "telemetry"])]
     pub cert_lifetime: Option<Duration>,
     /// Requests per second (--target).
     #[arg(long, value_name = "N", default_value_t = 1000.0, conflicts_with_all = ["suite", "routing", "telemetry"])]

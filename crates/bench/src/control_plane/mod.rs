@@ -447,7 +447,8 @@ pub async fn run(options: Options) -> Result<Report, ControlPlaneError> {
     let propagation = shared.ledger.lock().unwrap_or_else(|e| e.into_inner()).propagation();
     let mut churn = churn;
     churn.stream_errors = shared.stream_errors.load(Ordering::Relaxed);
-    churn.stream_error_samples = shared.stream_error_samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    churn.stream_error_samples =
+        shared.stream_error_samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let certificates = Certificates {
         issued,
         renewals: issued.saturating_sub(sync.certified as u64),
