@@ -501,3 +501,40 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(workload: &str, addr: &str) -> Instance {
+        Instance {
+            namespace: "shop".into(),
+            workload: workload.into(),
+            replica: 0,
+            labels: BTreeMap::from([("app".to_string(), workload.to_string())]),
+            service_account: workload.into(),
+            addr: addr.parse().unwrap(),
+            meshed: true,
+            admin: None,
+        }
+    }
+
+    #[test]
+    fn the_changed_instances_are_worked_out_once_per_pair_of_versions() {
+        let changes = InstanceChanges::default();
+        let old = Arc::new(vec![instance("books", "10.0.0.1:80"), instance("authors", "10.0.0.2:80")]);
+        let new = Arc::new(vec![instance("books", "10.0.0.3:80"), instance("authors", "10.0.0.2:80")]);
+        let changed = changes.between(&old, &new);
+        let mut addrs: Vec<String> = changed.iter().map(|i| i.addr.to_string()).collect();
+        addrs.sort();
+        assert_eq!(
+            addrs,
+            ["10.0.0.1:80", "10.0.0.3:80"],
+            "the replaced pod, both ways; not the one that stayed"
+        );
+        assert!(Arc::ptr_eq(&changed, &changes.between(&old, &new)), "the second stream reuses the first's");
+        // An equal list in a new allocation is another version: worked out, and empty.
+        let same_again = Arc::new((*new).clone());
+        assert!(changes.between(&new, &same_again).is_empty());
+    }
+}
