@@ -257,3 +257,91 @@ async fn bench_telemetry_measures_a_traced_hop_and_a_logging_hop_against_a_plain
     assert!(spans * 20 >= traced && spans * 10 <= traced * 3, "{spans} spans for {traced} requests");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn bench_control_plane_carries_every_change_to_every_subscribed_proxy() {
+    let dir = temp_dir("bench-control-plane");
+    let json = dir.join("control-plane.json");
+    // Certificates of 10 s are renewed at 6.5-7.5 s; the run lasts longer than that after
+    // every proxy is certified (5 s of churn, 1 s before it, 3 s after), so each renews.
+    let stdout = tarmac(
+        &[
+            "bench",
+            "--control-plane",
+            "--services",
+            "20",
+            "--proxies",
+            "50",
+            "--churn",
+            "4",
+            "--duration",
+            "5s",
+            "--cert-lifetime",
+            "10s",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        &[],
+    )
+    .await;
+    assert!(stdout.contains("[pass] every change reaches every subscriber"), "{stdout}");
+
+    let report = read_json(&json);
+    assert_eq!(report["mode"], "control-plane");
+    let settings = &report["settings"];
+    assert_eq!((settings["services"].as_u64(), settings["proxies"].as_u64()), (Some(20), Some(50)));
+    let fan_out = settings["fan_out_mean"].as_f64().unwrap();
+    assert!((3.0..=10.0).contains(&fan_out), "{settings:#}");
+    assert_eq!(
+        settings["streams"].as_u64().unwrap(),
+        settings["service_streams"].as_u64().unwrap() + 2 * 50,
+        "each proxy watches its inbound policy and telemetry too: {settings:#}"
+    );
+    assert_eq!(report["sync"]["certified"], 50, "{report:#}");
+
+    // Every change went out and reached every proxy watching its service.
+    let churn = &report["churn"];
+    let changes = churn["changes"].as_u64().unwrap();
+    assert_eq!(changes + churn["skipped"].as_u64().unwrap(), 20, "4/s for 5 s: {churn:#}");
+    assert!(changes > 0 && churn["replaced"].as_u64().unwrap() + churn["unready"].as_u64().unwrap() > 0);
+    let p = &report["propagation"];
+    assert_eq!(p["changes"].as_u64(), Some(changes), "{p:#}");
+    assert!(p["pairs"].as_u64().unwrap() > 0, "some changed service is watched: {p:#}");
+    assert_eq!(p["delivered"], p["pairs"], "{p:#}");
+    assert_eq!((p["missed"].as_u64(), p["wrong_final_state"].as_u64()), (Some(0), Some(0)), "{p:#}");
+    let (p50, p99, max) =
+        (p["p50_ms"].as_f64().unwrap(), p["p99_ms"].as_f64().unwrap(), p["max_ms"].as_f64().unwrap());
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{p:#}");
+
+    // The control plane's own figures, read from its process.
+    let cp = &report["control_plane"];
+    for field in
+        ["rss_listed_mib", "rss_synced_mib", "rss_idle_after_mib", "rss_peak_mib", "cpu_sync_seconds"]
+    {
+        assert!(cp[field].as_f64().unwrap() > 0.0, "{field}: {cp:#}");
+    }
+    assert!(cp["rss_peak_mib"].as_f64() >= cp["rss_synced_mib"].as_f64(), "{cp:#}");
+    assert!(report["bench_process"]["cpu_sync_seconds"].as_f64().unwrap() > 0.0, "{report:#}");
+
+    // Each proxy bootstrapped with its token and renewed with its certificate.
+    let certificates = &report["certificates"];
+    assert!(certificates["renewals"].as_u64().unwrap() >= 50, "{certificates:#}");
+    assert_eq!(certificates["failed"], 0, "{certificates:#}");
+    assert_eq!(report["targets"].as_array().map(Vec::len), Some(3), "{report:#}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn bench_control_plane_options_are_refused_elsewhere_and_its_settings_checked() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(binary("tarmac")).args(args).output().expect("tarmac runs");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let stderr = run(&["bench", "--suite", "--proxies", "10"]);
+    assert!(stderr.contains("cannot be used with '--proxies"), "{stderr}");
+    let stderr = run(&["bench", "--control-plane", "--rounds", "2"]);
+    assert!(stderr.contains("cannot be used with '--rounds"), "{stderr}");
+    let stderr = run(&["bench", "--control-plane", "--services", "1"]);
+    assert!(stderr.contains("--services must be at least 2"), "{stderr}");
+}

@@ -72,6 +72,10 @@ pub enum BenchError {
     #[error(transparent)]
     Costs(#[from] CostsError),
     #[error(transparent)]
+    ControlPlane(#[from] super::control_plane::ControlPlaneError),
+    #[error("{0} is not an option of --control-plane")]
+    NotThisMode(&'static str),
+    #[error(transparent)]
     Wrk(#[from] WrkError),
     #[error(transparent)]
     Baseline(#[from] BaselineError),

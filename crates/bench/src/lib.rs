@@ -26,6 +26,7 @@
 //! executable again (`tarmac bench --serve-upstream ADDR`).
 
 mod ca;
+mod control_plane;
 mod costs;
 mod envoy;
 mod error;
@@ -124,7 +125,7 @@ const TELEMETRY_ROUTES: [Route; 4] =
 /// Needs tarmac-proxy next to this binary (`cargo build --release`) or in
 /// $TARMAC_PROXY_BIN.
 #[derive(clap::Args, Debug)]
-#[command(group(clap::ArgGroup::new("mode").required(true).args(["target", "suite", "routing", "telemetry", "serve_upstream"])))]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["target", "suite", "routing", "telemetry", "control_plane", "serve_upstream"])))]
 pub struct BenchArgs {
     /// The service to measure, http://HOST:PORT/PATH (for gRPC the path is the method).
     #[arg(long, value_name = "URL")]
@@ -139,6 +140,29 @@ pub struct BenchArgs {
     /// access log cost one hop.
     #[arg(long)]
     pub telemetry: bool,
+    /// Measure the control plane at a cluster's size: tarmac-control (--store
+    /// kubernetes) against a simulated API server of --services Services with --endpoints
+    /// pods each, churned at --churn changes/s for --duration (default 60s), followed by
+    /// --proxies simulated proxies (certificates and discovery streams); reports its CPU,
+    /// RSS and the time from each change to every subscriber having it.
+    #[arg(long, conflicts_with_all = ["rate", "connections", "rounds", "plot", "skip_costs", "routes", "loads", "baseline"])]
+    pub control_plane: bool,
+    /// --control-plane: Services in the simulated cluster.
+    #[arg(long, value_name = "N", default_value_t = 1000, conflicts_with_all = ["target", "suite", "routing", "telemetry"])]
+    pub services: usize,
+    /// --control-plane: pods (endpoints) per Service.
+    #[arg(long, value_name = "M", default_value_t = 2, conflicts_with_all = ["target", "suite", "routing", "telemetry"])]
+    pub endpoints: usize,
+    /// --control-plane: simulated proxies.
+    #[arg(long, value_name = "P", default_value_t = 2000, conflicts_with_all = ["target", "suite", "routing", "telemetry"])]
+    pub proxies: usize,
+    /// --control-plane: endpoint changes per second.
+    #[arg(long, value_name = "R", default_value_t = 10.0, conflicts_with_all = ["target", "suite", "routing", "telemetry"])]
+    pub churn: f64,
+    /// --control-plane: the workload certificates' lifetime (default: --duration, so
+    /// that each proxy renews about once during the churn).
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_positive, conflicts_with_all = ["target", "suite", "routing", "telemetry"])]
+    pub cert_lifetime: Option<Duration>,
     /// Requests per second (--target).
     #[arg(long, value_name = "N", default_value_t = 1000.0, conflicts_with_all = ["suite", "routing", "telemetry"])]
     pub rate: f64,
@@ -386,10 +410,33 @@ pub fn main(args: BenchArgs, runtime: &tokio::runtime::Runtime) -> Result<(), Be
             routing(args).await
         } else if args.telemetry {
             telemetry_costs(args).await
+        } else if args.control_plane {
+            control_plane(args).await
         } else {
             target(args).await
         }
     })
+}
+
+async fn control_plane(args: BenchArgs) -> Result<(), BenchError> {
+    if args.protocol != Protocol::Http1 {
+        return Err(BenchError::NotThisMode("--protocol"));
+    }
+    let options = control_plane::Options {
+        services: args.services,
+        endpoints: args.endpoints,
+        proxies: args.proxies,
+        churn_per_second: args.churn,
+        duration: args.duration.unwrap_or(Duration::from_secs(60)),
+        cert_lifetime: args.cert_lifetime,
+    };
+    let report = control_plane::run(options).await?;
+    println!("{}", report.text());
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 async fn target(args: BenchArgs) -> Result<(), BenchError> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 /// One running replica of a workload.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Instance {
     pub namespace: String,
     pub workload: String,

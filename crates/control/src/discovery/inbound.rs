@@ -75,7 +75,7 @@ pub fn compute(
         _ => None,
     };
     let mut ports: BTreeMap<u16, InboundPort> = BTreeMap::new();
-    for resource in snapshot.iter_kind("Service") {
+    for resource in snapshot.iter_kind_in("Service", namespace) {
         let Resource::Service(service) = resource else { continue };
         if service.metadata.namespace != namespace || !selector_matches(&service.spec.selector, &labels) {
             continue;

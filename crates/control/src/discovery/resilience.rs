@@ -16,12 +16,9 @@ fn policies<'a>(
     namespace: &str,
     matches: impl Fn(&tarmac_model::resilience::PolicyTargetRef) -> bool,
 ) -> Vec<&'a ResiliencePolicy> {
-    // The snapshot's map is ordered by kind, namespace and name.
     snapshot
-        .objects
-        .iter()
-        .filter(|(k, _)| k.namespace == namespace)
-        .filter_map(|(_, r)| match r {
+        .iter_kind_in("ResiliencePolicy", namespace)
+        .filter_map(|r| match r {
             Resource::ResiliencePolicy(p) if p.spec.target_refs.iter().any(&matches) => Some(p),
             _ => None,
         })

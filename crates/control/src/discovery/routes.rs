@@ -48,10 +48,8 @@ pub fn routes_for(
     let producer_namespace = parent.service.metadata.namespace.as_str();
     let in_namespace = |ns: &str| -> Vec<&Resource> {
         snapshot
-            .objects
-            .iter()
-            .filter(|(k, _)| k.namespace == ns)
-            .map(|(_, r)| r)
+            .iter_kind_in("HTTPRoute", ns)
+            .chain(snapshot.iter_kind_in("GRPCRoute", ns))
             .filter(|r| match r {
                 Resource::HttpRoute(h) => attaches(&h.spec.parent_refs, ns, parent),
                 Resource::GrpcRoute(g) => attaches(&g.spec.parent_refs, ns, parent),

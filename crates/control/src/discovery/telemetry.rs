@@ -49,7 +49,7 @@ fn service_name(
     labels: &BTreeMap<String, String>,
 ) -> String {
     snapshot
-        .iter_kind("Service")
+        .iter_kind_in("Service", namespace)
         .filter_map(|r| match r {
             Resource::Service(s)
                 if s.metadata.namespace == namespace

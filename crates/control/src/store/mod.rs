@@ -22,8 +22,25 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The objects of `kind`: a range of the map, which is ordered by kind, namespace and
+    /// name, not a walk through every object.
     pub fn iter_kind<'a>(&'a self, kind: &'static str) -> impl Iterator<Item = &'a Resource> + 'a {
-        self.objects.iter().filter(move |(k, _)| k.kind == kind).map(|(_, r)| r)
+        let from = ObjectKey { kind, namespace: String::new(), name: String::new() };
+        self.objects.range(from..).take_while(move |(k, _)| k.kind == kind).map(|(_, r)| r)
+    }
+
+    /// The objects of `kind` in `namespace`, by range as [`Snapshot::iter_kind`].
+    pub fn iter_kind_in<'a>(
+        &'a self,
+        kind: &'static str,
+        namespace: &str,
+    ) -> impl Iterator<Item = &'a Resource> + use<'a> {
+        let from = ObjectKey { kind, namespace: namespace.to_string(), name: String::new() };
+        let namespace = from.namespace.clone();
+        self.objects
+            .range(from..)
+            .take_while(move |(k, _)| k.kind == kind && k.namespace == namespace)
+            .map(|(_, r)| r)
     }
 }
 
