@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tarmac_proto::discovery::discovery_client::DiscoveryClient;
 use tarmac_proto::discovery::{ProxyIdentity, WatchInboundRequest, WatchServiceRequest};
+use tarmac_proto::identity::certify_request::Proof;
 use tarmac_proxy::identity::MeshTls;
 use tarmac_proxy::identity::certify::Certifier;
 use tarmac_proxy::identity::store::CertStore;
@@ -110,7 +111,7 @@ pub async fn run(plan: Plan, shared: Arc<Shared>) {
     };
     let bootstrapped = tokio::select! {
         _ = shared.stop.cancelled() => return,
-        result = certifier.bootstrap(plan.token.clone()) => result,
+        result = certifier.bootstrap(|| Ok(Proof::Token(plan.token.clone()))) => result,
     };
     if let Err(e) = bootstrapped {
         return bootstrap_failed(&shared, e.to_string());
