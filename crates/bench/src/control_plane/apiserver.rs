@@ -10,7 +10,8 @@
 //! that falls behind is cut off, as the API server does, and lists again), and it tells
 //! the churn when each event went out, which is where propagation is timed from.
 //! Other collections (the mesh's CRDs, which the control plane treats as optional) answer
-//! 404, as on a cluster without them.
+//! 404, as on a cluster without them. It also answers the TokenReviews the control plane
+//! makes of the proxies' ServiceAccount tokens, for the tokens the bench handed out.
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -68,7 +69,14 @@ struct State {
     /// Watchers cut off for falling behind: a sign the bench's own process is the
     /// bottleneck, reported.
     dropped_watchers: u64,
+    /// ServiceAccount tokens handed to the simulated proxies: namespace and account.
+    tokens: std::collections::HashMap<String, (String, String)>,
 }
+
+/// Where TokenReviews are posted.
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+/// A TokenReview is a token and an audience or two; anything larger is refused.
+const MAX_REVIEW_BYTES: usize = 64 * 1024;
 
 struct Collection {
     api_version: &'static str,
@@ -104,6 +112,7 @@ impl ApiServer {
             open_lists: VecDeque::new(),
             next_list: 0,
             dropped_watchers: 0,
+            tokens: Default::default(),
         }));
         let task = tokio::spawn(serve(listener, state.clone()));
         Ok(Self { addr, state, task })
@@ -121,6 +130,11 @@ impl ApiServer {
         );
         std::fs::write(&path, text)?;
         Ok(path)
+    }
+
+    /// A ServiceAccount token of `namespace/service_account`, for TokenReviews to accept.
+    pub fn add_token(&self, token: &str, namespace: &str, service_account: &str) {
+        self.lock().tokens.insert(token.to_string(), (namespace.to_string(), service_account.to_string()));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -205,12 +219,41 @@ async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, &request)) }
+                async move {
+                    if request.method() == http::Method::POST && request.uri().path() == TOKEN_REVIEWS {
+                        return Ok::<_, Infallible>(review(&state, request).await);
+                    }
+                    Ok::<_, Infallible>(answer(&state, &request))
+                }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
         });
     }
+}
+
+/// A TokenReview as the API server answers one: authenticated for a token the bench handed
+/// out, as its ServiceAccount, with the audiences asked for.
+async fn review(state: &Mutex<State>, request: Request<Incoming>) -> Response<ResponseBody> {
+    let body = http_body_util::Limited::new(request.into_body(), MAX_REVIEW_BYTES).collect().await;
+    let Some(review) = body.ok().and_then(|b| serde_json::from_slice::<Value>(&b.to_bytes()).ok()) else {
+        return json_response(StatusCode::BAD_REQUEST, &status_body(400, "BadRequest", "not a TokenReview"));
+    };
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let audiences = review["spec"]["audiences"].clone();
+    let who = state.lock().unwrap_or_else(|e| e.into_inner()).tokens.get(token).cloned();
+    let status = match who {
+        Some((namespace, account)) => json!({
+            "authenticated": true,
+            "audiences": audiences,
+            "user": {"username": format!("system:serviceaccount:{namespace}:{account}")},
+        }),
+        None => json!({"authenticated": false, "error": "invalid bearer token"}),
+    };
+    json_response(
+        StatusCode::CREATED,
+        &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": status}),
+    )
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<ResponseBody> {

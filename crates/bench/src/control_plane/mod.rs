@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tarmac_clikit::ports::{NoFreePort, free_port};
-use tarmac_clikit::workdir::{WorkDir, WorkDirError, create_private};
+use tarmac_clikit::workdir::{WorkDir, WorkDirError};
 use tarmac_transport::process::{self, Output, ProcessError, Readiness, Supervised};
 use tokio_util::sync::CancellationToken;
 
@@ -332,10 +332,10 @@ pub async fn run(options: Options) -> Result<Report, ControlPlaneError> {
     let ca_dir = dir.join("ca");
     let (ca, _) = tarmac_identity::ca::Ca::load_or_generate(&ca_dir, tarmac_identity::DEFAULT_TRUST_DOMAIN)
         .map_err(|source| ControlPlaneError::Ca { dir: ca_dir.clone(), source })?;
-    let tokens_path = dir.join("bootstrap-tokens");
-    let tokens: String =
-        plans.iter().map(|p| format!("{} {} {}\n", p.token, p.namespace, p.workload)).collect();
-    create_private(&tokens_path, &tokens)?;
+    // Each proxy's ServiceAccount token, which the control plane reviews with the API server.
+    for plan in &plans {
+        api.add_token(&plan.token, &plan.namespace, &plan.workload);
+    }
     let lifetime = options.cert_lifetime.unwrap_or(options.duration).max(Duration::from_secs(10));
 
     let grpc = free_port()?;
@@ -353,8 +353,6 @@ pub async fn run(options: Options) -> Result<Report, ControlPlaneError> {
         .arg(api_listen.to_string())
         .arg("--identity-dir")
         .arg(&ca_dir)
-        .arg("--bootstrap-tokens")
-        .arg(&tokens_path)
         .arg("--cert-lifetime")
         .arg(format!("{}s", lifetime.as_secs()));
     let log = dir.join("tarmac-control.log");

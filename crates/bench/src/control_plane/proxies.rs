@@ -1,7 +1,8 @@
 //! Simulated proxies: what a sidecar does towards the control plane, and nothing else.
 //!
 //! Each gets its workload certificate as `tarmac-proxy` does (the proxy's own
-//! `Certifier`: a CSR with its one-time bootstrap token, over TLS verifying the control
+//! `Certifier`: a CSR with its ServiceAccount token, which the control plane has the API
+//! server review, over TLS verifying the control
 //! plane's SPIFFE ID, then renewals proven with the current certificate), and opens the
 //! discovery streams a sidecar opens, over a second channel that presents that
 //! certificate: `WatchInbound` and `WatchTelemetry` for its own workload, and one
@@ -20,6 +21,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tarmac_proto::discovery::discovery_client::DiscoveryClient;
 use tarmac_proto::discovery::{ProxyIdentity, WatchInboundRequest, WatchServiceRequest};
+use tarmac_proto::identity::ServiceAccountToken;
 use tarmac_proto::identity::certify_request::Proof;
 use tarmac_proxy::identity::MeshTls;
 use tarmac_proxy::identity::certify::Certifier;
@@ -111,7 +113,11 @@ pub async fn run(plan: Plan, shared: Arc<Shared>) {
     };
     let bootstrapped = tokio::select! {
         _ = shared.stop.cancelled() => return,
-        result = certifier.bootstrap(|| Ok(Proof::Token(plan.token.clone()))) => result,
+        result = certifier.bootstrap(|| Ok(Proof::ServiceAccountToken(ServiceAccountToken {
+            token: plan.token.clone(),
+            namespace: plan.namespace.clone(),
+            service_account: plan.workload.clone(),
+        }))) => result,
     };
     if let Err(e) = bootstrapped {
         return bootstrap_failed(&shared, e.to_string());
