@@ -21,6 +21,8 @@ fn generated_code_is_up_to_date() {
         .build_server(true)
         // Connection setup belongs to the users (proxy, control plane), not the contract.
         .build_transport(false)
+        // Buffers that start small: a discovery stream lives as long as its proxy (lib.rs).
+        .codec_path("crate::codec::SmallCodec")
         .out_dir(&out)
         .compile_fds(descriptors)
         .expect("code generation");
