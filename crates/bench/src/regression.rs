@@ -606,8 +606,9 @@ mod tests {
         for entry in std::fs::read_dir(&results).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            // `--routing` and `--telemetry` runs are recorded beside the suite's.
-            if name.ends_with(".json") && !name.starts_with("routing-") && !name.starts_with("telemetry-") {
+            // The other modes' runs are recorded beside the suite's.
+            let other_mode = ["routing-", "telemetry-", "control-plane-"].iter().any(|p| name.starts_with(p));
+            if name.ends_with(".json") && !other_mode {
                 let recorded = load(&path).unwrap_or_else(|e| panic!("{e}"));
                 assert!(!recorded.phases.is_empty(), "{name}");
                 suites += 1;
