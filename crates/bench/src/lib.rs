@@ -18,6 +18,9 @@
 //! * [`telemetry`]: `--telemetry`, one hop tracing 10 % of its requests (to an OTLP
 //!   collector in this process that counts spans) and one writing an access log, against
 //!   the plain hop.
+//! * [`control_plane`]: `--control-plane`, the real `tarmac-control` against a simulated
+//!   API server and simulated proxies at a cluster's size: propagation per change and
+//!   subscriber, CPU and RSS.
 //! * [`upstream`]: the suite's fast upstream; [`processes`]: the child processes and the
 //!   scheduling tools; [`ca`]: the mTLS routes' throwaway CA.
 //!

@@ -3,7 +3,8 @@
 //!
 //! The protocol lives in `proto/`; the Rust code generated from it is checked in under
 //! `src/gen` so that building needs no `protoc`. `tests/bootstrap.rs` regenerates it and
-//! fails when it is stale.
+//! fails when it is stale. Every generated client and server uses [`codec::SmallCodec`],
+//! whose call buffers start small (a discovery stream lives as long as its proxy).
 
 /// The codec of every generated client and server: prost's, with buffers that start small.
 ///

@@ -11,27 +11,23 @@
 
 use super::cluster::{SERVICE_PORT, state_of};
 use super::ledger::Ledger;
-use hyper_util::rt::TokioIo;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tarmac_proto::discovery::discovery_client::DiscoveryClient;
 use tarmac_proto::discovery::{ProxyIdentity, WatchInboundRequest, WatchServiceRequest};
 use tarmac_proto::identity::ServiceAccountToken;
 use tarmac_proto::identity::certify_request::Proof;
+use tarmac_proxy::config::ControlConfig;
+use tarmac_proxy::discovery::ControlClient;
 use tarmac_proxy::identity::MeshTls;
 use tarmac_proxy::identity::certify::Certifier;
 use tarmac_proxy::identity::store::CertStore;
 use tarmac_proxy::metrics::Metrics;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -91,14 +87,16 @@ pub async fn run(plan: Plan, shared: Arc<Shared>) {
         Ok(tls) => tls,
         Err(e) => return bootstrap_failed(&shared, e.to_string()),
     };
-    let expected: Arc<str> = match tarmac_identity::control_plane_id(tarmac_identity::DEFAULT_TRUST_DOMAIN) {
-        Ok(id) => id.to_string().into(),
-        Err(e) => return bootstrap_failed(&shared, e.to_string()),
+    // The proxy's own client of the control plane (TLS verifying its SPIFFE ID). As the
+    // proxy: the bootstrap call presents no certificate, so it has a channel of its own,
+    // kept for renewals; discovery's channel connects once the certificate is in.
+    let control = ControlConfig {
+        addr: shared.control.into(),
+        namespace: plan.namespace.clone(),
+        workload: plan.workload.clone(),
+        service_account: plan.workload.clone(),
     };
-    let config = tls.control_client_config(expected);
-    // As the proxy: the bootstrap call presents no certificate, so it has a channel of
-    // its own, kept for renewals; discovery's channel connects once the certificate is in.
-    let identity_channel = channel(shared.control, config.clone());
+    let identity_channel = ControlClient::new(&control, Some(&tls)).channel();
     let requested = match tarmac_identity::SpiffeId::new(
         tarmac_identity::DEFAULT_TRUST_DOMAIN,
         &plan.namespace,
@@ -130,7 +128,7 @@ pub async fn run(plan: Plan, shared: Arc<Shared>) {
         }
     });
 
-    let discovery = channel(shared.control, config);
+    let discovery = ControlClient::new(&control, Some(&tls)).channel();
     let proxy = ProxyIdentity {
         namespace: plan.namespace.clone(),
         workload: plan.workload.clone(),
@@ -261,50 +259,5 @@ async fn follow_workload(
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
-    }
-}
-
-/// A lazily connected channel to the control plane over TLS, as the proxy's.
-fn channel(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a socket address is a valid URI authority")
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect_with_connector_lazy(TlsConnector { addr, tls })
-}
-
-/// TCP, then TLS verifying the control plane's identity (by SPIFFE ID, in the verifier).
-#[derive(Clone)]
-struct TlsConnector {
-    addr: SocketAddr,
-    tls: Arc<rustls::ClientConfig>,
-}
-
-impl tower_service::Service<http::Uri> for TlsConnector {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
-    type Error = std::io::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let (addr, tls) = (self.addr, self.tls.clone());
-        Box::pin(async move {
-            let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting timed out");
-            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-                .await
-                .map_err(|_| timed_out())??;
-            tcp.set_nodelay(true)?;
-            let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-            let stream = tokio::time::timeout(
-                CONNECT_TIMEOUT * 6,
-                tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
-            )
-            .await
-            .map_err(|_| timed_out())??;
-            Ok(TokioIo::new(stream))
-        })
     }
 }

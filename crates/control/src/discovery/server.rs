@@ -197,13 +197,60 @@ impl InstanceChanges {
     }
 }
 
-/// The desired state and the instances a stream last computed its state from.
-type Seen = Option<(Arc<Snapshot>, Arc<Vec<Instance>>)>;
-
-/// State for one stream: the receivers it follows and what it sent last.
-struct Watch {
+/// What every stream follows, the desired state and the running instances, and which of
+/// their versions it last computed its state from.
+struct Inputs {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     instances: watch::Receiver<Arc<Vec<Instance>>>,
+    changes: InstanceChanges,
+    seen: Option<(Arc<Snapshot>, Arc<Vec<Instance>>)>,
+}
+
+impl Inputs {
+    fn new(service: &DiscoveryService) -> Self {
+        Self {
+            snapshots: service.snapshots.clone(),
+            instances: service.registry.subscribe(),
+            changes: service.changes.clone(),
+            seen: None,
+        }
+    }
+
+    /// The newest versions, marked seen.
+    fn latest(&mut self) -> (Arc<Snapshot>, Arc<Vec<Instance>>) {
+        (self.snapshots.borrow_and_update().clone(), self.instances.borrow_and_update().clone())
+    }
+
+    /// Whether what was computed from the seen versions still holds for these: the same
+    /// desired state, and `unaffected` by the instances that changed (not asked when none
+    /// did). Records these as seen.
+    fn unchanged(
+        &mut self,
+        snapshot: &Arc<Snapshot>,
+        instances: &Arc<Vec<Instance>>,
+        unaffected: impl FnOnce(&[Instance]) -> bool,
+    ) -> bool {
+        let seen = self.seen.replace((snapshot.clone(), instances.clone()));
+        let Some((seen_snapshot, seen_instances)) = seen else { return false };
+        if !Arc::ptr_eq(&seen_snapshot, snapshot) {
+            return false;
+        }
+        Arc::ptr_eq(&seen_instances, instances)
+            || unaffected(&self.changes.between(&seen_instances, instances))
+    }
+
+    /// Until either changes; `None` when the control plane is stopping.
+    async fn changed(&mut self) -> Option<()> {
+        tokio::select! {
+            changed = self.snapshots.changed() => changed.ok(),
+            changed = self.instances.changed() => changed.ok(),
+        }
+    }
+}
+
+/// State for one stream: what it follows and what it sent last.
+struct Watch {
+    inputs: Inputs,
     last: Option<ServiceUpdate>,
     /// The calling proxy's namespace: consumer routes there apply to it.
     caller_namespace: String,
@@ -211,45 +258,36 @@ struct Watch {
     name: String,
     port: u16,
     listed: SubscriptionGuard,
-    changes: InstanceChanges,
-    seen: Seen,
 }
 
 impl Watch {
     /// Whether the state last computed still holds: the same desired state, and no
     /// changed instance that the Service selects. Not when the last state had routes,
     /// whose backends may be other Services.
-    fn unchanged(&self, snapshot: &Arc<Snapshot>, instances: &Arc<Vec<Instance>>) -> bool {
-        let (Some((seen_snapshot, seen_instances)), Some(last)) = (&self.seen, &self.last) else {
-            return false;
-        };
-        if !Arc::ptr_eq(seen_snapshot, snapshot) || !last.routes.is_empty() {
-            return false;
-        }
-        if Arc::ptr_eq(seen_instances, instances) {
-            return true;
-        }
-        let key = ObjectKey { kind: "Service", namespace: self.namespace.clone(), name: self.name.clone() };
-        let Some(Resource::Service(service)) = snapshot.objects.get(&key) else {
-            // Still absent: no instance makes it exist.
-            return true;
-        };
-        let changed = self.changes.between(seen_instances, instances);
-        !changed
-            .iter()
-            .any(|i| i.namespace == self.namespace && selector_matches(&service.spec.selector, &i.labels))
+    fn unchanged(&mut self, snapshot: &Arc<Snapshot>, instances: &Arc<Vec<Instance>>) -> bool {
+        let routed = self.last.as_ref().is_none_or(|last| !last.routes.is_empty());
+        let (namespace, name) = (&self.namespace, &self.name);
+        let unchanged = self.inputs.unchanged(snapshot, instances, |changed| {
+            if routed {
+                return false;
+            }
+            let key = ObjectKey { kind: "Service", namespace: namespace.clone(), name: name.clone() };
+            let Some(Resource::Service(service)) = snapshot.objects.get(&key) else {
+                // Still absent: no instance makes it exist.
+                return true;
+            };
+            !changed
+                .iter()
+                .any(|i| &i.namespace == namespace && selector_matches(&service.spec.selector, &i.labels))
+        });
+        unchanged && !routed
     }
 
     async fn next(&mut self) -> Option<ServiceUpdate> {
         loop {
-            let snapshot = self.snapshots.borrow_and_update().clone();
-            let instances = self.instances.borrow_and_update().clone();
+            let (snapshot, instances) = self.inputs.latest();
             if self.unchanged(&snapshot, &instances) {
-                self.seen = Some((snapshot, instances));
-                tokio::select! {
-                    changed = self.snapshots.changed() => changed.ok()?,
-                    changed = self.instances.changed() => changed.ok()?,
-                }
+                self.inputs.changed().await?;
                 continue;
             }
             let update = compute(
@@ -260,7 +298,6 @@ impl Watch {
                 &self.name,
                 self.port,
             );
-            self.seen = Some((snapshot, instances));
             let generation = update.generation;
             self.listed.update(|s| s.seen_generation = generation);
             // The generation alone changing is no news for this service.
@@ -273,10 +310,7 @@ impl Watch {
                 self.listed.update(|s| s.sent_generation = Some(generation));
                 return Some(update);
             }
-            tokio::select! {
-                changed = self.snapshots.changed() => changed.ok()?,
-                changed = self.instances.changed() => changed.ok()?,
-            }
+            self.inputs.changed().await?;
         }
     }
 }
@@ -345,16 +379,13 @@ impl Discovery for DiscoveryService {
             sent_generation: None,
         });
         let watch = Watch {
-            snapshots: self.snapshots.clone(),
-            instances: self.registry.subscribe(),
+            inputs: Inputs::new(self),
             last: None,
             caller_namespace,
             namespace,
             name: req.service,
             port,
             listed,
-            changes: self.changes.clone(),
-            seen: None,
         };
         let stream = futures_util::stream::unfold(watch, |mut w| async move {
             let update = w.next().await?;
@@ -396,15 +427,7 @@ impl DiscoveryService {
         U: WorkloadUpdate,
         F: FnMut(&Snapshot, &[Instance]) -> U + Send + 'static,
     {
-        let watch = WorkloadWatch {
-            snapshots: self.snapshots.clone(),
-            instances: self.registry.subscribe(),
-            compute,
-            last: None,
-            workload,
-            changes: self.changes.clone(),
-            seen: None,
-        };
+        let watch = WorkloadWatch { inputs: Inputs::new(self), compute, last: None, workload };
         Box::pin(futures_util::stream::unfold(watch, |mut w| async move {
             let update = w.next().await?;
             Some((Ok(update), w))
@@ -442,14 +465,11 @@ impl WorkloadUpdate for TelemetryUpdate {
 /// instances only the workload's own count (its labels, where no Workload object gives
 /// them).
 struct WorkloadWatch<U, F> {
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    instances: watch::Receiver<Arc<Vec<Instance>>>,
+    inputs: Inputs,
     compute: F,
     last: Option<U>,
     /// Namespace and name.
     workload: (String, String),
-    changes: InstanceChanges,
-    seen: Seen,
 }
 
 impl<U, F> WorkloadWatch<U, F>
@@ -459,33 +479,22 @@ where
 {
     /// Whether the state last computed still holds: the same desired state, and none of
     /// the workload's instances changed.
-    fn unchanged(&self, snapshot: &Arc<Snapshot>, instances: &Arc<Vec<Instance>>) -> bool {
-        let Some((seen_snapshot, seen_instances)) = &self.seen else { return false };
-        if self.last.is_none() || !Arc::ptr_eq(seen_snapshot, snapshot) {
-            return false;
-        }
-        if Arc::ptr_eq(seen_instances, instances) {
-            return true;
-        }
+    fn unchanged(&mut self, snapshot: &Arc<Snapshot>, instances: &Arc<Vec<Instance>>) -> bool {
         let (namespace, workload) = &self.workload;
-        let changed = self.changes.between(seen_instances, instances);
-        !changed.iter().any(|i| &i.namespace == namespace && &i.workload == workload)
+        let unchanged = self.inputs.unchanged(snapshot, instances, |changed| {
+            !changed.iter().any(|i| &i.namespace == namespace && &i.workload == workload)
+        });
+        unchanged && self.last.is_some()
     }
 
     async fn next(&mut self) -> Option<U> {
         loop {
-            let snapshot = self.snapshots.borrow_and_update().clone();
-            let instances = self.instances.borrow_and_update().clone();
+            let (snapshot, instances) = self.inputs.latest();
             if self.unchanged(&snapshot, &instances) {
-                self.seen = Some((snapshot, instances));
-                tokio::select! {
-                    changed = self.snapshots.changed() => changed.ok()?,
-                    changed = self.instances.changed() => changed.ok()?,
-                }
+                self.inputs.changed().await?;
                 continue;
             }
             let update = (self.compute)(&snapshot, &instances);
-            self.seen = Some((snapshot, instances));
             let same = self
                 .last
                 .as_ref()
@@ -494,10 +503,7 @@ where
                 self.last = Some(update.clone());
                 return Some(update);
             }
-            tokio::select! {
-                changed = self.snapshots.changed() => changed.ok()?,
-                changed = self.instances.changed() => changed.ok()?,
-            }
+            self.inputs.changed().await?;
         }
     }
 }
